@@ -1,0 +1,1 @@
+"""spqrfmt.decoder subpackage."""

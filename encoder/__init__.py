@@ -1,0 +1,1 @@
+"""spqrfmt.encoder subpackage."""

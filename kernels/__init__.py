@@ -1,0 +1,1 @@
+"""spqrfmt.kernels subpackage."""

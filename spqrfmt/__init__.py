@@ -1,0 +1,34 @@
+"""spqrfmt: an open, versioned on-disk format for compressed LLM weights.
+
+Public API::
+
+    import spqrfmt
+    with spqrfmt.open("model.spqr") as f:        # strict, memory-mapped, lazy
+        w = f["model.layers.0.mlp.up_proj.weight"].decode()   # f32, bit-exact per spec
+    spqrfmt.validate("model.spqr")                # every rule, raises SpqrFormatError
+    with spqrfmt.Writer("out.spqr", metadata={...}) as w:     # streaming, atomic
+        w.add_raw("norm.weight", array)
+
+The core imports only numpy, msgpack and numba; torch/triton are optional.
+"""
+
+from .errors import ErrorCode, SpqrFormatError
+from .format import MAJOR, MINOR
+from .reader import SpqrFile, Tensor, validate
+from .reader import open_file as open  # noqa: A001 - the natural name for a file format's entry point
+from .writer import Writer
+
+__version__ = "0.1.0"
+FORMAT_VERSION = (MAJOR, MINOR)
+
+__all__ = [
+    "ErrorCode",
+    "FORMAT_VERSION",
+    "SpqrFile",
+    "SpqrFormatError",
+    "Tensor",
+    "Writer",
+    "open",
+    "validate",
+    "__version__",
+]

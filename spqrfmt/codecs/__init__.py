@@ -1,0 +1,158 @@
+"""Codec registry: a codec is a small unit that checks, decodes (and encodes) one tensor kind.
+
+The container (reader, writer, validation) never names a codec. Every module
+in this package that defines a module-level ``CODEC`` is registered at import
+time, so adding a codec is adding a file here (third parties call
+:func:`register`). A codec provides:
+
+* ``id`` and ``versions``: what it is, which ``codec_version`` values it implements;
+* ``check_record(rec)``: params and section set/layout, from the header alone;
+* ``check_content(rec, arrays)``: index-bearing sections (CSR, permutations)
+  checked before any Numba loop or GPU kernel reads them;
+* ``decode(rec, arrays)``: the reference decode, the f32 array of the spec;
+* ``encode``: optional, codec-specific signature, lives in ``spqrfmt.encoder``;
+* ``kernel_module``: dotted path of its Triton binding (imported lazily), or None.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import ErrorCode, fail
+from ..records import TensorRecord
+
+
+class Codec(Protocol):
+    id: str
+    versions: tuple[int, ...]
+    kernel_module: str | None
+
+    def check_record(self, rec: TensorRecord) -> None: ...
+
+    def check_content(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> None: ...
+
+    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> np.ndarray: ...
+
+
+_REGISTRY: dict[str, Codec] = {}
+
+
+def register(codec: Codec) -> Codec:
+    """Add a codec; a later registration of the same id replaces the earlier one."""
+    _REGISTRY[codec.id] = codec
+    return codec
+
+
+def available() -> dict[str, tuple[int, ...]]:
+    return {cid: c.versions for cid, c in sorted(_REGISTRY.items())}
+
+
+def get(rec: TensorRecord) -> Codec:
+    """The codec for a record, or the spec's per-tensor error (§9)."""
+    codec = _REGISTRY.get(rec.codec)
+    if codec is None:
+        raise fail(
+            ErrorCode.UNKNOWN_CODEC,
+            f"codec {rec.codec!r} is not implemented by this reader (known: {', '.join(sorted(_REGISTRY))})",
+            rec.name,
+        )
+    if rec.codec_version not in codec.versions:
+        raise fail(
+            ErrorCode.UNSUPPORTED_CODEC_VERSION,
+            f"codec {rec.codec!r} version {rec.codec_version} not implemented (have {list(codec.versions)}); "
+            "upgrade spqrfmt",
+            rec.name,
+        )
+    return codec
+
+
+# ---- helpers shared by codec modules -------------------------------------------------
+
+
+def int_param(rec: TensorRecord, key: str, lo: int, hi: int, allowed: tuple[int, ...] = ()) -> int:
+    v = rec.params.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not (lo <= v <= hi or v in allowed):
+        extra = f" or one of {list(allowed)}" if allowed else ""
+        raise fail(ErrorCode.BAD_PARAMS, f"param {key!r} = {v!r} must be an int in {lo}..{hi}{extra}", rec.name)
+    return v
+
+
+SectionSpec = tuple[tuple[str, ...], tuple[int, ...]]  # (allowed dtypes, exact shape)
+
+
+def expect_sections(
+    rec: TensorRecord, required: Mapping[str, SectionSpec], optional: Mapping[str, SectionSpec] = {}
+) -> None:
+    """Check that the record has exactly these roles with these dtypes and shapes."""
+    present = set(rec.sections)
+    missing = set(required) - present
+    unexpected = present - set(required) - set(optional)
+    if missing or unexpected:
+        raise fail(
+            ErrorCode.BAD_SECTION_SET,
+            f"codec {rec.codec!r} sections: missing {sorted(missing)}, unexpected {sorted(unexpected)}",
+            rec.name,
+        )
+    for role, s in rec.sections.items():
+        dtypes, shape = required[role] if role in required else optional[role]
+        if s.dtype not in dtypes or s.shape != tuple(shape):
+            raise fail(
+                ErrorCode.BAD_SECTION_LAYOUT,
+                f"section {role!r} is {s.dtype}{list(s.shape)}, expected {'|'.join(dtypes)}{list(shape)}",
+                rec.name,
+            )
+
+
+def check_csr(rec: TensorRecord, row_ptr: np.ndarray, cols: np.ndarray, ncols: int) -> None:
+    """CSR structure (row pointer monotone, columns in range and strictly increasing per row)."""
+    nnz = cols.shape[0]
+    rp = row_ptr.astype(np.int64)
+    if rp[0] != 0 or np.any(np.diff(rp) < 0) or rp[-1] != nnz:
+        raise fail(
+            ErrorCode.BAD_CSR,
+            f"outlier row pointer must start at 0, never decrease and end at nnz={nnz}",
+            rec.name,
+        )
+    if nnz == 0:
+        return
+    c = cols.astype(np.int64)
+    if c.max() >= ncols:
+        raise fail(ErrorCode.BAD_INDEX, f"outlier column {int(c.max())} >= {ncols} columns", rec.name)
+    # Strictly increasing within each row: a non-increase is only allowed where a new row starts.
+    bad = np.diff(c) <= 0
+    if bad.any():
+        row_starts = np.zeros(nnz, dtype=bool)
+        starts = rp[:-1][np.diff(rp) > 0]
+        row_starts[starts] = True
+        if np.any(bad & ~row_starts[1:]):
+            raise fail(ErrorCode.BAD_INDEX, "outlier columns of a row are not strictly increasing", rec.name)
+
+
+def check_permutation(rec: TensorRecord, perm: np.ndarray, n: int) -> None:
+    seen = np.zeros(n, dtype=bool)
+    p = perm.astype(np.int64)
+    if p.size and (p.min() < 0 or p.max() >= n):
+        raise fail(ErrorCode.BAD_PERMUTATION, f"perm entry out of range 0..{n - 1}", rec.name)
+    seen[p] = True
+    if not seen.all():
+        raise fail(ErrorCode.BAD_PERMUTATION, f"perm is not a permutation of 0..{n - 1}", rec.name)
+
+
+def params_of(rec: TensorRecord) -> dict[str, Any]:
+    return dict(rec.params)
+
+
+def _load_builtin() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        mod = importlib.import_module(f"{__name__}.{info.name}")
+        codec = getattr(mod, "CODEC", None)
+        if codec is not None:
+            register(codec)
+
+
+_load_builtin()

@@ -1,0 +1,85 @@
+"""Codec ``spqr`` v1 (spec/codecs/spqr.md): checks from the header, content checks, reference decode."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import ErrorCode, fail
+from ..records import TensorRecord
+from . import SectionSpec, check_csr, check_permutation, expect_sections, int_param
+
+
+def ceil_div(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def checked_params(rec: TensorRecord) -> dict[str, Any]:
+    """Validated params with derived sizes; raises BAD_SHAPE / BAD_PARAMS."""
+    if len(rec.shape) != 2 or rec.shape[0] < 1 or rec.shape[1] < 1:
+        raise fail(ErrorCode.BAD_SHAPE, f"spqr tensors are 2-D [m>=1, n>=1], got {list(rec.shape)}", rec.name)
+    if rec.dtype not in ("f16", "bf16", "f32"):
+        raise fail(ErrorCode.BAD_PARAMS, f"spqr tensor dtype must be f16, bf16 or f32, got {rec.dtype}", rec.name)
+    p: dict[str, Any] = {
+        "bits": int_param(rec, "bits", 1, 8),
+        "group_size": int_param(rec, "group_size", 1, 65536),
+        "scale_bits": int_param(rec, "scale_bits", 1, 8, allowed=(16,)),
+        "zero_bits": int_param(rec, "zero_bits", 1, 8, allowed=(16,)),
+    }
+    if p["scale_bits"] < 16 or p["zero_bits"] < 16:
+        p["stat_group_size"] = int_param(rec, "stat_group_size", 1, 65536)
+    return p
+
+
+def section_layout(
+    p: Mapping[str, Any], m: int, n: int, nnz: int
+) -> tuple[dict[str, SectionSpec], dict[str, SectionSpec]]:
+    """(required, optional) section specs for given params (spqr.md §3)."""
+    G = ceil_div(n, p["group_size"])
+    req: dict[str, SectionSpec] = {
+        "codes": (("u32",), (m, ceil_div(n * p["bits"], 32))),
+        "outlier_row_ptr": (("u32",), (m + 1,)),
+        "outlier_col": (("u16", "u32") if n <= 65536 else ("u32",), (nnz,)),
+        "outlier_val": (("f16",), (nnz,)),
+    }
+    for which in ("scale", "zero"):
+        bits = p[f"{which}_bits"]
+        if bits == 16:
+            req[which] = (("f16",), (G, m))
+        else:
+            K = ceil_div(m, p["stat_group_size"])
+            req[f"{which}_codes"] = (("u32",), (G, ceil_div(m * bits, 32)))
+            req[f"{which}_scale"] = (("f16",), (G, K))
+            req[f"{which}_zero"] = (("f16",), (G, K))
+    opt: dict[str, SectionSpec] = {"perm": (("u32",), (n,)), "bias": (("f16", "bf16", "f32"), (m,))}
+    return req, opt
+
+
+class SpqrCodec:
+    id = "spqr"
+    versions = (1,)
+    kernel_module = "spqrfmt.kernels.spqr"
+
+    def check_record(self, rec: TensorRecord) -> None:
+        p = checked_params(rec)
+        m, n = rec.shape
+        col = rec.sections.get("outlier_col")
+        nnz = col.shape[0] if col is not None and len(col.shape) == 1 else 0
+        req, opt = section_layout(p, m, n, nnz)
+        expect_sections(rec, req, opt)
+
+    def check_content(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> None:
+        m, n = rec.shape
+        check_csr(rec, arrays["outlier_row_ptr"], arrays["outlier_col"], n)
+        if "perm" in arrays:
+            check_permutation(rec, arrays["perm"], n)
+
+    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        from ..decoder import spqr as numba_spqr
+
+        return numba_spqr.decode(checked_params(rec), arrays, rec.shape)
+
+
+CODEC = SpqrCodec()
