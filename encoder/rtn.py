@@ -80,10 +80,16 @@ def _select_outliers(w: np.ndarray, group_size: int, budget: int, rounds: int = 
         order_lo = np.argsort(lo, axis=2, kind="stable")
         h1 = np.take_along_axis(hi, order_hi[..., :2], axis=2)
         l1 = np.take_along_axis(lo, order_lo[..., :2], axis=2)
+        if group_size == 1:  # removing the only element leaves the empty range [0, 0]
+            h1 = np.concatenate([h1, np.full_like(h1, -np.inf)], axis=2)
+            l1 = np.concatenate([l1, np.full_like(l1, np.inf)], axis=2)
+        # Ranges include 0, as the statistics fit does.
+        top, top2 = np.maximum(h1[..., 0], 0), np.maximum(h1[..., 1], 0)
+        bot, bot2 = np.minimum(l1[..., 0], 0), np.minimum(l1[..., 1], 0)
         with np.errstate(invalid="ignore"):
-            r_full = h1[..., 0] - l1[..., 0]
-            gain_hi = r_full**2 - (h1[..., 1] - l1[..., 0]) ** 2
-            gain_lo = r_full**2 - (h1[..., 0] - l1[..., 1]) ** 2
+            r_full = top - bot
+            gain_hi = r_full**2 - (top2 - bot) ** 2
+            gain_lo = r_full**2 - (top - bot2) ** 2
         gains = np.nan_to_num(np.stack([gain_hi, gain_lo], axis=-1), nan=0.0, posinf=0.0, neginf=0.0)
         cols = np.stack([order_hi[..., 0], order_lo[..., 0]], axis=-1) + (np.arange(G) * group_size)[None, :, None]
         flat = gains.reshape(-1)

@@ -40,11 +40,11 @@ def _as_section(value: SectionInput) -> tuple[str, np.ndarray]:
     """(dtype name, little-endian C-contiguous array); pass ('bf16', uint16 bits) for bf16."""
     if isinstance(value, tuple):
         dtype, arr = value
-        arr = np.ascontiguousarray(arr, dtype=STORAGE[dtype])
+        arr = np.asarray(arr, dtype=STORAGE[dtype], order="C")
         return dtype, arr
-    arr = np.ascontiguousarray(value)
+    arr = np.asarray(value, order="C")
     dtype = name_of(arr.dtype)
-    return dtype, np.ascontiguousarray(arr, dtype=STORAGE[dtype])
+    return dtype, np.asarray(arr, dtype=STORAGE[dtype], order="C")
 
 
 class Writer:
