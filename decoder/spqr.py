@@ -66,17 +66,62 @@ def _replace_outliers(out: np.ndarray, row_ptr: np.ndarray, cols: np.ndarray, va
             out[r, cols[e]] = vals[e]
 
 
+@numba.njit(cache=True, nogil=True)
+def rne16(x: np.ndarray) -> np.ndarray:
+    """f32 -> nearest-even f16 -> f32, elementwise, by integer arithmetic on the bits (spec 'rne16').
+
+    numpy's f32->f16 cast is correct but slow; this is the same function
+    (checked against it in tests, subnormals, ties and overflow included).
+    """
+    flat = x.reshape(-1)
+    out = np.empty_like(flat)
+    bits = flat.view(np.uint32)
+    obits = out.view(np.uint32)
+    for i in range(flat.size):
+        u = bits[i]
+        sign = u & np.uint32(0x80000000)
+        a = u & np.uint32(0x7FFFFFFF)
+        if a >= np.uint32(0x7F800000):  # inf or NaN stay as they are
+            obits[i] = u
+        elif a >= np.uint32(0x477FF000):  # >= 65520 rounds to infinity
+            obits[i] = sign | np.uint32(0x7F800000)
+        elif a < np.uint32(0x38800000):  # below 2^-14: f16 subnormal grid of 2^-24, exact scaling
+            out[i] = np.float32(np.rint(flat[i] * np.float32(16777216.0))) * np.float32(5.9604645e-08)
+        else:  # normal: keep 10 mantissa bits, round to nearest even
+            a = a + np.uint32(0xFFF) + ((a >> np.uint32(13)) & np.uint32(1))
+            obits[i] = sign | (a & np.uint32(0xFFFFE000))
+    return out.reshape(x.shape)
+
+
+@numba.njit(cache=True, nogil=True)
+def _stat2(words: np.ndarray, m: int, bits: int, group: int, zero2: np.ndarray, scale2: np.ndarray) -> np.ndarray:
+    """Second-level dequantization before the f16 rounding: (f32(code) - zero2) * scale2."""
+    G = words.shape[0]
+    out = np.empty((G, m), dtype=np.float32)
+    mask = np.uint32((1 << bits) - 1)
+    for g in range(G):
+        for r in range(m):
+            p = r * bits
+            q = p >> 5
+            s = p & 31
+            v = words[g, q] >> np.uint32(s)
+            if s + bits > 32:
+                v |= words[g, q + 1] << np.uint32(32 - s)
+            k = r // group
+            t = np.float32(v & mask) - zero2[g, k]
+            out[g, r] = t * scale2[g, k]
+    return out
+
+
 def stat(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], which: str, m: int) -> np.ndarray:
     """First-level statistic ``which`` ('scale' or 'zero') as f32 [G, m] (spqr.md §5 step 1)."""
     bits = params[f"{which}_bits"]
     if bits == 16:
         return np.asarray(sections[which]).astype(np.float32)
-    codes = unpack_rows(np.ascontiguousarray(sections[f"{which}_codes"]), m, bits)
-    k = np.arange(m) // params["stat_group_size"]
-    zero2 = np.asarray(sections[f"{which}_zero"]).astype(np.float32)[:, k]
-    scale2 = np.asarray(sections[f"{which}_scale"]).astype(np.float32)[:, k]
-    t = codes.astype(np.float32) - zero2
-    return (t * scale2).astype(np.float16).astype(np.float32)
+    t = _stat2(np.ascontiguousarray(sections[f"{which}_codes"]), m, bits, params["stat_group_size"],
+               np.asarray(sections[f"{which}_zero"]).astype(np.float32),
+               np.asarray(sections[f"{which}_scale"]).astype(np.float32))
+    return rne16(t)
 
 
 def decode(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:

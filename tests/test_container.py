@@ -205,3 +205,19 @@ def test_writer_rejects_invalid_tensors(tmp_path: Path, rng: np.random.Generator
         with pytest.raises(ValueError):
             wr.add_raw("dup", np.ones(1, np.float32))
             wr.add_raw("dup", np.ones(1, np.float32))
+
+
+def test_numba_rne16_matches_numpy_cast(rng: np.random.Generator) -> None:
+    from spqrfmt.decoder.spqr import rne16
+
+    special = np.array([0.0, -0.0, 65504, 65519.996, 65520, -65520, 1e9, np.inf, -np.inf, 2**-14, 2**-24,
+                        2**-25, 2**-25 * 1.0000001, 3 * 2**-25, 2**-26, 1e-45, 6.1e-5, 1 + 2**-11, 1 + 3 * 2**-11,
+                        2049.0, 2051.0, 4097.0], dtype=np.float32)
+    rand_bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    small = (rng.standard_normal(100_000) * 1e-5).astype(np.float32)
+    for x in (special, -special, rand_bits, small):
+        want = x.astype(np.float16).astype(np.float32)
+        got = rne16(x)
+        nan = np.isnan(want)
+        assert np.array_equal(np.isnan(got), nan)
+        assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
