@@ -113,3 +113,21 @@ def test_real_checkpoint_minilm(tmp_path: Path) -> None:
         assert np.linalg.norm(dq - w) / np.linalg.norm(w) < 0.1
         assert np.array_equal(f["embeddings.word_embeddings.weight"].decode(),
                               original["embeddings.word_embeddings.weight"][1])
+
+
+def test_interrupted_convert_leaves_no_file(hf_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "x.spqr"
+    out.parent.mkdir()
+    calls = []
+
+    def exploding_encoder(name: str, w: np.ndarray, cfg: QuantConfig) -> object:
+        calls.append(name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        from spqrfmt.convert import rtn_encoder
+
+        return rtn_encoder(name, w, cfg)
+
+    with pytest.raises(KeyboardInterrupt):
+        convert(hf_folder, out, QuantConfig(), encoder=exploding_encoder, progress=False)
+    assert list(out.parent.iterdir()) == []

@@ -228,3 +228,12 @@ def test_unknown_codec_does_not_block_other_tensors(tmp_path: Path, valid_blob: 
             f["w"].decode()
         assert ei.value.code == ErrorCode.UNKNOWN_CODEC and ei.value.tensor == "w"
         assert [e is None for _, e in f.check_all()] == [True, False]
+
+
+def test_bool_bytes_must_be_0_or_1(tmp_path: Path) -> None:
+    p = tmp_path / "b.spqr"
+    with spqrfmt.Writer(p) as wr:
+        wr.add_raw("mask", np.array([True, False, True]))
+    blob = _mutated(p.read_bytes(), lambda h, d: d.__setitem__(h["tensors"][0]["sections"]["data"]["offset"], 2),
+                    restamp_data=True)
+    _expect(tmp_path, blob, ErrorCode.BAD_VALUE)
