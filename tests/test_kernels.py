@@ -1,0 +1,172 @@
+"""Triton kernels (spqrfmt.kernels) against the reference decoder, on CPU through TRITON_INTERPRET=1.
+
+Dequantization must be bit-identical to spqrfmt.decoder.spqr.decode (NaN compared
+as "any NaN"); the fused matvec is checked by relative error against a float64
+product with the reference matrix. The same kernels run on a real GPU in
+bench/gpu_check.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install spqrfmt[gpu])")
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # must be set before triton.jit runs
+pytest.importorskip("triton", reason="triton is not installed (pip install spqrfmt[gpu])")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from spqrfmt.decoder.spqr import decode  # noqa: E402
+from spqrfmt.encoder.rtn import quantize_spqr  # noqa: E402
+from spqrfmt.kernels import spqr as ks  # noqa: E402
+from spqrfmt.kernels.linear import SpQRLinear  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+MATVEC_TOL = 4e-3  # fp16 activations and output: ~1e-3 expected
+
+
+def _encode(seed: int, m: int, n: int, bits: int, gs: int, sbits: int, b2: int, outliers: str, perm: bool):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((m, n)).astype(np.float32)
+    mask = np.zeros((m, n), dtype=bool)
+    if outliers == "some":
+        mask = rng.random((m, n)) < 0.05
+        w[mask] *= 8.0
+    elif outliers == "rows":
+        mask[rng.integers(0, m, size=max(1, m // 4))] = True
+    p = rng.permutation(n) if perm else None
+    return quantize_spqr(w, bits=bits, group_size=gs, scale_bits=sbits, zero_bits=sbits, stat_group_size=b2,
+                         outlier_fraction=0.0, perm=p, outlier_mask=mask)
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit-identical f32 arrays, any NaN matching any NaN."""
+    na, nb = np.isnan(a), np.isnan(b)
+    if not np.array_equal(na, nb):
+        return False
+    return np.array_equal(np.where(na, 0, a).view(np.uint32), np.where(nb, 0, b).view(np.uint32))
+
+
+def _check_dequant(enc, shape) -> None:
+    ref = decode(enc.params, enc.sections, shape)
+    secs = ks.to_device(enc.sections, DEVICE)
+    got = ks.dequantize(enc.params, secs, shape, torch.float32).cpu().numpy()
+    assert got.dtype == np.float32 and got.shape == shape
+    assert _same_bits(got, ref)
+    ref_t = torch.from_numpy(ref)
+    for dt in (torch.float16, torch.bfloat16):
+        out = ks.dequantize(enc.params, secs, shape, dt).cpu()
+        want = ref_t.to(dt)
+        same = (out.view(torch.int16) == want.view(torch.int16)) | (torch.isnan(out) & torch.isnan(want))
+        assert bool(same.all()), dt
+
+
+def _relerr(y: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(y - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+shapes = st.tuples(st.integers(1, 40), st.integers(1, 150))
+configs = st.fixed_dictionaries({
+    "bits": st.sampled_from([2, 3, 4, 8]),
+    "gs": st.sampled_from([1, 5, 16, 24, 32, 64, 200]),
+    "sbits": st.sampled_from([3, 16]),
+    "b2": st.integers(1, 20),
+    "outliers": st.sampled_from(["none", "some", "rows"]),
+    "perm": st.booleans(),
+})
+
+
+@SETTINGS
+@given(shape=shapes, cfg=configs, seed=st.integers(0, 2**31 - 1))
+def test_dequantize_bit_exact(shape, cfg, seed):
+    enc = _encode(seed, *shape, **cfg)
+    _check_dequant(enc, shape)
+
+
+@pytest.mark.parametrize("bits", [1, 5, 6, 7])
+def test_dequantize_other_bit_widths(bits):
+    shape = (19, 77)
+    enc = _encode(bits, *shape, bits=bits, gs=16, sbits=3, b2=4, outliers="some", perm=True)
+    _check_dequant(enc, shape)
+
+
+def test_dequantize_special_values_propagate():
+    """NaN/inf statistics and outliers are legal (spqr.md §6) and must decode exactly like the reference."""
+    shape = (20, 48)
+    for sbits in (16, 3):
+        enc = _encode(7, *shape, bits=3, gs=16, sbits=sbits, b2=8, outliers="some", perm=False)
+        secs = dict(enc.sections)
+        if sbits == 16:
+            s = secs["scale"].copy()
+            s[0, :3] = [np.inf, -np.inf, np.nan]
+            z = secs["zero"].copy()
+            z[1, 5] = np.nan
+            secs["scale"], secs["zero"] = s, z
+        else:
+            ss = secs["scale_scale"].copy()
+            ss[0, 0] = np.inf
+            ss[1, 1] = np.float16(65504)
+            secs["scale_scale"] = ss
+        v = secs["outlier_val"].copy()
+        v[:2] = [np.nan, -np.inf]
+        secs["outlier_val"] = v
+        enc.sections = secs
+        ref = decode(enc.params, secs, shape)
+        assert not np.isfinite(ref).all()
+        _check_dequant(enc, shape)
+
+
+@SETTINGS
+@given(shape=shapes, cfg=configs, seed=st.integers(0, 2**31 - 1), batch=st.sampled_from([1, 1, 3, 16]),
+       bm=st.sampled_from([16, 32]), nh=st.sampled_from([16, 32]), split=st.sampled_from([1, 2, 5]))
+def test_matvec_matches_reference(shape, cfg, seed, batch, bm, nh, split):
+    m, n = shape
+    enc = _encode(seed, m, n, **cfg)
+    ref = decode(enc.params, enc.sections, shape).astype(np.float64)
+    prep = ks.prepare(enc.params, enc.sections, shape, DEVICE)
+    rng = np.random.default_rng(seed + 1)
+    x = torch.from_numpy(rng.standard_normal((batch, n)).astype(np.float32)).half()
+    want = x.double().numpy() @ ref.T
+    y = ks.matvec(prep, x.to(DEVICE), config=ks.MatvecConfig(BM=bm, NH=nh, split=split))
+    assert y.dtype == torch.float16 and tuple(y.shape) == (batch, m)
+    got = y.double().cpu().numpy()
+    assert np.isfinite(got).all()
+    assert _relerr(got, want) < MATVEC_TOL
+
+
+def test_matvec_1d_and_bias_and_f32():
+    shape = (37, 100)
+    enc = _encode(3, *shape, bits=3, gs=16, sbits=3, b2=16, outliers="some", perm=True)
+    ref = decode(enc.params, enc.sections, shape).astype(np.float64)
+    prep = ks.prepare(enc.params, enc.sections, shape, DEVICE)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape[1]).astype(np.float32)
+    bias = rng.standard_normal(shape[0]).astype(np.float32)
+    for split in (1, 3):
+        y = ks.matvec(prep, torch.from_numpy(x).to(DEVICE), torch.from_numpy(bias).to(DEVICE),
+                      config=ks.MatvecConfig(BM=16, NH=16, split=split))
+        assert y.shape == (shape[0],) and y.dtype == torch.float32
+        assert _relerr(y.cpu().double().numpy(), ref @ x + bias) < 1e-5
+
+
+@pytest.mark.parametrize("rows", [2, 20])
+def test_spqr_linear_forward(rows):
+    """Small inputs use the fused kernel, large ones dequantize + matmul: both equal the reference layer."""
+    shape = (24, 80)
+    enc = _encode(11, *shape, bits=4, gs=16, sbits=3, b2=16, outliers="some", perm=True)
+    ref = decode(enc.params, enc.sections, shape).astype(np.float64)
+    bias = np.random.default_rng(1).standard_normal(shape[0]).astype(np.float16)
+    secs = dict(enc.sections, bias=bias)
+    layer = SpQRLinear.from_sections(enc.params, secs, shape, device=DEVICE, fused_max_rows=16)
+    assert layer.in_features == 80 and layer.out_features == 24 and layer.bias is not None
+    x = torch.from_numpy(np.random.default_rng(2).standard_normal((2, rows // 2, 80)).astype(np.float32))
+    y = layer(x.to(DEVICE))
+    assert tuple(y.shape) == (2, rows // 2, 24)
+    want = x.double().numpy() @ ref.T + bias.astype(np.float64)
+    assert _relerr(y.double().cpu().numpy(), want) < 1e-5
