@@ -1,0 +1,203 @@
+"""Perplexity of a Hugging Face causal LM, original or rebuilt from a ``.spqr`` file.
+
+Why here: quality claims about an encoder are only as good as the evaluation
+that backs them, so the evaluation is part of the package, deterministic
+(fixed windows, no sampling) and runs the decoded weights exactly as the
+file defines them (``Tensor.decode``: the spec's bit-exact f32 arithmetic).
+
+torch and transformers are imported inside the functions; ``import
+spqrfmt.evaluate`` itself needs neither.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["load_model", "load_model_with_weights", "load_spqr_model", "perplexity", "tokenize_texts"]
+
+
+def load_model(model_dir: str | os.PathLike[str], dtype: str = "float32", device: str = "cpu") -> Any:
+    """The checkpoint in ``model_dir`` as an eval-mode ``AutoModelForCausalLM``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    return model.to(device).eval()
+
+
+def load_model_with_weights(
+    model_dir_or_config: str | os.PathLike[str] | Mapping[str, Any] | Any,
+    tensors: Mapping[str, np.ndarray],
+    dtype: str = "float32",
+    device: str = "cpu",
+) -> Any:
+    """A causal LM whose parameters come from ``tensors`` (name -> array), e.g. decoded from a .spqr.
+
+    ``model_dir_or_config``: a Hugging Face folder (its weights are loaded first
+    and ``tensors`` overwrite them, so a partial dict works), or a config (dict,
+    JSON string or ``PretrainedConfig``), in which case ``tensors`` must cover
+    every parameter (tied ones may be absent). Unknown names raise ``KeyError``.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+    tdtype = getattr(torch, dtype)
+    full = False
+    if isinstance(model_dir_or_config, (str, os.PathLike)) and Path(model_dir_or_config).is_dir():
+        model = AutoModelForCausalLM.from_pretrained(model_dir_or_config, dtype=tdtype)
+    else:
+        cfg = model_dir_or_config
+        if isinstance(cfg, str):
+            cfg = json.loads(cfg)
+        if isinstance(cfg, Mapping):
+            d = dict(cfg)
+            cfg = AutoConfig.for_model(d.pop("model_type"), **d)
+        if not isinstance(cfg, PretrainedConfig):
+            raise TypeError("model_dir_or_config must be a folder, a config dict/JSON or a PretrainedConfig")
+        model = AutoModelForCausalLM.from_config(cfg, dtype=tdtype)  # random init, overwritten below
+        full = True
+    state = model.state_dict()
+    unknown = [k for k in tensors if k not in state]
+    if unknown:
+        raise KeyError(f"tensors not in the model: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+    new_state = {}
+    for k, v in tensors.items():
+        t = torch.from_numpy(np.ascontiguousarray(v)).to(tdtype)
+        if tuple(t.shape) != tuple(state[k].shape):
+            raise ValueError(f"{k}: shape {tuple(t.shape)} != model's {tuple(state[k].shape)}")
+        new_state[k] = t
+    model.load_state_dict(new_state, strict=False)
+    if full:
+        # Everything must come from ``tensors`` except parameters tied to one that does.
+        ptrs = {state[k].data_ptr() for k in new_state}
+        missing = [k for k, v in state.items() if k not in new_state and v.data_ptr() not in ptrs]
+        missing = [k for k in missing if k in dict(model.named_parameters())]
+        if missing:
+            raise KeyError(f"parameters missing from tensors: {missing[:5]}")
+    return model.to(device).eval()
+
+
+def load_spqr_model(path: str | os.PathLike[str], model_dir: str | os.PathLike[str] | None = None,
+                    dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
+    """(model, tokenizer or None) rebuilt from a .spqr file: every tensor decoded per the spec.
+
+    The architecture comes from the file's ``hf.config`` metadata (or from
+    ``model_dir`` when given); the tokenizer from ``hf.files/tokenizer*.json``
+    metadata when present.
+    """
+    from . import open as spqr_open
+    from .dtypes import to_float32
+
+    tensors: dict[str, np.ndarray] = {}
+    with spqr_open(path) as f:
+        meta = f.metadata if hasattr(f, "metadata") else {}
+        for name in f:
+            t = f[name]
+            if t.codec == "raw":
+                arr = t.decode()
+                if t.dtype in ("f16", "bf16", "f32", "f64"):
+                    arr = to_float32(np.asarray(arr), t.dtype)
+                tensors[name] = np.array(arr)
+            else:
+                tensors[name] = t.decode("f32")
+    source: Any = model_dir if model_dir is not None else meta.get("hf.config")
+    if source is None:
+        raise ValueError(f"{path} has no hf.config metadata; pass model_dir")
+    model = load_model_with_weights(source, tensors, dtype=dtype, device=device)
+    tokenizer = None
+    files = {k[len("hf.files/"):]: v for k, v in meta.items() if k.startswith("hf.files/")}
+    if "tokenizer.json" in files:
+        from transformers import AutoTokenizer
+
+        with tempfile.TemporaryDirectory() as td:
+            for fname, blob in files.items():
+                if "/" not in fname and "\\" not in fname and fname not in ("", ".", ".."):
+                    Path(td, fname).write_bytes(bytes(blob))
+            if "hf.config" in meta:
+                Path(td, "config.json").write_text(meta["hf.config"])
+            tokenizer = AutoTokenizer.from_pretrained(td)
+    elif model_dir is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return model, tokenizer
+
+
+def tokenize_texts(tokenizer: Any, texts: Sequence[str], add_eos: bool = True) -> Any:
+    """One 1-D LongTensor: the texts' tokens, an EOS between documents (no BOS)."""
+    import torch
+
+    ids: list[int] = []
+    for t in texts:
+        ids.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
+        if add_eos and tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def perplexity(model: Any, tokens: Any, seq_len: int = 512, stride: int | None = None, batch_size: int = 4,
+               tokenizer: Any = None) -> float:
+    """exp(mean next-token NLL) over ``tokens`` with windows of ``seq_len`` tokens.
+
+    ``stride`` (default ``seq_len``: disjoint windows) < ``seq_len`` gives
+    overlapping windows where only the last ``stride`` targets of each window
+    are scored (each token is scored once, with up to ``seq_len - stride``
+    tokens of extra context). ``tokens`` may be a 1-D tensor/array of ids, or a
+    list of strings together with ``tokenizer``. Deterministic: no sampling,
+    the windows depend only on the token count.
+    """
+    import torch
+
+    if isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str):
+        if tokenizer is None:
+            raise ValueError("texts need a tokenizer")
+        tokens = tokenize_texts(tokenizer, tokens)
+    ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long).reshape(-1)
+    stride = seq_len if stride is None else stride
+    if not 1 <= stride <= seq_len:
+        raise ValueError("need 1 <= stride <= seq_len")
+    n = ids.numel()
+    if n < 2:
+        raise ValueError("need at least 2 tokens")
+    # Windows start every ``stride`` tokens; each scores the targets not scored by the previous
+    # one (with disjoint windows, every window's first token has no context and is not scored).
+    windows: list[tuple[int, int, int]] = []  # (start, end, first scored position inside the window)
+    begin, prev_end = 0, 0
+    while True:
+        end = min(begin + seq_len, n)
+        first = max(prev_end, begin + 1)
+        if first < end:
+            windows.append((begin, end, first - begin))
+        prev_end = end
+        if end == n:
+            break
+        begin += stride
+    device = next(model.parameters()).device
+    total_nll = 0.0
+    count = 0
+    model.eval()
+    with torch.no_grad():
+        for b in range(0, len(windows), batch_size):
+            chunk = windows[b:b + batch_size]
+            L = max(e - s for s, e, _ in chunk)
+            x = torch.zeros((len(chunk), L), dtype=torch.long)
+            mask = torch.zeros((len(chunk), L), dtype=torch.long)
+            for r, (s, e, _) in enumerate(chunk):
+                x[r, :e - s] = ids[s:e]
+                mask[r, :e - s] = 1
+            logits = model(input_ids=x.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            for r, (s, e, first) in enumerate(chunk):
+                tgt = x[r, first:e - s].to(device)
+                lp = logp[r, first - 1:e - s - 1].gather(-1, tgt[:, None])[:, 0]
+                total_nll -= float(lp.double().sum())
+                count += tgt.numel()
+    return math.exp(total_nll / count)
