@@ -332,6 +332,8 @@ def matvec(prepared: PreparedSpQR, x: torch.Tensor, bias: torch.Tensor | None = 
     if x2.shape[-1] != n:
         raise ValueError(f"x has {x2.shape[-1]} features, weight expects {n}")
     B = x2.shape[0]
+    if B == 0:
+        return x2.new_empty((0, m))
     if B > MAX_FUSED_BATCH:
         ys = [matvec(prepared, x2[i:i + MAX_FUSED_BATCH], bias, config) for i in range(0, B, MAX_FUSED_BATCH)]
         return torch.cat(ys, dim=0)

@@ -1,0 +1,119 @@
+"""Property checks of spqrfmt.kernels on a real GPU (the CI runs the same kernels under TRITON_INTERPRET).
+
+Random shapes (including n not divisible by the group size), bits, group sizes,
+stat bits, outlier patterns and permutations, larger than the CI's: dequantize
+must equal the Numba reference decoder bit for bit (f32, and the f16/bf16 RNE
+casts); the fused matvec (batch 1..16, several tile shapes and splits) and
+SpQRLinear are checked by relative error against a float64 product.
+
+    python bench/gpu_check.py --cases 60 [--log out.txt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import torch
+
+from spqrfmt.decoder.spqr import decode
+from spqrfmt.encoder.rtn import quantize_spqr
+from spqrfmt.kernels import spqr as ks
+from spqrfmt.kernels.linear import SpQRLinear
+
+TOL = 4e-3
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    na, nb = np.isnan(a), np.isnan(b)
+    return bool(np.array_equal(na, nb)
+                and np.array_equal(np.where(na, 0, a).view(np.uint32), np.where(nb, 0, b).view(np.uint32)))
+
+
+def one_case(rng: np.random.Generator, dev: str) -> tuple[bool, str]:
+    m = int(rng.integers(1, 700))
+    n = int(rng.integers(1, 3000))
+    bits = int(rng.choice([1, 2, 3, 4, 5, 6, 8]))
+    gs = int(rng.choice([3, 16, 16, 32, 64, 128, 100]))
+    sbits = int(rng.choice([3, 4, 16]))
+    b2 = int(rng.choice([1, 7, 16, 64]))
+    kind = str(rng.choice(["none", "some", "rows"]))
+    use_perm = bool(rng.integers(0, 2))
+    w = rng.standard_normal((m, n)).astype(np.float32)
+    mask = np.zeros((m, n), dtype=bool)
+    if kind == "some":
+        mask = rng.random((m, n)) < 0.01
+        w[mask] *= 10
+    elif kind == "rows":
+        mask[rng.integers(0, m, size=max(1, m // 8))] = True
+    perm = rng.permutation(n) if use_perm else None
+    enc = quantize_spqr(w, bits=bits, group_size=gs, scale_bits=sbits, zero_bits=sbits, stat_group_size=b2,
+                        outlier_fraction=0.0, perm=perm, outlier_mask=mask)
+    desc = f"m={m} n={n} bits={bits} gs={gs} sbits={sbits} b2={b2} outliers={kind} perm={use_perm}"
+    ref = decode(enc.params, enc.sections, (m, n))
+    secs = ks.to_device(enc.sections, dev)
+    got = ks.dequantize(enc.params, secs, (m, n), torch.float32).cpu().numpy()
+    if not same_bits(got, ref):
+        return False, desc + f" dequant f32 mismatch ({int((got != ref).sum())} elements)"
+    ref_t = torch.from_numpy(ref)
+    for dt in (torch.float16, torch.bfloat16):
+        out = ks.dequantize(enc.params, secs, (m, n), dt).cpu()
+        want = ref_t.to(dt)
+        if not bool(((out.view(torch.int16) == want.view(torch.int16)) | (out.isnan() & want.isnan())).all()):
+            return False, desc + f" dequant {dt} mismatch"
+    prep = ks.prepare(enc.params, enc.sections, (m, n), dev)
+    ref64 = ref.astype(np.float64)
+    errs = []
+    for batch in (1, 4, 16):
+        for cfg in (None, ks.MatvecConfig(BM=16, NH=16, num_warps=2, split=1),
+                    ks.MatvecConfig(BM=64, NH=32, num_warps=8, split=3)):
+            x = torch.from_numpy(rng.standard_normal((batch, n)).astype(np.float32)).half().to(dev)
+            y = ks.matvec(prep, x, config=cfg).double().cpu().numpy()
+            want = x.double().cpu().numpy() @ ref64.T
+            err = float(np.linalg.norm(y - want) / max(np.linalg.norm(want), 1e-30))
+            errs.append(err)
+            if not np.isfinite(y).all() or err > TOL:
+                return False, desc + f" matvec batch={batch} cfg={cfg} relerr={err:.2e}"
+    bias = rng.standard_normal(m).astype(np.float32)
+    layer = SpQRLinear.from_sections(enc.params, enc.sections, (m, n), bias=torch.from_numpy(bias), device=dev)
+    for rows in (3, 40):
+        x = torch.from_numpy(rng.standard_normal((rows, n)).astype(np.float32)).half().to(dev)
+        y = layer(x).double().cpu().numpy()
+        want = x.double().cpu().numpy() @ ref64.T + bias
+        err = float(np.linalg.norm(y - want) / max(np.linalg.norm(want), 1e-30))
+        errs.append(err)
+        if err > TOL:
+            return False, desc + f" SpQRLinear rows={rows} relerr={err:.2e}"
+    return True, desc + f" ok, max matvec relerr {max(errs):.2e}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--log", default=None)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: run tests/test_kernels.py (interpreter) instead")
+        return 2
+    rng = np.random.default_rng(args.seed)
+    lines, fails = [], 0
+    t0 = time.time()
+    for i in range(args.cases):
+        ok, msg = one_case(rng, "cuda")
+        fails += not ok
+        lines.append(f"[{i:3d}] {'PASS' if ok else 'FAIL'} {msg}")
+        print(lines[-1], flush=True)
+    summary = f"gpu_check: {args.cases - fails}/{args.cases} cases passed in {time.time() - t0:.0f}s on " \
+              f"{torch.cuda.get_device_name()}"
+    print(summary)
+    if args.log:
+        with open(args.log, "w") as f:
+            f.write("\n".join(lines + [summary]) + "\n")
+    return 1 if fails else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
