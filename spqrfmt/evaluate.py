@@ -51,7 +51,8 @@ def load_model_with_weights(
 
     tdtype = getattr(torch, dtype)
     full = False
-    if isinstance(model_dir_or_config, (str, os.PathLike)) and Path(model_dir_or_config).is_dir():
+    is_json = isinstance(model_dir_or_config, str) and model_dir_or_config.lstrip().startswith("{")
+    if isinstance(model_dir_or_config, (str, os.PathLike)) and not is_json and Path(model_dir_or_config).is_dir():
         model = AutoModelForCausalLM.from_pretrained(model_dir_or_config, dtype=tdtype)
     else:
         cfg = model_dir_or_config

