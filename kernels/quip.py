@@ -1,0 +1,204 @@
+"""Triton decoding of codec ``quip`` v1: bit-exact dequantization, and the transform-the-activation matvec.
+
+The decode of spec/codecs/quip.md §5 is a pipeline of small kernels, each one
+literal f32 operation per element so that the result is bit-identical to the
+Numba reference decoder (launched with ``enable_fp_fusion=False``):
+
+1. ``_grid_kernel``: Qhat[r, j] = f32(2q - (2^b - 1)) * scale[r];
+2. along n (each row), then along m (each column): one ``_butterfly_kernel``
+   launch per Walsh-Hadamard stage (half = 1, 2, 4, ...; the last stage also
+   multiplies by c_k), then ``_factor_kernel`` (sequential f32 accumulation)
+   when the dimension has an odd factor; the same kernels serve rows and
+   columns through (vector stride, element stride);
+3. ``_sign_kernel``: times f32(sv[r] * su[c]).
+
+:func:`matvec` computes ``y = W x`` the QuIP way without forming W:
+``y = sv * D_m (scale * (Qint (D_n^T (su * x))))`` (f32, not bit-identical to
+``dequantize(...) @ x``, but the same linear map). On a GPU the per-stage
+launches should be fused into one shared-memory FWHT per vector; the
+interpreter path here is for correctness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from ..decoder.quip import hadamard_constant
+from .spqr import to_device
+
+__all__ = ["PreparedQuip", "dequantize", "matvec", "prepare", "to_device", "transform"]
+
+_OPTS = {"enable_fp_fusion": False}
+
+
+@triton.jit
+def _grid_kernel(codes_ptr, scale_ptr, out_ptr, m, n, words,
+                 BITS: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    rmask = rows < m
+    mask = rmask[:, None] & (cols < n)[None, :]
+    rows64 = rows.to(tl.int64)
+    bitpos = cols * BITS
+    q = bitpos >> 5
+    s = (bitpos & 31).to(tl.uint32)
+    base = codes_ptr + rows64[:, None] * words + q[None, :]
+    w0 = tl.load(base, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    straddle = (s + BITS) > 32
+    w1 = tl.load(base + 1, mask=mask & straddle[None, :], other=0).to(tl.uint32, bitcast=True)
+    v = (w0 >> s[None, :]) | tl.where(straddle[None, :], w1 << ((32 - s) & 31)[None, :], 0)
+    code = (v & ((1 << BITS) - 1)).to(tl.int32)
+    g = (2 * code - ((1 << BITS) - 1)).to(tl.float32)
+    sc = tl.load(scale_ptr + rows, mask=rmask, other=0.0)
+    tl.store(out_ptr + rows64[:, None] * n + cols[None, :], g * sc[:, None], mask=mask)
+
+
+@triton.jit
+def _butterfly_kernel(x_ptr, nvec, npairs, stride_v, stride_e, half, c,
+                      LAST: tl.constexpr, BV: tl.constexpr, BP: tl.constexpr):
+    """One FWHT stage on every vector: (x[i], x[i+half]) <- (x[i]+x[i+half], x[i]-x[i+half]) [* c if LAST]."""
+    vv = tl.program_id(0) * BV + tl.arange(0, BV)
+    pp = tl.program_id(1) * BP + tl.arange(0, BP)
+    mask = (vv < nvec)[:, None] & (pp < npairs)[None, :]
+    i = (pp // half) * (2 * half) + pp % half
+    a_ptr = x_ptr + vv.to(tl.int64)[:, None] * stride_v + i.to(tl.int64)[None, :] * stride_e
+    b_ptr = a_ptr + half * stride_e
+    u = tl.load(a_ptr, mask=mask, other=0.0)
+    w = tl.load(b_ptr, mask=mask, other=0.0)
+    s = u + w
+    d = u - w
+    if LAST:
+        s = s * c
+        d = d * c
+    tl.store(a_ptr, s, mask=mask)
+    tl.store(b_ptr, d, mask=mask)
+
+
+@triton.jit
+def _factor_kernel(x_ptr, y_ptr, f_ptr, nvec, a, h, stride_v, stride_e,
+                   BV: tl.constexpr, BH: tl.constexpr):
+    """y[v, al*h + be] = sum over al2 = 0..a-1, in order, of F[al, al2] * x[v, al2*h + be] (f32, no FMA)."""
+    vv = tl.program_id(0) * BV + tl.arange(0, BV)
+    be = tl.program_id(1) * BH + tl.arange(0, BH)
+    mask = (vv < nvec)[:, None] & (be < h)[None, :]
+    vbase = vv.to(tl.int64)[:, None] * stride_v
+    for al in range(0, a):
+        f0 = tl.load(f_ptr + al * a)
+        acc = f0 * tl.load(x_ptr + vbase + be.to(tl.int64)[None, :] * stride_e, mask=mask, other=0.0)
+        for al2 in range(1, a):
+            f = tl.load(f_ptr + al * a + al2)
+            xv = tl.load(x_ptr + vbase + (al2 * h + be).to(tl.int64)[None, :] * stride_e, mask=mask, other=0.0)
+            acc = acc + f * xv
+        tl.store(y_ptr + vbase + (al * h + be).to(tl.int64)[None, :] * stride_e, acc, mask=mask)
+
+
+@triton.jit
+def _sign_kernel(x_ptr, sv_ptr, su_ptr, m, n, BR: tl.constexpr, BC: tl.constexpr):
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    mask = (rows < m)[:, None] & (cols < n)[None, :]
+    sv = tl.load(sv_ptr + rows, mask=rows < m, other=1).to(tl.int32)
+    su = tl.load(su_ptr + cols, mask=cols < n, other=1).to(tl.int32)
+    p = x_ptr + rows.to(tl.int64)[:, None] * n + cols[None, :]
+    x = tl.load(p, mask=mask, other=0.0)
+    tl.store(p, x * (sv[:, None] * su[None, :]).to(tl.float32), mask=mask)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def transform(x: torch.Tensor, along_rows: bool, log2_h: int, factor: torch.Tensor | None) -> torch.Tensor:
+    """Apply D = F kron H_norm (quip.md §5.2) to every row (or column) of the f32 matrix x; returns the result.
+
+    ``x`` is modified in place when there is no factor; the factor step writes a new tensor.
+    """
+    rows, cols = x.shape
+    nvec, length = (rows, cols) if along_rows else (cols, rows)
+    sv_, se_ = (cols, 1) if along_rows else (1, cols)
+    h = 1 << log2_h
+    BV, BP = 16, 64
+    for s in range(log2_h):
+        last = s == log2_h - 1
+        _butterfly_kernel[(_ceil_div(nvec, BV), _ceil_div(length // 2, BP))](
+            x, nvec, length // 2, sv_, se_, 1 << s, float(hadamard_constant(log2_h)),
+            LAST=last, BV=BV, BP=BP, **_OPTS)
+    if factor is not None and length // h > 1:
+        y = torch.empty_like(x)
+        _factor_kernel[(_ceil_div(nvec, BV), _ceil_div(h, BP))](
+            x, y, factor.contiguous(), nvec, length // h, h, sv_, se_, BV=BV, BH=BP, **_OPTS)
+        x = y
+    return x
+
+
+def _codes(secs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    c = secs["codes"]
+    return c.view(torch.int32) if c.dtype == torch.uint32 else c
+
+
+def dequantize(params: Mapping[str, Any], sections_on_device: Mapping[str, torch.Tensor], shape: tuple[int, int],
+               out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Decoded tensor [m, n] of a validated quip tensor (bit-exact f32, then an RNE cast)."""
+    m, n = (int(v) for v in shape)
+    secs = dict(sections_on_device)
+    codes = _codes(secs)
+    x = torch.empty((m, n), dtype=torch.float32, device=codes.device)
+    BR, BC = 16, 64
+    grid = (_ceil_div(m, BR), _ceil_div(n, BC))
+    _grid_kernel[grid](codes, secs["scale"], x, m, n, codes.shape[1], BITS=int(params["bits"]), BR=BR, BC=BC,
+                       **_OPTS)
+    x = transform(x, True, int(params["log2_hn"]), secs.get("factor_n"))
+    x = transform(x, False, int(params["log2_hm"]), secs.get("factor_m"))
+    _sign_kernel[grid](x, secs["sv"], secs["su"], m, n, BR=BR, BC=BC, **_OPTS)
+    return x if out_dtype == torch.float32 else x.to(out_dtype)
+
+
+@dataclass
+class PreparedQuip:
+    """Sections on the device, the integer grid as f32 [m, n] and F_n^T (for D_n^T), built once."""
+
+    params: dict[str, Any]
+    shape: tuple[int, int]
+    sections: dict[str, torch.Tensor]
+    qint: torch.Tensor
+    factor_nt: torch.Tensor | None
+
+
+def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple[int, int],
+            device: str | torch.device = "cuda") -> PreparedQuip:
+    """Move sections to ``device``; expand the codes to the odd-integer grid (scale 1) for the matvec."""
+    m, n = (int(v) for v in shape)
+    secs = to_device(sections, device)
+    codes = _codes(secs)
+    qint = torch.empty((m, n), dtype=torch.float32, device=codes.device)
+    ones = torch.ones(m, dtype=torch.float32, device=codes.device)
+    BR, BC = 16, 64
+    _grid_kernel[(_ceil_div(m, BR), _ceil_div(n, BC))](codes, ones, qint, m, n, codes.shape[1],
+                                                       BITS=int(params["bits"]), BR=BR, BC=BC, **_OPTS)
+    fn = secs.get("factor_n")
+    return PreparedQuip(dict(params), (m, n), secs, qint, fn.T.contiguous() if fn is not None else None)
+
+
+def matvec(prepared: PreparedQuip, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W.T (+ bias)`` for x [B, n] or [n] via the incoherent basis: two FWHTs instead of a dense W."""
+    m, n = prepared.shape
+    p, secs = prepared.params, prepared.sections
+    squeeze = x.dim() == 1
+    x2 = x.reshape(1, n) if squeeze else x
+    if x2.shape[-1] != n:
+        raise ValueError(f"x has {x2.shape[-1]} features, weight expects {n}")
+    xs = (x2.to(torch.float32) * secs["su"].to(torch.float32)[None, :]).contiguous()
+    xs = transform(xs, True, int(p["log2_hn"]), prepared.factor_nt)  # rows of xs <- D_n^T x
+    y = (xs @ prepared.qint.T) * secs["scale"][None, :]  # TODO(gpu): a fused LUT-free grid GEMV kernel
+    y = transform(y.contiguous(), True, int(p["log2_hm"]), secs.get("factor_m"))  # rows <- D_m y
+    y = y * secs["sv"].to(torch.float32)[None, :]
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    y = y.to(x.dtype)
+    return y.reshape(m) if squeeze else y
