@@ -1,0 +1,142 @@
+"""Text generation from a ``.spqr`` file: tokenizer from the file's metadata, greedy or sampled decoding.
+
+The converter stores the checkpoint's tokenizer files verbatim as metadata
+``hf.files/<name>``; :func:`load_tokenizer` writes them (and config.json) to a
+temporary folder and hands that to ``AutoTokenizer``, so a ``.spqr`` file is
+self-contained. ``--tokenizer DIR`` overrides it.
+
+CLI entry points (wired by ``spqrfmt.cli``): :func:`add_arguments`, :func:`cli_generate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .reader import open_file as _open
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+TOKENIZER_PREFIX = "hf.files/"
+
+
+def load_tokenizer(path: str | os.PathLike[str], tokenizer_dir: str | os.PathLike[str] | None = None) -> Any:
+    """A transformers tokenizer: from ``tokenizer_dir`` if given, else from the file's ``hf.files/*`` metadata."""
+    from transformers import AutoTokenizer
+
+    if tokenizer_dir is not None:
+        return AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
+    with _open(path) as f:
+        files = {k[len(TOKENIZER_PREFIX):]: v for k, v in f.metadata.items() if k.startswith(TOKENIZER_PREFIX)}
+        config = f.metadata.get("hf.config")
+    if not any(n.startswith(("tokenizer", "vocab", "merges")) for n in files):
+        raise ValueError(f"{path}: no tokenizer files in the metadata; pass a tokenizer folder (--tokenizer DIR)")
+    with tempfile.TemporaryDirectory(prefix="spqr-tok-") as d:
+        for name, data in files.items():
+            if "/" in name or "\\" in name or name.startswith("."):  # metadata names are never paths
+                continue
+            Path(d, name).write_bytes(data if isinstance(data, bytes) else str(data).encode("utf-8"))
+        if config is not None:
+            Path(d, "config.json").write_text(config if isinstance(config, str) else config.decode("utf-8"),
+                                              encoding="utf-8")
+        return AutoTokenizer.from_pretrained(d, trust_remote_code=False)
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    max_new_tokens: int = 32,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int | None = None,
+) -> tuple[str, list[int]]:
+    """Continue ``prompt``; temperature 0 is greedy. Returns (new text, new token ids)."""
+    import torch
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    enc = tokenizer(prompt, return_tensors="pt")
+    ids = enc["input_ids"].to(device)
+    mask = enc.get("attention_mask")
+    kwargs: dict[str, Any] = {"max_new_tokens": int(max_new_tokens), "attention_mask": None if mask is None else
+                              mask.to(device)}
+    if temperature > 0:
+        if seed is not None:
+            torch.manual_seed(seed)
+        kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=int(top_k))
+    else:
+        kwargs.update(do_sample=False)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is not None:
+        kwargs["pad_token_id"] = pad
+    with torch.inference_mode():
+        out = model.generate(ids, **kwargs)
+    new = out[0, ids.shape[1]:].tolist()
+    return tokenizer.decode(new, skip_special_tokens=True), new
+
+
+def greedy_tokens(model: Any, input_ids: torch.Tensor, max_new_tokens: int) -> list[int]:
+    """Plain greedy loop with the KV cache, no generation config involved (used by tests and benchmarks)."""
+    import torch
+
+    with torch.inference_mode():
+        out = model(input_ids, use_cache=True)
+        past = out.past_key_values
+        tok = out.logits[:, -1].argmax(-1, keepdim=True)
+        toks = [int(tok)]
+        for _ in range(max_new_tokens - 1):
+            out = model(tok, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            tok = out.logits[:, -1].argmax(-1, keepdim=True)
+            toks.append(int(tok))
+    return toks
+
+
+_DTYPES = {"f16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
+           "f32": "float32", "float32": "float32"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``spqr generate FILE --prompt ...``."""
+    parser.add_argument("file", help=".spqr file converted from a transformers causal LM")
+    parser.add_argument("--prompt", required=True, help="text to continue")
+    parser.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the file's stored tokenizer)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, choices=sorted(_DTYPES),
+                        help="model dtype (default: float16 on cuda, float32 on cpu)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None)
+
+
+def cli_generate(args: argparse.Namespace) -> int:
+    """``spqr generate``: load, generate, print the continuation; timing goes to stderr."""
+    import torch
+
+    from .model import load_model
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_name = _DTYPES[args.dtype] if args.dtype else ("float16" if device.startswith("cuda") else "float32")
+    t0 = time.perf_counter()
+    tok = load_tokenizer(args.file, args.tokenizer)
+    model = load_model(args.file, device=device, dtype=getattr(torch, dtype_name))
+    t1 = time.perf_counter()
+    text, new = generate(model, tok, args.prompt, args.max_new_tokens, temperature=args.temperature,
+                         top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    t2 = time.perf_counter()
+    print(args.prompt + text)
+    print(f"[load {t1 - t0:.2f} s, {len(new)} tokens in {t2 - t1:.2f} s on {device}, {dtype_name}]", file=sys.stderr)
+    return 0
+
+
+__all__ = ["add_arguments", "cli_generate", "generate", "greedy_tokens", "load_tokenizer"]

@@ -1,0 +1,334 @@
+"""Run a transformers model straight from a ``.spqr`` file.
+
+``load_model(path, device, dtype)`` rebuilds the architecture from the config
+stored in the file (metadata ``hf.config``) with its parameters on the meta
+device (no fp16 copy of the model is ever materialised), then fills it tensor
+by tensor:
+
+* quantized ``nn.Linear`` weights of codec ``spqr`` on CUDA become
+  :class:`spqrfmt.kernels.linear.SpQRLinear` (the weight stays compressed on
+  the GPU, decoded inside the Triton matvec);
+* every other quantized weight (CPU, or a codec without a GPU module) is
+  decoded once with ``Tensor.decode()`` -- codec-agnostic and bit-exact per
+  spec -- and cast to the model dtype with round-to-nearest-even;
+* raw tensors (embeddings, norms, biases) are loaded as stored, floating
+  ones cast to the model dtype; tied output embeddings are re-tied.
+
+GPT-2-style ``Conv1D`` layers store their weight transposed, ``[in, out]``.
+The converter quantizes the tensor as it finds it, so such a matrix is a
+``[in, out]`` spqr tensor (groups run along the output dimension). The loader
+therefore decodes Conv1D weights densely as stored (correct on CPU and GPU);
+only when the file's metadata says ``spqrfmt.conv1d = "out_in"`` (a converter
+that transposed them into the spec's ``[out, in]`` convention) are they
+treated as linear weights and given ``SpQRLinear`` on the GPU.
+
+torch and transformers are imported lazily: ``import spqrfmt`` stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .reader import SpqrFile, Tensor
+from .reader import open_file as _open
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+# Codecs with a GPU module that keeps the weight compressed: codec id -> builder.
+GPU_MODULE_CODECS = ("spqr",)
+
+
+@dataclass
+class LoadReport:
+    """What ``load_model`` did with each tensor (attached to the model as ``model.spqr_load_report``)."""
+
+    kernel_layers: list[str] = field(default_factory=list)
+    decoded_layers: list[str] = field(default_factory=list)
+    raw_tensors: list[str] = field(default_factory=list)
+    tied: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def config_of(f: SpqrFile) -> dict[str, Any]:
+    """The checkpoint's config.json stored in the file (metadata ``hf.config``)."""
+    text = f.metadata.get("hf.config")
+    if text is None:
+        raise ValueError(f"{f.path}: no 'hf.config' metadata; the file was not converted from a transformers folder")
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    cfg = json.loads(text)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{f.path}: 'hf.config' is not a JSON object")
+    return cfg
+
+
+def hf_config(f: SpqrFile) -> Any:
+    """A transformers ``PretrainedConfig`` from the stored config.json (no network, no remote code)."""
+    from transformers import AutoConfig
+
+    cfg = config_of(f)
+    cfg.pop("quantization_config", None)  # the file's own codecs replace any source quantization
+    with tempfile.TemporaryDirectory(prefix="spqr-config-") as d:
+        Path(d, "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+        return AutoConfig.from_pretrained(d, trust_remote_code=False)
+
+
+def _model_class(config: Any) -> Any:
+    """The class named in ``architectures`` if transformers has it, else AutoModelForCausalLM."""
+    import transformers
+
+    for arch in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            return cls
+    return transformers.AutoModelForCausalLM
+
+
+@contextlib.contextmanager
+def empty_parameters() -> Iterator[None]:
+    """Create every ``nn.Parameter`` on the meta device while buffers stay real.
+
+    Buffers computed at construction (rotary ``inv_freq``, position ids) are
+    not in checkpoints, so they must be built for real; parameters come from
+    the file and would only waste memory and init time.
+    """
+    from torch import nn
+
+    original = nn.Module.register_parameter
+
+    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            p = module._parameters[name]
+            module._parameters[name] = nn.Parameter(p.to("meta"), requires_grad=p.requires_grad)
+
+    nn.Module.register_parameter = register  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+def build_empty_model(config: Any, dtype: torch.dtype) -> nn.Module:
+    """The architecture with meta parameters and real buffers, in ``dtype``."""
+    import torch
+
+    cls = _model_class(config)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype if dtype.is_floating_point else old)
+    try:
+        with empty_parameters():
+            # Auto* classes only have from_config; concrete classes build through _from_config.
+            build = cls.from_config if cls.__name__.startswith("Auto") else cls._from_config
+            model = build(config, dtype=dtype)
+    finally:
+        torch.set_default_dtype(old)
+    return model
+
+
+def _numpy_to_torch(arr: np.ndarray, file_dtype: str) -> torch.Tensor:
+    import torch
+
+    if file_dtype == "bf16":  # uint16 bit patterns
+        return torch.from_numpy(np.ascontiguousarray(arr).view(np.int16).copy()).view(torch.bfloat16)
+    a = np.ascontiguousarray(arr)
+    if a.dtype == np.uint16:
+        a = a.astype(np.int32)
+    elif a.dtype == np.uint32:
+        a = a.astype(np.int64)
+    return torch.from_numpy(a.copy())
+
+
+def _resolve(model: nn.Module, name: str) -> str | None:
+    """Map a checkpoint tensor name to the model's parameter/buffer name (base-model prefix differences)."""
+    names = _state_names(model)
+    if name in names:
+        return name
+    prefix = getattr(model, "base_model_prefix", "")
+    if prefix:
+        if f"{prefix}.{name}" in names:
+            return f"{prefix}.{name}"
+        if name.startswith(prefix + ".") and name[len(prefix) + 1:] in names:
+            return name[len(prefix) + 1:]
+    return None
+
+
+def _state_names(model: nn.Module) -> set[str]:
+    cache = getattr(model, "_spqr_state_names", None)
+    if cache is None:
+        cache = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+        cache |= {n for n, _ in model.named_buffers(remove_duplicate=False)}
+        model._spqr_state_names = cache  # type: ignore[attr-defined]
+    return cache
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, _, attr = name.rpartition(".")
+    return (model.get_submodule(path) if path else model), attr
+
+
+def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Replace a parameter (or buffer) by a real tensor of the same shape."""
+    from torch import nn
+
+    mod, attr = _owner(model, name)
+    if attr in mod._buffers:
+        old = mod._buffers[attr]
+        if old is not None and tuple(old.shape) != tuple(value.shape):
+            raise ValueError(f"{name}: file has shape {list(value.shape)}, model expects {list(old.shape)}")
+        mod._buffers[attr] = value
+        return
+    old = mod._parameters.get(attr)
+    if old is not None and tuple(old.shape) != tuple(value.shape):
+        raise ValueError(f"{name}: file has shape {list(value.shape)}, model expects {list(old.shape)}")
+    mod._parameters[attr] = nn.Parameter(value, requires_grad=False)
+
+
+def _is_conv1d(mod: Any) -> bool:
+    return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf")
+
+
+def _decode_to(t: Tensor, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """Codec-agnostic decode (f32, bit-exact) then one RNE cast to the model dtype."""
+    import torch
+
+    w = torch.from_numpy(np.ascontiguousarray(t.decode()))
+    return w.to(device=device, dtype=dtype)
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    *,
+    use_kernels: bool | None = None,
+    verify_checksums: bool = True,
+) -> nn.Module:
+    """Build the transformers model stored in a ``.spqr`` file, ready for inference (``eval()``).
+
+    ``device``: "cpu" or "cuda[:i]". ``dtype``: torch.float16 (default), bfloat16 or float32.
+    ``use_kernels``: keep ``spqr`` weights compressed in ``SpQRLinear`` (default: on CUDA only).
+    On CPU, quantized weights are decoded once into plain dense weights.
+    """
+    import torch
+
+    dtype = dtype or torch.float16
+    dev = torch.device(device)
+    if use_kernels is None:
+        use_kernels = dev.type == "cuda"
+    report = LoadReport()
+    with _open(path, verify_checksums=verify_checksums) as f:
+        config = hf_config(f)
+        conv1d_out_in = f.metadata.get("spqrfmt.conv1d") == "out_in"
+        model = build_empty_model(config, dtype)
+        loaded: set[str] = set()
+        for name, t in f.tensors.items():
+            target = _resolve(model, name)
+            if target is None:
+                report.skipped.append(name)
+                continue
+            mod, attr = _owner(model, target)
+            if t.codec == "raw":
+                value = _numpy_to_torch(t.decode(), t.dtype)
+                if value.is_floating_point():
+                    value = value.to(dtype)
+                _set_tensor(model, target, value.to(dev))
+                report.raw_tensors.append(name)
+                loaded.add(target)
+                continue
+            is_linear = isinstance(mod, torch.nn.Linear) and attr == "weight"
+            is_conv = _is_conv1d(mod) and attr == "weight"
+            if use_kernels and t.codec in GPU_MODULE_CODECS and (is_linear or (is_conv and conv1d_out_in)):
+                _swap_for_kernel(model, target, t, dev)
+                report.kernel_layers.append(name)
+            elif is_conv and conv1d_out_in:
+                _set_tensor(model, target, _decode_to(t, dtype, str(dev)).t().contiguous())
+                report.decoded_layers.append(name)
+            else:
+                _set_tensor(model, target, _decode_to(t, dtype, str(dev)))
+                report.decoded_layers.append(name)
+            bias = t.bias()  # a bias carried inside the codec tensor, if any
+            if bias is not None and not _has_real(model, target.rpartition(".")[0] + ".bias"):
+                _set_bias(model, target, torch.from_numpy(bias).to(device=dev, dtype=dtype))
+            loaded.add(target)
+    _tie(model, report)
+    model.to(dev)  # buffers built at construction (rotary tables, position ids)
+    missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if missing:
+        raise ValueError(f"{path}: the file lacks {len(missing)} model parameters, e.g. {missing[:5]}")
+    model.eval()
+    model.spqr_load_report = report  # type: ignore[attr-defined]
+    return model
+
+
+def _has_real(model: nn.Module, name: str) -> bool:
+    try:
+        mod, attr = _owner(model, name)
+    except AttributeError:
+        return False
+    p = getattr(mod, attr, None)
+    return p is not None and getattr(p, "device", None) is not None and p.device.type != "meta"
+
+
+def _set_bias(model: nn.Module, weight_name: str, bias: torch.Tensor) -> None:
+    from torch import nn
+
+    mod, _ = _owner(model, weight_name)
+    mod.bias = nn.Parameter(bias, requires_grad=False)
+
+
+def _swap_for_kernel(model: nn.Module, target: str, t: Tensor, dev: torch.device) -> None:
+    """Replace the Linear owning ``target`` by an SpQRLinear holding the compressed sections on ``dev``."""
+    from .kernels.linear import SpQRLinear
+
+    mod_path, _, _ = target.rpartition(".")
+    old, _ = _owner(model, target)
+    sections = {k: np.array(v) for k, v in t.arrays().items()}  # writable copies: torch.from_numpy needs them
+    new = SpQRLinear.from_sections(dict(t.params), sections, tuple(t.shape), device=dev)
+    old_bias = getattr(old, "bias", None)
+    if old_bias is not None and new.bias is None and old_bias.device.type != "meta":
+        new.bias = old_bias  # pragma: no cover - raw bias loaded before its weight
+    elif old_bias is not None and new.bias is None:
+        # The layer has a bias that will come as a raw tensor: keep a meta placeholder so the
+        # later raw load finds the parameter name.
+        from torch import nn
+
+        new.bias = nn.Parameter(old_bias, requires_grad=False)
+    parent_path, _, child = mod_path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, child, new)
+    model._spqr_state_names = None  # type: ignore[attr-defined]
+
+
+def _tie(model: nn.Module, report: LoadReport) -> None:
+    """Re-tie output embeddings to input embeddings when the config asks and the head was not in the file."""
+    cfg = getattr(model, "config", None)
+    get_out = getattr(model, "get_output_embeddings", None)
+    get_in = getattr(model, "get_input_embeddings", None)
+    if cfg is None or get_out is None or get_in is None:
+        return
+    out, inp = get_out(), get_in()
+    if out is None or inp is None:
+        return
+    tie = getattr(cfg, "tie_word_embeddings", False)
+    text_cfg = getattr(cfg, "get_text_config", None)
+    if text_cfg is not None:
+        tie = getattr(text_cfg(), "tie_word_embeddings", tie)
+    w = getattr(out, "weight", None)
+    if tie and w is not None and w.device.type == "meta":
+        out.weight = inp.weight
+        report.tied.append("output embeddings <- input embeddings")
+
+
+__all__ = ["LoadReport", "build_empty_model", "config_of", "empty_parameters", "hf_config", "load_model"]
