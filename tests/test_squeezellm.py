@@ -1,0 +1,273 @@
+"""Codec ``squeezellm`` v1: encoder -> file -> reader round trip, k-means properties, Triton parity, hostile input.
+
+The decoded tensor must be bit-identical to the encoder's own dequantized
+matrix (spec/codecs/squeezellm.md §5), and the Triton interpreter decode
+bit-identical to the Numba reference.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import spqrfmt
+from spqrfmt import ErrorCode
+from spqrfmt.decoder.squeezellm import decode
+from spqrfmt.encoder.squeezellm import quantize_squeezellm
+
+from conftest import assemble, restamp, split
+
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                           HealthCheck.function_scoped_fixture])
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype == np.float32 and np.array_equal(a.view(np.uint32),
+                                                                                      b.view(np.uint32))
+
+
+def _weight(seed: int, m: int, n: int, outliers: str) -> tuple[np.ndarray, np.ndarray | None]:
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((m, n)).astype(np.float32)
+    mask = None
+    if outliers == "some":
+        mask = rng.random((m, n)) < 0.1
+        w[mask] *= 20.0
+    elif outliers == "rows":
+        mask = np.zeros((m, n), dtype=bool)
+        mask[rng.integers(0, m)] = True
+    return w, mask
+
+
+def _write_read(tmp: Path, enc: Any) -> tuple[np.ndarray, np.ndarray | None, float]:
+    path = tmp / "t.spqr"
+    with spqrfmt.Writer(path) as wr:
+        wr.add_encoded("w", enc)
+    with spqrfmt.open(path) as f:
+        t = f["w"]
+        return t.decode(), t.bias(), t.bits_per_param
+
+
+@SETTINGS
+@given(m=st.integers(1, 24), n=st.integers(1, 90), bits=st.integers(1, 8), seed=st.integers(0, 2**31),
+       outliers=st.sampled_from(["none", "auto", "some", "rows"]), sens=st.sampled_from(["none", "row", "full"]),
+       bias=st.booleans())
+def test_round_trip_bit_exact(tmp_path: Path, m: int, n: int, bits: int, seed: int, outliers: str, sens: str,
+                              bias: bool) -> None:
+    w, mask = _weight(seed, m, n, outliers)
+    rng = np.random.default_rng(seed + 1)
+    s = {"none": None, "row": rng.random(n), "full": rng.random((m, n))}[sens]
+    b = rng.standard_normal(m).astype(np.float32) if bias else None
+    enc = quantize_squeezellm(w, bits=bits, sensitivity=s, outlier_mask=mask,
+                              outlier_fraction=0.02 if outliers == "auto" else 0.0, bias=b)
+    assert enc.codec == "squeezellm" and enc.sections["lut"].dtype == np.float16
+    assert enc.sections["lut"].shape == (m, 1 << bits)
+    got, got_bias, bpp = _write_read(tmp_path, enc)
+    assert _same_bits(got, enc.dequantized)
+    assert _same_bits(decode(enc.params, enc.sections, (m, n)), enc.dequantized)
+    assert (got_bias is None) == (b is None)
+    if b is not None:
+        assert np.array_equal(got_bias, b)
+    assert bpp == pytest.approx(enc.bits_per_param)
+    # Residual positions decode to w within the f16 rounding of the residual (the LUT value is exact).
+    rp = enc.sections["outlier_row_ptr"].astype(np.int64)
+    rows = np.repeat(np.arange(m), np.diff(rp))
+    cols = enc.sections["outlier_col"].astype(np.int64)
+    if cols.size:
+        err = np.abs(got[rows, cols] - w[rows, cols])
+        lut_val = got[rows, cols] - enc.sections["outlier_val"].astype(np.float32)
+        bound = np.abs(w[rows, cols] - lut_val) * 2.0**-10 + 2.0**-24 + np.abs(w[rows, cols]) * 2.0**-23
+        assert np.all(err <= bound)
+
+
+def test_exact_when_row_has_few_distinct_values() -> None:
+    """2^b >= distinct values (all f16-exact): k-means finds them all, the LUT reproduces the row exactly."""
+    rng = np.random.default_rng(3)
+    levels = np.array([-1.5, -0.25, 0.0, 0.75, 3.0, 8.5, 100.0, -7.0], dtype=np.float32)
+    w = levels[rng.integers(0, 8, size=(6, 200))]
+    enc = quantize_squeezellm(w, bits=3, outlier_fraction=0.0)
+    assert np.array_equal(enc.dequantized, w)
+    assert np.all(np.diff(enc.sections["lut"].astype(np.float32), axis=1) >= 0)  # sorted tables
+
+
+def test_sensitivity_pulls_centroids() -> None:
+    """A heavily weighted weight is reproduced far better than under plain k-means."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 256)).astype(np.float32)
+    j = 17
+    sens = np.ones_like(w)
+    sens[:, j] = 1e4
+    plain = quantize_squeezellm(w, bits=2, outlier_fraction=0.0)
+    weighted = quantize_squeezellm(w, bits=2, sensitivity=sens, outlier_fraction=0.0, sensitive_fraction=0.0)
+    e_plain = np.abs(plain.dequantized[:, j] - w[:, j])
+    e_weighted = np.abs(weighted.dequantized[:, j] - w[:, j])
+    assert e_weighted.mean() < 0.05 * max(e_plain.mean(), 1e-6)
+    # Weighted error overall is what weighted k-means minimizes.
+    def werr(d: np.ndarray) -> float:
+        return float((sens * (d - w) ** 2).sum())
+
+    assert werr(weighted.dequantized) < werr(plain.dequantized)
+
+
+def test_kmeans_beats_uniform_and_is_deterministic() -> None:
+    rng = np.random.default_rng(9)
+    w = (rng.standard_t(3, size=(16, 512))).astype(np.float32)
+    a = quantize_squeezellm(w, bits=3, outlier_fraction=0.0)
+    b = quantize_squeezellm(w, bits=3, outlier_fraction=0.0)
+    for k in a.sections:
+        assert np.array_equal(a.sections[k], b.sections[k])
+    from spqrfmt.encoder.rtn import quantize_spqr
+
+    rtn = quantize_spqr(w, bits=3, group_size=512, scale_bits=16, zero_bits=16, outlier_fraction=0.0)
+    err = np.linalg.norm(a.dequantized - w)
+    assert err < 0.8 * np.linalg.norm(rtn.dequantized - w)
+    # Outliers as additive residuals lower the error further.
+    c = quantize_squeezellm(w, bits=3, outlier_fraction=0.01)
+    assert np.linalg.norm(c.dequantized - w) < err
+    assert c.info["outliers"] == round(0.01 * w.size)
+
+
+# ---- Triton (interpreter on CPU) -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ks() -> Any:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton")
+    from spqrfmt.kernels import squeezellm
+
+    return squeezellm
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(m=st.integers(1, 20), n=st.integers(1, 70), bits=st.sampled_from([1, 2, 3, 4, 5, 8]), seed=st.integers(0, 999),
+       outliers=st.sampled_from(["none", "some", "rows"]))
+def test_triton_matches_numba(ks: Any, m: int, n: int, bits: int, seed: int, outliers: str) -> None:
+    import torch
+
+    w, mask = _weight(seed, m, n, outliers)
+    enc = quantize_squeezellm(w, bits=bits, outlier_mask=mask, outlier_fraction=0.0)
+    ref = decode(enc.params, enc.sections, (m, n))
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    got = ks.dequantize(enc.params, ks.to_device(enc.sections, dev), (m, n)).cpu().numpy()
+    assert _same_bits(got, ref)
+    half = ks.dequantize(enc.params, ks.to_device(enc.sections, dev), (m, n), torch.float16).cpu()
+    assert torch.equal(half.view(torch.int16), torch.from_numpy(ref).half().view(torch.int16))
+    prep = ks.prepare(enc.params, enc.sections, (m, n), dev)
+    x = torch.from_numpy(np.random.default_rng(seed).standard_normal((3, n)).astype(np.float32)).to(dev)
+    bias = torch.arange(m, dtype=torch.float32, device=dev)
+    y = ks.matvec(prep, x, bias).cpu().numpy().astype(np.float64)
+    want = x.cpu().numpy().astype(np.float64) @ ref.T.astype(np.float64) + np.arange(m)
+    assert np.linalg.norm(y - want) <= 1e-5 * max(np.linalg.norm(want), 1e-6)
+    y1 = ks.matvec(prep, x[0]).cpu().numpy()
+    assert y1.shape == (m,)
+    assert np.allclose(y1, want[0] - np.arange(m), rtol=1e-5, atol=1e-5)
+
+
+# ---- hostile input ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def blob(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    w, mask = _weight(11, 6, 40, "some")
+    enc = quantize_squeezellm(w, bits=3, outlier_mask=mask)
+    assert enc.info["outliers"] >= 4
+    path = tmp_path_factory.mktemp("sq") / "ok.spqr"
+    with spqrfmt.Writer(path) as wr:
+        wr.add_encoded("w", enc)
+    return path.read_bytes()
+
+
+def _expect(tmp: Path, header: dict[str, Any], data: bytes | bytearray, code: ErrorCode) -> None:
+    path = tmp / "bad.spqr"
+    path.write_bytes(assemble(header, bytes(data)))
+    with spqrfmt.open(path) as f, pytest.raises(spqrfmt.SpqrFormatError) as ei:
+        f["w"].decode()
+    assert ei.value.code == code, str(ei.value)
+    with pytest.raises(spqrfmt.SpqrFormatError):
+        spqrfmt.validate(path)
+
+
+def _section(header: dict[str, Any], data: bytearray, role: str) -> np.ndarray:
+    s = header["tensors"][0]["sections"][role]
+    dt = {"u32": np.uint32, "u16": np.uint16, "f16": np.float16}[s["dtype"]]
+    return np.frombuffer(data, dtype=dt, count=int(np.prod(s["shape"])), offset=s["offset"])
+
+
+def test_blob_is_valid(tmp_path: Path, blob: bytes) -> None:
+    p = tmp_path / "ok.spqr"
+    p.write_bytes(blob)
+    spqrfmt.validate(p)
+
+
+@pytest.mark.parametrize("edit, code", [
+    (lambda t: t["params"].update(bits=9), ErrorCode.BAD_PARAMS),
+    (lambda t: t["params"].update(bits=0), ErrorCode.BAD_PARAMS),
+    (lambda t: t["params"].pop("bits"), ErrorCode.BAD_PARAMS),
+    (lambda t: t["params"].update(bits=True), ErrorCode.BAD_PARAMS),
+    (lambda t: t["params"].update(bits=2), ErrorCode.BAD_SECTION_LAYOUT),  # lut [m, 8] no longer [m, 4]
+    (lambda t: t.update(dtype="i8"), ErrorCode.BAD_PARAMS),
+    (lambda t: t.update(shape=[6, 40, 1]), ErrorCode.BAD_SHAPE),
+    (lambda t: t.update(codec_version=2), ErrorCode.UNSUPPORTED_CODEC_VERSION),
+    (lambda t: t["sections"].pop("lut"), ErrorCode.BAD_SECTION_SET),
+    (lambda t: t["sections"].pop("outlier_row_ptr"), ErrorCode.BAD_SECTION_SET),
+    (lambda t: t["sections"].update(perm={"dtype": "u32", "shape": [0], "offset": 0, "length": 0, "crc32": 0}),
+     ErrorCode.BAD_SECTION_SET),
+    (lambda t: t["sections"]["lut"].update(dtype="bf16"), ErrorCode.BAD_SECTION_LAYOUT),  # v1 LUTs are f16 only
+    (lambda t: t["sections"]["outlier_val"].update(dtype="i16"), ErrorCode.BAD_SECTION_LAYOUT),
+    (lambda t: t["sections"]["codes"].update(dtype="i32"), ErrorCode.BAD_SECTION_LAYOUT),
+    (lambda t: t["sections"]["lut"].update(shape=[8, 6]), ErrorCode.BAD_SECTION_LAYOUT),
+])
+def test_bad_record(tmp_path: Path, blob: bytes, edit: Any, code: ErrorCode) -> None:
+    header, data = split(blob)
+    edit(header["tensors"][0])
+    _expect(tmp_path, header, data, code)
+
+
+def _bad_row_ptr_start(h: dict[str, Any], d: bytearray) -> None:
+    _section(h, d, "outlier_row_ptr")[0] = 1
+
+
+def _bad_row_ptr_decrease(h: dict[str, Any], d: bytearray) -> None:
+    rp = _section(h, d, "outlier_row_ptr")
+    rp[2], rp[3] = rp[3] + 1, rp[2]
+
+
+def _bad_col_range(h: dict[str, Any], d: bytearray) -> None:
+    _section(h, d, "outlier_col")[0] = 40
+
+
+def _bad_col_order(h: dict[str, Any], d: bytearray) -> None:
+    rp = _section(h, d, "outlier_row_ptr").astype(np.int64)
+    r = int(np.argmax(np.diff(rp) >= 2))
+    c = _section(h, d, "outlier_col")
+    c[rp[r] + 1] = c[rp[r]]
+
+
+@pytest.mark.parametrize("edit, code", [
+    (_bad_row_ptr_start, ErrorCode.BAD_CSR),
+    (_bad_row_ptr_decrease, ErrorCode.BAD_CSR),
+    (_bad_col_range, ErrorCode.BAD_INDEX),
+    (_bad_col_order, ErrorCode.BAD_INDEX),
+])
+def test_bad_content(tmp_path: Path, blob: bytes, edit: Any, code: ErrorCode) -> None:
+    header, data = split(blob)
+    edit(header, data)
+    restamp(header, data)
+    _expect(tmp_path, header, data, code)
+
+
+def test_corrupt_lut_is_checksum_error(tmp_path: Path, blob: bytes) -> None:
+    header, data = split(blob)
+    off = header["tensors"][0]["sections"]["lut"]["offset"]
+    data[off] ^= 0x40
+    _expect(tmp_path, header, data, ErrorCode.SECTION_CHECKSUM)
