@@ -1,0 +1,594 @@
+"""Independent reference reader for `.spqr`, written from spec/ only.
+
+Why it exists: the conformance suite needs a second implementation that
+shares no code with the library, so that a bug in one shows up as a
+disagreement instead of being baked into the golden vectors. It imports
+only numpy and the standard library (it even carries its own msgpack
+parser, so that every header rule of SPEC.md §3 is checked here rather
+than trusted to a third-party decoder).
+
+Favour clarity over speed: this is the reader other implementers should be
+able to read side by side with the spec. Each codec is one validation
+function plus one decode function registered in ``CODECS``; adding a codec
+means adding those two functions.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# ---------------------------------------------------------------- constants (SPEC §2)
+
+MAGIC = b"SPQRFMT\x00"
+PREAMBLE = 32
+MAX_HEADER_LENGTH = 64 * 1024 * 1024
+MAX_TENSORS = 1 << 20
+MAX_NAME_BYTES = 1024
+MAX_NDIM = 8
+MAX_ELEMENTS = 1 << 40
+MAX_NESTING = 32
+MAX_CONTAINER_LEN = 1 << 24
+
+# SPEC §5: name -> (numpy storage dtype, itemsize). bf16 is kept as its uint16 bit pattern,
+# bool as its raw byte (validated to 0/1 on decode).
+DTYPES: dict[str, np.dtype] = {
+    "bool": np.dtype("u1"), "u8": np.dtype("u1"), "i8": np.dtype("i1"),
+    "u16": np.dtype("<u2"), "i16": np.dtype("<i2"), "u32": np.dtype("<u4"), "i32": np.dtype("<i4"),
+    "u64": np.dtype("<u8"), "i64": np.dtype("<i8"), "f16": np.dtype("<f2"), "bf16": np.dtype("<u2"),
+    "f32": np.dtype("<f4"), "f64": np.dtype("<f8"),
+}
+
+ERROR_CODES = (
+    "TRUNCATED", "BAD_MAGIC", "UNSUPPORTED_VERSION", "HEADER_TOO_LARGE", "TRAILING_DATA",
+    "HEADER_CHECKSUM", "BAD_HEADER", "LIMIT_EXCEEDED", "BAD_NAME", "DUPLICATE_NAME", "BAD_DTYPE",
+    "BAD_SHAPE", "SHAPE_OVERFLOW", "SECTION_LENGTH_MISMATCH", "SECTION_MISALIGNED",
+    "SECTION_OUT_OF_BOUNDS", "SECTION_OVERLAP", "UNKNOWN_CODEC", "UNSUPPORTED_CODEC_VERSION",
+    "BAD_PARAMS", "BAD_SECTION_SET", "BAD_SECTION_LAYOUT", "SECTION_CHECKSUM", "BAD_CSR",
+    "BAD_INDEX", "BAD_PERMUTATION", "BAD_VALUE", "BAD_METADATA",
+)
+
+
+class RefError(Exception):
+    """A reject with the spec's stable code name (``.code`` is a plain str)."""
+
+    def __init__(self, code: str, message: str, tensor: str | None = None) -> None:
+        assert code in ERROR_CODES, code
+        self.code = code
+        self.tensor = tensor
+        where = f" (tensor {tensor!r})" if tensor is not None else ""
+        super().__init__(f"{code}: {message}{where}")
+
+
+def _is_int(x: Any) -> bool:
+    """msgpack int: Python bool is an int subclass but msgpack true/false are not ints."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def align64(x: int) -> int:
+    return (x + 63) & ~63
+
+
+def ceil_div(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+# ---------------------------------------------------------------- msgpack (SPEC §3)
+
+class _MsgpackParser:
+    """Strict msgpack decoder enforcing SPEC §3 (no ext, str keys, no duplicates, limits).
+
+    Every length is checked against the bytes left before anything is
+    allocated, so a hostile length costs nothing.
+    """
+
+    def __init__(self, buf: bytes) -> None:
+        self.buf = buf
+        self.pos = 0
+
+    def fail(self, msg: str) -> RefError:
+        return RefError("BAD_HEADER", f"msgpack at byte {self.pos}: {msg}")
+
+    def take(self, n: int) -> bytes:
+        if n > len(self.buf) - self.pos:
+            raise self.fail(f"needs {n} bytes, {len(self.buf) - self.pos} left")
+        out = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def uint(self, n: int) -> int:
+        return int.from_bytes(self.take(n), "big")
+
+    def str_(self, n: int) -> str:
+        raw = self.take(n)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail("str is not valid UTF-8") from None
+
+    def container_len(self, n: int) -> int:
+        if n > MAX_CONTAINER_LEN:
+            raise self.fail(f"container of {n} items > MAX_CONTAINER_LEN")
+        if n > len(self.buf) - self.pos:  # every item takes at least one byte
+            raise self.fail(f"container of {n} items cannot fit in the bytes left")
+        return n
+
+    def value(self, depth: int) -> Any:
+        b = self.take(1)[0]
+        if b <= 0x7F:
+            return b
+        if b >= 0xE0:
+            return b - 0x100
+        if 0x80 <= b <= 0x8F:
+            return self.map_(b & 0x0F, depth)
+        if 0x90 <= b <= 0x9F:
+            return self.array(b & 0x0F, depth)
+        if 0xA0 <= b <= 0xBF:
+            return self.str_(b & 0x1F)
+        if b == 0xC0:
+            return None
+        if b == 0xC2:
+            return False
+        if b == 0xC3:
+            return True
+        if b in (0xC4, 0xC5, 0xC6):
+            return bytes(self.take(self.uint(1 << (b - 0xC4))))
+        if b in (0xC7, 0xC8, 0xC9) or 0xD4 <= b <= 0xD8:
+            raise self.fail("ext types are not allowed")
+        if b == 0xCA:
+            return struct.unpack(">f", self.take(4))[0]
+        if b == 0xCB:
+            return struct.unpack(">d", self.take(8))[0]
+        if 0xCC <= b <= 0xCF:
+            return self.uint(1 << (b - 0xCC))
+        if 0xD0 <= b <= 0xD3:
+            n = 1 << (b - 0xD0)
+            return int.from_bytes(self.take(n), "big", signed=True)
+        if 0xD9 <= b <= 0xDB:
+            return self.str_(self.uint(1 << (b - 0xD9)))
+        if b in (0xDC, 0xDD):
+            return self.array(self.uint(2 if b == 0xDC else 4), depth)
+        if b in (0xDE, 0xDF):
+            return self.map_(self.uint(2 if b == 0xDE else 4), depth)
+        raise self.fail(f"byte 0x{b:02x} is not a msgpack type")  # 0xC1
+
+    def array(self, n: int, depth: int) -> list[Any]:
+        if depth + 1 > MAX_NESTING:
+            raise self.fail("nesting deeper than MAX_NESTING")
+        n = self.container_len(n)
+        return [self.value(depth + 1) for _ in range(n)]
+
+    def map_(self, n: int, depth: int) -> dict[str, Any]:
+        if depth + 1 > MAX_NESTING:
+            raise self.fail("nesting deeper than MAX_NESTING")
+        n = self.container_len(n)
+        out: dict[str, Any] = {}
+        for _ in range(n):
+            k = self.value(depth + 1)
+            if not isinstance(k, str):
+                raise self.fail(f"map key {k!r} is not a str")
+            if k in out:
+                raise self.fail(f"duplicate map key {k!r}")
+            out[k] = self.value(depth + 1)
+        return out
+
+
+def parse_msgpack(buf: bytes) -> Any:
+    """Exactly one msgpack object, no trailing bytes (SPEC §3). Depth: the top object is 1."""
+    p = _MsgpackParser(buf)
+    obj = p.value(0)
+    if p.pos != len(buf):
+        raise RefError("BAD_HEADER", f"{len(buf) - p.pos} trailing bytes after the header object")
+    return obj
+
+
+# ---------------------------------------------------------------- records (SPEC §4)
+
+@dataclass
+class Section:
+    role: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    length: int
+    crc32: int
+
+
+@dataclass
+class TensorRec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    codec: str
+    codec_version: int
+    params: dict[str, Any]
+    sections: dict[str, Section] = field(default_factory=dict)
+
+
+_TENSOR_KEYS = {"name": str, "shape": None, "dtype": str, "codec": str, "codec_version": int,
+                "params": dict, "sections": dict}
+_SECTION_KEYS = {"dtype": str, "shape": None, "offset": int, "length": int, "crc32": int}
+
+
+def _check_type(value: Any, want: type | None, what: str) -> None:
+    if want is None:
+        return
+    ok = _is_int(value) if want is int else isinstance(value, want)
+    if not ok:
+        raise RefError("BAD_HEADER", f"{what} has type {type(value).__name__}, wants {want.__name__}")
+
+
+def _shape(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(_is_int(d) for d in value):
+        raise RefError("BAD_SHAPE", f"{what} shape {value!r} is not an array of ints")
+    if len(value) > MAX_NDIM:
+        raise RefError("BAD_SHAPE", f"{what} shape has {len(value)} > MAX_NDIM dims")
+    if any(d < 0 for d in value):
+        raise RefError("BAD_SHAPE", f"{what} shape {value!r} has a negative entry")
+    prod = 1
+    for d in value:
+        prod *= d
+    if prod > MAX_ELEMENTS:
+        raise RefError("SHAPE_OVERFLOW", f"{what} shape {value!r} has {prod} > MAX_ELEMENTS elements")
+    return tuple(value)
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    p = 1
+    for d in shape:
+        p *= d
+    return p
+
+
+def parse_records(header: Any, data_length: int) -> tuple[list[TensorRec], dict[str, Any]]:
+    """Every container-level rule of SPEC §3, §4 and §10 (codec rules are per tensor)."""
+    if not isinstance(header, dict):
+        raise RefError("BAD_HEADER", "header is not a map")
+    if "tensors" not in header or "metadata" not in header:
+        raise RefError("BAD_HEADER", "header lacks 'tensors' or 'metadata'")
+    tensors = header["tensors"]
+    if not isinstance(tensors, list):
+        raise RefError("BAD_HEADER", "'tensors' is not an array")
+    if not isinstance(header["metadata"], dict):
+        raise RefError("BAD_METADATA", "'metadata' is not a map")
+    if len(tensors) > MAX_TENSORS:
+        raise RefError("LIMIT_EXCEEDED", f"{len(tensors)} tensors > MAX_TENSORS")
+    # Pass 1: types of every required key (BAD_HEADER).
+    for i, t in enumerate(tensors):
+        if not isinstance(t, dict):
+            raise RefError("BAD_HEADER", f"tensor record {i} is not a map")
+        for key, want in _TENSOR_KEYS.items():
+            if key not in t:
+                raise RefError("BAD_HEADER", f"tensor record {i} lacks {key!r}")
+            _check_type(t[key], want, f"tensor {i} {key!r}")
+        for role, s in t["sections"].items():
+            if not isinstance(s, dict):
+                raise RefError("BAD_HEADER", f"tensor {i} section {role!r} is not a map")
+            for key, want in _SECTION_KEYS.items():
+                if key not in s:
+                    raise RefError("BAD_HEADER", f"tensor {i} section {role!r} lacks {key!r}")
+                _check_type(s[key], want, f"tensor {i} section {role!r} {key!r}")
+            if not 0 <= s["crc32"] < (1 << 32):
+                raise RefError("BAD_HEADER", f"tensor {i} section {role!r} crc32 out of range")
+    # Pass 2: names, dtypes, shapes, section geometry (SPEC §10 order).
+    recs: list[TensorRec] = []
+    seen: set[str] = set()
+    for t in tensors:
+        name = t["name"]
+        nb = len(name.encode("utf-8"))
+        if nb == 0 or nb > MAX_NAME_BYTES or "\x00" in name:
+            raise RefError("BAD_NAME", f"tensor name {name[:40]!r} ({nb} bytes) is not allowed")
+        if name in seen:
+            raise RefError("DUPLICATE_NAME", f"tensor name {name!r} appears twice")
+        seen.add(name)
+        if t["dtype"] not in DTYPES:
+            raise RefError("BAD_DTYPE", f"unknown dtype {t['dtype']!r}", name)
+        shape = _shape(t["shape"], "tensor")
+        secs: dict[str, Section] = {}
+        for role, s in t["sections"].items():
+            if s["dtype"] not in DTYPES:
+                raise RefError("BAD_DTYPE", f"section {role!r} unknown dtype {s['dtype']!r}", name)
+            sshape = _shape(s["shape"], f"section {role!r}")
+            if s["length"] != _prod(sshape) * DTYPES[s["dtype"]].itemsize:
+                raise RefError("SECTION_LENGTH_MISMATCH", f"section {role!r} length {s['length']}", name)
+            if s["offset"] % 64 != 0:
+                raise RefError("SECTION_MISALIGNED", f"section {role!r} offset {s['offset']}", name)
+            if s["offset"] < 0 or s["offset"] + s["length"] > data_length:
+                raise RefError("SECTION_OUT_OF_BOUNDS", f"section {role!r} ends past the data section", name)
+            secs[role] = Section(role, s["dtype"], sshape, s["offset"], s["length"], s["crc32"])
+        recs.append(TensorRec(name, shape, t["dtype"], t["codec"], t["codec_version"], t["params"], secs))
+    spans = sorted((s.offset, s.offset + s.length, r.name, s.role)
+                   for r in recs for s in r.sections.values() if s.length > 0)
+    for a, b in zip(spans, spans[1:], strict=False):
+        if b[0] < a[1]:
+            raise RefError("SECTION_OVERLAP", f"{a[2]}/{a[3]} and {b[2]}/{b[3]} share bytes")
+    return recs, header["metadata"]
+
+
+# ---------------------------------------------------------------- codecs
+
+Arrays = dict[str, np.ndarray]
+Checker = Callable[[TensorRec], None]          # params, section set, layouts (no bytes read)
+ContentChecker = Callable[[TensorRec, Arrays], None]  # CSR, indices, ... (after CRC check)
+Decoder = Callable[[TensorRec, Arrays], np.ndarray]
+
+
+@dataclass
+class Codec:
+    versions: frozenset[int]
+    check: Checker
+    check_content: ContentChecker
+    decode: Decoder
+
+
+def _roles(rec: TensorRec, required: set[str], optional: frozenset[str] | set[str] = frozenset()) -> None:
+    have = set(rec.sections)
+    if not required <= have:
+        raise RefError("BAD_SECTION_SET", f"missing sections {sorted(required - have)}", rec.name)
+    if have - required - optional:
+        raise RefError("BAD_SECTION_SET", f"undefined sections {sorted(have - required - optional)}", rec.name)
+
+
+def _layout(rec: TensorRec, role: str, dtypes: tuple[str, ...], shape: tuple[int, ...]) -> None:
+    s = rec.sections[role]
+    if s.dtype not in dtypes or s.shape != shape:
+        raise RefError("BAD_SECTION_LAYOUT", f"section {role!r} is {s.dtype}{list(s.shape)}, "
+                       f"wants {'|'.join(dtypes)}{list(shape)}", rec.name)
+
+
+# raw (SPEC §8)
+
+def _raw_check(rec: TensorRec) -> None:
+    _roles(rec, {"data"})
+    _layout(rec, "data", (rec.dtype,), rec.shape)
+
+
+def _raw_content(rec: TensorRec, arrays: Arrays) -> None:
+    if rec.dtype == "bool" and arrays["data"].size and int(arrays["data"].max()) > 1:
+        raise RefError("BAD_VALUE", "bool byte other than 0/1", rec.name)
+
+
+def _raw_decode(rec: TensorRec, arrays: Arrays) -> np.ndarray:
+    a = arrays["data"]
+    return a.astype(np.bool_) if rec.dtype == "bool" else a.copy()
+
+
+# spqr (codecs/spqr.md)
+
+def _spqr_param(rec: TensorRec, key: str, allowed: Callable[[int], bool]) -> int:
+    v = rec.params.get(key)
+    if not _is_int(v) or not allowed(v):
+        raise RefError("BAD_PARAMS", f"params[{key!r}] = {v!r} is missing or out of range", rec.name)
+    return v
+
+
+def _spqr_geometry(rec: TensorRec) -> dict[str, int]:
+    p: dict[str, int] = {}
+    p["b"] = _spqr_param(rec, "bits", lambda v: 1 <= v <= 8)
+    p["beta1"] = _spqr_param(rec, "group_size", lambda v: 1 <= v <= 65536)
+    p["sb"] = _spqr_param(rec, "scale_bits", lambda v: 1 <= v <= 8 or v == 16)
+    p["zb"] = _spqr_param(rec, "zero_bits", lambda v: 1 <= v <= 8 or v == 16)
+    if p["sb"] < 16 or p["zb"] < 16:
+        p["beta2"] = _spqr_param(rec, "stat_group_size", lambda v: 1 <= v <= 65536)
+    else:
+        p["beta2"] = 1  # ignored (not read) when both stats are 16-bit
+    return p
+
+
+def _spqr_check(rec: TensorRec) -> None:
+    if len(rec.shape) != 2 or rec.shape[0] < 1 or rec.shape[1] < 1:
+        raise RefError("BAD_SHAPE", f"spqr needs shape [m>=1, n>=1], got {list(rec.shape)}", rec.name)
+    if rec.dtype not in ("f16", "bf16", "f32"):
+        raise RefError("BAD_DTYPE", f"spqr tensor dtype must be f16/bf16/f32, got {rec.dtype}", rec.name)
+    p = _spqr_geometry(rec)
+    m, n = rec.shape
+    G = ceil_div(n, p["beta1"])
+    K = ceil_div(m, p["beta2"])
+    required = {"codes", "outlier_row_ptr", "outlier_col", "outlier_val"}
+    for stat, bits in (("scale", p["sb"]), ("zero", p["zb"])):
+        required |= {stat} if bits == 16 else {f"{stat}_codes", f"{stat}_scale", f"{stat}_zero"}
+    _roles(rec, required, {"perm", "bias"})
+    _layout(rec, "codes", ("u32",), (m, ceil_div(n * p["b"], 32)))
+    for stat, bits in (("scale", p["sb"]), ("zero", p["zb"])):
+        if bits == 16:
+            _layout(rec, stat, ("f16",), (G, m))
+        else:
+            _layout(rec, f"{stat}_codes", ("u32",), (G, ceil_div(m * bits, 32)))
+            _layout(rec, f"{stat}_scale", ("f16",), (G, K))
+            _layout(rec, f"{stat}_zero", ("f16",), (G, K))
+    _layout(rec, "outlier_row_ptr", ("u32",), (m + 1,))
+    col = rec.sections["outlier_col"]
+    if len(col.shape) != 1:
+        raise RefError("BAD_SECTION_LAYOUT", "outlier_col must be 1-D", rec.name)
+    nnz = col.shape[0]
+    _layout(rec, "outlier_col", ("u16", "u32") if n <= 65536 else ("u32",), (nnz,))
+    _layout(rec, "outlier_val", ("f16",), (nnz,))
+    if "perm" in rec.sections:
+        _layout(rec, "perm", ("u32",), (n,))
+    if "bias" in rec.sections:
+        _layout(rec, "bias", ("f16", "bf16", "f32"), (m,))
+
+
+def _spqr_content(rec: TensorRec, a: Arrays) -> None:
+    m, n = rec.shape
+    ptr = a["outlier_row_ptr"].astype(np.int64)
+    col = a["outlier_col"].astype(np.int64)
+    nnz = col.shape[0]
+    if ptr[0] != 0 or np.any(np.diff(ptr) < 0) or ptr[m] != nnz:
+        raise RefError("BAD_CSR", "outlier_row_ptr must start at 0, not decrease and end at nnz", rec.name)
+    if nnz:
+        if int(col.max()) >= n:
+            raise RefError("BAD_INDEX", "outlier column >= n", rec.name)
+        # strictly increasing inside each row: every step that is not a row start must be > 0
+        step = np.diff(col)
+        row_start = np.zeros(nnz, dtype=bool)
+        row_start[ptr[:-1][ptr[:-1] < nnz]] = True
+        if np.any(step[~row_start[1:]] <= 0):
+            raise RefError("BAD_INDEX", "outlier columns of a row are not strictly increasing", rec.name)
+    if "perm" in a:
+        perm = a["perm"].astype(np.int64)
+        if perm.size and int(perm.max()) >= n:
+            raise RefError("BAD_PERMUTATION", "perm entry >= n", rec.name)
+        if np.unique(perm).size != n:
+            raise RefError("BAD_PERMUTATION", "perm repeats an entry", rec.name)
+
+
+def unpack_rows(words: np.ndarray, count: int, k: int) -> np.ndarray:
+    """spqr.md §4: code i of a row is bits i*k .. i*k+k-1 of the row's LE bit stream."""
+    words = words.astype(np.uint64)
+    i = np.arange(count, dtype=np.int64)
+    p = i * k
+    q = p >> 5
+    s = (p & 31).astype(np.uint64)
+    nxt = np.minimum(q + 1, words.shape[1] - 1)  # only used when the code straddles (then q+1 exists)
+    v = (words[:, q] | (words[:, nxt] << np.uint64(32))) >> s
+    return (v & np.uint64((1 << k) - 1)).astype(np.uint32)
+
+
+def _rne16(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to +-inf is the specified result
+        return x.astype(np.float16).astype(np.float32)
+
+
+def _spqr_stat(rec: TensorRec, a: Arrays, stat: str, bits: int, beta2: int) -> np.ndarray:
+    """Step 1: [G, m] f32 statistics."""
+    m = rec.shape[0]
+    if bits == 16:
+        return a[stat].astype(np.float32)
+    c = unpack_rows(a[f"{stat}_codes"], m, bits).astype(np.float32)   # [G, m]
+    k = np.arange(m) // beta2
+    zz = a[f"{stat}_zero"].astype(np.float32)[:, k]
+    ss = a[f"{stat}_scale"].astype(np.float32)[:, k]
+    t = (c - zz).astype(np.float32)
+    return _rne16((t * ss).astype(np.float32))
+
+
+def _spqr_decode(rec: TensorRec, a: Arrays) -> np.ndarray:
+    m, n = rec.shape
+    p = _spqr_geometry(rec)
+    S = _spqr_stat(rec, a, "scale", p["sb"], p["beta2"])
+    Z = _spqr_stat(rec, a, "zero", p["zb"], p["beta2"])
+    g = np.arange(n) // p["beta1"]
+    q = unpack_rows(a["codes"], n, p["b"]).astype(np.float32)          # [m, n]
+    t = (q - Z.T[:, g]).astype(np.float32)
+    wp = (t * S.T[:, g]).astype(np.float32)
+    ptr = a["outlier_row_ptr"].astype(np.int64)
+    rows = np.repeat(np.arange(m), np.diff(ptr))
+    wp[rows, a["outlier_col"].astype(np.int64)] = a["outlier_val"].astype(np.float32)
+    if "perm" in a:
+        wd = np.empty_like(wp)
+        wd[:, a["perm"].astype(np.int64)] = wp
+        return wd
+    return wp
+
+
+CODECS: dict[str, Codec] = {
+    "raw": Codec(frozenset({1}), _raw_check, _raw_content, _raw_decode),
+    "spqr": Codec(frozenset({1}), _spqr_check, _spqr_content, _spqr_decode),
+}
+
+
+# ---------------------------------------------------------------- file
+
+class RefFile:
+    """An opened file: preamble + header checked, tensors listed, decode on demand."""
+
+    def __init__(self, buf: bytes | memoryview, *, verify_checksums: bool = True) -> None:
+        self.buf = memoryview(buf)
+        self.verify_checksums = verify_checksums
+        size = len(self.buf)
+        if size < PREAMBLE:
+            raise RefError("TRUNCATED", f"{size} bytes < 32-byte preamble")
+        magic, major, minor, hcrc, hlen, dlen = struct.unpack("<8sHHIQQ", self.buf[:PREAMBLE])
+        if magic != MAGIC:
+            raise RefError("BAD_MAGIC", f"magic {magic!r}")
+        if major != 1:
+            raise RefError("UNSUPPORTED_VERSION", f"major version {major}")
+        if hlen == 0 or hlen > MAX_HEADER_LENGTH:
+            raise RefError("HEADER_TOO_LARGE", f"header_length {hlen}")
+        self.data_start = align64(PREAMBLE + hlen)
+        end = self.data_start + dlen
+        if size < end:
+            raise RefError("TRUNCATED", f"file has {size} bytes, preamble says {end}")
+        if size > end:
+            raise RefError("TRAILING_DATA", f"file has {size} bytes, preamble says {end}")
+        header = bytes(self.buf[PREAMBLE:PREAMBLE + hlen])
+        if zlib.crc32(header) != hcrc:
+            raise RefError("HEADER_CHECKSUM", "header CRC-32 mismatch")
+        self.version = (major, minor)
+        self.data_length = dlen
+        self.header = parse_msgpack(header)
+        recs, self.metadata = parse_records(self.header, dlen)
+        self.tensors: dict[str, TensorRec] = {r.name: r for r in recs}
+
+    def _section(self, s: Section) -> np.ndarray:
+        start = self.data_start + s.offset
+        raw = self.buf[start:start + s.length]
+        return np.frombuffer(raw, dtype=DTYPES[s.dtype]).reshape(s.shape)
+
+    def arrays(self, name: str) -> Arrays:
+        """Checked section arrays of one tensor (every rule of its codec, CRCs included)."""
+        rec = self.tensors[name]
+        codec = CODECS.get(rec.codec)
+        if codec is None:
+            raise RefError("UNKNOWN_CODEC", f"codec {rec.codec!r}", name)
+        if rec.codec_version not in codec.versions:
+            raise RefError("UNSUPPORTED_CODEC_VERSION", f"{rec.codec} version {rec.codec_version}", name)
+        codec.check(rec)
+        if self.verify_checksums:
+            for s in rec.sections.values():
+                start = self.data_start + s.offset
+                if zlib.crc32(self.buf[start:start + s.length]) != s.crc32:
+                    raise RefError("SECTION_CHECKSUM", f"section {s.role!r} CRC-32 mismatch", name)
+        arrays = {role: self._section(s) for role, s in rec.sections.items()}
+        codec.check_content(rec, arrays)
+        return arrays
+
+    def check(self, name: str) -> None:
+        self.arrays(name)
+
+    def decode(self, name: str) -> np.ndarray:
+        """The spec's decoded tensor: f32 for quantized codecs, own dtype for raw (bf16 as uint16 bits)."""
+        rec = self.tensors[name]
+        arrays = self.arrays(name)
+        return CODECS[rec.codec].decode(rec, arrays)
+
+    def bias(self, name: str) -> np.ndarray | None:
+        """Optional layer bias, widened exactly to f32."""
+        rec = self.tensors[name]
+        arrays = self.arrays(name)
+        if "bias" not in arrays:
+            return None
+        b = arrays["bias"]
+        if rec.sections["bias"].dtype == "bf16":
+            return (b.astype(np.uint32) << np.uint32(16)).view(np.float32)
+        return b.astype(np.float32)
+
+
+def open_file(path: str | os.PathLike[str], *, verify_checksums: bool = True) -> RefFile:
+    """Open a file from disk (memory-mapped when non-empty)."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return RefFile(b"", verify_checksums=verify_checksums)
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    return RefFile(mm, verify_checksums=verify_checksums)
+
+
+def decode_all(path: str | os.PathLike[str]) -> dict[str, np.ndarray | RefError]:
+    """Open (file-level errors raise) and decode every tensor; per-tensor errors come back as values."""
+    f = open_file(path)
+    out: dict[str, np.ndarray | RefError] = {}
+    for name in f.tensors:
+        try:
+            out[name] = f.decode(name)
+        except RefError as e:
+            out[name] = e
+    return out
