@@ -36,7 +36,7 @@ def one_case(rng: np.random.Generator, dev: str) -> tuple[bool, str]:
     m = int(rng.integers(1, 700))
     n = int(rng.integers(1, 3000))
     bits = int(rng.choice([1, 2, 3, 4, 5, 6, 8]))
-    gs = int(rng.choice([3, 16, 16, 32, 64, 128, 100]))
+    gs = int(rng.choice([3, 16, 16, 32, 128, 100]))
     sbits = int(rng.choice([3, 4, 16]))
     b2 = int(rng.choice([1, 7, 16, 64]))
     kind = str(rng.choice(["none", "some", "rows"]))
@@ -66,16 +66,15 @@ def one_case(rng: np.random.Generator, dev: str) -> tuple[bool, str]:
     prep = ks.prepare(enc.params, enc.sections, (m, n), dev)
     ref64 = ref.astype(np.float64)
     errs = []
-    for batch in (1, 4, 16):
-        for cfg in (None, ks.MatvecConfig(BM=16, NH=16, num_warps=2, split=1),
-                    ks.MatvecConfig(BM=64, NH=32, num_warps=8, split=3)):
-            x = torch.from_numpy(rng.standard_normal((batch, n)).astype(np.float32)).half().to(dev)
-            y = ks.matvec(prep, x, config=cfg).double().cpu().numpy()
-            want = x.double().cpu().numpy() @ ref64.T
-            err = float(np.linalg.norm(y - want) / max(np.linalg.norm(want), 1e-30))
-            errs.append(err)
-            if not np.isfinite(y).all() or err > TOL:
-                return False, desc + f" matvec batch={batch} cfg={cfg} relerr={err:.2e}"
+    for batch, cfg in ((1, None), (4, None), (16, None), (1, ks.MatvecConfig(BM=16, NH=32, num_warps=2, split=3)),
+                       (16, ks.MatvecConfig(BM=64, NH=16, num_warps=8, split=1))):
+        x = torch.from_numpy(rng.standard_normal((batch, n)).astype(np.float32)).half().to(dev)
+        y = ks.matvec(prep, x, config=cfg).double().cpu().numpy()
+        want = x.double().cpu().numpy() @ ref64.T
+        err = float(np.linalg.norm(y - want) / max(np.linalg.norm(want), 1e-30))
+        errs.append(err)
+        if not np.isfinite(y).all() or err > TOL:
+            return False, desc + f" matvec batch={batch} cfg={cfg} relerr={err:.2e}"
     bias = rng.standard_normal(m).astype(np.float32)
     layer = SpQRLinear.from_sections(enc.params, enc.sections, (m, n), bias=torch.from_numpy(bias), device=dev)
     for rows in (3, 40):

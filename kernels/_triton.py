@@ -124,6 +124,7 @@ def fused_kernel(x_ptr, y_ptr, bias_ptr,
     hh = tl.arange(0, NH)
     bb = tl.arange(0, BB)
     bmask = bb < nb
+    zrow = tl.zeros((BM,), dtype=tl.int32)
     if USE_DOT:
         acc = tl.zeros((BM, BB), dtype=tl.float32)
     else:
@@ -157,10 +158,15 @@ def fused_kernel(x_ptr, y_ptr, bias_ptr,
         if ALIGNED:
             S, Z = _stats(rows, (u * U) // GS, rmask, umask & ((u * U) // GS < G), st_ptr, st2_ptr, s16_ptr,
                           z16_ptr, G, K2, B2, SB, STATS_Q)
+        xbase = x_ptr + t * BK
         if not USE_DOT:
             part = tl.zeros((BM, NH), dtype=tl.float32)
-            xs = tl.zeros((NH,), dtype=tl.float32)
-        xbase = x_ptr + t * BK
+            if ALIGNED:
+                # per-unit sums of x for the zero term, from one [U, NH] load of the tile
+                cc = tl.arange(0, U)
+                xtile = tl.load(xbase + cc[:, None] * NH + hh[None, :], mask=(u[None, :] * U + cc[:, None]) < n,
+                                other=0.0).to(tl.float32)
+                xs = tl.sum(xtile, axis=0)
         for c in tl.static_range(U):
             q = tl.zeros((BM, NH), dtype=tl.uint32)
             q = _plane(q, w0, sh0, c, W0, O0)
@@ -179,12 +185,14 @@ def fused_kernel(x_ptr, y_ptr, bias_ptr,
                 wv = ((qf - Z) * S).to(xc.dtype)
                 acc = tl.dot(wv, xc, acc)
             else:
-                xc = tl.load(xbase + c * NH + hh, mask=cvalid, other=0.0).to(tl.float32)
+                # x loaded straight into the [BM, NH] layout (same address down a column: L1
+                # broadcast), which avoids a register layout conversion for every c
+                xc = tl.load(xbase + c * NH + hh[None, :] + zrow[:, None], mask=cvalid[None, :] & (zrow[:, None] == 0),
+                             other=0.0).to(tl.float32)
                 if ALIGNED:
-                    part += qf * xc[None, :]
-                    xs += xc
+                    part += qf * xc
                 else:
-                    acc += ((qf - Z) * S) * xc[None, :]
+                    acc += ((qf - Z) * S) * xc
         if not USE_DOT:
             if ALIGNED:
                 acc += S * (part - Z * xs[None, :])

@@ -108,8 +108,10 @@ def stat_f32(params: Mapping[str, Any], secs: Mapping[str, torch.Tensor], which:
 
 def _outlier_coo(secs: Mapping[str, torch.Tensor], m: int) -> tuple[torch.Tensor, torch.Tensor]:
     rp = _u32(secs["outlier_row_ptr"])
-    rows = torch.repeat_interleave(torch.arange(m, device=rp.device), rp[1:] - rp[:-1])
-    return rows, _unsigned(secs["outlier_col"])
+    cols = _unsigned(secs["outlier_col"])
+    # output_size known from the section shape: no device sync, so this is CUDA-graph capturable
+    rows = torch.repeat_interleave(torch.arange(m, device=rp.device), rp[1:] - rp[:-1], output_size=cols.numel())
+    return rows, cols
 
 
 def _launch_opts() -> dict[str, Any]:
@@ -302,10 +304,8 @@ def default_config(prepared: PreparedSpQR, batch: int) -> MatvecConfig:
     """Heuristic tile shape (the benchmark's sweep picked these for the large shapes)."""
     m, n = prepared.shape
     if batch == 1:
-        cfg = MatvecConfig(BM=32, NH=16, num_warps=4)
-    else:
-        cfg = MatvecConfig(BM=64, NH=16, num_warps=4)
-    return cfg
+        return MatvecConfig(BM=16, NH=16, num_warps=4)
+    return MatvecConfig(BM=32, NH=16, num_warps=4)
 
 
 def _auto_split(prepared: PreparedSpQR, cfg: MatvecConfig) -> int:
@@ -315,7 +315,7 @@ def _auto_split(prepared: PreparedSpQR, cfg: MatvecConfig) -> int:
     if prepared.device.type != "cuda":
         return 1
     sms = torch.cuda.get_device_properties(prepared.device).multi_processor_count
-    want = 4 * sms
+    want = 32 * sms  # many small programs: the loop is latency-bound, not pipelined
     return max(1, min(n_tiles, _ceil_div(want, progs_m)))
 
 
@@ -370,7 +370,7 @@ def matvec(prepared: PreparedSpQR, x: torch.Tensor, bias: torch.Tensor | None = 
         m, n, G, K2, b2, B, xt.shape[1], _ceil_div(n, 32) * 32 // U, n_tiles, tps,
         GS=gs, SB=int(p["scale_bits"]) if prepared.stats_q else 0,
         W0=planes[0][0], O0=planes[0][1], W1=planes[1][0], O1=planes[1][1], W2=planes[2][0], O2=planes[2][1],
-        U=U, NH=cfg.NH, BM=cfg.BM, BB=16 if use_dot else 1, E=32,
+        U=U, NH=cfg.NH, BM=cfg.BM, BB=16 if use_dot else 1, E=64 if use_dot else 128,
         STATS_Q=prepared.stats_q, ALIGNED=gs % U == 0, USE_DOT=use_dot, ATOMIC=atomic, HAS_BIAS=has_bias,
         COL16=prepared.o_col.dtype == torch.int16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
