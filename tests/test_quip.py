@@ -246,3 +246,21 @@ def test_bad_sign_value(tmp_path: Path, blob: bytes, role: str, value: int) -> N
     data[s["offset"] + 3] = value & 0xFF
     restamp(header, data)
     _expect(tmp_path, header, data, ErrorCode.BAD_VALUE)
+
+
+def test_spec_worked_example() -> None:
+    """spec/codecs/quip.md §9, byte for byte and bit for bit."""
+    from spqrfmt.encoder.packing import pack_rows
+
+    secs = {
+        "codes": pack_rows(np.array([[0, 3, 1, 2], [3, 3, 0, 1]]), 2),
+        "scale": np.frombuffer(bytes.fromhex("0000003fcdcccc3d"), dtype=np.float32),
+        "su": np.array([1, -1, 1, 1], dtype=np.int8),
+        "sv": np.array([-1, 1], dtype=np.int8),
+        "factor_n": np.frombuffer(bytes.fromhex("9a99193fcdcc4c3fcdcc4cbf9a99193f"), dtype=np.float32).reshape(2, 2),
+    }
+    assert secs["codes"].tobytes().hex() == "9c000000" + "4f000000"
+    assert secs["su"].tobytes().hex() == "01ff0101" and secs["sv"].tobytes().hex() == "ff01"
+    got = decode({"bits": 2, "log2_hm": 1, "log2_hn": 1}, secs, (2, 4))
+    want = [0xBCA3D708, 0xBFB0A3D7, 0x3EB851EB, 0xBF570A3C, 0xBCA3D708, 0x3F9C28F5, 0x3EB851EB, 0x3F75C28E]
+    assert got.view(np.uint32).ravel().tolist() == want

@@ -271,3 +271,22 @@ def test_corrupt_lut_is_checksum_error(tmp_path: Path, blob: bytes) -> None:
     off = header["tensors"][0]["sections"]["lut"]["offset"]
     data[off] ^= 0x40
     _expect(tmp_path, header, data, ErrorCode.SECTION_CHECKSUM)
+
+
+def test_spec_worked_example() -> None:
+    """spec/codecs/squeezellm.md §8, byte for byte and bit for bit."""
+    from spqrfmt.encoder.packing import pack_rows
+
+    lut = np.frombuffer(bytes.fromhex("00bc00b40034003c00c0000000380042"), dtype=np.float16)
+    secs = {
+        "lut": lut.reshape(2, 4),
+        "codes": pack_rows(np.array([[0, 1, 2, 3, 3], [2, 1, 0, 0, 3]]), 2),
+        "outlier_row_ptr": np.array([0, 1, 2], dtype=np.uint32),
+        "outlier_col": np.array([3, 4], dtype=np.uint16),
+        "outlier_val": np.frombuffer(bytes.fromhex("662e0100"), dtype=np.float16),
+    }
+    assert secs["codes"].tobytes().hex() == "e4030000" + "06030000"
+    got = decode({"bits": 2}, secs, (2, 5))
+    want = [0xBF800000, 0xBE800000, 0x3E800000, 0x3F8CCC00, 0x3F800000,
+            0x3F000000, 0x00000000, 0xC0000000, 0xC0000000, 0x40400000]
+    assert got.view(np.uint32).ravel().tolist() == want
