@@ -30,9 +30,11 @@ if __package__ in (None, ""):  # allow `python conformance/generate.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import miniwriter as mw  # type: ignore[no-redef]
     import refreader  # type: ignore[no-redef]
+    from hashing import sha256_of  # type: ignore[no-redef]
 else:
     from . import miniwriter as mw
     from . import refreader
+    from .hashing import sha256_of
 
 VECTORS_DIR = Path(__file__).resolve().parent / "vectors"
 
@@ -293,29 +295,13 @@ def raw_tens(name: str, dtype: str, shape: list[int], seed: str | None = None, *
 # ---------------------------------------------------------------- expected outputs
 
 
-def canonical_bytes(a: np.ndarray, quantized: bool) -> bytes:
-    """Bytes that are hashed: C order, little-endian; quantized f32 NaNs canonicalised to 0x7FC00000."""
-    a = np.ascontiguousarray(a)
-    if quantized:
-        bits = a.astype("<f4").view("<u4").copy()
-        bits[np.isnan(a)] = 0x7FC00000
-        return bits.tobytes()
-    if a.dtype == np.bool_:
-        return a.astype("u1").tobytes()
-    return a.astype(a.dtype.newbyteorder("<")).tobytes()
-
-
-def sha256_of(a: np.ndarray, quantized: bool) -> str:
-    return hashlib.sha256(canonical_bytes(a, quantized)).hexdigest()
-
-
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """A numpy .npz with fixed zip timestamps and no compression, so bytes are reproducible."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for key, arr in arrays.items():
             npy = io.BytesIO()
-            np.lib.format.write_array(npy, np.ascontiguousarray(arr), allow_pickle=False)
+            np.lib.format.write_array(npy, np.array(arr, order="C", copy=True), allow_pickle=False)
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
             zf.writestr(info, npy.getvalue())

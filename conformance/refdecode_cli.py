@@ -1,0 +1,59 @@
+"""The foreign-decoder command-line contract (spec/conformance.md §4), implemented on the refreader.
+
+Why: CI drives this through a subprocess exactly as it would drive a decoder
+written in another language, so the contract itself stays tested.
+
+    python -m spqrfmt.conformance.refdecode_cli INPUT.spqr OUTPUT.safetensors
+
+Exit 0: every tensor decoded (quantized -> F32, raw -> own dtype) into
+OUTPUT; tensors with an unknown codec or codec version are left out and
+named in ``__metadata__`` as ``spqr.error.<name>: <CODE>``. Exit 2: the file
+is rejected; the first stderr line starts with the error code name.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import refreader  # type: ignore[no-redef]
+    import safetensors_mini as st  # type: ignore[no-redef]
+else:
+    from . import refreader
+    from . import safetensors_mini as st
+
+SKIPPABLE = ("UNKNOWN_CODEC", "UNSUPPORTED_CODEC_VERSION")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: refdecode_cli INPUT.spqr OUTPUT.safetensors", file=sys.stderr)
+        return 64
+    src, dst = args
+    tensors: dict[str, tuple[str, list[int], bytes]] = {}
+    meta: dict[str, str] = {}
+    try:
+        f = refreader.open_file(src)
+        for name, rec in f.tensors.items():
+            try:
+                arr = f.decode(name)
+            except refreader.RefError as e:
+                if e.code in SKIPPABLE:
+                    meta[f"spqr.error.{name}"] = e.code
+                    continue
+                raise
+            dtype = "f32" if rec.codec != "raw" else rec.dtype
+            data = arr.astype("u1").tobytes() if dtype == "bool" else arr.tobytes()
+            tensors[name] = (st.ST_DTYPE[dtype], list(arr.shape), data)
+    except refreader.RefError as e:
+        print(f"{e.code} {e}", file=sys.stderr)
+        return 2
+    st.write(dst, tensors, meta)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

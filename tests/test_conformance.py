@@ -1,0 +1,197 @@
+"""Golden vectors: library, independent refreader and the foreign CLI contract all pass; generation is reproducible."""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spqrfmt.conformance import generate, miniwriter, refreader, runner
+from spqrfmt.conformance import safetensors_mini as stm
+
+CONF = Path(runner.__file__).resolve().parent
+VECTORS = CONF / "vectors"
+MANIFEST = json.loads((VECTORS / "manifest.json").read_text())
+REFDECODE = f"{sys.executable} {CONF / 'refdecode_cli.py'} {{input}} {{output}}"
+
+
+def _failures(rows: list[runner.Row]) -> list[str]:
+    return [f"{r.backend} {r.file}: {r.detail}" for r in rows if not r.passed]
+
+
+def test_library_passes_every_vector() -> None:
+    rows = runner.run_all(VECTORS, {"library": runner.library_backend})
+    assert len(rows) == len(MANIFEST["vectors"])
+    assert not _failures(rows)
+
+
+def test_refreader_passes_every_vector() -> None:
+    rows = runner.run_all(VECTORS, {"refreader": runner.refreader_backend})
+    assert len(rows) == len(MANIFEST["vectors"])
+    assert not _failures(rows)
+
+
+def _contract_subset() -> list[dict]:
+    """Valid vectors with every feature the contract carries + one invalid vector per error code."""
+    chosen, codes = [], set()
+    for e in MANIFEST["vectors"]:
+        if e["kind"] == "valid" and any(k in e["file"] for k in ("raw_", "layout_reverse", "unknown_codec",
+                                                                 "special", "everything", "wide_u32")):
+            chosen.append(e)
+        elif e["kind"] == "invalid" and e["error"] not in codes:
+            codes.add(e["error"])
+            chosen.append(e)
+    return chosen
+
+
+def _run_subset(tmp_path: Path, decoder: str) -> list[runner.Row]:
+    subset = _contract_subset()
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "manifest.json").write_text(json.dumps({"vectors": subset}))
+    for e in subset:
+        (tmp_path / e["file"]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / e["file"]).write_bytes((VECTORS / e["file"]).read_bytes())
+    return runner.run_all(tmp_path, {"foreign": runner.foreign_backend(decoder, timeout=60)}, jobs=4)
+
+
+def test_foreign_contract_through_subprocess(tmp_path: Path) -> None:
+    rows = _run_subset(tmp_path, REFDECODE)
+    assert len(rows) > 30
+    assert not _failures(rows)
+
+
+@pytest.mark.parametrize("script,expect", [
+    ("import sys; sys.exit(0)", "output unreadable"),                      # exit 0 without writing output
+    ("import sys; print('NOPE x', file=sys.stderr); sys.exit(2)", "not an error code"),
+    ("raise RuntimeError('boom')", "CRASH"),
+])
+def test_runner_catches_broken_decoders(tmp_path: Path, script: str, expect: str) -> None:
+    prog = tmp_path / "dec.py"
+    prog.write_text(script)
+    rows = _run_subset(tmp_path / "v", f"{sys.executable} {prog} {{input}} {{output}}")
+    assert rows and not any(r.passed for r in rows)
+    assert any(expect in r.detail for r in rows)
+
+
+def test_runner_catches_wrong_codes_and_wrong_values(tmp_path: Path) -> None:
+    """A decoder that accepts everything, and one that reports the wrong code, both fail."""
+    accept_all = tmp_path / "accept.py"
+    accept_all.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(CONF)!r})\n"
+        "import safetensors_mini as s\n"
+        "s.write(sys.argv[2], {'w': ('F32', [1], b'\\0\\0\\0\\0')})\n")
+    rows = _run_subset(tmp_path / "a", f"{sys.executable} {accept_all} {{input}} {{output}}")
+    assert all(not r.passed for r in rows)
+    assert any(r.detail.startswith("accepted") for r in rows if r.kind == "invalid")
+    assert any("tensor set differs" in r.detail for r in rows if r.kind == "valid")
+    # a tampered expected hash must be caught for an in-process backend too
+    entry = next(e for e in MANIFEST["vectors"] if e["file"].endswith("spqr_bits3.spqr"))
+    bad = json.loads(json.dumps(entry))
+    bad["tensors"]["w"]["sha256"] = "0" * 64
+    ok, detail = runner.judge(bad, runner.refreader_backend(VECTORS / entry["file"], entry))
+    assert not ok and "differ" in detail
+
+
+def test_cli_main_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "r.json"
+    rc = runner.main(["--backend", "refreader", "--only", "invalid/section", "--report", str(report)])
+    assert rc == 0
+    data = json.loads(report.read_text())
+    assert data["passed"] and data["summary"]["refreader"]["total"] >= 8
+    assert "refreader:" in capsys.readouterr().out
+
+
+def test_generation_is_byte_identical(tmp_path: Path) -> None:
+    generate.generate(tmp_path)
+    fresh = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    committed = {p.relative_to(VECTORS).as_posix(): p.read_bytes() for p in VECTORS.rglob("*") if p.is_file()}
+    assert sorted(fresh) == sorted(committed)
+    changed = [k for k in fresh if fresh[k] != committed[k]]
+    assert not changed, f"regenerate with `python -m spqrfmt.conformance.generate`: {changed[:5]}"
+
+
+def test_vectors_are_small_and_cover_every_code() -> None:
+    total = sum(p.stat().st_size for p in VECTORS.rglob("*") if p.is_file())
+    assert total < 2_000_000
+    invalid_codes = {e["error"] for e in MANIFEST["vectors"] if e["kind"] == "invalid"}
+    per_tensor = {t["error"] for e in MANIFEST["vectors"] if e["kind"] == "valid"
+                  for t in e["tensors"].values() if "error" in t}
+    missing = set(refreader.ERROR_CODES) - invalid_codes - per_tensor
+    assert missing == {"LIMIT_EXCEEDED"}  # needs > 1 MiB of header; see docs/conformance.md
+    for e in MANIFEST["vectors"]:
+        assert e["description"] and (VECTORS / e["file"]).is_file()
+        if e["kind"] == "valid":
+            with np.load(VECTORS / e["expected"], allow_pickle=False) as npz:
+                for name, t in e["tensors"].items():
+                    if "npz_key" in t:
+                        arr = npz[t["npz_key"]]
+                        assert list(arr.shape) == t["shape"], name
+
+
+def test_expected_npz_matches_manifest_hashes() -> None:
+    from spqrfmt.conformance.hashing import sha256_of
+
+    for e in MANIFEST["vectors"]:
+        if e["kind"] != "valid":
+            continue
+        with np.load(VECTORS / e["expected"], allow_pickle=False) as npz:
+            for t in e["tensors"].values():
+                if "npz_key" in t:
+                    assert sha256_of(npz[t["npz_key"]], t["codec"] != "raw") == t["sha256"]
+
+
+def test_refreader_imports_nothing_from_the_library() -> None:
+    for path in CONF.glob("*.py"):
+        if path.name == "runner.py":  # the runner drives the library on purpose
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mods = [node.module or ""] if node.level == 0 else []
+            else:
+                continue
+            assert not any(m == "spqrfmt" or m.startswith("spqrfmt.") for m in mods), (path.name, mods)
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 32), rows=st.integers(1, 3), count=st.integers(1, 70), data=st.data())
+def test_unpack_matches_first_principles_packer(k: int, rows: int, count: int, data: st.DataObject) -> None:
+    codes = [[data.draw(st.integers(0, (1 << k) - 1)) for _ in range(count)] for _ in range(rows)]
+    words = np.frombuffer(generate.pack_rows(codes, k, pad_bits=data.draw(st.booleans())), dtype="<u4")
+    got = refreader.unpack_rows(words.reshape(rows, -1), count, k)
+    assert got.tolist() == codes
+
+
+json_like = st.recursive(
+    st.none() | st.booleans() | st.integers(-(1 << 63), (1 << 64) - 1) | st.floats(allow_nan=False)
+    | st.text(max_size=40) | st.binary(max_size=40),
+    lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=10), kids, max_size=5),
+    max_leaves=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(obj=json_like)
+def test_msgpack_parser_and_encoder_agree_with_msgpack_python(obj: object) -> None:
+    assert refreader.parse_msgpack(msgpack.packb(obj, use_bin_type=True)) == obj
+    assert msgpack.unpackb(miniwriter.packb(obj), raw=False, strict_map_key=False) == obj
+
+
+def test_safetensors_mini_interoperates(tmp_path: Path) -> None:
+    st_np = pytest.importorskip("safetensors.numpy")
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    stm.write(tmp_path / "a.st", {"a": ("F32", [3, 4], a.tobytes()), "b": ("U8", [0], b"")}, {"k": "v"})
+    loaded = st_np.load_file(str(tmp_path / "a.st"))
+    assert np.array_equal(loaded["a"], a) and loaded["b"].shape == (0,)
+    st_np.save_file({"x": np.ones((2, 2), dtype=np.float16)}, str(tmp_path / "b.st"), metadata={"m": "1"})
+    tensors, meta = stm.read(tmp_path / "b.st")
+    assert tensors["x"][0] == "F16" and tensors["x"][1] == [2, 2] and meta == {"m": "1"}
