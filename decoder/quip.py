@@ -16,6 +16,8 @@ from typing import Any
 import numba
 import numpy as np
 
+from .spqr import unpack_rows
+
 
 def hadamard_constant(k: int) -> np.float32:
     """c_k = RNE_f32(2^(-k/2)) (quip.md §5.2), built from its exact bit pattern."""
@@ -27,21 +29,14 @@ def hadamard_constant(k: int) -> np.float32:
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _grid(codes: np.ndarray, bits: int, n: int, scale: np.ndarray, out: np.ndarray) -> None:
-    """out[r, j] = f32(2 q - (2^b - 1)) * scale[r] (quip.md §5.1)."""
-    m = codes.shape[0]
-    mask = np.uint32((1 << bits) - 1)
+def _grid(codes: np.ndarray, bits: int, scale: np.ndarray, out: np.ndarray) -> None:
+    """out[r, j] = f32(2 q - (2^b - 1)) * scale[r] (quip.md §5.1), q = unpacked codes."""
+    m, n = codes.shape
     off = (1 << bits) - 1
     for r in numba.prange(m):
         s_ = scale[r]
         for j in range(n):
-            p = j * bits
-            q = p >> 5
-            sh = p & 31
-            v = codes[r, q] >> np.uint32(sh)
-            if sh + bits > 32:
-                v |= codes[r, q + 1] << np.uint32(32 - sh)
-            out[r, j] = np.float32(2 * np.int64(v & mask) - off) * s_
+            out[r, j] = np.float32(2 * np.int64(codes[r, j]) - off) * s_
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -95,8 +90,9 @@ def decode(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], shape:
     fn = np.ascontiguousarray(sections["factor_n"], dtype=np.float32) if "factor_n" in sections else empty
     fm = np.ascontiguousarray(sections["factor_m"], dtype=np.float32) if "factor_m" in sections else empty
     x = np.empty((m, n), dtype=np.float32)
-    _grid(np.ascontiguousarray(sections["codes"]), int(params["bits"]), n,
-          np.ascontiguousarray(sections["scale"], dtype=np.float32), x)
+    bits = int(params["bits"])
+    codes = unpack_rows(np.ascontiguousarray(sections["codes"]), n, bits)  # spqr.md §4
+    _grid(codes, bits, np.ascontiguousarray(sections["scale"], dtype=np.float32), x)
     transform_rows(x, kn, np.array([hadamard_constant(kn)]), fn)  # step 2: along n, each row
     xt = np.ascontiguousarray(x.T)  # data movement only
     transform_rows(xt, km, np.array([hadamard_constant(km)]), fm)  # step 3: along m, each column

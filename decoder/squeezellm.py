@@ -13,21 +13,16 @@ from typing import Any
 import numba
 import numpy as np
 
+from .spqr import unpack_rows
+
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _lookup(codes: np.ndarray, bits: int, n: int, lut: np.ndarray, out: np.ndarray) -> None:
-    """out[r, j] = lut[r, unpack(codes[r], j, bits)] (packed rows of spqr.md §4)."""
-    m = codes.shape[0]
-    mask = np.uint32((1 << bits) - 1)
+def _lookup(idx: np.ndarray, lut: np.ndarray, out: np.ndarray) -> None:
+    """out[r, j] = lut[r, idx[r, j]] (squeezellm.md §5 step 1, exact)."""
+    m, n = idx.shape
     for r in numba.prange(m):
         for j in range(n):
-            p = j * bits
-            q = p >> 5
-            s = p & 31
-            v = codes[r, q] >> np.uint32(s)
-            if s + bits > 32:
-                v |= codes[r, q + 1] << np.uint32(32 - s)
-            out[r, j] = lut[r, v & mask]
+            out[r, j] = lut[r, idx[r, j]]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -43,7 +38,8 @@ def decode(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], shape:
     m, n = shape
     lut = np.ascontiguousarray(np.asarray(sections["lut"]).astype(np.float32))
     out = np.empty((m, n), dtype=np.float32)
-    _lookup(np.ascontiguousarray(sections["codes"]), int(params["bits"]), n, lut, out)
+    idx = unpack_rows(np.ascontiguousarray(sections["codes"]), n, int(params["bits"]))  # spqr.md §4
+    _lookup(idx, lut, out)
     vals = np.asarray(sections["outlier_val"]).astype(np.float32)
     if vals.size:
         _add_outliers(out, np.ascontiguousarray(sections["outlier_row_ptr"]).astype(np.int64),
