@@ -230,3 +230,114 @@ def test_spqr_quant_rejects_other_configs(tmp_path):
         sq.import_spqr_quant(d, tmp_path / "x.spqr")
     with pytest.raises(ValueError, match="multiples of 16"):
         sq.unpack_layer(np.zeros(4, np.int64), np.zeros(9, np.int32), np.zeros(0, np.int32), None, 8, 8)
+
+
+# ---- SqueezeLLM --------------------------------------------------------------------------
+
+sqz = pytest.importorskip("spqrfmt.importers.squeezellm")
+
+
+def _pack_squeezellm(intweight: np.ndarray, bits: int) -> np.ndarray:
+    """SqueezeLLM's qweight layout, written word by word: [in*b/32, out] int32, packed down each column."""
+    iw = intweight.T.astype(np.uint32)  # [in, out]
+    n, m = iw.shape
+    q = np.zeros((n // 32 * bits, m), dtype=np.uint32)
+    i = row = 0
+    while row < q.shape[0]:
+        if bits == 4:
+            for j in range(8):
+                q[row] |= iw[i + j] << (4 * j)
+            i, row = i + 8, row + 1
+        else:  # 3 bits: 10 codes, a split code, 10 codes, a split code, 10 codes per 3 words
+            for j in range(10):
+                q[row] |= iw[i + j] << (3 * j)
+            i += 10
+            q[row] |= (iw[i] << 30) & 0xFFFFFFFF
+            q[row + 1] |= (iw[i] >> 2) & 1
+            i += 1
+            for j in range(10):
+                q[row + 1] |= iw[i + j] << (3 * j + 1)
+            i += 10
+            q[row + 1] |= (iw[i] << 31) & 0xFFFFFFFF
+            q[row + 2] |= (iw[i] >> 1) & 3
+            i += 1
+            for j in range(10):
+                q[row + 2] |= iw[i + j] << (3 * j + 2)
+            i, row = i + 10, row + 3
+    return q.view(np.int32)
+
+
+def _squeeze_layer(rng, m, n, bits, density, f16_vals=True):
+    idx = rng.integers(0, 1 << bits, (m, n))
+    lut = np.sort(rng.standard_normal((m, 1 << bits)).astype(np.float16), axis=1).astype(np.float32)
+    mask = rng.random((m, n)) < density
+    r, c = np.nonzero(mask)
+    vals = rng.standard_normal(r.size).astype(np.float32)
+    if f16_vals:
+        vals = vals.astype(np.float16).astype(np.float32)
+    rows = np.zeros(m + 1, np.int32)
+    np.cumsum(np.bincount(r, minlength=m), out=rows[1:])
+    return idx, lut, rows, c.astype(np.int32), vals
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_squeezellm_layer_bit_exact(bits):
+    rng = np.random.default_rng(bits)
+    m, n = 24, 96
+    idx, lut, rows, cols, vals = _squeeze_layer(rng, m, n, bits, 0.02)
+    qweight = _pack_squeezellm(idx, bits)
+    params, secs, shape, dl, dv = sqz.to_squeezellm_sections(qweight, lut, rows, cols, vals, name="l")
+    assert shape == (m, n) and params == {"bits": bits} and dl == dv == 0.0
+    from spqrfmt.decoder.spqr import unpack_rows
+
+    np.testing.assert_array_equal(unpack_rows(secs["codes"], n, bits), idx)  # indices survive bit for bit
+    # independent reference: table lookup plus one f32 add per residual
+    ref = lut[np.arange(m)[:, None], idx].astype(np.float32)
+    for rr in range(m):
+        for e in range(rows[rr], rows[rr + 1]):
+            ref[rr, cols[e]] = np.float32(ref[rr, cols[e]] + vals[e])
+    np.testing.assert_array_equal(sqz.reference_dequantize(qweight, lut, rows, cols, vals).view(np.uint32),
+                                  ref.view(np.uint32))
+    from spqrfmt.codecs import squeezellm as codec
+    from spqrfmt.records import TensorRecord
+
+    rec = TensorRecord("l.weight", shape, "f16", "squeezellm", 1, params, {})
+    ours = codec.CODEC.decode(rec, secs)
+    np.testing.assert_array_equal(ours.view(np.uint32), ref.view(np.uint32))
+
+
+def test_squeezellm_checkpoint_import(tmp_path):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    m, n = 32, 64
+    idx, lut, rows, cols, vals = _squeeze_layer(rng, m, n, 4, 0.03)
+    state = {"model.layers.0.mlp.up_proj.qweight": torch.from_numpy(_pack_squeezellm(idx, 4)),
+             "model.layers.0.mlp.up_proj.lookup_table": torch.from_numpy(lut),
+             "model.layers.0.mlp.up_proj.rows": torch.from_numpy(rows),
+             "model.layers.0.mlp.up_proj.cols": torch.from_numpy(cols),
+             "model.layers.0.mlp.up_proj.vals": torch.from_numpy(vals),
+             "model.norm.weight": torch.ones(n, dtype=torch.float16)}
+    torch.save(state, tmp_path / "sq.pt")
+    rep = sqz.import_squeezellm(tmp_path / "sq.pt", tmp_path / "sq.spqr")
+    assert rep.lossless and rep.residuals == vals.size and rep.raw == ["model.norm.weight"]
+    spqrfmt.validate(tmp_path / "sq.spqr")
+    with spqrfmt.open(tmp_path / "sq.spqr") as f:
+        t = f["model.layers.0.mlp.up_proj.weight"]
+        assert t.codec == "squeezellm" and t.shape == (m, n)
+        ref = sqz.reference_dequantize(_pack_squeezellm(idx, 4), lut, rows, cols, vals)
+        np.testing.assert_array_equal(t.decode().view(np.uint32), ref.view(np.uint32))
+        np.testing.assert_array_equal(f["model.norm.weight"].decode(), np.ones(n, np.float16))
+
+
+def test_squeezellm_refuses_silent_rounding(tmp_path):
+    rng = np.random.default_rng(5)
+    idx, lut, rows, cols, vals = _squeeze_layer(rng, 8, 32, 4, 0.1, f16_vals=False)
+    q = _pack_squeezellm(idx, 4)
+    with pytest.raises(sqz.NotRepresentable, match=r"l\.vals: .* not representable in f16"):
+        sqz.to_squeezellm_sections(q, lut, rows, cols, vals, name="l")
+    lut_bad = lut.copy()
+    lut_bad[0, 0] = 0.1  # not an f16 value
+    with pytest.raises(sqz.NotRepresentable, match="lookup_table"):
+        sqz.to_squeezellm_sections(q, lut_bad, None, None, None, name="l")
+    *_, dl, dv = sqz.to_squeezellm_sections(q, lut_bad, rows, cols, vals, name="l", allow_lossy=True)
+    assert 0 < dl < 1e-4 and 0 < dv < 1e-2
