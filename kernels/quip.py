@@ -14,9 +14,10 @@ Numba reference decoder (launched with ``enable_fp_fusion=False``):
 
 :func:`matvec` computes ``y = W x`` the QuIP way without forming W:
 ``y = sv * D_m (scale * (Qint (D_n^T (su * x))))`` (f32, not bit-identical to
-``dequantize(...) @ x``, but the same linear map). On a GPU the per-stage
-launches should be fused into one shared-memory FWHT per vector; the
-interpreter path here is for correctness.
+``dequantize(...) @ x``, but the same linear map): two transforms of the
+activations and a GEMV over the packed codes (``_grid_matvec_kernel``). On a
+GPU the per-stage launches should be fused into one shared-memory FWHT per
+vector; the interpreter path here is for correctness.
 """
 
 from __future__ import annotations
@@ -110,6 +111,35 @@ def _sign_kernel(x_ptr, sv_ptr, su_ptr, m, n, BR: tl.constexpr, BC: tl.constexpr
     tl.store(p, x * (sv[:, None] * su[None, :]).to(tl.float32), mask=mask)
 
 
+@triton.jit
+def _grid_matvec_kernel(x_ptr, y_ptr, codes_ptr, scale_ptr, m, n, words,
+                        BITS: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
+    """y[b, r] = scale[r] * sum_j f32(2 code[r, j] - (2^b - 1)) * x[b, j], straight from packed codes."""
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    rows = pid_m * BM + tl.arange(0, BM)
+    rmask = rows < m
+    rows64 = rows.to(tl.int64)
+    acc = tl.zeros((BM, BK), dtype=tl.float32)
+    for k0 in range(0, n, BK):
+        cols = k0 + tl.arange(0, BK)
+        cmask = cols < n
+        mask = rmask[:, None] & cmask[None, :]
+        bitpos = cols * BITS
+        q = bitpos >> 5
+        s = (bitpos & 31).to(tl.uint32)
+        base = codes_ptr + rows64[:, None] * words + q[None, :]
+        w0 = tl.load(base, mask=mask, other=0).to(tl.uint32, bitcast=True)
+        straddle = (s + BITS) > 32
+        w1 = tl.load(base + 1, mask=mask & straddle[None, :], other=0).to(tl.uint32, bitcast=True)
+        v = (w0 >> s[None, :]) | tl.where(straddle[None, :], w1 << ((32 - s) & 31)[None, :], 0)
+        g = (2 * (v & ((1 << BITS) - 1)).to(tl.int32) - ((1 << BITS) - 1)).to(tl.float32)
+        xv = tl.load(x_ptr + b * n + cols, mask=cmask, other=0.0)
+        acc += tl.where(mask, g, 0.0) * xv[None, :]
+    sc = tl.load(scale_ptr + rows, mask=rmask, other=0.0)
+    tl.store(y_ptr + b * m + rows64, tl.sum(acc, axis=1) * sc, mask=rmask)
+
+
 def _ceil_div(a: int, b: int) -> int:
     return (a + b - 1) // b
 
@@ -161,28 +191,21 @@ def dequantize(params: Mapping[str, Any], sections_on_device: Mapping[str, torch
 
 @dataclass
 class PreparedQuip:
-    """Sections on the device, the integer grid as f32 [m, n] and F_n^T (for D_n^T), built once."""
+    """Sections on the device and F_n^T (the factor of D_n^T), built once."""
 
     params: dict[str, Any]
     shape: tuple[int, int]
     sections: dict[str, torch.Tensor]
-    qint: torch.Tensor
     factor_nt: torch.Tensor | None
 
 
 def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple[int, int],
             device: str | torch.device = "cuda") -> PreparedQuip:
-    """Move sections to ``device``; expand the codes to the odd-integer grid (scale 1) for the matvec."""
+    """Move sections to ``device`` once (the codes stay packed; the matvec reads them directly)."""
     m, n = (int(v) for v in shape)
     secs = to_device(sections, device)
-    codes = _codes(secs)
-    qint = torch.empty((m, n), dtype=torch.float32, device=codes.device)
-    ones = torch.ones(m, dtype=torch.float32, device=codes.device)
-    BR, BC = 16, 64
-    _grid_kernel[(_ceil_div(m, BR), _ceil_div(n, BC))](codes, ones, qint, m, n, codes.shape[1],
-                                                       BITS=int(params["bits"]), BR=BR, BC=BC, **_OPTS)
     fn = secs.get("factor_n")
-    return PreparedQuip(dict(params), (m, n), secs, qint, fn.T.contiguous() if fn is not None else None)
+    return PreparedQuip(dict(params), (m, n), secs, fn.T.contiguous() if fn is not None else None)
 
 
 def matvec(prepared: PreparedQuip, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -195,7 +218,13 @@ def matvec(prepared: PreparedQuip, x: torch.Tensor, bias: torch.Tensor | None = 
         raise ValueError(f"x has {x2.shape[-1]} features, weight expects {n}")
     xs = (x2.to(torch.float32) * secs["su"].to(torch.float32)[None, :]).contiguous()
     xs = transform(xs, True, int(p["log2_hn"]), prepared.factor_nt)  # rows of xs <- D_n^T x
-    y = (xs @ prepared.qint.T) * secs["scale"][None, :]  # TODO(gpu): a fused LUT-free grid GEMV kernel
+    B = xs.shape[0]
+    y = torch.empty((B, m), dtype=torch.float32, device=xs.device)
+    if B:
+        codes = _codes(secs)
+        BM, BK = 16, 64
+        _grid_matvec_kernel[(_ceil_div(m, BM), B)](xs, y, codes, secs["scale"], m, n, codes.shape[1],
+                                                   BITS=int(p["bits"]), BM=BM, BK=BK)
     y = transform(y.contiguous(), True, int(p["log2_hm"]), secs.get("factor_m"))  # rows <- D_m y
     y = y * secs["sv"].to(torch.float32)[None, :]
     if bias is not None:
