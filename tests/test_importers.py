@@ -341,3 +341,81 @@ def test_squeezellm_refuses_silent_rounding(tmp_path):
         sqz.to_squeezellm_sections(q, lut_bad, None, None, None, name="l")
     *_, dl, dv = sqz.to_squeezellm_sections(q, lut_bad, rows, cols, vals, name="l", allow_lossy=True)
     assert 0 < dl < 1e-4 and 0 < dv < 1e-2
+
+
+# ---- QuIP# (HI4B1C subset) ---------------------------------------------------------------
+
+qs = pytest.importorskip("spqrfmt.importers.quipsharp")
+
+
+def _pack_hi4b1c(idx: np.ndarray) -> np.ndarray:
+    """QuIP#'s HI4B1C packing: 8 indices per int32, nibbles (top down) hold indices 0,2,4,6,1,3,5,7."""
+    m, n = idx.shape
+    out = np.zeros((m, n // 8), dtype=np.uint32)
+    order = [0, 2, 4, 6, 1, 3, 5, 7]
+    for g in range(n // 8):
+        for r in range(m):
+            word = 0
+            for slot, j in enumerate(order):
+                word |= int(idx[r, 8 * g + j]) << (4 * (7 - slot))
+            out[r, g] = word
+    return out.view(np.int32)
+
+
+def _hadamard(d):
+    h = np.array([[1.0]])
+    while h.shape[0] < d:
+        h = np.block([[h, h], [h, -h]])
+    return h
+
+
+def test_quipsharp_hi4b1c_import(tmp_path):
+    rng = np.random.default_rng(2)
+    m, n = 32, 64
+    idx = rng.integers(0, 16, (m, n))
+    su = rng.choice([-1.0, 1.0], n).astype(np.float16)
+    sv = (rng.choice([-1.0, 1.0], m) * 0.75).astype(np.float16)  # |SV| constant (Wscale fused into SV)
+    wscale = np.float32(0.0123)
+    pre = "model.layers.0.mlp.down_proj"
+    tensors = {f"{pre}.Qidxs": ("i32", _pack_hi4b1c(idx)), f"{pre}.SU": ("f16", su), f"{pre}.SV": ("f16", sv),
+               f"{pre}.Wscale": ("f32", np.array([wscale], np.float32)),  # () in QuIP#; 1-d here (see report)
+               f"{pre}.codebook_id": ("i64", np.array([10], np.int64)),
+               "model.norm.weight": ("f16", np.ones(n, np.float16))}
+    d = tmp_path / "quip"
+    d.mkdir()
+    write_safetensors(d / "model.safetensors", tensors)
+    (d / "config.json").write_text(json.dumps({"model_type": "llama", "quip_params": {"codebook": "HI4B1C"}}))
+    rep = qs.import_quipsharp(d, tmp_path / "q.spqr")
+    assert rep.quantized == [f"{pre}.weight"] and rep.raw == ["model.norm.weight"]
+    spqrfmt.validate(tmp_path / "q.spqr")
+    # QuIP#'s effective weight, from its definition, written independently here
+    G = idx.astype(np.float64) - 7.5
+    ref = (sv.astype(np.float64)[:, None] * (_hadamard(m) / np.sqrt(m)) @ (float(wscale) * G)
+           @ (_hadamard(n) / np.sqrt(n)) * su.astype(np.float64)[None, :])
+    np.testing.assert_allclose(qs.reference_weight(_pack_hi4b1c(idx), su, sv, float(wscale)), ref, rtol=0, atol=1e-12)
+    with spqrfmt.open(tmp_path / "q.spqr") as f:
+        t = f[f"{pre}.weight"]
+        assert t.codec == "quip" and t.params == {"bits": 4, "log2_hn": 6, "log2_hm": 5}
+        from spqrfmt.decoder.spqr import unpack_rows
+
+        np.testing.assert_array_equal(unpack_rows(t.arrays()["codes"], n, 4), idx)  # indices bit for bit
+        got = t.decode().astype(np.float64)
+        assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()  # exact up to f32 rounding
+        assert json.loads(f.metadata["source.quip_params"]) == {"codebook": "HI4B1C"}
+
+
+def test_quipsharp_not_representable_cases():
+    idx = np.zeros((16, 16), np.int64)
+    q = _pack_hi4b1c(idx)
+    one16, one_n = np.ones(16, np.float16), np.ones(16, np.float16)
+    with pytest.raises(qs.NotRepresentable, match="E8P12"):
+        qs.to_quip_sections(q, one_n, one16, 1.0, 7, 16, name="l")
+    with pytest.raises(qs.NotRepresentable, match=r"l\.SU"):
+        qs.to_quip_sections(q, one_n * np.float16(1.5), one16, 1.0, 10, 16, name="l")
+    sv = one16.copy()
+    sv[3] = 2
+    with pytest.raises(qs.NotRepresentable, match=r"l\.SV"):
+        qs.to_quip_sections(q, one_n, sv, 1.0, 10, 16, name="l")
+    q12 = _pack_hi4b1c(np.zeros((12, 16), np.int64))
+    with pytest.raises(qs.NotRepresentable, match="power of two"):
+        qs.to_quip_sections(q12, one_n, np.ones(12, np.float16), 1.0, 10, 16, name="l")
