@@ -212,7 +212,13 @@ def quantize_gptq(
 
     gs, qmax = cfg.group_size, (1 << cfg.bits) - 1
     G = (n + gs - 1) // gs
-    bs = max(gs, (max(cfg.blocksize, 1) // gs) * gs) if gs <= cfg.blocksize else gs  # groups never straddle blocks
+    # Every group must start at a block start: then all pending (lazy) updates of earlier columns
+    # have been applied to the whole group when its statistics are fitted.
+    bsz = max(cfg.blocksize, 1)
+    if gs <= bsz:
+        bs = (bsz // gs) * gs
+    else:
+        bs = bsz if gs % bsz == 0 else gs
     use_outliers = math.isfinite(cfg.outlier_relative_threshold) and cfg.max_outlier_fraction > 0
     budget = int(math.floor(cfg.max_outlier_fraction * m * n)) if use_outliers else 0
     diag_u = torch.diagonal(U).clone()
