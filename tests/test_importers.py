@@ -419,3 +419,26 @@ def test_quipsharp_not_representable_cases():
     q12 = _pack_hi4b1c(np.zeros((12, 16), np.int64))
     with pytest.raises(qs.NotRepresentable, match="power of two"):
         qs.to_quip_sections(q12, one_n, np.ones(12, np.float16), 1.0, 10, 16, name="l")
+
+
+def test_import_cli(tmp_path, capsys):
+    import argparse
+
+    from spqrfmt.importers import add_arguments, cli_import
+
+    rng = np.random.default_rng(9)
+    idx, lut, rows, cols, vals = _squeeze_layer(rng, 16, 64, 3, 0.05, f16_vals=False)
+    write_safetensors(tmp_path / "sq.safetensors", {
+        "l.qweight": ("i32", _pack_squeezellm(idx, 3)), "l.lookup_table": ("f32", lut), "l.rows": ("i32", rows),
+        "l.cols": ("i32", cols), "l.vals": ("f32", vals)})
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["squeezellm", str(tmp_path / "sq.safetensors"), "-o", str(tmp_path / "o.spqr")])
+    assert cli_import(args) == 1  # residuals are not f16 values: refused, nothing written
+    assert "l.vals" in capsys.readouterr().err and not (tmp_path / "o.spqr").exists()
+    args = p.parse_args(["squeezellm", str(tmp_path / "sq.safetensors"), "-o", str(tmp_path / "o.spqr"),
+                         "--allow-lossy"])
+    assert cli_import(args) == 0
+    assert "LOSSY" in capsys.readouterr().out
+    with spqrfmt.open(tmp_path / "o.spqr") as f:
+        assert f["l.weight"].codec == "squeezellm" and f["l.weight"].params == {"bits": 3}

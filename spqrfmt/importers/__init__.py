@@ -18,10 +18,41 @@ Modules:
 
 from __future__ import annotations
 
+import argparse
+import importlib
+
 IMPORTERS = {
     "spqr_quant": "spqrfmt.importers.spqr_quant",
     "squeezellm": "spqrfmt.importers.squeezellm",
     "quipsharp": "spqrfmt.importers.quipsharp",
 }
 
-__all__ = ["IMPORTERS"]
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``spqr import {spqr_quant,squeezellm,quipsharp} SRC -o OUT.spqr``."""
+    parser.add_argument("format", choices=sorted(IMPORTERS), help="source checkpoint format")
+    parser.add_argument("src", help="spqr_quant/quipsharp: Hugging Face folder; squeezellm: packed .pt or "
+                        ".safetensors file")
+    parser.add_argument("-o", "--output", required=True, help="output .spqr file")
+    parser.add_argument("--config", metavar="DIR", help="folder with the base model's config.json and tokenizer "
+                        "files (squeezellm; quipsharp when SRC is a file)")
+    parser.add_argument("--allow-lossy", action="store_true", help="squeezellm: round LUT/residual values that "
+                        "are not f16 values instead of refusing (the report says by how much)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="one line per imported layer")
+
+
+def cli_import(args: argparse.Namespace) -> int:
+    """``spqr import``: run the chosen importer; a source field the codec cannot hold exits with status 1."""
+    import sys
+
+    from .squeezellm import NotRepresentable
+
+    mod = importlib.import_module(IMPORTERS[args.format])
+    try:
+        return int(mod.cli_import(args))
+    except NotRepresentable as e:
+        print(f"spqr import: not representable: {e}", file=sys.stderr)
+        return 1
+
+
+__all__ = ["IMPORTERS", "add_arguments", "cli_import"]
