@@ -116,7 +116,10 @@ def test_no_parameter_is_materialised_twice(tiny):
 
 
 def test_kernel_path_matches_decoded(tiny):
-    """SpQRLinear (Triton; interpreter on CPU) gives the dense model's tokens and close logits."""
+    """Every quantized Linear becomes SpQRLinear (Triton; interpreter on CPU) and computes the dense layer.
+
+    The interpreter is slow, so one block's MLP is compared rather than whole-model logits.
+    """
     pytest.importorskip("triton")
     _d, path, _ = tiny
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -124,12 +127,14 @@ def test_kernel_path_matches_decoded(tiny):
     dmodel = load_model(path, device=dev, dtype=torch.float32, use_kernels=False)
     from spqrfmt.kernels.linear import SpQRLinear
 
-    assert isinstance(kmodel.model.layers[0].self_attn.q_proj, SpQRLinear)
-    assert len(kmodel.spqr_load_report.kernel_layers) == 14
-    x = PROMPT.to(dev)
+    kernel_layers = [n for n, mod in kmodel.named_modules() if isinstance(mod, SpQRLinear)]
+    assert len(kernel_layers) == 14 and len(kmodel.spqr_load_report.kernel_layers) == 14
+    q = kmodel.model.layers[0].self_attn.k_proj
+    assert (q.out_features, q.in_features) == (32, 64) and q.bias is None
+    h = torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(0)).to(dev)
     with torch.no_grad():
-        a = kmodel(x[:, :3]).logits
-        b = dmodel(x[:, :3]).logits
+        a = kmodel.model.layers[1].mlp(h)
+        b = dmodel.model.layers[1].mlp(h)
     torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-3)
 
 
