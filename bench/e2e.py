@@ -320,15 +320,22 @@ def main() -> int:
         if dev.type == "cuda":
             r["weights_mib"] = torch.cuda.memory_allocated(dev) / 2**20
         log(f"{name}: loaded in {load_s:.1f} s")
-        r.update(measure(name, model, c, dev, args))
+        try:
+            r.update(measure(name, model, c, dev, args))
+        except Exception as e:  # noqa: BLE001 - keep the rows measured so far; say what failed
+            log(f"{name}: measurement failed: {type(e).__name__}: {e}")
+            r.update({"model": name, "error": f"{type(e).__name__}: {str(e)[:300]}", "decode_eager_tok_s": None,
+                      "tokens_eager": [], **{f"prefill_{p}_ms": None for p in args.prefill}})
         r["bits"] = bits
         if not kernels:
             dense_tokens[bits] = r["tokens_eager"]
         rows.append(r)
         del model
     for r in rows:
-        base = dense_tokens[r["bits"]]
-        r["greedy_match"] = sum(a == b for a, b in zip(r["tokens_eager"], base, strict=True)) / len(base)
+        base = dense_tokens.get(r["bits"]) or []
+        ok = r["tokens_eager"] and len(base) == len(r["tokens_eager"])
+        same = sum(a == b for a, b in zip(r["tokens_eager"], base, strict=True)) if ok else 0
+        r["greedy_match"] = same / len(base) if ok else None
 
     table = render(rows, c, nparams, dev, args)
     print(table)
@@ -369,8 +376,14 @@ def render(rows: list[dict], c: dict, nparams: int | None, dev: torch.device, ar
                  f(r.get("peak_mib"), ".0f"), f(r["load_s"], ".1f"),
                  *[f(r[f"prefill_{p}_ms"], ".2f") for p in args.prefill],
                  f(r["decode_eager_tok_s"], ".1f"), f(r.get("decode_graph_tok_s"), ".1f"),
-                 f"{100 * r['greedy_match']:.0f} %"]
+                 f(r["greedy_match"] and 100 * r["greedy_match"], ".0f") + (" %" if r["greedy_match"] is not None
+                                                                              else "")]
         lines.append("| " + " | ".join(cells) + " |")
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"\n{r['model']}: measurement failed: {r['error']}")
+        if r.get("decode_mode") and r["decode_mode"] != "cuda-graph":
+            lines.append(f"\n{r['model']}: CUDA graph capture failed; only eager decode was timed (see stderr).")
     return "\n".join(lines)
 
 
