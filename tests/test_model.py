@@ -172,3 +172,45 @@ def test_missing_config_is_a_clear_error(tmp_path):
     w.close()
     with pytest.raises(ValueError, match="hf.config"):
         load_model(tmp_path / "x.spqr")
+
+
+def test_gpt2_conv1d(tmp_path):
+    """GPT-2 Conv1D weights ([in, out] in checkpoints) load correctly, as stored or transposed + flagged."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from spqrfmt.encoder.rtn import quantize_spqr
+
+    torch.manual_seed(1)
+    cfg = GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+    model = GPT2LMHeadModel(cfg)
+    model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    path = tmp_path / "gpt2.spqr"
+    report = convert(tmp_path / "hf", path, QuantConfig(bits=4, min_features=16), progress=False)
+    assert any("c_attn" in r.name for r in report.layers)
+    loaded = load_model(path, dtype=torch.float32)
+    with spqrfmt.open(path) as f:
+        state = {n: torch.from_numpy(np.array(t.decode(), dtype=np.float32)) for n, t in f.items()}
+        meta = dict(f.metadata)
+    ref = GPT2LMHeadModel._from_config(GPT2Config(**json.loads(meta["hf.config"])), dtype=torch.float32)
+    ref.load_state_dict({("transformer." + k if not k.startswith("transformer.") else k): v
+                         for k, v in state.items()}, strict=False)
+    ref.tie_weights()
+    ids = torch.tensor([[3, 14, 15, 92, 65]])
+    with torch.no_grad():
+        a, b = loaded(ids).logits, ref.eval()(ids).logits
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # The same weights written in the spec's [out, in] orientation, flagged in the metadata.
+    flagged = tmp_path / "gpt2_out_in.spqr"
+    meta["spqrfmt.conv1d"] = "out_in"
+    with spqrfmt.open(path) as f, spqrfmt.Writer(flagged, metadata=meta) as w:
+        for name, t in f.items():
+            if t.codec == "raw":
+                w.add_raw(name, t.decode(), t.dtype)
+            else:  # re-encode the transposed decoded matrix finely (8-bit, f16 stats)
+                w.add_encoded(name, quantize_spqr(np.ascontiguousarray(t.decode().T), bits=8, scale_bits=16,
+                                                  zero_bits=16, outlier_fraction=0.0), dtype="f32")
+    loaded2 = load_model(flagged, dtype=torch.float32)
+    w1 = loaded.transformer.h[0].attn.c_attn.weight
+    w2 = loaded2.transformer.h[0].attn.c_attn.weight
+    assert w1.shape == w2.shape == (64, 192)
+    torch.testing.assert_close(w2, w1, rtol=0, atol=float(w1.abs().max()) / 200)  # 8-bit re-encoding of w1
