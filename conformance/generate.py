@@ -604,6 +604,8 @@ def invalid_vectors() -> list[Invalid]:
         ("BAD_NAME",))
     rec("rec_codec_version_str", "codec_version is a str", lambda ts: _t(ts, "w").set.update(codec_version="1"),
         "BAD_HEADER", ("UNSUPPORTED_CODEC_VERSION",))
+    rec("rec_codec_version_zero", "codec_version 0 (spec: int >= 1)",
+        lambda ts: _t(ts, "w").set.update(codec_version=0), "UNSUPPORTED_CODEC_VERSION", ("BAD_HEADER",))
     rec("rec_codec_version_bool", "codec_version is msgpack true (bool is not int)",
         lambda ts: _t(ts, "w").set.update(codec_version=True), "BAD_HEADER", ("UNSUPPORTED_CODEC_VERSION",))
     rec("rec_offset_float", "section offset is a float 0.0",

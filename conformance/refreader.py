@@ -466,8 +466,9 @@ def _spqr_stat(rec: TensorRec, a: Arrays, stat: str, bits: int, beta2: int) -> n
     k = np.arange(m) // beta2
     zz = a[f"{stat}_zero"].astype(np.float32)[:, k]
     ss = a[f"{stat}_scale"].astype(np.float32)[:, k]
-    t = (c - zz).astype(np.float32)
-    return _rne16((t * ss).astype(np.float32))
+    with np.errstate(all="ignore"):  # inf/NaN statistics are legal and propagate (spqr.md §6)
+        t = (c - zz).astype(np.float32)
+        return _rne16((t * ss).astype(np.float32))
 
 
 def _spqr_decode(rec: TensorRec, a: Arrays) -> np.ndarray:
@@ -477,8 +478,9 @@ def _spqr_decode(rec: TensorRec, a: Arrays) -> np.ndarray:
     Z = _spqr_stat(rec, a, "zero", p["zb"], p["beta2"])
     g = np.arange(n) // p["beta1"]
     q = unpack_rows(a["codes"], n, p["b"]).astype(np.float32)          # [m, n]
-    t = (q - Z.T[:, g]).astype(np.float32)
-    wp = (t * S.T[:, g]).astype(np.float32)
+    with np.errstate(all="ignore"):
+        t = (q - Z.T[:, g]).astype(np.float32)
+        wp = (t * S.T[:, g]).astype(np.float32)
     ptr = a["outlier_row_ptr"].astype(np.int64)
     rows = np.repeat(np.arange(m), np.diff(ptr))
     wp[rows, a["outlier_col"].astype(np.int64)] = a["outlier_val"].astype(np.float32)
