@@ -5,10 +5,11 @@ stored in the file (metadata ``hf.config``) with its parameters on the meta
 device (no fp16 copy of the model is ever materialised), then fills it tensor
 by tensor:
 
-* quantized ``nn.Linear`` weights of codec ``spqr`` on CUDA become
-  :class:`spqrfmt.kernels.linear.SpQRLinear` (the weight stays compressed on
-  the GPU, decoded inside the Triton matvec);
-* every other quantized weight (CPU, or a codec without a GPU module) is
+* quantized ``nn.Linear`` weights on CUDA stay compressed on the GPU:
+  codec ``spqr`` in :class:`spqrfmt.kernels.linear.SpQRLinear`, ``squeezellm``
+  and ``quip`` in a small ``CodecLinear`` over their kernel modules (fused
+  matvec for <= 16 rows, bit-exact dequantize + cuBLAS above);
+* every other quantized weight (CPU, or a codec without a kernel module) is
   decoded once with ``Tensor.decode()`` -- codec-agnostic and bit-exact per
   spec -- and cast to the model dtype with round-to-nearest-even;
 * raw tensors (embeddings, norms, biases) are loaded as stored, floating
@@ -45,8 +46,10 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-# Codecs with a GPU module that keeps the weight compressed: codec id -> builder.
-GPU_MODULE_CODECS = ("spqr",)
+# Codecs whose weights can stay compressed on the device: spqr through SpQRLinear, the others
+# through CodecLinear over their kernel module's prepare/matvec/dequantize.
+GPU_MODULE_CODECS = ("spqr", "squeezellm", "quip")
+FUSED_MAX_ROWS = 16
 
 
 @dataclass
@@ -288,14 +291,62 @@ def _set_bias(model: nn.Module, weight_name: str, bias: torch.Tensor) -> None:
     mod.bias = nn.Parameter(bias, requires_grad=False)
 
 
-def _swap_for_kernel(model: nn.Module, target: str, t: Tensor, dev: torch.device) -> None:
-    """Replace the Linear owning ``target`` by an SpQRLinear holding the compressed sections on ``dev``."""
-    from .kernels.linear import SpQRLinear
+def codec_linear(codec: str, params: dict[str, Any], sections: dict[str, np.ndarray], shape: tuple[int, int],
+                 device: torch.device) -> nn.Module:
+    """A Linear-like module keeping one codec tensor compressed on ``device``."""
+    import importlib
 
+    import torch
+    from torch import nn
+
+    from .dtypes import bf16_to_f32
+
+    if codec == "spqr":
+        from .kernels.linear import SpQRLinear
+
+        return SpQRLinear.from_sections(params, sections, shape, device=device)
+    kmod = importlib.import_module(f"spqrfmt.kernels.{codec}")
+    secs = dict(sections)
+    bias = secs.pop("bias", None)
+
+    class CodecLinear(nn.Module):
+        """y = x W^T + b: the codec's fused matvec for <= 16 rows, exact dequantize + cuBLAS above."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.codec = codec
+            self.prepared = kmod.prepare(params, secs, shape, device)
+            self.out_features, self.in_features = shape
+            if bias is not None:
+                b = torch.from_numpy(np.array(bias, dtype=np.float32) if bias.dtype != np.uint16 else
+                                     bf16_to_f32(np.array(bias)))
+                self.bias = nn.Parameter(b.to(device), requires_grad=False)
+            else:
+                self.register_parameter("bias", None)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            lead = x.shape[:-1]
+            x2 = x.reshape(-1, self.in_features)
+            b = None if self.bias is None else self.bias.to(x.dtype)
+            if x2.shape[0] <= FUSED_MAX_ROWS:
+                y = kmod.matvec(self.prepared, x2, b)
+            else:
+                w = kmod.dequantize(self.prepared.params, self.prepared.sections, shape, x.dtype)
+                y = torch.nn.functional.linear(x2, w, b)
+            return y.reshape(*lead, self.out_features)
+
+        def extra_repr(self) -> str:
+            return f"codec={codec}, in_features={self.in_features}, out_features={self.out_features}"
+
+    return CodecLinear()
+
+
+def _swap_for_kernel(model: nn.Module, target: str, t: Tensor, dev: torch.device) -> None:
+    """Replace the Linear owning ``target`` by a module holding the compressed sections on ``dev``."""
     mod_path, _, _ = target.rpartition(".")
     old, _ = _owner(model, target)
     sections = {k: np.array(v) for k, v in t.arrays().items()}  # writable copies: torch.from_numpy needs them
-    new = SpQRLinear.from_sections(dict(t.params), sections, tuple(t.shape), device=dev)
+    new = codec_linear(t.codec, dict(t.params), sections, tuple(t.shape), dev)
     old_bias = getattr(old, "bias", None)
     if old_bias is not None and new.bias is None and old_bias.device.type != "meta":
         new.bias = old_bias  # pragma: no cover - raw bias loaded before its weight

@@ -214,3 +214,45 @@ def test_gpt2_conv1d(tmp_path):
     w2 = loaded2.transformer.h[0].attn.c_attn.weight
     assert w1.shape == w2.shape == (64, 192)
     torch.testing.assert_close(w2, w1, rtol=0, atol=float(w1.abs().max()) / 200)  # 8-bit re-encoding of w1
+
+
+def test_all_codecs_cpu_and_kernel_modules(tmp_path):
+    """A model whose linears use squeezellm and quip: decoded on CPU, CodecLinear (Triton) when asked."""
+    pytest.importorskip("triton")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from spqrfmt.encoder.quip import quantize_quip
+    from spqrfmt.encoder.squeezellm import quantize_squeezellm
+
+    torch.manual_seed(2)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "hf", safe_serialization=True)
+
+    def encoder(name, w, qc):
+        if ".mlp." in name:
+            return quantize_squeezellm(w, bits=4, max_iter=10)
+        return quantize_quip(w, bits=4)
+
+    path = tmp_path / "mixed.spqr"
+    convert(tmp_path / "hf", path, QuantConfig(min_features=16), encoder=encoder, progress=False)
+    with spqrfmt.open(path) as f:
+        codecs = {t.codec for t in f.values()}
+    assert codecs == {"raw", "squeezellm", "quip"}
+    dense = load_model(path, dtype=torch.float32)
+    ref = _reference(path, torch.float32)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(dense(ids).logits, ref(ids).logits, rtol=1e-5, atol=1e-5)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    kmodel = load_model(path, device=dev, dtype=torch.float32, use_kernels=True)
+    assert len(kmodel.spqr_load_report.kernel_layers) == 7
+    layer = kmodel.model.layers[0]
+    assert type(layer.mlp.up_proj).__name__ == "CodecLinear" and layer.mlp.up_proj.codec == "squeezellm"
+    assert layer.self_attn.q_proj.codec == "quip"
+    h = torch.randn(2, 64, generator=torch.Generator().manual_seed(0)).to(dev)
+    with torch.no_grad():
+        for name in ("mlp.up_proj", "self_attn.q_proj"):
+            a = layer.get_submodule(name)(h)
+            b = dense.model.layers[0].get_submodule(name).to(dev)(h)
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
