@@ -221,8 +221,9 @@ def load_model(
     """Build the transformers model stored in a ``.spqr`` file, ready for inference (``eval()``).
 
     ``device``: "cpu" or "cuda[:i]". ``dtype``: torch.float16 (default), bfloat16 or float32.
-    ``use_kernels``: keep ``spqr`` weights compressed in ``SpQRLinear`` (default: on CUDA only).
-    On CPU, quantized weights are decoded once into plain dense weights.
+    ``use_kernels``: keep quantized Linear weights compressed in kernel modules (``SpQRLinear``
+    for spqr, ``CodecLinear`` for squeezellm/quip; default: on CUDA only). Otherwise quantized
+    weights are decoded once (bit-exact f32, one RNE cast) into plain dense weights.
     """
     import torch
 
@@ -235,7 +236,6 @@ def load_model(
         config = hf_config(f)
         conv1d_out_in = f.metadata.get("spqrfmt.conv1d") == "out_in"
         model = build_empty_model(config, dtype)
-        loaded: set[str] = set()
         for name, t in f.tensors.items():
             target = _resolve(model, name)
             if target is None:
@@ -248,7 +248,6 @@ def load_model(
                     value = value.to(dtype)
                 _set_tensor(model, target, value.to(dev))
                 report.raw_tensors.append(name)
-                loaded.add(target)
                 continue
             is_linear = isinstance(mod, torch.nn.Linear) and attr == "weight"
             is_conv = _is_conv1d(mod) and attr == "weight"
@@ -264,7 +263,6 @@ def load_model(
             bias = t.bias()  # a bias carried inside the codec tensor, if any
             if bias is not None and not _has_real(model, target.rpartition(".")[0] + ".bias"):
                 _set_bias(model, target, torch.from_numpy(bias).to(device=dev, dtype=dtype))
-            loaded.add(target)
     _tie(model, report)
     model.to(dev)  # buffers built at construction (rotary tables, position ids)
     missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
