@@ -195,3 +195,19 @@ def test_safetensors_mini_interoperates(tmp_path: Path) -> None:
     st_np.save_file({"x": np.ones((2, 2), dtype=np.float16)}, str(tmp_path / "b.st"), metadata={"m": "1"})
     tensors, meta = stm.read(tmp_path / "b.st")
     assert tensors["x"][0] == "F16" and tensors["x"][1] == [2, 2] and meta == {"m": "1"}
+
+
+def test_limit_exceeded_built_at_test_time(tmp_path: Path) -> None:
+    """MAX_TENSORS + 1 records needs > 1 MiB of header, so this vector is built here, not committed."""
+    import spqrfmt
+
+    header = miniwriter.Raw(b"\x82\xa7tensors\xdd" + (refreader.MAX_TENSORS + 1).to_bytes(4, "big")
+                            + b"\xc0" * (refreader.MAX_TENSORS + 1) + b"\xa8metadata\x80")
+    path = tmp_path / "many.spqr"
+    path.write_bytes(miniwriter.build([], header_obj=header))
+    with pytest.raises(refreader.RefError) as ei:
+        refreader.open_file(path)
+    assert ei.value.code == "LIMIT_EXCEEDED"
+    with pytest.raises(spqrfmt.SpqrFormatError) as li:
+        spqrfmt.open(path)
+    assert str(li.value.code) == "LIMIT_EXCEEDED"
