@@ -150,7 +150,7 @@ def test_expected_npz_matches_manifest_hashes() -> None:
 
 def test_refreader_imports_nothing_from_the_library() -> None:
     for path in CONF.glob("*.py"):
-        if path.name == "runner.py":  # the runner drives the library on purpose
+        if path.name in ("runner.py", "fuzz.py"):  # these drive the library on purpose
             continue
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
