@@ -529,11 +529,12 @@ def invalid_vectors() -> list[Invalid]:
     add("bad_magic_lowercase", "magic 'spqrfmt\\0'", mw.build(ts, spoil=mw.Spoil(magic=b"spqrfmt\x00")), "BAD_MAGIC")
     add("version_major_2", "major = 2", mw.build(ts, spoil=mw.Spoil(major=2)), "UNSUPPORTED_VERSION")
     add("version_major_0", "major = 0", mw.build(ts, spoil=mw.Spoil(major=0)), "UNSUPPORTED_VERSION")
-    add("header_length_zero", "header_length = 0", mw.build(ts, spoil=mw.Spoil(header_length=0)), "HEADER_TOO_LARGE")
+    add("header_length_zero", "header_length = 0", mw.build(ts, spoil=mw.Spoil(header_length=0)), "HEADER_TOO_LARGE",
+        ("TRAILING_DATA", "HEADER_CHECKSUM"))
     add("header_length_over_max", "header_length = 64 MiB + 1 (file is small)",
-        mw.build(ts, spoil=mw.Spoil(header_length=(64 << 20) + 1)), "HEADER_TOO_LARGE")
+        mw.build(ts, spoil=mw.Spoil(header_length=(64 << 20) + 1)), "HEADER_TOO_LARGE", ("TRUNCATED",))
     add("header_length_huge", "header_length = 2^64 - 1 (must not allocate or overflow)",
-        mw.build(ts, spoil=mw.Spoil(header_length=(1 << 64) - 1)), "HEADER_TOO_LARGE")
+        mw.build(ts, spoil=mw.Spoil(header_length=(1 << 64) - 1)), "HEADER_TOO_LARGE", ("TRUNCATED",))
     add("data_length_huge", "data_length = 2^64 - 1 (D + L overflows 64-bit arithmetic)",
         mw.build(ts, spoil=mw.Spoil(data_length=(1 << 64) - 1)), "TRUNCATED")
     add("header_length_past_eof", "header_length larger than the file but under the limit",
