@@ -157,12 +157,15 @@ def run_row(method: str, target: str, model_dir: Path, out: Path, calib: list[st
     return row
 
 
-def table(rows: list[dict[str, Any]], ref: dict[str, Any]) -> str:
+def table(rows: list[dict[str, Any]], ref: dict[str, Any], ref16: dict[str, Any] | None = None) -> str:
     lines = [
-        "| method | target | bits/param (file) | settings | outliers | ppl | Δppl | encode s/layer |",
+        "| method | target | bits/param (file) | settings | outliers | ppl | Δppl vs fp32 | encode s/layer |",
         "|---|---|---:|---|---:|---:|---:|---:|",
-        f"| fp32 reference | – | 16 (as f16) | dequantized Q4_1 weights | – | {ref['ppl']:.3f} | – | – |",
+        f"| fp32 reference | – | 32 | dequantized Q4_1 weights | – | {ref['ppl']:.3f} | – | – |",
     ]
+    if ref16 is not None:
+        lines.append(f"| fp16 | – | 16 | weights rounded to f16 | – | {ref16['ppl']:.3f} | "
+                     f"{100 * (ref16['ppl'] / ref['ppl'] - 1):+.1f}% | – |")
     for r in rows:
         s = r["settings"]
         desc = f"b={s['bits']} β1={s['group_size'] if s['group_size'] < 65536 else 'row'}"
@@ -215,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         results["ref"] = {"ppl": perplexity(load_model(model_dir), eval_tokens, seq_len=args.eval_seq_len,
                                             batch_size=4), "eval_s": time.perf_counter() - t0}
         res_path.write_text(json.dumps(results, indent=1))
+    if "ref16" not in results:  # the same model with every parameter rounded to f16 (the 16-bit baseline)
+        model = load_model(model_dir)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.to(torch.float16).to(torch.float32))
+        results["ref16"] = {"ppl": perplexity(model, eval_tokens, seq_len=args.eval_seq_len, batch_size=4)}
+        res_path.write_text(json.dumps(results, indent=1))
     print(f"reference ppl {results['ref']['ppl']:.3f} on {eval_tokens.numel()} held-out tokens", file=sys.stderr)
     for target in args.targets.split(","):
         for method in args.methods.split(","):
@@ -226,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             res_path.write_text(json.dumps(results, indent=1))
             print(f"{tag}: {row['bits']:.3f} bits, ppl {row['ppl']:.3f}, {row['wall_s']:.0f}s", file=sys.stderr)
     rows = [results["rows"][f"{m}-{t}"] for t in args.targets.split(",") for m in args.methods.split(",")]
-    print(table(rows, results["ref"]))
+    print(table(rows, results["ref"], results.get("ref16")))
     print(f"\n{eval_tokens.numel()} held-out tokens (lee.cor), windows of {args.eval_seq_len}; calibration "
           f"{args.nsamples} x {args.seqlen} tokens from lee_background.cor; this run "
           f"{time.perf_counter() - t_start:.0f}s")
