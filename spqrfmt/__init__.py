@@ -19,6 +19,15 @@ from .reader import open_file as open  # noqa: A001 - the natural name for a fil
 from .writer import Writer
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``spqrfmt.load_model`` without importing torch when ``import spqrfmt`` runs."""
+    if name == "load_model":
+        from .model import load_model
+
+        return load_model
+    raise AttributeError(f"module 'spqrfmt' has no attribute {name!r}")
 FORMAT_VERSION = (MAJOR, MINOR)
 
 __all__ = [
@@ -28,6 +37,7 @@ __all__ = [
     "SpqrFormatError",
     "Tensor",
     "Writer",
+    "load_model",
     "open",
     "validate",
     "__version__",

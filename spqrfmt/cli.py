@@ -1,4 +1,4 @@
-"""The ``spqr`` command line: convert, inspect, verify, decode, conformance.
+"""The ``spqr`` command line: convert, inspect, verify, decode, conformance, generate, import.
 
 Exit codes: 0 success, 1 the file broke a rule of the spec (or a check
 failed), 2 usage errors and missing inputs.
@@ -216,6 +216,18 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
     return int(runner.main(argv) or 0)
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import cli_generate
+
+    return int(cli_generate(args))
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from .importers import cli_import
+
+    return int(cli_import(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spqr",
@@ -288,6 +300,21 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     k.add_argument("rest", nargs=argparse.REMAINDER)
     k.set_defaults(func=_cmd_conformance)
+
+    from . import generate as _gen
+    from . import importers as _imp
+
+    g = sub.add_parser("generate", help="run the compressed model: generate text from a prompt (needs torch)",
+                       description="Load the model from the .spqr file (config and tokenizer from its metadata) and "
+                       "generate text. On CUDA quantized layers stay compressed and run through the Triton kernels.")
+    _gen.add_arguments(g)
+    g.set_defaults(func=_cmd_generate)
+
+    im = sub.add_parser("import", help="convert an existing SpQR/SqueezeLLM/QuIP# checkpoint to .spqr",
+                        description="Read a checkpoint in another implementation's format and write it as .spqr. "
+                        "See docs/importers.md for what each maps to and what is bit-exact.")
+    _imp.add_arguments(im)
+    im.set_defaults(func=_cmd_import)
     return p
 
 
