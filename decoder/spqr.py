@@ -18,6 +18,18 @@ import numba
 import numpy as np
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _code(words: np.ndarray, r: int, i: int, bits: int, mask: np.uint32) -> np.uint32:
+    """Code ``i`` of packed row ``r`` (spqr.md §4): one place for the straddling-word rule."""
+    p = i * bits
+    q = p >> 5
+    s = p & 31
+    v = words[r, q] >> np.uint32(s)
+    if s + bits > 32:
+        v |= words[r, q + 1] << np.uint32(32 - s)
+    return v & mask
+
+
 @numba.njit(cache=True, nogil=True)
 def unpack_rows(words: np.ndarray, cols: int, bits: int) -> np.ndarray:
     """[R, W] u32 packed rows -> [R, cols] u32 codes."""
@@ -26,13 +38,7 @@ def unpack_rows(words: np.ndarray, cols: int, bits: int) -> np.ndarray:
     mask = np.uint32((1 << bits) - 1)
     for r in range(rows):
         for i in range(cols):
-            p = i * bits
-            q = p >> 5
-            s = p & 31
-            v = words[r, q] >> np.uint32(s)
-            if s + bits > 32:
-                v |= words[r, q + 1] << np.uint32(32 - s)
-            out[r, i] = v & mask
+            out[r, i] = _code(words, r, i, bits, mask)
     return out
 
 
@@ -49,13 +55,7 @@ def _dense(codes: np.ndarray, bits: int, n: int, group_size: int, S: np.ndarray,
             j0 = g * group_size
             j1 = min(n, j0 + group_size)
             for j in range(j0, j1):
-                p = j * bits
-                q = p >> 5
-                sh = p & 31
-                v = codes[r, q] >> np.uint32(sh)
-                if sh + bits > 32:
-                    v |= codes[r, q + 1] << np.uint32(32 - sh)
-                t = np.float32(v & mask) - z_
+                t = np.float32(_code(codes, r, j, bits, mask)) - z_
                 out[r, j] = t * s_
 
 
@@ -101,14 +101,8 @@ def _stat2(words: np.ndarray, m: int, bits: int, group: int, zero2: np.ndarray, 
     mask = np.uint32((1 << bits) - 1)
     for g in range(G):
         for r in range(m):
-            p = r * bits
-            q = p >> 5
-            s = p & 31
-            v = words[g, q] >> np.uint32(s)
-            if s + bits > 32:
-                v |= words[g, q + 1] << np.uint32(32 - s)
             k = r // group
-            t = np.float32(v & mask) - zero2[g, k]
+            t = np.float32(_code(words, g, r, bits, mask)) - zero2[g, k]
             out[g, r] = t * scale2[g, k]
     return out
 
