@@ -1,4 +1,4 @@
-"""Numba reference decoder for codec ``quip`` v1 (spec/codecs/quip.md §5).
+"""Numba reference decoder for codec ``quip`` v1 and v2 (spec/codecs/quip.md §5, §10.5).
 
 Every step is written as the literal f32 operations of the spec: grid values
 (one multiplication), the fast Walsh-Hadamard butterflies stage by stage
@@ -6,6 +6,11 @@ Every step is written as the literal f32 operations of the spec: grid values
 orthogonal factor as sequential f32 accumulation (no FMA: Numba does not
 contract without fastmath), then the sign flip. No BLAS, so the result does
 not depend on the machine. Inputs must already be validated.
+
+v2 changes only the ends of the pipeline: codebook "e8p12" replaces the
+grid step by the E8P lattice point of each 16-bit code times the row scale,
+and the last step multiplies by the two diagonals one after the other
+(``(x * sv[r]) * su[c]``), which for i8 +-1 signs gives the v1 bits.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from .e8p import abs_table, code_point, odd_rows
 from .spqr import unpack_rows
 
 
@@ -37,6 +43,20 @@ def _grid(codes: np.ndarray, bits: int, scale: np.ndarray, out: np.ndarray) -> N
         s_ = scale[r]
         for j in range(n):
             out[r, j] = np.float32(2 * np.int64(codes[r, j]) - off) * s_
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _e8p_grid(codes: np.ndarray, alpha: np.ndarray, odd: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
+    """out[r, 8g + i] = (f32(t_i) * 0.25) * scale[r], t = 4 * E8P12 point of codes[r, g] (quip.md §10.5)."""
+    m, groups = codes.shape
+    quarter = np.float32(0.25)
+    for r in numba.prange(m):
+        s_ = scale[r]
+        for g in range(groups):
+            c = np.int64(codes[r, g])
+            for i in range(8):
+                e = np.float32(code_point(c, alpha, odd, i)) * quarter  # exact: t / 4
+                out[r, 8 * g + i] = e * s_
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -82,20 +102,47 @@ def _signs(x: np.ndarray, sv: np.ndarray, su: np.ndarray) -> None:
             x[r, j] = x[r, j] * np.float32(sv[r] * su[j])
 
 
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _diagonals(x: np.ndarray, sv: np.ndarray, su: np.ndarray) -> None:
+    """x[r, j] = (x[r, j] * sv[r]) * su[j]: two f32 multiplies in this order (quip.md §10.5 step 4)."""
+    m, n = x.shape
+    for r in numba.prange(m):
+        v = sv[r]
+        for j in range(n):
+            x[r, j] = (x[r, j] * v) * su[j]
+
+
+def e8p_values(codes: np.ndarray, scale: np.ndarray, n: int) -> np.ndarray:
+    """Step 1 for codebook "e8p12": f32 [m, n] lattice values times the row scale."""
+    c = np.ascontiguousarray(codes, dtype=np.uint16)
+    x = np.empty((c.shape[0], n), dtype=np.float32)
+    _e8p_grid(c, abs_table(), odd_rows(), np.ascontiguousarray(scale, dtype=np.float32), x)
+    return x
+
+
 def decode(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """Decoded f32 [m, n] weight of a validated quip tensor: diag(sv) D_m Qhat D_n^T diag(su)."""
+    """Decoded f32 [m, n] weight of a validated quip tensor: diag(sv) D_m Qhat D_n^T diag(su).
+
+    ``params`` are the codec's checked params: a ``codebook`` key means codec_version 2.
+    """
     m, n = shape
     kn, km = int(params["log2_hn"]), int(params["log2_hm"])
     empty = np.zeros((1, 1), dtype=np.float32)
     fn = np.ascontiguousarray(sections["factor_n"], dtype=np.float32) if "factor_n" in sections else empty
     fm = np.ascontiguousarray(sections["factor_m"], dtype=np.float32) if "factor_m" in sections else empty
-    x = np.empty((m, n), dtype=np.float32)
-    bits = int(params["bits"])
-    codes = unpack_rows(np.ascontiguousarray(sections["codes"]), n, bits)  # spqr.md §4
-    _grid(codes, bits, np.ascontiguousarray(sections["scale"], dtype=np.float32), x)
+    if params.get("codebook") == "e8p12":
+        x = e8p_values(sections["codes"], sections["scale"], n)
+    else:
+        x = np.empty((m, n), dtype=np.float32)
+        bits = int(params["bits"])
+        codes = unpack_rows(np.ascontiguousarray(sections["codes"]), n, bits)  # spqr.md §4
+        _grid(codes, bits, np.ascontiguousarray(sections["scale"], dtype=np.float32), x)
     transform_rows(x, kn, np.array([hadamard_constant(kn)]), fn)  # step 2: along n, each row
     xt = np.ascontiguousarray(x.T)  # data movement only
     transform_rows(xt, km, np.array([hadamard_constant(km)]), fm)  # step 3: along m, each column
     x = np.ascontiguousarray(xt.T)
-    _signs(x, np.asarray(sections["sv"]).astype(np.int32), np.asarray(sections["su"]).astype(np.int32))
+    if "codebook" in params:  # v2: i8 signs or f16/f32 diagonals, widened exactly to f32
+        _diagonals(x, np.asarray(sections["sv"]).astype(np.float32), np.asarray(sections["su"]).astype(np.float32))
+    else:
+        _signs(x, np.asarray(sections["sv"]).astype(np.int32), np.asarray(sections["su"]).astype(np.int32))
     return x

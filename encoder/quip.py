@@ -1,4 +1,4 @@
-"""QuIP encoder: random-sign + Hadamard incoherence processing, per-row uniform grid, LDLQ rounding.
+"""QuIP encoder: random-sign + Hadamard incoherence processing, per-row uniform grid or E8P12, LDLQ rounding.
 
 QuIP (Chee et al. 2023) / QuIP# (Tseng et al. 2024) make a weight matrix
 "incoherent" by multiplying it on both sides with random orthogonal
@@ -18,6 +18,10 @@ rounding error forward through the (transformed) Hessian. Here:
 * LDLQ (equivalently GPTQ's Cholesky form) against the transformed Hessian
   ``H~ = D_n^T diag(su) H diag(su) D_n``; without H (data-free) it is H = I,
   where LDLQ is exactly round-to-nearest.
+* ``codebook="e8p12"`` (codec_version 2, quip.md §10): instead of the grid,
+  each run of 8 incoherent weights of a row becomes the nearest point of
+  QuIP#'s E8P12 lattice codebook times a per-row scale (2 bits per weight),
+  with block LDLQ (8 columns rounded jointly) when H is given (``e8p.py``).
 
 The transforms here are float64 numpy (speed); the encoder's ``dequantized``
 matrix is then produced by the spec's exact f32 decoder, so decoding the
@@ -30,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from . import e8p
 from .packing import pack_rows
 from .rtn import Encoded
 
@@ -119,9 +124,13 @@ def quantize_quip(
     seed: int = 0,
     damp: float = 0.01,
     bias: np.ndarray | None = None,
+    codebook: str = "grid",
 ) -> Encoded:
-    """Encode a 2-D weight [out_features, in_features] as codec ``quip`` v1 (uniform grid).
+    """Encode a 2-D weight [out_features, in_features] as codec ``quip``.
 
+    ``codebook="grid"``: v1, ``bits``-bit uniform grid. ``codebook="e8p12"``:
+    v2, the E8P12 lattice codebook (2 bits per weight, ``bits`` must be 2,
+    in_features a multiple of 8).
     ``hessian``: the layer's input second moment ``X^T X`` [n, n] for LDLQ;
     None = data-free (identity, i.e. round to nearest in the incoherent basis).
     """
@@ -132,7 +141,11 @@ def quantize_quip(
         raise ValueError("weight contains NaN or infinity; refusing to quantize")
     if not 1 <= bits <= 8:
         raise ValueError("bits must be 1..8")
+    if codebook not in ("grid", "e8p12"):
+        raise ValueError(f"codebook must be 'grid' or 'e8p12', got {codebook!r}")
     m, n = w.shape
+    if codebook == "e8p12" and (bits != 2 or n % 8):
+        raise ValueError(f"codebook 'e8p12' is 2 bits per weight over 8 columns: bits=2 and n % 8 == 0 (n = {n})")
     rng = np.random.default_rng(seed)
     su = rng.choice(np.array([-1, 1], dtype=np.int8), size=n)
     sv = rng.choice(np.array([-1, 1], dtype=np.int8), size=m)
@@ -144,21 +157,29 @@ def quantize_quip(
     # W~ = D_m^T diag(sv) W diag(su) D_n, with the f32 factors actually stored.
     y = apply_dt_rows(w * su[None, :], kn, fn)
     wt = apply_dt_rows(np.ascontiguousarray((y * sv[:, None]).T), km, fm).T
-    scale = _grid_scales(wt, bits)
-    if hessian is None:
-        L = (1 << bits) - 1
-        codes = np.clip(np.rint((wt / scale[:, None].astype(np.float64) + L) / 2), 0, L).astype(np.int64)
-    else:
+    ht = None
+    if hessian is not None:
         hs = np.asarray(hessian, dtype=np.float64) * su[:, None] * su[None, :]
         if hs.shape != (n, n) or not np.isfinite(hs).all():
             raise ValueError("hessian must be a finite [n, n] matrix")
         ht = apply_dt_rows(apply_dt_rows(hs, kn, fn).T, kn, fn).T
         ht = 0.5 * (ht + ht.T)
         ht += np.eye(n) * damp * max(float(np.mean(np.diag(ht))), 1e-12)
-        codes = _ldlq(wt, ht, scale, bits)
-
-    params: dict[str, Any] = {"bits": bits, "log2_hm": km, "log2_hn": kn}
-    sections: dict[str, Any] = {"codes": pack_rows(codes, bits), "scale": scale, "su": su, "sv": sv}
+    params: dict[str, Any]
+    if codebook == "e8p12":
+        scale = e8p.row_scales(wt)
+        codes16 = e8p.round_rows(wt, scale) if ht is None else e8p.ldlq(wt, ht, scale)
+        params = {"codebook": "e8p12", "log2_hm": km, "log2_hn": kn}
+        sections: dict[str, Any] = {"codes": codes16, "scale": scale, "su": su, "sv": sv}
+    else:
+        scale = _grid_scales(wt, bits)
+        if ht is None:
+            L = (1 << bits) - 1
+            codes = np.clip(np.rint((wt / scale[:, None].astype(np.float64) + L) / 2), 0, L).astype(np.int64)
+        else:
+            codes = _ldlq(wt, ht, scale, bits)
+        params = {"bits": bits, "log2_hm": km, "log2_hn": kn}
+        sections = {"codes": pack_rows(codes, bits), "scale": scale, "su": su, "sv": sv}
     if fn is not None:
         sections["factor_n"] = fn
     if fm is not None:
@@ -168,4 +189,5 @@ def quantize_quip(
     from ..decoder.quip import decode
 
     deq = decode(params, sections, (m, n))
-    return Encoded((m, n), params, sections, deq, codec="quip", info={"seed": seed, "ldlq": hessian is not None})
+    return Encoded((m, n), params, sections, deq, codec="quip", codec_version=2 if codebook == "e8p12" else 1,
+                   info={"seed": seed, "ldlq": hessian is not None, "codebook": codebook})

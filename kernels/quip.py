@@ -1,4 +1,4 @@
-"""Triton decoding of codec ``quip`` v1: bit-exact dequantization, and the transform-the-activation matvec.
+"""Triton decoding of codec ``quip`` v1/v2: bit-exact dequantization, and the transform-the-activation matvec.
 
 The decode of spec/codecs/quip.md §5 is a pipeline of small kernels, each one
 literal f32 operation per element so that the result is bit-identical to the
@@ -11,6 +11,13 @@ Numba reference decoder (launched with ``enable_fp_fusion=False``):
    when the dimension has an odd factor; the same kernels serve rows and
    columns through (vector stride, element stride);
 3. ``_sign_kernel``: times f32(sv[r] * su[c]).
+
+Version 2 (quip.md §10): codebook "e8p12" replaces step 1 by ``_e8p_kernel``
+(the 16-bit code's lattice coordinate ``t / 4``, from the 256-row table, times
+the row scale), and f16/f32 diagonals replace step 3 by ``_diag_kernel``
+(``(x * sv[r]) * su[c]``). The kernels dispatch on the section dtypes, which
+validation ties to the version: e8p12 codes are the only 16-bit ``codes``, and
+i8 signs give the same bits on either step-3 kernel.
 
 :func:`matvec` computes ``y = W x`` the QuIP way without forming W:
 ``y = sv * D_m (scale * (Qint (D_n^T (su * x))))`` (f32, not bit-identical to
@@ -30,6 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..decoder.e8p import abs_table, odd_rows
 from ..decoder.quip import hadamard_constant
 from .spqr import to_device
 
@@ -58,6 +66,39 @@ def _grid_kernel(codes_ptr, scale_ptr, out_ptr, m, n, words,
     g = (2 * code - ((1 << BITS) - 1)).to(tl.float32)
     sc = tl.load(scale_ptr + rows, mask=rmask, other=0.0)
     tl.store(out_ptr + rows64[:, None] * n + cols[None, :], g * sc[:, None], mask=mask)
+
+
+@triton.jit
+def _e8p_point(c, i, alpha_ptr, odd_ptr, mask):
+    """t = 4 * coordinate i of the E8P12 point of 16-bit code c (int32 tensors; quip.md §10.4)."""
+    a = c >> 8
+    s = c & 255
+    p = s ^ (s >> 4)
+    p = p ^ (p >> 2)
+    p = (p ^ (p >> 1)) & 1
+    s2 = s ^ p
+    neg = (s2 >> ((i >> 1) | ((i & 1) << 2))) & 1
+    odd = tl.load(odd_ptr + a, mask=mask, other=0)
+    neg = neg ^ tl.where(i == 7, odd, 0)
+    al = tl.load(alpha_ptr + a * 8 + i, mask=mask, other=0)
+    return tl.where(neg == 1, -2 * al, 2 * al) + 1 - 2 * p
+
+
+@triton.jit
+def _e8p_kernel(codes_ptr, alpha_ptr, odd_ptr, scale_ptr, out_ptr, m, n, groups,
+                BR: tl.constexpr, BC: tl.constexpr):
+    """X[r, j] = (f32(t) * 0.25) * scale[r], t from code (r, j // 8), coordinate j % 8."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    rmask = rows < m
+    mask = rmask[:, None] & (cols < n)[None, :]
+    rows64 = rows.to(tl.int64)
+    c = tl.load(codes_ptr + rows64[:, None] * groups + (cols // 8)[None, :], mask=mask, other=0)
+    c = c.to(tl.int32) & 0xFFFF
+    t = _e8p_point(c, (cols % 8)[None, :], alpha_ptr, odd_ptr, mask)
+    e = t.to(tl.float32) * 0.25
+    sc = tl.load(scale_ptr + rows, mask=rmask, other=0.0)
+    tl.store(out_ptr + rows64[:, None] * n + cols[None, :], e * sc[:, None], mask=mask)
 
 
 @triton.jit
@@ -109,6 +150,41 @@ def _sign_kernel(x_ptr, sv_ptr, su_ptr, m, n, BR: tl.constexpr, BC: tl.constexpr
     p = x_ptr + rows.to(tl.int64)[:, None] * n + cols[None, :]
     x = tl.load(p, mask=mask, other=0.0)
     tl.store(p, x * (sv[:, None] * su[None, :]).to(tl.float32), mask=mask)
+
+
+@triton.jit
+def _diag_kernel(x_ptr, sv_ptr, su_ptr, m, n, BR: tl.constexpr, BC: tl.constexpr):
+    """x[r, c] = (x[r, c] * f32(sv[r])) * f32(su[c]): two rounded f32 multiplies (v2 step 4)."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    mask = (rows < m)[:, None] & (cols < n)[None, :]
+    sv = tl.load(sv_ptr + rows, mask=rows < m, other=1).to(tl.float32)
+    su = tl.load(su_ptr + cols, mask=cols < n, other=1).to(tl.float32)
+    p = x_ptr + rows.to(tl.int64)[:, None] * n + cols[None, :]
+    x = tl.load(p, mask=mask, other=0.0)
+    tl.store(p, (x * sv[:, None]) * su[None, :], mask=mask)
+
+
+@triton.jit
+def _e8p_matvec_kernel(x_ptr, y_ptr, codes_ptr, alpha_ptr, odd_ptr, scale_ptr, m, n, groups,
+                       BM: tl.constexpr, BK: tl.constexpr):
+    """y[b, r] = scale[r] * sum_j (t(r, j) / 4) * x[b, j], straight from the 16-bit codes."""
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    rows = pid_m * BM + tl.arange(0, BM)
+    rmask = rows < m
+    rows64 = rows.to(tl.int64)
+    acc = tl.zeros((BM, BK), dtype=tl.float32)
+    for k0 in range(0, n, BK):
+        cols = k0 + tl.arange(0, BK)
+        cmask = cols < n
+        mask = rmask[:, None] & cmask[None, :]
+        c = tl.load(codes_ptr + rows64[:, None] * groups + (cols // 8)[None, :], mask=mask, other=0)
+        t = _e8p_point(c.to(tl.int32) & 0xFFFF, (cols % 8)[None, :], alpha_ptr, odd_ptr, mask)
+        xv = tl.load(x_ptr + b * n + cols, mask=cmask, other=0.0)
+        acc += tl.where(mask, t.to(tl.float32) * 0.25, 0.0) * xv[None, :]
+    sc = tl.load(scale_ptr + rows, mask=rmask, other=0.0)
+    tl.store(y_ptr + b * m + rows64, tl.sum(acc, axis=1) * sc, mask=rmask)
 
 
 @triton.jit
@@ -169,7 +245,31 @@ def transform(x: torch.Tensor, along_rows: bool, log2_h: int, factor: torch.Tens
 
 def _codes(secs: Mapping[str, torch.Tensor]) -> torch.Tensor:
     c = secs["codes"]
-    return c.view(torch.int32) if c.dtype == torch.uint32 else c
+    if c.dtype == torch.uint32:
+        return c.view(torch.int32)
+    return c.view(torch.int16) if c.dtype == torch.uint16 else c
+
+
+def _is_e8p(secs: Mapping[str, torch.Tensor]) -> bool:
+    """Validated sections: only codebook "e8p12" (v2) has 16-bit codes."""
+    return secs["codes"].dtype in (torch.int16, torch.uint16)
+
+
+_TABLES: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def e8p_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha int32 [256 * 8] = 2A row-major, odd int32 [256]) on ``device``, built once per device."""
+    key = str(device)
+    if key not in _TABLES:
+        alpha = torch.from_numpy(abs_table().astype("int32").reshape(-1).copy()).to(device)
+        odd = torch.from_numpy(odd_rows().astype("int32").copy()).to(device)
+        _TABLES[key] = (alpha, odd)
+    return _TABLES[key]
+
+
+def _is_real_diag(secs: Mapping[str, torch.Tensor]) -> bool:
+    return secs["su"].is_floating_point() or secs["sv"].is_floating_point()
 
 
 def dequantize(params: Mapping[str, Any], sections_on_device: Mapping[str, torch.Tensor], shape: tuple[int, int],
@@ -181,11 +281,18 @@ def dequantize(params: Mapping[str, Any], sections_on_device: Mapping[str, torch
     x = torch.empty((m, n), dtype=torch.float32, device=codes.device)
     BR, BC = 16, 64
     grid = (_ceil_div(m, BR), _ceil_div(n, BC))
-    _grid_kernel[grid](codes, secs["scale"], x, m, n, codes.shape[1], BITS=int(params["bits"]), BR=BR, BC=BC,
-                       **_OPTS)
+    if _is_e8p(secs):
+        alpha, odd = e8p_tables(codes.device)
+        _e8p_kernel[grid](codes, alpha, odd, secs["scale"], x, m, n, codes.shape[1], BR=BR, BC=BC, **_OPTS)
+    else:
+        _grid_kernel[grid](codes, secs["scale"], x, m, n, codes.shape[1], BITS=int(params["bits"]), BR=BR, BC=BC,
+                           **_OPTS)
     x = transform(x, True, int(params["log2_hn"]), secs.get("factor_n"))
     x = transform(x, False, int(params["log2_hm"]), secs.get("factor_m"))
-    _sign_kernel[grid](x, secs["sv"], secs["su"], m, n, BR=BR, BC=BC, **_OPTS)
+    if _is_real_diag(secs):
+        _diag_kernel[grid](x, secs["sv"], secs["su"], m, n, BR=BR, BC=BC, **_OPTS)
+    else:
+        _sign_kernel[grid](x, secs["sv"], secs["su"], m, n, BR=BR, BC=BC, **_OPTS)
     return x if out_dtype == torch.float32 else x.to(out_dtype)
 
 
@@ -223,8 +330,13 @@ def matvec(prepared: PreparedQuip, x: torch.Tensor, bias: torch.Tensor | None = 
     if B:
         codes = _codes(secs)
         BM, BK = 16, 64
-        _grid_matvec_kernel[(_ceil_div(m, BM), B)](xs, y, codes, secs["scale"], m, n, codes.shape[1],
-                                                   BITS=int(p["bits"]), BM=BM, BK=BK)
+        if _is_e8p(secs):
+            alpha, odd = e8p_tables(codes.device)
+            _e8p_matvec_kernel[(_ceil_div(m, BM), B)](xs, y, codes, alpha, odd, secs["scale"], m, n, codes.shape[1],
+                                                      BM=BM, BK=BK)
+        else:
+            _grid_matvec_kernel[(_ceil_div(m, BM), B)](xs, y, codes, secs["scale"], m, n, codes.shape[1],
+                                                       BITS=int(p["bits"]), BM=BM, BK=BK)
     y = transform(y.contiguous(), True, int(p["log2_hm"]), secs.get("factor_m"))  # rows <- D_m y
     y = y * secs["sv"].to(torch.float32)[None, :]
     if bias is not None:

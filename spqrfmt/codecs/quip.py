@@ -1,4 +1,11 @@
-"""Codec ``quip`` v1 (spec/codecs/quip.md): uniform-grid codes in an explicitly stored incoherent basis."""
+"""Codec ``quip`` v1 and v2 (spec/codecs/quip.md): codes in an explicitly stored incoherent basis.
+
+v1: uniform-grid codes, i8 sign vectors. v2 (§10): a ``codebook`` param
+("grid" = the v1 grid, "e8p12" = QuIP#'s E8P lattice codebook, one u16 code
+per 8 weights) and sign vectors that may also be real-valued f16/f32
+diagonals (QuIP#'s fine-tuned SU/SV). Validation dispatches on
+``codec_version``, so a v1 record never reads v2 keys.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,9 @@ from ..records import TensorRecord
 from . import SectionSpec, expect_sections, int_param
 
 MAX_LOG2_HADAMARD = 30
+CODEBOOKS = ("grid", "e8p12")
+E8P_DIM = 8  # weights per E8P12 code
+DIAG_DTYPES = ("i8", "f16", "f32")  # v2 su/sv: i8 signs, or real-valued diagonals
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -19,17 +29,31 @@ def ceil_div(a: int, b: int) -> int:
 
 
 def checked_params(rec: TensorRecord) -> dict[str, Any]:
-    """Validated params with the factor sizes ``a_m``, ``a_n``; raises BAD_SHAPE / BAD_PARAMS (quip.md §1, §2)."""
+    """Validated params with the factor sizes ``a_m``, ``a_n``; raises BAD_SHAPE / BAD_PARAMS (quip.md §1, §2, §10.1).
+
+    v1 yields ``bits`` (no ``codebook`` key, whatever the record holds: v1 ignores unknown keys);
+    v2 yields ``codebook`` and, for "grid", ``bits``.
+    """
     if len(rec.shape) != 2 or rec.shape[0] < 1 or rec.shape[1] < 1:
         raise fail(ErrorCode.BAD_SHAPE, f"quip tensors are 2-D [m>=1, n>=1], got {list(rec.shape)}", rec.name)
     if rec.dtype not in ("f16", "bf16", "f32"):
         raise fail(ErrorCode.BAD_PARAMS, f"quip tensor dtype must be f16, bf16 or f32, got {rec.dtype}", rec.name)
     m, n = rec.shape
-    p: dict[str, Any] = {
-        "bits": int_param(rec, "bits", 1, 8),
-        "log2_hm": int_param(rec, "log2_hm", 0, MAX_LOG2_HADAMARD),
-        "log2_hn": int_param(rec, "log2_hn", 0, MAX_LOG2_HADAMARD),
-    }
+    p: dict[str, Any] = {}
+    if rec.codec_version >= 2:
+        cb = rec.params.get("codebook")
+        if not isinstance(cb, str) or cb not in CODEBOOKS:
+            raise fail(ErrorCode.BAD_PARAMS, f"param 'codebook' = {cb!r} must be one of {list(CODEBOOKS)}", rec.name)
+        p["codebook"] = cb
+        if cb == "e8p12":
+            if "bits" in rec.params:
+                raise fail(ErrorCode.BAD_PARAMS, "param 'bits' must be absent with codebook 'e8p12'", rec.name)
+            if n % E8P_DIM:
+                raise fail(ErrorCode.BAD_SHAPE, f"codebook 'e8p12' needs n = {n} to be a multiple of 8", rec.name)
+    if p.get("codebook", "grid") == "grid":
+        p["bits"] = int_param(rec, "bits", 1, 8)
+    p["log2_hm"] = int_param(rec, "log2_hm", 0, MAX_LOG2_HADAMARD)
+    p["log2_hn"] = int_param(rec, "log2_hn", 0, MAX_LOG2_HADAMARD)
     for key, dim in (("log2_hm", m), ("log2_hn", n)):
         if dim % (1 << p[key]):
             raise fail(ErrorCode.BAD_PARAMS, f"2**{key} = {1 << p[key]} does not divide {dim}", rec.name)
@@ -39,12 +63,18 @@ def checked_params(rec: TensorRecord) -> dict[str, Any]:
 
 
 def section_layout(p: Mapping[str, Any], m: int, n: int) -> tuple[dict[str, SectionSpec], dict[str, SectionSpec]]:
-    """(required, optional) section specs (quip.md §3)."""
+    """(required, optional) section specs (quip.md §3; §10.2 when ``p`` has a ``codebook``)."""
+    v2 = "codebook" in p
+    diag = DIAG_DTYPES if v2 else ("i8",)
+    if p.get("codebook") == "e8p12":
+        codes: SectionSpec = (("u16",), (m, n // E8P_DIM))
+    else:
+        codes = (("u32",), (m, ceil_div(n * p["bits"], 32)))
     req: dict[str, SectionSpec] = {
-        "codes": (("u32",), (m, ceil_div(n * p["bits"], 32))),
+        "codes": codes,
         "scale": (("f32",), (m,)),
-        "su": (("i8",), (n,)),
-        "sv": (("i8",), (m,)),
+        "su": (diag, (n,)),
+        "sv": (diag, (m,)),
     }
     if p["a_n"] > 1:
         req["factor_n"] = (("f32",), (p["a_n"], p["a_n"]))
@@ -56,7 +86,7 @@ def section_layout(p: Mapping[str, Any], m: int, n: int) -> tuple[dict[str, Sect
 
 class QuipCodec:
     id = "quip"
-    versions = (1,)
+    versions = (1, 2)
     kernel_module = "spqrfmt.kernels.quip"
 
     def check_record(self, rec: TensorRecord) -> None:
@@ -67,6 +97,8 @@ class QuipCodec:
     def check_content(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> None:
         for role in ("su", "sv"):
             s = np.asarray(arrays[role])
+            if s.dtype != np.int8:
+                continue  # v2 f16/f32 diagonals: every value decodes (NaN/inf propagate)
             if s.size and not np.all((s == 1) | (s == -1)):
                 raise fail(ErrorCode.BAD_VALUE, f"sign vector {role!r} has entries other than +1/-1", rec.name)
 
