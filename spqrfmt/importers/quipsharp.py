@@ -1,44 +1,53 @@
-"""Import QuIP# Hugging Face-style checkpoints into codec ``quip`` -- the subset codec ``quip`` v1 can hold.
+"""Import QuIP# Hugging Face-style checkpoints into codec ``quip`` (v1 where it fits, v2 for E8P12 and real SU/SV).
 
 Source format (facts read from Cornell-RelaxML/quip-sharp ``lib/linear/quantized_linear.py``,
-``lib/codebook/*.py``, ``lib/utils/matmul_had.py``, ``quantize_llama/hfize_llama.py``;
-re-implemented from those facts). Per quantized layer ``P`` (``in`` = n, ``out`` = m):
+``lib/codebook/latticee8_padded12.py``, ``quiptools/quiptools_e8p_gemv.cu``, ``lib/algo/quip.py``,
+``lib/utils/matmul_had.py``, ``quantize_llama/hfize_llama.py``; re-implemented from those facts).
+Per quantized layer ``P`` (``in`` = n, ``out`` = m):
 
-* ``P.Qidxs``: codebook indices; ``P.codebook_id`` (0 = D4, 7 = E8P12, 10 = HI4B1C);
-* ``P.SU`` ``[n]``, ``P.SV`` ``[m]`` (f16): input/output scalings, +-1 before
-  fine-tuning, arbitrary reals after QuIP#'s fine-tuning step;
-* ``P.Wscale`` (scalar; newer files fuse it into ``SV`` and store 1);
+* ``P.Qidxs``: codebook indices; ``P.codebook_id`` (0 = D4, 7 = E8P12, 10 = HI4B1C,
+  17/18 = E8P12 + residual 4/3-bit);
+* ``P.SU`` ``[n]``, ``P.SV`` ``[m]`` (f16): input/output scalings, +-1 at quantization
+  (``SV`` then carries the fused ``Wscale``), arbitrary reals after QuIP#'s fine-tuning;
+* ``P.Wscale`` (scalar; QuIP# multiplies it into ``SV`` at load; current files store 1);
 * forward: ``y = SV * Had_m( Wscale * G @ Had_n(SU * x) )`` with ``G[o, i]`` the
-  codebook value of ``Qidxs`` and ``Had_d = (H_K kron H_{d/K}) / sqrt(d)`` (a
-  hard-coded Hadamard matrix ``H_K`` of order K in {12, 20, ..., 172} on the
-  slow index when ``d`` is not a power of two, Sylvester ``H`` on the fast index);
+  codebook value of ``Qidxs`` (QuIP# divides by 32 before and multiplies by 32 after
+  the product, exactly cancelling) and ``Had_d = (H_K kron H_{d/K}) / sqrt(d)``
+  (a hard-coded Hadamard matrix ``H_K``, K in {12, 20, ..., 172}, on the slow index
+  when ``d`` is not a power of two; Sylvester ``H`` on the fast index);
 * HF-style Llama files fuse q/k/v into ``self_attn.qkv_proj`` and gate/up into
-  ``mlp.upgate_proj``, each output part multiplied by ``fuse_scales.<i>``.
+  ``mlp.upgate_proj``, each output part multiplied by ``fuse_scales.<i>``;
+  ``P.scaleWH`` (``rescale_WH``) divides the input; ``P.A``/``P.B`` add a low-rank term.
+
+E8P12 (codebook 7, codebook version 1): one 16-bit code per 8 consecutive inputs, exactly
+the code of spec/codecs/quip.md §10.4 (table row ``code >> 8``, sign byte ``code & 255``).
+``Qidxs`` is int64 ``[m, n/32]``; read as a flat sequence of 64-bit words, word ``w`` of
+tile ``(a, c, b, d)`` (``w = ((a * n/64 + c) * 8 + b) * 4 + d``; ``a < m/16``, ``c < n/64``,
+``b < 8``, ``d < 4``) holds four codes ``k = 0..3`` of row ``16a + 2b + (k & 1)`` and
+8-column group ``8c + 2d + (k >> 1)``: bits ``8k .. 8k+7`` are the code's table row and
+bit ``32 + 4j + k`` is bit ``j`` of its sign byte.
 
 HI4B1C (codebook 10): ``G = idx - 7.5`` for 4-bit ``idx``, packed 8 per int32
 ``[m, n/8]`` with nibble order (from the top nibble down) 0, 2, 4, 6, 1, 3, 5, 7.
 
-Mapping to codec ``quip`` v1 (``X = (2q - L) * scale[r]``, ``Wd = diag(sv) D_m X D_n^T diag(su)``,
-``D = F kron Hhat``): ``codes`` = the HI4B1C indices (bit for bit), ``L = 15``,
-``scale[r] = c * Wscale / 2`` where ``|SV| = c`` for every row, ``su = sign(SU)``,
-``sv = sign(SV)``, ``log2_hn = log2 n``, ``log2_hm = log2 m``. Equal to the source's
-effective weight in exact arithmetic; the decoded f32 tensor follows the quip
-spec's rounding (the source never materialises W: it transforms activations in
-f16/f32 with cuBLAS, which defines no bit pattern to match).
+Mapping (``Wd = diag(sv) D_m X D_n^T diag(su)``, ``D = Hhat`` for power-of-two sizes):
 
-What codec ``quip`` v1 cannot hold (the importer stops and names it):
+* E8P12 -> ``quip`` v2, codebook "e8p12": ``codes`` = the 16-bit codes (bit for bit),
+  ``scale[r] = Wscale`` (exact in f32), ``su = SU``, ``sv = SV`` (i8 when every entry is
+  +-1, else the source's f16/f32 values unchanged).
+* HI4B1C with +-1 ``SU`` and equal ``|SV|`` -> ``quip`` v1 as before: ``L = 15``,
+  ``scale[r] = |SV| * Wscale / 2``, ``su = sign(SU)``, ``sv = sign(SV)``; otherwise (fine-tuned)
+  -> ``quip`` v2 codebook "grid": ``scale[r] = Wscale / 2``, ``su = SU``, ``sv = SV``.
 
-* ``codebook_id`` 7 (E8P12, QuIP#'s default 2-bit lattice codebook, and its
-  RVQ 3/4-bit variants) and 0 (D4): v1 has only the uniform grid (quip.md §10);
-* ``SU`` with an entry of magnitude != 1, or ``SV`` whose magnitudes differ
-  between rows (fine-tuned models): ``su``/``sv`` are i8 signs, and a per-row
-  factor after the output Hadamard cannot move into the per-row ``scale``;
-* ``n`` or ``m`` not a power of two: the factor ``H_K / sqrt(K)`` would go into
-  ``factor_n``/``factor_m`` (rounded to f32 per entry, not the source's single
-  1/sqrt(d)), and ``H_K`` itself is a table in QuIP#'s source code, not in the
-  checkpoint;
-* fused layers with unequal ``fuse_scales`` (a per-part factor after the output
-  Hadamard); fused layers are also not the per-projection names transformers' models use.
+Equal to the source's effective weight in exact arithmetic; the decoded f32 tensor follows
+the quip spec's rounding (QuIP# never materialises W: it transforms activations in f16/f32
+with cuBLAS, which defines no bit pattern to match).
+
+Not representable (the importer stops and names the field): codebook ids other than 7 and
+10; E8P12 of another codebook version; ``n`` or ``m`` not a power of two (``H_K`` is a table
+in QuIP#'s code, not in the checkpoint); fused layers (``fuse_scales``: the output Hadamard
+mixes the parts, which therefore cannot become the separate q/k/v, gate/up tensors a
+transformers model has); ``scaleWH`` other than 1; a non-empty low-rank ``A``/``B``.
 """
 
 from __future__ import annotations
@@ -57,8 +66,10 @@ from ..writer import Writer
 from .spqr_quant import EXTRA_FILES
 from .squeezellm import NotRepresentable, load_state
 
-HI4B1C = 10
-CODEBOOK_NAMES = {0: "D4", 7: "E8P12", 10: "HI4B1C"}
+D4, E8P12, HI4B1C, E8P12_RVQ4B, E8P12_RVQ3B = 0, 7, 10, 17, 18
+CODEBOOK_NAMES = {D4: "D4", E8P12: "E8P12", HI4B1C: "HI4B1C", E8P12_RVQ4B: "E8P12RVQ4B",
+                  E8P12_RVQ3B: "E8P12RVQ3B"}
+E8P_CODEBOOK_VERSION = 1  # QuIP#'s ``codebook_version`` of the packed int64 Qidxs layout above
 ROLES = ("Qidxs", "SU", "SV", "Wscale", "codebook_id")
 # Nibble position (bit shift) of the j-th index of a packed group of 8.
 NIBBLE_SHIFT = (28, 12, 24, 8, 20, 4, 16, 0)
@@ -69,6 +80,17 @@ class QuipImportReport:
     output: Path
     quantized: list[str] = field(default_factory=list)
     raw: list[str] = field(default_factory=list)
+    versions: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class QuipTensor:
+    """One layer as codec ``quip``: what ``Writer.add`` needs."""
+
+    params: dict[str, Any]
+    sections: dict[str, Any]
+    shape: tuple[int, int]
+    codec_version: int
 
 
 def unpack_hi4b1c(qidxs: np.ndarray, n: int) -> np.ndarray:
@@ -82,6 +104,25 @@ def unpack_hi4b1c(qidxs: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def untile_e8p(qidxs: np.ndarray, m: int, n: int, *, name: str = "") -> np.ndarray:
+    """QuIP#'s tiled int64 E8P12 ``Qidxs`` [m, n/32] -> u16 codes [m, n/8] in row order (lossless)."""
+    q = np.asarray(qidxs)
+    if q.dtype != np.int64 or q.shape != (m, n // 32) or m % 16 or n % 64:
+        raise NotRepresentable(
+            f"{name}.Qidxs: {q.dtype}{list(q.shape)} is not E8P12 codebook version {E8P_CODEBOOK_VERSION}'s "
+            f"packed layout (int64 [m, n/32] = [{m}, {n // 32}], m % 16 == 0, n % 64 == 0)")
+    w = np.ascontiguousarray(q).view(np.uint64).reshape(m // 16, n // 64, 8, 4)  # [a, c, b, d]
+    lo, hi = w & np.uint64(0xFFFFFFFF), w >> np.uint64(32)
+    out = np.empty((m // 16, 8, 2, n // 64, 4, 2), dtype=np.uint16)  # [a, b, row&1, c, d, group&1]
+    for k in range(4):
+        row = (lo >> np.uint64(8 * k)) & np.uint64(255)
+        signs = np.zeros_like(row)
+        for j in range(8):
+            signs |= ((hi >> np.uint64(4 * j + k)) & np.uint64(1)) << np.uint64(j)
+        out[:, :, k & 1, :, :, k >> 1] = ((row << np.uint64(8)) | signs).astype(np.uint16).transpose(0, 2, 1, 3)
+    return out.reshape(m, n // 8)
+
+
 def _log2_exact(d: int, what: str) -> int:
     if d < 1 or d & (d - 1):
         raise NotRepresentable(
@@ -90,38 +131,62 @@ def _log2_exact(d: int, what: str) -> int:
     return d.bit_length() - 1
 
 
-def to_quip_sections(qidxs: np.ndarray, su: np.ndarray, sv: np.ndarray, wscale: float, codebook_id: int,
-                     n: int, *, name: str = "") -> tuple[dict[str, Any], dict[str, Any], tuple[int, int]]:
-    """(params, sections, shape) of codec ``quip`` v1 for one HI4B1C layer (or NotRepresentable)."""
-    if codebook_id != HI4B1C:
+def diagonal_section(x: np.ndarray, what: str) -> np.ndarray:
+    """A v2 ``su``/``sv`` section holding x exactly: i8 if all +-1, else f16/f32 (the narrowest exact one)."""
+    x = np.asarray(x).reshape(-1)
+    if x.size and np.all((x == 1) | (x == -1)):
+        return np.where(x < 0, -1, 1).astype(np.int8)
+    if x.dtype in (np.float16, np.float32):
+        return np.ascontiguousarray(x)
+    x32 = x.astype(np.float32)
+    if not np.array_equal(x32.astype(x.dtype), x, equal_nan=True):
+        raise NotRepresentable(f"{what}: {x.dtype} values that are not f32 values")
+    return x32
+
+
+def _f32_exact(v: np.ndarray | float, what: str) -> np.float32:
+    a = np.asarray(v).reshape(-1)
+    if a.size != 1:
+        raise ValueError(f"{what}: expected a scalar, got shape {list(np.asarray(v).shape)}")
+    f = np.float32(a[0])
+    if not (np.float64(f) == np.float64(a[0]) or (np.isnan(f) and np.isnan(a[0]))):
+        raise NotRepresentable(f"{what} = {a[0]!r} is not an f32 value")
+    return f
+
+
+def to_quip_sections(qidxs: np.ndarray, su: np.ndarray, sv: np.ndarray, wscale: np.ndarray | float,
+                     codebook_id: int, n: int, *, name: str = "") -> QuipTensor:
+    """Codec ``quip`` tensor for one QuIP# layer (E8P12 or HI4B1C), or NotRepresentable naming the field."""
+    if codebook_id not in (E8P12, HI4B1C):
         raise NotRepresentable(
-            f"{name}.codebook_id = {codebook_id} ({CODEBOOK_NAMES.get(codebook_id, 'unknown')}): codec quip v1 "
-            "has only the uniform grid; lattice codebooks (E8P12, D4, RVQ) need a future quip version")
-    su = np.asarray(su, dtype=np.float32).reshape(-1)
-    sv = np.asarray(sv, dtype=np.float32).reshape(-1)
+            f"{name}.codebook_id = {codebook_id} ({CODEBOOK_NAMES.get(codebook_id, 'unknown')}): codec quip holds "
+            "E8P12 (v2) and HI4B1C; D4 and the residual (RVQ) E8P variants have no quip codebook")
+    su, sv = np.asarray(su).reshape(-1), np.asarray(sv).reshape(-1)
     m = sv.size
     if su.size != n:
         raise ValueError(f"{name}: SU has {su.size} entries, n = {n}")
     kn, km = _log2_exact(n, f"{name} in_features"), _log2_exact(m, f"{name} out_features")
-    if not np.all(np.abs(su) == 1):
-        raise NotRepresentable(f"{name}.SU: entries of magnitude != 1 (fine-tuned); codec quip v1 su is i8 +-1")
-    mag = np.abs(sv)
-    if not np.all(mag == mag[0]) or mag[0] == 0:
-        raise NotRepresentable(f"{name}.SV: magnitudes differ between rows (fine-tuned); codec quip v1 sv is i8 "
-                               "+-1 and a per-row factor after the output Hadamard has no place in it")
-    codes = unpack_hi4b1c(qidxs, n)
-    if codes.shape[0] != m:
-        raise ValueError(f"{name}: Qidxs has {codes.shape[0]} rows, SV {m}")
+    ws = _f32_exact(wscale, f"{name}.Wscale")
+    if codebook_id == E8P12:
+        codes = untile_e8p(qidxs, m, n, name=name)
+        sections = {"codes": codes, "scale": np.full(m, ws, dtype=np.float32),
+                    "su": diagonal_section(su, f"{name}.SU"), "sv": diagonal_section(sv, f"{name}.SV")}
+        return QuipTensor({"codebook": "e8p12", "log2_hn": kn, "log2_hm": km}, sections, (m, n), 2)
     from ..encoder.packing import pack_rows
 
-    scale = np.full(m, np.float32(np.float64(mag[0]) * np.float64(wscale) / 2.0), dtype=np.float32)
-    sections = {
-        "codes": pack_rows(codes.astype(np.int64), 4),
-        "scale": scale,
-        "su": np.where(su < 0, -1, 1).astype(np.int8),
-        "sv": np.where(sv < 0, -1, 1).astype(np.int8),
-    }
-    return {"bits": 4, "log2_hn": kn, "log2_hm": km}, sections, (m, n)
+    idx = unpack_hi4b1c(qidxs, n)
+    if idx.shape[0] != m:
+        raise ValueError(f"{name}: Qidxs has {idx.shape[0]} rows, SV {m}")
+    codes = pack_rows(idx.astype(np.int64), 4)
+    mag = np.abs(sv.astype(np.float64))
+    if np.all(np.abs(su) == 1) and np.all(mag == mag[0]) and mag[0] != 0:
+        scale = np.full(m, np.float32(mag[0] * np.float64(ws) / 2.0), dtype=np.float32)
+        sections = {"codes": codes, "scale": scale, "su": np.where(su < 0, -1, 1).astype(np.int8),
+                    "sv": np.where(sv < 0, -1, 1).astype(np.int8)}
+        return QuipTensor({"bits": 4, "log2_hn": kn, "log2_hm": km}, sections, (m, n), 1)
+    sections = {"codes": codes, "scale": np.full(m, np.float32(np.float64(ws) / 2.0), dtype=np.float32),
+                "su": diagonal_section(su, f"{name}.SU"), "sv": diagonal_section(sv, f"{name}.SV")}
+    return QuipTensor({"codebook": "grid", "bits": 4, "log2_hn": kn, "log2_hm": km}, sections, (m, n), 2)
 
 
 def reference_weight(qidxs: np.ndarray, su: np.ndarray, sv: np.ndarray, wscale: float) -> np.ndarray:
@@ -140,6 +205,23 @@ def reference_weight(qidxs: np.ndarray, su: np.ndarray, sv: np.ndarray, wscale: 
     return sv[:, None] * (had(m) @ (wscale * G) @ had(n)) * su[None, :]
 
 
+def _refuse_extras(state: dict[str, np.ndarray], pr: str) -> None:
+    """Fields of layer ``pr`` that change its weight but have no place in codec quip."""
+    fs = sorted(k for k in state if k.startswith(f"{pr}.fuse_scales"))
+    if fs:
+        vals = np.concatenate([np.asarray(state[k], np.float32).reshape(-1) for k in fs])
+        raise NotRepresentable(
+            f"{pr}.fuse_scales: fused layer ({vals.size} parts, scales {vals.tolist()}); its output Hadamard mixes "
+            "the parts, so they cannot become the separate q/k/v (gate/up) tensors of a transformers model")
+    wh = state.get(f"{pr}.scaleWH")
+    if wh is not None and not np.all(np.asarray(wh) == 1):
+        raise NotRepresentable(f"{pr}.scaleWH: input rescaling (rescale_WH) other than 1 has no quip section")
+    for k in ("A", "B"):
+        a = state.get(f"{pr}.{k}")
+        if a is not None and np.asarray(a).size:
+            raise NotRepresentable(f"{pr}.{k}: low-rank correction term has no quip section")
+
+
 def import_quipsharp(src: str | os.PathLike[str], output: str | os.PathLike[str], *,
                      config_dir: str | os.PathLike[str] | None = None,
                      log: Callable[[str], None] | None = None) -> QuipImportReport:
@@ -153,6 +235,7 @@ def import_quipsharp(src: str | os.PathLike[str], output: str | os.PathLike[str]
         state.update(load_state(f))
     cdir = Path(config_dir) if config_dir else (p if p.is_dir() else None)
     meta: dict[str, Any] = {"source.model": str(src), "source.format": "quipsharp"}
+    qp: dict[str, Any] | None = None
     if cdir is not None and (cdir / "config.json").is_file():
         cfg = json.loads((cdir / "config.json").read_text(encoding="utf-8"))
         qp = cfg.pop("quip_params", None)
@@ -164,15 +247,16 @@ def import_quipsharp(src: str | os.PathLike[str], output: str | os.PathLike[str]
             if (cdir / name).is_file():
                 meta[f"hf.files/{name}"] = (cdir / name).read_bytes()
     prefixes = sorted(k[: -len(".Qidxs")] for k in state if k.endswith(".Qidxs"))
+    cids = {pr: int(np.asarray(state.get(f"{pr}.codebook_id", np.array(HI4B1C))).reshape(-1)[0]) for pr in prefixes}
     for pr in prefixes:
-        fs = sorted(k for k in state if k.startswith(f"{pr}.fuse_scales"))
-        if fs:
-            vals = np.concatenate([np.asarray(state[k], np.float32).reshape(-1) for k in fs])
+        _refuse_extras(state, pr)
+    if E8P12 in cids.values() and isinstance(qp, dict):
+        ver = qp.get("codebook_version", 0)
+        if ver != E8P_CODEBOOK_VERSION:
             raise NotRepresentable(
-                f"{pr}: fused layer ({len(fs)} parts, fuse_scales {vals.tolist()}); its output Hadamard mixes the "
-                "parts, so they cannot become separate q/k/v (gate/up) tensors, and unequal part scales have no "
-                "place in codec quip v1")
-    consumed = {f"{pr}.{r}" for pr in prefixes for r in ROLES}
+                f"config quip_params.codebook_version = {ver!r}: only E8P12 codebook version "
+                f"{E8P_CODEBOOK_VERSION} (QuIP#'s packed int64 Qidxs) is read")
+    consumed = {f"{pr}.{r}" for pr in prefixes for r in (*ROLES, "scaleWH", "A", "B")}
     report = QuipImportReport(Path(output))
     with Writer(output, metadata=meta) as w:
         for name in sorted(state):
@@ -182,24 +266,27 @@ def import_quipsharp(src: str | os.PathLike[str], output: str | os.PathLike[str]
             report.raw.append(name)
         for pr in prefixes:
             su = state[f"{pr}.SU"]
-            cid = int(np.asarray(state.get(f"{pr}.codebook_id", np.array(HI4B1C))).reshape(-1)[0])
-            wscale = float(np.asarray(state.get(f"{pr}.Wscale", np.array(1.0)), np.float64).reshape(-1)[0])
-            params, sections, shape = to_quip_sections(state[f"{pr}.Qidxs"], su, state[f"{pr}.SV"], wscale, cid,
-                                                       int(np.asarray(su).size), name=pr)
-            w.add(f"{pr}.weight", shape=shape, dtype="f16", codec="quip", params=params, sections=sections)
+            qt = to_quip_sections(state[f"{pr}.Qidxs"], su, state[f"{pr}.SV"],
+                                  np.asarray(state.get(f"{pr}.Wscale", np.array(1.0, np.float32))), cids[pr],
+                                  int(np.asarray(su).size), name=pr)
+            w.add(f"{pr}.weight", shape=qt.shape, dtype="f16", codec="quip", params=qt.params,
+                  sections=qt.sections, codec_version=qt.codec_version)
             report.quantized.append(f"{pr}.weight")
+            report.versions[f"{pr}.weight"] = qt.codec_version
             if log:
-                log(f"  {pr}.weight {list(shape)} HI4B1C -> quip 4-bit")
+                cb = qt.params.get("codebook", "grid")
+                log(f"  {pr}.weight {list(qt.shape)} {CODEBOOK_NAMES[cids[pr]]} -> quip v{qt.codec_version} {cb}")
     return report
 
 
 def cli_import(args: Any) -> int:
     rep = import_quipsharp(args.src, args.output, config_dir=getattr(args, "config", None),
                            log=(lambda s: print(s, file=sys.stderr)) if getattr(args, "verbose", False) else None)
-    print(f"{rep.output}: {len(rep.quantized)} quip layers, {len(rep.raw)} raw tensors (exact in exact arithmetic; "
-          "decoded with codec quip v1's f32 rounding)")
+    v2 = sum(1 for v in rep.versions.values() if v == 2)
+    print(f"{rep.output}: {len(rep.quantized)} quip layers ({v2} codec_version 2), {len(rep.raw)} raw tensors "
+          "(exact in exact arithmetic; decoded with codec quip's f32 rounding)")
     return 0
 
 
-__all__ = ["NotRepresentable", "QuipImportReport", "import_quipsharp", "reference_weight", "to_quip_sections",
-           "unpack_hi4b1c"]
+__all__ = ["NotRepresentable", "QuipImportReport", "QuipTensor", "diagonal_section", "import_quipsharp",
+           "reference_weight", "to_quip_sections", "unpack_hi4b1c", "untile_e8p"]
