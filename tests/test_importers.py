@@ -343,9 +343,27 @@ def test_squeezellm_refuses_silent_rounding(tmp_path):
     assert 0 < dl < 1e-4 and 0 < dv < 1e-2
 
 
-# ---- QuIP# (HI4B1C subset) ---------------------------------------------------------------
+# ---- QuIP# (E8P12 -> quip v2, HI4B1C -> quip v1/v2) ----------------------------------------
 
 qs = pytest.importorskip("spqrfmt.importers.quipsharp")
+
+
+_ST_DTYPES = {"f16": "F16", "f32": "F32", "i64": "I64", "i32": "I32"}
+
+
+def _write_st(path, tensors: dict[str, tuple[str, np.ndarray]]) -> None:
+    """A minimal safetensors writer (8-byte header length, JSON header, raw data), 0-d tensors kept 0-d
+    as QuIP#'s ``Wscale`` and ``codebook_id`` are."""
+    header, blobs, pos = {}, [], 0
+    for name, (dt, arr) in tensors.items():
+        b = np.asarray(arr).astype(np.asarray(arr).dtype.newbyteorder("<")).tobytes()
+        header[name] = {"dtype": _ST_DTYPES[dt], "shape": list(np.shape(arr)), "data_offsets": [pos, pos + len(b)]}
+        blobs.append(b)
+        pos += len(b)
+    hb = json.dumps(header).encode()
+    hb += b" " * (-len(hb) % 8)
+    with open(path, "wb") as f:
+        f.write(len(hb).to_bytes(8, "little") + hb + b"".join(blobs))
 
 
 def _pack_hi4b1c(idx: np.ndarray) -> np.ndarray:
@@ -369,6 +387,179 @@ def _hadamard(d):
     return h
 
 
+def _e8p_tile_positions(m: int, n: int):
+    """(word index, k, row, 8-column group) of every code in QuIP#'s tiled E8P12 Qidxs, word by word."""
+    w = 0
+    for a in range(m // 16):
+        for c in range(n // 64):
+            for b in range(8):
+                for d in range(4):
+                    for k in range(4):
+                        yield w, k, 16 * a + 2 * b + (k & 1), 8 * c + 2 * d + (k >> 1)
+                    w += 1
+
+
+def _pack_e8p(codes: np.ndarray) -> np.ndarray:
+    """QuIP#'s packed E8P12 Qidxs (int64 [m, n/32]) from 16-bit codes [m, n/8]: abs bytes low, signs interleaved."""
+    m, n = codes.shape[0], codes.shape[1] * 8
+    words = [0] * (m * n // 32)
+    for w, k, r, g in _e8p_tile_positions(m, n):
+        c = int(codes[r, g])
+        words[w] |= (c >> 8) << (8 * k)
+        for j in range(8):
+            words[w] |= ((c >> j) & 1) << (32 + 4 * j + k)
+    return np.array(words, dtype=np.uint64).view(np.int64).reshape(m, n // 32)
+
+
+def _e8p_source_values(qidxs: np.ndarray, m: int, n: int) -> np.ndarray:
+    """QuIP#'s decompression of packed E8P12 words, re-enacted (f16 [m, n]).
+
+    As its CUDA kernel does it: a 256-entry table of 8 nibbles per int32 (columns in the order
+    0,2,4,6,1,3,5,7, value 2A + 8, column 7 negated for rows with odd sum), a sign flip as
+    ``nibble XOR 14`` per set sign bit (after fixing bit 0 by the parity of each code's sign
+    byte), and the value as the f16 sum of bits ``0x5008 | nibble << 4`` (= 32.25 + nibble / 2)
+    and -36 (parity 0) or -36.5 (parity 1).
+    """
+    from spqrfmt.decoder.e8p import abs_table
+
+    alpha = abs_table().astype(np.int64)
+    col_of_nibble = [0, 2, 4, 6, 1, 3, 5, 7]
+    packed = []
+    for row in alpha:
+        odd = (row.sum() // 2) % 2
+        word = 0
+        for j, col in enumerate(col_of_nibble):
+            nib = 8 - row[col] if (col == 7 and odd) else 8 + row[col]
+            word |= int(nib) << (4 * j)
+        packed.append(word)
+    f16 = np.float16
+    base = np.array([0xD080, 0xD090], np.uint16).view(f16)  # -36.0, -36.5
+    out = np.zeros((m, n), dtype=np.float16)
+    flat = qidxs.reshape(-1).view(np.uint64)
+    for w, k, r, g in _e8p_tile_positions(m, n):
+        lo, hi = int(flat[w]) & 0xFFFFFFFF, int(flat[w]) >> 32
+        s = hi ^ (hi >> 4)
+        s ^= s >> 8
+        s ^= s >> 16
+        sb = s & 15
+        s = hi ^ sb
+        x = packed[(lo >> (8 * k)) & 255] ^ (((s >> k) & 0x11111111) * 14)
+        for j, col in enumerate(col_of_nibble):
+            h = np.array([0x5008 | (((x >> (4 * j)) & 15) << 4)], np.uint16).view(f16)[0]
+            out[r, 8 * g + col] = f16(h + base[(sb >> k) & 1])
+    return out
+
+
+def _e8p_layer(rng, m: int, n: int, tuned: bool):
+    """Random codes and the SU/SV/Wscale fields of one QuIP# E8P12 layer (SV carries Wscale; tuned = real)."""
+    codes = rng.integers(0, 1 << 16, (m, n // 8)).astype(np.uint16)
+    if tuned:
+        su = (rng.choice([-1.0, 1.0], n) * rng.uniform(0.5, 1.5, n)).astype(np.float16)
+        sv = (rng.choice([-1.0, 1.0], m) * rng.uniform(0.005, 0.02, m)).astype(np.float16)
+    else:
+        su = rng.choice([-1.0, 1.0], n).astype(np.float16)
+        sv = (rng.choice([-1.0, 1.0], m) * 0.0123).astype(np.float16)
+    return codes, su, sv
+
+
+def test_quipsharp_e8p_tiling_round_trip():
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 1 << 16, (32, 16)).astype(np.uint16)
+    q = _pack_e8p(codes)
+    assert q.dtype == np.int64 and q.shape == (32, 4)
+    np.testing.assert_array_equal(qs.untile_e8p(q, 32, 128), codes)
+    from spqrfmt.decoder.quip import e8p_values
+
+    # the spec's code -> point rule (§10.4) against the re-enacted source kernel, every value exactly
+    got = e8p_values(codes, np.ones(32, np.float32), 128)
+    np.testing.assert_array_equal(got, _e8p_source_values(q, 32, 128).astype(np.float32))
+
+
+def test_quipsharp_e8p12_import(tmp_path):
+    rng = np.random.default_rng(2)
+    m, n = 32, 128
+    layers = {"model.layers.0.mlp.down_proj": _e8p_layer(rng, m, n, tuned=False),
+              "model.layers.0.mlp.up_proj": _e8p_layer(rng, m, n, tuned=True)}
+    tensors = {"model.norm.weight": ("f16", np.ones(n, np.float16))}
+    for pre, (codes, su, sv) in layers.items():
+        tensors.update({f"{pre}.Qidxs": ("i64", _pack_e8p(codes)), f"{pre}.SU": ("f16", su),
+                        f"{pre}.SV": ("f16", sv), f"{pre}.Wscale": ("f16", np.array(1.0, np.float16)),
+                        f"{pre}.codebook_id": ("i64", np.array(7, np.int64))})
+    d = tmp_path / "quip"
+    d.mkdir()
+    _write_st(d / "model.safetensors", tensors)
+    qp = {"codebook": "E8P12", "codebook_version": 1, "codesz": 8}
+    (d / "config.json").write_text(json.dumps({"model_type": "llama", "quip_params": qp}))
+    rep = qs.import_quipsharp(d, tmp_path / "q.spqr")
+    assert sorted(rep.quantized) == sorted(f"{p}.weight" for p in layers) and rep.raw == ["model.norm.weight"]
+    assert set(rep.versions.values()) == {2}
+    spqrfmt.validate(tmp_path / "q.spqr")
+    with spqrfmt.open(tmp_path / "q.spqr") as f:
+        for pre, (codes, su, sv) in layers.items():
+            t = f[f"{pre}.weight"]
+            assert t.codec == "quip" and t.codec_version == 2
+            assert t.params == {"codebook": "e8p12", "log2_hn": 7, "log2_hm": 5}
+            a = t.arrays()
+            np.testing.assert_array_equal(a["codes"], codes)  # codes bit for bit
+            assert _pack_e8p(a["codes"]).tobytes() == tensors[f"{pre}.Qidxs"][1].tobytes()  # Qidxs rebuilt
+            assert a["sv"].dtype == np.float16 and a["sv"].tobytes() == sv.tobytes()  # SV (with Wscale) exact
+            if pre.endswith("up_proj"):
+                assert a["su"].dtype == np.float16 and a["su"].tobytes() == su.tobytes()
+            else:
+                assert a["su"].dtype == np.int8 and np.array_equal(a["su"], su.astype(np.int8))
+            assert np.all(a["scale"] == 1.0)
+            # QuIP#'s effective weight diag(SV * Wscale) Had_m G Had_n diag(SU), G from its own decompression
+            G = _e8p_source_values(_pack_e8p(codes), m, n).astype(np.float64)
+            ref = (sv.astype(np.float64)[:, None] * (_hadamard(m) / np.sqrt(m)) @ G @ (_hadamard(n) / np.sqrt(n))
+                   * su.astype(np.float64)[None, :])
+            got = t.decode().astype(np.float64)
+            assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()  # exact up to f32 rounding
+        assert json.loads(f.metadata["source.quip_params"]) == qp
+
+
+def test_quipsharp_e8p12_model_runs(tmp_path):
+    """An unfused E8P12 Llama checkpoint imports and runs through load_model (decode path)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from transformers import LlamaConfig
+
+    from spqrfmt.model import load_model
+
+    rng = np.random.default_rng(8)
+    hidden, vocab = 64, 96
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                      max_position_embeddings=64)
+    shapes = {"self_attn.q_proj": (64, 64), "self_attn.k_proj": (32, 64), "self_attn.v_proj": (32, 64),
+              "self_attn.o_proj": (64, 64), "mlp.gate_proj": (128, 64), "mlp.up_proj": (128, 64),
+              "mlp.down_proj": (64, 128)}
+    tensors: dict[str, tuple[str, np.ndarray]] = {}
+    for mod, (m, n) in shapes.items():
+        p = f"model.layers.0.{mod}"
+        codes, su, sv = _e8p_layer(rng, m, n, tuned=True)
+        tensors.update({f"{p}.Qidxs": ("i64", _pack_e8p(codes)), f"{p}.SU": ("f16", su), f"{p}.SV": ("f16", sv),
+                        f"{p}.Wscale": ("f16", np.array(1.0, np.float16)),
+                        f"{p}.codebook_id": ("i64", np.array(7, np.int64))})
+    for norm in ("model.layers.0.input_layernorm", "model.layers.0.post_attention_layernorm", "model.norm"):
+        tensors[f"{norm}.weight"] = ("f16", np.ones(hidden, np.float16))
+    tensors["model.embed_tokens.weight"] = ("f16", (rng.standard_normal((vocab, hidden)) * 0.5).astype(np.float16))
+    tensors["lm_head.weight"] = ("f16", (rng.standard_normal((vocab, hidden)) * 0.1).astype(np.float16))
+    d = tmp_path / "quip_llama"
+    d.mkdir()
+    _write_st(d / "model.safetensors", tensors)
+    conf = cfg.to_dict()
+    conf["architectures"] = ["LlamaForCausalLM"]
+    conf["quip_params"] = {"codebook": "E8P12", "codebook_version": 1}
+    (d / "config.json").write_text(json.dumps(conf))
+    rep = qs.import_quipsharp(d, tmp_path / "m.spqr")
+    assert len(rep.quantized) == 7
+    model = load_model(tmp_path / "m.spqr", dtype=torch.float32)
+    assert model.spqr_load_report.decoded_layers and not model.spqr_load_report.skipped
+    with torch.no_grad():
+        logits = model(torch.tensor([[1, 2, 3]])).logits
+    assert logits.shape == (1, 3, vocab) and torch.isfinite(logits).all()
+
+
 def test_quipsharp_hi4b1c_import(tmp_path):
     rng = np.random.default_rng(2)
     m, n = 32, 64
@@ -378,12 +569,12 @@ def test_quipsharp_hi4b1c_import(tmp_path):
     wscale = np.float32(0.0123)
     pre = "model.layers.0.mlp.down_proj"
     tensors = {f"{pre}.Qidxs": ("i32", _pack_hi4b1c(idx)), f"{pre}.SU": ("f16", su), f"{pre}.SV": ("f16", sv),
-               f"{pre}.Wscale": ("f32", np.array([wscale], np.float32)),  # () in QuIP#; 1-d here (see report)
-               f"{pre}.codebook_id": ("i64", np.array([10], np.int64)),
+               f"{pre}.Wscale": ("f32", np.array(wscale, np.float32)),
+               f"{pre}.codebook_id": ("i64", np.array(10, np.int64)),
                "model.norm.weight": ("f16", np.ones(n, np.float16))}
     d = tmp_path / "quip"
     d.mkdir()
-    write_safetensors(d / "model.safetensors", tensors)
+    _write_st(d / "model.safetensors", tensors)
     (d / "config.json").write_text(json.dumps({"model_type": "llama", "quip_params": {"codebook": "HI4B1C"}}))
     rep = qs.import_quipsharp(d, tmp_path / "q.spqr")
     assert rep.quantized == [f"{pre}.weight"] and rep.raw == ["model.norm.weight"]
@@ -395,7 +586,7 @@ def test_quipsharp_hi4b1c_import(tmp_path):
     np.testing.assert_allclose(qs.reference_weight(_pack_hi4b1c(idx), su, sv, float(wscale)), ref, rtol=0, atol=1e-12)
     with spqrfmt.open(tmp_path / "q.spqr") as f:
         t = f[f"{pre}.weight"]
-        assert t.codec == "quip" and t.params == {"bits": 4, "log2_hn": 6, "log2_hm": 5}
+        assert t.codec == "quip" and t.codec_version == 1 and t.params == {"bits": 4, "log2_hn": 6, "log2_hm": 5}
         from spqrfmt.decoder.spqr import unpack_rows
 
         np.testing.assert_array_equal(unpack_rows(t.arrays()["codes"], n, 4), idx)  # indices bit for bit
@@ -404,21 +595,62 @@ def test_quipsharp_hi4b1c_import(tmp_path):
         assert json.loads(f.metadata["source.quip_params"]) == {"codebook": "HI4B1C"}
 
 
-def test_quipsharp_not_representable_cases():
-    idx = np.zeros((16, 16), np.int64)
-    q = _pack_hi4b1c(idx)
-    one16, one_n = np.ones(16, np.float16), np.ones(16, np.float16)
-    with pytest.raises(qs.NotRepresentable, match="E8P12"):
-        qs.to_quip_sections(q, one_n, one16, 1.0, 7, 16, name="l")
-    with pytest.raises(qs.NotRepresentable, match=r"l\.SU"):
-        qs.to_quip_sections(q, one_n * np.float16(1.5), one16, 1.0, 10, 16, name="l")
-    sv = one16.copy()
-    sv[3] = 2
-    with pytest.raises(qs.NotRepresentable, match=r"l\.SV"):
-        qs.to_quip_sections(q, one_n, sv, 1.0, 10, 16, name="l")
-    q12 = _pack_hi4b1c(np.zeros((12, 16), np.int64))
+def test_quipsharp_hi4b1c_fine_tuned_goes_to_v2_grid():
+    """Real-valued SU/SV (fine-tuned) no longer fit v1's signs: v2 "grid" keeps them as f16 diagonals."""
+    rng = np.random.default_rng(6)
+    m, n = 16, 32
+    idx = rng.integers(0, 16, (m, n))
+    su = rng.uniform(-1.5, 1.5, n).astype(np.float16)
+    sv = rng.uniform(-0.02, 0.02, m).astype(np.float16)
+    qt = qs.to_quip_sections(_pack_hi4b1c(idx), su, sv, np.float32(0.5), 10, n, name="l")
+    assert qt.codec_version == 2 and qt.params == {"codebook": "grid", "bits": 4, "log2_hn": 5, "log2_hm": 4}
+    assert qt.sections["su"].tobytes() == su.tobytes() and qt.sections["sv"].tobytes() == sv.tobytes()
+    from spqrfmt.codecs import quip as codec
+    from spqrfmt.records import TensorRecord
+
+    rec = TensorRecord("l.weight", qt.shape, "f16", "quip", 2, qt.params, {})
+    got = codec.CODEC.decode(rec, qt.sections).astype(np.float64)
+    ref = qs.reference_weight(_pack_hi4b1c(idx), su, sv, 0.5)
+    assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()
+
+
+def test_quipsharp_not_representable_cases(tmp_path):
+    one16, one_n = np.ones(16, np.float16), np.ones(64, np.float16)
+    q = _pack_e8p(np.zeros((16, 8), np.uint16))
+    for cid, name in ((17, "E8P12RVQ4B"), (18, "E8P12RVQ3B"), (0, "D4")):
+        with pytest.raises(qs.NotRepresentable, match=rf"l\.codebook_id = {cid} \({name}\)"):
+            qs.to_quip_sections(q, one_n, one16, 1.0, cid, 64, name="l")
+    with pytest.raises(qs.NotRepresentable, match=r"l\.Qidxs"):  # codebook version 0: int16, one code per entry
+        qs.to_quip_sections(np.zeros((16, 8), np.int16), one_n, one16, 1.0, 7, 64, name="l")
+    with pytest.raises(qs.NotRepresentable, match=r"l\.Qidxs"):  # m not a multiple of 16
+        qs.to_quip_sections(np.zeros((8, 2), np.int64), one_n, np.ones(8, np.float16), 1.0, 7, 64, name="l")
     with pytest.raises(qs.NotRepresentable, match="power of two"):
-        qs.to_quip_sections(q12, one_n, np.ones(12, np.float16), 1.0, 10, 16, name="l")
+        qs.to_quip_sections(np.zeros((48, 2), np.int64), one_n, np.ones(48, np.float16), 1.0, 7, 64, name="l")
+    with pytest.raises(qs.NotRepresentable, match=r"l\.Wscale"):
+        qs.to_quip_sections(q, one_n, one16, np.float64(0.1), 7, 64, name="l")
+
+    def folder(extra: dict, qp: dict | None = None):
+        pre = "model.layers.0.self_attn.qkv_proj"
+        t = {f"{pre}.Qidxs": ("i64", q), f"{pre}.SU": ("f16", one_n), f"{pre}.SV": ("f16", one16),
+             f"{pre}.codebook_id": ("i64", np.array(7, np.int64))}
+        t.update({f"{pre}.{k}": v for k, v in extra.items()})
+        d = tmp_path / f"f{len(list(tmp_path.iterdir()))}"
+        d.mkdir()
+        _write_st(d / "model.safetensors", t)
+        (d / "config.json").write_text(json.dumps({"quip_params": qp or {"codebook_version": 1}}))
+        return d
+
+    cases = [({"fuse_scales": ("f16", np.array([1.0, 0.5, 0.5], np.float16))}, None, r"qkv_proj\.fuse_scales"),
+             ({"scaleWH": ("f32", np.full(64, 2.0, np.float32))}, None, r"qkv_proj\.scaleWH"),
+             ({"A": ("f16", np.ones((16, 2), np.float16))}, None, r"qkv_proj\.A"),
+             ({}, {"codebook": "E8P12"}, r"quip_params\.codebook_version = 0")]
+    for extra, qp, msg in cases:
+        d = folder(extra, qp)
+        with pytest.raises(qs.NotRepresentable, match=msg):
+            qs.import_quipsharp(d, tmp_path / "x.spqr")
+        assert not (tmp_path / "x.spqr").exists()
+    d = folder({"scaleWH": ("f32", np.ones(64, np.float32))})  # all-ones scaleWH changes nothing: accepted
+    assert qs.import_quipsharp(d, tmp_path / "ok.spqr").raw == []
 
 
 def test_import_cli(tmp_path, capsys):
