@@ -21,6 +21,7 @@ not depend on them.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -44,7 +45,11 @@ _SKIP_DEFAULT = (r"lm_head", r"embed")
 
 @dataclass
 class CalibConfig:
-    """Solver settings (``gptq``) plus how much calibration data to use and where to run."""
+    """Solver settings (``gptq``) plus how much calibration data to use, which layers, and where to run.
+
+    ``spqrfmt.convert.QuantConfig.calib_config`` builds one from the converter's
+    settings, so the command line has one set of knobs for both paths.
+    """
 
     gptq: GPTQConfig = field(default_factory=GPTQConfig)
     nsamples: int = 128
@@ -53,13 +58,15 @@ class CalibConfig:
     min_features: int = 64
     skip: tuple[str, ...] = _SKIP_DEFAULT
     device: str = "cpu"
+    include: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CalibConfig:
         """Accept a flat dict: GPTQConfig keys go to ``gptq``, the rest to the calibration settings."""
         g_keys = set(GPTQConfig.__dataclass_fields__)
         gptq = GPTQConfig(**{k: v for k, v in d.items() if k in g_keys})
-        rest = {k: (tuple(v) if k == "skip" else v) for k, v in d.items() if k not in g_keys and k != "gptq"}
+        rest = {k: (tuple(v) if k in ("skip", "include") else v) for k, v in d.items()
+                if k not in g_keys and k != "gptq"}
         if isinstance(d.get("gptq"), Mapping):
             gptq = GPTQConfig(**d["gptq"])
         return cls(gptq=gptq, **rest)
@@ -67,10 +74,18 @@ class CalibConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["skip"] = list(self.skip)
+        out["include"] = list(self.include)
+        if not self.include:  # keeps run.json of work dirs made before ``include`` existed valid
+            del out["include"]
         return out
 
     def wants(self, name: str, shape: tuple[int, ...]) -> bool:
-        return len(shape) == 2 and min(shape) >= self.min_features and not any(re.search(p, name) for p in self.skip)
+        """Same rule as the converter's: 2-D, both dims >= min_features, not skipped unless included."""
+        if len(shape) != 2:
+            return False
+        if any(re.search(p, name) for p in self.include):
+            return True
+        return min(shape) >= self.min_features and not any(re.search(p, name) for p in self.skip)
 
 
 # ---------------------------------------------------------------- calibration data
@@ -178,15 +193,79 @@ class EncodingStore(Mapping[str, Encoded]):
 # ---------------------------------------------------------------- model plumbing
 
 
+def _model_class(config: Any) -> Any:
+    """The class the checkpoint was saved as (``architectures``), else a causal LM, else the bare model.
+
+    Loading a BERT-style encoder checkpoint as a causal LM would change its
+    attention (and add an untrained head), so the saved class wins: encoders
+    are calibrated as the encoders they are.
+    """
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    for arch in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            return cls
+    if getattr(config, "model_type", None) in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return transformers.AutoModelForCausalLM
+    return transformers.AutoModel
+
+
+def load_for_calibration(model_dir: str | os.PathLike[str]) -> Any:
+    """The checkpoint as an eval-mode f32 transformers model, without a KV cache."""
+    import torch
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    except (ValueError, KeyError, OSError) as e:
+        raise ValueError(f"{model_dir}: transformers cannot read this config.json ({e})") from e
+    model = _model_class(config).from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    return model
+
+
+def max_positions(config: Any) -> int | None:
+    """The longest sequence the model accepts, when its config says (None: unlimited or unknown)."""
+    get = config.get if isinstance(config, Mapping) else (lambda k: getattr(config, k, None))
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        v = get(key)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
 def _decoder_layers(model: Any) -> tuple[str, Any]:
-    """(state-dict prefix, ModuleList) of the decoder blocks: the ModuleList with num_hidden_layers entries."""
+    """(module prefix, ModuleList) of the transformer blocks: the ModuleList with num_hidden_layers entries."""
     import torch
 
     n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.ModuleList) and len(mod) == n_layers and n_layers:
             return name, mod
-    raise ValueError("could not find the decoder layers (a ModuleList of num_hidden_layers blocks)")
+    raise ValueError(f"could not find the transformer blocks of {type(model).__name__} (a ModuleList of "
+                     "num_hidden_layers blocks); calibration supports decoder-only LMs and BERT-style encoders")
+
+
+def is_conv1d(mod: Any) -> bool:
+    """transformers' GPT-2-style Conv1D: a linear layer whose weight is stored [in, out]."""
+    return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf")
+
+
+def _hookable(block: Any) -> dict[str, tuple[Any, bool]]:
+    """Sub-module name -> (module, weight stored [in, out]) for every linear layer of a block."""
+    import torch
+
+    out: dict[str, tuple[Any, bool]] = {}
+    for sub, mod in block.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            out[sub] = (mod, False)
+        elif is_conv1d(mod):
+            out[sub] = (mod, True)
+    return out
 
 
 class _Captured(Exception):
@@ -207,29 +286,61 @@ def _to(obj: Any, device: Any) -> Any:
     return obj
 
 
+def _is_cache(obj: Any) -> bool:
+    return "Cache" in type(obj).__name__
+
+
+def _as_keywords(block: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A block call's (hidden_states, every other argument by name), caches dropped.
+
+    Models pass block arguments positionally (BERT: the attention mask, GPT-2:
+    the cache and mask); binding them to the forward signature lets the
+    replay call the block with keywords only, whatever the architecture.
+    """
+    sig = inspect.signature(block.forward)
+    bound = sig.bind(*args, **kwargs)
+    kw: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = sig.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            kw.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise ValueError(f"{type(block).__name__} takes extra positional arguments; cannot replay it")
+        else:
+            kw[name] = value
+    first = next(iter(sig.parameters))
+    hs = kw.pop(first)
+    kw = {k: (None if _is_cache(v) else v) for k, v in kw.items() if k not in ("past_key_values", "past_key_value")}
+    if "use_cache" in kw:
+        kw["use_cache"] = False
+    return hs, kw
+
+
 def _capture_first_inputs(model: Any, layers: Any, batches: Sequence[Any]) -> list[tuple[Any, dict[str, Any]]]:
-    """Run the model up to block 0 for each batch; keep (hidden_states, kwargs) it would receive."""
+    """Run the model up to block 0 for each batch; keep (hidden_states, keyword arguments) it would receive."""
     import torch
 
     store: list[tuple[Any, dict[str, Any]]] = []
 
-    def hook(_mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        hs = args[0] if args else kwargs.pop("hidden_states")
-        kw = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values", "past_key_value")}
-        kw["use_cache"] = False
+    def hook(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hs, kw = _as_keywords(mod, args, kwargs)
         store.append((hs.detach(), kw))
         raise _Captured
 
+    call_kw = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
     h = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
     try:
         with torch.no_grad():
             for ids in batches:
                 try:
-                    model(input_ids=ids, use_cache=False)
+                    model(input_ids=ids, **call_kw)
                 except _Captured:
                     pass
     finally:
         h.remove()
+    if len(store) != len(batches):
+        raise ValueError(f"{type(model).__name__} did not reach its first block on token ids")
     return store
 
 
@@ -248,6 +359,41 @@ def _hash_texts(batches: Any) -> str:
     return hashlib.sha256(batches.numpy().astype("<i8").tobytes()).hexdigest()
 
 
+def _checkpoint_names(model_dir: Path) -> set[str]:
+    from spqrfmt.safetensors_io import SafetensorsFile
+
+    return {n for p in sorted(model_dir.glob("*.safetensors")) for n in SafetensorsFile(p)}
+
+
+def _resolve(name: str, names: set[str], prefix: str) -> str | None:
+    """The checkpoint's name for a module parameter (the base-model prefix may be absent or extra)."""
+    if not names or name in names:
+        return name
+    if prefix:
+        if name.startswith(prefix + ".") and name[len(prefix) + 1:] in names:
+            return name[len(prefix) + 1:]
+        if f"{prefix}.{name}" in names:
+            return f"{prefix}.{name}"
+    return None
+
+
+def _set_weight(mod: Any, deq: np.ndarray, transposed: bool, device: Any) -> None:
+    import torch
+
+    w = np.ascontiguousarray(deq.T) if transposed else deq
+    mod.weight.data = torch.from_numpy(w).to(mod.weight.dtype).to(device)
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="calibrate", unit="block", file=sys.stderr, dynamic_ncols=True)
+
+
 def quantize_model_calibrated(
     model_dir: str | os.PathLike[str],
     calib_texts: Sequence[str] | Any,
@@ -257,9 +403,13 @@ def quantize_model_calibrated(
     work_dir: str | os.PathLike[str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> EncodingStore:
-    """Quantize every linear layer of a Hugging Face causal LM with calibration data.
+    """Quantize every linear layer of a Hugging Face model's transformer blocks with calibration data.
 
-    ``model_dir``: a Hugging Face folder (config.json + *.safetensors + tokenizer).
+    ``model_dir``: a Hugging Face folder (config.json + *.safetensors + tokenizer):
+    a causal LM, or any model whose blocks form a ModuleList (BERT-style
+    encoders are loaded as the class they were saved as). ``nn.Linear`` and
+    GPT-2 ``Conv1D`` layers are calibrated; a Conv1D weight ``[in, out]`` is
+    encoded transposed, as ``[out, in]``.
     ``calib_texts``: list of strings (tokenized with the folder's tokenizer into
     ``nsamples`` windows of ``seqlen`` tokens), or a LongTensor [N, seqlen] of
     token ids. ``config``: :class:`CalibConfig` or a flat dict of its and
@@ -267,19 +417,22 @@ def quantize_model_calibrated(
     default a fresh temporary directory.
 
     Returns an :class:`EncodingStore` (Mapping tensor name -> Encoded) whose
-    names are the checkpoint's state-dict names, e.g.
-    ``model.layers.0.self_attn.q_proj.weight``. Linear layers outside the
-    decoder blocks (lm_head) and those the config skips are not in it.
+    names are the checkpoint's tensor names, e.g.
+    ``model.layers.0.self_attn.q_proj.weight``. Layers outside the blocks
+    (lm_head, a pooler) and those the config skips are not in it.
+    ``progress``: a progress bar over blocks on stderr; ``log`` receives one
+    line per block.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     cfg = config if isinstance(config, CalibConfig) else CalibConfig.from_dict(config or {})
-    say = log or ((lambda s: print(s, file=sys.stderr, flush=True)) if progress else (lambda s: None))
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="spqr-calib-"))
     work.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
+    folder = Path(model_dir)
 
+    model = load_for_calibration(folder)
     if isinstance(calib_texts, torch.Tensor):
         tokens = calib_texts.to(torch.long)
         if tokens.ndim != 2:
@@ -288,7 +441,10 @@ def quantize_model_calibrated(
         tok = AutoTokenizer.from_pretrained(model_dir)
         tokens = calibration_batches(tok, list(calib_texts), cfg.nsamples, cfg.seqlen)
 
-    run = {"model_dir": str(Path(model_dir).resolve()), "tokens_sha256": _hash_texts(tokens),
+    limit = max_positions(model.config)
+    if limit is not None and tokens.shape[1] > limit:
+        raise ValueError(f"seqlen {tokens.shape[1]} exceeds the model's {limit} positions; use seqlen <= {limit}")
+    run = {"model_dir": str(folder.resolve()), "tokens_sha256": _hash_texts(tokens),
            "config": cfg.to_dict(), "format": 1}
     run_file = work / "run.json"
     if run_file.exists():
@@ -299,29 +455,40 @@ def quantize_model_calibrated(
     else:
         run_file.write_text(json.dumps(run, indent=1))
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.eval()
-    model.config.use_cache = False
     prefix, layers = _decoder_layers(model)
+    names = _checkpoint_names(folder)
+    base = getattr(model, "base_model_prefix", "")
     batches = list(torch.split(tokens, max(1, cfg.batch_size)))
     t0 = time.perf_counter()
     inputs = _to(_capture_first_inputs(model, layers, batches), device)
+    bar = _bar(len(layers), progress)
+
+    def say(line: str) -> None:
+        if log is not None:
+            log(line)
+        elif bar is not None:
+            bar.write(line, file=sys.stderr)
+        elif progress:
+            print(line, file=sys.stderr, flush=True)
+
     say(f"calibration: {tokens.shape[0]} x {tokens.shape[1]} tokens, {len(layers)} blocks, work dir {work}")
 
     for i, block in enumerate(layers):
         path = work / f"block_{i:04d}.npz"
         block.to(device)
-        linears = {f"{prefix}.{i}.{sub}.weight": mod for sub, mod in block.named_modules()
-                   if isinstance(mod, torch.nn.Linear)}
-        linears = {k: v for k, v in linears.items() if cfg.wants(k, tuple(v.weight.shape))}
+        linears: dict[str, tuple[Any, bool]] = {}
+        for sub, (mod, transposed) in _hookable(block).items():
+            name = _resolve(f"{prefix}.{i}.{sub}.weight", names, base)
+            shape = tuple(mod.weight.shape[::-1] if transposed else mod.weight.shape)
+            if name is not None and cfg.wants(name, shape):
+                linears[name] = (mod, transposed)
         tb = time.perf_counter()
         if path.exists():
             meta = _load_block_meta(path)
-            for name, mod in linears.items():
+            for name, (mod, transposed) in linears.items():
                 if name not in meta:
                     raise ValueError(f"{path} lacks {name}: the checkpoint does not match this model")
-                enc = _load_encoded(path, name, meta)
-                mod.weight.data = torch.from_numpy(enc.dequantized).to(mod.weight.dtype).to(device)
+                _set_weight(mod, _load_encoded(path, name, meta).dequantized, transposed, device)
             say(f"block {i}: resumed from {path.name}")
         else:
             hess: dict[str, Any] = {}
@@ -339,7 +506,7 @@ def quantize_model_calibrated(
                     counts[name] += x.shape[0]
                 return hook
 
-            for name, mod in linears.items():
+            for name, (mod, _t) in linears.items():
                 handles.append(mod.register_forward_hook(make_hook(name)))
             try:
                 _run_block(block, inputs, device)
@@ -348,16 +515,18 @@ def quantize_model_calibrated(
                     h.remove()
             encs: dict[str, Encoded] = {}
             factors: list[tuple[Any, Any]] = []  # (H, factor): layers fed the same input share one factorization
-            for name, mod in linears.items():
+            for name, (mod, transposed) in linears.items():
+                if name not in hess:
+                    raise ValueError(f"{name} was not called when its block ran; cannot calibrate it")
                 H = hess[name] * (2.0 / max(counts[name], 1))
                 fac = next((f for h2, f in factors if h2.shape == H.shape and torch.equal(h2, H)), None)
                 if fac is None:
                     fac = factor_hessian(H, cfg.gptq.percdamp, cfg.gptq.act_order, device=device)
                     factors.append((H, fac))
                 w = mod.weight.detach().to(torch.float32).cpu().numpy()
-                enc = quantize_gptq(w, config=cfg.gptq, factor=fac)
+                enc = quantize_gptq(np.ascontiguousarray(w.T) if transposed else w, config=cfg.gptq, factor=fac)
                 encs[name] = enc
-                mod.weight.data = torch.from_numpy(enc.dequantized).to(mod.weight.dtype).to(device)
+                _set_weight(mod, enc.dequantized, transposed, device)
             del hess, factors
             _save_block(path, encs)
             n_out = sum(e.info["outliers"] for e in encs.values())
@@ -365,5 +534,9 @@ def quantize_model_calibrated(
         inputs = [(o, kw) for o, (_hs, kw) in zip(_run_block(block, inputs, device), inputs, strict=True)]
         if device.type != "cpu":
             block.to("cpu")
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     say(f"calibration done in {time.perf_counter() - t0:.1f}s")
     return EncodingStore(work)

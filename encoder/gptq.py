@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .packing import pack_rows
-from .rtn import Encoded, _quantize_stat
+from .rtn import Encoded, quantize_stat
 
 __all__ = ["GPTQConfig", "HessianFactor", "factor_hessian", "hessian_error", "quantize_gptq"]
 
@@ -156,7 +156,7 @@ def _stat_sections(x: np.ndarray, bits: int, stat_group_size: int) -> tuple[dict
     if bits == 16:
         x16 = np.clip(x, -65504, 65504).astype(np.float16)
         return {"": x16}, x16.astype(np.float32)[0]
-    sec, recon = _quantize_stat(x, bits, stat_group_size)
+    sec, recon = quantize_stat(x, bits, stat_group_size)
     return {"_codes": sec["codes"], "_scale": sec["scale"], "_zero": sec["zero"]}, recon[0]
 
 

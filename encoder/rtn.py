@@ -104,8 +104,11 @@ def _select_outliers(w: np.ndarray, group_size: int, budget: int, rounds: int = 
     return mask
 
 
-def _quantize_stat(x: np.ndarray, bits: int, group: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Second level: x [G, m] -> (sections, reconstructed f32 [G, m]) per spqr.md §5 step 1."""
+def quantize_stat(x: np.ndarray, bits: int, group: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Second level: x [G, m] -> (sections, reconstructed f32 [G, m]) per spqr.md §5 step 1.
+
+    Public because the calibrated encoder (gptq.py) must rebuild statistics exactly as this one does.
+    """
     Gn, m = x.shape
     K = _ceil_div(m, group)
     pad = K * group - m
@@ -124,6 +127,9 @@ def _quantize_stat(x: np.ndarray, bits: int, group: int) -> tuple[dict[str, np.n
     codes = np.clip(np.rint(x / s_r + z_r), 0, qmax).astype(np.int64)
     recon = ((codes.astype(np.float32) - z_r) * s_r).astype(np.float16).astype(np.float32)
     return {"codes": pack_rows(codes, bits), "scale": s16, "zero": z16}, recon
+
+
+_quantize_stat = quantize_stat  # former private name, kept for existing callers
 
 
 def quantize_spqr(
@@ -189,7 +195,7 @@ def quantize_spqr(
             sections[which] = x16
             recon[which] = x16.astype(np.float32)
         else:
-            sec, recon[which] = _quantize_stat(x, b, stat_group_size)
+            sec, recon[which] = quantize_stat(x, b, stat_group_size)
             sections[f"{which}_codes"] = sec["codes"]
             sections[f"{which}_scale"] = sec["scale"]
             sections[f"{which}_zero"] = sec["zero"]

@@ -13,7 +13,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,32 @@ EXTRA_FILES = (
 MAX_EXTRA_FILE = 32 * 1024 * 1024
 
 
+CODECS = ("spqr", "squeezellm", "quip")
+METHODS = ("rtn", "gptq", "spqr")
+
+# GPT-2-style checkpoints store these projections as transformers ``Conv1D`` weights, [in, out]
+# (the transpose of nn.Linear's [out, in]). Model types from transformers' Conv1D users; models
+# that merely reuse the names with nn.Linear (gpt_bigcode, gpt_neo, starcoder2) are not listed.
+CONV1D_MODEL_TYPES = frozenset({"gpt2", "openai-gpt", "imagegpt", "decision_transformer", "clvp", "clvp_decoder"})
+CONV1D_WEIGHT = re.compile(r"(^|\.)(c_attn|q_attn|c_proj|c_fc)\.weight$")
+# Metadata: the tensors stored as the transpose of the source checkpoint's matrix ([out, in] for
+# an [in, out] Conv1D weight), so that loaders and ``spqr decode`` can restore the source layout.
+TRANSPOSED_KEY = "spqrfmt.transposed"
+CONV1D_KEY = "spqrfmt.conv1d"
+
+
 @dataclass
 class QuantConfig:
-    """What to quantize and how (defaults: SpQR's near-lossless 4-bit / β1=16 / 3-bit stats)."""
+    """One set of knobs for every path: which tensors, which codec, which method, and how.
+
+    ``codec`` spqr (bits, group_size = β1, scale/zero bits, stat_group_size = β2,
+    outlier_fraction), squeezellm (bits = LUT index bits, outlier_fraction,
+    kmeans_iters) or quip (bits = grid bits, seed). ``method`` rtn is data-free;
+    gptq and spqr are calibrated (codec spqr only) and take their solver
+    settings from :meth:`gptq_config`: GPTQ is the same solver with one level of
+    f16 statistics and no outliers. Defaults: SpQR's near-lossless 4-bit / β1=16 /
+    3-bit stats / 1 % outliers.
+    """
 
     bits: int = 4
     group_size: int = 16
@@ -47,6 +70,58 @@ class QuantConfig:
     min_features: int = 64
     skip: tuple[str, ...] = DEFAULT_SKIP
     include: tuple[str, ...] = ()
+    codec: str = "spqr"
+    method: str = "rtn"
+    outlier_threshold: float = 0.2
+    percdamp: float = 0.01
+    act_order: bool = True
+    kmeans_iters: int = 100
+    seed: int = 0
+
+    @classmethod
+    def gptq(cls, bits: int = 4, group_size: int = 128, **kw: Any) -> QuantConfig:
+        """Plain GPTQ: f16 first-level statistics, no outliers."""
+        return cls(bits=bits, group_size=group_size, scale_bits=16, zero_bits=16, outlier_fraction=0.0,
+                   method="gptq", **kw)
+
+    def check(self) -> None:
+        """Reject combinations that have no meaning (ValueError naming the setting)."""
+        if self.codec not in CODECS:
+            raise ValueError(f"unknown codec {self.codec!r}; choose one of {', '.join(CODECS)}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.method != "rtn" and self.codec != "spqr":
+            raise ValueError(f"method {self.method} (calibrated) writes codec spqr only, not {self.codec}")
+        if self.method == "gptq" and (self.scale_bits != 16 or self.zero_bits != 16 or self.outlier_fraction):
+            raise ValueError("GPTQ has one level of f16 statistics and no outliers; "
+                             "use method spqr for quantized statistics or outliers")
+        if not 1 <= self.bits <= 8:
+            raise ValueError("bits must be 1..8")
+        if not 0.0 <= self.outlier_fraction < 1.0:
+            raise ValueError("outlier_fraction must be in [0, 1)")
+
+    @property
+    def calibrated(self) -> bool:
+        return self.method != "rtn"
+
+    def gptq_config(self) -> Any:
+        """The calibrated solver's settings (``spqrfmt.encoder.gptq.GPTQConfig``) derived from this config."""
+        from .encoder.gptq import GPTQConfig
+
+        outliers = self.outlier_fraction > 0
+        return GPTQConfig(bits=self.bits, group_size=self.group_size, scale_bits=self.scale_bits,
+                          zero_bits=self.zero_bits, stat_group_size=self.stat_group_size,
+                          outlier_relative_threshold=self.outlier_threshold if outliers else math.inf,
+                          max_outlier_fraction=self.outlier_fraction if outliers else 0.0,
+                          percdamp=self.percdamp, act_order=self.act_order)
+
+    def calib_config(self, nsamples: int = 128, seqlen: int = 512, batch_size: int = 8, device: str = "cpu") -> Any:
+        """``spqrfmt.encoder.calibrate.CalibConfig`` with this config's solver settings and layer selection."""
+        from .encoder.calibrate import CalibConfig
+
+        return CalibConfig(gptq=self.gptq_config(), nsamples=nsamples, seqlen=seqlen, batch_size=batch_size,
+                           min_features=self.min_features, skip=tuple(self.skip), device=device,
+                           include=tuple(self.include))
 
     def wants(self, name: str, dtype: str, shape: tuple[int, ...]) -> bool:
         """Quantize 2-D floating ``*.weight`` matrices of linear layers, except skipped names."""
@@ -59,15 +134,25 @@ class QuantConfig:
         return not any(re.search(p, name) for p in self.skip)
 
 
+def conv1d_weights(config: Mapping[str, Any] | None, names: Iterable[str]) -> set[str]:
+    """The names among ``names`` that are Conv1D weights ([in, out]) for a checkpoint with this config.json."""
+    model_type = (config or {}).get("model_type")
+    if model_type not in CONV1D_MODEL_TYPES:
+        return set()
+    return {n for n in names if CONV1D_WEIGHT.search(n)}
+
+
 @dataclass
 class LayerReport:
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # as stored: [out, in] (a Conv1D weight is transposed)
     bits_per_param: float
     rel_error: float
     outliers: int
     seconds: float
     dequant_sha256: str = ""
+    method: str = "rtn"
+    transposed: bool = False
 
 
 @dataclass
@@ -80,6 +165,8 @@ class ConvertReport:
     quant_bytes: int = 0
     source_bytes: int = 0
     file_bytes: int = 0
+    transposed: list[str] = field(default_factory=list)  # Conv1D weights stored as [out, in]
+    data_free: list[str] = field(default_factory=list)  # calibrated run: tensors outside the calibrated blocks
 
     @property
     def bits_per_param(self) -> float:
@@ -121,6 +208,18 @@ def demo_checkpoint() -> Path:
     return folder
 
 
+def _config(folder: Path) -> dict[str, Any] | None:
+    """config.json as a dict, or None when absent or not a JSON object."""
+    p = folder / "config.json"
+    if not p.is_file():
+        return None
+    try:
+        cfg = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
 def _metadata(folder: Path, cfg: QuantConfig) -> dict[str, Any]:
     meta: dict[str, Any] = {"source.model": str(folder), "spqrfmt.convert": json.dumps(asdict(cfg))}
     config = folder / "config.json"
@@ -136,12 +235,25 @@ def _metadata(folder: Path, cfg: QuantConfig) -> dict[str, Any]:
 Encoder = Callable[[str, np.ndarray, QuantConfig], Any]
 
 
-def rtn_encoder(name: str, weight: np.ndarray, cfg: QuantConfig) -> Any:
+def data_free_encoder(name: str, weight: np.ndarray, cfg: QuantConfig) -> Any:
+    """Encode one [out, in] matrix without calibration data, with ``cfg.codec``."""
+    if cfg.codec == "squeezellm":
+        from .encoder.squeezellm import quantize_squeezellm
+
+        return quantize_squeezellm(weight, bits=cfg.bits, outlier_fraction=cfg.outlier_fraction,
+                                   max_iter=cfg.kmeans_iters)
+    if cfg.codec == "quip":
+        from .encoder.quip import quantize_quip
+
+        return quantize_quip(weight, bits=cfg.bits, seed=cfg.seed)
     from .encoder.rtn import quantize_spqr
 
     return quantize_spqr(weight, bits=cfg.bits, group_size=cfg.group_size, scale_bits=cfg.scale_bits,
                          zero_bits=cfg.zero_bits, stat_group_size=cfg.stat_group_size,
                          outlier_fraction=cfg.outlier_fraction)
+
+
+rtn_encoder = data_free_encoder  # the name earlier callers use
 
 
 def _progress(items: list[Any], desc: str, enabled: bool) -> Iterable[Any]:
@@ -159,13 +271,23 @@ def convert(
     output: str | Path,
     cfg: QuantConfig | None = None,
     *,
-    encoder: Encoder = rtn_encoder,
-    encoded: dict[str, Any] | None = None,
+    encoder: Encoder = data_free_encoder,
+    encoded: Mapping[str, Any] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> ConvertReport:
-    """Convert a checkpoint folder to ``output``; ``encoded`` may supply ready encodings by tensor name."""
+    """Convert a checkpoint folder to ``output``.
+
+    ``encoded`` supplies ready encodings by tensor name (a calibrated
+    ``EncodingStore``); tensors the config quantizes that it lacks go through
+    ``encoder`` (data-free) and are listed in ``report.data_free``. GPT-2-style
+    Conv1D weights (``[in, out]``) are quantized as their transpose, in the
+    spec's ``[out, in]`` orientation, and listed in the metadata key
+    ``spqrfmt.transposed``. ``metadata`` is merged into the file's metadata.
+    """
     cfg = cfg or QuantConfig()
+    cfg.check()
     folder = Path(input_dir)
     shards = [SafetensorsFile(p) for p in find_shards(folder)]
     entries = [(sf, name) for sf in shards for name in sf]
@@ -174,8 +296,15 @@ def convert(
         if name in seen:
             raise ValueError(f"tensor {name!r} appears in more than one shard")
         seen.add(name)
-    report = ConvertReport(Path(output))
-    with Writer(output, metadata=_metadata(folder, cfg)) as writer:
+    meta = _metadata(folder, cfg)
+    wanted = [n for sf, n in entries if cfg.wants(n, sf.dtype(n), sf.shape(n))]
+    transposed = conv1d_weights(_config(folder), wanted)
+    if transposed:
+        meta[TRANSPOSED_KEY] = sorted(transposed)
+        meta[CONV1D_KEY] = "out_in"
+    meta.update(metadata or {})
+    report = ConvertReport(Path(output), transposed=sorted(transposed))
+    with Writer(output, metadata=meta) as writer:
         for sf, name in _progress(entries, "convert", progress):
             dtype, arr = sf[name]
             report.source_bytes += arr.nbytes
@@ -186,17 +315,58 @@ def convert(
                 continue
             t0 = time.perf_counter()
             w = to_float32(arr, dtype)
-            enc = encoded[name] if encoded and name in encoded else encoder(name, w, cfg)
+            if name in transposed:
+                w = np.ascontiguousarray(w.T)
+            if encoded is not None and name in encoded:
+                enc = encoded[name]
+                method = cfg.method
+                if tuple(enc.shape) != w.shape:
+                    raise ValueError(f"{name}: the supplied encoding has shape {list(enc.shape)}, the checkpoint "
+                                     f"matrix (as stored, [out, in]) {list(w.shape)}")
+            else:
+                enc = encoder(name, w, cfg)
+                method = "rtn"
+                if encoded is not None:
+                    report.data_free.append(name)
             writer.add_encoded(name, enc, dtype)
             dq = enc.dequantized
             err = float(np.linalg.norm((dq - w).astype(np.float64)) / max(np.linalg.norm(w.astype(np.float64)), 1e-30))
-            rep = LayerReport(name, tuple(arr.shape), enc.bits_per_param, err, int(enc.info.get("outliers", 0)),
-                              time.perf_counter() - t0, hashlib.sha256(dq.tobytes()).hexdigest())
+            rep = LayerReport(name, tuple(w.shape), enc.bits_per_param, err, int(enc.info.get("outliers", 0)),
+                              time.perf_counter() - t0, hashlib.sha256(dq.tobytes()).hexdigest(), method,
+                              name in transposed)
             report.layers.append(rep)
             report.quant_params += math.prod(arr.shape)
             report.quant_bytes += enc.nbytes
             if log:
-                log(f"  {name:60s} {str(list(arr.shape)):>14s}  {rep.bits_per_param:6.3f} bits  "
-                    f"rel.err {err:.4f}  outliers {rep.outliers}")
+                log(f"  {name:60s} {str(list(w.shape)):>14s}  {rep.bits_per_param:6.3f} bits  "
+                    f"rel.err {err:.4f}  outliers {rep.outliers}{'  (transposed)' if rep.transposed else ''}"
+                    f"{'  (data-free)' if encoded is not None and method == 'rtn' else ''}")
     report.file_bytes = Path(output).stat().st_size
     return report
+
+
+def calibrate(
+    input_dir: str | Path,
+    texts: list[str],
+    cfg: QuantConfig,
+    *,
+    nsamples: int = 128,
+    seqlen: int = 512,
+    batch_size: int = 8,
+    device: str = "cpu",
+    work_dir: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> Any:
+    """Run the calibrated GPTQ/SpQR solver over the checkpoint; pass the result to :func:`convert` as ``encoded``.
+
+    Needs torch and transformers (``pip install 'spqrfmt[hf]'``). Resumable
+    through ``work_dir`` (see ``spqrfmt.encoder.calibrate``).
+    """
+    cfg.check()
+    if not cfg.calibrated:
+        raise ValueError("method rtn is data-free; choose method gptq or spqr to calibrate")
+    from .encoder.calibrate import quantize_model_calibrated
+
+    ccfg = cfg.calib_config(nsamples=nsamples, seqlen=seqlen, batch_size=batch_size, device=device)
+    return quantize_model_calibrated(input_dir, texts, ccfg, progress=progress, work_dir=work_dir, log=log)

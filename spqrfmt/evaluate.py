@@ -14,14 +14,52 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["load_model", "load_model_with_weights", "load_spqr_model", "perplexity", "tokenize_texts"]
+__all__ = ["check_causal_lm", "load_model", "load_model_with_weights", "load_spqr_model", "perplexity",
+           "read_documents", "tokenize_texts"]
+
+
+def read_documents(path: str | os.PathLike[str]) -> list[str]:
+    """A text file's non-empty lines, stripped, one document each (an EOS token goes between documents).
+
+    UTF-8, or Latin-1 when the file is not valid UTF-8 (every byte sequence
+    is valid Latin-1; the Lee corpus used in docs/quality.md is Latin-1).
+    """
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    docs = [line.strip() for line in text.splitlines() if line.strip()]
+    if not docs:
+        raise ValueError(f"{path} has no text")
+    return docs
+
+
+def check_causal_lm(config: Mapping[str, Any] | str, what: str = "the model") -> None:
+    """Raise ValueError unless ``config`` (config.json contents) describes a causal LM with its head.
+
+    Perplexity needs next-token logits: a checkpoint saved as a bare encoder
+    (``BertModel``, e.g. the MiniLM demo) would get a randomly initialised head.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    cfg = json.loads(config) if isinstance(config, str) else dict(config)
+    model_type = cfg.get("model_type")
+    heads = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    archs = cfg.get("architectures") or []
+    ok = any(a in heads or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) if archs else \
+        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if not ok:
+        kind = "/".join(archs) if archs else f"model_type {model_type!r}"
+        raise ValueError(f"{what} is {kind}, not a causal language model with an LM head; perplexity needs "
+                         "next-token predictions (convert, inspect and verify work on any checkpoint)")
 
 
 def load_model(model_dir: str | os.PathLike[str], dtype: str = "float32", device: str = "cpu") -> Any:
@@ -29,6 +67,9 @@ def load_model(model_dir: str | os.PathLike[str], dtype: str = "float32", device
     import torch
     from transformers import AutoModelForCausalLM
 
+    config = Path(model_dir) / "config.json"
+    if config.is_file():
+        check_causal_lm(config.read_text(encoding="utf-8"), str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     return model.to(device).eval()
 
@@ -90,16 +131,36 @@ def load_spqr_model(path: str | os.PathLike[str], model_dir: str | os.PathLike[s
                     dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
     """(model, tokenizer or None) rebuilt from a .spqr file: every tensor decoded per the spec.
 
-    The architecture comes from the file's ``hf.config`` metadata (or from
-    ``model_dir`` when given); the tokenizer from ``hf.files/tokenizer*.json``
-    metadata when present.
+    Without ``model_dir`` this is ``spqrfmt.model.load_model`` with the kernels
+    off (architecture from the file's ``hf.config`` metadata, Conv1D weights
+    transposed back, tied embeddings re-tied) and the tokenizer stored in the
+    file's ``hf.files/*`` metadata. With ``model_dir``, that folder's model is
+    loaded and the decoded tensors overwrite its weights.
     """
+    import torch
+
     from . import open as spqr_open
+
+    if model_dir is None:
+        from .generate import load_tokenizer
+        from .model import load_model as load_file_model
+
+        with spqr_open(path) as f:
+            if "hf.config" in f.metadata:
+                check_causal_lm(f.metadata["hf.config"], str(path))
+        model = load_file_model(path, device=device, dtype=getattr(torch, dtype), use_kernels=False)
+        try:
+            tokenizer = load_tokenizer(path)
+        except ValueError:
+            tokenizer = None
+        return model, tokenizer
+
     from .dtypes import to_float32
 
     tensors: dict[str, np.ndarray] = {}
     with spqr_open(path) as f:
-        meta = f.metadata if hasattr(f, "metadata") else {}
+        listed = f.metadata.get("spqrfmt.transposed")
+        transposed = set(listed) if isinstance(listed, list) else set()
         for name in f:
             t = f[name]
             if t.codec == "raw":
@@ -109,27 +170,12 @@ def load_spqr_model(path: str | os.PathLike[str], model_dir: str | os.PathLike[s
                 tensors[name] = np.array(arr)
             else:
                 tensors[name] = t.decode("f32")
-    source: Any = model_dir if model_dir is not None else meta.get("hf.config")
-    if source is None:
-        raise ValueError(f"{path} has no hf.config metadata; pass model_dir")
-    model = load_model_with_weights(source, tensors, dtype=dtype, device=device)
-    tokenizer = None
-    files = {k[len("hf.files/"):]: v for k, v in meta.items() if k.startswith("hf.files/")}
-    if "tokenizer.json" in files:
-        from transformers import AutoTokenizer
+            if name in transposed:  # stored [out, in]; the checkpoint's Conv1D holds [in, out]
+                tensors[name] = np.ascontiguousarray(tensors[name].T)
+    model = load_model_with_weights(model_dir, tensors, dtype=dtype, device=device)
+    from transformers import AutoTokenizer
 
-        with tempfile.TemporaryDirectory() as td:
-            for fname, blob in files.items():
-                if "/" not in fname and "\\" not in fname and fname not in ("", ".", ".."):
-                    Path(td, fname).write_bytes(bytes(blob))
-            if "hf.config" in meta:
-                Path(td, "config.json").write_text(meta["hf.config"])
-            tokenizer = AutoTokenizer.from_pretrained(td)
-    elif model_dir is not None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return model, tokenizer
+    return model, AutoTokenizer.from_pretrained(model_dir)
 
 
 def tokenize_texts(tokenizer: Any, texts: Sequence[str], add_eos: bool = True) -> Any:
@@ -145,7 +191,7 @@ def tokenize_texts(tokenizer: Any, texts: Sequence[str], add_eos: bool = True) -
 
 
 def perplexity(model: Any, tokens: Any, seq_len: int = 512, stride: int | None = None, batch_size: int = 4,
-               tokenizer: Any = None) -> float:
+               tokenizer: Any = None, progress: bool = False) -> float:
     """exp(mean next-token NLL) over ``tokens`` with windows of ``seq_len`` tokens.
 
     ``stride`` (default ``seq_len``: disjoint windows) < ``seq_len`` gives
@@ -185,8 +231,16 @@ def perplexity(model: Any, tokens: Any, seq_len: int = 512, stride: int | None =
     total_nll = 0.0
     count = 0
     model.eval()
+    starts: Any = range(0, len(windows), batch_size)
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc="perplexity", unit="batch", file=sys.stderr, dynamic_ncols=True)
+        except ImportError:
+            pass
     with torch.no_grad():
-        for b in range(0, len(windows), batch_size):
+        for b in starts:
             chunk = windows[b:b + batch_size]
             L = max(e - s for s, e, _ in chunk)
             x = torch.zeros((len(chunk), L), dtype=torch.long)

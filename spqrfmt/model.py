@@ -16,12 +16,13 @@ by tensor:
   ones cast to the model dtype; tied output embeddings are re-tied.
 
 GPT-2-style ``Conv1D`` layers store their weight transposed, ``[in, out]``.
-The converter quantizes the tensor as it finds it, so such a matrix is a
-``[in, out]`` spqr tensor (groups run along the output dimension). The loader
-therefore decodes Conv1D weights densely as stored (correct on CPU and GPU);
-only when the file's metadata says ``spqrfmt.conv1d = "out_in"`` (a converter
-that transposed them into the spec's ``[out, in]`` convention) are they
-treated as linear weights and given ``SpQRLinear`` on the GPU.
+``spqr convert`` quantizes such a weight as its transpose, in the spec's
+``[out, in]`` orientation, and lists it in the metadata key
+``spqrfmt.transposed`` (with ``spqrfmt.conv1d = "out_in"``); the loader
+transposes those back (or gives them ``SpQRLinear`` on the GPU). A file with
+only ``spqrfmt.conv1d = "out_in"`` means every quantized Conv1D weight is
+``[out, in]``. Without either key (files from earlier converters) Conv1D
+weights are decoded densely as stored.
 
 torch and transformers are imported lazily: ``import spqrfmt`` stays light.
 """
@@ -235,6 +236,8 @@ def load_model(
     with _open(path, verify_checksums=verify_checksums) as f:
         config = hf_config(f)
         conv1d_out_in = f.metadata.get("spqrfmt.conv1d") == "out_in"
+        listed = f.metadata.get("spqrfmt.transposed")
+        transposed = set(listed) if isinstance(listed, list) else None
         model = build_empty_model(config, dtype)
         for name, t in f.tensors.items():
             target = _resolve(model, name)
@@ -250,11 +253,13 @@ def load_model(
                 report.raw_tensors.append(name)
                 continue
             is_linear = isinstance(mod, torch.nn.Linear) and attr == "weight"
-            is_conv = _is_conv1d(mod) and attr == "weight"
-            if use_kernels and t.codec in GPU_MODULE_CODECS and (is_linear or (is_conv and conv1d_out_in)):
+            # A Conv1D weight stored [out, in], to be transposed back to the module's [in, out]:
+            out_in = _is_conv1d(mod) and attr == "weight" and (
+                name in transposed if transposed is not None else conv1d_out_in)
+            if use_kernels and t.codec in GPU_MODULE_CODECS and (is_linear or out_in):
                 _swap_for_kernel(model, target, t, dev)
                 report.kernel_layers.append(name)
-            elif is_conv and conv1d_out_in:
+            elif out_in:
                 _set_tensor(model, target, _decode_to(t, dtype, str(dev)).t().contiguous())
                 report.decoded_layers.append(name)
             else:

@@ -180,3 +180,73 @@ def test_calibration_batches_even_windows() -> None:
     assert b.shape == (3, 8) and b[0, 0] == ord("a") and b[-1, -1] == 0  # ends on the last EOS
     with pytest.raises(ValueError):
         calibration_batches(Tok(), ["ab"], nsamples=2, seqlen=8)
+
+
+def test_encoder_model_calibrates_as_saved(tmp_path) -> None:
+    """A BERT-style encoder (not a causal LM) is calibrated as the BertModel it was saved as.
+
+    BertEncoder passes the attention mask to its blocks positionally; block 1's
+    Hessian must come from replaying block 0 (quantized) with those arguments,
+    i.e. equal the one a plain forward pass of the partly quantized model gives.
+    """
+    from transformers import BertConfig, BertModel
+
+    from spqrfmt.convert import QuantConfig, convert
+    from spqrfmt.encoder.gptq import factor_hessian, quantize_gptq
+
+    torch.manual_seed(0)
+    bcfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=96, max_position_embeddings=64)
+    BertModel(bcfg).save_pretrained(tmp_path / "bert")
+    tokens = torch.randint(0, 100, (6, 24), generator=torch.Generator().manual_seed(5))
+    cfg = _cfg()
+    store = quantize_model_calibrated(tmp_path / "bert", tokens, cfg, work_dir=tmp_path / "w", progress=False)
+    subs = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+            "intermediate.dense", "output.dense")
+    assert set(store) == {f"encoder.layer.{i}.{s}.weight" for i in range(2) for s in subs}
+
+    model = BertModel.from_pretrained(tmp_path / "bert", dtype=torch.float32).eval()
+    with torch.no_grad():
+        for s in subs:
+            name = f"encoder.layer.0.{s}.weight"
+            model.get_parameter(name).copy_(torch.from_numpy(store[name].dequantized))
+    h = torch.zeros((64, 64), dtype=torch.float64)
+    count = 0
+
+    def hook(_m, args, _o):
+        nonlocal count
+        x = args[0].reshape(-1, 64).double()
+        h.addmm_(x.T, x)
+        count += x.shape[0]
+
+    handle = model.encoder.layer[1].attention.self.query.register_forward_hook(hook)
+    with torch.no_grad():
+        for ids in torch.split(tokens, cfg.batch_size):
+            model(input_ids=ids)
+    handle.remove()
+    name = "encoder.layer.1.attention.self.query.weight"
+    w = BertModel.from_pretrained(tmp_path / "bert").state_dict()[name].numpy()
+    mine = quantize_gptq(w, config=cfg.gptq, factor=factor_hessian(h * (2.0 / count), cfg.gptq.percdamp))
+    assert np.array_equal(mine.dequantized, store[name].dequantized)
+
+    # The pooler lies outside the blocks: the converter quantizes it data-free and says so.
+    report = convert(tmp_path / "bert", tmp_path / "b.spqr", QuantConfig(bits=3, min_features=16, method="spqr"),
+                     encoded=store, progress=False)
+    assert report.data_free == ["pooler.dense.weight"]
+    assert {r.name for r in report.layers if r.method == "spqr"} == set(store)
+
+
+def test_quant_config_is_the_one_set_of_knobs() -> None:
+    """QuantConfig drives the calibrated solver: GPTQ = no outliers and f16 stats; bad combinations are refused."""
+    from spqrfmt.convert import QuantConfig
+
+    g = QuantConfig.gptq(bits=3, group_size=64, act_order=False).gptq_config()
+    assert (g.bits, g.group_size, g.scale_bits, g.zero_bits, g.act_order) == (3, 64, 16, 16, False)
+    assert g.max_outlier_fraction == 0 and math.isinf(g.outlier_relative_threshold)
+    s = QuantConfig(bits=4, outlier_fraction=0.005, outlier_threshold=0.1, percdamp=0.02, method="spqr")
+    c = s.calib_config(nsamples=4, seqlen=16, device="cpu")
+    assert (c.gptq.max_outlier_fraction, c.gptq.outlier_relative_threshold, c.gptq.percdamp) == (0.005, 0.1, 0.02)
+    assert c.skip == s.skip and c.min_features == s.min_features
+    for bad in (QuantConfig(method="gptq"), QuantConfig(codec="quip", method="spqr"), QuantConfig(codec="x")):
+        with pytest.raises(ValueError):
+            bad.check()

@@ -175,7 +175,7 @@ def test_missing_config_is_a_clear_error(tmp_path):
 
 
 def test_gpt2_conv1d(tmp_path):
-    """GPT-2 Conv1D weights ([in, out] in checkpoints) load correctly, as stored or transposed + flagged."""
+    """GPT-2 Conv1D weights ([in, out] in checkpoints) load correctly: converted as [out, in] + listed, or as stored."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from spqrfmt.encoder.rtn import quantize_spqr
@@ -191,6 +191,10 @@ def test_gpt2_conv1d(tmp_path):
     with spqrfmt.open(path) as f:
         state = {n: torch.from_numpy(np.array(t.decode(), dtype=np.float32)) for n, t in f.items()}
         meta = dict(f.metadata)
+    assert meta["spqrfmt.conv1d"] == "out_in"
+    assert any(n.endswith("h.0.attn.c_attn.weight") for n in meta["spqrfmt.transposed"])
+    for name in meta["spqrfmt.transposed"]:  # the converter stored them [out, in]
+        state[name] = state[name].T.contiguous()
     ref = GPT2LMHeadModel._from_config(GPT2Config(**json.loads(meta["hf.config"])), dtype=torch.float32)
     ref.load_state_dict({("transformer." + k if not k.startswith("transformer.") else k): v
                          for k, v in state.items()}, strict=False)
@@ -199,17 +203,18 @@ def test_gpt2_conv1d(tmp_path):
     with torch.no_grad():
         a, b = loaded(ids).logits, ref.eval()(ids).logits
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    # The same weights written in the spec's [out, in] orientation, flagged in the metadata.
-    flagged = tmp_path / "gpt2_out_in.spqr"
-    meta["spqrfmt.conv1d"] = "out_in"
-    with spqrfmt.open(path) as f, spqrfmt.Writer(flagged, metadata=meta) as w:
+    # The same weights written as stored ([in, out], no metadata key), as earlier converters did.
+    legacy = tmp_path / "gpt2_as_stored.spqr"
+    for key in ("spqrfmt.conv1d", "spqrfmt.transposed"):
+        meta.pop(key)
+    with spqrfmt.open(path) as f, spqrfmt.Writer(legacy, metadata=meta) as w:
         for name, t in f.items():
             if t.codec == "raw":
                 w.add_raw(name, t.decode(), t.dtype)
             else:  # re-encode the transposed decoded matrix finely (8-bit, f16 stats)
                 w.add_encoded(name, quantize_spqr(np.ascontiguousarray(t.decode().T), bits=8, scale_bits=16,
                                                   zero_bits=16, outlier_fraction=0.0), dtype="f32")
-    loaded2 = load_model(flagged, dtype=torch.float32)
+    loaded2 = load_model(legacy, dtype=torch.float32)
     w1 = loaded.transformer.h[0].attn.c_attn.weight
     w2 = loaded2.transformer.h[0].attn.c_attn.weight
     assert w1.shape == w2.shape == (64, 192)
