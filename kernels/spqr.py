@@ -118,13 +118,24 @@ def _launch_opts() -> dict[str, Any]:
     return {"enable_fp_fusion": False}
 
 
+def _is_v2_arith(params: Mapping[str, Any]) -> bool:
+    """True for codec v2 params whose arithmetic differs from v1 (f16 rounding or additive outliers)."""
+    return params.get("arith", "f32") != "f32" or params.get("outlier_op", "replace") != "replace"
+
+
 def dequantize(params: Mapping[str, Any], sections_on_gpu: Mapping[str, torch.Tensor], shape: tuple[int, int],
                out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
     """Decoded tensor [m, n] of a validated spqr tensor, bit-identical to spqr.md §5 (then RNE-cast).
 
     Sections must already be validated (spqrfmt.codecs.spqr checks CSR and perm)
-    and on one device (see :func:`to_device`).
+    and on one device (see :func:`to_device`). ``params`` are the checked params
+    (``spqrfmt.codecs.spqr.checked_params``): v2's ``arith = "f16"`` or
+    ``outlier_op = "add"`` go to :func:`spqrfmt.kernels.spqr_v2.dequantize` (spqr.md §8).
     """
+    if _is_v2_arith(params):
+        from . import spqr_v2
+
+        return spqr_v2.dequantize(params, sections_on_gpu, shape, out_dtype)
     m, n = (int(v) for v in shape)
     secs = {k: v for k, v in sections_on_gpu.items()}
     codes = secs["codes"]
@@ -229,6 +240,9 @@ class PreparedSpQR:
 def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple[int, int],
             device: str | torch.device = "cuda") -> PreparedSpQR:
     """Move sections to ``device`` once and build the fused kernel's layout there (see module doc)."""
+    if _is_v2_arith(params):  # the fused kernel implements v1 arithmetic only (spqr.md §5)
+        raise NotImplementedError("spqr v2 with arith='f16' or outlier_op='add': no fused matvec yet; "
+                                  "use dequantize()")
     m, n = (int(v) for v in shape)
     params = dict(params)
     secs = to_device(sections, device)

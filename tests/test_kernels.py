@@ -170,3 +170,55 @@ def test_spqr_linear_forward(rows):
     assert tuple(y.shape) == (2, rows // 2, 24)
     want = x.double().numpy() @ ref.T + bias.astype(np.float64)
     assert _relerr(y.double().cpu().numpy(), want) < 1e-5
+
+
+# ---- codec spqr v2 (spqr.md §8): arith f16 / additive outliers -------------------------------
+
+SPECIAL16 = np.array([np.nan, np.inf, -np.inf, 65504, -65504, 6e-8, -0.0, 1e-3], np.float16)
+
+
+def _check_dequant_v2(params, sections, shape) -> None:
+    """Triton v2 dequantization == Numba v2 decode, bit for bit (f32, and the f16/bf16 RNE casts)."""
+    ref = decode(params, sections, shape)
+    secs = ks.to_device(sections, DEVICE)
+    got = ks.dequantize(params, secs, shape, torch.float32).cpu().numpy()
+    assert got.dtype == np.float32 and got.shape == shape
+    assert _same_bits(got, ref)
+    ref_t = torch.from_numpy(ref)
+    for dt in (torch.float16, torch.bfloat16):
+        out = ks.dequantize(params, secs, shape, dt).cpu()
+        want = ref_t.to(dt)
+        same = (out.view(torch.int16) == want.view(torch.int16)) | (torch.isnan(out) & torch.isnan(want))
+        assert bool(same.all()), dt
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=shapes, cfg=configs, seed=st.integers(0, 2**31 - 1), arith=st.sampled_from(["f32", "f16"]),
+       op=st.sampled_from(["replace", "add"]), special=st.booleans())
+def test_dequantize_v2_bit_exact(shape, cfg, seed, arith, op, special):
+    enc = _encode(seed, *shape, **cfg)
+    params = dict(enc.params, arith=arith, outlier_op=op)
+    secs = {k: np.array(v) for k, v in enc.sections.items()}
+    if special:  # NaN/inf/extreme statistics and outlier values
+        rng = np.random.default_rng(seed)
+        for role in ("scale", "zero", "scale_scale", "zero_zero", "outlier_val"):
+            if role in secs and secs[role].size:
+                flat = secs[role].reshape(-1)
+                flat[rng.integers(0, flat.size, 2)] = rng.choice(SPECIAL16, 2)
+    _check_dequant_v2(params, secs, shape)
+
+
+def test_dequantize_v2_rounding_cases_and_prepare_refuses():
+    """f16 rounding visibly changes the result (so the test above can fail), and the fused path refuses v2."""
+    shape = (19, 77)
+    enc = _encode(5, *shape, bits=3, gs=16, sbits=3, b2=4, outliers="some", perm=True)
+    v1 = decode(enc.params, enc.sections, shape)
+    for arith, op in (("f16", "replace"), ("f32", "add"), ("f16", "add")):
+        params = dict(enc.params, arith=arith, outlier_op=op)
+        assert not _same_bits(decode(params, enc.sections, shape), v1)
+        _check_dequant_v2(params, enc.sections, shape)
+        with pytest.raises(NotImplementedError, match="v2"):
+            ks.prepare(params, enc.sections, shape, DEVICE)
+    for bits in (1, 5, 6, 7):  # every straddle pattern of the outlier kernel's code read
+        enc = _encode(bits, *shape, bits=bits, gs=16, sbits=16, b2=4, outliers="some", perm=False)
+        _check_dequant_v2(dict(enc.params, arith="f16", outlier_op="add"), enc.sections, shape)

@@ -1,4 +1,10 @@
-"""Codec ``spqr`` v1 (spec/codecs/spqr.md): checks from the header, content checks, reference decode."""
+"""Codec ``spqr`` v1 and v2 (spec/codecs/spqr.md): checks from the header, content checks, reference decode.
+
+v2 (spqr.md §8) is v1 plus two required params, ``arith`` and ``outlier_op``;
+:func:`checked_params` puts them into the params dict only for v2, so code
+downstream (Numba decoder, kernels) can read them with v1 defaults and a v1
+tensor carrying stray keys of those names still decodes as v1.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +22,24 @@ def ceil_div(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
+ARITH = ("f32", "f16")
+OUTLIER_OPS = ("replace", "add")
+V1_DEFAULTS = {"arith": "f32", "outlier_op": "replace"}  # what v1 means, in v2's terms
+
+
+def _str_param(rec: TensorRecord, key: str, allowed: tuple[str, ...]) -> str:
+    v = rec.params.get(key)
+    if not isinstance(v, str) or v not in allowed:
+        raise fail(ErrorCode.BAD_PARAMS, f"param {key!r} = {v!r} must be one of {list(allowed)}", rec.name)
+    return v
+
+
 def checked_params(rec: TensorRecord) -> dict[str, Any]:
-    """Validated params with derived sizes; raises BAD_SHAPE / BAD_PARAMS."""
+    """Validated params of a v1 or v2 record; raises BAD_SHAPE / BAD_PARAMS.
+
+    For v2 the result also holds ``arith`` and ``outlier_op``; for v1 it never
+    does (v1 ignores unknown keys, spqr.md §2).
+    """
     if len(rec.shape) != 2 or rec.shape[0] < 1 or rec.shape[1] < 1:
         raise fail(ErrorCode.BAD_SHAPE, f"spqr tensors are 2-D [m>=1, n>=1], got {list(rec.shape)}", rec.name)
     if rec.dtype not in ("f16", "bf16", "f32"):
@@ -30,6 +52,9 @@ def checked_params(rec: TensorRecord) -> dict[str, Any]:
     }
     if p["scale_bits"] < 16 or p["zero_bits"] < 16:
         p["stat_group_size"] = int_param(rec, "stat_group_size", 1, 65536)
+    if rec.codec_version == 2:
+        p["arith"] = _str_param(rec, "arith", ARITH)
+        p["outlier_op"] = _str_param(rec, "outlier_op", OUTLIER_OPS)
     return p
 
 
@@ -59,7 +84,7 @@ def section_layout(
 
 class SpqrCodec:
     id = "spqr"
-    versions = (1,)
+    versions = (1, 2)
     kernel_module = "spqrfmt.kernels.spqr"
 
     def check_record(self, rec: TensorRecord) -> None:

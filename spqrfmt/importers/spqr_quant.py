@@ -24,32 +24,33 @@ facts read from Vahe1994/SpQR ``inference_lib`` and transformers
   - ``P.col_vals`` int32: low 16 bits column (stored order), high 16 bits f16 value;
   - ``P.in_perm`` int32 ``[n/2]``: u16 pairs, stored column ``j`` reads input ``in_perm[j]``.
 
-* Dequantization (``QuantizedLinear.dequantize``; host code of the library)
-  in f16 arithmetic, each operation computed in f32 and rounded to f16::
+* Dequantization (``QuantizedLinear.dequantize`` -> the library's host
+  function ``dequantize_compressed``): half-precision host arithmetic, i.e.
+  each operation computed in f32 and rounded to f16 (nearest even); outliers
+  accumulated in an f32 copy of the dense matrix, which is rounded to f16 once
+  at the end::
 
       S = f16(ss * f16(cs - sz));  Z = f16(zs * f16(cz - zz))
-      W = f16(S * f16(q - Z))               # dense weight, f16
-      W[r, c] = f16(f32(W[r, c]) + f32(v))   # outliers are ADDED (f32), then rounded
+      W = f16(S * f16(q - Z))                 # dense weight, f16
+      W[r, c] = f16(f32(W[r, c]) + f32(v))     # every col_vals entry ADDED, PTCSR padding words included
 
-Mapping to codec ``spqr`` v1 (bits 3, group_size 16, scale/zero_bits 3,
-stat_group_size 16): codes, first-level codes, the four second-order f16
-values and the permutation are copied bit for bit (:func:`to_dense_weights`
-rebuilds the source words exactly). Not bit-exact, and why (codec spqr v1,
-spec/codecs/spqr.md §5):
+Mapping to codec ``spqr`` **v2** (spec/codecs/spqr.md §8) with ``arith = "f16"``,
+``outlier_op = "add"``, bits 3, group_size 16, scale/zero_bits 3, stat_group_size
+16: codes, first-level codes, the four second-order f16 values, the outlier
+addends ``v`` and the permutation are copied bit for bit (:func:`to_dense_weights`
+rebuilds the source words exactly), and v2's arithmetic is the source's
+operation for operation, so ``decode("f16")`` equals the source's dequantized
+matrix in every bit. Two things are folded, exactly:
 
-* step 1 keeps ``c - sz`` in f32 before the multiply; spqr_quant rounds it to f16;
-* step 2 computes ``(q - Z) * S`` in f32 and never rounds to f16; spqr_quant
-  rounds ``q - Z`` and the product to f16;
-* step 3 *replaces* the weight with the outlier value; spqr_quant *adds* it.
-  The importer stores ``f16(f32(W_src[r, c]) + f32(v))``, the source's own
-  dequantized value, so every outlier position decodes bit-exactly; the
-  original addend ``v`` is not kept.
+* entries at the same position (the source adds them one after another in
+  f32, rounding once): one addend that gives the same f16 result;
+* PTCSR padding words (column 0, value +0.0, which the source adds too): dropped,
+  except where the dense weight is -0.0 and the +0.0 makes it +0.0.
 
-So the dense weights decode to the f32 value of the same codes and statistics
-without spqr_quant's intermediate f16 roundings (within about 2 f16 ulps of the
-source's f16 matrix; measured in tests/test_importers.py and docs/importers.md).
-A bit-exact import of the dense part needs a codec variant whose arithmetic
-rounds to f16 after each operation.
+When several entries at one position have no single f16 addend with the same
+result (rare: it takes an f32 sum that cancels most of the dense weight; the search,
+:func:`spqrfmt.encoder.spqr_v2.outlier_addend`, tries every f16 value) the
+importer raises :class:`~spqrfmt.importers.squeezellm.NotRepresentable`.
 """
 
 from __future__ import annotations
@@ -87,10 +88,11 @@ class SpqrQuantLayer:
     scale_codes: np.ndarray    # [G, m] uint8 (G = n/16)
     zero_codes: np.ndarray     # [G, m] uint8
     second: np.ndarray         # [G, K, 4] uint16: scale's scale, zero's scale, scale's zero, zero's zero
-    rows: np.ndarray           # [E] int64 outlier rows (source order; PTCSR padding removed)
+    rows: np.ndarray           # [E] int64 outlier rows, every col_vals entry in source order (PTCSR padding too)
     cols: np.ndarray           # [E] int64 outlier columns
     vals: np.ndarray           # [E] float16 outlier addends
     perm: np.ndarray | None    # [n] int64 or None
+    pad: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # [E] PTCSR padding words
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -148,7 +150,7 @@ def unpack_layer(dense_weights: np.ndarray, row_offsets: np.ndarray, col_vals: n
             raise ValueError("row_offsets is not a valid CSR row pointer")
         rows = np.repeat(np.arange(m, dtype=np.int64), counts)
         ent = cv[: int(ro[-1])]
-        keep = np.ones(ent.size, dtype=bool)
+        pad = np.zeros(ent.size, dtype=bool)
     elif ro.size == K + 1:
         layout = "ptcsr"
         if ro[0] != 0 or np.any(np.diff(ro) < 0) or ro[-1] > cv.size:
@@ -157,7 +159,7 @@ def unpack_layer(dense_weights: np.ndarray, row_offsets: np.ndarray, col_vals: n
         block = np.repeat(np.arange(K, dtype=np.int64), np.diff(ro))
         rows = block * TILE + idx % TILE
         ent = cv[: int(ro[-1])]
-        keep = ent != 0  # zero words pad the interleaved blocks
+        pad = ent == 0  # zero words pad the interleaved blocks (the source adds them: +0.0 at column 0)
     else:
         raise ValueError(f"row_offsets has {ro.size} entries; expected {m + 1} (CSR) or {K + 1} (PTCSR)")
     cols = (ent & np.uint32(0xFFFF)).astype(np.int64)
@@ -170,9 +172,8 @@ def unpack_layer(dense_weights: np.ndarray, row_offsets: np.ndarray, col_vals: n
         if p.size != n:
             raise ValueError(f"in_perm holds {p.size} entries, n = {n}")
         perm = p
-    info = {"sparse_layout": layout, "padding_entries": int((~keep).sum())}
-    return SpqrQuantLayer(m, n, codes, scale_codes, zero_codes, second, rows[keep], cols[keep], vals[keep], perm,
-                          info)
+    info = {"sparse_layout": layout, "padding_entries": int(pad.sum())}
+    return SpqrQuantLayer(m, n, codes, scale_codes, zero_codes, second, rows, cols, vals, perm, pad, info)
 
 
 def _f16(x: np.ndarray) -> np.ndarray:
@@ -180,9 +181,10 @@ def _f16(x: np.ndarray) -> np.ndarray:
 
 
 def _half_dequant(q: np.ndarray, s16: np.ndarray, z16: np.ndarray) -> np.ndarray:
-    """spqr_quant's ``s * (q - z)`` in f16: each operation in f32, rounded to f16."""
-    t = _f16(q.astype(np.float32) - z16.astype(np.float32))
-    return _f16(s16.astype(np.float32) * t.astype(np.float32))
+    """spqr_quant's ``s * (q - z)`` in f16: each operation in f32, rounded to f16 (inf/NaN propagate)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = _f16(q.astype(np.float32) - z16.astype(np.float32))
+        return _f16(s16.astype(np.float32) * t.astype(np.float32))
 
 
 def reference_stats(layer: SpqrQuantLayer) -> tuple[np.ndarray, np.ndarray]:
@@ -201,20 +203,8 @@ def reference_dense(layer: SpqrQuantLayer) -> np.ndarray:
     return _half_dequant(layer.codes, S.T[:, g], Z.T[:, g])
 
 
-def step_error(ours: np.ndarray, layer: SpqrQuantLayer) -> np.ndarray:
-    """|ours - source| per weight in units of the source's quantization step |S| (input-feature order)."""
-    S, _ = reference_stats(layer)
-    step = np.abs(S.T[:, np.arange(layer.n) // TILE].astype(np.float32))
-    ref = reference_dequantize(layer, apply_perm=False).astype(np.float32)
-    if layer.perm is not None:
-        ours = ours[:, layer.perm]  # back to stored order
-    with np.errstate(divide="ignore", invalid="ignore"):
-        e = np.abs(ours.astype(np.float32) - ref) / step
-    return np.where(ours.astype(np.float32) == ref, 0.0, e)
-
-
 def reference_dequantize(layer: SpqrQuantLayer, apply_perm: bool = True) -> np.ndarray:
-    """The source library's dequantized f16 matrix (outliers added in f32); ``apply_perm`` -> input order."""
+    """The source library's dequantized f16 matrix (every entry added in f32); ``apply_perm`` -> input order."""
     out = reference_dense(layer).astype(np.float32)
     for r, c, v in zip(layer.rows.tolist(), layer.cols.tolist(), layer.vals.astype(np.float32).tolist(), strict=True):
         out[r, c] = np.float32(out[r, c] + np.float32(v))  # sequential f32 adds, as the source does
@@ -226,28 +216,70 @@ def reference_dequantize(layer: SpqrQuantLayer, apply_perm: bool = True) -> np.n
     return out16
 
 
-def to_spqr_sections(layer: SpqrQuantLayer) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(params, sections) of codec ``spqr`` v1 carrying every source field (outliers folded, see module doc)."""
+PARAMS = {"bits": BITS, "group_size": TILE, "scale_bits": BITS, "zero_bits": BITS, "stat_group_size": TILE,
+          "arith": "f16", "outlier_op": "add"}
+"""Codec ``spqr`` v2 params of every imported layer."""
+CODEC_VERSION = 2
+
+
+def fold_outliers(layer: SpqrQuantLayer, name: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, f16 addends) with one entry per position, row-major, decoding as the source's entries do.
+
+    A position with one real entry keeps its addend ``v``; several entries, or
+    PTCSR padding, become the one f16 addend that reproduces the source's
+    result (padding that changes nothing is dropped).
+    """
+    from ..encoder.spqr_v2 import add_outlier, outlier_addend, same_bits
+    from .squeezellm import NotRepresentable
+
+    n = layer.n
+    if layer.rows.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float16)
+    pad = layer.pad if layer.pad.size else np.zeros(layer.rows.size, dtype=bool)
+    key = layer.rows * n + layer.cols
+    order = np.argsort(key, kind="stable")  # file order within a position, as the source adds them
+    uniq, first, counts = np.unique(key[order], return_index=True, return_counts=True)
+    vals = layer.vals[order]
+    pads = pad[order]
+    dense = reference_dense(layer).reshape(-1)[uniq]  # f16
+    out = vals[first].copy()
+    keep = np.ones(uniq.size, dtype=bool)
+    lone_pad = (counts == 1) & pads[first]
+    # +0.0 added to -0.0 gives +0.0; to anything else it changes nothing.
+    keep[lone_pad] = dense[lone_pad].view(np.uint16) == 0x8000
+    for i in np.nonzero(counts > 1)[0]:
+        group = slice(first[i], first[i] + counts[i])
+        acc = np.float32(dense[i])
+        for v in vals[group]:  # the source's f32 accumulation, then one rounding
+            acc = np.float32(acc + np.float32(v))
+        d = np.array([dense[i]], dtype=np.float32)
+        with np.errstate(over="ignore"):
+            target = np.array([acc], dtype=np.float32).astype(np.float16).astype(np.float32)
+        real = vals[group][~pads[group]]
+        if real.size == 0 and same_bits(target, d)[0]:
+            keep[i] = False  # padding only, and it changes nothing
+        elif real.size == 1 and same_bits(add_outlier(d, real, "f16"), target)[0]:
+            out[i] = real[0]  # one entry plus padding: its own addend still gives the result
+        else:
+            v, exact = outlier_addend(d, target, "f16", exhaustive=True)
+            if not exact[0]:
+                r, c = divmod(int(uniq[i]), n)
+                raise NotRepresentable(f"{name}.col_vals: {int(counts[i])} entries at ({r}, {c}) have no single "
+                                       "f16 addend giving the source's result")
+            out[i] = v[0]
+    uniq = uniq[keep]
+    return uniq // n, uniq % n, out[keep].astype(np.float16)
+
+
+def to_spqr_sections(layer: SpqrQuantLayer, name: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+    """(params, sections) of codec ``spqr`` v2 carrying every source field (see module doc)."""
     m, n = layer.m, layer.n
     sec = layer.second  # [G, K, 4] uint16
-    # Fold additive outliers into replace values: the source's own dequantized f16 value there.
-    if layer.rows.size:
-        dense = reference_dense(layer)
-        key = layer.rows * n + layer.cols
-        order = np.argsort(key, kind="stable")
-        uniq, first = np.unique(key[order], return_index=True)
-        acc = dense.reshape(-1)[uniq].astype(np.float32)
-        vals32 = layer.vals.astype(np.float32)[order]
-        group = np.repeat(np.arange(uniq.size), np.diff(np.append(first, key.size)))
-        for i in range(key.size):  # same summation order as the source (entries in file order)
-            acc[group[i]] = np.float32(acc[group[i]] + vals32[i])
-        rows, cols, vals = uniq // n, uniq % n, acc.astype(np.float16)
-    else:
-        rows = cols = np.zeros(0, dtype=np.int64)
-        vals = np.zeros(0, dtype=np.float16)
+    rows, cols, vals = fold_outliers(layer, name)
     row_ptr = np.zeros(m + 1, dtype=np.uint32)
     np.cumsum(np.bincount(rows, minlength=m), out=row_ptr[1:])
-    params = {"bits": BITS, "group_size": TILE, "scale_bits": BITS, "zero_bits": BITS, "stat_group_size": TILE}
+    params = dict(PARAMS)
     sections: dict[str, Any] = {
         "codes": pack_rows(layer.codes.astype(np.int64), BITS),
         "scale_codes": pack_rows(layer.scale_codes.astype(np.int64), BITS),
@@ -295,10 +327,7 @@ class ImportReport:
     quantized: list[str] = field(default_factory=list)
     raw: list[str] = field(default_factory=list)
     outliers: int = 0
-    max_step_error: float = 0.0      # max |decode - source| / source quantization step
-    f16_mismatch_fraction: float = 0.0  # share of weights whose f16 cast differs from the source's f16
-    _mismatch: int = 0
-    _total: int = 0
+    checked: int = 0      # weights whose decode("f16") was compared with the source's dequantization
 
 
 def _shards(folder: Path) -> list[SafetensorsFile]:
@@ -327,14 +356,6 @@ def _meta_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
             if isinstance(mod, torch.nn.Linear)}
 
 
-def ulp_distance(a16: np.ndarray, b16: np.ndarray) -> np.ndarray:
-    """|a - b| in f16 units in the last place (monotone integer mapping of the bit patterns)."""
-    def key(x: np.ndarray) -> np.ndarray:
-        u = np.asarray(x, dtype=np.float16).view(np.uint16).astype(np.int32)
-        return np.where(u & 0x8000, 0x8000 - u, u)  # sign-magnitude -> two's-complement order
-    return np.abs(key(a16) - key(b16))
-
-
 def import_spqr_quant(src: str | os.PathLike[str], output: str | os.PathLike[str], *,
                       shapes: Mapping[str, tuple[int, int]] | None = None,
                       check: bool = True, log: Callable[[str], None] | None = None) -> ImportReport:
@@ -342,7 +363,9 @@ def import_spqr_quant(src: str | os.PathLike[str], output: str | os.PathLike[str
 
     ``shapes`` maps a layer prefix to ``(out, in)`` when the tensors alone are ambiguous
     (no ``in_perm``); otherwise the shapes come from the tensors or the architecture.
-    ``check`` decodes each imported layer and records the distance to the source's dequantization.
+    ``check`` decodes each imported layer with the reference decoder and raises
+    ``RuntimeError`` (writing nothing) unless it equals the source's dequantization
+    (:func:`reference_dequantize`) in every bit.
     """
     folder = Path(src)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -392,8 +415,9 @@ def import_spqr_quant(src: str | os.PathLike[str], output: str | os.PathLike[str
             if shape is None:
                 raise ValueError(f"{p}: cannot tell the layer's [out, in] shape; pass shapes=")
             layer = unpack_layer(dw, ro, cv, ip, *shape)
-            params, sections = to_spqr_sections(layer)
-            w.add(f"{p}.weight", shape=shape, dtype="f16", codec="spqr", params=params, sections=sections)
+            params, sections = to_spqr_sections(layer, p)
+            w.add(f"{p}.weight", shape=shape, dtype="f16", codec="spqr", params=params, sections=sections,
+                  codec_version=CODEC_VERSION)
             report.quantized.append(f"{p}.weight")
             report.outliers += int(sections["outlier_val"].size)
             if check:
@@ -401,13 +425,14 @@ def import_spqr_quant(src: str | os.PathLike[str], output: str | os.PathLike[str
                 from ..decoder import spqr as ref_decoder
                 from ..records import TensorRecord
 
-                rec = TensorRecord(f"{p}.weight", shape, "f16", "spqr", 1, params, {})
-                ours = ref_decoder.decode(checked_params(rec), sections, shape)
-                err = step_error(ours, layer)
-                report.max_step_error = max(report.max_step_error, float(np.nanmax(err)) if err.size else 0.0)
-                report._mismatch += int((ours.astype(np.float16) != reference_dequantize(layer)).sum())
-                report._total += ours.size
-                report.f16_mismatch_fraction = report._mismatch / report._total
+                rec = TensorRecord(f"{p}.weight", shape, "f16", "spqr", CODEC_VERSION, params, {})
+                ours = ref_decoder.decode(checked_params(rec), sections, shape).astype(np.float16)
+                ref = reference_dequantize(layer)
+                same = (ours.view(np.uint16) == ref.view(np.uint16)) | (np.isnan(ours) & np.isnan(ref))
+                if not same.all():
+                    raise RuntimeError(f"{p}: {int((~same).sum())} weights decode differently from spqr_quant's "
+                                       "dequantization (importer bug)")
+                report.checked += ours.size
             if log:
                 log(f"  {p}.weight {list(shape)} outliers {sections['outlier_val'].size} {layer.info['sparse_layout']}")
     return report
@@ -415,13 +440,11 @@ def import_spqr_quant(src: str | os.PathLike[str], output: str | os.PathLike[str
 
 def cli_import(args: Any) -> int:
     rep = import_spqr_quant(args.src, args.output, log=(lambda s: print(s, file=sys.stderr)) if args.verbose else None)
-    print(f"{rep.output}: {len(rep.quantized)} spqr layers, {len(rep.raw)} raw tensors, {rep.outliers} outliers; "
-          f"decode vs spqr_quant's f16 dequantization: {100 * rep.f16_mismatch_fraction:.2f}% of weights differ "
-          f"after an f16 cast, by at most {rep.max_step_error:.2g} quantization steps (f32 vs f16 arithmetic, "
-          "see docs/importers.md)")
+    print(f"{rep.output}: {len(rep.quantized)} spqr v2 layers, {len(rep.raw)} raw tensors, {rep.outliers} outliers; "
+          f"decode equals spqr_quant's f16 dequantization in every bit ({rep.checked} weights checked)")
     return 0
 
 
-__all__ = ["ImportReport", "SpqrQuantLayer", "import_spqr_quant", "infer_shape", "reference_dequantize",
-           "reference_dense", "reference_stats", "step_error", "to_dense_weights", "to_spqr_sections",
-           "unpack_layer", "ulp_distance"]
+__all__ = ["CODEC_VERSION", "PARAMS", "ImportReport", "SpqrQuantLayer", "fold_outliers", "import_spqr_quant",
+           "infer_shape", "reference_dequantize", "reference_dense", "reference_stats", "to_dense_weights",
+           "to_spqr_sections", "unpack_layer"]

@@ -1,0 +1,193 @@
+"""GPU dequantization of codec ``spqr`` v2 (spec/codecs/spqr.md §8), bit-identical to the spec.
+
+v2 adds ``arith = "f16"`` (round to f16 after every operation) and
+``outlier_op = "add"`` (the outlier value is added to the dense value) to v1.
+:func:`spqrfmt.kernels.spqr.dequantize` calls :func:`dequantize` here whenever
+the params ask for either; v1 keeps its own kernel.
+
+Two Triton kernels, launched with ``enable_fp_fusion=False`` and with every
+f16 rounding an explicit round-to-nearest-even cast (``fp_downcast_rounding="rtne"``),
+so the GPU and ``TRITON_INTERPRET=1`` give the same bits:
+
+* :func:`dense_kernel` -- step 2 for every element, scattered through ``perm``;
+* :func:`outlier_kernel` -- step 3: recomputes the dense value at each outlier
+  position with the same arithmetic, applies replace or add, and overwrites
+  that element (so the output dtype never holds an intermediate).
+
+The first-level statistics (step 1) are computed with torch ops, each a
+separate IEEE kernel (nothing contracted), ``.half()`` being the RNE rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from .spqr import _outlier_coo, unpack_rows
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+@triton.jit
+def _code_at(codes_ptr, rows64, cols, words, mask, BITS: tl.constexpr):
+    """Code (rows64[i], cols[i]) of the packed rows (spqr.md §4), as uint32; rows64/cols broadcast."""
+    bitpos = cols * BITS
+    q = bitpos >> 5
+    s = (bitpos & 31).to(tl.uint32)
+    base = codes_ptr + rows64 * words + q
+    w0 = tl.load(base, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    straddle = (s + BITS) > 32
+    w1 = tl.load(base + 1, mask=mask & straddle, other=0).to(tl.uint32, bitcast=True)
+    v = (w0 >> s) | tl.where(straddle, w1 << ((32 - s) & 31), 0)
+    return v & ((1 << BITS) - 1)
+
+
+@triton.jit
+def _rne16(x):
+    """f32 -> nearest-even f16 -> f32 (spec 'rne16')."""
+    return x.to(tl.float16, fp_downcast_rounding="rtne").to(tl.float32)
+
+
+@triton.jit
+def _dense(code, zv, sv, ARITH_F16: tl.constexpr):
+    """Step 2: t = f32(q) - Z; w = t * S; with ARITH_F16 each result rounded to f16."""
+    t = code.to(tl.float32) - zv
+    if ARITH_F16:
+        t = _rne16(t)
+    w = t * sv
+    if ARITH_F16:
+        w = _rne16(w)
+    return w
+
+
+@triton.jit
+def _to_out(wv, OUT_BF16: tl.constexpr, OUT_F16: tl.constexpr):
+    """The decoded f32 value in the output dtype; bf16 rounded with integer ops (the interpreter truncates)."""
+    if OUT_BF16:
+        b = wv.to(tl.uint32, bitcast=True)
+        rb = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+        rb = tl.where(wv != wv, (b >> 16) | 0x40, rb)
+        res = rb.to(tl.uint16).to(tl.int16, bitcast=True)
+    elif OUT_F16:
+        res = wv.to(tl.float16, fp_downcast_rounding="rtne")
+    else:
+        res = wv
+    return res
+
+
+@triton.jit
+def dense_kernel(codes_ptr, s_ptr, z_ptr, perm_ptr, out_ptr, m, n, words, gs,
+                 BITS: tl.constexpr, HAS_PERM: tl.constexpr, OUT_BF16: tl.constexpr, OUT_F16: tl.constexpr,
+                 ARITH_F16: tl.constexpr,
+                 BR: tl.constexpr, BC: tl.constexpr):
+    """out[r, perm[j]] = dense value of (r, j); S, Z are f16 [G, m] (exact f32 values)."""
+    pid_r = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    rows = pid_r * BR + tl.arange(0, BR)
+    cols = pid_c * BC + tl.arange(0, BC)
+    rmask = rows < m
+    cmask = cols < n
+    mask = rmask[:, None] & cmask[None, :]
+    rows64 = rows.to(tl.int64)
+    code = _code_at(codes_ptr, rows64[:, None], cols[None, :], words, mask, BITS)
+    sidx = (cols // gs)[None, :].to(tl.int64) * m + rows64[:, None]
+    sv = tl.load(s_ptr + sidx, mask=mask, other=0.0).to(tl.float32)
+    zv = tl.load(z_ptr + sidx, mask=mask, other=0.0).to(tl.float32)
+    wv = _dense(code, zv, sv, ARITH_F16)
+    if HAS_PERM:
+        dst = tl.load(perm_ptr + cols, mask=cmask, other=0).to(tl.int64)
+    else:
+        dst = cols.to(tl.int64)
+    tl.store(out_ptr + rows64[:, None] * n + dst[None, :], _to_out(wv, OUT_BF16, OUT_F16), mask=mask)
+
+
+@triton.jit
+def outlier_kernel(codes_ptr, s_ptr, z_ptr, perm_ptr, orow_ptr, ocol_ptr, oval_ptr, out_ptr, nnz, m, n, words, gs,
+                   BITS: tl.constexpr, HAS_PERM: tl.constexpr, OUT_BF16: tl.constexpr, OUT_F16: tl.constexpr,
+                   ARITH_F16: tl.constexpr, ADD: tl.constexpr, BE: tl.constexpr):
+    """Step 3 for outliers e of one block: replace, or add to the recomputed dense value (rounded with ARITH_F16)."""
+    e = tl.program_id(0) * BE + tl.arange(0, BE)
+    emask = e < nnz
+    r64 = tl.load(orow_ptr + e, mask=emask, other=0)
+    c = tl.load(ocol_ptr + e, mask=emask, other=0)
+    v = tl.load(oval_ptr + e, mask=emask, other=0.0).to(tl.float32)
+    if ADD:
+        code = _code_at(codes_ptr, r64, c, words, emask, BITS)
+        sidx = (c // gs) * m + r64
+        sv = tl.load(s_ptr + sidx, mask=emask, other=0.0).to(tl.float32)
+        zv = tl.load(z_ptr + sidx, mask=emask, other=0.0).to(tl.float32)
+        a = _dense(code, zv, sv, ARITH_F16) + v
+        if ARITH_F16:
+            a = _rne16(a)
+    else:
+        a = v
+    if HAS_PERM:
+        dst = tl.load(perm_ptr + c, mask=emask, other=0).to(tl.int64)
+    else:
+        dst = c
+    tl.store(out_ptr + r64 * n + dst, _to_out(a, OUT_BF16, OUT_F16), mask=emask)
+
+
+def stat_f32(params: Mapping[str, Any], secs: Mapping[str, torch.Tensor], which: str, m: int) -> torch.Tensor:
+    """First-level statistic S or Z as f32 [G, m], exactly spqr.md §8 step 1 (``arith`` from params)."""
+    bits = int(params[f"{which}_bits"])
+    if bits == 16:
+        return secs[which].to(torch.float32)
+    c = unpack_rows(secs[f"{which}_codes"], m, bits)
+    k = torch.arange(m, device=c.device) // int(params["stat_group_size"])
+    zz = secs[f"{which}_zero"].to(torch.float32)[:, k]
+    ss = secs[f"{which}_scale"].to(torch.float32)[:, k]
+    t = c.to(torch.float32) - zz
+    if params.get("arith", "f32") == "f16":
+        t = t.half().float()
+    return (t * ss).half().float()
+
+
+def dequantize(params: Mapping[str, Any], sections_on_gpu: Mapping[str, torch.Tensor], shape: tuple[int, int],
+               out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """Decoded tensor [m, n] of a validated spqr v2 tensor, bit-identical to spqr.md §8 (then RNE-cast).
+
+    ``params`` are the record's checked params (with ``arith`` and ``outlier_op``);
+    sections as :func:`spqrfmt.kernels.spqr.to_device` returns them, already validated.
+    """
+    m, n = (int(v) for v in shape)
+    if out_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+    secs = dict(sections_on_gpu)
+    codes = secs["codes"]
+    if codes.dtype == torch.uint32:
+        codes = codes.view(torch.int32)
+    dev = codes.device
+    f16 = params.get("arith", "f32") == "f16"
+    add = params.get("outlier_op", "replace") == "add"
+    S = stat_f32(params, secs, "scale", m).half().contiguous()  # exact: f16 values
+    Z = stat_f32(params, secs, "zero", m).half().contiguous()
+    out = torch.empty((m, n), dtype=out_dtype, device=dev)
+    perm = secs.get("perm")
+    if perm is not None:
+        perm = perm.view(torch.int32) if perm.dtype == torch.uint32 else perm
+    bf16 = out_dtype == torch.bfloat16
+    out_k = out.view(torch.int16) if bf16 else out
+    common = {"BITS": int(params["bits"]), "HAS_PERM": perm is not None, "OUT_BF16": bf16,
+              "OUT_F16": out_dtype == torch.float16, "ARITH_F16": f16, "enable_fp_fusion": False}
+    BR, BC = 16, 128
+    dense_kernel[(_ceil_div(m, BR), _ceil_div(n, BC))](
+        codes, S, Z, perm if perm is not None else codes, out_k, m, n, codes.shape[1], int(params["group_size"]),
+        BR=BR, BC=BC, **common)
+    vals = secs["outlier_val"]
+    if vals.numel():
+        rows, cols = _outlier_coo(secs, m)
+        BE = 256
+        outlier_kernel[(_ceil_div(vals.numel(), BE),)](
+            codes, S, Z, perm if perm is not None else codes, rows.contiguous(), cols.contiguous(), vals, out_k,
+            vals.numel(), m, n, codes.shape[1], int(params["group_size"]), ADD=add, BE=BE, **common)
+    return out
+
+
+__all__ = ["dense_kernel", "dequantize", "outlier_kernel", "stat_f32"]
