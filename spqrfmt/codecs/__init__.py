@@ -108,6 +108,39 @@ def expect_sections(
             )
 
 
+QUANTIZED_DTYPES = ("f16", "bf16", "f32")
+
+
+def matrix_shape(rec: TensorRecord) -> tuple[int, int]:
+    """Quantized-codec tensor rule (SPEC §4): ``[m >= 1, n >= 1]`` (BAD_SHAPE), dtype f16/bf16/f32 (BAD_PARAMS)."""
+    if len(rec.shape) != 2 or rec.shape[0] < 1 or rec.shape[1] < 1:
+        raise fail(ErrorCode.BAD_SHAPE, f"{rec.codec} tensors are 2-D [m>=1, n>=1], got {list(rec.shape)}", rec.name)
+    if rec.dtype not in QUANTIZED_DTYPES:
+        raise fail(ErrorCode.BAD_PARAMS, f"{rec.codec} tensor dtype must be f16, bf16 or f32, got {rec.dtype}",
+                   rec.name)
+    return rec.shape[0], rec.shape[1]
+
+
+def outlier_sections(rec: TensorRecord, m: int, n: int) -> dict[str, SectionSpec]:
+    """CSR outlier sections shared by spqr and squeezellm: row_ptr u32[m+1], col u16|u32[nnz], val f16[nnz].
+
+    ``nnz`` is taken from ``outlier_col``'s shape; an absent or non-1-D
+    ``outlier_col`` gives nnz = 0 so that :func:`expect_sections` reports it.
+    """
+    col = rec.sections.get("outlier_col")
+    nnz = col.shape[0] if col is not None and len(col.shape) == 1 else 0
+    return {
+        "outlier_row_ptr": (("u32",), (m + 1,)),
+        "outlier_col": (("u16", "u32") if n <= 65536 else ("u32",), (nnz,)),
+        "outlier_val": (("f16",), (nnz,)),
+    }
+
+
+def bias_section(m: int) -> dict[str, SectionSpec]:
+    """The optional layer bias every quantized codec may carry."""
+    return {"bias": (("f16", "bf16", "f32"), (m,))}
+
+
 def check_csr(rec: TensorRecord, row_ptr: np.ndarray, cols: np.ndarray, ncols: int) -> None:
     """CSR structure (row pointer monotone, columns in range and strictly increasing per row)."""
     nnz = cols.shape[0]
