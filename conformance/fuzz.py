@@ -290,22 +290,33 @@ class Stats:
     findings: list[dict[str, Any]] = field(default_factory=list)
 
 
+# SPEC §10 stage 4 (header structure): the only stage where two readers may name different codes.
+STAGE4 = frozenset({"BAD_HEADER", "BAD_METADATA", "LIMIT_EXCEEDED", "BAD_NAME", "DUPLICATE_NAME", "BAD_DTYPE",
+                    "BAD_SHAPE", "SHAPE_OVERFLOW", "SECTION_LENGTH_MISMATCH", "SECTION_MISALIGNED",
+                    "SECTION_OUT_OF_BOUNDS", "SECTION_OVERLAP"})
+
+
 def _compare(lib: dict[str, Any], ref: dict[str, Any]) -> str | None:
-    """How two verdicts on the same bytes differ: None (agree), 'granularity' (one rejects the file, the
-    other only some tensor: both reject, which the spec leaves open), or a finding name."""
+    """How two verdicts on the same bytes differ: None (agree) or a finding name.
+
+    SPEC §10 makes the code unique except within stage 4, so a file-level
+    code may differ only when both codes are stage-4 codes, and a per-tensor
+    code (stage 5, fixed order) never.
+    """
     if "error" in lib and "error" in ref:
-        return None
+        a, b = lib["error"], ref["error"]
+        return None if a == b or (a in STAGE4 and b in STAGE4) else "disagree-code"
     if "error" in lib or "error" in ref:
         opened = ref["ok"] if "error" in lib else lib["ok"]
-        return "granularity" if any(v.startswith("!") for v in opened.values()) else "disagree-accept"
+        return "disagree-stage" if any(v.startswith("!") for v in opened.values()) else "disagree-accept"
     for name in set(lib["ok"]) | set(ref["ok"]):
         a, b = lib["ok"].get(name), ref["ok"].get(name)
         if a is None or b is None:
             return "disagree-tensors"
         if a.startswith("!") != b.startswith("!"):
             return "disagree-tensor-accept"
-        if not a.startswith("!") and a != b:
-            return "disagree-values"
+        if a != b:
+            return "disagree-tensor-code" if a.startswith("!") else "disagree-values"
     return None
 
 
@@ -364,9 +375,9 @@ def fuzz(seconds: float = 60.0, *, jobs: int = 2, seed: int = 0, mem_mb: int = 2
         ref = res.get("refreader")
         if ref is not None and "crash" not in lib and "crash" not in ref:
             what = _compare(lib, ref)
-            if what == "granularity":
+            if what == "disagree-stage":  # one reader rejects the file, the other only a tensor
                 stats.granularity += 1
-            elif what is not None:
+            if what is not None:
                 finding(case, what, f"library {json.dumps(lib)[:300]} refreader {json.dumps(ref)[:300]}")
 
     try:

@@ -3,12 +3,14 @@
 Why: CI drives this through a subprocess exactly as it would drive a decoder
 written in another language, so the contract itself stays tested.
 
-    python -m spqrfmt.conformance.refdecode_cli INPUT.spqr OUTPUT.safetensors
+    python -m spqrfmt.conformance.refdecode_cli [--codecs raw,spqr] INPUT.spqr OUTPUT.safetensors
 
 Exit 0: every tensor decoded (quantized -> F32, raw -> own dtype) into
 OUTPUT; tensors with an unknown codec or codec version are left out and
 named in ``__metadata__`` as ``spqr.error.<name>: <CODE>``. Exit 2: the file
 is rejected; the first stderr line starts with the error code name.
+``--codecs`` makes it behave like a reader that implements only those codecs
+(the others become UNKNOWN_CODEC), which is how the suite tests partial claims.
 """
 
 from __future__ import annotations
@@ -28,9 +30,15 @@ SKIPPABLE = ("UNKNOWN_CODEC", "UNSUPPORTED_CODEC_VERSION")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) == 4 and args[0] == "--codecs":
+        keep = set(args[1].split(","))
+        for cid in list(refreader.CODECS):
+            if cid not in keep:
+                del refreader.CODECS[cid]
+        args = args[2:]
     if len(args) != 2:
-        print("usage: refdecode_cli INPUT.spqr OUTPUT.safetensors", file=sys.stderr)
+        print("usage: refdecode_cli [--codecs LIST] INPUT.spqr OUTPUT.safetensors", file=sys.stderr)
         return 64
     src, dst = args
     tensors: dict[str, tuple[str, list[int], bytes]] = {}

@@ -212,21 +212,21 @@ class TensorRec:
     sections: dict[str, Section] = field(default_factory=dict)
 
 
-_TENSOR_KEYS = {"name": str, "shape": None, "dtype": str, "codec": str, "codec_version": int,
+# SPEC §3 "Types": a required key that is missing or of the wrong msgpack type is BAD_HEADER
+# (msgpack bool and float are never ints); the entries of a shape array are BAD_SHAPE.
+_TENSOR_KEYS = {"name": str, "shape": list, "dtype": str, "codec": str, "codec_version": int,
                 "params": dict, "sections": dict}
-_SECTION_KEYS = {"dtype": str, "shape": None, "offset": int, "length": int, "crc32": int}
+_SECTION_KEYS = {"dtype": str, "shape": list, "offset": int, "length": int, "crc32": int}
 
 
-def _check_type(value: Any, want: type | None, what: str) -> None:
-    if want is None:
-        return
+def _check_type(value: Any, want: type, what: str) -> None:
     ok = _is_int(value) if want is int else isinstance(value, want)
     if not ok:
         raise RefError("BAD_HEADER", f"{what} has type {type(value).__name__}, wants {want.__name__}")
 
 
-def _shape(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(_is_int(d) for d in value):
+def _shape(value: list[Any], what: str) -> tuple[int, ...]:
+    if not all(_is_int(d) for d in value):
         raise RefError("BAD_SHAPE", f"{what} shape {value!r} is not an array of ints")
     if len(value) > MAX_NDIM:
         raise RefError("BAD_SHAPE", f"{what} shape has {len(value)} > MAX_NDIM dims")
@@ -268,6 +268,8 @@ def parse_records(header: Any, data_length: int) -> tuple[list[TensorRec], dict[
             if key not in t:
                 raise RefError("BAD_HEADER", f"tensor record {i} lacks {key!r}")
             _check_type(t[key], want, f"tensor {i} {key!r}")
+        if t["codec_version"] < 1:
+            raise RefError("BAD_HEADER", f"tensor {i} codec_version {t['codec_version']} < 1")
         for role, s in t["sections"].items():
             if not isinstance(s, dict):
                 raise RefError("BAD_HEADER", f"tensor {i} section {role!r} is not a map")
@@ -360,49 +362,27 @@ def _raw_decode(rec: TensorRec, arrays: Arrays) -> np.ndarray:
     return a.astype(np.bool_) if rec.dtype == "bool" else a.copy()
 
 
-# spqr (codecs/spqr.md)
+# helpers shared by the quantized codecs (each codec document's §1, §2 and CSR rules)
 
-def _spqr_param(rec: TensorRec, key: str, allowed: Callable[[int], bool]) -> int:
+def _matrix_tensor(rec: TensorRec) -> tuple[int, int]:
+    """Quantized-codec tensor: shape [m >= 1, n >= 1] (BAD_SHAPE), dtype f16/bf16/f32 (BAD_PARAMS, SPEC §10)."""
+    if len(rec.shape) != 2 or rec.shape[0] < 1 or rec.shape[1] < 1:
+        raise RefError("BAD_SHAPE", f"{rec.codec} needs shape [m>=1, n>=1], got {list(rec.shape)}", rec.name)
+    if rec.dtype not in ("f16", "bf16", "f32"):
+        raise RefError("BAD_PARAMS", f"{rec.codec} tensor dtype must be f16/bf16/f32, got {rec.dtype}", rec.name)
+    return rec.shape[0], rec.shape[1]
+
+
+def _int_param(rec: TensorRec, key: str, allowed: Callable[[int], bool]) -> int:
+    """A required msgpack-int parameter (bool and float are not ints) satisfying ``allowed``."""
     v = rec.params.get(key)
     if not _is_int(v) or not allowed(v):
         raise RefError("BAD_PARAMS", f"params[{key!r}] = {v!r} is missing or out of range", rec.name)
     return v
 
 
-def _spqr_geometry(rec: TensorRec) -> dict[str, int]:
-    p: dict[str, int] = {}
-    p["b"] = _spqr_param(rec, "bits", lambda v: 1 <= v <= 8)
-    p["beta1"] = _spqr_param(rec, "group_size", lambda v: 1 <= v <= 65536)
-    p["sb"] = _spqr_param(rec, "scale_bits", lambda v: 1 <= v <= 8 or v == 16)
-    p["zb"] = _spqr_param(rec, "zero_bits", lambda v: 1 <= v <= 8 or v == 16)
-    if p["sb"] < 16 or p["zb"] < 16:
-        p["beta2"] = _spqr_param(rec, "stat_group_size", lambda v: 1 <= v <= 65536)
-    else:
-        p["beta2"] = 1  # ignored (not read) when both stats are 16-bit
-    return p
-
-
-def _spqr_check(rec: TensorRec) -> None:
-    if len(rec.shape) != 2 or rec.shape[0] < 1 or rec.shape[1] < 1:
-        raise RefError("BAD_SHAPE", f"spqr needs shape [m>=1, n>=1], got {list(rec.shape)}", rec.name)
-    if rec.dtype not in ("f16", "bf16", "f32"):
-        raise RefError("BAD_DTYPE", f"spqr tensor dtype must be f16/bf16/f32, got {rec.dtype}", rec.name)
-    p = _spqr_geometry(rec)
-    m, n = rec.shape
-    G = ceil_div(n, p["beta1"])
-    K = ceil_div(m, p["beta2"])
-    required = {"codes", "outlier_row_ptr", "outlier_col", "outlier_val"}
-    for stat, bits in (("scale", p["sb"]), ("zero", p["zb"])):
-        required |= {stat} if bits == 16 else {f"{stat}_codes", f"{stat}_scale", f"{stat}_zero"}
-    _roles(rec, required, {"perm", "bias"})
-    _layout(rec, "codes", ("u32",), (m, ceil_div(n * p["b"], 32)))
-    for stat, bits in (("scale", p["sb"]), ("zero", p["zb"])):
-        if bits == 16:
-            _layout(rec, stat, ("f16",), (G, m))
-        else:
-            _layout(rec, f"{stat}_codes", ("u32",), (G, ceil_div(m * bits, 32)))
-            _layout(rec, f"{stat}_scale", ("f16",), (G, K))
-            _layout(rec, f"{stat}_zero", ("f16",), (G, K))
+def _outlier_layouts(rec: TensorRec, m: int, n: int) -> None:
+    """CSR sections shared by spqr and squeezellm: row_ptr u32[m+1], col u16|u32[nnz], val f16[nnz]."""
     _layout(rec, "outlier_row_ptr", ("u32",), (m + 1,))
     col = rec.sections["outlier_col"]
     if len(col.shape) != 1:
@@ -410,14 +390,10 @@ def _spqr_check(rec: TensorRec) -> None:
     nnz = col.shape[0]
     _layout(rec, "outlier_col", ("u16", "u32") if n <= 65536 else ("u32",), (nnz,))
     _layout(rec, "outlier_val", ("f16",), (nnz,))
-    if "perm" in rec.sections:
-        _layout(rec, "perm", ("u32",), (n,))
-    if "bias" in rec.sections:
-        _layout(rec, "bias", ("f16", "bf16", "f32"), (m,))
 
 
-def _spqr_content(rec: TensorRec, a: Arrays) -> None:
-    m, n = rec.shape
+def _csr_content(rec: TensorRec, a: Arrays, m: int, n: int) -> None:
+    """BAD_CSR for the row pointer, then BAD_INDEX for columns (range, strictly increasing per row)."""
     ptr = a["outlier_row_ptr"].astype(np.int64)
     col = a["outlier_col"].astype(np.int64)
     nnz = col.shape[0]
@@ -432,12 +408,11 @@ def _spqr_content(rec: TensorRec, a: Arrays) -> None:
         row_start[ptr[:-1][ptr[:-1] < nnz]] = True
         if np.any(step[~row_start[1:]] <= 0):
             raise RefError("BAD_INDEX", "outlier columns of a row are not strictly increasing", rec.name)
-    if "perm" in a:
-        perm = a["perm"].astype(np.int64)
-        if perm.size and int(perm.max()) >= n:
-            raise RefError("BAD_PERMUTATION", "perm entry >= n", rec.name)
-        if np.unique(perm).size != n:
-            raise RefError("BAD_PERMUTATION", "perm repeats an entry", rec.name)
+
+
+def _bias_layout(rec: TensorRec, m: int) -> None:
+    if "bias" in rec.sections:
+        _layout(rec, "bias", ("f16", "bf16", "f32"), (m,))
 
 
 def unpack_rows(words: np.ndarray, count: int, k: int) -> np.ndarray:
@@ -450,6 +425,55 @@ def unpack_rows(words: np.ndarray, count: int, k: int) -> np.ndarray:
     nxt = np.minimum(q + 1, words.shape[1] - 1)  # only used when the code straddles (then q+1 exists)
     v = (words[:, q] | (words[:, nxt] << np.uint64(32))) >> s
     return (v & np.uint64((1 << k) - 1)).astype(np.uint32)
+
+
+# spqr (codecs/spqr.md)
+
+def _spqr_geometry(rec: TensorRec) -> dict[str, int]:
+    p: dict[str, int] = {}
+    p["b"] = _int_param(rec, "bits", lambda v: 1 <= v <= 8)
+    p["beta1"] = _int_param(rec, "group_size", lambda v: 1 <= v <= 65536)
+    p["sb"] = _int_param(rec, "scale_bits", lambda v: 1 <= v <= 8 or v == 16)
+    p["zb"] = _int_param(rec, "zero_bits", lambda v: 1 <= v <= 8 or v == 16)
+    if p["sb"] < 16 or p["zb"] < 16:
+        p["beta2"] = _int_param(rec, "stat_group_size", lambda v: 1 <= v <= 65536)
+    else:
+        p["beta2"] = 1  # "ignored" (SPEC §4.2): not read at all when both stats are 16-bit
+    return p
+
+
+def _spqr_check(rec: TensorRec) -> None:
+    m, n = _matrix_tensor(rec)
+    p = _spqr_geometry(rec)
+    G = ceil_div(n, p["beta1"])
+    K = ceil_div(m, p["beta2"])
+    required = {"codes", "outlier_row_ptr", "outlier_col", "outlier_val"}
+    for stat, bits in (("scale", p["sb"]), ("zero", p["zb"])):
+        required |= {stat} if bits == 16 else {f"{stat}_codes", f"{stat}_scale", f"{stat}_zero"}
+    _roles(rec, required, {"perm", "bias"})
+    _layout(rec, "codes", ("u32",), (m, ceil_div(n * p["b"], 32)))
+    for stat, bits in (("scale", p["sb"]), ("zero", p["zb"])):
+        if bits == 16:
+            _layout(rec, stat, ("f16",), (G, m))
+        else:
+            _layout(rec, f"{stat}_codes", ("u32",), (G, ceil_div(m * bits, 32)))
+            _layout(rec, f"{stat}_scale", ("f16",), (G, K))
+            _layout(rec, f"{stat}_zero", ("f16",), (G, K))
+    _outlier_layouts(rec, m, n)
+    if "perm" in rec.sections:
+        _layout(rec, "perm", ("u32",), (n,))
+    _bias_layout(rec, m)
+
+
+def _spqr_content(rec: TensorRec, a: Arrays) -> None:
+    m, n = rec.shape
+    _csr_content(rec, a, m, n)
+    if "perm" in a:  # every defect of a permutation, out-of-range entries included, is BAD_PERMUTATION
+        perm = a["perm"].astype(np.int64)
+        if perm.size and int(perm.max()) >= n:
+            raise RefError("BAD_PERMUTATION", "perm entry >= n", rec.name)
+        if np.unique(perm).size != n:
+            raise RefError("BAD_PERMUTATION", "perm repeats an entry", rec.name)
 
 
 def _rne16(x: np.ndarray) -> np.ndarray:
@@ -491,9 +515,134 @@ def _spqr_decode(rec: TensorRec, a: Arrays) -> np.ndarray:
     return wp
 
 
+# squeezellm (codecs/squeezellm.md)
+
+def _sq_check(rec: TensorRec) -> None:
+    """§6: shape, dtype, bits; section set; layouts (nnz from outlier_col)."""
+    m, n = _matrix_tensor(rec)
+    b = _int_param(rec, "bits", lambda v: 1 <= v <= 8)
+    _roles(rec, {"lut", "codes", "outlier_row_ptr", "outlier_col", "outlier_val"}, {"bias"})
+    _layout(rec, "lut", ("f16",), (m, 1 << b))
+    _layout(rec, "codes", ("u32",), (m, ceil_div(n * b, 32)))
+    _outlier_layouts(rec, m, n)
+    _bias_layout(rec, m)
+
+
+def _sq_content(rec: TensorRec, a: Arrays) -> None:
+    m, n = rec.shape
+    _csr_content(rec, a, m, n)  # indices and LUT values are never invalid
+
+
+def _sq_decode(rec: TensorRec, a: Arrays) -> np.ndarray:
+    """§5: Wd[r, j] = f32(lut[r, idx(r, j)]); then Wd[r, c] += f32(val) as one f32 addition per residual."""
+    m, n = rec.shape
+    b = rec.params["bits"]
+    idx = unpack_rows(a["codes"], n, b).astype(np.int64)                   # [m, n]
+    lut = a["lut"].astype(np.float32)                                       # exact widening
+    wd = np.take_along_axis(lut, idx, axis=1)
+    ptr = a["outlier_row_ptr"].astype(np.int64)
+    rows = np.repeat(np.arange(m), np.diff(ptr))
+    cols = a["outlier_col"].astype(np.int64)
+    with np.errstate(all="ignore"):  # inf + -inf -> NaN is the specified IEEE result
+        wd[rows, cols] = (wd[rows, cols] + a["outlier_val"].astype(np.float32)).astype(np.float32)
+    return wd
+
+
+# quip (codecs/quip.md)
+
+def _quip_geometry(rec: TensorRec) -> dict[str, int]:
+    """§2: bits 1..8, log2_hn/log2_hm 0..30 with 2^k dividing n/m; a = dimension / 2^k."""
+    m, n = rec.shape
+    p = {"b": _int_param(rec, "bits", lambda v: 1 <= v <= 8),
+         "kn": _int_param(rec, "log2_hn", lambda v: 0 <= v <= 30),
+         "km": _int_param(rec, "log2_hm", lambda v: 0 <= v <= 30)}
+    if n % (1 << p["kn"]) or m % (1 << p["km"]):
+        raise RefError("BAD_PARAMS", f"2^log2_hn must divide n={n} and 2^log2_hm must divide m={m}", rec.name)
+    p["an"] = n >> p["kn"]
+    p["am"] = m >> p["km"]
+    return p
+
+
+def _quip_check(rec: TensorRec) -> None:
+    """§6: shape, dtype, params; the section set (depends on a_n, a_m); layouts."""
+    m, n = _matrix_tensor(rec)
+    p = _quip_geometry(rec)
+    required = {"codes", "scale", "su", "sv"}
+    if p["an"] > 1:
+        required.add("factor_n")
+    if p["am"] > 1:
+        required.add("factor_m")
+    _roles(rec, required, {"bias"})
+    _layout(rec, "codes", ("u32",), (m, ceil_div(n * p["b"], 32)))
+    _layout(rec, "scale", ("f32",), (m,))
+    _layout(rec, "su", ("i8",), (n,))
+    _layout(rec, "sv", ("i8",), (m,))
+    if p["an"] > 1:
+        _layout(rec, "factor_n", ("f32",), (p["an"], p["an"]))
+    if p["am"] > 1:
+        _layout(rec, "factor_m", ("f32",), (p["am"], p["am"]))
+    _bias_layout(rec, m)
+
+
+def _quip_content(rec: TensorRec, a: Arrays) -> None:
+    for role in ("su", "sv"):
+        s = a[role]
+        if np.any((s != 1) & (s != -1)):
+            raise RefError("BAD_VALUE", f"sign vector {role!r} holds a byte other than 0x01/0xFF", rec.name)
+
+
+def quip_c(k: int) -> np.float32:
+    """§5.2(b): c_k = 2^(-k/2) rounded to binary32, built from its bit pattern."""
+    bits = 0x3F800000 - (k // 2) * 0x00800000 if k % 2 == 0 else 0x3F3504F3 - ((k - 1) // 2) * 0x00800000
+    return np.array([bits], dtype=np.uint32).view(np.float32)[0]
+
+
+def quip_transform(x: np.ndarray, k: int, F: np.ndarray | None) -> np.ndarray:
+    """§5.2 T(k, F) applied to every row of ``x`` ([vectors, d], f32; d = a * 2^k), one f32 op at a time."""
+    h = 1 << k
+    a = x.shape[1] // h
+    y = x.reshape(x.shape[0], a, h).copy()        # [vector, alpha, beta]
+    with np.errstate(all="ignore"):
+        for s in range(k):                         # (a) stages half = 1, 2, 4, ...
+            half = 1 << s
+            blocks = y.reshape(x.shape[0], a, h // (2 * half), 2, half)
+            u = blocks[:, :, :, 0, :].copy()       # beta with bit s clear
+            v = blocks[:, :, :, 1, :].copy()       # beta + half
+            blocks[:, :, :, 0, :] = u + v
+            blocks[:, :, :, 1, :] = u - v
+        if k > 0:                                  # (b) one multiply by c_k
+            y = (y * quip_c(k)).astype(np.float32)
+        if a > 1:                                  # (c) y[alpha] = sum_alpha' F[alpha, alpha'] * x[alpha'], in order
+            Fm = F.astype(np.float32)
+            out = np.empty_like(y)
+            for al in range(a):
+                acc = (Fm[al, 0] * y[:, 0, :]).astype(np.float32)
+                for ap in range(1, a):
+                    acc = (acc + (Fm[al, ap] * y[:, ap, :]).astype(np.float32)).astype(np.float32)
+                out[:, al, :] = acc
+            y = out
+    return y.reshape(x.shape)
+
+
+def _quip_decode(rec: TensorRec, a: Arrays) -> np.ndarray:
+    """§5.3: grid, T along n for every row, T along m for every column, then the signs."""
+    m, n = rec.shape
+    p = _quip_geometry(rec)
+    L = (1 << p["b"]) - 1
+    q = unpack_rows(a["codes"], n, p["b"]).astype(np.int64)
+    with np.errstate(all="ignore"):
+        X = ((2 * q - L).astype(np.float32) * a["scale"].astype(np.float32)[:, None]).astype(np.float32)
+        X = quip_transform(X, p["kn"], a.get("factor_n"))
+        X = quip_transform(X.T, p["km"], a.get("factor_m")).T
+        sign = (a["sv"].astype(np.int64)[:, None] * a["su"].astype(np.int64)[None, :]).astype(np.float32)
+        return np.ascontiguousarray((X * sign).astype(np.float32))
+
+
 CODECS: dict[str, Codec] = {
     "raw": Codec(frozenset({1}), _raw_check, _raw_content, _raw_decode),
     "spqr": Codec(frozenset({1}), _spqr_check, _spqr_content, _spqr_decode),
+    "squeezellm": Codec(frozenset({1}), _sq_check, _sq_content, _sq_decode),
+    "quip": Codec(frozenset({1}), _quip_check, _quip_content, _quip_decode),
 }
 
 

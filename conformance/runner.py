@@ -220,6 +220,23 @@ def judge(entry: dict[str, Any], v: Verdict, *, check_bias: bool = True) -> tupl
     return True, "ok"
 
 
+def claim(entry: dict[str, Any], codecs: set[str] | None) -> dict[str, Any] | None:
+    """The vector as seen by a reader that claims only ``codecs`` (spec/conformance.md §1.1), or None to skip it.
+
+    Valid vectors: tensors of other codecs must be reported as UNKNOWN_CODEC while the rest decode.
+    Invalid vectors whose defect is per tensor (``codecs`` non-empty) and that involve an unclaimed
+    codec are skipped; file-level defects (``codecs`` empty) concern every reader.
+    """
+    if codecs is None:
+        return entry
+    if entry["kind"] == "invalid":
+        return None if set(entry.get("codecs", [])) - codecs else entry
+    out = dict(entry)
+    out["tensors"] = {name: (t if t["codec"] in codecs else {"codec": t["codec"], "error": "UNKNOWN_CODEC"})
+                      for name, t in entry["tensors"].items()}
+    return out
+
+
 @dataclass
 class Row:
     file: str
@@ -230,14 +247,17 @@ class Row:
     seconds: float
 
 
-def run_all(vectors: Path, backends: dict[str, Backend], *, only: str | None = None, jobs: int = 1) -> list[Row]:
+def run_all(vectors: Path, backends: dict[str, Backend], *, only: str | None = None, jobs: int = 1,
+            codecs: set[str] | None = None) -> list[Row]:
     """Every vector of the manifest against every backend.
 
     ``jobs`` > 1 runs the ``foreign`` backend's subprocesses in parallel
-    (in-process backends always run one vector at a time).
+    (in-process backends always run one vector at a time). ``codecs``
+    restricts the claim (see :func:`claim`); skipped vectors give no row.
     """
     manifest = json.loads((vectors / "manifest.json").read_text())
-    entries = [e for e in manifest["vectors"] if not only or only in e["file"]]
+    claimed = (claim(e, codecs) for e in manifest["vectors"] if not only or only in e["file"])
+    entries = [e for e in claimed if e is not None]
 
     def one(bname: str, entry: dict[str, Any]) -> Row:
         t0 = time.perf_counter()
@@ -292,7 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="run only vectors whose path contains this string")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel foreign decoder runs")
     ap.add_argument("--failures-only", action="store_true", help="print only failing rows")
+    ap.add_argument("--codecs", help="comma list of the codecs the decoder claims, e.g. raw,spqr (default: all); "
+                    "tensors of other codecs must then be reported as UNKNOWN_CODEC")
     args = ap.parse_args(argv)
+    codecs = set(args.codecs.split(",")) if args.codecs else None
     default = ["library", "refreader"] + (["foreign"] if args.decoder else [])
     names = args.backend.split(",") if args.backend else default
     backends: dict[str, Backend] = {}
@@ -307,10 +330,11 @@ def main(argv: list[str] | None = None) -> int:
             backends[n] = foreign_backend(args.decoder, args.timeout)
         else:
             ap.error(f"unknown backend {n!r}")
-    rows = run_all(args.vectors, backends, only=args.only, jobs=args.jobs)
+    rows = run_all(args.vectors, backends, only=args.only, jobs=args.jobs, codecs=codecs)
     print_table(rows, list(backends), failures_only=args.failures_only)
     if args.report:
         report = {"vectors": str(args.vectors), "backends": list(backends), "decoder": args.decoder,
+                  "codecs": sorted(codecs) if codecs else "all",
                   "passed": all(r.passed for r in rows),
                   "summary": {b: {"passed": sum(r.passed for r in rows if r.backend == b),
                                   "total": sum(r.backend == b for r in rows)} for b in backends},

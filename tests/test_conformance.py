@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -38,12 +39,104 @@ def test_refreader_passes_every_vector() -> None:
     assert not _failures(rows)
 
 
+def test_library_and_refreader_agree_on_every_vector() -> None:
+    """Beyond both matching the manifest: same tensors, same decoded bytes, same bias, same reject code."""
+    for e in MANIFEST["vectors"]:
+        path = VECTORS / e["file"]
+        lib, ref = runner.library_backend(path, e), runner.refreader_backend(path, e)
+        assert lib.crash is None and ref.crash is None, (e["file"], lib.crash, ref.crash)
+        if e["kind"] == "invalid":
+            got = [v.file_error or next((d.error for d in (v.tensors or {}).values() if d.error), None)
+                   for v in (lib, ref)]
+            assert all(g in e["accept"] for g in got), (e["file"], got)
+            if len(e["accept"]) == 1:  # SPEC §10 precedence leaves no choice: both readers name the same code
+                assert got[0] == got[1], (e["file"], got)
+            continue
+        assert lib.file_error is None and ref.file_error is None, e["file"]
+        assert lib.tensors is not None and ref.tensors is not None
+        assert list(lib.tensors) == list(ref.tensors) == list(e["tensors"]), e["file"]
+        for name in e["tensors"]:
+            a, b = lib.tensors[name], ref.tensors[name]
+            assert (a.error, a.sha256, a.dtype, a.bias_sha256) == (b.error, b.sha256, b.dtype, b.bias_sha256), \
+                (e["file"], name)
+
+
+def test_every_codec_has_valid_and_invalid_vectors() -> None:
+    """raw, spqr, squeezellm and quip: decodes, per-codec reject codes, and every transform kind of quip."""
+    valid_codecs = {t["codec"] for e in MANIFEST["vectors"] if e["kind"] == "valid" for t in e["tensors"].values()
+                    if "sha256" in t}
+    assert {"raw", "spqr", "squeezellm", "quip"} <= valid_codecs
+    invalid = [e for e in MANIFEST["vectors"] if e["kind"] == "invalid"]
+    for codec, codes in (
+        ("squeezellm", {"BAD_SHAPE", "BAD_PARAMS", "BAD_SECTION_SET", "BAD_SECTION_LAYOUT", "SECTION_CHECKSUM",
+                        "BAD_CSR", "BAD_INDEX"}),
+        ("quip", {"BAD_SHAPE", "BAD_PARAMS", "BAD_SECTION_SET", "BAD_SECTION_LAYOUT", "SECTION_CHECKSUM",
+                  "BAD_VALUE"}),
+    ):
+        seen = {e["error"] for e in invalid if Path(e["file"]).name.startswith(codec + "_")}
+        assert codes <= seen, (codec, codes - seen)
+    quip_params = []
+    for e in MANIFEST["vectors"]:
+        if e["kind"] != "valid":
+            continue
+        rf = refreader.open_file(VECTORS / e["file"])
+        for r in rf.tensors.values():
+            if r.codec == "quip":
+                m, n = r.shape
+                quip_params += [("n", r.params["log2_hn"], n >> r.params["log2_hn"]),
+                                ("m", r.params["log2_hm"], m >> r.params["log2_hm"])]
+    for side in ("n", "m"):  # identity, factor only, Hadamard only, both: on each side
+        kinds = {(k > 0, a > 1) for s, k, a in quip_params if s == side}
+        assert kinds == {(False, False), (False, True), (True, False), (True, True)}, side
+    assert ("n", 7) in {(s, k) for s, k, _ in quip_params} and ("m", 8) in {(s, k) for s, k, _ in quip_params}
+
+
+def test_quip_normalization_constants_match_their_definition() -> None:
+    """quip.md §5.2(b): the bit formula equals 2^(-k/2) rounded to binary32 for every allowed k."""
+    for k in range(31):
+        assert generate.f32_bits(float(refreader.quip_c(k))) == generate.f32_bits(generate.quip_c_oracle(k)), k
+
+
+def _spec_hex_rows(text: str) -> list[int]:
+    return [int(h, 16) for h in re.findall(r"\b[0-9A-F]{8}\b", text)]
+
+
+def _decoded_bits(vector: str) -> list[int]:
+    rf = refreader.open_file(VECTORS / "valid" / f"{vector}.spqr")
+    out = rf.decode("w")
+    return out.view(np.uint32).ravel().tolist()
+
+
+def test_squeezellm_worked_example_matches_spec_text() -> None:
+    text = (CONF.parent / "spec" / "codecs" / "squeezellm.md").read_text()
+    section = text[text.index("## 8. Worked example"):text.index("## 9.")]
+    para = section[section.index("Decoded tensor bits"):]
+    expect = _spec_hex_rows(para[:para.index("\n\n")])
+    assert len(expect) == 10
+    assert _decoded_bits("squeezellm_worked_example") == expect
+
+
+def test_quip_worked_example_matches_spec_text() -> None:
+    text = (CONF.parent / "spec" / "codecs" / "quip.md").read_text()
+    section = text[text.index("## 9. Worked example"):text.index("## 10.")]
+    signs = section[section.index("step 4 signs"):]
+    expect = _spec_hex_rows(signs[:signs.index("```")])
+    assert len(expect) == 8
+    assert _decoded_bits("quip_worked_example") == expect
+    # the intermediate rows of the table are the §5.1 grid and the §5.2 transform of the same rows
+    grid = section[section.index("5.1 grid"):section.index("5.2(a,b)")]
+    L = generate.quip_worked_example()
+    assert [generate.f32_bits(x) for row in L.grid() for x in row] == _spec_hex_rows(grid)
+    assert generate.f32_bits(float(refreader.quip_c(1))) == 0x3F3504F3
+
+
 def _contract_subset() -> list[dict]:
     """Valid vectors with every feature the contract carries + one invalid vector per error code."""
     chosen, codes = [], set()
     for e in MANIFEST["vectors"]:
         if e["kind"] == "valid" and any(k in e["file"] for k in ("raw_", "layout_reverse", "unknown_codec",
-                                                                 "special", "everything", "wide_u32")):
+                                                                 "special", "everything", "wide_u32",
+                                                                 "worked_example", "mixed_codecs")):
             chosen.append(e)
         elif e["kind"] == "invalid" and e["error"] not in codes:
             codes.add(e["error"])
@@ -65,6 +158,29 @@ def test_foreign_contract_through_subprocess(tmp_path: Path) -> None:
     rows = _run_subset(tmp_path, REFDECODE)
     assert len(rows) > 30
     assert not _failures(rows)
+
+
+def test_partial_codec_claim(tmp_path: Path) -> None:
+    """A raw+spqr-only decoder passes with --codecs raw,spqr; the same decoder fails an all-codec claim."""
+    vec = tmp_path / "v"
+    files = ["valid/mixed_codecs.spqr", "valid/quip_bits2.spqr", "valid/spqr_bits3.spqr",
+             "invalid/squeezellm_bits_9.spqr", "invalid/quip_value_su_zero.spqr", "invalid/bad_magic.spqr",
+             "invalid/csr_decreasing.spqr"]
+    entries = [e for e in MANIFEST["vectors"] if e["file"] in files]
+    assert len(entries) == len(files)
+    vec.mkdir()
+    (vec / "manifest.json").write_text(json.dumps({"vectors": entries}))
+    for f in files:
+        (vec / f).parent.mkdir(parents=True, exist_ok=True)
+        (vec / f).write_bytes((VECTORS / f).read_bytes())
+    partial = REFDECODE.replace("{input}", "--codecs raw,spqr {input}")
+    backend = {"foreign": runner.foreign_backend(partial, timeout=60)}
+    rows = runner.run_all(vec, backend, jobs=4, codecs={"raw", "spqr"})
+    assert len(rows) == 5 and not _failures(rows)  # the squeezellm and quip invalid vectors are skipped
+    rows = runner.run_all(vec, backend, jobs=4)
+    assert {r.file for r in rows if not r.passed} == {"valid/mixed_codecs.spqr", "valid/quip_bits2.spqr",
+                                                      "invalid/squeezellm_bits_9.spqr",
+                                                      "invalid/quip_value_su_zero.spqr"}
 
 
 @pytest.mark.parametrize("script,expect", [

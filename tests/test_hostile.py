@@ -148,7 +148,14 @@ HEADER_CASES: dict[str, tuple[Callable[[dict[str, Any], bytearray], None], Error
     "wrong_section_dtype": (lambda h, d: _sec(h, 1, "perm").update(dtype="i32"), ErrorCode.BAD_SECTION_LAYOUT),
     "wrong_group_size": (lambda h, d: h["tensors"][1]["params"].update(group_size=8), ErrorCode.BAD_SECTION_LAYOUT),
     "unknown_codec": (lambda h, d: h["tensors"][1].update(codec="nf4"), ErrorCode.UNKNOWN_CODEC),
-    "future_codec_version": (lambda h, d: h["tensors"][1].update(codec_version=2), ErrorCode.UNSUPPORTED_CODEC_VERSION),
+    "future_codec_version": (lambda h, d: h["tensors"][1].update(codec_version=99),
+                             ErrorCode.UNSUPPORTED_CODEC_VERSION),
+    "codec_version_zero": (lambda h, d: h["tensors"][1].update(codec_version=0), ErrorCode.BAD_HEADER),
+    "shape_not_array": (lambda h, d: h["tensors"][0].update(shape=40), ErrorCode.BAD_HEADER),
+    "shape_bool_entry": (lambda h, d: h["tensors"][0].update(shape=[True]), ErrorCode.BAD_SHAPE),
+    "crc_negative": (lambda h, d: _sec(h, 0, "data").update(crc32=-1), ErrorCode.BAD_HEADER),
+    "spqr_dtype_not_allowed": (lambda h, d: h["tensors"][1].update(dtype="f64"), ErrorCode.BAD_PARAMS),
+    "spqr_n_zero": (lambda h, d: h["tensors"][1].update(shape=[16, 0]), ErrorCode.BAD_SHAPE),
 }
 
 
@@ -237,3 +244,93 @@ def test_bool_bytes_must_be_0_or_1(tmp_path: Path) -> None:
     blob = _mutated(p.read_bytes(), lambda h, d: d.__setitem__(h["tensors"][0]["sections"]["data"]["offset"], 2),
                     restamp_data=True)
     _expect(tmp_path, blob, ErrorCode.BAD_VALUE)
+
+
+# ---- SPEC §10 "Memory": concrete bounds for opening a file and for decoding one tensor
+
+OPEN_BYTES_PER_HEADER_BYTE = 256
+DECODE_FACTOR = 16
+
+
+def _worst_header(kind: str, n: int) -> tuple[bytes, int]:
+    """A valid header whose metadata holds ``n`` one-byte containers (the costliest bytes for a reader)."""
+    from spqrfmt.conformance import miniwriter as mw
+
+    item = {"maps": b"\x80", "arrays": b"\x90", "nil_arrays": b"\x91\xc0"}[kind]
+    count = n // len(item)
+    body = b"\xdd" + count.to_bytes(4, "big") + item * count
+    return mw.build([], header_obj=mw.Raw(b"\x82\xa7tensors\x90\xa8metadata\x81\xa1x" + body)), count
+
+
+@pytest.mark.parametrize("kind", ["maps", "arrays", "nil_arrays"])
+def test_open_memory_is_bounded_by_header_length(tmp_path: Path, kind: str) -> None:
+    import tracemalloc
+
+    from spqrfmt.conformance import refreader
+
+    blob, count = _worst_header(kind, 1 << 16)
+    path = tmp_path / "h.spqr"
+    path.write_bytes(blob)
+    header_length = struct.unpack_from("<Q", blob, 16)[0]
+    for opener in (spqrfmt.open, refreader.open_file):
+        tracemalloc.start()
+        try:
+            f = opener(path)
+            _cur, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert len(f.metadata["x"]) == count
+        del f
+        assert peak <= OPEN_BYTES_PER_HEADER_BYTE * header_length + (1 << 20), (opener, kind, peak / header_length)
+
+
+def _codec_tensors(m: int, n: int) -> list:
+    from spqrfmt.conformance import generate as g
+
+    return [g.spqr_tens("spqr", g.make_spqr("mem", m, n, 3, 16, sb=3, zb=3, beta2=16, perm=True)),
+            g.squeezellm_tens("squeezellm", g.make_squeezellm("mem", m, n, 4)),
+            g.quip_tens("quip", g.make_quip("mem", m, n, 2, 8, 2))]
+
+
+def test_decode_memory_is_bounded_by_decoded_size(tmp_path: Path) -> None:
+    """Library (Numba; peak RSS) and refreader (numpy; tracemalloc) stay under 16x decoded + sections."""
+    import tracemalloc
+
+    from spqrfmt.conformance import miniwriter as mw
+    from spqrfmt.conformance import refreader
+
+    small, big = tmp_path / "small.spqr", tmp_path / "big.spqr"
+    small.write_bytes(mw.build(_codec_tensors(8, 1024)))   # compiles every Numba decoder first
+    big.write_bytes(mw.build(_codec_tensors(512, 1024)))
+    with spqrfmt.open(small) as f:
+        for t in f.tensors.values():
+            t.decode()
+
+    def hwm_kib() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmHWM")
+
+    rss_peak_resettable = Path("/proc/self/clear_refs").exists()
+    with spqrfmt.open(big) as f:
+        for name, t in f.tensors.items():
+            bound = DECODE_FACTOR * 4 * t.numel + t.nbytes
+            t.check()
+            if rss_peak_resettable:
+                Path("/proc/self/clear_refs").write_text("5")   # VmHWM := current RSS
+                before = hwm_kib()
+                out = t.decode()
+                assert (hwm_kib() - before) * 1024 <= bound, name
+                del out
+    ref = refreader.open_file(big)
+    for name, rec in ref.tensors.items():
+        ref.check(name)
+        bound = DECODE_FACTOR * 4 * rec.shape[0] * rec.shape[1] + sum(s.length for s in rec.sections.values())
+        tracemalloc.start()
+        try:
+            out = ref.decode(name)
+            _cur, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak <= bound, (name, peak / (4 * out.size))
