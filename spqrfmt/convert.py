@@ -151,7 +151,7 @@ class LayerReport:
     outliers: int
     seconds: float
     dequant_sha256: str = ""
-    method: str = "rtn"
+    method: str = "rtn"  # rtn (data-free), gptq / spqr (calibrated), or "supplied" (encoded= with method rtn)
     transposed: bool = False
 
 
@@ -288,6 +288,8 @@ def convert(
     """
     cfg = cfg or QuantConfig()
     cfg.check()
+    if cfg.calibrated and encoded is None:
+        raise ValueError(f"method {cfg.method} is calibrated: run calibrate() and pass its result as encoded=")
     folder = Path(input_dir)
     shards = [SafetensorsFile(p) for p in find_shards(folder)]
     entries = [(sf, name) for sf in shards for name in sf]
@@ -319,7 +321,7 @@ def convert(
                 w = np.ascontiguousarray(w.T)
             if encoded is not None and name in encoded:
                 enc = encoded[name]
-                method = cfg.method
+                method = cfg.method if cfg.calibrated else "supplied"
                 if tuple(enc.shape) != w.shape:
                     raise ValueError(f"{name}: the supplied encoding has shape {list(enc.shape)}, the checkpoint "
                                      f"matrix (as stored, [out, in]) {list(w.shape)}")

@@ -236,9 +236,9 @@ def test_encoder_model_calibrates_as_saved(tmp_path) -> None:
     assert {r.name for r in report.layers if r.method == "spqr"} == set(store)
 
 
-def test_quant_config_is_the_one_set_of_knobs() -> None:
+def test_quant_config_is_the_one_set_of_knobs(tmp_path) -> None:
     """QuantConfig drives the calibrated solver: GPTQ = no outliers and f16 stats; bad combinations are refused."""
-    from spqrfmt.convert import QuantConfig
+    from spqrfmt.convert import QuantConfig, convert
 
     g = QuantConfig.gptq(bits=3, group_size=64, act_order=False).gptq_config()
     assert (g.bits, g.group_size, g.scale_bits, g.zero_bits, g.act_order) == (3, 64, 16, 16, False)
@@ -250,3 +250,6 @@ def test_quant_config_is_the_one_set_of_knobs() -> None:
     for bad in (QuantConfig(method="gptq"), QuantConfig(codec="quip", method="spqr"), QuantConfig(codec="x")):
         with pytest.raises(ValueError):
             bad.check()
+    with pytest.raises(ValueError, match="calibrate"):  # a calibrated method without calibrated encodings
+        convert(tmp_path, tmp_path / "x.spqr", s)
+    assert not (tmp_path / "x.spqr").exists()
