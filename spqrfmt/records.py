@@ -123,7 +123,13 @@ def _parse_section(role: str, s: Any, data_length: int, tensor: str) -> SectionR
 
 
 def parse_records(header: dict[str, Any], data_length: int) -> tuple[list[TensorRecord], dict[str, Any]]:
-    """Generic header validation (spec §3–§4, §10). Returns (records, metadata)."""
+    """Generic header validation (spec §3–§4; §10 stage 4). Returns (records, metadata).
+
+    Wrong types follow spec §3.1: a missing or wrong-typed required key is
+    BAD_HEADER (msgpack bool/float are never ints), except ``metadata`` that
+    is not a map (BAD_METADATA) and non-int shape entries (BAD_SHAPE);
+    ``codec_version`` < 1 is BAD_HEADER, not a future version.
+    """
     if "tensors" not in header or "metadata" not in header:
         raise fail(ErrorCode.BAD_HEADER, "header must contain 'tensors' and 'metadata'")
     tensors = header["tensors"]

@@ -225,6 +225,17 @@ def test_cli_main_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "refreader:" in capsys.readouterr().out
 
 
+def test_spqr_conformance_command_passes_options_through(tmp_path: Path) -> None:
+    from spqrfmt import cli
+
+    report = tmp_path / "r.json"
+    rc = cli.main(["conformance", "--backend", "library,refreader", "--only", "worked_example", "--codecs",
+                   "squeezellm,quip", "--report", str(report)])
+    data = json.loads(report.read_text())
+    assert rc == 0 and data["passed"] and data["codecs"] == ["quip", "squeezellm"]
+    assert data["summary"]["library"]["total"] == 2
+
+
 def test_generation_is_byte_identical(tmp_path: Path) -> None:
     generate.generate(tmp_path)
     fresh = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
