@@ -83,6 +83,8 @@ def codecs_at(bits: int, hess: dict[str, np.ndarray] | None = None) -> dict[str,
         f"squeezellm b={bits} no outl.": lambda _n, w: quantize_squeezellm(w, bits=bits, outlier_fraction=0.0),
         f"quip b={bits} (RTN, H=I)": lambda _n, w: quantize_quip(w, bits=bits, seed=0),
     }
+    if bits == 2:  # quip v2's E8P12 lattice codebook is 2 bits per weight
+        rows["quip e8p12 (RTN, H=I)"] = lambda _n, w: quantize_quip(w, codebook="e8p12", seed=0)
     if hess is not None:
         from spqrfmt.encoder.gptq import GPTQConfig, quantize_gptq
 
@@ -95,6 +97,8 @@ def codecs_at(bits: int, hess: dict[str, np.ndarray] | None = None) -> dict[str,
                 w, bits=bits, sensitivity=np.diag(hess[n]), outlier_fraction=0.0045, sensitive_fraction=0.0),
             f"quip b={bits} LDLQ [calib]": lambda n, w: quantize_quip(w, bits=bits, hessian=hess[n], seed=0),
         })
+        if bits == 2:
+            rows["quip e8p12 LDLQ [calib]"] = lambda n, w: quantize_quip(w, codebook="e8p12", hessian=hess[n], seed=0)
     return rows
 
 
