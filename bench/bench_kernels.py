@@ -32,9 +32,10 @@ from spqrfmt.kernels import spqr as ks
 
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (8192, 28672)]
 BITS = [4, 3, 2]
-FMA_SWEEP = [(8, 16, 2), (16, 16, 2), (16, 16, 4), (16, 32, 4), (32, 16, 4)]
-DOT_SWEEP = [(16, 16, 2), (32, 16, 4), (64, 16, 4)]
-SPLITS = [None, 4, 8, 16, 32]
+# (BM, NG, num_warps) for the grouped kernel; NG = β1-groups per tile
+FMA_SWEEP = [(16, 32, 4), (16, 64, 4), (64, 16, 4)]
+BATCH_SWEEP = [(64, 16, 4), (32, 16, 4), (64, 32, 4)]
+SPLITS = [None, 4, 16]
 
 
 def cdiv(a: int, b: int) -> int:
@@ -131,23 +132,28 @@ def diagnose(preps: list, x: torch.Tensor, cfg: ks.MatvecConfig) -> dict[str, fl
     out = {}
     variants = {
         "no_outliers": lambda p: dataclasses.replace(
-            p, o_row_ptr=torch.zeros_like(p.o_row_ptr), o_col=p.o_col[:0], o_delta=p.o_delta[:0]),
-        "f16_stats": lambda p: dataclasses.replace(
-            p, stats_q=False, s16=ks.stat_f32(p.params, p.sections, "scale", p.shape[0]).T.contiguous().half(),
-            z16=ks.stat_f32(p.params, p.sections, "zero", p.shape[0]).T.contiguous().half()),
+            p, o_row_ptr=torch.zeros_like(p.o_row_ptr), o_col=p.o_col[:0], o_delta=p.o_delta[:0],
+            sections=dict(p.sections, outlier_val=p.sections["outlier_val"][:0])),
     }
     for name, mk in variants.items():
         vs = [mk(p) for p in preps]
         out[name] = graph_time([lambda p=p: ks.matvec(p, x, config=cfg) for p in vs]) * 1e6
-    xt = x.index_select(1, preps[0].x_index(cfg.NH * preps[0].unit))
-    out["x_gather_only"] = graph_time([lambda: x.index_select(1, preps[0].x_index(cfg.NH * preps[0].unit))]) * 1e6
-    del xt
+    out["dequant_f16_us"] = graph_time([lambda p=p: ks.dequantize_prepared(p, torch.float16) for p in preps],
+                                       reps=4, iters=5) * 1e6
+    vs = [variants["no_outliers"](p) for p in preps]
+    out["dequant_f16_no_outliers_us"] = graph_time(
+        [lambda p=p: ks.dequantize_prepared(p, torch.float16) for p in vs], reps=4, iters=5) * 1e6
+    if preps[0].layout == "planes":
+        out["x_gather_only"] = graph_time(
+            [lambda: x.index_select(1, preps[0].x_index(cfg.NH * preps[0].unit))]) * 1e6
     try:
+        from spqrfmt.kernels import _gemv as kg
         from spqrfmt.kernels import _triton as kt
-        for cache in kt.fused_kernel.device_caches.values():
-            for key, kern in cache[0].items():
-                out.setdefault("compiled", []).append(
-                    {"regs": kern.n_regs, "spills": kern.n_spills, "key": str(key)[:300]})
+        for kfn in (kt.fused_kernel, kg.gemv_kernel):
+            for cache in kfn.device_caches.values():
+                for key, kern in cache[0].items():
+                    out.setdefault("compiled", []).append(
+                        {"regs": kern.n_regs, "spills": kern.n_spills, "key": str(key)[:300]})
     except Exception as e:  # introspection API differs between Triton versions
         out["compiled"] = repr(e)[:200]
     return out
@@ -185,11 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             ncopy = max(1, cdiv(2 * l2, prep.fused_nbytes)) + 1
             preps = [prep] + [clone_prepared(prep) for _ in range(ncopy - 1)]
             res = {}
-            for batch, x, sweep in ((1, x1, FMA_SWEEP), (16, x16, DOT_SWEEP), (4, x4, [])):
+            for batch, x, sweep in ((1, x1, FMA_SWEEP), (16, x16, BATCH_SWEEP), (4, x4, BATCH_SWEEP)):
                 best = (float("inf"), None)
                 cands = [ks.default_config(prep, batch)]
-                if batch == 4:  # same kernel as batch 16 (the batch is padded to 16 in registers)
-                    cands.append(res[16][1])
                 if not args.quick:
                     cands += [ks.MatvecConfig(BM=bm, NH=nh, num_warps=nw, split=sp)
                               for bm, nh, nw in sweep for sp in SPLITS]
@@ -206,6 +210,28 @@ def main(argv: list[str] | None = None) -> int:
                 res[batch] = best
             print(f"  {m}x{n} {bits}-bit: " + ", ".join(f"b{b} {res[b][0] * 1e6:.1f}us {res[b][1]}" for b in res),
                   flush=True)
+            # the grouped kernel with compact (code byte + second-level table) statistics, best b1 config
+            codes_t = float("nan")
+            try:
+                pc = ks.prepare(params, secs, (m, n), "cuda", packed_stats=False)
+                pcs = [pc] + [clone_prepared(pc) for _ in range(max(1, cdiv(2 * l2, pc.fused_nbytes)))]
+                codes_t = graph_time([lambda p=p, x=x1, c=res[1][1]: ks.matvec(p, x, config=c) for p in pcs])
+                del pc, pcs
+            except Exception as e:
+                print("code-stats timing failed:", repr(e)[:300], flush=True)
+            # the general (planes-layout) kernel on the same tensor, its own best of a small sweep
+            old_t = float("nan")
+            try:
+                pl = ks.prepare(params, secs, (m, n), "cuda", layout="planes")
+                pls = [pl] + [clone_prepared(pl) for _ in range(max(1, cdiv(2 * l2, pl.fused_nbytes)))]
+                cfgs = [ks.MatvecConfig(BM=16, NH=16, num_warps=4)]
+                if not args.quick:
+                    cfgs += [ks.MatvecConfig(BM=16, NH=16, num_warps=4, split=sp) for sp in (4, 16)]
+                old_t = min(graph_time([lambda p=p, x=x1, c=c: ks.matvec(p, x, config=c) for p in pls])
+                            for c in cfgs)
+                del pl, pls
+            except Exception as e:
+                print("planes kernel timing failed:", repr(e)[:300], flush=True)
             try:
                 dq = graph_time([lambda p=p, x=x16: F.linear(x, ks.dequantize_prepared(p, torch.float16))
                                  for p in preps[:2]], reps=4, iters=5)
@@ -214,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
                 dq = float("nan")
             row = {"m": m, "n": n, "bits": bits, "compressed_bytes": comp, "fused_bytes": prep.fused_nbytes,
                    "bits_per_weight": 8 * comp / (m * n), "fp16_b1_us": t16[1] * 1e6, "fp16_b4_us": t16[4] * 1e6,
-                   "fp16_b16_us": t16[16] * 1e6, "dequant_mm_b16_us": dq * 1e6}
+                   "fp16_b16_us": t16[16] * 1e6, "dequant_mm_b16_us": dq * 1e6, "planes_b1_us": old_t * 1e6,
+                   "code_stats_b1_us": codes_t * 1e6,
+                   "layout": prep.layout}
             for b in (1, 4, 16):
                 row[f"fused_b{b}_us"] = res[b][0] * 1e6
                 row[f"fused_b{b}_cfg"] = str(res[b][1])
@@ -224,11 +252,15 @@ def main(argv: list[str] | None = None) -> int:
             row["pct_copy_b1"] = 100 * row["GBps_b1"] / ceil["copy_GBps"]
             rows.append(row)
             print(json.dumps(row), flush=True)
+            os.makedirs(args.out, exist_ok=True)
+            with open(os.path.join(args.out, "bench_kernels.json"), "w") as f:  # partial results survive a timeout
+                json.dump({"device": dev_name, "ceilings": ceil, "rows": rows, "sweep": sweep_log}, f, indent=1)
             del preps, prep, secs
             torch.cuda.empty_cache()
 
     hdr = ("| shape (m x n) | bits | bits/w | fp16 b1 µs | fused b1 µs | speedup b1 | GB/s (compr.) | % copy BW "
-           "| fused b4 µs (vs fp16) | fused b16 µs (vs fp16) | dequant+mm b16 µs |")
+           "| fused b4 µs (vs fp16) | fused b16 µs (vs fp16) | dequant+mm b16 µs (fp16 b16 µs) | planes b1 µs "
+           "| code-stats b1 µs |")
     sep = "|" + "---|" * (hdr.count("|") - 1)
     lines = [f"Device: {dev_name}; copy {ceil['copy_GBps']:.0f} GB/s (read+write), "
              f"bf16 GEMM {ceil['bf16_TFLOPs']:.0f} TFLOP/s; CUDA-graph median per call", "", hdr, sep]
@@ -238,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['fused_b1_us']:.1f} | {r['fp16_b1_us'] / r['fused_b1_us']:.2f}x | {r['GBps_b1']:.0f} | "
             f"{r['pct_copy_b1']:.0f}% | {r['fused_b4_us']:.1f} ({r['fp16_b4_us'] / r['fused_b4_us']:.2f}x) | "
             f"{r['fused_b16_us']:.1f} ({r['fp16_b16_us'] / r['fused_b16_us']:.2f}x) | "
-            f"{r['dequant_mm_b16_us']:.0f} |")
+            f"{r['dequant_mm_b16_us']:.0f} ({r['fp16_b16_us']:.1f}) | {r['planes_b1_us']:.1f} | "
+            f"{r['code_stats_b1_us']:.1f} |")
     table = "\n".join(lines)
     print(table)
     os.makedirs(args.out, exist_ok=True)

@@ -36,7 +36,7 @@ def one_case(rng: np.random.Generator, dev: str) -> tuple[bool, str]:
     m = int(rng.integers(1, 700))
     n = int(rng.integers(1, 3000))
     bits = int(rng.choice([1, 2, 3, 4, 5, 6, 8]))
-    gs = int(rng.choice([3, 16, 16, 32, 128, 100]))
+    gs = int(rng.choice([3, 16, 16, 32, 128, 100, 24]))
     sbits = int(rng.choice([3, 4, 16]))
     b2 = int(rng.choice([1, 7, 16, 64]))
     kind = str(rng.choice(["none", "some", "rows"]))
@@ -64,6 +64,13 @@ def one_case(rng: np.random.Generator, dev: str) -> tuple[bool, str]:
         if not bool(((out.view(torch.int16) == want.view(torch.int16)) | (out.isnan() & want.isnan())).all()):
             return False, desc + f" dequant {dt} mismatch"
     prep = ks.prepare(enc.params, enc.sections, (m, n), dev)
+    for dt in (torch.float32, torch.float16, torch.bfloat16):  # from the load-time repack
+        out = ks.dequantize_prepared(prep, dt).cpu()
+        want = ref_t.to(dt)
+        bits_of = (lambda t: t.view(torch.int32)) if dt == torch.float32 else (lambda t: t.view(torch.int16))
+        if not bool(((bits_of(out) == bits_of(want)) | (out.isnan() & want.isnan())).all()):
+            return False, desc + f" dequantize_prepared ({prep.layout}) {dt} mismatch"
+    desc += f" layout={prep.layout}"
     ref64 = ref.astype(np.float64)
     errs = []
     for batch, cfg in ((1, None), (4, None), (16, None), (1, ks.MatvecConfig(BM=16, NH=32, num_warps=2, split=3)),

@@ -12,16 +12,23 @@ Entry points:
 
 Repacked layout (all built on the device by :func:`prepare`):
 
-* codes as 1..3 *bit planes* (b = 3 -> a 2-bit plane + a 1-bit plane, 4 -> one
-  4-bit plane, ...). Each plane is an ordinary packed row (spqr.md §4) of a
-  power-of-two width, so a code field never straddles a word and a block of
+* codes, *grouped* (the fast path, whenever ``β1 · field width`` is a multiple
+  of 32): each β1-group's codes in whole 32-bit words of power-of-two fields
+  (2, 4 or 8 bits; 3-bit codes in 4-bit fields), word-slot major per row, so
+  every extraction shift is a compile-time constant (layout in ``_gemv.py``).
+  The spec ``codes`` section is then dropped from the device: dequantization
+  reads the repack, so the codes are held once;
+* otherwise codes as 1..3 *bit planes* (b = 3 -> a 2-bit plane + a 1-bit plane,
+  4 -> one 4-bit plane, ...). Each plane is an ordinary packed row (spqr.md §4)
+  of a power-of-two width, so a code field never straddles a word and a block of
   ``U = 32 / widest`` columns of one row sits in one word of every plane;
 * stats: for two-level stats with ``scale_bits + zero_bits <= 8`` one byte per
   (row, group) holding both codes, plus the four f16 second-level values per
   (group, row block); otherwise S and Z as f16 [m, G] (exact: they are f16 values);
 * outliers as CSR add-deltas ``f32(val) - dense(r, c)`` (f32), so the dense
   pass needs no replacement test;
-* the permutation is applied by gathering x once per call.
+* the permutation is applied by gathering x once per call (grouped: one
+  ``xprep_kernel`` launch that also pre-scales x and sums it per group).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import triton.language as tl
 
 from . import _triton as K
 
@@ -39,6 +47,7 @@ from . import _triton as K
 _SIGNED_VIEW = {np.dtype(np.uint32): np.int32, np.dtype(np.uint16): np.int16, np.dtype(np.uint64): np.int64}
 
 MAX_FUSED_BATCH = 16
+_TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -165,7 +174,10 @@ def dequantize(params: Mapping[str, Any], sections_on_gpu: Mapping[str, torch.Te
 
 @dataclass
 class MatvecConfig:
-    """Tile shape of the fused kernel: BM rows x (NH units of U columns); split = column-range programs."""
+    """Tile of the fused kernel: BM rows x NH column blocks; split = column-range programs (f32 atomics).
+
+    A column block is one β1-group in the grouped layout and a unit of U columns in the planes layout.
+    """
 
     BM: int = 32
     NH: int = 16
@@ -188,13 +200,26 @@ def _plane_widths(bits: int) -> list[tuple[int, int]]:
 
 @dataclass
 class PreparedSpQR:
-    """A spqr tensor repacked once for the fused kernel, plus its spec sections for dequantization."""
+    """A spqr tensor repacked once for the fused kernel.
+
+    ``layout`` is ``"grouped"`` (the fast path, see ``_gemv.py``: whole words per
+    β1-group, used when ``β1 · field width`` is a multiple of 32) or ``"planes"``
+    (the general fallback). In the grouped layout the spec ``codes`` section is
+    dropped from ``sections`` after the repack, so the codes are held on the
+    device once; dequantization then reads the repack.
+    """
 
     params: dict[str, Any]
     shape: tuple[int, int]
     sections: dict[str, torch.Tensor]
+    layout: str
     planes: list[tuple[int, int, torch.Tensor]]
     unit: int
+    grouped: torch.Tensor | None
+    wst: int
+    packed_stats: bool
+    sz32: torch.Tensor
+    st2_64: torch.Tensor
     stats_q: bool
     st_codes: torch.Tensor
     st2: torch.Tensor
@@ -213,15 +238,29 @@ class PreparedSpQR:
     @property
     def fused_nbytes(self) -> int:
         """Bytes the fused kernel streams from memory per call (weights side)."""
-        ts = [p for _, _, p in self.planes] + [self.o_row_ptr, self.o_col, self.o_delta]
-        ts += [self.st_codes, self.st2] if self.stats_q else [self.s16, self.z16]
+        ts = [p for _, _, p in self.planes] if self.grouped is None else [self.grouped]
+        ts += [self.o_row_ptr, self.o_col, self.o_delta]
+        if self.grouped is not None and self.packed_stats:
+            ts += [self.sz32]
+        else:
+            ts += [self.st_codes, self.st2] if self.stats_q else [self.s16, self.z16]
         return sum(t.numel() * t.element_size() for t in ts)
 
     def x_index(self, bk: int) -> torch.Tensor:
-        """Gather index mapping x (original feature order) to the kernel's per-tile order, cached per tile width."""
+        """Gather index mapping x (original feature order) to the kernel's per-tile order, cached per tile width.
+
+        ``bk = 0`` is the grouped layout's index: stored column -> feature (``perm`` or the identity);
+        ``bk = -1`` its inverse (feature -> stored column), for dequantization in output order.
+        """
         idx = self._xidx.get(bk)
         if idx is None:
             m, n = self.shape
+            if bk <= 0:
+                idx = (_u32(self.perm) if self.perm is not None else torch.arange(n, device=self.device))
+                if bk < 0:  # the inverse: feature -> stored column
+                    idx = torch.empty_like(idx).scatter_(0, idx, torch.arange(n, device=self.device))
+                self._xidx[bk] = idx = idx.to(torch.int32).contiguous()
+                return idx
             U = self.unit
             nh = bk // U
             L = _ceil_div(n, bk) * bk
@@ -237,33 +276,89 @@ class PreparedSpQR:
         return idx
 
 
+def _field_width(bits: int) -> int:
+    """Power-of-two field width of the grouped repack (3-bit codes sit in 4-bit fields)."""
+    return 2 if bits <= 2 else 4 if bits <= 4 else 8
+
+
+def _grouped_ok(params: Mapping[str, Any]) -> bool:
+    return (int(params["group_size"]) * _field_width(int(params["bits"]))) % 32 == 0
+
+
+def _to_i32(word: torch.Tensor) -> torch.Tensor:
+    return torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
+
+
+def _repack_grouped(codes: torch.Tensor, m: int, n: int, bits: int, gs: int) -> torch.Tensor:
+    """Spec packed rows -> gw[r, s, g] (see _gemv.py), built in row chunks to bound int64 temporaries."""
+    wst = _field_width(bits)
+    F = 32 // wst
+    wpg = gs * wst // 32
+    G = _ceil_div(n, gs)
+    dev = codes.device
+    out = torch.empty((m, wpg, G), dtype=torch.int32, device=dev)
+    shifts = torch.arange(F, device=dev) * wst
+    chunk = max(1, (1 << 24) // max(G * gs, 1))
+    for r0 in range(0, m, chunk):
+        q = unpack_rows(codes[r0:r0 + chunk], n, bits)
+        if G * gs != n:
+            q = torch.cat([q, torch.zeros((q.shape[0], G * gs - n), dtype=q.dtype, device=dev)], dim=1)
+        word = (q.view(q.shape[0], G, wpg, F) << shifts).sum(dim=3)
+        out[r0:r0 + chunk] = _to_i32(word).permute(0, 2, 1)
+    return out
+
+
+# Grouped layout: per (row, group) S|Z as one f16 pair (4 bytes) instead of the 3+3-bit code byte plus a
+# shared second-level table. More bytes (2 bits/weight at β1 = 16 instead of 0.5), fewer instructions.
+PACKED_STATS_DEFAULT = True
+
+
 def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple[int, int],
-            device: str | torch.device = "cuda") -> PreparedSpQR:
-    """Move sections to ``device`` once and build the fused kernel's layout there (see module doc)."""
-    if _is_v2_arith(params):  # the fused kernel implements v1 arithmetic only (spqr.md §5)
-        raise NotImplementedError("spqr v2 with arith='f16' or outlier_op='add': no fused matvec yet; "
-                                  "use dequantize()")
+            device: str | torch.device = "cuda", layout: str | None = None,
+            packed_stats: bool | None = None) -> PreparedSpQR:
+    """Move sections to ``device`` once and build the fused kernel's layout there (see module doc).
+
+    ``layout`` forces ``"planes"`` (the general kernel) for comparison; by default the
+    grouped fast path is used whenever β1 allows it. ``packed_stats`` picks the
+    grouped layout's statistics form (default :data:`PACKED_STATS_DEFAULT`; always
+    packed when the statistics are not 3+3-bit codes).
+    """
+    # v2 (f16 arithmetic / additive outliers, spqr.md §8): the fused kernel computes the dense part with
+    # v1's f32 arithmetic (within its relative-error contract) and the outlier deltas are taken against
+    # the exact v2 matrix, so outlier positions are exact; dequantize_prepared stays bit-exact through
+    # the spec sections, which are kept.
+    v2 = _is_v2_arith(params)
     m, n = (int(v) for v in shape)
     params = dict(params)
     secs = to_device(sections, device)
     bits = int(params["bits"])
     gs = int(params["group_size"])
-    widths = _plane_widths(bits)
-    U = 32 // max(w for w, _ in widths)
-    n_pad = _ceil_div(n, 32) * 32
     dev = secs["codes"].device
-
-    # Bit planes, built in row chunks to bound the int64 temporaries.
-    planes = [(w, o, torch.empty((m, n_pad * w // 32), dtype=torch.int32, device=dev)) for w, o in widths]
-    chunk = max(1, (1 << 24) // max(n_pad, 1))
-    for r0 in range(0, m, chunk):
-        q = unpack_rows(secs["codes"][r0:r0 + chunk], n, bits)
-        if n_pad != n:
-            q = torch.cat([q, torch.zeros((q.shape[0], n_pad - n), dtype=q.dtype, device=dev)], dim=1)
-        for w, o, dst in planes:
-            f = ((q >> o) & ((1 << w) - 1)).view(q.shape[0], -1, 32 // w)
-            word = (f << (torch.arange(32 // w, device=dev) * w)).sum(dim=2)
-            dst[r0:r0 + chunk] = torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
+    if layout not in (None, "grouped", "planes"):
+        raise ValueError(f"layout must be 'grouped' or 'planes', not {layout!r}")
+    grouped_ok = _grouped_ok(params) and layout != "planes"
+    if layout == "grouped" and not grouped_ok:
+        raise ValueError(f"group_size {gs} with {bits}-bit codes does not fill whole words: use the planes layout")
+    planes: list[tuple[int, int, torch.Tensor]] = []
+    grouped = None
+    U = 32
+    if grouped_ok:
+        grouped = _repack_grouped(secs["codes"], m, n, bits, gs)
+    else:
+        widths = _plane_widths(bits)
+        U = 32 // max(w for w, _ in widths)
+        n_pad = _ceil_div(n, 32) * 32
+        # Bit planes, built in row chunks to bound the int64 temporaries.
+        planes = [(w, o, torch.empty((m, n_pad * w // 32), dtype=torch.int32, device=dev)) for w, o in widths]
+        chunk = max(1, (1 << 24) // max(n_pad, 1))
+        for r0 in range(0, m, chunk):
+            q = unpack_rows(secs["codes"][r0:r0 + chunk], n, bits)
+            if n_pad != n:
+                q = torch.cat([q, torch.zeros((q.shape[0], n_pad - n), dtype=q.dtype, device=dev)], dim=1)
+            for w, o, dst in planes:
+                f = ((q >> o) & ((1 << w) - 1)).view(q.shape[0], -1, 32 // w)
+                word = (f << (torch.arange(32 // w, device=dev) * w)).sum(dim=2)
+                dst[r0:r0 + chunk] = _to_i32(word)
 
     S = stat_f32(params, secs, "scale", m)
     Z = stat_f32(params, secs, "zero", m)
@@ -289,13 +384,36 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
         qv = _codes_at(secs["codes"], rows, cols, bits)
         g = cols // gs
         dense = (qv.to(torch.float32) - Z[g, rows]) * S[g, rows]
-        delta = secs["outlier_val"].to(torch.float32) - dense
+        if v2:
+            exact = dequantize(params, secs, (m, n), torch.float32)
+            pcols = _u32(secs["perm"])[cols] if "perm" in secs else cols
+            delta = exact[rows, pcols] - dense
+            del exact
+        else:
+            delta = secs["outlier_val"].to(torch.float32) - dense
     else:
         delta = torch.empty(0, dtype=torch.float32, device=dev)
     col16 = n <= 65536
     o_col = torch.where(cols >= 32768, cols - 65536, cols).to(torch.int16) if col16 else cols.to(torch.int32)
     perm = secs.get("perm")
-    return PreparedSpQR(params=params, shape=(m, n), sections=secs, planes=planes, unit=U, stats_q=stats_q,
+    packed = (PACKED_STATS_DEFAULT if packed_stats is None else bool(packed_stats)) or not stats_q
+    empty32 = torch.empty(0, dtype=torch.int32, device=dev)
+    sz32 = st2_64 = empty32
+    if grouped is not None:
+        if not v2:
+            del secs["codes"]  # held once, as the repack
+        if packed:
+            s_bits = S.half().view(torch.int16).to(torch.int32) & 0xFFFF
+            z_bits = Z.half().view(torch.int16).to(torch.int32)
+            sz32 = (s_bits | (z_bits << 16)).T.contiguous()  # [m, G]
+            st_codes, st2 = st_codes[:0], st2[:0]
+        else:
+            st2_64 = st2.view(torch.int64).reshape(st2.shape[0], st2.shape[1]).contiguous()  # [G, K]
+    if grouped is not None:
+        s16 = z16 = empty16
+    return PreparedSpQR(params=params, shape=(m, n), sections=secs, layout="grouped" if grouped_ok else "planes",
+                        planes=planes, unit=U, grouped=grouped, wst=_field_width(bits),
+                        packed_stats=grouped is not None and packed, sz32=sz32, st2_64=st2_64, stats_q=stats_q,
                         st_codes=st_codes, st2=st2, s16=s16, z16=z16,
                         o_row_ptr=_u32(secs["outlier_row_ptr"]).to(torch.int32).contiguous(),
                         o_col=o_col.contiguous(), o_delta=delta.contiguous(), perm=perm)
@@ -315,7 +433,11 @@ def _codes_at(codes: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, bits:
 
 
 def default_config(prepared: PreparedSpQR, batch: int) -> MatvecConfig:
-    """Tile shape the H100 sweep of bench/bench_kernels.py favoured (small tiles, many programs)."""
+    """Tile shape favoured by the H100 sweep of bench/bench_kernels.py (``NH`` is NG, groups per tile, when grouped)."""
+    if prepared.layout == "grouped":
+        if batch == 1:
+            return MatvecConfig(BM=16, NH=32, num_warps=4)
+        return MatvecConfig(BM=64, NH=16, num_warps=4)
     if batch == 1:
         return MatvecConfig(BM=16, NH=16, num_warps=4)
     return MatvecConfig(BM=16, NH=16, num_warps=2)
@@ -323,13 +445,93 @@ def default_config(prepared: PreparedSpQR, batch: int) -> MatvecConfig:
 
 def _auto_split(prepared: PreparedSpQR, cfg: MatvecConfig) -> int:
     m, n = prepared.shape
-    n_tiles = _ceil_div(n, cfg.NH * prepared.unit)
+    if prepared.layout == "grouped":
+        n_tiles = _ceil_div(_ceil_div(n, int(prepared.params["group_size"])), cfg.NH)
+    else:
+        n_tiles = _ceil_div(n, cfg.NH * prepared.unit)
     progs_m = _ceil_div(m, cfg.BM)
     if prepared.device.type != "cuda":
         return 1
     sms = torch.cuda.get_device_properties(prepared.device).multi_processor_count
     want = 32 * sms  # many small programs: the loop is latency-bound, not pipelined
     return max(1, min(n_tiles, _ceil_div(want, progs_m)))
+
+
+def _next_pow2(v: int) -> int:
+    return 1 << max(0, (int(v) - 1).bit_length())
+
+
+def _check_grouped(prepared: PreparedSpQR) -> None:
+    """Sizes the grouped kernels index without bounds checks (a PreparedSpQR is a plain, mutable dataclass)."""
+    m, n = prepared.shape
+    p = prepared.params
+    gs = int(p["group_size"])
+    G = _ceil_div(n, gs)
+    K2 = _ceil_div(m, int(p.get("stat_group_size", 1) or 1))
+    need = {"grouped": (prepared.grouped, m * G * gs * prepared.wst // 32),
+            "o_row_ptr": (prepared.o_row_ptr, m + 1)}
+    if prepared.packed_stats:
+        need["sz32"] = (prepared.sz32, m * G)
+    else:
+        need.update(st_codes=(prepared.st_codes, m * G), st2_64=(prepared.st2_64, G * K2))
+    for name, (t, size) in need.items():
+        if t is None or t.numel() != size:
+            raise ValueError(f"PreparedSpQR.{name} has {None if t is None else t.numel()} elements, expected {size}")
+    if prepared.o_col.numel() != prepared.o_delta.numel():
+        raise ValueError("PreparedSpQR outlier columns and deltas differ in length")
+
+
+def _matvec_grouped(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor | None,
+                    cfg: MatvecConfig) -> torch.Tensor:
+    from . import _gemv as KG
+
+    _check_grouped(prepared)
+    m, n = prepared.shape
+    p = prepared.params
+    B = x2.shape[0]
+    gs = int(p["group_size"])
+    G = _ceil_div(n, gs)
+    wst = prepared.wst
+    F = 32 // wst
+    mode = 0 if B == 1 else 2
+    x2 = x2.contiguous()
+    dev = x2.device
+    xq = torch.empty((B, gs * G), dtype=torch.float32, device=dev)
+    xsum = torch.empty((B, G), dtype=torch.float32, device=dev)
+    xo = torch.empty((B, n), dtype=torch.float32, device=dev)
+    gsp = _next_pow2(gs)
+    bg = max(1, min(_next_pow2(G), 4096 // gsp))
+    KG.xprep_kernel[(_ceil_div(G, bg), B)](x2, prepared.x_index(0), xq, xsum, xo, n, G, x2.stride(0),
+                                           GS=gs, GSP=gsp, F=F, WST=wst, PRESCALE=mode != 2, BG=bg)
+    NG = cfg.NH
+    n_gt = _ceil_div(G, NG)
+    split = cfg.split or _auto_split(prepared, cfg)
+    split = max(1, min(split, n_gt))
+    tps = _ceil_div(n_gt, split)
+    split = _ceil_div(n_gt, tps)
+    atomic = split > 1
+    if atomic:
+        y = torch.zeros((B, m), dtype=torch.float32, device=dev)
+    else:
+        y = torch.empty((B, m), dtype=x2.dtype, device=dev)
+    b2 = int(p.get("stat_group_size", 1) or 1)
+    has_bias = bias is not None and not atomic
+    KG.gemv_kernel[(_ceil_div(m, cfg.BM), split)](
+        xq, xsum, xo, y, bias if has_bias else y, prepared.grouped,
+        prepared.st_codes, prepared.st2_64, prepared.sz32,
+        prepared.o_row_ptr, prepared.o_col, prepared.o_delta,
+        m, n, G, _ceil_div(m, b2), b2, B, n_gt, tps,
+        GS=gs, SB=int(p["scale_bits"]) if prepared.stats_q else 0, WST=wst, F=F, WPG=gs * wst // 32,
+        NG=NG, BM=cfg.BM, BB=1 if mode == 0 else 16, EPR=16 if mode == 0 else 8,
+        PACKED=prepared.packed_stats, MODE=mode, ATOMIC=atomic, HAS_BIAS=has_bias,
+        COL16=prepared.o_col.dtype == torch.int16, DOT_DT=_TL_DTYPE[x2.dtype],
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if atomic:
+        if bias is not None:
+            y = y + bias.to(torch.float32)
+        y = y.to(x2.dtype)
+    return y
 
 
 def matvec(prepared: PreparedSpQR, x: torch.Tensor, bias: torch.Tensor | None = None,
@@ -351,6 +553,9 @@ def matvec(prepared: PreparedSpQR, x: torch.Tensor, bias: torch.Tensor | None = 
         ys = [matvec(prepared, x2[i:i + MAX_FUSED_BATCH], bias, config) for i in range(0, B, MAX_FUSED_BATCH)]
         return torch.cat(ys, dim=0)
     cfg = config or default_config(prepared, B)
+    if prepared.layout == "grouped":
+        y = _matvec_grouped(prepared, x2, bias, cfg)
+        return y.reshape(m) if squeeze else y
     p = prepared.params
     U = prepared.unit
     bk = cfg.NH * U
@@ -396,8 +601,43 @@ def matvec(prepared: PreparedSpQR, x: torch.Tensor, bias: torch.Tensor | None = 
 
 
 def dequantize_prepared(prepared: PreparedSpQR, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
-    """Dense W of a prepared tensor (bit-exact; used by SpQRLinear for large batches)."""
-    return dequantize(prepared.params, prepared.sections, prepared.shape, out_dtype)
+    """Dense W of a prepared tensor, bit-identical to spqr.md §5 (used by SpQRLinear for large batches).
+
+    The grouped layout is decoded from the repack (the spec ``codes`` are not
+    kept on the device); outliers are then written over it (replace semantics).
+    """
+    if prepared.layout != "grouped" or "codes" in prepared.sections:  # planes layout, or v2 (kept sections)
+        return dequantize(prepared.params, prepared.sections, prepared.shape, out_dtype)
+    from . import _gemv as KG
+
+    _check_grouped(prepared)
+    m, n = prepared.shape
+    p = prepared.params
+    gs = int(p["group_size"])
+    G = _ceil_div(n, gs)
+    secs = prepared.sections
+    out = torch.empty((m, n), dtype=out_dtype, device=prepared.device)
+    perm = prepared.perm
+    if perm is not None:
+        perm = perm.view(torch.int32) if perm.dtype == torch.uint32 else perm
+    bf16 = out_dtype == torch.bfloat16
+    b2 = int(p.get("stat_group_size", 1) or 1)
+    BM, BC = 16, 256
+    iperm = prepared.x_index(-1) if perm is not None else None
+    KG.dequant_grouped_kernel[(_ceil_div(m, BM), _ceil_div(n, BC))](
+        prepared.grouped, prepared.st_codes, prepared.st2_64, prepared.sz32,
+        iperm if iperm is not None else prepared.grouped, out.view(torch.int16) if bf16 else out,
+        m, n, G, _ceil_div(m, b2), b2,
+        GS=gs, SB=int(p["scale_bits"]) if prepared.stats_q else 0, WST=prepared.wst, F=32 // prepared.wst,
+        WPG=gs * prepared.wst // 32, BM=BM, BC=BC, PACKED=prepared.packed_stats,
+        HAS_PERM=iperm is not None, OUT_BF16=bf16, **_launch_opts())
+    vals = secs["outlier_val"]
+    if vals.numel():
+        rows, cols = _outlier_coo(secs, m)
+        if perm is not None:
+            cols = _u32(perm)[cols]
+        out.view(-1)[rows * n + cols] = vals.to(torch.float32).to(out_dtype)
+    return out
 
 
 def bytes_of(sections: Mapping[str, Any]) -> int:

@@ -65,6 +65,16 @@ def _check_dequant(enc, shape) -> None:
         want = ref_t.to(dt)
         same = (out.view(torch.int16) == want.view(torch.int16)) | (torch.isnan(out) & torch.isnan(want))
         assert bool(same.all()), dt
+    # the same matrix decoded from the load-time repack (grouped layout: spec codes no longer on the device)
+    for packed in (True, False):
+        prep = ks.prepare(enc.params, enc.sections, shape, DEVICE, packed_stats=packed)
+        assert ("codes" in prep.sections) == (prep.layout == "planes")
+        assert _same_bits(ks.dequantize_prepared(prep, torch.float32).cpu().numpy(), ref)
+        for dt in (torch.float16, torch.bfloat16):
+            out = ks.dequantize_prepared(prep, dt).cpu()
+            want = ref_t.to(dt)
+            same = (out.view(torch.int16) == want.view(torch.int16)) | (torch.isnan(out) & torch.isnan(want))
+            assert bool(same.all()), (dt, prep.layout, prep.packed_stats)
 
 
 def _relerr(y: np.ndarray, ref: np.ndarray) -> float:
@@ -124,12 +134,13 @@ def test_dequantize_special_values_propagate():
 
 @SETTINGS
 @given(shape=shapes, cfg=configs, seed=st.integers(0, 2**31 - 1), batch=st.sampled_from([1, 1, 3, 16]),
-       bm=st.sampled_from([16, 32]), nh=st.sampled_from([16, 32]), split=st.sampled_from([1, 2, 5]))
-def test_matvec_matches_reference(shape, cfg, seed, batch, bm, nh, split):
+       bm=st.sampled_from([16, 32]), nh=st.sampled_from([16, 32]), split=st.sampled_from([1, 2, 5]),
+       packed=st.booleans())
+def test_matvec_matches_reference(shape, cfg, seed, batch, bm, nh, split, packed):
     m, n = shape
     enc = _encode(seed, m, n, **cfg)
     ref = decode(enc.params, enc.sections, shape).astype(np.float64)
-    prep = ks.prepare(enc.params, enc.sections, shape, DEVICE)
+    prep = ks.prepare(enc.params, enc.sections, shape, DEVICE, packed_stats=packed)
     rng = np.random.default_rng(seed + 1)
     x = torch.from_numpy(rng.standard_normal((batch, n)).astype(np.float32)).half()
     want = x.double().numpy() @ ref.T
@@ -208,8 +219,10 @@ def test_dequantize_v2_bit_exact(shape, cfg, seed, arith, op, special):
     _check_dequant_v2(params, secs, shape)
 
 
-def test_dequantize_v2_rounding_cases_and_prepare_refuses():
-    """f16 rounding visibly changes the result (so the test above can fail), and the fused path refuses v2."""
+def test_dequantize_v2_rounding_cases_and_prepared_path():
+    """f16 rounding visibly changes the result (so the test above can fail); v2 runs on the prepared path:
+    dequantize_prepared stays bit-exact (it keeps the spec sections), the fused matvec (v1 arithmetic
+    for the dense part, outlier deltas against the exact v2 matrix) is within the matvec tolerance."""
     shape = (19, 77)
     enc = _encode(5, *shape, bits=3, gs=16, sbits=3, b2=4, outliers="some", perm=True)
     v1 = decode(enc.params, enc.sections, shape)
@@ -217,8 +230,13 @@ def test_dequantize_v2_rounding_cases_and_prepare_refuses():
         params = dict(enc.params, arith=arith, outlier_op=op)
         assert not _same_bits(decode(params, enc.sections, shape), v1)
         _check_dequant_v2(params, enc.sections, shape)
-        with pytest.raises(NotImplementedError, match="v2"):
-            ks.prepare(params, enc.sections, shape, DEVICE)
+        prep = ks.prepare(params, enc.sections, shape, DEVICE)
+        ref = decode(params, enc.sections, shape)
+        assert _same_bits(ks.dequantize_prepared(prep, torch.float32).cpu().numpy(), ref)
+        x = torch.from_numpy(np.random.default_rng(1).standard_normal((3, shape[1])).astype(np.float32))
+        for rows in (x[:1], x):
+            y = ks.matvec(prep, rows.to(DEVICE)).double().cpu().numpy()
+            assert _relerr(y, rows.double().numpy() @ ref.astype(np.float64).T) < MATVEC_TOL
     for bits in (1, 5, 6, 7):  # every straddle pattern of the outlier kernel's code read
         enc = _encode(bits, *shape, bits=bits, gs=16, sbits=16, b2=4, outliers="some", perm=False)
         _check_dequant_v2(dict(enc.params, arith="f16", outlier_op="add"), enc.sections, shape)
