@@ -32,10 +32,12 @@ from spqrfmt.kernels import spqr as ks
 
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (8192, 28672)]
 BITS = [4, 3, 2]
-# (BM, NG, num_warps) for the grouped kernel; NG = β1-groups per tile
-FMA_SWEEP = [(16, 32, 4), (16, 64, 4), (64, 16, 4)]
-BATCH_SWEEP = [(64, 16, 4), (32, 16, 4), (64, 32, 4)]
-SPLITS = [None, 4, 16]
+# Grouped-kernel sweep (kept small: every tile shape is a new Triton compilation).
+# batch 1: (BM, NG, num_warps), NG = β1-groups per tile; the H100 favoured these in a wider sweep
+FMA_SWEEP = [(16, 32, 4), (64, 16, 4)]
+# batch 2..16: (BM, NG, num_warps, tile_dot)
+BATCH_SWEEP = [(64, 16, 4, False), (32, 8, 4, True), (64, 4, 4, True)]
+SPLITS = {1: [None, 16], 4: [None, 4], 16: [None, 4]}
 
 
 def cdiv(a: int, b: int) -> int:
@@ -195,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                 best = (float("inf"), None)
                 cands = [ks.default_config(prep, batch)]
                 if not args.quick:
-                    cands += [ks.MatvecConfig(BM=bm, NH=nh, num_warps=nw, split=sp)
-                              for bm, nh, nw in sweep for sp in SPLITS]
+                    cands += [ks.MatvecConfig(BM=c[0], NH=c[1], num_warps=c[2], split=sp,
+                                              tile_dot=len(c) > 3 and c[3])
+                              for c in sweep for sp in SPLITS[batch]]
                 for cfg in cands:
                     try:
                         t = graph_time([lambda p=p, x=x, c=cfg: ks.matvec(p, x, config=c) for p in preps])
@@ -225,8 +228,6 @@ def main(argv: list[str] | None = None) -> int:
                 pl = ks.prepare(params, secs, (m, n), "cuda", layout="planes")
                 pls = [pl] + [clone_prepared(pl) for _ in range(max(1, cdiv(2 * l2, pl.fused_nbytes)))]
                 cfgs = [ks.MatvecConfig(BM=16, NH=16, num_warps=4)]
-                if not args.quick:
-                    cfgs += [ks.MatvecConfig(BM=16, NH=16, num_warps=4, split=sp) for sp in (4, 16)]
                 old_t = min(graph_time([lambda p=p, x=x1, c=c: ks.matvec(p, x, config=c) for p in pls])
                             for c in cfgs)
                 del pl, pls

@@ -138,6 +138,8 @@ def gemv_kernel(xq_ptr, xsum_ptr, xo_ptr, y_ptr, bias_ptr, w_ptr,
     MODE 0: one activation row, FMAs on pre-scaled x with the zero folded out of each group
     (``S·(Σ q·x − Z·Σ x)``). MODE 2: 2..16 rows; decoded [BM, NG] slices rounded to DOT_DT (the
     activation dtype, as cuBLAS would see an fp16/bf16 weight) and ``tl.dot`` with unscaled x.
+    MODE 3: 2..16 rows; one [BM, NG·β1] tile in stored column order per step (codes and stats
+    gathered per element, cache hits) and a single ``tl.dot`` with K = NG·β1.
     (A MODE 1 with [BM, BB, NG] FMAs sharing the decode was measured slower on the H100:
     the 3-D broadcasts cost a layout conversion per step.)
     """
@@ -156,33 +158,47 @@ def gemv_kernel(xq_ptr, xsum_ptr, xo_ptr, y_ptr, bias_ptr, w_ptr,
     t_lo = pid_k * tiles_per_split
     t_hi = tl.minimum(t_lo + tiles_per_split, n_gt)
     for t in range(t_lo, t_hi):
-        g = t * NG + gg
-        gmask = g < G
-        lmask = rmask[:, None] & gmask[None, :]
-        S, Z = _group_stats(rows, g, lmask, st_ptr, st2_ptr, sz_ptr, G, K2, B2, SB, PACKED)
-        if MODE == 0:
-            part = tl.zeros((BM, NG), dtype=tl.float32)
+        if MODE == 3:
+            # one [BM, NG·β1] tile in stored column order, codes and stats gathered per element, one dot
+            cols = t * (NG * GS) + tl.arange(0, NG * GS)
+            cmask = cols < n
+            cm2 = rmask[:, None] & cmask[None, :]
+            gc = cols // GS
+            jc = cols % GS
+            wt = tl.load(w_ptr + rbase[:, None] + ((jc // F) * G + gc)[None, :], mask=cm2, other=0).to(
+                tl.uint32, bitcast=True)
+            qt = ((wt >> ((jc % F) * WST).to(tl.uint32)[None, :]) & ((1 << WST) - 1)).to(tl.float32)
+            St, Zt = _group_stats(rows, gc, cm2, st_ptr, st2_ptr, sz_ptr, G, K2, B2, SB, PACKED)
+            xt = tl.load(xo_ptr + bb[None, :] * n + cols[:, None], mask=cmask[:, None] & bmask[None, :], other=0.0)
+            acc = tl.dot(((qt - Zt) * St).to(DOT_DT), xt.to(DOT_DT), acc)
         else:
-            nzs = -(Z * S)
-        for s in tl.static_range(WPG):
-            w = tl.load(w_ptr + rbase[:, None] + (s * G + g)[None, :], mask=lmask, other=0).to(tl.uint32,
-                                                                                              bitcast=True)
-            wh = w >> 16
-            for c in tl.static_range(F):
-                jj = s * F + c
-                v = _field(w, wh, c, F, WST)
-                if MODE == 0:
-                    xv = tl.load(xq_ptr + jj * G + g, mask=gmask, other=0.0)
-                    part += v * xv[None, :]
-                else:
-                    # x is unscaled here: undo the field's 2^p in S (an exact power of two)
-                    xv = tl.load(xq_ptr + bb[None, :] * (GS * G) + jj * G + g[:, None],
-                                 mask=gmask[:, None] & bmask[None, :], other=0.0)
-                    wv = (v * (S * (1.0 / (1 << ((c % (F // 2)) * WST)))) + nzs).to(DOT_DT)
-                    acc = tl.dot(wv, xv.to(DOT_DT), acc)
-        if MODE == 0:
-            xs = tl.load(xsum_ptr + g, mask=gmask, other=0.0)
-            acc += S * (part - Z * xs[None, :])
+            g = t * NG + gg
+            gmask = g < G
+            lmask = rmask[:, None] & gmask[None, :]
+            S, Z = _group_stats(rows, g, lmask, st_ptr, st2_ptr, sz_ptr, G, K2, B2, SB, PACKED)
+            if MODE == 0:
+                part = tl.zeros((BM, NG), dtype=tl.float32)
+            else:
+                nzs = -(Z * S)
+            for s in tl.static_range(WPG):
+                w = tl.load(w_ptr + rbase[:, None] + (s * G + g)[None, :], mask=lmask, other=0).to(tl.uint32,
+                                                                                                  bitcast=True)
+                wh = w >> 16
+                for c in tl.static_range(F):
+                    jj = s * F + c
+                    v = _field(w, wh, c, F, WST)
+                    if MODE == 0:
+                        xv = tl.load(xq_ptr + jj * G + g, mask=gmask, other=0.0)
+                        part += v * xv[None, :]
+                    else:
+                        # x is unscaled here: undo the field's 2^p in S (an exact power of two)
+                        xv = tl.load(xq_ptr + bb[None, :] * (GS * G) + jj * G + g[:, None],
+                                     mask=gmask[:, None] & bmask[None, :], other=0.0)
+                        wv = (v * (S * (1.0 / (1 << ((c % (F // 2)) * WST)))) + nzs).to(DOT_DT)
+                        acc = tl.dot(wv, xv.to(DOT_DT), acc)
+            if MODE == 0:
+                xs = tl.load(xsum_ptr + g, mask=gmask, other=0.0)
+                acc += S * (part - Z * xs[None, :])
 
     if MODE == 0:
         out = tl.sum(acc, axis=1)

@@ -184,6 +184,7 @@ class MatvecConfig:
     num_warps: int = 4
     split: int | None = None
     num_stages: int = 1
+    tile_dot: bool = False  # grouped layout, 2..16 rows: one dot per [BM, NH·β1] gathered tile (MODE 3)
 
 
 def _plane_widths(bits: int) -> list[tuple[int, int]]:
@@ -493,7 +494,7 @@ def _matvec_grouped(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor
     G = _ceil_div(n, gs)
     wst = prepared.wst
     F = 32 // wst
-    mode = 0 if B == 1 else 2
+    mode = 0 if B == 1 else (3 if cfg.tile_dot and gs == _next_pow2(gs) else 2)
     x2 = x2.contiguous()
     dev = x2.device
     xq = torch.empty((B, gs * G), dtype=torch.float32, device=dev)
