@@ -658,7 +658,7 @@ relative to the first is printed too. Needs a causal LM and torch + transformers
 
 def main(argv: list[str] | None = None) -> int:
     raw = sys.argv[1:] if argv is None else list(argv)
-    if raw[:1] == ["conformance"]:  # argparse.REMAINDER cannot pass leading options through (CPython gh-61252)
+    if raw[:1] == ["conformance"]:  # argparse.REMAINDER drops a remainder that starts with an option
         return _cmd_conformance(argparse.Namespace(rest=raw[1:]))
     args = build_parser().parse_args(argv)
     try:
