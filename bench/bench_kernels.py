@@ -37,7 +37,7 @@ BITS = [4, 3, 2]
 FMA_SWEEP = [(16, 32, 4), (64, 16, 4)]
 # batch 2..16: (BM, NG, num_warps, tile_dot)
 BATCH_SWEEP = [(64, 16, 4, False), (32, 8, 4, True), (64, 4, 4, True)]
-SPLITS = {1: [None, 16], 4: [None, 4], 16: [None, 4]}
+SPLITS = {1: [None, 1, 16], 4: [None, 4], 16: [None, 4]}
 
 
 def cdiv(a: int, b: int) -> int:
@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true", help="first shape and 3-bit only, no sweep")
+    ap.add_argument("--shapes", nargs="+", default=None, metavar="MxN", help="shapes instead of the default four")
+    ap.add_argument("--bits", type=int, nargs="+", default=None, help="code widths (default 4 3 2)")
+    ap.add_argument("--no-diag", action="store_true", help="skip the breakdown of the last 3-bit row")
     args = ap.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = False
     props = torch.cuda.get_device_properties(0)
@@ -175,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
           f"copy {ceil['copy_GBps']:.0f} GB/s (read+write), bf16 GEMM {ceil['bf16_TFLOPs']:.0f} TFLOP/s", flush=True)
     rows, sweep_log = [], []
     shapes = SHAPES[:1] if args.quick else SHAPES
-    bits_list = [3] if args.quick else BITS
+    if args.shapes:
+        shapes = [tuple(int(v) for v in sh.lower().split("x")) for sh in args.shapes]
+    bits_list = args.bits or ([3] if args.quick else BITS)
     for (m, n) in shapes:
         w16 = torch.randn(m, n, device="cuda", dtype=torch.float16)
         ncopy16 = max(1, cdiv(2 * l2, w16.numel() * 2)) + 1
@@ -247,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             for b in (1, 4, 16):
                 row[f"fused_b{b}_us"] = res[b][0] * 1e6
                 row[f"fused_b{b}_cfg"] = str(res[b][1])
-            if (m, n) == shapes[-1] and bits == 3 and not args.quick:
+            if (m, n) == shapes[-1] and bits == 3 and not args.quick and not args.no_diag:
                 row["diag_b1_us"] = diagnose(preps, x1, res[1][1])
             row["GBps_b1"] = comp / res[1][0] / 1e9
             row["pct_copy_b1"] = 100 * row["GBps_b1"] / ceil["copy_GBps"]

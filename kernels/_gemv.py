@@ -93,8 +93,9 @@ def _group_stats(rows, g, lmask, st_ptr, st2_ptr, sz_ptr, G, K2, B2, SB: tl.cons
 
 
 @triton.jit
-def _outliers(out, rows, rmask, pid_k, orp_ptr, ocol_ptr, odelta_ptr, xo_ptr, n, bb, bmask,
-              EPR: tl.constexpr, COL16: tl.constexpr, BATCHED: tl.constexpr):
+def _outliers(out, rows, rmask, pid_k, orp_ptr, ocol_ptr, odelta_ptr, xo_ptr, idx_ptr, n, bb, bmask,
+              EPR: tl.constexpr, COL16: tl.constexpr, BATCHED: tl.constexpr, XIN: tl.constexpr,
+              HAS_PERM: tl.constexpr):
     """Add this program's share of each row's outlier add-deltas (f32(val) − dense) times x, row-wise.
 
     Each row's CSR range is split evenly over the column-split programs; entries are
@@ -120,24 +121,32 @@ def _outliers(out, rows, rmask, pid_k, orp_ptr, ocol_ptr, odelta_ptr, xo_ptr, n,
                          mask=em[:, :, None] & bmask[None, None, :], other=0.0)
             out += tl.sum(d[:, :, None] * xv, axis=1)
         else:
-            xv = tl.load(xo_ptr + col, mask=em, other=0.0)
+            if XIN:  # xo_ptr is x itself, in feature order
+                if HAS_PERM:
+                    col = tl.load(idx_ptr + col, mask=em, other=0)
+                xv = tl.load(xo_ptr + col, mask=em, other=0.0).to(tl.float32)
+            else:
+                xv = tl.load(xo_ptr + col, mask=em, other=0.0)
             out += tl.sum(d * xv, axis=1)
     return out
 
 
 @triton.jit
-def gemv_kernel(xq_ptr, xsum_ptr, xo_ptr, y_ptr, bias_ptr, w_ptr,
+def gemv_kernel(xq_ptr, xsum_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr, cnt_ptr, w_ptr,
                 st_ptr, st2_ptr, sz_ptr, orp_ptr, ocol_ptr, odelta_ptr,
                 m, n, G, K2, B2, nb, n_gt, tiles_per_split,
                 GS: tl.constexpr, SB: tl.constexpr, WST: tl.constexpr, F: tl.constexpr, WPG: tl.constexpr,
                 NG: tl.constexpr, BM: tl.constexpr, BB: tl.constexpr, EPR: tl.constexpr,
                 PACKED: tl.constexpr, MODE: tl.constexpr, ATOMIC: tl.constexpr, HAS_BIAS: tl.constexpr,
-                COL16: tl.constexpr, DOT_DT: tl.constexpr):
+                COL16: tl.constexpr, DOT_DT: tl.constexpr, XIN: tl.constexpr, HAS_PERM: tl.constexpr):
     """y[b, r] = Σ_j W[r, j] x[b, j] over this program's rows and its share of group tiles (NG groups each).
 
     MODE 0: one activation row, FMAs on pre-scaled x with the zero folded out of each group
     (``S·(Σ q·x − Z·Σ x)``). MODE 2: 2..16 rows; decoded [BM, NG] slices rounded to DOT_DT (the
     activation dtype, as cuBLAS would see an fp16/bf16 weight) and ``tl.dot`` with unscaled x.
+    XIN (MODE 0): x is read in feature order straight from the caller's tensor (``xq_ptr`` = ``xo_ptr``
+    = x, through ``idx`` = perm) and pre-scaled and summed in the kernel, so no ``xprep_kernel``
+    launch is needed; each program re-reads its columns' x (1/BM of the weight traffic).
     MODE 3: 2..16 rows; one [BM, NG·β1] tile in stored column order per step (codes and stats
     gathered per element, cache hits) and a single ``tl.dot`` with K = NG·β1.
     (A MODE 1 with [BM, BB, NG] FMAs sharing the decode was measured slower on the H100:
@@ -178,6 +187,8 @@ def gemv_kernel(xq_ptr, xsum_ptr, xo_ptr, y_ptr, bias_ptr, w_ptr,
             S, Z = _group_stats(rows, g, lmask, st_ptr, st2_ptr, sz_ptr, G, K2, B2, SB, PACKED)
             if MODE == 0:
                 part = tl.zeros((BM, NG), dtype=tl.float32)
+                if XIN:
+                    xs = tl.zeros((NG,), dtype=tl.float32)
             else:
                 nzs = -(Z * S)
             for s in tl.static_range(WPG):
@@ -188,7 +199,16 @@ def gemv_kernel(xq_ptr, xsum_ptr, xo_ptr, y_ptr, bias_ptr, w_ptr,
                     jj = s * F + c
                     v = _field(w, wh, c, F, WST)
                     if MODE == 0:
-                        xv = tl.load(xq_ptr + jj * G + g, mask=gmask, other=0.0)
+                        if XIN:
+                            col = g * GS + jj
+                            cm = gmask & (col < n)
+                            if HAS_PERM:
+                                col = tl.load(idx_ptr + col, mask=cm, other=0)
+                            xr = tl.load(xq_ptr + col, mask=cm, other=0.0).to(tl.float32)
+                            xs += xr
+                            xv = xr * (1.0 / (1 << ((c % (F // 2)) * WST)))
+                        else:
+                            xv = tl.load(xq_ptr + jj * G + g, mask=gmask, other=0.0)
                         part += v * xv[None, :]
                     else:
                         # x is unscaled here: undo the field's 2^p in S (an exact power of two)
@@ -197,7 +217,8 @@ def gemv_kernel(xq_ptr, xsum_ptr, xo_ptr, y_ptr, bias_ptr, w_ptr,
                         wv = (v * (S * (1.0 / (1 << ((c % (F // 2)) * WST)))) + nzs).to(DOT_DT)
                         acc = tl.dot(wv, xv.to(DOT_DT), acc)
             if MODE == 0:
-                xs = tl.load(xsum_ptr + g, mask=gmask, other=0.0)
+                if not XIN:
+                    xs = tl.load(xsum_ptr + g, mask=gmask, other=0.0)
                 acc += S * (part - Z * xs[None, :])
 
     if MODE == 0:
@@ -205,8 +226,8 @@ def gemv_kernel(xq_ptr, xsum_ptr, xo_ptr, y_ptr, bias_ptr, w_ptr,
     else:
         out = acc
 
-    out = _outliers(out, rows, rmask, pid_k, orp_ptr, ocol_ptr, odelta_ptr, xo_ptr, n, bb, bmask,
-                    EPR, COL16, MODE != 0)
+    out = _outliers(out, rows, rmask, pid_k, orp_ptr, ocol_ptr, odelta_ptr, xo_ptr, idx_ptr, n, bb, bmask,
+                    EPR, COL16, MODE != 0, XIN, HAS_PERM)
 
     if MODE == 0:
         yoff = rows
@@ -215,7 +236,21 @@ def gemv_kernel(xq_ptr, xsum_ptr, xo_ptr, y_ptr, bias_ptr, w_ptr,
         yoff = bb[None, :] * m + rows[:, None]
         ymask = rmask[:, None] & bmask[None, :]
     if ATOMIC:
-        tl.atomic_add(y_ptr + yoff, out, mask=ymask)
+        # Column-split: partial sums go to an f32 workspace that is zero at rest; the last program of
+        # this row block (counted with an acq_rel atomic) reads the total, resets the workspace and its
+        # counter, and writes y, so the split needs no memset or finishing launch.
+        tl.atomic_add(ws_ptr + yoff, out, mask=ymask)
+        done = tl.atomic_add(cnt_ptr + pid_m, 1)
+        if done == tl.num_programs(1) - 1:
+            out = tl.atomic_xchg(ws_ptr + yoff, tl.zeros_like(out), mask=ymask)
+            tl.atomic_xchg(cnt_ptr + pid_m, 0)
+            if HAS_BIAS:
+                bias = tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+                if MODE == 0:
+                    out = out + bias
+                else:
+                    out = out + bias[:, None]
+            tl.store(y_ptr + yoff, out.to(y_ptr.dtype.element_ty), mask=ymask)
     else:
         if HAS_BIAS:
             bias = tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
@@ -256,11 +291,36 @@ def dequant_grouped_kernel(w_ptr, st_ptr, st2_ptr, sz_ptr, iperm_ptr, out_ptr, m
     S, Z = _group_stats(rows, g, mask, st_ptr, st2_ptr, sz_ptr, G, K2, B2, SB, PACKED)
     t = q - Z
     wv = t * S
+    tl.store(out_ptr + rows64[:, None] * n + cols[None, :], _round_out(wv, out_ptr, OUT_BF16), mask=mask)
+
+
+@triton.jit
+def _round_out(wv, out_ptr, OUT_BF16: tl.constexpr):
+    """f32 -> the output dtype by RNE; bf16 by integer ops (NaN kept NaN), see _triton.dequant_kernel."""
     if OUT_BF16:
         b = wv.to(tl.uint32, bitcast=True)
         rb = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
         rb = tl.where(wv != wv, (b >> 16) | 0x40, rb)
-        res = rb.to(tl.uint16).to(tl.int16, bitcast=True)
-    else:
-        res = wv.to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + rows64[:, None] * n + cols[None, :], res, mask=mask)
+        return rb.to(tl.uint16).to(tl.int16, bitcast=True)
+    return wv.to(out_ptr.dtype.element_ty)
+
+
+@triton.jit
+def outlier_store_kernel(orp_ptr, ocol_ptr, oval_ptr, perm_ptr, out_ptr, m, n, BM: tl.constexpr,
+                         EPR: tl.constexpr, COL16: tl.constexpr, HAS_PERM: tl.constexpr, OUT_BF16: tl.constexpr):
+    """out[r, perm[col]] = f32(val) for every outlier of BM rows (replace semantics, spqr.md §5 step 3)."""
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    rmask = rows < m
+    lo = tl.load(orp_ptr + rows, mask=rmask, other=0)
+    hi = tl.load(orp_ptr + rows + 1, mask=rmask, other=0)
+    ke = tl.arange(0, EPR)
+    for e0 in range(0, tl.max(hi - lo, axis=0), EPR):
+        ee = lo[:, None] + e0 + ke[None, :]
+        em = rmask[:, None] & (ee < hi[:, None])
+        col = tl.load(ocol_ptr + ee, mask=em, other=0).to(tl.int32)
+        if COL16:
+            col = col & 0xFFFF
+        if HAS_PERM:
+            col = tl.load(perm_ptr + col, mask=em, other=0)
+        v = tl.load(oval_ptr + ee, mask=em, other=0.0).to(tl.float32)
+        tl.store(out_ptr + rows.to(tl.int64)[:, None] * n + col, _round_out(v, out_ptr, OUT_BF16), mask=em)

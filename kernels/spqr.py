@@ -185,6 +185,7 @@ class MatvecConfig:
     split: int | None = None
     num_stages: int = 1
     tile_dot: bool = False  # grouped layout, 2..16 rows: one dot per [BM, NH·β1] gathered tile (MODE 3)
+    x_inline: bool = True  # grouped layout, 1 row: the kernel gathers/pre-scales x itself (no xprep launch)
 
 
 def _plane_widths(bits: int) -> list[tuple[int, int]]:
@@ -231,6 +232,19 @@ class PreparedSpQR:
     o_delta: torch.Tensor
     perm: torch.Tensor | None
     _xidx: dict[int, torch.Tensor] = field(default_factory=dict)
+    _ws: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def split_workspace(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f32 [16·m] partial sums, i32 [m] counters), zero at rest: the column-split matvec resets them.
+
+        Shared by the calls on this tensor, so one matvec per prepared tensor may run at a time
+        (the usual case: a layer runs on one stream; a CUDA graph replays in order).
+        """
+        if not self._ws:
+            m = self.shape[0]
+            self._ws["acc"] = torch.zeros(MAX_FUSED_BATCH * m, dtype=torch.float32, device=self.device)
+            self._ws["cnt"] = torch.zeros(m + 1, dtype=torch.int32, device=self.device)
+        return self._ws["acc"], self._ws["cnt"]
 
     @property
     def device(self) -> torch.device:
@@ -497,13 +511,19 @@ def _matvec_grouped(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor
     mode = 0 if B == 1 else (3 if cfg.tile_dot and gs == _next_pow2(gs) else 2)
     x2 = x2.contiguous()
     dev = x2.device
-    xq = torch.empty((B, gs * G), dtype=torch.float32, device=dev)
-    xsum = torch.empty((B, G), dtype=torch.float32, device=dev)
-    xo = torch.empty((B, n), dtype=torch.float32, device=dev)
-    gsp = _next_pow2(gs)
-    bg = max(1, min(_next_pow2(G), 4096 // gsp))
-    KG.xprep_kernel[(_ceil_div(G, bg), B)](x2, prepared.x_index(0), xq, xsum, xo, n, G, x2.stride(0),
-                                           GS=gs, GSP=gsp, F=F, WST=wst, PRESCALE=mode != 2, BG=bg)
+    idx = prepared.x_index(0)
+    xin = mode == 0 and cfg.x_inline
+    if xin:  # the kernel reads x itself (no xprep launch)
+        xq = xo = x2
+        xsum = x2
+    else:
+        xq = torch.empty((B, gs * G), dtype=torch.float32, device=dev)
+        xsum = torch.empty((B, G), dtype=torch.float32, device=dev)
+        xo = torch.empty((B, n), dtype=torch.float32, device=dev)
+        gsp = _next_pow2(gs)
+        bg = max(1, min(_next_pow2(G), 4096 // gsp))
+        KG.xprep_kernel[(_ceil_div(G, bg), B)](x2, idx, xq, xsum, xo, n, G, x2.stride(0),
+                                               GS=gs, GSP=gsp, F=F, WST=wst, PRESCALE=mode != 2, BG=bg)
     NG = cfg.NH
     n_gt = _ceil_div(G, NG)
     split = cfg.split or _auto_split(prepared, cfg)
@@ -511,27 +531,22 @@ def _matvec_grouped(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor
     tps = _ceil_div(n_gt, split)
     split = _ceil_div(n_gt, tps)
     atomic = split > 1
-    if atomic:
-        y = torch.zeros((B, m), dtype=torch.float32, device=dev)
-    else:
-        y = torch.empty((B, m), dtype=x2.dtype, device=dev)
+    y = torch.empty((B, m), dtype=x2.dtype, device=dev)
+    ws, cnt = prepared.split_workspace() if atomic else (y, y)
     b2 = int(p.get("stat_group_size", 1) or 1)
-    has_bias = bias is not None and not atomic
+    has_bias = bias is not None
     KG.gemv_kernel[(_ceil_div(m, cfg.BM), split)](
-        xq, xsum, xo, y, bias if has_bias else y, prepared.grouped,
+        xq, xsum, xo, idx, y, bias if has_bias else y, ws, cnt, prepared.grouped,
         prepared.st_codes, prepared.st2_64, prepared.sz32,
         prepared.o_row_ptr, prepared.o_col, prepared.o_delta,
         m, n, G, _ceil_div(m, b2), b2, B, n_gt, tps,
         GS=gs, SB=int(p["scale_bits"]) if prepared.stats_q else 0, WST=wst, F=F, WPG=gs * wst // 32,
         NG=NG, BM=cfg.BM, BB=1 if mode == 0 else 16, EPR=16 if mode == 0 else 8,
         PACKED=prepared.packed_stats, MODE=mode, ATOMIC=atomic, HAS_BIAS=has_bias,
-        COL16=prepared.o_col.dtype == torch.int16, DOT_DT=_TL_DTYPE[x2.dtype],
+        COL16=prepared.o_col.dtype == torch.int16, DOT_DT=_TL_DTYPE[x2.dtype], XIN=xin,
+        HAS_PERM=prepared.perm is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if atomic:
-        if bias is not None:
-            y = y + bias.to(torch.float32)
-        y = y.to(x2.dtype)
     return y
 
 
@@ -634,10 +649,10 @@ def dequantize_prepared(prepared: PreparedSpQR, out_dtype: torch.dtype = torch.f
         HAS_PERM=iperm is not None, OUT_BF16=bf16, **_launch_opts())
     vals = secs["outlier_val"]
     if vals.numel():
-        rows, cols = _outlier_coo(secs, m)
-        if perm is not None:
-            cols = _u32(perm)[cols]
-        out.view(-1)[rows * n + cols] = vals.to(torch.float32).to(out_dtype)
+        KG.outlier_store_kernel[(_ceil_div(m, 16),)](
+            prepared.o_row_ptr, prepared.o_col, vals, perm if perm is not None else prepared.o_row_ptr,
+            out.view(torch.int16) if bf16 else out, m, n, BM=16, EPR=16,
+            COL16=prepared.o_col.dtype == torch.int16, HAS_PERM=perm is not None, OUT_BF16=bf16)
     return out
 
 

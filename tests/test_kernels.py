@@ -159,11 +159,14 @@ def test_matvec_1d_and_bias_and_f32():
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape[1]).astype(np.float32)
     bias = rng.standard_normal(shape[0]).astype(np.float32)
-    for split in (1, 3):
+    for split in (1, 3, 3):  # twice with a split: the self-resetting workspace must be zero again
         y = ks.matvec(prep, torch.from_numpy(x).to(DEVICE), torch.from_numpy(bias).to(DEVICE),
                       config=ks.MatvecConfig(BM=16, NH=16, split=split))
         assert y.shape == (shape[0],) and y.dtype == torch.float32
         assert _relerr(y.cpu().double().numpy(), ref @ x + bias) < 1e-5
+    if prep.layout == "grouped":
+        acc, cnt = prep.split_workspace()
+        assert not acc.any() and not cnt.any()
 
 
 @pytest.mark.parametrize("rows", [2, 20])
