@@ -33,8 +33,8 @@ from spqrfmt.kernels import spqr as ks
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (8192, 28672)]
 BITS = [4, 3, 2]
 # Grouped-kernel sweep (kept small: every tile shape is a new Triton compilation).
-# batch 1: (BM, NG, num_warps), NG = β1-groups per tile; the H100 favoured these in a wider sweep
-FMA_SWEEP = [(16, 32, 4), (64, 16, 4)]
+# batch 1: (BM, NG, num_warps, x_inline), NG = β1-groups per tile; the H100 favoured these in a wider sweep
+FMA_SWEEP = [(16, 32, 4, False), (64, 16, 4, False), (16, 32, 4, True), (64, 16, 4, True)]
 # batch 2..16: (BM, NG, num_warps, tile_dot)
 BATCH_SWEEP = [(64, 16, 4, False), (32, 8, 4, True), (64, 4, 4, True)]
 SPLITS = {1: [None, 1, 16], 4: [None, 4], 16: [None, 4]}
@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shapes", nargs="+", default=None, metavar="MxN", help="shapes instead of the default four")
     ap.add_argument("--bits", type=int, nargs="+", default=None, help="code widths (default 4 3 2)")
     ap.add_argument("--no-diag", action="store_true", help="skip the breakdown of the last 3-bit row")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16], choices=[1, 4, 16])
+    ap.add_argument("--no-compare", action="store_true", help="skip the planes-layout and code-stats timings")
     args = ap.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = False
     props = torch.cuda.get_device_properties(0)
@@ -199,11 +201,14 @@ def main(argv: list[str] | None = None) -> int:
             preps = [prep] + [clone_prepared(prep) for _ in range(ncopy - 1)]
             res = {}
             for batch, x, sweep in ((1, x1, FMA_SWEEP), (16, x16, BATCH_SWEEP), (4, x4, BATCH_SWEEP)):
+                if batch not in args.batches:
+                    res[batch] = (float("nan"), None)
+                    continue
                 best = (float("inf"), None)
                 cands = [ks.default_config(prep, batch)]
                 if not args.quick:
                     cands += [ks.MatvecConfig(BM=c[0], NH=c[1], num_warps=c[2], split=sp,
-                                              tile_dot=len(c) > 3 and c[3])
+                                              **({"x_inline": c[3]} if batch == 1 else {"tile_dot": c[3]}))
                               for c in sweep for sp in SPLITS[batch]]
                 for cfg in cands:
                     try:
@@ -221,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             # the grouped kernel with compact (code byte + second-level table) statistics, best b1 config
             codes_t = float("nan")
             try:
+                if args.no_compare:
+                    raise RuntimeError("skipped (--no-compare)")
                 pc = ks.prepare(params, secs, (m, n), "cuda", packed_stats=False)
                 pcs = [pc] + [clone_prepared(pc) for _ in range(max(1, cdiv(2 * l2, pc.fused_nbytes)))]
                 codes_t = graph_time([lambda p=p, x=x1, c=res[1][1]: ks.matvec(p, x, config=c) for p in pcs])
@@ -230,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             # the general (planes-layout) kernel on the same tensor, its own best of a small sweep
             old_t = float("nan")
             try:
+                if args.no_compare:
+                    raise RuntimeError("skipped (--no-compare)")
                 pl = ks.prepare(params, secs, (m, n), "cuda", layout="planes")
                 pls = [pl] + [clone_prepared(pl) for _ in range(max(1, cdiv(2 * l2, pl.fused_nbytes)))]
                 cfgs = [ks.MatvecConfig(BM=16, NH=16, num_warps=4)]

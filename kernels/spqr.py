@@ -185,7 +185,8 @@ class MatvecConfig:
     split: int | None = None
     num_stages: int = 1
     tile_dot: bool = False  # grouped layout, 2..16 rows: one dot per [BM, NH·β1] gathered tile (MODE 3)
-    x_inline: bool = True  # grouped layout, 1 row: the kernel gathers/pre-scales x itself (no xprep launch)
+    x_inline: bool = False  # grouped layout, 1 row: the kernel gathers x itself (no xprep launch; its strided
+    # x loads measured slower than the xprep launch on the H100 at 11008x4096 and 8192x28672)
 
 
 def _plane_widths(bits: int) -> list[tuple[int, int]]:

@@ -135,8 +135,8 @@ def test_dequantize_special_values_propagate():
 @SETTINGS
 @given(shape=shapes, cfg=configs, seed=st.integers(0, 2**31 - 1), batch=st.sampled_from([1, 1, 3, 16]),
        bm=st.sampled_from([16, 32]), nh=st.sampled_from([16, 32]), split=st.sampled_from([1, 2, 5]),
-       packed=st.booleans(), tile_dot=st.booleans())
-def test_matvec_matches_reference(shape, cfg, seed, batch, bm, nh, split, packed, tile_dot):
+       packed=st.booleans(), tile_dot=st.booleans(), x_inline=st.booleans())
+def test_matvec_matches_reference(shape, cfg, seed, batch, bm, nh, split, packed, tile_dot, x_inline):
     m, n = shape
     enc = _encode(seed, m, n, **cfg)
     ref = decode(enc.params, enc.sections, shape).astype(np.float64)
@@ -144,7 +144,8 @@ def test_matvec_matches_reference(shape, cfg, seed, batch, bm, nh, split, packed
     rng = np.random.default_rng(seed + 1)
     x = torch.from_numpy(rng.standard_normal((batch, n)).astype(np.float32)).half()
     want = x.double().numpy() @ ref.T
-    y = ks.matvec(prep, x.to(DEVICE), config=ks.MatvecConfig(BM=bm, NH=nh, split=split, tile_dot=tile_dot))
+    y = ks.matvec(prep, x.to(DEVICE), config=ks.MatvecConfig(BM=bm, NH=nh, split=split, tile_dot=tile_dot,
+                                                              x_inline=x_inline))
     assert y.dtype == torch.float16 and tuple(y.shape) == (batch, m)
     got = y.double().cpu().numpy()
     assert np.isfinite(got).all()
