@@ -137,7 +137,8 @@ def gemv_kernel(xq_ptr, xsum_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr, cnt_
                 m, n, G, K2, B2, nb, n_gt, tiles_per_split,
                 GS: tl.constexpr, SB: tl.constexpr, WST: tl.constexpr, F: tl.constexpr, WPG: tl.constexpr,
                 NG: tl.constexpr, BM: tl.constexpr, BB: tl.constexpr, EPR: tl.constexpr,
-                PACKED: tl.constexpr, MODE: tl.constexpr, ATOMIC: tl.constexpr, HAS_BIAS: tl.constexpr,
+                PACKED: tl.constexpr, MODE: tl.constexpr, ATOMIC: tl.constexpr, FINISH: tl.constexpr,
+                HAS_BIAS: tl.constexpr,
                 COL16: tl.constexpr, DOT_DT: tl.constexpr, XIN: tl.constexpr, HAS_PERM: tl.constexpr):
     """y[b, r] = Σ_j W[r, j] x[b, j] over this program's rows and its share of group tiles (NG groups each).
 
@@ -235,7 +236,9 @@ def gemv_kernel(xq_ptr, xsum_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr, cnt_
     else:
         yoff = bb[None, :] * m + rows[:, None]
         ymask = rmask[:, None] & bmask[None, :]
-    if ATOMIC:
+    if ATOMIC and not FINISH:
+        tl.atomic_add(y_ptr + yoff, out, mask=ymask)  # y: zeroed f32; bias and cast by the caller
+    elif ATOMIC:
         # Column-split: partial sums go to an f32 workspace that is zero at rest; the last program of
         # this row block (counted with an acq_rel atomic) reads the total, resets the workspace and its
         # counter, and writes y, so the split needs no memset or finishing launch.

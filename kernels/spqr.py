@@ -187,6 +187,8 @@ class MatvecConfig:
     tile_dot: bool = False  # grouped layout, 2..16 rows: one dot per [BM, NH·β1] gathered tile (MODE 3)
     x_inline: bool = False  # grouped layout, 1 row: the kernel gathers x itself (no xprep launch; its strided
     # x loads measured slower than the xprep launch on the H100 at 11008x4096 and 8192x28672)
+    fused_finish: bool = False  # grouped layout, split > 1: the last program of a row block writes y from a
+    # self-resetting workspace (no memset/cast launches); measured only together with x_inline
 
 
 def _plane_widths(bits: int) -> list[tuple[int, int]]:
@@ -532,10 +534,14 @@ def _matvec_grouped(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor
     tps = _ceil_div(n_gt, split)
     split = _ceil_div(n_gt, tps)
     atomic = split > 1
-    y = torch.empty((B, m), dtype=x2.dtype, device=dev)
-    ws, cnt = prepared.split_workspace() if atomic else (y, y)
+    finish = atomic and cfg.fused_finish
+    if atomic and not finish:
+        y = torch.zeros((B, m), dtype=torch.float32, device=dev)
+    else:
+        y = torch.empty((B, m), dtype=x2.dtype, device=dev)
+    ws, cnt = prepared.split_workspace() if finish else (y, y)
     b2 = int(p.get("stat_group_size", 1) or 1)
-    has_bias = bias is not None
+    has_bias = bias is not None and (finish or not atomic)
     KG.gemv_kernel[(_ceil_div(m, cfg.BM), split)](
         xq, xsum, xo, idx, y, bias if has_bias else y, ws, cnt, prepared.grouped,
         prepared.st_codes, prepared.st2_64, prepared.sz32,
@@ -543,11 +549,15 @@ def _matvec_grouped(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor
         m, n, G, _ceil_div(m, b2), b2, B, n_gt, tps,
         GS=gs, SB=int(p["scale_bits"]) if prepared.stats_q else 0, WST=wst, F=F, WPG=gs * wst // 32,
         NG=NG, BM=cfg.BM, BB=1 if mode == 0 else 16, EPR=16 if mode == 0 else 8,
-        PACKED=prepared.packed_stats, MODE=mode, ATOMIC=atomic, HAS_BIAS=has_bias,
+        PACKED=prepared.packed_stats, MODE=mode, ATOMIC=atomic, FINISH=finish, HAS_BIAS=has_bias,
         COL16=prepared.o_col.dtype == torch.int16, DOT_DT=_TL_DTYPE[x2.dtype], XIN=xin,
         HAS_PERM=prepared.perm is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
+    if atomic and not finish:
+        if bias is not None:
+            y = y + bias.to(torch.float32)
+        y = y.to(x2.dtype)
     return y
 
 

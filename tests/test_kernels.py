@@ -135,8 +135,8 @@ def test_dequantize_special_values_propagate():
 @SETTINGS
 @given(shape=shapes, cfg=configs, seed=st.integers(0, 2**31 - 1), batch=st.sampled_from([1, 1, 3, 16]),
        bm=st.sampled_from([16, 32]), nh=st.sampled_from([16, 32]), split=st.sampled_from([1, 2, 5]),
-       packed=st.booleans(), tile_dot=st.booleans(), x_inline=st.booleans())
-def test_matvec_matches_reference(shape, cfg, seed, batch, bm, nh, split, packed, tile_dot, x_inline):
+       packed=st.booleans(), tile_dot=st.booleans(), x_inline=st.booleans(), finish=st.booleans())
+def test_matvec_matches_reference(shape, cfg, seed, batch, bm, nh, split, packed, tile_dot, x_inline, finish):
     m, n = shape
     enc = _encode(seed, m, n, **cfg)
     ref = decode(enc.params, enc.sections, shape).astype(np.float64)
@@ -145,7 +145,7 @@ def test_matvec_matches_reference(shape, cfg, seed, batch, bm, nh, split, packed
     x = torch.from_numpy(rng.standard_normal((batch, n)).astype(np.float32)).half()
     want = x.double().numpy() @ ref.T
     y = ks.matvec(prep, x.to(DEVICE), config=ks.MatvecConfig(BM=bm, NH=nh, split=split, tile_dot=tile_dot,
-                                                              x_inline=x_inline))
+                                                              x_inline=x_inline, fused_finish=finish))
     assert y.dtype == torch.float16 and tuple(y.shape) == (batch, m)
     got = y.double().cpu().numpy()
     assert np.isfinite(got).all()
@@ -160,9 +160,10 @@ def test_matvec_1d_and_bias_and_f32():
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape[1]).astype(np.float32)
     bias = rng.standard_normal(shape[0]).astype(np.float32)
-    for split in (1, 3, 3):  # twice with a split: the self-resetting workspace must be zero again
+    for split, finish in ((1, False), (3, False), (3, True), (3, True)):  # twice with the fused finish: the
+        # self-resetting workspace must be zero again
         y = ks.matvec(prep, torch.from_numpy(x).to(DEVICE), torch.from_numpy(bias).to(DEVICE),
-                      config=ks.MatvecConfig(BM=16, NH=16, split=split))
+                      config=ks.MatvecConfig(BM=16, NH=16, split=split, fused_finish=finish))
         assert y.shape == (shape[0],) and y.dtype == torch.float32
         assert _relerr(y.cpu().double().numpy(), ref @ x + bias) < 1e-5
     if prep.layout == "grouped":
