@@ -492,6 +492,8 @@ def _check_grouped(prepared: PreparedSpQR) -> None:
         need["sz32"] = (prepared.sz32, m * G)
     else:
         need.update(st_codes=(prepared.st_codes, m * G), st2_64=(prepared.st2_64, G * K2))
+    if m * G >= 2**31 or n >= 2**31 or MAX_FUSED_BATCH * m >= 2**31:
+        raise ValueError(f"{m}x{n} is too large for the kernels' 32-bit (row, group) and column indices")
     for name, (t, size) in need.items():
         if t is None or t.numel() != size:
             raise ValueError(f"PreparedSpQR.{name} has {None if t is None else t.numel()} elements, expected {size}")
