@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import codecs
 from .reader import SpqrFile, Tensor
 from .reader import open_file as _open
 
@@ -294,9 +295,30 @@ def _set_bias(model: nn.Module, weight_name: str, bias: torch.Tensor) -> None:
     mod.bias = nn.Parameter(bias, requires_grad=False)
 
 
+def kernel_params(t: Tensor) -> dict[str, Any]:
+    """The checked, version-aware params of ``t`` (its codec module's ``checked_params``): what kernels read.
+
+    Never the raw header dict: a record may carry keys that only a later codec
+    version defines (spqr v2's ``arith``/``outlier_op``, quip v2's ``codebook``),
+    which its own version ignores (SPEC §4.2); the checked dict leaves them out, so
+    a kernel cannot take a v1 tensor down a v2 path.
+    """
+    import importlib
+
+    codec = codecs.get(t.record)  # UNKNOWN_CODEC / UNSUPPORTED_CODEC_VERSION as the reader reports them
+    module = importlib.import_module(type(codec).__module__)
+    checked = getattr(module, "checked_params", None)
+    if checked is None:
+        raise TypeError(f"codec {t.codec!r} module {module.__name__} has no checked_params(rec)")
+    return dict(checked(t.record))
+
+
 def codec_linear(codec: str, params: dict[str, Any], sections: dict[str, np.ndarray], shape: tuple[int, int],
                  device: torch.device) -> nn.Module:
-    """A Linear-like module keeping one codec tensor compressed on ``device``."""
+    """A Linear-like module keeping one codec tensor compressed on ``device``.
+
+    ``params`` are the tensor's checked params (:func:`kernel_params`), not the raw header dict.
+    """
     import importlib
 
     import torch
@@ -349,7 +371,7 @@ def _swap_for_kernel(model: nn.Module, target: str, t: Tensor, dev: torch.device
     mod_path, _, _ = target.rpartition(".")
     old, _ = _owner(model, target)
     sections = {k: np.array(v) for k, v in t.arrays().items()}  # writable copies: torch.from_numpy needs them
-    new = codec_linear(t.codec, dict(t.params), sections, tuple(t.shape), dev)
+    new = codec_linear(t.codec, kernel_params(t), sections, tuple(t.shape), dev)
     old_bias = getattr(old, "bias", None)
     if old_bias is not None and new.bias is None and old_bias.device.type != "meta":
         new.bias = old_bias  # pragma: no cover - raw bias loaded before its weight
@@ -385,4 +407,5 @@ def _tie(model: nn.Module, report: LoadReport) -> None:
         report.tied.append("output embeddings <- input embeddings")
 
 
-__all__ = ["LoadReport", "build_empty_model", "config_of", "empty_parameters", "hf_config", "load_model"]
+__all__ = ["LoadReport", "build_empty_model", "config_of", "empty_parameters", "hf_config", "kernel_params",
+           "load_model"]

@@ -261,3 +261,48 @@ def test_all_codecs_cpu_and_kernel_modules(tmp_path):
             a = layer.get_submodule(name)(h)
             b = dense.model.layers[0].get_submodule(name).to(dev)(h)
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("use_kernels", [False, True])
+def test_v1_spqr_ignores_stray_v2_params(tiny, tmp_path, use_kernels):
+    """A v1 spqr tensor carrying ``arith``/``outlier_op`` (not v1 keys, so ignored: SPEC §4.2) loads as plain v1.
+
+    The kernel path must get the checked params: the raw header dict would route the layer through the
+    v2 arithmetic (f16 rounding, additive outliers) and change the weights.
+    """
+    if use_kernels:
+        pytest.importorskip("triton")
+    _d, path, _ = tiny
+    stray = tmp_path / "stray.spqr"
+    with spqrfmt.open(path) as f, spqrfmt.Writer(stray, metadata=dict(f.metadata)) as w:
+        for name, t in f.items():
+            if t.codec == "raw":
+                w.add_raw(name, t.decode(), t.dtype)
+                continue
+            assert t.codec == "spqr" and t.codec_version == 1 and "arith" not in t.params
+            w.add(name, shape=t.shape, dtype=t.dtype, codec="spqr", codec_version=1,
+                  params={**t.params, "arith": "f16", "outlier_op": "add"},
+                  sections={role: (t.record.sections[role].dtype, np.array(a)) for role, a in t.arrays().items()})
+    with spqrfmt.open(path) as f, spqrfmt.open(stray) as g:
+        assert g["model.layers.0.mlp.up_proj.weight"].params["arith"] == "f16"
+        assert int(f["model.layers.0.mlp.up_proj.weight"].arrays()["outlier_val"].size) > 0  # "add" would matter
+        for name, t in f.items():
+            assert np.array_equal(g[name].decode().view(np.uint32), t.decode().view(np.uint32)), name
+    plain = load_model(path, dtype=torch.float32, use_kernels=use_kernels)
+    loaded = load_model(stray, dtype=torch.float32, use_kernels=use_kernels)
+    for name, mod in loaded.named_modules():
+        if not name.endswith("proj"):
+            continue
+        ref = plain.get_submodule(name)
+        if use_kernels:
+            from spqrfmt.kernels.spqr import dequantize_prepared
+
+            assert type(mod).__name__ == "SpQRLinear" and "arith" not in mod.prepared.params
+            a = dequantize_prepared(mod.prepared, torch.float32)
+            b = dequantize_prepared(ref.prepared, torch.float32)
+        else:
+            a, b = mod.weight, ref.weight
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32)), name
+    h = torch.randn(1, 3, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded.model.layers[1].mlp(h), plain.model.layers[1].mlp(h))
