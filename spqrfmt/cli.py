@@ -50,6 +50,10 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
         return "--kmeans-iters applies to --codec squeezellm only"
     if "seed" in given and args.codec != "quip":
         return "--seed applies to --codec quip only"
+    if "quip_codebook" in given and args.codec != "quip":
+        return "--quip-codebook applies to --codec quip only"
+    if args.quip_codebook == "e8p12" and args.bits not in (None, 2):
+        return f"--quip-codebook e8p12 stores 2 bits per weight; drop --bits {args.bits} (or use --quip-codebook grid)"
     if args.method in ("gptq", "spqr") and not args.calibrate:
         return (f"--method {args.method} is calibration-aware: add --calibrate TEXTFILE "
                 "(plain text, one document a line)")
@@ -77,7 +81,10 @@ def _quant_config(args: argparse.Namespace, method: str) -> Any:
         return QuantConfig(outlier_fraction=0.005 if args.outlier_fraction is None else args.outlier_fraction,
                            kmeans_iters=args.kmeans_iters or 100, **common)
     if args.codec == "quip":
-        return QuantConfig(outlier_fraction=0.0, seed=args.seed or 0, **common)
+        codebook = args.quip_codebook or "grid"
+        if codebook == "e8p12":
+            common["bits"] = 2
+        return QuantConfig(outlier_fraction=0.0, seed=args.seed or 0, quip_codebook=codebook, **common)
     solver = dict(outlier_threshold=0.2 if args.outlier_threshold is None else args.outlier_threshold,
                   percdamp=0.01 if args.damp is None else args.damp,
                   act_order=True if args.act_order is None else args.act_order)
@@ -98,7 +105,9 @@ def _describe(cfg: Any) -> str:
         return (f"squeezellm: {cfg.bits}-bit codes into a per-row f16 LUT of {1 << cfg.bits} entries, "
                 f"{cfg.outlier_fraction:.2%} largest weights as sparse f16 residuals (data-free)")
     if cfg.codec == "quip":
-        return (f"quip: {cfg.bits}-bit uniform grid after random-sign Hadamard incoherence, seed {cfg.seed} "
+        book = ("E8P12 lattice codebook (2 bits per weight, one 16-bit code per 8 weights; codec_version 2)"
+                if cfg.quip_codebook == "e8p12" else f"{cfg.bits}-bit uniform grid")
+        return (f"quip: {book} after random-sign Hadamard incoherence, seed {cfg.seed} "
                 "(data-free: round to nearest)")
     name = {"rtn": "data-free SpQR (round-to-nearest)", "gptq": "calibrated GPTQ",
             "spqr": "calibrated SpQR"}[cfg.method]
@@ -192,8 +201,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         except _Usage as e:
             _eprint(f"error: {e}")
             return 2
-    report = convert(src, out, cfg, encoded=encoded, progress=not args.quiet, log=print if args.verbose else None,
-                     metadata=meta)
+    try:
+        report = convert(src, out, cfg, encoded=encoded, progress=not args.quiet,
+                         log=print if args.verbose else None, metadata=meta)
+    except ValueError as e:  # an input the settings cannot encode; the writer has removed its partial output
+        _eprint(f"error: {e}")
+        return 2
     if not args.verbose and report.layers:
         worst = sorted(report.layers, key=lambda r: -r.rel_error)[:5]
         print("  highest relative weight error:")
@@ -509,7 +522,8 @@ Two ways to quantize (--method):
 
 Codecs (--codec, data-free): spqr (bilevel groups + CSR outliers), squeezellm (per-row
 non-uniform LUT, --bits = LUT index bits, + sparse residuals), quip (random-sign Hadamard
-incoherence + uniform grid, --bits = grid bits).
+incoherence + uniform grid, --bits = grid bits; or --quip-codebook e8p12: QuIP#'s E8P12
+lattice codebook at 2 bits per weight, written as quip codec_version 2).
 
 GPT-2-style Conv1D weights ([in, out] in the checkpoint) are quantized as their transpose in
 the spec's [out, in] orientation and listed in the metadata key spqrfmt.transposed.""",
@@ -518,7 +532,8 @@ Examples:
   spqr convert ./Llama-3.2-1B -o llama.spqr --bits 3 --group-size 16
   spqr convert ./SmolLM2-135M -o smol.spqr --calibrate calib.txt --bits 3 --nsamples 64 --seqlen 256
   spqr convert ./SmolLM2-135M -o smol-gptq.spqr --calibrate calib.txt --method gptq --bits 4
-  spqr convert ./Llama-3.2-1B -o llama-sq.spqr --codec squeezellm --bits 3""",
+  spqr convert ./Llama-3.2-1B -o llama-sq.spqr --codec squeezellm --bits 3
+  spqr convert ./Llama-3.2-1B -o llama-e8p.spqr --codec quip --quip-codebook e8p12""",
     )
     c.add_argument("input", nargs="?", help="checkpoint folder (default: the bundled demo checkpoint)")
     c.add_argument("-o", "--output", help="output .spqr path (default: <folder name>.spqr)")
@@ -547,6 +562,9 @@ Examples:
     g.add_argument("--kmeans-iters", type=int, help="squeezellm: Lloyd iterations per row (default 100)")
     g.add_argument("--seed", type=int, help="quip: seed of the random signs / orthogonal factors, which are "
                    "stored in the file (default 0)")
+    g.add_argument("--quip-codebook", choices=["grid", "e8p12"],
+                   help="quip: grid = --bits-bit uniform grid (codec_version 1, default); e8p12 = QuIP#'s E8P12 "
+                   "lattice codebook, 2 bits per weight, in_features a multiple of 8 (codec_version 2)")
     g = c.add_argument_group("calibration (with --calibrate)")
     g.add_argument("--calibrate", metavar="TEXTFILE",
                    help="plain-text file, one document a line (EOS between lines), tokenized with the "

@@ -35,6 +35,7 @@ MAX_EXTRA_FILE = 32 * 1024 * 1024
 
 
 CODECS = ("spqr", "squeezellm", "quip")
+QUIP_CODEBOOKS = ("grid", "e8p12")  # quip v1 uniform grid; quip v2 E8P12 lattice (2 bits, 8 weights a code)
 METHODS = ("rtn", "gptq", "spqr")
 
 # GPT-2-style checkpoints store these projections as transformers ``Conv1D`` weights, [in, out]
@@ -54,7 +55,9 @@ class QuantConfig:
 
     ``codec`` spqr (bits, group_size = β1, scale/zero bits, stat_group_size = β2,
     outlier_fraction), squeezellm (bits = LUT index bits, outlier_fraction,
-    kmeans_iters) or quip (bits = grid bits, seed). ``method`` rtn is data-free;
+    kmeans_iters) or quip (seed; quip_codebook "grid" = codec_version 1 with
+    bits = grid bits, "e8p12" = codec_version 2's E8P12 lattice codebook, bits = 2
+    and in_features a multiple of 8). ``method`` rtn is data-free;
     gptq and spqr are calibrated (codec spqr only) and take their solver
     settings from :meth:`gptq_config`: GPTQ is the same solver with one level of
     f16 statistics and no outliers. Defaults: SpQR's near-lossless 4-bit / β1=16 /
@@ -77,6 +80,7 @@ class QuantConfig:
     act_order: bool = True
     kmeans_iters: int = 100
     seed: int = 0
+    quip_codebook: str = "grid"
 
     @classmethod
     def gptq(cls, bits: int = 4, group_size: int = 128, **kw: Any) -> QuantConfig:
@@ -97,6 +101,12 @@ class QuantConfig:
                              "use method spqr for quantized statistics or outliers")
         if not 1 <= self.bits <= 8:
             raise ValueError("bits must be 1..8")
+        if self.quip_codebook not in QUIP_CODEBOOKS:
+            raise ValueError(f"unknown quip codebook {self.quip_codebook!r}; choose one of {', '.join(QUIP_CODEBOOKS)}")
+        if self.quip_codebook != "grid" and self.codec != "quip":
+            raise ValueError(f"quip_codebook {self.quip_codebook} applies to codec quip only, not {self.codec}")
+        if self.quip_codebook == "e8p12" and self.bits != 2:
+            raise ValueError(f"the e8p12 codebook stores 2 bits per weight; bits = {self.bits} is not possible")
         if not 0.0 <= self.outlier_fraction < 1.0:
             raise ValueError("outlier_fraction must be in [0, 1)")
 
@@ -245,7 +255,7 @@ def data_free_encoder(name: str, weight: np.ndarray, cfg: QuantConfig) -> Any:
     if cfg.codec == "quip":
         from .encoder.quip import quantize_quip
 
-        return quantize_quip(weight, bits=cfg.bits, seed=cfg.seed)
+        return quantize_quip(weight, bits=cfg.bits, seed=cfg.seed, codebook=cfg.quip_codebook)
     from .encoder.rtn import quantize_spqr
 
     return quantize_spqr(weight, bits=cfg.bits, group_size=cfg.group_size, scale_bits=cfg.scale_bits,
@@ -301,6 +311,12 @@ def convert(
     meta = _metadata(folder, cfg)
     wanted = [n for sf, n in entries if cfg.wants(n, sf.dtype(n), sf.shape(n))]
     transposed = conv1d_weights(_config(folder), wanted)
+    if cfg.codec == "quip" and cfg.quip_codebook == "e8p12":
+        shapes = {n: sf.shape(n) for sf, n in entries}
+        odd = [n for n in wanted if shapes[n][0 if n in transposed else 1] % 8 and n not in (encoded or {})]
+        if odd:  # before any byte is written, not halfway through
+            raise ValueError(f"the e8p12 codebook needs in_features to be a multiple of 8; {len(odd)} matrices are "
+                             f"not, e.g. {odd[0]} {list(shapes[odd[0]])}: keep them unquantized with a skip pattern")
     if transposed:
         meta[TRANSPOSED_KEY] = sorted(transposed)
         meta[CONV1D_KEY] = "out_in"

@@ -250,6 +250,8 @@ def test_convert_calibrate_gptq_no_act_order(tiny_lm, tmp_path: Path, capsys: py
     (["--calibrate", "CALIB", "--method", "rtn"], "--method rtn is data-free"),
     (["--calibrate", "missing.txt"], "not found"),
     (["--calibrate", "CALIB", "--seqlen", "100"], "exceeds the model's 64 positions"),
+    (["--quip-codebook", "e8p12"], "--quip-codebook applies to --codec quip only"),
+    (["--codec", "quip", "--quip-codebook", "e8p12", "--bits", "3"], "e8p12 stores 2 bits per weight"),
 ])
 def test_convert_usage_errors(tiny_lm, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
                               message: str) -> None:
@@ -292,6 +294,57 @@ def test_convert_codecs(hf_folder: Path, tmp_path: Path, capsys: pytest.CaptureF
             w = spqrfmt.dtypes.to_float32(w, dtype)
             assert np.linalg.norm(t.decode() - w) / np.linalg.norm(w) < max_err
         assert json.loads(f.metadata["spqrfmt.convert"])["codec"] == codec
+
+
+def test_convert_quip_e8p12(hf_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--quip-codebook e8p12 writes quip codec_version 2 (u16 E8P12 codes, no bits param) that verifies and decodes."""
+    out = tmp_path / "e8p.spqr"
+    assert main(["convert", str(hf_folder), "-o", str(out), "--codec", "quip", "--quip-codebook", "e8p12",
+                 "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "E8P12" in printed and "decodes bit-identically" in printed
+    assert main(["verify", "--decode", str(out)]) == 0
+    assert "all decoded" in capsys.readouterr().out
+    grid = tmp_path / "grid2.spqr"
+    assert main(["convert", str(hf_folder), "-o", str(grid), "--codec", "quip", "--bits", "2", "-q"]) == 0
+    source = {n: a for p in sorted(hf_folder.glob("*.safetensors")) for n, a in SafetensorsFile(p).items()}
+    with spqrfmt.open(out) as f, spqrfmt.open(grid) as g:
+        quant = {n: t for n, t in f.items() if t.codec != "raw"}
+        assert len(quant) == 3
+        for name, t in quant.items():
+            assert t.codec == "quip" and t.codec_version == 2
+            assert t.params["codebook"] == "e8p12" and "bits" not in t.params
+            assert t.record.sections["codes"].dtype == "u16" and t.record.sections["codes"].shape == (
+                t.shape[0], t.shape[1] // 8)
+            assert g[name].codec_version == 1 and g[name].params["bits"] == 2
+            dtype, w = source[name]
+            w = spqrfmt.dtypes.to_float32(w, dtype)
+            err = np.linalg.norm(t.decode() - w) / np.linalg.norm(w)
+            # the lattice codebook beats the 2-bit grid on Gaussian weights (its reason to exist)
+            assert err < np.linalg.norm(g[name].decode() - w) / np.linalg.norm(w)
+        assert json.loads(f.metadata["spqrfmt.convert"])["quip_codebook"] == "e8p12"
+
+
+def test_convert_quip_e8p12_needs_in_features_multiple_of_8(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "odd"
+    d.mkdir()
+    rng = np.random.default_rng(5)
+    write_safetensors(d / "model.safetensors", {
+        "model.layers.0.mlp.up_proj.weight": ("f32", rng.standard_normal((64, 64)).astype(np.float32)),
+        "model.layers.0.mlp.down_proj.weight": ("f32", rng.standard_normal((64, 68)).astype(np.float32)),
+    })
+    (d / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    out = tmp_path / "odd.spqr"
+    assert main(["convert", str(d), "-o", str(out), "--codec", "quip", "--quip-codebook", "e8p12", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "multiple of 8" in err and "down_proj" in err
+    assert not out.exists()
+    assert main(["convert", str(d), "-o", str(out), "--codec", "quip", "--quip-codebook", "e8p12", "-q",
+                 "--skip", "down_proj"]) == 0
+    with spqrfmt.open(out) as f:
+        assert f["model.layers.0.mlp.down_proj.weight"].codec == "raw"
+        assert f["model.layers.0.mlp.up_proj.weight"].codec_version == 2
 
 
 @pytest.fixture(scope="module")
