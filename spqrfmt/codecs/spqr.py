@@ -15,7 +15,16 @@ import numpy as np
 
 from ..errors import ErrorCode, fail
 from ..records import TensorRecord
-from . import SectionSpec, check_csr, check_permutation, expect_sections, int_param
+from . import (
+    SectionSpec,
+    bias_section,
+    check_csr,
+    check_permutation,
+    expect_sections,
+    int_param,
+    matrix_shape,
+    outlier_sections,
+)
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -40,10 +49,7 @@ def checked_params(rec: TensorRecord) -> dict[str, Any]:
     For v2 the result also holds ``arith`` and ``outlier_op``; for v1 it never
     does (v1 ignores unknown keys, spqr.md §2).
     """
-    if len(rec.shape) != 2 or rec.shape[0] < 1 or rec.shape[1] < 1:
-        raise fail(ErrorCode.BAD_SHAPE, f"spqr tensors are 2-D [m>=1, n>=1], got {list(rec.shape)}", rec.name)
-    if rec.dtype not in ("f16", "bf16", "f32"):
-        raise fail(ErrorCode.BAD_PARAMS, f"spqr tensor dtype must be f16, bf16 or f32, got {rec.dtype}", rec.name)
+    matrix_shape(rec)
     p: dict[str, Any] = {
         "bits": int_param(rec, "bits", 1, 8),
         "group_size": int_param(rec, "group_size", 1, 65536),
@@ -58,16 +64,13 @@ def checked_params(rec: TensorRecord) -> dict[str, Any]:
     return p
 
 
-def section_layout(
-    p: Mapping[str, Any], m: int, n: int, nnz: int
-) -> tuple[dict[str, SectionSpec], dict[str, SectionSpec]]:
-    """(required, optional) section specs for given params (spqr.md §3)."""
+def section_layout(rec: TensorRecord, p: Mapping[str, Any]) -> tuple[dict[str, SectionSpec], dict[str, SectionSpec]]:
+    """(required, optional) section specs for checked params ``p`` (spqr.md §3)."""
+    m, n = rec.shape
     G = ceil_div(n, p["group_size"])
     req: dict[str, SectionSpec] = {
         "codes": (("u32",), (m, ceil_div(n * p["bits"], 32))),
-        "outlier_row_ptr": (("u32",), (m + 1,)),
-        "outlier_col": (("u16", "u32") if n <= 65536 else ("u32",), (nnz,)),
-        "outlier_val": (("f16",), (nnz,)),
+        **outlier_sections(rec, m, n),
     }
     for which in ("scale", "zero"):
         bits = p[f"{which}_bits"]
@@ -78,7 +81,7 @@ def section_layout(
             req[f"{which}_codes"] = (("u32",), (G, ceil_div(m * bits, 32)))
             req[f"{which}_scale"] = (("f16",), (G, K))
             req[f"{which}_zero"] = (("f16",), (G, K))
-    opt: dict[str, SectionSpec] = {"perm": (("u32",), (n,)), "bias": (("f16", "bf16", "f32"), (m,))}
+    opt: dict[str, SectionSpec] = {"perm": (("u32",), (n,)), **bias_section(m)}
     return req, opt
 
 
@@ -88,11 +91,7 @@ class SpqrCodec:
     kernel_module = "spqrfmt.kernels.spqr"
 
     def check_record(self, rec: TensorRecord) -> None:
-        p = checked_params(rec)
-        m, n = rec.shape
-        col = rec.sections.get("outlier_col")
-        nnz = col.shape[0] if col is not None and len(col.shape) == 1 else 0
-        req, opt = section_layout(p, m, n, nnz)
+        req, opt = section_layout(rec, checked_params(rec))
         expect_sections(rec, req, opt)
 
     def check_content(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> None:
