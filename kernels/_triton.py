@@ -5,7 +5,8 @@ Two kernels:
 * ``dequant_kernel`` reads the spec layout (packed rows, spqr.md §4) and
   writes the dense matrix with the exact arithmetic of spqr.md §5 step 2
   (one f32 subtraction, one f32 multiplication, launched with
-  ``enable_fp_fusion=False``), scattering columns through ``perm``.
+  ``enable_fp_fusion=False``), scattering columns through ``perm``; with
+  ``ARITH_F16`` each result is rounded to f16 (v2 ``arith = "f16"``, §8.3).
 * ``fused_kernel`` computes ``y = W x`` for 1..16 activation rows from the
   load-time repack (bit planes, compact stats, outlier add-deltas) without
   ever writing W to global memory. See ``spqr.py`` for the repacked layout.
@@ -22,8 +23,12 @@ import triton.language as tl
 @triton.jit
 def dequant_kernel(codes_ptr, s_ptr, z_ptr, perm_ptr, out_ptr, m, n, words, gs,
                    BITS: tl.constexpr, HAS_PERM: tl.constexpr, OUT_BF16: tl.constexpr,
-                   BR: tl.constexpr, BC: tl.constexpr):
+                   BR: tl.constexpr, BC: tl.constexpr, ARITH_F16: tl.constexpr = False):
     """out[r, perm[j]] = (f32(code[r, j]) - Z[g, r]) * S[g, r]; S, Z are f16 [G, m] (exact f32 values).
+
+    ``ARITH_F16`` (codec spqr v2, spqr.md §8.3 step 2) rounds the difference and
+    the product to f16 with explicit nearest-even casts; v1 and v2 ``arith = "f32"``
+    leave it False, which compiles the roundings out.
 
     With OUT_BF16 the output pointer is an int16 view and the f32 -> bf16
     rounding (nearest even, NaN kept NaN) is done with integer ops, because the
@@ -51,7 +56,11 @@ def dequant_kernel(codes_ptr, s_ptr, z_ptr, perm_ptr, out_ptr, m, n, words, gs,
     sv = tl.load(s_ptr + sidx, mask=mask, other=0.0).to(tl.float32)
     zv = tl.load(z_ptr + sidx, mask=mask, other=0.0).to(tl.float32)
     t = code.to(tl.float32) - zv
+    if ARITH_F16:
+        t = t.to(tl.float16, fp_downcast_rounding="rtne").to(tl.float32)
     wv = t * sv
+    if ARITH_F16:
+        wv = wv.to(tl.float16, fp_downcast_rounding="rtne").to(tl.float32)
     if HAS_PERM:
         dst = tl.load(perm_ptr + cols, mask=cmask, other=0).to(tl.int64)
     else:

@@ -9,7 +9,8 @@ Two Triton kernels, launched with ``enable_fp_fusion=False`` and with every
 f16 rounding an explicit round-to-nearest-even cast (``fp_downcast_rounding="rtne"``),
 so the GPU and ``TRITON_INTERPRET=1`` give the same bits:
 
-* :func:`dense_kernel` -- step 2 for every element, scattered through ``perm``;
+* v1's ``_triton.dequant_kernel`` with ``ARITH_F16`` -- step 2 for every
+  element, scattered through ``perm`` (one dense kernel for both versions);
 * :func:`outlier_kernel` -- step 3: recomputes the dense value at each outlier
   position with the same arithmetic, applies replace or add, and overwrites
   that element (so the output dtype never holds an intermediate).
@@ -27,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _triton as K
 from .spqr import _outlier_coo, unpack_rows
 
 
@@ -79,32 +81,6 @@ def _to_out(wv, OUT_BF16: tl.constexpr, OUT_F16: tl.constexpr):
     else:
         res = wv
     return res
-
-
-@triton.jit
-def dense_kernel(codes_ptr, s_ptr, z_ptr, perm_ptr, out_ptr, m, n, words, gs,
-                 BITS: tl.constexpr, HAS_PERM: tl.constexpr, OUT_BF16: tl.constexpr, OUT_F16: tl.constexpr,
-                 ARITH_F16: tl.constexpr,
-                 BR: tl.constexpr, BC: tl.constexpr):
-    """out[r, perm[j]] = dense value of (r, j); S, Z are f16 [G, m] (exact f32 values)."""
-    pid_r = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    rows = pid_r * BR + tl.arange(0, BR)
-    cols = pid_c * BC + tl.arange(0, BC)
-    rmask = rows < m
-    cmask = cols < n
-    mask = rmask[:, None] & cmask[None, :]
-    rows64 = rows.to(tl.int64)
-    code = _code_at(codes_ptr, rows64[:, None], cols[None, :], words, mask, BITS)
-    sidx = (cols // gs)[None, :].to(tl.int64) * m + rows64[:, None]
-    sv = tl.load(s_ptr + sidx, mask=mask, other=0.0).to(tl.float32)
-    zv = tl.load(z_ptr + sidx, mask=mask, other=0.0).to(tl.float32)
-    wv = _dense(code, zv, sv, ARITH_F16)
-    if HAS_PERM:
-        dst = tl.load(perm_ptr + cols, mask=cmask, other=0).to(tl.int64)
-    else:
-        dst = cols.to(tl.int64)
-    tl.store(out_ptr + rows64[:, None] * n + dst[None, :], _to_out(wv, OUT_BF16, OUT_F16), mask=mask)
 
 
 @triton.jit
@@ -174,10 +150,10 @@ def dequantize(params: Mapping[str, Any], sections_on_gpu: Mapping[str, torch.Te
         perm = perm.view(torch.int32) if perm.dtype == torch.uint32 else perm
     bf16 = out_dtype == torch.bfloat16
     out_k = out.view(torch.int16) if bf16 else out
-    common = {"BITS": int(params["bits"]), "HAS_PERM": perm is not None, "OUT_BF16": bf16,
-              "OUT_F16": out_dtype == torch.float16, "ARITH_F16": f16, "enable_fp_fusion": False}
+    common = {"BITS": int(params["bits"]), "HAS_PERM": perm is not None, "OUT_BF16": bf16, "ARITH_F16": f16,
+              "enable_fp_fusion": False}
     BR, BC = 16, 128
-    dense_kernel[(_ceil_div(m, BR), _ceil_div(n, BC))](
+    K.dequant_kernel[(_ceil_div(m, BR), _ceil_div(n, BC))](
         codes, S, Z, perm if perm is not None else codes, out_k, m, n, codes.shape[1], int(params["group_size"]),
         BR=BR, BC=BC, **common)
     vals = secs["outlier_val"]
@@ -186,8 +162,9 @@ def dequantize(params: Mapping[str, Any], sections_on_gpu: Mapping[str, torch.Te
         BE = 256
         outlier_kernel[(_ceil_div(vals.numel(), BE),)](
             codes, S, Z, perm if perm is not None else codes, rows.contiguous(), cols.contiguous(), vals, out_k,
-            vals.numel(), m, n, codes.shape[1], int(params["group_size"]), ADD=add, BE=BE, **common)
+            vals.numel(), m, n, codes.shape[1], int(params["group_size"]), OUT_F16=out_dtype == torch.float16,
+            ADD=add, BE=BE, **common)
     return out
 
 
-__all__ = ["dense_kernel", "dequantize", "outlier_kernel", "stat_f32"]
+__all__ = ["dequantize", "outlier_kernel", "stat_f32"]
