@@ -110,11 +110,30 @@ def _copy(obj: Any) -> Any:
     return obj
 
 
+# Version-dependent params of spqr (spqr.md §8.2) and quip (quip.md §10.1) with valid and near-miss values.
+VERSION_PARAMS: dict[str, list[tuple[str, list[Any]]]] = {
+    "spqr": [("arith", ["f32", "f16", "F16", "bf16", 16, None, b"f16"]),
+             ("outlier_op", ["replace", "add", "sub", "Add", True, ["add"]])],
+    "quip": [("codebook", ["grid", "e8p12", "E8P12", "", 7, None, b"grid"]),
+             ("bits", [1, 2, 3, 8, 0, 9, None, True])],
+}
+
+
+def _packed_roles(t: dict[str, Any]) -> list[str]:
+    """Sections in the packed-rows layout of spqr.md §4 (whose padding bits readers ignore)."""
+    if t.get("codec") == "spqr":
+        return [r for r in ("codes", "scale_codes", "zero_codes") if r in t["sections"]]
+    if t.get("codec") == "squeezellm" or (t.get("codec") == "quip" and t["params"].get("codebook", "grid") == "grid"):
+        return ["codes"] if "codes" in t["sections"] else []
+    return []
+
+
 def mutate(rng: random.Random, name: str, blob: bytes) -> Case:
     """One random mutation of a valid file."""
     hl, d0, spans, header = _layout(blob)
     kind = rng.choice(["bitflip", "bytes", "truncate", "append", "header_value", "geometry", "restamp",
-                       "benign_padding", "benign_rowpad", "benign_minor", "preamble"])
+                       "benign_padding", "benign_rowpad", "benign_minor", "preamble", "codec_version",
+                       "version_params"])
     b = bytearray(blob)
     if kind == "bitflip":
         for _ in range(rng.choice([1, 1, 2, 8])):
@@ -173,10 +192,30 @@ def mutate(rng: random.Random, name: str, blob: bytes) -> Case:
         for _ in range(rng.choice([1, 8, 64])):
             b[rng.choice(free)] = rng.randrange(256)
         return Case(name, kind, bytes(b), True)
+    if kind in ("codec_version", "version_params"):
+        # spqr / quip versions 1 and 2 share sections but not params: a version or a param edited without
+        # the other must be rejected (or decoded) identically by both readers (CRC re-stamped)
+        h = _copy(header)
+        quant = [t for t in h["tensors"] if t.get("codec") in VERSION_PARAMS]
+        if not quant:
+            return Case(name, "benign_minor", bytes(b[:10]) + struct.pack("<H", rng.randrange(65536)) + bytes(b[12:]),
+                        True)
+        t = rng.choice(quant)
+        if kind == "codec_version":
+            t["codec_version"] = rng.choice([v for v in (1, 2, 3) if v != t["codec_version"]])
+            label = f"codec_version:{t['codec']}->{t['codec_version']}"
+        else:
+            key, values = rng.choice(VERSION_PARAMS[t["codec"]])
+            if key in t["params"] and rng.random() < 0.3:
+                del t["params"][key]
+                label = f"version_params:{t['codec']}:-{key}"
+            else:
+                t["params"][key] = rng.choice(values)
+                label = f"version_params:{t['codec']}:{key}"
+        return Case(name, label, _relayout(blob, h))
     if kind == "benign_rowpad":
         h = _copy(header)
-        packed = [(t, r) for t in h["tensors"] if t.get("codec") == "spqr"
-                  for r in ("codes", "scale_codes", "zero_codes") if r in t["sections"]]
+        packed = [(t, r) for t in h["tensors"] for r in _packed_roles(t)]
         if not packed:
             return Case(name, "benign_minor", bytes(b[:10]) + struct.pack("<H", rng.randrange(65536)) + bytes(b[12:]),
                         True)

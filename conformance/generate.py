@@ -144,9 +144,13 @@ class SpqrLogical:
     dtype: str = "f16"
     pad_bits: bool = False
     extra_params: dict[str, Any] = field(default_factory=dict)
+    version: int = 1                          # codec_version; 2 adds arith / outlier_op (spqr.md §8)
+    arith: str = "f32"
+    outlier_op: str = "replace"
 
     def oracle(self) -> np.ndarray:
-        """spqr.md §5, one element at a time, in f32 scalar arithmetic."""
+        """spqr.md §5, one element at a time, in f32 scalar arithmetic (version 2: generate_v2.spqr_oracle_v2)."""
+        assert self.version == 1, "the version-2 oracle is generate_v2.spqr_oracle_v2"
         out = np.zeros((self.m, self.n), dtype=np.float32)
         with np.errstate(all="ignore"):
             for r in range(self.m):
@@ -208,6 +212,8 @@ def spqr_params(L: SpqrLogical) -> dict[str, Any]:
     p: dict[str, Any] = {"bits": L.bits, "group_size": L.beta1, "scale_bits": L.scale.bits, "zero_bits": L.zero.bits}
     if L.scale.bits < 16 or L.zero.bits < 16:
         p["stat_group_size"] = L.beta2
+    if L.version == 2:
+        p.update(arith=L.arith, outlier_op=L.outlier_op)
     p.update(L.extra_params)
     return p
 
@@ -259,6 +265,7 @@ def make_spqr(seed: str, m: int, n: int, bits: int, beta1: int, *, sb: int = 16,
 
 
 def spqr_tens(name: str, L: SpqrLogical, **kw: Any) -> mw.Tens:
+    kw.setdefault("codec_version", L.version)
     return mw.Tens(name, [L.m, L.n], L.dtype, "spqr", spqr_params(L), spqr_sections(L), **kw)
 
 
@@ -816,7 +823,19 @@ def valid_vectors() -> list[Valid]:
          sq("sq.w", make_squeezellm("mixq", 4, 12, 3, bias="f16")),
          qp("quip.w", make_quip("mixp", 4, 12, 2, 2, 2, bias="f32")), raw("norm", "f32", [4])],
         layout=mw.Layout(order="interleave", gap=64, lead=128))
+    v2 = _v2()
+    for name, desc, items, kw in v2.spqr_valid() + v2.quip_valid():  # codec version 2 (spqr.md §8, quip.md §10)
+        add(name, desc, items, **kw)
     return out
+
+
+def _v2() -> Any:
+    """The version-2 vector module (imported late: it imports this one)."""
+    if __package__ in (None, ""):
+        import generate_v2  # type: ignore[no-redef]
+    else:
+        from . import generate_v2
+    return generate_v2
 
 
 def _sq_1x1() -> SqueezeLogical:
@@ -1316,6 +1335,9 @@ def invalid_vectors() -> list[Invalid]:
                                  ("sv", 5, 0x7F, "sv_max"), ("sv", 2, 0xFE, "sv_minus_two")):
         qpv(f"value_{why}", f"{role}[{pos}] = 0x{byte:02X} (only 0x01 / 0xFF are signs)",
             lambda ts, role=role, pos=pos, byte=byte: _set_byte(_sec(ts, "q", role), pos, byte), "BAD_VALUE")
+    v2 = _v2()
+    for name, desc, blob, error in v2.spqr_invalid() + v2.quip_invalid():
+        add(name, desc, blob, error)
     return out
 
 
@@ -1422,7 +1444,7 @@ def generate(out_dir: Path | str = VECTORS_DIR) -> dict[str, Any]:
         for i, t in enumerate(v.tensors):
             exp = v.expected[t.name]
             if isinstance(exp, str):
-                tensors[t.name] = {"codec": t.codec, "error": exp}
+                tensors[t.name] = {"codec": t.codec, "codec_version": rf.tensors[t.name].codec_version, "error": exp}
                 try:
                     rf.decode(t.name)
                     raise AssertionError(f"{v.name}/{t.name}: refreader decoded a tensor expected to fail")
@@ -1434,7 +1456,8 @@ def generate(out_dir: Path | str = VECTORS_DIR) -> dict[str, Any]:
             assert sha256_of(got, quantized) == sha256_of(exp, quantized), f"{v.name}/{t.name}: refreader != oracle"
             key = f"t{i}"
             npz[key] = exp.view("<u2") if (t.dtype == "bf16" and not quantized) else exp
-            entry = {"codec": t.codec, "decoded_dtype": "f32" if quantized else t.dtype,
+            entry = {"codec": t.codec, "codec_version": rf.tensors[t.name].codec_version,
+                     "decoded_dtype": "f32" if quantized else t.dtype,
                      "shape": list(exp.shape), "npz_key": key, "sha256": sha256_of(exp, quantized)}
             if t.name in v.bias:
                 b = v.bias[t.name].astype(np.float32)
@@ -1452,13 +1475,14 @@ def generate(out_dir: Path | str = VECTORS_DIR) -> dict[str, Any]:
         (out / rel).write_bytes(iv.blob)
         got = _ref_verdict(iv.blob)
         assert got == iv.error, f"{iv.name}: refreader says {got}, vector expects {iv.error}"
+        codecs = _ref_codecs(iv.blob)
         entries.append({"file": rel, "kind": "invalid", "description": iv.description,
-                        "codecs": _ref_codecs(iv.blob), "error": iv.error,
-                        "accept": iv.accept})
+                        "codecs": sorted({c.split(":")[0] for c in codecs}), "codec_versions": codecs,
+                        "error": iv.error, "accept": iv.accept})
     manifest = {
         "format": "spqrfmt-conformance-vectors",
         "version": 1,
-        "spec": "spec/SPEC.md 1.0, spec/codecs/spqr.md v1",
+        "spec": "spec/SPEC.md 1.0; codecs (codec_version): raw 1, spqr 1 2, squeezellm 1, quip 1 2",
         "hash": "sha256 of the decoded tensor's bytes, C order, little-endian; quantized codecs: f32 with every "
                 "NaN replaced by 0x7FC00000; raw: own dtype (bf16 as its 16-bit pattern, bool as 0/1 bytes)",
         "vectors": entries,
@@ -1468,13 +1492,14 @@ def generate(out_dir: Path | str = VECTORS_DIR) -> dict[str, Any]:
 
 
 def _ref_codecs(blob: bytes) -> list[str]:
-    """Codecs of an invalid file that opens (its defect is per tensor, SPEC §10 stage 5); [] if it does not open.
+    """``codec:version`` of the tensors of an invalid file that opens (its defect is per tensor, SPEC §10
+    stage 5); [] if it does not open.
 
-    A reader claiming only some codecs skips the invalid vectors that name a codec outside its claim
-    (spec/conformance.md §1.1); file-level defects concern every reader.
+    A reader claiming only some codecs (or codec versions) skips the invalid vectors that name one outside
+    its claim (spec/conformance.md §1.1); file-level defects concern every reader.
     """
     try:
-        return sorted({r.codec for r in refreader.RefFile(blob).tensors.values()})
+        return sorted({f"{r.codec}:{r.codec_version}" for r in refreader.RefFile(blob).tensors.values()})
     except refreader.RefError:
         return []
 

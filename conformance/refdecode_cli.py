@@ -9,8 +9,10 @@ Exit 0: every tensor decoded (quantized -> F32, raw -> own dtype) into
 OUTPUT; tensors with an unknown codec or codec version are left out and
 named in ``__metadata__`` as ``spqr.error.<name>: <CODE>``. Exit 2: the file
 is rejected; the first stderr line starts with the error code name.
-``--codecs`` makes it behave like a reader that implements only those codecs
-(the others become UNKNOWN_CODEC), which is how the suite tests partial claims.
+``--codecs`` makes it behave like a reader that implements only those codecs,
+each optionally in only some versions (``raw,spqr:1,quip``: the other codecs
+become UNKNOWN_CODEC, spqr version 2 UNSUPPORTED_CODEC_VERSION), which is how
+the suite tests partial claims.
 """
 
 from __future__ import annotations
@@ -32,10 +34,19 @@ SKIPPABLE = ("UNKNOWN_CODEC", "UNSUPPORTED_CODEC_VERSION")
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) == 4 and args[0] == "--codecs":
-        keep = set(args[1].split(","))
+        keep: dict[str, set[int] | None] = {}
+        for item in filter(None, args[1].split(",")):
+            cid, sep, ver = item.partition(":")
+            if not sep:
+                keep[cid] = None
+            elif keep.get(cid, set()) is not None:
+                keep.setdefault(cid, set()).add(int(ver))  # type: ignore[union-attr]
         for cid in list(refreader.CODECS):
             if cid not in keep:
                 del refreader.CODECS[cid]
+            elif keep[cid] is not None:
+                codec = refreader.CODECS[cid]
+                codec.versions = codec.versions & frozenset(keep[cid])  # type: ignore[arg-type]
         args = args[2:]
     if len(args) != 2:
         print("usage: refdecode_cli [--codecs LIST] INPUT.spqr OUTPUT.safetensors", file=sys.stderr)

@@ -15,6 +15,8 @@ means adding those two functions.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import mmap
 import os
 import struct
@@ -429,8 +431,21 @@ def unpack_rows(words: np.ndarray, count: int, k: int) -> np.ndarray:
 
 # spqr (codecs/spqr.md)
 
-def _spqr_geometry(rec: TensorRec) -> dict[str, int]:
-    p: dict[str, int] = {}
+SPQR_ARITH = ("f32", "f16")
+SPQR_OUTLIER_OPS = ("replace", "add")
+
+
+def _str_param(rec: TensorRec, key: str, allowed: tuple[str, ...]) -> str:
+    """A required msgpack-str parameter with one of ``allowed`` (exact, case-sensitive; bin is not str)."""
+    v = rec.params.get(key)
+    if not isinstance(v, str) or v not in allowed:
+        raise RefError("BAD_PARAMS", f"params[{key!r}] = {v!r} is missing or not one of {list(allowed)}", rec.name)
+    return v
+
+
+def _spqr_geometry(rec: TensorRec) -> dict[str, Any]:
+    """§2 params; version 2 adds the required strings ``arith`` and ``outlier_op`` (§8.2)."""
+    p: dict[str, Any] = {}
     p["b"] = _int_param(rec, "bits", lambda v: 1 <= v <= 8)
     p["beta1"] = _int_param(rec, "group_size", lambda v: 1 <= v <= 65536)
     p["sb"] = _int_param(rec, "scale_bits", lambda v: 1 <= v <= 8 or v == 16)
@@ -439,6 +454,11 @@ def _spqr_geometry(rec: TensorRec) -> dict[str, int]:
         p["beta2"] = _int_param(rec, "stat_group_size", lambda v: 1 <= v <= 65536)
     else:
         p["beta2"] = 1  # "ignored" (SPEC §4.2): not read at all when both stats are 16-bit
+    if rec.codec_version == 2:
+        p["arith"] = _str_param(rec, "arith", SPQR_ARITH)
+        p["outlier_op"] = _str_param(rec, "outlier_op", SPQR_OUTLIER_OPS)
+    else:  # version 1 never reads these keys (unknown keys are ignored); §8: v1 = f32 / replace
+        p["arith"], p["outlier_op"] = "f32", "replace"
     return p
 
 
@@ -481,8 +501,8 @@ def _rne16(x: np.ndarray) -> np.ndarray:
         return x.astype(np.float16).astype(np.float32)
 
 
-def _spqr_stat(rec: TensorRec, a: Arrays, stat: str, bits: int, beta2: int) -> np.ndarray:
-    """Step 1: [G, m] f32 statistics."""
+def _spqr_stat(rec: TensorRec, a: Arrays, stat: str, bits: int, beta2: int, f16: bool) -> np.ndarray:
+    """Step 1 (§5, §8.3): [G, m] f32 statistics; ``f16`` rounds the subtraction too (arith "f16")."""
     m = rec.shape[0]
     if bits == 16:
         return a[stat].astype(np.float32)
@@ -492,22 +512,35 @@ def _spqr_stat(rec: TensorRec, a: Arrays, stat: str, bits: int, beta2: int) -> n
     ss = a[f"{stat}_scale"].astype(np.float32)[:, k]
     with np.errstate(all="ignore"):  # inf/NaN statistics are legal and propagate (spqr.md §6)
         t = (c - zz).astype(np.float32)
+        if f16:
+            t = _rne16(t)
         return _rne16((t * ss).astype(np.float32))
 
 
 def _spqr_decode(rec: TensorRec, a: Arrays) -> np.ndarray:
+    """§5 (version 1) and §8.3 (version 2): R = rne16 after every operation when arith is "f16"."""
     m, n = rec.shape
     p = _spqr_geometry(rec)
-    S = _spqr_stat(rec, a, "scale", p["sb"], p["beta2"])
-    Z = _spqr_stat(rec, a, "zero", p["zb"], p["beta2"])
+    f16 = p["arith"] == "f16"
+
+    def R(x: np.ndarray) -> np.ndarray:
+        return _rne16(x) if f16 else x
+
+    S = _spqr_stat(rec, a, "scale", p["sb"], p["beta2"], f16)
+    Z = _spqr_stat(rec, a, "zero", p["zb"], p["beta2"], f16)
     g = np.arange(n) // p["beta1"]
     q = unpack_rows(a["codes"], n, p["b"]).astype(np.float32)          # [m, n]
-    with np.errstate(all="ignore"):
-        t = (q - Z.T[:, g]).astype(np.float32)
-        wp = (t * S.T[:, g]).astype(np.float32)
     ptr = a["outlier_row_ptr"].astype(np.int64)
     rows = np.repeat(np.arange(m), np.diff(ptr))
-    wp[rows, a["outlier_col"].astype(np.int64)] = a["outlier_val"].astype(np.float32)
+    cols = a["outlier_col"].astype(np.int64)
+    vals = a["outlier_val"].astype(np.float32)
+    with np.errstate(all="ignore"):
+        t = R((q - Z.T[:, g]).astype(np.float32))
+        wp = R((t * S.T[:, g]).astype(np.float32))
+        if p["outlier_op"] == "add":  # one addition per position (columns strictly increase within a row)
+            wp[rows, cols] = R((wp[rows, cols] + vals).astype(np.float32))
+        else:
+            wp[rows, cols] = vals
     if "perm" in a:
         wd = np.empty_like(wp)
         wd[:, a["perm"].astype(np.int64)] = wp
@@ -550,12 +583,28 @@ def _sq_decode(rec: TensorRec, a: Arrays) -> np.ndarray:
 
 # quip (codecs/quip.md)
 
-def _quip_geometry(rec: TensorRec) -> dict[str, int]:
-    """§2: bits 1..8, log2_hn/log2_hm 0..30 with 2^k dividing n/m; a = dimension / 2^k."""
+QUIP_CODEBOOKS = ("grid", "e8p12")
+
+
+def _quip_geometry(rec: TensorRec) -> dict[str, Any]:
+    """§2 (version 1) / §10.1 (version 2), in the order of §10.6 step 1 (shape and dtype checked before).
+
+    Version 2: ``codebook``; with "e8p12" no ``bits`` key and ``n % 8 == 0`` (BAD_SHAPE); with "grid"
+    ``bits`` as version 1. Then log2_hn / log2_hm in 0..30 with 2^k dividing n / m; a = dimension / 2^k.
+    """
     m, n = rec.shape
-    p = {"b": _int_param(rec, "bits", lambda v: 1 <= v <= 8),
-         "kn": _int_param(rec, "log2_hn", lambda v: 0 <= v <= 30),
-         "km": _int_param(rec, "log2_hm", lambda v: 0 <= v <= 30)}
+    p: dict[str, Any] = {"codebook": "grid", "v2": rec.codec_version == 2}
+    if p["v2"]:
+        p["codebook"] = _str_param(rec, "codebook", QUIP_CODEBOOKS)
+        if p["codebook"] == "e8p12":
+            if "bits" in rec.params:
+                raise RefError("BAD_PARAMS", "params has 'bits' although codebook is 'e8p12'", rec.name)
+            if n % 8:
+                raise RefError("BAD_SHAPE", f"codebook 'e8p12' needs n % 8 == 0, n = {n}", rec.name)
+    if p["codebook"] == "grid":
+        p["b"] = _int_param(rec, "bits", lambda v: 1 <= v <= 8)
+    p["kn"] = _int_param(rec, "log2_hn", lambda v: 0 <= v <= 30)
+    p["km"] = _int_param(rec, "log2_hm", lambda v: 0 <= v <= 30)
     if n % (1 << p["kn"]) or m % (1 << p["km"]):
         raise RefError("BAD_PARAMS", f"2^log2_hn must divide n={n} and 2^log2_hm must divide m={m}", rec.name)
     p["an"] = n >> p["kn"]
@@ -564,7 +613,7 @@ def _quip_geometry(rec: TensorRec) -> dict[str, int]:
 
 
 def _quip_check(rec: TensorRec) -> None:
-    """§6: shape, dtype, params; the section set (depends on a_n, a_m); layouts."""
+    """§6 / §10.6: shape, dtype, params; the section set (depends on a_n, a_m); layouts."""
     m, n = _matrix_tensor(rec)
     p = _quip_geometry(rec)
     required = {"codes", "scale", "su", "sv"}
@@ -573,10 +622,14 @@ def _quip_check(rec: TensorRec) -> None:
     if p["am"] > 1:
         required.add("factor_m")
     _roles(rec, required, {"bias"})
-    _layout(rec, "codes", ("u32",), (m, ceil_div(n * p["b"], 32)))
+    if p["codebook"] == "e8p12":
+        _layout(rec, "codes", ("u16",), (m, n // 8))
+    else:
+        _layout(rec, "codes", ("u32",), (m, ceil_div(n * p["b"], 32)))
     _layout(rec, "scale", ("f32",), (m,))
-    _layout(rec, "su", ("i8",), (n,))
-    _layout(rec, "sv", ("i8",), (m,))
+    diag = ("i8", "f16", "f32") if p["v2"] else ("i8",)
+    _layout(rec, "su", diag, (n,))
+    _layout(rec, "sv", diag, (m,))
     if p["an"] > 1:
         _layout(rec, "factor_n", ("f32",), (p["an"], p["an"]))
     if p["am"] > 1:
@@ -585,10 +638,55 @@ def _quip_check(rec: TensorRec) -> None:
 
 
 def _quip_content(rec: TensorRec, a: Arrays) -> None:
+    """i8 sign vectors hold only 0x01 / 0xFF; real (f16/f32) diagonals of version 2 are not checked."""
     for role in ("su", "sv"):
+        if rec.sections[role].dtype != "i8":
+            continue
         s = a[role]
         if np.any((s != 1) & (s != -1)):
             raise RefError("BAD_VALUE", f"sign vector {role!r} holds a byte other than 0x01/0xFF", rec.name)
+
+
+# §10.3: rows 0-226 of the E8P12 table follow from the construction rule; rows 227-255 are a fixed list.
+E8P12_TAIL = (
+    "31113333 13113333 11313333 11133333 33313311 33313131 33311331 33313113 33311313 33311133 "
+    "33133311 33133131 33131331 33133113 33131313 33131133 31333311 31333131 31331331 31333113 "
+    "31331313 13331133 13333311 13333131 13331331 13333113 13331313 11331333 33113331"
+)
+E8P12_SHA256 = "4310f9ed6450a9f87bd51399a5e549b66d43ae0800cb3f7494aa7b94aa7c0db4"
+
+
+def e8p12_table() -> np.ndarray:
+    """u8 [256, 8] alpha table of §10.3 (rule for rows 0-226 + the listed tail), checked against its SHA-256."""
+    rows = [v for v in itertools.product((1, 3, 5), repeat=8) if sum(x * x for x in v) <= 40]
+    rows += [tuple(int(ch) for ch in word) for word in E8P12_TAIL.split()]
+    table = np.array(rows, dtype=np.uint8)
+    if table.shape != (256, 8) or hashlib.sha256(table.tobytes()).hexdigest() != E8P12_SHA256:
+        raise AssertionError("E8P12 table does not match the digest of quip.md §10.3")
+    return table
+
+
+_E8P12 = e8p12_table()
+_E8P12_ODD = ((_E8P12.astype(np.int64).sum(axis=1) // 2) % 2).astype(np.int64)   # odd[a]
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+def e8p12_points(codes: np.ndarray) -> np.ndarray:
+    """§10.4: int64 [..., 8] odd integers t (the lattice point is t / 4) of 16-bit codes."""
+    c = codes.astype(np.int64)
+    a = c >> 8
+    s = c & 0xFF
+    p = _POPCOUNT[s] % 2
+    s2 = s ^ p
+    alpha = _E8P12.astype(np.int64)[a]                      # [..., 8]
+    t = np.empty(c.shape + (8,), dtype=np.int64)
+    for i in range(8):
+        beta = (i >> 1) | ((i & 1) << 2)
+        neg = (s2 >> beta) & 1
+        if i == 7:
+            neg = neg ^ _E8P12_ODD[a]
+        t[..., i] = np.where(neg == 1, -2 * alpha[..., i], 2 * alpha[..., i]) + np.where(p == 1, -1, 1)
+    return t
 
 
 def quip_c(k: int) -> np.float32:
@@ -625,24 +723,33 @@ def quip_transform(x: np.ndarray, k: int, F: np.ndarray | None) -> np.ndarray:
 
 
 def _quip_decode(rec: TensorRec, a: Arrays) -> np.ndarray:
-    """§5.3: grid, T along n for every row, T along m for every column, then the signs."""
+    """§5.3 / §10.5: values X, T along n for every row, T along m for every column, then the diagonals."""
     m, n = rec.shape
     p = _quip_geometry(rec)
-    L = (1 << p["b"]) - 1
-    q = unpack_rows(a["codes"], n, p["b"]).astype(np.int64)
+    scale = a["scale"].astype(np.float32)[:, None]
     with np.errstate(all="ignore"):
-        X = ((2 * q - L).astype(np.float32) * a["scale"].astype(np.float32)[:, None]).astype(np.float32)
+        if p["codebook"] == "e8p12":
+            t = e8p12_points(a["codes"]).reshape(m, n)                        # X[r, 8g + i] = t_i of codes[r, g]
+            e = (t.astype(np.float32) * np.float32(0.25)).astype(np.float32)  # exact t / 4
+            X = (e * scale).astype(np.float32)
+        else:
+            L = (1 << p["b"]) - 1
+            q = unpack_rows(a["codes"], n, p["b"]).astype(np.int64)
+            X = ((2 * q - L).astype(np.float32) * scale).astype(np.float32)
         X = quip_transform(X, p["kn"], a.get("factor_n"))
         X = quip_transform(X.T, p["km"], a.get("factor_m")).T
+        if p["v2"]:  # two multiplies, sv first: (X * sv[r]) * su[c]; f32() of i8 and f16 is exact
+            X = (X * a["sv"].astype(np.float32)[:, None]).astype(np.float32)
+            return np.ascontiguousarray((X * a["su"].astype(np.float32)[None, :]).astype(np.float32))
         sign = (a["sv"].astype(np.int64)[:, None] * a["su"].astype(np.int64)[None, :]).astype(np.float32)
         return np.ascontiguousarray((X * sign).astype(np.float32))
 
 
 CODECS: dict[str, Codec] = {
     "raw": Codec(frozenset({1}), _raw_check, _raw_content, _raw_decode),
-    "spqr": Codec(frozenset({1}), _spqr_check, _spqr_content, _spqr_decode),
+    "spqr": Codec(frozenset({1, 2}), _spqr_check, _spqr_content, _spqr_decode),
     "squeezellm": Codec(frozenset({1}), _sq_check, _sq_content, _sq_decode),
-    "quip": Codec(frozenset({1}), _quip_check, _quip_content, _quip_decode),
+    "quip": Codec(frozenset({1, 2}), _quip_check, _quip_content, _quip_decode),
 }
 
 

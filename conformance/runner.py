@@ -220,20 +220,59 @@ def judge(entry: dict[str, Any], v: Verdict, *, check_bias: bool = True) -> tupl
     return True, "ok"
 
 
-def claim(entry: dict[str, Any], codecs: set[str] | None) -> dict[str, Any] | None:
+Claim = dict[str, frozenset[int] | None]   # codec id -> the codec_versions claimed (None: every version)
+
+
+def parse_claim(text: str) -> Claim:
+    """``raw,spqr:1,quip`` -> {raw: all, spqr: {1}, quip: all} (spec/conformance.md §1.1); repeat a codec
+    for several versions (``spqr:1,spqr:2``)."""
+    out: dict[str, set[int] | None] = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        codec, sep, ver = item.partition(":")
+        if not sep:
+            out[codec] = None
+        elif out.get(codec, set()) is not None:
+            out.setdefault(codec, set()).add(int(ver))  # type: ignore[union-attr]
+    return {c: (None if v is None else frozenset(v)) for c, v in out.items()}
+
+
+def _as_claim(codecs: Claim | set[str] | None) -> Claim | None:
+    if codecs is None or isinstance(codecs, dict):
+        return codecs
+    return {c: None for c in codecs}
+
+
+def _claims(c: Claim, codec: str, version: int | None) -> bool:
+    """Whether ``codec`` at ``version`` is claimed (version None: not recorded, the codec decides)."""
+    versions = c.get(codec, frozenset())
+    return codec in c and (versions is None or version is None or version in versions)
+
+
+def claim(entry: dict[str, Any], codecs: Claim | set[str] | None) -> dict[str, Any] | None:
     """The vector as seen by a reader that claims only ``codecs`` (spec/conformance.md §1.1), or None to skip it.
 
-    Valid vectors: tensors of other codecs must be reported as UNKNOWN_CODEC while the rest decode.
-    Invalid vectors whose defect is per tensor (``codecs`` non-empty) and that involve an unclaimed
-    codec are skipped; file-level defects (``codecs`` empty) concern every reader.
+    Valid vectors: tensors of other codecs must be reported as UNKNOWN_CODEC, tensors of a claimed codec
+    in an unclaimed version as UNSUPPORTED_CODEC_VERSION, while the rest decode. Invalid vectors whose
+    defect is per tensor (``codecs`` non-empty) and that involve an unclaimed codec or codec version are
+    skipped; file-level defects (``codecs`` empty) concern every reader.
     """
-    if codecs is None:
+    c = _as_claim(codecs)
+    if c is None:
         return entry
     if entry["kind"] == "invalid":
-        return None if set(entry.get("codecs", [])) - codecs else entry
+        pairs = [(p.partition(":")[0], int(p.partition(":")[2])) for p in entry["codec_versions"]] \
+            if "codec_versions" in entry else [(x, None) for x in entry.get("codecs", [])]
+        return entry if all(_claims(c, codec, v) for codec, v in pairs) else None
     out = dict(entry)
-    out["tensors"] = {name: (t if t["codec"] in codecs else {"codec": t["codec"], "error": "UNKNOWN_CODEC"})
-                      for name, t in entry["tensors"].items()}
+    tensors: dict[str, Any] = {}
+    for name, t in entry["tensors"].items():
+        if t["codec"] not in c:
+            tensors[name] = {"codec": t["codec"], "error": "UNKNOWN_CODEC"}
+        elif not _claims(c, t["codec"], t.get("codec_version")):
+            tensors[name] = {"codec": t["codec"], "error": "UNSUPPORTED_CODEC_VERSION"}
+        else:
+            tensors[name] = t
+    out["tensors"] = tensors
     return out
 
 
@@ -248,7 +287,7 @@ class Row:
 
 
 def run_all(vectors: Path, backends: dict[str, Backend], *, only: str | None = None, jobs: int = 1,
-            codecs: set[str] | None = None) -> list[Row]:
+            codecs: Claim | set[str] | None = None) -> list[Row]:
     """Every vector of the manifest against every backend.
 
     ``jobs`` > 1 runs the ``foreign`` backend's subprocesses in parallel
@@ -312,10 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="run only vectors whose path contains this string")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel foreign decoder runs")
     ap.add_argument("--failures-only", action="store_true", help="print only failing rows")
-    ap.add_argument("--codecs", help="comma list of the codecs the decoder claims, e.g. raw,spqr (default: all); "
-                    "tensors of other codecs must then be reported as UNKNOWN_CODEC")
+    ap.add_argument("--codecs", help="comma list of the codecs the decoder claims, each optionally with one "
+                    "codec_version, e.g. raw,spqr:1,quip (default: all); tensors of other codecs must then be "
+                    "reported as UNKNOWN_CODEC, of other versions as UNSUPPORTED_CODEC_VERSION")
     args = ap.parse_args(argv)
-    codecs = set(args.codecs.split(",")) if args.codecs else None
+    codecs = parse_claim(args.codecs) if args.codecs else None
     default = ["library", "refreader"] + (["foreign"] if args.decoder else [])
     names = args.backend.split(",") if args.backend else default
     backends: dict[str, Backend] = {}
@@ -334,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, list(backends), failures_only=args.failures_only)
     if args.report:
         report = {"vectors": str(args.vectors), "backends": list(backends), "decoder": args.decoder,
-                  "codecs": sorted(codecs) if codecs else "all",
+                  "codecs": sorted(x.strip() for x in args.codecs.split(",") if x.strip()) if codecs else "all",
                   "passed": all(r.passed for r in rows),
                   "summary": {b: {"passed": sum(r.passed for r in rows if r.backend == b),
                                   "total": sum(r.backend == b for r in rows)} for b in backends},

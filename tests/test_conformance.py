@@ -130,13 +130,179 @@ def test_quip_worked_example_matches_spec_text() -> None:
     assert generate.f32_bits(float(refreader.quip_c(1))) == 0x3F3504F3
 
 
+def _tensor_entries(codec: str, version: int) -> list[tuple[str, str, dict]]:
+    return [(e["file"], name, t) for e in MANIFEST["vectors"] if e["kind"] == "valid"
+            for name, t in e["tensors"].items() if t["codec"] == codec and t.get("codec_version") == version]
+
+
+def test_codec_version_2_coverage() -> None:
+    """spqr v2 (spqr.md §8) and quip v2 (quip.md §10): every parameter value, diagonal dtype and reject rule."""
+    spqr2 = [(f, n) for f, n, t in _tensor_entries("spqr", 2) if "sha256" in t]
+    seen = set()
+    for f, name in spqr2:
+        r = refreader.open_file(VECTORS / f).tensors[name]
+        seen.add((r.params["arith"], r.params["outlier_op"], "perm" in r.sections, r.params["scale_bits"] < 16))
+    assert {(a, o, p, q) for a in ("f16", "f32") for o in ("add", "replace") for p in (False, True)
+            for q in (False, True) if (a, o) != ("f32", "replace")} <= seen
+    quip2 = [(f, n) for f, n, t in _tensor_entries("quip", 2) if "sha256" in t]
+    kinds = set()
+    for f, name in quip2:
+        r = refreader.open_file(VECTORS / f).tensors[name]
+        kinds |= {(r.params["codebook"], r.sections["su"].dtype), (r.params["codebook"], r.sections["sv"].dtype)}
+        kinds.add((r.params["codebook"], "factors" if {"factor_n", "factor_m"} <= set(r.sections) else "-"))
+    assert {(cb, d) for cb in ("grid", "e8p12") for d in ("i8", "f16", "f32")} <= kinds
+    assert ("e8p12", "factors") in kinds and ("grid", "factors") in kinds
+    assert {t["error"] for _, _, t in _tensor_entries("quip", 3) + _tensor_entries("spqr", 3)} == \
+        {"UNSUPPORTED_CODEC_VERSION"}
+    invalid = {Path(e["file"]).stem: e["error"] for e in MANIFEST["vectors"] if e["kind"] == "invalid"}
+    for key in ("missing", "upper", "int", "bin", "nil"):
+        assert invalid[f"spqr_v2_arith_{key}"] == "BAD_PARAMS"
+    for key in ("missing", "sub", "array", "bool"):
+        assert invalid[f"spqr_v2_outlier_op_{key}"] == "BAD_PARAMS"
+    assert {k: v for k, v in invalid.items() if k.startswith("quip_v2_")} == {
+        **{f"quip_v2_codebook_{k}": "BAD_PARAMS" for k in ("missing", "upper", "unknown", "empty", "int", "bin",
+                                                            "nil", "array")},
+        "quip_v2_e8p12_bits_present": "BAD_PARAMS", "quip_v2_e8p12_bits_nil": "BAD_PARAMS",
+        "quip_v2_grid_bits_missing": "BAD_PARAMS", "quip_v2_grid_bits_9": "BAD_PARAMS",
+        "quip_v2_log2_hn_nondividing": "BAD_PARAMS", "quip_v2_e8p12_n_not_multiple_of_8": "BAD_SHAPE",
+        **{f"quip_v2_{k}": "BAD_SECTION_LAYOUT" for k in ("e8p12_codes_u32", "e8p12_codes_i16", "e8p12_codes_shape",
+                                                          "e8p12_codes_packed_grid_shape", "grid_codes_u16",
+                                                          "su_bf16", "su_u8", "su_f64", "sv_f64", "sv_i16",
+                                                          "su_len")},
+        "quip_v2_missing_factor_n": "BAD_SECTION_SET", "quip_v2_section_checksum": "SECTION_CHECKSUM",
+        "quip_v2_value_sv_zero": "BAD_VALUE", "quip_v2_value_su_i8_zero": "BAD_VALUE"}
+
+
+def _hashes(vector: str) -> dict[str, str]:
+    e = next(e for e in MANIFEST["vectors"] if e["file"] == f"valid/{vector}.spqr")
+    return {name: t["sha256"] for name, t in e["tensors"].items()}
+
+
+def test_version_2_defaults_decode_like_version_1() -> None:
+    """spqr v2 f32/replace and quip v2 grid with i8 signs give the v1 bits (same sections, checked by hash)."""
+    for vector, pairs in (("spqr_v2_f32_replace", ("stats16", "stats_q")),
+                          ("quip_v2_grid_i8_equals_v1", ("factors", "hadamard"))):
+        h = _hashes(vector)
+        assert len(h) == 2 * len(pairs)
+        for p in pairs:
+            assert h[f"{p}.v1"] == h[f"{p}.v2"], (vector, p)
+    h = _hashes("spqr_v2_worked_example")
+    assert len(set(h.values())) == 4  # the four (arith, outlier_op) pairs all decode differently here
+
+
+def test_spqr_v2_worked_example_matches_spec_text() -> None:
+    text = (CONF.parent / "spec" / "codecs" / "spqr.md").read_text()
+    section = text[text.index("### 8.5 Worked example"):]
+    step2 = section[section.index("Step 2 ("):section.index("Step 3 at")]
+    rows = [re.findall(r"0x([0-9A-F]{8})", ln) for ln in step2.splitlines() if ln.startswith("| ") and "0x" in ln]
+    assert len(rows) == 4 and all(len(r) == 2 for r in rows)
+    dense = {"f32": [int(r[0], 16) for r in rows], "f16": [int(r[1], 16) for r in rows]}
+    step3 = section[section.index("Step 3 at"):]
+    out2 = {}
+    for line in step3.splitlines():
+        hexes = re.findall(r"0x([0-9A-F]{8})", line)
+        if not (line.startswith("| ") and hexes):
+            continue
+        arith = re.match(r'\| (any|`"(f16|f32)"`),', line)
+        assert arith is not None, line
+        out2["replace" if arith.group(1) == "any" else arith.group(2)] = int(hexes[-1], 16)
+    assert set(out2) == {"replace", "f32", "f16"}
+    rf = refreader.open_file(VECTORS / "valid" / "spqr_v2_worked_example.spqr")
+    for arith in ("f32", "f16"):
+        for op in ("replace", "add"):
+            want = list(dense[arith])
+            want[2] = out2["replace"] if op == "replace" else out2[arith]
+            assert rf.decode(f"{arith}_{op}").view(np.uint32).ravel().tolist() == want, (arith, op)
+        # step 1 statistics of the text: S differs between the modes, Z does not
+        rec, arrays = rf.tensors[f"{arith}_add"], rf.arrays(f"{arith}_add")
+        S = refreader._spqr_stat(rec, arrays, "scale", 3, 1, arith == "f16")
+        Z = refreader._spqr_stat(rec, arrays, "zero", 3, 1, arith == "f16")
+        assert S.view(np.uint32).item() == {"f32": 0x3D76E000, "f16": 0x3D76C000}[arith]
+        assert Z.view(np.uint32).item() == 0x403E0000
+
+
+def test_quip_v2_worked_example_matches_spec_text() -> None:
+    text = (CONF.parent / "spec" / "codecs" / "quip.md").read_text()
+    section = text[text.index("### 10.8 Worked example"):text.index("### 10.9")]
+    tvals = [list(map(int, m.split())) for m in re.findall(r"^\s+t = ([-\d ]+)$", section, flags=re.M)]
+    rf = refreader.open_file(VECTORS / "valid" / "quip_v2_worked_example.spqr")
+    a = rf.arrays("w")
+    assert refreader.e8p12_points(a["codes"]).reshape(2, 8).tolist() == tvals
+    steps: dict[str, list[list[int]]] = {}
+    step = ""
+    for line in section[section.index("Decoding (f32"):].splitlines():
+        m = re.match(r"^(step \d)?\s+row \d: (.*)$", line)
+        if m:
+            step = m.group(1) or step
+            steps.setdefault(step, []).append([int(h, 16) for h in re.findall(r"\b[0-9A-F]{8}\b", m.group(2))[:8]])
+    assert list(steps) == ["step 1", "step 2", "step 3", "step 4"]
+    X = ((refreader.e8p12_points(a["codes"]).reshape(2, 8).astype(np.float32) * np.float32(0.25))
+         * a["scale"][:, None]).astype(np.float32)
+    got = {"step 1": X}
+    got["step 2"] = refreader.quip_transform(X, 3, None)
+    got["step 3"] = refreader.quip_transform(got["step 2"].T, 1, None).T
+    got["step 4"] = rf.decode("w")
+    for k, rows in steps.items():
+        assert np.ascontiguousarray(got[k]).view(np.uint32).tolist() == rows, k
+
+
+def test_e8p12_tables_agree_and_all_codes_vector_covers_every_code() -> None:
+    from spqrfmt.conformance import generate_v2
+
+    rows, odd = generate_v2.e8p12_spec_table()  # parsed from the spec text, digest checked
+    assert refreader.e8p12_table().tolist() == [list(r) for r in rows]
+    assert np.array_equal(refreader.e8p12_points(np.arange(1 << 16)), generate_v2.e8p12_all_points())
+    rf = refreader.open_file(VECTORS / "valid" / "quip_v2_e8p12_all_codes.spqr")
+    codes = rf.arrays("w")["codes"]
+    assert sorted(codes.ravel().tolist()) == list(range(1 << 16))
+
+
+def test_parse_claim() -> None:
+    assert runner.parse_claim("raw,spqr:1,quip") == {"raw": None, "spqr": frozenset({1}), "quip": None}
+    assert runner.parse_claim("spqr:1,spqr:2,quip:2,quip") == {"spqr": frozenset({1, 2}), "quip": None}
+
+
+def test_partial_codec_version_claim(tmp_path: Path) -> None:
+    """A reader of spqr and quip version 1 only passes with --codecs raw,spqr:1,quip:1 (v2 tensors must come back
+    UNSUPPORTED_CODEC_VERSION, v2 invalid vectors are skipped) and fails the all-version claim on exactly the v2
+    vectors."""
+    vec = tmp_path / "v"
+    files = ["valid/mixed_codec_versions.spqr", "valid/codec_versions_alongside.spqr", "valid/quip_bits2.spqr",
+             "valid/spqr_v2_f16_add.spqr", "invalid/quip_v2_codebook_missing.spqr", "invalid/spqr_v2_arith_bin.spqr",
+             "invalid/quip_value_su_zero.spqr", "invalid/bad_magic.spqr"]
+    entries = [e for e in MANIFEST["vectors"] if e["file"] in files]
+    assert len(entries) == len(files)
+    vec.mkdir()
+    (vec / "manifest.json").write_text(json.dumps({"vectors": entries}))
+    for f in files:
+        (vec / f).parent.mkdir(parents=True, exist_ok=True)
+        (vec / f).write_bytes((VECTORS / f).read_bytes())
+    v1only = REFDECODE.replace("{input}", "--codecs raw,spqr:1,quip:1 {input}")
+    backend = {"foreign": runner.foreign_backend(v1only, timeout=60)}
+    claim = runner.parse_claim("raw,spqr:1,quip:1")
+    rows = runner.run_all(vec, backend, jobs=4, codecs=claim)
+    assert len(rows) == 6 and not _failures(rows)  # the two v2 invalid vectors are skipped
+    rows = runner.run_all(vec, backend, jobs=4)
+    assert {r.file for r in rows if not r.passed} == {"valid/mixed_codec_versions.spqr",
+                                                      "valid/codec_versions_alongside.spqr",
+                                                      "valid/spqr_v2_f16_add.spqr",
+                                                      "invalid/quip_v2_codebook_missing.spqr",
+                                                      "invalid/spqr_v2_arith_bin.spqr"}
+    # the full reader passes the v1-only claim only where it reports what a v1 reader would: it decodes v2
+    rows = runner.run_all(vec, {"refreader": runner.refreader_backend}, codecs=claim)
+    assert {r.file for r in rows if not r.passed} == {"valid/mixed_codec_versions.spqr",
+                                                      "valid/codec_versions_alongside.spqr",
+                                                      "valid/spqr_v2_f16_add.spqr"}
+
+
 def _contract_subset() -> list[dict]:
     """Valid vectors with every feature the contract carries + one invalid vector per error code."""
     chosen, codes = [], set()
     for e in MANIFEST["vectors"]:
         if e["kind"] == "valid" and any(k in e["file"] for k in ("raw_", "layout_reverse", "unknown_codec",
                                                                  "special", "everything", "wide_u32",
-                                                                 "worked_example", "mixed_codecs")):
+                                                                 "worked_example", "mixed_codec",
+                                                                 "codec_versions")):
             chosen.append(e)
         elif e["kind"] == "invalid" and e["error"] not in codes:
             codes.add(e["error"])
@@ -229,11 +395,11 @@ def test_spqr_conformance_command_passes_options_through(tmp_path: Path) -> None
     from spqrfmt import cli
 
     report = tmp_path / "r.json"
-    rc = cli.main(["conformance", "--backend", "library,refreader", "--only", "worked_example", "--codecs",
+    rc = cli.main(["conformance", "--backend", "library,refreader", "--only", "quip_worked_example", "--codecs",
                    "squeezellm,quip", "--report", str(report)])
     data = json.loads(report.read_text())
     assert rc == 0 and data["passed"] and data["codecs"] == ["quip", "squeezellm"]
-    assert data["summary"]["library"]["total"] == 2
+    assert data["summary"]["library"]["total"] == 1
 
 
 def test_generation_is_byte_identical(tmp_path: Path) -> None:
@@ -247,7 +413,7 @@ def test_generation_is_byte_identical(tmp_path: Path) -> None:
 
 def test_vectors_are_small_and_cover_every_code() -> None:
     total = sum(p.stat().st_size for p in VECTORS.rglob("*") if p.is_file())
-    assert total < 2_000_000
+    assert total < 4_000_000  # the 2^16-code E8P12 tensor alone decodes to 2 MiB of f32
     invalid_codes = {e["error"] for e in MANIFEST["vectors"] if e["kind"] == "invalid"}
     per_tensor = {t["error"] for e in MANIFEST["vectors"] if e["kind"] == "valid"
                   for t in e["tensors"].values() if "error" in t}
