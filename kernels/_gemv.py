@@ -247,21 +247,21 @@ def gemv_kernel(xq_ptr, xsum_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr, cnt_
         if done == tl.num_programs(1) - 1:
             out = tl.atomic_xchg(ws_ptr + yoff, tl.zeros_like(out), mask=ymask)
             tl.atomic_xchg(cnt_ptr + pid_m, 0)
-            if HAS_BIAS:
-                bias = tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
-                if MODE == 0:
-                    out = out + bias
-                else:
-                    out = out + bias[:, None]
-            tl.store(y_ptr + yoff, out.to(y_ptr.dtype.element_ty), mask=ymask)
+            _store_y(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, HAS_BIAS, MODE == 0)
     else:
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
-            if MODE == 0:
-                out = out + bias
-            else:
-                out = out + bias[:, None]
-        tl.store(y_ptr + yoff, out.to(y_ptr.dtype.element_ty), mask=ymask)
+        _store_y(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, HAS_BIAS, MODE == 0)
+
+
+@triton.jit
+def _store_y(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, HAS_BIAS: tl.constexpr, ONE_ROW: tl.constexpr):
+    """y = out (+ bias per output row), cast to y's dtype."""
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+        if ONE_ROW:
+            out = out + bias
+        else:
+            out = out + bias[:, None]
+    tl.store(y_ptr + yoff, out.to(y_ptr.dtype.element_ty), mask=ymask)
 
 
 @triton.jit

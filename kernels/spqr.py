@@ -99,7 +99,7 @@ def unpack_rows(words: torch.Tensor, cols: int, bits: int) -> torch.Tensor:
 
 
 def stat_f32(params: Mapping[str, Any], secs: Mapping[str, torch.Tensor], which: str, m: int) -> torch.Tensor:
-    """First-level statistic S or Z as f32 [G, m], exactly spqr.md §5 step 1.
+    """First-level statistic S or Z as f32 [G, m], exactly spqr.md §5 step 1 (§8 step 1 for v2 ``arith``).
 
     torch runs the subtraction and the multiplication as separate IEEE f32
     kernels, so nothing is contracted; ``.half()`` is the RNE rounding.
@@ -112,6 +112,8 @@ def stat_f32(params: Mapping[str, Any], secs: Mapping[str, torch.Tensor], which:
     zz = secs[f"{which}_zero"].to(torch.float32)[:, k]
     ss = secs[f"{which}_scale"].to(torch.float32)[:, k]
     t = c.to(torch.float32) - zz
+    if params.get("arith", "f32") == "f16":
+        t = t.half().float()
     return (t * ss).half().float()
 
 
@@ -475,6 +477,13 @@ def _auto_split(prepared: PreparedSpQR, cfg: MatvecConfig) -> int:
     return max(1, min(n_tiles, _ceil_div(want, progs_m)))
 
 
+def _split(prepared: PreparedSpQR, cfg: MatvecConfig, n_tiles: int) -> tuple[int, int]:
+    """(programs per row block, column tiles per program), no program left without a tile."""
+    split = max(1, min(cfg.split or _auto_split(prepared, cfg), n_tiles))
+    tps = _ceil_div(n_tiles, split)
+    return _ceil_div(n_tiles, tps), tps
+
+
 def _next_pow2(v: int) -> int:
     return 1 << max(0, (int(v) - 1).bit_length())
 
@@ -531,10 +540,7 @@ def _matvec_grouped(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor
                                                GS=gs, GSP=gsp, F=F, WST=wst, PRESCALE=mode != 2, BG=bg)
     NG = cfg.NH
     n_gt = _ceil_div(G, NG)
-    split = cfg.split or _auto_split(prepared, cfg)
-    split = max(1, min(split, n_gt))
-    tps = _ceil_div(n_gt, split)
-    split = _ceil_div(n_gt, tps)
+    split, tps = _split(prepared, cfg, n_gt)
     atomic = split > 1
     finish = atomic and cfg.fused_finish
     if atomic and not finish:
@@ -591,10 +597,7 @@ def matvec(prepared: PreparedSpQR, x: torch.Tensor, bias: torch.Tensor | None = 
     idx = prepared.x_index(bk)
     xt = x2.index_select(1, idx).contiguous()  # [B, L]
     n_tiles = _ceil_div(n, bk)
-    split = cfg.split or _auto_split(prepared, cfg)
-    split = max(1, min(split, n_tiles))
-    tps = _ceil_div(n_tiles, split)
-    split = _ceil_div(n_tiles, tps)
+    split, tps = _split(prepared, cfg, n_tiles)
     use_dot = B > 1
     atomic = split > 1
     if atomic:

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from . import _triton as K
-from .spqr import _outlier_coo, unpack_rows
+from .spqr import _outlier_coo, stat_f32
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -109,20 +109,6 @@ def outlier_kernel(codes_ptr, s_ptr, z_ptr, perm_ptr, orow_ptr, ocol_ptr, oval_p
         dst = c
     tl.store(out_ptr + r64 * n + dst, _to_out(a, OUT_BF16, OUT_F16), mask=emask)
 
-
-def stat_f32(params: Mapping[str, Any], secs: Mapping[str, torch.Tensor], which: str, m: int) -> torch.Tensor:
-    """First-level statistic S or Z as f32 [G, m], exactly spqr.md §8 step 1 (``arith`` from params)."""
-    bits = int(params[f"{which}_bits"])
-    if bits == 16:
-        return secs[which].to(torch.float32)
-    c = unpack_rows(secs[f"{which}_codes"], m, bits)
-    k = torch.arange(m, device=c.device) // int(params["stat_group_size"])
-    zz = secs[f"{which}_zero"].to(torch.float32)[:, k]
-    ss = secs[f"{which}_scale"].to(torch.float32)[:, k]
-    t = c.to(torch.float32) - zz
-    if params.get("arith", "f32") == "f16":
-        t = t.half().float()
-    return (t * ss).half().float()
 
 
 def dequantize(params: Mapping[str, Any], sections_on_gpu: Mapping[str, torch.Tensor], shape: tuple[int, int],

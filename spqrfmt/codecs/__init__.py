@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -174,10 +174,6 @@ def check_permutation(rec: TensorRecord, perm: np.ndarray, n: int) -> None:
     seen[p] = True
     if not seen.all():
         raise fail(ErrorCode.BAD_PERMUTATION, f"perm is not a permutation of 0..{n - 1}", rec.name)
-
-
-def params_of(rec: TensorRecord) -> dict[str, Any]:
-    return dict(rec.params)
 
 
 def _load_builtin() -> None:
