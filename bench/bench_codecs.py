@@ -89,30 +89,10 @@ def _sync(dev: str) -> None:
 
 
 def graph_time(fns: list[Callable[[], Any]], reps: int = 20, iters: int = 15) -> float:
-    """Median seconds per call of a CUDA graph running fns round-robin ``reps`` times."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(reps):
-            fns[i % len(fns)]()
-    g.replay()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3 / reps)
-    del g
-    return statistics.median(ts)
+    """Median seconds per call of a CUDA graph running fns round-robin (bench_kernels' method, one copy)."""
+    from bench_kernels import graph_time as _graph_time  # same folder: scripts run as python bench/...
+
+    return _graph_time(fns, reps=reps, iters=iters)
 
 
 def eager_time(fns: list[Callable[[], Any]], dev: str, reps: int = 20, iters: int = 5) -> float:
