@@ -15,6 +15,10 @@ by tensor:
 * raw tensors (embeddings, norms, biases) are loaded as stored, floating
   ones cast to the model dtype; tied output embeddings are re-tied.
 
+Fused layers (metadata ``spqrfmt.fused``, written by the QuIP# importer: one quantized
+tensor for q/k/v or up/gate, whose output Hadamard mixes the parts) are decoded densely
+on every device -- no kernel module -- and their row slices assigned to the parts.
+
 GPT-2-style ``Conv1D`` layers store their weight transposed, ``[in, out]``.
 ``spqr convert`` quantizes such a weight as its transpose, in the spec's
 ``[out, in]`` orientation, and lists it in the metadata key
@@ -239,8 +243,12 @@ def load_model(
         conv1d_out_in = f.metadata.get("spqrfmt.conv1d") == "out_in"
         listed = f.metadata.get("spqrfmt.transposed")
         transposed = set(listed) if isinstance(listed, list) else None
+        fused = _fused_splits(f.metadata.get("spqrfmt.fused"), path)
         model = build_empty_model(config, dtype)
         for name, t in f.tensors.items():
+            if name in fused:
+                _load_fused(model, name, t, fused[name], dtype, dev, report)
+                continue
             target = _resolve(model, name)
             if target is None:
                 report.skipped.append(name)
@@ -277,6 +285,40 @@ def load_model(
     model.eval()
     model.spqr_load_report = report  # type: ignore[attr-defined]
     return model
+
+
+def _fused_splits(meta: Any, path: Any) -> dict[str, list[tuple[str, int]]]:
+    """Checked ``spqrfmt.fused`` metadata: {fused tensor: [(part name, rows), ...]}."""
+    if meta is None:
+        return {}
+    out: dict[str, list[tuple[str, int]]] = {}
+    ok = isinstance(meta, dict)
+    for fused, parts in (meta.items() if ok else ()):
+        if not (isinstance(fused, str) and isinstance(parts, list) and parts and all(
+                isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and type(p[1]) is int and p[1] > 0
+                for p in parts)):
+            ok = False
+            break
+        out[fused] = [(p[0], p[1]) for p in parts]
+    if not ok:
+        raise ValueError(f"{path}: metadata 'spqrfmt.fused' is not a map of name -> [[part, rows], ...]")
+    return out
+
+
+def _load_fused(model: nn.Module, name: str, t: Tensor, parts: list[tuple[str, int]], dtype: torch.dtype,
+                dev: torch.device, report: LoadReport) -> None:
+    """Decode a fused tensor once and give each part its rows (dense on every device)."""
+    if len(t.shape) != 2 or sum(r for _, r in parts) != t.shape[0]:
+        raise ValueError(f"{name}: fused split {parts} does not cover its {t.shape[0]} rows")
+    w = _decode_to(t, dtype, str(dev))
+    start = 0
+    for part, rows in parts:
+        target = _resolve(model, part)
+        if target is None:
+            raise ValueError(f"{name}: fused part {part!r} is not a parameter of the model")
+        _set_tensor(model, target, w[start:start + rows].clone())
+        start += rows
+    report.decoded_layers.append(name)
 
 
 def _has_real(model: nn.Module, name: str) -> bool:

@@ -9,6 +9,7 @@ bit, and how the decoded tensor relates to the source's own dequantization.
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -813,8 +814,10 @@ def test_quipsharp_not_representable_cases(tmp_path):
         qs.to_quip_sections(np.zeros((16, 8), np.int16), one_n, one16, 1.0, 7, 64, name="l")
     with pytest.raises(qs.NotRepresentable, match=r"l\.Qidxs"):  # m not a multiple of 16
         qs.to_quip_sections(np.zeros((8, 2), np.int64), one_n, np.ones(8, np.float16), 1.0, 7, 64, name="l")
-    with pytest.raises(qs.NotRepresentable, match="power of two"):
+    with pytest.raises(qs.NotRepresentable, match=r"out_features = 48 = 12 \* 4: .*H_12 .*--hadamard"):
         qs.to_quip_sections(np.zeros((48, 2), np.int64), one_n, np.ones(48, np.float16), 1.0, 7, 64, name="l")
+    with pytest.raises(qs.NotRepresentable, match=r"out_features = 6: QuIP# has no Hadamard transform"):
+        qs.to_quip_sections(np.zeros((6, 2), np.int64), one_n, np.ones(6, np.float16), 1.0, 7, 64, name="l")
     with pytest.raises(qs.NotRepresentable, match=r"l\.Wscale"):
         qs.to_quip_sections(q, one_n, one16, np.float64(0.1), 7, 64, name="l")
 
@@ -829,7 +832,8 @@ def test_quipsharp_not_representable_cases(tmp_path):
         (d / "config.json").write_text(json.dumps({"quip_params": qp or {"codebook_version": 1}}))
         return d
 
-    cases = [({"fuse_scales": ("f16", np.array([1.0, 0.5, 0.5], np.float16))}, None, r"qkv_proj\.fuse_scales"),
+    cases = [({"fuse_scales": ("f16", np.array([1.0, 0.5, 0.5], np.float16))}, None,
+              r"qkv_proj\.fuse_scales: fused layer of 3 parts, but its split is unknown"),
              ({"scaleWH": ("f32", np.full(64, 2.0, np.float32))}, None, r"qkv_proj\.scaleWH"),
              ({"A": ("f16", np.ones((16, 2), np.float16))}, None, r"qkv_proj\.A"),
              ({}, {"codebook": "E8P12"}, r"quip_params\.codebook_version = 0")]
@@ -840,6 +844,114 @@ def test_quipsharp_not_representable_cases(tmp_path):
         assert not (tmp_path / "x.spqr").exists()
     d = folder({"scaleWH": ("f32", np.ones(64, np.float32))})  # all-ones scaleWH changes nothing: accepted
     assert qs.import_quipsharp(d, tmp_path / "ok.spqr").raw == []
+
+
+def _paley12() -> np.ndarray:
+    """A Hadamard matrix of order 12 by Paley's first construction (q = 11): I + [[0, 1ᵀ], [-1, Q]],
+    Q[i, j] = chi(j - i) the quadratic character of GF(11). Not symmetric, so orientation matters."""
+    squares = {(x * x) % 11 for x in range(1, 11)}
+    chi = [0] + [1 if a in squares else -1 for a in range(1, 11)]
+    s = np.zeros((12, 12), np.int64)
+    s[0, 1:], s[1:, 0] = 1, -1
+    s[1:, 1:] = [[chi[(j - i) % 11] for j in range(11)] for i in range(11)]
+    h = np.eye(12, dtype=np.int64) + s
+    assert np.array_equal(h @ h.T, 12 * np.eye(12, dtype=np.int64)) and not np.array_equal(h, h.T)
+    return h
+
+
+def _quip_had(x: np.ndarray, hk: np.ndarray | None) -> np.ndarray:
+    """QuIP#'s Hadamard transform of the last axis, re-enacted in float64: butterflies (a, b) -> (a + b, a - b)
+    on adjacent entries until K entries of stride d/K remain, then ``hk`` applied on that slow index, / sqrt(d)."""
+    d = x.shape[-1]
+    k = 1 if hk is None else hk.shape[0]
+    y = x.reshape(-1, d, 1).astype(np.float64)
+    while y.shape[1] > k:
+        y = y.reshape(y.shape[0], y.shape[1] // 2, 2, y.shape[2])
+        y = np.concatenate([y[:, :, 0] + y[:, :, 1], y[:, :, 0] - y[:, :, 1]], axis=-1)
+    if hk is not None:
+        y = np.einsum("ab,rbc->rac", hk.astype(np.float64), y)
+    return y.reshape(x.shape) / np.sqrt(d)
+
+
+def _quip_effective(g: np.ndarray, su, sv, wscale: float, hk_n, hk_m) -> np.ndarray:
+    """W with y = W x for QuIP#'s forward y = SV * had(Wscale G had(SU * x, H_Kn^T), H_Km), applied to e_i."""
+    n = g.shape[1]
+    x = np.eye(n) * np.asarray(su, np.float64)[None, :]
+    x = _quip_had(x, None if hk_n is None else hk_n.T)
+    y = x @ (wscale * g).T
+    y = _quip_had(y, hk_m) * np.asarray(sv, np.float64)[None, :]
+    return y.T
+
+
+@pytest.mark.parametrize("codebook", ["HI4B1C", "E8P12"])
+def test_quipsharp_hadamard_k_import(tmp_path, codebook):
+    """n, m = 12 * 2^k: a user-supplied H_12 becomes factor_n/factor_m = H_12 / sqrt(12); decode equals QuIP#."""
+    rng = np.random.default_rng(11)
+    h12 = _paley12()
+    m, n = (24, 96) if codebook == "HI4B1C" else (48, 192)
+    su = (rng.choice([-1.0, 1.0], n) * rng.uniform(0.5, 1.5, n)).astype(np.float16)
+    sv = (rng.choice([-1.0, 1.0], m) * rng.uniform(0.005, 0.02, m)).astype(np.float16)
+    pre = "model.layers.0.mlp.down_proj"
+    if codebook == "HI4B1C":
+        idx = rng.integers(0, 16, (m, n))
+        q, cid, g = ("i32", _pack_hi4b1c(idx)), 10, idx.astype(np.float64) - 7.5
+    else:
+        codes = rng.integers(0, 1 << 16, (m, n // 8)).astype(np.uint16)
+        q, cid = ("i64", _pack_e8p(codes)), 7
+        g = _e8p_source_values(q[1], m, n).astype(np.float64)
+    d = tmp_path / "quip"
+    d.mkdir()
+    _write_st(d / "model.safetensors", {f"{pre}.Qidxs": q, f"{pre}.SU": ("f16", su), f"{pre}.SV": ("f16", sv),
+                                        f"{pre}.codebook_id": ("i64", np.array(cid, np.int64))})
+    (d / "config.json").write_text(json.dumps({"model_type": "llama", "quip_params": {"codebook_version": 1}}))
+    with pytest.raises(qs.NotRepresentable, match=rf"in_features = {n} = 12 \* {n // 12}: .*H_12 of order K = 12.*"
+                       r"--hadamard.*matmul_had\.py.*had\.12\."):
+        qs.import_quipsharp(d, tmp_path / "x.spqr")
+    assert not (tmp_path / "x.spqr").exists()
+    hfile = tmp_path / "had.12.txt"
+    if codebook == "HI4B1C":  # Sloane's format: rows of '+'/'-'
+        hfile.write_text("\n".join("".join("+" if v > 0 else "-" for v in row) for row in h12) + "\n")
+    else:  # +-1 integers
+        hfile.write_text("\n".join(" ".join(str(int(v)) for v in row) for row in h12) + "\n")
+    from spqrfmt.importers import add_arguments, cli_import
+
+    ap = argparse.ArgumentParser()
+    add_arguments(ap)
+    assert cli_import(ap.parse_args(["quipsharp", str(d), "-o", str(tmp_path / "q.spqr"),
+                                     "--hadamard", str(hfile)])) == 0
+    spqrfmt.validate(tmp_path / "q.spqr")
+    ref = _quip_effective(g, su, sv, 1.0, h12, h12)
+    with spqrfmt.open(tmp_path / "q.spqr") as f:
+        t = f[f"{pre}.weight"]
+        assert t.codec == "quip" and t.params["log2_hn"] == (n // 12).bit_length() - 1
+        assert t.params["log2_hm"] == (m // 12).bit_length() - 1
+        fac = t.arrays()["factor_n"]
+        assert fac.dtype == np.float32 and fac.shape == (12, 12)
+        np.testing.assert_array_equal(t.arrays()["factor_m"], fac)
+        assert np.abs(fac.astype(np.float64) * np.sqrt(12) - h12).max() < 1e-6
+        got = t.decode().astype(np.float64)
+        assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()
+        assert set(json.loads(json.dumps(f.metadata["source.hadamard_sha256"]))) == {"12"}
+    # the transposed table is also a Hadamard matrix but not QuIP#'s transform: the decode must differ
+    wrong = _quip_effective(g, su, sv, 1.0, h12.T, h12.T)
+    assert np.abs(wrong - ref).max() > 1e-2 * np.abs(ref).max()
+
+
+def test_quipsharp_hadamard_file_checked(tmp_path):
+    h = _paley12()
+    bad = h.copy()
+    bad[3, 5] = -bad[3, 5]
+    cases = {"not_had.txt": ("\n".join("".join("+" if v > 0 else "-" for v in r) for r in bad),
+                             r"not a Hadamard matrix \(H Hᵀ != 12 I\)"),
+             "two.txt": ("1 2\n1 -1\n", r"two\.txt:1: entries must be \+1 or -1"),
+             "rect.txt": ("++\n+-\n++\n", "not a square matrix"),
+             "junk.txt": ("+x\n", r"junk\.txt:1: not a row")}
+    for fname, (text, msg) in cases.items():
+        (tmp_path / fname).write_text(text)
+        with pytest.raises(ValueError, match=msg):
+            qs.read_hadamard(tmp_path / fname)
+    assert qs.quip_hadamard_order(11008) == 172 and qs.quip_hadamard_order(14336) == 28
+    assert qs.quip_hadamard_order(28672) == 28 and qs.quip_hadamard_order(4096) == 1
 
 
 def test_import_cli(tmp_path, capsys):

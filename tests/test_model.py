@@ -306,3 +306,82 @@ def test_v1_spqr_ignores_stray_v2_params(tiny, tmp_path, use_kernels):
     h = torch.randn(1, 3, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(loaded.model.layers[1].mlp(h), plain.model.layers[1].mlp(h))
+
+
+def test_quipsharp_fused_llama_runs_like_decoded_weights(tmp_path):
+    """A QuIP# checkpoint with fused qkv_proj / upgate_proj (and dims 12 * 2^k with a user-supplied H_12)
+    imports as one quip tensor per fused layer; load_model gives each part its rows, and the greedy tokens
+    equal a transformers model built from QuIP#'s own effective weights (test-side re-enactment, float64)."""
+    from test_importers import _pack_hi4b1c, _paley12, _quip_effective, _write_st
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from spqrfmt.importers import quipsharp as qs
+
+    rng = np.random.default_rng(21)
+    hidden, inter, vocab = 48, 96, 64  # head_dim 12: qkv rows 48 + 24 + 24 = 96 = 12 * 8, up+gate 192 = 12 * 16
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=False)
+    h12 = _paley12()
+    pre = "model.layers.0"
+    layers = {"self_attn.qkv_proj": (96, hidden, [1.0, 0.5, 2.0]), "self_attn.o_proj": (hidden, hidden, None),
+              "mlp.upgate_proj": (2 * inter, hidden, [1.25, 0.75]), "mlp.down_proj": (hidden, inter, None)}
+    tensors: dict[str, tuple[str, np.ndarray]] = {}
+    dense: dict[str, np.ndarray] = {}
+    for mod, (m, n, fs) in layers.items():
+        p = f"{pre}.{mod}"
+        idx = rng.integers(0, 16, (m, n))
+        su = (rng.choice([-1.0, 1.0], n) * rng.uniform(0.5, 1.5, n)).astype(np.float16)
+        sv = (rng.choice([-1.0, 1.0], m) * rng.uniform(0.01, 0.03, m)).astype(np.float16)
+        tensors.update({f"{p}.Qidxs": ("i32", _pack_hi4b1c(idx)), f"{p}.SU": ("f16", su), f"{p}.SV": ("f16", sv),
+                        f"{p}.Wscale": ("f32", np.array(1.0, np.float32)),
+                        f"{p}.codebook_id": ("i64", np.array(10, np.int64))})
+        w = _quip_effective(idx.astype(np.float64) - 7.5, su, sv, 1.0,
+                            h12 if n % 12 == 0 else None, h12 if m % 12 == 0 else None)
+        if fs is None:
+            dense[f"{p}.weight"] = w
+            continue
+        tensors[f"{p}.fuse_scales"] = ("f32", np.array(fs, np.float32))
+        base = p.rpartition(".")[0]
+        names = ["q_proj", "k_proj", "v_proj"] if "qkv" in mod else ["up_proj", "gate_proj"]  # QuIP#'s order
+        sizes = [hidden, 24, 24] if "qkv" in mod else [inter, inter]
+        start = 0
+        for name, rows, scale in zip(names, sizes, fs, strict=True):
+            dense[f"{base}.{name}.weight"] = w[start:start + rows] * scale
+            start += rows
+    for norm in (f"{pre}.input_layernorm", f"{pre}.post_attention_layernorm", "model.norm"):
+        tensors[f"{norm}.weight"] = ("f32", rng.uniform(0.8, 1.2, hidden).astype(np.float32))
+    tensors["model.embed_tokens.weight"] = ("f32", rng.standard_normal((vocab, hidden)).astype(np.float32))
+    tensors["lm_head.weight"] = ("f32", (rng.standard_normal((vocab, hidden)) * 0.3).astype(np.float32))
+    d = tmp_path / "quip_fused"
+    d.mkdir()
+    _write_st(d / "model.safetensors", tensors)
+    conf = cfg.to_dict()
+    conf["architectures"] = ["LlamaForCausalLM"]
+    conf["quip_params"] = {"codebook": "HI4B1C"}
+    (d / "config.json").write_text(json.dumps(conf))
+    hfile = tmp_path / "had.12.txt"
+    hfile.write_text("\n".join("".join("+" if v > 0 else "-" for v in row) for row in h12) + "\n")
+    rep = qs.import_quipsharp(d, tmp_path / "f.spqr", hadamard_files=[hfile])
+    assert sorted(rep.quantized) == sorted(f"{pre}.{mod}.weight" for mod in layers)
+    spqrfmt.validate(tmp_path / "f.spqr")
+    with spqrfmt.open(tmp_path / "f.spqr") as f:
+        assert f.metadata["spqrfmt.fused"] == {
+            f"{pre}.self_attn.qkv_proj.weight": [[f"{pre}.self_attn.{x}.weight", r]
+                                                 for x, r in (("q_proj", 48), ("k_proj", 24), ("v_proj", 24))],
+            f"{pre}.mlp.upgate_proj.weight": [[f"{pre}.mlp.up_proj.weight", inter],
+                                              [f"{pre}.mlp.gate_proj.weight", inter]]}
+    model = load_model(tmp_path / "f.spqr", dtype=torch.float32)
+    lr = model.spqr_load_report
+    assert f"{pre}.self_attn.qkv_proj.weight" in lr.decoded_layers and not lr.skipped
+    ref = LlamaForCausalLM(cfg).eval()
+    sd = {k: torch.from_numpy(v.astype(np.float32)) for k, v in dense.items()}
+    sd.update({k: torch.from_numpy(np.asarray(v)) for k, (_, v) in tensors.items() if k.endswith("norm.weight")
+               or k in ("model.embed_tokens.weight", "lm_head.weight")})
+    missing, unexpected = ref.load_state_dict(sd, strict=False)
+    assert not unexpected and all("rotary" in k for k in missing)
+    for name, p in ref.named_parameters():  # the loaded model's part weights match QuIP#'s to f32 rounding
+        got = dict(model.named_parameters())[name].detach().numpy().astype(np.float64)
+        assert np.abs(got - p.detach().numpy()).max() <= 1e-6 * max(np.abs(p.detach().numpy()).max(), 1e-30)
+    ids = torch.tensor([[1, 5, 9, 13]])
+    assert greedy_tokens(model, ids, 8) == greedy_tokens(ref, ids, 8)

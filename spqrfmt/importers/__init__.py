@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "files (squeezellm; quipsharp when SRC is a file)")
     parser.add_argument("--allow-lossy", action="store_true", help="squeezellm: round LUT/residual values that "
                         "are not f16 values instead of refusing (the report says by how much)")
+    parser.add_argument("--hadamard", metavar="FILE", action="append", default=[], help="quipsharp: a +-1 "
+                        "Hadamard matrix H_K (Sloane's text format) for a dimension K*2^k; repeatable")
     parser.add_argument("-v", "--verbose", action="store_true", help="one line per imported layer")
 
 

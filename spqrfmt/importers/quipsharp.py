@@ -13,10 +13,12 @@ Per quantized layer ``P`` (``in`` = n, ``out`` = m):
 * forward: ``y = SV * Had_m( Wscale * G @ Had_n(SU * x) )`` with ``G[o, i]`` the
   codebook value of ``Qidxs`` (QuIP# divides by 32 before and multiplies by 32 after
   the product, exactly cancelling) and ``Had_d = (H_K kron H_{d/K}) / sqrt(d)``
-  (a hard-coded Hadamard matrix ``H_K``, K in {12, 20, ..., 172}, on the slow index
-  when ``d`` is not a power of two; Sylvester ``H`` on the fast index);
-* HF-style Llama files fuse q/k/v into ``self_attn.qkv_proj`` and gate/up into
-  ``mlp.upgate_proj``, each output part multiplied by ``fuse_scales.<i>``;
+  (a hard-coded +-1 Hadamard matrix ``H_K``, K = 4 * odd part of d in {12, 20, ..., 172},
+  on the slow index when ``d`` is not a power of two; Sylvester ``H`` in natural order
+  on the fast index); the input side uses ``H_K^T`` (``had_left_T``): ``Had_n^T`` there;
+* HF-style Llama files fuse q/k/v into ``self_attn.qkv_proj`` (rows q, k, v) and up/gate
+  into ``mlp.upgate_proj`` (rows up, then gate), one ``Qidxs``/``SU``/``SV``/``Wscale``
+  for the whole fused matrix, each output part then multiplied by ``fuse_scales[i]``;
   ``P.scaleWH`` (``rescale_WH``) divides the input; ``P.A``/``P.B`` add a low-rank term.
 
 E8P12 (codebook 7, codebook version 1): one 16-bit code per 8 consecutive inputs, exactly
@@ -30,7 +32,12 @@ bit ``32 + 4j + k`` is bit ``j`` of its sign byte.
 HI4B1C (codebook 10): ``G = idx - 7.5`` for 4-bit ``idx``, packed 8 per int32
 ``[m, n/8]`` with nibble order (from the top nibble down) 0, 2, 4, 6, 1, 3, 5, 7.
 
-Mapping (``Wd = diag(sv) D_m X D_n^T diag(su)``, ``D = Hhat`` for power-of-two sizes):
+Mapping (``Wd = diag(sv) D_m X D_n^T diag(su)``, ``D = F kron Hhat``): ``F = H_K / sqrt(K)``
+(f32, sections ``factor_n``/``factor_m``) from a user-supplied table (``--hadamard``; QuIP#'s
+code holds it, the checkpoint does not), absent for power-of-two sizes. Fused layers stay
+one quip tensor ``<fused>.weight`` (the output Hadamard mixes the parts) with
+``fuse_scales`` multiplied into ``sv`` per part (f32-rounded unless all are 1); metadata
+``spqrfmt.fused`` lists ``[[part weight name, rows], ...]`` for the loader to slice.
 
 * E8P12 -> ``quip`` v2, codebook "e8p12": ``codes`` = the 16-bit codes (bit for bit),
   ``scale[r] = Wscale`` (exact in f32), ``su = SU``, ``sv = SV`` (i8 when every entry is
@@ -44,18 +51,18 @@ the quip spec's rounding (QuIP# never materialises W: it transforms activations 
 with cuBLAS, which defines no bit pattern to match).
 
 Not representable (the importer stops and names the field): codebook ids other than 7 and
-10; E8P12 of another codebook version; ``n`` or ``m`` not a power of two (``H_K`` is a table
-in QuIP#'s code, not in the checkpoint); fused layers (``fuse_scales``: the output Hadamard
-mixes the parts, which therefore cannot become the separate q/k/v, gate/up tensors a
-transformers model has); ``scaleWH`` other than 1; a non-empty low-rank ``A``/``B``.
+10; E8P12 of another codebook version; ``n`` or ``m`` = K * 2^k without a ``--hadamard``
+table of order K (the message names K and where QuIP#'s table is); a fused layer whose
+split the config does not give; ``scaleWH`` other than 1; a non-empty low-rank ``A``/``B``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,12 +130,67 @@ def untile_e8p(qidxs: np.ndarray, m: int, n: int, *, name: str = "") -> np.ndarr
     return out.reshape(m, n // 8)
 
 
-def _log2_exact(d: int, what: str) -> int:
-    if d < 1 or d & (d - 1):
+def quip_hadamard_order(d: int) -> int:
+    """The order K of QuIP#'s Hadamard table for a dimension d (1 for a power of two).
+
+    QuIP#'s tables have orders 4 * q for odd q (12, 20, 28, ..., 172), one per odd part q,
+    and it requires d / K to be a power of two.
+    """
+    q = d // (d & -d) if d > 0 else 0
+    return 1 if q == 1 else 4 * q
+
+
+def read_hadamard(path: str | os.PathLike[str]) -> np.ndarray:
+    """A +-1 Hadamard matrix from text (Sloane's rows of '+'/'-', or +-1 integers) as int8 [K, K].
+
+    Checked exactly: square, entries +-1, ``H Hᵀ = K I`` in integer arithmetic.
+    """
+    rows: list[list[int]] = []
+    for ln, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        t = line.strip()
+        if not t:
+            continue
+        if set(t) <= set("+- \t"):
+            vals = [1 if c == "+" else -1 for c in t if c in "+-"]
+        else:
+            try:
+                vals = [int(v) for v in t.replace(",", " ").split()]
+            except ValueError:
+                raise ValueError(f"{path}:{ln}: not a row of '+'/'-' characters or +-1 integers") from None
+        if any(v not in (1, -1) for v in vals):
+            raise ValueError(f"{path}:{ln}: entries must be +1 or -1")
+        rows.append(vals)
+    k = len(rows)
+    if k == 0 or any(len(r) != k for r in rows):
+        raise ValueError(f"{path}: not a square matrix ({k} rows, lengths {sorted({len(r) for r in rows})})")
+    h = np.array(rows, dtype=np.int8)
+    g = h.astype(np.int64) @ h.astype(np.int64).T
+    if not np.array_equal(g, k * np.eye(k, dtype=np.int64)):
+        raise ValueError(f"{path}: not a Hadamard matrix (H Hᵀ != {k} I)")
+    return h
+
+
+def hadamard_factor(h: np.ndarray) -> np.ndarray:
+    """The explicit quip factor F = H_K / sqrt(K) (f32 rounding of the f64 quotient)."""
+    return (np.asarray(h, np.float64) / np.sqrt(h.shape[0])).astype(np.float32)
+
+
+def _side(d: int, what: str, hadamards: Mapping[int, np.ndarray]) -> tuple[int, np.ndarray | None]:
+    """(log2 of the Sylvester part, explicit factor or None) for one dimension, as QuIP# transforms it."""
+    k = quip_hadamard_order(d)
+    if d < 1 or d % k or (d // k) & (d // k - 1):
+        raise NotRepresentable(f"{what} = {d}: QuIP# has no Hadamard transform of this size "
+                               f"(it needs d = K * 2^k with K = 4 * odd part = {k})")
+    if k == 1:
+        return d.bit_length() - 1, None
+    h = hadamards.get(k)
+    if h is None:
         raise NotRepresentable(
-            f"{what} = {d} is not a power of two: QuIP# uses a Hadamard table H_K of order K = "
-            f"{d // (d & -d)} there, which is part of QuIP#'s source code, not of the checkpoint")
-    return d.bit_length() - 1
+            f"{what} = {d} = {k} * {d // k}: QuIP# multiplies by a hard-coded Hadamard matrix H_{k} of order "
+            f"K = {k}, which is not in the checkpoint; pass it with --hadamard FILE (a +-1 matrix of order {k}: "
+            f"get_had{k}() in quip-sharp's lib/utils/matmul_had.py, taken from N. J. A. Sloane's Hadamard library, "
+            f"file had.{k}.*.txt; it must be the very matrix QuIP# used)")
+    return (d // k).bit_length() - 1, hadamard_factor(h)
 
 
 def diagonal_section(x: np.ndarray, what: str) -> np.ndarray:
@@ -155,8 +217,12 @@ def _f32_exact(v: np.ndarray | float, what: str) -> np.float32:
 
 
 def to_quip_sections(qidxs: np.ndarray, su: np.ndarray, sv: np.ndarray, wscale: np.ndarray | float,
-                     codebook_id: int, n: int, *, name: str = "") -> QuipTensor:
-    """Codec ``quip`` tensor for one QuIP# layer (E8P12 or HI4B1C), or NotRepresentable naming the field."""
+                     codebook_id: int, n: int, *, name: str = "",
+                     hadamards: Mapping[int, np.ndarray] | None = None) -> QuipTensor:
+    """Codec ``quip`` tensor for one QuIP# layer (E8P12 or HI4B1C), or NotRepresentable naming the field.
+
+    ``hadamards``: QuIP#'s +-1 tables by order K, needed when n or m is K * 2^k with K > 1.
+    """
     if codebook_id not in (E8P12, HI4B1C):
         raise NotRepresentable(
             f"{name}.codebook_id = {codebook_id} ({CODEBOOK_NAMES.get(codebook_id, 'unknown')}): codec quip holds "
@@ -165,7 +231,16 @@ def to_quip_sections(qidxs: np.ndarray, su: np.ndarray, sv: np.ndarray, wscale: 
     m = sv.size
     if su.size != n:
         raise ValueError(f"{name}: SU has {su.size} entries, n = {n}")
-    kn, km = _log2_exact(n, f"{name} in_features"), _log2_exact(m, f"{name} out_features")
+    kn, fn = _side(n, f"{name} in_features", hadamards or {})
+    km, fm = _side(m, f"{name} out_features", hadamards or {})
+    factors = {r: f for r, f in (("factor_n", fn), ("factor_m", fm)) if f is not None}
+    qt = _quip_sections(qidxs, su, sv, wscale, codebook_id, n, m, kn, km, name)
+    qt.sections.update(factors)
+    return qt
+
+
+def _quip_sections(qidxs: np.ndarray, su: np.ndarray, sv: np.ndarray, wscale: np.ndarray | float,
+                   codebook_id: int, n: int, m: int, kn: int, km: int, name: str) -> QuipTensor:
     ws = _f32_exact(wscale, f"{name}.Wscale")
     if codebook_id == E8P12:
         codes = untile_e8p(qidxs, m, n, name=name)
@@ -207,12 +282,6 @@ def reference_weight(qidxs: np.ndarray, su: np.ndarray, sv: np.ndarray, wscale: 
 
 def _refuse_extras(state: dict[str, np.ndarray], pr: str) -> None:
     """Fields of layer ``pr`` that change its weight but have no place in codec quip."""
-    fs = sorted(k for k in state if k.startswith(f"{pr}.fuse_scales"))
-    if fs:
-        vals = np.concatenate([np.asarray(state[k], np.float32).reshape(-1) for k in fs])
-        raise NotRepresentable(
-            f"{pr}.fuse_scales: fused layer ({vals.size} parts, scales {vals.tolist()}); its output Hadamard mixes "
-            "the parts, so they cannot become the separate q/k/v (gate/up) tensors of a transformers model")
     wh = state.get(f"{pr}.scaleWH")
     if wh is not None and not np.all(np.asarray(wh) == 1):
         raise NotRepresentable(f"{pr}.scaleWH: input rescaling (rescale_WH) other than 1 has no quip section")
@@ -222,10 +291,58 @@ def _refuse_extras(state: dict[str, np.ndarray], pr: str) -> None:
             raise NotRepresentable(f"{pr}.{k}: low-rank correction term has no quip section")
 
 
+def fused_parts(pr: str, m: int, nparts: int, cfg: Mapping[str, Any] | None) -> list[tuple[str, int]]:
+    """(part weight name, rows) of a fused QuIP# layer, in QuIP#'s output order (q, k, v; up, gate)."""
+    base, _, leaf = pr.rpartition(".")
+    base = f"{base}." if base else ""
+    cfg = cfg or {}
+    if leaf == "qkv_proj" and "num_attention_heads" in cfg and "hidden_size" in cfg:
+        heads = int(cfg["num_attention_heads"])
+        kv = int(cfg.get("num_key_value_heads") or heads)
+        hd = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads)
+        parts = [(f"{base}q_proj.weight", heads * hd), (f"{base}k_proj.weight", kv * hd),
+                 (f"{base}v_proj.weight", kv * hd)]
+    elif leaf == "upgate_proj" and "intermediate_size" in cfg:
+        i = int(cfg["intermediate_size"])
+        parts = [(f"{base}up_proj.weight", i), (f"{base}gate_proj.weight", i)]
+    else:
+        raise NotRepresentable(
+            f"{pr}.fuse_scales: fused layer of {nparts} parts, but its split is unknown (QuIP# fuses "
+            "self_attn.qkv_proj = q, k, v and mlp.upgate_proj = up, gate; sizes come from config.json)")
+    if len(parts) != nparts or sum(r for _, r in parts) != m:
+        raise NotRepresentable(
+            f"{pr}: fused layer with {nparts} fuse_scales and {m} output rows does not split as the config "
+            f"says ({[(p, r) for p, r in parts]})")
+    return parts
+
+
+def _fold_fuse_scales(sv: np.ndarray, fs: np.ndarray, parts: list[tuple[str, int]], name: str) -> np.ndarray:
+    """SV with each part's fuse scale multiplied in (unchanged when every scale is 1; else f32-rounded)."""
+    sv = np.asarray(sv).reshape(-1)
+    fs = np.asarray(fs).reshape(-1).astype(np.float64)
+    if np.all(fs == 1):
+        return sv
+    rows = np.repeat(fs, [r for _, r in parts])
+    out = (sv.astype(np.float64) * rows).astype(np.float32)
+    if not np.all(np.isfinite(out) | ~np.isfinite(sv.astype(np.float64) * rows)):
+        raise NotRepresentable(f"{name}.fuse_scales: SV * fuse_scales overflows f32")
+    return out
+
+
 def import_quipsharp(src: str | os.PathLike[str], output: str | os.PathLike[str], *,
                      config_dir: str | os.PathLike[str] | None = None,
+                     hadamard_files: list[str | os.PathLike[str]] | tuple[()] = (),
                      log: Callable[[str], None] | None = None) -> QuipImportReport:
-    """QuIP# HF-style folder (``*.safetensors`` + config.json) or a single state-dict file -> ``.spqr``."""
+    """QuIP# HF-style folder (``*.safetensors`` + config.json) or a single state-dict file -> ``.spqr``.
+
+    ``hadamard_files``: QuIP#'s +-1 Hadamard tables (one order each) for dimensions K * 2^k.
+    """
+    hadamards: dict[int, np.ndarray] = {}
+    for hf in hadamard_files:
+        h = read_hadamard(hf)
+        if h.shape[0] in hadamards and not np.array_equal(hadamards[h.shape[0]], h):
+            raise ValueError(f"{hf}: a second, different Hadamard matrix of order {h.shape[0]}")
+        hadamards[h.shape[0]] = h
     p = Path(src)
     files = sorted(p.glob("*.safetensors")) if p.is_dir() else [p]
     if not files:
@@ -236,6 +353,7 @@ def import_quipsharp(src: str | os.PathLike[str], output: str | os.PathLike[str]
     cdir = Path(config_dir) if config_dir else (p if p.is_dir() else None)
     meta: dict[str, Any] = {"source.model": str(src), "source.format": "quipsharp"}
     qp: dict[str, Any] | None = None
+    cfg: dict[str, Any] | None = None
     if cdir is not None and (cdir / "config.json").is_file():
         cfg = json.loads((cdir / "config.json").read_text(encoding="utf-8"))
         qp = cfg.pop("quip_params", None)
@@ -256,7 +374,20 @@ def import_quipsharp(src: str | os.PathLike[str], output: str | os.PathLike[str]
             raise NotRepresentable(
                 f"config quip_params.codebook_version = {ver!r}: only E8P12 codebook version "
                 f"{E8P_CODEBOOK_VERSION} (QuIP#'s packed int64 Qidxs) is read")
-    consumed = {f"{pr}.{r}" for pr in prefixes for r in (*ROLES, "scaleWH", "A", "B")}
+    fused: dict[str, list[tuple[str, int]]] = {}
+    for pr in prefixes:
+        if f"{pr}.fuse_scales" in state:
+            fused[pr] = fused_parts(pr, int(np.asarray(state[f"{pr}.SV"]).size),
+                                    int(np.asarray(state[f"{pr}.fuse_scales"]).size), cfg)
+    if fused:
+        meta["spqrfmt.fused"] = {f"{pr}.weight": [[p, r] for p, r in parts] for pr, parts in fused.items()}
+    used = sorted({quip_hadamard_order(int(np.asarray(state[f"{pr}.{r}"]).size)) for pr in prefixes
+                   for r in ("SU", "SV")} - {1})
+    if used and all(k in hadamards for k in used):
+        meta["source.hadamard_sha256"] = {
+            str(k): hashlib.sha256(np.where(hadamards[k] > 0, 1, 0).astype(np.uint8).tobytes()).hexdigest()
+            for k in used}
+    consumed = {f"{pr}.{r}" for pr in prefixes for r in (*ROLES, "scaleWH", "A", "B", "fuse_scales")}
     report = QuipImportReport(Path(output))
     with Writer(output, metadata=meta) as w:
         for name in sorted(state):
@@ -265,10 +396,12 @@ def import_quipsharp(src: str | os.PathLike[str], output: str | os.PathLike[str]
             w.add_raw(name, np.ascontiguousarray(state[name]))
             report.raw.append(name)
         for pr in prefixes:
-            su = state[f"{pr}.SU"]
-            qt = to_quip_sections(state[f"{pr}.Qidxs"], su, state[f"{pr}.SV"],
+            su, sv = state[f"{pr}.SU"], state[f"{pr}.SV"]
+            if pr in fused:
+                sv = _fold_fuse_scales(sv, state[f"{pr}.fuse_scales"], fused[pr], pr)
+            qt = to_quip_sections(state[f"{pr}.Qidxs"], su, sv,
                                   np.asarray(state.get(f"{pr}.Wscale", np.array(1.0, np.float32))), cids[pr],
-                                  int(np.asarray(su).size), name=pr)
+                                  int(np.asarray(su).size), name=pr, hadamards=hadamards)
             w.add(f"{pr}.weight", shape=qt.shape, dtype="f16", codec="quip", params=qt.params,
                   sections=qt.sections, codec_version=qt.codec_version)
             report.quantized.append(f"{pr}.weight")
@@ -281,6 +414,7 @@ def import_quipsharp(src: str | os.PathLike[str], output: str | os.PathLike[str]
 
 def cli_import(args: Any) -> int:
     rep = import_quipsharp(args.src, args.output, config_dir=getattr(args, "config", None),
+                           hadamard_files=getattr(args, "hadamard", None) or (),
                            log=(lambda s: print(s, file=sys.stderr)) if getattr(args, "verbose", False) else None)
     v2 = sum(1 for v in rep.versions.values() if v == 2)
     print(f"{rep.output}: {len(rep.quantized)} quip layers ({v2} codec_version 2), {len(rep.raw)} raw tensors "
@@ -288,5 +422,6 @@ def cli_import(args: Any) -> int:
     return 0
 
 
-__all__ = ["NotRepresentable", "QuipImportReport", "QuipTensor", "diagonal_section", "import_quipsharp",
-           "reference_weight", "to_quip_sections", "unpack_hi4b1c", "untile_e8p"]
+__all__ = ["NotRepresentable", "QuipImportReport", "QuipTensor", "diagonal_section", "fused_parts", "hadamard_factor",
+           "import_quipsharp", "quip_hadamard_order", "read_hadamard", "reference_weight", "to_quip_sections",
+           "unpack_hi4b1c", "untile_e8p"]
