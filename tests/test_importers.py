@@ -917,8 +917,13 @@ def test_quipsharp_hadamard_k_import(tmp_path, codebook):
 
     ap = argparse.ArgumentParser()
     add_arguments(ap)
+    # the test's Paley H_12 is a Hadamard matrix but not QuIP#'s own H_12: refused unless explicitly allowed
+    with pytest.raises(ValueError, match=r"not the one QuIP# used \(QuIP#'s H_12 has sha256 c1be30fe.*"
+                       r"get_had12\(\).*--allow-unverified-hadamard"):
+        cli_import(ap.parse_args(["quipsharp", str(d), "-o", str(tmp_path / "q.spqr"), "--hadamard", str(hfile)]))
+    assert not (tmp_path / "q.spqr").exists()
     assert cli_import(ap.parse_args(["quipsharp", str(d), "-o", str(tmp_path / "q.spqr"),
-                                     "--hadamard", str(hfile)])) == 0
+                                     "--hadamard", str(hfile), "--allow-unverified-hadamard"])) == 0
     spqrfmt.validate(tmp_path / "q.spqr")
     ref = _quip_effective(g, su, sv, 1.0, h12, h12)
     with spqrfmt.open(tmp_path / "q.spqr") as f:
@@ -975,3 +980,20 @@ def test_import_cli(tmp_path, capsys):
     assert "LOSSY" in capsys.readouterr().out
     with spqrfmt.open(tmp_path / "o.spqr") as f:
         assert f["l.weight"].codec == "squeezellm" and f["l.weight"].params == {"bits": 3}
+
+
+def test_quipsharp_hadamard_digest_table_accepts_the_listed_matrix(tmp_path, monkeypatch):
+    """A supplied matrix whose digest is the listed one for its order is accepted without the override flag."""
+    h12 = _paley12()
+    hfile = tmp_path / "had.12.txt"
+    hfile.write_text("\n".join("".join("+" if v > 0 else "-" for v in row) for row in h12) + "\n")
+    assert qs.hadamard_sha256(h12) != qs.QUIPSHARP_HADAMARD_SHA256[12]
+    monkeypatch.setitem(qs.QUIPSHARP_HADAMARD_SHA256, 12, qs.hadamard_sha256(h12))
+    d = tmp_path / "empty"
+    d.mkdir()
+    # the matrix check runs before the checkpoint is read: an empty folder then fails on the missing shards
+    with pytest.raises(FileNotFoundError, match="no .safetensors"):
+        qs.import_quipsharp(d, tmp_path / "x.spqr", hadamard_files=[hfile])
+    # every listed digest is of a matrix of the order it is listed under (64 hex digits, orders 4 * odd)
+    for k, dg in qs.QUIPSHARP_HADAMARD_SHA256.items():
+        assert len(dg) == 64 and k % 4 == 0 and (k // 4) % 2 == 1 and qs.quip_hadamard_order(k) == k

@@ -170,6 +170,31 @@ def read_hadamard(path: str | os.PathLike[str]) -> np.ndarray:
     return h
 
 
+# SHA-256 of QuIP#'s own +-1 tables (row-major bytes, 1 for +1 and 0 for -1), read from quip-sharp's
+# lib/utils/matmul_had.py (get_had12 .. get_had172, commit 1d8f873). Only the digests are kept: they let the
+# importer tell QuIP#'s matrix from any other Hadamard matrix of the same order, which would pass every
+# structural check and silently decode to different weights.
+QUIPSHARP_HADAMARD_SHA256: dict[int, str] = {
+    12: "c1be30fecbc13e7e475b0deabb92352b7210407fe494be276878be3e43ba69bb",
+    20: "cff143e84622972bf8fffa0759340640c046ec5879deeb8d95d038282ef1cdda",
+    28: "90e9b61e93164eb5aede6c0a5f5539ba418b69484589748c7c3119b351cd0d85",
+    36: "147097e41d5a37076143c1be0f028b10754a72ad3f1f7f72c81b5f8aa76342f7",
+    52: "9aa6bec96394cfca64f56aaacdc9378beb57da5512e3a80713465e68b63ad5ce",
+    60: "e0d3fe922af47d1e588204a355745f282f46828441471a07ec961431c76d2403",
+    108: "f2515b85a3163765111b92720629458e3f38e241dd83224b10852eed89535b1f",
+    116: "54ed86047196455deda5bd65f93394d3060263e5f659c3e4c8d8d3ce68770e9a",
+    124: "d8b24cc196d0c5a6469ad9a2728aa88f921fe16bd464c3d345285dae817e12fb",
+    140: "2b20c54cd8c49cdc0a36c9d323380c5c9c95c16538d7c9eeb7e69b23f1ab944d",
+    156: "1f9950c8e2e00ddc521f8b7ac6d6e559bf3da8036b7fdaefba3d4a22b6a6acf6",
+    172: "ac825f9b6bbb0ae4f90e3b3578efc414c6ade55231ec45839f25e124446dd6ac",
+}
+
+
+def hadamard_sha256(h: np.ndarray) -> str:
+    """Digest of a +-1 matrix: SHA-256 of its row-major bytes, 1 for +1 and 0 for -1."""
+    return hashlib.sha256(np.where(np.asarray(h) > 0, 1, 0).astype(np.uint8).tobytes()).hexdigest()
+
+
 def hadamard_factor(h: np.ndarray) -> np.ndarray:
     """The explicit quip factor F = H_K / sqrt(K) (f32 rounding of the f64 quotient)."""
     return (np.asarray(h, np.float64) / np.sqrt(h.shape[0])).astype(np.float32)
@@ -332,17 +357,29 @@ def _fold_fuse_scales(sv: np.ndarray, fs: np.ndarray, parts: list[tuple[str, int
 def import_quipsharp(src: str | os.PathLike[str], output: str | os.PathLike[str], *,
                      config_dir: str | os.PathLike[str] | None = None,
                      hadamard_files: list[str | os.PathLike[str]] | tuple[()] = (),
+                     allow_unverified_hadamard: bool = False,
                      log: Callable[[str], None] | None = None) -> QuipImportReport:
     """QuIP# HF-style folder (``*.safetensors`` + config.json) or a single state-dict file -> ``.spqr``.
 
-    ``hadamard_files``: QuIP#'s +-1 Hadamard tables (one order each) for dimensions K * 2^k.
+    ``hadamard_files``: QuIP#'s +-1 Hadamard tables (one order each) for dimensions K * 2^k. Each must be
+    QuIP#'s own matrix (checked against :data:`QUIPSHARP_HADAMARD_SHA256`) unless
+    ``allow_unverified_hadamard``: another Hadamard matrix of the same order decodes to different weights.
     """
     hadamards: dict[int, np.ndarray] = {}
     for hf in hadamard_files:
         h = read_hadamard(hf)
-        if h.shape[0] in hadamards and not np.array_equal(hadamards[h.shape[0]], h):
-            raise ValueError(f"{hf}: a second, different Hadamard matrix of order {h.shape[0]}")
-        hadamards[h.shape[0]] = h
+        k = h.shape[0]
+        if k in hadamards and not np.array_equal(hadamards[k], h):
+            raise ValueError(f"{hf}: a second, different Hadamard matrix of order {k}")
+        digest = hadamard_sha256(h)
+        if QUIPSHARP_HADAMARD_SHA256.get(k) != digest and not allow_unverified_hadamard:
+            known = "QuIP# has no table of this order" if k not in QUIPSHARP_HADAMARD_SHA256 else (
+                f"QuIP#'s H_{k} has sha256 {QUIPSHARP_HADAMARD_SHA256[k]}")
+            raise ValueError(f"{hf}: a Hadamard matrix of order {k} (sha256 {digest}) that is not the one QuIP# "
+                             f"used ({known}); any other matrix decodes to different weights. Take get_had{k}() "
+                             "from quip-sharp's lib/utils/matmul_had.py (rows of +1/-1), or pass "
+                             "--allow-unverified-hadamard if the checkpoint was made with this matrix")
+        hadamards[k] = h
     p = Path(src)
     files = sorted(p.glob("*.safetensors")) if p.is_dir() else [p]
     if not files:
@@ -385,7 +422,7 @@ def import_quipsharp(src: str | os.PathLike[str], output: str | os.PathLike[str]
                    for r in ("SU", "SV")} - {1})
     if used and all(k in hadamards for k in used):
         meta["source.hadamard_sha256"] = {
-            str(k): hashlib.sha256(np.where(hadamards[k] > 0, 1, 0).astype(np.uint8).tobytes()).hexdigest()
+            str(k): hadamard_sha256(hadamards[k])
             for k in used}
     consumed = {f"{pr}.{r}" for pr in prefixes for r in (*ROLES, "scaleWH", "A", "B", "fuse_scales")}
     report = QuipImportReport(Path(output))
@@ -415,6 +452,7 @@ def import_quipsharp(src: str | os.PathLike[str], output: str | os.PathLike[str]
 def cli_import(args: Any) -> int:
     rep = import_quipsharp(args.src, args.output, config_dir=getattr(args, "config", None),
                            hadamard_files=getattr(args, "hadamard", None) or (),
+                           allow_unverified_hadamard=bool(getattr(args, "allow_unverified_hadamard", False)),
                            log=(lambda s: print(s, file=sys.stderr)) if getattr(args, "verbose", False) else None)
     v2 = sum(1 for v in rep.versions.values() if v == 2)
     print(f"{rep.output}: {len(rep.quantized)} quip layers ({v2} codec_version 2), {len(rep.raw)} raw tensors "
@@ -422,6 +460,7 @@ def cli_import(args: Any) -> int:
     return 0
 
 
-__all__ = ["NotRepresentable", "QuipImportReport", "QuipTensor", "diagonal_section", "fused_parts", "hadamard_factor",
+__all__ = ["QUIPSHARP_HADAMARD_SHA256", "NotRepresentable", "QuipImportReport", "QuipTensor", "diagonal_section",
+           "fused_parts", "hadamard_factor", "hadamard_sha256",
            "import_quipsharp", "quip_hadamard_order", "read_hadamard", "reference_weight", "to_quip_sections",
            "unpack_hi4b1c", "untile_e8p"]
