@@ -997,3 +997,31 @@ def test_quipsharp_hadamard_digest_table_accepts_the_listed_matrix(tmp_path, mon
     # every listed digest is of a matrix of the order it is listed under (64 hex digits, orders 4 * odd)
     for k, dg in qs.QUIPSHARP_HADAMARD_SHA256.items():
         assert len(dg) == 64 and k % 4 == 0 and (k // 4) % 2 == 1 and qs.quip_hadamard_order(k) == k
+
+
+def test_quipsharp_hadamard_tables_read_from_matmul_had_py(tmp_path, monkeypatch):
+    """--hadamard can name quip-sharp's matmul_had.py: its get_had<K>() literals are parsed (never executed),
+    checked like a text table, and each must match QuIP#'s digest unless the override is given."""
+    h12 = _paley12()
+    rows = ",\n".join("        [" + ", ".join("+1" if v > 0 else "-1" for v in row) + "]" for row in h12)
+    src = tmp_path / "matmul_had.py"
+    src.write_text("import torch\nraise SystemExit('must not run')\n\n\ndef get_hadK(n):\n    return None\n\n\n"
+                   f"def get_had12():\n    return torch.FloatTensor([\n{rows}\n    ])\n")
+    tables = qs.read_hadamard_py(src)
+    assert list(tables) == [12] and np.array_equal(tables[12], h12)
+    d = tmp_path / "empty"
+    d.mkdir()
+    with pytest.raises(ValueError, match=r"not the one QuIP# used"):
+        qs.import_quipsharp(d, tmp_path / "x.spqr", hadamard_files=[src])
+    with pytest.raises(FileNotFoundError, match="no .safetensors"):  # accepted: the checkpoint read comes next
+        qs.import_quipsharp(d, tmp_path / "x.spqr", hadamard_files=[src], allow_unverified_hadamard=True)
+    monkeypatch.setitem(qs.QUIPSHARP_HADAMARD_SHA256, 12, qs.hadamard_sha256(h12))
+    with pytest.raises(FileNotFoundError, match="no .safetensors"):
+        qs.import_quipsharp(d, tmp_path / "x.spqr", hadamard_files=[src])
+    bad = tmp_path / "bad.py"
+    bad.write_text("def get_had4():\n    return torch.FloatTensor([[1, 1], [1, 1]])\n")
+    with pytest.raises(ValueError, match=r"get_had4\(\) is not a \+-1 Hadamard matrix"):
+        qs.read_hadamard_py(bad)
+    (tmp_path / "none.py").write_text("x = 1\n")
+    with pytest.raises(ValueError, match="no get_had"):
+        qs.read_hadamard_py(tmp_path / "none.py")

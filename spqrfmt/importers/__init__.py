@@ -39,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-lossy", action="store_true", help="squeezellm: round LUT/residual values that "
                         "are not f16 values instead of refusing (the report says by how much)")
     parser.add_argument("--hadamard", metavar="FILE", action="append", default=[], help="quipsharp: a +-1 "
-                        "Hadamard matrix H_K (Sloane's text format) for a dimension K*2^k; repeatable. It must "
-                        "be QuIP#'s own matrix (checked by SHA-256)")
+                        "Hadamard matrix H_K (Sloane's text format) for a dimension K*2^k, or quip-sharp's "
+                        "lib/utils/matmul_had.py (parsed, not run); repeatable. Each must be QuIP#'s own matrix "
+                        "(checked by SHA-256)")
     parser.add_argument("--allow-unverified-hadamard", action="store_true", help="quipsharp: accept a --hadamard "
                         "matrix that is not QuIP#'s (only for checkpoints made with that matrix)")
     parser.add_argument("-v", "--verbose", action="store_true", help="one line per imported layer")

@@ -61,6 +61,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -193,6 +194,37 @@ QUIPSHARP_HADAMARD_SHA256: dict[int, str] = {
 def hadamard_sha256(h: np.ndarray) -> str:
     """Digest of a +-1 matrix: SHA-256 of its row-major bytes, 1 for +1 and 0 for -1."""
     return hashlib.sha256(np.where(np.asarray(h) > 0, 1, 0).astype(np.uint8).tobytes()).hexdigest()
+
+
+def read_hadamard_py(path: str | os.PathLike[str]) -> dict[int, np.ndarray]:
+    """The +-1 tables of quip-sharp's ``lib/utils/matmul_had.py`` (``get_had<K>()`` functions), by order K.
+
+    The file is parsed, never executed: each function's first list literal is read with
+    ``ast.literal_eval`` and checked like :func:`read_hadamard`. So a user can point the importer
+    at their own quip-sharp checkout instead of transcribing the tables.
+    """
+    import ast
+
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=str(path))
+    out: dict[int, np.ndarray] = {}
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.FunctionDef) and re.fullmatch(r"get_had\d+", node.name)):
+            continue
+        lit = next((n for n in ast.walk(node) if isinstance(n, ast.List)), None)
+        if lit is None:
+            continue
+        try:
+            h = np.array(ast.literal_eval(lit), dtype=np.int64)
+        except (ValueError, TypeError, SyntaxError):
+            raise ValueError(f"{path}: {node.name}() does not hold a literal +-1 matrix") from None
+        k = h.shape[0] if h.ndim == 2 else 0
+        if h.ndim != 2 or h.shape[1] != k or not np.isin(h, (-1, 1)).all() or not np.array_equal(
+                h @ h.T, k * np.eye(k, dtype=np.int64)):
+            raise ValueError(f"{path}: {node.name}() is not a +-1 Hadamard matrix")
+        out[k] = h.astype(np.int8)
+    if not out:
+        raise ValueError(f"{path}: no get_had<K>() tables found")
+    return out
 
 
 def hadamard_factor(h: np.ndarray) -> np.ndarray:
@@ -361,13 +393,15 @@ def import_quipsharp(src: str | os.PathLike[str], output: str | os.PathLike[str]
                      log: Callable[[str], None] | None = None) -> QuipImportReport:
     """QuIP# HF-style folder (``*.safetensors`` + config.json) or a single state-dict file -> ``.spqr``.
 
-    ``hadamard_files``: QuIP#'s +-1 Hadamard tables (one order each) for dimensions K * 2^k. Each must be
+    ``hadamard_files``: QuIP#'s +-1 Hadamard tables (one order each, or quip-sharp's ``matmul_had.py``
+    holding all of them) for dimensions K * 2^k. Each must be
     QuIP#'s own matrix (checked against :data:`QUIPSHARP_HADAMARD_SHA256`) unless
     ``allow_unverified_hadamard``: another Hadamard matrix of the same order decodes to different weights.
     """
     hadamards: dict[int, np.ndarray] = {}
-    for hf in hadamard_files:
-        h = read_hadamard(hf)
+    supplied = [(hf, h) for hf in hadamard_files
+                for h in (read_hadamard_py(hf).values() if str(hf).endswith(".py") else [read_hadamard(hf)])]
+    for hf, h in supplied:
         k = h.shape[0]
         if k in hadamards and not np.array_equal(hadamards[k], h):
             raise ValueError(f"{hf}: a second, different Hadamard matrix of order {k}")
@@ -461,6 +495,6 @@ def cli_import(args: Any) -> int:
 
 
 __all__ = ["QUIPSHARP_HADAMARD_SHA256", "NotRepresentable", "QuipImportReport", "QuipTensor", "diagonal_section",
-           "fused_parts", "hadamard_factor", "hadamard_sha256",
+           "fused_parts", "hadamard_factor", "hadamard_sha256", "read_hadamard_py",
            "import_quipsharp", "quip_hadamard_order", "read_hadamard", "reference_weight", "to_quip_sections",
            "unpack_hi4b1c", "untile_e8p"]
