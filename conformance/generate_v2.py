@@ -368,30 +368,6 @@ def e8p12_all_points() -> np.ndarray:
     return pts
 
 
-@lru_cache(maxsize=1)
-def e81b_spec_table() -> tuple[tuple[int, ...], ...]:
-    """quip.md §10.11's E81B rows w = 2x, built constructively (origin, roots +-e_i+-e_j, (+-1/2)^8 with an even
-    number of minus signs, each group sorted lexicographically; then 4 e_i, -4 e_i for i < 7), checked against the
-    digest printed in the spec."""
-    ints = {(0,) * 8}
-    for i in range(8):
-        for j in range(i + 1, 8):
-            for si in (-2, 2):
-                for sj in (-2, 2):
-                    v = [0] * 8
-                    v[i], v[j] = si, sj
-                    ints.add(tuple(v))
-    halves = {tuple(-1 if (k >> b) & 1 else 1 for b in range(8)) for k in range(256) if bin(k).count("1") % 2 == 0}
-    unit = [tuple(4 if i == j else 0 for i in range(8)) for j in range(8)]
-    rows = tuple(sorted(ints)) + tuple(sorted(halves)) + tuple(unit) + tuple(tuple(-x for x in u) for u in unit[:7])
-    text = QUIP_MD.read_text(encoding="utf-8")
-    sec = text[text.index("### 10.11"):]
-    digest = re.search(r"SHA-256 is\s*```\s*([0-9a-f]{64})\s*```", sec)
-    assert digest is not None and len(rows) == 256
-    assert hashlib.sha256(bytes(x & 0xFF for row in rows for x in row)).hexdigest() == digest.group(1)
-    return rows
-
-
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return gen.sha256_of(a, True) == gen.sha256_of(b, True)
 
@@ -453,28 +429,11 @@ class QuipV2Logical:
     bias_dtype: str = "f32"
     dtype: str = "f16"
     extra_params: dict[str, Any] = field(default_factory=dict)
-    codes2: list[list[int]] | None = None  # e8p12_rvq4: [m][n/8] 16-bit codes; e8p12_rvq3: [m][n/8] bytes
-    resid_scale: Any = None                # a binary32 value, as a Python float or mw.F32
 
     def values(self) -> np.ndarray:
-        """Step 1 of §10.5 (§10.11 for the residual codebooks) as float64 holding binary32 values."""
+        """Step 1 of §10.5 as float64 holding binary32 values."""
         scale = np.asarray(self.scale, dtype=np.float32).astype(np.float64)[:, None]
         with np.errstate(all="ignore"):
-            if self.codebook in ("e8p12_rvq4", "e8p12_rvq3"):
-                assert self.codes2 is not None and self.resid_scale is not None
-                rho = float(getattr(self.resid_scale, "value", self.resid_scale))
-                assert r32(rho) == rho
-                t = e8p12_all_points()[np.array(self.codes, dtype=np.int64)].reshape(self.m, self.n)
-                c2 = np.array(self.codes2, dtype=np.int64)
-                if self.codebook == "e8p12_rvq4":
-                    e1 = e8p12_all_points()[c2].reshape(self.m, self.n) * 0.25        # exact u / 4
-                else:
-                    e1 = np.array(e81b_spec_table(), dtype=np.float64)[c2].reshape(self.m, self.n) * 0.5  # exact
-                # One binary64 division or addition of binary32 operands, rounded once more to binary32, is the
-                # correctly rounded binary32 result (53 >= 2 * 24 + 2: double rounding is innocuous).
-                d = _r32v(e1 / rho)
-                v = _r32v(t.astype(np.float64) * 0.25 + d)
-                return _r32v(v * scale)
             if self.codebook == "e8p12":
                 t = e8p12_all_points()[np.array(self.codes, dtype=np.int64)].reshape(self.m, self.n)
                 e = _r32v(t.astype(np.float64) * 0.25)                  # exact t / 4
@@ -495,17 +454,11 @@ class QuipV2Logical:
     def sections(self) -> list[mw.Sec]:
         if self.codebook == "e8p12":
             codes = mw.Sec("codes", "u16", [self.m, self.n // 8], np.array(self.codes, dtype="<u2").tobytes())
-        elif self.codebook in ("e8p12_rvq4", "e8p12_rvq3"):
-            codes = mw.Sec("codes", "u16", [self.m, self.n // 8], np.array(self.codes, dtype="<u2").tobytes())
         else:
             assert self.bits is not None
             codes = mw.Sec("codes", "u32", [self.m, (self.n * self.bits + 31) // 32], gen.pack_rows(self.codes,
                                                                                                     self.bits))
-        secs = [codes]
-        if self.codes2 is not None:
-            dt, npd = ("u16", "<u2") if self.codebook == "e8p12_rvq4" else ("u8", "u1")
-            secs.append(mw.Sec("codes2", dt, [self.m, self.n // 8], np.array(self.codes2, dtype=npd).tobytes()))
-        secs += [mw.Sec("scale", "f32", [self.m], np.asarray(self.scale, dtype="<f4").tobytes()),
+        secs = [codes, mw.Sec("scale", "f32", [self.m], np.asarray(self.scale, dtype="<f4").tobytes()),
                 mw.Sec("su", self.su_dtype, [self.n], np.asarray(self.su).astype(DIAG_NP[self.su_dtype]).tobytes()),
                 mw.Sec("sv", self.sv_dtype, [self.m], np.asarray(self.sv).astype(DIAG_NP[self.sv_dtype]).tobytes())]
         for role, F in (("factor_n", self.fn), ("factor_m", self.fm)):
@@ -519,8 +472,6 @@ class QuipV2Logical:
         p: dict[str, Any] = {"codebook": self.codebook}
         if self.codebook == "grid":
             p["bits"] = self.bits
-        if self.resid_scale is not None:
-            p["resid_scale"] = self.resid_scale
         p.update(log2_hn=self.kn, log2_hm=self.km)
         p.update(self.extra_params)
         return p
@@ -546,7 +497,7 @@ def make_quip_v2(seed: str, m: int, n: int, kn: int, km: int, *, codebook: str =
                  su: str = "f16", sv: str = "f16", bias: str | None = None, dtype: str = "f16",
                  extra_params: dict[str, Any] | None = None) -> QuipV2Logical:
     rng = gen.Det(seed)
-    if codebook in ("e8p12", "e8p12_rvq4", "e8p12_rvq3"):
+    if codebook == "e8p12":
         codes = rng.ints(0, 1 << 16, m * (n // 8)).reshape(m, n // 8).tolist()
     else:
         assert bits is not None
@@ -559,30 +510,6 @@ def make_quip_v2(seed: str, m: int, n: int, kn: int, km: int, *, codebook: str =
     fm = gen.orthogonal_f32(rng, am) if am > 1 else None
     return QuipV2Logical(m, n, kn, km, codebook, codes, scale, su_v, sv_v, su, sv, bits, fn, fm,
                          gen._make_bias(rng, m, bias), bias or "f32", dtype, extra_params or {})
-
-
-RHO4 = r32(3.45)   # QuIP#'s default residual scales, rounded to binary32 (quip.md §10.11)
-RHO3 = r32(2.04)
-
-
-def make_quip_rvq(seed: str, m: int, n: int, kn: int, km: int, codebook: str, rho: Any = None,
-                  **kw: Any) -> QuipV2Logical:
-    """A residual-codebook tensor: make_quip_v2's sections plus a random second-stage plane."""
-    L = make_quip_v2(seed, m, n, kn, km, codebook=codebook, **kw)
-    rng = gen.Det(seed + ".codes2")
-    L.codes2 = rng.ints(0, 1 << (16 if codebook == "e8p12_rvq4" else 8), m * (n // 8)).reshape(m, n // 8).tolist()
-    L.resid_scale = rho if rho is not None else (RHO4 if codebook == "e8p12_rvq4" else RHO3)
-    return L
-
-
-def quip_rvq_worked_examples() -> list[tuple[str, QuipV2Logical]]:
-    """quip.md §10.11's worked example for both residual codebooks (m = 1, n = 8, i8 signs)."""
-    out = []
-    for cb, c2, rho in (("e8p12_rvq4", 0xE716, RHO4), ("e8p12_rvq3", 0x71, RHO3)):
-        L = QuipV2Logical(1, 8, 3, 0, cb, [[0x1C05]], np.array([0.5], dtype=np.float32), np.ones(8), np.ones(1),
-                          "i8", "i8", codes2=[[c2]], resid_scale=rho)
-        out.append((cb, L))
-    return out
 
 
 def quip_worked_example_v2() -> QuipV2Logical:
@@ -634,32 +561,6 @@ def quip_valid() -> list[tuple[str, str, list[tuple[mw.Tens, Any, np.ndarray | N
     add("quip_v2_special_values", "NaN/inf/-0 scales, NaN/inf/-0/subnormal/65504 f16 su, -0 and 3e38 f32 sv "
         "(overflow to inf), zero and subnormal grid values (NaN compared as any NaN)",
         [L.entry(nm) for nm, L in quip_special_v2()])
-    for cb, L in quip_rvq_worked_examples():
-        tag = cb.split("_")[1]
-        x0 = np.float32(L.values()[0, 0]).view(np.uint32)
-        assert x0 == (0xBEC1DAE6 if cb == "e8p12_rvq4" else 0xBE7D7D7E), (cb, hex(x0))   # the §10.11 text
-        add(f"quip_v2_{tag}_worked_example", f"quip.md §10.11 worked example ({cb}, m=1, n=8, k_n=3, i8 signs)",
-            [L.entry("w")])
-    add("quip_v2_rvq4_factors", "e8p12_rvq4 (resid_scale f32(3.45)) with factor_n/factor_m (m=6, n=40, a_n=5, "
-        "a_m=3), f32 su / f16 sv and a bf16 bias; and m=4, n=64 Hadamard only with f16 diagonals",
-        [make_quip_rvq("q2r4a", 6, 40, 3, 1, "e8p12_rvq4", su="f32", sv="f16", bias="bf16").entry("both"),
-         make_quip_rvq("q2r4b", 4, 64, 6, 2, "e8p12_rvq4").entry("hadamard")])
-    add("quip_v2_rvq3_factors", "e8p12_rvq3 (resid_scale f32(2.04)) with factor_n/factor_m (m=6, n=40), f16 su / "
-        "f32 sv and an f32 bias; and m=4, n=64 Hadamard only with i8 signs",
-        [make_quip_rvq("q2r3a", 6, 40, 3, 1, "e8p12_rvq3", su="f16", sv="f32", bias="f32").entry("both"),
-         make_quip_rvq("q2r3b", 4, 64, 6, 2, "e8p12_rvq3", su="i8", sv="i8").entry("hadamard")])
-    every = make_quip_rvq("q2r3all", 4, 512, 9, 2, "e8p12_rvq3", su="i8", sv="f16")
-    every.codes2 = [[(r << 6) | g for g in range(64)] for r in range(4)]
-    add("quip_v2_rvq3_all_codes2", "e8p12_rvq3: all 256 E81B codes once (codes2[r, g] = r << 6 | g, m = 4, n = 512)",
-        [every.entry("w")])
-    edges = [make_quip_rvq("q2r4lo", 2, 16, 4, 1, "e8p12_rvq4", rho=mw.F32(2.0**-16)).entry("rvq4_min_f32"),
-             make_quip_rvq("q2r3hi", 2, 16, 4, 1, "e8p12_rvq3", rho=2.0**16).entry("rvq3_max"),
-             make_quip_rvq("q2r3f", 2, 16, 4, 1, "e8p12_rvq3", rho=mw.F32(RHO3)).entry("rvq3_f32_encoded")]
-    spec = make_quip_rvq("q2r4sp", 4, 8, 3, 2, "e8p12_rvq4", su="f16", sv="f32")
-    spec.scale[:] = np.array([np.nan, np.inf, -0.0, 0.0], dtype=np.float32)
-    edges.append(spec.entry("rvq4_nan_inf_zero_scale"))
-    add("quip_v2_rvq_resid_scale_edges", "resid_scale at 2^-16 (msgpack float32) and 2^16, f32(2.04) as msgpack "
-        "float32, and NaN/inf/-0/+0 row scales (NaN compared as any NaN)", edges)
     pairs = []
     for tag, args in (("factors", (6, 40, 3, 1)), ("hadamard", (8, 16, 4, 3))):
         v1 = gen.make_quip(f"q2eq{tag}", *args[:2], 3, *args[2:])
@@ -704,8 +605,6 @@ def _quip_base(codebook: str = "e8p12") -> tuple[list[mw.Tens], QuipV2Logical]:
     """m = 4 (k_m = 1, a_m = 2), n = 16 (k_n = 2, a_n = 4), f16 su, i8 sv, f32 bias."""
     if codebook == "e8p12":
         L = make_quip_v2("q2base", 4, 16, 2, 1, su="f16", sv="i8", bias="f32")
-    elif codebook in ("e8p12_rvq4", "e8p12_rvq3"):
-        L = make_quip_rvq(f"q2base{codebook[-1]}", 4, 16, 2, 1, codebook, su="f16", sv="i8", bias="f32")
     else:
         L = make_quip_v2("q2gbase", 4, 16, 2, 1, codebook="grid", bits=2, su="f16", sv="i8", bias="f32")
     raw_t, _ = gen.raw_tens("norm", "f32", [4])
@@ -776,32 +675,4 @@ def quip_invalid() -> list[tuple[str, str, bytes, str]]:
         s.data = bytes([0x01, 0xFF] * 7 + [0x00, 0x01])
 
     qv("value_su_i8_zero", "su as i8 with one byte 0x00", su_i8_zero, "BAD_VALUE", "grid")
-    for cb in ("e8p12_rvq4", "e8p12_rvq3"):
-        tag = cb.split("_")[1]
-        qv(f"{tag}_resid_scale_missing", "no resid_scale", lambda ts: params(ts).pop("resid_scale"), "BAD_PARAMS", cb)
-        for why, val in (("int", 3), ("str", "3.45"), ("nil", None), ("nan", float("nan")), ("inf", float("inf")),
-                         ("zero", 0.0), ("negative", -RHO4), ("not_f32", 3.45), ("below_range", 2.0**-17),
-                         ("above_range", mw.F32(2.0**17)), ("bool", True)):
-            qv(f"{tag}_resid_scale_{why}", f"resid_scale = {val!r}",
-               lambda ts, val=val: params(ts).__setitem__("resid_scale", val), "BAD_PARAMS", cb)
-        qv(f"{tag}_bits_present", f"a bits key (4) with codebook {cb}", lambda ts: params(ts).__setitem__("bits", 4),
-           "BAD_PARAMS", cb)
-        qv(f"{tag}_codes2_missing", "no codes2 section", lambda ts: gen._drop_sec(ts, "q", "codes2"),
-           "BAD_SECTION_SET", cb)
-        other, npd = ("u8", "u1") if cb == "e8p12_rvq4" else ("u16", "<u2")
-        qv(f"{tag}_codes2_{other}", f"codes2 stored as {other}",
-           lambda ts, other=other, npd=npd: gen._retype(gen._sec(ts, "q", "codes2"), other, npd),
-           "BAD_SECTION_LAYOUT", cb)
-        item = 2 if cb == "e8p12_rvq4" else 1
-        qv(f"{tag}_codes2_shape", "codes2 [4, 1] instead of [4, 2]",
-           lambda ts, item=item: gen._resize(gen._sec(ts, "q", "codes2"), [4, 1], item), "BAD_SECTION_LAYOUT", cb)
-        qv(f"{tag}_section_checksum", "one bit of 'codes2' flipped, crc32 unchanged",
-           lambda ts: gen._flip(gen._sec(ts, "q", "codes2")), "SECTION_CHECKSUM", cb)
-
-    def e8p12_with_codes2(ts: list[mw.Tens]) -> None:
-        t = gen._t(ts, "q")
-        t.sections.insert(1, mw.Sec("codes2", "u16", [4, 2], bytes(16)))
-
-    qv("e8p12_codes2_present", "codebook e8p12 with a codes2 section", e8p12_with_codes2, "BAD_SECTION_SET")
-    qv("rvq3_n_not_multiple_of_8", "e8p12_rvq3 tensor shape [4, 12] (n % 8 != 0)", n12, "BAD_SHAPE", "e8p12_rvq3")
     return out
