@@ -1,18 +1,21 @@
-"""Benchmark of the spqr Triton kernels against fp16 cuBLAS on one GPU.
+"""Benchmark of the spqr Triton kernels against fp16 cuBLAS and torch's int4 tinygemm on one GPU.
 
 For each shape (m x n) and config (b-bit codes, β1 = 16, 3-bit two-level stats
-with β2 = 16, 1% outliers) it times: fp16 GEMV (F.linear, batch 1), the fused
-SpQR matvec at batch 1/4/16 (after a small tile/split sweep), fp16 at batch 16,
-and dequantize + fp16 matmul at batch 16. Sections are synthesised directly
-on the GPU (random codes, stats and outlier positions: the kernels' speed does
-not depend on the values), in the spec layout, then `prepare`d.
+with β2 = 16, 1% outliers) it times, in one process: fp16 `F.linear`, the peer a
+PyTorch user has for free (`torch._weight_int4pack_mm`, group 128, bf16
+activations, as gpt-fast/torchao use it) and the fused SpQR matvec (tiled
+resident layout, best of a small tile/split sweep, each config checked against
+float64 first), at batch 1/4/16, plus the exact dequantization to f16 (the
+prefill path: dequantize into a reused buffer, then cuBLAS). Sections are
+synthesised on the GPU (random codes, stats and outlier positions: the kernels'
+speed does not depend on the values), in the spec layout, then `prepare`d.
 
 Timing: each variant is captured in a CUDA graph that cycles through enough
 weight copies to exceed 2x the L2 cache, replayed many times; the median per
-call is reported. The device-to-device copy bandwidth (bytes read + written)
-and a bf16 GEMM are measured once as the ceilings.
+call is reported. The ceilings are measured once: device-to-device copy (bytes
+read + written), read bandwidth (a sum over 2 GiB) and an 8192^3 bf16 GEMM.
 
-    python bench/bench_kernels.py [--out DIR] [--quick]
+    python bench/bench_kernels.py [--out DIR] [--quick] [--shapes MxN ...] [--bits 3 4]
 """
 
 from __future__ import annotations
@@ -30,14 +33,15 @@ import torch.nn.functional as F
 
 from spqrfmt.kernels import spqr as ks
 
-SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (8192, 28672)]
-BITS = [4, 3, 2]
-# Grouped-kernel sweep (kept small: every tile shape is a new Triton compilation).
-# batch 1: (BM, NG, num_warps, x_inline), NG = β1-groups per tile; the H100 favoured these in a wider sweep
-FMA_SWEEP = [(16, 32, 4, False), (64, 16, 4, False), (16, 32, 4, True), (64, 16, 4, True)]
-# batch 2..16: (BM, NG, num_warps, tile_dot)
-BATCH_SWEEP = [(64, 16, 4, False), (32, 8, 4, True), (64, 4, 4, True)]
-SPLITS = {1: [None, 1, 16], 4: [None, 4], 16: [None, 4]}
+SHAPES = [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (8192, 28672), (28672, 8192)]
+BITS = [3, 4]
+# tiled-layout sweep (every tile shape is a Triton compilation; shapes are runtime values, so configs are
+# compiled once and reused across shapes). batch 1: (BM, NU units of 32 columns, num_warps); batch > 1 likewise.
+# (BM, NU, num_warps, prefetch, num_stages)
+B1_SWEEP = [(16, 32, 4, True, 1), (16, 32, 4, False, 1), (16, 32, 4, False, 3), (16, 64, 4, True, 1),
+            (16, 64, 8, True, 1), (16, 16, 2, True, 1)]
+BN_SWEEP = [(64, 4, 4, False, 1), (128, 2, 8, False, 1), (64, 2, 4, False, 1)]
+SPLITS = {1: [None, 8], 4: [None, 4], 16: [None, 4]}
 
 
 def cdiv(a: int, b: int) -> int:
@@ -76,11 +80,36 @@ def ceilings() -> dict[str, float]:
     a = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_()
     b = torch.empty_like(a)
     t = graph_time([lambda a=a, b=b: b.copy_(a)], reps=5, iters=10)
-    del a, b
+    del b
+    f = a.view(torch.float32)
+    tr = graph_time([lambda f=f: f.sum()], reps=5, iters=10)
+    del a, f
     x = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
     y = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
     tg = graph_time([lambda x=x, y=y: x @ y], reps=5, iters=10)
-    return {"copy_GBps": 2 * nbytes / t / 1e9, "bf16_TFLOPs": 2 * 8192**3 / tg / 1e12}
+    return {"copy_GBps": 2 * nbytes / t / 1e9, "read_GBps": nbytes / tr / 1e9, "bf16_TFLOPs": 2 * 8192**3 / tg / 1e12}
+
+
+def int4_weights(m: int, n: int, gs: int = 128) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """torch's int4 tinygemm operands (gpt-fast / torchao layout), or None where this torch lacks them."""
+    try:
+        q = torch.randint(0, 16, (m, n), dtype=torch.int32, device="cuda")
+        packed = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
+        w = torch._convert_weight_to_int4pack(packed, 8)
+        sz = torch.rand((n // gs, m, 2), dtype=torch.bfloat16, device="cuda") * 0.01
+        return w, sz
+    except Exception as e:  # noqa: BLE001 - a torch build without the op
+        print("int4 tinygemm unavailable:", repr(e)[:200], flush=True)
+        return None
+
+
+def check_tiled(prep: ks.PreparedSpQR, x: torch.Tensor, cfg: ks.MatvecConfig) -> float:
+    """‖fused − W·x‖ / ‖W·x‖ against float64 on the exact dequantized W (a guard on every timed config)."""
+    w = ks.dequantize_prepared(prep, torch.float32).double()
+    ref = x.double() @ w.T
+    y = ks.matvec(prep, x, config=cfg).double()
+    return float((y - ref).norm() / ref.norm())
+
 
 
 def synth_sections(m: int, n: int, bits: int, gs: int = 16, sbits: int = 3, b2: int = 16,
@@ -164,135 +193,134 @@ def diagnose(preps: list, x: torch.Tensor, cfg: ks.MatvecConfig) -> dict[str, fl
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--quick", action="store_true", help="first shape and 3-bit only, no sweep")
-    ap.add_argument("--shapes", nargs="+", default=None, metavar="MxN", help="shapes instead of the default four")
-    ap.add_argument("--bits", type=int, nargs="+", default=None, help="code widths (default 4 3 2)")
-    ap.add_argument("--no-diag", action="store_true", help="skip the breakdown of the last 3-bit row")
+    ap.add_argument("--quick", action="store_true", help="first shape and 3-bit only, default configs")
+    ap.add_argument("--shapes", nargs="+", default=None, metavar="MxN", help="shapes instead of the default six")
+    ap.add_argument("--bits", type=int, nargs="+", default=None, help="code widths (default 3 4)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16], choices=[1, 4, 16])
-    ap.add_argument("--no-compare", action="store_true", help="skip the planes-layout and code-stats timings")
+    ap.add_argument("--budget-s", type=float, default=400.0, help="start no new shape after this many seconds")
+    ap.add_argument("--layout", choices=["tiled", "grouped"], default="tiled",
+                    help="resident layout of the spqr kernel (spqrfmt.kernels.spqr.prepare)")
     args = ap.parse_args(argv)
+    t_start = time.time()
     torch.backends.cuda.matmul.allow_tf32 = False
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 50 << 20)
     dev_name = torch.cuda.get_device_name()
     ceil = ceilings()
     print(f"device: {dev_name}, {props.multi_processor_count} SMs, L2 {l2 >> 20} MiB; "
-          f"copy {ceil['copy_GBps']:.0f} GB/s (read+write), bf16 GEMM {ceil['bf16_TFLOPs']:.0f} TFLOP/s", flush=True)
+          f"copy {ceil['copy_GBps']:.0f} GB/s (read+write), read {ceil['read_GBps']:.0f} GB/s, "
+          f"bf16 GEMM {ceil['bf16_TFLOPs']:.0f} TFLOP/s", flush=True)
     rows, sweep_log = [], []
     shapes = SHAPES[:1] if args.quick else SHAPES
     if args.shapes:
         shapes = [tuple(int(v) for v in sh.lower().split("x")) for sh in args.shapes]
     bits_list = args.bits or ([3] if args.quick else BITS)
+
+    def save() -> None:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "bench_kernels.json"), "w") as f:  # partial results survive a timeout
+            json.dump({"device": dev_name, "ceilings": ceil, "rows": rows, "sweep": sweep_log,
+                       "command": "python bench/bench_kernels.py " + " ".join(argv or sys.argv[1:]),
+                       "time": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=1)
+
     for (m, n) in shapes:
+        if time.time() - t_start > args.budget_s:
+            print(f"budget reached: {m}x{n} and later shapes skipped", flush=True)
+            break
+        xs = {b: torch.randn(b, n, device="cuda", dtype=torch.float16) for b in (1, 4, 16)}
         w16 = torch.randn(m, n, device="cuda", dtype=torch.float16)
-        ncopy16 = max(1, cdiv(2 * l2, w16.numel() * 2)) + 1
-        w16s = [w16] + [w16.clone() for _ in range(ncopy16 - 1)]
-        x1 = torch.randn(1, n, device="cuda", dtype=torch.float16)
-        x4 = torch.randn(4, n, device="cuda", dtype=torch.float16)
-        x16 = torch.randn(16, n, device="cuda", dtype=torch.float16)
-        t16 = {b: graph_time([lambda w=w, x=x: F.linear(x, w) for w in w16s])
-               for b, x in ((1, x1), (4, x4), (16, x16))}
-        del w16s
+        w16s = [w16] + [w16.clone() for _ in range(max(1, cdiv(2 * l2, w16.numel() * 2)))]
+        t16 = {b: graph_time([lambda w=w, x=x: F.linear(x, w) for w in w16s]) for b, x in xs.items()}
+        del w16s, w16
+        i4 = int4_weights(m, n)
+        t4 = {b: float("nan") for b in xs}
+        if i4 is not None:
+            i4s = [i4] + [tuple(t.clone() for t in i4) for _ in range(max(1, cdiv(2 * l2, i4[0].numel() * 4)))]
+            for b, x in xs.items():
+                xb = x.to(torch.bfloat16)
+                try:
+                    t4[b] = graph_time([lambda w=w, xb=xb: torch._weight_int4pack_mm(xb, w[0], 128, w[1])
+                                        for w in i4s])
+                except Exception as e:  # noqa: BLE001
+                    print("int4 tinygemm failed:", repr(e)[:200], flush=True)
+            del i4s, i4
         for bits in bits_list:
             params, secs = synth_sections(m, n, bits)
             comp = ks.bytes_of(secs)
-            prep = ks.prepare(params, secs, (m, n), "cuda")
-            ncopy = max(1, cdiv(2 * l2, prep.fused_nbytes)) + 1
+            prep = ks.prepare(params, secs, (m, n), "cuda", layout=args.layout)
+            ncopy = max(1, cdiv(2 * l2, prep.resident_nbytes)) + 1
             preps = [prep] + [clone_prepared(prep) for _ in range(ncopy - 1)]
             res = {}
-            for batch, x, sweep in ((1, x1, FMA_SWEEP), (16, x16, BATCH_SWEEP), (4, x4, BATCH_SWEEP)):
-                if batch not in args.batches:
-                    res[batch] = (float("nan"), None)
-                    continue
-                best = (float("inf"), None)
+            for batch in args.batches:
+                x = xs[batch]
                 cands = [ks.default_config(prep, batch)]
-                if not args.quick:
-                    cands += [ks.MatvecConfig(BM=c[0], NH=c[1], num_warps=c[2], split=sp,
-                                              **({"x_inline": c[3]} if batch == 1 else {"tile_dot": c[3]}))
-                              for c in sweep for sp in SPLITS[batch]]
+                if not args.quick and prep.layout == "tiled":
+                    sweep = B1_SWEEP if batch == 1 else BN_SWEEP
+                    cands += [ks.MatvecConfig(BM=c[0], NH=c[1], num_warps=c[2], prefetch=c[3], num_stages=c[4],
+                                              split=sp) for c in sweep for sp in SPLITS[batch]]
+                best = (float("inf"), None, float("nan"))
                 for cfg in cands:
                     try:
+                        err = check_tiled(prep, x, cfg)
                         t = graph_time([lambda p=p, x=x, c=cfg: ks.matvec(p, x, config=c) for p in preps])
-                    except Exception as e:  # a config the compiler rejects (e.g. out of shared memory)
+                    except Exception as e:  # noqa: BLE001 - a config the compiler rejects
                         sweep_log.append({"m": m, "n": n, "bits": bits, "batch": batch, "cfg": str(cfg),
-                                          "error": repr(e)[:200]})
+                                          "error": repr(e)[:300]})
                         continue
-                    sweep_log.append({"m": m, "n": n, "bits": bits, "batch": batch, "cfg": str(cfg), "us": t * 1e6})
+                    sweep_log.append({"m": m, "n": n, "bits": bits, "batch": batch, "cfg": str(cfg),
+                                      "us": t * 1e6, "rel_err": err})
+                    if not err < 4e-3:
+                        print(f"  WRONG {m}x{n} b{batch} {cfg}: rel err {err:.2e}", flush=True)
+                        continue
                     if t < best[0]:
-                        best = (t, cfg)
+                        best = (t, cfg, err)
                 res[batch] = best
-            print(f"  {m}x{n} {bits}-bit: " + ", ".join(f"b{b} {res[b][0] * 1e6:.1f}us {res[b][1]}" for b in res),
-                  flush=True)
-            # the grouped kernel with compact (code byte + second-level table) statistics, best b1 config
-            codes_t = float("nan")
             try:
-                if args.no_compare:
-                    raise RuntimeError("skipped (--no-compare)")
-                pc = ks.prepare(params, secs, (m, n), "cuda", packed_stats=False)
-                pcs = [pc] + [clone_prepared(pc) for _ in range(max(1, cdiv(2 * l2, pc.fused_nbytes)))]
-                codes_t = graph_time([lambda p=p, x=x1, c=res[1][1]: ks.matvec(p, x, config=c) for p in pcs])
-                del pc, pcs
-            except Exception as e:
-                print("code-stats timing failed:", repr(e)[:300], flush=True)
-            # the general (planes-layout) kernel on the same tensor, its own best of a small sweep
-            old_t = float("nan")
-            try:
-                if args.no_compare:
-                    raise RuntimeError("skipped (--no-compare)")
-                pl = ks.prepare(params, secs, (m, n), "cuda", layout="planes")
-                pls = [pl] + [clone_prepared(pl) for _ in range(max(1, cdiv(2 * l2, pl.fused_nbytes)))]
-                cfgs = [ks.MatvecConfig(BM=16, NH=16, num_warps=4)]
-                old_t = min(graph_time([lambda p=p, x=x1, c=c: ks.matvec(p, x, config=c) for p in pls])
-                            for c in cfgs)
-                del pl, pls
-            except Exception as e:
-                print("planes kernel timing failed:", repr(e)[:300], flush=True)
-            try:
-                dq = graph_time([lambda p=p, x=x16: F.linear(x, ks.dequantize_prepared(p, torch.float16))
-                                 for p in preps[:2]], reps=4, iters=5)
-            except Exception as e:
-                print("dequant+matmul timing failed:", repr(e)[:300], flush=True)
-                dq = float("nan")
-            row = {"m": m, "n": n, "bits": bits, "compressed_bytes": comp, "fused_bytes": prep.fused_nbytes,
-                   "bits_per_weight": 8 * comp / (m * n), "fp16_b1_us": t16[1] * 1e6, "fp16_b4_us": t16[4] * 1e6,
-                   "fp16_b16_us": t16[16] * 1e6, "dequant_mm_b16_us": dq * 1e6, "planes_b1_us": old_t * 1e6,
-                   "code_stats_b1_us": codes_t * 1e6,
-                   "layout": prep.layout}
+                buf = torch.empty((m, n), dtype=torch.float16, device="cuda")
+                tdq = graph_time([lambda p=p, b=buf: ks.dequantize_stored(p, torch.float16, out=b) for p in preps[:3]],
+                                 reps=6, iters=5)
+            except Exception as e:  # noqa: BLE001
+                print("dequant timing failed:", repr(e)[:300], flush=True)
+                tdq = float("nan")
+            row = {"m": m, "n": n, "bits": bits, "layout": prep.layout, "spec_bytes": comp,
+                   "resident_bytes": prep.resident_nbytes, "streamed_bytes": prep.fused_nbytes,
+                   "bits_per_weight": 8 * comp / (m * n), "resident_ratio": prep.resident_nbytes / comp,
+                   "dequant_f16_us": tdq * 1e6}
             for b in (1, 4, 16):
-                row[f"fused_b{b}_us"] = res[b][0] * 1e6
-                row[f"fused_b{b}_cfg"] = str(res[b][1])
-            if (m, n) == shapes[-1] and bits == 3 and not args.quick and not args.no_diag:
-                row["diag_b1_us"] = diagnose(preps, x1, res[1][1])
-            row["GBps_b1"] = comp / res[1][0] / 1e9
-            row["pct_copy_b1"] = 100 * row["GBps_b1"] / ceil["copy_GBps"]
+                row[f"fp16_b{b}_us"] = t16[b] * 1e6
+                row[f"int4_b{b}_us"] = t4[b] * 1e6
+                r = res.get(b, (float("nan"), None, float("nan")))
+                row[f"fused_b{b}_us"] = r[0] * 1e6
+                row[f"fused_b{b}_cfg"] = str(r[1])
+                row[f"fused_b{b}_rel_err"] = r[2]
+            row["GBps_b1"] = comp / res[1][0] / 1e9 if 1 in res else float("nan")
+            row["pct_read_b1"] = 100 * row["GBps_b1"] / ceil["read_GBps"]
             rows.append(row)
-            print(json.dumps(row), flush=True)
-            os.makedirs(args.out, exist_ok=True)
-            with open(os.path.join(args.out, "bench_kernels.json"), "w") as f:  # partial results survive a timeout
-                json.dump({"device": dev_name, "ceilings": ceil, "rows": rows, "sweep": sweep_log}, f, indent=1)
+            print(f"  {m}x{n} {bits}-bit ({prep.layout}, {row['resident_ratio']:.3f}x spec bytes): "
+                  + ", ".join(f"b{b} fused {row[f'fused_b{b}_us']:.1f} fp16 {row[f'fp16_b{b}_us']:.1f} "
+                              f"int4 {row[f'int4_b{b}_us']:.1f}" for b in (1, 4, 16))
+                  + f"; {row['GBps_b1']:.0f} GB/s ({row['pct_read_b1']:.0f}% of read); dequant {tdq * 1e6:.0f} us",
+                  flush=True)
+            save()
             del preps, prep, secs
             torch.cuda.empty_cache()
 
-    hdr = ("| shape (m x n) | bits | bits/w | fp16 b1 µs | fused b1 µs | speedup b1 | GB/s (compr.) | % copy BW "
-           "| fused b4 µs (vs fp16) | fused b16 µs (vs fp16) | dequant+mm b16 µs (fp16 b16 µs) | planes b1 µs "
-           "| code-stats b1 µs |")
+    hdr = ("| shape (m x n) | bits | bits/w | fp16 b1 µs | int4 b1 µs | spqr b1 µs | spqr vs fp16 b1 | vs int4 b1 "
+           "| GB/s (% read) | spqr b4 µs (vs fp16) | spqr b16 µs (vs fp16) | int4 b16 µs | dequant f16 µs |")
     sep = "|" + "---|" * (hdr.count("|") - 1)
-    lines = [f"Device: {dev_name}; copy {ceil['copy_GBps']:.0f} GB/s (read+write), "
-             f"bf16 GEMM {ceil['bf16_TFLOPs']:.0f} TFLOP/s; CUDA-graph median per call", "", hdr, sep]
+    lines = [f"Device: {dev_name}; copy {ceil['copy_GBps']:.0f} GB/s (read+write), read {ceil['read_GBps']:.0f} "
+             f"GB/s, bf16 GEMM {ceil['bf16_TFLOPs']:.0f} TFLOP/s; CUDA-graph median per call", "", hdr, sep]
     for r in rows:
         lines.append(
             f"| {r['m']}x{r['n']} | {r['bits']} | {r['bits_per_weight']:.2f} | {r['fp16_b1_us']:.1f} | "
-            f"{r['fused_b1_us']:.1f} | {r['fp16_b1_us'] / r['fused_b1_us']:.2f}x | {r['GBps_b1']:.0f} | "
-            f"{r['pct_copy_b1']:.0f}% | {r['fused_b4_us']:.1f} ({r['fp16_b4_us'] / r['fused_b4_us']:.2f}x) | "
-            f"{r['fused_b16_us']:.1f} ({r['fp16_b16_us'] / r['fused_b16_us']:.2f}x) | "
-            f"{r['dequant_mm_b16_us']:.0f} ({r['fp16_b16_us']:.1f}) | {r['planes_b1_us']:.1f} | "
-            f"{r['code_stats_b1_us']:.1f} |")
+            f"{r['int4_b1_us']:.1f} | {r['fused_b1_us']:.1f} | {r['fp16_b1_us'] / r['fused_b1_us']:.2f}x | "
+            f"{r['int4_b1_us'] / r['fused_b1_us']:.2f}x | {r['GBps_b1']:.0f} ({r['pct_read_b1']:.0f}%) | "
+            f"{r['fused_b4_us']:.1f} ({r['fp16_b4_us'] / r['fused_b4_us']:.2f}x) | "
+            f"{r['fused_b16_us']:.1f} ({r['fp16_b16_us'] / r['fused_b16_us']:.2f}x) | {r['int4_b16_us']:.1f} | "
+            f"{r['dequant_f16_us']:.0f} |")
     table = "\n".join(lines)
     print(table)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench_kernels.json"), "w") as f:
-        json.dump({"device": dev_name, "ceilings": ceil, "rows": rows, "sweep": sweep_log,
-                   "time": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=1)
+    save()
     with open(os.path.join(args.out, "bench_kernels.md"), "w") as f:
         f.write(table + "\n")
     return 0

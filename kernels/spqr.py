@@ -33,6 +33,7 @@ Repacked layout (all built on the device by :func:`prepare`):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -189,6 +190,7 @@ class MatvecConfig:
     tile_dot: bool = False  # grouped layout, 2..16 rows: one dot per [BM, NH·β1] gathered tile (MODE 3)
     x_inline: bool = False  # grouped layout, 1 row: the kernel gathers x itself (no xprep launch; its strided
     # x loads measured slower than the xprep launch on the H100 at 11008x4096 and 8192x28672)
+    prefetch: bool = False  # tiled layout, batch 1, one row block per program: load the next tile first
     fused_finish: bool = False  # grouped layout, split > 1: the last program of a row block writes y from a
     # self-resetting workspace (no memset/cast launches); measured only together with x_inline
 
@@ -236,6 +238,7 @@ class PreparedSpQR:
     o_col: torch.Tensor
     o_delta: torch.Tensor
     perm: torch.Tensor | None
+    tiled: torch.Tensor | None = None
     _xidx: dict[int, torch.Tensor] = field(default_factory=dict)
     _ws: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -256,11 +259,31 @@ class PreparedSpQR:
         return self.o_row_ptr.device
 
     @property
+    def resident_nbytes(self) -> int:
+        """Every byte this tensor keeps on the device (the layout, statistics, outliers, kept sections)."""
+        seen: set[int] = set()
+        total = 0
+        ts = [self.tiled, self.grouped, self.sz32, self.st2_64, self.st_codes, self.st2, self.s16, self.z16,
+              self.o_row_ptr, self.o_col, self.o_delta, self.perm, *[p for _, _, p in self.planes],
+              *self.sections.values()]
+        for t in ts:
+            if t is None or t.numel() == 0 or t.data_ptr() in seen:
+                continue
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+        return total
+
+    @property
     def fused_nbytes(self) -> int:
         """Bytes the fused kernel streams from memory per call (weights side)."""
-        ts = [p for _, _, p in self.planes] if self.grouped is None else [self.grouped]
+        if self.tiled is not None:
+            ts = [self.tiled]
+        else:
+            ts = [p for _, _, p in self.planes] if self.grouped is None else [self.grouped]
         ts += [self.o_row_ptr, self.o_col, self.o_delta]
-        if self.grouped is not None and self.packed_stats:
+        if self.tiled is not None:
+            ts += [self.st_codes, self.st2_64] if self.stats_q else [self.sz32]
+        elif self.grouped is not None and self.packed_stats:
             ts += [self.sz32]
         else:
             ts += [self.st_codes, self.st2] if self.stats_q else [self.s16, self.z16]
@@ -328,6 +351,37 @@ def _repack_grouped(codes: torch.Tensor, m: int, n: int, bits: int, gs: int) -> 
     return out
 
 
+def _tiled_ok(params: Mapping[str, Any]) -> bool:
+    """The tiled layout (``_spqr_tiled.py``): 2-4-bit codes, β1 a multiple of 16 (each half-unit in one group)."""
+    return int(params["bits"]) in (2, 3, 4) and int(params["group_size"]) % 16 == 0
+
+
+def _repack_tiled(codes: torch.Tensor, m: int, n: int, bits: int) -> torch.Tensor:
+    """Spec packed rows -> tw[s, u, r] (``bits`` words per 32-column unit, layout in _spqr_tiled.py)."""
+    nut = _ceil_div(n, 32)
+    dev = codes.device
+    out = torch.empty((bits, nut, m), dtype=torch.int32, device=dev)
+    chunk = max(1, (1 << 23) // max(nut * 32, 1))
+    c8 = torch.arange(8, device=dev)
+    for r0 in range(0, m, chunk):
+        q = unpack_rows(codes[r0:r0 + chunk], n, bits)
+        if nut * 32 != n:
+            q = torch.cat([q, torch.zeros((q.shape[0], nut * 32 - n), dtype=q.dtype, device=dev)], dim=1)
+        q = q.view(q.shape[0], nut, 32)
+        if bits == 4:
+            words = [(q[..., 8 * s:8 * s + 8] << (4 * c8)).sum(-1) for s in range(4)]
+        elif bits == 2:
+            c16 = torch.arange(16, device=dev)
+            words = [(q[..., 16 * s:16 * s + 16] << (2 * c16)).sum(-1) for s in range(2)]
+        else:
+            lo, hi = q & 3, q >> 2
+            words = [((lo[..., 16 * h:16 * h + 8] << (4 * c8))
+                      + (lo[..., 16 * h + 8:16 * h + 16] << (4 * c8 + 2))).sum(-1) for h in range(2)]
+            words.append(sum((hi[..., 8 * t:8 * t + 8] << (4 * c8 + t)).sum(-1) for t in range(4)))
+        out[:, :, r0:r0 + chunk] = _to_i32(torch.stack(words, dim=0)).permute(0, 2, 1)
+    return out
+
+
 # Grouped layout: per (row, group) S|Z as one f16 pair (4 bytes) instead of the 3+3-bit code byte plus a
 # shared second-level table. More bytes (2 bits/weight at β1 = 16 instead of 0.5), fewer instructions.
 PACKED_STATS_DEFAULT = True
@@ -338,8 +392,9 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
             packed_stats: bool | None = None) -> PreparedSpQR:
     """Move sections to ``device`` once and build the fused kernel's layout there (see module doc).
 
-    ``layout`` forces ``"planes"`` (the general kernel) for comparison; by default the
-    grouped fast path is used whenever β1 allows it. ``packed_stats`` picks the
+    ``layout`` picks ``"tiled"`` (``_spqr_tiled.py``: exactly ``bits`` bits per code and the statistics
+    as their codes; 2-4-bit codes, β1 a multiple of 16) or forces ``"planes"`` (the general kernel)
+    for comparison; by default the grouped fast path is used whenever β1 allows it. ``packed_stats`` picks the
     grouped layout's statistics form (default :data:`PACKED_STATS_DEFAULT`; always
     packed when the statistics are not 3+3-bit codes).
     """
@@ -354,15 +409,23 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
     bits = int(params["bits"])
     gs = int(params["group_size"])
     dev = secs["codes"].device
-    if layout not in (None, "grouped", "planes"):
-        raise ValueError(f"layout must be 'grouped' or 'planes', not {layout!r}")
-    grouped_ok = _grouped_ok(params) and layout != "planes"
+    if layout not in (None, "tiled", "grouped", "planes"):
+        raise ValueError(f"layout must be 'tiled', 'grouped' or 'planes', not {layout!r}")
+    # The tiled layout holds ~1.07x the spec bytes (the grouped one ~1.6x) and is faster at 4096x4096 and at
+    # batch 4/16, but slower at batch 1 on the largest shapes (docs/kernels.md, H200): opt-in until it wins.
+    tiled_ok = _tiled_ok(params) and layout == "tiled"
+    if layout == "tiled" and not tiled_ok:
+        raise ValueError(f"the tiled layout needs 2-4-bit codes and a group size that is a multiple of 16, "
+                         f"not {bits} bits and group_size {gs}")
+    grouped_ok = not tiled_ok and _grouped_ok(params) and layout != "planes"
     if layout == "grouped" and not grouped_ok:
         raise ValueError(f"group_size {gs} with {bits}-bit codes does not fill whole words: use the planes layout")
     planes: list[tuple[int, int, torch.Tensor]] = []
-    grouped = None
+    grouped = tiled = None
     U = 32
-    if grouped_ok:
+    if tiled_ok:
+        tiled = _repack_tiled(secs["codes"], m, n, bits)
+    elif grouped_ok:
         grouped = _repack_grouped(secs["codes"], m, n, bits, gs)
     else:
         widths = _plane_widths(bits)
@@ -413,10 +476,16 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
             delta = secs["outlier_val"].to(torch.float32) - dense
     else:
         delta = torch.empty(0, dtype=torch.float32, device=dev)
+    if tiled is not None:
+        d16 = delta.half()
+        if bool(torch.equal(torch.isfinite(d16), torch.isfinite(delta))):
+            delta = d16  # 2 bytes per outlier; the matvec's error contract covers the rounding
     col16 = n <= 65536
     o_col = torch.where(cols >= 32768, cols - 65536, cols).to(torch.int16) if col16 else cols.to(torch.int32)
     perm = secs.get("perm")
     packed = (PACKED_STATS_DEFAULT if packed_stats is None else bool(packed_stats)) or not stats_q
+    if tiled is not None:
+        packed = not stats_q
     empty32 = torch.empty(0, dtype=torch.int32, device=dev)
     sz32 = st2_64 = empty32
     if grouped is not None:
@@ -429,14 +498,30 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
             st_codes, st2 = st_codes[:0], st2[:0]
         else:
             st2_64 = st2.view(torch.int64).reshape(st2.shape[0], st2.shape[1]).contiguous()  # [G, K]
+    if tiled is not None:  # statistics group-major [G, m], as the kernels read them
+        s16 = z16 = empty16
+        if stats_q:
+            st_codes = st_codes.T.contiguous()
+            st2_64 = st2.view(torch.int64).reshape(st2.shape[0], st2.shape[1]).contiguous()  # [G, K]
+            st2 = st2[:0]
+        else:
+            s_bits = S.half().view(torch.int16).to(torch.int32) & 0xFFFF
+            z_bits = Z.half().view(torch.int16).to(torch.int32)
+            sz32 = (s_bits | (z_bits << 16)).contiguous()  # [G, m]
+        if not v2:
+            # held once, in the tiled form: dequantization reads it (outlier values and perm stay)
+            for role in ("codes", "scale", "zero", "scale_codes", "zero_codes", "scale_scale", "scale_zero",
+                         "zero_scale", "zero_zero", "outlier_col"):
+                secs.pop(role, None)
     if grouped is not None:
         s16 = z16 = empty16
-    return PreparedSpQR(params=params, shape=(m, n), sections=secs, layout="grouped" if grouped_ok else "planes",
+    layout_name = "tiled" if tiled is not None else "grouped" if grouped_ok else "planes"
+    return PreparedSpQR(params=params, shape=(m, n), sections=secs, layout=layout_name,
                         planes=planes, unit=U, grouped=grouped, wst=_field_width(bits),
                         packed_stats=grouped is not None and packed, sz32=sz32, st2_64=st2_64, stats_q=stats_q,
                         st_codes=st_codes, st2=st2, s16=s16, z16=z16,
                         o_row_ptr=_u32(secs["outlier_row_ptr"]).to(torch.int32).contiguous(),
-                        o_col=o_col.contiguous(), o_delta=delta.contiguous(), perm=perm)
+                        o_col=o_col.contiguous(), o_delta=delta.contiguous(), perm=perm, tiled=tiled)
 
 
 def _codes_at(codes: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, bits: int) -> torch.Tensor:
@@ -454,6 +539,10 @@ def _codes_at(codes: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, bits:
 
 def default_config(prepared: PreparedSpQR, batch: int) -> MatvecConfig:
     """Tile shape favoured by the H100 sweep of bench/bench_kernels.py (``NH`` is NG, groups per tile, when grouped)."""
+    if prepared.layout == "tiled":  # NH = 32-column units per tile
+        if batch == 1:
+            return MatvecConfig(BM=16, NH=16, num_warps=4)
+        return MatvecConfig(BM=64, NH=4, num_warps=4)
     if prepared.layout == "grouped":
         if batch == 1:
             return MatvecConfig(BM=16, NH=32, num_warps=4)
@@ -465,7 +554,9 @@ def default_config(prepared: PreparedSpQR, batch: int) -> MatvecConfig:
 
 def _auto_split(prepared: PreparedSpQR, cfg: MatvecConfig) -> int:
     m, n = prepared.shape
-    if prepared.layout == "grouped":
+    if prepared.layout == "tiled":
+        n_tiles = _ceil_div(_ceil_div(n, 32), cfg.NH)
+    elif prepared.layout == "grouped":
         n_tiles = _ceil_div(_ceil_div(n, int(prepared.params["group_size"])), cfg.NH)
     else:
         n_tiles = _ceil_div(n, cfg.NH * prepared.unit)
@@ -508,6 +599,161 @@ def _check_grouped(prepared: PreparedSpQR) -> None:
             raise ValueError(f"PreparedSpQR.{name} has {None if t is None else t.numel()} elements, expected {size}")
     if prepared.o_col.numel() != prepared.o_delta.numel():
         raise ValueError("PreparedSpQR outlier columns and deltas differ in length")
+
+
+def _check_tiled(prepared: PreparedSpQR) -> None:
+    """Sizes the tiled kernels index without bounds checks (a PreparedSpQR is a plain, mutable dataclass)."""
+    m, n = prepared.shape
+    p = prepared.params
+    bits = int(p["bits"])
+    G = _ceil_div(n, int(p["group_size"]))
+    K2 = _ceil_div(m, int(p.get("stat_group_size", 1) or 1))
+    nut = _ceil_div(n, 32)
+    need = {"tiled": (prepared.tiled, m * bits * nut), "o_row_ptr": (prepared.o_row_ptr, m + 1)}
+    if prepared.stats_q:
+        need.update(st_codes=(prepared.st_codes, m * G), st2_64=(prepared.st2_64, G * K2))
+    else:
+        need["sz32"] = (prepared.sz32, m * G)
+    if m * G >= 2**31 or m * nut * bits >= 2**31 or nut * 32 * MAX_FUSED_BATCH >= 2**31 \
+            or MAX_FUSED_BATCH * m >= 2**31:
+        raise ValueError(f"{m}x{n} is too large for the kernels' 32-bit (row, group) and column indices")
+    for name, (t, size) in need.items():
+        if t is None or t.numel() != size:
+            raise ValueError(f"PreparedSpQR.{name} has {None if t is None else t.numel()} elements, expected {size}")
+    if prepared.o_col.numel() != prepared.o_delta.numel():
+        raise ValueError("PreparedSpQR outlier columns and deltas differ in length")
+    if prepared.perm is not None and prepared.perm.numel() != n:
+        raise ValueError(f"PreparedSpQR.perm has {prepared.perm.numel()} elements, expected {n}")
+
+
+def _tiled_consts(prepared: PreparedSpQR, bm: int) -> dict[str, Any]:
+    p = prepared.params
+    hpg = int(p["group_size"]) // 16
+    b2 = int(p.get("stat_group_size", 1) or 1)
+    return {"BITS": int(p["bits"]), "SB": int(p["scale_bits"]) if prepared.stats_q else 0,
+            "STQ": prepared.stats_q, "SAME": hpg % 2 == 0, "ONE_BLOCK": b2 % bm == 0}
+
+
+def _tiled_bm(prepared: PreparedSpQR, bm: int) -> int:
+    """Rows per program: ``bm``, lowered to a power of two that divides β2 (each program in one row block)."""
+    if not prepared.stats_q:
+        return bm
+    b2 = int(prepared.params.get("stat_group_size", 1) or 1)
+    while bm > 1 and b2 % bm:
+        bm //= 2
+    return bm
+
+
+def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor | None,
+                  cfg: MatvecConfig) -> torch.Tensor:
+    from . import _spqr_tiled as KT
+
+    _check_tiled(prepared)
+    m, n = prepared.shape
+    p = prepared.params
+    B = x2.shape[0]
+    bits = int(p["bits"])
+    gs = int(p["group_size"])
+    G = _ceil_div(n, gs)
+    nut = _ceil_div(n, 32)
+    dev = x2.device
+    x2 = x2.contiguous()
+    idx = prepared.x_index(0)
+    mode = 0 if B == 1 else 1
+    F = 16 if bits == 2 else 8
+    xo = torch.empty((B, n), dtype=torch.float32, device=dev)
+    if mode == 0:
+        xq = torch.empty((32, nut), dtype=torch.float32, device=dev)
+        xs = torch.empty((2 * nut,), dtype=torch.float32, device=dev)
+        bu = 32
+        KT.xprep_kernel[(_ceil_div(nut, bu), 1)](x2, idx, xq, xs, xo, n, nut, x2.stride(0),
+                                                 F=F, WST=32 // F, BU=bu)
+    else:
+        xq = torch.empty((B, 32 * nut), dtype=x2.dtype if x2.dtype != torch.float32 else torch.float16,
+                         device=dev)
+        xs = xq
+        bc = 1024
+        KT.xdot_kernel[(_ceil_div(32 * nut, bc), B)](x2, idx, xq, n, 32 * nut, x2.stride(0), BC=bc)
+        if prepared.o_col.numel():
+            KT.xdot_kernel[(_ceil_div(n, bc), B)](x2, idx, xo, n, n, x2.stride(0), BC=bc)
+    NU = cfg.NH
+    BM = _tiled_bm(prepared, cfg.BM)
+    if mode == 1:
+        BM = cfg.BM  # tl.dot needs >= 16 rows; statistics are then gathered per row unless BM divides β2
+    n_tiles = _ceil_div(nut, NU)
+    split, tps = _split(prepared, dataclasses.replace(cfg, BM=BM), n_tiles)
+    atomic = split > 1
+    y = torch.zeros((B, m), dtype=torch.float32, device=dev) if atomic else torch.empty((B, m), dtype=x2.dtype,
+                                                                                        device=dev)
+    b2 = int(p.get("stat_group_size", 1) or 1)
+    has_bias = bias is not None and not atomic
+    dot_dt = _TL_DTYPE[xq.dtype] if mode == 1 else tl.float16
+    consts = _tiled_consts(prepared, BM)
+    KT.gemv_kernel[(_ceil_div(m, BM), split)](
+        xq, xs, xo, y, bias if has_bias else y, prepared.tiled, prepared.st_codes, prepared.st2_64, prepared.sz32,
+        prepared.o_row_ptr, prepared.o_col, prepared.o_delta,
+        m, n, nut, G, _ceil_div(m, b2), b2, gs // 16, B, n_tiles, tps,
+        NU=NU, BM=BM, BB=1 if mode == 0 else 16, EPR=16 if mode == 0 else 8, MODE=mode, ATOMIC=atomic,
+        HAS_BIAS=has_bias, COL16=prepared.o_col.dtype == torch.int16, DOT_DT=dot_dt,
+        PREFETCH=cfg.prefetch and mode == 0 and consts["ONE_BLOCK"],
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts)
+    if atomic:
+        if bias is not None:
+            y = y + bias.to(torch.float32)
+        y = y.to(x2.dtype)
+    return y
+
+
+def _dequant_tiled(prepared: PreparedSpQR, out_dtype: torch.dtype, stored_order: bool,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact dense W from the tiled layout (spqr.md §5), in output or stored column order; outliers replaced."""
+    from . import _gemv as KG
+    from . import _spqr_tiled as KT
+
+    _check_tiled(prepared)
+    m, n = prepared.shape
+    p = prepared.params
+    gs = int(p["group_size"])
+    nut = _ceil_div(n, 32)
+    if out is None:
+        out = torch.empty((m, n), dtype=out_dtype, device=prepared.device)
+    elif out.shape != (m, n) or out.dtype != out_dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {out_dtype} tensor of shape {(m, n)}")
+    perm = None if stored_order else prepared.perm
+    if perm is not None:
+        perm = perm.view(torch.int32) if perm.dtype == torch.uint32 else perm
+    bf16 = out_dtype == torch.bfloat16
+    b2 = int(p.get("stat_group_size", 1) or 1)
+    BM, NU = 16, 4
+    KT.dequant_kernel[(_ceil_div(m, BM), _ceil_div(nut, NU))](
+        prepared.tiled, prepared.st_codes, prepared.st2_64, prepared.sz32, perm if perm is not None else out,
+        out.view(torch.int16) if bf16 else out, m, n, nut, _ceil_div(n, gs), _ceil_div(m, b2), b2, gs // 16,
+        NU=NU, BM=BM, HAS_PERM=perm is not None, OUT_BF16=bf16, **_tiled_consts(prepared, BM), **_launch_opts())
+    vals = prepared.sections["outlier_val"]
+    if vals.numel():
+        KG.outlier_store_kernel[(_ceil_div(m, 16),)](
+            prepared.o_row_ptr, prepared.o_col, vals, perm if perm is not None else prepared.o_row_ptr,
+            out.view(torch.int16) if bf16 else out, m, n, BM=16, EPR=16,
+            COL16=prepared.o_col.dtype == torch.int16, HAS_PERM=perm is not None, OUT_BF16=bf16)
+    return out
+
+
+def dequantize_stored(prepared: PreparedSpQR, out_dtype: torch.dtype = torch.float16,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
+    """Dense ``Wp`` in *stored* column order (no permutation), bit-identical to spqr.md §5 steps 1-3.
+
+    For large batches: ``x @ Wd.T == x[:, perm] @ Wp.T``, so the prefill GEMM reads x through ``perm``
+    (cheap) instead of scattering W's columns; ``out`` lets callers reuse one scratch buffer.
+    """
+    if prepared.layout == "tiled" and "codes" not in prepared.sections:
+        return _dequant_tiled(prepared, out_dtype, True, out)
+    w = dequantize_prepared(prepared, out_dtype)
+    if prepared.perm is not None:
+        w = w[:, _u32(prepared.perm)]
+    if out is not None:
+        out.copy_(w)
+        return out
+    return w.contiguous()
 
 
 def _matvec_grouped(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor | None,
@@ -588,6 +834,9 @@ def matvec(prepared: PreparedSpQR, x: torch.Tensor, bias: torch.Tensor | None = 
         ys = [matvec(prepared, x2[i:i + MAX_FUSED_BATCH], bias, config) for i in range(0, B, MAX_FUSED_BATCH)]
         return torch.cat(ys, dim=0)
     cfg = config or default_config(prepared, B)
+    if prepared.layout == "tiled":
+        y = _matvec_tiled(prepared, x2, bias, cfg)
+        return y.reshape(m) if squeeze else y
     if prepared.layout == "grouped":
         y = _matvec_grouped(prepared, x2, bias, cfg)
         return y.reshape(m) if squeeze else y
@@ -638,6 +887,8 @@ def dequantize_prepared(prepared: PreparedSpQR, out_dtype: torch.dtype = torch.f
     The grouped layout is decoded from the repack (the spec ``codes`` are not
     kept on the device); outliers are then written over it (replace semantics).
     """
+    if prepared.layout == "tiled" and "codes" not in prepared.sections:
+        return _dequant_tiled(prepared, out_dtype, False)
     if prepared.layout != "grouped" or "codes" in prepared.sections:  # planes layout, or v2 (kept sections)
         return dequantize(prepared.params, prepared.sections, prepared.shape, out_dtype)
     from . import _gemv as KG
@@ -681,4 +932,5 @@ def bytes_of(sections: Mapping[str, Any]) -> int:
 
 
 __all__ = ["MatvecConfig", "PreparedSpQR", "bytes_of", "default_config", "dequantize", "dequantize_prepared",
+           "dequantize_stored",
            "matvec", "prepare", "stat_f32", "to_device", "unpack_rows"]

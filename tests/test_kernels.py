@@ -245,3 +245,53 @@ def test_dequantize_v2_rounding_cases_and_prepared_path():
     for bits in (1, 5, 6, 7):  # every straddle pattern of the outlier kernel's code read
         enc = _encode(bits, *shape, bits=bits, gs=16, sbits=16, b2=4, outliers="some", perm=False)
         _check_dequant_v2(dict(enc.params, arith="f16", outlier_op="add"), enc.sections, shape)
+
+
+# --- the tiled resident layout (kernels/_spqr_tiled.py): exact bits per code, statistics as codes -------------
+
+tiled_configs = st.tuples(st.sampled_from([2, 3, 4]), st.sampled_from([16, 32, 48]), st.sampled_from([3, 4, 16]),
+                          st.sampled_from([1, 5, 16, 32]), st.sampled_from(["none", "some", "rows"]), st.booleans())
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.tuples(st.integers(1, 40), st.integers(1, 150)), cfg=tiled_configs, seed=st.integers(0, 2**31 - 1),
+       bm=st.sampled_from([16, 32]), nu=st.sampled_from([1, 2, 4]), split=st.sampled_from([None, 1, 3]),
+       prefetch=st.booleans())
+def test_tiled_layout_exact_and_matvec(shape, cfg, seed, bm, nu, split, prefetch):
+    """Dequantization from the tiled layout is bit-exact (both column orders); matvec within tolerance at 1/3/16."""
+    m, n = shape
+    bits, gs, sbits, b2, outliers, perm = cfg
+    enc = _encode(seed, m, n, bits, gs, sbits, b2, outliers, perm)
+    ref = decode(enc.params, enc.sections, shape)
+    prep = ks.prepare(enc.params, enc.sections, shape, DEVICE, layout="tiled")
+    assert prep.layout == "tiled" and "codes" not in prep.sections
+    assert prep.resident_nbytes < 1.6 * ks.bytes_of(enc.sections) + 4096
+    got = ks.dequantize_prepared(prep, torch.float32).cpu().numpy()
+    assert _same_bits(got, ref)
+    stored = ks.dequantize_stored(prep, torch.float32).cpu().numpy()
+    p = enc.sections.get("perm")
+    assert _same_bits(stored, ref[:, p.astype(np.int64)] if p is not None else ref)
+    got16 = ks.dequantize_prepared(prep, torch.float16).cpu().numpy()
+    np.testing.assert_array_equal(got16.view(np.uint16), ref.astype(np.float16).view(np.uint16))
+    cfgm = ks.MatvecConfig(BM=bm, NH=nu, split=split, prefetch=prefetch)
+    rng = np.random.default_rng(seed)
+    for batch in (1, 3, 16):
+        x = torch.from_numpy(rng.standard_normal((batch, n)).astype(np.float16)).to(DEVICE)
+        y = ks.matvec(prep, x, config=cfgm).float().cpu().numpy().astype(np.float64)
+        yr = x.cpu().numpy().astype(np.float64) @ ref.astype(np.float64).T
+        assert np.all(np.isfinite(y))
+        assert np.linalg.norm(y - yr) <= MATVEC_TOL * max(np.linalg.norm(yr), 1e-30)
+
+
+def test_tiled_layout_refuses_what_it_cannot_hold():
+    enc = _encode(0, 8, 40, 5, 16, 3, 16, "none", False)
+    with pytest.raises(ValueError, match="tiled layout"):
+        ks.prepare(enc.params, enc.sections, (8, 40), DEVICE, layout="tiled")
+    enc = _encode(0, 8, 40, 3, 24, 3, 16, "none", False)
+    with pytest.raises(ValueError, match="tiled layout"):
+        ks.prepare(enc.params, enc.sections, (8, 40), DEVICE, layout="tiled")
+    enc = _encode(0, 8, 64, 3, 16, 3, 16, "some", False)
+    prep = ks.prepare(enc.params, enc.sections, (8, 64), DEVICE, layout="tiled")
+    prep.tiled = prep.tiled[:1]
+    with pytest.raises(ValueError, match="tiled"):
+        ks.matvec(prep, torch.zeros(64, dtype=torch.float16, device=DEVICE))

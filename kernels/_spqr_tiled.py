@@ -1,0 +1,463 @@
+"""Triton kernels over the *tiled* resident layout of codec ``spqr`` (built by ``spqr.prepare``).
+
+Why a second layout: the grouped repack (``_gemv.py``) keeps 3-bit codes in 4-bit fields and the
+statistics as f16 pairs, so it streams ~6.4 bits per weight for a 3.95-bit tensor. This one holds
+exactly ``bits`` bits per code and the statistics as their codes, so the bytes streamed per call are
+about the spec's (spqr.md §7).
+
+Layout, per row ``r`` and *unit* ``u`` of 32 consecutive stored columns, ``bits`` 32-bit words stored
+``tw[s, u, r]`` (rows fastest, as the spec's statistics are): a warp's loads of one slot of one unit
+for consecutive rows are contiguous, and each thread holds several rows of the same unit, so one
+load of an activation serves all of them (register blocking along rows).
+
+* bits 4: slot ``s`` (0..3) holds columns ``32u + 8s + c`` in 4-bit fields ``c = 0..7`` at bits ``4c``;
+* bits 2: slot ``s`` (0..1) holds columns ``32u + 16s + c`` in 2-bit fields ``c = 0..15`` at bits ``2c``;
+* bits 3 (a 2-bit plane and a 1-bit plane, 3 = 2 + 1): slot ``h`` (0, 1) holds the low two bits of
+  *half* ``h`` (columns ``32u + 16h + …``): bits ``4c, 4c+1`` = lo(16h + c), bits ``4c+2, 4c+3`` =
+  lo(16h + 8 + c); slot 2 holds the high bits: bit ``4c + t`` = hi(8t + c). Two shifts and two LOP3
+  per half rebuild the bits-4 words of slots ``2h`` and ``2h+1`` (:func:`_nibble_words`), so the
+  rest of every kernel sees 4-bit fields.
+
+A field never straddles a word and every shift is a compile-time constant. A field is extracted *in
+place*: ``(w & (MASK << p)) | 0x4B000000`` is the f32 ``2^23 + q·2^p``, so one FADD gives ``q·2^p``
+exactly; the batch-1 kernel pre-scales x by ``2^-p`` instead of shifting the field back.
+
+Statistics are per (row, β1-group) with β1 a multiple of 16, so each half (16 columns) of a unit
+lies in one group: ``g = (2u + h) // (β1 / 16)``. They are read as the spec's codes (one byte of
+scale|zero codes per (row, group) and the four second-level f16 values per (group, row block)) or,
+when they are not 3+3-bit codes, as an f16 S|Z pair per (row, group).
+
+Statistics are stored group-major ``[G, m]`` like the spec's, for the same reason.
+
+* ``xprep_kernel``: x -> the batch-1 operands (slot-major ``xq[i, u]``, pre-scaled, half sums, stored order).
+* ``gemv_kernel``: ``y = W x``; one activation row by FMAs with the zero folded out of each half
+  (``S·(Σ q·x − Z·Σ x)``), 2..16 rows by one ``tl.dot`` per tile of decoded f16 weights.
+* ``dequant_kernel``: the dense matrix, bit-identical to spqr.md §5 (launch with
+  ``enable_fp_fusion=False``), stored or output column order.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._gemv import _outliers, _round_out
+
+
+@triton.jit
+def xprep_kernel(x_ptr, idx_ptr, xq_ptr, xs_ptr, xo_ptr, n, NUT, x_sb,
+                 F: tl.constexpr, WST: tl.constexpr, BU: tl.constexpr):
+    """Batch-1 operands for BU units: xq[i, u] = x[32u + i]·2^-p, xs[2u + h] half sums, xo in stored order."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1)
+    u = pid * BU + tl.arange(0, BU)
+    i = tl.arange(0, 32)
+    col = u[:, None] * 32 + i[None, :]
+    cm = (u[:, None] < NUT) & (col < n)
+    src = tl.load(idx_ptr + col, mask=cm, other=0)
+    xv = tl.load(x_ptr + b * x_sb + src, mask=cm, other=0.0).to(tl.float32)
+    tl.store(xo_ptr + b * n + col, xv, mask=cm)
+    h0 = tl.sum(tl.where(i[None, :] < 16, xv, 0.0), axis=1)
+    h1 = tl.sum(tl.where(i[None, :] >= 16, xv, 0.0), axis=1)
+    um = u < NUT
+    tl.store(xs_ptr + b * (2 * NUT) + 2 * u, h0, mask=um)
+    tl.store(xs_ptr + b * (2 * NUT) + 2 * u + 1, h1, mask=um)
+    p = ((i % F) % (F // 2)) * WST
+    xs = xv * tl.exp2(-p.to(tl.float32))[None, :]
+    tl.store(xq_ptr + b * (32 * NUT) + i[None, :] * NUT + u[:, None], xs, mask=u[:, None] < NUT)
+
+
+@triton.jit
+def xdot_kernel(x_ptr, idx_ptr, xn_ptr, n, NP, x_sb, BC: tl.constexpr):
+    """x (feature order, any float dtype) -> xn[b, j] = x[b, idx[j]] in stored order, zero padded to NP."""
+    j = tl.program_id(0) * BC + tl.arange(0, BC)
+    b = tl.program_id(1)
+    cm = j < n
+    src = tl.load(idx_ptr + j, mask=cm, other=0)
+    xv = tl.load(x_ptr + b * x_sb + src, mask=cm, other=0.0)
+    tl.store(xn_ptr + b * NP + j, xv.to(xn_ptr.dtype.element_ty), mask=j < NP)
+
+
+@triton.jit
+def _load_words(w_ptr, off, SS, lmask, BITS: tl.constexpr):
+    """The words at off (+ SS per slot) as uint32, rebuilt into bits-4 words for BITS = 3 (BITS = 2: two)."""
+    w0 = tl.load(w_ptr + off, mask=lmask, other=0).to(tl.uint32, bitcast=True)
+    w1 = tl.load(w_ptr + off + SS, mask=lmask, other=0).to(tl.uint32, bitcast=True)
+    if BITS == 2:
+        return w0, w1, w0, w1
+    w2 = tl.load(w_ptr + off + 2 * SS, mask=lmask, other=0).to(tl.uint32, bitcast=True)
+    if BITS == 3:
+        return _nibble_words(w0, w1, w2)
+    w3 = tl.load(w_ptr + off + 3 * SS, mask=lmask, other=0).to(tl.uint32, bitcast=True)
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _load_raw(w_ptr, off, SS, lmask, BITS: tl.constexpr):
+    """The stored words as uint32, not yet rebuilt (BITS = 3: lo0, lo1, hi, and a copy of hi)."""
+    w0 = tl.load(w_ptr + off, mask=lmask, other=0).to(tl.uint32, bitcast=True)
+    w1 = tl.load(w_ptr + off + SS, mask=lmask, other=0).to(tl.uint32, bitcast=True)
+    if BITS == 2:
+        return w0, w1, w0, w1
+    w2 = tl.load(w_ptr + off + 2 * SS, mask=lmask, other=0).to(tl.uint32, bitcast=True)
+    if BITS == 3:
+        return w0, w1, w2, w2
+    w3 = tl.load(w_ptr + off + 3 * SS, mask=lmask, other=0).to(tl.uint32, bitcast=True)
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _nibble_words(a0, a1, hi):
+    """Low-bit words of the two halves + the high-bit word -> the four bits-4 words (3-bit codes)."""
+    lo_m = 0x33333333
+    hi_m = 0x44444444
+    n0 = (a0 & lo_m) | ((hi << 2) & hi_m)
+    n1 = ((a0 >> 2) & lo_m) | ((hi << 1) & hi_m)
+    n2 = (a1 & lo_m) | (hi & hi_m)
+    n3 = ((a1 >> 2) & lo_m) | ((hi >> 1) & hi_m)
+    return n0, n1, n2, n3
+
+
+@triton.jit
+def _field(w, wh, c: tl.constexpr, F: tl.constexpr, WST: tl.constexpr):
+    """f32 q·2^p of field c of words w (wh = w >> 16), exact: one LOP3 and one FADD."""
+    if c < F // 2:
+        base = w
+        p: tl.constexpr = c * WST
+    else:
+        base = wh
+        p: tl.constexpr = (c - F // 2) * WST
+    return ((base & (((1 << WST) - 1) << p)) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
+def _pscale(c: tl.constexpr, F: tl.constexpr, WST: tl.constexpr):
+    """2^-p of field c (exact power of two)."""
+    return 1.0 / (1 << ((c % (F // 2)) * WST))
+
+
+@triton.jit
+def _f16_at(v, shift: tl.constexpr):
+    """f32 value of the f16 whose bits are (v >> shift) & 0xFFFF (v: int32 or int64)."""
+    return ((v >> shift) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _stats(rows, k2, g, gmask, lmask, st_ptr, st2_ptr, sz_ptr, m, K2, SB: tl.constexpr, STQ: tl.constexpr,
+           ONE_BLOCK: tl.constexpr, EXACT: tl.constexpr):
+    """(S, Z) f32 [BM, NU] of groups g [NU], rounded exactly as spqr.md §5 step 1.
+
+    STQ: one byte of scale|zero codes per (row, group), [G, m], and the four second-level f16 values
+    of (group, row block k2) in one int64, [G, K2]. A program's rows lie in one row block (BM divides
+    β2), so k2 is a scalar and the second-level values are one [NU] load broadcast over the rows: a
+    per-row gather would be uncoalesced and would pull every tensor of the loop into its layout.
+    (Without ONE_BLOCK, k2 is per row [BM] and the values are gathered: the slow general case.)
+    Otherwise (16-bit statistics) S|Z f16 bits in one int32 per (row, group), [G, m].
+    """
+    idx = g[None, :] * m + rows[:, None]
+    if STQ:
+        c = tl.load(st_ptr + idx, mask=lmask, other=0).to(tl.int32)
+        sc = (c & ((1 << SB) - 1)).to(tl.float32)
+        zc = ((c >> SB) & 0xFF).to(tl.float32)
+        if ONE_BLOCK:
+            v = tl.load(st2_ptr + g * K2 + k2, mask=gmask, other=0)[None, :]
+        else:
+            v = tl.load(st2_ptr + g[None, :] * K2 + k2[:, None], mask=lmask, other=0)
+        if EXACT:
+            S = ((sc - _f16_at(v, 0)) * _f16_at(v, 16)).to(tl.float16).to(tl.float32)
+            Z = ((zc - _f16_at(v, 32)) * _f16_at(v, 48)).to(tl.float16).to(tl.float32)
+        else:  # the matvec: c·s − z·s (one FMA, no f16 rounding; within its error contract)
+            ss = _f16_at(v, 16)
+            zs = _f16_at(v, 48)
+            S = sc * ss - _f16_at(v, 0) * ss
+            Z = zc * zs - _f16_at(v, 32) * zs
+    else:
+        v = tl.load(sz_ptr + idx, mask=lmask, other=0)
+        S = _f16_at(v, 0)
+        Z = _f16_at(v, 16)
+    return S, Z
+
+
+@triton.jit
+def _half_stats(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2,
+                SB: tl.constexpr, STQ: tl.constexpr, SAME: tl.constexpr, ONE_BLOCK: tl.constexpr,
+                EXACT: tl.constexpr):
+    """(S0, Z0, S1, Z1): the statistics of the two halves of each unit (SAME: one group covers both)."""
+    g0 = (2 * u) // hpg
+    gm0 = umask & (g0 < G)
+    S0, Z0 = _stats(rows, k2, g0, gm0, rmask[:, None] & gm0[None, :], st_ptr, st2_ptr, sz_ptr, m, K2, SB, STQ,
+                    ONE_BLOCK, EXACT)
+    if SAME:
+        S1 = S0
+        Z1 = Z0
+    else:
+        g1 = (2 * u + 1) // hpg
+        gm1 = umask & (g1 < G)
+        S1, Z1 = _stats(rows, k2, g1, gm1, rmask[:, None] & gm1[None, :], st_ptr, st2_ptr, sz_ptr, m, K2, SB,
+                        STQ, ONE_BLOCK, EXACT)
+    return S0, Z0, S1, Z1
+
+
+@triton.jit
+def _raw_stats(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2, STQ: tl.constexpr):
+    """The undecoded statistics loads of both halves (one row block, ONE_BLOCK): issued a tile ahead."""
+    g0 = (2 * u) // hpg
+    g1 = (2 * u + 1) // hpg
+    gm0 = umask & (g0 < G)
+    gm1 = umask & (g1 < G)
+    i0 = g0[None, :] * m + rows[:, None]
+    i1 = g1[None, :] * m + rows[:, None]
+    if STQ:
+        c0 = tl.load(st_ptr + i0, mask=rmask[:, None] & gm0[None, :], other=0).to(tl.int32)
+        c1 = tl.load(st_ptr + i1, mask=rmask[:, None] & gm1[None, :], other=0).to(tl.int32)
+        v0 = tl.load(st2_ptr + g0 * K2 + k2, mask=gm0, other=0)
+        v1 = tl.load(st2_ptr + g1 * K2 + k2, mask=gm1, other=0)
+    else:
+        c0 = tl.load(sz_ptr + i0, mask=rmask[:, None] & gm0[None, :], other=0)
+        c1 = tl.load(sz_ptr + i1, mask=rmask[:, None] & gm1[None, :], other=0)
+        v0 = u.to(tl.int64)
+        v1 = v0
+    return c0, c1, v0, v1
+
+
+@triton.jit
+def _decode_stats(c, v, SB: tl.constexpr, STQ: tl.constexpr):
+    """(S, Z) for the matvec from _raw_stats' values (c·s − z·s form, no f16 rounding)."""
+    if STQ:
+        sc = (c & ((1 << SB) - 1)).to(tl.float32)
+        zc = ((c >> SB) & 0xFF).to(tl.float32)
+        ss = _f16_at(v, 16)[None, :]
+        zs = _f16_at(v, 48)[None, :]
+        S = sc * ss - _f16_at(v, 0)[None, :] * ss
+        Z = zc * zs - _f16_at(v, 32)[None, :] * zs
+    else:
+        S = _f16_at(c, 0)
+        Z = _f16_at(c, 16)
+    return S, Z
+
+
+@triton.jit
+def _word_dot(w, xq_ptr, slot0: tl.constexpr, u, umask, NUT, F: tl.constexpr, WST: tl.constexpr):
+    """Σ_c q_c·x_c over the F fields of words w [BM, NU] (x pre-scaled, slot-major xq[i, u]).
+
+    Slot-major so that the threads of a warp, which hold consecutive units, read consecutive x values
+    (one sector per load; unit-major x made each load touch one cache line per unit and the L1 the
+    bottleneck: ncu showed 71 % L1 busy at 23 % DRAM throughput).
+    """
+    wh = w >> 16
+    xb = xq_ptr + u
+    part = _field(w, wh, 0, F, WST) * tl.load(xb + slot0 * NUT, mask=umask, other=0.0)[None, :]
+    for c in tl.static_range(1, F):
+        xv = tl.load(xb + (slot0 + c) * NUT, mask=umask, other=0.0)
+        part += _field(w, wh, c, F, WST) * xv[None, :]
+    return part
+
+
+@triton.jit
+def _unit_dot(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xs_ptr, u, umask, NUT, BITS: tl.constexpr):
+    """Σ over each unit's 32 columns of W·x for [BM, NU] units: S·(Σ q·x − Z·Σ x) per half."""
+    if BITS == 2:
+        p0 = _word_dot(w0, xq_ptr, 0, u, umask, NUT, 16, 2)
+        p1 = _word_dot(w1, xq_ptr, 16, u, umask, NUT, 16, 2)
+    else:
+        p0 = _word_dot(w0, xq_ptr, 0, u, umask, NUT, 8, 4) + _word_dot(w1, xq_ptr, 8, u, umask, NUT, 8, 4)
+        p1 = _word_dot(w2, xq_ptr, 16, u, umask, NUT, 8, 4) + _word_dot(w3, xq_ptr, 24, u, umask, NUT, 8, 4)
+    xs0 = tl.load(xs_ptr + 2 * u, mask=umask, other=0.0)
+    xs1 = tl.load(xs_ptr + 2 * u + 1, mask=umask, other=0.0)
+    return S0 * (p0 - Z0 * xs0[None, :]) + S1 * (p1 - Z1 * xs1[None, :])
+
+
+@triton.jit
+def _join4(a, b, c, d):
+    """[.., 2, 2] with [.., i, j] = (a, b, c, d)[2i + j]."""
+    return tl.join(tl.join(a, c), tl.join(b, d))
+
+
+@triton.jit
+def _tile(w0, w1, w2, w3, S0, Z0, S1, Z1, BITS: tl.constexpr, EXACT: tl.constexpr, BM: tl.constexpr,
+          NU: tl.constexpr):
+    """Decoded weights [BM, NU·32] in stored column order (column 32u + i).
+
+    EXACT: ``(f32(q) − Z)·S`` as two f32 operations (spqr.md §5 step 2; launch without fp fusion).
+    Otherwise ``q·S − Z·S`` in f32 for the dot (rounded by the caller).
+    """
+    if BITS == 2:
+        F: tl.constexpr = 16
+        WST: tl.constexpr = 2
+        y = tl.join(w0, w1)            # [BM, NU, 2]: half
+        ys = tl.join(S0, S1)
+        yz = tl.join(Z0, Z1)
+    else:
+        F: tl.constexpr = 8
+        WST: tl.constexpr = 4
+        y = _join4(w0, w1, w2, w3)     # [BM, NU, 2, 2]: slot = 2·half + j
+        ys = _join4(S0, S0, S1, S1)
+        yz = _join4(Z0, Z0, Z1, Z1)
+    yh = y >> 16
+    if not EXACT:
+        yz = -(yz * ys)  # the dot's form: q·S − Z·S
+    # fields, then a join tree over the field index (its high bit first) so the result is in column order
+    if BITS == 2:
+        z0 = tl.join(_fv(y, yh, ys, yz, 0, F, WST, EXACT), _fv(y, yh, ys, yz, 8, F, WST, EXACT))
+        z1 = tl.join(_fv(y, yh, ys, yz, 1, F, WST, EXACT), _fv(y, yh, ys, yz, 9, F, WST, EXACT))
+        z2 = tl.join(_fv(y, yh, ys, yz, 2, F, WST, EXACT), _fv(y, yh, ys, yz, 10, F, WST, EXACT))
+        z3 = tl.join(_fv(y, yh, ys, yz, 3, F, WST, EXACT), _fv(y, yh, ys, yz, 11, F, WST, EXACT))
+        z4 = tl.join(_fv(y, yh, ys, yz, 4, F, WST, EXACT), _fv(y, yh, ys, yz, 12, F, WST, EXACT))
+        z5 = tl.join(_fv(y, yh, ys, yz, 5, F, WST, EXACT), _fv(y, yh, ys, yz, 13, F, WST, EXACT))
+        z6 = tl.join(_fv(y, yh, ys, yz, 6, F, WST, EXACT), _fv(y, yh, ys, yz, 14, F, WST, EXACT))
+        z7 = tl.join(_fv(y, yh, ys, yz, 7, F, WST, EXACT), _fv(y, yh, ys, yz, 15, F, WST, EXACT))
+        z0 = tl.join(z0, z4)
+        z1 = tl.join(z1, z5)
+        z2 = tl.join(z2, z6)
+        z3 = tl.join(z3, z7)
+    else:
+        z0 = _fv(y, yh, ys, yz, 0, F, WST, EXACT)
+        z1 = _fv(y, yh, ys, yz, 1, F, WST, EXACT)
+        z2 = _fv(y, yh, ys, yz, 2, F, WST, EXACT)
+        z3 = _fv(y, yh, ys, yz, 3, F, WST, EXACT)
+        z0 = tl.join(z0, _fv(y, yh, ys, yz, 4, F, WST, EXACT))
+        z1 = tl.join(z1, _fv(y, yh, ys, yz, 5, F, WST, EXACT))
+        z2 = tl.join(z2, _fv(y, yh, ys, yz, 6, F, WST, EXACT))
+        z3 = tl.join(z3, _fv(y, yh, ys, yz, 7, F, WST, EXACT))
+    t = tl.join(tl.join(z0, z2), tl.join(z1, z3))
+    return tl.reshape(t, (BM, NU * 32))
+
+
+@triton.jit
+def _fv(y, yh, ys, yz, c: tl.constexpr, F: tl.constexpr, WST: tl.constexpr, EXACT: tl.constexpr):
+    """Field c's weights: (q − Z)·S exactly (EXACT), or q·S + yz with yz = −Z·S."""
+    f = _field(y, yh, c, F, WST)
+    if EXACT:
+        return (f * _pscale(c, F, WST) - yz) * ys
+    return f * (ys * _pscale(c, F, WST)) + yz
+
+
+@triton.jit
+def gemv_kernel(xq_ptr, xs_ptr, xo_ptr, y_ptr, bias_ptr, w_ptr, st_ptr, st2_ptr, sz_ptr,
+                orp_ptr, ocol_ptr, odelta_ptr,
+                m, n, NUT, G, K2, B2, hpg, nb, n_tiles, tiles_per_split,
+                BITS: tl.constexpr, SB: tl.constexpr, STQ: tl.constexpr, SAME: tl.constexpr,
+                ONE_BLOCK: tl.constexpr, PREFETCH: tl.constexpr, NU: tl.constexpr, BM: tl.constexpr,
+                BB: tl.constexpr, EPR: tl.constexpr,
+                MODE: tl.constexpr, ATOMIC: tl.constexpr, HAS_BIAS: tl.constexpr, COL16: tl.constexpr,
+                DOT_DT: tl.constexpr):
+    """y[b, r] = Σ_j W[r, j] x[b, j] over BM rows and this program's share of tiles (NU units each).
+
+    MODE 0 (one activation row): xq/xs are xprep_kernel's operands; per half
+    ``S·(Σ q·x·2^-p·2^p − Z·Σ x)``. MODE 1 (2..16 rows): xq is x in stored order (DOT_DT, zero padded
+    to NUT·32 columns, [BB rows]), one ``tl.dot`` per tile of decoded weights rounded to DOT_DT.
+    Outliers are add-deltas (f32(val) − dense) gathered row-wise from xo (stored order, f32).
+    """
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_m * BM + tl.arange(0, BM)
+    rmask = rows < m
+    if ONE_BLOCK:
+        k2 = (pid_m * BM) // B2  # BM divides β2: the program's rows are in one row block
+    else:
+        k2 = rows // B2
+    SS = NUT * m  # words per slot
+    uu = tl.arange(0, NU)
+    bb = tl.arange(0, BB)
+    bmask = bb < nb
+    if MODE == 0:
+        acc = tl.zeros((BM, NU), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BM, BB), dtype=tl.float32)
+        kk = tl.arange(0, NU * 32)
+    t_lo = pid_k * tiles_per_split
+    t_hi = tl.minimum(t_lo + tiles_per_split, n_tiles)
+    if PREFETCH:
+        # Batch 1, one row block: the next tile's words and statistics are loaded before this tile is
+        # computed, so each thread keeps a tile of loads in flight (the loop is otherwise latency-bound).
+        u = t_lo * NU + uu
+        umask = (u < NUT) & (u < t_hi * NU)
+        lmask = rmask[:, None] & umask[None, :]
+        w0, w1, w2, w3 = _load_raw(w_ptr, u[None, :] * m + rows[:, None], SS, lmask, BITS)
+        c0, c1, v0, v1 = _raw_stats(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2, STQ)
+        for t in range(t_lo, t_hi):
+            uc = u
+            ucm = umask
+            a0, a1, a2, a3 = w0, w1, w2, w3
+            d0, d1, e0, e1 = c0, c1, v0, v1
+            u = (t + 1) * NU + uu
+            umask = (u < NUT) & (u < t_hi * NU)
+            lmask = rmask[:, None] & umask[None, :]
+            w0, w1, w2, w3 = _load_raw(w_ptr, u[None, :] * m + rows[:, None], SS, lmask, BITS)
+            c0, c1, v0, v1 = _raw_stats(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2, STQ)
+            if BITS == 3:
+                a0, a1, a2, a3 = _nibble_words(a0, a1, a2)
+            S0, Z0 = _decode_stats(d0, e0, SB, STQ)
+            S1, Z1 = _decode_stats(d1, e1, SB, STQ)
+            acc += _unit_dot(a0, a1, a2, a3, S0, Z0, S1, Z1, xq_ptr, xs_ptr, uc, ucm, NUT, BITS)
+    for t in range(t_lo, t_hi if not PREFETCH else t_lo):
+        u = t * NU + uu
+        umask = u < NUT
+        lmask = rmask[:, None] & umask[None, :]
+        w0, w1, w2, w3 = _load_words(w_ptr, u[None, :] * m + rows[:, None], SS, lmask, BITS)
+        S0, Z0, S1, Z1 = _half_stats(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2,
+                                     SB, STQ, SAME, ONE_BLOCK, False)
+        if MODE == 0:
+            acc += _unit_dot(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xs_ptr, u, umask, NUT, BITS)
+        else:
+            wt = _tile(w0, w1, w2, w3, S0, Z0, S1, Z1, BITS, False, BM, NU).to(DOT_DT)
+            cols = t * (NU * 32) + kk
+            xt = tl.load(xq_ptr + bb[None, :] * (NUT * 32) + cols[:, None],
+                         mask=(cols < NUT * 32)[:, None] & bmask[None, :], other=0.0)
+            acc = tl.dot(wt, xt, acc)
+    if MODE == 0:
+        out = tl.sum(acc, axis=1)
+    else:
+        out = acc
+    out = _outliers(out, rows, rmask, pid_k, orp_ptr, ocol_ptr, odelta_ptr, xo_ptr, xo_ptr, n, bb, bmask,
+                    EPR, COL16, MODE != 0, False, False)
+    if MODE == 0:
+        yoff = rows
+        ymask = rmask
+    else:
+        yoff = bb[None, :] * m + rows[:, None]
+        ymask = rmask[:, None] & bmask[None, :]
+    if ATOMIC:
+        tl.atomic_add(y_ptr + yoff, out, mask=ymask)  # y: zeroed f32; bias and cast by the caller
+    else:
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+            if MODE == 0:
+                out = out + bias
+            else:
+                out = out + bias[:, None]
+        tl.store(y_ptr + yoff, out.to(y_ptr.dtype.element_ty), mask=ymask)
+
+
+@triton.jit
+def dequant_kernel(w_ptr, st_ptr, st2_ptr, sz_ptr, perm_ptr, out_ptr, m, n, NUT, G, K2, B2, hpg,
+                   BITS: tl.constexpr, SB: tl.constexpr, STQ: tl.constexpr, SAME: tl.constexpr,
+                   ONE_BLOCK: tl.constexpr, NU: tl.constexpr, BM: tl.constexpr, HAS_PERM: tl.constexpr,
+                   OUT_BF16: tl.constexpr):
+    """out[r, perm[j]] (or out[r, j]) = (f32(q) − Z)·S for a [BM, NU·32] tile (spqr.md §5 step 2)."""
+    pid_m = tl.program_id(0)
+    pid_u = tl.program_id(1)
+    rows = pid_m * BM + tl.arange(0, BM)
+    rmask = rows < m
+    if ONE_BLOCK:
+        k2 = (pid_m * BM) // B2
+    else:
+        k2 = rows // B2
+    u = pid_u * NU + tl.arange(0, NU)
+    umask = u < NUT
+    lmask = rmask[:, None] & umask[None, :]
+    w0, w1, w2, w3 = _load_words(w_ptr, u[None, :] * m + rows[:, None], NUT * m, lmask, BITS)
+    S0, Z0, S1, Z1 = _half_stats(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2, SB, STQ, SAME,
+                                 ONE_BLOCK, True)
+    wt = _tile(w0, w1, w2, w3, S0, Z0, S1, Z1, BITS, True, BM, NU)
+    cols = pid_u * (NU * 32) + tl.arange(0, NU * 32)
+    cm = cols < n
+    if HAS_PERM:
+        dst = tl.load(perm_ptr + cols, mask=cm, other=0)
+    else:
+        dst = cols
+    mask = rmask[:, None] & cm[None, :]
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * n + dst[None, :], _round_out(wt, out_ptr, OUT_BF16), mask=mask)
+
+
+__all__ = ["dequant_kernel", "gemv_kernel", "xdot_kernel", "xprep_kernel", "triton"]
