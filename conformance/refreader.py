@@ -236,9 +236,11 @@ def _shape(value: list[Any], what: str) -> tuple[int, ...]:
         raise RefError("BAD_SHAPE", f"{what} shape {value!r} has a negative entry")
     prod = 1
     for d in value:
-        prod *= d
+        if d != 0:  # SPEC §4: zero entries are left out of the product that MAX_ELEMENTS bounds
+            prod *= d
     if prod > MAX_ELEMENTS:
-        raise RefError("SHAPE_OVERFLOW", f"{what} shape {value!r} has {prod} > MAX_ELEMENTS elements")
+        raise RefError("SHAPE_OVERFLOW", f"{what} shape {value!r}: non-zero entries multiply to {prod} "
+                       "> MAX_ELEMENTS")
     return tuple(value)
 
 
