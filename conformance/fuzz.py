@@ -9,9 +9,13 @@ exactly the golden output. Each case runs in a worker process with
 ``RLIMIT_AS`` set and a wall-clock timeout, so crashes, hangs and runaway
 allocations are caught and counted rather than taking the fuzzer down.
 The refreader runs on the same bytes; accept/reject or value disagreements
-between the two are reported as findings too.
+between the two are reported as findings too. Finally the ``spqr`` command
+line runs (``verify --decode``, ``inspect --json``, in subprocesses) on a
+random sample of the mutated files: a traceback, an exit code other than the
+documented 0/1/2, a hang or a changed input file is a finding.
 
-    python -m spqrfmt.conformance.fuzz --seconds 60 [--jobs N] [--mem-mb 2048] [--report FILE] [--out DIR]
+    python -m spqrfmt.conformance.fuzz --seconds 60 [--jobs N] [--mem-mb 2048] [--cli-sample 50]
+        [--report FILE] [--out DIR]
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ import os
 import random
 import resource
 import struct
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,6 +320,75 @@ def run_case(data: bytes, with_ref: bool) -> dict[str, Any]:
             pass
 
 
+# ---------------------------------------------------------------- the command line on mutated files
+
+CLI_EXIT_CODES = (0, 1, 2)  # spqrfmt/cli.py: success, a rule of the spec broken, usage error / missing input
+
+
+def spqr_command() -> list[str]:
+    """``spqr`` run by this interpreter, so the check does not depend on PATH."""
+    return [sys.executable, "-m", "spqrfmt.cli"]
+
+
+def _cli_problem(argv: list[str], timeout: float, cwd: str) -> str | None:
+    """None if the command ended with a documented exit code and no traceback, else what went wrong."""
+    try:
+        p = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, cwd=cwd)
+    except subprocess.TimeoutExpired:
+        return f"no exit within {timeout} s"
+    err = p.stderr.decode("utf-8", "replace")
+    if p.returncode not in CLI_EXIT_CODES:
+        return f"exit status {p.returncode}: {err[-600:]}"
+    if "Traceback (most recent call last)" in err:
+        return f"traceback (exit {p.returncode}): {err[-600:]}"
+    return None
+
+
+def fuzz_cli(cases: list[Case], *, jobs: int = 2, timeout: float = 60.0,
+             cmd: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run ``spqr verify --decode`` (all files in one process; each file alone only if that fails) and
+    ``spqr inspect --json`` (one process per file, ``jobs`` at a time) on the cases' bytes.
+
+    Returns one finding per traceback, exit code other than 0/1/2, hang, or input file changed;
+    ``index`` is the position of its case in ``cases``.
+    """
+    cmd = cmd or spqr_command()
+    found: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="spqr-fuzz-cli-") as d:
+        paths = [Path(d) / f"case{i:04d}.spqr" for i in range(len(cases))]
+        for c, p in zip(cases, paths, strict=True):
+            p.write_bytes(c.data)
+
+        def one(argv: list[str]) -> str | None:
+            return _cli_problem(argv, timeout, d)
+
+        def note(i: int, what: str, detail: str) -> None:
+            found.append({"index": i, "vector": cases[i].vector, "mutation": cases[i].label, "what": what,
+                          "detail": detail})
+
+        with ThreadPoolExecutor(max(1, jobs)) as ex:
+            inspect = ex.map(lambda p: one([*cmd, "inspect", "--json", str(p)]), paths)
+            if cases and one([*cmd, "verify", "--decode", *map(str, paths)]) is not None:
+                for i, problem in enumerate(ex.map(lambda p: one([*cmd, "verify", "--decode", str(p)]), paths)):
+                    if problem is not None:
+                        note(i, "cli-verify", problem)
+            for i, problem in enumerate(inspect):
+                if problem is not None:
+                    note(i, "cli-inspect", problem)
+        for i, (c, p) in enumerate(zip(cases, paths, strict=True)):
+            if p.read_bytes() != c.data:
+                note(i, "cli-modified-input", "a read-only command changed its input file")
+    return found
+
+
+def mutated_cases(count: int, *, seed: int = 0, vectors: Path = VECTORS_DIR) -> list[Case]:
+    """``count`` deterministic mutations of the valid vectors (what the fuzzer feeds its workers)."""
+    manifest = json.loads((vectors / "manifest.json").read_text())
+    sources = [(e["file"], (vectors / e["file"]).read_bytes()) for e in manifest["vectors"] if e["kind"] == "valid"]
+    rng = random.Random(seed)
+    return [mutate(rng, *rng.choice(sources)) for _ in range(count)]
+
+
 # ---------------------------------------------------------------- driver
 
 @dataclass
@@ -324,6 +399,7 @@ class Stats:
     benign_checked: int = 0
     granularity: int = 0
     seconds: float = 0.0
+    cli_files: int = 0
     codes: dict[str, int] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)
     findings: list[dict[str, Any]] = field(default_factory=list)
@@ -366,8 +442,9 @@ def _expected(manifest: dict[str, Any], vector: str) -> dict[str, str]:
 
 def fuzz(seconds: float = 60.0, *, jobs: int = 2, seed: int = 0, mem_mb: int = 2048, timeout: float = 10.0,
          with_ref: bool = True, out_dir: Path | None = None, max_cases: int | None = None,
-         vectors: Path = VECTORS_DIR) -> Stats:
-    """Mutate valid vectors for ``seconds`` (or ``max_cases``); return counts and findings."""
+         vectors: Path = VECTORS_DIR, cli_sample: int = 0) -> Stats:
+    """Mutate valid vectors for ``seconds`` (or ``max_cases``), then run the CLI on ``cli_sample`` of them
+    (a uniform reservoir sample); return counts and findings."""
     manifest = json.loads((vectors / "manifest.json").read_text())
     sources = [(e["file"], (vectors / e["file"]).read_bytes()) for e in manifest["vectors"] if e["kind"] == "valid"]
     rng = random.Random(seed)
@@ -381,6 +458,7 @@ def fuzz(seconds: float = 60.0, *, jobs: int = 2, seed: int = 0, mem_mb: int = 2
     pool = new_pool()
     t0 = time.perf_counter()
     pending: list[tuple[Case, Any, float]] = []
+    sample: list[Case] = []
 
     def finding(case: Case, what: str, detail: str) -> None:
         item = {"vector": case.vector, "mutation": case.label, "what": what, "detail": detail[-800:]}
@@ -393,6 +471,10 @@ def fuzz(seconds: float = 60.0, *, jobs: int = 2, seed: int = 0, mem_mb: int = 2
 
     def settle(case: Case, res: dict[str, Any]) -> None:
         stats.cases += 1
+        if len(sample) < cli_sample:
+            sample.append(case)
+        elif cli_sample and (j := rng.randrange(stats.cases)) < cli_sample:
+            sample[j] = case
         stats.labels[case.label.split(":")[0]] = stats.labels.get(case.label.split(":")[0], 0) + 1
         lib = res["library"]
         for who, r in res.items():
@@ -451,6 +533,9 @@ def fuzz(seconds: float = 60.0, *, jobs: int = 2, seed: int = 0, mem_mb: int = 2
     finally:
         pool.terminate()
         pool.join()
+    for item in fuzz_cli(sample, jobs=jobs, timeout=max(timeout, 60.0)):
+        finding(sample[item["index"]], item["what"], item["detail"])
+    stats.cli_files = len(sample)
     stats.seconds = time.perf_counter() - t0
     return stats
 
@@ -466,13 +551,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-refreader", action="store_true", help="fuzz the library only (faster)")
     ap.add_argument("--out", type=Path, help="write every finding's input file here")
     ap.add_argument("--report", type=Path, help="JSON summary")
+    ap.add_argument("--cli-sample", type=int, default=50,
+                    help="run `spqr verify --decode` and `spqr inspect --json` on this many of the mutated files")
     args = ap.parse_args(argv)
     s = fuzz(args.seconds, jobs=args.jobs, seed=args.seed, mem_mb=args.mem_mb, timeout=args.timeout,
-             with_ref=not args.no_refreader, out_dir=args.out, max_cases=args.max_cases)
+             with_ref=not args.no_refreader, out_dir=args.out, max_cases=args.max_cases, cli_sample=args.cli_sample)
     rate = s.cases / s.seconds * 60 if s.seconds else 0.0
     print(f"{s.cases} mutated files in {s.seconds:.1f} s ({rate:.0f}/min, {args.jobs} workers): "
           f"{s.decoded} opened, {s.rejected} rejected cleanly, {s.benign_checked} benign mutations checked exactly, "
-          f"{s.granularity} file-vs-tensor-level differences, {len(s.findings)} findings")
+          f"{s.granularity} file-vs-tensor-level differences, CLI run on {s.cli_files}, {len(s.findings)} findings")
     print("reject codes:", ", ".join(f"{k} {v}" for k, v in sorted(s.codes.items(), key=lambda kv: -kv[1])))
     for f in s.findings[:20]:
         print(f"FINDING {f['what']} {f['vector']} {f['mutation']}: {f['detail'].strip().splitlines()[-1][:200]}")

@@ -826,7 +826,18 @@ def valid_vectors() -> list[Valid]:
     v2 = _v2()
     for name, desc, items, kw in v2.spqr_valid() + v2.quip_valid():  # codec version 2 (spqr.md §8, quip.md §10)
         add(name, desc, items, **kw)
+    for name, desc, items, kw in _edges().valid():  # misreadings of the spec told apart
+        add(name, desc, items, **kw)
     return out
+
+
+def _edges() -> Any:
+    """The misreading-separating vector module (imported late: it imports this one)."""
+    if __package__ in (None, ""):
+        import generate_edges  # type: ignore[no-redef]
+    else:
+        from . import generate_edges
+    return generate_edges
 
 
 def _v2() -> Any:
@@ -1336,7 +1347,7 @@ def invalid_vectors() -> list[Invalid]:
         qpv(f"value_{why}", f"{role}[{pos}] = 0x{byte:02X} (only 0x01 / 0xFF are signs)",
             lambda ts, role=role, pos=pos, byte=byte: _set_byte(_sec(ts, "q", role), pos, byte), "BAD_VALUE")
     v2 = _v2()
-    for name, desc, blob, error in v2.spqr_invalid() + v2.quip_invalid():
+    for name, desc, blob, error in v2.spqr_invalid() + v2.quip_invalid() + _edges().invalid():
         add(name, desc, blob, error)
     return out
 

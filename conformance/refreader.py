@@ -236,9 +236,11 @@ def _shape(value: list[Any], what: str) -> tuple[int, ...]:
         raise RefError("BAD_SHAPE", f"{what} shape {value!r} has a negative entry")
     prod = 1
     for d in value:
-        prod *= d
+        if d != 0:  # SPEC §4: zero entries are left out of the product that MAX_ELEMENTS bounds
+            prod *= d
     if prod > MAX_ELEMENTS:
-        raise RefError("SHAPE_OVERFLOW", f"{what} shape {value!r} has {prod} > MAX_ELEMENTS elements")
+        raise RefError("SHAPE_OVERFLOW", f"{what} shape {value!r}: non-zero entries multiply to {prod} "
+                       "> MAX_ELEMENTS")
     return tuple(value)
 
 
@@ -584,6 +586,7 @@ def _sq_decode(rec: TensorRec, a: Arrays) -> np.ndarray:
 # quip (codecs/quip.md)
 
 QUIP_CODEBOOKS = ("grid", "e8p12")
+QUIP_MAX_FACTOR = 256  # MAX_FACTOR of quip.md §2: a_n, a_m <= 256
 
 
 def _quip_geometry(rec: TensorRec) -> dict[str, Any]:
@@ -609,6 +612,9 @@ def _quip_geometry(rec: TensorRec) -> dict[str, Any]:
         raise RefError("BAD_PARAMS", f"2^log2_hn must divide n={n} and 2^log2_hm must divide m={m}", rec.name)
     p["an"] = n >> p["kn"]
     p["am"] = m >> p["km"]
+    if p["an"] > QUIP_MAX_FACTOR or p["am"] > QUIP_MAX_FACTOR:  # §2: bounds the factor work of the decode
+        raise RefError("BAD_PARAMS", f"explicit factor sizes a_n={p['an']}, a_m={p['am']}: at most "
+                       f"{QUIP_MAX_FACTOR}", rec.name)
     return p
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..codecs.quip import MAX_FACTOR
 from . import e8p
 from .packing import pack_rows
 from .rtn import Encoded
@@ -151,6 +152,9 @@ def quantize_quip(
     sv = rng.choice(np.array([-1, 1], dtype=np.int8), size=m)
     km, am = split_pow2(m)
     kn, an = split_pow2(n)
+    if max(am, an) > MAX_FACTOR:
+        raise ValueError(f"quip needs each dimension to be a * 2^k with an odd a <= {MAX_FACTOR} (quip.md §2); "
+                         f"[{m}, {n}] has odd parts {am}, {an}: keep this tensor unquantized or use another codec")
     fm = random_orthogonal(am, rng).astype(np.float32) if am > 1 else None
     fn = random_orthogonal(an, rng).astype(np.float32) if an > 1 else None
 

@@ -52,13 +52,14 @@ def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
 
 def f32_to_bf16(x: np.ndarray) -> np.ndarray:
     """Round float32 to bf16 bit patterns, nearest-even; NaN stays a (quiet) NaN."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    f = np.asarray(x, dtype=np.float32)
+    u = np.ascontiguousarray(f).reshape(-1).view(np.uint32)  # ascontiguousarray alone makes a 0-d array 1-d
     rounding = np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))
     out = ((u + rounding) >> np.uint32(16)).astype(np.uint16)
-    nan = np.isnan(np.asarray(x, dtype=np.float32))
+    nan = np.isnan(u.view(np.float32))
     if nan.any():
         out[nan] = ((u[nan] >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16)
-    return out
+    return out.reshape(f.shape)
 
 
 def rne16(x: np.ndarray) -> np.ndarray:

@@ -96,45 +96,82 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise _Ext(f"msgpack ext type {code} is not allowed")
 
 
-def _pairs(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if not isinstance(k, str):
-            raise _Ext(f"map key {k!r} is not a string")
-        if k in out:
-            raise _Ext(f"duplicate map key {k!r}")
-        out[k] = v
-    return out
+# Reader-specific limit (SPEC §2.2, §10 "Memory"): containers are the costliest header bytes for a reader
+# that builds Python objects (~136 bytes of memory for a 1-byte empty map), so their count is bounded by
+# the header's size. Legitimate headers have one container per ~25 bytes or more.
+CONTAINER_BUDGET_BASE = 4096
+HEADER_BYTES_PER_CONTAINER = 8
+
+
+def container_budget(header_length: int) -> int:
+    """How many arrays + maps this reader builds for a header of ``header_length`` bytes (LIMIT_EXCEEDED beyond)."""
+    return CONTAINER_BUDGET_BASE + header_length // HEADER_BYTES_PER_CONTAINER
+
+
+class _Budget(Exception):
+    pass
+
+
+class _Hooks:
+    """msgpack hooks: str keys without duplicates (SPEC §3) and a running count of containers."""
+
+    def __init__(self, budget: int) -> None:
+        self.left = budget
+
+    def _spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise _Budget
+
+    def pairs(self, pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+        self._spend()
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if not isinstance(k, str):
+                raise _Ext(f"map key {k!r} is not a string")
+            if k in out:
+                raise _Ext(f"duplicate map key {k!r}")
+            out[k] = v
+        return out
+
+    def array(self, items: list[Any]) -> list[Any]:
+        self._spend()
+        return items
 
 
 def _check_depth(obj: Any) -> None:
-    """Iterative walk: nesting bound, and no Timestamp objects (ext -1)."""
-    stack = [(obj, 1)]
+    """Iterative walk: nesting bound, and no Timestamp objects (ext -1). Only containers are stacked."""
+    ext = (msgpack.Timestamp, msgpack.ExtType)
+    if isinstance(obj, ext):
+        raise _Ext("msgpack ext types (timestamps included) are not allowed")
+    stack = [(obj, 1)] if isinstance(obj, (dict, list)) else []
     while stack:
         cur, depth = stack.pop()
-        if isinstance(cur, dict):
-            items = cur.values()
-        elif isinstance(cur, list):
-            items = cur
-        else:
-            if isinstance(cur, (msgpack.Timestamp, msgpack.ExtType)):
-                raise _Ext("msgpack ext types (timestamps included) are not allowed")
-            continue
         if depth > MAX_NESTING:
             raise _Ext(f"containers nested deeper than {MAX_NESTING}")
-        stack.extend((v, depth + 1) for v in items)
+        for v in cur.values() if isinstance(cur, dict) else cur:
+            if isinstance(v, (dict, list)):
+                stack.append((v, depth + 1))
+            elif isinstance(v, ext):
+                raise _Ext("msgpack ext types (timestamps included) are not allowed")
 
 
 def unpack_header(data: bytes | memoryview) -> dict[str, Any]:
-    """Decode the msgpack header under the spec's encoding restrictions."""
+    """Decode the msgpack header under the spec's encoding restrictions and this reader's container budget.
+
+    Raises BAD_HEADER for a §3 violation, LIMIT_EXCEEDED past :func:`container_budget` or when the
+    parse runs out of memory (a MemoryError never escapes).
+    """
     n = len(data)
+    hooks = _Hooks(container_budget(n))
     try:
         obj = msgpack.unpackb(
             data,
             raw=False,
             strict_map_key=True,
             use_list=True,
-            object_pairs_hook=_pairs,
+            object_pairs_hook=hooks.pairs,
+            list_hook=hooks.array,
             ext_hook=_no_ext,
             max_str_len=n,
             max_bin_len=n,
@@ -143,6 +180,13 @@ def unpack_header(data: bytes | memoryview) -> dict[str, Any]:
             max_ext_len=0,
         )
         _check_depth(obj)
+    except _Budget:
+        raise fail(ErrorCode.LIMIT_EXCEEDED,
+                   f"header holds more than {container_budget(n)} arrays and maps, this reader's limit for "
+                   f"{n} header bytes (4096 + 1 per {HEADER_BYTES_PER_CONTAINER} bytes)") from None
+    except MemoryError:
+        raise fail(ErrorCode.LIMIT_EXCEEDED, f"not enough memory to parse a header of {n} bytes; "
+                   "open it with a lower max_header_length or on a machine with more memory") from None
     except (_Ext, ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
             UnicodeDecodeError, RecursionError) as e:
         raise fail(ErrorCode.BAD_HEADER, f"header is not valid restricted msgpack: {e}") from None

@@ -1,4 +1,4 @@
-"""Memory-mapped, lazy, strict reader of .spqr files.
+"""Memory-mapped (or pread), lazy, strict reader of .spqr files.
 
 Opening a file reads and checks the preamble, the header checksum and every
 generic header rule (spec/SPEC.md §2–§4): after that, each section is known to
@@ -6,12 +6,20 @@ lie inside the file. Codec rules, section checksums and index contents are
 checked per tensor the first time its arrays are requested, before any
 decoder sees them, so a file with one bad or unknown tensor still serves the
 others (§9).
+
+Memory map hazard: by default sections are zero-copy views of a memory map.
+If another process truncates the file while it is mapped, touching a page
+past the new end kills this process with SIGBUS; no reader of a mapped file
+can turn that into an exception. ``open(path, mmap=False)`` reads with
+``pread`` instead (sections are copied into memory) and reports a file that
+shrinks under it as TRUNCATED; :func:`validate` always reads that way.
 """
 
 from __future__ import annotations
 
-import mmap
+import mmap as _mmap
 import os
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -58,17 +66,24 @@ class Tensor:
 
     def _raw_section(self, role: str) -> np.ndarray:
         s = self.record.sections[role]
-        start = self._file._data_offset + s.offset
-        arr = np.frombuffer(self._file._map, dtype=STORAGE[s.dtype], count=s.size, offset=start)
-        return arr.reshape(s.shape)
+        buf = self._file._read(self._file._data_offset + s.offset, s.length)
+        arr = np.frombuffer(buf, dtype=STORAGE[s.dtype], count=s.size).reshape(s.shape)
+        arr.flags.writeable = False  # a pread copy is private, but callers get the same contract as the map
+        return arr
+
+    def _sections(self) -> dict[str, np.ndarray]:
+        return {role: self._raw_section(role) for role in self.record.sections}
 
     def check(self) -> None:
         """Every rule for this tensor: codec known, params/sections, checksums, CSR/perm contents."""
-        if self._checked:
-            return
+        if not self._checked:
+            self._check(None)
+
+    def _check(self, arrays: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
         codec = codecs.get(self.record)
         codec.check_record(self.record)
-        arrays = {role: self._raw_section(role) for role in self.record.sections}
+        if arrays is None:
+            arrays = self._sections()
         if self._file.verify_checksums:
             for role, s in self.record.sections.items():
                 got = crc32(memoryview(arrays[role].reshape(-1).view(np.uint8)))
@@ -77,11 +92,13 @@ class Tensor:
                                f"section {role!r} CRC-32 is {got:#010x}, header says {s.crc32:#010x}", self.name)
         codec.check_content(self.record, arrays)
         self._checked = True
+        return arrays
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """Validated, read-only section arrays (views into the map; bf16 as uint16 bit patterns)."""
-        self.check()
-        return {role: self._raw_section(role) for role in self.record.sections}
+        """Validated, read-only section arrays (views into the map, or copies with mmap=False;
+        bf16 as uint16 bit patterns). With mmap=False each section is read once per call."""
+        arrays = self._sections()
+        return arrays if self._checked else self._check(arrays)
 
     def decode(self, dtype: str | None = None) -> np.ndarray:
         """The decoded tensor (spec §6.4): f32 for quantized codecs, own dtype for ``raw``.
@@ -117,29 +134,71 @@ class Tensor:
 
 
 class SpqrFile(Mapping[str, Tensor]):
-    """An open .spqr file: a read-only mapping from tensor name to :class:`Tensor`."""
+    """An open .spqr file: a read-only mapping from tensor name to :class:`Tensor`.
+
+    ``mmap=True`` (default) maps the file: sections are zero-copy views, but a
+    concurrent truncation of the file raises SIGBUS (see the module docstring).
+    ``mmap=False`` reads every byte with ``pread``: sections are copies, and a
+    file that shrinks while open gives SpqrFormatError(TRUNCATED). Only regular
+    files are opened (a FIFO or device would block or never end): OSError otherwise.
+    """
 
     def __init__(self, path: str | os.PathLike[str], *, verify_checksums: bool = True,
-                 max_header_length: int = MAX_HEADER_LENGTH) -> None:
+                 max_header_length: int = MAX_HEADER_LENGTH, mmap: bool = True) -> None:
         self.path = Path(path)
         self.verify_checksums = verify_checksums
-        with open(self.path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
+        self.mmap = mmap
+        self._map: _mmap.mmap | None = None
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+        self._fd: int | None = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+                                       | getattr(os, "O_CLOEXEC", 0))
+        try:
+            st = os.fstat(self._fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(f"{self.path}: not a regular file")
+            size = st.st_size
             if size < PREAMBLE_SIZE:
                 raise fail(ErrorCode.TRUNCATED, f"file has {size} bytes, the preamble alone needs {PREAMBLE_SIZE}")
-            self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        try:
-            self.preamble: Preamble = read_preamble(self._map[:PREAMBLE_SIZE], size, max_header_length)
-            header = self._map[PREAMBLE_SIZE:PREAMBLE_SIZE + self.preamble.header_length]
+            if mmap:
+                self._map = _mmap.mmap(self._fd, 0, access=_mmap.ACCESS_READ)
+                os.close(self._fd)
+                self._fd = None
+            self.preamble: Preamble = read_preamble(self._read(0, PREAMBLE_SIZE), size, max_header_length)
+            header = bytes(self._read(PREAMBLE_SIZE, self.preamble.header_length))  # no export pins the map
             if crc32(header) != self.preamble.header_crc:
                 raise fail(ErrorCode.HEADER_CHECKSUM, "header CRC-32 does not match the preamble: file is corrupt")
             self.header: dict[str, Any] = unpack_header(header)
-            records, self.metadata = parse_records(self.header, self.preamble.data_length)
+            del header
+            try:
+                records, self.metadata = parse_records(self.header, self.preamble.data_length)
+            except MemoryError:
+                raise fail(ErrorCode.LIMIT_EXCEEDED, "not enough memory for the header's tensor records") from None
         except BaseException:
-            self._map.close()
+            self.close()
             raise
         self._data_offset = self.preamble.data_offset
         self.tensors: dict[str, Tensor] = {r.name: Tensor(self, r) for r in records}
+
+    def _read(self, offset: int, length: int) -> memoryview | bytearray:
+        """``length`` bytes at ``offset``: a view of the map, or a pread copy (TRUNCATED if the file shrank)."""
+        if self._map is not None:
+            return memoryview(self._map)[offset:offset + length]
+        if self._fd is None:
+            raise ValueError("I/O on a closed SpqrFile")
+        buf = bytearray(length)
+        view, done = memoryview(buf), 0
+        while done < length:
+            if hasattr(os, "preadv"):
+                got = os.preadv(self._fd, [view[done:]], offset + done)
+            else:
+                chunk = os.pread(self._fd, min(length - done, 1 << 30), offset + done)
+                view[done:done + len(chunk)] = chunk
+                got = len(chunk)
+            if got == 0:
+                raise fail(ErrorCode.TRUNCATED, f"file ended at byte {offset + done} while reading "
+                           f"[{offset}, {offset + length}): it was truncated after it was opened")
+            done += got
+        return buf
 
     @property
     def version(self) -> tuple[int, int]:
@@ -166,10 +225,14 @@ class SpqrFile(Mapping[str, Tensor]):
         return out
 
     def close(self) -> None:
-        try:
-            self._map.close()
-        except BufferError:
-            pass  # arrays handed out still view the map; it closes when they are gone
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # arrays handed out still view the map; it closes when they are gone
 
     def __enter__(self) -> SpqrFile:
         return self
@@ -182,14 +245,23 @@ class SpqrFile(Mapping[str, Tensor]):
 
 
 def open_file(path: str | os.PathLike[str], *, verify_checksums: bool = True,
-              max_header_length: int = MAX_HEADER_LENGTH) -> SpqrFile:
-    """Open a .spqr file (memory-mapped, lazy). Raises SpqrFormatError on a bad file."""
-    return SpqrFile(path, verify_checksums=verify_checksums, max_header_length=max_header_length)
+              max_header_length: int = MAX_HEADER_LENGTH, mmap: bool = True) -> SpqrFile:
+    """Open a .spqr file (lazy). Raises SpqrFormatError on a bad file.
+
+    ``mmap=False`` reads with pread instead of mapping the file, so that a file truncated by another
+    process while open is TRUNCATED instead of a SIGBUS crash (sections are then copies).
+    """
+    return SpqrFile(path, verify_checksums=verify_checksums, max_header_length=max_header_length, mmap=mmap)
 
 
-def validate(path: str | os.PathLike[str], *, verify_checksums: bool = True) -> None:
-    """Check every rule of the spec for every tensor; raise the first SpqrFormatError."""
-    with open_file(path, verify_checksums=verify_checksums) as f:
+def validate(path: str | os.PathLike[str], *, verify_checksums: bool = True,
+             max_header_length: int = MAX_HEADER_LENGTH) -> None:
+    """Check every rule of the spec for every tensor; raise the first SpqrFormatError.
+
+    Reads with pread (never a memory map), one tensor's sections at a time, so a file
+    truncated concurrently is reported as TRUNCATED rather than crashing the process.
+    """
+    with open_file(path, verify_checksums=verify_checksums, max_header_length=max_header_length, mmap=False) as f:
         for _name, err in f.check_all():
             if err is not None:
                 raise err

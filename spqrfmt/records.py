@@ -63,18 +63,36 @@ def _is_int(v: Any) -> bool:
 
 
 def check_shape(shape: Any, what: str, tensor: str | None) -> tuple[int, ...]:
+    """SPEC §4 shape rule: ints >= 0, at most MAX_NDIM of them, product of the non-zero entries <= MAX_ELEMENTS.
+
+    Zero entries are left out of the bound so that the verdict does not depend on the entries' order
+    (``[2**63, 0]`` and ``[0, 2**63]`` are both SHAPE_OVERFLOW) and every accepted shape, empty ones
+    included, is one numpy (whose sizes are int64) can hold.
+    """
     if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
         raise fail(ErrorCode.BAD_SHAPE, f"{what} shape must be an array of integers, got {shape!r}", tensor)
     if len(shape) > MAX_NDIM:
         raise fail(ErrorCode.BAD_SHAPE, f"{what} shape has {len(shape)} dims, at most {MAX_NDIM} allowed", tensor)
+    if any(d < 0 for d in shape):
+        raise fail(ErrorCode.BAD_SHAPE, f"{what} shape {shape} has a negative dimension", tensor)
     n = 1
     for d in shape:
-        if d < 0:
-            raise fail(ErrorCode.BAD_SHAPE, f"{what} shape {shape} has a negative dimension", tensor)
-        n *= d
+        n *= d or 1
         if n > MAX_ELEMENTS:
-            raise fail(ErrorCode.SHAPE_OVERFLOW, f"{what} shape {shape} has more than 2^40 elements", tensor)
+            raise fail(ErrorCode.SHAPE_OVERFLOW,
+                       f"{what} shape {shape}: the product of its non-zero dims exceeds 2^40", tensor)
     return tuple(shape)
+
+
+def check_name(name: str, what: str) -> None:
+    """SPEC §4 name rule (BAD_NAME): 1..MAX_NAME_BYTES UTF-8 bytes, no NUL."""
+    try:
+        nbytes = len(name.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate (only reachable from Python callers, never from a file)
+        raise fail(ErrorCode.BAD_NAME, f"{what} name is not valid Unicode text") from None
+    if not 1 <= nbytes <= MAX_NAME_BYTES or "\x00" in name:
+        raise fail(ErrorCode.BAD_NAME, f"{what} name must be 1..{MAX_NAME_BYTES} UTF-8 bytes without NUL "
+                   f"(has {nbytes} bytes)")
 
 
 def _check_dtype(dtype: Any, what: str, tensor: str | None) -> str:
@@ -147,9 +165,7 @@ def parse_records(header: dict[str, Any], data_length: int) -> tuple[list[Tensor
         if not isinstance(rec, dict):
             raise fail(ErrorCode.BAD_HEADER, f"tensor record #{i} is not a map")
         name = _require(rec, "name", str, f"#{i}")
-        raw = name.encode("utf-8")
-        if not 1 <= len(raw) <= MAX_NAME_BYTES or "\x00" in name:
-            raise fail(ErrorCode.BAD_NAME, f"tensor #{i} name must be 1..{MAX_NAME_BYTES} UTF-8 bytes without NUL")
+        check_name(name, f"tensor #{i}")
         if name in names:
             raise fail(ErrorCode.DUPLICATE_NAME, f"tensor name {name!r} appears twice", name)
         names.add(name)

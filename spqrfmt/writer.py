@@ -4,6 +4,8 @@ Sections are appended to a scratch data file as tensors are added, so the
 whole model never sits in memory; ``close()`` then writes preamble + header +
 data to a temporary file next to the target and renames it into place. An
 interrupted write leaves no file under the target name (spec/SPEC.md §11).
+The header is put through the reader's own checks before any byte of the
+file is written, so the writer cannot produce a file the reader rejects.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import numpy as np
 
 from . import codecs
 from .dtypes import ITEMSIZE, STORAGE, name_of
-from .errors import SpqrFormatError
+from .errors import ErrorCode, SpqrFormatError, fail
 from .format import (
     ALIGNMENT,
     MAJOR,
+    MAX_HEADER_LENGTH,
     MINOR,
     PREAMBLE_SIZE,
     Preamble,
@@ -30,10 +33,40 @@ from .format import (
     crc32,
     pack_header,
     pack_preamble,
+    unpack_header,
 )
-from .records import SectionRecord, TensorRecord, check_shape
+from .records import SectionRecord, TensorRecord, check_name, check_shape, parse_records
 
 SectionInput = np.ndarray | tuple[str, np.ndarray]
+
+
+def checked_header(header: dict[str, Any], data_length: int) -> bytes:
+    """Encode a header and run the reader's stage 3-4 rules on the bytes (SPEC §3, §4, §10).
+
+    Raises the SpqrFormatError the reader would raise for the finished file (BAD_NAME,
+    BAD_HEADER for nesting / container limits / non-str keys, HEADER_TOO_LARGE, ...).
+    """
+    try:
+        raw = pack_header(header)
+    except (ValueError, OverflowError) as e:  # nesting beyond msgpack's own limit, ints beyond 64 bits
+        raise fail(ErrorCode.BAD_HEADER, f"header cannot be encoded as restricted msgpack: {e}") from None
+    if len(raw) > MAX_HEADER_LENGTH:
+        raise fail(ErrorCode.HEADER_TOO_LARGE, f"header would be {len(raw)} bytes, at most {MAX_HEADER_LENGTH}")
+    parse_records(unpack_header(raw), data_length)
+    return raw
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask is set-and-return)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def _as_section(value: SectionInput) -> tuple[str, np.ndarray]:
@@ -60,6 +93,7 @@ class Writer:
         self.metadata: dict[str, Any] = {"spqrfmt.writer": "spqrfmt-python"}
         if metadata:
             self.metadata.update(metadata)
+        checked_header({"metadata": self.metadata, "tensors": []}, 0)  # fail before the scratch file exists
         self._records: list[TensorRecord] = []
         self._names: set[str] = set()
         self._data = tempfile.NamedTemporaryFile(
@@ -93,8 +127,11 @@ class Writer:
         """Add one tensor given its codec params and section arrays (roles as in the codec spec)."""
         if self._closed:
             raise ValueError("writer is closed")
+        if not isinstance(name, str):
+            raise TypeError(f"tensor name must be a str, got {type(name).__name__}")
+        check_name(name, f"tensor {name[:80]!r}")
         if name in self._names:
-            raise ValueError(f"tensor {name!r} was already written")
+            raise fail(ErrorCode.DUPLICATE_NAME, f"tensor {name!r} was already written", name)
         shape = check_shape(list(shape), "tensor", name)
         typed = {role: _as_section(v) for role, v in sections.items()}
         # Check with the reader's rules against in-memory arrays before writing any byte.
@@ -121,15 +158,21 @@ class Writer:
                  sections=encoded.sections, codec_version=encoded.codec_version)
 
     def close(self) -> None:
-        """Write header + data to a temp file and atomically rename it to the target path."""
+        """Check the header, write header + data to a temp file and atomically rename it to the target path.
+
+        On any failure (a header the reader would reject included) the target is untouched and
+        no scratch or temp file is left behind.
+        """
         if self._closed:
             return
         self._closed = True
-        self._data.flush()
-        header = pack_header({"metadata": self.metadata, "tensors": [r.to_header() for r in self._records]})
-        pre = Preamble(MAJOR, MINOR, crc32(header), len(header), self._pos)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent or ".")
+        tmp: str | None = None
         try:
+            self._data.flush()
+            header = checked_header({"metadata": self.metadata, "tensors": [r.to_header() for r in self._records]},
+                                    self._pos)
+            pre = Preamble(MAJOR, MINOR, crc32(header), len(header), self._pos)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent or ".")
             with os.fdopen(fd, "wb") as out:
                 out.write(pack_preamble(pre))
                 out.write(header)
@@ -137,10 +180,11 @@ class Writer:
                 self._data.seek(0)
                 shutil.copyfileobj(self._data, out, length=16 << 20)
                 out.flush()
+                os.fchmod(out.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; a new file honours the umask
                 os.fsync(out.fileno())
             os.replace(tmp, self.path)
         except BaseException:
-            if os.path.exists(tmp):
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
             raise
         finally:
@@ -166,4 +210,4 @@ class Writer:
             self.abort()
 
 
-__all__ = ["Writer", "SpqrFormatError", "ALIGNMENT"]
+__all__ = ["Writer", "SpqrFormatError", "ALIGNMENT", "checked_header"]

@@ -170,7 +170,10 @@ def test_codec_version_2_coverage() -> None:
                                                           "su_bf16", "su_u8", "su_f64", "sv_f64", "sv_i16",
                                                           "su_len")},
         "quip_v2_missing_factor_n": "BAD_SECTION_SET", "quip_v2_section_checksum": "SECTION_CHECKSUM",
-        "quip_v2_value_sv_zero": "BAD_VALUE", "quip_v2_value_su_i8_zero": "BAD_VALUE"}
+        "quip_v2_value_sv_zero": "BAD_VALUE", "quip_v2_value_su_i8_zero": "BAD_VALUE",
+        # two defects, quip.md §10.6 order; MAX_FACTOR (quip.md §2)
+        "quip_v2_two_defects_bits_key_and_n_12": "BAD_PARAMS", "quip_v2_two_defects_n_12_and_log2_hn_31": "BAD_SHAPE",
+        "quip_v2_factor_n_over_max": "BAD_PARAMS"}
 
 
 def _hashes(vector: str) -> dict[str, str]:
@@ -504,3 +507,34 @@ def test_limit_exceeded_built_at_test_time(tmp_path: Path) -> None:
     with pytest.raises(spqrfmt.SpqrFormatError) as li:
         spqrfmt.open(path)
     assert str(li.value.code) == "LIMIT_EXCEEDED"
+
+
+def test_rne16_threshold_vector_matches_spec_text() -> None:
+    """spqr.md §5: 65504 < |x| < 65520 rounds to 65504, 65520 ties to inf (not 'beyond 65504 is inf')."""
+    ref = refreader.open_file(VECTORS / "valid/spqr_rne16_overflow_threshold.spqr")
+    v1 = ref.decode("v1_stats")
+    assert v1[:, 0].tolist() == [65504.0, np.inf, -65504.0, 65504.0]
+    assert ref.decode("v2_f16")[:, 0].tolist() == [65504.0, -65504.0]
+    assert ref.decode("v2_f32")[0, 0] == np.float32(65512.28125)
+
+
+def test_quip_max_factor_boundary_built_at_test_time(tmp_path: Path) -> None:
+    """a_n = 256 decodes identically in both readers; 257 is BAD_PARAMS (a 256x256 factor is too big to commit)."""
+    import spqrfmt
+
+    for n, ok in ((256, True), (257, False)):
+        t = generate.quip_tens("q", generate.make_quip(f"maxf{n}", 1, n, 2, 0, 0))
+        path = tmp_path / f"f{n}.spqr"
+        path.write_bytes(miniwriter.build([t]))
+        ref = refreader.open_file(path)
+        with spqrfmt.open(path) as f:
+            if ok:
+                got = f["q"].decode()
+                assert got.view(np.uint32).tolist() == ref.decode("q").view(np.uint32).tolist()
+                continue
+            with pytest.raises(spqrfmt.SpqrFormatError) as ei:
+                f["q"].decode()
+        assert ei.value.code == spqrfmt.ErrorCode.BAD_PARAMS
+        with pytest.raises(refreader.RefError) as ri:
+            ref.decode("q")
+        assert ri.value.code == "BAD_PARAMS"

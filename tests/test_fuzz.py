@@ -101,3 +101,25 @@ def test_bounded_fuzz_run_finds_nothing() -> None:
     assert stats.cases > 200
     assert stats.rejected > 0 and stats.decoded > 0 and stats.benign_checked > 0
     assert not stats.findings, stats.findings[:3]
+
+
+def test_cli_on_mutated_files_ends_cleanly() -> None:
+    """`spqr verify --decode` and `spqr inspect --json` on 20 mutated files: exit 0/1/2, no traceback."""
+    cases = fuzz.mutated_cases(20, seed=7)
+    assert len({c.label.split(":")[0] for c in cases}) >= 6
+    assert fuzz.fuzz_cli(cases, jobs=2) == []
+
+
+@pytest.mark.parametrize("script,what", [
+    ("raise ValueError('boom')", "traceback"),                       # exit 1, but a traceback
+    ("import sys; sys.exit(3)", "exit status 3"),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGBUS)", "exit status -7"),
+    ("import sys; open(sys.argv[-1], 'ab').write(b'x')", "changed its input"),
+])
+def test_cli_check_catches_what_it_must(script: str, what: str) -> None:
+    import sys
+
+    cases = fuzz.mutated_cases(1, seed=1)
+    found = fuzz.fuzz_cli(cases, cmd=[sys.executable, "-c", script])
+    assert found and all(f["index"] == 0 for f in found)
+    assert any(what in f["detail"] for f in found), found

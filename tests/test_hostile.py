@@ -249,39 +249,82 @@ def test_bool_bytes_must_be_0_or_1(tmp_path: Path) -> None:
 # ---- SPEC §10 "Memory": concrete bounds for opening a file and for decoding one tensor
 
 OPEN_BYTES_PER_HEADER_BYTE = 256
+LIBRARY_OPEN_BYTES_PER_HEADER_BYTE = 64  # SPEC §10 "Memory": the reference library's own bound
 DECODE_FACTOR = 16
 
 
 def _worst_header(kind: str, n: int) -> tuple[bytes, int]:
-    """A valid header whose metadata holds ``n`` one-byte containers (the costliest bytes for a reader)."""
+    """A valid header whose metadata array holds about ``n`` bytes of the costliest items for a reader.
+
+    maps / arrays / nil_arrays: one-byte containers; ``budget_mix``: one empty map per 8 bytes (the
+    library's container budget) padded with negative fixints (-32 is a fresh Python int each time).
+    """
     from spqrfmt.conformance import miniwriter as mw
 
-    item = {"maps": b"\x80", "arrays": b"\x90", "nil_arrays": b"\x91\xc0"}[kind]
+    item, per = {"maps": (b"\x80", 1), "arrays": (b"\x90", 1), "nil_arrays": (b"\x91\xc0", 1),
+                 "budget_mix": (b"\x80" + b"\xe0" * 7, 8)}[kind]
     count = n // len(item)
-    body = b"\xdd" + count.to_bytes(4, "big") + item * count
-    return mw.build([], header_obj=mw.Raw(b"\x82\xa7tensors\x90\xa8metadata\x81\xa1x" + body)), count
+    body = b"\xdd" + (count * per).to_bytes(4, "big") + item * count
+    return mw.build([], header_obj=mw.Raw(b"\x82\xa7tensors\x90\xa8metadata\x81\xa1x" + body)), count * per
+
+
+def _open_peak(opener: object, path: Path) -> tuple[object, int]:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        f = opener(path)  # type: ignore[operator]
+        _cur, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return f, peak
 
 
 @pytest.mark.parametrize("kind", ["maps", "arrays", "nil_arrays"])
 def test_open_memory_is_bounded_by_header_length(tmp_path: Path, kind: str) -> None:
-    import tracemalloc
-
+    """The refreader builds every container (<= 256 x); the library refuses more than its budget."""
     from spqrfmt.conformance import refreader
 
     blob, count = _worst_header(kind, 1 << 16)
     path = tmp_path / "h.spqr"
     path.write_bytes(blob)
     header_length = struct.unpack_from("<Q", blob, 16)[0]
-    for opener in (spqrfmt.open, refreader.open_file):
-        tracemalloc.start()
-        try:
-            f = opener(path)
-            _cur, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-        assert len(f.metadata["x"]) == count
-        del f
-        assert peak <= OPEN_BYTES_PER_HEADER_BYTE * header_length + (1 << 20), (opener, kind, peak / header_length)
+    f, peak = _open_peak(refreader.open_file, path)
+    assert len(f.metadata["x"]) == count
+    del f
+    assert peak <= OPEN_BYTES_PER_HEADER_BYTE * header_length + (1 << 20), (kind, peak / header_length)
+    with pytest.raises(spqrfmt.SpqrFormatError) as ei:
+        spqrfmt.open(path)
+    assert ei.value.code == ErrorCode.LIMIT_EXCEEDED and "arrays and maps" in str(ei.value)
+
+
+def test_library_open_memory_under_its_container_budget(tmp_path: Path) -> None:
+    from spqrfmt.format import container_budget
+
+    blob, count = _worst_header("budget_mix", 1 << 18)
+    path = tmp_path / "h.spqr"
+    path.write_bytes(blob)
+    header_length = struct.unpack_from("<Q", blob, 16)[0]
+    assert count // 8 <= container_budget(header_length)
+    f, peak = _open_peak(spqrfmt.open, path)
+    assert len(f.metadata["x"]) == count
+    f.close()
+    assert peak <= LIBRARY_OPEN_BYTES_PER_HEADER_BYTE * header_length + (1 << 20), peak / header_length
+
+
+def test_memory_error_while_parsing_is_a_format_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spqrfmt import format as fmt
+
+    path = tmp_path / "h.spqr"
+    path.write_bytes(_worst_header("arrays", 64)[0])
+
+    def no_memory(*_a: object, **_k: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(fmt.msgpack, "unpackb", no_memory)
+    with pytest.raises(spqrfmt.SpqrFormatError) as ei:
+        spqrfmt.open(path)
+    assert ei.value.code == ErrorCode.LIMIT_EXCEEDED and "memory" in str(ei.value)
 
 
 def _codec_tensors(m: int, n: int) -> list:

@@ -19,6 +19,7 @@ from ..records import TensorRecord
 from . import SectionSpec, expect_sections, int_param
 
 MAX_LOG2_HADAMARD = 30
+MAX_FACTOR = 256  # quip.md §2: a_n, a_m <= MAX_FACTOR, so decoding costs at most ~2 * 256 f32 ops per weight
 CODEBOOKS = ("grid", "e8p12")
 E8P_DIM = 8  # weights per E8P12 code
 DIAG_DTYPES = ("i8", "f16", "f32")  # v2 su/sv: i8 signs, or real-valued diagonals
@@ -29,7 +30,8 @@ def ceil_div(a: int, b: int) -> int:
 
 
 def checked_params(rec: TensorRecord) -> dict[str, Any]:
-    """Validated params with the factor sizes ``a_m``, ``a_n``; raises BAD_SHAPE / BAD_PARAMS (quip.md §1, §2, §10.1).
+    """Validated params with the factor sizes ``a_m``, ``a_n`` (<= MAX_FACTOR); raises BAD_SHAPE / BAD_PARAMS
+    (quip.md §1, §2, §10.1).
 
     v1 yields ``bits`` (no ``codebook`` key, whatever the record holds: v1 ignores unknown keys);
     v2 yields ``codebook`` and, for "grid", ``bits``.
@@ -59,6 +61,10 @@ def checked_params(rec: TensorRecord) -> dict[str, Any]:
             raise fail(ErrorCode.BAD_PARAMS, f"2**{key} = {1 << p[key]} does not divide {dim}", rec.name)
     p["a_m"] = m >> p["log2_hm"]
     p["a_n"] = n >> p["log2_hn"]
+    if p["a_n"] > MAX_FACTOR or p["a_m"] > MAX_FACTOR:
+        raise fail(ErrorCode.BAD_PARAMS,
+                   f"explicit factor sizes a_n = n / 2**log2_hn = {p['a_n']}, a_m = m / 2**log2_hm = {p['a_m']}: "
+                   f"at most {MAX_FACTOR} (quip.md §2 bounds the decode's factor work)", rec.name)
     return p
 
 
