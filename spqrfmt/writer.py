@@ -31,6 +31,7 @@ from .format import (
     pack_header,
     pack_preamble,
 )
+from .paths import new_file_mode
 from .records import SectionRecord, TensorRecord, check_shape
 
 SectionInput = np.ndarray | tuple[str, np.ndarray]
@@ -56,8 +57,10 @@ class Writer:
     """
 
     def __init__(self, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> None:
+        from . import __version__
+
         self.path = Path(path)
-        self.metadata: dict[str, Any] = {"spqrfmt.writer": "spqrfmt-python"}
+        self.metadata: dict[str, Any] = {"spqrfmt.writer": f"spqrfmt-python {__version__}"}  # SPEC §7
         if metadata:
             self.metadata.update(metadata)
         self._records: list[TensorRecord] = []
@@ -130,6 +133,7 @@ class Writer:
         pre = Preamble(MAJOR, MINOR, crc32(header), len(header), self._pos)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent or ".")
         try:
+            os.fchmod(fd, new_file_mode())  # mkstemp's 0o600 would ignore the umask
             with os.fdopen(fd, "wb") as out:
                 out.write(pack_preamble(pre))
                 out.write(header)
