@@ -208,15 +208,16 @@ def _describe(cfg: Any) -> str:
 
 def _calibration_inputs(args: argparse.Namespace) -> tuple[Path, list[str], str]:
     """(text file, its documents, device), checked before anything starts."""
+    from .evaluate import read_documents
+
+    text = input_file(args.calibrate, "calibration text")
+    docs = read_documents(text)  # ValueError (exit 1) when it has no text
     try:
         import torch  # noqa: F401
         import transformers  # noqa: F401
     except ImportError as e:
         raise UsageError(f"--calibrate needs torch and transformers ({e.name} is missing): {HF_EXTRA}") from e
-    from .evaluate import read_documents
-
-    text = input_file(args.calibrate, "calibration text")
-    return text, read_documents(text), resolve_device(args.device)  # read_documents: ValueError when empty
+    return text, docs, resolve_device(args.device)
 
 
 def _calibrate(args: argparse.Namespace, src: Path, out: Path, cfg: Any, config: dict[str, Any] | None,
@@ -348,21 +349,23 @@ def _quant_bits(path: Path) -> float | None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import read_documents
+
+    text = input_file(args.text, "text file")  # every path and the text before torch is even imported
+    docs = read_documents(text)
+    tok_dir = input_dir(args.tokenizer, "--tokenizer folder") if args.tokenizer else None
+    for src in args.models:
+        if not Path(src).is_dir():
+            input_file(src, "model")
     try:
         import torch
         import transformers  # noqa: F401
     except ImportError as e:
         return _error(f"spqr eval needs torch and transformers ({e.name} is missing): {HF_EXTRA}", 2)
     from .encoder.calibrate import max_positions
-    from .evaluate import load_model, load_spqr_model, perplexity, read_documents, tokenize_texts
+    from .evaluate import load_model, load_spqr_model, perplexity, tokenize_texts
 
-    text = input_file(args.text, "text file")
-    docs = read_documents(text)
     device = resolve_device(args.device)
-    tok_dir = input_dir(args.tokenizer, "--tokenizer folder") if args.tokenizer else None
-    for src in args.models:  # every path before the first model loads
-        if not Path(src).is_dir():
-            input_file(src, "model")
     results: list[tuple[str, float, Any]] = []
     for src in args.models:
         path = Path(src)
@@ -547,10 +550,9 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     out = output_file(Path(args.output) if args.output else _decode_output(src), [src])
     with open_file(src) as f:
         try:
-            listed = transposed_names(f.metadata)
+            flip = set() if args.as_stored else transposed_names(f.metadata) or set()
         except ValueError as e:
             return _error(f"{src}: {e}; pass --as-stored to decode every tensor as stored", 1)
-        flip = (listed or set()) if not args.as_stored else set()
         unknown = sorted(set(args.only or ()) - set(f.tensors))
         if unknown:
             return _error(f"--only {unknown[0]!r}: no such tensor in {src}", 2)

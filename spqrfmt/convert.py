@@ -337,6 +337,16 @@ def hf_files(folder: Path) -> dict[str, bytes]:
     return {f"hf.files/{p.name}": p.read_bytes() for p in files}
 
 
+def base_model_metadata(folder: Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``hf.config`` (less any source ``quantization_config``) and ``hf.files/*`` of a model folder (importers)."""
+    found = config if config is not None else read_config(folder)
+    if found is None:
+        raise CheckpointError(f"{folder} has no config.json")
+    cfg = dict(found)
+    cfg.pop("quantization_config", None)
+    return {"hf.config": json.dumps(cfg, indent=2), **hf_files(folder)}
+
+
 def _metadata(folder: Path, cfg: QuantConfig) -> dict[str, Any]:
     from .paths import display_name
 

@@ -130,6 +130,10 @@ def cli_generate(args: argparse.Namespace) -> int:
     from .cli import HF_EXTRA, _error, resolve_device
     from .paths import UsageError, input_dir, input_file
 
+    path = input_file(args.file)
+    if not args.prompt.strip():
+        return _error("--prompt is empty; give the text to continue", 2)
+    tok_dir = input_dir(args.tokenizer, "--tokenizer folder") if args.tokenizer else None
     try:
         import torch
         import transformers  # noqa: F401
@@ -138,11 +142,7 @@ def cli_generate(args: argparse.Namespace) -> int:
     from .evaluate import check_causal_lm
     from .model import load_model
 
-    path = input_file(args.file)
-    if not args.prompt.strip():
-        return _error("--prompt is empty; give the text to continue", 2)
     device = resolve_device(args.device)
-    tok_dir = input_dir(args.tokenizer, "--tokenizer folder") if args.tokenizer else None
     dtype_name = _DTYPES[args.dtype] if args.dtype else ("float16" if device.startswith("cuda") else "float32")
     with _open(path) as f:
         config = f.metadata.get("hf.config")
