@@ -294,7 +294,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         encoded, cleanup, meta = _calibrate(args, src, out, cfg, pl.config, calib)
     try:
         report = convert(src, out, cfg, encoded=encoded, progress=not args.quiet,
-                         log=print if args.verbose else None, metadata=meta)
+                         log=print if args.verbose else None, metadata=meta, checked=pl)
     except (CheckpointError, SafetensorsError, SpqrFormatError) as e:  # the writer removed its partial output
         return _error(e, 1)
     except UsageError:

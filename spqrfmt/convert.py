@@ -466,6 +466,7 @@ def convert(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    checked: Plan | None = None,
 ) -> ConvertReport:
     """Convert a checkpoint folder to ``output``.
 
@@ -475,6 +476,9 @@ def convert(
     Conv1D weights (``[in, out]``) are quantized as their transpose, in the
     spec's ``[out, in]`` orientation, and listed in the metadata key
     ``spqrfmt.transposed``. ``metadata`` is merged into the file's metadata.
+    ``checked``: the :func:`plan` of this folder and config, when the caller made it already.
+    Every check on the input and the output (never an input, never a device or FIFO)
+    runs before the first byte is written.
     """
     cfg = cfg or QuantConfig()
     cfg.check()
@@ -483,7 +487,7 @@ def convert(
     from .paths import output_file
 
     folder = Path(input_dir)
-    pl = plan(folder, cfg, encoded or ())
+    pl = checked if checked is not None else plan(folder, cfg, encoded or ())
     output_file(output, pl.inputs)
     entries, transposed = pl.entries, pl.transposed
     meta = _metadata(folder, cfg)
