@@ -360,9 +360,9 @@ def _hash_texts(batches: Any) -> str:
 
 
 def _checkpoint_names(model_dir: Path) -> set[str]:
-    from spqrfmt.safetensors_io import SafetensorsFile
+    from spqrfmt.convert import checkpoint_entries  # the index's shards only, as the converter reads them
 
-    return {n for p in sorted(model_dir.glob("*.safetensors")) for n in SafetensorsFile(p)}
+    return {n for _sf, n in checkpoint_entries(model_dir)}
 
 
 def _resolve(name: str, names: set[str], prefix: str) -> str | None:

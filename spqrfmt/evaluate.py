@@ -50,10 +50,20 @@ def check_causal_lm(config: Mapping[str, Any] | str, what: str = "the model") ->
     """
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    cfg = json.loads(config) if isinstance(config, str) else dict(config)
+    try:
+        cfg = json.loads(config) if isinstance(config, str) else dict(config)
+    except RecursionError:
+        raise ValueError(f"{what}: its config is nested too deeply") from None
+    except ValueError as e:
+        raise ValueError(f"{what}: its config is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{what}: its config is not a JSON object")
     model_type = cfg.get("model_type")
     heads = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
     archs = cfg.get("architectures") or []
+    if not isinstance(model_type, (str, type(None))) or not (
+            isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise ValueError(f"{what}: config's model_type must be a string and architectures a list of class names")
     ok = any(a in heads or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) if archs else \
         model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     if not ok:
@@ -70,7 +80,10 @@ def load_model(model_dir: str | os.PathLike[str], dtype: str = "float32", device
     config = Path(model_dir) / "config.json"
     if config.is_file():
         check_causal_lm(config.read_text(encoding="utf-8"), str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    except (KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise ValueError(f"{model_dir}: transformers cannot build a model from it ({type(e).__name__}: {e})") from None
     return model.to(device).eval()
 
 
@@ -155,12 +168,12 @@ def load_spqr_model(path: str | os.PathLike[str], model_dir: str | os.PathLike[s
             tokenizer = None
         return model, tokenizer
 
+    from .convert import transposed_names
     from .dtypes import to_float32
 
     tensors: dict[str, np.ndarray] = {}
     with spqr_open(path) as f:
-        listed = f.metadata.get("spqrfmt.transposed")
-        transposed = set(listed) if isinstance(listed, list) else set()
+        transposed = transposed_names(f.metadata) or set()
         for name in f:
             t = f[name]
             if t.codec == "raw":

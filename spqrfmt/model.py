@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import codecs
+from .convert import transposed_names
 from .reader import SpqrFile, Tensor
 from .reader import open_file as _open
 
@@ -74,9 +75,12 @@ def config_of(f: SpqrFile) -> dict[str, Any]:
     text = f.metadata.get("hf.config")
     if text is None:
         raise ValueError(f"{f.path}: no 'hf.config' metadata; the file was not converted from a transformers folder")
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    cfg = json.loads(text)
+    try:
+        cfg = json.loads(text.decode("utf-8") if isinstance(text, bytes) else str(text))
+    except RecursionError:
+        raise ValueError(f"{f.path}: 'hf.config' is nested too deeply") from None
+    except ValueError as e:
+        raise ValueError(f"{f.path}: 'hf.config' is not valid JSON ({e})") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"{f.path}: 'hf.config' is not a JSON object")
     return cfg
@@ -90,7 +94,44 @@ def hf_config(f: SpqrFile) -> Any:
     cfg.pop("quantization_config", None)  # the file's own codecs replace any source quantization
     with tempfile.TemporaryDirectory(prefix="spqr-config-") as d:
         Path(d, "config.json").write_text(json.dumps(cfg), encoding="utf-8")
-        return AutoConfig.from_pretrained(d, trust_remote_code=False)
+        try:
+            return AutoConfig.from_pretrained(d, trust_remote_code=False)
+        except (ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError) as e:
+            raise ValueError(f"{f.path}: transformers cannot read its 'hf.config' ({type(e).__name__}: {e})") from None
+
+
+# Buffers are built for real from the config alone (rotary tables, position ids, masks): a config
+# asking for more than this is refused before anything is allocated.
+MAX_BUFFER_BYTES = 1 << 30
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def check_config_sizes(config: Any, f: SpqrFile, dtype: torch.dtype) -> None:
+    """Refuse a config whose model would be far larger than the file describes (ValueError).
+
+    A transformer has at least one tensor per block, so more blocks than the
+    file has tensors cannot be this file's model; the buffers the constructor
+    would allocate are measured on the meta device first.
+    """
+    import torch
+
+    texts = [config] + ([config.get_text_config()] if hasattr(config, "get_text_config") else [])
+    for c in texts:
+        for key in LAYER_KEYS:
+            v = getattr(c, key, None)
+            if isinstance(v, int) and v > len(f.tensors):
+                raise ValueError(f"{f.path}: hf.config has {key} = {v}, more blocks than the file has tensors "
+                                 f"({len(f.tensors)})")
+    cls = _model_class(config)
+    build = cls.from_config if cls.__name__.startswith("Auto") else cls._from_config
+    with torch.device("meta"):
+        probe = build(config, dtype=dtype)
+    nbytes = sum(b.numel() * b.element_size() for b in probe.buffers())
+    if nbytes > MAX_BUFFER_BYTES:
+        big = {k: getattr(config, k) for k in ("max_position_embeddings", "n_positions", "n_ctx")
+               if isinstance(getattr(config, k, None), int)}
+        raise ValueError(f"{f.path}: hf.config asks for {nbytes / 2**30:.1f} GiB of buffers ({big or 'sizes'}), "
+                         f"more than {MAX_BUFFER_BYTES >> 30} GiB; refusing to build it")
 
 
 def _model_class(config: Any) -> Any:
@@ -226,24 +267,33 @@ def load_model(
 ) -> nn.Module:
     """Build the transformers model stored in a ``.spqr`` file, ready for inference (``eval()``).
 
-    ``device``: "cpu" or "cuda[:i]". ``dtype``: torch.float16 (default), bfloat16 or float32.
+    ``device``: "cpu" or "cuda[:i]". ``dtype``: torch.float16, bfloat16 or float32 (default:
+    float16 on CUDA, float32 on CPU, where f16 matmuls are slow or missing).
     ``use_kernels``: keep quantized Linear weights compressed in kernel modules (``SpQRLinear``
-    for spqr, ``CodecLinear`` for squeezellm/quip; default: on CUDA only). Otherwise quantized
-    weights are decoded once (bit-exact f32, one RNE cast) into plain dense weights.
+    for spqr, ``CodecLinear`` for squeezellm/quip; default: on CUDA only; on CPU only under
+    ``TRITON_INTERPRET=1``). Otherwise quantized weights are decoded once (bit-exact f32, one
+    RNE cast) into plain dense weights. A file that lacks model parameters, or whose config asks
+    for far more than the file holds, raises ValueError before anything is moved to ``device``.
     """
     import torch
 
-    dtype = dtype or torch.float16
     dev = torch.device(device)
+    dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
     if use_kernels is None:
         use_kernels = dev.type == "cuda"
+    if use_kernels and dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"use_kernels=True needs a CUDA device (the Triton kernels are GPU code), not {device!r}; "
+                         "leave use_kernels unset to decode the weights")
     report = LoadReport()
     with _open(path, verify_checksums=verify_checksums) as f:
         config = hf_config(f)
         conv1d_out_in = f.metadata.get("spqrfmt.conv1d") == "out_in"
-        listed = f.metadata.get("spqrfmt.transposed")
-        transposed = set(listed) if isinstance(listed, list) else None
+        try:
+            transposed = transposed_names(f.metadata)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
         fused = _fused_splits(f.metadata.get("spqrfmt.fused"), path)
+        check_config_sizes(config, f, dtype)
         model = build_empty_model(config, dtype)
         for name, t in f.tensors.items():
             if name in fused:
@@ -278,10 +328,10 @@ def load_model(
             if bias is not None and not _has_real(model, target.rpartition(".")[0] + ".bias"):
                 _set_bias(model, target, torch.from_numpy(bias).to(device=dev, dtype=dtype))
     _tie(model, report)
-    model.to(dev)  # buffers built at construction (rotary tables, position ids)
     missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
-    if missing:
+    if missing:  # before .to(), which cannot copy a meta tensor
         raise ValueError(f"{path}: the file lacks {len(missing)} model parameters, e.g. {missing[:5]}")
+    model.to(dev)  # buffers built at construction (rotary tables, position ids)
     model.eval()
     model.spqr_load_report = report  # type: ignore[attr-defined]
     return model

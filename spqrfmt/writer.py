@@ -89,8 +89,10 @@ class Writer:
     """
 
     def __init__(self, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> None:
+        from . import __version__
+
         self.path = Path(path)
-        self.metadata: dict[str, Any] = {"spqrfmt.writer": "spqrfmt-python"}
+        self.metadata: dict[str, Any] = {"spqrfmt.writer": f"spqrfmt-python {__version__}"}  # SPEC §7
         if metadata:
             self.metadata.update(metadata)
         checked_header({"metadata": self.metadata, "tensors": []}, 0)  # fail before the scratch file exists

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +52,69 @@ def rng() -> np.random.Generator:
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     return tmp_path
+
+
+# ---- the real `spqr` entry point in a subprocess, and tiny checkpoints built with numpy ----------
+
+SPQR = [sys.executable, "-m", "spqrfmt.cli"]
+
+
+def run_spqr(*args: str | Path, cwd: Path | None = None, timeout: float = 60, env: dict[str, str] | None = None,
+             stdin: Any = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
+    """``spqr ARGS`` as a user runs it (a hang fails by timeout instead of blocking the suite)."""
+    full = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run([*SPQR, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=full, stdin=stdin)
+
+
+def assert_one_error(proc: subprocess.CompletedProcess[str], code: int, match: str = "") -> str:
+    """Exactly one ``error:`` line on stderr, no traceback, exit ``code``; returns the line."""
+    lines = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert match in lines[0], lines[0]
+    return lines[0]
+
+
+def snapshot(*paths: Path) -> dict[Path, bytes]:
+    """Bytes of every regular file at or under ``paths`` (to prove a command left its inputs alone)."""
+    out: dict[Path, bytes] = {}
+    for p in paths:
+        for q in ([p] if p.is_file() else sorted(p.rglob("*")) if p.is_dir() else []):
+            if q.is_file() and not q.is_symlink():
+                out[q] = q.read_bytes()
+    return out
+
+
+def write_checkpoint(folder: Path, tensors: dict[str, tuple[str, np.ndarray]] | None = None, *,
+                     config: dict[str, Any] | str | bool | None = None, shards: int = 1, index: bool = False) -> Path:
+    """A tiny Hugging Face folder: config.json + ``shards`` safetensors files (+ the shard index)."""
+    from spqrfmt.safetensors_io import write_safetensors
+
+    if tensors is None:
+        r = np.random.default_rng(0)
+        tensors = {"model.layers.0.mlp.up_proj.weight": ("f32", r.standard_normal((64, 64)).astype(np.float32)),
+                   "model.layers.0.mlp.down_proj.weight": ("f32", r.standard_normal((64, 64)).astype(np.float32)),
+                   "model.norm.weight": ("f32", np.ones(64, np.float32))}
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(tensors)
+    wmap = {}
+    for i in range(shards):
+        fname = "model.safetensors" if shards == 1 else f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: tensors[n] for n in names[i::shards]}
+        write_safetensors(folder / fname, part)
+        wmap.update({n: fname for n in part})
+    if index:
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wmap}))
+    if config is not False:
+        text = config if isinstance(config, str) else json.dumps(config or {"model_type": "llama"})
+        (folder / "config.json").write_text(text)
+    return folder
+
+
+def raw_safetensors(path: Path, header: dict[str, Any] | bytes, data: bytes = b"") -> Path:
+    """A safetensors file with exactly this header (dict as JSON, or raw bytes) and data."""
+    hb = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(hb)) + hb + data)
+    return path

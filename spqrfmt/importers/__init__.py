@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from pathlib import Path
 
 IMPORTERS = {
     "spqr_quant": "spqrfmt.importers.spqr_quant",
@@ -47,18 +48,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="one line per imported layer")
 
 
-def cli_import(args: argparse.Namespace) -> int:
-    """``spqr import``: run the chosen importer; a source field the codec cannot hold exits with status 1."""
-    import sys
+def _inputs(args: argparse.Namespace) -> list[Path]:
+    """Every file the import reads (checked to be usable; none may be the output)."""
+    from ..paths import input_dir, input_file
 
+    src = Path(args.src)
+    if args.format == "spqr_quant" or (args.format == "quipsharp" and src.is_dir()):
+        files = [p for p in input_dir(src, "source folder").iterdir() if p.is_file()]
+    else:
+        files = [input_file(src, "source")]
+    if args.config:
+        files += [p for p in input_dir(args.config, "--config folder").iterdir() if p.is_file()]
+    files += [input_file(h, "--hadamard file") for h in args.hadamard]
+    return files
+
+
+# What malformed sources raise inside the importers' numpy code besides ValueError (a missing
+# tensor, a short or oddly shaped array): turned into one ValueError naming the source.
+MALFORMED = (KeyError, IndexError, ZeroDivisionError, TypeError, AttributeError, OverflowError, SyntaxError,
+             RecursionError, EOFError)
+
+
+def cli_import(args: argparse.Namespace) -> int:
+    """``spqr import``: run the chosen importer; a field the codec cannot hold exits with status 1.
+
+    A malformed source raises ValueError (the CLI prints one ``error:`` line, exit 1).
+    """
+    from ..cli import _error
+    from ..paths import output_file
     from .squeezellm import NotRepresentable
 
+    output_file(args.output, _inputs(args))
     mod = importlib.import_module(IMPORTERS[args.format])
     try:
         return int(mod.cli_import(args))
     except NotRepresentable as e:
-        print(f"spqr import: not representable: {e}", file=sys.stderr)
-        return 1
+        return _error(f"not representable: {e}", 1)
+    except MALFORMED as e:
+        detail = f"missing entry {e.args[0]!r}" if isinstance(e, KeyError) and e.args else f"{type(e).__name__}: {e}"
+        raise ValueError(f"{args.src}: not a valid {args.format} checkpoint: {detail}") from None
 
 
 __all__ = ["IMPORTERS", "add_arguments", "cli_import"]

@@ -70,8 +70,9 @@ from typing import Any
 
 import numpy as np
 
+from ..convert import base_model_metadata, read_config
+from ..paths import display_name
 from ..writer import Writer
-from .spqr_quant import EXTRA_FILES
 from .squeezellm import NotRepresentable, load_state
 
 D4, E8P12, HI4B1C, E8P12_RVQ4B, E8P12_RVQ3B = 0, 7, 10, 17, 18
@@ -415,27 +416,20 @@ def import_quipsharp(src: str | os.PathLike[str], output: str | os.PathLike[str]
                              "--allow-unverified-hadamard if the checkpoint was made with this matrix")
         hadamards[k] = h
     p = Path(src)
-    files = sorted(p.glob("*.safetensors")) if p.is_dir() else [p]
-    if not files:
-        raise FileNotFoundError(f"no .safetensors files in {p}")
-    state: dict[str, np.ndarray] = {}
-    for f in files:
-        state.update(load_state(f))
+    state = load_state(p)
     cdir = Path(config_dir) if config_dir else (p if p.is_dir() else None)
-    meta: dict[str, Any] = {"source.model": str(src), "source.format": "quipsharp"}
+    meta: dict[str, Any] = {"source.model": display_name(src), "source.format": "quipsharp"}
     qp: dict[str, Any] | None = None
-    cfg: dict[str, Any] | None = None
-    if cdir is not None and (cdir / "config.json").is_file():
-        cfg = json.loads((cdir / "config.json").read_text(encoding="utf-8"))
+    cfg = read_config(cdir) if cdir is not None else None
+    if cfg is not None:
         qp = cfg.pop("quip_params", None)
-        cfg.pop("quantization_config", None)
         if qp is not None:
             meta["source.quip_params"] = json.dumps(qp)
-        meta["hf.config"] = json.dumps(cfg, indent=2)
-        for name in EXTRA_FILES:
-            if (cdir / name).is_file():
-                meta[f"hf.files/{name}"] = (cdir / name).read_bytes()
+        meta.update(base_model_metadata(cdir, cfg))
     prefixes = sorted(k[: -len(".Qidxs")] for k in state if k.endswith(".Qidxs"))
+    if not prefixes:
+        raise ValueError(f"{src}: no QuIP# layers (*.Qidxs) found; an unquantized checkpoint is converted with "
+                         "spqr convert")
     cids = {pr: int(np.asarray(state.get(f"{pr}.codebook_id", np.array(HI4B1C))).reshape(-1)[0]) for pr in prefixes}
     for pr in prefixes:
         _refuse_extras(state, pr)

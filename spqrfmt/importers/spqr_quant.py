@@ -65,17 +65,14 @@ from typing import Any
 
 import numpy as np
 
+from ..convert import base_model_metadata, checkpoint_entries, read_config
 from ..encoder.packing import pack_rows
-from ..safetensors_io import SafetensorsFile
+from ..paths import display_name
 from ..writer import Writer
 
 ROLES = ("dense_weights", "row_offsets", "col_vals", "in_perm")
 TILE = 16
 BITS = 3
-EXTRA_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
-    "merges.txt", "generation_config.json", "added_tokens.json",
-)
 
 
 @dataclass
@@ -330,13 +327,6 @@ class ImportReport:
     checked: int = 0      # weights whose decode("f16") was compared with the source's dequantization
 
 
-def _shards(folder: Path) -> list[SafetensorsFile]:
-    paths = sorted(folder.glob("*.safetensors"))
-    if not paths:
-        raise FileNotFoundError(f"no .safetensors files in {folder}")
-    return [SafetensorsFile(p) for p in paths]
-
-
 def _meta_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     """Linear layer shapes [out, in] of the architecture (built on the meta device; needs transformers)."""
     import tempfile
@@ -368,28 +358,29 @@ def import_spqr_quant(src: str | os.PathLike[str], output: str | os.PathLike[str
     (:func:`reference_dequantize`) in every bit.
     """
     folder = Path(src)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config = read_config(folder)
+    if config is None:
+        raise ValueError(f"{folder} has no config.json (its quantization_config says how the layers are stored)")
     qc = config.get("quantization_config") or {}
+    if not isinstance(qc, dict):
+        raise ValueError(f"{folder}: quantization_config is not a JSON object")
     if qc.get("quant_method") not in (None, "spqr"):
         raise ValueError(f"{folder}: quant_method is {qc.get('quant_method')!r}, not 'spqr'")
     for key, want in (("bits", 3), ("beta1", 16), ("beta2", 16)):
-        if key in qc and int(qc[key]) != want:
+        if key in qc and qc[key] != want:
             raise ValueError(f"{folder}: spqr_quant supports only {key}={want}, config has {qc[key]}")
-    shards = _shards(folder)
-    where = {name: sf for sf in shards for name in sf}
+    where = {name: sf for sf, name in checkpoint_entries(folder)}
     prefixes = sorted({n[: -len(".dense_weights")] for n in where if n.endswith(".dense_weights")})
+    if not prefixes:
+        raise ValueError(f"{folder}: no spqr_quant layers (*.dense_weights) found; an unquantized checkpoint is "
+                         "converted with spqr convert")
     consumed = {f"{p}.{r}" for p in prefixes for r in ROLES}
-    clean = {k: v for k, v in config.items() if k != "quantization_config"}
     meta: dict[str, Any] = {
-        "source.model": str(folder),
+        "source.model": display_name(folder),
         "source.format": "spqr_quant",
         "source.quantization_config": json.dumps(qc),
-        "hf.config": json.dumps(clean, indent=2),
+        **base_model_metadata(folder, config),
     }
-    for name in EXTRA_FILES:
-        p = folder / name
-        if p.is_file():
-            meta[f"hf.files/{name}"] = p.read_bytes()
     report = ImportReport(Path(output))
     arch_shapes: dict[str, tuple[int, int]] | None = None
     with Writer(output, metadata=meta) as w:

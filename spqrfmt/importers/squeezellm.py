@@ -37,7 +37,6 @@ reports the largest change).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -47,8 +46,9 @@ from typing import Any
 
 import numpy as np
 
+from ..convert import base_model_metadata
+from ..paths import display_name
 from ..writer import Writer
-from .spqr_quant import EXTRA_FILES
 
 ROLES = ("qweight", "lookup_table", "rows", "cols", "vals")
 
@@ -72,21 +72,39 @@ class SqueezeImportReport:
 
 
 def load_state(src: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Tensors of a .pt state dict (weights_only=True: no code is unpickled) or a .safetensors file."""
+    """Tensors of a .pt state dict (weights_only=True: no code is unpickled), a .safetensors file or a folder
+    of shards (its index honoured); bf16 widened to f32."""
     p = Path(src)
-    if p.suffix == ".safetensors":
+    if p.is_dir() or p.suffix == ".safetensors":
+        from ..convert import checkpoint_entries
         from ..dtypes import bf16_to_f32
         from ..safetensors_io import SafetensorsFile
 
-        sf = SafetensorsFile(p)
+        if p.is_dir():
+            entries = checkpoint_entries(p)
+        else:
+            sf = SafetensorsFile(p)
+            entries = [(sf, k) for k in sf]
         out = {}
-        for k in sf:
+        for sf, k in entries:
             dt, a = sf[k]
             out[k] = bf16_to_f32(a) if dt == "bf16" else np.asarray(a)
         return out
-    import torch
+    try:
+        import torch
+    except ImportError as e:
+        from ..paths import UsageError
 
-    obj = torch.load(p, map_location="cpu", weights_only=True)
+        raise UsageError(f"reading {p.name} (a PyTorch file) needs torch; or pass the checkpoint as .safetensors") \
+            from e
+    import pickle
+    import zipfile
+
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError,
+            AttributeError, TypeError) as e:
+        raise ValueError(f"{p}: not a readable PyTorch state dict ({type(e).__name__}: {e})") from None
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping):
@@ -128,6 +146,9 @@ def to_squeezellm_sections(qweight: np.ndarray, lut: np.ndarray, rows: np.ndarra
                            vals: np.ndarray | None, *, name: str = "", allow_lossy: bool = False,
                            ) -> tuple[dict[str, Any], dict[str, Any], tuple[int, int], float, float]:
     """(params, sections, shape, lut change, val change) for one layer."""
+    if np.ndim(lut) != 2 or np.ndim(qweight) != 2:
+        raise ValueError(f"{name}: lookup_table and qweight must be 2-D, got shapes {list(np.shape(lut))} and "
+                         f"{list(np.shape(qweight))}")
     m, K = lut.shape
     bits = int(K).bit_length() - 1
     if (1 << bits) != K or bits not in range(1, 9):
@@ -193,16 +214,13 @@ def import_squeezellm(src: str | os.PathLike[str], output: str | os.PathLike[str
         if f"{p}.full_rows" in state:
             raise NotRepresentable(f"{p}: hybrid 'full_rows' (dense fp32 output rows) have no mapping in codec "
                                    "squeezellm v1; convert a non-hybrid checkpoint")
+    if not prefixes:
+        raise ValueError(f"{src}: no SqueezeLLM layers (a qweight with its lookup_table) found; an unquantized "
+                         "checkpoint is converted with spqr convert")
     consumed = {f"{p}.{r}" for p in prefixes for r in ROLES} | {f"{p}.startrows" for p in prefixes}
-    meta: dict[str, Any] = {"source.model": str(src), "source.format": "squeezellm"}
+    meta: dict[str, Any] = {"source.model": display_name(src), "source.format": "squeezellm"}
     if config_dir is not None:
-        cdir = Path(config_dir)
-        cfg = json.loads((cdir / "config.json").read_text(encoding="utf-8"))
-        cfg.pop("quantization_config", None)
-        meta["hf.config"] = json.dumps(cfg, indent=2)
-        for name in EXTRA_FILES:
-            if (cdir / name).is_file():
-                meta[f"hf.files/{name}"] = (cdir / name).read_bytes()
+        meta.update(base_model_metadata(Path(config_dir)))
     report = SqueezeImportReport(Path(output))
     with Writer(output, metadata=meta) as w:
         for name in sorted(state):
