@@ -23,7 +23,8 @@ from typing import Any
 import numba
 import numpy as np
 
-from .packing import pack_rows, words_per_row
+from ..decoder.spqr import _rne16
+from .packing import words_per_row
 
 
 @dataclass
@@ -119,10 +120,10 @@ def _scan_all(w: np.ndarray, mask: np.ndarray, group_size: int, gains: np.ndarra
             _scan_group(w, mask, r, g, group_size, gains, cols, lo, hi)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _mark_and_rescan(w: np.ndarray, mask: np.ndarray, group_size: int, chosen: np.ndarray, gains: np.ndarray,
                      cols: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> int:
-    """Mark each chosen gain's column (flat index into gains [m, G, 2]) as an outlier, then rescan its group.
+    """Mark each chosen gain's column (increasing flat indices into gains [m, G, 2]) as an outlier, rescan its group.
 
     Only those groups' statistics change, so the rest of the scan stays valid.
     Returns how many weights became outliers (a max and a min may be the same one).
@@ -137,9 +138,10 @@ def _mark_and_rescan(w: np.ndarray, mask: np.ndarray, group_size: int, chosen: n
         if c < n and not mask[r, c]:
             mask[r, c] = True
             new += 1
-    for i in range(chosen.size):
+    for i in numba.prange(chosen.size):
         rg = chosen[i] // 2
-        _scan_group(w, mask, rg // G, rg % G, group_size, gains, cols, lo, hi)
+        if i == 0 or chosen[i - 1] // 2 != rg:  # a group's max and min are adjacent: scan it once
+            _scan_group(w, mask, rg // G, rg % G, group_size, gains, cols, lo, hi)
     return new
 
 
@@ -221,6 +223,49 @@ def _fit_groups(w: np.ndarray, group_size: int, budget: int, mask: np.ndarray | 
     return mask, lo, hi
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _clamp_code(t: np.float32, fq: np.float32) -> np.float32:
+    """A rounded code clipped to [0, qmax]: NaN and -inf -> 0, +inf -> qmax."""
+    zero = np.float32(0.0)
+    t = t if t > zero else zero
+    return t if t < fq else fq
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _pack_row(q: np.ndarray, bits: int, words: np.ndarray, r: int) -> None:
+    """Integral f32 codes ``q`` as row ``r`` of ``words``: the little-endian bit stream of spqr.md §4."""
+    acc = np.uint64(0)
+    nacc = 0
+    wi = 0
+    for j in range(q.size):
+        acc |= np.uint64(np.int64(q[j])) << np.uint64(nacc)
+        nacc += bits
+        if nacc >= 32:  # flush a whole u32 word
+            words[r, wi] = np.uint32(acc & np.uint64(0xFFFFFFFF))
+            wi += 1
+            acc >>= np.uint64(32)
+            nacc -= 32
+    if nacc > 0:
+        words[r, wi] = np.uint32(acc)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _stat_codes(x: np.ndarray, s2: np.ndarray, z2: np.ndarray, group: int, bits: int, words: np.ndarray,
+                recon: np.ndarray) -> None:
+    """Second-level codes of x [G, m] against f16-valued s2, z2 [G, K], packed, and their rne16 decode."""
+    Gn, m = x.shape
+    fq = np.float32((1 << bits) - 1)
+    for g in numba.prange(Gn):
+        qf = np.empty(m, dtype=np.float32)
+        for r in range(m):
+            s_ = s2[g, r // group]
+            z_ = z2[g, r // group]
+            t = _clamp_code(np.rint(x[g, r] / s_ + z_), fq)
+            qf[r] = t
+            recon[g, r] = _rne16((t - z_) * s_)
+        _pack_row(qf, bits, words, g)
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _codes(w: np.ndarray, S: np.ndarray, Z: np.ndarray, group_size: int, bits: int, words: np.ndarray,
            deq: np.ndarray) -> None:
@@ -232,31 +277,16 @@ def _codes(w: np.ndarray, S: np.ndarray, Z: np.ndarray, group_size: int, bits: i
     m, n = w.shape
     G = S.shape[0]
     fq = np.float32((1 << bits) - 1)
-    zero = np.float32(0.0)
     for r in numba.prange(m):
         qf = np.empty(n, dtype=np.float32)
         for g in range(G):
             s_ = S[g, r]
             z_ = Z[g, r]
             for j in range(g * group_size, min(n, (g + 1) * group_size)):
-                t = np.rint(w[r, j] / s_ + z_)
-                t = t if t > zero else zero  # NaN and -inf -> 0
-                t = t if t < fq else fq  # +inf -> qmax
+                t = _clamp_code(np.rint(w[r, j] / s_ + z_), fq)
                 qf[j] = t
                 deq[r, j] = (t - z_) * s_
-        acc = np.uint64(0)  # little-endian bit stream of the row, flushed a u32 word at a time
-        nacc = 0
-        wi = 0
-        for j in range(n):
-            acc |= np.uint64(np.int64(qf[j])) << np.uint64(nacc)
-            nacc += bits
-            if nacc >= 32:
-                words[r, wi] = np.uint32(acc & np.uint64(0xFFFFFFFF))
-                wi += 1
-                acc >>= np.uint64(32)
-                nacc -= 32
-        if nacc > 0:
-            words[r, wi] = np.uint32(acc)
+        _pack_row(qf, bits, words, r)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -289,7 +319,9 @@ def quantize_stat(x: np.ndarray, bits: int, group: int) -> tuple[dict[str, np.nd
     """Second level: x [G, m] -> (sections, reconstructed f32 [G, m]) per spqr.md §5 step 1.
 
     Public because the calibrated encoder (gptq.py) must rebuild statistics exactly as this one does.
+    The arithmetic is f32 (x is taken as f32).
     """
+    x = np.ascontiguousarray(x, dtype=np.float32)
     Gn, m = x.shape
     K = _ceil_div(m, group)
     pad = K * group - m
@@ -302,12 +334,11 @@ def quantize_stat(x: np.ndarray, bits: int, group: int) -> tuple[dict[str, np.nd
     s16 = scale2.astype(np.float16)
     s16 = np.where(np.isfinite(s16) & (s16 != 0), s16, np.float16(1.0)).astype(np.float16)
     z16 = np.clip(-lo / s16.astype(np.float32), -65504, 65504).astype(np.float16)
-    k = np.arange(m) // group
-    s_r = s16.astype(np.float32)[:, k]
-    z_r = z16.astype(np.float32)[:, k]
-    codes = np.clip(np.rint(x / s_r + z_r), 0, qmax).astype(np.int64)
-    recon = ((codes.astype(np.float32) - z_r) * s_r).astype(np.float16).astype(np.float32)
-    return {"codes": pack_rows(codes, bits), "scale": s16, "zero": z16}, recon
+    words = np.zeros((Gn, words_per_row(m, bits)), dtype=np.uint32)
+    recon = np.empty((Gn, m), dtype=np.float32)
+    _stat_codes(x, s16.astype(np.float32), z16.astype(np.float32), group,
+                bits, words, recon)
+    return {"codes": words, "scale": s16, "zero": z16}, recon
 
 
 _quantize_stat = quantize_stat  # former private name, kept for existing callers
