@@ -24,6 +24,8 @@ from typing import Any
 import numba
 import numpy as np
 
+from ..threads import shape_size, sized
+
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _code(words: np.ndarray, r: int, i: int, bits: int, mask: np.uint32) -> np.uint32:
@@ -198,6 +200,7 @@ def _stat_args(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], wh
             np.ascontiguousarray(np.asarray(sections[f"{which}_scale"]).astype(np.float32)), none2)
 
 
+@sized(shape_size)
 def decode(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """Decoded f32 [m, n] weight of a validated spqr tensor (v1, or v2 when params hold ``arith``)."""
     m, n = shape

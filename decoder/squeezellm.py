@@ -13,6 +13,8 @@ from typing import Any
 import numba
 import numpy as np
 
+from ..threads import shape_size, sized
+
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _lookup(codes: np.ndarray, bits: int, lut: np.ndarray, out: np.ndarray) -> None:
@@ -42,6 +44,7 @@ def _add_outliers(out: np.ndarray, row_ptr: np.ndarray, cols: np.ndarray, vals: 
             out[r, c] = out[r, c] + vals[e]  # one f32 addition (squeezellm.md §5 step 2)
 
 
+@sized(shape_size)
 def decode(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """Decoded f32 [m, n] weight of a validated squeezellm tensor."""
     m, n = shape

@@ -24,6 +24,7 @@ import numba
 import numpy as np
 
 from ..decoder.spqr import _rne16
+from ..threads import sized, weight_size
 from .packing import words_per_row
 
 
@@ -344,6 +345,7 @@ def quantize_stat(x: np.ndarray, bits: int, group: int) -> tuple[dict[str, np.nd
 _quantize_stat = quantize_stat  # former private name, kept for existing callers
 
 
+@sized(weight_size)
 def quantize_spqr(
     weight: np.ndarray,
     bits: int = 3,

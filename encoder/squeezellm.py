@@ -28,6 +28,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from ..threads import sized, weight_size
 from .packing import pack_rows
 from .rtn import Encoded
 
@@ -162,6 +163,7 @@ def _top_mask(score: np.ndarray, count: int, allowed: np.ndarray) -> np.ndarray:
     return mask
 
 
+@sized(weight_size)
 def quantize_squeezellm(
     weight: np.ndarray,
     bits: int = 3,
