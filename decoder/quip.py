@@ -21,6 +21,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from ..threads import shape_size, sized
 from .e8p import abs_table, code_point, odd_rows
 from .spqr import unpack_rows
 
@@ -120,6 +121,7 @@ def e8p_values(codes: np.ndarray, scale: np.ndarray, n: int) -> np.ndarray:
     return x
 
 
+@sized(shape_size)
 def decode(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """Decoded f32 [m, n] weight of a validated quip tensor: diag(sv) D_m Qhat D_n^T diag(su).
 

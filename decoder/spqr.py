@@ -5,7 +5,9 @@ spec (and the Triton and pure-numpy decoders) bit for bit: f32 subtract then
 f32 multiply, no fused multiply-add (Numba does not contract without
 fastmath), f16 roundings by integer arithmetic on the f32 bits (:func:`rne16`).
 v2's ``arith = "f16"`` rounds after every operation and ``outlier_op = "add"``
-adds the outlier value; v1 (and v2 with ``f32``/``replace``) runs the v1 loops.
+adds the outlier value; v1 is v2 with ``f32``/``replace``. One parallel pass
+does all four steps a block of rows at a time (statistics, codes, outliers,
+permutation), so nothing of size [m, n] but the output is ever written.
 
 ``params`` are a record's checked params (``spqrfmt.codecs.spqr.checked_params``):
 they hold ``arith``/``outlier_op`` only for v2, so their absence means v1.
@@ -22,6 +24,8 @@ from typing import Any
 import numba
 import numpy as np
 
+from ..threads import shape_size, sized
+
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _code(words: np.ndarray, r: int, i: int, bits: int, mask: np.uint32) -> np.uint32:
@@ -35,67 +39,16 @@ def _code(words: np.ndarray, r: int, i: int, bits: int, mask: np.uint32) -> np.u
     return v & mask
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def unpack_rows(words: np.ndarray, cols: int, bits: int) -> np.ndarray:
     """[R, W] u32 packed rows -> [R, cols] u32 codes."""
     rows = words.shape[0]
     out = np.empty((rows, cols), dtype=np.uint32)
     mask = np.uint32((1 << bits) - 1)
-    for r in range(rows):
+    for r in numba.prange(rows):
         for i in range(cols):
             out[r, i] = _code(words, r, i, bits, mask)
     return out
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _dense(codes: np.ndarray, bits: int, n: int, group_size: int, S: np.ndarray, Z: np.ndarray,
-           out: np.ndarray) -> None:
-    m = codes.shape[0]
-    mask = np.uint32((1 << bits) - 1)
-    ngroups = (n + group_size - 1) // group_size
-    for r in numba.prange(m):
-        for g in range(ngroups):
-            s_ = S[g, r]
-            z_ = Z[g, r]
-            j0 = g * group_size
-            j1 = min(n, j0 + group_size)
-            for j in range(j0, j1):
-                t = np.float32(_code(codes, r, j, bits, mask)) - z_
-                out[r, j] = t * s_
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _dense_f16(codes: np.ndarray, bits: int, n: int, group_size: int, S: np.ndarray, Z: np.ndarray,
-               out: np.ndarray) -> None:
-    """v2 ``arith = "f16"`` step 2: the same two operations as :func:`_dense`, each rounded to f16."""
-    m = codes.shape[0]
-    mask = np.uint32((1 << bits) - 1)
-    ngroups = (n + group_size - 1) // group_size
-    for r in numba.prange(m):
-        for g in range(ngroups):
-            s_ = S[g, r]
-            z_ = Z[g, r]
-            j0 = g * group_size
-            j1 = min(n, j0 + group_size)
-            for j in range(j0, j1):
-                t = _rne16(np.float32(_code(codes, r, j, bits, mask)) - z_)
-                out[r, j] = _rne16(t * s_)
-
-
-@numba.njit(cache=True, nogil=True)
-def _replace_outliers(out: np.ndarray, row_ptr: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
-    for r in range(out.shape[0]):
-        for e in range(row_ptr[r], row_ptr[r + 1]):
-            out[r, cols[e]] = vals[e]
-
-
-@numba.njit(cache=True, nogil=True)
-def _add_outliers(out: np.ndarray, row_ptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, f16: bool) -> None:
-    """v2 ``outlier_op = "add"`` step 3: one f32 addition, rounded to f16 when ``arith = "f16"``."""
-    for r in range(out.shape[0]):
-        for e in range(row_ptr[r], row_ptr[r + 1]):
-            a = out[r, cols[e]] + vals[e]
-            out[r, cols[e]] = _rne16(a) if f16 else a
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -128,57 +81,136 @@ def rne16(x: np.ndarray) -> np.ndarray:
     return out.reshape(x.shape)
 
 
-@numba.njit(cache=True, nogil=True)
-def _stat2(words: np.ndarray, m: int, bits: int, group: int, zero2: np.ndarray, scale2: np.ndarray,
-           f16: bool) -> np.ndarray:
-    """Second-level dequantization before the final f16 rounding: (f32(code) - zero2) * scale2.
+@numba.njit(cache=True, nogil=True, inline="always")
+def _stat_block(words: np.ndarray, bits: int, group: int, zero2: np.ndarray, scale2: np.ndarray, full: np.ndarray,
+                f16: bool, r0: int, r1: int, out: np.ndarray) -> None:
+    """Rows r0..r1 of a first-level statistic as out [r1 - r0, G] (spqr.md §5 step 1, §8).
 
-    ``f16`` (v2 ``arith = "f16"``) rounds the difference to f16 before the multiplication.
+    ``bits == 16``: ``full`` [G, m] holds the f16 values as f32; else the
+    second-level dequantization (f32(code) - zero2) * scale2, the difference
+    rounded to f16 first when ``f16`` (v2 ``arith = "f16"``), then one rne16.
     """
-    G = words.shape[0]
-    out = np.empty((G, m), dtype=np.float32)
-    mask = np.uint32((1 << bits) - 1)
-    for g in range(G):
-        for r in range(m):
-            k = r // group
-            t = np.float32(_code(words, g, r, bits, mask)) - zero2[g, k]
-            if f16:
-                t = _rne16(t)
-            out[g, r] = t * scale2[g, k]
-    return out
-
-
-def stat(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], which: str, m: int) -> np.ndarray:
-    """First-level statistic ``which`` ('scale' or 'zero') as f32 [G, m] (spqr.md §5 step 1, §8)."""
-    bits = params[f"{which}_bits"]
+    G = out.shape[1]
     if bits == 16:
-        return np.asarray(sections[which]).astype(np.float32)
-    t = _stat2(np.ascontiguousarray(sections[f"{which}_codes"]), m, bits, params["stat_group_size"],
-               np.asarray(sections[f"{which}_zero"]).astype(np.float32),
-               np.asarray(sections[f"{which}_scale"]).astype(np.float32), params.get("arith", "f32") == "f16")
-    return rne16(t)
+        for g in range(G):
+            for r in range(r0, r1):
+                out[r - r0, g] = full[g, r]
+        return
+    mask = np.uint64((1 << bits) - 1)
+    ub = np.uint64(bits)
+    p = r0 * bits
+    for g in range(G):
+        wi = p >> 5  # the block's codes as one bit stream (spqr.md §4), from bit r0 * bits of row g
+        acc = np.uint64(words[g, wi]) >> np.uint64(p & 31)
+        nacc = 32 - (p & 31)
+        wi += 1
+        for k in range(r0 // group, (r1 - 1) // group + 1):
+            z_ = zero2[g, k]
+            s_ = scale2[g, k]
+            for r in range(max(r0, k * group), min(r1, (k + 1) * group)):
+                if nacc < bits:
+                    acc |= np.uint64(words[g, wi]) << np.uint64(nacc)
+                    wi += 1
+                    nacc += 32
+                t = np.float32(acc & mask) - z_
+                acc >>= ub
+                nacc -= bits
+                if f16:
+                    t = _rne16(t)
+                out[r - r0, g] = _rne16(t * s_)
 
 
+_ROWS = 32  # rows per block: the block's statistics stay in L1/L2 while its rows decode
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _decode_rows(codes: np.ndarray, bits: int, n: int, group_size: int,
+                 s_words: np.ndarray, s_bits: int, s_group: int, s_zero2: np.ndarray, s_scale2: np.ndarray,
+                 s_full: np.ndarray, z_words: np.ndarray, z_bits: int, z_group: int, z_zero2: np.ndarray,
+                 z_scale2: np.ndarray, z_full: np.ndarray, row_ptr: np.ndarray, ocols: np.ndarray,
+                 ovals: np.ndarray, add: bool, f16: bool, perm: np.ndarray, out: np.ndarray) -> None:
+    """spqr.md §5 steps 1-4 for all rows, in blocks of rows in parallel, with the spec's operations in order.
+
+    Per block: its rows' statistics (step 1); per row: codes read as one
+    little-endian bit stream (§4), (f32(code) - z) * s (step 2; rne16 after each
+    operation when ``f16``), the row's outliers replaced or added (step 3), and
+    the row scattered through ``perm`` when it is non-empty (step 4).
+    """
+    m = codes.shape[0]
+    G = (n + group_size - 1) // group_size
+    nblk = (m + _ROWS - 1) // _ROWS
+    mask = np.uint64((1 << bits) - 1)
+    ub = np.uint64(bits)
+    has_perm = perm.size > 0
+    for b in numba.prange(nblk):
+        r0 = b * _ROWS
+        r1 = min(m, r0 + _ROWS)
+        S = np.empty((r1 - r0, G), dtype=np.float32)
+        Z = np.empty((r1 - r0, G), dtype=np.float32)
+        _stat_block(s_words, s_bits, s_group, s_zero2, s_scale2, s_full, f16, r0, r1, S)
+        _stat_block(z_words, z_bits, z_group, z_zero2, z_scale2, z_full, f16, r0, r1, Z)
+        buf = np.empty(n, dtype=np.float32)
+        for r in range(r0, r1):
+            row = buf if has_perm else out[r]
+            acc = np.uint64(0)
+            nacc = 0
+            wi = 0
+            for g in range(G):
+                s_ = S[r - r0, g]
+                z_ = Z[r - r0, g]
+                j1 = min(n, (g + 1) * group_size)
+                if f16:
+                    for j in range(g * group_size, j1):
+                        if nacc < bits:
+                            acc |= np.uint64(codes[r, wi]) << np.uint64(nacc)
+                            wi += 1
+                            nacc += 32
+                        row[j] = _rne16(_rne16(np.float32(acc & mask) - z_) * s_)
+                        acc >>= ub
+                        nacc -= bits
+                else:
+                    for j in range(g * group_size, j1):
+                        if nacc < bits:
+                            acc |= np.uint64(codes[r, wi]) << np.uint64(nacc)
+                            wi += 1
+                            nacc += 32
+                        row[j] = (np.float32(acc & mask) - z_) * s_
+                        acc >>= ub
+                        nacc -= bits
+            for e in range(row_ptr[r], row_ptr[r + 1]):
+                if add:
+                    a = row[ocols[e]] + ovals[e]
+                    row[ocols[e]] = _rne16(a) if f16 else a
+                else:
+                    row[ocols[e]] = ovals[e]
+            if has_perm:
+                for j in range(n):
+                    out[r, perm[j]] = buf[j]
+
+
+def _stat_args(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], which: str) -> tuple:
+    """The :func:`_stat_block` inputs of statistic ``which`` (unused ones as empty arrays)."""
+    bits = int(params[f"{which}_bits"])
+    none2 = np.zeros((0, 0), dtype=np.float32)
+    if bits == 16:
+        return np.zeros((0, 0), dtype=np.uint32), 16, 1, none2, none2, np.ascontiguousarray(
+            np.asarray(sections[which]).astype(np.float32))
+    return (np.ascontiguousarray(sections[f"{which}_codes"]), bits, int(params["stat_group_size"]),
+            np.ascontiguousarray(np.asarray(sections[f"{which}_zero"]).astype(np.float32)),
+            np.ascontiguousarray(np.asarray(sections[f"{which}_scale"]).astype(np.float32)), none2)
+
+
+@sized(shape_size)
 def decode(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """Decoded f32 [m, n] weight of a validated spqr tensor (v1, or v2 when params hold ``arith``)."""
     m, n = shape
-    f16 = params.get("arith", "f32") == "f16"
-    S = np.ascontiguousarray(stat(params, sections, "scale", m))
-    Z = np.ascontiguousarray(stat(params, sections, "zero", m))
     out = np.empty((m, n), dtype=np.float32)
-    dense = _dense_f16 if f16 else _dense
-    dense(np.ascontiguousarray(sections["codes"]), params["bits"], n, params["group_size"], S, Z, out)
-    vals = np.asarray(sections["outlier_val"]).astype(np.float32)
-    if vals.size:
-        row_ptr = np.ascontiguousarray(sections["outlier_row_ptr"]).astype(np.int64)
-        cols = np.ascontiguousarray(sections["outlier_col"]).astype(np.int64)
-        if params.get("outlier_op", "replace") == "add":
-            _add_outliers(out, row_ptr, cols, vals, f16)
-        else:
-            _replace_outliers(out, row_ptr, cols, vals)
     perm = sections.get("perm")
-    if perm is None:
-        return out
-    result = np.empty_like(out)
-    result[:, np.asarray(perm).astype(np.int64)] = out
-    return result
+    _decode_rows(np.ascontiguousarray(sections["codes"]), int(params["bits"]), n, int(params["group_size"]),
+                 *_stat_args(params, sections, "scale"), *_stat_args(params, sections, "zero"),
+                 np.ascontiguousarray(sections["outlier_row_ptr"]).astype(np.int64),
+                 np.ascontiguousarray(sections["outlier_col"]).astype(np.int64),
+                 np.asarray(sections["outlier_val"]).astype(np.float32),
+                 params.get("outlier_op", "replace") == "add", params.get("arith", "f32") == "f16",
+                 np.zeros(0, dtype=np.int64) if perm is None else np.asarray(perm).astype(np.int64), out)
+    return out

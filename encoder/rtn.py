@@ -20,9 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 
-from .packing import pack_rows
+from ..decoder.spqr import _rne16
+from ..threads import sized, weight_size
+from .packing import words_per_row
 
 
 @dataclass
@@ -54,61 +57,272 @@ def _ceil_div(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
-def _grouped(x: np.ndarray, group_size: int) -> np.ndarray:
-    """[m, n] -> [m, G, β1], padding the last group by repeating its last column (min/max unchanged)."""
-    m, n = x.shape
-    pad = _ceil_div(n, group_size) * group_size - n
-    if pad:
-        x = np.concatenate([x, np.repeat(x[:, -1:], pad, axis=1)], axis=1)
-    return x.reshape(m, -1, group_size)
+@numba.njit(cache=True, nogil=True, inline="always")
+def _scan_group(w: np.ndarray, mask: np.ndarray, r: int, g: int, group_size: int, gains: np.ndarray,
+                cols: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+    """Group ``g`` of row ``r``: non-outlier min/max and the leave-one-out gains of dropping them.
+
+    The group is padded to β1 columns by repeating the last column (its outlier
+    status included), so the runner-up value of a short last group counts the
+    repeats, as the layout [m, G, β1] does. ``gains[r, g, 0]`` / ``[.., 1]``:
+    squared-range shrink from removing the first maximum / minimum (column
+    ``cols[r, g, 0]`` / ``[.., 1]``), f32, non-finite -> 0. ``lo``/``hi``: group
+    min/max over non-outliers (+inf/-inf when all are outliers).
+    """
+    n = w.shape[1]
+    ninf = np.float32(-np.inf)
+    pinf = np.float32(np.inf)
+    zero = np.float32(0.0)
+    j0 = g * group_size
+    h1 = ninf
+    h2 = ninf
+    l1 = pinf
+    l2 = pinf
+    ih = 0
+    il = 0
+    for t in range(group_size):
+        c = min(j0 + t, n - 1)
+        masked = mask[r, c]
+        vh = ninf if masked else w[r, c]
+        vl = pinf if masked else w[r, c]
+        # Running first maximum (ties keep the lower column) and runner-up, branch-free.
+        mh = vh if vh < h1 else h1
+        h2 = mh if mh > h2 else h2
+        ih = t if vh > h1 else ih
+        h1 = vh if vh > h1 else h1
+        ml = vl if vl > l1 else l1
+        l2 = ml if ml < l2 else l2
+        il = t if vl < l1 else il
+        l1 = vl if vl < l1 else l1
+    lo[r, g] = l1
+    hi[r, g] = h1
+    # Ranges include 0, as the statistics fit does.
+    top = h1 if h1 > zero else zero
+    top2 = h2 if h2 > zero else zero
+    bot = l1 if l1 < zero else zero
+    bot2 = l2 if l2 < zero else zero
+    r_full = top - bot
+    d_hi = top2 - bot
+    d_lo = top - bot2
+    g_hi = r_full * r_full - d_hi * d_hi
+    g_lo = r_full * r_full - d_lo * d_lo
+    gains[r, g, 0] = g_hi if np.isfinite(g_hi) else zero
+    gains[r, g, 1] = g_lo if np.isfinite(g_lo) else zero
+    cols[r, g, 0] = j0 + ih
+    cols[r, g, 1] = j0 + il
 
 
-def _select_outliers(w: np.ndarray, group_size: int, budget: int, rounds: int = 4) -> np.ndarray:
-    """Boolean mask of outliers (identity-Hessian leave-one-out on group min/max ranges)."""
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _scan_all(w: np.ndarray, mask: np.ndarray, group_size: int, gains: np.ndarray, cols: np.ndarray,
+              lo: np.ndarray, hi: np.ndarray) -> None:
+    """:func:`_scan_group` for every group, rows in parallel."""
+    for r in numba.prange(w.shape[0]):
+        for g in range(lo.shape[1]):
+            _scan_group(w, mask, r, g, group_size, gains, cols, lo, hi)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _mark_and_rescan(w: np.ndarray, mask: np.ndarray, group_size: int, chosen: np.ndarray, gains: np.ndarray,
+                     cols: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> int:
+    """Mark each chosen gain's column (increasing flat indices into gains [m, G, 2]) as an outlier, rescan its group.
+
+    Only those groups' statistics change, so the rest of the scan stays valid.
+    Returns how many weights became outliers (a max and a min may be the same one).
+    """
+    n = w.shape[1]
+    G = lo.shape[1]
+    flat_cols = cols.reshape(-1)
+    new = 0
+    for i in range(chosen.size):
+        c = flat_cols[chosen[i]]
+        r = chosen[i] // (2 * G)
+        if c < n and not mask[r, c]:
+            mask[r, c] = True
+            new += 1
+    for i in numba.prange(chosen.size):
+        rg = chosen[i] // 2
+        if i == 0 or chosen[i - 1] // 2 != rg:  # a group's max and min are adjacent: scan it once
+            _scan_group(w, mask, rg // G, rg % G, group_size, gains, cols, lo, hi)
+    return new
+
+
+@numba.njit(cache=True, nogil=True)
+def _largest(gains: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of the ``min(limit, #positive)`` largest positive gains, ties to the lower index, increasing.
+
+    The same set as ``argsort(-gains, kind="stable")[:k]``, found in O(N) by a
+    two-level radix select on the f32 bits (monotone for positive floats).
+    """
+    bits = gains.view(np.uint32)
+    npos = 0
+    hist = np.zeros(65536, dtype=np.int64)
+    for i in range(bits.size):
+        if gains[i] > np.float32(0.0):
+            npos += 1
+            hist[bits[i] >> 16] += 1
+    k = min(limit, npos)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    above = 0
+    hb = 65535
+    while above + hist[hb] < k:
+        above += hist[hb]
+        hb -= 1
+    hist[:] = 0
+    for i in range(bits.size):
+        if gains[i] > np.float32(0.0) and (bits[i] >> 16) == hb:
+            hist[bits[i] & 0xFFFF] += 1
+    lb = 65535
+    while above + hist[lb] < k:
+        above += hist[lb]
+        lb -= 1
+    t = np.uint32((hb << 16) | lb)  # bits of the k-th largest gain; ``above`` gains exceed it
+    ties = k - above
+    out = np.empty(k, dtype=np.int64)
+    e = 0
+    for i in range(bits.size):
+        if gains[i] > np.float32(0.0):
+            if bits[i] > t:
+                out[e] = i
+                e += 1
+            elif bits[i] == t and ties > 0:
+                out[e] = i
+                e += 1
+                ties -= 1
+    return out
+
+
+def _fit_groups(w: np.ndarray, group_size: int, budget: int, mask: np.ndarray | None = None,
+                rounds: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(outlier mask, group min, group max over non-outliers), [m, n] and [m, G].
+
+    Without ``mask``, outliers are chosen by identity-Hessian leave-one-out on the
+    group min/max ranges: each of ``rounds`` rounds takes up to
+    ``ceil(budget / rounds)`` of the largest positive gains over all groups (ties
+    to the lower row, group, max before min; at most one max and one min per
+    group), then those groups are rescanned, so a group's next outlier is judged
+    against its range without the previous one.
+    """
     m, n = w.shape
-    mask = np.zeros((m, n), dtype=bool)
-    if budget <= 0:
-        return mask
     G = _ceil_div(n, group_size)
-    for _ in range(rounds):
-        remaining = budget - int(mask.sum())
+    given = mask is not None
+    mask = np.ascontiguousarray(mask, dtype=bool) if given else np.zeros((m, n), dtype=bool)
+    gains = np.empty((m, G, 2), dtype=np.float32)
+    cols = np.empty((m, G, 2), dtype=np.int64)
+    lo = np.empty((m, G), dtype=np.float32)
+    hi = np.empty((m, G), dtype=np.float32)
+    _scan_all(w, mask, group_size, gains, cols, lo, hi)
+    taken = 0
+    for _ in range(rounds if budget > 0 and not given else 0):
+        remaining = budget - taken
         if remaining <= 0:
             break
-        hi = _grouped(np.where(mask, -np.inf, w), group_size)
-        lo = _grouped(np.where(mask, np.inf, w), group_size)
-        order_hi = np.argsort(-hi, axis=2, kind="stable")
-        order_lo = np.argsort(lo, axis=2, kind="stable")
-        h1 = np.take_along_axis(hi, order_hi[..., :2], axis=2)
-        l1 = np.take_along_axis(lo, order_lo[..., :2], axis=2)
-        if group_size == 1:  # removing the only element leaves the empty range [0, 0]
-            h1 = np.concatenate([h1, np.full_like(h1, -np.inf)], axis=2)
-            l1 = np.concatenate([l1, np.full_like(l1, np.inf)], axis=2)
-        # Ranges include 0, as the statistics fit does.
-        top, top2 = np.maximum(h1[..., 0], 0), np.maximum(h1[..., 1], 0)
-        bot, bot2 = np.minimum(l1[..., 0], 0), np.minimum(l1[..., 1], 0)
-        with np.errstate(invalid="ignore"):
-            r_full = top - bot
-            gain_hi = r_full**2 - (top2 - bot) ** 2
-            gain_lo = r_full**2 - (top - bot2) ** 2
-        gains = np.nan_to_num(np.stack([gain_hi, gain_lo], axis=-1), nan=0.0, posinf=0.0, neginf=0.0)
-        cols = np.stack([order_hi[..., 0], order_lo[..., 0]], axis=-1) + (np.arange(G) * group_size)[None, :, None]
-        flat = gains.reshape(-1)
-        take = min(remaining, max(1, _ceil_div(budget, rounds)), int((flat > 0).sum()))
-        if take <= 0:
+        chosen = _largest(gains.reshape(-1), min(remaining, max(1, _ceil_div(budget, rounds))))
+        if chosen.size == 0:
             break
-        best = np.argsort(-flat, kind="stable")[:take]
-        rows = best // (G * 2)
-        c = cols.reshape(-1)[best]
-        ok = c < n
-        mask[rows[ok], c[ok]] = True
-    return mask
+        taken += _mark_and_rescan(w, mask, group_size, chosen, gains, cols, lo, hi)
+    return mask, lo, hi
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _clamp_code(t: np.float32, fq: np.float32) -> np.float32:
+    """A rounded code clipped to [0, qmax]: NaN and -inf -> 0, +inf -> qmax."""
+    zero = np.float32(0.0)
+    t = t if t > zero else zero
+    return t if t < fq else fq
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _pack_row(q: np.ndarray, bits: int, words: np.ndarray, r: int) -> None:
+    """Integral f32 codes ``q`` as row ``r`` of ``words``: the little-endian bit stream of spqr.md §4."""
+    acc = np.uint64(0)
+    nacc = 0
+    wi = 0
+    for j in range(q.size):
+        acc |= np.uint64(np.int64(q[j])) << np.uint64(nacc)
+        nacc += bits
+        if nacc >= 32:  # flush a whole u32 word
+            words[r, wi] = np.uint32(acc & np.uint64(0xFFFFFFFF))
+            wi += 1
+            acc >>= np.uint64(32)
+            nacc -= 32
+    if nacc > 0:
+        words[r, wi] = np.uint32(acc)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _stat_codes(x: np.ndarray, s2: np.ndarray, z2: np.ndarray, group: int, bits: int, words: np.ndarray,
+                recon: np.ndarray) -> None:
+    """Second-level codes of x [G, m] against f16-valued s2, z2 [G, K], packed, and their rne16 decode."""
+    Gn, m = x.shape
+    fq = np.float32((1 << bits) - 1)
+    for g in numba.prange(Gn):
+        qf = np.empty(m, dtype=np.float32)
+        for r in range(m):
+            s_ = s2[g, r // group]
+            z_ = z2[g, r // group]
+            t = _clamp_code(np.rint(x[g, r] / s_ + z_), fq)
+            qf[r] = t
+            recon[g, r] = _rne16((t - z_) * s_)
+        _pack_row(qf, bits, words, g)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _codes(w: np.ndarray, S: np.ndarray, Z: np.ndarray, group_size: int, bits: int, words: np.ndarray,
+           deq: np.ndarray) -> None:
+    """Codes against the reconstructed statistics S, Z [G, m], packed per spqr.md §4, and their step-2 decode.
+
+    q = clip(rint(w / s + z), 0, qmax) in f32 (NaN -> 0, +inf -> qmax, -inf -> 0);
+    deq = (f32(q) - z) * s: one f32 subtract, one f32 multiply (spqr.md §5).
+    """
+    m, n = w.shape
+    G = S.shape[0]
+    fq = np.float32((1 << bits) - 1)
+    for r in numba.prange(m):
+        qf = np.empty(n, dtype=np.float32)
+        for g in range(G):
+            s_ = S[g, r]
+            z_ = Z[g, r]
+            for j in range(g * group_size, min(n, (g + 1) * group_size)):
+                t = _clamp_code(np.rint(w[r, j] / s_ + z_), fq)
+                qf[j] = t
+                deq[r, j] = (t - z_) * s_
+        _pack_row(qf, bits, words, r)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _row_counts(mask: np.ndarray) -> np.ndarray:
+    m, n = mask.shape
+    out = np.zeros(m, dtype=np.int64)
+    for r in numba.prange(m):
+        c = 0
+        for j in range(n):
+            if mask[r, j]:
+                c += 1
+        out[r] = c
+    return out
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _csr_fill(mask: np.ndarray, w: np.ndarray, row_ptr: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
+    """Outlier columns (increasing within a row) and f32 values, in row-major = CSR order."""
+    m, n = mask.shape
+    for r in numba.prange(m):
+        e = row_ptr[r]
+        for j in range(n):
+            if mask[r, j]:
+                cols[e] = j
+                vals[e] = w[r, j]
+                e += 1
 
 
 def quantize_stat(x: np.ndarray, bits: int, group: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Second level: x [G, m] -> (sections, reconstructed f32 [G, m]) per spqr.md §5 step 1.
 
     Public because the calibrated encoder (gptq.py) must rebuild statistics exactly as this one does.
+    The arithmetic is f32 (x is taken as f32).
     """
+    x = np.ascontiguousarray(x, dtype=np.float32)
     Gn, m = x.shape
     K = _ceil_div(m, group)
     pad = K * group - m
@@ -121,17 +335,17 @@ def quantize_stat(x: np.ndarray, bits: int, group: int) -> tuple[dict[str, np.nd
     s16 = scale2.astype(np.float16)
     s16 = np.where(np.isfinite(s16) & (s16 != 0), s16, np.float16(1.0)).astype(np.float16)
     z16 = np.clip(-lo / s16.astype(np.float32), -65504, 65504).astype(np.float16)
-    k = np.arange(m) // group
-    s_r = s16.astype(np.float32)[:, k]
-    z_r = z16.astype(np.float32)[:, k]
-    codes = np.clip(np.rint(x / s_r + z_r), 0, qmax).astype(np.int64)
-    recon = ((codes.astype(np.float32) - z_r) * s_r).astype(np.float16).astype(np.float32)
-    return {"codes": pack_rows(codes, bits), "scale": s16, "zero": z16}, recon
+    words = np.zeros((Gn, words_per_row(m, bits)), dtype=np.uint32)
+    recon = np.empty((Gn, m), dtype=np.float32)
+    _stat_codes(x, s16.astype(np.float32), z16.astype(np.float32), group,
+                bits, words, recon)
+    return {"codes": words, "scale": s16, "zero": z16}, recon
 
 
 _quantize_stat = quantize_stat  # former private name, kept for existing callers
 
 
+@sized(weight_size)
 def quantize_spqr(
     weight: np.ndarray,
     bits: int = 3,
@@ -165,18 +379,14 @@ def quantize_spqr(
         if sorted(perm.tolist()) != list(range(n)):
             raise ValueError("perm must be a permutation of range(in_features)")
         w = w[:, perm]
+    w = np.ascontiguousarray(w)
     G = _ceil_div(n, group_size)
     qmax = (1 << bits) - 1
 
-    if outlier_mask is None:
-        outlier_mask = _select_outliers(w, group_size, int(round(outlier_fraction * m * n)))
-    outlier_mask = np.asarray(outlier_mask, dtype=bool)
-
-    # First level: min/max over non-outliers (all-outlier groups fit to 0).
-    lo = _grouped(np.where(outlier_mask, np.inf, w), group_size).min(axis=2)
-    hi = _grouped(np.where(outlier_mask, -np.inf, w), group_size).max(axis=2)
-    # The range always includes 0 (as in GPTQ), so every zero lies in [0, qmax]: that keeps
-    # the second-level quantization of zeros well conditioned even for near-constant groups.
+    if outlier_mask is not None and np.shape(outlier_mask) != (m, n):
+        raise ValueError(f"outlier_mask must have the weight's shape {(m, n)}, got {np.shape(outlier_mask)}")
+    # Outliers, then the first level: min/max over non-outliers (all-outlier groups fit to 0).
+    outlier_mask, lo, hi = _fit_groups(w, group_size, int(round(outlier_fraction * m * n)), outlier_mask)
     lo = np.minimum(np.where(np.isfinite(lo), lo, 0.0), 0.0)
     hi = np.maximum(np.where(np.isfinite(hi), hi, 0.0), 0.0)
     scale = ((hi - lo) / qmax).astype(np.float32)
@@ -200,21 +410,20 @@ def quantize_spqr(
             sections[f"{which}_scale"] = sec["scale"]
             sections[f"{which}_zero"] = sec["zero"]
 
-    S = recon["scale"].T[:, np.arange(n) // group_size]  # [m, n] per-column view of stats
-    Z = recon["zero"].T[:, np.arange(n) // group_size]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        q = np.rint(w / S + Z)
-    q = np.clip(np.nan_to_num(q, nan=0.0, posinf=qmax, neginf=0.0), 0, qmax).astype(np.int64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        deq = (q.astype(np.float32) - Z) * S  # spec step 2: one f32 subtract, one f32 multiply
+    words = np.zeros((m, words_per_row(n, bits)), dtype=np.uint32)
+    deq = np.empty((m, n), dtype=np.float32)
+    _codes(w, np.ascontiguousarray(recon["scale"]), np.ascontiguousarray(recon["zero"]), group_size, bits, words, deq)
 
-    rows, cols = np.nonzero(outlier_mask)  # row-major order => CSR order, columns increasing
-    vals = w[rows, cols].astype(np.float16)
+    row_ptr = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(_row_counts(outlier_mask), out=row_ptr[1:])
+    cols = np.empty(row_ptr[-1], dtype=np.int64)
+    vals32 = np.empty(row_ptr[-1], dtype=np.float32)
+    _csr_fill(outlier_mask, w, row_ptr, cols, vals32)
+    vals = vals32.astype(np.float16)
+    rows = np.repeat(np.arange(m), np.diff(row_ptr))
     deq[rows, cols] = vals.astype(np.float32)  # spec step 3: replace
-    row_ptr = np.zeros(m + 1, dtype=np.uint32)
-    np.cumsum(np.bincount(rows, minlength=m), out=row_ptr[1:])
-    sections["codes"] = pack_rows(q, bits)
-    sections["outlier_row_ptr"] = row_ptr
+    sections["codes"] = words
+    sections["outlier_row_ptr"] = row_ptr.astype(np.uint32)
     sections["outlier_col"] = cols.astype(np.uint16 if n <= 65536 else np.uint32)
     sections["outlier_val"] = vals
 

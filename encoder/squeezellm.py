@@ -28,6 +28,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from ..threads import sized, weight_size
 from .packing import pack_rows
 from .rtn import Encoded
 
@@ -97,6 +98,35 @@ def _fit_luts(w: np.ndarray, sens: np.ndarray, excluded: np.ndarray, k: int, max
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
+def _fit_luts_uniform(w: np.ndarray, excluded: np.ndarray, k: int, max_iter: int) -> np.ndarray:
+    """:func:`_fit_luts` with all sensitivities 1, sorting values instead of (value, weight) pairs.
+
+    Equal values are bitwise equal except 0.0 and -0.0, so only the zeros'
+    order needs restoring to give the stable sort's exact array.
+    """
+    m, n = w.shape
+    out = np.zeros((m, k), dtype=np.float64)
+    for r in numba.prange(m):
+        buf = np.empty(n, dtype=np.float64)
+        cnt = 0
+        for j in range(n):
+            if not excluded[r, j]:
+                buf[cnt] = w[r, j]
+                cnt += 1
+        xs = np.sort(buf[:cnt])
+        z0 = np.searchsorted(xs, 0.0, side="left")
+        z1 = np.searchsorted(xs, 0.0, side="right")
+        if z1 - z0 > 1:  # signed zeros in their original order, as a stable sort leaves them
+            e = z0
+            for j in range(cnt):
+                if buf[j] == 0.0:
+                    xs[e] = buf[j]
+                    e += 1
+        out[r] = _kmeans_row(xs, np.ones(cnt, dtype=np.float64), k, max_iter)
+    return out
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _assign(w: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """Index of the nearest LUT entry (f32 distance, ties to the lowest index)."""
     m, n = w.shape
@@ -116,17 +146,24 @@ def _assign(w: np.ndarray, lut: np.ndarray) -> np.ndarray:
 
 
 def _top_mask(score: np.ndarray, count: int, allowed: np.ndarray) -> np.ndarray:
-    """Mask of the ``count`` largest scores among allowed positions (stable: ties by position)."""
+    """Mask of the ``count`` largest scores among allowed positions (stable: ties by position).
+
+    The set ``argsort(-score, stable)[:count]``, found in O(N): everything above
+    the count-th largest value, then the first positions equal to it.
+    """
     mask = np.zeros(score.shape, dtype=bool)
     count = min(count, int(allowed.sum()))
     if count <= 0:
         return mask
     flat = np.where(allowed, score, -np.inf).reshape(-1)
-    top = np.argsort(-flat, kind="stable")[:count]
-    mask.reshape(-1)[top] = True
+    t = np.partition(flat, flat.size - count)[flat.size - count]
+    above = np.flatnonzero(flat > t)
+    mask.reshape(-1)[above] = True
+    mask.reshape(-1)[np.flatnonzero(flat == t)[: count - above.size]] = True
     return mask
 
 
+@sized(weight_size)
 def quantize_squeezellm(
     weight: np.ndarray,
     bits: int = 3,
@@ -153,9 +190,7 @@ def quantize_squeezellm(
         raise ValueError("bits must be 1..8")
     m, n = w.shape
     k = 1 << bits
-    if sensitivity is None:
-        sens = np.ones((m, n), dtype=np.float64)
-    else:
+    if sensitivity is not None:
         sens = np.asarray(sensitivity, dtype=np.float64)
         if sens.shape == (n,):
             sens = np.broadcast_to(sens, (m, n))
@@ -172,7 +207,9 @@ def quantize_squeezellm(
         if mask.shape != (m, n):
             raise ValueError("outlier_mask must have the weight's shape")
 
-    cent = _fit_luts(w, sens, mask, k, max_iter)
+    w = np.ascontiguousarray(w)
+    mask = np.ascontiguousarray(mask)
+    cent = _fit_luts_uniform(w, mask, k, max_iter) if sensitivity is None else _fit_luts(w, sens, mask, k, max_iter)
     lut16 = np.clip(cent, -F16_MAX, F16_MAX).astype(np.float16)
     lut32 = lut16.astype(np.float32)
     idx = _assign(w, lut32)

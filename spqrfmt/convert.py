@@ -13,7 +13,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -446,14 +446,30 @@ def data_free_encoder(name: str, weight: np.ndarray, cfg: QuantConfig) -> Any:
 rtn_encoder = data_free_encoder  # the name earlier callers use
 
 
-def _progress(items: list[Any], desc: str, enabled: bool) -> Iterable[Any]:
-    if not enabled:
-        return items
+def _progress(items: list[tuple[Any, str]], work: list[int], desc: str, enabled: bool) -> Iterator[tuple[Any, str]]:
+    """Yield ``(shard, name)`` items behind a bar that advances by each item's ``work``.
+
+    The work is the tensor's quantized parameter count (0 for a raw copy), so the
+    rate and ETA follow the encoder's cost rather than the tensor count; the
+    current tensor's name is shown next to the bar.
+    """
     try:
         from tqdm import tqdm
     except ImportError:
-        return items
-    return tqdm(items, desc=desc, unit="tensor", file=sys.stderr, dynamic_ncols=True)
+        tqdm = None
+    if not enabled or tqdm is None:
+        yield from items
+        return
+    if not sum(work):
+        work = [1] * len(items)
+    bar = tqdm(total=sum(work), desc=desc, unit="param", unit_scale=True, file=sys.stderr, dynamic_ncols=True)
+    try:
+        for item, amount in zip(items, work, strict=True):
+            bar.set_postfix_str(item[1], refresh=False)
+            yield item
+            bar.update(amount)
+    finally:
+        bar.close()
 
 
 def convert(
@@ -497,7 +513,9 @@ def convert(
     meta.update(metadata or {})
     report = ConvertReport(Path(output), transposed=sorted(transposed))
     with Writer(output, metadata=meta) as writer:
-        for sf, name in _progress(entries, "convert", progress):
+        quantized = set(wanted)
+        work = [math.prod(sf.shape(n)) if n in quantized else 0 for sf, n in entries]
+        for sf, name in _progress(entries, work, "convert", progress):
             dtype, arr = sf[name]
             report.source_bytes += arr.nbytes
             if not cfg.wants(name, dtype, arr.shape):

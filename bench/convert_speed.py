@@ -1,0 +1,172 @@
+"""CPU speed of data-free encoding and of the Numba reference decoders (issue 15; docs/scale.md).
+
+Encode rows time ``spqrfmt.convert.data_free_encoder`` -- exactly what
+``spqr convert`` runs per matrix -- on a random f32 weight, for spqr at the
+default config (4-bit, β1 = 16, 3-bit statistics, β2 = 16, 1 % outliers),
+spqr without outliers, squeezellm and quip at their ``spqr convert``
+defaults. Decode rows time the codec's Numba decoder on the sections that
+encoding produced (``decoder.*.decode``, what ``Tensor.decode`` calls after
+validation) and, for spqr, ``Tensor.decode()`` from a written file. The end
+to end row runs ``spqr convert`` on the bundled MiniLM checkpoint in a
+subprocess (its wall time, Numba's on-disk cache warm).
+
+Each timing is the best of ``--reps`` runs after one warm-up (so JIT
+compilation is excluded); the machine is shared, so the best run is the one
+least disturbed by others. The JSON records the thread count, the CPU and
+the load average around the run.
+
+    python bench/convert_speed.py                      # writes docs/results/convert_speed.json
+    python bench/convert_speed.py --quick --out /tmp/x.json   # small shapes: checks the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numba
+import numpy as np
+
+from spqrfmt.convert import QuantConfig, data_free_encoder, demo_checkpoint
+
+SHAPES = [(4096, 4096), (4096, 14336)]
+QUICK_SHAPES = [(256, 512)]
+CONFIGS: dict[str, QuantConfig] = {
+    "spqr": QuantConfig(),
+    "spqr-no-outliers": QuantConfig(outlier_fraction=0.0),
+    "squeezellm": QuantConfig(codec="squeezellm"),
+    "quip": QuantConfig(codec="quip"),
+}
+SLOW = {"squeezellm", "quip"}  # fewer repetitions: seconds per matrix
+
+
+def best_of(fn: Callable[[], Any], reps: int) -> float:
+    fn()  # warm-up: JIT compilation, page cache
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def config_dict(cfg: QuantConfig) -> dict[str, Any]:
+    keys = {"spqr": ("bits", "group_size", "scale_bits", "zero_bits", "stat_group_size", "outlier_fraction"),
+            "squeezellm": ("bits", "outlier_fraction", "kmeans_iters"), "quip": ("bits", "seed", "quip_codebook")}
+    return {"codec": cfg.codec, **{k: getattr(cfg, k) for k in keys[cfg.codec]}}
+
+
+def decoder_for(codec: str) -> Callable[..., np.ndarray]:
+    from spqrfmt.decoder import quip, spqr, squeezellm
+
+    return {"spqr": spqr.decode, "squeezellm": squeezellm.decode, "quip": quip.decode}[codec]
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "numba_threads": numba.get_num_threads(),
+            "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__}
+
+
+def file_decode_row(enc: Any, shape: tuple[int, int], reps: int) -> float:
+    """Seconds for ``Tensor.decode()`` of a written one-tensor file (validation + mmap read + decode)."""
+    import spqrfmt
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "t.spqr"
+        with spqrfmt.Writer(path) as w:
+            w.add_encoded("layer.weight", enc, "f16")
+        with spqrfmt.open(path) as f:
+            t = f["layer.weight"]
+            return best_of(t.decode, reps)
+
+
+def convert_e2e(reps: int) -> dict[str, Any]:
+    """``spqr convert`` of the bundled MiniLM in a subprocess: wall seconds and quantized params per second."""
+    folder = demo_checkpoint()
+    spqr = [sys.executable, "-m", "spqrfmt.cli", "convert"]
+    times = []
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "minilm.spqr"
+        for i in range(reps + 1):  # the first run warms Numba's on-disk cache
+            if out.exists():
+                out.unlink()
+            t0 = time.perf_counter()
+            subprocess.run([*spqr, str(folder), "-o", str(out), "-q"], check=True, capture_output=True)
+            if i:
+                times.append(time.perf_counter() - t0)
+        import spqrfmt
+
+        with spqrfmt.open(out) as f:
+            qparams = sum(t.numel for t in f.values() if t.codec != "raw")
+    wall = min(times)
+    return {"kind": "convert", "codec": "spqr", "model": "all-MiniLM-L6-v2 (bundled)",
+            "config": config_dict(QuantConfig()), "command": "spqr convert <bundled MiniLM> -o minilm.spqr -q",
+            "quant_params": qparams,
+            "seconds": round(wall, 3), "mparam_per_s": round(qparams / wall / 1e6, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="docs/results/convert_speed.json")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="small shapes and 1 repetition (checks the script)")
+    ap.add_argument("--codecs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    args = ap.parse_args()
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    reps = 1 if args.quick else args.reps
+    rows: list[dict[str, Any]] = []
+    info = {"machine": machine(), "loadavg_start": os.getloadavg(), "reps": reps,
+            "command": "python bench/convert_speed.py" + (" --quick" if args.quick else "")}
+    rng = np.random.default_rng(0)
+    for shape in shapes:
+        w = rng.standard_normal(shape, dtype=np.float32)
+        for name in args.codecs.split(","):
+            cfg = CONFIGS[name]
+            r = max(1, reps // 3) if name in SLOW else reps
+            enc_s = best_of(lambda w=w, cfg=cfg: data_free_encoder("layer.weight", w, cfg), r)
+            enc = data_free_encoder("layer.weight", w, cfg)
+            base = {"codec": name, "shape": list(shape), "config": config_dict(cfg),
+                    "threads": numba.get_num_threads()}
+            rows.append({"kind": "encode", **base, "seconds": round(enc_s, 4),
+                         "mparam_per_s": round(w.size / enc_s / 1e6, 2)})
+            if name == "spqr-no-outliers":
+                continue
+            decode = decoder_for(cfg.codec)
+            params = dict(enc.params)
+            dec_s = best_of(lambda decode=decode, enc=enc, params=params: decode(params, enc.sections, enc.shape), reps)
+            rows.append({"kind": "decode", **base, "api": f"decoder.{cfg.codec}.decode", "seconds": round(dec_s, 4),
+                         "gparam_per_s": round(w.size / dec_s / 1e9, 3)})
+            if name == "spqr":
+                fs = file_decode_row(enc, shape, reps)
+                rows.append({"kind": "decode", **base, "api": "Tensor.decode (file)", "seconds": round(fs, 4),
+                             "gparam_per_s": round(w.size / fs / 1e9, 3)})
+            print(json.dumps(rows[-1]), flush=True)
+    if not args.quick:
+        rows.append({**convert_e2e(max(1, reps // 2)), "threads": numba.get_num_threads()})
+        print(json.dumps(rows[-1]), flush=True)
+    info["loadavg_end"] = os.getloadavg()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**info, "rows": rows}, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
