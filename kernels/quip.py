@@ -574,7 +574,7 @@ def _blocks(log2_h: int) -> tuple[int, int, int, bool]:
     r = 1 << (log2_h // 2)
     c = 1 << (log2_h - log2_h // 2)
     if r >= 16:
-        return r, c, min(c, 32), True
+        return r, c, 16, True
     return r, c, c, False
 
 
