@@ -194,7 +194,7 @@ def _parity_pm1(v):
     return 1.0 - 2.0 * p.to(tl.float32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["x_sb", "o_sb"])
 def _had_kernel(x_ptr, out_ptr, d_ptr, post_ptr, bias_ptr, x_sb, o_sb, c_k,
                 R: tl.constexpr, C: tl.constexpr, CB: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
                 HAS_D: tl.constexpr, HAS_POST: tl.constexpr, HAS_BIAS: tl.constexpr):
@@ -235,7 +235,7 @@ def _had_kernel(x_ptr, out_ptr, d_ptr, post_ptr, bias_ptr, x_sb, o_sb, c_k,
     tl.store(out_ptr + b * o_sb + oidx, yv.to(out_ptr.dtype.element_ty))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["a", "h", "z_sb", "o_sb"])
 def _mix_kernel(z_ptr, out_ptr, f_ptr, post_ptr, bias_ptr, a, h, z_sb, o_sb,
                 AB: tl.constexpr, BH: tl.constexpr, HAS_POST: tl.constexpr, HAS_BIAS: tl.constexpr):
     """out[b, al*h + be] = post * sum_al2 F[al, al2] z[b, al2*h + be] + bias (the explicit factor, f32 FMAs)."""
@@ -259,6 +259,17 @@ def _mix_kernel(z_ptr, out_ptr, f_ptr, post_ptr, bias_ptr, a, h, z_sb, o_sb,
 
 
 @triton.jit
+def _grid_field(wd, wh, c: tl.constexpr, F: tl.constexpr, WST: tl.constexpr):
+    """f32 q * 2^p of field c, p = (c mod F/2) * WST, in place: fields of the upper half come from wh = wd >> 16."""
+    if c < F // 2:
+        base = wd
+    else:
+        base = wh
+    sel: tl.constexpr = ((1 << WST) - 1) << ((c % (F // 2)) * WST)
+    return ((base & sel) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit(do_not_specialize=["m", "nb", "n_tiles", "tiles_per_split"])
 def _grid_gemv_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, scale_ptr, m, nw, nb, x_sb, n_tiles,
                       tiles_per_split, L,
                       WST: tl.constexpr, F: tl.constexpr, NU: tl.constexpr, BM: tl.constexpr, BB: tl.constexpr,
@@ -304,15 +315,10 @@ def _grid_gemv_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, scale_ptr, 
                 else:
                     acc = tl.dot(v.to(DOT_DT), xt.to(DOT_DT), acc)
             else:
-                if c < F // 2:
-                    P: tl.constexpr = c * WST
-                    qf = ((wd & (MASK << P)) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-                else:
-                    P: tl.constexpr = (c - F // 2) * WST
-                    qf = ((wh & (MASK << P)) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+                qf = _grid_field(wd, wh, c, F, WST)
                 xv = tl.load(x_ptr + cols)
                 acc += qf * xv[None, :]
-                sx += xv * (0.5 * (1 << P))
+                sx += xv * (0.5 * (1 << ((c % (F // 2)) * WST)))
     if DOT:
         out = acc
         yoff = bb[None, :] * m + rows[:, None]
@@ -325,7 +331,7 @@ def _grid_gemv_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, scale_ptr, 
            SPLIT, False, True, not DOT)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["m", "nb", "n_tiles", "tiles_per_split"])
 def _e8p_gemv_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, c_ptr, half_ptr, odd_ptr, scale_ptr, m, gp, nb, x_sb,
                      n_tiles, tiles_per_split,
                      NG: tl.constexpr, BM: tl.constexpr, BB: tl.constexpr, DOT: tl.constexpr,
@@ -638,7 +644,7 @@ def _check_prepared(p: PreparedQuip) -> None:
         raise ValueError(f"PreparedQuip layout {tuple(p.words.shape)} does not fit {m}x{n}")
     check_launch("quip matvec", words=(p.words, p.words.shape[0] * p.words.shape[1]), scale=(p.sections["scale"], m),
                  su=(p.sections["su"], n), sv=(p.sections["sv"], m))
-    if MAX_BATCH * max(m, p.lp) >= 2**31:
+    if MAX_BATCH * (max(m, p.lp) + 1) >= 2**31:
         raise ValueError(f"quip matvec: {m}x{n} exceeds 32-bit indices")
 
 

@@ -162,7 +162,7 @@ def _residuals(out, rows, rc, rmask, pid_k, orp_ptr, ocol_ptr, oval_ptr, x_ptr, 
     return out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["m", "n", "nb", "n_tiles", "tiles_per_split"])
 def _lut_gemv_kernel(x_ptr, y_ptr, bias_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, lut_ptr, orp_ptr, ocol_ptr, oval_ptr,
                      m, n, nw, nb, x_sb, n_tiles, tiles_per_split,
                      K: tl.constexpr, WST: tl.constexpr, F: tl.constexpr, NU: tl.constexpr, BM: tl.constexpr,
@@ -339,7 +339,7 @@ def _check_prepared(p: PreparedSqueezeLLM) -> None:
         raise ValueError(f"PreparedSqueezeLLM words {tuple(p.words.shape)} do not fit {m}x{n} at {bits} bits")
     check_launch("squeezellm matvec", words=(p.words, m * nw), lut32=(p.lut32, m << bits),
                  o_row_ptr=(p.o_row_ptr, m + 1), o_col=(p.o_col, p.o_val.numel()))
-    if MAX_BATCH * m >= 2**31 or (32 // p.wst) * nw >= 2**31:
+    if MAX_BATCH * (max(m, (32 // p.wst) * nw) + 1) >= 2**31:
         raise ValueError(f"squeezellm matvec: {m}x{n} exceeds 32-bit indices")
 
 
