@@ -132,7 +132,7 @@ def finish(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, scale_ptr, ws_ptr, ws
         done = tl.atomic_add(cnt_ptr + pid_m, 1)
         if done == tl.num_programs(1) - 1:
             total = tl.atomic_xchg(wsi_ptr + yoff, tl.zeros_like(out).to(tl.int32, bitcast=True), mask=ymask)
-            total = total.to(tl.float32, bitcast=True)
+            total = tl.where(ymask, total.to(tl.float32, bitcast=True), 0.0)  # masked lanes: undefined
             tl.atomic_xchg(cnt_ptr + pid_m, 0)
             store_rows(total, y_ptr, yoff, ymask, bias_ptr, rows, rmask, scale_ptr, HAS_BIAS, HAS_SCALE, ONE_ROW)
     else:
