@@ -5,23 +5,27 @@ Random cases, larger than the CI's, alternating between the two codecs:
 * squeezellm v1: shapes up to 700 x 3000, bits {1,2,3,4,5,6,8}, plain or
   sensitivity-weighted k-means, residuals none / top-|w| + sensitive /
   random 1% / whole rows;
-* quip v1: m, n = a * 2^k with odd parts a in {1, 3, 5, 7, 9, 43} (so the
-  explicit orthogonal factors are exercised), up to 4096 x 4096, grid bits
-  {1,2,3,4,8}, RTN or LDLQ (against a random correlated Hessian).
+* quip: m, n = a * 2^k with odd parts a in {1, 3, 5, 7, 9, 43} (so the
+  explicit orthogonal factors are exercised), up to 4096 x 4096; half the
+  cases v1 grid bits {1,2,3,4,8}, RTN or LDLQ (against a random correlated
+  Hessian), half v2 E8P12 with random codes (every code value) and i8 / f16 /
+  f32 diagonals.
 
-For each case: ``dequantize`` must equal the Numba reference decoder bit for
-bit in f32 (NaN as any NaN) and equal its RNE casts in f16 and bf16; the
-``matvec`` (batch 1/4/16 and a vector input, f16 activations and f32
-activations, with and without bias) is compared with float64
-``x @ W_ref.T (+ bias)``: relative Frobenius error at most TOL_F16 = 4e-3
-with f16 activations (f16 output rounding alone is up to 2^-11 ≈ 4.9e-4 per
-element) and TOL_F32 = 1e-5 with f32 activations (f32 accumulation).
+For each case: ``dequantize`` (spec sections) and ``dequantize_prepared`` (the
+load-time layout) must equal the Numba reference decoder bit for bit in f32
+(NaN as any NaN) and equal its RNE casts in f16 and bf16; the fused
+``matvec`` (batch 1/4/16 and a vector input, f16 / f32 / bf16 activations,
+with and without bias, the default column split and forced split = 1 and 3) is
+compared with float64 ``x @ W_ref.T (+ bias)``: relative Frobenius error at
+most TOL_F16 = 4e-3 with f16 activations (f16 output rounding alone is up to
+2^-11 ≈ 4.9e-4 per element), TOL_BF16 = 1e-2 with bf16, TOL_F32 = 1e-5 with
+f32 activations (f32 accumulation).
 
 Every case runs in its own try/except (an exception is a recorded ERROR, the
-run goes on); ``--budget-s`` stops starting new cases once spent, so the run
-ends within about 4 minutes by default. Exit status 1 if any case failed.
+run goes on); ``--seconds`` stops starting new cases once spent. Prints
+PASS/FAIL/ERROR counts; exit status 1 if any case failed.
 
-    python bench/gpu_check_codecs.py [--cases 40] [--seed 7] [--budget-s 220] [--log FILE] [--out DIR]
+    python bench/gpu_check_codecs.py [--seconds 60] [--cases 40] [--seed 7] [--log FILE] [--out DIR]
     python bench/gpu_check_codecs.py --smoke   # CPU, TRITON_INTERPRET=1, tiny shapes: checks the script
 """
 
@@ -43,6 +47,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 TOL_F16 = 4e-3
+TOL_BF16 = 1e-2
 TOL_F32 = 1e-5
 
 
@@ -66,14 +71,20 @@ def check_dequant(mod: Any, params: dict[str, Any], sections: dict[str, Any], sh
     if not same_bits(got, ref):
         bad = int((got.view(np.uint32) != ref.view(np.uint32)).sum())
         raise CaseFailure(f"dequant f32 differs from the Numba decoder in {bad} of {ref.size} elements")
+    prep = mod.prepare(params, sections, shape, dev)
+    got = mod.dequantize_prepared(prep, torch.float32).cpu().numpy()
+    if not same_bits(got, ref):
+        bad = int((got.view(np.uint32) != ref.view(np.uint32)).sum())
+        raise CaseFailure(f"dequantize_prepared f32 differs from the Numba decoder in {bad} of {ref.size} elements")
     ref_t = torch.from_numpy(ref)
     for dt in (torch.float16, torch.bfloat16):
-        out = mod.dequantize(params, secs, shape, dt).cpu()
-        want = ref_t.to(dt)
-        same = (out.view(torch.int16) == want.view(torch.int16)) | (out.isnan() & want.isnan())
-        if not bool(same.all()):
-            raise CaseFailure(f"dequant {dt} differs from the RNE cast of the reference in "
-                              f"{int((~same).sum())} elements")
+        for what, out in (("dequant", mod.dequantize(params, secs, shape, dt).cpu()),
+                          ("dequantize_prepared", mod.dequantize_prepared(prep, dt).cpu())):
+            want = ref_t.to(dt)
+            same = (out.view(torch.int16) == want.view(torch.int16)) | (out.isnan() & want.isnan())
+            if not bool(same.all()):
+                raise CaseFailure(f"{what} {dt} differs from the RNE cast of the reference in "
+                                  f"{int((~same).sum())} elements")
 
 
 def check_matvec(mod: Any, params: dict[str, Any], sections: dict[str, Any], shape: tuple[int, int],
@@ -83,28 +94,34 @@ def check_matvec(mod: Any, params: dict[str, Any], sections: dict[str, Any], sha
     prep = mod.prepare(params, sections, shape, dev)
     ref64 = ref.astype(np.float64)
     worst = 0.0
-    for dt, tol in ((torch.float16, TOL_F16), (torch.float32, TOL_F32)):
-        for batch in (1, 4, 16, None):  # None: a 1-D vector
-            rows = 1 if batch is None else batch
-            x = torch.from_numpy(rng.standard_normal((rows, n)).astype(np.float32)).to(dt)
-            use_bias = batch in (4, None)
-            bias = torch.from_numpy(rng.standard_normal(m).astype(np.float32)).to(dt) if use_bias else None
-            xin = x[0] if batch is None else x
-            y = mod.matvec(prep, xin.to(dev), None if bias is None else bias.to(dev))
-            if tuple(y.shape) != tuple(xin.shape[:-1]) + (m,):
-                raise CaseFailure(f"matvec output shape {tuple(y.shape)} for input {tuple(xin.shape)}")
-            if y.dtype != dt:
-                raise CaseFailure(f"matvec output dtype {y.dtype}, input {dt}")
-            want = x.double().numpy() @ ref64.T
-            if bias is not None:
-                want = want + bias.double().numpy()[None, :]
-            got = y.double().cpu().numpy().reshape(rows, m)
-            if not np.isfinite(got).all():
-                raise CaseFailure(f"matvec {dt} batch={batch}: non-finite output")
-            err = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+    runs = [(dt, tol, batch, None) for dt, tol in ((torch.float16, TOL_F16), (torch.float32, TOL_F32))
+            for batch in (1, 4, 16, None)]  # None: a 1-D vector
+    runs += [(torch.bfloat16, TOL_BF16, 4, None)]
+    runs += [(torch.float16, TOL_F16, b, split) for b in (1, 16) for split in (1, 3)]
+    for dt, tol, batch, split in runs:
+        rows = 1 if batch is None else batch
+        x = torch.from_numpy(rng.standard_normal((rows, n)).astype(np.float32)).to(dt)
+        use_bias = batch in (4, None)
+        bias = torch.from_numpy(rng.standard_normal(m).astype(np.float32)).to(dt) if use_bias else None
+        xin = x[0] if batch is None else x
+        cfg = None if split is None else mod.GemvConfig(split=split)
+        y = mod.matvec(prep, xin.to(dev), None if bias is None else bias.to(dev), cfg)
+        if tuple(y.shape) != tuple(xin.shape[:-1]) + (m,):
+            raise CaseFailure(f"matvec output shape {tuple(y.shape)} for input {tuple(xin.shape)}")
+        if y.dtype != dt:
+            raise CaseFailure(f"matvec output dtype {y.dtype}, input {dt}")
+        want = x.double().numpy() @ ref64.T
+        if bias is not None:
+            want = want + bias.double().numpy()[None, :]
+        got = y.double().cpu().numpy().reshape(rows, m)
+        if not np.isfinite(got).all():
+            raise CaseFailure(f"matvec {dt} batch={batch}: non-finite output")
+        err = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+        if dt != torch.bfloat16:  # the bf16 run has its own, looser tolerance
             worst = max(worst, err)
-            if err > tol:
-                raise CaseFailure(f"matvec {dt} batch={batch} bias={use_bias}: relerr {err:.2e} > {tol:.0e}")
+        if err > tol:
+            raise CaseFailure(f"matvec {dt} batch={batch} bias={use_bias} split={split}: relerr {err:.2e} > "
+                              f"{tol:.0e}")
     return worst
 
 
@@ -155,20 +172,35 @@ def quip_case(rng: np.random.Generator, dev: str, small: bool, ctx: dict[str, An
         kmax = 4 if small else max(0, int(np.log2(4096 // a)))
         return a << int(rng.integers(0, kmax + 1))
 
+    e8p = bool(rng.integers(0, 2))
     m, n = dim(), dim()
-    bits = int(rng.choice([1, 2, 3, 4, 8]))
-    ldlq = bool(rng.integers(0, 2)) and n <= 1024
+    if e8p:
+        n = max(8, n - n % 8)  # a * 2^k with k >= 3 keeps the K * 2^k form for a in the list
     w = (rng.standard_normal((m, n)) * rng.uniform(0.01, 1.0)).astype(np.float32)
     w[rng.random((m, n)) < 0.005] *= 20
-    hess = None
-    if ldlq:
-        x = rng.standard_normal((2 * n + 8, n)) @ (np.eye(n) + 0.3 * rng.standard_normal((n, n)) / np.sqrt(n))
-        hess = x.T @ x / x.shape[0]
     seed = int(rng.integers(0, 2**31))
-    enc = quantize_quip(w, bits=bits, hessian=hess, seed=seed)
+    if e8p:  # random codes (every code value is valid) and random diagonals
+        enc = quantize_quip(w, codebook="e8p12", seed=seed)
+        enc.sections["codes"] = rng.integers(0, 1 << 16, enc.sections["codes"].shape).astype(np.uint16)
+        kinds = {}
+        for role, d in (("su", n), ("sv", m)):
+            kinds[role] = str(rng.choice(["i8", "f16", "f32"]))
+            if kinds[role] != "i8":
+                dt = {"f16": np.float16, "f32": np.float32}[kinds[role]]
+                enc.sections[role] = (rng.standard_normal(d) * 0.5 + 1.0).astype(dt)
+        what = f"e8p12 su={kinds['su']} sv={kinds['sv']}"
+    else:
+        bits = int(rng.choice([1, 2, 3, 4, 8]))
+        ldlq = bool(rng.integers(0, 2)) and n <= 1024
+        hess = None
+        if ldlq:
+            x = rng.standard_normal((2 * n + 8, n)) @ (np.eye(n) + 0.3 * rng.standard_normal((n, n)) / np.sqrt(n))
+            hess = x.T @ x / x.shape[0]
+        enc = quantize_quip(w, bits=bits, hessian=hess, seed=seed)
+        what = f"grid bits={bits} ldlq={ldlq}"
     p = enc.params
     desc = (f"quip m={m} n={n} (log2_hm={p['log2_hm']} a_m={m >> p['log2_hm']}, log2_hn={p['log2_hn']} "
-            f"a_n={n >> p['log2_hn']}) bits={bits} ldlq={ldlq}")
+            f"a_n={n >> p['log2_hn']}) {what}")
     ctx["desc"] = desc
     ref = decode(enc.params, enc.sections, (m, n))
     try:
@@ -183,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=None, help="number of cases (default 40; --smoke: 4)")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--budget-s", type=float, default=220.0,
-                    help="start no new case after this many seconds (default 220: ends within ~4 min)")
+    ap.add_argument("--seconds", "--budget-s", dest="budget_s", type=float, default=60.0,
+                    help="start no new case after this many seconds (default 60)")
     ap.add_argument("--codec", choices=["both", "squeezellm", "quip"], default="both")
     ap.add_argument("--log", default=None, help="also write the case lines to this file")
     ap.add_argument("--out", default=None, help="write gpu_check_codecs.json here")

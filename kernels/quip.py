@@ -20,17 +20,25 @@ validation ties to the version: e8p12 codes are the only 16-bit ``codes``, and
 i8 signs give the same bits on either step-3 kernel.
 
 :func:`matvec` computes ``y = W x`` the QuIP way without forming W:
-``y = sv * D_m (scale * (Qint (D_n^T (su * x))))`` (f32, not bit-identical to
-``dequantize(...) @ x``, but the same linear map): two transforms of the
-activations and a GEMV over the packed codes (``_grid_matvec_kernel``). On a
-GPU the per-stage launches should be fused into one shared-memory FWHT per
-vector; the interpreter path here is for correctness.
+``y = sv * D_m (scale * (Q (D_n^T (su * x)))) + bias`` (f32; the same linear map
+as the decoded tensor, not bit-identical to ``dequantize(...) @ x``):
+
+* ``_had_kernel``: the block Hadamards of one side in one launch, each block of
+  2^k <= 2^14 elements held in registers as V [R, C] and transformed as
+  H_R V H_C (Sylvester H_h = H_R kron H_C) by two tensor-core dots with +-1
+  matrices generated in registers ("tf32x3": f32-accurate), the diagonal
+  (su) fused on the way in, sv / bias / the output cast on the way out;
+  ``_mix_kernel``: the explicit factor F of a K * 2^k dimension (a second launch
+  only when K > 1);
+* ``_grid_gemv_kernel`` / ``_e8p_gemv_kernel``: the GEMV over the load-time
+  code layout (:func:`prepare`), row scale fused; batch 1 by FMAs, 2..16 rows by
+  ``tl.dot`` on exactly decoded slices; column-split for small matrices.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -39,9 +47,22 @@ import triton.language as tl
 
 from ..decoder.e8p import abs_table, odd_rows
 from ..decoder.quip import hadamard_constant
-from .spqr import to_device
+from ._common import (
+    MAX_BATCH,
+    NW_ALIGN,
+    SplitWorkspace,
+    ceil_div,
+    check_launch,
+    dot_dtype,
+    finish,
+    next_pow2,
+    repack_fields,
+    split_for,
+    to_device,
+)
 
-__all__ = ["PreparedQuip", "dequantize", "matvec", "prepare", "to_device", "transform"]
+__all__ = ["GemvConfig", "PreparedQuip", "dequantize", "dequantize_prepared", "matvec", "prepare", "to_device",
+           "transform"]
 
 _OPTS = {"enable_fp_fusion": False}
 
@@ -164,60 +185,220 @@ def _diag_kernel(x_ptr, sv_ptr, su_ptr, m, n, BR: tl.constexpr, BC: tl.constexpr
     x = tl.load(p, mask=mask, other=0.0)
     tl.store(p, (x * sv[:, None]) * su[None, :], mask=mask)
 
+@triton.jit
+def _parity_pm1(v):
+    """(-1)^popcount(v) as f32 for 0 <= v < 256."""
+    p = v ^ (v >> 4)
+    p = p ^ (p >> 2)
+    p = (p ^ (p >> 1)) & 1
+    return 1.0 - 2.0 * p.to(tl.float32)
+
+
+@triton.jit(do_not_specialize=["x_sb", "o_sb"])
+def _had_kernel(x_ptr, out_ptr, d_ptr, post_ptr, bias_ptr, x_sb, o_sb, c_k,
+                R: tl.constexpr, C: tl.constexpr, CB: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
+                HAS_D: tl.constexpr, HAS_POST: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """out[b, al*h + i] = post * (c_k * H_h (d * x[b, al*h : al*h + h]))[i] + bias, h = R * C, in f32.
+
+    Grid (blocks al, batch rows b, column chunks of CB). The block, viewed as V [R, C]
+    (element r*C + c), is transformed as H_R V H_C (H_h = H_R kron H_C, Sylvester):
+    two small matrix products with +-1 matrices generated in registers -- tensor-core
+    dots (PREC "tf32x3": f32-accurate) when R, C >= 16, broadcast sums below. Not the
+    butterfly order of quip.md §5.2, so not bit-identical: only the matvec uses it.
+    """
+    al = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    pc = tl.program_id(2)
+    H: tl.constexpr = R * C
+    rr = tl.arange(0, R)
+    cc = tl.arange(0, C)
+    cb = pc * CB + tl.arange(0, CB)
+    base = al.to(tl.int64) * H
+    idx = base + rr[:, None] * C + cc[None, :]
+    v = tl.load(x_ptr + b * x_sb + idx).to(tl.float32)
+    if HAS_D:
+        v = v * tl.load(d_ptr + idx).to(tl.float32)
+    hc = _parity_pm1(cc[:, None] & cb[None, :])
+    hr = _parity_pm1(rr[:, None] & rr[None, :])
+    if USE_DOT:
+        z = tl.dot(v, hc, input_precision=PREC)
+        yv = tl.dot(hr, z, input_precision=PREC)
+    else:
+        z = tl.sum(v[:, :, None] * hc[None, :, :], axis=1)
+        yv = tl.sum(hr[:, :, None] * z[None, :, :], axis=1)
+    yv = yv * c_k
+    oidx = base + rr[:, None] * C + cb[None, :]
+    if HAS_POST:
+        yv = yv * tl.load(post_ptr + oidx).to(tl.float32)
+    if HAS_BIAS:
+        yv = yv + tl.load(bias_ptr + oidx).to(tl.float32)
+    tl.store(out_ptr + b * o_sb + oidx, yv.to(out_ptr.dtype.element_ty))
+
+
+@triton.jit(do_not_specialize=["a", "h", "z_sb", "o_sb"])
+def _mix_kernel(z_ptr, out_ptr, f_ptr, post_ptr, bias_ptr, a, h, z_sb, o_sb,
+                AB: tl.constexpr, BH: tl.constexpr, HAS_POST: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """out[b, al*h + be] = post * sum_al2 F[al, al2] z[b, al2*h + be] + bias (the explicit factor, f32 FMAs)."""
+    be = tl.program_id(0) * BH + tl.arange(0, BH)
+    b = tl.program_id(1).to(tl.int64)
+    al = tl.program_id(2) * AB + tl.arange(0, AB)
+    bm = be < h
+    am = al < a
+    acc = tl.zeros((AB, BH), dtype=tl.float32)
+    for al2 in range(0, a):
+        f = tl.load(f_ptr + al * a + al2, mask=am, other=0.0)
+        zr = tl.load(z_ptr + b * z_sb + al2 * h + be, mask=bm, other=0.0)
+        acc += f[:, None] * zr[None, :]
+    oidx = al.to(tl.int64)[:, None] * h + be[None, :]
+    mask = am[:, None] & bm[None, :]
+    if HAS_POST:
+        acc = acc * tl.load(post_ptr + oidx, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        acc = acc + tl.load(bias_ptr + oidx, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + b * o_sb + oidx, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
 
 @triton.jit
-def _e8p_matvec_kernel(x_ptr, y_ptr, codes_ptr, alpha_ptr, odd_ptr, scale_ptr, m, n, groups,
-                       BM: tl.constexpr, BK: tl.constexpr):
-    """y[b, r] = scale[r] * sum_j (t(r, j) / 4) * x[b, j], straight from the 16-bit codes."""
+def _grid_field(wd, wh, c: tl.constexpr, F: tl.constexpr, WST: tl.constexpr):
+    """f32 q * 2^p of field c, p = (c mod F/2) * WST, in place: fields of the upper half come from wh = wd >> 16."""
+    if c < F // 2:
+        base = wd
+    else:
+        base = wh
+    sel: tl.constexpr = ((1 << WST) - 1) << ((c % (F // 2)) * WST)
+    return ((base & sel) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit(do_not_specialize=["m", "nb", "n_tiles", "tiles_per_split"])
+def _grid_gemv_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, scale_ptr, m, nw, nb, x_sb, n_tiles,
+                      tiles_per_split, L,
+                      WST: tl.constexpr, F: tl.constexpr, NU: tl.constexpr, BM: tl.constexpr, BB: tl.constexpr,
+                      DOT: tl.constexpr, DOT_DT: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr):
+    """y[b, r] = scale[r] * sum_j (2 q(r, j) - L) x[b, j] over the strided field layout (``_common``).
+
+    Batch 1 reads x pre-scaled by 2^(1-p) for field offset p (written so by the input
+    transform): field c is taken in place, ``(w & (MASK << p)) | 0x4B000000`` is the f32
+    2^23 + q 2^p, one FADD gives q 2^p exactly, one FMA accumulates 2 q x; the -L sum x
+    term is one FMA per column shared by the program's rows. 2..16 rows: exact (2q - L)
+    slices and ``tl.dot`` on unscaled x. x has zeros past column n (no masks).
+    """
     pid_m = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    pid_k = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
     rmask = rows < m
-    rows64 = rows.to(tl.int64)
-    acc = tl.zeros((BM, BK), dtype=tl.float32)
-    for k0 in range(0, n, BK):
-        cols = k0 + tl.arange(0, BK)
-        cmask = cols < n
-        mask = rmask[:, None] & cmask[None, :]
-        c = tl.load(codes_ptr + rows64[:, None] * groups + (cols // 8)[None, :], mask=mask, other=0)
-        t = _e8p_point(c.to(tl.int32) & 0xFFFF, (cols % 8)[None, :], alpha_ptr, odd_ptr, mask)
-        xv = tl.load(x_ptr + b * n + cols, mask=cmask, other=0.0)
-        acc += tl.where(mask, t.to(tl.float32) * 0.25, 0.0) * xv[None, :]
-    sc = tl.load(scale_ptr + rows, mask=rmask, other=0.0)
-    tl.store(y_ptr + b * m + rows64, tl.sum(acc, axis=1) * sc, mask=rmask)
+    rc64 = tl.minimum(rows, m - 1).to(tl.int64)
+    wrow = w_ptr + rc64[:, None] * nw
+    uu = tl.arange(0, NU)
+    bb = tl.arange(0, BB)
+    bmask = bb < nb
+    MASK: tl.constexpr = (1 << WST) - 1
+    if DOT:
+        acc = tl.zeros((BM, BB), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BM, NU), dtype=tl.float32)
+        sx = tl.zeros((NU,), dtype=tl.float32)
+    t_lo = pid_k * tiles_per_split
+    t_hi = tl.minimum(t_lo + tiles_per_split, n_tiles)
+    for t in range(t_lo, t_hi):
+        wi = t * NU + uu
+        wd = tl.load(wrow + wi[None, :])
+        if not DOT:
+            wh = wd >> 16
+        for c in tl.static_range(F):
+            cols = c * nw + wi
+            if DOT:
+                q = ((wd >> (c * WST)) & MASK).to(tl.float32)
+                v = 2.0 * q - L
+                xt = tl.load(x_ptr + bb[None, :] * x_sb + cols[:, None], mask=bmask[None, :], other=0.0)
+                if IEEE:
+                    acc = tl.dot(v, xt.to(tl.float32), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(v.to(DOT_DT), xt.to(DOT_DT), acc)
+            else:
+                qf = _grid_field(wd, wh, c, F, WST)
+                xv = tl.load(x_ptr + cols)
+                acc += qf * xv[None, :]
+                sx += xv * (0.5 * (1 << ((c % (F // 2)) * WST)))
+    if DOT:
+        out = acc
+        yoff = bb[None, :] * m + rows[:, None]
+        ymask = rmask[:, None] & bmask[None, :]
+    else:
+        out = tl.sum(acc, axis=1) - L * tl.sum(sx, axis=0)
+        yoff = rows
+        ymask = rmask
+    finish(out, y_ptr, yoff, ymask, scale_ptr, rows, rmask, scale_ptr, ws_ptr, wsi_ptr, cnt_ptr, pid_m,
+           SPLIT, False, True, not DOT)
 
 
-@triton.jit
-def _grid_matvec_kernel(x_ptr, y_ptr, codes_ptr, scale_ptr, m, n, words,
-                        BITS: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
-    """y[b, r] = scale[r] * sum_j f32(2 code[r, j] - (2^b - 1)) * x[b, j], straight from packed codes."""
+@triton.jit(do_not_specialize=["m", "nb", "n_tiles", "tiles_per_split"])
+def _e8p_gemv_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, c_ptr, half_ptr, odd_ptr, scale_ptr, m, gp, nb, x_sb,
+                     n_tiles, tiles_per_split,
+                     NG: tl.constexpr, BM: tl.constexpr, BB: tl.constexpr, DOT: tl.constexpr,
+                     DOT_DT: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr):
+    """y[b, r] = scale[r] * sum_j (t(r, j) / 4) x[b, j] straight from the 16-bit E8P12 codes (quip.md §10.4).
+
+    Per code: row a, sign byte s, parity p, s' = s ^ p with the odd-row flip of
+    coordinate 7 folded in (odd_ptr holds odd[a] << 7); per weight: the table value
+    A[a][i] = alpha/2 (f32, 8 KiB, L1), and coordinate i's sign bit moved to bit 31
+    and XORed onto x (batch 1), so t/4 . x = A . (+-x) + (1/4 - p/2) x. The shift term
+    uses the 8-column sums of x, shared by the rows. 2..16 rows: exact t/4 slices
+    [BM, NG*8] and ``tl.dot``. x has zeros past column n.
+    """
     pid_m = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    pid_k = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
     rmask = rows < m
-    rows64 = rows.to(tl.int64)
-    acc = tl.zeros((BM, BK), dtype=tl.float32)
-    for k0 in range(0, n, BK):
-        cols = k0 + tl.arange(0, BK)
-        cmask = cols < n
-        mask = rmask[:, None] & cmask[None, :]
-        bitpos = cols * BITS
-        q = bitpos >> 5
-        s = (bitpos & 31).to(tl.uint32)
-        base = codes_ptr + rows64[:, None] * words + q[None, :]
-        w0 = tl.load(base, mask=mask, other=0).to(tl.uint32, bitcast=True)
-        straddle = (s + BITS) > 32
-        w1 = tl.load(base + 1, mask=mask & straddle[None, :], other=0).to(tl.uint32, bitcast=True)
-        v = (w0 >> s[None, :]) | tl.where(straddle[None, :], w1 << ((32 - s) & 31)[None, :], 0)
-        g = (2 * (v & ((1 << BITS) - 1)).to(tl.int32) - ((1 << BITS) - 1)).to(tl.float32)
-        xv = tl.load(x_ptr + b * n + cols, mask=cmask, other=0.0)
-        acc += tl.where(mask, g, 0.0) * xv[None, :]
-    sc = tl.load(scale_ptr + rows, mask=rmask, other=0.0)
-    tl.store(y_ptr + b * m + rows64, tl.sum(acc, axis=1) * sc, mask=rmask)
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return (a + b - 1) // b
+    rc64 = tl.minimum(rows, m - 1).to(tl.int64)
+    crow = c_ptr + rc64[:, None] * gp
+    gg = tl.arange(0, NG)
+    ii = tl.arange(0, 8)
+    sbit = (ii >> 1) | ((ii & 1) << 2)
+    bb = tl.arange(0, BB)
+    bmask = bb < nb
+    if DOT:
+        acc = tl.zeros((BM, BB), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BM, NG), dtype=tl.float32)
+    t_lo = pid_k * tiles_per_split
+    t_hi = tl.minimum(t_lo + tiles_per_split, n_tiles)
+    for t in range(t_lo, t_hi):
+        g = t * NG + gg
+        code = tl.load(crow + g[None, :]).to(tl.int32) & 0xFFFF
+        a = code >> 8
+        s = code & 255
+        p = s ^ (s >> 4)
+        p = p ^ (p >> 2)
+        p = (p ^ (p >> 1)) & 1
+        s2 = (s ^ p) ^ tl.load(odd_ptr + a)
+        av = tl.load(half_ptr + a[:, :, None] * 8 + ii[None, None, :])
+        sh = 0.25 - 0.5 * p.to(tl.float32)
+        cols = g[:, None] * 8 + ii[None, :]
+        if DOT:
+            neg = ((s2[:, :, None] >> sbit[None, None, :]) & 1) != 0
+            wv = tl.where(neg, -av, av) + sh[:, :, None]
+            wv = tl.reshape(wv, (BM, NG * 8))
+            cflat = tl.reshape(cols, (NG * 8,))
+            xt = tl.load(x_ptr + bb[None, :] * x_sb + cflat[:, None], mask=bmask[None, :], other=0.0)
+            if IEEE:
+                acc = tl.dot(wv, xt.to(tl.float32), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(wv.to(DOT_DT), xt.to(DOT_DT), acc)
+        else:
+            xv = tl.load(x_ptr + cols)
+            sgn = (s2[:, :, None] << (31 - sbit)[None, None, :]) & -2147483648
+            xs = (xv.to(tl.int32, bitcast=True)[None, :, :] ^ sgn).to(tl.float32, bitcast=True)
+            acc += tl.sum(av * xs, axis=2) + sh * tl.sum(xv, axis=1)[None, :]
+    if DOT:
+        out = acc
+        yoff = bb[None, :] * m + rows[:, None]
+        ymask = rmask[:, None] & bmask[None, :]
+    else:
+        out = tl.sum(acc, axis=1)
+        yoff = rows
+        ymask = rmask
+    finish(out, y_ptr, yoff, ymask, scale_ptr, rows, rmask, scale_ptr, ws_ptr, wsi_ptr, cnt_ptr, pid_m,
+           SPLIT, False, True, not DOT)
 
 
 def transform(x: torch.Tensor, along_rows: bool, log2_h: int, factor: torch.Tensor | None) -> torch.Tensor:
@@ -232,12 +413,12 @@ def transform(x: torch.Tensor, along_rows: bool, log2_h: int, factor: torch.Tens
     BV, BP = 16, 64
     for s in range(log2_h):
         last = s == log2_h - 1
-        _butterfly_kernel[(_ceil_div(nvec, BV), _ceil_div(length // 2, BP))](
+        _butterfly_kernel[(ceil_div(nvec, BV), ceil_div(length // 2, BP))](
             x, nvec, length // 2, sv_, se_, 1 << s, float(hadamard_constant(log2_h)),
             LAST=last, BV=BV, BP=BP, **_OPTS)
     if factor is not None and length // h > 1:
         y = torch.empty_like(x)
-        _factor_kernel[(_ceil_div(nvec, BV), _ceil_div(h, BP))](
+        _factor_kernel[(ceil_div(nvec, BV), ceil_div(h, BP))](
             x, y, factor.contiguous(), nvec, length // h, h, sv_, se_, BV=BV, BH=BP, **_OPTS)
         x = y
     return x
@@ -268,6 +449,19 @@ def e8p_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return _TABLES[key]
 
 
+_GEMV_TABLES: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def e8p_gemv_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A = alpha / 2 as f32 [256 * 8], odd[a] << 7 as int32 [256]) for the fused GEMV, built once per device."""
+    key = str(device)
+    if key not in _GEMV_TABLES:
+        half = torch.from_numpy((abs_table().astype("float32") * 0.5).reshape(-1).copy()).to(device)
+        odd = torch.from_numpy(odd_rows().astype("int32") << 7).to(device)
+        _GEMV_TABLES[key] = (half, odd)
+    return _GEMV_TABLES[key]
+
+
 def _is_real_diag(secs: Mapping[str, torch.Tensor]) -> bool:
     return secs["su"].is_floating_point() or secs["sv"].is_floating_point()
 
@@ -280,7 +474,7 @@ def dequantize(params: Mapping[str, Any], sections_on_device: Mapping[str, torch
     codes = _codes(secs)
     x = torch.empty((m, n), dtype=torch.float32, device=codes.device)
     BR, BC = 16, 64
-    grid = (_ceil_div(m, BR), _ceil_div(n, BC))
+    grid = (ceil_div(m, BR), ceil_div(n, BC))
     if _is_e8p(secs):
         alpha, odd = e8p_tables(codes.device)
         _e8p_kernel[grid](codes, alpha, odd, secs["scale"], x, m, n, codes.shape[1], BR=BR, BC=BC, **_OPTS)
@@ -296,50 +490,220 @@ def dequantize(params: Mapping[str, Any], sections_on_device: Mapping[str, torch
     return x if out_dtype == torch.float32 else x.to(out_dtype)
 
 
+
+_HAD_MAX_LOG2 = 14  # block Hadamards up to 2^14 in one program; larger blocks use the staged transform
+_HAD_PREC = "tf32x3"
+
+
+@dataclass
+class GemvConfig:
+    """Tile of the fused GEMV (BM rows x NU words or NG codes per step); split = column splits (None: auto)."""
+
+    BM: int = 64
+    NU: int = 32
+    NG: int = 16
+    num_warps: int = 4
+    split: int | None = None
+
+
+def default_config(e8p: bool, batch: int) -> GemvConfig:
+    if e8p:
+        return GemvConfig(BM=32 if batch == 1 else 64, NG=16, num_warps=4)
+    return GemvConfig(BM=64, NU=32, num_warps=4)
+
+
 @dataclass
 class PreparedQuip:
-    """Sections on the device and F_n^T (the factor of D_n^T), built once."""
+    """Spec sections on the device (the exact dequantization reads them) plus the GEMV's layout.
+
+    ``words``: grid codes in the strided field layout of ``_common`` (int32 [m, nw],
+    field width ``wst``), or the E8P12 codes padded to ``gp`` (a multiple of 64) codes
+    per row (int16; the spec section itself when no padding is needed). ``lp``: the
+    padded activation length the GEMV reads; ``prescale``: per column 2^(1-p) (grid).
+    """
 
     params: dict[str, Any]
     shape: tuple[int, int]
     sections: dict[str, torch.Tensor]
     factor_nt: torch.Tensor | None
+    e8p: bool = False
+    words: torch.Tensor | None = None
+    wst: int = 0
+    lp: int = 0
+    prescale: torch.Tensor | None = None
+    split_ws: SplitWorkspace | None = field(default=None, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.sections["scale"].device
+
+    def workspace(self) -> SplitWorkspace:
+        if self.split_ws is None:
+            self.split_ws = SplitWorkspace(self.shape[0], self.device)
+        return self.split_ws
 
 
 def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple[int, int],
             device: str | torch.device = "cuda") -> PreparedQuip:
-    """Move sections to ``device`` once (the codes stay packed; the matvec reads them directly)."""
+    """Move sections to ``device`` once and build the GEMV layout (the file layout is untouched)."""
     m, n = (int(v) for v in shape)
     secs = to_device(sections, device)
+    for role, want in (("scale", m), ("su", n), ("sv", m)):
+        check_launch("quip prepare", **{role: (secs[role], want)})
     fn = secs.get("factor_n")
-    return PreparedQuip(dict(params), (m, n), secs, fn.T.contiguous() if fn is not None else None)
+    prep = PreparedQuip(dict(params), (m, n), secs, fn.T.contiguous() if fn is not None else None)
+    codes = _codes(secs)
+    if _is_e8p(secs):
+        check_launch("quip prepare", codes=(codes, m * (n // 8)))
+        g = n // 8
+        gp = ceil_div(g, NW_ALIGN) * NW_ALIGN
+        if gp != g:
+            padded = torch.zeros((m, gp), dtype=torch.int16, device=codes.device)
+            padded[:, :g] = codes.view(torch.int16)
+            codes = padded
+        prep.e8p, prep.words, prep.lp = True, codes.contiguous(), 8 * gp
+    else:
+        bits = int(params["bits"])
+        check_launch("quip prepare", codes=(codes, m * ceil_div(n * bits, 32)))
+        prep.words, prep.wst = repack_fields(codes, n, bits)
+        f = 32 // prep.wst
+        nw = prep.words.shape[1]
+        prep.lp = f * nw
+        c = torch.arange(prep.lp, device=codes.device) // nw  # field of each column
+        p = (c % (f // 2) if f > 1 else c * 0) * prep.wst
+        prep.prescale = torch.exp2(1.0 - p.to(torch.float32)).contiguous()
+    return prep
 
 
-def matvec(prepared: PreparedQuip, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ W.T (+ bias)`` for x [B, n] or [n] via the incoherent basis: two FWHTs instead of a dense W."""
+def _blocks(log2_h: int) -> tuple[int, int, int, bool]:
+    """(R, C, CB, use_dot) of the in-register block Hadamard of size 2^log2_h = R * C."""
+    r = 1 << (log2_h // 2)
+    c = 1 << (log2_h - log2_h // 2)
+    if r >= 16:
+        return r, c, 16, True
+    return r, c, c, False
+
+
+def _rotate(x2: torch.Tensor, out: torch.Tensor, d: int, log2_h: int, factor: torch.Tensor | None,
+            pre: torch.Tensor | None, post: torch.Tensor | None, bias: torch.Tensor | None) -> None:
+    """out[:, :d] = post * ((F kron H_norm)(pre * x2[:, :d])) + bias, row by row, f32 arithmetic.
+
+    One launch for the block Hadamards (plus one for the explicit factor when a = d / h > 1).
+    ``out`` may have a longer row stride than d (the GEMV's padded activations).
+    """
+    B = x2.shape[0]
+    h = 1 << log2_h
+    a = d // h
+    if a * h != d or (a > 1 and (factor is None or factor.numel() != a * a)):
+        raise ValueError(f"quip transform: length {d} is not {a} x 2^{log2_h} with an [{a}, {a}] factor")
+    for name, t in (("pre", pre), ("post", post), ("bias", bias)):
+        if t is not None and t.numel() < d:
+            raise ValueError(f"quip transform: {name} has {t.numel()} elements, expected >= {d}")
+    if x2.stride(1) != 1 or out.stride(1) != 1 or x2.shape[1] < d or out.shape[1] < d:
+        raise ValueError("quip transform: rows must be contiguous and at least the transform length")
+    last = a == 1
+    if log2_h > _HAD_MAX_LOG2:  # staged exact kernels on a [B, d] f32 copy (rare: blocks > 16384)
+        z = x2[:, :d].to(torch.float32)
+        if pre is not None:
+            z = z * pre[:d].to(torch.float32)
+        z = transform(z.contiguous(), True, log2_h, factor)
+        if post is not None:
+            z = z * post[:d].to(torch.float32)
+        if bias is not None:
+            z = z + bias[:d].to(torch.float32)
+        out[:, :d] = z.to(out.dtype)
+        return
+    R, C, CB, use_dot = _blocks(log2_h)
+    tgt = out if last else torch.empty((B, d), dtype=torch.float32, device=x2.device)
+    _had_kernel[(a, B, C // CB)](
+        x2, tgt, pre if pre is not None else x2, post if (last and post is not None) else x2,
+        bias if (last and bias is not None) else x2, x2.stride(0), tgt.stride(0), float(hadamard_constant(log2_h)),
+        R=R, C=C, CB=CB, USE_DOT=use_dot, PREC=_HAD_PREC, HAS_D=pre is not None,
+        HAS_POST=last and post is not None, HAS_BIAS=last and bias is not None, num_warps=8 if R * C >= 8192 else 4)
+    if not last:
+        AB = min(next_pow2(a), 64)
+        BH = max(16, min(next_pow2(h), 4096 // AB))
+        _mix_kernel[(ceil_div(h, BH), B, ceil_div(a, AB))](
+            tgt, out, factor, post if post is not None else tgt, bias if bias is not None else tgt,
+            a, h, tgt.stride(0), out.stride(0), AB=AB, BH=BH, HAS_POST=post is not None,
+            HAS_BIAS=bias is not None)
+
+
+def _check_prepared(p: PreparedQuip) -> None:
+    m, n = p.shape
+    if p.words is None or p.words.dim() != 2 or p.words.shape[0] != m:
+        raise ValueError("PreparedQuip has no GEMV layout for its shape")
+    if p.e8p:
+        gp = p.words.shape[1]
+        ok = p.words.dtype == torch.int16 and gp % NW_ALIGN == 0 and 8 * gp == p.lp and p.lp >= n
+    else:
+        nw = p.words.shape[1]
+        ok = (p.words.dtype == torch.int32 and nw % NW_ALIGN == 0 and (32 // max(p.wst, 1)) * nw == p.lp >= n
+              and p.prescale is not None and p.prescale.numel() == p.lp)
+    if not ok:
+        raise ValueError(f"PreparedQuip layout {tuple(p.words.shape)} does not fit {m}x{n}")
+    check_launch("quip matvec", words=(p.words, p.words.shape[0] * p.words.shape[1]), scale=(p.sections["scale"], m),
+                 su=(p.sections["su"], n), sv=(p.sections["sv"], m))
+    if MAX_BATCH * (max(m, p.lp) + 1) >= 2**31:
+        raise ValueError(f"quip matvec: {m}x{n} exceeds 32-bit indices")
+
+
+def matvec(prepared: PreparedQuip, x: torch.Tensor, bias: torch.Tensor | None = None,
+           config: GemvConfig | None = None) -> torch.Tensor:
+    """``x @ W.T (+ bias)`` for x [B, n] or [n] via the incoherent basis (quip.md §5.3 remark), B > 16 in slices.
+
+    ``y = sv * D_m (scale * (Q (D_n^T (su * x)))) + bias``: input transform (one or two
+    launches), the fused GEMV over the codes, output transform with sv, bias and the cast
+    fused (one or two launches). f32 throughout; output in x's dtype.
+    """
     m, n = prepared.shape
     p, secs = prepared.params, prepared.sections
     squeeze = x.dim() == 1
     x2 = x.reshape(1, n) if squeeze else x
-    if x2.shape[-1] != n:
-        raise ValueError(f"x has {x2.shape[-1]} features, weight expects {n}")
-    xs = (x2.to(torch.float32) * secs["su"].to(torch.float32)[None, :]).contiguous()
-    xs = transform(xs, True, int(p["log2_hn"]), prepared.factor_nt)  # rows of xs <- D_n^T x
-    B = xs.shape[0]
-    y = torch.empty((B, m), dtype=torch.float32, device=xs.device)
-    if B:
-        codes = _codes(secs)
-        BM, BK = 16, 64
-        if _is_e8p(secs):
-            alpha, odd = e8p_tables(codes.device)
-            _e8p_matvec_kernel[(_ceil_div(m, BM), B)](xs, y, codes, alpha, odd, secs["scale"], m, n, codes.shape[1],
-                                                      BM=BM, BK=BK)
-        else:
-            _grid_matvec_kernel[(_ceil_div(m, BM), B)](xs, y, codes, secs["scale"], m, n, codes.shape[1],
-                                                       BITS=int(p["bits"]), BM=BM, BK=BK)
-    y = transform(y.contiguous(), True, int(p["log2_hm"]), secs.get("factor_m"))  # rows <- D_m y
-    y = y * secs["sv"].to(torch.float32)[None, :]
-    if bias is not None:
-        y = y + bias.to(torch.float32)
-    y = y.to(x.dtype)
+    if x2.dim() != 2 or x2.shape[-1] != n:
+        raise ValueError(f"x has shape {tuple(x.shape)}, weight expects [..., {n}]")
+    B = x2.shape[0]
+    if B == 0:
+        return x2.new_empty((0, m))
+    if B > MAX_BATCH:
+        return torch.cat([matvec(prepared, x2[i:i + MAX_BATCH], bias, config) for i in range(0, B, MAX_BATCH)])
+    if bias is not None and bias.numel() != m:
+        raise ValueError(f"bias has {bias.numel()} elements, expected {m}")
+    _check_prepared(prepared)
+    x2 = x2.contiguous()
+    dev = x2.device
+    lp = prepared.lp
+    alloc = torch.empty if lp == n else torch.zeros  # columns past n must read as 0
+    xs = alloc((B, lp), dtype=torch.float32, device=dev)
+    dot = B > 1
+    post = None if (prepared.e8p or dot) else prepared.prescale
+    _rotate(x2, xs, n, int(p["log2_hn"]), prepared.factor_nt, secs["su"], post, None)
+    cfg = config or default_config(prepared.e8p, B)
+    dt, ieee = dot_dtype(x2.dtype)
+    width = prepared.words.shape[1]
+    tile = min(cfg.NG if prepared.e8p else cfg.NU, width)
+    n_tiles = width // tile
+    progs_m = ceil_div(m, cfg.BM)
+    split, tps = split_for(dev, progs_m, n_tiles, cfg.split)
+    ws = prepared.workspace() if split > 1 else None
+    yq = torch.empty((B, m), dtype=torch.float32, device=dev)
+    wsargs = (ws.ws, ws.wsi, ws.cnt) if ws else (yq, yq, yq)
+    common = dict(BM=cfg.BM, BB=16 if dot else 1, DOT=dot, DOT_DT=dt, IEEE=ieee, SPLIT=split > 1,
+                  num_warps=cfg.num_warps)
+    if prepared.e8p:
+        half, odd = e8p_gemv_tables(dev)
+        _e8p_gemv_kernel[(progs_m, split)](xs, yq, *wsargs, prepared.words, half, odd, secs["scale"], m, width, B,
+                                           lp, n_tiles, tps, NG=tile, **common)
+    else:
+        f = 32 // prepared.wst
+        _grid_gemv_kernel[(progs_m, split)](xs, yq, *wsargs, prepared.words, secs["scale"], m, width, B, lp, n_tiles,
+                                            tps, float((1 << int(p["bits"])) - 1), WST=prepared.wst, F=f, NU=tile,
+                                            **common)
+    y = torch.empty((B, m), dtype=x2.dtype, device=dev)
+    _rotate(yq, y, m, int(p["log2_hm"]), secs.get("factor_m"), None, secs["sv"], bias)
     return y.reshape(m) if squeeze else y
+
+
+def dequantize_prepared(prepared: PreparedQuip, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """Dense W of a prepared tensor, bit-identical to quip.md §5 / §10.5 (then RNE)."""
+    return dequantize(prepared.params, prepared.sections, prepared.shape, out_dtype)

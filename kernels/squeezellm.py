@@ -1,36 +1,60 @@
-"""Triton decoding of codec ``squeezellm`` v1: bit-exact dequantization and a LUT matvec.
+"""Triton decoding of codec ``squeezellm`` v1: bit-exact dequantization and a fused LUT matvec.
 
 Entry points:
 
 * :func:`dequantize` — spec sections -> dense f32/f16/bf16 matrix, bit-identical to
   spec/codecs/squeezellm.md §5 (f16/bf16 are RNE casts of the f32 decoded tensor);
-* :func:`prepare` + :func:`matvec` — ``y = x @ W.T (+ bias)`` straight from the
-  packed indices and the per-row LUT (W is never materialised); outliers are
-  added from the CSR as ``val * x[col]`` terms.
+* :func:`prepare` — the load-time layout the fused kernel reads (the file is untouched):
+  codes in the strided field layout of ``_common`` (3-bit codes in 4-bit fields,
+  5..7-bit in 8-bit fields: one shift and one mask per code, never a straddling
+  field), the row tables widened to f32 ``[m, 2^b]`` (exact; 32..1024 bytes per row,
+  L1-resident while a row block is processed), residual CSR kept as is;
+* :func:`matvec` — ``y = x @ W.T (+ bias)`` for 1..16 activation rows; W is never
+  written to memory. Batch 1: per weight one field extract, one table gather
+  ``lut[r, code]`` (L1) and one FMA against an activation slice loaded once per tile
+  and shared by the program's rows. Batch 2..16: each weight is looked up once into
+  a ``[BM, NU]`` slice (exact in f16: the table is f16) and multiplied by ``tl.dot``.
+  Residuals are added from the CSR in the same launch (``val * x[col]``, each row's
+  entries shared among the column-split programs). Small matrices are split along
+  the columns so every SM has work (partials summed in a zero-at-rest workspace);
+* :func:`dequantize_prepared` — the dense matrix from the load-time layout (bit-exact).
 
-Everything runs under ``TRITON_INTERPRET=1`` on CPU tensors (the test path).
-Sections are moved with :func:`spqrfmt.kernels.spqr.to_device` (u32 as int32 views).
+Everything also runs under ``TRITON_INTERPRET=1`` on CPU tensors (the CI path).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-from .spqr import _u32, _unsigned, to_device
+from ._common import (
+    MAX_BATCH,
+    SplitWorkspace,
+    ceil_div,
+    check_launch,
+    dot_dtype,
+    finish,
+    repack_fields,
+    round_out,
+    split_for,
+    to_device,
+)
 
-__all__ = ["PreparedSqueezeLLM", "dequantize", "matvec", "prepare", "to_device"]
+__all__ = ["GemvConfig", "PreparedSqueezeLLM", "dequantize", "dequantize_prepared", "matvec", "prepare",
+           "to_device"]
+
+_OPTS = {"enable_fp_fusion": False}
 
 
 @triton.jit
 def _dequant_kernel(codes_ptr, lut_ptr, out_ptr, m, n, words,
                     BITS: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
-    """out[r, j] = f32(lut[r, unpack(codes[r], j)]) (squeezellm.md §5 step 1)."""
+    """out[r, j] = f32(lut[r, unpack(codes[r], j)]) from the spec layout (squeezellm.md §5 step 1)."""
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     cols = tl.program_id(1) * BC + tl.arange(0, BC)
     mask = (rows < m)[:, None] & (cols < n)[None, :]
@@ -49,75 +73,160 @@ def _dequant_kernel(codes_ptr, lut_ptr, out_ptr, m, n, words,
 
 
 @triton.jit
-def _outlier_add_kernel(out_ptr, rows_ptr, cols_ptr, vals_ptr, nnz, n, BE: tl.constexpr):
-    """out[row[e], col[e]] = out[...] + f32(val[e]): one f32 add per entry (step 2); positions are unique."""
-    e = tl.program_id(0) * BE + tl.arange(0, BE)
-    mask = e < nnz
-    r = tl.load(rows_ptr + e, mask=mask, other=0)
-    c = tl.load(cols_ptr + e, mask=mask, other=0)
-    dst = out_ptr + r * n + c
-    cur = tl.load(dst, mask=mask, other=0.0)
-    v = tl.load(vals_ptr + e, mask=mask, other=0.0).to(tl.float32)
-    tl.store(dst, cur + v, mask=mask)
+def _residual_add_kernel(out_ptr, orp_ptr, ocol_ptr, oval_ptr, m, n, BM: tl.constexpr, EPR: tl.constexpr,
+                         COL16: tl.constexpr):
+    """out[r, col[e]] += f32(val[e]) for the CSR entries of BM rows: one f32 add each (§5 step 2)."""
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    rmask = rows < m
+    lo = tl.load(orp_ptr + rows, mask=rmask, other=0)
+    hi = tl.load(orp_ptr + rows + 1, mask=rmask, other=0)
+    ke = tl.arange(0, EPR)
+    for e0 in range(0, tl.max(hi - lo, axis=0), EPR):
+        ee = lo[:, None] + e0 + ke[None, :]
+        em = rmask[:, None] & (ee < hi[:, None])
+        col = tl.load(ocol_ptr + ee, mask=em, other=0).to(tl.int32)
+        if COL16:
+            col = col & 0xFFFF
+        dst = out_ptr + rows.to(tl.int64)[:, None] * n + col
+        cur = tl.load(dst, mask=em, other=0.0)
+        v = tl.load(oval_ptr + ee, mask=em, other=0.0).to(tl.float32)
+        tl.store(dst, cur + v, mask=em)
 
 
 @triton.jit
-def _matvec_kernel(x_ptr, y_ptr, bias_ptr, codes_ptr, lut_ptr, orp_ptr, orow_ptr, ocol_ptr, oval_ptr,
-                   m, n, words, HAS_BIAS: tl.constexpr, BITS: tl.constexpr,
-                   BM: tl.constexpr, BK: tl.constexpr, E: tl.constexpr):
-    """y[b, r] = sum_j lut[r, code[r, j]] * x[b, j] + sum_e val[e] * x[b, col[e]] (+ bias[r]).
+def _dequant_fields_kernel(w_ptr, lut_ptr, orp_ptr, ocol_ptr, oval_ptr, out_ptr, m, n, nw,
+                           K: tl.constexpr, WST: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr,
+                           EPR: tl.constexpr, COL16: tl.constexpr, OUT_BF16: tl.constexpr):
+    """Dense W from the load-time layout, in the output dtype, bit-identical to §5.
 
-    One program per (block of BM rows, activation row b).
+    Each column j reads field j // nw of word j % nw. Residual positions are then
+    rewritten by this program (it owns whole rows of its column tile): the f32 sum
+    lut + val, rounded once to the output dtype.
+    """
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    rmask = rows < m
+    cmask = cols < n
+    mask = rmask[:, None] & cmask[None, :]
+    rows64 = rows.to(tl.int64)
+    wd = tl.load(w_ptr + rows64[:, None] * nw + (cols % nw)[None, :], mask=mask, other=0)
+    code = (wd >> ((cols // nw) * WST)[None, :]) & (K - 1)
+    v = tl.load(lut_ptr + rows64[:, None] * K + code, mask=mask, other=0.0)
+    tl.store(out_ptr + rows64[:, None] * n + cols[None, :], round_out(v, out_ptr, OUT_BF16), mask=mask)
+    tl.debug_barrier()  # the dense stores above are visible before residual positions are rewritten
+    # residuals falling in this column tile (scanning each row's CSR; entries are few)
+    lo = tl.load(orp_ptr + rows, mask=rmask, other=0)
+    hi = tl.load(orp_ptr + rows + 1, mask=rmask, other=0)
+    ke = tl.arange(0, EPR)
+    c_lo = tl.program_id(1) * BC
+    for e0 in range(0, tl.max(hi - lo, axis=0), EPR):
+        ee = lo[:, None] + e0 + ke[None, :]
+        em = rmask[:, None] & (ee < hi[:, None])
+        col = tl.load(ocol_ptr + ee, mask=em, other=0).to(tl.int32)
+        if COL16:
+            col = col & 0xFFFF
+        em = em & (col >= c_lo) & (col < c_lo + BC)
+        wd = tl.load(w_ptr + rows64[:, None] * nw + col % nw, mask=em, other=0)
+        code = (wd >> ((col // nw) * WST)) & (K - 1)
+        d = tl.load(lut_ptr + rows64[:, None] * K + code, mask=em, other=0.0)
+        d = d + tl.load(oval_ptr + ee, mask=em, other=0.0).to(tl.float32)
+        tl.store(out_ptr + rows64[:, None] * n + col, round_out(d, out_ptr, OUT_BF16), mask=em)
+
+
+@triton.jit
+def _residuals(out, rows, rc, rmask, pid_k, orp_ptr, ocol_ptr, oval_ptr, x_ptr, x_sb, bb, bmask,
+               EPR: tl.constexpr, COL16: tl.constexpr, BATCHED: tl.constexpr):
+    """out += sum over this program's share of each row's CSR entries of f32(val) * x[col]."""
+    lo = tl.load(orp_ptr + rc)
+    hi = tl.where(rmask, tl.load(orp_ptr + rc + 1), lo)
+    nsplit = tl.num_programs(1)
+    per = (hi - lo + nsplit - 1) // nsplit
+    my_lo = lo + pid_k * per
+    my_hi = tl.minimum(my_lo + per, hi)
+    cnt = tl.maximum(my_hi - my_lo, 0)
+    ke = tl.arange(0, EPR)
+    for e0 in range(0, tl.max(cnt, axis=0), EPR):
+        ee = my_lo[:, None] + e0 + ke[None, :]
+        em = ee < my_hi[:, None]
+        col = tl.load(ocol_ptr + ee, mask=em, other=0).to(tl.int32)
+        if COL16:
+            col = col & 0xFFFF
+        val = tl.load(oval_ptr + ee, mask=em, other=0.0).to(tl.float32)
+        if BATCHED:
+            xv = tl.load(x_ptr + col[:, :, None] + bb[None, None, :] * x_sb,
+                         mask=em[:, :, None] & bmask[None, None, :], other=0.0).to(tl.float32)
+            out += tl.sum(val[:, :, None] * xv, axis=1)
+        else:
+            xv = tl.load(x_ptr + col, mask=em, other=0.0).to(tl.float32)
+            out += tl.sum(val * xv, axis=1)
+    return out
+
+
+@triton.jit(do_not_specialize=["m", "n", "nb", "n_tiles", "tiles_per_split"])
+def _lut_gemv_kernel(x_ptr, y_ptr, bias_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, lut_ptr, orp_ptr, ocol_ptr, oval_ptr,
+                     m, n, nw, nb, x_sb, n_tiles, tiles_per_split,
+                     K: tl.constexpr, WST: tl.constexpr, F: tl.constexpr, NU: tl.constexpr, BM: tl.constexpr,
+                     BB: tl.constexpr, EPR: tl.constexpr, DOT: tl.constexpr, DOT_DT: tl.constexpr,
+                     IEEE: tl.constexpr, EVEN: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     COL16: tl.constexpr):
+    """y[b, r] = sum_j lut[r, code(r, j)] x[b, j] + sum_e val[e] x[b, col[e]] (+ bias[r]).
+
+    Grid (row blocks of BM, column splits). A tile is NU words of BM rows; field c of
+    the tile covers columns c*nw + (t*NU .. t*NU+NU-1), contiguous in x. Rows past m
+    are clamped for loads (codes and tables are always valid) and never stored.
     """
     pid_m = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    pid_k = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
     rmask = rows < m
-    rows64 = rows.to(tl.int64)
-    acc = tl.zeros((BM, BK), dtype=tl.float32)
-    for k0 in range(0, n, BK):
-        cols = k0 + tl.arange(0, BK)
-        cmask = cols < n
-        mask = rmask[:, None] & cmask[None, :]
-        bitpos = cols * BITS
-        q = bitpos >> 5
-        s = (bitpos & 31).to(tl.uint32)
-        base = codes_ptr + rows64[:, None] * words + q[None, :]
-        w0 = tl.load(base, mask=mask, other=0).to(tl.uint32, bitcast=True)
-        straddle = (s + BITS) > 32
-        w1 = tl.load(base + 1, mask=mask & straddle[None, :], other=0).to(tl.uint32, bitcast=True)
-        v = (w0 >> s[None, :]) | tl.where(straddle[None, :], w1 << ((32 - s) & 31)[None, :], 0)
-        code = (v & ((1 << BITS) - 1)).to(tl.int64)
-        wv = tl.load(lut_ptr + rows64[:, None] * (1 << BITS) + code, mask=mask, other=0.0).to(tl.float32)
-        xv = tl.load(x_ptr + b * n + cols, mask=cmask, other=0.0).to(tl.float32)
-        acc += wv * xv[None, :]
-    out = tl.sum(acc, axis=1)
-    # Sparse residuals of this row block, E entries at a time (one-hot row match).
-    r_end = tl.minimum(pid_m * BM + BM, m)
-    e_lo = tl.load(orp_ptr + pid_m * BM)
-    e_hi = tl.load(orp_ptr + r_end)
-    for e0 in range(e_lo, e_hi, E):
-        ee = e0 + tl.arange(0, E)
-        emask = ee < e_hi
-        er = tl.load(orow_ptr + ee, mask=emask, other=-1)
-        ec = tl.load(ocol_ptr + ee, mask=emask, other=0).to(tl.int64)
-        ev = tl.load(oval_ptr + ee, mask=emask, other=0.0).to(tl.float32)
-        xv = tl.load(x_ptr + b * n + ec, mask=emask, other=0.0).to(tl.float32)
-        hit = (er[None, :] == rows[:, None]).to(tl.float32)
-        out += tl.sum(hit * (ev * xv)[None, :], axis=1)
-    if HAS_BIAS:
-        out += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + b * m + rows64, out.to(y_ptr.dtype.element_ty), mask=rmask)
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return (a + b - 1) // b
-
-
-def _outlier_coo(secs: Mapping[str, torch.Tensor], m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rp = _u32(secs["outlier_row_ptr"])
-    rows = torch.repeat_interleave(torch.arange(m, device=rp.device), rp[1:] - rp[:-1])
-    return rows, _unsigned(secs["outlier_col"])
+    rc = tl.minimum(rows, m - 1)
+    rc64 = rc.to(tl.int64)
+    wrow = w_ptr + rc64[:, None] * nw
+    lrow = lut_ptr + rc64[:, None] * K
+    uu = tl.arange(0, NU)
+    bb = tl.arange(0, BB)
+    bmask = bb < nb
+    if DOT:
+        acc = tl.zeros((BM, BB), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BM, NU), dtype=tl.float32)
+    t_lo = pid_k * tiles_per_split
+    t_hi = tl.minimum(t_lo + tiles_per_split, n_tiles)
+    for t in range(t_lo, t_hi):
+        wi = t * NU + uu
+        wd = tl.load(wrow + wi[None, :])
+        for c in tl.static_range(F):
+            code = (wd >> (c * WST)) & (K - 1)
+            v = tl.load(lrow + code)
+            cols = c * nw + wi
+            if DOT:
+                if EVEN:
+                    xt = tl.load(x_ptr + bb[None, :] * x_sb + cols[:, None], mask=bmask[None, :], other=0.0)
+                else:
+                    xt = tl.load(x_ptr + bb[None, :] * x_sb + cols[:, None],
+                                 mask=(cols < n)[:, None] & bmask[None, :], other=0.0)
+                if IEEE:
+                    acc = tl.dot(v, xt.to(tl.float32), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(v.to(DOT_DT), xt.to(DOT_DT), acc)
+            else:
+                if EVEN:
+                    xv = tl.load(x_ptr + cols).to(tl.float32)
+                else:
+                    xv = tl.load(x_ptr + cols, mask=cols < n, other=0.0).to(tl.float32)
+                acc += v * xv[None, :]
+    if DOT:
+        out = acc
+        yoff = bb[None, :] * m + rows[:, None]
+        ymask = rmask[:, None] & bmask[None, :]
+    else:
+        out = tl.sum(acc, axis=1)
+        yoff = rows
+        ymask = rmask
+    out = _residuals(out, rows, rc, rmask, pid_k, orp_ptr, ocol_ptr, oval_ptr, x_ptr, x_sb, bb, bmask,
+                     EPR, COL16, DOT)
+    finish(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, bias_ptr, ws_ptr, wsi_ptr, cnt_ptr, pid_m,
+           SPLIT, HAS_BIAS, False, not DOT)
 
 
 def _codes(secs: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -125,62 +234,168 @@ def _codes(secs: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return c.view(torch.int32) if c.dtype == torch.uint32 else c
 
 
+def _i32(t: torch.Tensor) -> torch.Tensor:
+    """u32/u16 index sections as same-width signed views the kernels mask back to unsigned."""
+    if t.dtype == torch.uint32:
+        return t.view(torch.int32)
+    if t.dtype == torch.uint16:
+        return t.view(torch.int16)
+    return t
+
+
+def _residual_sizes(secs: Mapping[str, torch.Tensor], m: int) -> None:
+    nnz = secs["outlier_val"].numel()
+    check_launch("squeezellm residuals", outlier_row_ptr=(secs["outlier_row_ptr"], m + 1),
+                 outlier_col=(secs["outlier_col"], nnz))
+
+
 def dequantize(params: Mapping[str, Any], sections_on_device: Mapping[str, torch.Tensor], shape: tuple[int, int],
                out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Decoded tensor [m, n] of a validated squeezellm tensor (bit-exact f32, then an RNE cast)."""
+    """Decoded tensor [m, n] of a validated squeezellm tensor (bit-exact f32, then an RNE cast).
+
+    No host synchronisation (the residuals are added row block by row block from the
+    CSR), so this is CUDA-graph capturable.
+    """
     m, n = (int(v) for v in shape)
     secs = dict(sections_on_device)
     codes = _codes(secs)
+    bits = int(params["bits"])
+    check_launch("squeezellm dequantize", codes=(codes, m * ceil_div(n * bits, 32)), lut=(secs["lut"], m << bits))
+    _residual_sizes(secs, m)
+    if m * n >= 2**31:
+        raise ValueError(f"squeezellm dequantize: {m}x{n} exceeds 32-bit element indices")
     out = torch.empty((m, n), dtype=torch.float32, device=codes.device)
-    BR, BC = 16, 64
-    _dequant_kernel[(_ceil_div(m, BR), _ceil_div(n, BC))](
-        codes, secs["lut"].contiguous(), out, m, n, codes.shape[1], BITS=int(params["bits"]), BR=BR, BC=BC,
-        enable_fp_fusion=False)
-    nnz = secs["outlier_val"].numel()
-    if nnz:
-        rows, cols = _outlier_coo(secs, m)
-        BE = 128
-        _outlier_add_kernel[(_ceil_div(nnz, BE),)](out, rows.contiguous(), cols.contiguous(), secs["outlier_val"],
-                                                   nnz, n, BE=BE, enable_fp_fusion=False)
+    BR, BC = 16, 128
+    _dequant_kernel[(ceil_div(m, BR), ceil_div(n, BC))](
+        codes, secs["lut"].contiguous(), out, m, n, codes.shape[1], BITS=bits, BR=BR, BC=BC, **_OPTS)
+    if secs["outlier_val"].numel():
+        col = _i32(secs["outlier_col"])
+        _residual_add_kernel[(ceil_div(m, 16),)](out, _i32(secs["outlier_row_ptr"]), col, secs["outlier_val"], m, n,
+                                                 BM=16, EPR=16, COL16=col.dtype == torch.int16, **_OPTS)
     return out if out_dtype == torch.float32 else out.to(out_dtype)
 
 
 @dataclass
+class GemvConfig:
+    """Tile of the fused matvec: BM rows x NU words (x F fields) per step; split = column splits (None: auto)."""
+
+    BM: int = 64
+    NU: int = 32
+    num_warps: int = 4
+    split: int | None = None
+
+
+def default_config(batch: int) -> GemvConfig:
+    return GemvConfig(BM=64, NU=32, num_warps=4)
+
+
+@dataclass
 class PreparedSqueezeLLM:
-    """Sections on the device plus the COO row index of the residuals (built once at load time)."""
+    """Load-time layout: strided field words, f32 tables, residual CSR; ``sections`` keeps bias-free spec
+    sections other than ``codes`` (the words replace them on the device)."""
 
     params: dict[str, Any]
     shape: tuple[int, int]
     sections: dict[str, torch.Tensor]
+    words: torch.Tensor
+    wst: int
+    lut32: torch.Tensor
     o_row_ptr: torch.Tensor
-    o_rows: torch.Tensor
-    o_cols: torch.Tensor
+    o_col: torch.Tensor
+    o_val: torch.Tensor
+    split_ws: SplitWorkspace | None = field(default=None, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.words.device
+
+    def workspace(self) -> SplitWorkspace:
+        if self.split_ws is None:
+            self.split_ws = SplitWorkspace(self.shape[0], self.device)
+        return self.split_ws
 
 
 def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple[int, int],
             device: str | torch.device = "cuda") -> PreparedSqueezeLLM:
-    """Move sections to ``device`` once and expand the CSR row index for the matvec."""
+    """Move sections to ``device`` once and build the fused kernel's layout (the file layout is untouched)."""
     m, n = (int(v) for v in shape)
+    bits = int(params["bits"])
     secs = to_device(sections, device)
-    rows, cols = _outlier_coo(secs, m)
-    return PreparedSqueezeLLM(dict(params), (m, n), secs, _u32(secs["outlier_row_ptr"]).to(torch.int32).contiguous(),
-                              rows.to(torch.int32).contiguous(), cols.to(torch.int32).contiguous())
+    codes = _codes(secs)
+    check_launch("squeezellm prepare", codes=(codes, m * ceil_div(n * bits, 32)), lut=(secs["lut"], m << bits))
+    _residual_sizes(secs, m)
+    words, wst = repack_fields(codes, n, bits)
+    kept = {k: v for k, v in secs.items() if k != "codes"}
+    return PreparedSqueezeLLM(dict(params), (m, n), kept, words, wst, secs["lut"].to(torch.float32).contiguous(),
+                              _i32(secs["outlier_row_ptr"]).contiguous(), _i32(secs["outlier_col"]).contiguous(),
+                              secs["outlier_val"].contiguous())
 
 
-def matvec(prepared: PreparedSqueezeLLM, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ W.T (+ bias)`` for x [B, n] or [n]; f32 accumulation, output in x's dtype."""
+def _check_prepared(p: PreparedSqueezeLLM) -> None:
+    m, n = p.shape
+    bits = int(p.params["bits"])
+    nw = p.words.shape[1] if p.words.dim() == 2 else -1
+    if nw <= 0 or nw % 64 or (32 // p.wst) * nw < n or p.wst < bits:
+        raise ValueError(f"PreparedSqueezeLLM words {tuple(p.words.shape)} do not fit {m}x{n} at {bits} bits")
+    check_launch("squeezellm matvec", words=(p.words, m * nw), lut32=(p.lut32, m << bits),
+                 o_row_ptr=(p.o_row_ptr, m + 1), o_col=(p.o_col, p.o_val.numel()))
+    if MAX_BATCH * (max(m, (32 // p.wst) * nw) + 1) >= 2**31:
+        raise ValueError(f"squeezellm matvec: {m}x{n} exceeds 32-bit indices")
+
+
+def matvec(prepared: PreparedSqueezeLLM, x: torch.Tensor, bias: torch.Tensor | None = None,
+           config: GemvConfig | None = None) -> torch.Tensor:
+    """``x @ W.T (+ bias)`` for x [B, n] or [n]; f32 accumulation, output in x's dtype (B > 16: slices of 16)."""
     m, n = prepared.shape
     squeeze = x.dim() == 1
-    x2 = (x.reshape(1, n) if squeeze else x).contiguous()
-    if x2.shape[-1] != n:
-        raise ValueError(f"x has {x2.shape[-1]} features, weight expects {n}")
+    x2 = x.reshape(1, n) if squeeze else x
+    if x2.dim() != 2 or x2.shape[-1] != n:
+        raise ValueError(f"x has shape {tuple(x.shape)}, weight expects [..., {n}]")
     B = x2.shape[0]
-    y = torch.empty((B, m), dtype=x.dtype, device=x.device)
-    if B:
-        codes = _codes(prepared.sections)
-        BM, BK = 16, 64
-        _matvec_kernel[(_ceil_div(m, BM), B)](
-            x2, y, bias if bias is not None else y, codes, prepared.sections["lut"].contiguous(), prepared.o_row_ptr,
-            prepared.o_rows, prepared.o_cols, prepared.sections["outlier_val"], m, n, codes.shape[1],
-            HAS_BIAS=bias is not None, BITS=int(prepared.params["bits"]), BM=BM, BK=BK, E=32)
+    if B == 0:
+        return x2.new_empty((0, m))
+    if B > MAX_BATCH:
+        return torch.cat([matvec(prepared, x2[i:i + MAX_BATCH], bias, config) for i in range(0, B, MAX_BATCH)])
+    if bias is not None and bias.numel() != m:
+        raise ValueError(f"bias has {bias.numel()} elements, expected {m}")
+    _check_prepared(prepared)
+    x2 = x2.contiguous()
+    cfg = config or default_config(B)
+    bits = int(prepared.params["bits"])
+    nw = prepared.words.shape[1]
+    wst = prepared.wst
+    F = 32 // wst
+    dot = B > 1
+    nu = min(cfg.NU, nw)
+    n_tiles = nw // nu
+    progs_m = ceil_div(m, cfg.BM)
+    split, tps = split_for(prepared.device, progs_m, n_tiles, cfg.split)
+    y = torch.empty((B, m), dtype=x2.dtype, device=x2.device)
+    ws = prepared.workspace() if split > 1 else None
+    dt, ieee = dot_dtype(x2.dtype)
+    _lut_gemv_kernel[(progs_m, split)](
+        x2, y, bias if bias is not None else y, ws.ws if ws else y, ws.wsi if ws else y, ws.cnt if ws else y,
+        prepared.words, prepared.lut32, prepared.o_row_ptr, prepared.o_col, prepared.o_val,
+        m, n, nw, B, x2.stride(0), n_tiles, tps,
+        K=1 << bits, WST=wst, F=F, NU=nu, BM=cfg.BM, BB=16 if dot else 1, EPR=8 if dot else 16, DOT=dot,
+        DOT_DT=dt, IEEE=ieee, EVEN=F * nw == n, SPLIT=split > 1, HAS_BIAS=bias is not None,
+        COL16=prepared.o_col.dtype == torch.int16, num_warps=cfg.num_warps)
     return y.reshape(m) if squeeze else y
+
+
+def dequantize_prepared(prepared: PreparedSqueezeLLM, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """Dense W [m, n] in ``out_dtype`` from the load-time layout, bit-identical to §5 (then RNE)."""
+    _check_prepared(prepared)
+    m, n = prepared.shape
+    if m * n >= 2**31:
+        raise ValueError(f"squeezellm dequantize: {m}x{n} exceeds 32-bit element indices")
+    bits = int(prepared.params["bits"])
+    out = torch.empty((m, n), dtype=out_dtype, device=prepared.device)
+    bf16 = out_dtype == torch.bfloat16
+    BM, BC = 16, 256
+    _dequant_fields_kernel[(ceil_div(m, BM), ceil_div(n, BC))](
+        prepared.words, prepared.lut32, prepared.o_row_ptr, prepared.o_col, prepared.o_val,
+        out.view(torch.int16) if bf16 else out, m, n, prepared.words.shape[1],
+        K=1 << bits, WST=prepared.wst, BM=BM, BC=BC, EPR=16, COL16=prepared.o_col.dtype == torch.int16,
+        OUT_BF16=bf16, **_OPTS)
+    return out

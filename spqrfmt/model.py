@@ -427,7 +427,8 @@ def codec_linear(codec: str, params: dict[str, Any], sections: dict[str, np.ndar
     bias = secs.pop("bias", None)
 
     class CodecLinear(nn.Module):
-        """y = x W^T + b: the codec's fused matvec for <= 16 rows, exact dequantize + cuBLAS above."""
+        """y = x W^T + b: the codec's fused matvec for <= 16 rows, exact dequantize (from the load-time
+        layout) + cuBLAS above."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -448,7 +449,7 @@ def codec_linear(codec: str, params: dict[str, Any], sections: dict[str, np.ndar
             if x2.shape[0] <= FUSED_MAX_ROWS:
                 y = kmod.matvec(self.prepared, x2, b)
             else:
-                w = kmod.dequantize(self.prepared.params, self.prepared.sections, shape, x.dtype)
+                w = kmod.dequantize_prepared(self.prepared, x.dtype)
                 y = torch.nn.functional.linear(x2, w, b)
             return y.reshape(*lead, self.out_features)
 

@@ -555,6 +555,103 @@ def test_v2_triton_matches_numba(kq: Any, m: int, n: int, seed: int, su_dt: str,
     assert np.linalg.norm(y - want) <= 1e-5 * max(np.linalg.norm(want), 1e-6)
 
 
+def _relerr(y: Any, want: np.ndarray) -> float:
+    return float(np.linalg.norm(y.double().cpu().numpy() - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def _check_fused(kq: Any, enc: Any, m: int, n: int, batch: int, split: int | None, seed: int) -> None:
+    """Fused matvec (both transforms, GEMV; FMAs at batch 1, tl.dot at 2..16) vs float64 x @ W_decoded.T."""
+    import torch
+
+    ref = decode(enc.params, enc.sections, (m, n)).astype(np.float64)
+    prep = kq.prepare(enc.params, enc.sections, (m, n), "cpu")
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.standard_normal((batch, n)).astype(np.float32))
+    bias = torch.from_numpy(rng.standard_normal(m).astype(np.float32))
+    cfg = kq.GemvConfig(BM=16, NU=16, NG=16, split=split)
+    want = x.double().numpy() @ ref.T + bias.double().numpy()
+    assert _relerr(kq.matvec(prep, x, bias, cfg), want) <= 1e-5
+    xh = x.half()
+    y = kq.matvec(prep, xh, None, cfg)
+    assert y.dtype == torch.float16 and y.shape == (batch, m)
+    assert _relerr(y, xh.double().numpy() @ ref.T) <= 4e-3
+    assert _relerr(kq.matvec(prep, x[0], None, cfg), want[0] - bias.double().numpy()) <= 1e-5
+
+
+kdims = st.tuples(st.sampled_from([1, 3, 5, 7]), st.integers(0, 5)).map(lambda t: t[0] << t[1])
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(m=kdims, n=kdims, bits=st.integers(1, 8), seed=st.integers(0, 999), batch=st.sampled_from([1, 3, 16]),
+       split=st.sampled_from([None, 2]))
+def test_fused_grid_matvec(kq: Any, m: int, n: int, bits: int, seed: int, batch: int, split: int | None) -> None:
+    """v1 grid codes, K * 2^k dimensions on both sides (explicit factors), batch 1..16, column split."""
+    enc = quantize_quip(_weight(seed, m, n), bits=bits, seed=seed)
+    _check_fused(kq, enc, m, n, batch, split, seed)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(m=kdims, n=st.sampled_from([8, 24, 40, 56, 128]), seed=st.integers(0, 999), su_dt=diag_dtypes,
+       sv_dt=diag_dtypes, batch=st.sampled_from([1, 2, 16]), split=st.sampled_from([None, 3]))
+def test_fused_e8p_matvec(kq: Any, m: int, n: int, seed: int, su_dt: str, sv_dt: str, batch: int,
+                          split: int | None) -> None:
+    """v2 E8P12: every code value (random codes), real or sign diagonals, K * 2^k dimensions."""
+    rng = np.random.default_rng(seed)
+    enc = quantize_quip(_weight(seed, m, n), codebook="e8p12", seed=seed)
+    enc.sections["codes"] = rng.integers(0, 1 << 16, enc.sections["codes"].shape).astype(np.uint16)
+    enc.sections["su"] = _diag(rng, enc.sections["su"], su_dt)
+    enc.sections["sv"] = _diag(rng, enc.sections["sv"], sv_dt)
+    _check_fused(kq, enc, m, n, batch, split, seed)
+
+
+@pytest.mark.parametrize("m, n, e8p", [(16, 256, True), (256, 24, False), (48, 1536, True)])
+def test_fused_matvec_tensor_core_hadamard(kq: Any, m: int, n: int, e8p: bool) -> None:
+    """Blocks of 2^8 and more take the two-dot Hadamard (H_R V H_C), with and without an explicit factor."""
+    kw = {"codebook": "e8p12"} if e8p else {"bits": 2}
+    enc = quantize_quip(_weight(1, m, n), seed=1, **kw)
+    _check_fused(kq, enc, m, n, 2, None, 1)
+
+
+def test_fused_transform_matches_exact_transform_and_large_block_fallback(kq: Any, monkeypatch: Any) -> None:
+    """_rotate (in-register blocks + factor) equals the exact staged transform to f32 rounding; blocks above
+    the register limit go through the staged kernels."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    for a, k in ((1, 6), (3, 4), (5, 0), (1, 9)):
+        d = a << k
+        x = torch.from_numpy(rng.standard_normal((3, d)).astype(np.float32))
+        f = torch.from_numpy(random_orthogonal(a, rng).astype(np.float32)) if a > 1 else None
+        want = kq.transform(x.clone(), True, k, f).double()
+        for limit in (14, 2):
+            monkeypatch.setattr(kq, "_HAD_MAX_LOG2", limit)
+            out = torch.empty((3, d + 5), dtype=torch.float32)
+            kq._rotate(x, out, d, k, f, None, None, None)
+            assert float((out[:, :d].double() - want).abs().max()) <= 1e-5 * float(want.abs().max())
+
+
+def test_fused_launch_is_size_checked(kq: Any) -> None:
+    import torch
+
+    enc = quantize_quip(_weight(2, 8, 24), bits=3, seed=2)
+    prep = kq.prepare(enc.params, enc.sections, (8, 24), "cpu")
+    with pytest.raises(ValueError, match="features|shape"):
+        kq.matvec(prep, torch.zeros(2, 25))
+    with pytest.raises(ValueError, match="bias"):
+        kq.matvec(prep, torch.zeros(2, 24), torch.zeros(9))
+    prep.prescale = prep.prescale[:-1]
+    with pytest.raises(ValueError, match="layout"):
+        kq.matvec(prep, torch.zeros(1, 24))
+    prep = kq.prepare(enc.params, enc.sections, (8, 24), "cpu")
+    prep.sections["scale"] = prep.sections["scale"][:7]
+    with pytest.raises(ValueError, match="scale"):
+        kq.matvec(prep, torch.zeros(1, 24))
+    with pytest.raises(ValueError, match="factor"):
+        kq._rotate(torch.zeros(1, 24), torch.zeros(1, 24), 24, 3, None, None, None, None)
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered")
 def test_v2_triton_special_values(kq: Any) -> None:
     """Signed zeros, inf and NaN in the scale and the diagonals: Triton == Numba (NaN as any NaN)."""

@@ -173,6 +173,103 @@ def test_triton_matches_numba(ks: Any, m: int, n: int, bits: int, seed: int, out
     assert np.allclose(y1, want[0] - np.arange(m), rtol=1e-5, atol=1e-5)
 
 
+def _relerr(y: Any, want: np.ndarray) -> float:
+    return float(np.linalg.norm(y.double().cpu().numpy() - want) / max(np.linalg.norm(want), 1e-30))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(m=st.integers(1, 40), n=st.integers(1, 300), bits=st.integers(1, 8), seed=st.integers(0, 999),
+       outliers=st.sampled_from(["none", "some", "rows"]), batch=st.sampled_from([1, 2, 5, 16]),
+       split=st.sampled_from([None, 2, 3]))
+def test_fused_layout_matvec_and_dequant(ks: Any, m: int, n: int, bits: int, seed: int, outliers: str, batch: int,
+                                         split: int | None) -> None:
+    """The load-time layout: dequantize_prepared bit-exact in f32/f16/bf16; the fused matvec (FMA at batch 1,
+    tl.dot at 2..16, column-split) within f32 accumulation error of float64 (1e-5) with f32 activations and
+    within 4e-3 with f16 activations (the f16 result rounding alone is up to 2^-11)."""
+    import torch
+
+    w, mask = _weight(seed, m, n, outliers)
+    enc = quantize_squeezellm(w, bits=bits, outlier_mask=mask, outlier_fraction=0.0, max_iter=5)
+    ref = decode(enc.params, enc.sections, (m, n))
+    prep = ks.prepare(enc.params, enc.sections, (m, n), "cpu")
+    assert "codes" not in prep.sections and prep.words.shape[1] % 64 == 0
+    assert _same_bits(ks.dequantize_prepared(prep, torch.float32).numpy(), ref)
+    for dt in (torch.float16, torch.bfloat16):
+        got = ks.dequantize_prepared(prep, dt)
+        assert torch.equal(got.view(torch.int16), torch.from_numpy(ref).to(dt).view(torch.int16))
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.standard_normal((batch, n)).astype(np.float32))
+    bias = torch.from_numpy(rng.standard_normal(m).astype(np.float32))
+    cfg = ks.GemvConfig(BM=16, NU=16, split=split)
+    want = x.double().numpy() @ ref.astype(np.float64).T + bias.double().numpy()
+    assert _relerr(ks.matvec(prep, x, bias, cfg), want) <= 1e-5
+    xh = x.half()
+    y = ks.matvec(prep, xh, bias.half(), cfg)
+    assert y.dtype == torch.float16 and y.shape == (batch, m)
+    assert _relerr(y, xh.double().numpy() @ ref.astype(np.float64).T + bias.half().double().numpy()) <= 4e-3
+    y1 = ks.matvec(prep, x[0], None, cfg)
+    assert y1.shape == (m,) and _relerr(y1, want[0] - bias.double().numpy()) <= 1e-5
+
+
+def test_fused_matvec_slices_large_batches_and_bf16(ks: Any) -> None:
+    import torch
+
+    w, _ = _weight(4, 12, 96, "none")
+    enc = quantize_squeezellm(w, bits=3, outlier_fraction=0.02)
+    ref = decode(enc.params, enc.sections, (12, 96)).astype(np.float64)
+    prep = ks.prepare(enc.params, enc.sections, (12, 96), "cpu")
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((35, 96)).astype(np.float32))
+    assert _relerr(ks.matvec(prep, x), x.double().numpy() @ ref.T) <= 1e-5  # 16 + 16 + 3 rows
+    xb = x[:4].bfloat16()
+    yb = ks.matvec(prep, xb)
+    assert yb.dtype == torch.bfloat16 and _relerr(yb, xb.double().numpy() @ ref.T) <= 4e-3
+
+
+def test_repacked_fields_hold_every_code(ks: Any) -> None:
+    """Field c of word w is column c * nw + w; padding fields are zero."""
+    import torch
+
+    from spqrfmt.kernels._common import repack_fields, unpack_rows
+
+    rng = np.random.default_rng(0)
+    for bits, n in ((3, 77), (1, 33), (5, 10), (8, 300)):
+        from spqrfmt.encoder.packing import pack_rows
+
+        q = rng.integers(0, 1 << bits, (4, n))
+        words, wst = repack_fields(torch.from_numpy(pack_rows(q, bits).view(np.int32)), n, bits)
+        f, nw = 32 // wst, words.shape[1]
+        assert nw % 64 == 0 and f * nw >= n
+        w64 = words.to(torch.int64) & 0xFFFFFFFF
+        fields = torch.stack([(w64 >> (c * wst)) & ((1 << wst) - 1) for c in range(f)], dim=1).reshape(4, -1)
+        assert torch.equal(fields[:, :n], torch.from_numpy(q)) and not fields[:, n:].any()
+        assert torch.equal(unpack_rows(torch.from_numpy(pack_rows(q, bits).view(np.int32)), n, bits),
+                           torch.from_numpy(q))
+
+
+def test_fused_launch_is_size_checked(ks: Any) -> None:
+    import torch
+
+    w, _ = _weight(2, 8, 40, "some")
+    enc = quantize_squeezellm(w, bits=4, outlier_fraction=0.05)
+    prep = ks.prepare(enc.params, enc.sections, (8, 40), "cpu")
+    with pytest.raises(ValueError, match="features|shape"):
+        ks.matvec(prep, torch.zeros(2, 41))
+    with pytest.raises(ValueError, match="bias"):
+        ks.matvec(prep, torch.zeros(2, 40), torch.zeros(7))
+    prep.words = prep.words[:, :32]
+    with pytest.raises(ValueError, match="words"):
+        ks.matvec(prep, torch.zeros(1, 40))
+    prep = ks.prepare(enc.params, enc.sections, (8, 40), "cpu")
+    prep.o_col = prep.o_col[:-1]
+    with pytest.raises(ValueError, match="o_col"):
+        ks.matvec(prep, torch.zeros(1, 40))
+    secs = ks.to_device(enc.sections, "cpu")
+    secs["outlier_row_ptr"] = secs["outlier_row_ptr"][:-1]
+    with pytest.raises(ValueError, match="outlier_row_ptr"):
+        ks.dequantize(enc.params, secs, (8, 40))
+
+
 # ---- hostile input ---------------------------------------------------------------------------------------
 
 

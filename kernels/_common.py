@@ -1,0 +1,163 @@
+"""Pieces shared by the squeezellm and quip kernels: the strided field repack, launch checks, split-K finish.
+
+Strided field layout (built once at load time; the file keeps the spec's packed
+rows): a row's ``b``-bit codes are re-packed into ``nw`` 32-bit words of
+``F = 32 / WST`` fields of a power-of-two width ``WST >= b`` (3-bit codes sit in
+4-bit fields, 5..7-bit codes in 8-bit fields), and field ``c`` of word ``w``
+holds column ``c * nw + w``. A tile of NU consecutive words therefore covers,
+for each field ``c`` (a compile-time constant in the kernels), NU *contiguous*
+columns: the activation slice of a field is one wide load, every shift is a
+constant, and a code never straddles a word. ``nw`` is padded to a multiple of
+``NW_ALIGN`` so tiles never need a mask on the weight loads (padding codes are
+0 and meet zero activations).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .spqr import to_device, unpack_rows
+
+NW_ALIGN = 64  # words per row are padded to this (the largest tile width NU)
+MAX_BATCH = 16  # rows of x one fused launch handles (tl.dot N = 16)
+_INT32_MAX = 2**31 - 1
+
+
+def ceil_div(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def next_pow2(v: int) -> int:
+    return 1 << max(0, (int(v) - 1).bit_length())
+
+
+def field_width(bits: int) -> int:
+    """Power-of-two field width holding a ``bits``-bit code (1, 2, 4 or 8)."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"code width {bits} outside 1..8")
+    return next_pow2(bits)
+
+
+def words_per_row(n: int, wst: int) -> int:
+    return ceil_div(ceil_div(n, 32 // wst), NW_ALIGN) * NW_ALIGN
+
+
+def repack_fields(codes: torch.Tensor, n: int, bits: int) -> tuple[torch.Tensor, int]:
+    """Spec packed rows [m, W] (u32 bits) -> (int32 words [m, nw] in the strided field layout, WST)."""
+    wst = field_width(bits)
+    f = 32 // wst
+    nw = words_per_row(n, wst)
+    m = codes.shape[0]
+    q = unpack_rows(codes, n, bits)  # int64 [m, n]
+    full = torch.zeros((m, f * nw), dtype=torch.int64, device=codes.device)
+    full[:, :n] = q
+    fields = full.view(m, f, nw)  # column c * nw + w -> fields[:, c, w]
+    words = torch.zeros((m, nw), dtype=torch.int64, device=codes.device)
+    for c in range(f):
+        words |= fields[:, c, :] << (c * wst)
+    words = torch.where(words >= 2**31, words - 2**32, words)
+    return words.to(torch.int32).contiguous(), wst
+
+
+def check_launch(what: str, **sizes: tuple[torch.Tensor | None, int]) -> None:
+    """Every tensor a kernel indexes without bounds checks has exactly the expected number of elements."""
+    for name, (t, want) in sizes.items():
+        if t is None or t.numel() != want:
+            got = None if t is None else t.numel()
+            raise ValueError(f"{what}: {name} has {got} elements, expected {want}")
+        if want > _INT32_MAX:
+            raise ValueError(f"{what}: {name} has {want} elements, too many for 32-bit kernel indices")
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def split_for(device: torch.device, progs_m: int, n_tiles: int, forced: int | None, per_sm: int = 8) -> tuple[int, int]:
+    """(programs per row block, tiles per program): ~per_sm programs per SM, none left without a tile."""
+    if forced:
+        want = forced
+    elif device.type != "cuda":
+        want = 1
+    else:
+        want = ceil_div(per_sm * sm_count(device), max(progs_m, 1))
+    split = max(1, min(want, n_tiles))
+    tps = ceil_div(n_tiles, split)
+    return ceil_div(n_tiles, tps), tps
+
+
+class SplitWorkspace:
+    """f32 partial sums [MAX_BATCH * m] and per-row-block arrival counters, zero at rest (see ``finish``)."""
+
+    def __init__(self, m: int, device: torch.device) -> None:
+        self.ws = torch.zeros(MAX_BATCH * m, dtype=torch.float32, device=device)
+        self.wsi = self.ws.view(torch.int32)  # the same memory, for the exchange (int32 atomics everywhere)
+        self.cnt = torch.zeros(ceil_div(m, 4) + 1, dtype=torch.int32, device=device)
+
+
+@triton.jit
+def store_rows(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, scale_ptr, HAS_BIAS: tl.constexpr,
+               HAS_SCALE: tl.constexpr, ONE_ROW: tl.constexpr):
+    """y = out * scale[row] (+ bias[row]) cast to y's dtype; out is [BM] (ONE_ROW) or [BM, BB]."""
+    if HAS_SCALE:
+        sc = tl.load(scale_ptr + rows, mask=rmask, other=0.0)
+        if ONE_ROW:
+            out = out * sc
+        else:
+            out = out * sc[:, None]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+        if ONE_ROW:
+            out = out + bias
+        else:
+            out = out + bias[:, None]
+    tl.store(y_ptr + yoff, out.to(y_ptr.dtype.element_ty), mask=ymask)
+
+
+@triton.jit
+def finish(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, scale_ptr, ws_ptr, wsi_ptr, cnt_ptr, pid_m,
+           SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, ONE_ROW: tl.constexpr):
+    """Write this program's result; with SPLIT, sum the column-split partials without a memset or extra launch.
+
+    Partials go to an f32 workspace that is zero at rest; the last program of the row
+    block to arrive (an acq_rel counter) takes the total, re-zeroes the workspace and
+    its counter, and writes y (scaled, biased, cast).
+    """
+    if SPLIT:
+        tl.atomic_add(ws_ptr + yoff, out, mask=ymask)
+        done = tl.atomic_add(cnt_ptr + pid_m, 1)
+        if done == tl.num_programs(1) - 1:
+            total = tl.atomic_xchg(wsi_ptr + yoff, tl.zeros_like(out).to(tl.int32, bitcast=True), mask=ymask)
+            total = tl.where(ymask, total.to(tl.float32, bitcast=True), 0.0)  # masked lanes: undefined
+            tl.atomic_xchg(cnt_ptr + pid_m, 0)
+            store_rows(total, y_ptr, yoff, ymask, bias_ptr, rows, rmask, scale_ptr, HAS_BIAS, HAS_SCALE, ONE_ROW)
+    else:
+        store_rows(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, scale_ptr, HAS_BIAS, HAS_SCALE, ONE_ROW)
+
+
+@triton.jit
+def round_out(v, out_ptr, OUT_BF16: tl.constexpr):
+    """f32 -> the output dtype by RNE; bf16 with integer ops (NaN stays NaN; the interpreter's cast truncates)."""
+    if OUT_BF16:
+        b = v.to(tl.uint32, bitcast=True)
+        rb = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+        rb = tl.where(v != v, (b >> 16) | 0x40, rb)
+        return rb.to(tl.uint16).to(tl.int16, bitcast=True)
+    return v.to(out_ptr.dtype.element_ty)
+
+
+def dot_dtype(dt: torch.dtype) -> tuple[tl.dtype, bool]:
+    """(tl.dot operand dtype, exact f32) for activations of dtype dt: f16 stays f16 (the decoded weights
+    are exact in f16), bf16 and f32 use f32 IEEE dots so no activation is rounded."""
+    if dt == torch.float16:
+        return tl.float16, False
+    return tl.float32, True
+
+
+__all__ = ["MAX_BATCH", "NW_ALIGN", "SplitWorkspace", "ceil_div", "check_launch", "dot_dtype", "field_width",
+           "finish", "next_pow2", "repack_fields", "round_out", "sm_count", "split_for", "store_rows", "to_device",
+           "unpack_rows", "words_per_row"]
