@@ -513,8 +513,7 @@ def convert(
     meta.update(metadata or {})
     report = ConvertReport(Path(output), transposed=sorted(transposed))
     with Writer(output, metadata=meta) as writer:
-        quantized = set(wanted)
-        work = [math.prod(sf.shape(n)) if n in quantized else 0 for sf, n in entries]
+        work = [math.prod(sf.shape(n)) if cfg.wants(n, sf.dtype(n), sf.shape(n)) else 0 for sf, n in entries]
         for sf, name in _progress(entries, work, "convert", progress):
             dtype, arr = sf[name]
             report.source_bytes += arr.nbytes
