@@ -37,11 +37,11 @@ SHAPES = [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (8192, 28672
 BITS = [3, 4]
 # tiled-layout sweep (every tile shape is a Triton compilation; shapes are runtime values, so configs are
 # compiled once and reused across shapes). batch 1: (BM, NU units of 32 columns, num_warps); batch > 1 likewise.
-# (BM, NU, num_warps, prefetch, num_stages)
-B1_SWEEP = [(16, 32, 4, True, 1), (16, 32, 4, False, 1), (16, 32, 4, False, 3), (16, 64, 4, True, 1),
-            (16, 64, 8, True, 1), (16, 16, 2, True, 1)]
-BN_SWEEP = [(64, 4, 4, False, 1), (128, 2, 8, False, 1), (64, 2, 4, False, 1)]
-SPLITS = {1: [None, 8], 4: [None, 4], 16: [None, 4]}
+# (BM, NU, num_warps, half2)
+B1_SWEEP = [(16, 32, 4, True), (64, 8, 4, True), (128, 4, 4, True), (256, 4, 4, True), (256, 4, 8, True),
+            (256, 2, 4, True), (256, 4, 4, False)]
+BN_SWEEP = [(64, 4, 4, False), (128, 2, 8, False), (64, 2, 4, False)]
+SPLITS = {1: [None, 8, 16], 4: [None, 4], 16: [None, 4]}
 
 
 def cdiv(a: int, b: int) -> int:
@@ -256,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                 cands = [ks.default_config(prep, batch)]
                 if not args.quick and prep.layout == "tiled":
                     sweep = B1_SWEEP if batch == 1 else BN_SWEEP
-                    cands += [ks.MatvecConfig(BM=c[0], NH=c[1], num_warps=c[2], prefetch=c[3], num_stages=c[4],
-                                              split=sp) for c in sweep for sp in SPLITS[batch]]
+                    cands += [ks.MatvecConfig(BM=c[0], NH=c[1], num_warps=c[2], half2=c[3], split=sp)
+                              for c in sweep for sp in SPLITS[batch]]
                 best = (float("inf"), None, float("nan"))
                 for cfg in cands:
                     try:

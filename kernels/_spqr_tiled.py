@@ -68,6 +68,40 @@ def xprep_kernel(x_ptr, idx_ptr, xq_ptr, xs_ptr, xo_ptr, n, NUT, x_sb,
 
 
 @triton.jit
+def xprep_h2_kernel(x_ptr, idx_ptr, xh_ptr, xe_ptr, xs_ptr, xo_ptr, n, NUT, x_sb, BU: tl.constexpr):
+    """Batch-1 operands of the f16x2 kernel (bits-4 words) for BU units.
+
+    xh[j, u] (int32) holds the f16 pair (x[32u + 8s + c], x[32u + 8s + c + 4])·2^-e_u for j = 4s + c
+    (the two fields one LOP3 puts into the halves of a word); e_u is the unit's exponent, so every
+    scaled x is below 1 in magnitude and a half's f16 sum of 16 code·x products stays far from the f16
+    range; xe[u] = 2^e_u. xs[2u + h]: unscaled half sums; xo: x in stored order (f32) for outliers.
+    """
+    pid = tl.program_id(0)
+    u = pid * BU + tl.arange(0, BU)
+    j = tl.arange(0, 16)
+    um = u < NUT
+    col_lo = u[:, None] * 32 + (j // 4 * 8 + j % 4)[None, :]
+    col_hi = col_lo + 4
+    m_lo = um[:, None] & (col_lo < n)
+    m_hi = um[:, None] & (col_hi < n)
+    lo = tl.load(x_ptr + tl.load(idx_ptr + col_lo, mask=m_lo, other=0), mask=m_lo, other=0.0).to(tl.float32)
+    hi = tl.load(x_ptr + tl.load(idx_ptr + col_hi, mask=m_hi, other=0), mask=m_hi, other=0.0).to(tl.float32)
+    tl.store(xo_ptr + col_lo, lo, mask=m_lo)
+    tl.store(xo_ptr + col_hi, hi, mask=m_hi)
+    first = (j < 8)[None, :]
+    tl.store(xs_ptr + 2 * u, tl.sum(tl.where(first, lo + hi, 0.0), axis=1), mask=um)
+    tl.store(xs_ptr + 2 * u + 1, tl.sum(tl.where(first, 0.0, lo + hi), axis=1), mask=um)
+    mx = tl.maximum(tl.max(tl.abs(lo), axis=1), tl.max(tl.abs(hi), axis=1))
+    e = ((mx.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 126  # 2^(e-1) <= mx < 2^e
+    e = tl.minimum(tl.maximum(e, -100), 100)
+    tl.store(xe_ptr + u, ((e + 127) << 23).to(tl.float32, bitcast=True), mask=um)
+    inv = ((127 - e) << 23).to(tl.float32, bitcast=True)[:, None]
+    hl = (lo * inv).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    hh = (hi * inv).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    tl.store(xh_ptr + j[None, :] * NUT + u[:, None], hl | (hh << 16), mask=um[:, None])
+
+
+@triton.jit
 def xdot_kernel(x_ptr, idx_ptr, xn_ptr, n, NP, x_sb, BC: tl.constexpr):
     """x (feature order, any float dtype) -> xn[b, j] = x[b, idx[j]] in stored order, zero padded to NP."""
     j = tl.program_id(0) * BC + tl.arange(0, BC)
@@ -88,20 +122,6 @@ def _load_words(w_ptr, off, SS, lmask, BITS: tl.constexpr):
     w2 = tl.load(w_ptr + off + 2 * SS, mask=lmask, other=0).to(tl.uint32, bitcast=True)
     if BITS == 3:
         return _nibble_words(w0, w1, w2)
-    w3 = tl.load(w_ptr + off + 3 * SS, mask=lmask, other=0).to(tl.uint32, bitcast=True)
-    return w0, w1, w2, w3
-
-
-@triton.jit
-def _load_raw(w_ptr, off, SS, lmask, BITS: tl.constexpr):
-    """The stored words as uint32, not yet rebuilt (BITS = 3: lo0, lo1, hi, and a copy of hi)."""
-    w0 = tl.load(w_ptr + off, mask=lmask, other=0).to(tl.uint32, bitcast=True)
-    w1 = tl.load(w_ptr + off + SS, mask=lmask, other=0).to(tl.uint32, bitcast=True)
-    if BITS == 2:
-        return w0, w1, w0, w1
-    w2 = tl.load(w_ptr + off + 2 * SS, mask=lmask, other=0).to(tl.uint32, bitcast=True)
-    if BITS == 3:
-        return w0, w1, w2, w2
     w3 = tl.load(w_ptr + off + 3 * SS, mask=lmask, other=0).to(tl.uint32, bitcast=True)
     return w0, w1, w2, w3
 
@@ -143,15 +163,26 @@ def _f16_at(v, shift: tl.constexpr):
 
 
 @triton.jit
+def _per_row(v, R2: tl.constexpr, BM: tl.constexpr, NU: tl.constexpr):
+    """[R2, NU] values of the program's R2 row blocks -> [BM, NU] (each repeated over its BM / R2 rows)."""
+    if R2 == 1:
+        out = v
+    else:
+        out = tl.reshape(tl.broadcast_to(v[:, None, :], (R2, BM // R2, NU)), (BM, NU))
+    return out
+
+
+@triton.jit
 def _stats(rows, k2, g, gmask, lmask, st_ptr, st2_ptr, sz_ptr, m, K2, SB: tl.constexpr, STQ: tl.constexpr,
-           ONE_BLOCK: tl.constexpr, EXACT: tl.constexpr):
-    """(S, Z) f32 [BM, NU] of groups g [NU], rounded exactly as spqr.md §5 step 1.
+           R2: tl.constexpr, EXACT: tl.constexpr, BM: tl.constexpr, NU: tl.constexpr):
+    """(S, Z) f32 [BM, NU] of groups g [NU] (spqr.md §5 step 1; EXACT rounds through f16 as the spec does).
 
     STQ: one byte of scale|zero codes per (row, group), [G, m], and the four second-level f16 values
-    of (group, row block k2) in one int64, [G, K2]. A program's rows lie in one row block (BM divides
-    β2), so k2 is a scalar and the second-level values are one [NU] load broadcast over the rows: a
-    per-row gather would be uncoalesced and would pull every tensor of the loop into its layout.
-    (Without ONE_BLOCK, k2 is per row [BM] and the values are gathered: the slow general case.)
+    of (group, row block) in one int64, [G, K2]. When the program's rows and the β2 row blocks nest
+    (R2 > 0: its BM rows are in one block, or are R2 whole blocks starting at block k2), the
+    second-level values are one [R2, NU] load decoded once and repeated over the rows: a per-row
+    gather (R2 = 0, the general case) is uncoalesced and pulls every tensor of the loop into its
+    layout (a shared-memory round trip per tensor and step).
     Otherwise (16-bit statistics) S|Z f16 bits in one int32 per (row, group), [G, m].
     """
     idx = g[None, :] * m + rows[:, None]
@@ -159,18 +190,35 @@ def _stats(rows, k2, g, gmask, lmask, st_ptr, st2_ptr, sz_ptr, m, K2, SB: tl.con
         c = tl.load(st_ptr + idx, mask=lmask, other=0).to(tl.int32)
         sc = (c & ((1 << SB) - 1)).to(tl.float32)
         zc = ((c >> SB) & 0xFF).to(tl.float32)
-        if ONE_BLOCK:
-            v = tl.load(st2_ptr + g * K2 + k2, mask=gmask, other=0)[None, :]
+        if R2 > 0:
+            kb = k2 + tl.arange(0, R2)
+            v = tl.load(st2_ptr + g[None, :] * K2 + kb[:, None], mask=(kb < K2)[:, None] & gmask[None, :], other=0)
         else:
             v = tl.load(st2_ptr + g[None, :] * K2 + k2[:, None], mask=lmask, other=0)
         if EXACT:
-            S = ((sc - _f16_at(v, 0)) * _f16_at(v, 16)).to(tl.float16).to(tl.float32)
-            Z = ((zc - _f16_at(v, 32)) * _f16_at(v, 48)).to(tl.float16).to(tl.float32)
+            sz = _f16_at(v, 0)
+            ss = _f16_at(v, 16)
+            zz = _f16_at(v, 32)
+            zs = _f16_at(v, 48)
+            if R2 > 0:
+                sz = _per_row(sz, R2, BM, NU)
+                ss = _per_row(ss, R2, BM, NU)
+                zz = _per_row(zz, R2, BM, NU)
+                zs = _per_row(zs, R2, BM, NU)
+            S = ((sc - sz) * ss).to(tl.float16).to(tl.float32)
+            Z = ((zc - zz) * zs).to(tl.float16).to(tl.float32)
         else:  # the matvec: c·s − z·s (one FMA, no f16 rounding; within its error contract)
             ss = _f16_at(v, 16)
             zs = _f16_at(v, 48)
-            S = sc * ss - _f16_at(v, 0) * ss
-            Z = zc * zs - _f16_at(v, 32) * zs
+            szs = _f16_at(v, 0) * ss
+            zzs = _f16_at(v, 32) * zs
+            if R2 > 0:
+                ss = _per_row(ss, R2, BM, NU)
+                zs = _per_row(zs, R2, BM, NU)
+                szs = _per_row(szs, R2, BM, NU)
+                zzs = _per_row(zzs, R2, BM, NU)
+            S = sc * ss - szs
+            Z = zc * zs - zzs
     else:
         v = tl.load(sz_ptr + idx, mask=lmask, other=0)
         S = _f16_at(v, 0)
@@ -180,13 +228,13 @@ def _stats(rows, k2, g, gmask, lmask, st_ptr, st2_ptr, sz_ptr, m, K2, SB: tl.con
 
 @triton.jit
 def _half_stats(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2,
-                SB: tl.constexpr, STQ: tl.constexpr, SAME: tl.constexpr, ONE_BLOCK: tl.constexpr,
-                EXACT: tl.constexpr):
+                SB: tl.constexpr, STQ: tl.constexpr, SAME: tl.constexpr, R2: tl.constexpr,
+                EXACT: tl.constexpr, BM: tl.constexpr, NU: tl.constexpr):
     """(S0, Z0, S1, Z1): the statistics of the two halves of each unit (SAME: one group covers both)."""
     g0 = (2 * u) // hpg
     gm0 = umask & (g0 < G)
     S0, Z0 = _stats(rows, k2, g0, gm0, rmask[:, None] & gm0[None, :], st_ptr, st2_ptr, sz_ptr, m, K2, SB, STQ,
-                    ONE_BLOCK, EXACT)
+                    R2, EXACT, BM, NU)
     if SAME:
         S1 = S0
         Z1 = Z0
@@ -194,46 +242,8 @@ def _half_stats(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K
         g1 = (2 * u + 1) // hpg
         gm1 = umask & (g1 < G)
         S1, Z1 = _stats(rows, k2, g1, gm1, rmask[:, None] & gm1[None, :], st_ptr, st2_ptr, sz_ptr, m, K2, SB,
-                        STQ, ONE_BLOCK, EXACT)
+                        STQ, R2, EXACT, BM, NU)
     return S0, Z0, S1, Z1
-
-
-@triton.jit
-def _raw_stats(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2, STQ: tl.constexpr):
-    """The undecoded statistics loads of both halves (one row block, ONE_BLOCK): issued a tile ahead."""
-    g0 = (2 * u) // hpg
-    g1 = (2 * u + 1) // hpg
-    gm0 = umask & (g0 < G)
-    gm1 = umask & (g1 < G)
-    i0 = g0[None, :] * m + rows[:, None]
-    i1 = g1[None, :] * m + rows[:, None]
-    if STQ:
-        c0 = tl.load(st_ptr + i0, mask=rmask[:, None] & gm0[None, :], other=0).to(tl.int32)
-        c1 = tl.load(st_ptr + i1, mask=rmask[:, None] & gm1[None, :], other=0).to(tl.int32)
-        v0 = tl.load(st2_ptr + g0 * K2 + k2, mask=gm0, other=0)
-        v1 = tl.load(st2_ptr + g1 * K2 + k2, mask=gm1, other=0)
-    else:
-        c0 = tl.load(sz_ptr + i0, mask=rmask[:, None] & gm0[None, :], other=0)
-        c1 = tl.load(sz_ptr + i1, mask=rmask[:, None] & gm1[None, :], other=0)
-        v0 = u.to(tl.int64)
-        v1 = v0
-    return c0, c1, v0, v1
-
-
-@triton.jit
-def _decode_stats(c, v, SB: tl.constexpr, STQ: tl.constexpr):
-    """(S, Z) for the matvec from _raw_stats' values (c·s − z·s form, no f16 rounding)."""
-    if STQ:
-        sc = (c & ((1 << SB) - 1)).to(tl.float32)
-        zc = ((c >> SB) & 0xFF).to(tl.float32)
-        ss = _f16_at(v, 16)[None, :]
-        zs = _f16_at(v, 48)[None, :]
-        S = sc * ss - _f16_at(v, 0)[None, :] * ss
-        Z = zc * zs - _f16_at(v, 32)[None, :] * zs
-    else:
-        S = _f16_at(c, 0)
-        Z = _f16_at(c, 16)
-    return S, Z
 
 
 @triton.jit
@@ -251,6 +261,79 @@ def _word_dot(w, xq_ptr, slot0: tl.constexpr, u, umask, NUT, F: tl.constexpr, WS
         xv = tl.load(xb + (slot0 + c) * NUT, mask=umask, other=0.0)
         part += _field(w, wh, c, F, WST) * xv[None, :]
     return part
+
+
+@triton.jit
+def _pair_fma(vm, x, acc, ODD: tl.constexpr, ASM: tl.constexpr):
+    """acc + q·x in f16x2, q the two 4-bit fields of vm (bits 0-3 / 16-19, or 4-7 / 20-23 when ODD).
+
+    ``vm | 0x64006400`` is the f16 pair 1024 + q (or 1024 + 16q): one FMA unbiases it exactly, one
+    FMA accumulates. ASM: PTX ``fma.rn.f16x2`` (GPU); otherwise the same f16 arithmetic in Triton ops
+    (the interpreter has no inline assembly).
+    """
+    v = vm | 0x64006400
+    if ASM:
+        if ODD:
+            out = tl.inline_asm_elementwise(
+                "{.reg .b32 k, z, q; mov.b32 k, 0x2C002C00; mov.b32 z, 0xD400D400; "
+                "fma.rn.f16x2 q, $1, k, z; fma.rn.f16x2 $0, q, $2, $3;}",
+                "=r,r,r,r", [v, x, acc], dtype=tl.int32, is_pure=True, pack=1)
+        else:
+            out = tl.inline_asm_elementwise(
+                "{.reg .b32 k, z, q; mov.b32 k, 0x3C003C00; mov.b32 z, 0xE400E400; "
+                "fma.rn.f16x2 q, $1, k, z; fma.rn.f16x2 $0, q, $2, $3;}",
+                "=r,r,r,r", [v, x, acc], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        vl = (v & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+        vh = ((v >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+        if ODD:
+            ql = vl * 0.0625 - 64.0
+            qh = vh * 0.0625 - 64.0
+        else:
+            ql = vl - 1024.0
+            qh = vh - 1024.0
+        xl = (x & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+        xh = ((x >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+        al = (acc & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+        ah = ((acc >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+        rl = (ql.to(tl.float16) * xl + al).to(tl.float16)
+        rh = (qh.to(tl.float16) * xh + ah).to(tl.float16)
+        out = ((rl.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF)
+               | (rh.to(tl.int16, bitcast=True).to(tl.int32) << 16))
+    return out
+
+
+@triton.jit
+def _word_h2(w, xh_ptr, j0: tl.constexpr, u, umask, NUT, acc, ASM: tl.constexpr):
+    """acc + Σ q·x over the 8 fields of bits-4 words w [BM, NU], as four f16x2 pairs."""
+    wi = w.to(tl.int32, bitcast=True)
+    w8 = (w >> 8).to(tl.int32, bitcast=True)
+    xb = xh_ptr + u
+    acc = _pair_fma(wi & 0x000F000F, tl.load(xb + j0 * NUT, mask=umask, other=0)[None, :], acc, False, ASM)
+    acc = _pair_fma(wi & 0x00F000F0, tl.load(xb + (j0 + 1) * NUT, mask=umask, other=0)[None, :], acc, True, ASM)
+    acc = _pair_fma(w8 & 0x000F000F, tl.load(xb + (j0 + 2) * NUT, mask=umask, other=0)[None, :], acc, False, ASM)
+    acc = _pair_fma(w8 & 0x00F000F0, tl.load(xb + (j0 + 3) * NUT, mask=umask, other=0)[None, :], acc, True, ASM)
+    return acc
+
+
+@triton.jit
+def _h2_sum(a):
+    """f32 sum of the two f16 halves of a."""
+    lo = (a & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    hi = ((a >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return lo + hi
+
+
+@triton.jit
+def _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xh_ptr, xe_ptr, xs_ptr, u, umask, NUT, ASM: tl.constexpr):
+    """_unit_dot with f16x2 products and per-half f16 sums (x scaled per unit by 2^-e_u)."""
+    zero = tl.zeros(w0.shape, dtype=tl.int32)
+    a0 = _word_h2(w1, xh_ptr, 4, u, umask, NUT, _word_h2(w0, xh_ptr, 0, u, umask, NUT, zero, ASM), ASM)
+    a1 = _word_h2(w3, xh_ptr, 12, u, umask, NUT, _word_h2(w2, xh_ptr, 8, u, umask, NUT, zero, ASM), ASM)
+    xe = tl.load(xe_ptr + u, mask=umask, other=0.0)[None, :]
+    xs0 = tl.load(xs_ptr + 2 * u, mask=umask, other=0.0)[None, :]
+    xs1 = tl.load(xs_ptr + 2 * u + 1, mask=umask, other=0.0)[None, :]
+    return S0 * (_h2_sum(a0) * xe - Z0 * xs0) + S1 * (_h2_sum(a1) * xe - Z1 * xs1)
 
 
 @triton.jit
@@ -333,27 +416,31 @@ def _fv(y, yh, ys, yz, c: tl.constexpr, F: tl.constexpr, WST: tl.constexpr, EXAC
 
 
 @triton.jit
-def gemv_kernel(xq_ptr, xs_ptr, xo_ptr, y_ptr, bias_ptr, w_ptr, st_ptr, st2_ptr, sz_ptr,
+def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, y_ptr, bias_ptr, w_ptr, st_ptr, st2_ptr, sz_ptr,
                 orp_ptr, ocol_ptr, odelta_ptr,
                 m, n, NUT, G, K2, B2, hpg, nb, n_tiles, tiles_per_split,
                 BITS: tl.constexpr, SB: tl.constexpr, STQ: tl.constexpr, SAME: tl.constexpr,
-                ONE_BLOCK: tl.constexpr, PREFETCH: tl.constexpr, NU: tl.constexpr, BM: tl.constexpr,
+                R2: tl.constexpr, NU: tl.constexpr, BM: tl.constexpr,
                 BB: tl.constexpr, EPR: tl.constexpr,
                 MODE: tl.constexpr, ATOMIC: tl.constexpr, HAS_BIAS: tl.constexpr, COL16: tl.constexpr,
-                DOT_DT: tl.constexpr):
+                DOT_DT: tl.constexpr, H2: tl.constexpr, ASM: tl.constexpr, EXACT_STATS: tl.constexpr):
     """y[b, r] = Σ_j W[r, j] x[b, j] over BM rows and this program's share of tiles (NU units each).
 
     MODE 0 (one activation row): xq/xs are xprep_kernel's operands; per half
-    ``S·(Σ q·x·2^-p·2^p − Z·Σ x)``. MODE 1 (2..16 rows): xq is x in stored order (DOT_DT, zero padded
-    to NUT·32 columns, [BB rows]), one ``tl.dot`` per tile of decoded weights rounded to DOT_DT.
+    ``S·(Σ q·x·2^-p·2^p − Z·Σ x)``; H2 (bits 3/4): xq/xe are xprep_h2_kernel's operands and
+    the products f16x2 (ASM: PTX; else the same f16 arithmetic in Triton ops). MODE 1 (2..16 rows):
+    xq is x in stored order (DOT_DT, zero padded to NUT·32 columns, [BB rows]), one ``tl.dot`` per
+    tile of decoded weights rounded to DOT_DT.
     Outliers are add-deltas (f32(val) − dense) gathered row-wise from xo (stored order, f32).
+    EXACT_STATS (f32 activations): the statistics rounded through f16 as the spec does, so the
+    product is the spec's matrix times x up to f32 summation order.
     """
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
     rmask = rows < m
-    if ONE_BLOCK:
-        k2 = (pid_m * BM) // B2  # BM divides β2: the program's rows are in one row block
+    if R2 > 0:
+        k2 = (pid_m * BM) // B2  # the first of the R2 row blocks the program's rows lie in
     else:
         k2 = rows // B2
     SS = NUT * m  # words per slot
@@ -367,38 +454,18 @@ def gemv_kernel(xq_ptr, xs_ptr, xo_ptr, y_ptr, bias_ptr, w_ptr, st_ptr, st2_ptr,
         kk = tl.arange(0, NU * 32)
     t_lo = pid_k * tiles_per_split
     t_hi = tl.minimum(t_lo + tiles_per_split, n_tiles)
-    if PREFETCH:
-        # Batch 1, one row block: the next tile's words and statistics are loaded before this tile is
-        # computed, so each thread keeps a tile of loads in flight (the loop is otherwise latency-bound).
-        u = t_lo * NU + uu
-        umask = (u < NUT) & (u < t_hi * NU)
-        lmask = rmask[:, None] & umask[None, :]
-        w0, w1, w2, w3 = _load_raw(w_ptr, u[None, :] * m + rows[:, None], SS, lmask, BITS)
-        c0, c1, v0, v1 = _raw_stats(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2, STQ)
-        for t in range(t_lo, t_hi):
-            uc = u
-            ucm = umask
-            a0, a1, a2, a3 = w0, w1, w2, w3
-            d0, d1, e0, e1 = c0, c1, v0, v1
-            u = (t + 1) * NU + uu
-            umask = (u < NUT) & (u < t_hi * NU)
-            lmask = rmask[:, None] & umask[None, :]
-            w0, w1, w2, w3 = _load_raw(w_ptr, u[None, :] * m + rows[:, None], SS, lmask, BITS)
-            c0, c1, v0, v1 = _raw_stats(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2, STQ)
-            if BITS == 3:
-                a0, a1, a2, a3 = _nibble_words(a0, a1, a2)
-            S0, Z0 = _decode_stats(d0, e0, SB, STQ)
-            S1, Z1 = _decode_stats(d1, e1, SB, STQ)
-            acc += _unit_dot(a0, a1, a2, a3, S0, Z0, S1, Z1, xq_ptr, xs_ptr, uc, ucm, NUT, BITS)
-    for t in range(t_lo, t_hi if not PREFETCH else t_lo):
+    for t in range(t_lo, t_hi):
         u = t * NU + uu
         umask = u < NUT
         lmask = rmask[:, None] & umask[None, :]
         w0, w1, w2, w3 = _load_words(w_ptr, u[None, :] * m + rows[:, None], SS, lmask, BITS)
         S0, Z0, S1, Z1 = _half_stats(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2,
-                                     SB, STQ, SAME, ONE_BLOCK, False)
+                                     SB, STQ, SAME, R2, EXACT_STATS, BM, NU)
         if MODE == 0:
-            acc += _unit_dot(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xs_ptr, u, umask, NUT, BITS)
+            if H2:
+                acc += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xe_ptr, xs_ptr, u, umask, NUT, ASM)
+            else:
+                acc += _unit_dot(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xs_ptr, u, umask, NUT, BITS)
         else:
             wt = _tile(w0, w1, w2, w3, S0, Z0, S1, Z1, BITS, False, BM, NU).to(DOT_DT)
             cols = t * (NU * 32) + kk
@@ -432,14 +499,14 @@ def gemv_kernel(xq_ptr, xs_ptr, xo_ptr, y_ptr, bias_ptr, w_ptr, st_ptr, st2_ptr,
 @triton.jit
 def dequant_kernel(w_ptr, st_ptr, st2_ptr, sz_ptr, perm_ptr, out_ptr, m, n, NUT, G, K2, B2, hpg,
                    BITS: tl.constexpr, SB: tl.constexpr, STQ: tl.constexpr, SAME: tl.constexpr,
-                   ONE_BLOCK: tl.constexpr, NU: tl.constexpr, BM: tl.constexpr, HAS_PERM: tl.constexpr,
+                   R2: tl.constexpr, NU: tl.constexpr, BM: tl.constexpr, HAS_PERM: tl.constexpr,
                    OUT_BF16: tl.constexpr):
     """out[r, perm[j]] (or out[r, j]) = (f32(q) − Z)·S for a [BM, NU·32] tile (spqr.md §5 step 2)."""
     pid_m = tl.program_id(0)
     pid_u = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
     rmask = rows < m
-    if ONE_BLOCK:
+    if R2 > 0:
         k2 = (pid_m * BM) // B2
     else:
         k2 = rows // B2
@@ -448,7 +515,7 @@ def dequant_kernel(w_ptr, st_ptr, st2_ptr, sz_ptr, perm_ptr, out_ptr, m, n, NUT,
     lmask = rmask[:, None] & umask[None, :]
     w0, w1, w2, w3 = _load_words(w_ptr, u[None, :] * m + rows[:, None], NUT * m, lmask, BITS)
     S0, Z0, S1, Z1 = _half_stats(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2, SB, STQ, SAME,
-                                 ONE_BLOCK, True)
+                                 R2, True, BM, NU)
     wt = _tile(w0, w1, w2, w3, S0, Z0, S1, Z1, BITS, True, BM, NU)
     cols = pid_u * (NU * 32) + tl.arange(0, NU * 32)
     cm = cols < n

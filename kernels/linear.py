@@ -10,6 +10,18 @@ from torch import nn
 
 from . import spqr as K
 
+_SCRATCH: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _scratch(shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A dense [m, n] buffer shared by every layer on ``device``: layers run one after another, so one
+    dequantized weight at a time is all the prefill path needs (not a dense copy per layer)."""
+    need = shape[0] * shape[1]
+    buf = _SCRATCH.get((device, dtype))
+    if buf is None or buf.numel() < need:
+        buf = _SCRATCH[(device, dtype)] = torch.empty(need, dtype=dtype, device=device)
+    return buf[:need].view(shape)
+
 
 class SpQRLinear(nn.Module):
     """y = x W^T + b with W decoded on the fly.
@@ -50,7 +62,10 @@ class SpQRLinear(nn.Module):
         if x2.shape[0] <= self.fused_max_rows:
             y = K.matvec(self.prepared, x2, bias)
         else:
-            w = K.dequantize_prepared(self.prepared, x.dtype)
+            # prefill: W in stored column order into one scratch buffer shared by all layers, x through perm
+            w = K.dequantize_stored(self.prepared, x.dtype, out=_scratch(self.prepared.shape, x.dtype, x.device))
+            if self.prepared.perm is not None:
+                x2 = x2.index_select(1, self.prepared.x_index(0))
             y = torch.nn.functional.linear(x2, w, bias)
         return y.reshape(*lead, self.out_features)
 

@@ -33,7 +33,6 @@ Repacked layout (all built on the device by :func:`prepare`):
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -190,7 +189,7 @@ class MatvecConfig:
     tile_dot: bool = False  # grouped layout, 2..16 rows: one dot per [BM, NH·β1] gathered tile (MODE 3)
     x_inline: bool = False  # grouped layout, 1 row: the kernel gathers x itself (no xprep launch; its strided
     # x loads measured slower than the xprep launch on the H100 at 11008x4096 and 8192x28672)
-    prefetch: bool = False  # tiled layout, batch 1, one row block per program: load the next tile first
+    half2: bool = True  # tiled layout, batch 1, 3/4-bit, f16/bf16 x: f16x2 products of per-unit-scaled x
     fused_finish: bool = False  # grouped layout, split > 1: the last program of a row block writes y from a
     # self-resetting workspace (no memset/cast launches); measured only together with x_inline
 
@@ -392,9 +391,10 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
             packed_stats: bool | None = None) -> PreparedSpQR:
     """Move sections to ``device`` once and build the fused kernel's layout there (see module doc).
 
-    ``layout`` picks ``"tiled"`` (``_spqr_tiled.py``: exactly ``bits`` bits per code and the statistics
-    as their codes; 2-4-bit codes, β1 a multiple of 16) or forces ``"planes"`` (the general kernel)
-    for comparison; by default the grouped fast path is used whenever β1 allows it. ``packed_stats`` picks the
+    By default the *tiled* layout (``_spqr_tiled.py``: exactly ``bits`` bits per code and the
+    statistics as their codes) is used for 2-4-bit codes with β1 a multiple of 16, else the grouped
+    repack when β1 fills whole words, else bit planes; ``layout`` forces ``"grouped"`` or ``"planes"``
+    for comparison. ``packed_stats`` picks the
     grouped layout's statistics form (default :data:`PACKED_STATS_DEFAULT`; always
     packed when the statistics are not 3+3-bit codes).
     """
@@ -411,9 +411,9 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
     dev = secs["codes"].device
     if layout not in (None, "tiled", "grouped", "planes"):
         raise ValueError(f"layout must be 'tiled', 'grouped' or 'planes', not {layout!r}")
-    # The tiled layout holds ~1.07x the spec bytes (the grouped one ~1.6x) and is faster at 4096x4096 and at
-    # batch 4/16, but slower at batch 1 on the largest shapes (docs/kernels.md, H200): opt-in until it wins.
-    tiled_ok = _tiled_ok(params) and layout == "tiled"
+    # The tiled layout holds ~1.07x the spec bytes (the grouped one ~1.6x) and measured faster at every
+    # batch on the H200 (docs/kernels.md): the default wherever it applies.
+    tiled_ok = _tiled_ok(params) and layout in (None, "tiled")
     if layout == "tiled" and not tiled_ok:
         raise ValueError(f"the tiled layout needs 2-4-bit codes and a group size that is a multiple of 16, "
                          f"not {bits} bits and group_size {gs}")
@@ -476,10 +476,6 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
             delta = secs["outlier_val"].to(torch.float32) - dense
     else:
         delta = torch.empty(0, dtype=torch.float32, device=dev)
-    if tiled is not None:
-        d16 = delta.half()
-        if bool(torch.equal(torch.isfinite(d16), torch.isfinite(delta))):
-            delta = d16  # 2 bytes per outlier; the matvec's error contract covers the rounding
     col16 = n <= 65536
     o_col = torch.where(cols >= 32768, cols - 65536, cols).to(torch.int16) if col16 else cols.to(torch.int32)
     perm = secs.get("perm")
@@ -539,10 +535,10 @@ def _codes_at(codes: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, bits:
 
 def default_config(prepared: PreparedSpQR, batch: int) -> MatvecConfig:
     """Tile shape favoured by the H100 sweep of bench/bench_kernels.py (``NH`` is NG, groups per tile, when grouped)."""
-    if prepared.layout == "tiled":  # NH = 32-column units per tile
+    if prepared.layout == "tiled":  # NH = 32-column units per tile; within 6 % of the best of the H200 sweep
         if batch == 1:
-            return MatvecConfig(BM=16, NH=16, num_warps=4)
-        return MatvecConfig(BM=64, NH=4, num_warps=4)
+            return MatvecConfig(BM=64, NH=8, num_warps=4, split=8)
+        return MatvecConfig(BM=64, NH=4, num_warps=4, split=4)
     if prepared.layout == "grouped":
         if batch == 1:
             return MatvecConfig(BM=16, NH=32, num_warps=4)
@@ -626,22 +622,28 @@ def _check_tiled(prepared: PreparedSpQR) -> None:
         raise ValueError(f"PreparedSpQR.perm has {prepared.perm.numel()} elements, expected {n}")
 
 
+def _inline_asm_ok(dev: torch.device) -> bool:
+    """PTX inline assembly runs on CUDA devices, not in Triton's interpreter (TRITON_INTERPRET=1)."""
+    import os
+
+    return dev.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+
+
 def _tiled_consts(prepared: PreparedSpQR, bm: int) -> dict[str, Any]:
     p = prepared.params
     hpg = int(p["group_size"]) // 16
     b2 = int(p.get("stat_group_size", 1) or 1)
     return {"BITS": int(p["bits"]), "SB": int(p["scale_bits"]) if prepared.stats_q else 0,
-            "STQ": prepared.stats_q, "SAME": hpg % 2 == 0, "ONE_BLOCK": b2 % bm == 0}
+            "STQ": prepared.stats_q, "SAME": hpg % 2 == 0, "R2": _row_blocks(b2, bm)}
 
 
-def _tiled_bm(prepared: PreparedSpQR, bm: int) -> int:
-    """Rows per program: ``bm``, lowered to a power of two that divides β2 (each program in one row block)."""
-    if not prepared.stats_q:
-        return bm
-    b2 = int(prepared.params.get("stat_group_size", 1) or 1)
-    while bm > 1 and b2 % bm:
-        bm //= 2
-    return bm
+def _row_blocks(b2: int, bm: int) -> int:
+    """β2 row blocks per program of ``bm`` rows when they nest (1: inside one block), else 0 (gathered per row)."""
+    if b2 % bm == 0:
+        return 1
+    if bm % b2 == 0 and b2 & (b2 - 1) == 0:
+        return bm // b2
+    return 0
 
 
 def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor | None,
@@ -662,26 +664,29 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
     mode = 0 if B == 1 else 1
     F = 16 if bits == 2 else 8
     xo = torch.empty((B, n), dtype=torch.float32, device=dev)
-    if mode == 0:
+    h2 = mode == 0 and bits in (3, 4) and cfg.half2 and x2.dtype != torch.float32  # f32 callers keep f32
+    xe = xo
+    if h2:
+        xq = torch.empty((16, nut), dtype=torch.int32, device=dev)
+        xe = torch.empty((nut,), dtype=torch.float32, device=dev)
+        xs = torch.empty((2 * nut,), dtype=torch.float32, device=dev)
+        KT.xprep_h2_kernel[(_ceil_div(nut, 32),)](x2, idx, xq, xe, xs, xo, n, nut, x2.stride(0), BU=32)
+    elif mode == 0:
         xq = torch.empty((32, nut), dtype=torch.float32, device=dev)
         xs = torch.empty((2 * nut,), dtype=torch.float32, device=dev)
         bu = 32
         KT.xprep_kernel[(_ceil_div(nut, bu), 1)](x2, idx, xq, xs, xo, n, nut, x2.stride(0),
                                                  F=F, WST=32 // F, BU=bu)
     else:
-        xq = torch.empty((B, 32 * nut), dtype=x2.dtype if x2.dtype != torch.float32 else torch.float16,
-                         device=dev)
+        xq = torch.empty((B, 32 * nut), dtype=x2.dtype, device=dev)  # the dot's operand type: x's
         xs = xq
         bc = 1024
         KT.xdot_kernel[(_ceil_div(32 * nut, bc), B)](x2, idx, xq, n, 32 * nut, x2.stride(0), BC=bc)
         if prepared.o_col.numel():
             KT.xdot_kernel[(_ceil_div(n, bc), B)](x2, idx, xo, n, n, x2.stride(0), BC=bc)
-    NU = cfg.NH
-    BM = _tiled_bm(prepared, cfg.BM)
-    if mode == 1:
-        BM = cfg.BM  # tl.dot needs >= 16 rows; statistics are then gathered per row unless BM divides β2
+    NU, BM = cfg.NH, cfg.BM
     n_tiles = _ceil_div(nut, NU)
-    split, tps = _split(prepared, dataclasses.replace(cfg, BM=BM), n_tiles)
+    split, tps = _split(prepared, cfg, n_tiles)
     atomic = split > 1
     y = torch.zeros((B, m), dtype=torch.float32, device=dev) if atomic else torch.empty((B, m), dtype=x2.dtype,
                                                                                         device=dev)
@@ -690,12 +695,12 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
     dot_dt = _TL_DTYPE[xq.dtype] if mode == 1 else tl.float16
     consts = _tiled_consts(prepared, BM)
     KT.gemv_kernel[(_ceil_div(m, BM), split)](
-        xq, xs, xo, y, bias if has_bias else y, prepared.tiled, prepared.st_codes, prepared.st2_64, prepared.sz32,
+        xq, xs, xe, xo, y, bias if has_bias else y, prepared.tiled, prepared.st_codes, prepared.st2_64, prepared.sz32,
         prepared.o_row_ptr, prepared.o_col, prepared.o_delta,
         m, n, nut, G, _ceil_div(m, b2), b2, gs // 16, B, n_tiles, tps,
         NU=NU, BM=BM, BB=1 if mode == 0 else 16, EPR=16 if mode == 0 else 8, MODE=mode, ATOMIC=atomic,
-        HAS_BIAS=has_bias, COL16=prepared.o_col.dtype == torch.int16, DOT_DT=dot_dt,
-        PREFETCH=cfg.prefetch and mode == 0 and consts["ONE_BLOCK"],
+        HAS_BIAS=has_bias, COL16=prepared.o_col.dtype == torch.int16, DOT_DT=dot_dt, H2=h2,
+        ASM=h2 and _inline_asm_ok(dev), EXACT_STATS=x2.dtype == torch.float32,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts)
     if atomic:
         if bias is not None:

@@ -135,12 +135,15 @@ def test_dequantize_special_values_propagate():
 @SETTINGS
 @given(shape=shapes, cfg=configs, seed=st.integers(0, 2**31 - 1), batch=st.sampled_from([1, 1, 3, 16]),
        bm=st.sampled_from([16, 32]), nh=st.sampled_from([16, 32]), split=st.sampled_from([1, 2, 5]),
-       packed=st.booleans(), tile_dot=st.booleans(), x_inline=st.booleans(), finish=st.booleans())
-def test_matvec_matches_reference(shape, cfg, seed, batch, bm, nh, split, packed, tile_dot, x_inline, finish):
+       packed=st.booleans(), tile_dot=st.booleans(), x_inline=st.booleans(), finish=st.booleans(),
+       grouped=st.booleans())
+def test_matvec_matches_reference(shape, cfg, seed, batch, bm, nh, split, packed, tile_dot, x_inline, finish,
+                                  grouped):
     m, n = shape
     enc = _encode(seed, m, n, **cfg)
     ref = decode(enc.params, enc.sections, shape).astype(np.float64)
-    prep = ks.prepare(enc.params, enc.sections, shape, DEVICE, packed_stats=packed)
+    layout = "grouped" if grouped and ks._grouped_ok(enc.params) else None  # else the default (tiled when it fits)
+    prep = ks.prepare(enc.params, enc.sections, shape, DEVICE, packed_stats=packed, layout=layout)
     rng = np.random.default_rng(seed + 1)
     x = torch.from_numpy(rng.standard_normal((batch, n)).astype(np.float32)).half()
     want = x.double().numpy() @ ref.T
@@ -250,14 +253,13 @@ def test_dequantize_v2_rounding_cases_and_prepared_path():
 # --- the tiled resident layout (kernels/_spqr_tiled.py): exact bits per code, statistics as codes -------------
 
 tiled_configs = st.tuples(st.sampled_from([2, 3, 4]), st.sampled_from([16, 32, 48]), st.sampled_from([3, 4, 16]),
-                          st.sampled_from([1, 5, 16, 32]), st.sampled_from(["none", "some", "rows"]), st.booleans())
+                          st.sampled_from([1, 4, 5, 16, 32]), st.sampled_from(["none", "some", "rows"]), st.booleans())
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shape=st.tuples(st.integers(1, 40), st.integers(1, 150)), cfg=tiled_configs, seed=st.integers(0, 2**31 - 1),
-       bm=st.sampled_from([16, 32]), nu=st.sampled_from([1, 2, 4]), split=st.sampled_from([None, 1, 3]),
-       prefetch=st.booleans())
-def test_tiled_layout_exact_and_matvec(shape, cfg, seed, bm, nu, split, prefetch):
+       bm=st.sampled_from([16, 32, 64]), nu=st.sampled_from([1, 2, 4]), split=st.sampled_from([None, 1, 3]))
+def test_tiled_layout_exact_and_matvec(shape, cfg, seed, bm, nu, split):
     """Dequantization from the tiled layout is bit-exact (both column orders); matvec within tolerance at 1/3/16."""
     m, n = shape
     bits, gs, sbits, b2, outliers, perm = cfg
@@ -273,7 +275,7 @@ def test_tiled_layout_exact_and_matvec(shape, cfg, seed, bm, nu, split, prefetch
     assert _same_bits(stored, ref[:, p.astype(np.int64)] if p is not None else ref)
     got16 = ks.dequantize_prepared(prep, torch.float16).cpu().numpy()
     np.testing.assert_array_equal(got16.view(np.uint16), ref.astype(np.float16).view(np.uint16))
-    cfgm = ks.MatvecConfig(BM=bm, NH=nu, split=split, prefetch=prefetch)
+    cfgm = ks.MatvecConfig(BM=bm, NH=nu, split=split)
     rng = np.random.default_rng(seed)
     for batch in (1, 3, 16):
         x = torch.from_numpy(rng.standard_normal((batch, n)).astype(np.float16)).to(DEVICE)
