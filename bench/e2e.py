@@ -73,6 +73,9 @@ from spqrfmt.writer import Writer  # noqa: E402
 
 FULL = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
             num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048)
+# Llama-3-8B's shape (the end-to-end model): 32 layers, hidden 4096, MLP 14336, 8 KV heads
+LLAMA_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=2048)
 QUICK = dict(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -256,6 +259,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny model; runs on CPU (GPU timings skipped)")
     ap.add_argument("--bits", type=int, nargs="+", default=[4, 3])
+    ap.add_argument("--model", choices=["tinyllama-1.1b", "llama-8b"], default="tinyllama-1.1b",
+                    help="the Llama shape to build (random weights)")
     ap.add_argument("--outlier-fraction", type=float, default=0.01)
     ap.add_argument("--prefill", type=int, nargs="+", default=None, help="prompt lengths (default 128 1024)")
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -265,7 +270,7 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="folder for e2e.md and e2e.json")
     args = ap.parse_args()
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    c = QUICK if args.quick else FULL
+    c = QUICK if args.quick else (LLAMA_8B if args.model == "llama-8b" else FULL)
     if args.prefill is None:
         args.prefill = [32] if args.quick else [128, 1024]
     if args.quick:
