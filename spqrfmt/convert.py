@@ -214,14 +214,35 @@ class ConvertReport:
         return float(np.mean([r.rel_error for r in self.layers])) if self.layers else 0.0
 
 
-def _read_json(path: Path, what: str) -> Any:
-    """A small JSON file, or CheckpointError naming it (bad UTF-8, bad JSON, nesting too deep)."""
+def _parse_json(text: str | bytes, where: str, what: str) -> Any:
+    """JSON text, or CheckpointError naming ``where`` (bad UTF-8, bad JSON, nesting too deep)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
     except RecursionError:
-        raise CheckpointError(f"{path}: {what} is nested too deeply") from None
+        raise CheckpointError(f"{where}: {what} is nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{path}: {what} is not valid JSON: {e}") from None
+        raise CheckpointError(f"{where}: {what} is not valid JSON: {e}") from None
+
+
+def _read_json(path: Path, what: str) -> Any:
+    return _parse_json(path.read_bytes(), str(path), what)
+
+
+def parse_config(text: str | bytes, where: str) -> dict[str, Any]:
+    """A config.json's text as a dict that transformers can be handed (CheckpointError naming ``where``)."""
+    cfg = _parse_json(text, where, "config.json")
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{where}: config.json is not a JSON object")
+    from .safetensors_io import _depth
+
+    if _depth(cfg, MAX_CONFIG_DEPTH) > MAX_CONFIG_DEPTH:
+        raise CheckpointError(f"{where}: config.json is nested more than {MAX_CONFIG_DEPTH} levels deep")
+    if not isinstance(cfg.get("model_type", ""), str):
+        raise CheckpointError(f"{where}: model_type is {cfg['model_type']!r}, not a string")
+    archs = cfg.get("architectures", [])
+    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise CheckpointError(f"{where}: architectures is not a list of class names")
+    return cfg
 
 
 def _index_map(folder: Path) -> dict[str, str] | None:
@@ -312,19 +333,7 @@ def read_config(folder: Path) -> dict[str, Any] | None:
         return None
     from .paths import input_file
 
-    cfg = _read_json(input_file(p, "config"), "config.json")
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{p}: config.json is not a JSON object")
-    from .safetensors_io import _depth
-
-    if _depth(cfg, MAX_CONFIG_DEPTH) > MAX_CONFIG_DEPTH:
-        raise CheckpointError(f"{p}: config.json is nested more than {MAX_CONFIG_DEPTH} levels deep")
-    if not isinstance(cfg.get("model_type", ""), str):
-        raise CheckpointError(f"{p}: model_type is {cfg['model_type']!r}, not a string")
-    archs = cfg.get("architectures", [])
-    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
-        raise CheckpointError(f"{p}: architectures is not a list of class names")
-    return cfg
+    return parse_config(input_file(p, "config").read_bytes(), str(p))
 
 
 def hf_files(folder: Path) -> dict[str, bytes]:

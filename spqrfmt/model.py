@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import codecs
-from .convert import transposed_names
+from .convert import parse_config, transposed_names
 from .reader import SpqrFile, Tensor
 from .reader import open_file as _open
 
@@ -75,15 +75,9 @@ def config_of(f: SpqrFile) -> dict[str, Any]:
     text = f.metadata.get("hf.config")
     if text is None:
         raise ValueError(f"{f.path}: no 'hf.config' metadata; the file was not converted from a transformers folder")
-    try:
-        cfg = json.loads(text.decode("utf-8") if isinstance(text, bytes) else str(text))
-    except RecursionError:
-        raise ValueError(f"{f.path}: 'hf.config' is nested too deeply") from None
-    except ValueError as e:
-        raise ValueError(f"{f.path}: 'hf.config' is not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{f.path}: 'hf.config' is not a JSON object")
-    return cfg
+    if not isinstance(text, (str, bytes)):
+        raise ValueError(f"{f.path}: 'hf.config' is not config.json text")
+    return parse_config(text, f"{f.path} (hf.config)")
 
 
 def hf_config(f: SpqrFile) -> Any:
