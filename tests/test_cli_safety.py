@@ -7,6 +7,7 @@ are byte-identical afterwards.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -276,8 +277,7 @@ def test_hostile_config_json(tmp_path: Path, config: str, match: str) -> None:
     assert_one_error(run_spqr("convert", folder, "-o", tmp_path / "x.spqr", "-q"), 1, match)
 
 
-def test_empty_text_files_and_missing_gpu(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+def test_calibration_inputs(tmp_path: Path) -> None:
 
     folder = write_checkpoint(tmp_path / "m")
     empty = tmp_path / "empty.txt"
@@ -286,10 +286,19 @@ def test_empty_text_files_and_missing_gpu(tmp_path: Path) -> None:
     assert_one_error(run_spqr("eval", folder, "--text", empty), 1, "no text")
     text = tmp_path / "t.txt"
     text.write_text("some words\n")
-    device = "tpu9" if torch.cuda.is_available() else "cuda"
-    assert_one_error(run_spqr("convert", folder, "-o", tmp_path / "x.spqr", "--calibrate", text, "--device", device),
-                     2, f"--device {device}")
+    device = "tpu9" if Path("/dev/nvidia0").exists() else "cuda"  # no GPU here: cuda must be refused
+    if importlib.util.find_spec("torch") is not None:
+        assert_one_error(run_spqr("convert", folder, "-o", tmp_path / "x.spqr", "--calibrate", text, "--device",
+                                  device), 2, f"--device {device}")
     assert not (tmp_path / "x.spqr").exists()
+    # neither the text nor the input folder (as the default work dir OUT.calib, removed after success) is an output
+    before = snapshot(tmp_path)
+    assert_one_error(run_spqr("convert", folder, "-o", text, "--calibrate", text), 2, "refusing to overwrite")
+    os.replace(folder, tmp_path / "m.calib")
+    assert_one_error(run_spqr("convert", tmp_path / "m.calib", "-o", tmp_path / "m", "--calibrate", text), 2,
+                     "holds the input folder")
+    assert snapshot(tmp_path) == {tmp_path / "m.calib" / p.relative_to(folder) if p.is_relative_to(folder) else p: v
+                                  for p, v in before.items()}
 
 
 # ---- spqr import: malformed sources ------------------------------------------------------------
