@@ -295,7 +295,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if not (src / "config.json").exists() and not args.allow_no_config:
         return _error(f"{src} has no config.json, so load_model, eval and generate could not rebuild the model "
                       "from the file; pass --allow-no-config to convert the tensors anyway", 2)
-    if args.calibrate:
+    if args.calibrate:  # transformers loads the folder whole: nothing in it may block a read
+        input_dir(src, "checkpoint folder", plain=True)
         _work_dir(args, src, out)
     calib = _calibration_inputs(args) if args.calibrate else None
     print(f"converting {src} -> {out}")
@@ -366,7 +367,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     docs = read_documents(text)
     tok_dir = input_dir(args.tokenizer, "--tokenizer folder") if args.tokenizer else None
     for src in args.models:
-        if not Path(src).is_dir():
+        if Path(src).is_dir():
+            input_dir(src, "model folder", plain=True)
+        else:
             input_file(src, "model")
     try:
         import torch

@@ -233,9 +233,9 @@ def parse_config(text: str | bytes, where: str) -> dict[str, Any]:
     cfg = _parse_json(text, where, "config.json")
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{where}: config.json is not a JSON object")
-    from .safetensors_io import _depth
+    from .safetensors_io import json_depth
 
-    if _depth(cfg, MAX_CONFIG_DEPTH) > MAX_CONFIG_DEPTH:
+    if json_depth(cfg, MAX_CONFIG_DEPTH) > MAX_CONFIG_DEPTH:
         raise CheckpointError(f"{where}: config.json is nested more than {MAX_CONFIG_DEPTH} levels deep")
     if not isinstance(cfg.get("model_type", ""), str):
         raise CheckpointError(f"{where}: model_type is {cfg['model_type']!r}, not a string")

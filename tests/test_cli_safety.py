@@ -159,6 +159,17 @@ def test_bad_values_are_usage_errors_before_anything_starts(tmp_path: Path, flag
     assert "converting" not in proc.stdout and not (tmp_path / "x.spqr").exists()
 
 
+def test_tokenizer_files_too_large_for_the_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spqrfmt import convert
+
+    folder = write_checkpoint(tmp_path / "m")
+    (folder / "tokenizer.json").write_bytes(b"x" * 2048)
+    monkeypatch.setattr(convert, "MAX_HF_FILES", 1024)
+    with pytest.raises(convert.CheckpointError, match="tokenizer/generation files total"):
+        convert.convert(folder, tmp_path / "x.spqr", progress=False)
+    assert not (tmp_path / "x.spqr").exists()
+
+
 def test_good_convert_names_modes_and_metadata(tmp_path: Path) -> None:
     """cd model && spqr convert .: a visible name; the umask; every tokenizer file; version; no local path."""
     folder = write_checkpoint(tmp_path / "tiny-model")
@@ -187,7 +198,8 @@ def test_good_convert_names_modes_and_metadata(tmp_path: Path) -> None:
 # ---- hangs and hostile paths ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["inspect", "decode", "convert-shard", "convert-folder", "eval-text"])
+@pytest.mark.parametrize("command", ["inspect", "decode", "convert-shard", "convert-folder", "eval-text",
+                                     "eval-folder"])
 def test_fifo_inputs_are_refused_not_read(tmp_path: Path, command: str) -> None:
     fifo = tmp_path / "in.fifo"
     os.mkfifo(fifo)
@@ -195,6 +207,12 @@ def test_fifo_inputs_are_refused_not_read(tmp_path: Path, command: str) -> None:
         folder = write_checkpoint(tmp_path / "m")
         os.mkfifo(folder / "extra.safetensors")
         assert_one_error(run_spqr("convert", folder, "-o", tmp_path / "x.spqr", timeout=30), 1, "not a regular file")
+        return
+    if command == "eval-folder":  # transformers would block on a FIFO tokenizer.json
+        folder = write_checkpoint(tmp_path / "m")
+        os.mkfifo(folder / "tokenizer.json")
+        (tmp_path / "t.txt").write_text("words\n")
+        assert_one_error(run_spqr("eval", folder, "--text", tmp_path / "t.txt", timeout=30), 2, "tokenizer.json")
         return
     argv = {"inspect": ["inspect", fifo], "decode": ["decode", fifo, "-o", tmp_path / "o.safetensors"],
             "convert-folder": ["convert", fifo, "-o", tmp_path / "x.spqr"],
