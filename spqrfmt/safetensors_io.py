@@ -210,7 +210,7 @@ def write_safetensors_streaming(
             out.write(struct.pack("<Q", len(hbytes)))
             out.write(hbytes)
             for name, dtype, shape in specs:
-                arr = np.ascontiguousarray(fetch(name), dtype=_np_dtype(dtype))
+                arr = np.asarray(fetch(name), dtype=_np_dtype(dtype), order="C")  # ascontiguousarray makes 0-d 1-d
                 if arr.shape != tuple(shape):
                     raise ValueError(f"tensor {name!r} has shape {arr.shape}, declared {shape}")
                 out.write(memoryview(arr.reshape(-1).view(np.uint8)))

@@ -140,6 +140,24 @@ def test_metadata_named_tensor_does_not_corrupt_decode(tmp_path: Path) -> None:
     assert run_spqr("decode", f, "-o", tmp_path / "o.safetensors", "--only", "a", "-q").returncode == 0
 
 
+def test_decode_keeps_0d_tensors_and_reads_like_safetensors(tmp_path: Path) -> None:
+    with spqrfmt.Writer(tmp_path / "z.spqr") as w:
+        w.add_raw("scalar", np.array(3.0, np.float32))
+        w.add_raw("empty", np.zeros((0, 5), np.float16))
+    assert run_spqr("decode", tmp_path / "z.spqr", "-q").returncode == 0
+    from spqrfmt.safetensors_io import SafetensorsFile
+
+    st = SafetensorsFile(tmp_path / "z.safetensors")
+    assert st["scalar"][1].shape == () and float(st["scalar"][1]) == 3.0 and st["empty"][1].shape == (0, 5)
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    assert safetensors_numpy.load_file(tmp_path / "z.safetensors")["scalar"].shape == ()
+    # and the strict reader takes what the safetensors library itself writes
+    safetensors_numpy.save_file({"a": np.ones((2, 3), np.float32), "b": np.zeros(0, np.int8)}, tmp_path / "o.st",
+                                metadata={"format": "np"})
+    o = SafetensorsFile(tmp_path / "o.st")
+    assert o.metadata == {"format": "np"} and np.array_equal(o["a"][1], np.ones((2, 3), np.float32))
+
+
 def test_convert_without_config_needs_the_flag(tmp_path: Path) -> None:
     folder = write_checkpoint(tmp_path / "m", config=False)
     assert_one_error(run_spqr("convert", folder, "-o", tmp_path / "x.spqr", "-q"), 2, "--allow-no-config")
