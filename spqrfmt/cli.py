@@ -42,7 +42,7 @@ def _eprint(*a: Any) -> None:
 
 def _error(message: Any, code: int) -> int:
     """Print one ``error:`` line (newlines folded) and return ``code``."""
-    _eprint("error: " + " ".join(str(message).split("\n")))
+    _eprint("error: " + _safe(" ".join(str(message).split("\n"))))  # no terminal escapes from hostile names
     return code
 
 
@@ -53,7 +53,7 @@ def _int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         v = int(text)
         if v < lo or (hi is not None and v > hi):
-            raise argparse.ArgumentTypeError(f"{v} is outside {lo}..{hi if hi is not None else ''}")
+            raise argparse.ArgumentTypeError(f"{v} must be {f'in {lo}..{hi}' if hi is not None else f'>= {lo}'}")
         return v
 
     parse.__name__ = "integer"
