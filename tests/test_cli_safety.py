@@ -217,7 +217,7 @@ def test_good_convert_names_modes_and_metadata(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["inspect", "decode", "convert-shard", "convert-folder", "eval-text",
-                                     "eval-folder"])
+                                     "eval-folder", "generate", "import"])
 def test_fifo_inputs_are_refused_not_read(tmp_path: Path, command: str) -> None:
     fifo = tmp_path / "in.fifo"
     os.mkfifo(fifo)
@@ -234,7 +234,8 @@ def test_fifo_inputs_are_refused_not_read(tmp_path: Path, command: str) -> None:
         return
     argv = {"inspect": ["inspect", fifo], "decode": ["decode", fifo, "-o", tmp_path / "o.safetensors"],
             "convert-folder": ["convert", fifo, "-o", tmp_path / "x.spqr"],
-            "eval-text": ["eval", tmp_path, "--text", fifo]}[command]
+            "eval-text": ["eval", tmp_path, "--text", fifo], "generate": ["generate", fifo, "--prompt", "hi"],
+            "import": ["import", "squeezellm", fifo, "-o", tmp_path / "o.spqr"]}[command]
     assert_one_error(run_spqr(*argv, timeout=30), 2, str(fifo))
 
 
