@@ -148,7 +148,7 @@ class QuantConfig:
 
     def wants(self, name: str, dtype: str, shape: tuple[int, ...]) -> bool:
         """Quantize 2-D floating ``*.weight`` matrices of linear layers, except skipped names."""
-        if len(shape) != 2 or dtype not in ("f16", "bf16", "f32") or not name.endswith(".weight"):
+        if len(shape) != 2 or 0 in shape or dtype not in ("f16", "bf16", "f32") or not name.endswith(".weight"):
             return False
         if any(re.search(p, name) for p in self.include):
             return True
@@ -386,13 +386,18 @@ class Plan:
         return np.ascontiguousarray(w.T) if name in self.transposed else w
 
 
-def _beyond_f16(arr: np.ndarray, dtype: str) -> bool:
-    """Any value beyond ±65504 or not finite, read from the bit patterns (no f32 copy)."""
-    if dtype == "f16":
-        return bool(arr.size) and int((arr.view(np.uint16) & 0x7FFF).max()) >= 0x7C00
-    if dtype == "bf16":
-        return bool(arr.size) and int((arr & 0x7FFF).max()) > 0x477F  # 0x477F = 65280, next 65536
-    return bool(arr.size) and int((arr.view(np.uint32) & 0x7FFFFFFF).max()) > 0x477FE000  # f32 65504
+# Largest |bit pattern| (sign cleared) that is finite, and that is at most f16's 65504, per dtype.
+_FINITE_MAX = {"f16": 0x7BFF, "bf16": 0x7F7F, "f32": 0x7F7FFFFF}
+_F16_RANGE_MAX = {"f16": 0x7BFF, "bf16": 0x477F, "f32": 0x477FE000}  # bf16 0x477F = 65280, next 65536
+
+
+def _largest_bits(arr: np.ndarray, dtype: str) -> int:
+    """max |x| as a bit pattern (sign cleared): ordered like |x|, NaN above inf; no f32 copy."""
+    if not arr.size:
+        return 0
+    if dtype == "f32":
+        return int((arr.view(np.uint32) & 0x7FFFFFFF).max())
+    return int((arr.view(np.uint16) & 0x7FFF).max())
 
 
 def plan(input_dir: str | Path, cfg: QuantConfig, encoded: Iterable[str] = ()) -> Plan:
@@ -411,13 +416,17 @@ def plan(input_dir: str | Path, cfg: QuantConfig, encoded: Iterable[str] = ()) -
             shape = next(sf.shape(n) for sf, n in todo if n == odd[0])
             raise ValueError(f"the e8p12 codebook needs in_features to be a multiple of 8; {len(odd)} matrices are "
                              f"not, e.g. {odd[0]} {list(shape)}: keep them unquantized with a skip pattern")
-    if cfg.codec in ("spqr", "squeezellm"):  # f16 statistics / LUT / outliers
-        for sf, n in todo:
-            if _beyond_f16(sf[n][1], sf.dtype(n)):
-                raise CheckpointError(
-                    f"tensor {n!r} holds values beyond the f16 range (|w| > {F16_MAX:g}) or inf/NaN, which codec "
-                    f"{cfg.codec} (f16 statistics) cannot store: keep it unquantized with --skip "
-                    f"'{re.escape(n)}' or use --codec quip")
+    f16_stats = cfg.codec in ("spqr", "squeezellm")  # f16 statistics / LUT / outliers
+    for sf, n in todo:
+        dt = sf.dtype(n)
+        big = _largest_bits(sf[n][1], dt)
+        if big > _FINITE_MAX[dt]:
+            raise CheckpointError(f"tensor {n!r} holds inf or NaN values, which no codec quantizes: keep it "
+                                  f"unquantized with --skip '{re.escape(n)}'")
+        if f16_stats and big > _F16_RANGE_MAX[dt]:
+            raise CheckpointError(
+                f"tensor {n!r} holds values beyond the f16 range (|w| > {F16_MAX:g}), which codec {cfg.codec} "
+                f"(f16 statistics) cannot store: keep it unquantized with --skip '{re.escape(n)}' or use --codec quip")
     inputs = [sf.path for sf in {id(sf): sf for sf, _ in entries}.values()]
     inputs += [p for p in folder.iterdir() if (p.name in ("config.json", INDEX_FILE) or HF_FILE.fullmatch(p.name))]
     return Plan(folder, entries, config, wanted, transposed, inputs)

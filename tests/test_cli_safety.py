@@ -109,14 +109,22 @@ def test_shard_index_is_honoured(tmp_path: Path) -> None:
 def test_bf16_beyond_f16_range_is_refused_by_name(tmp_path: Path) -> None:
     w = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32)
     w[3, 5] = 1.0e5  # a bf16 value; f16 tops out at 65504
-    folder = write_checkpoint(tmp_path / "m", {"model.layers.0.mlp.up_proj.weight": ("bf16", f32_to_bf16(w))})
+    folder = write_checkpoint(tmp_path / "m", {"model.layers.0.mlp.up_proj.weight": ("bf16", f32_to_bf16(w)),
+                                               "model.layers.0.mlp.empty.weight": ("f32", np.zeros((0, 64), "f4"))})
     for codec in ("spqr", "squeezellm"):
         line = assert_one_error(run_spqr("convert", folder, "-o", tmp_path / "x.spqr", "--codec", codec, "-q"), 1,
                                 "model.layers.0.mlp.up_proj.weight")
         assert "f16 range" in line and "--skip" in line
     assert not (tmp_path / "x.spqr").exists()
-    proc = run_spqr("convert", folder, "-o", tmp_path / "q.spqr", "--codec", "quip", "-q")  # f32 statistics
-    assert proc.returncode == 0, proc.stderr
+    proc = run_spqr("convert", folder, "-o", tmp_path / "q.spqr", "--codec", "quip", "-q", "--min-features", "0")
+    assert proc.returncode == 0, proc.stderr  # quip keeps f32 statistics; the empty matrix stays raw
+    with spqrfmt.open(tmp_path / "q.spqr") as f:
+        assert f["model.layers.0.mlp.empty.weight"].codec == "raw"
+    w[0, 0] = np.nan  # no codec quantizes NaN: refused before any byte is written, with every codec
+    folder = write_checkpoint(tmp_path / "n", {"model.layers.0.mlp.up_proj.weight": ("f32", w)})
+    line = assert_one_error(run_spqr("convert", folder, "-o", tmp_path / "n.spqr", "--codec", "quip", "-q"), 1,
+                            "inf or NaN")
+    assert "up_proj" in line and not (tmp_path / "n.spqr").exists()
 
 
 def test_read_back_compares_with_the_source(tmp_path: Path) -> None:
