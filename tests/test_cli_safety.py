@@ -432,7 +432,7 @@ def test_generate_refusals(tmp_path: Path) -> None:
     fake = tmp_path / "notorch" / "torch"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
-    proc = run_spqr("generate", llama, "--prompt", "hi", env={"PYTHONPATH": str(fake.parent)})
+    proc = run_spqr("generate", bert, "--prompt", "hi", env={"PYTHONPATH": str(fake.parent)})
     assert_one_error(proc, 2, "needs torch")
 
 
