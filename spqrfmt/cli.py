@@ -42,7 +42,7 @@ def _eprint(*a: Any) -> None:
 
 def _error(message: Any, code: int) -> int:
     """Print one ``error:`` line (newlines folded) and return ``code``."""
-    _eprint("error: " + " ".join(str(message).split("\n")))
+    _eprint("error: " + _safe(" ".join(str(message).split("\n"))))  # no terminal escapes from hostile names
     return code
 
 
@@ -53,7 +53,7 @@ def _int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         v = int(text)
         if v < lo or (hi is not None and v > hi):
-            raise argparse.ArgumentTypeError(f"{v} is outside {lo}..{hi if hi is not None else ''}")
+            raise argparse.ArgumentTypeError(f"{v} must be {f'in {lo}..{hi}' if hi is not None else f'>= {lo}'}")
         return v
 
     parse.__name__ = "integer"
@@ -220,6 +220,15 @@ def _calibration_inputs(args: argparse.Namespace) -> tuple[Path, list[str], str]
     return text, docs, resolve_device(args.device)
 
 
+def _work_dir(args: argparse.Namespace, src: Path, out: Path) -> Path:
+    """--work-dir, or OUT.calib (removed after success): never a folder holding the input."""
+    work = Path(args.work_dir) if args.work_dir is not None else out.with_name(out.name + ".calib")
+    if work.exists() and Path(os.path.realpath(src)).is_relative_to(os.path.realpath(work)):
+        raise UsageError(f"the calibration work dir {work} holds the input folder {src}; pass another --work-dir "
+                         "or -o")
+    return work
+
+
 def _calibrate(args: argparse.Namespace, src: Path, out: Path, cfg: Any, config: dict[str, Any] | None,
                inputs: tuple[Path, list[str], str]) -> tuple[Any, Path | None, dict[str, Any]]:
     """Run the calibrated solver; (EncodingStore, work dir to delete after success or None, metadata)."""
@@ -234,7 +243,7 @@ def _calibrate(args: argparse.Namespace, src: Path, out: Path, cfg: Any, config:
     seqlen = args.seqlen or min(512, limit or 512)
     nsamples = args.nsamples or 128
     keep = args.work_dir is not None
-    work = Path(args.work_dir) if keep else out.with_name(out.name + ".calib")
+    work = _work_dir(args, src, out)
     print(f"  calibration: {nsamples} windows x {seqlen} tokens from {text} ({len(docs)} documents) on {device}; "
           f"checkpoints in {work}{'' if keep else ' (removed when done)'}")
     if (work / "run.json").exists():
@@ -276,7 +285,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         return _error(e, 2)
     try:  # every check on the input, before a progress bar starts or a byte is written
         pl = plan(src, cfg)
-        output_file(out, pl.inputs)
+        output_file(out, pl.inputs + ([Path(args.calibrate)] if args.calibrate else []))
     except (CheckpointError, SafetensorsError, SpqrFormatError) as e:
         return _error(e, 1)
     except UsageError:
@@ -286,6 +295,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if not (src / "config.json").exists() and not args.allow_no_config:
         return _error(f"{src} has no config.json, so load_model, eval and generate could not rebuild the model "
                       "from the file; pass --allow-no-config to convert the tensors anyway", 2)
+    if args.calibrate:  # transformers loads the folder whole: nothing in it may block a read
+        input_dir(src, "checkpoint folder", plain=True)
+        _work_dir(args, src, out)
     calib = _calibration_inputs(args) if args.calibrate else None
     print(f"converting {src} -> {out}")
     print(f"  {_describe(cfg)}")
@@ -355,7 +367,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     docs = read_documents(text)
     tok_dir = input_dir(args.tokenizer, "--tokenizer folder") if args.tokenizer else None
     for src in args.models:
-        if not Path(src).is_dir():
+        if Path(src).is_dir():
+            input_dir(src, "model folder", plain=True)
+        else:
             input_file(src, "model")
     try:
         import torch

@@ -148,7 +148,7 @@ class QuantConfig:
 
     def wants(self, name: str, dtype: str, shape: tuple[int, ...]) -> bool:
         """Quantize 2-D floating ``*.weight`` matrices of linear layers, except skipped names."""
-        if len(shape) != 2 or dtype not in ("f16", "bf16", "f32") or not name.endswith(".weight"):
+        if len(shape) != 2 or 0 in shape or dtype not in ("f16", "bf16", "f32") or not name.endswith(".weight"):
             return False
         if any(re.search(p, name) for p in self.include):
             return True
@@ -214,14 +214,35 @@ class ConvertReport:
         return float(np.mean([r.rel_error for r in self.layers])) if self.layers else 0.0
 
 
-def _read_json(path: Path, what: str) -> Any:
-    """A small JSON file, or CheckpointError naming it (bad UTF-8, bad JSON, nesting too deep)."""
+def _parse_json(text: str | bytes, where: str, what: str) -> Any:
+    """JSON text, or CheckpointError naming ``where`` (bad UTF-8, bad JSON, nesting too deep)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
     except RecursionError:
-        raise CheckpointError(f"{path}: {what} is nested too deeply") from None
+        raise CheckpointError(f"{where}: {what} is nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{path}: {what} is not valid JSON: {e}") from None
+        raise CheckpointError(f"{where}: {what} is not valid JSON: {e}") from None
+
+
+def _read_json(path: Path, what: str) -> Any:
+    return _parse_json(path.read_bytes(), str(path), what)
+
+
+def parse_config(text: str | bytes, where: str) -> dict[str, Any]:
+    """A config.json's text as a dict that transformers can be handed (CheckpointError naming ``where``)."""
+    cfg = _parse_json(text, where, "config.json")
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{where}: config.json is not a JSON object")
+    from .safetensors_io import json_depth
+
+    if json_depth(cfg, MAX_CONFIG_DEPTH) > MAX_CONFIG_DEPTH:
+        raise CheckpointError(f"{where}: config.json is nested more than {MAX_CONFIG_DEPTH} levels deep")
+    if not isinstance(cfg.get("model_type", ""), str):
+        raise CheckpointError(f"{where}: model_type is {cfg['model_type']!r}, not a string")
+    archs = cfg.get("architectures", [])
+    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise CheckpointError(f"{where}: architectures is not a list of class names")
+    return cfg
 
 
 def _index_map(folder: Path) -> dict[str, str] | None:
@@ -312,19 +333,7 @@ def read_config(folder: Path) -> dict[str, Any] | None:
         return None
     from .paths import input_file
 
-    cfg = _read_json(input_file(p, "config"), "config.json")
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{p}: config.json is not a JSON object")
-    from .safetensors_io import _depth
-
-    if _depth(cfg, MAX_CONFIG_DEPTH) > MAX_CONFIG_DEPTH:
-        raise CheckpointError(f"{p}: config.json is nested more than {MAX_CONFIG_DEPTH} levels deep")
-    if not isinstance(cfg.get("model_type", ""), str):
-        raise CheckpointError(f"{p}: model_type is {cfg['model_type']!r}, not a string")
-    archs = cfg.get("architectures", [])
-    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
-        raise CheckpointError(f"{p}: architectures is not a list of class names")
-    return cfg
+    return parse_config(input_file(p, "config").read_bytes(), str(p))
 
 
 def hf_files(folder: Path) -> dict[str, bytes]:
@@ -377,13 +386,18 @@ class Plan:
         return np.ascontiguousarray(w.T) if name in self.transposed else w
 
 
-def _beyond_f16(arr: np.ndarray, dtype: str) -> bool:
-    """Any value beyond ±65504 or not finite, read from the bit patterns (no f32 copy)."""
-    if dtype == "f16":
-        return bool(arr.size) and int((arr.view(np.uint16) & 0x7FFF).max()) >= 0x7C00
-    if dtype == "bf16":
-        return bool(arr.size) and int((arr & 0x7FFF).max()) > 0x477F  # 0x477F = 65280, next 65536
-    return bool(arr.size) and int((arr.view(np.uint32) & 0x7FFFFFFF).max()) > 0x477FE000  # f32 65504
+# Largest |bit pattern| (sign cleared) that is finite, and that is at most f16's 65504, per dtype.
+_FINITE_MAX = {"f16": 0x7BFF, "bf16": 0x7F7F, "f32": 0x7F7FFFFF}
+_F16_RANGE_MAX = {"f16": 0x7BFF, "bf16": 0x477F, "f32": 0x477FE000}  # bf16 0x477F = 65280, next 65536
+
+
+def _largest_bits(arr: np.ndarray, dtype: str) -> int:
+    """max |x| as a bit pattern (sign cleared): ordered like |x|, NaN above inf; no f32 copy."""
+    if not arr.size:
+        return 0
+    if dtype == "f32":
+        return int((arr.view(np.uint32) & 0x7FFFFFFF).max())
+    return int((arr.view(np.uint16) & 0x7FFF).max())
 
 
 def plan(input_dir: str | Path, cfg: QuantConfig, encoded: Iterable[str] = ()) -> Plan:
@@ -402,13 +416,17 @@ def plan(input_dir: str | Path, cfg: QuantConfig, encoded: Iterable[str] = ()) -
             shape = next(sf.shape(n) for sf, n in todo if n == odd[0])
             raise ValueError(f"the e8p12 codebook needs in_features to be a multiple of 8; {len(odd)} matrices are "
                              f"not, e.g. {odd[0]} {list(shape)}: keep them unquantized with a skip pattern")
-    if cfg.codec in ("spqr", "squeezellm"):  # f16 statistics / LUT / outliers
-        for sf, n in todo:
-            if _beyond_f16(sf[n][1], sf.dtype(n)):
-                raise CheckpointError(
-                    f"tensor {n!r} holds values beyond the f16 range (|w| > {F16_MAX:g}) or inf/NaN, which codec "
-                    f"{cfg.codec} (f16 statistics) cannot store: keep it unquantized with --skip "
-                    f"'{re.escape(n)}' or use --codec quip")
+    f16_stats = cfg.codec in ("spqr", "squeezellm")  # f16 statistics / LUT / outliers
+    for sf, n in todo:
+        dt = sf.dtype(n)
+        big = _largest_bits(sf[n][1], dt)
+        if big > _FINITE_MAX[dt]:
+            raise CheckpointError(f"tensor {n!r} holds inf or NaN values, which no codec quantizes: keep it "
+                                  f"unquantized with --skip '{re.escape(n)}'")
+        if f16_stats and big > _F16_RANGE_MAX[dt]:
+            raise CheckpointError(
+                f"tensor {n!r} holds values beyond the f16 range (|w| > {F16_MAX:g}), which codec {cfg.codec} "
+                f"(f16 statistics) cannot store: keep it unquantized with --skip '{re.escape(n)}' or use --codec quip")
     inputs = [sf.path for sf in {id(sf): sf for sf, _ in entries}.values()]
     inputs += [p for p in folder.iterdir() if (p.name in ("config.json", INDEX_FILE) or HF_FILE.fullmatch(p.name))]
     return Plan(folder, entries, config, wanted, transposed, inputs)

@@ -50,20 +50,12 @@ def check_causal_lm(config: Mapping[str, Any] | str, what: str = "the model") ->
     """
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    try:
-        cfg = json.loads(config) if isinstance(config, str) else dict(config)
-    except RecursionError:
-        raise ValueError(f"{what}: its config is nested too deeply") from None
-    except ValueError as e:
-        raise ValueError(f"{what}: its config is not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{what}: its config is not a JSON object")
+    from .convert import parse_config
+
+    cfg = parse_config(config if isinstance(config, str) else json.dumps(dict(config)), what)
     model_type = cfg.get("model_type")
     heads = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
     archs = cfg.get("architectures") or []
-    if not isinstance(model_type, (str, type(None))) or not (
-            isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
-        raise ValueError(f"{what}: config's model_type must be a string and architectures a list of class names")
     ok = any(a in heads or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) if archs else \
         model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     if not ok:

@@ -26,17 +26,27 @@ if TYPE_CHECKING:  # pragma: no cover
 TOKENIZER_PREFIX = "hf.files/"
 
 
+def _stored_files(metadata: Any) -> dict[str, Any]:
+    return {k[len(TOKENIZER_PREFIX):]: v for k, v in metadata.items() if k.startswith(TOKENIZER_PREFIX)}
+
+
+def _has_tokenizer(files: Any) -> bool:
+    return any(n.startswith(("tokenizer", "vocab", "merges")) for n in files)
+
+
 def load_tokenizer(path: str | os.PathLike[str], tokenizer_dir: str | os.PathLike[str] | None = None) -> Any:
     """A transformers tokenizer: from ``tokenizer_dir`` if given, else from the file's ``hf.files/*`` metadata."""
-    from transformers import AutoTokenizer
-
     if tokenizer_dir is not None:
+        from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
     with _open(path) as f:
-        files = {k[len(TOKENIZER_PREFIX):]: v for k, v in f.metadata.items() if k.startswith(TOKENIZER_PREFIX)}
+        files = _stored_files(f.metadata)
         config = f.metadata.get("hf.config")
-    if not any(n.startswith(("tokenizer", "vocab", "merges")) for n in files):
+    if not _has_tokenizer(files):
         raise ValueError(f"{path}: no tokenizer files in the metadata; pass a tokenizer folder (--tokenizer DIR)")
+    from transformers import AutoTokenizer
+
     with tempfile.TemporaryDirectory(prefix="spqr-tok-") as d:
         for name, data in files.items():
             if "/" in name or "\\" in name or name.startswith("."):  # metadata names are never paths
@@ -134,6 +144,12 @@ def cli_generate(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         return _error("--prompt is empty; give the text to continue", 2)
     tok_dir = input_dir(args.tokenizer, "--tokenizer folder") if args.tokenizer else None
+    with _open(path) as f:
+        config = f.metadata.get("hf.config")
+        if config is None:
+            return _error(f"{path} has no 'hf.config' metadata (converted without config.json): no model to run", 1)
+        if tok_dir is None and not _has_tokenizer(_stored_files(f.metadata)):
+            raise UsageError(f"{path}: no tokenizer files in the metadata; pass a tokenizer folder (--tokenizer DIR)")
     try:
         import torch
         import transformers  # noqa: F401
@@ -144,11 +160,7 @@ def cli_generate(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     dtype_name = _DTYPES[args.dtype] if args.dtype else ("float16" if device.startswith("cuda") else "float32")
-    with _open(path) as f:
-        config = f.metadata.get("hf.config")
-        if config is None:
-            return _error(f"{path} has no 'hf.config' metadata (converted without config.json): no model to run", 1)
-        check_causal_lm(config if isinstance(config, str) else bytes(config).decode("utf-8", "replace"), str(path))
+    check_causal_lm(config if isinstance(config, str) else bytes(config).decode("utf-8", "replace"), str(path))
     t0 = time.perf_counter()
     try:
         tok = load_tokenizer(path, tok_dir)

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import codecs
-from .convert import transposed_names
+from .convert import parse_config, transposed_names
 from .reader import SpqrFile, Tensor
 from .reader import open_file as _open
 
@@ -75,15 +75,9 @@ def config_of(f: SpqrFile) -> dict[str, Any]:
     text = f.metadata.get("hf.config")
     if text is None:
         raise ValueError(f"{f.path}: no 'hf.config' metadata; the file was not converted from a transformers folder")
-    try:
-        cfg = json.loads(text.decode("utf-8") if isinstance(text, bytes) else str(text))
-    except RecursionError:
-        raise ValueError(f"{f.path}: 'hf.config' is nested too deeply") from None
-    except ValueError as e:
-        raise ValueError(f"{f.path}: 'hf.config' is not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{f.path}: 'hf.config' is not a JSON object")
-    return cfg
+    if not isinstance(text, (str, bytes)):
+        raise ValueError(f"{f.path}: 'hf.config' is not config.json text")
+    return parse_config(text, f"{f.path} (hf.config)")
 
 
 def hf_config(f: SpqrFile) -> Any:
@@ -104,6 +98,8 @@ def hf_config(f: SpqrFile) -> Any:
 # asking for more than this is refused before anything is allocated.
 MAX_BUFFER_BYTES = 1 << 30
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
+MAX_POSITIONS = 1 << 24
 
 
 def check_config_sizes(config: Any, f: SpqrFile, dtype: torch.dtype) -> None:
@@ -122,15 +118,20 @@ def check_config_sizes(config: Any, f: SpqrFile, dtype: torch.dtype) -> None:
             if isinstance(v, int) and v > len(f.tensors):
                 raise ValueError(f"{f.path}: hf.config has {key} = {v}, more blocks than the file has tensors "
                                  f"({len(f.tensors)})")
+    positions = {k: getattr(c, k) for c in texts for k in POSITION_KEYS if isinstance(getattr(c, k, None), int)}
     cls = _model_class(config)
     build = cls.from_config if cls.__name__.startswith("Auto") else cls._from_config
-    with torch.device("meta"):
-        probe = build(config, dtype=dtype)
-    nbytes = sum(b.numel() * b.element_size() for b in probe.buffers())
+    try:
+        with torch.device("meta"):
+            probe = build(config, dtype=dtype)
+        nbytes = sum(b.numel() * b.element_size() for b in probe.buffers())
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta: bound its positions instead
+        if any(v > MAX_POSITIONS for v in positions.values()):
+            raise ValueError(f"{f.path}: hf.config asks for {positions} positions, more than {MAX_POSITIONS}; "
+                             "refusing to build it") from None
+        return
     if nbytes > MAX_BUFFER_BYTES:
-        big = {k: getattr(config, k) for k in ("max_position_embeddings", "n_positions", "n_ctx")
-               if isinstance(getattr(config, k, None), int)}
-        raise ValueError(f"{f.path}: hf.config asks for {nbytes / 2**30:.1f} GiB of buffers ({big or 'sizes'}), "
+        raise ValueError(f"{f.path}: hf.config asks for {nbytes / 2**30:.1f} GiB of buffers ({positions or 'sizes'}), "
                          f"more than {MAX_BUFFER_BYTES >> 30} GiB; refusing to build it")
 
 

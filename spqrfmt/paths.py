@@ -38,11 +38,19 @@ def input_file(path: str | os.PathLike[str], what: str = "input") -> Path:
     return p
 
 
-def input_dir(path: str | os.PathLike[str], what: str = "input folder") -> Path:
-    """``path`` if it is a folder (after symlinks)."""
+def input_dir(path: str | os.PathLike[str], what: str = "input folder", *, plain: bool = False) -> Path:
+    """``path`` if it is a folder (after symlinks).
+
+    ``plain``: also every entry in it is a regular file or a folder, for a folder
+    that a third-party loader (transformers) reads whole: a FIFO there would block it.
+    """
     p = Path(path)
     if not stat.S_ISDIR(_stat(p, what).st_mode):
         raise UsageError(f"{what} {p} is not a folder")
+    for entry in sorted(p.iterdir()) if plain else ():
+        mode = _stat(entry, f"{what} entry").st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise UsageError(f"{what} entry {entry} is not a regular file (a FIFO, socket or device is never read)")
     return p
 
 

@@ -45,7 +45,7 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return out
 
 
-def _depth(v: object, limit: int) -> int:
+def json_depth(v: object, limit: int) -> int:
     """Nesting depth of parsed JSON, stopping at ``limit`` (iterative: no RecursionError)."""
     deepest, stack = 0, [(v, 1)]
     while stack:
@@ -103,7 +103,7 @@ class SafetensorsFile(Mapping[str, tuple[str, np.ndarray]]):
             raise SafetensorsError(f"{self.path}: header is not JSON: {e}") from None
         if not isinstance(header, dict):
             raise SafetensorsError(f"{self.path}: header is not a JSON object")
-        if _depth(header, MAX_ST_DEPTH) > MAX_ST_DEPTH:
+        if json_depth(header, MAX_ST_DEPTH) > MAX_ST_DEPTH:
             raise SafetensorsError(f"{self.path}: header JSON is nested too deeply")
         meta = header.pop(METADATA_KEY, None)
         if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
@@ -210,7 +210,7 @@ def write_safetensors_streaming(
             out.write(struct.pack("<Q", len(hbytes)))
             out.write(hbytes)
             for name, dtype, shape in specs:
-                arr = np.ascontiguousarray(fetch(name), dtype=_np_dtype(dtype))
+                arr = np.asarray(fetch(name), dtype=_np_dtype(dtype), order="C")  # ascontiguousarray makes 0-d 1-d
                 if arr.shape != tuple(shape):
                     raise ValueError(f"tensor {name!r} has shape {arr.shape}, declared {shape}")
                 out.write(memoryview(arr.reshape(-1).view(np.uint8)))

@@ -7,6 +7,7 @@ are byte-identical afterwards.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -108,14 +109,22 @@ def test_shard_index_is_honoured(tmp_path: Path) -> None:
 def test_bf16_beyond_f16_range_is_refused_by_name(tmp_path: Path) -> None:
     w = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32)
     w[3, 5] = 1.0e5  # a bf16 value; f16 tops out at 65504
-    folder = write_checkpoint(tmp_path / "m", {"model.layers.0.mlp.up_proj.weight": ("bf16", f32_to_bf16(w))})
+    folder = write_checkpoint(tmp_path / "m", {"model.layers.0.mlp.up_proj.weight": ("bf16", f32_to_bf16(w)),
+                                               "model.layers.0.mlp.empty.weight": ("f32", np.zeros((0, 64), "f4"))})
     for codec in ("spqr", "squeezellm"):
         line = assert_one_error(run_spqr("convert", folder, "-o", tmp_path / "x.spqr", "--codec", codec, "-q"), 1,
                                 "model.layers.0.mlp.up_proj.weight")
         assert "f16 range" in line and "--skip" in line
     assert not (tmp_path / "x.spqr").exists()
-    proc = run_spqr("convert", folder, "-o", tmp_path / "q.spqr", "--codec", "quip", "-q")  # f32 statistics
-    assert proc.returncode == 0, proc.stderr
+    proc = run_spqr("convert", folder, "-o", tmp_path / "q.spqr", "--codec", "quip", "-q", "--min-features", "0")
+    assert proc.returncode == 0, proc.stderr  # quip keeps f32 statistics; the empty matrix stays raw
+    with spqrfmt.open(tmp_path / "q.spqr") as f:
+        assert f["model.layers.0.mlp.empty.weight"].codec == "raw"
+    w[0, 0] = np.nan  # no codec quantizes NaN: refused before any byte is written, with every codec
+    folder = write_checkpoint(tmp_path / "n", {"model.layers.0.mlp.up_proj.weight": ("f32", w)})
+    line = assert_one_error(run_spqr("convert", folder, "-o", tmp_path / "n.spqr", "--codec", "quip", "-q"), 1,
+                            "inf or NaN")
+    assert "up_proj" in line and not (tmp_path / "n.spqr").exists()
 
 
 def test_read_back_compares_with_the_source(tmp_path: Path) -> None:
@@ -139,6 +148,24 @@ def test_metadata_named_tensor_does_not_corrupt_decode(tmp_path: Path) -> None:
     assert run_spqr("decode", f, "-o", tmp_path / "o.safetensors", "--only", "a", "-q").returncode == 0
 
 
+def test_decode_keeps_0d_tensors_and_reads_like_safetensors(tmp_path: Path) -> None:
+    with spqrfmt.Writer(tmp_path / "z.spqr") as w:
+        w.add_raw("scalar", np.array(3.0, np.float32))
+        w.add_raw("empty", np.zeros((0, 5), np.float16))
+    assert run_spqr("decode", tmp_path / "z.spqr", "-q").returncode == 0
+    from spqrfmt.safetensors_io import SafetensorsFile
+
+    st = SafetensorsFile(tmp_path / "z.safetensors")
+    assert st["scalar"][1].shape == () and float(st["scalar"][1]) == 3.0 and st["empty"][1].shape == (0, 5)
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    assert safetensors_numpy.load_file(tmp_path / "z.safetensors")["scalar"].shape == ()
+    # and the strict reader takes what the safetensors library itself writes
+    safetensors_numpy.save_file({"a": np.ones((2, 3), np.float32), "b": np.zeros(0, np.int8)}, tmp_path / "o.st",
+                                metadata={"format": "np"})
+    o = SafetensorsFile(tmp_path / "o.st")
+    assert o.metadata == {"format": "np"} and np.array_equal(o["a"][1], np.ones((2, 3), np.float32))
+
+
 def test_convert_without_config_needs_the_flag(tmp_path: Path) -> None:
     folder = write_checkpoint(tmp_path / "m", config=False)
     assert_one_error(run_spqr("convert", folder, "-o", tmp_path / "x.spqr", "-q"), 2, "--allow-no-config")
@@ -156,6 +183,17 @@ def test_bad_values_are_usage_errors_before_anything_starts(tmp_path: Path, flag
     proc = run_spqr("convert", folder, "-o", tmp_path / "x.spqr", *flags)
     assert_one_error(proc, 2, flag)
     assert "converting" not in proc.stdout and not (tmp_path / "x.spqr").exists()
+
+
+def test_tokenizer_files_too_large_for_the_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spqrfmt import convert
+
+    folder = write_checkpoint(tmp_path / "m")
+    (folder / "tokenizer.json").write_bytes(b"x" * 2048)
+    monkeypatch.setattr(convert, "MAX_HF_FILES", 1024)
+    with pytest.raises(convert.CheckpointError, match="tokenizer/generation files total"):
+        convert.convert(folder, tmp_path / "x.spqr", progress=False)
+    assert not (tmp_path / "x.spqr").exists()
 
 
 def test_good_convert_names_modes_and_metadata(tmp_path: Path) -> None:
@@ -186,7 +224,8 @@ def test_good_convert_names_modes_and_metadata(tmp_path: Path) -> None:
 # ---- hangs and hostile paths ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["inspect", "decode", "convert-shard", "convert-folder", "eval-text"])
+@pytest.mark.parametrize("command", ["inspect", "decode", "convert-shard", "convert-folder", "eval-text",
+                                     "eval-folder", "generate", "import"])
 def test_fifo_inputs_are_refused_not_read(tmp_path: Path, command: str) -> None:
     fifo = tmp_path / "in.fifo"
     os.mkfifo(fifo)
@@ -195,9 +234,16 @@ def test_fifo_inputs_are_refused_not_read(tmp_path: Path, command: str) -> None:
         os.mkfifo(folder / "extra.safetensors")
         assert_one_error(run_spqr("convert", folder, "-o", tmp_path / "x.spqr", timeout=30), 1, "not a regular file")
         return
+    if command == "eval-folder":  # transformers would block on a FIFO tokenizer.json
+        folder = write_checkpoint(tmp_path / "m")
+        os.mkfifo(folder / "tokenizer.json")
+        (tmp_path / "t.txt").write_text("words\n")
+        assert_one_error(run_spqr("eval", folder, "--text", tmp_path / "t.txt", timeout=30), 2, "tokenizer.json")
+        return
     argv = {"inspect": ["inspect", fifo], "decode": ["decode", fifo, "-o", tmp_path / "o.safetensors"],
             "convert-folder": ["convert", fifo, "-o", tmp_path / "x.spqr"],
-            "eval-text": ["eval", tmp_path, "--text", fifo]}[command]
+            "eval-text": ["eval", tmp_path, "--text", fifo], "generate": ["generate", fifo, "--prompt", "hi"],
+            "import": ["import", "squeezellm", fifo, "-o", tmp_path / "o.spqr"]}[command]
     assert_one_error(run_spqr(*argv, timeout=30), 2, str(fifo))
 
 
@@ -276,8 +322,7 @@ def test_hostile_config_json(tmp_path: Path, config: str, match: str) -> None:
     assert_one_error(run_spqr("convert", folder, "-o", tmp_path / "x.spqr", "-q"), 1, match)
 
 
-def test_empty_text_files_and_missing_gpu(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+def test_calibration_inputs(tmp_path: Path) -> None:
 
     folder = write_checkpoint(tmp_path / "m")
     empty = tmp_path / "empty.txt"
@@ -286,10 +331,19 @@ def test_empty_text_files_and_missing_gpu(tmp_path: Path) -> None:
     assert_one_error(run_spqr("eval", folder, "--text", empty), 1, "no text")
     text = tmp_path / "t.txt"
     text.write_text("some words\n")
-    device = "tpu9" if torch.cuda.is_available() else "cuda"
-    assert_one_error(run_spqr("convert", folder, "-o", tmp_path / "x.spqr", "--calibrate", text, "--device", device),
-                     2, f"--device {device}")
+    device = "tpu9" if Path("/dev/nvidia0").exists() else "cuda"  # no GPU here: cuda must be refused
+    if importlib.util.find_spec("torch") is not None:
+        assert_one_error(run_spqr("convert", folder, "-o", tmp_path / "x.spqr", "--calibrate", text, "--device",
+                                  device), 2, f"--device {device}")
     assert not (tmp_path / "x.spqr").exists()
+    # neither the text nor the input folder (as the default work dir OUT.calib, removed after success) is an output
+    before = snapshot(tmp_path)
+    assert_one_error(run_spqr("convert", folder, "-o", text, "--calibrate", text), 2, "refusing to overwrite")
+    os.replace(folder, tmp_path / "m.calib")
+    assert_one_error(run_spqr("convert", tmp_path / "m.calib", "-o", tmp_path / "m", "--calibrate", text), 2,
+                     "holds the input folder")
+    assert snapshot(tmp_path) == {tmp_path / "m.calib" / p.relative_to(folder) if p.is_relative_to(folder) else p: v
+                                  for p, v in before.items()}
 
 
 # ---- spqr import: malformed sources ------------------------------------------------------------
@@ -378,7 +432,7 @@ def test_generate_refusals(tmp_path: Path) -> None:
     fake = tmp_path / "notorch" / "torch"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
-    proc = run_spqr("generate", llama, "--prompt", "hi", env={"PYTHONPATH": str(fake.parent)})
+    proc = run_spqr("generate", bert, "--prompt", "hi", env={"PYTHONPATH": str(fake.parent)})
     assert_one_error(proc, 2, "needs torch")
 
 
