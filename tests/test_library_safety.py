@@ -197,3 +197,17 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     for mmap in (True, False):
         with pytest.raises(OSError, match="not a regular file"):
             spqrfmt.open(fifo, mmap=mmap)
+
+
+def test_pread_file_dropped_unclosed_releases_its_descriptor(tmp_path: Path) -> None:
+    import gc
+    import warnings
+
+    path = _some_file(tmp_path)
+    before = len(os.listdir("/proc/self/fd"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        for _ in range(20):
+            spqrfmt.open(path, mmap=False)["a"].decode()
+        gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before
