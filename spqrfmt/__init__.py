@@ -5,7 +5,8 @@ Public API::
     import spqrfmt
     with spqrfmt.open("model.spqr") as f:        # strict, memory-mapped, lazy
         w = f["model.layers.0.mlp.up_proj.weight"].decode()   # f32, bit-exact per spec
-    spqrfmt.validate("model.spqr")                # every rule, raises SpqrFormatError
+    spqrfmt.validate("model.spqr")                # every rule, raises SpqrFormatError (pread, never mmap)
+    spqrfmt.open("model.spqr", mmap=False)        # pread: a file truncated meanwhile is TRUNCATED, not SIGBUS
     with spqrfmt.Writer("out.spqr", metadata={...}) as w:     # streaming, atomic
         w.add_raw("norm.weight", array)
 

@@ -5,6 +5,7 @@ Everything here works on bytes only; the reader and writer build on it.
 
 from __future__ import annotations
 
+import gc
 import struct
 import zlib
 from dataclasses import dataclass
@@ -139,21 +140,31 @@ class _Hooks:
         return items
 
 
+_EXT_TYPES = frozenset({msgpack.Timestamp, msgpack.ExtType})
+
+
 def _check_depth(obj: Any) -> None:
-    """Iterative walk: nesting bound, and no Timestamp objects (ext -1). Only containers are stacked."""
-    ext = (msgpack.Timestamp, msgpack.ExtType)
-    if isinstance(obj, ext):
+    """Iterative walk: nesting bound, and no Timestamp objects (ext -1, which msgpack decodes itself).
+
+    Only containers are stacked, and each container's element types are collected at C speed
+    (``set(map(type, ...))``), so a header of millions of scalars costs no Python-level loop over them.
+    """
+    if type(obj) in _EXT_TYPES:
         raise _Ext("msgpack ext types (timestamps included) are not allowed")
-    stack = [(obj, 1)] if isinstance(obj, (dict, list)) else []
+    stack = [(obj, 1)] if type(obj) in (dict, list) else []
     while stack:
         cur, depth = stack.pop()
         if depth > MAX_NESTING:
             raise _Ext(f"containers nested deeper than {MAX_NESTING}")
-        for v in cur.values() if isinstance(cur, dict) else cur:
-            if isinstance(v, (dict, list)):
-                stack.append((v, depth + 1))
-            elif isinstance(v, ext):
-                raise _Ext("msgpack ext types (timestamps included) are not allowed")
+        items = cur.values() if type(cur) is dict else cur
+        kinds = set(map(type, items))
+        if not kinds.isdisjoint(_EXT_TYPES):
+            raise _Ext("msgpack ext types (timestamps included) are not allowed")
+        if dict in kinds or list in kinds:
+            if depth + 1 > MAX_NESTING:
+                raise _Ext(f"containers nested deeper than {MAX_NESTING}")
+            # empty children add a level (checked above) but nothing below it: not stacked
+            stack.extend([(v, depth + 1) for v in items if (type(v) is dict or type(v) is list) and v])
 
 
 def unpack_header(data: bytes | memoryview) -> dict[str, Any]:
@@ -164,6 +175,8 @@ def unpack_header(data: bytes | memoryview) -> dict[str, Any]:
     """
     n = len(data)
     hooks = _Hooks(container_budget(n))
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # millions of fresh containers would trigger full collections over and over (minutes)
     try:
         obj = msgpack.unpackb(
             data,
@@ -190,6 +203,9 @@ def unpack_header(data: bytes | memoryview) -> dict[str, Any]:
     except (_Ext, ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
             UnicodeDecodeError, RecursionError) as e:
         raise fail(ErrorCode.BAD_HEADER, f"header is not valid restricted msgpack: {e}") from None
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     if not isinstance(obj, dict):
         raise fail(ErrorCode.BAD_HEADER, f"header must be a msgpack map, got {type(obj).__name__}")
     return obj

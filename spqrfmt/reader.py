@@ -17,6 +17,7 @@ shrinks under it as TRUNCATED; :func:`validate` always reads that way.
 
 from __future__ import annotations
 
+import io
 import mmap as _mmap
 import os
 import stat
@@ -150,19 +151,19 @@ class SpqrFile(Mapping[str, Tensor]):
         self.mmap = mmap
         self._map: _mmap.mmap | None = None
         # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
-        self._fd: int | None = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
-                                       | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        self._fh: io.FileIO | None = io.FileIO(fd, "rb")  # closes itself if the SpqrFile is dropped unclosed
         try:
-            st = os.fstat(self._fd)
+            st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(f"{self.path}: not a regular file")
             size = st.st_size
             if size < PREAMBLE_SIZE:
                 raise fail(ErrorCode.TRUNCATED, f"file has {size} bytes, the preamble alone needs {PREAMBLE_SIZE}")
             if mmap:
-                self._map = _mmap.mmap(self._fd, 0, access=_mmap.ACCESS_READ)
-                os.close(self._fd)
-                self._fd = None
+                self._map = _mmap.mmap(fd, 0, access=_mmap.ACCESS_READ)
+                self._fh.close()
+                self._fh = None
             self.preamble: Preamble = read_preamble(self._read(0, PREAMBLE_SIZE), size, max_header_length)
             header = bytes(self._read(PREAMBLE_SIZE, self.preamble.header_length))  # no export pins the map
             if crc32(header) != self.preamble.header_crc:
@@ -183,15 +184,16 @@ class SpqrFile(Mapping[str, Tensor]):
         """``length`` bytes at ``offset``: a view of the map, or a pread copy (TRUNCATED if the file shrank)."""
         if self._map is not None:
             return memoryview(self._map)[offset:offset + length]
-        if self._fd is None:
+        if self._fh is None:
             raise ValueError("I/O on a closed SpqrFile")
+        fd = self._fh.fileno()
         buf = bytearray(length)
         view, done = memoryview(buf), 0
         while done < length:
             if hasattr(os, "preadv"):
-                got = os.preadv(self._fd, [view[done:]], offset + done)
+                got = os.preadv(fd, [view[done:]], offset + done)
             else:
-                chunk = os.pread(self._fd, min(length - done, 1 << 30), offset + done)
+                chunk = os.pread(fd, min(length - done, 1 << 30), offset + done)
                 view[done:done + len(chunk)] = chunk
                 got = len(chunk)
             if got == 0:
@@ -225,9 +227,9 @@ class SpqrFile(Mapping[str, Tensor]):
         return out
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
         if self._map is not None:
             try:
                 self._map.close()

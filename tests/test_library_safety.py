@@ -52,11 +52,12 @@ BAD_METADATA = [
     ({"big": 1 << 64}, ErrorCode.BAD_HEADER),
     ({"long": [0] * (MAX_CONTAINER_LEN + 1)}, ErrorCode.BAD_HEADER),
     ({"blob": b"x" * MAX_HEADER_LENGTH}, ErrorCode.HEADER_TOO_LARGE),
+    ({"maps": [{}] * 5000}, ErrorCode.LIMIT_EXCEEDED),         # over the reader's container budget (SPEC §10)
 ]
 
 
 @pytest.mark.parametrize("metadata,code", BAD_METADATA, ids=["int_key", "nesting_33", "nesting_600", "int_2_64",
-                                                              "container_len", "header_size"])
+                                                              "container_len", "header_size", "container_budget"])
 def test_writer_refuses_headers_the_reader_rejects(tmp_path: Path, metadata: dict, code: ErrorCode) -> None:
     with pytest.raises(spqrfmt.SpqrFormatError) as ei:
         spqrfmt.Writer(tmp_path / "x.spqr", metadata=metadata)
@@ -196,3 +197,17 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     for mmap in (True, False):
         with pytest.raises(OSError, match="not a regular file"):
             spqrfmt.open(fifo, mmap=mmap)
+
+
+def test_pread_file_dropped_unclosed_releases_its_descriptor(tmp_path: Path) -> None:
+    import gc
+    import warnings
+
+    path = _some_file(tmp_path)
+    before = len(os.listdir("/proc/self/fd"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        for _ in range(20):
+            spqrfmt.open(path, mmap=False)["a"].decode()
+        gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before
