@@ -8,7 +8,9 @@ defaults. Decode rows time the codec's Numba decoder on the sections that
 encoding produced (``decoder.*.decode``, what ``Tensor.decode`` calls after
 validation) and, for spqr, ``Tensor.decode()`` from a written file. The end
 to end row runs ``spqr convert`` on the bundled MiniLM checkpoint in a
-subprocess (its wall time, Numba's on-disk cache warm).
+subprocess, and on a synthetic bf16 checkpoint holding one matrix of each
+shape (wall time with reading, encoding, writing and the read-back check;
+Numba's on-disk cache warm).
 
 Each timing is the best of ``--reps`` runs after one warm-up (so JIT
 compilation is excluded); the machine is shared, so the best run is the one
@@ -97,29 +99,48 @@ def file_decode_row(enc: Any, shape: tuple[int, int], reps: int) -> float:
             return best_of(t.decode, reps)
 
 
-def convert_e2e(reps: int) -> dict[str, Any]:
-    """``spqr convert`` of the bundled MiniLM in a subprocess: wall seconds and quantized params per second."""
-    folder = demo_checkpoint()
-    spqr = [sys.executable, "-m", "spqrfmt.cli", "convert"]
+def _spqr_convert(folder: Path, out: Path, reps: int) -> float:
+    """Best wall seconds of ``spqr convert FOLDER -o OUT -q`` in a subprocess (a first run warms Numba's cache)."""
     times = []
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "minilm.spqr"
-        for i in range(reps + 1):  # the first run warms Numba's on-disk cache
-            if out.exists():
-                out.unlink()
-            t0 = time.perf_counter()
-            subprocess.run([*spqr, str(folder), "-o", str(out), "-q"], check=True, capture_output=True)
-            if i:
-                times.append(time.perf_counter() - t0)
-        import spqrfmt
+    for i in range(reps + 1):
+        if out.exists():
+            out.unlink()
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "spqrfmt.cli", "convert", str(folder), "-o", str(out), "-q"],
+                       check=True, capture_output=True)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return min(times)
 
-        with spqrfmt.open(out) as f:
-            qparams = sum(t.numel for t in f.values() if t.codec != "raw")
-    wall = min(times)
-    return {"kind": "convert", "codec": "spqr", "model": "all-MiniLM-L6-v2 (bundled)",
-            "config": config_dict(QuantConfig()), "command": "spqr convert <bundled MiniLM> -o minilm.spqr -q",
-            "quant_params": qparams,
-            "seconds": round(wall, 3), "mparam_per_s": round(qparams / wall / 1e6, 2)}
+
+def convert_e2e(reps: int, synthetic: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """``spqr convert`` end to end (read, encode, write, read-back check): the bundled MiniLM, and a synthetic
+    bf16 checkpoint of one matrix per shape in ``synthetic`` (random weights)."""
+    import spqrfmt
+
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        folders = [("all-MiniLM-L6-v2 (bundled)", demo_checkpoint())]
+        if synthetic:
+            import torch
+            from safetensors.torch import save_file
+
+            syn = Path(d) / "synthetic"
+            syn.mkdir()
+            gen = torch.Generator().manual_seed(0)
+            save_file({f"model.layers.{i}.mlp.proj.weight": torch.randn(s, generator=gen).to(torch.bfloat16)
+                       for i, s in enumerate(synthetic)}, str(syn / "model.safetensors"))
+            (syn / "config.json").write_text("{}")
+            folders.append(("synthetic bf16 " + " + ".join(f"{a}x{b}" for a, b in synthetic), syn))
+        for label, folder in folders:
+            out = Path(d) / "out.spqr"
+            wall = _spqr_convert(folder, out, reps)
+            with spqrfmt.open(out) as f:
+                qparams = sum(t.numel for t in f.values() if t.codec != "raw")
+            rows.append({"kind": "convert", "codec": "spqr", "model": label, "config": config_dict(QuantConfig()),
+                         "command": "spqr convert FOLDER -o out.spqr -q", "quant_params": qparams,
+                         "seconds": round(wall, 3), "mparam_per_s": round(qparams / wall / 1e6, 2)})
+    return rows
 
 
 def main() -> None:
@@ -158,8 +179,8 @@ def main() -> None:
                 rows.append({"kind": "decode", **base, "api": "Tensor.decode (file)", "seconds": round(fs, 4),
                              "gparam_per_s": round(w.size / fs / 1e9, 3)})
             print(json.dumps(rows[-1]), flush=True)
-    if not args.quick:
-        rows.append({**convert_e2e(max(1, reps // 2)), "threads": numba.get_num_threads()})
+    for row in convert_e2e(max(1, reps // 2), [] if args.quick else SHAPES):
+        rows.append({**row, "threads": numba.get_num_threads()})
         print(json.dumps(rows[-1]), flush=True)
     info["loadavg_end"] = os.getloadavg()
     out = Path(args.out)

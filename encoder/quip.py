@@ -52,17 +52,30 @@ def random_orthogonal(a: int, rng: np.random.Generator) -> np.ndarray:
     return q * np.where(np.diag(r) < 0, -1.0, 1.0)[None, :]
 
 
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _fwht_rows(y: np.ndarray, norm: float) -> None:
+    """In place, each row of y [R, h] (float64): Sylvester butterflies stage by stage, then one division by norm."""
+    rows, h = y.shape
+    for r in numba.prange(rows):
+        half = 1
+        while half < h:
+            for i0 in range(0, h, 2 * half):
+                for i in range(i0, i0 + half):
+                    u = y[r, i]
+                    v = y[r, i + half]
+                    y[r, i] = u + v
+                    y[r, i + half] = u - v
+            half *= 2
+        for i in range(h):
+            y[r, i] = y[r, i] / norm
+
+
 def _fwht_last(x: np.ndarray) -> np.ndarray:
     """Normalized Sylvester Hadamard along the last axis (float64, length a power of two)."""
     h = x.shape[-1]
-    y = x.reshape(-1, h).copy()
-    half = 1
-    while half < h:
-        y = y.reshape(-1, h // (2 * half), 2, half)
-        u, v = y[:, :, 0, :].copy(), y[:, :, 1, :].copy()
-        y[:, :, 0, :], y[:, :, 1, :] = u + v, u - v
-        half *= 2
-    return (y.reshape(x.shape) / np.sqrt(h)).astype(np.float64)
+    y = np.array(x, dtype=np.float64, order="C")  # a copy: the transform runs in place
+    _fwht_rows(y.reshape(-1, h), float(np.sqrt(h)))
+    return y
 
 
 def apply_dt_rows(x: np.ndarray, log2_h: int, factor: np.ndarray | None) -> np.ndarray:
