@@ -143,13 +143,40 @@ def convert_e2e(reps: int, synthetic: list[tuple[int, int]]) -> list[dict[str, A
     return rows
 
 
+def markdown(result: dict[str, Any], before: dict[str, Any] | None = None) -> str:
+    """The rows as a markdown table; with ``before`` (a run of the same script on older code), a before column."""
+    def key(r: dict[str, Any]) -> tuple:
+        return r["kind"], r["codec"], tuple(r.get("shape", ())), r.get("api", ""), r.get("model", "")
+
+    old = {key(r): r for r in (before or {}).get("rows", [])}
+    head = "| what | codec / config | shape | " + ("before | " if before else "") + "rate |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in result["rows"]:
+        unit, val = ("Gparam/s", "gparam_per_s") if r["kind"] == "decode" else ("Mparam/s", "mparam_per_s")
+        what = {"encode": "encode", "decode": f"decode ({r.get('api')})", "convert": f"spqr convert, {r.get('model')}"}
+        shape = "x".join(map(str, r["shape"])) if "shape" in r else f"{r['quant_params'] / 1e6:.1f}M params"
+        cells = [what[r["kind"]], r["codec"], shape]
+        if before:
+            b = old.get(key(r))
+            cells.append(f"{b[val]} {unit}" if b else "-")
+        cells.append(f"**{r[val]}** {unit}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="docs/results/convert_speed.json")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="small shapes and 1 repetition (checks the script)")
     ap.add_argument("--codecs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    ap.add_argument("--markdown", nargs="+", metavar="JSON",
+                    help="print the table of a result file (and a before column from a second one), run nothing")
     args = ap.parse_args()
+    if args.markdown:
+        files = [json.loads(Path(p).read_text()) for p in args.markdown]
+        print(markdown(files[0], files[1] if len(files) > 1 else None))
+        return
     shapes = QUICK_SHAPES if args.quick else SHAPES
     reps = 1 if args.quick else args.reps
     rows: list[dict[str, Any]] = []
