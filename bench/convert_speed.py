@@ -180,6 +180,11 @@ def main() -> None:
     shapes = QUICK_SHAPES if args.quick else SHAPES
     reps = 1 if args.quick else args.reps
     rows: list[dict[str, Any]] = []
+
+    def add(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)  # the log keeps every row even if the run is cut short
+
     info = {"machine": machine(), "loadavg_start": os.getloadavg(), "reps": reps,
             "command": "python bench/convert_speed.py" + (" --quick" if args.quick else "")}
     rng = np.random.default_rng(0)
@@ -192,23 +197,21 @@ def main() -> None:
             enc = data_free_encoder("layer.weight", w, cfg)
             base = {"codec": name, "shape": list(shape), "config": config_dict(cfg),
                     "threads": numba.get_num_threads()}
-            rows.append({"kind": "encode", **base, "seconds": round(enc_s, 4),
-                         "mparam_per_s": round(w.size / enc_s / 1e6, 2)})
+            add({"kind": "encode", **base, "seconds": round(enc_s, 4),
+                 "mparam_per_s": round(w.size / enc_s / 1e6, 2)})
             if name == "spqr-no-outliers":
                 continue
             decode = decoder_for(cfg.codec)
             params = dict(enc.params)
             dec_s = best_of(lambda decode=decode, enc=enc, params=params: decode(params, enc.sections, enc.shape), reps)
-            rows.append({"kind": "decode", **base, "api": f"decoder.{cfg.codec}.decode", "seconds": round(dec_s, 4),
-                         "gparam_per_s": round(w.size / dec_s / 1e9, 3)})
+            add({"kind": "decode", **base, "api": f"decoder.{cfg.codec}.decode", "seconds": round(dec_s, 4),
+                 "gparam_per_s": round(w.size / dec_s / 1e9, 3)})
             if name == "spqr":
                 fs = file_decode_row(enc, shape, reps)
-                rows.append({"kind": "decode", **base, "api": "Tensor.decode (file)", "seconds": round(fs, 4),
-                             "gparam_per_s": round(w.size / fs / 1e9, 3)})
-            print(json.dumps(rows[-1]), flush=True)
+                add({"kind": "decode", **base, "api": "Tensor.decode (file)", "seconds": round(fs, 4),
+                     "gparam_per_s": round(w.size / fs / 1e9, 3)})
     for row in convert_e2e(max(1, reps // 2), [] if args.quick else SHAPES):
-        rows.append({**row, "threads": numba.get_num_threads()})
-        print(json.dumps(rows[-1]), flush=True)
+        add({**row, "threads": numba.get_num_threads()})
     info["loadavg_end"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
