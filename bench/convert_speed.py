@@ -52,13 +52,18 @@ SLOW = {"squeezellm", "quip"}  # fewer repetitions: seconds per matrix
 
 
 def best_of(fn: Callable[[], Any], reps: int) -> float:
-    fn()  # warm-up: JIT compilation, page cache
+    return timed(fn, reps)[0]
+
+
+def timed(fn: Callable[[], Any], reps: int) -> tuple[float, Any]:
+    """(best seconds of ``reps`` calls after a warm-up call (JIT compilation, page cache), the last result)."""
+    result = fn()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        fn()
+        result = fn()
         times.append(time.perf_counter() - t0)
-    return min(times)
+    return min(times), result
 
 
 def config_dict(cfg: QuantConfig) -> dict[str, Any]:
@@ -193,8 +198,7 @@ def main() -> None:
         for name in args.codecs.split(","):
             cfg = CONFIGS[name]
             r = max(1, reps // 3) if name in SLOW else reps
-            enc_s = best_of(lambda w=w, cfg=cfg: data_free_encoder("layer.weight", w, cfg), r)
-            enc = data_free_encoder("layer.weight", w, cfg)
+            enc_s, enc = timed(lambda w=w, cfg=cfg: data_free_encoder("layer.weight", w, cfg), r)
             base = {"codec": name, "shape": list(shape), "config": config_dict(cfg),
                     "threads": numba.get_num_threads()}
             add({"kind": "encode", **base, "seconds": round(enc_s, 4),
