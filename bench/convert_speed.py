@@ -8,7 +8,9 @@ defaults. Decode rows time the codec's Numba decoder on the sections that
 encoding produced (``decoder.*.decode``, what ``Tensor.decode`` calls after
 validation) and, for spqr, ``Tensor.decode()`` from a written file. The end
 to end row runs ``spqr convert`` on the bundled MiniLM checkpoint in a
-subprocess (its wall time, Numba's on-disk cache warm).
+subprocess, and on a synthetic bf16 checkpoint holding one matrix of each
+shape (wall time with reading, encoding, writing and the read-back check;
+Numba's on-disk cache warm).
 
 Each timing is the best of ``--reps`` runs after one warm-up (so JIT
 compilation is excluded); the machine is shared, so the best run is the one
@@ -50,13 +52,18 @@ SLOW = {"squeezellm", "quip"}  # fewer repetitions: seconds per matrix
 
 
 def best_of(fn: Callable[[], Any], reps: int) -> float:
-    fn()  # warm-up: JIT compilation, page cache
+    return timed(fn, reps)[0]
+
+
+def timed(fn: Callable[[], Any], reps: int) -> tuple[float, Any]:
+    """(best seconds of ``reps`` calls after a warm-up call (JIT compilation, page cache), the last result)."""
+    result = fn()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        fn()
+        result = fn()
         times.append(time.perf_counter() - t0)
-    return min(times)
+    return min(times), result
 
 
 def config_dict(cfg: QuantConfig) -> dict[str, Any]:
@@ -97,29 +104,69 @@ def file_decode_row(enc: Any, shape: tuple[int, int], reps: int) -> float:
             return best_of(t.decode, reps)
 
 
-def convert_e2e(reps: int) -> dict[str, Any]:
-    """``spqr convert`` of the bundled MiniLM in a subprocess: wall seconds and quantized params per second."""
-    folder = demo_checkpoint()
-    spqr = [sys.executable, "-m", "spqrfmt.cli", "convert"]
+def _spqr_convert(folder: Path, out: Path, reps: int) -> float:
+    """Best wall seconds of ``spqr convert FOLDER -o OUT -q`` in a subprocess (a first run warms Numba's cache)."""
     times = []
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "minilm.spqr"
-        for i in range(reps + 1):  # the first run warms Numba's on-disk cache
-            if out.exists():
-                out.unlink()
-            t0 = time.perf_counter()
-            subprocess.run([*spqr, str(folder), "-o", str(out), "-q"], check=True, capture_output=True)
-            if i:
-                times.append(time.perf_counter() - t0)
-        import spqrfmt
+    for i in range(reps + 1):
+        if out.exists():
+            out.unlink()
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "spqrfmt.cli", "convert", str(folder), "-o", str(out), "-q"],
+                       check=True, capture_output=True)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return min(times)
 
-        with spqrfmt.open(out) as f:
-            qparams = sum(t.numel for t in f.values() if t.codec != "raw")
-    wall = min(times)
-    return {"kind": "convert", "codec": "spqr", "model": "all-MiniLM-L6-v2 (bundled)",
-            "config": config_dict(QuantConfig()), "command": "spqr convert <bundled MiniLM> -o minilm.spqr -q",
-            "quant_params": qparams,
-            "seconds": round(wall, 3), "mparam_per_s": round(qparams / wall / 1e6, 2)}
+
+def convert_e2e(reps: int, synthetic: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """``spqr convert`` end to end (read, encode, write, read-back check): the bundled MiniLM, and a synthetic
+    bf16 checkpoint of one matrix per shape in ``synthetic`` (random weights)."""
+    import spqrfmt
+
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        folders = [("all-MiniLM-L6-v2 (bundled)", demo_checkpoint())]
+        if synthetic:
+            import torch
+            from safetensors.torch import save_file
+
+            syn = Path(d) / "synthetic"
+            syn.mkdir()
+            gen = torch.Generator().manual_seed(0)
+            save_file({f"model.layers.{i}.mlp.proj.weight": torch.randn(s, generator=gen).to(torch.bfloat16)
+                       for i, s in enumerate(synthetic)}, str(syn / "model.safetensors"))
+            (syn / "config.json").write_text("{}")
+            folders.append(("synthetic bf16 " + " + ".join(f"{a}x{b}" for a, b in synthetic), syn))
+        for label, folder in folders:
+            out = Path(d) / "out.spqr"
+            wall = _spqr_convert(folder, out, reps)
+            with spqrfmt.open(out) as f:
+                qparams = sum(t.numel for t in f.values() if t.codec != "raw")
+            rows.append({"kind": "convert", "codec": "spqr", "model": label, "config": config_dict(QuantConfig()),
+                         "command": "spqr convert FOLDER -o out.spqr -q", "quant_params": qparams,
+                         "seconds": round(wall, 3), "mparam_per_s": round(qparams / wall / 1e6, 2)})
+    return rows
+
+
+def markdown(result: dict[str, Any], before: dict[str, Any] | None = None) -> str:
+    """The rows as a markdown table; with ``before`` (a run of the same script on older code), a before column."""
+    def key(r: dict[str, Any]) -> tuple:
+        return r["kind"], r["codec"], tuple(r.get("shape", ())), r.get("api", ""), r.get("model", "")
+
+    old = {key(r): r for r in (before or {}).get("rows", [])}
+    head = "| what | codec / config | shape | " + ("before | " if before else "") + "rate |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in result["rows"]:
+        unit, val = ("Gparam/s", "gparam_per_s") if r["kind"] == "decode" else ("Mparam/s", "mparam_per_s")
+        what = {"encode": "encode", "decode": f"decode ({r.get('api')})", "convert": f"spqr convert, {r.get('model')}"}
+        shape = "x".join(map(str, r["shape"])) if "shape" in r else f"{r['quant_params'] / 1e6:.1f}M params"
+        cells = [what[r["kind"]], r["codec"], shape]
+        if before:
+            b = old.get(key(r))
+            cells.append(f"{b[val]} {unit}" if b else "-")
+        cells.append(f"**{r[val]}** {unit}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -128,10 +175,21 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="small shapes and 1 repetition (checks the script)")
     ap.add_argument("--codecs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    ap.add_argument("--markdown", nargs="+", metavar="JSON",
+                    help="print the table of a result file (and a before column from a second one), run nothing")
     args = ap.parse_args()
+    if args.markdown:
+        files = [json.loads(Path(p).read_text()) for p in args.markdown]
+        print(markdown(files[0], files[1] if len(files) > 1 else None))
+        return
     shapes = QUICK_SHAPES if args.quick else SHAPES
     reps = 1 if args.quick else args.reps
     rows: list[dict[str, Any]] = []
+
+    def add(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)  # the log keeps every row even if the run is cut short
+
     info = {"machine": machine(), "loadavg_start": os.getloadavg(), "reps": reps,
             "command": "python bench/convert_speed.py" + (" --quick" if args.quick else "")}
     rng = np.random.default_rng(0)
@@ -140,27 +198,24 @@ def main() -> None:
         for name in args.codecs.split(","):
             cfg = CONFIGS[name]
             r = max(1, reps // 3) if name in SLOW else reps
-            enc_s = best_of(lambda w=w, cfg=cfg: data_free_encoder("layer.weight", w, cfg), r)
-            enc = data_free_encoder("layer.weight", w, cfg)
+            enc_s, enc = timed(lambda w=w, cfg=cfg: data_free_encoder("layer.weight", w, cfg), r)
             base = {"codec": name, "shape": list(shape), "config": config_dict(cfg),
                     "threads": numba.get_num_threads()}
-            rows.append({"kind": "encode", **base, "seconds": round(enc_s, 4),
-                         "mparam_per_s": round(w.size / enc_s / 1e6, 2)})
+            add({"kind": "encode", **base, "seconds": round(enc_s, 4),
+                 "mparam_per_s": round(w.size / enc_s / 1e6, 2)})
             if name == "spqr-no-outliers":
                 continue
             decode = decoder_for(cfg.codec)
             params = dict(enc.params)
             dec_s = best_of(lambda decode=decode, enc=enc, params=params: decode(params, enc.sections, enc.shape), reps)
-            rows.append({"kind": "decode", **base, "api": f"decoder.{cfg.codec}.decode", "seconds": round(dec_s, 4),
-                         "gparam_per_s": round(w.size / dec_s / 1e9, 3)})
+            add({"kind": "decode", **base, "api": f"decoder.{cfg.codec}.decode", "seconds": round(dec_s, 4),
+                 "gparam_per_s": round(w.size / dec_s / 1e9, 3)})
             if name == "spqr":
                 fs = file_decode_row(enc, shape, reps)
-                rows.append({"kind": "decode", **base, "api": "Tensor.decode (file)", "seconds": round(fs, 4),
-                             "gparam_per_s": round(w.size / fs / 1e9, 3)})
-            print(json.dumps(rows[-1]), flush=True)
-    if not args.quick:
-        rows.append({**convert_e2e(max(1, reps // 2)), "threads": numba.get_num_threads()})
-        print(json.dumps(rows[-1]), flush=True)
+                add({"kind": "decode", **base, "api": "Tensor.decode (file)", "seconds": round(fs, 4),
+                     "gparam_per_s": round(w.size / fs / 1e9, 3)})
+    for row in convert_e2e(max(1, reps // 2), [] if args.quick else SHAPES):
+        add({**row, "threads": numba.get_num_threads()})
     info["loadavg_end"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

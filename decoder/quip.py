@@ -96,6 +96,23 @@ def transform_rows(x: np.ndarray, log2_h: int, c: np.ndarray, factor: np.ndarray
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
+def transpose(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of x.T, in cache-sized tiles, rows of tiles in parallel (data movement only)."""
+    m, n = x.shape
+    out = np.empty((n, m), dtype=x.dtype)
+    tile = 64
+    for bi in numba.prange((m + tile - 1) // tile):
+        i0 = bi * tile
+        i1 = min(m, i0 + tile)
+        for j0 in range(0, n, tile):
+            j1 = min(n, j0 + tile)
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    out[j, i] = x[i, j]
+    return out
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _signs(x: np.ndarray, sv: np.ndarray, su: np.ndarray) -> None:
     m, n = x.shape
     for r in numba.prange(m):
@@ -140,9 +157,9 @@ def decode(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], shape:
         codes = unpack_rows(np.ascontiguousarray(sections["codes"]), n, bits)  # spqr.md §4
         _grid(codes, bits, np.ascontiguousarray(sections["scale"], dtype=np.float32), x)
     transform_rows(x, kn, np.array([hadamard_constant(kn)]), fn)  # step 2: along n, each row
-    xt = np.ascontiguousarray(x.T)  # data movement only
+    xt = transpose(x)  # data movement only
     transform_rows(xt, km, np.array([hadamard_constant(km)]), fm)  # step 3: along m, each column
-    x = np.ascontiguousarray(xt.T)
+    x = transpose(xt)
     if "codebook" in params:  # v2: i8 signs or f16/f32 diagonals, widened exactly to f32
         _diagonals(x, np.asarray(sections["sv"]).astype(np.float32), np.asarray(sections["su"]).astype(np.float32))
     else:

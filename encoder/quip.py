@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 
 from ..codecs.quip import MAX_FACTOR
@@ -52,17 +53,30 @@ def random_orthogonal(a: int, rng: np.random.Generator) -> np.ndarray:
     return q * np.where(np.diag(r) < 0, -1.0, 1.0)[None, :]
 
 
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _fwht_rows(y: np.ndarray, norm: float) -> None:
+    """In place, each row of y [R, h] (float64): Sylvester butterflies stage by stage, then one division by norm."""
+    rows, h = y.shape
+    for r in numba.prange(rows):
+        half = 1
+        while half < h:
+            for i0 in range(0, h, 2 * half):
+                for i in range(i0, i0 + half):
+                    u = y[r, i]
+                    v = y[r, i + half]
+                    y[r, i] = u + v
+                    y[r, i + half] = u - v
+            half *= 2
+        for i in range(h):
+            y[r, i] = y[r, i] / norm
+
+
 def _fwht_last(x: np.ndarray) -> np.ndarray:
     """Normalized Sylvester Hadamard along the last axis (float64, length a power of two)."""
     h = x.shape[-1]
-    y = x.reshape(-1, h).copy()
-    half = 1
-    while half < h:
-        y = y.reshape(-1, h // (2 * half), 2, half)
-        u, v = y[:, :, 0, :].copy(), y[:, :, 1, :].copy()
-        y[:, :, 0, :], y[:, :, 1, :] = u + v, u - v
-        half *= 2
-    return (y.reshape(x.shape) / np.sqrt(h)).astype(np.float64)
+    y = np.array(x, dtype=np.float64, order="C")  # a copy: the transform runs in place
+    _fwht_rows(y.reshape(-1, h), float(np.sqrt(h)))
+    return y
 
 
 def apply_dt_rows(x: np.ndarray, log2_h: int, factor: np.ndarray | None) -> np.ndarray:
@@ -75,20 +89,102 @@ def apply_dt_rows(x: np.ndarray, log2_h: int, factor: np.ndarray | None) -> np.n
     return y.reshape(rows, d)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _block_sum(a: np.ndarray, lo: int, n: int) -> float:
+    """numpy's pairwise-sum leaf (n <= 128): sequential below 8, else 8 accumulators combined as a tree."""
+    if n < 8:
+        res = 0.0
+        for i in range(lo, lo + n):
+            res += a[i]
+        return res
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = 8
+    while i < n - (n % 8):
+        r0 += a[lo + i]
+        r1 += a[lo + i + 1]
+        r2 += a[lo + i + 2]
+        r3 += a[lo + i + 3]
+        r4 += a[lo + i + 4]
+        r5 += a[lo + i + 5]
+        r6 += a[lo + i + 6]
+        r7 += a[lo + i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+
+@numba.njit(cache=True, nogil=True)
+def _pairwise_sum(a: np.ndarray, nodes: np.ndarray, vals: np.ndarray) -> float:
+    """numpy's pairwise float64 sum of a (leaves of <= 128, longer runs halved at a multiple of 8), iteratively.
+
+    Reproduces ``x.sum(axis=-1)`` of a contiguous row bit for bit, so the Numba
+    grid search picks the very scales the numpy one did. ``nodes`` [3, 128]
+    int64 and ``vals`` [128] f64 are scratch (a post-order walk of the split tree;
+    recursion is avoided because Numba cannot cache recursive functions safely).
+    """
+    nodes[0, 0] = 0
+    nodes[1, 0] = a.size
+    nodes[2, 0] = 0
+    sp = 1
+    vp = 0
+    while sp > 0:
+        t = sp - 1
+        lo = nodes[0, t]
+        n = nodes[1, t]
+        if n <= 128:
+            vals[vp] = _block_sum(a, lo, n)
+            vp += 1
+            sp -= 1
+        elif nodes[2, t] == 0:  # first visit: push the right half, then the left (which runs first)
+            nodes[2, t] = 1
+            n2 = n // 2
+            n2 -= n2 % 8
+            nodes[0, sp], nodes[1, sp], nodes[2, sp] = lo + n2, n - n2, 0
+            nodes[0, sp + 1], nodes[1, sp + 1], nodes[2, sp + 1] = lo, n2, 0
+            sp += 2
+        else:  # both halves done: left + right
+            vals[vp - 2] = vals[vp - 2] + vals[vp - 1]
+            vp -= 1
+            sp -= 1
+    return vals[0]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _grid_errors(w: np.ndarray, rms: np.ndarray, mults: np.ndarray, bits: int) -> np.ndarray:
+    """e[r, c]: squared round-to-nearest error of row r on the grid (2q - L) * s, s = rms[r] * mults[c] (f64)."""
+    m, n = w.shape
+    L = np.float64((1 << bits) - 1)
+    e = np.empty((m, mults.size), dtype=np.float64)
+    for r in numba.prange(m):
+        err = np.empty(n, dtype=np.float64)
+        nodes = np.empty((3, 128), dtype=np.int64)
+        vals = np.empty(128, dtype=np.float64)
+        for c in range(mults.size):
+            s = rms[r] * mults[c]
+            for j in range(n):
+                q = np.rint((w[r, j] / s + L) / 2.0)
+                q = min(max(q, 0.0), L)
+                d = (2.0 * q - L) * s - w[r, j]
+                err[j] = d * d
+            e[r, c] = _pairwise_sum(err, nodes, vals)
+    return e
+
+
 def _grid_scales(w: np.ndarray, bits: int, candidates: int = 48) -> np.ndarray:
     """Per-row f32 scale minimizing the round-to-nearest error on the grid (2q - (2^b-1)) * s."""
     L = (1 << bits) - 1
     rms = np.sqrt(np.mean(w * w, axis=1)) + 1e-30
     mults = np.geomspace(0.05, 2.0, candidates) * (2.0 / (L + 1))
+    errs = _grid_errors(np.ascontiguousarray(w, dtype=np.float64), rms, mults, bits)
     best = np.full(w.shape[0], np.inf)
     out = rms * mults[0]
-    for mult in mults:
-        s = (rms * mult)[:, None]
-        q = np.clip(np.rint((w / s + L) / 2), 0, L)
-        err = ((2 * q - L) * s - w) ** 2
-        e = err.sum(axis=1)
-        better = e < best
-        best = np.where(better, e, best)
+    for c, mult in enumerate(mults):  # the first candidate of least error wins
+        better = errs[:, c] < best
+        best = np.where(better, errs[:, c], best)
         out = np.where(better, rms * mult, out)
     return out.astype(np.float32)
 

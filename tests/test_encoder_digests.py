@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numba
 import numpy as np
 import pytest
 
@@ -162,6 +163,27 @@ DIGESTS: dict[str, list[str]] = {  # computed at commit 3383d01 (before the rewr
 def test_data_free_encoder_bytes_unchanged(codec: str, i: int) -> None:
     encode, cases = ENCODERS[codec]
     assert digest(encode(*cases[i])) == DIGESTS[codec][i], cases[i]
+
+
+# Matrices above spqrfmt.threads.PARALLEL_MIN_ELEMENTS, so the row loops run on every thread.
+PARALLEL_CASES = [
+    ("spqr", (1024, 1040, "outliers", 20, {"bits": 4, "outlier_fraction": 0.01}), "711428960e887a4eed8ce8b8179b42bf"),
+    ("squeezellm", (1024, 1040, "normal", 21, {"bits": 4, "outlier_fraction": 0.01}),
+     "93124c6ee4bad517ab746640bf79b5f0"),
+    ("quip", (1024, 1040, "normal", 22, {"bits": 4}), "e07211c98aceafcb5396fd5a5ae1513d"),
+]
+
+
+@pytest.mark.parametrize("codec,case,expected", PARALLEL_CASES)
+def test_parallel_encoders_bytes_unchanged_for_any_thread_count(codec: str, case: tuple, expected: str) -> None:
+    encode = ENCODERS[codec][0]
+    before = numba.get_num_threads()
+    try:
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            assert digest(encode(*case)) == expected, (codec, threads)
+    finally:
+        numba.set_num_threads(before)
 
 
 if __name__ == "__main__":  # print the digest table for the current encoders
