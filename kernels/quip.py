@@ -623,7 +623,7 @@ def _rotate(x2: torch.Tensor, out: torch.Tensor, d: int, log2_h: int, factor: to
         raise ValueError(f"quip transform: E8P12 order needs 8 | {d} <= 8 * {e8_gp}")
     last = a == 1
     if log2_h > _HAD_MAX_LOG2:  # staged exact kernels on a [B, d] f32 copy (rare: blocks > 16384)
-        z = x2[:, :d].to(torch.float32)
+        z = x2[:, :d].to(torch.float32, copy=True)  # transform() works in place: never on the caller's x
         if pre is not None:
             z = z * pre[:d].to(torch.float32)
         z = transform(z.contiguous(), True, log2_h, factor)

@@ -620,16 +620,26 @@ def test_fused_transform_matches_exact_transform_and_large_block_fallback(kq: An
     import torch
 
     rng = np.random.default_rng(3)
-    for a, k in ((1, 6), (3, 4), (5, 0), (1, 9)):
+    for a, k in ((1, 6), (3, 4), (5, 0), (1, 9), (3, 3)):
         d = a << k
         x = torch.from_numpy(rng.standard_normal((3, d)).astype(np.float32))
         f = torch.from_numpy(random_orthogonal(a, rng).astype(np.float32)) if a > 1 else None
+        x0 = x.clone()
         want = kq.transform(x.clone(), True, k, f).double()
+        tol = 1e-5 * float(want.abs().max())
         for limit in (14, 2):
             monkeypatch.setattr(kq, "_HAD_MAX_LOG2", limit)
             out = torch.empty((3, d + 5), dtype=torch.float32)
             kq._rotate(x, out, d, k, f, None, None, None)
-            assert float((out[:, :d].double() - want).abs().max()) <= 1e-5 * float(want.abs().max())
+            assert float((out[:, :d].double() - want).abs().max()) <= tol
+            if d % 8 == 0:  # the E8P12 GEMV's coordinate-major order: x[8g + i] at i * gp + g
+                gp = d // 8 + 2
+                out = torch.zeros((3, 8 * gp), dtype=torch.float32)
+                kq._rotate(x, out, d, k, f, None, None, None, gp)
+                got = out.view(3, 8, gp)[:, :, :d // 8].transpose(1, 2).reshape(3, d)
+                assert float((got.double() - want).abs().max()) <= tol
+                assert not out.view(3, 8, gp)[:, :, d // 8:].any()
+            assert torch.equal(x, x0)  # the input is never transformed in place
 
 
 def test_fused_launch_is_size_checked(kq: Any) -> None:
