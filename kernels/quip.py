@@ -5,11 +5,12 @@ literal f32 operation per element so that the result is bit-identical to the
 Numba reference decoder (launched with ``enable_fp_fusion=False``):
 
 1. ``_grid_kernel``: Qhat[r, j] = f32(2q - (2^b - 1)) * scale[r];
-2. along n (each row), then along m (each column): one ``_butterfly_kernel``
-   launch per Walsh-Hadamard stage (half = 1, 2, 4, ...; the last stage also
-   multiplies by c_k), then ``_factor_kernel`` (sequential f32 accumulation)
-   when the dimension has an odd factor; the same kernels serve rows and
-   columns through (vector stride, element stride);
+2. along n (each row), then along m (each column): the Walsh-Hadamard stages
+   (half = 1, 2, 4, ...) and the c_k multiply -- ``_fwht_rows_kernel`` (all stages
+   of a row block in registers, one launch) and ``_fwht_cols_kernel`` (4 stages per
+   launch), or one ``_butterfly_kernel`` launch per stage as the fallback, the
+   same f32 operations in the same order either way -- then ``_factor_kernel``
+   (sequential f32 accumulation) when the dimension has an odd factor;
 3. ``_sign_kernel``: times f32(sv[r] * su[c]).
 
 Version 2 (quip.md §10): codebook "e8p12" replaces step 1 by ``_e8p_kernel``
@@ -62,7 +63,7 @@ from ._common import (
 )
 
 __all__ = ["GemvConfig", "PreparedQuip", "dequantize", "dequantize_prepared", "matvec", "prepare", "to_device",
-           "transform"]
+           "transform", "transform_fast"]
 
 _OPTS = {"enable_fp_fusion": False}
 
@@ -141,6 +142,56 @@ def _butterfly_kernel(x_ptr, nvec, npairs, stride_v, stride_e, half, c,
         d = d * c
     tl.store(a_ptr, s, mask=mask)
     tl.store(b_ptr, d, mask=mask)
+
+
+@triton.jit(do_not_specialize=["nrows", "n"])
+def _fwht_rows_kernel(x_ptr, nrows, n, c_k, H: tl.constexpr, K: tl.constexpr, BR: tl.constexpr):
+    """All k stages of quip.md §5.2(a) and the c_k multiply (b) on blocks of H = 2^K along rows, in place.
+
+    One program per (BR rows, block). Stage s pairs (i, i + 2^s) of the block viewed as
+    [H / 2^(s+1), 2, 2^s]: u + v and u - v, each one f32 operation, in the spec's stage
+    order, so the result is bit-identical to the staged kernels (launch without FMA
+    contraction). The reshapes and splits only move data.
+    """
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cols = tl.program_id(1) * H + tl.arange(0, H)
+    mask = (rows < nrows)[:, None] & (cols < n)[None, :]
+    ptr = x_ptr + rows.to(tl.int64)[:, None] * n + cols[None, :]
+    x = tl.load(ptr, mask=mask, other=0.0)
+    for s in tl.static_range(K):
+        x4 = tl.permute(tl.reshape(x, (BR, H // (2 << s), 2, 1 << s)), (0, 1, 3, 2))
+        u, v = tl.split(x4)
+        x = tl.reshape(tl.permute(tl.join(u + v, u - v), (0, 1, 3, 2)), (BR, H))
+    tl.store(ptr, x * c_k, mask=mask)
+
+
+@triton.jit(do_not_specialize=["m", "n", "lo_mask"])
+def _fwht_cols_kernel(x_ptr, m, n, c_k, lo_mask, S0: tl.constexpr, NS: tl.constexpr, LAST: tl.constexpr,
+                      BC: tl.constexpr):
+    """Stages S0 .. S0+NS-1 of quip.md §5.2(a) along columns (m = a * 2^k rows), in place; LAST: times c_k.
+
+    A program holds the 2^NS rows that differ only in index bits S0 .. S0+NS-1 (one fixed
+    value of the other bits, r = hi * 2^(S0+NS) + j * 2^S0 + lo) for BC contiguous columns,
+    so every butterfly of those stages stays in registers; the stages run in the spec's
+    order, each one f32 addition or subtraction per element.
+    """
+    NR: tl.constexpr = 1 << NS
+    g = tl.program_id(0)
+    lo = g & lo_mask
+    hi = g >> S0
+    jj = tl.arange(0, NR)
+    r = (hi << (S0 + NS)) + (jj << S0) + lo
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    mask = (r < m)[:, None] & (cols < n)[None, :]
+    ptr = x_ptr + r.to(tl.int64)[:, None] * n + cols[None, :]
+    x = tl.load(ptr, mask=mask, other=0.0)
+    for t in tl.static_range(NS):
+        x4 = tl.permute(tl.reshape(x, (NR // (2 << t), 2, 1 << t, BC)), (0, 2, 3, 1))
+        u, v = tl.split(x4)
+        x = tl.reshape(tl.permute(tl.join(u + v, u - v), (0, 3, 1, 2)), (NR, BC))
+    if LAST:
+        x = x * c_k
+    tl.store(ptr, x, mask=mask)
 
 
 @triton.jit
@@ -417,6 +468,36 @@ def _e8p_gemv_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, c_ptr, half_ptr, od
            SPLIT, False, True, not DOT)
 
 
+_FWHT_ROWS_MAX_LOG2 = 14  # in-register row blocks up to 2^14 f32 (64 KiB per program)
+_FWHT_RADIX_LOG2 = 4  # column stages per pass (16 rows in registers)
+
+
+def transform_fast(x: torch.Tensor, along_rows: bool, log2_h: int, factor: torch.Tensor | None) -> torch.Tensor:
+    """:func:`transform` with the same f32 operations in the same order (bit-identical), in fewer launches.
+
+    Rows: one launch for all stages and c_k (blocks up to 2^14); columns: one launch per
+    ``_FWHT_RADIX_LOG2`` stages. The factor step is :func:`transform`'s. Returns the result
+    (``x`` is modified in place).
+    """
+    rows, cols = x.shape
+    h = 1 << log2_h
+    c = float(hadamard_constant(log2_h))
+    if not (log2_h and x.is_contiguous() and rows * cols < 2**31):
+        return transform(x, along_rows, log2_h, factor)
+    if along_rows and log2_h <= _FWHT_ROWS_MAX_LOG2 and cols // h < 65536:
+        br = max(1, min(64, 4096 // h))
+        _fwht_rows_kernel[(ceil_div(rows, br), cols // h)](x, rows, cols, c, H=h, K=log2_h, BR=br,
+                                                           num_warps=8 if h >= 8192 else 4, **_OPTS)
+    elif not along_rows and ceil_div(cols, 128) < 65536:
+        for s0 in range(0, log2_h, _FWHT_RADIX_LOG2):
+            ns = min(_FWHT_RADIX_LOG2, log2_h - s0)
+            _fwht_cols_kernel[(rows >> ns, ceil_div(cols, 128))](
+                x, rows, cols, c, (1 << s0) - 1, S0=s0, NS=ns, LAST=s0 + ns == log2_h, BC=128, **_OPTS)
+    else:
+        return transform(x, along_rows, log2_h, factor)
+    return _apply_factor(x, along_rows, log2_h, factor)
+
+
 def transform(x: torch.Tensor, along_rows: bool, log2_h: int, factor: torch.Tensor | None) -> torch.Tensor:
     """Apply D = F kron H_norm (quip.md §5.2) to every row (or column) of the f32 matrix x; returns the result.
 
@@ -425,13 +506,22 @@ def transform(x: torch.Tensor, along_rows: bool, log2_h: int, factor: torch.Tens
     rows, cols = x.shape
     nvec, length = (rows, cols) if along_rows else (cols, rows)
     sv_, se_ = (cols, 1) if along_rows else (1, cols)
-    h = 1 << log2_h
     BV, BP = 16, 64
     for s in range(log2_h):
         last = s == log2_h - 1
         _butterfly_kernel[(ceil_div(nvec, BV), ceil_div(length // 2, BP))](
             x, nvec, length // 2, sv_, se_, 1 << s, float(hadamard_constant(log2_h)),
             LAST=last, BV=BV, BP=BP, **_OPTS)
+    return _apply_factor(x, along_rows, log2_h, factor)
+
+
+def _apply_factor(x: torch.Tensor, along_rows: bool, log2_h: int, factor: torch.Tensor | None) -> torch.Tensor:
+    """quip.md §5.2(c): the explicit factor across the a = length / 2^log2_h blocks (a new tensor), if any."""
+    rows, cols = x.shape
+    nvec, length = (rows, cols) if along_rows else (cols, rows)
+    sv_, se_ = (cols, 1) if along_rows else (1, cols)
+    h = 1 << log2_h
+    BV, BP = 16, 64
     if factor is not None and length // h > 1:
         y = torch.empty_like(x)
         _factor_kernel[(ceil_div(nvec, BV), ceil_div(h, BP))](
@@ -497,8 +587,8 @@ def dequantize(params: Mapping[str, Any], sections_on_device: Mapping[str, torch
     else:
         _grid_kernel[grid](codes, secs["scale"], x, m, n, codes.shape[1], BITS=int(params["bits"]), BR=BR, BC=BC,
                            **_OPTS)
-    x = transform(x, True, int(params["log2_hn"]), secs.get("factor_n"))
-    x = transform(x, False, int(params["log2_hm"]), secs.get("factor_m"))
+    x = transform_fast(x, True, int(params["log2_hn"]), secs.get("factor_n"))
+    x = transform_fast(x, False, int(params["log2_hm"]), secs.get("factor_m"))
     if _is_real_diag(secs):
         _diag_kernel[grid](x, secs["sv"], secs["su"], m, n, BR=BR, BC=BC, **_OPTS)
     else:

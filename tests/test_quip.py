@@ -642,6 +642,23 @@ def test_fused_transform_matches_exact_transform_and_large_block_fallback(kq: An
             assert torch.equal(x, x0)  # the input is never transformed in place
 
 
+def test_fast_exact_transform_is_bit_identical_to_the_staged_one(kq: Any) -> None:
+    """transform_fast (rows: all stages in one launch; columns: 4 stages per launch) == the staged kernels, bitwise."""
+    import torch
+
+    rng = np.random.default_rng(5)
+    for a, k, other in ((1, 7, 3), (3, 5, 2), (1, 9, 1), (5, 0, 4), (7, 2, 5), (1, 1, 9)):
+        d = a << k
+        f = torch.from_numpy(random_orthogonal(a, rng).astype(np.float32)) if a > 1 else None
+        for along_rows in (True, False):
+            shape = (other, d) if along_rows else (d, other)
+            x = torch.from_numpy((rng.standard_normal(shape) * 10).astype(np.float32))
+            x[0, 0] = -0.0
+            want = kq.transform(x.clone(), along_rows, k, f)
+            got = kq.transform_fast(x.clone(), along_rows, k, f)
+            assert torch.equal(got.view(torch.int32), want.view(torch.int32)), (a, k, along_rows)
+
+
 def test_fused_launch_is_size_checked(kq: Any) -> None:
     import torch
 
