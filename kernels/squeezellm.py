@@ -286,7 +286,8 @@ class GemvConfig:
 
 
 def default_config(batch: int) -> GemvConfig:
-    return GemvConfig(BM=64, NU=32, num_warps=4)
+    """Tiles chosen from the sm_90 build (bench/compile_check_codecs.py): the tl.dot path spills at BM = 64."""
+    return GemvConfig(BM=64 if batch == 1 else 32, NU=32, num_warps=4)
 
 
 @dataclass
