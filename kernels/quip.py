@@ -5,11 +5,12 @@ literal f32 operation per element so that the result is bit-identical to the
 Numba reference decoder (launched with ``enable_fp_fusion=False``):
 
 1. ``_grid_kernel``: Qhat[r, j] = f32(2q - (2^b - 1)) * scale[r];
-2. along n (each row), then along m (each column): one ``_butterfly_kernel``
-   launch per Walsh-Hadamard stage (half = 1, 2, 4, ...; the last stage also
-   multiplies by c_k), then ``_factor_kernel`` (sequential f32 accumulation)
-   when the dimension has an odd factor; the same kernels serve rows and
-   columns through (vector stride, element stride);
+2. along n (each row), then along m (each column): the Walsh-Hadamard stages
+   (half = 1, 2, 4, ...) and the c_k multiply -- ``_fwht_rows_kernel`` (all stages
+   of a row block in registers, one launch) and ``_fwht_cols_kernel`` (4 stages per
+   launch), or one ``_butterfly_kernel`` launch per stage as the fallback, the
+   same f32 operations in the same order either way -- then ``_factor_kernel``
+   (sequential f32 accumulation) when the dimension has an odd factor;
 3. ``_sign_kernel``: times f32(sv[r] * su[c]).
 
 Version 2 (quip.md §10): codebook "e8p12" replaces step 1 by ``_e8p_kernel``
@@ -62,7 +63,7 @@ from ._common import (
 )
 
 __all__ = ["GemvConfig", "PreparedQuip", "dequantize", "dequantize_prepared", "matvec", "prepare", "to_device",
-           "transform"]
+           "transform", "transform_fast"]
 
 _OPTS = {"enable_fp_fusion": False}
 
@@ -143,6 +144,56 @@ def _butterfly_kernel(x_ptr, nvec, npairs, stride_v, stride_e, half, c,
     tl.store(b_ptr, d, mask=mask)
 
 
+@triton.jit(do_not_specialize=["nrows", "n"])
+def _fwht_rows_kernel(x_ptr, nrows, n, c_k, H: tl.constexpr, K: tl.constexpr, BR: tl.constexpr):
+    """All k stages of quip.md §5.2(a) and the c_k multiply (b) on blocks of H = 2^K along rows, in place.
+
+    One program per (BR rows, block). Stage s pairs (i, i + 2^s) of the block viewed as
+    [H / 2^(s+1), 2, 2^s]: u + v and u - v, each one f32 operation, in the spec's stage
+    order, so the result is bit-identical to the staged kernels (launch without FMA
+    contraction). The reshapes and splits only move data.
+    """
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cols = tl.program_id(1) * H + tl.arange(0, H)
+    mask = (rows < nrows)[:, None] & (cols < n)[None, :]
+    ptr = x_ptr + rows.to(tl.int64)[:, None] * n + cols[None, :]
+    x = tl.load(ptr, mask=mask, other=0.0)
+    for s in tl.static_range(K):
+        x4 = tl.permute(tl.reshape(x, (BR, H // (2 << s), 2, 1 << s)), (0, 1, 3, 2))
+        u, v = tl.split(x4)
+        x = tl.reshape(tl.permute(tl.join(u + v, u - v), (0, 1, 3, 2)), (BR, H))
+    tl.store(ptr, x * c_k, mask=mask)
+
+
+@triton.jit(do_not_specialize=["m", "n", "lo_mask"])
+def _fwht_cols_kernel(x_ptr, m, n, c_k, lo_mask, S0: tl.constexpr, NS: tl.constexpr, LAST: tl.constexpr,
+                      BC: tl.constexpr):
+    """Stages S0 .. S0+NS-1 of quip.md §5.2(a) along columns (m = a * 2^k rows), in place; LAST: times c_k.
+
+    A program holds the 2^NS rows that differ only in index bits S0 .. S0+NS-1 (one fixed
+    value of the other bits, r = hi * 2^(S0+NS) + j * 2^S0 + lo) for BC contiguous columns,
+    so every butterfly of those stages stays in registers; the stages run in the spec's
+    order, each one f32 addition or subtraction per element.
+    """
+    NR: tl.constexpr = 1 << NS
+    g = tl.program_id(0)
+    lo = g & lo_mask
+    hi = g >> S0
+    jj = tl.arange(0, NR)
+    r = (hi << (S0 + NS)) + (jj << S0) + lo
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    mask = (r < m)[:, None] & (cols < n)[None, :]
+    ptr = x_ptr + r.to(tl.int64)[:, None] * n + cols[None, :]
+    x = tl.load(ptr, mask=mask, other=0.0)
+    for t in tl.static_range(NS):
+        x4 = tl.permute(tl.reshape(x, (NR // (2 << t), 2, 1 << t, BC)), (0, 2, 3, 1))
+        u, v = tl.split(x4)
+        x = tl.reshape(tl.permute(tl.join(u + v, u - v), (0, 3, 1, 2)), (NR, BC))
+    if LAST:
+        x = x * c_k
+    tl.store(ptr, x, mask=mask)
+
+
 @triton.jit
 def _factor_kernel(x_ptr, y_ptr, f_ptr, nvec, a, h, stride_v, stride_e,
                    BV: tl.constexpr, BH: tl.constexpr):
@@ -195,16 +246,19 @@ def _parity_pm1(v):
 
 
 @triton.jit(do_not_specialize=["x_sb", "o_sb"])
-def _had_kernel(x_ptr, out_ptr, d_ptr, post_ptr, bias_ptr, x_sb, o_sb, c_k,
-                R: tl.constexpr, C: tl.constexpr, CB: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
-                HAS_D: tl.constexpr, HAS_POST: tl.constexpr, HAS_BIAS: tl.constexpr):
+def _had_kernel(x_ptr, out_ptr, d_ptr, post_ptr, bias_ptr, x_sb, o_sb, c_k, gp,
+                R: tl.constexpr, C: tl.constexpr, CB: tl.constexpr, RC: tl.constexpr, USE_DOT: tl.constexpr,
+                PREC: tl.constexpr, HAS_D: tl.constexpr, HAS_POST: tl.constexpr, HAS_BIAS: tl.constexpr,
+                E8ORD: tl.constexpr):
     """out[b, al*h + i] = post * (c_k * H_h (d * x[b, al*h : al*h + h]))[i] + bias, h = R * C, in f32.
 
     Grid (blocks al, batch rows b, column chunks of CB). The block, viewed as V [R, C]
-    (element r*C + c), is transformed as H_R V H_C (H_h = H_R kron H_C, Sylvester):
-    two small matrix products with +-1 matrices generated in registers -- tensor-core
-    dots (PREC "tf32x3": f32-accurate) when R, C >= 16, broadcast sums below. Not the
+    (element r*C + c), is transformed as H_R V H_C (H_h = H_R kron H_C, Sylvester), with
+    +-1 matrices generated in registers, RC rows of V at a time (small register
+    footprint): Y[:, chunk] += H_R[:, rows] (V[rows, :] H_C[:, chunk]). Tensor-core dots
+    (PREC "tf32x3": f32-accurate) when R, C >= 16, broadcast sums below. Not the
     butterfly order of quip.md §5.2, so not bit-identical: only the matvec uses it.
+    E8ORD: element j is stored at (j % 8) * gp + j // 8 (coordinate-major, for the E8P12 GEMV).
     """
     al = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -214,30 +268,36 @@ def _had_kernel(x_ptr, out_ptr, d_ptr, post_ptr, bias_ptr, x_sb, o_sb, c_k,
     cc = tl.arange(0, C)
     cb = pc * CB + tl.arange(0, CB)
     base = al.to(tl.int64) * H
-    idx = base + rr[:, None] * C + cc[None, :]
-    v = tl.load(x_ptr + b * x_sb + idx).to(tl.float32)
-    if HAS_D:
-        v = v * tl.load(d_ptr + idx).to(tl.float32)
     hc = _parity_pm1(cc[:, None] & cb[None, :])
-    hr = _parity_pm1(rr[:, None] & rr[None, :])
-    if USE_DOT:
-        z = tl.dot(v, hc, input_precision=PREC)
-        yv = tl.dot(hr, z, input_precision=PREC)
-    else:
-        z = tl.sum(v[:, :, None] * hc[None, :, :], axis=1)
-        yv = tl.sum(hr[:, :, None] * z[None, :, :], axis=1)
+    yv = tl.zeros((R, CB), dtype=tl.float32)
+    for r0 in range(0, R, RC):
+        rk = r0 + tl.arange(0, RC)
+        idx = base + rk[:, None] * C + cc[None, :]
+        v = tl.load(x_ptr + b * x_sb + idx).to(tl.float32)
+        if HAS_D:
+            v = v * tl.load(d_ptr + idx).to(tl.float32)
+        hr = _parity_pm1(rr[:, None] & rk[None, :])
+        if USE_DOT:
+            z = tl.dot(v, hc, input_precision=PREC)
+            yv = tl.dot(hr, z, yv, input_precision=PREC)
+        else:
+            z = tl.sum(v[:, :, None] * hc[None, :, :], axis=1)
+            yv += tl.sum(hr[:, :, None] * z[None, :, :], axis=1)
     yv = yv * c_k
     oidx = base + rr[:, None] * C + cb[None, :]
     if HAS_POST:
         yv = yv * tl.load(post_ptr + oidx).to(tl.float32)
     if HAS_BIAS:
         yv = yv + tl.load(bias_ptr + oidx).to(tl.float32)
+    if E8ORD:
+        oidx = (oidx % 8) * gp + oidx // 8
     tl.store(out_ptr + b * o_sb + oidx, yv.to(out_ptr.dtype.element_ty))
 
 
 @triton.jit(do_not_specialize=["a", "h", "z_sb", "o_sb"])
-def _mix_kernel(z_ptr, out_ptr, f_ptr, post_ptr, bias_ptr, a, h, z_sb, o_sb,
-                AB: tl.constexpr, BH: tl.constexpr, HAS_POST: tl.constexpr, HAS_BIAS: tl.constexpr):
+def _mix_kernel(z_ptr, out_ptr, f_ptr, post_ptr, bias_ptr, a, h, z_sb, o_sb, gp,
+                AB: tl.constexpr, BH: tl.constexpr, HAS_POST: tl.constexpr, HAS_BIAS: tl.constexpr,
+                E8ORD: tl.constexpr):
     """out[b, al*h + be] = post * sum_al2 F[al, al2] z[b, al2*h + be] + bias (the explicit factor, f32 FMAs)."""
     be = tl.program_id(0) * BH + tl.arange(0, BH)
     b = tl.program_id(1).to(tl.int64)
@@ -255,6 +315,8 @@ def _mix_kernel(z_ptr, out_ptr, f_ptr, post_ptr, bias_ptr, a, h, z_sb, o_sb,
         acc = acc * tl.load(post_ptr + oidx, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         acc = acc + tl.load(bias_ptr + oidx, mask=mask, other=0.0).to(tl.float32)
+    if E8ORD:
+        oidx = (oidx % 8) * gp + oidx // 8
     tl.store(out_ptr + b * o_sb + oidx, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -338,12 +400,15 @@ def _e8p_gemv_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, c_ptr, half_ptr, od
                      DOT_DT: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr):
     """y[b, r] = scale[r] * sum_j (t(r, j) / 4) x[b, j] straight from the 16-bit E8P12 codes (quip.md §10.4).
 
-    Per code: row a, sign byte s, parity p, s' = s ^ p with the odd-row flip of
-    coordinate 7 folded in (odd_ptr holds odd[a] << 7); per weight: the table value
-    A[a][i] = alpha/2 (f32, 8 KiB, L1), and coordinate i's sign bit moved to bit 31
-    and XORed onto x (batch 1), so t/4 . x = A . (+-x) + (1/4 - p/2) x. The shift term
-    uses the 8-column sums of x, shared by the rows. 2..16 rows: exact t/4 slices
-    [BM, NG*8] and ``tl.dot``. x has zeros past column n.
+    Per code (a [BM, NG] tile, one coordinate i at a time, all 2-D: no layout
+    conversions): row a, sign byte s, parity p, s' = s ^ p with the odd-row flip of
+    coordinate 7 folded in (odd_ptr holds odd[a] << 7). Per weight: the table value
+    A[a][i] = alpha/2 (f32, 8 KiB, L1) and coordinate i's sign bit moved to bit 31 and
+    XORed onto x (batch 1: one shift, one LOP3, one FMA), so t/4 . x = A . (+-x) +
+    (1/4 - p/2) x, the shift term from the 8-column sums of x, shared by the rows.
+    2..16 rows: exact t/4 slices [BM, NG] per coordinate and ``tl.dot`` (K = NG).
+    x is coordinate-major (x[8g + i] at i * gp + g: contiguous per coordinate, written so
+    by the input transform), zero past column n.
     """
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -352,8 +417,6 @@ def _e8p_gemv_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, c_ptr, half_ptr, od
     rc64 = tl.minimum(rows, m - 1).to(tl.int64)
     crow = c_ptr + rc64[:, None] * gp
     gg = tl.arange(0, NG)
-    ii = tl.arange(0, 8)
-    sbit = (ii >> 1) | ((ii & 1) << 2)
     bb = tl.arange(0, BB)
     bmask = bb < nb
     if DOT:
@@ -371,24 +434,28 @@ def _e8p_gemv_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, c_ptr, half_ptr, od
         p = p ^ (p >> 2)
         p = (p ^ (p >> 1)) & 1
         s2 = (s ^ p) ^ tl.load(odd_ptr + a)
-        av = tl.load(half_ptr + a[:, :, None] * 8 + ii[None, None, :])
+        arow = half_ptr + a * 8
         sh = 0.25 - 0.5 * p.to(tl.float32)
-        cols = g[:, None] * 8 + ii[None, :]
-        if DOT:
-            neg = ((s2[:, :, None] >> sbit[None, None, :]) & 1) != 0
-            wv = tl.where(neg, -av, av) + sh[:, :, None]
-            wv = tl.reshape(wv, (BM, NG * 8))
-            cflat = tl.reshape(cols, (NG * 8,))
-            xt = tl.load(x_ptr + bb[None, :] * x_sb + cflat[:, None], mask=bmask[None, :], other=0.0)
-            if IEEE:
-                acc = tl.dot(wv, xt.to(tl.float32), acc, input_precision="ieee")
+        if not DOT:
+            xsum = tl.zeros((NG,), dtype=tl.float32)
+        for i in tl.static_range(8):
+            # coordinate i's sign is bit (i >> 1) | ((i & 1) << 2) of s' (quip.md §10.4), moved to bit 31
+            sgn = (s2 << (31 - ((i >> 1) | ((i & 1) << 2)))) & -2147483648
+            av = tl.load(arow + i)
+            cols = i * gp + g
+            if DOT:
+                wv = (av.to(tl.int32, bitcast=True) ^ sgn).to(tl.float32, bitcast=True) + sh
+                xt = tl.load(x_ptr + bb[None, :] * x_sb + cols[:, None], mask=bmask[None, :], other=0.0)
+                if IEEE:
+                    acc = tl.dot(wv, xt, acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(wv.to(DOT_DT), xt.to(DOT_DT), acc)
             else:
-                acc = tl.dot(wv.to(DOT_DT), xt.to(DOT_DT), acc)
-        else:
-            xv = tl.load(x_ptr + cols)
-            sgn = (s2[:, :, None] << (31 - sbit)[None, None, :]) & -2147483648
-            xs = (xv.to(tl.int32, bitcast=True)[None, :, :] ^ sgn).to(tl.float32, bitcast=True)
-            acc += tl.sum(av * xs, axis=2) + sh * tl.sum(xv, axis=1)[None, :]
+                xv = tl.load(x_ptr + cols)
+                xsum += xv
+                acc += av * (xv.to(tl.int32, bitcast=True)[None, :] ^ sgn).to(tl.float32, bitcast=True)
+        if not DOT:
+            acc += sh * xsum[None, :]
     if DOT:
         out = acc
         yoff = bb[None, :] * m + rows[:, None]
@@ -401,6 +468,36 @@ def _e8p_gemv_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, c_ptr, half_ptr, od
            SPLIT, False, True, not DOT)
 
 
+_FWHT_ROWS_MAX_LOG2 = 14  # in-register row blocks up to 2^14 f32 (64 KiB per program)
+_FWHT_RADIX_LOG2 = 4  # column stages per pass (16 rows in registers)
+
+
+def transform_fast(x: torch.Tensor, along_rows: bool, log2_h: int, factor: torch.Tensor | None) -> torch.Tensor:
+    """:func:`transform` with the same f32 operations in the same order (bit-identical), in fewer launches.
+
+    Rows: one launch for all stages and c_k (blocks up to 2^14); columns: one launch per
+    ``_FWHT_RADIX_LOG2`` stages. The factor step is :func:`transform`'s. Returns the result
+    (``x`` is modified in place).
+    """
+    rows, cols = x.shape
+    h = 1 << log2_h
+    c = float(hadamard_constant(log2_h))
+    if not (log2_h and x.is_contiguous() and rows * cols < 2**31):
+        return transform(x, along_rows, log2_h, factor)
+    if along_rows and log2_h <= _FWHT_ROWS_MAX_LOG2 and cols // h < 65536:
+        br = max(1, min(64, 4096 // h))
+        _fwht_rows_kernel[(ceil_div(rows, br), cols // h)](x, rows, cols, c, H=h, K=log2_h, BR=br,
+                                                           num_warps=8 if h >= 8192 else 4, **_OPTS)
+    elif not along_rows and ceil_div(cols, 128) < 65536:
+        for s0 in range(0, log2_h, _FWHT_RADIX_LOG2):
+            ns = min(_FWHT_RADIX_LOG2, log2_h - s0)
+            _fwht_cols_kernel[(rows >> ns, ceil_div(cols, 128))](
+                x, rows, cols, c, (1 << s0) - 1, S0=s0, NS=ns, LAST=s0 + ns == log2_h, BC=128, **_OPTS)
+    else:
+        return transform(x, along_rows, log2_h, factor)
+    return _apply_factor(x, along_rows, log2_h, factor)
+
+
 def transform(x: torch.Tensor, along_rows: bool, log2_h: int, factor: torch.Tensor | None) -> torch.Tensor:
     """Apply D = F kron H_norm (quip.md §5.2) to every row (or column) of the f32 matrix x; returns the result.
 
@@ -409,13 +506,22 @@ def transform(x: torch.Tensor, along_rows: bool, log2_h: int, factor: torch.Tens
     rows, cols = x.shape
     nvec, length = (rows, cols) if along_rows else (cols, rows)
     sv_, se_ = (cols, 1) if along_rows else (1, cols)
-    h = 1 << log2_h
     BV, BP = 16, 64
     for s in range(log2_h):
         last = s == log2_h - 1
         _butterfly_kernel[(ceil_div(nvec, BV), ceil_div(length // 2, BP))](
             x, nvec, length // 2, sv_, se_, 1 << s, float(hadamard_constant(log2_h)),
             LAST=last, BV=BV, BP=BP, **_OPTS)
+    return _apply_factor(x, along_rows, log2_h, factor)
+
+
+def _apply_factor(x: torch.Tensor, along_rows: bool, log2_h: int, factor: torch.Tensor | None) -> torch.Tensor:
+    """quip.md §5.2(c): the explicit factor across the a = length / 2^log2_h blocks (a new tensor), if any."""
+    rows, cols = x.shape
+    nvec, length = (rows, cols) if along_rows else (cols, rows)
+    sv_, se_ = (cols, 1) if along_rows else (1, cols)
+    h = 1 << log2_h
+    BV, BP = 16, 64
     if factor is not None and length // h > 1:
         y = torch.empty_like(x)
         _factor_kernel[(ceil_div(nvec, BV), ceil_div(h, BP))](
@@ -481,8 +587,8 @@ def dequantize(params: Mapping[str, Any], sections_on_device: Mapping[str, torch
     else:
         _grid_kernel[grid](codes, secs["scale"], x, m, n, codes.shape[1], BITS=int(params["bits"]), BR=BR, BC=BC,
                            **_OPTS)
-    x = transform(x, True, int(params["log2_hn"]), secs.get("factor_n"))
-    x = transform(x, False, int(params["log2_hm"]), secs.get("factor_m"))
+    x = transform_fast(x, True, int(params["log2_hn"]), secs.get("factor_n"))
+    x = transform_fast(x, False, int(params["log2_hm"]), secs.get("factor_m"))
     if _is_real_diag(secs):
         _diag_kernel[grid](x, secs["sv"], secs["su"], m, n, BR=BR, BC=BC, **_OPTS)
     else:
@@ -507,9 +613,10 @@ class GemvConfig:
 
 
 def default_config(e8p: bool, batch: int) -> GemvConfig:
-    if e8p:
-        return GemvConfig(BM=32 if batch == 1 else 64, NG=16, num_warps=4)
-    return GemvConfig(BM=64, NU=32, num_warps=4)
+    """Tiles chosen from the SASS of the sm_90 build (fewest instructions per weight at batch 1)."""
+    if batch == 1:
+        return GemvConfig(BM=128, NU=32, NG=16, num_warps=4)
+    return GemvConfig(BM=64, NU=32, NG=16, num_warps=4)
 
 
 @dataclass
@@ -575,21 +682,22 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
     return prep
 
 
-def _blocks(log2_h: int) -> tuple[int, int, int, bool]:
-    """(R, C, CB, use_dot) of the in-register block Hadamard of size 2^log2_h = R * C."""
+def _blocks(log2_h: int) -> tuple[int, int, int, int, bool]:
+    """(R, C, CB, RC, use_dot) of the in-register block Hadamard of size 2^log2_h = R * C."""
     r = 1 << (log2_h // 2)
     c = 1 << (log2_h - log2_h // 2)
     if r >= 16:
-        return r, c, 16, True
-    return r, c, c, False
+        return r, c, 16, 16, True
+    return r, c, c, r, False
 
 
 def _rotate(x2: torch.Tensor, out: torch.Tensor, d: int, log2_h: int, factor: torch.Tensor | None,
-            pre: torch.Tensor | None, post: torch.Tensor | None, bias: torch.Tensor | None) -> None:
+            pre: torch.Tensor | None, post: torch.Tensor | None, bias: torch.Tensor | None, e8_gp: int = 0) -> None:
     """out[:, :d] = post * ((F kron H_norm)(pre * x2[:, :d])) + bias, row by row, f32 arithmetic.
 
     One launch for the block Hadamards (plus one for the explicit factor when a = d / h > 1).
-    ``out`` may have a longer row stride than d (the GEMV's padded activations).
+    ``out`` may have a longer row stride than d (the GEMV's padded activations); with
+    ``e8_gp`` > 0 element j goes to (j % 8) * e8_gp + j // 8 (the E8P12 GEMV's order).
     """
     B = x2.shape[0]
     h = 1 << log2_h
@@ -599,11 +707,13 @@ def _rotate(x2: torch.Tensor, out: torch.Tensor, d: int, log2_h: int, factor: to
     for name, t in (("pre", pre), ("post", post), ("bias", bias)):
         if t is not None and t.numel() < d:
             raise ValueError(f"quip transform: {name} has {t.numel()} elements, expected >= {d}")
-    if x2.stride(1) != 1 or out.stride(1) != 1 or x2.shape[1] < d or out.shape[1] < d:
+    if x2.stride(1) != 1 or out.stride(1) != 1 or x2.shape[1] < d or out.shape[1] < max(d, 8 * e8_gp):
         raise ValueError("quip transform: rows must be contiguous and at least the transform length")
+    if e8_gp and (d % 8 or 8 * e8_gp < d):
+        raise ValueError(f"quip transform: E8P12 order needs 8 | {d} <= 8 * {e8_gp}")
     last = a == 1
     if log2_h > _HAD_MAX_LOG2:  # staged exact kernels on a [B, d] f32 copy (rare: blocks > 16384)
-        z = x2[:, :d].to(torch.float32)
+        z = x2[:, :d].to(torch.float32, copy=True)  # transform() works in place: never on the caller's x
         if pre is not None:
             z = z * pre[:d].to(torch.float32)
         z = transform(z.contiguous(), True, log2_h, factor)
@@ -611,22 +721,26 @@ def _rotate(x2: torch.Tensor, out: torch.Tensor, d: int, log2_h: int, factor: to
             z = z * post[:d].to(torch.float32)
         if bias is not None:
             z = z + bias[:d].to(torch.float32)
+        if e8_gp:
+            z = torch.nn.functional.pad(z, (0, 8 * e8_gp - d)).view(B, e8_gp, 8).transpose(1, 2).reshape(B, -1)
+            d = 8 * e8_gp
         out[:, :d] = z.to(out.dtype)
         return
-    R, C, CB, use_dot = _blocks(log2_h)
+    R, C, CB, RC, use_dot = _blocks(log2_h)
     tgt = out if last else torch.empty((B, d), dtype=torch.float32, device=x2.device)
     _had_kernel[(a, B, C // CB)](
         x2, tgt, pre if pre is not None else x2, post if (last and post is not None) else x2,
         bias if (last and bias is not None) else x2, x2.stride(0), tgt.stride(0), float(hadamard_constant(log2_h)),
-        R=R, C=C, CB=CB, USE_DOT=use_dot, PREC=_HAD_PREC, HAS_D=pre is not None,
-        HAS_POST=last and post is not None, HAS_BIAS=last and bias is not None, num_warps=8 if R * C >= 8192 else 4)
+        e8_gp, R=R, C=C, CB=CB, RC=RC, USE_DOT=use_dot, PREC=_HAD_PREC, HAS_D=pre is not None,
+        HAS_POST=last and post is not None, HAS_BIAS=last and bias is not None, E8ORD=last and e8_gp > 0,
+        num_warps=8 if R >= 128 else 4)
     if not last:
         AB = min(next_pow2(a), 64)
         BH = max(16, min(next_pow2(h), 4096 // AB))
         _mix_kernel[(ceil_div(h, BH), B, ceil_div(a, AB))](
             tgt, out, factor, post if post is not None else tgt, bias if bias is not None else tgt,
-            a, h, tgt.stride(0), out.stride(0), AB=AB, BH=BH, HAS_POST=post is not None,
-            HAS_BIAS=bias is not None)
+            a, h, tgt.stride(0), out.stride(0), e8_gp, AB=AB, BH=BH, HAS_POST=post is not None,
+            HAS_BIAS=bias is not None, E8ORD=e8_gp > 0)
 
 
 def _check_prepared(p: PreparedQuip) -> None:
@@ -677,7 +791,8 @@ def matvec(prepared: PreparedQuip, x: torch.Tensor, bias: torch.Tensor | None = 
     xs = alloc((B, lp), dtype=torch.float32, device=dev)
     dot = B > 1
     post = None if (prepared.e8p or dot) else prepared.prescale
-    _rotate(x2, xs, n, int(p["log2_hn"]), prepared.factor_nt, secs["su"], post, None)
+    _rotate(x2, xs, n, int(p["log2_hn"]), prepared.factor_nt, secs["su"], post, None,
+            prepared.lp // 8 if prepared.e8p else 0)
     cfg = config or default_config(prepared.e8p, B)
     dt, ieee = dot_dtype(x2.dtype)
     width = prepared.words.shape[1]

@@ -126,9 +126,9 @@ def _dequant_fields_kernel(w_ptr, lut_ptr, orp_ptr, ocol_ptr, oval_ptr, out_ptr,
         if COL16:
             col = col & 0xFFFF
         em = em & (col >= c_lo) & (col < c_lo + BC)
-        wd = tl.load(w_ptr + rows64[:, None] * nw + col % nw, mask=em, other=0)
-        code = (wd >> ((col // nw) * WST)) & (K - 1)
-        d = tl.load(lut_ptr + rows64[:, None] * K + code, mask=em, other=0.0)
+        wo = tl.load(w_ptr + rows64[:, None] * nw + col % nw, mask=em, other=0)
+        co = (wo >> ((col // nw) * WST)) & (K - 1)
+        d = tl.load(lut_ptr + rows64[:, None] * K + co, mask=em, other=0.0)
         d = d + tl.load(oval_ptr + ee, mask=em, other=0.0).to(tl.float32)
         tl.store(out_ptr + rows64[:, None] * n + col, round_out(d, out_ptr, OUT_BF16), mask=em)
 
@@ -286,7 +286,8 @@ class GemvConfig:
 
 
 def default_config(batch: int) -> GemvConfig:
-    return GemvConfig(BM=64, NU=32, num_warps=4)
+    """Tiles chosen from the sm_90 build (bench/compile_check_codecs.py): the tl.dot path spills at BM = 64."""
+    return GemvConfig(BM=64 if batch == 1 else 32, NU=32, num_warps=4)
 
 
 @dataclass

@@ -177,8 +177,8 @@ def _relerr(y: Any, want: np.ndarray) -> float:
     return float(np.linalg.norm(y.double().cpu().numpy() - want) / max(np.linalg.norm(want), 1e-30))
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.function_scoped_fixture])
 @given(m=st.integers(1, 40), n=st.integers(1, 300), bits=st.integers(1, 8), seed=st.integers(0, 999),
        outliers=st.sampled_from(["none", "some", "rows"]), batch=st.sampled_from([1, 2, 5, 16]),
        split=st.sampled_from([None, 2, 3]))
