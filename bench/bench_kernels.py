@@ -38,10 +38,9 @@ BITS = [3, 4]
 # tiled-layout sweep (every tile shape is a Triton compilation; shapes are runtime values, so configs are
 # compiled once and reused across shapes). batch 1: (BM, NU units of 32 columns, num_warps); batch > 1 likewise.
 # (BM, NU, num_warps, half2)
-B1_SWEEP = [(16, 32, 4, True), (64, 8, 4, True), (128, 4, 4, True), (256, 4, 4, True), (256, 4, 8, True),
-            (256, 2, 4, True), (256, 4, 4, False)]
-BN_SWEEP = [(64, 4, 4, False), (128, 2, 8, False), (64, 2, 4, False)]
-SPLITS = {1: [None, 8, 16], 4: [None, 4], 16: [None, 4]}
+B1_SWEEP = [(64, 8, 4, True), (128, 4, 4, True), (256, 4, 8, True), (16, 32, 4, True)]
+BN_SWEEP = [(64, 8, 4, True), (128, 4, 4, True), (64, 4, 4, True), (128, 2, 8, True)]
+SPLITS = {1: [None, 8], 4: [None, 8], 16: [None, 4]}
 
 
 def cdiv(a: int, b: int) -> int:

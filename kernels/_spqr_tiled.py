@@ -41,7 +41,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._gemv import _outliers, _round_out
+from ._gemv import _outliers, _round_out, _store_y
 
 
 @triton.jit
@@ -77,6 +77,12 @@ def xprep_h2_kernel(x_ptr, idx_ptr, xh_ptr, xe_ptr, xs_ptr, xo_ptr, n, NUT, x_sb
     range; xe[u] = 2^e_u. xs[2u + h]: unscaled half sums; xo: x in stored order (f32) for outliers.
     """
     pid = tl.program_id(0)
+    b = tl.program_id(1)
+    x_ptr += b * x_sb
+    xh_ptr += b * (16 * NUT)
+    xe_ptr += b * NUT
+    xs_ptr += b * (2 * NUT)
+    xo_ptr += b * n
     u = pid * BU + tl.arange(0, BU)
     j = tl.arange(0, 16)
     um = u < NUT
@@ -264,42 +270,56 @@ def _word_dot(w, xq_ptr, slot0: tl.constexpr, u, umask, NUT, F: tl.constexpr, WS
 
 
 @triton.jit
-def _pair_fma(vm, x, acc, ODD: tl.constexpr, ASM: tl.constexpr):
-    """acc + q·x in f16x2, q the two 4-bit fields of vm (bits 0-3 / 16-19, or 4-7 / 20-23 when ODD).
+def _f16_lo(v):
+    return (v & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
 
-    ``vm | 0x64006400`` is the f16 pair 1024 + q (or 1024 + 16q): one FMA unbiases it exactly, one
-    FMA accumulates. ASM: PTX ``fma.rn.f16x2`` (GPU); otherwise the same f16 arithmetic in Triton ops
-    (the interpreter has no inline assembly).
+
+@triton.jit
+def _f16_hi(v):
+    return ((v >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def _f16_pack(lo, hi):
+    return (lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (hi.to(tl.int16, bitcast=True).to(tl.int32) << 16)
+
+
+@triton.jit
+def _unbias(vm, ODD: tl.constexpr, ASM: tl.constexpr):
+    """The f16 pair q of the two 4-bit fields of vm (bits 0-3 / 16-19, or 4-7 / 20-23 when ODD).
+
+    ``vm | 0x64006400`` is the f16 pair 1024 + q (or 1024 + 16q); one exact FMA removes the bias.
+    ASM: PTX ``fma.rn.f16x2`` (GPU; pure, so the batch rows of one weight share it); otherwise the same
+    f16 arithmetic in Triton ops (the interpreter has no inline assembly).
     """
     v = vm | 0x64006400
     if ASM:
         if ODD:
-            out = tl.inline_asm_elementwise(
-                "{.reg .b32 k, z, q; mov.b32 k, 0x2C002C00; mov.b32 z, 0xD400D400; "
-                "fma.rn.f16x2 q, $1, k, z; fma.rn.f16x2 $0, q, $2, $3;}",
-                "=r,r,r,r", [v, x, acc], dtype=tl.int32, is_pure=True, pack=1)
+            q = tl.inline_asm_elementwise(
+                "{.reg .b32 k, z; mov.b32 k, 0x2C002C00; mov.b32 z, 0xD400D400; fma.rn.f16x2 $0, $1, k, z;}",
+                "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
         else:
-            out = tl.inline_asm_elementwise(
-                "{.reg .b32 k, z, q; mov.b32 k, 0x3C003C00; mov.b32 z, 0xE400E400; "
-                "fma.rn.f16x2 q, $1, k, z; fma.rn.f16x2 $0, q, $2, $3;}",
-                "=r,r,r,r", [v, x, acc], dtype=tl.int32, is_pure=True, pack=1)
+            q = tl.inline_asm_elementwise(
+                "{.reg .b32 k, z; mov.b32 k, 0x3C003C00; mov.b32 z, 0xE400E400; fma.rn.f16x2 $0, $1, k, z;}",
+                "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
     else:
-        vl = (v & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
-        vh = ((v >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
         if ODD:
-            ql = vl * 0.0625 - 64.0
-            qh = vh * 0.0625 - 64.0
+            q = _f16_pack((_f16_lo(v) * 0.0625 - 64.0).to(tl.float16), (_f16_hi(v) * 0.0625 - 64.0).to(tl.float16))
         else:
-            ql = vl - 1024.0
-            qh = vh - 1024.0
-        xl = (x & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
-        xh = ((x >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
-        al = (acc & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
-        ah = ((acc >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
-        rl = (ql.to(tl.float16) * xl + al).to(tl.float16)
-        rh = (qh.to(tl.float16) * xh + ah).to(tl.float16)
-        out = ((rl.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF)
-               | (rh.to(tl.int16, bitcast=True).to(tl.int32) << 16))
+            q = _f16_pack((_f16_lo(v) - 1024.0).to(tl.float16), (_f16_hi(v) - 1024.0).to(tl.float16))
+    return q
+
+
+@triton.jit
+def _pair_fma(vm, x, acc, ODD: tl.constexpr, ASM: tl.constexpr):
+    """acc + q·x in f16x2 (q from :func:`_unbias`)."""
+    q = _unbias(vm, ODD, ASM)
+    if ASM:
+        out = tl.inline_asm_elementwise("fma.rn.f16x2 $0, $1, $2, $3;", "=r,r,r,r", [q, x, acc],
+                                        dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        out = _f16_pack((_f16_lo(q) * _f16_lo(x) + _f16_lo(acc)).to(tl.float16),
+                        (_f16_hi(q) * _f16_hi(x) + _f16_hi(acc)).to(tl.float16))
     return out
 
 
@@ -319,9 +339,7 @@ def _word_h2(w, xh_ptr, j0: tl.constexpr, u, umask, NUT, acc, ASM: tl.constexpr)
 @triton.jit
 def _h2_sum(a):
     """f32 sum of the two f16 halves of a."""
-    lo = (a & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    hi = ((a >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    return lo + hi
+    return _f16_lo(a).to(tl.float32) + _f16_hi(a).to(tl.float32)
 
 
 @triton.jit
@@ -416,17 +434,18 @@ def _fv(y, yh, ys, yz, c: tl.constexpr, F: tl.constexpr, WST: tl.constexpr, EXAC
 
 
 @triton.jit
-def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, y_ptr, bias_ptr, w_ptr, st_ptr, st2_ptr, sz_ptr,
+def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, y_ptr, bias_ptr, ws_ptr, cnt_ptr, w_ptr, st_ptr, st2_ptr, sz_ptr,
                 orp_ptr, ocol_ptr, odelta_ptr,
                 m, n, NUT, G, K2, B2, hpg, nb, n_tiles, tiles_per_split,
                 BITS: tl.constexpr, SB: tl.constexpr, STQ: tl.constexpr, SAME: tl.constexpr,
                 R2: tl.constexpr, NU: tl.constexpr, BM: tl.constexpr,
-                BB: tl.constexpr, EPR: tl.constexpr,
+                BB: tl.constexpr, NBC: tl.constexpr, EPR: tl.constexpr,
                 MODE: tl.constexpr, ATOMIC: tl.constexpr, HAS_BIAS: tl.constexpr, COL16: tl.constexpr,
                 DOT_DT: tl.constexpr, H2: tl.constexpr, ASM: tl.constexpr, EXACT_STATS: tl.constexpr):
     """y[b, r] = Σ_j W[r, j] x[b, j] over BM rows and this program's share of tiles (NU units each).
 
-    MODE 0 (one activation row): xq/xs are xprep_kernel's operands; per half
+    MODE 2 (2..4 rows, H2 only): MODE 0's f16x2 path once per row with the weight decode shared
+    (BB = the number of rows). MODE 0 (one activation row): xq/xs are xprep_kernel's operands; per half
     ``S·(Σ q·x·2^-p·2^p − Z·Σ x)``; H2 (bits 3/4): xq/xe are xprep_h2_kernel's operands and
     the products f16x2 (ASM: PTX; else the same f16 arithmetic in Triton ops). MODE 1 (2..16 rows):
     xq is x in stored order (DOT_DT, zero padded to NUT·32 columns, [BB rows]), one ``tl.dot`` per
@@ -447,11 +466,15 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, y_ptr, bias_ptr, w_ptr, st_ptr, 
     uu = tl.arange(0, NU)
     bb = tl.arange(0, BB)
     bmask = bb < nb
-    if MODE == 0:
-        acc = tl.zeros((BM, NU), dtype=tl.float32)
-    else:
+    if MODE == 1:
         acc = tl.zeros((BM, BB), dtype=tl.float32)
         kk = tl.arange(0, NU * 32)
+    else:
+        acc = tl.zeros((BM, NU), dtype=tl.float32)
+        if MODE == 2:
+            acc1 = tl.zeros((BM, NU), dtype=tl.float32)
+            acc2 = tl.zeros((BM, NU), dtype=tl.float32)
+            acc3 = tl.zeros((BM, NU), dtype=tl.float32)
     t_lo = pid_k * tiles_per_split
     t_hi = tl.minimum(t_lo + tiles_per_split, n_tiles)
     for t in range(t_lo, t_hi):
@@ -466,7 +489,17 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, y_ptr, bias_ptr, w_ptr, st_ptr, 
                 acc += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xe_ptr, xs_ptr, u, umask, NUT, ASM)
             else:
                 acc += _unit_dot(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xs_ptr, u, umask, NUT, BITS)
-        else:
+        elif MODE == 2:  # 2..4 rows, one decode per weight (the unbias is shared), f16x2 products per row
+            acc += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xe_ptr, xs_ptr, u, umask, NUT, ASM)
+            acc1 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 16 * NUT, xe_ptr + NUT, xs_ptr + 2 * NUT,
+                                 u, umask, NUT, ASM)
+            if NBC > 2:
+                acc2 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 32 * NUT, xe_ptr + 2 * NUT,
+                                     xs_ptr + 4 * NUT, u, umask, NUT, ASM)
+            if NBC > 3:
+                acc3 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 48 * NUT, xe_ptr + 3 * NUT,
+                                     xs_ptr + 6 * NUT, u, umask, NUT, ASM)
+        if MODE == 1:
             wt = _tile(w0, w1, w2, w3, S0, Z0, S1, Z1, BITS, False, BM, NU).to(DOT_DT)
             cols = t * (NU * 32) + kk
             xt = tl.load(xq_ptr + bb[None, :] * (NUT * 32) + cols[:, None],
@@ -474,6 +507,11 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, y_ptr, bias_ptr, w_ptr, st_ptr, 
             acc = tl.dot(wt, xt, acc)
     if MODE == 0:
         out = tl.sum(acc, axis=1)
+    elif MODE == 2:  # the rows' sums as a [BM, BB] tile (BB = the batch, 2..4)
+        out = tl.where(bb[None, :] == 0, tl.sum(acc, axis=1)[:, None], 0.0)
+        out = tl.where(bb[None, :] == 1, tl.sum(acc1, axis=1)[:, None], out)
+        out = tl.where(bb[None, :] == 2, tl.sum(acc2, axis=1)[:, None], out)
+        out = tl.where(bb[None, :] == 3, tl.sum(acc3, axis=1)[:, None], out)
     else:
         out = acc
     out = _outliers(out, rows, rmask, pid_k, orp_ptr, ocol_ptr, odelta_ptr, xo_ptr, xo_ptr, n, bb, bmask,
@@ -485,15 +523,19 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, y_ptr, bias_ptr, w_ptr, st_ptr, 
         yoff = bb[None, :] * m + rows[:, None]
         ymask = rmask[:, None] & bmask[None, :]
     if ATOMIC:
-        tl.atomic_add(y_ptr + yoff, out, mask=ymask)  # y: zeroed f32; bias and cast by the caller
+        # Column split: partial sums go to an f32 workspace that is zero at rest; the last program of this
+        # row block (counted with an acq_rel atomic) takes the total, resets the workspace and its counter,
+        # and writes y, so the split needs no memset, cast or bias launch around the kernel.
+        tl.atomic_add(ws_ptr + yoff, out, mask=ymask)
+        done = tl.atomic_add(cnt_ptr + pid_m, 1)
+        if done == tl.num_programs(1) - 1:
+            # the acq_rel counter makes the other programs' adds visible; read past L1, then reset
+            out = tl.load(ws_ptr + yoff, mask=ymask, other=0.0, cache_modifier=".cg")
+            tl.store(ws_ptr + yoff, tl.zeros_like(out), mask=ymask)
+            tl.atomic_xchg(cnt_ptr + pid_m, 0)
+            _store_y(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, HAS_BIAS, MODE == 0)
     else:
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
-            if MODE == 0:
-                out = out + bias
-            else:
-                out = out + bias[:, None]
-        tl.store(y_ptr + yoff, out.to(y_ptr.dtype.element_ty), mask=ymask)
+        _store_y(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, HAS_BIAS, MODE == 0)
 
 
 @triton.jit

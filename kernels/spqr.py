@@ -536,7 +536,7 @@ def _codes_at(codes: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, bits:
 def default_config(prepared: PreparedSpQR, batch: int) -> MatvecConfig:
     """Tile shape favoured by the H100 sweep of bench/bench_kernels.py (``NH`` is NG, groups per tile, when grouped)."""
     if prepared.layout == "tiled":  # NH = 32-column units per tile; within 6 % of the best of the H200 sweep
-        if batch == 1:
+        if batch <= 4:  # the f16x2 FMA path (2..4 rows share each weight's decode)
             return MatvecConfig(BM=64, NH=8, num_warps=4, split=8)
         return MatvecConfig(BM=64, NH=4, num_warps=4, split=4)
     if prepared.layout == "grouped":
@@ -661,16 +661,16 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
     dev = x2.device
     x2 = x2.contiguous()
     idx = prepared.x_index(0)
-    mode = 0 if B == 1 else 1
     F = 16 if bits == 2 else 8
     xo = torch.empty((B, n), dtype=torch.float32, device=dev)
-    h2 = mode == 0 and bits in (3, 4) and cfg.half2 and x2.dtype != torch.float32  # f32 callers keep f32
+    h2 = B <= 4 and bits in (3, 4) and cfg.half2 and x2.dtype != torch.float32  # f32 callers keep f32
+    mode = (0 if B == 1 else 2) if h2 else (0 if B == 1 else 1)
     xe = xo
     if h2:
-        xq = torch.empty((16, nut), dtype=torch.int32, device=dev)
-        xe = torch.empty((nut,), dtype=torch.float32, device=dev)
-        xs = torch.empty((2 * nut,), dtype=torch.float32, device=dev)
-        KT.xprep_h2_kernel[(_ceil_div(nut, 32),)](x2, idx, xq, xe, xs, xo, n, nut, x2.stride(0), BU=32)
+        xq = torch.empty((B, 16, nut), dtype=torch.int32, device=dev)
+        xe = torch.empty((B, nut), dtype=torch.float32, device=dev)
+        xs = torch.empty((B, 2 * nut), dtype=torch.float32, device=dev)
+        KT.xprep_h2_kernel[(_ceil_div(nut, 32), B)](x2, idx, xq, xe, xs, xo, n, nut, x2.stride(0), BU=32)
     elif mode == 0:
         xq = torch.empty((32, nut), dtype=torch.float32, device=dev)
         xs = torch.empty((2 * nut,), dtype=torch.float32, device=dev)
@@ -688,24 +688,22 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
     n_tiles = _ceil_div(nut, NU)
     split, tps = _split(prepared, cfg, n_tiles)
     atomic = split > 1
-    y = torch.zeros((B, m), dtype=torch.float32, device=dev) if atomic else torch.empty((B, m), dtype=x2.dtype,
-                                                                                        device=dev)
+    y = torch.empty((B, m), dtype=x2.dtype, device=dev)
+    ws, cnt = prepared.split_workspace() if atomic else (y, y)
     b2 = int(p.get("stat_group_size", 1) or 1)
-    has_bias = bias is not None and not atomic
+    has_bias = bias is not None
     dot_dt = _TL_DTYPE[xq.dtype] if mode == 1 else tl.float16
     consts = _tiled_consts(prepared, BM)
     KT.gemv_kernel[(_ceil_div(m, BM), split)](
-        xq, xs, xe, xo, y, bias if has_bias else y, prepared.tiled, prepared.st_codes, prepared.st2_64, prepared.sz32,
+        xq, xs, xe, xo, y, bias if has_bias else y, ws, cnt, prepared.tiled, prepared.st_codes, prepared.st2_64,
+        prepared.sz32,
         prepared.o_row_ptr, prepared.o_col, prepared.o_delta,
         m, n, nut, G, _ceil_div(m, b2), b2, gs // 16, B, n_tiles, tps,
-        NU=NU, BM=BM, BB=1 if mode == 0 else 16, EPR=16 if mode == 0 else 8, MODE=mode, ATOMIC=atomic,
+        NU=NU, BM=BM, BB={0: 1, 1: 16, 2: _next_pow2(B)}[mode], NBC=B, EPR=16 if mode == 0 else 8, MODE=mode,
+        ATOMIC=atomic,
         HAS_BIAS=has_bias, COL16=prepared.o_col.dtype == torch.int16, DOT_DT=dot_dt, H2=h2,
         ASM=h2 and _inline_asm_ok(dev), EXACT_STATS=x2.dtype == torch.float32,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts)
-    if atomic:
-        if bias is not None:
-            y = y + bias.to(torch.float32)
-        y = y.to(x2.dtype)
     return y
 
 
