@@ -243,8 +243,10 @@ def gemv_kernel(xq_ptr, xsum_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr, cnt_
         # this row block (counted with an acq_rel atomic) reads the total, resets the workspace and its
         # counter, and writes y, so the split needs no memset or finishing launch.
         tl.atomic_add(ws_ptr + yoff, out, mask=ymask)
+        tl.debug_barrier()  # every thread's adds before the (one-thread) counter release
         done = tl.atomic_add(cnt_ptr + pid_m, 1)
         if done == tl.num_programs(1) - 1:
+            tl.debug_barrier()
             out = tl.atomic_xchg(ws_ptr + yoff, tl.zeros_like(out), mask=ymask)
             tl.atomic_xchg(cnt_ptr + pid_m, 0)
             _store_y(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, HAS_BIAS, MODE == 0)
