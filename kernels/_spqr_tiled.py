@@ -522,13 +522,16 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, y_ptr, bias_ptr, ws_ptr, cnt_ptr
     else:
         yoff = bb[None, :] * m + rows[:, None]
         ymask = rmask[:, None] & bmask[None, :]
-    if ATOMIC:
+    if ATOMIC and MODE == 1:
+        tl.atomic_add(y_ptr + yoff, out, mask=ymask)  # y: zeroed f32; bias and cast by the caller
+    elif ATOMIC:
         # Column split: partial sums go to an f32 workspace that is zero at rest; the last program of this
         # row block (counted with an acq_rel atomic) takes the total, resets the workspace and its counter,
         # and writes y, so the split needs no memset, cast or bias launch around the kernel.
         tl.atomic_add(ws_ptr + yoff, out, mask=ymask)
         # The counter's atomic is one thread's: the barrier orders every thread's adds before its release
-        # (without it, batch 4/16 on the H200 read partial sums: relative errors of 0.03-0.3).
+        # (without it, batch 4 on the H200 read partial sums: relative errors of 0.03-0.3). MODE 1 (the
+        # dot path) still read wrong sums with it on the H200 and takes the zeroed-buffer path above.
         tl.debug_barrier()
         done = tl.atomic_add(cnt_ptr + pid_m, 1)
         if done == tl.num_programs(1) - 1:

@@ -688,10 +688,12 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
     n_tiles = _ceil_div(nut, NU)
     split, tps = _split(prepared, cfg, n_tiles)
     atomic = split > 1
-    y = torch.empty((B, m), dtype=x2.dtype, device=dev)
-    ws, cnt = prepared.split_workspace() if atomic else (y, y)
+    plain_atomic = atomic and mode == 1  # the dot path: zeroed f32 y, bias and cast afterwards
+    y = torch.zeros((B, m), dtype=torch.float32, device=dev) if plain_atomic else torch.empty(
+        (B, m), dtype=x2.dtype, device=dev)
+    ws, cnt = prepared.split_workspace() if atomic and not plain_atomic else (y, y)
     b2 = int(p.get("stat_group_size", 1) or 1)
-    has_bias = bias is not None
+    has_bias = bias is not None and not plain_atomic
     dot_dt = _TL_DTYPE[xq.dtype] if mode == 1 else tl.float16
     consts = _tiled_consts(prepared, BM)
     KT.gemv_kernel[(_ceil_div(m, BM), split)](
@@ -704,6 +706,10 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
         HAS_BIAS=has_bias, COL16=prepared.o_col.dtype == torch.int16, DOT_DT=dot_dt, H2=h2,
         ASM=h2 and _inline_asm_ok(dev), EXACT_STATS=x2.dtype == torch.float32,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts)
+    if plain_atomic:
+        if bias is not None:
+            y = y + bias.to(torch.float32)
+        y = y.to(x2.dtype)
     return y
 
 
