@@ -100,6 +100,35 @@ class SplitWorkspace:
 
 
 @triton.jit
+def gemv_rows(m, nb, BM: tl.constexpr, BB: tl.constexpr):
+    """Rows of this program (clamped to m - 1 for loads: rows past m are computed, never stored) and batch lanes."""
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    bb = tl.arange(0, BB)
+    return rows, rows < m, tl.minimum(rows, m - 1).to(tl.int64), bb, bb < nb
+
+
+@triton.jit
+def gemv_tiles(n_tiles, tiles_per_split):
+    """[lo, hi) of the column tiles of this program's split (program axis 1)."""
+    t_lo = tl.program_id(1) * tiles_per_split
+    return t_lo, tl.minimum(t_lo + tiles_per_split, n_tiles)
+
+
+@triton.jit
+def gemv_out(acc, rows, rmask, bb, bmask, m, DOT: tl.constexpr):
+    """(result, y offsets, y mask): [BM, BB] for the tl.dot path (y is [B, m]), row sums of acc otherwise."""
+    if DOT:
+        out = acc
+        yoff = bb[None, :] * m + rows[:, None]
+        ymask = rmask[:, None] & bmask[None, :]
+    else:
+        out = tl.sum(acc, axis=1)
+        yoff = rows
+        ymask = rmask
+    return out, yoff, ymask
+
+
+@triton.jit
 def store_rows(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, scale_ptr, HAS_BIAS: tl.constexpr,
                HAS_SCALE: tl.constexpr, ONE_ROW: tl.constexpr):
     """y = out * scale[row] (+ bias[row]) cast to y's dtype; out is [BM] (ONE_ROW) or [BM, BB]."""
@@ -159,5 +188,5 @@ def dot_dtype(dt: torch.dtype) -> tuple[tl.dtype, bool]:
 
 
 __all__ = ["MAX_BATCH", "NW_ALIGN", "SplitWorkspace", "ceil_div", "check_launch", "dot_dtype", "field_width",
-           "finish", "next_pow2", "repack_fields", "round_out", "sm_count", "split_for", "store_rows", "to_device",
-           "unpack_rows", "words_per_row"]
+           "finish", "gemv_out", "gemv_rows", "gemv_tiles", "next_pow2", "repack_fields", "round_out", "sm_count",
+           "split_for", "store_rows", "to_device", "unpack_rows", "words_per_row"]
