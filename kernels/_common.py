@@ -158,6 +158,7 @@ def finish(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, scale_ptr, ws_ptr, ws
     """
     if SPLIT:
         tl.atomic_add(ws_ptr + yoff, out, mask=ymask)
+        tl.debug_barrier()  # every thread's partials are issued before the (releasing) counter increment
         done = tl.atomic_add(cnt_ptr + pid_m, 1)
         if done == tl.num_programs(1) - 1:
             total = tl.atomic_xchg(wsi_ptr + yoff, tl.zeros_like(out).to(tl.int32, bitcast=True), mask=ymask)
