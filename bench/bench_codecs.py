@@ -35,7 +35,6 @@ if "--smoke" in sys.argv:  # must be set before triton is imported
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -80,34 +79,14 @@ class Budget:
 
 
 def graph_time(fns: list[Callable[[], Any]], reps: int = 20, iters: int = 10) -> float:
-    """Median seconds per call of a CUDA graph running fns round-robin ``reps`` times (CPU: one eager call)."""
+    """Median seconds per call of a CUDA graph running fns round-robin (bench_kernels' method); CPU: one call."""
     if not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
         t0 = time.perf_counter()
         fns[0]()
         return time.perf_counter() - t0
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for f in fns:  # warm-up: compiles, lazily allocated workspaces, tables
-            f()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(reps):
-            fns[i % len(fns)]()
-    g.replay()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3 / reps)
-    del g
-    return statistics.median(ts)
+    from bench_kernels import graph_time as _graph_time  # same folder: the scripts run as python bench/...
+
+    return _graph_time(fns, reps=reps, iters=iters)
 
 
 def copy_bandwidth() -> float:

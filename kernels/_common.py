@@ -14,6 +14,8 @@ constant, and a code never straddles a word. ``nw`` is padded to a multiple of
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -69,6 +71,29 @@ def check_launch(what: str, **sizes: tuple[torch.Tensor | None, int]) -> None:
             raise ValueError(f"{what}: {name} has {got} elements, expected {want}")
         if want > _INT32_MAX:
             raise ValueError(f"{what}: {name} has {want} elements, too many for 32-bit kernel indices")
+
+
+def fused_rows(call: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n: int, m: int,
+               bias: torch.Tensor | None) -> torch.Tensor:
+    """The matvec contract shared by the codecs: x [B, n] or [n] -> y [B, m] or [m] in x's dtype.
+
+    Checks the feature count and the bias length, returns an empty [0, m] for B = 0 and
+    runs ``call`` (one fused launch sequence) on contiguous slices of at most MAX_BATCH rows.
+    """
+    squeeze = x.dim() == 1
+    x2 = x.reshape(1, n) if squeeze else x
+    if x2.dim() != 2 or x2.shape[-1] != n:
+        raise ValueError(f"x has shape {tuple(x.shape)}, weight expects [..., {n}]")
+    if bias is not None and bias.numel() != m:
+        raise ValueError(f"bias has {bias.numel()} elements, expected {m}")
+    B = x2.shape[0]
+    if B == 0:
+        y = x2.new_empty((0, m))
+    elif B > MAX_BATCH:
+        y = torch.cat([call(x2[i:i + MAX_BATCH].contiguous()) for i in range(0, B, MAX_BATCH)])
+    else:
+        y = call(x2.contiguous())
+    return y.reshape(m) if squeeze else y
 
 
 def sm_count(device: torch.device) -> int:
@@ -189,5 +214,5 @@ def dot_dtype(dt: torch.dtype) -> tuple[tl.dtype, bool]:
 
 
 __all__ = ["MAX_BATCH", "NW_ALIGN", "SplitWorkspace", "ceil_div", "check_launch", "dot_dtype", "field_width",
-           "finish", "gemv_out", "gemv_rows", "gemv_tiles", "next_pow2", "repack_fields", "round_out", "sm_count",
-           "split_for", "store_rows", "to_device", "unpack_rows", "words_per_row"]
+           "finish", "fused_rows", "gemv_out", "gemv_rows", "gemv_tiles", "next_pow2", "repack_fields", "round_out",
+           "sm_count", "split_for", "store_rows", "to_device", "unpack_rows", "words_per_row"]

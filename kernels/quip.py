@@ -56,6 +56,7 @@ from ._common import (
     check_launch,
     dot_dtype,
     finish,
+    fused_rows,
     gemv_out,
     gemv_rows,
     gemv_tiles,
@@ -748,20 +749,16 @@ def matvec(prepared: PreparedQuip, x: torch.Tensor, bias: torch.Tensor | None = 
     fused (one or two launches). f32 throughout; output in x's dtype.
     """
     m, n = prepared.shape
+    return fused_rows(lambda x2: _matvec(prepared, x2, bias, config), x, n, m, bias)
+
+
+def _matvec(prepared: PreparedQuip, x2: torch.Tensor, bias: torch.Tensor | None,
+            config: GemvConfig | None) -> torch.Tensor:
+    """The launch sequence for 1..16 contiguous rows x2 [B, n]."""
+    m, n = prepared.shape
     p, secs = prepared.params, prepared.sections
-    squeeze = x.dim() == 1
-    x2 = x.reshape(1, n) if squeeze else x
-    if x2.dim() != 2 or x2.shape[-1] != n:
-        raise ValueError(f"x has shape {tuple(x.shape)}, weight expects [..., {n}]")
     B = x2.shape[0]
-    if B == 0:
-        return x2.new_empty((0, m))
-    if B > MAX_BATCH:
-        return torch.cat([matvec(prepared, x2[i:i + MAX_BATCH], bias, config) for i in range(0, B, MAX_BATCH)])
-    if bias is not None and bias.numel() != m:
-        raise ValueError(f"bias has {bias.numel()} elements, expected {m}")
     _check_prepared(prepared)
-    x2 = x2.contiguous()
     dev = x2.device
     lp = prepared.lp
     alloc = torch.empty if lp == n else torch.zeros  # columns past n must read as 0
@@ -793,7 +790,7 @@ def matvec(prepared: PreparedQuip, x: torch.Tensor, bias: torch.Tensor | None = 
                                             **common)
     y = torch.empty((B, m), dtype=x2.dtype, device=dev)
     _rotate(yq, y, m, int(p["log2_hm"]), secs.get("factor_m"), None, secs["sv"], bias)
-    return y.reshape(m) if squeeze else y
+    return y
 
 
 def dequantize_prepared(prepared: PreparedQuip, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:

@@ -39,6 +39,7 @@ from ._common import (
     check_launch,
     dot_dtype,
     finish,
+    fused_rows,
     gemv_out,
     gemv_rows,
     gemv_tiles,
@@ -331,19 +332,15 @@ def matvec(prepared: PreparedSqueezeLLM, x: torch.Tensor, bias: torch.Tensor | N
            config: GemvConfig | None = None) -> torch.Tensor:
     """``x @ W.T (+ bias)`` for x [B, n] or [n]; f32 accumulation, output in x's dtype (B > 16: slices of 16)."""
     m, n = prepared.shape
-    squeeze = x.dim() == 1
-    x2 = x.reshape(1, n) if squeeze else x
-    if x2.dim() != 2 or x2.shape[-1] != n:
-        raise ValueError(f"x has shape {tuple(x.shape)}, weight expects [..., {n}]")
+    return fused_rows(lambda x2: _matvec(prepared, x2, bias, config), x, n, m, bias)
+
+
+def _matvec(prepared: PreparedSqueezeLLM, x2: torch.Tensor, bias: torch.Tensor | None,
+            config: GemvConfig | None) -> torch.Tensor:
+    """One launch for 1..16 contiguous rows x2 [B, n]."""
+    m, n = prepared.shape
     B = x2.shape[0]
-    if B == 0:
-        return x2.new_empty((0, m))
-    if B > MAX_BATCH:
-        return torch.cat([matvec(prepared, x2[i:i + MAX_BATCH], bias, config) for i in range(0, B, MAX_BATCH)])
-    if bias is not None and bias.numel() != m:
-        raise ValueError(f"bias has {bias.numel()} elements, expected {m}")
     _check_prepared(prepared)
-    x2 = x2.contiguous()
     cfg = config or default_config(B)
     bits = int(prepared.params["bits"])
     nw = prepared.words.shape[1]
@@ -364,7 +361,7 @@ def matvec(prepared: PreparedSqueezeLLM, x: torch.Tensor, bias: torch.Tensor | N
         K=1 << bits, WST=wst, F=F, NU=nu, BM=cfg.BM, BB=16 if dot else 1, EPR=8 if dot else 16, DOT=dot,
         DOT_DT=dt, IEEE=ieee, EVEN=F * nw == n, SPLIT=split > 1, HAS_BIAS=bias is not None,
         COL16=prepared.o_col.dtype == torch.int16, num_warps=cfg.num_warps)
-    return y.reshape(m) if squeeze else y
+    return y
 
 
 def dequantize_prepared(prepared: PreparedSqueezeLLM, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
