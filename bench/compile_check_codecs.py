@@ -105,7 +105,7 @@ def cases() -> list[tuple[str, Any, dict[str, Any], dict[str, Any], float]]:
     out = []
     for dot, f32, split, even, bias in ((False, False, True, True, False), (False, True, False, False, True),
                                         (True, False, True, True, False), (True, True, False, False, True)):
-        bm, nu = (64, 32)
+        bm, nu = (32 if dot else 64, 32)  # squeezellm.default_config
         a = dict(x_ptr="*fp32" if f32 else "*fp16", y_ptr="*fp32" if f32 else "*fp16", bias_ptr="*fp16",
                  ws_ptr="*fp32", wsi_ptr="*i32", cnt_ptr="*i32", w_ptr="*i32", lut_ptr="*fp32", orp_ptr="*i32",
                  ocol_ptr="*i16", oval_ptr="*fp16", m=14336, n=4096 if even else 4095, nw=512, nb=16 if dot else 1,
@@ -162,6 +162,18 @@ def cases() -> list[tuple[str, Any, dict[str, Any], dict[str, Any], float]]:
                  BC=C(128))
         out.append((f"quip exact fwht cols stages {s0}..{s0 + ns - 1}", kq._fwht_cols_kernel, a,
                     {"fp_fusion": False}, 0))
+    nf = {"fp_fusion": False}
+    out.append(("quip dequant grid values", kq._grid_kernel, dict(codes_ptr="*i32", scale_ptr="*fp32", out_ptr="*fp32",
+                m=8192, n=28672, words=1792, BITS=C(2), BR=C(16), BC=C(64)), nf, 0))
+    out.append(("quip dequant e8p12 values", kq._e8p_kernel, dict(codes_ptr="*i16", alpha_ptr="*i32", odd_ptr="*i32",
+                scale_ptr="*fp32", out_ptr="*fp32", m=8192, n=28672, groups=3584, BR=C(16), BC=C(64)), nf, 0))
+    out.append(("quip dequant butterfly stage", kq._butterfly_kernel, dict(x_ptr="*fp32", nvec=8192, npairs=14336,
+                stride_v=28672, stride_e=1, half=64, c=0.5, LAST=C(True), BV=C(16), BP=C(64)), nf, 0))
+    out.append(("quip dequant factor", kq._factor_kernel, dict(x_ptr="*fp32", y_ptr="*fp32", f_ptr="*fp32", nvec=8192,
+                a=7, h=4096, stride_v=28672, stride_e=1, BV=C(16), BH=C(64)), nf, 0))
+    for name, kern, dt in (("signs", kq._sign_kernel, "*i8"), ("diagonals", kq._diag_kernel, "*fp16")):
+        out.append((f"quip dequant {name}", kern, dict(x_ptr="*fp32", sv_ptr=dt, su_ptr=dt, m=8192, n=28672, BR=C(16),
+                    BC=C(64)), nf, 0))
     return out
 
 

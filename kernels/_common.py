@@ -14,6 +14,8 @@ constant, and a code never straddles a word. ``nw`` is padded to a multiple of
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -71,6 +73,29 @@ def check_launch(what: str, **sizes: tuple[torch.Tensor | None, int]) -> None:
             raise ValueError(f"{what}: {name} has {want} elements, too many for 32-bit kernel indices")
 
 
+def fused_rows(call: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n: int, m: int,
+               bias: torch.Tensor | None) -> torch.Tensor:
+    """The matvec contract shared by the codecs: x [B, n] or [n] -> y [B, m] or [m] in x's dtype.
+
+    Checks the feature count and the bias length, returns an empty [0, m] for B = 0 and
+    runs ``call`` (one fused launch sequence) on contiguous slices of at most MAX_BATCH rows.
+    """
+    squeeze = x.dim() == 1
+    x2 = x.reshape(1, n) if squeeze else x
+    if x2.dim() != 2 or x2.shape[-1] != n:
+        raise ValueError(f"x has shape {tuple(x.shape)}, weight expects [..., {n}]")
+    if bias is not None and bias.numel() != m:
+        raise ValueError(f"bias has {bias.numel()} elements, expected {m}")
+    B = x2.shape[0]
+    if B == 0:
+        y = x2.new_empty((0, m))
+    elif B > MAX_BATCH:
+        y = torch.cat([call(x2[i:i + MAX_BATCH].contiguous()) for i in range(0, B, MAX_BATCH)])
+    else:
+        y = call(x2.contiguous())
+    return y.reshape(m) if squeeze else y
+
+
 def sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 1
@@ -97,6 +122,35 @@ class SplitWorkspace:
         self.ws = torch.zeros(MAX_BATCH * m, dtype=torch.float32, device=device)
         self.wsi = self.ws.view(torch.int32)  # the same memory, for the exchange (int32 atomics everywhere)
         self.cnt = torch.zeros(ceil_div(m, 4) + 1, dtype=torch.int32, device=device)
+
+
+@triton.jit
+def gemv_rows(m, nb, BM: tl.constexpr, BB: tl.constexpr):
+    """Rows of this program (clamped to m - 1 for loads: rows past m are computed, never stored) and batch lanes."""
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    bb = tl.arange(0, BB)
+    return rows, rows < m, tl.minimum(rows, m - 1).to(tl.int64), bb, bb < nb
+
+
+@triton.jit
+def gemv_tiles(n_tiles, tiles_per_split):
+    """[lo, hi) of the column tiles of this program's split (program axis 1)."""
+    t_lo = tl.program_id(1) * tiles_per_split
+    return t_lo, tl.minimum(t_lo + tiles_per_split, n_tiles)
+
+
+@triton.jit
+def gemv_out(acc, rows, rmask, bb, bmask, m, DOT: tl.constexpr):
+    """(result, y offsets, y mask): [BM, BB] for the tl.dot path (y is [B, m]), row sums of acc otherwise."""
+    if DOT:
+        out = acc
+        yoff = bb[None, :] * m + rows[:, None]
+        ymask = rmask[:, None] & bmask[None, :]
+    else:
+        out = tl.sum(acc, axis=1)
+        yoff = rows
+        ymask = rmask
+    return out, yoff, ymask
 
 
 @triton.jit
@@ -129,6 +183,7 @@ def finish(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, scale_ptr, ws_ptr, ws
     """
     if SPLIT:
         tl.atomic_add(ws_ptr + yoff, out, mask=ymask)
+        tl.debug_barrier()  # every thread's partials are issued before the (releasing) counter increment
         done = tl.atomic_add(cnt_ptr + pid_m, 1)
         if done == tl.num_programs(1) - 1:
             total = tl.atomic_xchg(wsi_ptr + yoff, tl.zeros_like(out).to(tl.int32, bitcast=True), mask=ymask)
@@ -159,5 +214,5 @@ def dot_dtype(dt: torch.dtype) -> tuple[tl.dtype, bool]:
 
 
 __all__ = ["MAX_BATCH", "NW_ALIGN", "SplitWorkspace", "ceil_div", "check_launch", "dot_dtype", "field_width",
-           "finish", "next_pow2", "repack_fields", "round_out", "sm_count", "split_for", "store_rows", "to_device",
-           "unpack_rows", "words_per_row"]
+           "finish", "fused_rows", "gemv_out", "gemv_rows", "gemv_tiles", "next_pow2", "repack_fields", "round_out",
+           "sm_count", "split_for", "store_rows", "to_device", "unpack_rows", "words_per_row"]

@@ -56,6 +56,10 @@ from ._common import (
     check_launch,
     dot_dtype,
     finish,
+    fused_rows,
+    gemv_out,
+    gemv_rows,
+    gemv_tiles,
     next_pow2,
     repack_fields,
     split_for,
@@ -344,23 +348,16 @@ def _grid_gemv_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, scale_ptr, 
     term is one FMA per column shared by the program's rows. 2..16 rows: exact (2q - L)
     slices and ``tl.dot`` on unscaled x. x has zeros past column n (no masks).
     """
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rows = pid_m * BM + tl.arange(0, BM)
-    rmask = rows < m
-    rc64 = tl.minimum(rows, m - 1).to(tl.int64)
+    rows, rmask, rc64, bb, bmask = gemv_rows(m, nb, BM, BB)
     wrow = w_ptr + rc64[:, None] * nw
     uu = tl.arange(0, NU)
-    bb = tl.arange(0, BB)
-    bmask = bb < nb
     MASK: tl.constexpr = (1 << WST) - 1
     if DOT:
         acc = tl.zeros((BM, BB), dtype=tl.float32)
     else:
         acc = tl.zeros((BM, NU), dtype=tl.float32)
         sx = tl.zeros((NU,), dtype=tl.float32)
-    t_lo = pid_k * tiles_per_split
-    t_hi = tl.minimum(t_lo + tiles_per_split, n_tiles)
+    t_lo, t_hi = gemv_tiles(n_tiles, tiles_per_split)
     for t in range(t_lo, t_hi):
         wi = t * NU + uu
         wd = tl.load(wrow + wi[None, :])
@@ -381,15 +378,10 @@ def _grid_gemv_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, scale_ptr, 
                 xv = tl.load(x_ptr + cols)
                 acc += qf * xv[None, :]
                 sx += xv * (0.5 * (1 << ((c % (F // 2)) * WST)))
-    if DOT:
-        out = acc
-        yoff = bb[None, :] * m + rows[:, None]
-        ymask = rmask[:, None] & bmask[None, :]
-    else:
-        out = tl.sum(acc, axis=1) - L * tl.sum(sx, axis=0)
-        yoff = rows
-        ymask = rmask
-    finish(out, y_ptr, yoff, ymask, scale_ptr, rows, rmask, scale_ptr, ws_ptr, wsi_ptr, cnt_ptr, pid_m,
+    out, yoff, ymask = gemv_out(acc, rows, rmask, bb, bmask, m, DOT)
+    if not DOT:
+        out = out - L * tl.sum(sx, axis=0)
+    finish(out, y_ptr, yoff, ymask, scale_ptr, rows, rmask, scale_ptr, ws_ptr, wsi_ptr, cnt_ptr, tl.program_id(0),
            SPLIT, False, True, not DOT)
 
 
@@ -410,21 +402,14 @@ def _e8p_gemv_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, c_ptr, half_ptr, od
     x is coordinate-major (x[8g + i] at i * gp + g: contiguous per coordinate, written so
     by the input transform), zero past column n.
     """
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rows = pid_m * BM + tl.arange(0, BM)
-    rmask = rows < m
-    rc64 = tl.minimum(rows, m - 1).to(tl.int64)
+    rows, rmask, rc64, bb, bmask = gemv_rows(m, nb, BM, BB)
     crow = c_ptr + rc64[:, None] * gp
     gg = tl.arange(0, NG)
-    bb = tl.arange(0, BB)
-    bmask = bb < nb
     if DOT:
         acc = tl.zeros((BM, BB), dtype=tl.float32)
     else:
         acc = tl.zeros((BM, NG), dtype=tl.float32)
-    t_lo = pid_k * tiles_per_split
-    t_hi = tl.minimum(t_lo + tiles_per_split, n_tiles)
+    t_lo, t_hi = gemv_tiles(n_tiles, tiles_per_split)
     for t in range(t_lo, t_hi):
         g = t * NG + gg
         code = tl.load(crow + g[None, :]).to(tl.int32) & 0xFFFF
@@ -456,15 +441,8 @@ def _e8p_gemv_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, c_ptr, half_ptr, od
                 acc += av * (xv.to(tl.int32, bitcast=True)[None, :] ^ sgn).to(tl.float32, bitcast=True)
         if not DOT:
             acc += sh * xsum[None, :]
-    if DOT:
-        out = acc
-        yoff = bb[None, :] * m + rows[:, None]
-        ymask = rmask[:, None] & bmask[None, :]
-    else:
-        out = tl.sum(acc, axis=1)
-        yoff = rows
-        ymask = rmask
-    finish(out, y_ptr, yoff, ymask, scale_ptr, rows, rmask, scale_ptr, ws_ptr, wsi_ptr, cnt_ptr, pid_m,
+    out, yoff, ymask = gemv_out(acc, rows, rmask, bb, bmask, m, DOT)
+    finish(out, y_ptr, yoff, ymask, scale_ptr, rows, rmask, scale_ptr, ws_ptr, wsi_ptr, cnt_ptr, tl.program_id(0),
            SPLIT, False, True, not DOT)
 
 
@@ -771,20 +749,16 @@ def matvec(prepared: PreparedQuip, x: torch.Tensor, bias: torch.Tensor | None = 
     fused (one or two launches). f32 throughout; output in x's dtype.
     """
     m, n = prepared.shape
+    return fused_rows(lambda x2: _matvec(prepared, x2, bias, config), x, n, m, bias)
+
+
+def _matvec(prepared: PreparedQuip, x2: torch.Tensor, bias: torch.Tensor | None,
+            config: GemvConfig | None) -> torch.Tensor:
+    """The launch sequence for 1..16 contiguous rows x2 [B, n]."""
+    m, n = prepared.shape
     p, secs = prepared.params, prepared.sections
-    squeeze = x.dim() == 1
-    x2 = x.reshape(1, n) if squeeze else x
-    if x2.dim() != 2 or x2.shape[-1] != n:
-        raise ValueError(f"x has shape {tuple(x.shape)}, weight expects [..., {n}]")
     B = x2.shape[0]
-    if B == 0:
-        return x2.new_empty((0, m))
-    if B > MAX_BATCH:
-        return torch.cat([matvec(prepared, x2[i:i + MAX_BATCH], bias, config) for i in range(0, B, MAX_BATCH)])
-    if bias is not None and bias.numel() != m:
-        raise ValueError(f"bias has {bias.numel()} elements, expected {m}")
     _check_prepared(prepared)
-    x2 = x2.contiguous()
     dev = x2.device
     lp = prepared.lp
     alloc = torch.empty if lp == n else torch.zeros  # columns past n must read as 0
@@ -816,7 +790,7 @@ def matvec(prepared: PreparedQuip, x: torch.Tensor, bias: torch.Tensor | None = 
                                             **common)
     y = torch.empty((B, m), dtype=x2.dtype, device=dev)
     _rotate(yq, y, m, int(p["log2_hm"]), secs.get("factor_m"), None, secs["sv"], bias)
-    return y.reshape(m) if squeeze else y
+    return y
 
 
 def dequantize_prepared(prepared: PreparedQuip, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:

@@ -39,6 +39,10 @@ from ._common import (
     check_launch,
     dot_dtype,
     finish,
+    fused_rows,
+    gemv_out,
+    gemv_rows,
+    gemv_tiles,
     repack_fields,
     round_out,
     split_for,
@@ -80,13 +84,8 @@ def _residual_add_kernel(out_ptr, orp_ptr, ocol_ptr, oval_ptr, m, n, BM: tl.cons
     rmask = rows < m
     lo = tl.load(orp_ptr + rows, mask=rmask, other=0)
     hi = tl.load(orp_ptr + rows + 1, mask=rmask, other=0)
-    ke = tl.arange(0, EPR)
     for e0 in range(0, tl.max(hi - lo, axis=0), EPR):
-        ee = lo[:, None] + e0 + ke[None, :]
-        em = rmask[:, None] & (ee < hi[:, None])
-        col = tl.load(ocol_ptr + ee, mask=em, other=0).to(tl.int32)
-        if COL16:
-            col = col & 0xFFFF
+        ee, em, col = _csr_chunk(ocol_ptr, lo, hi, e0, EPR, COL16)
         dst = out_ptr + rows.to(tl.int64)[:, None] * n + col
         cur = tl.load(dst, mask=em, other=0.0)
         v = tl.load(oval_ptr + ee, mask=em, other=0.0).to(tl.float32)
@@ -117,14 +116,9 @@ def _dequant_fields_kernel(w_ptr, lut_ptr, orp_ptr, ocol_ptr, oval_ptr, out_ptr,
     # residuals falling in this column tile (scanning each row's CSR; entries are few)
     lo = tl.load(orp_ptr + rows, mask=rmask, other=0)
     hi = tl.load(orp_ptr + rows + 1, mask=rmask, other=0)
-    ke = tl.arange(0, EPR)
     c_lo = tl.program_id(1) * BC
     for e0 in range(0, tl.max(hi - lo, axis=0), EPR):
-        ee = lo[:, None] + e0 + ke[None, :]
-        em = rmask[:, None] & (ee < hi[:, None])
-        col = tl.load(ocol_ptr + ee, mask=em, other=0).to(tl.int32)
-        if COL16:
-            col = col & 0xFFFF
+        ee, em, col = _csr_chunk(ocol_ptr, lo, hi, e0, EPR, COL16)
         em = em & (col >= c_lo) & (col < c_lo + BC)
         wo = tl.load(w_ptr + rows64[:, None] * nw + col % nw, mask=em, other=0)
         co = (wo >> ((col // nw) * WST)) & (K - 1)
@@ -134,23 +128,29 @@ def _dequant_fields_kernel(w_ptr, lut_ptr, orp_ptr, ocol_ptr, oval_ptr, out_ptr,
 
 
 @triton.jit
-def _residuals(out, rows, rc, rmask, pid_k, orp_ptr, ocol_ptr, oval_ptr, x_ptr, x_sb, bb, bmask,
+def _csr_chunk(ocol_ptr, lo, hi, e0, EPR: tl.constexpr, COL16: tl.constexpr):
+    """Entries lo + e0 .. lo + e0 + EPR - 1 of each row's CSR range [lo, hi): (indices, mask, columns)."""
+    ee = lo[:, None] + e0 + tl.arange(0, EPR)[None, :]
+    em = ee < hi[:, None]
+    col = tl.load(ocol_ptr + ee, mask=em, other=0).to(tl.int32)
+    if COL16:
+        col = col & 0xFFFF
+    return ee, em, col
+
+
+@triton.jit
+def _residuals(out, rc, rmask, orp_ptr, ocol_ptr, oval_ptr, x_ptr, x_sb, bb, bmask,
                EPR: tl.constexpr, COL16: tl.constexpr, BATCHED: tl.constexpr):
     """out += sum over this program's share of each row's CSR entries of f32(val) * x[col]."""
     lo = tl.load(orp_ptr + rc)
     hi = tl.where(rmask, tl.load(orp_ptr + rc + 1), lo)
     nsplit = tl.num_programs(1)
     per = (hi - lo + nsplit - 1) // nsplit
-    my_lo = lo + pid_k * per
+    my_lo = lo + tl.program_id(1) * per
     my_hi = tl.minimum(my_lo + per, hi)
     cnt = tl.maximum(my_hi - my_lo, 0)
-    ke = tl.arange(0, EPR)
     for e0 in range(0, tl.max(cnt, axis=0), EPR):
-        ee = my_lo[:, None] + e0 + ke[None, :]
-        em = ee < my_hi[:, None]
-        col = tl.load(ocol_ptr + ee, mask=em, other=0).to(tl.int32)
-        if COL16:
-            col = col & 0xFFFF
+        ee, em, col = _csr_chunk(ocol_ptr, my_lo, my_hi, e0, EPR, COL16)
         val = tl.load(oval_ptr + ee, mask=em, other=0.0).to(tl.float32)
         if BATCHED:
             xv = tl.load(x_ptr + col[:, :, None] + bb[None, None, :] * x_sb,
@@ -175,23 +175,15 @@ def _lut_gemv_kernel(x_ptr, y_ptr, bias_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, lu
     the tile covers columns c*nw + (t*NU .. t*NU+NU-1), contiguous in x. Rows past m
     are clamped for loads (codes and tables are always valid) and never stored.
     """
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rows = pid_m * BM + tl.arange(0, BM)
-    rmask = rows < m
-    rc = tl.minimum(rows, m - 1)
-    rc64 = rc.to(tl.int64)
+    rows, rmask, rc64, bb, bmask = gemv_rows(m, nb, BM, BB)
     wrow = w_ptr + rc64[:, None] * nw
     lrow = lut_ptr + rc64[:, None] * K
     uu = tl.arange(0, NU)
-    bb = tl.arange(0, BB)
-    bmask = bb < nb
     if DOT:
         acc = tl.zeros((BM, BB), dtype=tl.float32)
     else:
         acc = tl.zeros((BM, NU), dtype=tl.float32)
-    t_lo = pid_k * tiles_per_split
-    t_hi = tl.minimum(t_lo + tiles_per_split, n_tiles)
+    t_lo, t_hi = gemv_tiles(n_tiles, tiles_per_split)
     for t in range(t_lo, t_hi):
         wi = t * NU + uu
         wd = tl.load(wrow + wi[None, :])
@@ -215,17 +207,9 @@ def _lut_gemv_kernel(x_ptr, y_ptr, bias_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, lu
                 else:
                     xv = tl.load(x_ptr + cols, mask=cols < n, other=0.0).to(tl.float32)
                 acc += v * xv[None, :]
-    if DOT:
-        out = acc
-        yoff = bb[None, :] * m + rows[:, None]
-        ymask = rmask[:, None] & bmask[None, :]
-    else:
-        out = tl.sum(acc, axis=1)
-        yoff = rows
-        ymask = rmask
-    out = _residuals(out, rows, rc, rmask, pid_k, orp_ptr, ocol_ptr, oval_ptr, x_ptr, x_sb, bb, bmask,
-                     EPR, COL16, DOT)
-    finish(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, bias_ptr, ws_ptr, wsi_ptr, cnt_ptr, pid_m,
+    out, yoff, ymask = gemv_out(acc, rows, rmask, bb, bmask, m, DOT)
+    out = _residuals(out, rc64, rmask, orp_ptr, ocol_ptr, oval_ptr, x_ptr, x_sb, bb, bmask, EPR, COL16, DOT)
+    finish(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, bias_ptr, ws_ptr, wsi_ptr, cnt_ptr, tl.program_id(0),
            SPLIT, HAS_BIAS, False, not DOT)
 
 
@@ -348,19 +332,15 @@ def matvec(prepared: PreparedSqueezeLLM, x: torch.Tensor, bias: torch.Tensor | N
            config: GemvConfig | None = None) -> torch.Tensor:
     """``x @ W.T (+ bias)`` for x [B, n] or [n]; f32 accumulation, output in x's dtype (B > 16: slices of 16)."""
     m, n = prepared.shape
-    squeeze = x.dim() == 1
-    x2 = x.reshape(1, n) if squeeze else x
-    if x2.dim() != 2 or x2.shape[-1] != n:
-        raise ValueError(f"x has shape {tuple(x.shape)}, weight expects [..., {n}]")
+    return fused_rows(lambda x2: _matvec(prepared, x2, bias, config), x, n, m, bias)
+
+
+def _matvec(prepared: PreparedSqueezeLLM, x2: torch.Tensor, bias: torch.Tensor | None,
+            config: GemvConfig | None) -> torch.Tensor:
+    """One launch for 1..16 contiguous rows x2 [B, n]."""
+    m, n = prepared.shape
     B = x2.shape[0]
-    if B == 0:
-        return x2.new_empty((0, m))
-    if B > MAX_BATCH:
-        return torch.cat([matvec(prepared, x2[i:i + MAX_BATCH], bias, config) for i in range(0, B, MAX_BATCH)])
-    if bias is not None and bias.numel() != m:
-        raise ValueError(f"bias has {bias.numel()} elements, expected {m}")
     _check_prepared(prepared)
-    x2 = x2.contiguous()
     cfg = config or default_config(B)
     bits = int(prepared.params["bits"])
     nw = prepared.words.shape[1]
@@ -381,7 +361,7 @@ def matvec(prepared: PreparedSqueezeLLM, x: torch.Tensor, bias: torch.Tensor | N
         K=1 << bits, WST=wst, F=F, NU=nu, BM=cfg.BM, BB=16 if dot else 1, EPR=8 if dot else 16, DOT=dot,
         DOT_DT=dt, IEEE=ieee, EVEN=F * nw == n, SPLIT=split > 1, HAS_BIAS=bias is not None,
         COL16=prepared.o_col.dtype == torch.int16, num_warps=cfg.num_warps)
-    return y.reshape(m) if squeeze else y
+    return y
 
 
 def dequantize_prepared(prepared: PreparedSqueezeLLM, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
