@@ -175,6 +175,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="small shapes and 1 repetition (checks the script)")
     ap.add_argument("--codecs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    ap.add_argument("--shapes", help="comma-separated MxN list instead of " + ",".join(f"{a}x{b}" for a, b in SHAPES))
+    ap.add_argument("--no-convert", action="store_true", help="skip the end-to-end spqr convert rows")
     ap.add_argument("--markdown", nargs="+", metavar="JSON",
                     help="print the table of a result file (and a before column from a second one), run nothing")
     args = ap.parse_args()
@@ -183,6 +185,8 @@ def main() -> None:
         print(markdown(files[0], files[1] if len(files) > 1 else None))
         return
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     reps = 1 if args.quick else args.reps
     rows: list[dict[str, Any]] = []
 
@@ -191,7 +195,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)  # the log keeps every row even if the run is cut short
 
     info = {"machine": machine(), "loadavg_start": os.getloadavg(), "reps": reps,
-            "command": "python bench/convert_speed.py" + (" --quick" if args.quick else "")}
+            "command": " ".join(["python", "bench/convert_speed.py", *sys.argv[1:]])}
     rng = np.random.default_rng(0)
     for shape in shapes:
         w = rng.standard_normal(shape, dtype=np.float32)
@@ -214,7 +218,7 @@ def main() -> None:
                 fs = file_decode_row(enc, shape, reps)
                 add({"kind": "decode", **base, "api": "Tensor.decode (file)", "seconds": round(fs, 4),
                      "gparam_per_s": round(w.size / fs / 1e9, 3)})
-    for row in convert_e2e(max(1, reps // 2), [] if args.quick else SHAPES):
+    for row in [] if args.no_convert else convert_e2e(max(1, reps // 2), [] if args.quick else shapes):
         add({**row, "threads": numba.get_num_threads()})
     info["loadavg_end"] = os.getloadavg()
     out = Path(args.out)
