@@ -51,19 +51,27 @@ CONFIGS: dict[str, QuantConfig] = {
 SLOW = {"squeezellm", "quip"}  # fewer repetitions: seconds per matrix
 
 
-def best_of(fn: Callable[[], Any], reps: int) -> float:
-    return timed(fn, reps)[0]
+def timed(fn: Callable[[], Any], reps: int) -> tuple[float, float, Any]:
+    """(best wall seconds, best CPU seconds of all threads, last result) of ``reps`` calls after a warm-up call.
 
-
-def timed(fn: Callable[[], Any], reps: int) -> tuple[float, Any]:
-    """(best seconds of ``reps`` calls after a warm-up call (JIT compilation, page cache), the last result)."""
+    The warm-up absorbs JIT compilation and first-touch costs. CPU seconds
+    (``time.process_time``) count only this process's threads, so on a shared
+    machine they say what the code costs when it is not waiting for a core.
+    """
     result = fn()
-    times = []
+    walls, cpus = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), result
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return min(walls), min(cpus), result
+
+
+def rates(elements: int, wall: float, cpu: float, scale: float, unit: str) -> dict[str, float]:
+    """The row's timing fields: wall seconds and rate, CPU seconds and rate per CPU-second."""
+    return {"seconds": round(wall, 4), unit: round(elements / wall / scale, 3),
+            "cpu_seconds": round(cpu, 4), f"{unit}_per_cpu_s": round(elements / cpu / scale, 3)}
 
 
 def config_dict(cfg: QuantConfig) -> dict[str, Any]:
@@ -91,8 +99,8 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__}
 
 
-def file_decode_row(enc: Any, shape: tuple[int, int], reps: int) -> float:
-    """Seconds for ``Tensor.decode()`` of a written one-tensor file (validation + mmap read + decode)."""
+def file_decode_row(enc: Any, shape: tuple[int, int], reps: int) -> tuple[float, float]:
+    """(Wall, CPU) seconds for ``Tensor.decode()`` of a written one-tensor file (validation + mmap read + decode)."""
     import spqrfmt
 
     with tempfile.TemporaryDirectory() as d:
@@ -101,7 +109,7 @@ def file_decode_row(enc: Any, shape: tuple[int, int], reps: int) -> float:
             w.add_encoded("layer.weight", enc, "f16")
         with spqrfmt.open(path) as f:
             t = f["layer.weight"]
-            return best_of(t.decode, reps)
+            return timed(t.decode, reps)[:2]
 
 
 def _spqr_convert(folder: Path, out: Path, reps: int) -> float:
@@ -154,7 +162,7 @@ def markdown(result: dict[str, Any], before: dict[str, Any] | None = None) -> st
         return r["kind"], r["codec"], tuple(r.get("shape", ())), r.get("api", ""), r.get("model", "")
 
     old = {key(r): r for r in (before or {}).get("rows", [])}
-    head = "| what | codec / config | shape | " + ("before | " if before else "") + "rate |"
+    head = "| what | codec / config | shape | " + ("before | " if before else "") + "rate | per CPU-second |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in result["rows"]:
         unit, val = ("Gparam/s", "gparam_per_s") if r["kind"] == "decode" else ("Mparam/s", "mparam_per_s")
@@ -165,6 +173,7 @@ def markdown(result: dict[str, Any], before: dict[str, Any] | None = None) -> st
             b = old.get(key(r))
             cells.append(f"{b[val]} {unit}" if b else "-")
         cells.append(f"**{r[val]}** {unit}")
+        cells.append(f"{r[val + '_per_cpu_s']} {unit}" if val + "_per_cpu_s" in r else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -175,6 +184,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="small shapes and 1 repetition (checks the script)")
     ap.add_argument("--codecs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    ap.add_argument("--shapes", help="comma-separated MxN list instead of " + ",".join(f"{a}x{b}" for a, b in SHAPES))
+    ap.add_argument("--no-convert", action="store_true", help="skip the end-to-end spqr convert rows")
     ap.add_argument("--markdown", nargs="+", metavar="JSON",
                     help="print the table of a result file (and a before column from a second one), run nothing")
     args = ap.parse_args()
@@ -183,6 +194,8 @@ def main() -> None:
         print(markdown(files[0], files[1] if len(files) > 1 else None))
         return
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     reps = 1 if args.quick else args.reps
     rows: list[dict[str, Any]] = []
 
@@ -191,30 +204,30 @@ def main() -> None:
         print(json.dumps(row), flush=True)  # the log keeps every row even if the run is cut short
 
     info = {"machine": machine(), "loadavg_start": os.getloadavg(), "reps": reps,
-            "command": "python bench/convert_speed.py" + (" --quick" if args.quick else "")}
+            "command": " ".join(["python", "bench/convert_speed.py", *sys.argv[1:]])}
     rng = np.random.default_rng(0)
     for shape in shapes:
         w = rng.standard_normal(shape, dtype=np.float32)
         for name in args.codecs.split(","):
             cfg = CONFIGS[name]
             r = max(1, reps // 3) if name in SLOW else reps
-            enc_s, enc = timed(lambda w=w, cfg=cfg: data_free_encoder("layer.weight", w, cfg), r)
+            enc_s, enc_c, enc = timed(lambda w=w, cfg=cfg: data_free_encoder("layer.weight", w, cfg), r)
             base = {"codec": name, "shape": list(shape), "config": config_dict(cfg),
                     "threads": numba.get_num_threads()}
-            add({"kind": "encode", **base, "seconds": round(enc_s, 4),
-                 "mparam_per_s": round(w.size / enc_s / 1e6, 2)})
+            add({"kind": "encode", **base, **rates(w.size, enc_s, enc_c, 1e6, "mparam_per_s")})
             if name == "spqr-no-outliers":
                 continue
             decode = decoder_for(cfg.codec)
             params = dict(enc.params)
-            dec_s = best_of(lambda decode=decode, enc=enc, params=params: decode(params, enc.sections, enc.shape), reps)
-            add({"kind": "decode", **base, "api": f"decoder.{cfg.codec}.decode", "seconds": round(dec_s, 4),
-                 "gparam_per_s": round(w.size / dec_s / 1e9, 3)})
+            dec_s, dec_c, _ = timed(lambda decode=decode, enc=enc, params=params:
+                                    decode(params, enc.sections, enc.shape), reps)
+            add({"kind": "decode", **base, "api": f"decoder.{cfg.codec}.decode",
+                 **rates(w.size, dec_s, dec_c, 1e9, "gparam_per_s")})
             if name == "spqr":
-                fs = file_decode_row(enc, shape, reps)
-                add({"kind": "decode", **base, "api": "Tensor.decode (file)", "seconds": round(fs, 4),
-                     "gparam_per_s": round(w.size / fs / 1e9, 3)})
-    for row in convert_e2e(max(1, reps // 2), [] if args.quick else SHAPES):
+                fs, fc = file_decode_row(enc, shape, reps)
+                add({"kind": "decode", **base, "api": "Tensor.decode (file)",
+                     **rates(w.size, fs, fc, 1e9, "gparam_per_s")})
+    for row in [] if args.no_convert else convert_e2e(max(1, reps // 2), [] if args.quick else shapes):
         add({**row, "threads": numba.get_num_threads()})
     info["loadavg_end"] = os.getloadavg()
     out = Path(args.out)
