@@ -515,7 +515,8 @@ def _verify_one(path: str, decode: bool) -> list[str]:
     from .reader import open_file
 
     try:
-        with open_file(input_file(path), verify_checksums=True) as f:
+        # pread, not mmap: a file another process truncates meanwhile is TRUNCATED here, never a SIGBUS
+        with open_file(input_file(path), verify_checksums=True, mmap=False) as f:
             results = f.check_all()
             bad = [f"{_safe(n)}: {e}" for n, e in results if e is not None]
             if decode and not bad:
