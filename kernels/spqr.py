@@ -323,8 +323,14 @@ def _field_width(bits: int) -> int:
     return 2 if bits <= 2 else 4 if bits <= 4 else 8
 
 
+# The grouped kernels unroll β1 · width / 32 words per group: larger groups (per-channel β1 = n is legal)
+# would compile for minutes, so they take the planes kernel, whose β1 is a runtime value.
+GROUPED_MAX_GROUP = 128
+
+
 def _grouped_ok(params: Mapping[str, Any]) -> bool:
-    return (int(params["group_size"]) * _field_width(int(params["bits"]))) % 32 == 0
+    gs = int(params["group_size"])
+    return gs <= GROUPED_MAX_GROUP and (gs * _field_width(int(params["bits"]))) % 32 == 0
 
 
 def _to_i32(word: torch.Tensor) -> torch.Tensor:

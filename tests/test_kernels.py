@@ -297,3 +297,23 @@ def test_tiled_layout_refuses_what_it_cannot_hold():
     prep.tiled = prep.tiled[:1]
     with pytest.raises(ValueError, match="tiled"):
         ks.matvec(prep, torch.zeros(64, dtype=torch.float16, device=DEVICE))
+
+
+def test_large_groups_compile_once_with_a_runtime_group_size():
+    """β1 = n (per-channel, legal) at 8 bits: the planes kernel takes β1 at run time (no compile per β1)."""
+    from spqrfmt.kernels import _triton as kt
+
+    for gs in (256, 1024):
+        enc = _encode(5, 8, gs, 8, gs, 16, 16, "some", False)
+        prep = ks.prepare(enc.params, enc.sections, (8, gs), DEVICE)
+        assert prep.layout == "planes"
+        ref = decode(enc.params, enc.sections, (8, gs)).astype(np.float64)
+        x = torch.from_numpy(np.random.default_rng(gs).standard_normal(gs).astype(np.float32))
+        y = ks.matvec(prep, x.to(DEVICE)).double().cpu().numpy()
+        assert _relerr(y, ref @ x.double().numpy()) < 1e-5
+    import inspect
+
+    fn = getattr(kt.fused_kernel, "fn", kt.fused_kernel)  # the interpreter wraps the JIT function
+    while hasattr(fn, "fn"):
+        fn = fn.fn
+    assert "constexpr" not in str(inspect.signature(fn).parameters["GS"].annotation)
