@@ -56,6 +56,23 @@ def checked_header(header: dict[str, Any], data_length: int) -> bytes:
     return raw
 
 
+def _hold_signals() -> object:
+    """Block SIGINT and SIGTERM in this thread (POSIX); the previous mask, or None where unsupported."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _release_signals(held: object) -> None:
+    """Restore the mask _hold_signals saved; a signal that arrived meanwhile is handled now."""
+    import signal
+
+    if held is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def _umask() -> int:
     """The process umask, read without changing it where /proc allows (os.umask is set-and-return)."""
     try:
@@ -98,11 +115,24 @@ class Writer:
         checked_header({"metadata": self.metadata, "tensors": []}, 0)  # fail before the scratch file exists
         self._records: list[TensorRecord] = []
         self._names: set[str] = set()
-        self._data = tempfile.NamedTemporaryFile(
-            prefix=f".{self.path.name}.", suffix=".data", dir=self.path.parent or ".", delete=False
-        )
+        # Ctrl-C / SIGTERM (which the CLI turns into exceptions) are held back while the scratch file is
+        # created, so the exception can never land between its creation and the point where this
+        # constructor can still remove it: a signal that came meanwhile is raised on unblocking.
+        held = _hold_signals()
+        try:
+            self._data = tempfile.NamedTemporaryFile(
+                prefix=f".{self.path.name}.", suffix=".data", dir=self.path.parent or ".", delete=False
+            )
+        except BaseException:
+            _release_signals(held)
+            raise
         self._pos = 0
         self._closed = False
+        try:
+            _release_signals(held)
+        except BaseException:
+            self._discard_data()
+            raise
 
     def _append(self, arr: np.ndarray, dtype: str) -> SectionRecord:
         pad = align64(self._pos) - self._pos
