@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -296,11 +297,16 @@ def load_model(
         fused = _fused_splits(f.metadata.get("spqrfmt.fused"), path)
         check_config_sizes(config, f, dtype)
         model = build_empty_model(config, dtype)
+        experts: dict[str, dict[int, dict[str, Any]]] = {}
         for name, t in f.tensors.items():
             if name in fused:
                 _load_fused(model, name, t, fused[name], dtype, dev, report)
                 continue
             target = _resolve(model, name)
+            if target is None and _collect_expert(experts, name, t, dtype):
+                continue
+            if target is None:
+                target = _resolve(model, name.replace(".block_sparse_moe.", ".mlp."))
             if target is None:
                 report.skipped.append(name)
                 continue
@@ -328,6 +334,7 @@ def load_model(
             bias = t.bias()  # a bias carried inside the codec tensor, if any
             if bias is not None and not _has_real(model, target.rpartition(".")[0] + ".bias"):
                 _set_bias(model, target, torch.from_numpy(bias).to(device=dev, dtype=dtype))
+    _stack_experts(model, experts, dev, report, path)
     _tie(model, report)
     missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
     if missing:  # before .to(), which cannot copy a meta tensor
@@ -336,6 +343,54 @@ def load_model(
     model.eval()
     model.spqr_load_report = report  # type: ignore[attr-defined]
     return model
+
+
+# Mixtral-style checkpoints keep one Linear per expert (``...block_sparse_moe.experts.E.w1/w2/w3.weight``);
+# transformers 5 builds the experts as stacked parameters (``...mlp.experts.gate_up_proj`` [E, 2I, H] =
+# w1 then w3 per expert, ``...mlp.experts.down_proj`` [E, H, I] = w2), as its own loader converts them.
+_EXPERT = re.compile(r"^(?P<prefix>.+)\.block_sparse_moe\.experts\.(?P<e>\d+)\.(?P<w>w[123])\.weight$")
+
+
+def _collect_expert(experts: dict, name: str, t: Any, dtype: Any) -> bool:
+    """Set a per-expert weight aside for :func:`_stack_experts` (decoded, in ``dtype``); False if not one."""
+    m = _EXPERT.match(name)
+    if m is None:
+        return False
+    experts.setdefault(m["prefix"], {}).setdefault(int(m["e"]), {})[m["w"]] = (name, _decode_to(t, dtype, "cpu"))
+    return True
+
+
+def _stack_experts(model: Any, experts: dict, dev: Any, report: LoadReport, path: Any) -> None:
+    """Per-expert weights -> the model's stacked expert parameters (or, where the model has per-expert
+    Linears itself, those), decoded; a set that does not match the model is an error naming it."""
+    import torch
+
+    names = _state_names(model)
+    for prefix, by_e in experts.items():
+        gate_up = _resolve(model, f"{prefix}.mlp.experts.gate_up_proj")
+        down = _resolve(model, f"{prefix}.mlp.experts.down_proj")
+        n_e = len(by_e)
+        if gate_up is None or down is None:
+            for ws in by_e.values():  # a model that keeps one module per expert
+                for name, value in ws.values():
+                    target = _resolve(model, name)
+                    if target is None:
+                        report.skipped.append(name)
+                    else:
+                        _set_tensor(model, target, value.to(dev))
+                        report.decoded_layers.append(name)
+            continue
+        if sorted(by_e) != list(range(n_e)) or any(sorted(ws) != ["w1", "w2", "w3"] for ws in by_e.values()):
+            raise ValueError(f"{path}: the experts of {prefix!r} are incomplete (need w1, w2, w3 for experts "
+                             f"0..{n_e - 1})")
+        gu = torch.stack([torch.cat([by_e[e]["w1"][1], by_e[e]["w3"][1]], dim=0) for e in range(n_e)])
+        dn = torch.stack([by_e[e]["w2"][1] for e in range(n_e)])
+        for target, value in ((gate_up, gu), (down, dn)):
+            want = tuple(dict(model.named_parameters())[target].shape) if target in names else None
+            if want is not None and tuple(value.shape) != want:
+                raise ValueError(f"{path}: {target} would be {tuple(value.shape)}, the model expects {want}")
+            _set_tensor(model, target, value.to(dev))
+        report.decoded_layers += [name for ws in by_e.values() for name, _ in ws.values()]
 
 
 def _fused_splits(meta: Any, path: Any) -> dict[str, list[tuple[str, int]]]:

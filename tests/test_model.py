@@ -385,3 +385,29 @@ def test_quipsharp_fused_llama_runs_like_decoded_weights(tmp_path):
         assert np.abs(got - p.detach().numpy()).max() <= 1e-6 * max(np.abs(p.detach().numpy()).max(), 1e-30)
     ids = torch.tensor([[1, 5, 9, 13]])
     assert greedy_tokens(model, ids, 8) == greedy_tokens(ref, ids, 8)
+
+
+def test_mixtral_style_experts_load_into_transformers_stacked_parameters(tmp_path):
+    """Per-expert w1/w2/w3 checkpoints (what transformers 5 still saves) -> its stacked expert parameters."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.MixtralConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=1, num_local_experts=4,
+                                     num_experts_per_tok=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    folder = tmp_path / "moe"
+    transformers.MixtralForCausalLM(cfg).save_pretrained(folder)
+    out = tmp_path / "moe.spqr"
+    convert(folder, out, QuantConfig(min_features=16), progress=False)
+    model = load_model(out, device="cpu")
+    with spqrfmt.open(out) as f:
+        assert any(t.codec != "raw" and ".experts." in n for n, t in f.tensors.items())
+        dense = {n: torch.from_numpy(t.decode()) for n, t in f.tensors.items()}
+    ref = transformers.MixtralForCausalLM(cfg)
+    p = "model.layers.0.block_sparse_moe.experts"
+    sd = {n.replace(".block_sparse_moe.", ".mlp."): v for n, v in dense.items() if ".experts." not in n}
+    sd["model.layers.0.mlp.experts.gate_up_proj"] = torch.stack(
+        [torch.cat([dense[f"{p}.{e}.w1.weight"], dense[f"{p}.{e}.w3.weight"]]) for e in range(4)])
+    sd["model.layers.0.mlp.experts.down_proj"] = torch.stack([dense[f"{p}.{e}.w2.weight"] for e in range(4)])
+    ref.load_state_dict(sd, strict=False)
+    x = torch.tensor([[1, 5, 7, 2, 9]])
+    torch.testing.assert_close(model(x).logits, ref.eval()(x).logits, rtol=0, atol=0)
