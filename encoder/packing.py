@@ -10,19 +10,31 @@ def words_per_row(cols: int, bits: int) -> int:
     return (cols * bits + 31) // 32
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def pack_row(q: np.ndarray, bits: int, words: np.ndarray, r: int) -> None:
+    """Codes ``q`` (integers, or integral floats, < 2**bits) as row ``r`` of ``words``: one little-endian bit stream.
+
+    Writes every word of the row (the padding bits after the last code are zero).
+    """
+    acc = np.uint64(0)
+    nacc = 0
+    wi = 0
+    for j in range(q.size):
+        acc |= np.uint64(np.int64(q[j])) << np.uint64(nacc)
+        nacc += bits
+        if nacc >= 32:  # flush a whole u32 word
+            words[r, wi] = np.uint32(acc & np.uint64(0xFFFFFFFF))
+            wi += 1
+            acc >>= np.uint64(32)
+            nacc -= 32
+    if nacc > 0:
+        words[r, wi] = np.uint32(acc)
+
+
 @numba.njit(cache=True, nogil=True)
 def _pack(codes: np.ndarray, bits: int, out: np.ndarray) -> None:
-    rows, cols = codes.shape
-    mask = (1 << bits) - 1
-    for r in range(rows):
-        for i in range(cols):
-            v = np.uint64(codes[r, i] & mask)
-            p = i * bits
-            q = p >> 5
-            s = p & 31
-            out[r, q] |= np.uint32((v << np.uint64(s)) & np.uint64(0xFFFFFFFF))
-            if s + bits > 32:
-                out[r, q + 1] |= np.uint32(v >> np.uint64(32 - s))
+    for r in range(codes.shape[0]):
+        pack_row(codes[r], bits, out, r)
 
 
 def pack_rows(codes: np.ndarray, bits: int) -> np.ndarray:

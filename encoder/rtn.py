@@ -25,7 +25,7 @@ import numpy as np
 
 from ..decoder.spqr import _rne16
 from ..threads import sized, weight_size
-from .packing import words_per_row
+from .packing import pack_row, words_per_row
 
 
 @dataclass
@@ -232,24 +232,6 @@ def _clamp_code(t: np.float32, fq: np.float32) -> np.float32:
     return t if t < fq else fq
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _pack_row(q: np.ndarray, bits: int, words: np.ndarray, r: int) -> None:
-    """Integral f32 codes ``q`` as row ``r`` of ``words``: the little-endian bit stream of spqr.md §4."""
-    acc = np.uint64(0)
-    nacc = 0
-    wi = 0
-    for j in range(q.size):
-        acc |= np.uint64(np.int64(q[j])) << np.uint64(nacc)
-        nacc += bits
-        if nacc >= 32:  # flush a whole u32 word
-            words[r, wi] = np.uint32(acc & np.uint64(0xFFFFFFFF))
-            wi += 1
-            acc >>= np.uint64(32)
-            nacc -= 32
-    if nacc > 0:
-        words[r, wi] = np.uint32(acc)
-
-
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _stat_codes(x: np.ndarray, s2: np.ndarray, z2: np.ndarray, group: int, bits: int, words: np.ndarray,
                 recon: np.ndarray) -> None:
@@ -264,7 +246,7 @@ def _stat_codes(x: np.ndarray, s2: np.ndarray, z2: np.ndarray, group: int, bits:
             t = _clamp_code(np.rint(x[g, r] / s_ + z_), fq)
             qf[r] = t
             recon[g, r] = _rne16((t - z_) * s_)
-        _pack_row(qf, bits, words, g)
+        pack_row(qf, bits, words, g)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -287,7 +269,7 @@ def _codes(w: np.ndarray, S: np.ndarray, Z: np.ndarray, group_size: int, bits: i
                 t = _clamp_code(np.rint(w[r, j] / s_ + z_), fq)
                 qf[j] = t
                 deq[r, j] = (t - z_) * s_
-        _pack_row(qf, bits, words, r)
+        pack_row(qf, bits, words, r)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
