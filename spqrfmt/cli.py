@@ -603,6 +603,10 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     from .safetensors_io import METADATA_KEY, write_safetensors_streaming
 
     src = input_file(args.file)
+    if args.hf:
+        return _decode_hf(args, src)
+    if args.max_shard_size is not None:
+        return _error("--max-shard-size applies to --hf only", 2)
     out = output_file(Path(args.output) if args.output else _decode_output(src), [src])
     with open_file(src) as f:
         try:
@@ -645,6 +649,32 @@ def _cmd_decode(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     print(f"wrote {out} ({len(specs)} tensors)")
+    return 0
+
+
+def _decode_hf(args: argparse.Namespace, src: Path) -> int:
+    from .hf_folder import DEFAULT_SHARD_BYTES, parse_size, write_hf_folder
+    from .reader import open_file
+
+    if not args.output:
+        return _error("--hf writes a folder: pass -o DIR (a new or empty folder)", 2)
+    if args.only or args.as_stored:
+        return _error("--hf writes the whole checkpoint in its own layout; --only/--as-stored do not apply", 2)
+    try:
+        max_bytes = DEFAULT_SHARD_BYTES if args.max_shard_size is None else parse_size(args.max_shard_size)
+    except ValueError as e:
+        return _error(f"--max-shard-size {e}", 2)
+    with open_file(src) as f:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(desc="decode", unit="tensor", file=sys.stderr, disable=args.quiet)
+        except ImportError:
+            bar = None
+        names = write_hf_folder(f, args.output, args.dtype, max_bytes, progress=None if bar is None else bar.update)
+        if bar is not None:
+            bar.close()
+    print(f"wrote {_safe(args.output)}: {', '.join(_safe(n) for n in names)}")
     return 0
 
 
@@ -889,6 +919,12 @@ Examples:
     d.add_argument("--as-stored", action="store_true",
                    help="keep tensors listed in metadata 'spqrfmt.transposed' (GPT-2 Conv1D) in the file's "
                    "[out, in] orientation instead of restoring the checkpoint's [in, out]")
+    d.add_argument("--hf", action="store_true",
+                   help="write a dense Hugging Face folder at -o DIR (new or empty): sharded safetensors + "
+                   "model.safetensors.index.json, config.json and the tokenizer, generation and chat-template files "
+                   "from the metadata, loadable with AutoModelForCausalLM.from_pretrained(DIR)")
+    d.add_argument("--max-shard-size", metavar="SIZE", help="with --hf: largest shard, e.g. 2GB or 500MiB "
+                   "(default 5GB, as save_pretrained)")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_decode)
 

@@ -293,7 +293,7 @@ def load_model(
             transposed = transposed_names(f.metadata)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
-        fused = _fused_splits(f.metadata.get("spqrfmt.fused"), path)
+        fused = fused_splits(f.metadata.get("spqrfmt.fused"), path)
         check_config_sizes(config, f, dtype)
         model = build_empty_model(config, dtype)
         for name, t in f.tensors.items():
@@ -338,7 +338,7 @@ def load_model(
     return model
 
 
-def _fused_splits(meta: Any, path: Any) -> dict[str, list[tuple[str, int]]]:
+def fused_splits(meta: Any, path: Any) -> dict[str, list[tuple[str, int]]]:
     """Checked ``spqrfmt.fused`` metadata: {fused tensor: [(part name, rows), ...]}."""
     if meta is None:
         return {}
@@ -501,5 +501,5 @@ def _tie(model: nn.Module, report: LoadReport) -> None:
         report.tied.append("output embeddings <- input embeddings")
 
 
-__all__ = ["LoadReport", "build_empty_model", "config_of", "empty_parameters", "hf_config", "kernel_params",
-           "load_model"]
+__all__ = ["LoadReport", "build_empty_model", "config_of", "empty_parameters", "fused_splits", "hf_config",
+           "kernel_params", "load_model"]
