@@ -519,13 +519,19 @@ def _cmd_meta(args: argparse.Namespace) -> int:
             if args.key not in f.metadata:
                 return _error(f"{src} has no metadata key {args.key!r}", 1)
             value = f.metadata[args.key]
+        tty = sys.stdout.isatty()  # a terminal gets no escape sequences from the file; a pipe gets the value as is
         if args.json:
             print(json.dumps(jsonable(value), indent=1))
         elif isinstance(value, bytes):
+            if tty:
+                return _error(f"{args.key!r} holds {len(value)} bytes of binary data; redirect stdout to a file "
+                              "or pass --json (base64)", 2)
             sys.stdout.flush()
             sys.stdout.buffer.write(value)  # verbatim, e.g. spqr meta get F hf.files/tokenizer.json > tokenizer.json
+        elif isinstance(value, str):
+            print("\n".join(_safe(line) for line in value.split("\n")) if tty else value)
         else:
-            print(value if isinstance(value, str) else json.dumps(jsonable(value)))
+            print(json.dumps(jsonable(value)))
         return 0
     if is_reserved(args.key) and not args.force:
         return _error(f"key {args.key!r} is reserved for the reference tools (SPEC §7: prefix 'spqrfmt.'); "

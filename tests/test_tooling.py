@@ -190,3 +190,16 @@ def test_convert_metadata_and_raw_dtype(tmp_path: Path, capsys: pytest.CaptureFi
     big = write_checkpoint(tmp_path / "big", {"model.norm.weight": ("f32", np.full(8, 1e5, np.float32))})
     _fails(capsys, ["convert", big, "-o", tmp_path / "b.spqr", "--raw-dtype", "f16"], 1, "beyond the f16 range")
     assert not (tmp_path / "b.spqr").exists()
+
+
+def test_meta_get_to_a_terminal_escapes(small: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert main(["meta", "set", str(small), "evil", "a\x1b[31mb\nline2"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    assert main(["meta", "get", str(small), "evil"]) == 0
+    assert capsys.readouterr().out == "a\\x1b[31mb\nline2\n"
+    _fails(capsys, ["meta", "get", small, "blob"], 2, "binary data")
+    monkeypatch.undo()
+    assert main(["meta", "get", str(small), "evil"]) == 0
+    assert capsys.readouterr().out == "a\x1b[31mb\nline2\n"  # a pipe gets the value as stored
