@@ -684,6 +684,18 @@ def _decode_hf(args: argparse.Namespace, src: Path) -> int:
     return 0
 
 
+def _cmd_export_hf(args: argparse.Namespace) -> int:
+    from .hf_folder import write_export_folder
+    from .reader import open_file
+
+    src = input_file(args.file)
+    with open_file(src) as f:
+        names = write_export_folder(f, args.output)
+    print(f"wrote {_safe(args.output)}: {', '.join(_safe(n) for n in names)}")
+    print("load it with: import spqrfmt.hf; transformers.AutoModelForCausalLM.from_pretrained(DIR)")
+    return 0
+
+
 # ---- conformance -----------------------------------------------------------------------
 
 
@@ -933,6 +945,17 @@ Examples:
                    "(default 5GB, as save_pretrained)")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_decode)
+
+    x = sub.add_parser("export-hf", help="write a transformers folder that from_pretrained loads through spqrfmt.hf",
+                       description="Write DIR (new or empty): config.json with quantization_config "
+                       "{\"quant_method\": \"spqrfmt\", \"file\": \"model.spqr\"}, the file itself (verified, "
+                       "copied byte for byte), the tokenizer, generation and chat-template files of its metadata and "
+                       "an empty model.safetensors (transformers' loader needs one). After `import spqrfmt.hf`, "
+                       "AutoModelForCausalLM.from_pretrained(DIR) loads it: quantized linears are decoded once on "
+                       "CPU and stay compressed (kernel modules) on CUDA.")
+    x.add_argument("file")
+    x.add_argument("-o", "--output", required=True, metavar="DIR", help="the folder to write (new or empty)")
+    x.set_defaults(func=_cmd_export_hf)
 
     k = sub.add_parser("conformance", help="run the conformance vectors against this library or a foreign decoder",
                        description="Run spqrfmt.conformance.runner; pass --help after 'conformance' for its options.",

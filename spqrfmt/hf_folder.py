@@ -33,6 +33,7 @@ from .reader import SpqrFile
 from .safetensors_io import METADATA_KEY, write_safetensors_streaming
 
 DEFAULT_SHARD_BYTES = 5 * 10**9  # transformers' save_pretrained default
+EXPORT_WEIGHTS = "model.spqr"  # spqrfmt.hf.WEIGHTS_FILE (that module imports transformers)
 
 
 @dataclass
@@ -173,6 +174,28 @@ def _new_folder(out: Path) -> None:
         raise UsageError(f"output folder's parent {out.parent} is not a folder")
 
 
+def _build_folder(out: str | os.PathLike[str], fill: Callable[[Path], list[str]]) -> list[str]:
+    """Run ``fill(tmp)`` in a temporary folder beside ``out`` (new or empty) and rename it onto ``out``.
+
+    On any failure, an interruption included, the temporary folder is removed and ``out`` is untouched.
+    """
+    out = Path(out)
+    _new_folder(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        os.chmod(tmp, new_dir_mode())
+        names = fill(tmp)
+        for name in names:
+            os.chmod(tmp / name, new_file_mode())
+        if out.is_dir():
+            out.rmdir()  # empty (checked above); rename cannot replace a folder on every system
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return sorted(names)
+
+
 def write_hf_folder(f: SpqrFile, out: str | os.PathLike[str], dtype: str = "f32",
                     max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress: Callable[[int], None] | None = None,
                     warn: Callable[[str], None] | None = None) -> list[str]:
@@ -181,15 +204,12 @@ def write_hf_folder(f: SpqrFile, out: str | os.PathLike[str], dtype: str = "f32"
     ``progress(n)`` is called after each tensor. Raises ValueError for a file without
     ``hf.config`` (the folder could not be loaded) and UsageError for an unusable ``out``.
     """
-    out = Path(out)
-    _new_folder(out)
-    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    files = side_files(f, warn)
+    _new_folder(Path(out))
+    files = side_files(f, warn or _warn)
     tensors = dense_tensors(f, dtype)
     groups = shard(tensors, max_shard_bytes)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        os.chmod(tmp, new_dir_mode())
+
+    def fill(tmp: Path) -> list[str]:
         names = ["model.safetensors"] if len(groups) == 1 else [
             f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
         for fname, group in zip(names, groups, strict=True):
@@ -209,15 +229,46 @@ def write_hf_folder(f: SpqrFile, out: str | os.PathLike[str], dtype: str = "f32"
             files[INDEX_FILE] = (json.dumps(index, indent=2) + "\n").encode()
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-            os.chmod(tmp / name, new_file_mode())
-        if out.is_dir():
-            out.rmdir()  # empty (checked above); rename cannot replace a folder on every system
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return sorted([*names, *files])
+        return [*names, *files]
+
+    return _build_folder(out, fill)
+
+
+def write_export_folder(f: SpqrFile, out: str | os.PathLike[str], warn: Callable[[str], None] | None = None
+                        ) -> list[str]:
+    """``spqr export-hf``: the folder ``from_pretrained`` loads through ``import spqrfmt.hf`` (new or empty ``out``).
+
+    It holds ``config.json`` with ``quantization_config = {"quant_method": "spqrfmt", "file": "model.spqr",
+    ...}``, the file itself copied byte for byte as ``model.spqr`` (verified first: every rule and CRC),
+    the tokenizer, generation and chat-template files of its metadata, and an empty ``model.safetensors``,
+    since transformers' loader opens one before its quantizer runs.
+    """
+    _new_folder(Path(out))
+    f.validate()
+    files = side_files(f, warn or _warn)
+    cfg = json.loads(files["config.json"])
+    cfg["quantization_config"] = {"quant_method": "spqrfmt", "file": EXPORT_WEIGHTS, "use_kernels": None,
+                                  "format_version": list(f.version)}
+    files["config.json"] = (json.dumps(cfg, indent=2) + "\n").encode("utf-8")
+
+    def fill(tmp: Path) -> list[str]:
+        size = f.preamble.data_offset + f.preamble.data_length
+        with open(tmp / EXPORT_WEIGHTS, "wb") as dst:  # the bytes just verified, from the open file
+            for pos in range(0, size, 16 << 20):
+                dst.write(f._read(pos, min(16 << 20, size - pos)))
+        write_safetensors_streaming(tmp / "model.safetensors", [], lambda name: np.empty(0),
+                                    {"format": "pt", "spqrfmt": f"the weights are in {EXPORT_WEIGHTS}: import "
+                                     "spqrfmt.hf before from_pretrained"})
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        return [EXPORT_WEIGHTS, "model.safetensors", *files]
+
+    return _build_folder(out, fill)
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
 
 
 __all__ = ["DEFAULT_SHARD_BYTES", "DenseTensor", "dense_tensors", "parse_size", "shard", "side_files",
-           "write_hf_folder"]
+           "write_export_folder", "write_hf_folder"]

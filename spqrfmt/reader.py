@@ -324,6 +324,12 @@ class SpqrFile(Mapping[str, Tensor]):
                 out.append((name, e))
         return out
 
+    def validate(self) -> None:
+        """Every rule for every tensor (checksums as opened); raise the first SpqrFormatError."""
+        for _name, err in self.check_all():
+            if err is not None:
+                raise err
+
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
@@ -362,6 +368,4 @@ def validate(path: str | os.PathLike[str], *, verify_checksums: bool = True,
     truncated concurrently is reported as TRUNCATED rather than crashing the process.
     """
     with open_file(path, verify_checksums=verify_checksums, max_header_length=max_header_length, mmap=False) as f:
-        for _name, err in f.check_all():
-            if err is not None:
-                raise err
+        f.validate()

@@ -46,9 +46,7 @@ def rewrite_metadata(path: str | os.PathLike[str], metadata: Mapping[str, Any],
     src = Path(os.path.realpath(path))
     dst = src if output is None else Path(output)
     with open_file(src, mmap=False) as f:
-        for _name, err in f.check_all():
-            if err is not None:
-                raise err
+        f.validate()
         header = dict(f.header)
         header["metadata"] = dict(metadata)
         length = f.preamble.data_length

@@ -1,4 +1,4 @@
-"""spqr decode --hf: a dense Hugging Face folder that from_pretrained loads with no further code."""
+"""spqr decode --hf (a dense folder) and spqr export-hf + spqrfmt.hf: from_pretrained with no further code."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(d / "src")
     GenerationConfig(max_new_tokens=7, do_sample=False).save_pretrained(d / "src")
@@ -138,3 +138,51 @@ def test_parse_size() -> None:
     for bad in ("", "1TB", "-1", "0", "x"):
         with pytest.raises(ValueError):
             parse_size(bad)
+
+
+def test_export_hf_from_pretrained_matches_load_model(tiny: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import spqrfmt.hf  # noqa: F401 - registers quant_method "spqrfmt" with transformers
+
+    out = tmp_path / "export"
+    assert main(["export-hf", str(tiny), "-o", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.spqr", "model.safetensors", "tokenizer.json",
+                                                "chat_template.jinja", "generation_config.json"}
+    assert (out / "model.spqr").read_bytes() == tiny.read_bytes()
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "spqrfmt" and qc["file"] == "model.spqr"
+
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)  # device_map needs accelerate
+    ours = load_model(tiny, device="cpu", dtype=torch.float32)
+    assert sorted(model.spqr_load_report.decoded_layers) == sorted(ours.spqr_load_report.decoded_layers)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied as the config asks
+    ids = torch.tensor([[1, 5, 9, 17, 33, 65, 90]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, ours(ids).logits)
+    assert model.config.quantization_config.quant_method == "spqrfmt"
+    with pytest.raises((ValueError, NotImplementedError)):
+        model.save_pretrained(tmp_path / "again")
+    assert AutoTokenizer.from_pretrained(out)("w7").input_ids[-1] == 7
+    capsys.readouterr()
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "f").write_text("x")
+    assert main(["export-hf", str(tiny), "-o", str(busy)]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_export_hf_refuses_a_missing_or_escaping_weights_file(tiny: Path, tmp_path: Path) -> None:
+    from spqrfmt.hf import SpqrfmtConfig
+
+    for bad in ("../model.spqr", "/etc/model.spqr", "model.bin", ""):
+        with pytest.raises(ValueError, match="file name inside"):
+            SpqrfmtConfig(file=bad)
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "export"
+    assert main(["export-hf", str(tiny), "-o", str(out)]) == 0
+    (out / "model.spqr").unlink()
+    with pytest.raises(Exception, match="model.spqr not found"):
+        AutoModelForCausalLM.from_pretrained(out)
