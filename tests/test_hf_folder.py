@@ -162,7 +162,7 @@ def test_export_hf_from_pretrained_matches_load_model(tiny: Path, tmp_path: Path
     with torch.no_grad():
         assert torch.equal(model(ids).logits, ours(ids).logits)
     assert model.config.quantization_config.quant_method == "spqrfmt"
-    with pytest.raises((ValueError, NotImplementedError)):
+    with pytest.raises(ValueError, match="not serializable"):  # spqr export-hf writes the folder from the file
         model.save_pretrained(tmp_path / "again")
     assert AutoTokenizer.from_pretrained(out)("w7").input_ids[-1] == 7
     capsys.readouterr()
