@@ -892,7 +892,8 @@ relative to the first is printed too. Needs a causal LM and torch + transformers
     m = sub.add_parser("meta", help="get, set or remove one metadata key (data sections kept byte for byte)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="""\
-get: print the value (text as is, bytes verbatim, other values as JSON; --json: always JSON).
+get: print the value (text as is, bytes verbatim into a pipe or file, other values as JSON;
+--json: always JSON). A terminal gets text with control characters escaped, never raw bytes.
 set / rm: write the file again with the key changed, atomically and in place (or to -o OUT):
 the data section is copied byte for byte, so every tensor's sections, offsets and CRC-32s are
 unchanged (spqr hash gives the same tensor digests). The source is verified first. Keys with
