@@ -5,6 +5,9 @@ Public API::
     import spqrfmt
     with spqrfmt.open("model.spqr") as f:        # strict, memory-mapped, lazy
         w = f["model.layers.0.mlp.up_proj.weight"].decode()   # f32, bit-exact per spec
+        t = f["model.embed_tokens.weight"].to_torch()        # raw: zero-copy (copy-on-write map)
+        rows = f["model.embed_tokens.weight"].get_slice()[0:10]  # reads only those rows
+    model = spqrfmt.load_model("model.spqr")     # torch + transformers, imported on first use
     spqrfmt.validate("model.spqr")                # every rule, raises SpqrFormatError (pread, never mmap)
     spqrfmt.open("model.spqr", mmap=False)        # pread: a file truncated meanwhile is TRUNCATED, not SIGBUS
     with spqrfmt.Writer("out.spqr", metadata={...}) as w:     # streaming, atomic
@@ -29,6 +32,13 @@ def __getattr__(name: str) -> object:
 
         return load_model
     raise AttributeError(f"module 'spqrfmt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names and the lazy ``load_model`` (tab completion, ``dir(spqrfmt)``)."""
+    return sorted({*globals(), "load_model"})
+
+
 FORMAT_VERSION = (MAJOR, MINOR)
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""The ``spqr`` command line: convert, eval, inspect, verify, decode, conformance, generate, import.
+"""The ``spqr`` command line: convert, eval, inspect, hash, meta, verify, decode, export-hf, generate, import.
 
 Every failure is one ``error: ...`` line on stderr and an exit code from
 :data:`EXIT_CODES`; no input, however hostile, gets a traceback.
@@ -20,6 +20,7 @@ from typing import Any
 from . import __version__
 from .errors import SpqrFormatError
 from .paths import UsageError, display_name, input_dir, input_file, output_file
+from .summary import safe as _safe
 
 EXIT_CODES = {
     0: "success",
@@ -85,6 +86,18 @@ def _regex(text: str) -> str:
     except re.error as e:
         raise argparse.ArgumentTypeError(f"{text!r} is not a valid regular expression: {e}") from None
     return text
+
+
+def _meta_pair(text: str) -> tuple[str, str]:
+    """KEY=VALUE of ``--metadata``; the key non-empty and not reserved for the reference tools (SPEC §7)."""
+    from .rewrite import is_reserved
+
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    if is_reserved(key):
+        raise argparse.ArgumentTypeError(f"key {key!r} is reserved for the reference tools (prefix 'spqrfmt.')")
+    return key, value
 
 
 def resolve_device(name: str | None, flag: str = "--device") -> str:
@@ -162,7 +175,7 @@ def _quant_config(args: argparse.Namespace, method: str) -> Any:
     from .convert import DEFAULT_SKIP, QuantConfig
 
     common = dict(bits=args.bits or 4, min_features=args.min_features, skip=DEFAULT_SKIP + tuple(args.skip),
-                  include=tuple(args.include), codec=args.codec, method=method)
+                  include=tuple(args.include), codec=args.codec, method=method, raw_dtype=args.raw_dtype)
     if args.codec == "squeezellm":
         return QuantConfig(outlier_fraction=0.005 if args.outlier_fraction is None else args.outlier_fraction,
                            kmeans_iters=args.kmeans_iters or 100, **common)
@@ -304,6 +317,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     encoded, cleanup, meta = None, None, {}
     if calib is not None:
         encoded, cleanup, meta = _calibrate(args, src, out, cfg, pl.config, calib)
+    meta.update(dict(args.metadata))
     try:
         report = convert(src, out, cfg, encoded=encoded, progress=not args.quiet,
                          log=print if args.verbose else None, metadata=meta, checked=pl)
@@ -426,84 +440,118 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 # ---- inspect ---------------------------------------------------------------------------
 
 
-def _safe(v: Any) -> str:
-    """Text fit for a terminal: control and other non-printable characters as escapes (no ANSI sequences)."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(v))
-
-
-def _short(v: Any, width: int = 60) -> str:
-    if isinstance(v, bytes):
-        return f"<{len(v)} bytes>"
-    s = v if isinstance(v, str) else json.dumps(_jsonable(v))
-    s = _safe(s.replace("\n", " "))
-    return s if len(s) <= width else s[: width - 3] + "..."
-
-
-def _jsonable(v: Any) -> Any:
-    """``v`` as strict JSON values: bytes as {"base64": ...}, non-finite floats as strings."""
-    import base64
-
-    if isinstance(v, bytes):
-        return {"base64": base64.b64encode(v).decode("ascii")}
-    if isinstance(v, float) and not math.isfinite(v):
-        return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
-    if isinstance(v, dict):
-        return {k if isinstance(k, str) else json.dumps(_jsonable(k)): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if v is None or isinstance(v, (str, int, float)):
-        return v
-    return str(v)
-
-
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from .reader import open_file
+    from .summary import render_markdown, render_text, summary
 
+    if args.json and args.markdown:
+        return _error("--json and --markdown are two output formats; pass one of them", 2)
+    if args.plain_sections and (args.json or args.markdown):
+        return _error("--sections applies to the text output (JSON always lists the sections)", 2)
     with open_file(input_file(args.file), verify_checksums=False) as f:
-        tensors = list(f.tensors.values())
         if args.json:
-            out = {
-                "version": list(f.version),
-                "header_length": f.preamble.header_length,
-                "data_length": f.preamble.data_length,
-                "metadata": {k: _short(v, 10**9) for k, v in f.metadata.items()},
-                "tensors": [
-                    {"name": t.name, "codec": t.codec, "codec_version": t.codec_version, "dtype": t.dtype,
-                     "shape": list(t.shape), "params": _jsonable(t.params), "bytes": t.nbytes,
-                     "bits_per_param": round(t.bits_per_param, 4),
-                     "sections": {r: {"dtype": s.dtype, "shape": list(s.shape), "offset": s.offset,
-                                      "length": s.length} for r, s in t.record.sections.items()}}
-                    for t in tensors
-                ],
-            }
-            print(json.dumps(out, indent=1, allow_nan=False))
-            return 0
-        total_params = sum(t.numel for t in tensors)
-        total_bytes = sum(t.nbytes for t in tensors)
-        print(f"{_safe(f.path)}: spqrfmt v{f.version[0]}.{f.version[1]}, header {f.preamble.header_length} bytes, "
-              f"data {f.preamble.data_length} bytes")
-        print(f"{len(tensors)} tensors, {total_params / 1e6:.2f}M params, {total_bytes / 2**20:.2f} MiB stored, "
-              f"{8 * total_bytes / max(total_params, 1):.3f} bits/param overall")
-        print("\nmetadata:")
-        for k, v in f.metadata.items():
-            print(f"  {_safe(k):32s} {_short(v)}")
-        by_codec: dict[str, list[int]] = {}
-        for t in tensors:
-            c = by_codec.setdefault(t.codec, [0, 0, 0])
-            c[0] += 1
-            c[1] += t.numel
-            c[2] += t.nbytes
-        print("\ncodecs:")
-        for codec, (n, p, b) in by_codec.items():
-            print(f"  {_safe(codec):12s} {n:5d} tensors {p / 1e6:10.2f}M params {8 * b / max(p, 1):7.3f} bits/param")
-        print(f"\n{'#':>4s}  {'name':56s} {'codec':8s} {'dtype':5s} {'shape':>16s} {'bits/p':>7s}  params")
-        for i, t in enumerate(tensors):
-            params = " ".join(f"{_safe(k)}={_short(v)}" for k, v in t.params.items())
-            print(f"{i:4d}  {_safe(t.name):56s} {_safe(t.codec):8s} {t.dtype:5s} {str(list(t.shape)):>16s} "
-                  f"{t.bits_per_param:7.3f}  {params}")
-            if args.sections:
-                for role, s in t.record.sections.items():
-                    print(f"{'':10s}{_safe(role):18s} {s.dtype:5s} {str(list(s.shape)):>16s} @{s.offset} +{s.length}")
+            print(json.dumps(summary(f, args.filter, tensors=args.tensors), indent=1, allow_nan=False))
+        elif args.markdown:
+            print(render_markdown(f, args.filter, tensors=args.tensors))
+        else:
+            print(render_text(f, args.filter, tensors=args.tensors, sections=args.plain_sections))
+    return 0
+
+
+# ---- hash ------------------------------------------------------------------------------
+
+
+def _cmd_hash(args: argparse.Namespace) -> int:
+    from .hashing import file_sha256, tensor_sha256
+    from .reader import open_file
+    from .summary import selected
+
+    path = input_file(args.file)
+    with open_file(path, verify_checksums=False) as f:
+        tensors = selected(f, args.filter)
+        digests = {t.name: tensor_sha256(t) for t in tensors}
+        whole = file_sha256(path)
+    if args.json:
+        print(json.dumps({"file": {"name": path.name, "sha256": whole}, "tensors": digests}, indent=1))
+        return 0
+    for name, digest in digests.items():
+        print(f"sha256 {digest}  {_safe(name)}")
+    print(f"sha256 {whole}  {_safe(path.name)} (whole file)")
+    return 0
+
+
+# ---- meta ------------------------------------------------------------------------------
+
+
+def _meta_value(args: argparse.Namespace) -> Any:
+    """VALUE as the metadata value: text, a JSON value (--json) or the bytes of a file (--from-file)."""
+    if args.from_file:
+        src = input_file(args.value, "--from-file value")
+        if src.stat().st_size > (64 << 20):
+            raise UsageError(f"{src} has {src.stat().st_size} bytes; the whole header is at most 64 MiB")
+        return src.read_bytes()
+    if args.json:
+        try:
+            return json.loads(args.value)
+        except ValueError as e:
+            raise UsageError(f"VALUE is not JSON ({e}); drop --json to store it as text") from None
+    return args.value
+
+
+def _cmd_meta(args: argparse.Namespace) -> int:
+    from .reader import open_file
+    from .rewrite import MetadataValueError, is_reserved, rewrite_metadata
+    from .summary import jsonable
+
+    src = input_file(args.file)
+    if args.action != "set" and (args.json and args.action == "rm" or args.from_file):
+        return _error("--json and --from-file apply to 'spqr meta set' (and --json to 'get')", 2)
+    if args.json and args.from_file:
+        return _error("--json and --from-file are two ways to read VALUE; pass one of them", 2)
+    if args.action == "get" and (args.output or args.force):
+        return _error("spqr meta get writes nothing: -o/--force do not apply", 2)
+    if args.action == "set" and args.value is None:
+        return _error("spqr meta set needs a VALUE", 2)
+    if args.action != "set" and args.value is not None:
+        return _error(f"spqr meta {args.action} takes no VALUE", 2)
+    if args.action == "get":
+        with open_file(src, verify_checksums=False) as f:
+            if args.key not in f.metadata:
+                return _error(f"{src} has no metadata key {args.key!r}", 1)
+            value = f.metadata[args.key]
+        tty = sys.stdout.isatty()  # a terminal gets no escape sequences from the file; a pipe gets the value as is
+        if args.json:
+            print(json.dumps(jsonable(value), indent=1))
+        elif isinstance(value, bytes):
+            if tty:
+                return _error(f"{args.key!r} holds {len(value)} bytes of binary data; redirect stdout to a file "
+                              "or pass --json (base64)", 2)
+            sys.stdout.flush()
+            sys.stdout.buffer.write(value)  # verbatim, e.g. spqr meta get F hf.files/tokenizer.json > tokenizer.json
+        elif isinstance(value, str):
+            print("\n".join(_safe(line) for line in value.split("\n")) if tty else value)
+        else:
+            print(json.dumps(jsonable(value)))
+        return 0
+    if is_reserved(args.key) and not args.force:
+        return _error(f"key {args.key!r} is reserved for the reference tools (SPEC §7: prefix 'spqrfmt.'); "
+                      "pass --force to change it anyway", 2)
+    out = None if args.output is None else output_file(args.output, [src])
+    value = _meta_value(args) if args.action == "set" else None
+    with open_file(src, verify_checksums=False) as f:
+        metadata = dict(f.metadata)
+    if args.action == "rm":
+        if args.key not in metadata:
+            return _error(f"{src} has no metadata key {args.key!r}", 1)
+        del metadata[args.key]
+    else:
+        metadata[args.key] = value
+    try:
+        written = rewrite_metadata(src, metadata, out)
+    except MetadataValueError as e:
+        return _error(f"{e}; {src} is unchanged", 2)
+    print(f"{'set' if args.action == 'set' else 'removed'} {_safe(args.key)} in {_safe(written)} "
+          "(every data section byte-identical)")
     return 0
 
 
@@ -562,6 +610,10 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     from .safetensors_io import METADATA_KEY, write_safetensors_streaming
 
     src = input_file(args.file)
+    if args.hf:
+        return _decode_hf(args, src)
+    if args.max_shard_size is not None:
+        return _error("--max-shard-size applies to --hf only", 2)
     out = output_file(Path(args.output) if args.output else _decode_output(src), [src])
     with open_file(src) as f:
         try:
@@ -604,6 +656,44 @@ def _cmd_decode(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     print(f"wrote {out} ({len(specs)} tensors)")
+    return 0
+
+
+def _decode_hf(args: argparse.Namespace, src: Path) -> int:
+    from .hf_folder import DEFAULT_SHARD_BYTES, parse_size, write_hf_folder
+    from .reader import open_file
+
+    if not args.output:
+        return _error("--hf writes a folder: pass -o DIR (a new or empty folder)", 2)
+    if args.only or args.as_stored:
+        return _error("--hf writes the whole checkpoint in its own layout; --only/--as-stored do not apply", 2)
+    try:
+        max_bytes = DEFAULT_SHARD_BYTES if args.max_shard_size is None else parse_size(args.max_shard_size)
+    except ValueError as e:
+        return _error(f"--max-shard-size {e}", 2)
+    with open_file(src) as f:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(desc="decode", unit="tensor", file=sys.stderr, disable=args.quiet)
+        except ImportError:
+            bar = None
+        names = write_hf_folder(f, args.output, args.dtype, max_bytes, progress=None if bar is None else bar.update)
+        if bar is not None:
+            bar.close()
+    print(f"wrote {_safe(args.output)}: {', '.join(_safe(n) for n in names)}")
+    return 0
+
+
+def _cmd_export_hf(args: argparse.Namespace) -> int:
+    from .hf_folder import write_export_folder
+    from .reader import open_file
+
+    src = input_file(args.file)
+    with open_file(src) as f:
+        names = write_export_folder(f, args.output)
+    print(f"wrote {_safe(args.output)}: {', '.join(_safe(n) for n in names)}")
+    print("load it with: import spqrfmt.hf; transformers.AutoModelForCausalLM.from_pretrained(DIR)")
     return 0
 
 
@@ -736,6 +826,11 @@ Examples:
                    help="also keep tensors matching REGEX unquantized (repeatable)")
     g.add_argument("--include", action="append", default=[], metavar="REGEX", type=_regex,
                    help="quantize 2-D weights matching REGEX even if a skip rule matches (repeatable)")
+    g.add_argument("--raw-dtype", choices=["f16", "bf16", "f32"],
+                   help="store the unquantized floating tensors (embeddings, norms, biases, lm_head) in this dtype, "
+                   "rounded to nearest even (default: as in the checkpoint); refused for a tensor it would overflow")
+    c.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", type=_meta_pair,
+                   help="add a text metadata entry (repeatable; keys with the reserved prefix 'spqrfmt.' are refused)")
     c.add_argument("--allow-no-config", action="store_true",
                    help="convert a folder without config.json (the file then holds only tensors: load_model, eval "
                    "and generate cannot rebuild a model from it)")
@@ -771,13 +866,58 @@ relative to the first is printed too. Needs a causal LM and torch + transformers
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_eval)
 
-    i = sub.add_parser("inspect", help="human-readable summary of a .spqr file (like gguf-dump)",
-                       description="Print format version, metadata and a table of tensors (codec, dtype, shape, "
-                       "bits per parameter, codec params). Reads only the header.")
+    i = sub.add_parser("inspect", help="summary of a .spqr file as text, Markdown or JSON (like gguf-dump)",
+                       description="Print format version, metadata, totals per codec and a table of tensors (codec, "
+                       "dtype, shape, bits per parameter, codec params). Reads only the header.")
     i.add_argument("file")
-    i.add_argument("--sections", action="store_true", help="also list every section (dtype, shape, offset)")
-    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.add_argument("--sections", dest="plain_sections", action="store_true",
+                   help="also list every section (dtype, shape, offset, length, CRC-32) in the text output")
+    i.add_argument("--json", action="store_true", help="machine-readable: totals per codec, every metadata value "
+                   "(bytes as {\"base64\": ...}), every tensor with its sections and their CRC-32s")
+    i.add_argument("--markdown", action="store_true", help="Markdown tables (metadata, codecs, tensors)")
+    i.add_argument("--no-tensors", dest="tensors", action="store_false", help="omit the per-tensor list")
+    i.add_argument("--filter", metavar="REGEX", type=_regex,
+                   help="only tensors whose name matches REGEX (re.search); totals count only them")
     i.set_defaults(func=_cmd_inspect)
+
+    h = sub.add_parser("hash", help="SHA-256 of every tensor's stored bytes and of the whole file (like gguf_hash)",
+                       description="One SHA-256 per tensor over its sections' stored bytes, concatenated in the "
+                       "order of their role names (sorted), then one of every byte of the file. Tensor digests "
+                       "depend on the data only: a metadata edit changes the file digest, never a tensor digest. "
+                       "Checks nothing (spqr verify does).")
+    h.add_argument("file")
+    h.add_argument("--filter", metavar="REGEX", type=_regex, help="only tensors whose name matches REGEX")
+    h.add_argument("--json", action="store_true", help="{file: {name, sha256}, tensors: {name: sha256}}")
+    h.set_defaults(func=_cmd_hash)
+
+    m = sub.add_parser("meta", help="get, set or remove one metadata key (data sections kept byte for byte)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="""\
+get: print the value (text as is, bytes verbatim into a pipe or file, other values as JSON;
+--json: always JSON). A terminal gets text with control characters escaped, never raw bytes.
+set / rm: write the file again with the key changed, atomically and in place (or to -o OUT):
+the data section is copied byte for byte, so every tensor's sections, offsets and CRC-32s are
+unchanged (spqr hash gives the same tensor digests). The source is verified first. Keys with
+the prefix 'spqrfmt.' are reserved for the reference tools (SPEC §7) and need --force; a value
+that would break a header limit (64 MiB header, nesting 32, ...) is refused and the file is
+left as it was.""",
+                       epilog="""\
+Examples:
+  spqr meta get model.spqr source.model
+  spqr meta set model.spqr license apache-2.0
+  spqr meta set model.spqr hf.files/chat_template.jinja --from-file chat_template.jinja
+  spqr meta set model.spqr eval.ppl '{"lee": 37.97}' --json
+  spqr meta rm model.spqr note -o clean.spqr""")
+    m.add_argument("action", choices=["get", "set", "rm"])
+    m.add_argument("file")
+    m.add_argument("key")
+    m.add_argument("value", nargs="?", help="the new value (set): text, or JSON with --json, or a path with "
+                   "--from-file")
+    m.add_argument("--json", action="store_true", help="set: VALUE is JSON (number, list, map, ...); get: print JSON")
+    m.add_argument("--from-file", action="store_true", help="set: VALUE is a file whose bytes are stored (bin)")
+    m.add_argument("--force", action="store_true", help="allow changing a reserved 'spqrfmt.' key")
+    m.add_argument("-o", "--output", help="write the edited file here instead of replacing FILE")
+    m.set_defaults(func=_cmd_meta)
 
     v = sub.add_parser("verify", help="validate every rule of the spec, including all checksums",
                        description="Check preamble, header, every tensor's codec rules, section CRC-32s and index "
@@ -799,8 +939,25 @@ relative to the first is printed too. Needs a causal LM and torch + transformers
     d.add_argument("--as-stored", action="store_true",
                    help="keep tensors listed in metadata 'spqrfmt.transposed' (GPT-2 Conv1D) in the file's "
                    "[out, in] orientation instead of restoring the checkpoint's [in, out]")
+    d.add_argument("--hf", action="store_true",
+                   help="write a dense Hugging Face folder at -o DIR (new or empty): sharded safetensors + "
+                   "model.safetensors.index.json, config.json and the tokenizer, generation and chat-template files "
+                   "from the metadata, loadable with AutoModelForCausalLM.from_pretrained(DIR)")
+    d.add_argument("--max-shard-size", metavar="SIZE", help="with --hf: largest shard, e.g. 2GB or 500MiB "
+                   "(default 5GB, as save_pretrained)")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_decode)
+
+    x = sub.add_parser("export-hf", help="write a transformers folder that from_pretrained loads through spqrfmt.hf",
+                       description="Write DIR (new or empty): config.json with quantization_config "
+                       "{\"quant_method\": \"spqrfmt\", \"file\": \"model.spqr\"}, the file itself (verified, "
+                       "copied byte for byte), the tokenizer, generation and chat-template files of its metadata and "
+                       "an empty model.safetensors (transformers' loader needs one). After `import spqrfmt.hf`, "
+                       "AutoModelForCausalLM.from_pretrained(DIR) loads it: quantized linears are decoded once on "
+                       "CPU and stay compressed (kernel modules) on CUDA.")
+    x.add_argument("file")
+    x.add_argument("-o", "--output", required=True, metavar="DIR", help="the folder to write (new or empty)")
+    x.set_defaults(func=_cmd_export_hf)
 
     k = sub.add_parser("conformance", help="run the conformance vectors against this library or a foreign decoder",
                        description="Run spqrfmt.conformance.runner; pass --help after 'conformance' for its options.",

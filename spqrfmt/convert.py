@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import to_float32
+from .dtypes import FLOAT_DTYPES, f32_to_bf16, to_float32
 from .safetensors_io import SafetensorsFile
 from .writer import Writer
 
@@ -41,6 +41,7 @@ MAX_CONFIG_DEPTH = 32
 CODECS = ("spqr", "squeezellm", "quip")
 QUIP_CODEBOOKS = ("grid", "e8p12")  # quip v1 uniform grid; quip v2 E8P12 lattice (2 bits, 8 weights a code)
 METHODS = ("rtn", "gptq", "spqr")
+RAW_DTYPES = (None, "f16", "bf16", "f32")
 
 # GPT-2-style checkpoints store these projections as transformers ``Conv1D`` weights, [in, out]
 # (the transpose of nn.Linear's [out, in]). Model types from transformers' Conv1D users; models
@@ -85,6 +86,7 @@ class QuantConfig:
     kmeans_iters: int = 100
     seed: int = 0
     quip_codebook: str = "grid"
+    raw_dtype: str | None = None  # cast unquantized floating tensors to f16/bf16/f32 (None: keep their dtype)
 
     @classmethod
     def gptq(cls, bits: int = 4, group_size: int = 128, **kw: Any) -> QuantConfig:
@@ -111,6 +113,8 @@ class QuantConfig:
             raise ValueError(f"quip_codebook {self.quip_codebook} applies to codec quip only, not {self.codec}")
         if self.quip_codebook == "e8p12" and self.bits != 2:
             raise ValueError(f"the e8p12 codebook stores 2 bits per weight; bits = {self.bits} is not possible")
+        if self.raw_dtype not in RAW_DTYPES:
+            raise ValueError(f"raw_dtype must be one of f16, bf16, f32 or None, not {self.raw_dtype!r}")
         if not 0.0 <= self.outlier_fraction < 1.0:
             raise ValueError("outlier_fraction must be in [0, 1)")
         if not (1 <= self.group_size <= 65536 and 1 <= self.stat_group_size <= 65536):
@@ -400,6 +404,37 @@ def _largest_bits(arr: np.ndarray, dtype: str) -> int:
     return int((arr.view(np.uint16) & 0x7FFF).max())
 
 
+# Largest finite |bit pattern| per source dtype that stays finite when rounded (RNE) to the target dtype.
+_CAST_MAX = {"f16": _F16_RANGE_MAX, "bf16": {"f16": 0x7BFF, "bf16": 0x7F7F, "f32": 0x7F7FFFFF},
+             "f32": dict(_FINITE_MAX)}
+_CAST_LIMIT = {"f16": F16_MAX, "bf16": 3.3895313892515355e38, "f32": 3.4028234663852886e38}
+
+
+def check_raw_cast(name: str, arr: np.ndarray, dtype: str, target: str) -> None:
+    """CheckpointError when casting an unquantized floating tensor to ``target`` would turn a finite value
+    into an infinity (an f32 norm weight of 1e5 has no f16); integer tensors are never cast."""
+    if dtype not in FLOAT_DTYPES or dtype == target or not arr.size:
+        return
+    if dtype == "f64":
+        a = np.abs(arr[np.isfinite(arr)])
+        big = bool(a.size) and float(a.max()) > _CAST_LIMIT[target]
+    else:
+        big = _FINITE_MAX[dtype] >= _largest_bits(arr, dtype) > _CAST_MAX[target][dtype]
+    if big:
+        raise CheckpointError(f"tensor {name!r} holds values beyond the {target} range, which --raw-dtype {target} "
+                              f"would turn into infinities: keep its dtype (drop --raw-dtype) or use another one")
+
+
+def cast_raw(arr: np.ndarray, dtype: str, target: str | None) -> tuple[str, np.ndarray]:
+    """``(dtype, array)`` of an unquantized tensor as written: floating ones rounded (RNE) to ``target``."""
+    if target is None or dtype == target or dtype not in FLOAT_DTYPES:
+        return dtype, arr
+    w = np.asarray(arr, dtype=np.float32) if dtype == "f64" else to_float32(arr, dtype)
+    if target == "bf16":
+        return target, f32_to_bf16(w)
+    return target, w.astype(np.float16 if target == "f16" else np.float32)
+
+
 def plan(input_dir: str | Path, cfg: QuantConfig, encoded: Iterable[str] = ()) -> Plan:
     """Check the checkpoint against ``cfg`` (shards, index, config, shapes, value ranges) before writing."""
     cfg.check()
@@ -427,6 +462,10 @@ def plan(input_dir: str | Path, cfg: QuantConfig, encoded: Iterable[str] = ()) -
             raise CheckpointError(
                 f"tensor {n!r} holds values beyond the f16 range (|w| > {F16_MAX:g}), which codec {cfg.codec} "
                 f"(f16 statistics) cannot store: keep it unquantized with --skip '{re.escape(n)}' or use --codec quip")
+    if cfg.raw_dtype is not None:
+        for sf, n in entries:
+            if n not in set(wanted):
+                check_raw_cast(n, sf[n][1], sf.dtype(n), cfg.raw_dtype)
     inputs = [sf.path for sf in {id(sf): sf for sf, _ in entries}.values()]
     inputs += [p for p in folder.iterdir() if (p.name in ("config.json", INDEX_FILE) or HF_FILE.fullmatch(p.name))]
     return Plan(folder, entries, config, wanted, transposed, inputs)
@@ -536,9 +575,10 @@ def convert(
             dtype, arr = sf[name]
             report.source_bytes += arr.nbytes
             if not cfg.wants(name, dtype, arr.shape):
-                writer.add_raw(name, arr, dtype)
+                raw_dtype, raw = cast_raw(arr, dtype, cfg.raw_dtype)
+                writer.add_raw(name, raw, raw_dtype)
                 report.raw_tensors += 1
-                report.raw_bytes += arr.nbytes
+                report.raw_bytes += raw.nbytes
                 continue
             t0 = time.perf_counter()
             w = to_float32(arr, dtype)

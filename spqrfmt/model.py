@@ -286,63 +286,77 @@ def load_model(
     if use_kernels and dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"use_kernels=True needs a CUDA device (the Triton kernels are GPU code), not {device!r}; "
                          "leave use_kernels unset to decode the weights")
-    report = LoadReport()
     with _open(path, verify_checksums=verify_checksums) as f:
         config = hf_config(f)
-        conv1d_out_in = f.metadata.get("spqrfmt.conv1d") == "out_in"
-        try:
-            transposed = transposed_names(f.metadata)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
-        fused = _fused_splits(f.metadata.get("spqrfmt.fused"), path)
         check_config_sizes(config, f, dtype)
         model = build_empty_model(config, dtype)
-        experts: dict[str, dict[int, dict[str, Any]]] = {}
-        for name, t in f.tensors.items():
-            if name in fused:
-                _load_fused(model, name, t, fused[name], dtype, dev, report)
-                continue
-            target = _resolve(model, name)
-            if target is None and _collect_expert(experts, name, t, dtype):
-                continue
-            if target is None:
-                target = _resolve(model, name.replace(".block_sparse_moe.", ".mlp."))
-            if target is None:
-                report.skipped.append(name)
-                continue
-            mod, attr = _owner(model, target)
-            if t.codec == "raw":
-                value = _numpy_to_torch(t.decode(), t.dtype)
-                if value.is_floating_point():
-                    value = value.to(dtype)
-                _set_tensor(model, target, value.to(dev))
-                report.raw_tensors.append(name)
-                continue
-            is_linear = isinstance(mod, torch.nn.Linear) and attr == "weight"
-            # A Conv1D weight stored [out, in], to be transposed back to the module's [in, out]:
-            out_in = _is_conv1d(mod) and attr == "weight" and (
-                name in transposed if transposed is not None else conv1d_out_in)
-            if use_kernels and t.codec in GPU_MODULE_CODECS and (is_linear or out_in):
-                _swap_for_kernel(model, target, t, dev)
-                report.kernel_layers.append(name)
-            elif out_in:
-                _set_tensor(model, target, _decode_to(t, dtype, str(dev)).t().contiguous())
-                report.decoded_layers.append(name)
-            else:
-                _set_tensor(model, target, _decode_to(t, dtype, str(dev)))
-                report.decoded_layers.append(name)
-            bias = t.bias()  # a bias carried inside the codec tensor, if any
-            if bias is not None and not _has_real(model, target.rpartition(".")[0] + ".bias"):
-                _set_bias(model, target, torch.from_numpy(bias).to(device=dev, dtype=dtype))
+        report = populate(model, f, dtype, dev, use_kernels)
+    model.to(dev)  # buffers built at construction (rotary tables, position ids)
+    model.eval()
+    model.spqr_load_report = report  # type: ignore[attr-defined]
+    return model
+
+
+def populate(model: nn.Module, f: SpqrFile, dtype: torch.dtype, dev: torch.device, use_kernels: bool) -> LoadReport:
+    """Give every parameter of ``model`` whose parameters are on the meta device its tensor from ``f``.
+
+    Raw tensors are cast to ``dtype``; quantized ones are decoded once (bit-exact f32, one RNE
+    cast) or, with ``use_kernels``, kept compressed in kernel modules. Output embeddings are tied
+    when the config asks and the file has no head. ValueError when a parameter stays missing.
+    """
+    import torch
+
+    path = f.path
+    report = LoadReport()
+    conv1d_out_in = f.metadata.get("spqrfmt.conv1d") == "out_in"
+    try:
+        transposed = transposed_names(f.metadata)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    fused = fused_splits(f.metadata.get("spqrfmt.fused"), path)
+    experts: dict[str, dict[int, dict[str, Any]]] = {}
+    for name, t in f.tensors.items():
+        if name in fused:
+            _load_fused(model, name, t, fused[name], dtype, dev, report)
+            continue
+        target = _resolve(model, name)
+        if target is None and _collect_expert(experts, name, t, dtype):
+            continue
+        if target is None:
+            target = _resolve(model, name.replace(".block_sparse_moe.", ".mlp."))
+        if target is None:
+            report.skipped.append(name)
+            continue
+        mod, attr = _owner(model, target)
+        if t.codec == "raw":
+            value = _numpy_to_torch(t.decode(), t.dtype)
+            if value.is_floating_point():
+                value = value.to(dtype)
+            _set_tensor(model, target, value.to(dev))
+            report.raw_tensors.append(name)
+            continue
+        is_linear = isinstance(mod, torch.nn.Linear) and attr == "weight"
+        # A Conv1D weight stored [out, in], to be transposed back to the module's [in, out]:
+        out_in = _is_conv1d(mod) and attr == "weight" and (
+            name in transposed if transposed is not None else conv1d_out_in)
+        if use_kernels and t.codec in GPU_MODULE_CODECS and (is_linear or out_in):
+            _swap_for_kernel(model, target, t, dev)
+            report.kernel_layers.append(name)
+        elif out_in:
+            _set_tensor(model, target, _decode_to(t, dtype, str(dev)).t().contiguous())
+            report.decoded_layers.append(name)
+        else:
+            _set_tensor(model, target, _decode_to(t, dtype, str(dev)))
+            report.decoded_layers.append(name)
+        bias = t.bias()  # a bias carried inside the codec tensor, if any
+        if bias is not None and not _has_real(model, target.rpartition(".")[0] + ".bias"):
+            _set_bias(model, target, torch.from_numpy(bias).to(device=dev, dtype=dtype))
     _stack_experts(model, experts, dev, report, path)
     _tie(model, report)
     missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
     if missing:  # before .to(), which cannot copy a meta tensor
         raise ValueError(f"{path}: the file lacks {len(missing)} model parameters, e.g. {missing[:5]}")
-    model.to(dev)  # buffers built at construction (rotary tables, position ids)
-    model.eval()
-    model.spqr_load_report = report  # type: ignore[attr-defined]
-    return model
+    return report
 
 
 # Mixtral-style checkpoints keep one Linear per expert (``...block_sparse_moe.experts.E.w1/w2/w3.weight``);
@@ -393,7 +407,7 @@ def _stack_experts(model: Any, experts: dict, dev: Any, report: LoadReport, path
         report.decoded_layers += [name for ws in by_e.values() for name, _ in ws.values()]
 
 
-def _fused_splits(meta: Any, path: Any) -> dict[str, list[tuple[str, int]]]:
+def fused_splits(meta: Any, path: Any) -> dict[str, list[tuple[str, int]]]:
     """Checked ``spqrfmt.fused`` metadata: {fused tensor: [(part name, rows), ...]}."""
     if meta is None:
         return {}
@@ -556,5 +570,5 @@ def _tie(model: nn.Module, report: LoadReport) -> None:
         report.tied.append("output embeddings <- input embeddings")
 
 
-__all__ = ["LoadReport", "build_empty_model", "config_of", "empty_parameters", "hf_config", "kernel_params",
-           "load_model"]
+__all__ = ["LoadReport", "build_empty_model", "config_of", "empty_parameters", "fused_splits", "hf_config",
+           "kernel_params", "load_model", "populate"]

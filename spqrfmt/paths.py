@@ -91,11 +91,20 @@ def output_file(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike
     return p
 
 
-def new_file_mode() -> int:
-    """The mode ``open()`` would give a new file: 0o666 less the process umask (mkstemp's are always 0o600)."""
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0o666 less the process umask (mkstemp's are always 0o600)."""
+    return 0o666 & ~_umask()
+
+
+def new_dir_mode() -> int:
+    """The mode ``mkdir`` would give a new folder: 0o777 less the process umask (mkdtemp's is always 0o700)."""
+    return 0o777 & ~_umask()
 
 
 def display_name(folder: str | os.PathLike[str]) -> str:
@@ -103,4 +112,4 @@ def display_name(folder: str | os.PathLike[str]) -> str:
     return Path(os.path.realpath(folder)).name or "model"
 
 
-__all__ = ["UsageError", "display_name", "input_dir", "input_file", "new_file_mode", "output_file"]
+__all__ = ["UsageError", "display_name", "input_dir", "input_file", "new_dir_mode", "new_file_mode", "output_file"]

@@ -18,6 +18,7 @@ shrinks under it as TRUNCATED; :func:`validate` always reads that way.
 from __future__ import annotations
 
 import io
+import math
 import mmap as _mmap
 import os
 import stat
@@ -130,8 +131,96 @@ class Tensor:
 
         return to_float32(self.arrays()["bias"], self.record.sections["bias"].dtype)
 
+    def to_torch(self, device: Any = None, dtype: Any = None) -> Any:
+        """This tensor as a ``torch.Tensor`` (torch is imported only here).
+
+        A ``raw`` tensor in its own dtype comes zero-copy from the file: a private copy-on-write
+        map of its pages, checked (CRC) first; writing to the tensor never changes the file.
+        Quantized tensors are decoded (f32, bit-exact per spec). ``dtype``: 'f32', 'f16', 'bf16'
+        or the torch dtype, as :meth:`decode` casts; ``device``: moved there after reading.
+        Matrices listed in ``spqrfmt.transposed`` come as stored, like :meth:`decode`.
+        """
+        from .torch_io import tensor_to_torch
+
+        return tensor_to_torch(self, device, dtype)
+
+    def get_slice(self) -> TensorSlice:
+        """Partial reads of a ``raw`` tensor, as safetensors' ``get_slice``: ``t.get_slice()[0:10]``.
+
+        Only the rows of the first dimension that the index selects are read. The section CRC
+        covers the whole section, so it is not checked on a partial read (``check()`` does).
+        """
+        if self.codec != "raw":
+            raise ValueError(f"tensor {self.name!r} is {self.codec}-coded: get_slice reads raw tensors only; "
+                             "use decode() (quantized codecs decode whole matrices)")
+        codecs.get(self.record).check_record(self.record)
+        return TensorSlice(self)
+
     def __repr__(self) -> str:
         return f"<Tensor {self.name} {self.codec} {self.dtype}{list(self.shape)}>"
+
+
+class TensorSlice:
+    """Lazy view of a raw tensor: ``[...]`` with ints and slices (and one ``...``) reads only the selected rows."""
+
+    def __init__(self, tensor: Tensor) -> None:
+        self._tensor = tensor
+        s = tensor.record.sections["data"]
+        self._section = s
+        self._storage = STORAGE[s.dtype]
+
+    def get_shape(self) -> list[int]:
+        return list(self._tensor.shape)
+
+    def get_dtype(self) -> str:
+        return self._tensor.dtype
+
+    def _key(self, key: Any) -> tuple[Any, ...]:
+        key = key if isinstance(key, tuple) else (key,)
+        ndim = len(self._tensor.shape)
+        if sum(k is Ellipsis for k in key) > 1:
+            raise IndexError("an index can only have a single ellipsis ('...')")
+        if Ellipsis in key:
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (ndim - len(key) + 1) + key[i + 1:]
+        if len(key) > ndim:
+            raise IndexError(f"too many indices: tensor {self._tensor.name!r} has {ndim} dimensions")
+        out = []
+        for k in key:
+            if isinstance(k, slice):
+                out.append(k)
+            elif isinstance(k, (bool, np.bool_)) or not hasattr(k, "__index__"):
+                raise TypeError(f"get_slice takes ints, slices and '...', not {type(k).__name__}")
+            else:
+                out.append(int(k.__index__()))
+        return tuple(out)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """The selected elements (bf16 as uint16 bit patterns, like ``decode``), a new array."""
+        key = self._key(key)
+        shape = tuple(self._tensor.shape)
+        if not shape:
+            return np.array(self._tensor.decode()[key])
+        first, rest = (key[0], key[1:]) if key else (slice(None), ())
+        n0 = shape[0]
+        if isinstance(first, int):
+            if not -n0 <= first < n0:
+                raise IndexError(f"index {first} is out of bounds for dimension 0 of size {n0}")
+            rows = range(first % n0, first % n0 + 1)
+        else:
+            rows = range(*first.indices(n0))
+        inner = shape[1:]
+        if len(rows) == 0:
+            part = np.empty((0, *inner), dtype=self._storage)
+        else:
+            lo, hi = min(rows), max(rows) + 1
+            row_bytes = math.prod(inner) * self._storage.itemsize
+            f = self._tensor._file
+            buf = f._read(f._data_offset + self._section.offset + lo * row_bytes, (hi - lo) * row_bytes)
+            part = np.frombuffer(buf, dtype=self._storage).reshape((hi - lo, *inner))
+            part = part[rows.start - lo::rows.step][:len(rows)]
+        part = part[0] if isinstance(first, int) else part
+        return np.array(part[(slice(None),) * (not isinstance(first, int)) + rest])
 
 
 class SpqrFile(Mapping[str, Tensor]):
@@ -160,10 +249,8 @@ class SpqrFile(Mapping[str, Tensor]):
             size = st.st_size
             if size < PREAMBLE_SIZE:
                 raise fail(ErrorCode.TRUNCATED, f"file has {size} bytes, the preamble alone needs {PREAMBLE_SIZE}")
-            if mmap:
+            if mmap:  # the descriptor stays open for the private maps of Tensor.to_torch
                 self._map = _mmap.mmap(fd, 0, access=_mmap.ACCESS_READ)
-                self._fh.close()
-                self._fh = None
             self.preamble: Preamble = read_preamble(self._read(0, PREAMBLE_SIZE), size, max_header_length)
             header = bytes(self._read(PREAMBLE_SIZE, self.preamble.header_length))  # no export pins the map
             if crc32(header) != self.preamble.header_crc:
@@ -202,6 +289,17 @@ class SpqrFile(Mapping[str, Tensor]):
             done += got
         return buf
 
+    def _private(self, offset: int, length: int) -> memoryview | bytearray:
+        """``length`` bytes at ``offset`` that the caller may write: a copy-on-write (MAP_PRIVATE) map of just
+        those pages, zero-copy until written and never written back, or a pread copy with mmap=False."""
+        if self._map is None or length == 0:
+            return self._read(offset, length) if length else bytearray()
+        if self._fh is None:
+            raise ValueError("I/O on a closed SpqrFile")
+        start = offset - offset % _mmap.ALLOCATIONGRANULARITY
+        view = _mmap.mmap(self._fh.fileno(), offset + length - start, offset=start, access=_mmap.ACCESS_COPY)
+        return memoryview(view)[offset - start:offset - start + length]  # the view keeps its map alive
+
     @property
     def version(self) -> tuple[int, int]:
         return (self.preamble.major, self.preamble.minor)
@@ -225,6 +323,12 @@ class SpqrFile(Mapping[str, Tensor]):
             except SpqrFormatError as e:
                 out.append((name, e))
         return out
+
+    def validate(self) -> None:
+        """Every rule for every tensor (checksums as opened); raise the first SpqrFormatError."""
+        for _name, err in self.check_all():
+            if err is not None:
+                raise err
 
     def close(self) -> None:
         if self._fh is not None:
@@ -264,6 +368,4 @@ def validate(path: str | os.PathLike[str], *, verify_checksums: bool = True,
     truncated concurrently is reported as TRUNCATED rather than crashing the process.
     """
     with open_file(path, verify_checksums=verify_checksums, max_header_length=max_header_length, mmap=False) as f:
-        for _name, err in f.check_all():
-            if err is not None:
-                raise err
+        f.validate()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,33 @@ def _as_section(value: SectionInput) -> tuple[str, np.ndarray]:
     arr = np.asarray(value, order="C")
     dtype = name_of(arr.dtype)
     return dtype, np.asarray(arr, dtype=STORAGE[dtype], order="C")
+
+
+def write_atomic(path: Path, header: bytes, data_length: int, copy_data: Callable[[Any], None],
+                 mode: int | None = None) -> None:
+    """Preamble + ``header`` + zero padding + the data ``copy_data(out)`` writes, into a temporary file beside
+    ``path`` that is renamed onto it (SPEC §11): an interruption leaves ``path`` as it was and no temporary file.
+
+    ``mode``: the new file's permission bits (default: what the umask gives a new file).
+    """
+    pre = Preamble(MAJOR, MINOR, crc32(header), len(header), data_length)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(pack_preamble(pre))
+            out.write(header)
+            out.write(b"\0" * (pre.data_offset - PREAMBLE_SIZE - len(header)))
+            copy_data(out)
+            out.flush()
+            if out.tell() != pre.data_offset + data_length:
+                raise OSError(f"{path}: wrote {out.tell()} bytes, expected {pre.data_offset + data_length}")
+            os.fchmod(out.fileno(), 0o666 & ~_umask() if mode is None else mode)  # mkstemp makes 0600
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 class Writer:
@@ -198,27 +225,16 @@ class Writer:
         if self._closed:
             return
         self._closed = True
-        tmp: str | None = None
         try:
             self._data.flush()
             header = checked_header({"metadata": self.metadata, "tensors": [r.to_header() for r in self._records]},
                                     self._pos)
-            pre = Preamble(MAJOR, MINOR, crc32(header), len(header), self._pos)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent or ".")
-            with os.fdopen(fd, "wb") as out:
-                out.write(pack_preamble(pre))
-                out.write(header)
-                out.write(b"\0" * (pre.data_offset - PREAMBLE_SIZE - len(header)))
+
+            def copy_data(out: Any) -> None:
                 self._data.seek(0)
                 shutil.copyfileobj(self._data, out, length=16 << 20)
-                out.flush()
-                os.fchmod(out.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; a new file honours the umask
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+
+            write_atomic(self.path, header, self._pos, copy_data)
         finally:
             self._discard_data()
 
