@@ -41,7 +41,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._gemv import _outliers, _round_out, _store_y
+from ._gemv import _f16_at, _field, _outliers, _round_out, _store_y
 
 
 @triton.jit
@@ -145,27 +145,9 @@ def _nibble_words(a0, a1, hi):
 
 
 @triton.jit
-def _field(w, wh, c: tl.constexpr, F: tl.constexpr, WST: tl.constexpr):
-    """f32 q·2^p of field c of words w (wh = w >> 16), exact: one LOP3 and one FADD."""
-    if c < F // 2:
-        base = w
-        p: tl.constexpr = c * WST
-    else:
-        base = wh
-        p: tl.constexpr = (c - F // 2) * WST
-    return ((base & (((1 << WST) - 1) << p)) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-
-
-@triton.jit
 def _pscale(c: tl.constexpr, F: tl.constexpr, WST: tl.constexpr):
     """2^-p of field c (exact power of two)."""
     return 1.0 / (1 << ((c % (F // 2)) * WST))
-
-
-@triton.jit
-def _f16_at(v, shift: tl.constexpr):
-    """f32 value of the f16 whose bits are (v >> shift) & 0xFFFF (v: int32 or int64)."""
-    return ((v >> shift) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
 
 
 @triton.jit
