@@ -336,6 +336,15 @@ def table(rows: list[dict[str, Any]], ref: dict[str, Any], ref16: dict[str, Any]
     return "\n".join(lines)
 
 
+def chart(results: dict, out: Path) -> None:
+    """bits/param vs perplexity of every row in ``results`` (one line per method) into ``out``."""
+    from spqrfmt.plot import plot_quality
+
+    rows = [{"method": r["method"], "bits": r["bits"], "ppl": r["ppl"]} for r in results["rows"].values()]
+    plot_quality(rows, out, reference=results.get("ref", {}).get("ppl"), title=results.get("title", ""))
+    print(f"wrote {out}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/spqr-quality"), help="work/cache directory")
@@ -352,7 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--outlier-threshold", type=float, default=0.2, help="SpQR outlier_relative_threshold")
     ap.add_argument("--keep-files", action="store_true")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--chart", type=Path, default=None, metavar="OUT.png",
+                    help="also draw perplexity against bits/param, one line per method (needs matplotlib)")
+    ap.add_argument("--chart-only", type=Path, default=None, metavar="RESULTS.json",
+                    help="draw --chart from a results.json of an earlier run and exit (no model, no text)")
     args = ap.parse_args(argv)
+    if args.chart_only:
+        chart(json.loads(args.chart_only.read_text()), args.chart or args.chart_only.with_suffix(".png"))
+        return 0
 
     import torch
 
@@ -404,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     rows = [results["rows"][f"{m}-{t}"] for m, t in wanted]
     print(table(rows, results["ref"], results.get("ref16")))
+    if args.chart:
+        chart(results, args.chart)
     print(f"\n{eval_tokens.numel()} held-out tokens (lee.cor), windows of {args.eval_seq_len}; calibration "
           f"{args.nsamples} x {args.seqlen} tokens from lee_background.cor; this run "
           f"{time.perf_counter() - t_start:.0f}s")

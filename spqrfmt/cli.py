@@ -455,6 +455,15 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             print(render_markdown(f, args.filter, tensors=args.tensors))
         else:
             print(render_text(f, args.filter, tensors=args.tensors, sections=args.plain_sections))
+        if args.plot:
+            from .plot import plot_layers
+
+            out = output_file(args.plot, [args.file])
+            try:
+                n = plot_layers(f, out, title=Path(args.file).name)
+            except (RuntimeError, ValueError) as e:
+                return _error(str(e), 1)
+            print(f"wrote {_safe(str(out))}: {n} quantized tensors", file=sys.stderr)
     return 0
 
 
@@ -878,6 +887,8 @@ relative to the first is printed too. Needs a causal LM and torch + transformers
     i.add_argument("--no-tensors", dest="tensors", action="store_false", help="omit the per-tensor list")
     i.add_argument("--filter", metavar="REGEX", type=_regex,
                    help="only tensors whose name matches REGEX (re.search); totals count only them")
+    i.add_argument("--plot", metavar="OUT.png", help="also draw bits/param and relative error (recorded by "
+                   "spqr convert) per layer into a PNG (needs matplotlib: pip install 'spqrfmt[plot]')")
     i.set_defaults(func=_cmd_inspect)
 
     h = sub.add_parser("hash", help="SHA-256 of every tensor's stored bytes and of the whole file (like gguf_hash)",

@@ -51,6 +51,7 @@ CONV1D_WEIGHT = re.compile(r"(^|\.)(c_attn|q_attn|c_proj|c_fc)\.weight$")
 # Metadata: the tensors stored as the transpose of the source checkpoint's matrix ([out, in] for
 # an [in, out] Conv1D weight), so that loaders and ``spqr decode`` can restore the source layout.
 TRANSPOSED_KEY = "spqrfmt.transposed"
+REL_ERROR_KEY = "spqrfmt.rel_error"  # SPEC §7: {tensor: relative Frobenius error against the source}
 CONV1D_KEY = "spqrfmt.conv1d"
 
 
@@ -605,6 +606,7 @@ def convert(
                               time.perf_counter() - t0, hashlib.sha256(dq.tobytes()).hexdigest(), method,
                               name in transposed)
             report.layers.append(rep)
+            writer.metadata.setdefault(REL_ERROR_KEY, {})[name] = float(err)  # the header is written at close
             report.quant_params += math.prod(arr.shape)
             report.quant_bytes += enc.nbytes
             if log:
