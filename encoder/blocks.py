@@ -158,8 +158,10 @@ class StreamingModel:
         from spqrfmt.convert import checkpoint_entries
 
         config = _config(model_dir)
+        cls = _model_class(config)
+        build = cls.from_config if cls.__name__.startswith("Auto") else cls._from_config
         with _meta_parameters():
-            model = _model_class(config)._from_config(config, dtype=torch.float32)
+            model = build(config, dtype=torch.float32)
         self.model = _eval(model)
         self.prefix, self.layers = decoder_layers(self.model)
         self.where = {n: sf for sf, n in checkpoint_entries(model_dir)}
