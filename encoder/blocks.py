@@ -118,6 +118,9 @@ class WholeModel:
     def prepare(self) -> None:
         """Ready the modules before the first block (nothing to do: they are loaded)."""
 
+    def inputs_done(self) -> None:
+        """The first block's inputs are captured (the embeddings stay: the whole model is in memory)."""
+
     def load(self, i: int) -> Any:
         return self.layers[i].to(self.device)
 
@@ -178,9 +181,12 @@ class StreamingModel:
         src = resolve(name, self.where, self.base)
         if src is None:
             raise ValueError(f"the checkpoint has no tensor for {name}; cannot calibrate this model")
-        dtype, arr = self.where[src][src]
+        sf = self.where[src]
+        dtype, arr = sf[src]
         self.reads += 1
-        return torch.from_numpy(np.array(to_float32(arr, dtype), dtype=np.float32))  # a copy: the map is read-only
+        t = torch.from_numpy(np.array(to_float32(arr, dtype), dtype=np.float32))  # a copy: the map is read-only
+        sf.evict(src)  # the mapped pages leave this process's RSS
+        return t
 
     def _materialise(self, module: Any, prefix: str, device: Any) -> None:
         """Read ``module``'s own parameters (and stored buffers) from the shards onto ``device``."""
@@ -200,8 +206,8 @@ class StreamingModel:
 
     def prepare(self) -> None:
         """Hook every module outside the blocks to read its weights on its first call (embeddings: yes, head: no)."""
-        layers = self.layers
-        inside = {id(m) for m in layers.modules()}
+        inside = {id(m) for m in self.layers.modules()}
+        self.outside = []
         for name, mod in self.model.named_modules():
             if id(mod) in inside or not any(p.device.type == "meta" for p in mod.parameters(recurse=False)):
                 continue
@@ -209,7 +215,14 @@ class StreamingModel:
             def pre(m: Any, _args: Any, name: str = name) -> None:
                 self._materialise(m, f"{name}." if name else "", "cpu")
 
-            mod.register_forward_pre_hook(pre)
+            self.outside.append((mod, mod.register_forward_pre_hook(pre)))
+
+    def inputs_done(self) -> None:
+        """The first block's inputs are captured: the embeddings (every module outside the blocks) are freed."""
+        for mod, hook in self.outside:
+            hook.remove()
+            _to_meta(mod, recurse=False)
+        self.outside = []
 
     def load(self, i: int) -> Any:
         block = self.layers[i]
@@ -219,9 +232,13 @@ class StreamingModel:
 
     def release(self, i: int) -> None:
         """Block i's weights back to meta: their memory is freed."""
-        import torch
+        _to_meta(self.layers[i], recurse=True)
 
-        for mod in self.layers[i].modules():
-            for pname, p in list(mod._parameters.items()):
-                if p is not None:
-                    mod._parameters[pname] = torch.nn.Parameter(p.to("meta"), requires_grad=False)
+
+def _to_meta(module: Any, recurse: bool) -> None:
+    import torch
+
+    for mod in module.modules() if recurse else (module,):
+        for pname, p in list(mod._parameters.items()):
+            if p is not None:
+                mod._parameters[pname] = torch.nn.Parameter(p.to("meta"), requires_grad=False)

@@ -562,6 +562,7 @@ def quantize_model_calibrated(
     t0 = time.perf_counter()
     src.prepare()
     inputs = [(_stored(hs, cfg.act_dtype), kw) for hs, kw in _to(_capture_first_inputs(model, layers, batches), device)]
+    src.inputs_done()
     bars = _Bars(len(layers), progress and world.main, log if world.main else None)
     say = bars.say
     share = f" over {world.size} ranks" if world.active else ""
