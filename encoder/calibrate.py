@@ -291,15 +291,21 @@ def _as_keywords(block: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> t
     return hs, kw
 
 
-def _capture_first_inputs(model: Any, layers: Any, batches: Sequence[Any]) -> list[tuple[Any, dict[str, Any]]]:
-    """Run the model up to block 0 for each batch; keep (hidden_states, keyword arguments) it would receive."""
+def _capture_first_inputs(model: Any, layers: Any, batches: Sequence[Any],
+                          keep: Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]] | None = None
+                          ) -> list[tuple[Any, dict[str, Any]]]:
+    """Run the model up to block 0 for each batch; keep (hidden_states, keyword arguments) it would receive.
+
+    ``keep`` maps each batch's pair as it is captured (to the device, to f16), so that
+    only one batch is ever held as the model produced it.
+    """
     import torch
 
     store: list[tuple[Any, dict[str, Any]]] = []
 
     def hook(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         hs, kw = _as_keywords(mod, args, kwargs)
-        store.append((hs.detach(), kw))
+        store.append(keep(hs.detach(), kw) if keep is not None else (hs.detach(), kw))
         raise _Captured
 
     call_kw = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
@@ -318,15 +324,21 @@ def _capture_first_inputs(model: Any, layers: Any, batches: Sequence[Any]) -> li
     return store
 
 
-def _run_block(block: Any, inputs: list[tuple[Any, dict[str, Any]]], device: Any) -> list[Any]:
-    """The block's f32 outputs for each batch (stored inputs may be f16: the block computes in f32)."""
+def _run_block(block: Any, inputs: list[tuple[Any, dict[str, Any]]], device: Any, act_dtype: str | None = "float32"
+               ) -> list[Any]:
+    """The block's outputs for each batch, kept as ``act_dtype`` (None: not kept, for the hooks' passes).
+
+    Stored inputs may be f16: the block computes in f32.
+    """
     import torch
 
     outs = []
     with torch.no_grad():
         for hs, kw in inputs:
             o = block(hs.to(device=device, dtype=torch.float32), **_to(kw, device))
-            outs.append((o[0] if isinstance(o, tuple) else o).detach())
+            if act_dtype is not None:
+                outs.append(_stored((o[0] if isinstance(o, tuple) else o).detach(), act_dtype))
+            del o
     return outs
 
 
@@ -422,7 +434,7 @@ def _block_hessians(block: Any, linears: Mapping[str, tuple[Any, bool]], inputs:
     def run(make: Callable[[str], Callable[..., None]]) -> None:
         handles = [mod.register_forward_hook(make(name)) for name, (mod, _t) in linears.items()]
         try:
-            _run_block(block, inputs, device)
+            _run_block(block, inputs, device, None)
         finally:
             for h in handles:
                 h.remove()
@@ -561,7 +573,8 @@ def quantize_model_calibrated(
     batches = [all_batches[j] for j in world.share(len(all_batches))]
     t0 = time.perf_counter()
     src.prepare()
-    inputs = [(_stored(hs, cfg.act_dtype), kw) for hs, kw in _to(_capture_first_inputs(model, layers, batches), device)]
+    inputs = _capture_first_inputs(model, layers, batches,
+                                   lambda hs, kw: (_stored(hs.to(device), cfg.act_dtype), _to(kw, device)))
     src.inputs_done()
     bars = _Bars(len(layers), progress and world.main, log if world.main else None)
     say = bars.say
@@ -597,8 +610,8 @@ def quantize_model_calibrated(
                     _save_block(path, encs)
                 n_out = sum(e.info["outliers"] for e in encs.values())
                 say(f"block {i}: {len(encs)} layers, {n_out} outliers, {time.perf_counter() - tb:.1f}s")
-            outs = _run_block(block, inputs, device)
-            inputs = [(_stored(o, cfg.act_dtype), kw) for o, (_hs, kw) in zip(outs, inputs, strict=True)]
+            outs = _run_block(block, inputs, device, cfg.act_dtype)
+            inputs = [(o, kw) for o, (_hs, kw) in zip(outs, inputs, strict=True)]
             del outs
             src.release(i)
             bars.block_done()
