@@ -536,10 +536,14 @@ def quantize_model_calibrated(
     if cfg.act_dtype not in ACT_DTYPES:
         raise ValueError(f"act_dtype must be one of {', '.join(ACT_DTYPES)}, not {cfg.act_dtype!r}")
     world = World()
-    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="spqr-calib-"))
+    device = world.device(cfg.device)  # before any collective: NCCL exchanges device tensors
+    if work_dir is None:  # rank 0's fresh directory, for every rank
+        made = tempfile.mkdtemp(prefix="spqr-calib-") if world.main else ""
+        work = Path(world.bytes_from(0, made.encode()).decode())
+    else:
+        work = Path(work_dir)
     if world.main:
         work.mkdir(parents=True, exist_ok=True)
-    device = world.device(cfg.device)
     folder = Path(model_dir)
 
     src = (StreamingModel if streaming else WholeModel)(folder, device)
