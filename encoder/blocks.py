@@ -21,8 +21,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 __all__ = ["StreamingModel", "WholeModel", "decoder_layers", "load_for_calibration", "max_positions"]
 
 
@@ -184,7 +182,8 @@ class StreamingModel:
         sf = self.where[src]
         dtype, arr = sf[src]
         self.reads += 1
-        t = torch.from_numpy(np.array(to_float32(arr, dtype), dtype=np.float32))  # a copy: the map is read-only
+        w = to_float32(arr, dtype)  # a new array for every dtype (widening / astype): never the read-only map
+        t = torch.from_numpy(w if w.flags.writeable else w.copy())
         sf.evict(src)  # the mapped pages leave this process's RSS
         return t
 
