@@ -4,9 +4,12 @@ Why sequential: block i+1 is calibrated on the outputs of the *already
 quantized* blocks 0..i (as GPTQ and SpQR do), so each block's solver sees the
 inputs it will really get and can compensate for the error upstream.
 
-Memory: only one decoder block's activations (the calibration batch's hidden
-states) and Hessians live at once; with ``device='cuda'`` only the current
-block is moved to the GPU.
+Memory: the model's skeleton lives on the meta device and one block's weights
+are read from the shards at a time (``spqrfmt.encoder.blocks``); the hidden
+states between blocks are kept in f16 (``act_dtype``) on the calibration
+device, with one block's Hessians. Layer Hessians are summed exactly
+(``spqrfmt.encoder.hessian``), so a torch.distributed run over N ranks
+(``spqrfmt.encoder.distributed``) writes the same bytes as one process.
 
 Resumable: after each block, its encodings are written to
 ``work_dir/block_XXXX.npz`` (atomically, no pickle). A re-run with the same
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import io
 import json
 import os
 import re
@@ -35,12 +39,18 @@ from typing import Any
 
 import numpy as np
 
+from .blocks import StreamingModel, WholeModel, decoder_layers, load_for_calibration, max_positions, resolve
+from .distributed import World
 from .gptq import GPTQConfig, factor_hessian, quantize_gptq
+from .hessian import fixed_gram, from_fixed, grid_exponent, input_bound
 from .rtn import Encoded
 
-__all__ = ["CalibConfig", "EncodingStore", "calibration_batches", "quantize_model_calibrated"]
+__all__ = ["CalibConfig", "EncodingStore", "calibration_batches", "load_for_calibration", "max_positions",
+           "quantize_model_calibrated"]
 
 _SKIP_DEFAULT = (r"lm_head", r"embed")
+ACT_DTYPES = ("float16", "float32")  # hidden states kept between blocks
+RUN_FORMAT = 2  # run.json: 2 = exact (int64) Hessian sums; work dirs of format 1 are not resumed
 
 
 @dataclass
@@ -59,6 +69,7 @@ class CalibConfig:
     skip: tuple[str, ...] = _SKIP_DEFAULT
     device: str = "cpu"
     include: tuple[str, ...] = ()
+    act_dtype: str = "float16"
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CalibConfig:
@@ -117,8 +128,8 @@ def calibration_batches(tokenizer: Any, texts: Sequence[str], nsamples: int, seq
 # ---------------------------------------------------------------- checkpoint store
 
 
-def _save_block(path: Path, items: Mapping[str, Encoded]) -> None:
-    """One block's encodings -> npz (arrays) + JSON (params/shape/info), written atomically."""
+def _pack(items: Mapping[str, Encoded]) -> bytes:
+    """Encodings -> npz bytes (arrays) + JSON (params/shape/info): a block file, or one encoding between ranks."""
     arrays: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {}
     for i, (name, enc) in enumerate(items.items()):
@@ -131,10 +142,23 @@ def _save_block(path: Path, items: Mapping[str, Encoded]) -> None:
         meta[name] = {"index": i, "shape": list(enc.shape), "params": enc.params, "roles": roles, "info": info,
                       "codec": enc.codec, "codec_version": enc.codec_version}
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _unpack(data: bytes) -> dict[str, Encoded]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        meta = json.loads(bytes(z["__meta__"]).decode())
+        return {name: _encoded(z, name, meta) for name in meta}
+
+
+def _save_block(path: Path, items: Mapping[str, Encoded]) -> None:
+    """One block's encodings, written atomically."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            f.write(_pack(items))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -147,16 +171,20 @@ def _load_block_meta(path: Path) -> dict[str, Any]:
         return json.loads(bytes(z["__meta__"]).decode())
 
 
-def _load_encoded(path: Path, name: str, meta: Mapping[str, Any]) -> Encoded:
+def _encoded(z: Any, name: str, meta: Mapping[str, Any]) -> Encoded:
     from spqrfmt.decoder.spqr import decode
 
     m = meta[name]
-    with np.load(path, allow_pickle=False) as z:
-        sections = {role: np.array(z[f"t{m['index']}.{role}"]) for role in m["roles"]}
+    sections = {role: np.array(z[f"t{m['index']}.{role}"]) for role in m["roles"]}
     shape = tuple(m["shape"])
     deq = decode(m["params"], sections, shape)
     return Encoded(shape, m["params"], sections, deq, codec=m["codec"], codec_version=m["codec_version"],
                    info=dict(m["info"]))
+
+
+def _load_encoded(path: Path, name: str, meta: Mapping[str, Any]) -> Encoded:
+    with np.load(path, allow_pickle=False) as z:
+        return _encoded(z, name, meta)
 
 
 class EncodingStore(Mapping[str, Encoded]):
@@ -193,61 +221,7 @@ class EncodingStore(Mapping[str, Encoded]):
 # ---------------------------------------------------------------- model plumbing
 
 
-def _model_class(config: Any) -> Any:
-    """The class the checkpoint was saved as (``architectures``), else a causal LM, else the bare model.
-
-    Loading a BERT-style encoder checkpoint as a causal LM would change its
-    attention (and add an untrained head), so the saved class wins: encoders
-    are calibrated as the encoders they are.
-    """
-    import transformers
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    for arch in getattr(config, "architectures", None) or []:
-        cls = getattr(transformers, arch, None)
-        if cls is not None:
-            return cls
-    if getattr(config, "model_type", None) in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        return transformers.AutoModelForCausalLM
-    return transformers.AutoModel
-
-
-def load_for_calibration(model_dir: str | os.PathLike[str]) -> Any:
-    """The checkpoint as an eval-mode f32 transformers model, without a KV cache."""
-    import torch
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
-    except (ValueError, KeyError, OSError) as e:
-        raise ValueError(f"{model_dir}: transformers cannot read this config.json ({e})") from e
-    model = _model_class(config).from_pretrained(model_dir, dtype=torch.float32)
-    model.eval()
-    if hasattr(model.config, "use_cache"):
-        model.config.use_cache = False
-    return model
-
-
-def max_positions(config: Any) -> int | None:
-    """The longest sequence the model accepts, when its config says (None: unlimited or unknown)."""
-    get = config.get if isinstance(config, Mapping) else (lambda k: getattr(config, k, None))
-    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
-        v = get(key)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
-
-
-def _decoder_layers(model: Any) -> tuple[str, Any]:
-    """(module prefix, ModuleList) of the transformer blocks: the ModuleList with num_hidden_layers entries."""
-    import torch
-
-    n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n_layers and n_layers:
-            return name, mod
-    raise ValueError(f"could not find the transformer blocks of {type(model).__name__} (a ModuleList of "
-                     "num_hidden_layers blocks); calibration supports decoder-only LMs and BERT-style encoders")
+_decoder_layers = decoder_layers  # earlier name (bench/quality.py)
 
 
 def is_conv1d(mod: Any) -> bool:
@@ -317,15 +291,21 @@ def _as_keywords(block: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> t
     return hs, kw
 
 
-def _capture_first_inputs(model: Any, layers: Any, batches: Sequence[Any]) -> list[tuple[Any, dict[str, Any]]]:
-    """Run the model up to block 0 for each batch; keep (hidden_states, keyword arguments) it would receive."""
+def _capture_first_inputs(model: Any, layers: Any, batches: Sequence[Any],
+                          keep: Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]] | None = None
+                          ) -> list[tuple[Any, dict[str, Any]]]:
+    """Run the model up to block 0 for each batch; keep (hidden_states, keyword arguments) it would receive.
+
+    ``keep`` maps each batch's pair as it is captured (to the device, to f16), so that
+    only one batch is ever held as the model produced it.
+    """
     import torch
 
     store: list[tuple[Any, dict[str, Any]]] = []
 
     def hook(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         hs, kw = _as_keywords(mod, args, kwargs)
-        store.append((hs.detach(), kw))
+        store.append(keep(hs.detach(), kw) if keep is not None else (hs.detach(), kw))
         raise _Captured
 
     call_kw = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
@@ -344,37 +324,36 @@ def _capture_first_inputs(model: Any, layers: Any, batches: Sequence[Any]) -> li
     return store
 
 
-def _run_block(block: Any, inputs: list[tuple[Any, dict[str, Any]]], device: Any) -> list[Any]:
+def _run_block(block: Any, inputs: list[tuple[Any, dict[str, Any]]], device: Any, act_dtype: str | None = "float32"
+               ) -> list[Any]:
+    """The block's outputs for each batch, kept as ``act_dtype`` (None: not kept, for the hooks' passes).
+
+    Stored inputs may be f16: the block computes in f32.
+    """
     import torch
 
     outs = []
     with torch.no_grad():
         for hs, kw in inputs:
-            o = block(hs.to(device), **_to(kw, device))
-            outs.append((o[0] if isinstance(o, tuple) else o).detach())
+            o = block(hs.to(device=device, dtype=torch.float32), **_to(kw, device))
+            if act_dtype is not None:
+                outs.append(_stored((o[0] if isinstance(o, tuple) else o).detach(), act_dtype))
+            del o
     return outs
+
+
+def _stored(h: Any, dtype: str) -> Any:
+    """Hidden states as kept between blocks: ``dtype``, or f32 for a batch that would overflow f16."""
+    import torch
+
+    if dtype == "float32":
+        return h
+    low = h.to(torch.float16)
+    return low if bool(torch.isfinite(low).all()) or not bool(torch.isfinite(h).all()) else h
 
 
 def _hash_texts(batches: Any) -> str:
     return hashlib.sha256(batches.numpy().astype("<i8").tobytes()).hexdigest()
-
-
-def _checkpoint_names(model_dir: Path) -> set[str]:
-    from spqrfmt.convert import checkpoint_entries  # the index's shards only, as the converter reads them
-
-    return {n for _sf, n in checkpoint_entries(model_dir)}
-
-
-def _resolve(name: str, names: set[str], prefix: str) -> str | None:
-    """The checkpoint's name for a module parameter (the base-model prefix may be absent or extra)."""
-    if not names or name in names:
-        return name
-    if prefix:
-        if name.startswith(prefix + ".") and name[len(prefix) + 1:] in names:
-            return name[len(prefix) + 1:]
-        if f"{prefix}.{name}" in names:
-            return f"{prefix}.{name}"
-    return None
 
 
 def _set_weight(mod: Any, deq: np.ndarray, transposed: bool, device: Any) -> None:
@@ -384,14 +363,135 @@ def _set_weight(mod: Any, deq: np.ndarray, transposed: bool, device: Any) -> Non
     mod.weight.data = torch.from_numpy(w).to(mod.weight.dtype).to(device)
 
 
-def _bar(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="calibrate", unit="block", file=sys.stderr, dynamic_ncols=True)
+class _Bars:
+    """A bar over blocks and one over the current block's tensors (by parameters), both with ETA (tqdm)."""
+
+    def __init__(self, blocks: int, enabled: bool, log: Callable[[str], None] | None) -> None:
+        self.log = log
+        self.enabled = enabled
+        self.tqdm: Any = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.tqdm = tqdm
+            except ImportError:
+                pass
+        self.blocks = self._new(blocks, "calibrate", "block", 0, True) if self.tqdm else None
+        self.tensors: Any = None
+
+    def _new(self, total: int, desc: str, unit: str, position: int, leave: bool) -> Any:
+        return self.tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "param", position=position,
+                         leave=leave, file=sys.stderr, dynamic_ncols=True)
+
+    def say(self, line: str) -> None:
+        if self.log is not None:
+            self.log(line)
+        elif self.blocks is not None:
+            self.blocks.write(line, file=sys.stderr)
+        elif self.enabled:
+            print(line, file=sys.stderr, flush=True)
+
+    def block_start(self, i: int, params: int) -> None:
+        if self.tqdm and params:
+            self.tensors = self._new(params, f"block {i}", "param", 1, False)
+
+    def tensor_done(self, name: str, params: int) -> None:
+        if self.tensors is not None:
+            self.tensors.set_postfix_str(name.rsplit(".", 2)[-2], refresh=False)
+            self.tensors.update(params)
+
+    def block_done(self) -> None:
+        if self.tensors is not None:
+            self.tensors.close()
+            self.tensors = None
+        if self.blocks is not None:
+            self.blocks.update(1)
+
+    def close(self) -> None:
+        if self.tensors is not None:
+            self.tensors.close()
+        if self.blocks is not None:
+            self.blocks.close()
+
+
+def _weight_in(mod: Any, transposed: bool) -> int:
+    return int(mod.weight.shape[0 if transposed else 1])
+
+
+def _block_hessians(block: Any, linears: Mapping[str, tuple[Any, bool]], inputs: list[tuple[Any, dict[str, Any]]],
+                    device: Any, world: World, nbatches: int) -> dict[str, Any]:
+    """Each linear layer's ``2/N Σ x xᵀ`` over every rank's batches (exact sums: see ``hessian``).
+
+    Two passes over this rank's batches: the first bounds every layer's
+    inputs (max over all ranks), which fixes the int64 grid; the second sums.
+    """
+    import torch
+
+    names = list(linears)
+    bound = dict.fromkeys(names, 0.0)
+
+    def run(make: Callable[[str], Callable[..., None]]) -> None:
+        handles = [mod.register_forward_hook(make(name)) for name, (mod, _t) in linears.items()]
+        try:
+            _run_block(block, inputs, device, None)
+        finally:
+            for h in handles:
+                h.remove()
+
+    def bounding(name: str) -> Callable[..., None]:
+        def hook(_mod: Any, args: tuple[Any, ...], _out: Any) -> None:
+            bound[name] = max(bound[name], input_bound(args[0]))
+        return hook
+
+    run(bounding)
+    grid = dict(zip(names, (grid_exponent(b, nbatches) for b in world.max_([bound[n] for n in names])), strict=True))
+    total = {n: torch.zeros((_weight_in(m, t),) * 2, dtype=torch.int64, device=device) for n, (m, t) in linears.items()}
+    rows = dict.fromkeys(names, 0)
+
+    def summing(name: str) -> Callable[..., None]:
+        def hook(_mod: Any, args: tuple[Any, ...], _out: Any) -> None:
+            total[name] += fixed_gram(args[0], grid[name])
+            rows[name] += args[0].reshape(-1, args[0].shape[-1]).shape[0]
+        return hook
+
+    run(summing)
+    counts = world.sum_int(torch.tensor([rows[n] for n in names], dtype=torch.int64)).tolist()
+    out: dict[str, Any] = {}
+    for name, count in zip(names, counts, strict=True):
+        if count == 0:
+            raise ValueError(f"{name} was not called when its block ran; cannot calibrate it")
+        out[name] = from_fixed(world.sum_int(total.pop(name)), grid[name], count)
+    return out
+
+
+def _solve_block(linears: Mapping[str, tuple[Any, bool]], hess: Mapping[str, Any], cfg: CalibConfig, device: Any,
+                 world: World, bars: _Bars) -> dict[str, Encoded]:
+    """Solve layer j on rank j % N; every rank ends with every encoding (in ``linears``' order)."""
+    import torch
+
+    encs: dict[str, Encoded] = {}
+    factors: list[tuple[Any, Any]] = []  # (H, factor): layers fed the same input share one factorization
+    for j, (name, (mod, transposed)) in enumerate(linears.items()):
+        if world.owner(j) != world.rank:
+            continue
+        H = hess[name]
+        fac = next((f for h2, f in factors if h2.shape == H.shape and torch.equal(h2, H)), None)
+        if fac is None:
+            fac = factor_hessian(H, cfg.gptq.percdamp, cfg.gptq.act_order, device=device)
+            factors.append((H, fac))
+        w = mod.weight.detach().to(torch.float32).cpu().numpy()
+        encs[name] = quantize_gptq(np.ascontiguousarray(w.T) if transposed else w, config=cfg.gptq, factor=fac)
+        if not world.active:
+            bars.tensor_done(name, mod.weight.numel())
+    if world.active:
+        for j, (name, (mod, _t)) in enumerate(linears.items()):
+            src = world.owner(j)
+            data = world.bytes_from(src, _pack({name: encs[name]}) if src == world.rank else b"")
+            if src != world.rank:
+                encs[name] = _unpack(data)[name]
+            bars.tensor_done(name, mod.weight.numel())
+    return {name: encs[name] for name in linears}
 
 
 def quantize_model_calibrated(
@@ -402,6 +502,7 @@ def quantize_model_calibrated(
     *,
     work_dir: str | os.PathLike[str] | None = None,
     log: Callable[[str], None] | None = None,
+    streaming: bool = True,
 ) -> EncodingStore:
     """Quantize every linear layer of a Hugging Face model's transformer blocks with calibration data.
 
@@ -415,24 +516,38 @@ def quantize_model_calibrated(
     token ids. ``config``: :class:`CalibConfig` or a flat dict of its and
     :class:`GPTQConfig`'s fields. ``work_dir``: checkpoint directory (resumable);
     default a fresh temporary directory.
+    ``streaming``: read one block's weights at a time from the shards (bounded
+    memory; see ``spqrfmt.encoder.blocks``); False loads the whole model first
+    (the reference path: same bits). Under torch.distributed (more than one
+    rank) the work is split over the ranks (``spqrfmt.encoder.distributed``);
+    only rank 0 writes to ``work_dir``.
 
     Returns an :class:`EncodingStore` (Mapping tensor name -> Encoded) whose
     names are the checkpoint's tensor names, e.g.
     ``model.layers.0.self_attn.q_proj.weight``. Layers outside the blocks
     (lm_head, a pooler) and those the config skips are not in it.
-    ``progress``: a progress bar over blocks on stderr; ``log`` receives one
-    line per block.
+    ``progress``: progress bars over blocks and over each block's tensors on
+    stderr; ``log`` receives one line per block.
     """
     import torch
     from transformers import AutoTokenizer
 
     cfg = config if isinstance(config, CalibConfig) else CalibConfig.from_dict(config or {})
-    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="spqr-calib-"))
-    work.mkdir(parents=True, exist_ok=True)
-    device = torch.device(cfg.device)
+    if cfg.act_dtype not in ACT_DTYPES:
+        raise ValueError(f"act_dtype must be one of {', '.join(ACT_DTYPES)}, not {cfg.act_dtype!r}")
+    world = World()
+    device = world.device(cfg.device)  # before any collective: NCCL exchanges device tensors
+    if work_dir is None:  # rank 0's fresh directory, for every rank
+        made = tempfile.mkdtemp(prefix="spqr-calib-") if world.main else ""
+        work = Path(world.bytes_from(0, made.encode()).decode())
+    else:
+        work = Path(work_dir)
+    if world.main:
+        work.mkdir(parents=True, exist_ok=True)
     folder = Path(model_dir)
 
-    model = load_for_calibration(folder)
+    src = (StreamingModel if streaming else WholeModel)(folder, device)
+    model = src.model
     if isinstance(calib_texts, torch.Tensor):
         tokens = calib_texts.to(torch.long)
         if tokens.ndim != 2:
@@ -445,98 +560,67 @@ def quantize_model_calibrated(
     if limit is not None and tokens.shape[1] > limit:
         raise ValueError(f"seqlen {tokens.shape[1]} exceeds the model's {limit} positions; use seqlen <= {limit}")
     run = {"model_dir": str(folder.resolve()), "tokens_sha256": _hash_texts(tokens),
-           "config": cfg.to_dict(), "format": 1}
+           "config": cfg.to_dict(), "format": RUN_FORMAT}
     run_file = work / "run.json"
-    if run_file.exists():
-        old = json.loads(run_file.read_text())
-        if old != run:
-            raise ValueError(f"{work} holds a calibration run with other settings, model or text; "
-                             "use a fresh work_dir")
-    else:
-        run_file.write_text(json.dumps(run, indent=1))
-
-    prefix, layers = _decoder_layers(model)
-    names = _checkpoint_names(folder)
-    base = getattr(model, "base_model_prefix", "")
-    batches = list(torch.split(tokens, max(1, cfg.batch_size)))
-    t0 = time.perf_counter()
-    inputs = _to(_capture_first_inputs(model, layers, batches), device)
-    bar = _bar(len(layers), progress)
-
-    def say(line: str) -> None:
-        if log is not None:
-            log(line)
-        elif bar is not None:
-            bar.write(line, file=sys.stderr)
-        elif progress:
-            print(line, file=sys.stderr, flush=True)
-
-    say(f"calibration: {tokens.shape[0]} x {tokens.shape[1]} tokens, {len(layers)} blocks, work dir {work}")
-
-    for i, block in enumerate(layers):
-        path = work / f"block_{i:04d}.npz"
-        block.to(device)
-        linears: dict[str, tuple[Any, bool]] = {}
-        for sub, (mod, transposed) in _hookable(block).items():
-            name = _resolve(f"{prefix}.{i}.{sub}.weight", names, base)
-            shape = tuple(mod.weight.shape[::-1] if transposed else mod.weight.shape)
-            if name is not None and cfg.wants(name, shape):
-                linears[name] = (mod, transposed)
-        tb = time.perf_counter()
-        if path.exists():
-            meta = _load_block_meta(path)
-            for name, (mod, transposed) in linears.items():
-                if name not in meta:
-                    raise ValueError(f"{path} lacks {name}: the checkpoint does not match this model")
-                _set_weight(mod, _load_encoded(path, name, meta).dequantized, transposed, device)
-            say(f"block {i}: resumed from {path.name}")
+    problem = None
+    if world.main:
+        if run_file.exists():
+            if json.loads(run_file.read_text()) != run:
+                problem = (f"{work} holds a calibration run with other settings, model or text; "
+                           "use a fresh work_dir")
         else:
-            hess: dict[str, Any] = {}
-            counts: dict[str, int] = {}
-            handles = []
+            run_file.write_text(json.dumps(run, indent=1))
+    world.flag(problem)
 
-            def make_hook(name: str, hess: dict[str, Any] = hess, counts: dict[str, int] = counts
-                          ) -> Callable[..., None]:
-                def hook(_mod: Any, args: tuple[Any, ...], _out: Any) -> None:
-                    x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
-                    if name not in hess:
-                        hess[name] = torch.zeros((x.shape[1], x.shape[1]), dtype=torch.float64, device=x.device)
-                        counts[name] = 0
-                    hess[name].addmm_(x.T, x)
-                    counts[name] += x.shape[0]
-                return hook
+    prefix, layers = src.prefix, src.layers
+    all_batches = list(torch.split(tokens, max(1, cfg.batch_size)))
+    batches = [all_batches[j] for j in world.share(len(all_batches))]
+    t0 = time.perf_counter()
+    src.prepare()
+    inputs = _capture_first_inputs(model, layers, batches,
+                                   lambda hs, kw: (_stored(hs.to(device), cfg.act_dtype), _to(kw, device)))
+    src.inputs_done()
+    bars = _Bars(len(layers), progress and world.main, log if world.main else None)
+    say = bars.say
+    share = f" over {world.size} ranks" if world.active else ""
+    say(f"calibration: {tokens.shape[0]} x {tokens.shape[1]} tokens, {len(layers)} blocks{share}, work dir {work}")
 
-            for name, (mod, _t) in linears.items():
-                handles.append(mod.register_forward_hook(make_hook(name)))
-            try:
-                _run_block(block, inputs, device)
-            finally:
-                for h in handles:
-                    h.remove()
-            encs: dict[str, Encoded] = {}
-            factors: list[tuple[Any, Any]] = []  # (H, factor): layers fed the same input share one factorization
-            for name, (mod, transposed) in linears.items():
-                if name not in hess:
-                    raise ValueError(f"{name} was not called when its block ran; cannot calibrate it")
-                H = hess[name] * (2.0 / max(counts[name], 1))
-                fac = next((f for h2, f in factors if h2.shape == H.shape and torch.equal(h2, H)), None)
-                if fac is None:
-                    fac = factor_hessian(H, cfg.gptq.percdamp, cfg.gptq.act_order, device=device)
-                    factors.append((H, fac))
-                w = mod.weight.detach().to(torch.float32).cpu().numpy()
-                enc = quantize_gptq(np.ascontiguousarray(w.T) if transposed else w, config=cfg.gptq, factor=fac)
-                encs[name] = enc
-                _set_weight(mod, enc.dequantized, transposed, device)
-            del hess, factors
-            _save_block(path, encs)
-            n_out = sum(e.info["outliers"] for e in encs.values())
-            say(f"block {i}: {len(encs)} layers, {n_out} outliers, {time.perf_counter() - tb:.1f}s")
-        inputs = [(o, kw) for o, (_hs, kw) in zip(_run_block(block, inputs, device), inputs, strict=True)]
-        if device.type != "cpu":
-            block.to("cpu")
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    try:
+        for i in range(len(layers)):
+            path = work / f"block_{i:04d}.npz"
+            block = src.load(i)
+            linears: dict[str, tuple[Any, bool]] = {}
+            for sub, (mod, transposed) in _hookable(block).items():
+                name = resolve(f"{prefix}.{i}.{sub}.weight", src.names, src.base)
+                shape = tuple(mod.weight.shape[::-1] if transposed else mod.weight.shape)
+                if name is not None and cfg.wants(name, shape):
+                    linears[name] = (mod, transposed)
+            tb = time.perf_counter()
+            if path.exists():
+                meta = _load_block_meta(path)
+                for name, (mod, transposed) in linears.items():
+                    if name not in meta:
+                        raise ValueError(f"{path} lacks {name}: the checkpoint does not match this model")
+                    _set_weight(mod, _load_encoded(path, name, meta).dequantized, transposed, device)
+                say(f"block {i}: resumed from {path.name}")
+            else:
+                bars.block_start(i, sum(m.weight.numel() for m, _t in linears.values()))
+                hess = _block_hessians(block, linears, inputs, device, world, len(all_batches))
+                encs = _solve_block(linears, hess, cfg, device, world, bars)
+                del hess
+                for name, (mod, transposed) in linears.items():
+                    _set_weight(mod, encs[name].dequantized, transposed, device)
+                if world.main:
+                    _save_block(path, encs)
+                n_out = sum(e.info["outliers"] for e in encs.values())
+                say(f"block {i}: {len(encs)} layers, {n_out} outliers, {time.perf_counter() - tb:.1f}s")
+            outs = _run_block(block, inputs, device, cfg.act_dtype)
+            inputs = [(o, kw) for o, (_hs, kw) in zip(outs, inputs, strict=True)]
+            del outs
+            src.release(i)
+            bars.block_done()
+    finally:
+        bars.close()
+    world.barrier()  # rank 0 has written every block before anyone reads the store
     say(f"calibration done in {time.perf_counter() - t0:.1f}s")
     return EncodingStore(work)

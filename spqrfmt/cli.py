@@ -126,7 +126,8 @@ def resolve_device(name: str | None, flag: str = "--device") -> str:
 HF_EXTRA = ("pip install 'spqrfmt[hf]'  (torch + transformers + safetensors; for CPU-only, install a CPU build "
             "of torch first)")
 SPQR_ONLY = ("group_size", "stat_bits", "scale_bits", "zero_bits", "stat_group_size")
-CALIB_ONLY = ("nsamples", "seqlen", "batch_size", "outlier_threshold", "damp", "act_order", "work_dir", "device")
+CALIB_ONLY = ("nsamples", "seqlen", "batch_size", "outlier_threshold", "damp", "act_order", "work_dir", "device",
+              "act_dtype", "distributed")
 
 
 def _flag(dest: str) -> str:
@@ -262,16 +263,17 @@ def _calibrate(args: argparse.Namespace, src: Path, out: Path, cfg: Any, config:
     if (work / "run.json").exists():
         print("  resuming: finished blocks in the work dir are replayed, not solved again")
     fresh = not work.exists()
+    main = _rank() == 0
     try:
         store = calibrate(src, docs, cfg, nsamples=nsamples, seqlen=seqlen, batch_size=args.batch_size or 8,
                           device=device, work_dir=work, progress=not args.quiet,
-                          log=print if args.verbose else None)
+                          log=print if args.verbose else None, act_dtype=ACT_DTYPE[args.act_dtype or "f16"])
     except KeyboardInterrupt:
         _eprint(f"interrupted; finished blocks are kept in {work}: re-run the same command with "
                 f"--work-dir {work} to resume")
         raise
     except (ValueError, OSError) as e:  # OSError: transformers found no tokenizer / unreadable model files
-        if fresh and not keep and not any(work.glob("block_*.npz")):
+        if fresh and not keep and main and not any(work.glob("block_*.npz")):
             shutil.rmtree(work, ignore_errors=True)  # nothing worth resuming
         hint = f" (delete {work} or pass another --work-dir)" if "other settings" in str(e) else ""
         raise UsageError(f"calibration failed: {e}{hint}") from e
@@ -279,6 +281,24 @@ def _calibrate(args: argparse.Namespace, src: Path, out: Path, cfg: Any, config:
         "text": text.name, "text_sha256": hashlib.sha256(text.read_bytes()).hexdigest(), "nsamples": nsamples,
         "seqlen": seqlen, "method": cfg.method})}
     return store, (None if keep else work), meta
+
+
+ACT_DTYPE = {"f16": "float16", "f32": "float32"}
+
+
+def _launched() -> bool:
+    from .encoder.distributed import launched
+
+    return launched()
+
+
+def _rank() -> int:
+    """This process's torch.distributed rank (0 when not distributed)."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return 0
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -312,11 +332,19 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         input_dir(src, "checkpoint folder", plain=True)
         _work_dir(args, src, out)
     calib = _calibration_inputs(args) if args.calibrate else None
+    if calib is not None and (args.distributed or _launched()):
+        from .encoder.distributed import init
+
+        init(calib[2])  # torchrun's ranks: rank 0 alone prints and writes
+        if _rank() != 0:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of this rank
     print(f"converting {src} -> {out}")
     print(f"  {_describe(cfg)}")
     encoded, cleanup, meta = None, None, {}
     if calib is not None:
         encoded, cleanup, meta = _calibrate(args, src, out, cfg, pl.config, calib)
+        if _rank() != 0:
+            return 0
     meta.update(dict(args.metadata))
     try:
         report = convert(src, out, cfg, encoded=encoded, progress=not args.quiet,
@@ -828,6 +856,12 @@ Examples:
                    help="keep per-block checkpoints here to resume an interrupted run (default: OUT.calib, "
                    "removed after success)")
     g.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    g.add_argument("--act-dtype", choices=list(ACT_DTYPE),
+                   help="hidden states kept between blocks (default f16; a batch beyond f16's range stays f32)")
+    g.add_argument("--distributed", action="store_true", default=None,
+                   help="split calibration over torchrun's ranks (implied under torchrun with WORLD_SIZE > 1): "
+                   "torchrun --nproc-per-node N -m spqrfmt.cli convert ...; NCCL on cuda, gloo on cpu; "
+                   "the same file as one process")
     g = c.add_argument_group("which tensors")
     g.add_argument("--min-features", type=_int_in(0), default=64,
                    help="quantize only matrices whose both dims are >= this (default 64)")

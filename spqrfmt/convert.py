@@ -143,13 +143,14 @@ class QuantConfig:
                           max_outlier_fraction=self.outlier_fraction if outliers else 0.0,
                           percdamp=self.percdamp, act_order=self.act_order)
 
-    def calib_config(self, nsamples: int = 128, seqlen: int = 512, batch_size: int = 8, device: str = "cpu") -> Any:
+    def calib_config(self, nsamples: int = 128, seqlen: int = 512, batch_size: int = 8, device: str = "cpu",
+                     act_dtype: str = "float16") -> Any:
         """``spqrfmt.encoder.calibrate.CalibConfig`` with this config's solver settings and layer selection."""
         from .encoder.calibrate import CalibConfig
 
         return CalibConfig(gptq=self.gptq_config(), nsamples=nsamples, seqlen=seqlen, batch_size=batch_size,
                            min_features=self.min_features, skip=tuple(self.skip), device=device,
-                           include=tuple(self.include))
+                           include=tuple(self.include), act_dtype=act_dtype)
 
     def wants(self, name: str, dtype: str, shape: tuple[int, ...]) -> bool:
         """Quantize 2-D floating ``*.weight`` matrices of linear layers, except skipped names."""
@@ -652,6 +653,7 @@ def calibrate(
     work_dir: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    act_dtype: str = "float16",
 ) -> Any:
     """Run the calibrated GPTQ/SpQR solver over the checkpoint; pass the result to :func:`convert` as ``encoded``.
 
@@ -663,5 +665,6 @@ def calibrate(
         raise ValueError("method rtn is data-free; choose method gptq or spqr to calibrate")
     from .encoder.calibrate import quantize_model_calibrated
 
-    ccfg = cfg.calib_config(nsamples=nsamples, seqlen=seqlen, batch_size=batch_size, device=device)
+    ccfg = cfg.calib_config(nsamples=nsamples, seqlen=seqlen, batch_size=batch_size, device=device,
+                            act_dtype=act_dtype)
     return quantize_model_calibrated(input_dir, texts, ccfg, progress=progress, work_dir=work_dir, log=log)

@@ -164,6 +164,17 @@ class SafetensorsFile(Mapping[str, tuple[str, np.ndarray]]):
     def dtype(self, name: str) -> str:
         return self._entries[name][0]
 
+    def evict(self, name: str) -> None:
+        """Drop tensor ``name``'s pages from this process's resident memory (a copy was taken; the OS page
+        cache keeps them). Streaming readers call it so that RSS stays about one tensor, not the whole file."""
+        dtype, _shape, start, count = self._entries[name]
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if advice is None or not count:
+            return
+        lo = (self._base + start) // mmap.PAGESIZE * mmap.PAGESIZE
+        hi = self._base + start + count * ITEMSIZE[dtype]
+        self._map.madvise(advice, lo, hi - lo)
+
 
 def _np_dtype(name: str) -> np.dtype:
     from .dtypes import STORAGE

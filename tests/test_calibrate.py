@@ -19,6 +19,7 @@ from spqrfmt.encoder.calibrate import (  # noqa: E402
     quantize_model_calibrated,
 )
 from spqrfmt.encoder.gptq import GPTQConfig  # noqa: E402
+from spqrfmt.encoder.hessian import hessian  # noqa: E402
 from spqrfmt.evaluate import load_model, load_model_with_weights, load_spqr_model, perplexity  # noqa: E402
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -39,8 +40,8 @@ def tiny_model(tmp_path_factory):
     return folder, model
 
 
-def _cfg(**kw) -> CalibConfig:
-    return CalibConfig(gptq=GPTQConfig(bits=3, **kw), batch_size=3, min_features=16)
+def _cfg(act_dtype: str = "float16", **kw) -> CalibConfig:
+    return CalibConfig(gptq=GPTQConfig(bits=3, **kw), batch_size=3, min_features=16, act_dtype=act_dtype)
 
 
 def _tokens(seed: int = 1):
@@ -86,27 +87,20 @@ def test_sequential_calibration_sees_quantized_upstream(tiny_model, tmp_path) ->
     from spqrfmt.encoder.gptq import factor_hessian, quantize_gptq
 
     folder, _ = tiny_model
-    cfg = _cfg()
+    cfg = _cfg("float32")  # f32 hidden states between blocks: what a plain forward pass computes
     store = quantize_model_calibrated(folder, _tokens(), cfg, work_dir=tmp_path / "a", progress=False)
     model = load_model_with_weights(folder, {n: store[n].dequantized for n in store if ".layers.0." in n})
     layer = model.model.layers[1].self_attn.q_proj
-    h = torch.zeros((64, 64), dtype=torch.float64)
-    count = 0
-
-    def hook(_m, args, _o):
-        nonlocal count
-        x = args[0].reshape(-1, 64).double()
-        h.addmm_(x.T, x)
-        count += x.shape[0]
-
-    handle = layer.register_forward_hook(hook)
+    xs: list = []
+    handle = layer.register_forward_hook(lambda _m, args, _o: xs.append(args[0].detach().clone()))
     with torch.no_grad():
         for ids in torch.split(_tokens(), cfg.batch_size):
             model(input_ids=ids, use_cache=False)
     handle.remove()
     name = "model.layers.1.self_attn.q_proj.weight"
     w = load_model(folder).state_dict()[name].numpy()
-    fac = factor_hessian(h * (2.0 / count), cfg.gptq.percdamp, cfg.gptq.act_order)
+    h = hessian(xs)
+    fac = factor_hessian(h, cfg.gptq.percdamp, cfg.gptq.act_order)
     mine = quantize_gptq(w, config=cfg.gptq, factor=fac)
     assert np.array_equal(mine.dequantized, store[name].dequantized)
     # ... and not from the unquantized model's activations
@@ -199,7 +193,7 @@ def test_encoder_model_calibrates_as_saved(tmp_path) -> None:
                       intermediate_size=96, max_position_embeddings=64)
     BertModel(bcfg).save_pretrained(tmp_path / "bert")
     tokens = torch.randint(0, 100, (6, 24), generator=torch.Generator().manual_seed(5))
-    cfg = _cfg()
+    cfg = _cfg("float32")
     store = quantize_model_calibrated(tmp_path / "bert", tokens, cfg, work_dir=tmp_path / "w", progress=False)
     subs = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
             "intermediate.dense", "output.dense")
@@ -210,23 +204,16 @@ def test_encoder_model_calibrates_as_saved(tmp_path) -> None:
         for s in subs:
             name = f"encoder.layer.0.{s}.weight"
             model.get_parameter(name).copy_(torch.from_numpy(store[name].dequantized))
-    h = torch.zeros((64, 64), dtype=torch.float64)
-    count = 0
-
-    def hook(_m, args, _o):
-        nonlocal count
-        x = args[0].reshape(-1, 64).double()
-        h.addmm_(x.T, x)
-        count += x.shape[0]
-
-    handle = model.encoder.layer[1].attention.self.query.register_forward_hook(hook)
+    xs: list = []
+    handle = model.encoder.layer[1].attention.self.query.register_forward_hook(
+        lambda _m, args, _o: xs.append(args[0].detach().clone()))
     with torch.no_grad():
         for ids in torch.split(tokens, cfg.batch_size):
             model(input_ids=ids)
     handle.remove()
     name = "encoder.layer.1.attention.self.query.weight"
     w = BertModel.from_pretrained(tmp_path / "bert").state_dict()[name].numpy()
-    mine = quantize_gptq(w, config=cfg.gptq, factor=factor_hessian(h * (2.0 / count), cfg.gptq.percdamp))
+    mine = quantize_gptq(w, config=cfg.gptq, factor=factor_hessian(hessian(xs), cfg.gptq.percdamp))
     assert np.array_equal(mine.dequantized, store[name].dequantized)
 
     # The pooler lies outside the blocks: the converter quantizes it data-free and says so.
