@@ -1,4 +1,4 @@
-"""The ``spqr`` command line: convert, eval, inspect, hash, meta, verify, decode, export-hf, generate, import.
+"""The ``spqr`` command line: convert, eval, inspect, hash, meta, verify, decode, export-hf, generate, import, export.
 
 Every failure is one ``error: ...`` line on stderr and an exit code from
 :data:`EXIT_CODES`; no input, however hostile, gets a traceback.

@@ -10,7 +10,7 @@ with :class:`~spqrfmt.importers.squeezellm.NotRepresentable` naming the field:
 
 * every quantized tensor is codec ``spqr`` version 2 with ``arith = "f16"``, bits,
   scale/zero bits 3 and group/stat group size 16 (the library's only layout), dtype
-  f16, ``m``, ``n`` multiples of 16, ``n`` <= 65536 (u16 columns and permutation), no bias;
+  f16, ``m``, ``n`` multiples of 16, ``n`` <= 32768 (the source reads columns as signed 16-bit), no bias;
 * ``outlier_op = "add"`` is copied bit for bit; ``"replace"`` is converted, per
   position, to the f16 addend whose f16 sum with the dense weight is the replacement
   value, and refused where no f16 addend gives exactly that value;
@@ -72,8 +72,8 @@ def check_tensor(t: Tensor) -> None:
     m, n = t.shape
     if m % TILE or n % TILE:
         raise NotRepresentable(f"{name}: shape [{m}, {n}]; spqr_quant needs multiples of 16")
-    if n > 1 << 16:
-        raise NotRepresentable(f"{name}: shape [{m}, {n}]; spqr_quant's u16 columns need n <= 65536")
+    if n > 1 << 15:  # the library's host code reads col_vals' column as a signed short
+        raise NotRepresentable(f"{name}: shape [{m}, {n}]; spqr_quant's 16-bit (signed) columns need n <= 32768")
     if "bias" in t.record.sections:
         raise NotRepresentable(f"{name}: section 'bias'; spqr_quant layers carry no bias")
 
