@@ -1133,6 +1133,11 @@ def test_spqr_quant_export_refusals(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: not representable") and field in err and err.count("\n") == 1, err
         assert not (tmp_path / "o").exists()
+    raw = tmp_path / "raw.spqr"
+    with spqrfmt.open(first) as f, spqrfmt.Writer(raw, metadata=dict(f.metadata)) as w:
+        w.add_raw("lm_head.weight", np.array(f["lm_head.weight"].arrays()["data"]), "f16")
+    assert main(["export", "spqr_quant", str(raw), "-o", str(tmp_path / "o")]) == 1
+    assert "no quantized tensor" in capsys.readouterr().err
     # the output may not be an existing non-empty folder (an input's folder included): exit 2, nothing touched
     assert main(["export", "spqr_quant", str(first), "-o", str(tmp_path)]) == 2
     assert "not empty" in capsys.readouterr().err and first.is_file()

@@ -175,6 +175,9 @@ def export_spqr_quant(f: SpqrFile, output: str | os.PathLike[str], *, check: boo
     f.validate()
     flipped = transposed_names(f.metadata) or set()
     quantized = [t for t in f.values() if t.codec != "raw"]
+    if not quantized:
+        raise NotRepresentable(f"{f.path}: no quantized tensor (codec 'spqr'); an unquantized model is exported "
+                               "with spqr decode --hf")
     for t in quantized:
         check_tensor(t)
         if t.name in flipped:
