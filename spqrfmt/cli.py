@@ -1,4 +1,4 @@
-"""The ``spqr`` command line: convert, eval, inspect, hash, meta, verify, decode, export-hf, generate, import.
+"""The ``spqr`` command line: convert, eval, inspect, hash, meta, verify, decode, export-hf, generate, import, export.
 
 Every failure is one ``error: ...`` line on stderr and an exit code from
 :data:`EXIT_CODES`; no input, however hostile, gets a traceback.
@@ -759,6 +759,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return int(cli_import(args))
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .importers.spqr_quant_export import cli_export
+
+    return int(cli_export(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spqr",
@@ -1024,6 +1030,16 @@ Examples:
                         "See docs/importers.md for what each maps to and what is bit-exact.")
     _imp.add_arguments(im)
     im.set_defaults(func=_cmd_import)
+
+    ex = sub.add_parser("export", help="write spqr v2 tensors as another runtime's compressed checkpoint (spqr_quant)",
+                        description="Write DIR (new or empty): a transformers folder in the SpQR authors' inference "
+                        "format (quantization_config quant_method \"spqr\", 3-bit, beta1 = beta2 = 16), which stock "
+                        "transformers loads and `spqr import spqr_quant` reads back byte for byte. A field the format "
+                        "cannot hold is refused, naming it (exit 1). See docs/importers.md.")
+    ex.add_argument("format", choices=["spqr_quant"], help="target checkpoint format")
+    ex.add_argument("file")
+    ex.add_argument("-o", "--output", required=True, metavar="DIR", help="the folder to write (new or empty)")
+    ex.set_defaults(func=_cmd_export)
     return p
 
 

@@ -1025,3 +1025,135 @@ def test_quipsharp_hadamard_tables_read_from_matmul_had_py(tmp_path, monkeypatch
     (tmp_path / "none.py").write_text("x = 1\n")
     with pytest.raises(ValueError, match="no get_had"):
         qs.read_hadamard_py(tmp_path / "none.py")
+
+
+# ---- spqr_quant export -------------------------------------------------------------------
+
+
+def _rewrite_params(src, dst, change) -> None:
+    """Copy ``src`` to ``dst`` with ``change(params) -> (params, codec_version)`` applied to every spqr tensor."""
+    with spqrfmt.open(src) as f, spqrfmt.Writer(dst, metadata=dict(f.metadata)) as w:
+        for t in f.values():
+            a = {k: np.array(v) for k, v in t.arrays().items()}
+            if t.codec == "raw":
+                w.add_raw(t.name, a["data"], t.dtype)
+            else:
+                params, version = change(dict(t.params))
+                w.add(t.name, shape=t.shape, dtype=t.dtype, codec=t.codec, params=params, sections=a,
+                      codec_version=version)
+
+
+def test_spqr_quant_export_round_trip_byte_identical(tmp_path, capsys):
+    from spqrfmt.cli import main
+    from spqrfmt.safetensors_io import SafetensorsFile
+
+    rng = np.random.default_rng(11)
+    d, fields = _spqr_quant_folder(tmp_path, rng)  # layer 0 CSR, layer 1 PTCSR, with in_perm
+    (d / "tokenizer_config.json").write_text('{"model_max_length": 64}')
+    first = tmp_path / "first.spqr"
+    sq.import_spqr_quant(d, first)
+    out = tmp_path / "exported" / d.name  # the importer records the folder's name (source.model)
+    out.parent.mkdir()
+    assert main(["export", "spqr_quant", str(first), "-o", str(out)]) == 0
+    assert "14 spqr_quant layers" in capsys.readouterr().out
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "spqr" and (qc["bits"], qc["beta1"], qc["beta2"]) == (3, 16, 16)
+    src = {name: SafetensorsFile(d / "model.safetensors")[name] for name in SafetensorsFile(d / "model.safetensors")}
+    exp = SafetensorsFile(out / "model.safetensors")
+    assert sorted(exp) == sorted(src)
+    for name in exp:  # the source's own tensors back, bit for bit (no duplicates or foldable padding here)
+        assert exp[name][0] == src[name][0] and np.array_equal(exp[name][1], src[name][1]), name
+    second = tmp_path / "second.spqr"
+    sq.import_spqr_quant(out, second)
+    assert second.read_bytes() == first.read_bytes()
+
+
+def test_spqr_quant_export_replace_outliers(tmp_path):
+    from spqrfmt.importers import spqr_quant_export as sx
+
+    rng = np.random.default_rng(12)
+    d, _ = _spqr_quant_folder(tmp_path, rng)
+    first = tmp_path / "a.spqr"
+    sq.import_spqr_quant(d, first)
+    # replace semantics whose values are the add-semantics results: exactly representable, exported
+    with spqrfmt.open(first) as f:
+        want = {n: f[n].decode("f16") for n in f if f[n].codec == "spqr"}
+    rep = tmp_path / "rep.spqr"
+    with spqrfmt.open(first) as f, spqrfmt.Writer(rep, metadata=dict(f.metadata)) as w:
+        for t in f.values():
+            a = {k: np.array(v) for k, v in t.arrays().items()}
+            if t.codec == "raw":
+                w.add_raw(t.name, a["data"], t.dtype)
+                continue
+            dec = want[t.name]
+            rows = np.repeat(np.arange(t.shape[0]), np.diff(a["outlier_row_ptr"].astype(np.int64)))
+            cols = a["outlier_col"].astype(np.int64)
+            stored = dec if "perm" not in a else dec[:, a["perm"].astype(np.int64)]  # stored column order
+            a["outlier_val"] = stored[rows, cols].astype(np.float16)
+            w.add(t.name, shape=t.shape, dtype=t.dtype, codec="spqr", params={**t.params, "outlier_op": "replace"},
+                  sections=a, codec_version=2)
+    with spqrfmt.open(rep) as f:
+        sx.export_spqr_quant(f, tmp_path / "out")
+    back = tmp_path / "back.spqr"
+    sq.import_spqr_quant(tmp_path / "out", back)
+    with spqrfmt.open(back) as f:
+        for n, w in want.items():
+            assert _same16(f[n].decode("f16"), w).all() and f[n].params["outlier_op"] == "add"
+    # a replacement value no f16 addend reaches (a tiny subnormal replacing a weight of ~0.1): refused
+    tiny = tmp_path / "tiny.spqr"
+    with spqrfmt.open(rep) as f, spqrfmt.Writer(tiny, metadata=dict(f.metadata)) as w:
+        for t in f.values():
+            a = {k: np.array(v) for k, v in t.arrays().items()}
+            if t.codec == "raw":
+                w.add_raw(t.name, a["data"], t.dtype)
+                continue
+            a["outlier_val"] = np.full(a["outlier_val"].shape, 2, np.uint16).view(np.float16)  # 2**-23
+            w.add(t.name, shape=t.shape, dtype=t.dtype, codec="spqr", params=t.params, sections=a, codec_version=2)
+    with spqrfmt.open(tiny) as f, pytest.raises(NotRepresentable, match=r"outlier_val\[\d+\].*replace"):
+        sx.export_spqr_quant(f, tmp_path / "no")
+    assert not (tmp_path / "no").exists()
+
+
+def test_spqr_quant_export_refusals(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from spqrfmt.cli import main
+    from spqrfmt.importers import spqr_quant_export as sx
+
+    rng = np.random.default_rng(13)
+    d, _ = _spqr_quant_folder(tmp_path, rng, perm=False)
+    first = tmp_path / "a.spqr"
+    sq.import_spqr_quant(d, first)
+    f32 = tmp_path / "f32.spqr"
+    _rewrite_params(first, f32, lambda p: ({**p, "arith": "f32"}, 2))
+    v1 = tmp_path / "v1.spqr"
+    _rewrite_params(first, v1, lambda p: ({k: v for k, v in p.items() if k not in ("arith", "outlier_op")}, 1))
+    for bad, field in ((f32, "param arith = 'f32'"), (v1, "codec_version 1")):
+        assert main(["export", "spqr_quant", str(bad), "-o", str(tmp_path / "o")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: not representable") and field in err and err.count("\n") == 1, err
+        assert not (tmp_path / "o").exists()
+    raw = tmp_path / "raw.spqr"
+    with spqrfmt.open(first) as f, spqrfmt.Writer(raw, metadata=dict(f.metadata)) as w:
+        w.add_raw("lm_head.weight", np.array(f["lm_head.weight"].arrays()["data"]), "f16")
+    assert main(["export", "spqr_quant", str(raw), "-o", str(tmp_path / "o")]) == 1
+    assert "no quantized tensor" in capsys.readouterr().err
+    # the output may not be an existing non-empty folder (an input's folder included): exit 2, nothing touched
+    assert main(["export", "spqr_quant", str(first), "-o", str(tmp_path)]) == 2
+    assert "not empty" in capsys.readouterr().err and first.is_file()
+    base = {"bits": 3, "group_size": 16, "scale_bits": 3, "zero_bits": 3, "stat_group_size": 16, "arith": "f16",
+            "outlier_op": "add"}
+    for change, field in (({"bits": 4}, "param bits = 4"), ({"group_size": 32}, "param group_size = 32"),
+                          ({"stat_group_size": 8}, "param stat_group_size = 8"),
+                          ({"scale_bits": 16}, "param scale_bits = 16")):
+        t = SimpleNamespace(name="l.weight", codec="spqr", codec_version=2, dtype="f16", params={**base, **change},
+                            shape=(32, 64), record=SimpleNamespace(sections={}))
+        with pytest.raises(NotRepresentable, match=field):
+            sx.check_tensor(t)
+    for attrs, field in (({"dtype": "bf16"}, "dtype 'bf16'"), ({"shape": (24, 64)}, "multiples of 16"),
+                         ({"codec": "rtn"}, "codec 'rtn'"), ({"name": "l.w"}, "'.weight'"),
+                         ({"record": SimpleNamespace(sections={"bias": None})}, "'bias'")):
+        t = SimpleNamespace(**{"name": "l.weight", "codec": "spqr", "codec_version": 2, "dtype": "f16",
+                               "params": base, "shape": (32, 64), "record": SimpleNamespace(sections={}), **attrs})
+        with pytest.raises(NotRepresentable, match=field):
+            sx.check_tensor(t)
