@@ -1,4 +1,4 @@
-"""The ``spqr`` command line: convert, eval, inspect, hash, meta, verify, decode, export-hf, generate, import.
+"""The ``spqr`` command line: convert, eval, inspect, hash, meta, verify, split, merge, decode, export-hf, ...
 
 Every failure is one ``error: ...`` line on stderr and an exit code from
 :data:`EXIT_CODES`; no input, however hostile, gets a traceback.
@@ -469,14 +469,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .reader import open_file
+    from .split import open_model
     from .summary import render_markdown, render_text, summary
 
     if args.json and args.markdown:
         return _error("--json and --markdown are two output formats; pass one of them", 2)
     if args.plain_sections and (args.json or args.markdown):
         return _error("--sections applies to the text output (JSON always lists the sections)", 2)
-    with open_file(input_file(args.file), verify_checksums=False) as f:
+    with open_model(input_file(args.file), verify_checksums=False) as f:
         if args.json:
             print(json.dumps(summary(f, args.filter, tensors=args.tensors), indent=1, allow_nan=False))
         elif args.markdown:
@@ -597,11 +597,11 @@ def _cmd_meta(args: argparse.Namespace) -> int:
 
 def _verify_one(path: str, decode: bool) -> list[str]:
     """The problems of one file, each a line (empty: valid); never raises for a bad or missing file."""
-    from .reader import open_file
+    from .split import open_model
 
     try:
         # pread, not mmap: a file another process truncates meanwhile is TRUNCATED here, never a SIGBUS
-        with open_file(input_file(path), verify_checksums=True, mmap=False) as f:
+        with open_model(input_file(path), verify_checksums=True, mmap=False) as f:
             results = f.check_all()
             bad = [f"{_safe(n)}: {e}" for n, e in results if e is not None]
             if decode and not bad:
@@ -630,6 +630,47 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return status
 
 
+# ---- split / merge ---------------------------------------------------------------------
+
+
+def _cmd_split(args: argparse.Namespace) -> int:
+    from .hf_folder import parse_size
+    from .split import INDEX_SUFFIX, open_model, part_name, part_paths, plan_parts, split_file
+
+    src = input_file(args.file)
+    try:
+        size = parse_size(args.split_size)
+    except ValueError as e:
+        raise UsageError(f"--split-size: {e}") from None
+    inputs = [src, *part_paths(src)]
+    prefix = Path(args.output)
+    with open_model(src, mmap=False) as f:
+        f.validate()  # a corrupt file is not split
+        n = len(plan_parts(f, size))
+        for i in range(n):
+            output_file(prefix.with_name(part_name(prefix.name, i + 1, n)), inputs)
+        output_file(prefix.with_name(prefix.name + INDEX_SUFFIX), inputs)
+        index = split_file(f, size, prefix)
+    print(f"wrote {_safe(str(index))}: {n} parts")
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from .split import SplitFile, index_for, is_index, merge_set, part_paths
+
+    src = input_file(args.index)
+    index = src if is_index(src) else index_for(src)
+    if index is None:
+        return _error(f"{src} is neither a split index (*.spqr.index.json) nor the first part of a set", 2)
+    out = output_file(args.output, part_paths(index))
+    with SplitFile(index, mmap=False) as s:
+        s.validate()
+        merge_set(s, out)
+        n = len(s)
+    print(f"wrote {_safe(str(out))} ({n} tensors)")
+    return 0
+
+
 # ---- decode ----------------------------------------------------------------------------
 
 
@@ -643,16 +684,16 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .convert import transposed_names
-    from .reader import open_file
     from .safetensors_io import METADATA_KEY, write_safetensors_streaming
+    from .split import open_model, part_paths
 
     src = input_file(args.file)
     if args.hf:
         return _decode_hf(args, src)
     if args.max_shard_size is not None:
         return _error("--max-shard-size applies to --hf only", 2)
-    out = output_file(Path(args.output) if args.output else _decode_output(src), [src])
-    with open_file(src) as f:
+    out = output_file(Path(args.output) if args.output else _decode_output(src), [src, *part_paths(src)])
+    with open_model(src) as f:
         try:
             flip = set() if args.as_stored else transposed_names(f.metadata) or set()
         except ValueError as e:
@@ -970,6 +1011,23 @@ Examples:
     v.add_argument("files", nargs="+")
     v.add_argument("--decode", action="store_true", help="also decode every tensor")
     v.set_defaults(func=_cmd_verify)
+
+    sp = sub.add_parser("split", help="one .spqr file -> a split set (PREFIX-00001-of-0000N.spqr + index, SPEC §12)",
+                        description="Write FILE as parts of at most SIZE data bytes each (a tensor larger than "
+                        "SIZE gets a part of its own) plus PREFIX.spqr.index.json with each part's SHA-256. "
+                        "Section bytes are copied verbatim; every part carries the metadata. FILE is verified first.")
+    sp.add_argument("file")
+    sp.add_argument("--split-size", required=True, metavar="SIZE", help="largest part, e.g. 5GB or 500MiB")
+    sp.add_argument("-o", "--output", required=True, metavar="PREFIX",
+                    help="path prefix of the set: PREFIX-00001-of-0000N.spqr and PREFIX.spqr.index.json")
+    sp.set_defaults(func=_cmd_split)
+
+    mg = sub.add_parser("merge", help="a split set (its index or first part) -> one .spqr file",
+                        description="Check the set (index, SHA-256 of every part, every rule of every part) and "
+                        "write its tensors as one file, atomically; the output is never one of the set's files.")
+    mg.add_argument("index", metavar="INDEX")
+    mg.add_argument("-o", "--output", required=True, metavar="OUT.spqr")
+    mg.set_defaults(func=_cmd_merge)
 
     d = sub.add_parser("decode", help=".spqr -> .safetensors of dequantized weights",
                        description="Decode every tensor (bit-exact per spec) and write a safetensors file with the "
