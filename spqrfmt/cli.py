@@ -316,6 +316,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         cfg.check()
     except ValueError as e:
         return _error(e, 2)
+    split_size = None
+    if args.split_size is not None:
+        from .hf_folder import parse_size
+
+        try:
+            split_size = parse_size(args.split_size)
+        except ValueError as e:
+            return _error(f"--split-size: {e}", 2)
     try:  # every check on the input, before a progress bar starts or a byte is written
         pl = plan(src, cfg)
         output_file(out, pl.inputs + ([Path(args.calibrate)] if args.calibrate else []))
@@ -346,6 +354,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         if _rank() != 0:
             return 0
     meta.update(dict(args.metadata))
+    if split_size is not None:
+        return _convert_split(args, src, out, split_size, cfg, encoded, meta, pl, cleanup)
     try:
         report = convert(src, out, cfg, encoded=encoded, progress=not args.quiet,
                          log=print if args.verbose else None, metadata=meta, checked=pl)
@@ -384,6 +394,49 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         print(f"read back {out}: all {len(report.layers) + report.raw_tensors} tensors valid; every quantized "
               "tensor decodes bit-identically to the encoder's own dequantization, within its reported error of "
               "the source weights")
+    return 0
+
+
+def _convert_split(args: argparse.Namespace, src: Path, out: Path, split_size: int, cfg: Any, encoded: Any,
+                   meta: dict[str, Any], pl: Any, cleanup: Path | None) -> int:
+    """``convert --split-size``: the whole file under a hidden name beside OUT (checked as usual), then split
+    into OUT's stem as a set (SPEC §12) and the whole file removed (the disk holds both for a moment)."""
+    import shutil
+
+    from .convert import CheckpointError, check_written, convert
+    from .safetensors_io import SafetensorsError
+    from .split import INDEX_SUFFIX, part_name, plan_parts, split_file
+
+    whole = out.with_name(f".{out.name}.unsplit")
+    prefix = out.with_name(out.name[:-5] if out.name.endswith(".spqr") else out.name)
+    try:
+        try:
+            report = convert(src, whole, cfg, encoded=encoded, progress=not args.quiet,
+                             log=print if args.verbose else None, metadata=meta, checked=pl)
+        except (CheckpointError, SafetensorsError, SpqrFormatError) as e:
+            return _error(e, 1)
+        except UsageError:
+            raise
+        except ValueError as e:
+            return _error(e, 2)
+        if cleanup is not None:
+            shutil.rmtree(cleanup, ignore_errors=True)
+        if args.check:
+            bad = check_written(whole, report, pl)
+            if bad:
+                return _error("read-back check failed: " + "; ".join(bad), 1)
+        from .reader import open_file
+
+        with open_file(whole) as f:
+            n = len(plan_parts(f, split_size))
+            for i in range(n):
+                output_file(prefix.with_name(part_name(prefix.name, i + 1, n)), pl.inputs)
+            output_file(prefix.with_name(prefix.name + INDEX_SUFFIX), pl.inputs)
+            index = split_file(f, split_size, prefix)
+    finally:
+        whole.unlink(missing_ok=True)
+    print(f"quantized {len(report.layers)} tensors at {report.bits_per_param:.3f} bits/param; "
+          f"wrote {_safe(str(index))}: {n} parts")
     return 0
 
 
@@ -848,6 +901,8 @@ Examples:
     )
     c.add_argument("input", nargs="?", help="checkpoint folder (default: the bundled demo checkpoint)")
     c.add_argument("-o", "--output", help="output .spqr path (default: <folder name>.spqr)")
+    c.add_argument("--split-size", metavar="SIZE", help="write a split set instead (SPEC §12): OUT's stem + "
+                   "-00001-of-0000N.spqr parts of at most SIZE data bytes (e.g. 5GB) and OUTSTEM.spqr.index.json")
     g = c.add_argument_group("codec and method")
     g.add_argument("--codec", default="spqr", choices=["spqr", "squeezellm", "quip"],
                    help="storage codec (default spqr); squeezellm and quip are data-free only")

@@ -165,3 +165,16 @@ def test_split_of_a_set_resplits(split_set: Path, model: Path, tmp_path: Path) -
         index = split_file(s, 1 << 40, tmp_path / "one")
     with spqrfmt.open(index) as s1, spqrfmt.open(model) as f:
         assert list(s1) == list(f)
+
+
+def test_convert_split_size_writes_the_set_of_the_plain_file(model: Path, tmp_path: Path) -> None:
+    folder = write_checkpoint(tmp_path / "tiny")
+    proc = run_spqr("convert", folder, "-o", tmp_path / "big.spqr", "-q", "--split-size", "1KB")
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+    assert names == ["big-00001-of-00003.spqr", "big-00002-of-00003.spqr", "big-00003-of-00003.spqr",
+                     "big.spqr.index.json"]  # no whole file or temporary file left
+    proc = run_spqr("merge", tmp_path / "big.spqr.index.json", "-o", tmp_path / "merged.spqr")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "merged.spqr").read_bytes() == model.read_bytes()
+    assert_one_error(run_spqr("convert", folder, "-o", tmp_path / "x.spqr", "--split-size", "0"), 2, "--split-size")
