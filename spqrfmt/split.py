@@ -72,13 +72,15 @@ def _check_part_file(name: Any, i: int) -> str:
 def read_index(path: Path) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The index's parts and tensor map, every field checked (BAD_SPLIT); paths are not opened yet."""
     try:
-        size = os.stat(path).st_size
+        st = os.stat(path)
     except FileNotFoundError:
         raise _bad(f"index {path.name} is missing") from None
-    if size > MAX_INDEX_BYTES:
-        raise _bad(f"index has {size} bytes, at most {MAX_INDEX_BYTES}")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read forever
+        raise _bad(f"index {path.name} is not a regular file")
+    if st.st_size > MAX_INDEX_BYTES:
+        raise _bad(f"index has {st.st_size} bytes, at most {MAX_INDEX_BYTES}")
     try:
-        doc = json.loads(path.read_bytes().decode("utf-8"))
+        doc = json.loads(path.read_bytes()[:MAX_INDEX_BYTES + 1].decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise _bad(f"index is not UTF-8 JSON: {e}") from None
     if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:

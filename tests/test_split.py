@@ -178,3 +178,19 @@ def test_convert_split_size_writes_the_set_of_the_plain_file(model: Path, tmp_pa
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "merged.spqr").read_bytes() == model.read_bytes()
     assert_one_error(run_spqr("convert", folder, "-o", tmp_path / "x.spqr", "--split-size", "0"), 2, "--split-size")
+
+
+def test_index_that_is_not_a_regular_file_or_not_an_index(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "f.spqr.index.json"
+    os.mkfifo(fifo)
+    with pytest.raises(SpqrFormatError, match="not a regular file") as e:  # never blocks on the FIFO
+        spqrfmt.open(fifo)
+    assert e.value.code == ErrorCode.BAD_SPLIT
+    bad = tmp_path / "g.spqr.index.json"
+    for doc in ('{"format": "spqrfmt-split", "version": 2, "parts": [], "tensors": {}}', "[1", '{"format": "x"}'):
+        bad.write_text(doc)
+        with pytest.raises(SpqrFormatError) as e:
+            spqrfmt.open(bad)
+        assert e.value.code == ErrorCode.BAD_SPLIT
