@@ -147,6 +147,13 @@ def test_cli_verify_inspect_accept_an_index(split_set: Path, model: Path) -> Non
     assert proc.returncode == 0, proc.stderr
     with spqrfmt.open(model) as f:
         assert [t["name"] for t in json.loads(proc.stdout)["tensors"]] == list(f)
+    for src, out in ((model, split_set.parent / "a.safetensors"), (split_set, split_set.parent / "b.safetensors")):
+        proc = run_spqr("decode", src, "-o", out, "-q")
+        assert proc.returncode == 0, proc.stderr
+    from safetensors.numpy import load_file
+
+    a, b = load_file(split_set.parent / "a.safetensors"), load_file(split_set.parent / "b.safetensors")
+    assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_merge_and_split_refuse_to_overwrite_their_inputs(model: Path, split_set: Path, tmp_path: Path) -> None:
