@@ -405,8 +405,6 @@ def _convert_split(args: argparse.Namespace, src: Path, out: Path, split_size: i
 
     from .convert import CheckpointError, check_written, convert
     from .safetensors_io import SafetensorsError
-    from .split import INDEX_SUFFIX, part_name, plan_parts, split_file
-
     whole = out.with_name(f".{out.name}.unsplit")
     prefix = out.with_name(out.name[:-5] if out.name.endswith(".spqr") else out.name)
     try:
@@ -428,11 +426,7 @@ def _convert_split(args: argparse.Namespace, src: Path, out: Path, split_size: i
         from .reader import open_file
 
         with open_file(whole) as f:
-            n = len(plan_parts(f, split_size))
-            for i in range(n):
-                output_file(prefix.with_name(part_name(prefix.name, i + 1, n)), pl.inputs)
-            output_file(prefix.with_name(prefix.name + INDEX_SUFFIX), pl.inputs)
-            index = split_file(f, split_size, prefix)
+            index, n = _write_set(f, split_size, prefix, pl.inputs)
     finally:
         whole.unlink(missing_ok=True)
     print(f"quantized {len(report.layers)} tensors at {report.bits_per_param:.3f} bits/param; "
@@ -686,9 +680,20 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 # ---- split / merge ---------------------------------------------------------------------
 
 
+def _write_set(f: Any, split_size: int, prefix: Path, inputs: list[Path]) -> tuple[Path, int]:
+    """Split ``f`` into the set PREFIX (SPEC §12) once every output is known to replace no input; (index, parts)."""
+    from .split import INDEX_SUFFIX, part_name, plan_parts, split_file
+
+    n = len(plan_parts(f, split_size))
+    for i in range(n):
+        output_file(prefix.with_name(part_name(prefix.name, i + 1, n)), inputs)
+    output_file(prefix.with_name(prefix.name + INDEX_SUFFIX), inputs)
+    return split_file(f, split_size, prefix), n
+
+
 def _cmd_split(args: argparse.Namespace) -> int:
     from .hf_folder import parse_size
-    from .split import INDEX_SUFFIX, open_model, part_name, part_paths, plan_parts, split_file
+    from .split import open_model, part_paths
 
     src = input_file(args.file)
     try:
@@ -699,11 +704,7 @@ def _cmd_split(args: argparse.Namespace) -> int:
     prefix = Path(args.output)
     with open_model(src, mmap=False) as f:
         f.validate()  # a corrupt file is not split
-        n = len(plan_parts(f, size))
-        for i in range(n):
-            output_file(prefix.with_name(part_name(prefix.name, i + 1, n)), inputs)
-        output_file(prefix.with_name(prefix.name + INDEX_SUFFIX), inputs)
-        index = split_file(f, size, prefix)
+        index, n = _write_set(f, size, prefix, inputs)
     print(f"wrote {_safe(str(index))}: {n} parts")
     return 0
 
