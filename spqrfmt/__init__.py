@@ -9,6 +9,7 @@ Public API::
         rows = f["model.embed_tokens.weight"].get_slice()[0:10]  # reads only those rows
     model = spqrfmt.load_model("model.spqr")     # torch + transformers, imported on first use
     spqrfmt.validate("model.spqr")                # every rule, raises SpqrFormatError (pread, never mmap)
+    spqrfmt.open("model.spqr.index.json")        # a split set (or its first part): one mapping over all parts
     spqrfmt.open("model.spqr", mmap=False)        # pread: a file truncated meanwhile is TRUNCATED, not SIGBUS
     with spqrfmt.Writer("out.spqr", metadata={...}) as w:     # streaming, atomic
         w.add_raw("norm.weight", array)
@@ -19,7 +20,8 @@ The core imports only numpy, msgpack and numba; torch/triton are optional.
 from .errors import ErrorCode, SpqrFormatError
 from .format import MAJOR, MINOR
 from .reader import SpqrFile, Tensor, validate
-from .reader import open_file as open  # noqa: A001 - the natural name for a file format's entry point
+from .split import SplitFile
+from .split import open_model as open  # noqa: A001 - the natural name for a file format's entry point
 from .writer import Writer
 
 __version__ = "0.1.0"
@@ -44,6 +46,7 @@ FORMAT_VERSION = (MAJOR, MINOR)
 __all__ = [
     "ErrorCode",
     "FORMAT_VERSION",
+    "SplitFile",
     "SpqrFile",
     "SpqrFormatError",
     "Tensor",

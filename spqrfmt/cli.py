@@ -1,4 +1,5 @@
-"""The ``spqr`` command line: convert, eval, inspect, hash, meta, verify, decode, export-hf, generate, import, export.
+"""The ``spqr`` command line: convert, eval, inspect, hash, meta, verify, split, merge, decode, export-hf,
+generate, import, export.
 
 Every failure is one ``error: ...`` line on stderr and an exit code from
 :data:`EXIT_CODES`; no input, however hostile, gets a traceback.
@@ -316,6 +317,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         cfg.check()
     except ValueError as e:
         return _error(e, 2)
+    split_size = None
+    if args.split_size is not None:
+        from .hf_folder import parse_size
+
+        try:
+            split_size = parse_size(args.split_size)
+        except ValueError as e:
+            return _error(f"--split-size: {e}", 2)
     try:  # every check on the input, before a progress bar starts or a byte is written
         pl = plan(src, cfg)
         output_file(out, pl.inputs + ([Path(args.calibrate)] if args.calibrate else []))
@@ -346,6 +355,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         if _rank() != 0:
             return 0
     meta.update(dict(args.metadata))
+    if split_size is not None:
+        return _convert_split(args, src, out, split_size, cfg, encoded, meta, pl, cleanup)
     try:
         report = convert(src, out, cfg, encoded=encoded, progress=not args.quiet,
                          log=print if args.verbose else None, metadata=meta, checked=pl)
@@ -384,6 +395,43 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         print(f"read back {out}: all {len(report.layers) + report.raw_tensors} tensors valid; every quantized "
               "tensor decodes bit-identically to the encoder's own dequantization, within its reported error of "
               "the source weights")
+    return 0
+
+
+def _convert_split(args: argparse.Namespace, src: Path, out: Path, split_size: int, cfg: Any, encoded: Any,
+                   meta: dict[str, Any], pl: Any, cleanup: Path | None) -> int:
+    """``convert --split-size``: the whole file under a hidden name beside OUT (checked as usual), then split
+    into OUT's stem as a set (SPEC §12) and the whole file removed (the disk holds both for a moment)."""
+    import shutil
+
+    from .convert import CheckpointError, check_written, convert
+    from .safetensors_io import SafetensorsError
+    whole = out.with_name(f".{out.name}.unsplit")
+    prefix = out.with_name(out.name[:-5] if out.name.endswith(".spqr") else out.name)
+    try:
+        try:
+            report = convert(src, whole, cfg, encoded=encoded, progress=not args.quiet,
+                             log=print if args.verbose else None, metadata=meta, checked=pl)
+        except (CheckpointError, SafetensorsError, SpqrFormatError) as e:
+            return _error(e, 1)
+        except UsageError:
+            raise
+        except ValueError as e:
+            return _error(e, 2)
+        if cleanup is not None:
+            shutil.rmtree(cleanup, ignore_errors=True)
+        if args.check:
+            bad = check_written(whole, report, pl)
+            if bad:
+                return _error("read-back check failed: " + "; ".join(bad), 1)
+        from .reader import open_file
+
+        with open_file(whole) as f:
+            index, n = _write_set(f, split_size, prefix, pl.inputs)
+    finally:
+        whole.unlink(missing_ok=True)
+    print(f"quantized {len(report.layers)} tensors at {report.bits_per_param:.3f} bits/param; "
+          f"wrote {_safe(str(index))}: {n} parts")
     return 0
 
 
@@ -469,14 +517,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .reader import open_file
+    from .split import open_model
     from .summary import render_markdown, render_text, summary
 
     if args.json and args.markdown:
         return _error("--json and --markdown are two output formats; pass one of them", 2)
     if args.plain_sections and (args.json or args.markdown):
         return _error("--sections applies to the text output (JSON always lists the sections)", 2)
-    with open_file(input_file(args.file), verify_checksums=False) as f:
+    with open_model(input_file(args.file), verify_checksums=False) as f:
         if args.json:
             print(json.dumps(summary(f, args.filter, tensors=args.tensors), indent=1, allow_nan=False))
         elif args.markdown:
@@ -597,11 +645,11 @@ def _cmd_meta(args: argparse.Namespace) -> int:
 
 def _verify_one(path: str, decode: bool) -> list[str]:
     """The problems of one file, each a line (empty: valid); never raises for a bad or missing file."""
-    from .reader import open_file
+    from .split import open_model
 
     try:
         # pread, not mmap: a file another process truncates meanwhile is TRUNCATED here, never a SIGBUS
-        with open_file(input_file(path), verify_checksums=True, mmap=False) as f:
+        with open_model(input_file(path), verify_checksums=True, mmap=False) as f:
             results = f.check_all()
             bad = [f"{_safe(n)}: {e}" for n, e in results if e is not None]
             if decode and not bad:
@@ -630,6 +678,54 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return status
 
 
+# ---- split / merge ---------------------------------------------------------------------
+
+
+def _write_set(f: Any, split_size: int, prefix: Path, inputs: list[Path]) -> tuple[Path, int]:
+    """Split ``f`` into the set PREFIX (SPEC §12) once every output is known to replace no input; (index, parts)."""
+    from .split import INDEX_SUFFIX, part_name, plan_parts, split_file
+
+    n = len(plan_parts(f, split_size))
+    for i in range(n):
+        output_file(prefix.with_name(part_name(prefix.name, i + 1, n)), inputs)
+    output_file(prefix.with_name(prefix.name + INDEX_SUFFIX), inputs)
+    return split_file(f, split_size, prefix), n
+
+
+def _cmd_split(args: argparse.Namespace) -> int:
+    from .hf_folder import parse_size
+    from .split import open_model, part_paths
+
+    src = input_file(args.file)
+    try:
+        size = parse_size(args.split_size)
+    except ValueError as e:
+        raise UsageError(f"--split-size: {e}") from None
+    inputs = [src, *part_paths(src)]
+    prefix = Path(args.output)
+    with open_model(src, mmap=False) as f:
+        f.validate()  # a corrupt file is not split
+        index, n = _write_set(f, size, prefix, inputs)
+    print(f"wrote {_safe(str(index))}: {n} parts")
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from .split import SplitFile, index_for, is_index, merge_set, part_paths
+
+    src = input_file(args.index)
+    index = src if is_index(src) else index_for(src)
+    if index is None:
+        return _error(f"{src} is neither a split index (*.spqr.index.json) nor the first part of a set", 2)
+    out = output_file(args.output, part_paths(index))
+    with SplitFile(index, mmap=False) as s:
+        s.validate()
+        merge_set(s, out)
+        n = len(s)
+    print(f"wrote {_safe(str(out))} ({n} tensors)")
+    return 0
+
+
 # ---- decode ----------------------------------------------------------------------------
 
 
@@ -643,16 +739,16 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .convert import transposed_names
-    from .reader import open_file
     from .safetensors_io import METADATA_KEY, write_safetensors_streaming
+    from .split import open_model, part_paths
 
     src = input_file(args.file)
     if args.hf:
         return _decode_hf(args, src)
     if args.max_shard_size is not None:
         return _error("--max-shard-size applies to --hf only", 2)
-    out = output_file(Path(args.output) if args.output else _decode_output(src), [src])
-    with open_file(src) as f:
+    out = output_file(Path(args.output) if args.output else _decode_output(src), [src, *part_paths(src)])
+    with open_model(src) as f:
         try:
             flip = set() if args.as_stored else transposed_names(f.metadata) or set()
         except ValueError as e:
@@ -813,6 +909,8 @@ Examples:
     )
     c.add_argument("input", nargs="?", help="checkpoint folder (default: the bundled demo checkpoint)")
     c.add_argument("-o", "--output", help="output .spqr path (default: <folder name>.spqr)")
+    c.add_argument("--split-size", metavar="SIZE", help="write a split set instead (SPEC §12): OUT's stem + "
+                   "-00001-of-0000N.spqr parts of at most SIZE data bytes (e.g. 5GB) and OUTSTEM.spqr.index.json")
     g = c.add_argument_group("codec and method")
     g.add_argument("--codec", default="spqr", choices=["spqr", "squeezellm", "quip"],
                    help="storage codec (default spqr); squeezellm and quip are data-free only")
@@ -976,6 +1074,23 @@ Examples:
     v.add_argument("files", nargs="+")
     v.add_argument("--decode", action="store_true", help="also decode every tensor")
     v.set_defaults(func=_cmd_verify)
+
+    sp = sub.add_parser("split", help="one .spqr file -> a split set (PREFIX-00001-of-0000N.spqr + index, SPEC §12)",
+                        description="Write FILE as parts of at most SIZE data bytes each (a tensor larger than "
+                        "SIZE gets a part of its own) plus PREFIX.spqr.index.json with each part's SHA-256. "
+                        "Section bytes are copied verbatim; every part carries the metadata. FILE is verified first.")
+    sp.add_argument("file")
+    sp.add_argument("--split-size", required=True, metavar="SIZE", help="largest part, e.g. 5GB or 500MiB")
+    sp.add_argument("-o", "--output", required=True, metavar="PREFIX",
+                    help="path prefix of the set: PREFIX-00001-of-0000N.spqr and PREFIX.spqr.index.json")
+    sp.set_defaults(func=_cmd_split)
+
+    mg = sub.add_parser("merge", help="a split set (its index or first part) -> one .spqr file",
+                        description="Check the set (index, SHA-256 of every part, every rule of every part) and "
+                        "write its tensors as one file, atomically; the output is never one of the set's files.")
+    mg.add_argument("index", metavar="INDEX")
+    mg.add_argument("-o", "--output", required=True, metavar="OUT.spqr")
+    mg.set_defaults(func=_cmd_merge)
 
     d = sub.add_parser("decode", help=".spqr -> .safetensors of dequantized weights",
                        description="Decode every tensor (bit-exact per spec) and write a safetensors file with the "

@@ -40,6 +40,7 @@ class ErrorCode(str, enum.Enum):
     BAD_PERMUTATION = "BAD_PERMUTATION"
     BAD_VALUE = "BAD_VALUE"
     BAD_METADATA = "BAD_METADATA"
+    BAD_SPLIT = "BAD_SPLIT"
 
     def __str__(self) -> str:
         return self.value

@@ -48,7 +48,7 @@ import numpy as np
 from . import codecs
 from .convert import parse_config, transposed_names
 from .reader import SpqrFile, Tensor
-from .reader import open_file as _open
+from .split import open_model as _open
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -115,6 +115,19 @@ def test_no_parameter_is_materialised_twice(tiny):
     assert not model.training
 
 
+def test_load_model_reads_a_split_set_as_the_file(tiny, tmp_path):
+    from spqrfmt.split import split_file
+
+    _d, path, _ = tiny
+    with spqrfmt.open(path) as f:
+        index = split_file(f, 1 << 14, tmp_path / "tiny")
+    assert len(json.loads(index.read_text())["parts"]) > 2
+    whole = load_model(path, device="cpu", dtype=torch.float32).state_dict()
+    parts = load_model(index, device="cpu", dtype=torch.float32).state_dict()
+    assert list(parts) == list(whole)
+    assert all(torch.equal(parts[k], whole[k]) for k in whole)
+
+
 def test_kernel_path_matches_decoded(tiny):
     """Every quantized Linear becomes SpQRLinear (Triton; interpreter on CPU) and computes the dense layer.
 
