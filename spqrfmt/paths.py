@@ -92,7 +92,15 @@ def output_file(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read without changing it where /proc allows (os.umask is set-and-return,
+    so reading it that way races with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 

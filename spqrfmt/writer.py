@@ -35,6 +35,7 @@ from .format import (
     pack_preamble,
     unpack_header,
 )
+from .paths import new_file_mode
 from .records import SectionRecord, TensorRecord, check_name, check_shape, parse_records
 
 SectionInput = np.ndarray | tuple[str, np.ndarray]
@@ -73,19 +74,6 @@ def _release_signals(held: object) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where /proc allows (os.umask is set-and-return)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
 def _as_section(value: SectionInput) -> tuple[str, np.ndarray]:
     """(dtype name, little-endian C-contiguous array); pass ('bf16', uint16 bits) for bf16."""
     if isinstance(value, tuple):
@@ -115,7 +103,7 @@ def write_atomic(path: Path, header: bytes, data_length: int, copy_data: Callabl
             out.flush()
             if out.tell() != pre.data_offset + data_length:
                 raise OSError(f"{path}: wrote {out.tell()} bytes, expected {pre.data_offset + data_length}")
-            os.fchmod(out.fileno(), 0o666 & ~_umask() if mode is None else mode)  # mkstemp makes 0600
+            os.fchmod(out.fileno(), new_file_mode() if mode is None else mode)  # mkstemp makes 0600
             os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
