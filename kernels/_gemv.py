@@ -242,16 +242,29 @@ def gemv_kernel(xq_ptr, xsum_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr, cnt_
         # Column-split: partial sums go to an f32 workspace that is zero at rest; the last program of
         # this row block (counted with an acq_rel atomic) reads the total, resets the workspace and its
         # counter, and writes y, so the split needs no memset or finishing launch.
-        tl.atomic_add(ws_ptr + yoff, out, mask=ymask)
-        tl.debug_barrier()  # every thread's adds before the (one-thread) counter release
-        done = tl.atomic_add(cnt_ptr + pid_m, 1)
-        if done == tl.num_programs(1) - 1:
-            tl.debug_barrier()
-            out = tl.atomic_xchg(ws_ptr + yoff, tl.zeros_like(out), mask=ymask)
-            tl.atomic_xchg(cnt_ptr + pid_m, 0)
-            _store_y(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, HAS_BIAS, MODE == 0)
+        _split_finish(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, ws_ptr, cnt_ptr, pid_m, HAS_BIAS, MODE == 0)
     else:
         _store_y(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, HAS_BIAS, MODE == 0)
+
+
+@triton.jit
+def _split_finish(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, ws_ptr, cnt_ptr, pid_m,
+                  HAS_BIAS: tl.constexpr, ONE_ROW: tl.constexpr):
+    """Add this program's column-split partial to the f32 workspace (zero at rest); the last program of
+    the row block (an acq_rel counter) takes the total, resets workspace and counter, and writes y.
+
+    The counter's atomic runs on one thread: the barrier orders every thread's adds before its release
+    (without it batch 4 read partial sums on the H200); the total is read past L1 after the acquire.
+    """
+    tl.atomic_add(ws_ptr + yoff, out, mask=ymask)
+    tl.debug_barrier()
+    done = tl.atomic_add(cnt_ptr + pid_m, 1)
+    if done == tl.num_programs(1) - 1:
+        tl.debug_barrier()
+        out = tl.load(ws_ptr + yoff, mask=ymask, other=0.0, cache_modifier=".cg")
+        tl.store(ws_ptr + yoff, tl.zeros_like(out), mask=ymask)
+        tl.atomic_xchg(cnt_ptr + pid_m, 0)
+        _store_y(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, HAS_BIAS, ONE_ROW)
 
 
 @triton.jit

@@ -41,7 +41,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._gemv import _f16_at, _field, _outliers, _round_out, _store_y
+from ._gemv import _f16_at, _field, _outliers, _round_out, _split_finish, _store_y
 
 
 @triton.jit
@@ -506,23 +506,8 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, y_ptr, bias_ptr, ws_ptr, cnt_ptr
         ymask = rmask[:, None] & bmask[None, :]
     if ATOMIC and MODE == 1:
         tl.atomic_add(y_ptr + yoff, out, mask=ymask)  # y: zeroed f32; bias and cast by the caller
-    elif ATOMIC:
-        # Column split: partial sums go to an f32 workspace that is zero at rest; the last program of this
-        # row block (counted with an acq_rel atomic) takes the total, resets the workspace and its counter,
-        # and writes y, so the split needs no memset, cast or bias launch around the kernel.
-        tl.atomic_add(ws_ptr + yoff, out, mask=ymask)
-        # The counter's atomic is one thread's: the barrier orders every thread's adds before its release
-        # (without it, batch 4 on the H200 read partial sums: relative errors of 0.03-0.3). MODE 1 (the
-        # dot path) still read wrong sums with it on the H200 and takes the zeroed-buffer path above.
-        tl.debug_barrier()
-        done = tl.atomic_add(cnt_ptr + pid_m, 1)
-        if done == tl.num_programs(1) - 1:
-            tl.debug_barrier()
-            # the acq_rel counter makes the other programs' adds visible; read past L1, then reset
-            out = tl.load(ws_ptr + yoff, mask=ymask, other=0.0, cache_modifier=".cg")
-            tl.store(ws_ptr + yoff, tl.zeros_like(out), mask=ymask)
-            tl.atomic_xchg(cnt_ptr + pid_m, 0)
-            _store_y(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, HAS_BIAS, MODE == 0)
+    elif ATOMIC:  # in-kernel finish; MODE 1 (the dot path) read wrong sums with it on the H200
+        _split_finish(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, ws_ptr, cnt_ptr, pid_m, HAS_BIAS, MODE == 0)
     else:
         _store_y(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, HAS_BIAS, MODE == 0)
 
