@@ -102,7 +102,7 @@ def int4_weights(m: int, n: int, gs: int = 128) -> tuple[torch.Tensor, torch.Ten
         return None
 
 
-def check_tiled(prep: ks.PreparedSpQR, x: torch.Tensor, cfg: ks.MatvecConfig) -> float:
+def check_matvec(prep: ks.PreparedSpQR, x: torch.Tensor, cfg: ks.MatvecConfig) -> float:
     """‖fused − W·x‖ / ‖W·x‖ against float64 on the exact dequantized W (a guard on every timed config)."""
     w = ks.dequantize_prepared(prep, torch.float32).double()
     ref = x.double() @ w.T
@@ -153,40 +153,10 @@ def clone_prepared(p: ks.PreparedSpQR) -> ks.PreparedSpQR:
             v = {k: t.clone() for k, t in v.items()}
         elif f.name == "_xidx":
             v = dict(v)
+        elif f.name == "_ws":
+            v = {}  # its own split workspace, as every layer of a model has
         kw[f.name] = v
     return ks.PreparedSpQR(**kw)
-
-
-def diagnose(preps: list, x: torch.Tensor, cfg: ks.MatvecConfig) -> dict[str, float]:
-    """Batch-1 time with parts removed, to see what the fused kernel spends its time on."""
-    out = {}
-    variants = {
-        "no_outliers": lambda p: dataclasses.replace(
-            p, o_row_ptr=torch.zeros_like(p.o_row_ptr), o_col=p.o_col[:0], o_delta=p.o_delta[:0],
-            sections=dict(p.sections, outlier_val=p.sections["outlier_val"][:0])),
-    }
-    for name, mk in variants.items():
-        vs = [mk(p) for p in preps]
-        out[name] = graph_time([lambda p=p: ks.matvec(p, x, config=cfg) for p in vs]) * 1e6
-    out["dequant_f16_us"] = graph_time([lambda p=p: ks.dequantize_prepared(p, torch.float16) for p in preps],
-                                       reps=4, iters=5) * 1e6
-    vs = [variants["no_outliers"](p) for p in preps]
-    out["dequant_f16_no_outliers_us"] = graph_time(
-        [lambda p=p: ks.dequantize_prepared(p, torch.float16) for p in vs], reps=4, iters=5) * 1e6
-    if preps[0].layout == "planes":
-        out["x_gather_only"] = graph_time(
-            [lambda: x.index_select(1, preps[0].x_index(cfg.NH * preps[0].unit))]) * 1e6
-    try:
-        from spqrfmt.kernels import _gemv as kg
-        from spqrfmt.kernels import _triton as kt
-        for kfn in (kt.fused_kernel, kg.gemv_kernel):
-            for cache in kfn.device_caches.values():
-                for key, kern in cache[0].items():
-                    out.setdefault("compiled", []).append(
-                        {"regs": kern.n_regs, "spills": kern.n_spills, "key": str(key)[:300]})
-    except Exception as e:  # introspection API differs between Triton versions
-        out["compiled"] = repr(e)[:200]
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                 best = (float("inf"), None, float("nan"))
                 for cfg in cands:
                     try:
-                        err = check_tiled(prep, x, cfg)
+                        err = check_matvec(prep, x, cfg)
                         t = graph_time([lambda p=p, x=x, c=cfg: ks.matvec(p, x, config=c) for p in preps])
                     except Exception as e:  # noqa: BLE001 - a config the compiler rejects
                         sweep_log.append({"m": m, "n": n, "bits": bits, "batch": batch, "cfg": str(cfg),
