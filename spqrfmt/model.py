@@ -492,6 +492,8 @@ def codec_linear(codec: str, params: dict[str, Any], sections: dict[str, np.ndar
         from .kernels.linear import SpQRLinear
 
         return SpQRLinear.from_sections(params, sections, shape, device=device)
+    from .kernels import ops
+
     kmod = importlib.import_module(f"spqrfmt.kernels.{codec}")
     secs = dict(sections)
     bias = secs.pop("bias", None)
@@ -511,8 +513,12 @@ def codec_linear(codec: str, params: dict[str, Any], sections: dict[str, np.ndar
                 self.bias = nn.Parameter(b.to(device), requires_grad=False)
             else:
                 self.register_parameter("bias", None)
+            self._handle = ops.register(self)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return ops.forward(self, self._handle, x)
+
+        def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
             lead = x.shape[:-1]
             x2 = x.reshape(-1, self.in_features)
             b = None if self.bias is None else self.bias.to(x.dtype)
