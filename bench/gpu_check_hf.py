@@ -44,9 +44,10 @@ def spqr(*args: str) -> None:
 
 
 def check(codec: str, src: Path, work: Path) -> dict:
+    from transformers import AutoModelForCausalLM
+
     import spqrfmt
     import spqrfmt.hf  # noqa: F401 - registers quant_method "spqrfmt" with transformers
-    from transformers import AutoModelForCausalLM
 
     t0 = time.perf_counter()
     path = work / f"{codec}.spqr"
