@@ -1,0 +1,1 @@
+"""Torch data-free encoders: the CPU encoders' exact arithmetic on any torch device (``--device cuda``)."""
