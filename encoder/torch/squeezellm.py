@@ -11,9 +11,10 @@ The CPU encoder's steps as batched row operations:
   along a non-innermost dimension adds one element at a time on the CPU and
   on CUDA (one thread per column), so the sums are transposed to scan dim 0;
 * Lloyd iterations for all rows at once (``searchsorted`` for the midpoints,
-  the same f64 quotient and clamps); a row whose centroids did not move is a
-  fixed point, so iterating it further (until every row converged or
-  ``max_iter``) changes nothing;
+  the same f64 quotient and clamps), each row frozen after its first
+  iteration without a change, as the CPU loop breaks; the centroid sort is
+  torch's except for rows that mix +0.0 and -0.0 (rare), which Numba's
+  quicksort orders on the host, as the CPU encoder's does;
 * the f64 -> f16 LUT rounding goes through a round-to-odd f32 (exact: one
   rounding, as numpy's direct cast; torch's own cast rounds twice);
 * nearest-entry assignment with f32 distances, ties to the lower index.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 import torch
 
@@ -72,6 +74,26 @@ def _pick(a: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     return a.gather(1, i.clamp(0, a.shape[1] - 1))
 
 
+@numba.njit(cache=True, nogil=True)
+def _numba_sort(a: np.ndarray) -> None:
+    for r in range(a.shape[0]):
+        a[r].sort()  # the very sort of ``squeezellm._kmeans_row``
+
+
+def _sort_rows(cent: torch.Tensor) -> torch.Tensor:
+    """Each row sorted as Numba's ``ndarray.sort`` leaves it: torch's sort, except rows mixing +0.0 and -0.0
+    (their order of equal zeros is the quicksort's), which are sorted by Numba itself on the host."""
+    out = cent.sort(1).values
+    zero = cent == 0
+    neg = torch.signbit(cent)
+    mixed = torch.nonzero((zero & neg).any(1) & (zero & ~neg).any(1))[:, 0]
+    if mixed.numel():
+        host = cent[mixed].cpu().numpy().copy()
+        _numba_sort(host)
+        out[mixed] = torch.from_numpy(host).to(cent.device)
+    return out
+
+
 def _kmeans_rows(xs: torch.Tensor, ws: torch.Tensor, cnt: torch.Tensor, k: int, max_iter: int) -> torch.Tensor:
     """``squeezellm._kmeans_row`` for every row: xs [R, n] sorted (+inf after cnt), ws [R, n] (0 after cnt)."""
     R, n = xs.shape
@@ -85,6 +107,7 @@ def _kmeans_rows(xs: torch.Tensor, ws: torch.Tensor, cnt: torch.Tensor, k: int, 
     cent = _pick(xs, i)
     xs_c = xs.contiguous()
     half = torch.tensor(0.5, dtype=_F64, device=xs.device)
+    active = cnt > 0
     for _ in range(max_iter):
         mid = half * (cent[:, :-1] + cent[:, 1:])
         inner = torch.searchsorted(xs_c, mid.contiguous(), right=True)  # x <= midpoint: the lower centroid
@@ -97,9 +120,10 @@ def _kmeans_rows(xs: torch.Tensor, ws: torch.Tensor, cnt: torch.Tensor, k: int, 
         c = torch.where(lo > c, lo, c)  # Python's max(c, lo) / min(c, hi): the first unless the second wins
         c = torch.where(hi < c, hi, c)
         upd = sw > 0
-        changed = (upd & (c != cent)).any()
-        cent = torch.where(upd, c, cent).sort(1).values
-        if not bool(changed):
+        changed = (upd & (c != cent)).any(1)
+        cent = torch.where(active[:, None], _sort_rows(torch.where(upd, c, cent)), cent)
+        active = active & changed  # the CPU loop stops here for this row (its sort might still swap signed zeros)
+        if not bool(active.any()):
             break
     return torch.where(cnt[:, None] > 0, cent, torch.zeros_like(cent))
 
@@ -167,7 +191,7 @@ def quantize_squeezellm(
             s = np.broadcast_to(s, (m, n))
         if s.shape != (m, n) or not np.isfinite(s).all() or (s < 0).any():
             raise ValueError("sensitivity must be finite, >= 0 and of shape [m, n] or [n]")
-        sens = torch.from_numpy(np.ascontiguousarray(s)).to(w.device)
+        sens = torch.from_numpy(np.array(s, dtype=np.float64)).to(w.device)
 
     if outlier_mask is None:
         mask = _top_mask(w.abs(), int(round(outlier_fraction * m * n)), torch.ones_like(w, dtype=torch.bool))
