@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .device import to_host
+
 
 def pack_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Integer codes [R, C] (< 2**bits) -> int64 [R, ceil(C * bits / 32)] holding the u32 words.
@@ -29,7 +31,11 @@ def pack_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return words.reshape(R, -1)[:, : (C * bits + 31) // 32]
 
 
+def as_i32(words: torch.Tensor) -> torch.Tensor:
+    """int64 words in [0, 2**32) -> int32 with the same bits (half the copy of int64)."""
+    return torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
+
+
 def to_u32(words: torch.Tensor) -> np.ndarray:
-    """int64 words in [0, 2**32) -> host u32 (sent as i32 bits: half the copy of int64)."""
-    w32 = torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
-    return w32.cpu().numpy().view(np.uint32)
+    """int64 words in [0, 2**32) -> host u32."""
+    return to_host(as_i32(words)).view(np.uint32)

@@ -18,7 +18,7 @@ f64 operations:
   elementwise operations in the Numba decoder's order.
 
 The grid search runs over row chunks of ``chunk_elements`` f64 errors
-(default 2^24 = 128 MB per temporary); the transforms hold ~4 f64 copies of the
+(default 2^26: 512 MB per temporary, ~2.5 GB in all); the transforms hold ~4 f64 copies of the
 matrix (32 B/param). ``codebook="e8p12"`` and a ``hessian`` (LDLQ, not
 data-free) run the CPU encoder.
 """
@@ -35,10 +35,11 @@ from ...codecs.quip import MAX_FACTOR
 from ...decoder.quip import hadamard_constant
 from .. import quip as cpu
 from ..rtn import Encoded
+from .device import as_tensor, const, to_host
 from .packing import pack_rows, to_u32
-from .spqr import CHUNK_ELEMENTS
 
 _F64 = torch.float64
+CHUNK_ELEMENTS = 1 << 26
 
 
 def _fwht_(y: torch.Tensor, h: int) -> torch.Tensor:
@@ -57,7 +58,8 @@ def _apply_dt_rows(x: torch.Tensor, log2_h: int, factor: np.ndarray | None) -> t
     """``quip.apply_dt_rows`` (f64): each row x[r] -> D^T x[r]."""
     rows, d = x.shape
     h = 1 << log2_h
-    y = _fwht_(x.reshape(rows, d // h, h), h) / torch.tensor(float(np.sqrt(h)), dtype=_F64, device=x.device)
+    y = _fwht_(x.reshape(rows, d // h, h), h)
+    y = y / const(float(np.sqrt(h)), y)
     if factor is not None:
         f = torch.from_numpy(np.asarray(factor, dtype=np.float64)).to(x.device)  # [b, a]
         out = torch.zeros_like(y)
@@ -112,18 +114,25 @@ def _leaf_sum(a: torch.Tensor) -> torch.Tensor:
     return res
 
 
+@functools.lru_cache(maxsize=64)
+def _tree_tensors(n: int, device: torch.device) -> tuple[list[tuple[int, torch.Tensor, torch.Tensor]],
+                                                        list[tuple[torch.Tensor, ...]], int, int]:
+    """:func:`_tree` as index tensors on ``device`` (built once per length)."""
+    leaves, levels, root = _tree(n)
+    leaf_idx = [(k, torch.tensor([lo + t for lo, _ in items for t in range(k)], device=device),
+                 torch.tensor([node for _, node in items], device=device)) for k, items in leaves.items()]
+    level_idx = [tuple(torch.tensor(c, device=device) for c in zip(*level, strict=True)) for level in levels]
+    nodes = sum(len(v) for v in leaves.values()) + sum(len(v) for v in levels)
+    return leaf_idx, level_idx, root, nodes
+
+
 def pairwise_sum(a: torch.Tensor) -> torch.Tensor:
     """numpy's pairwise f64 sum along the last axis (``quip._pairwise_sum``), for every leading index."""
-    n = a.shape[-1]
-    leaves, levels, root = _tree(n)
-    nodes = sum(len(v) for v in leaves.values()) + sum(len(v) for v in levels)
+    leaf_idx, level_idx, root, nodes = _tree_tensors(a.shape[-1], a.device)
     vals = torch.empty((*a.shape[:-1], nodes), dtype=a.dtype, device=a.device)
-    for k, items in leaves.items():
-        idx = torch.tensor([lo + t for lo, _ in items for t in range(k)], device=a.device)
-        ids = torch.tensor([node for _, node in items], device=a.device)
-        vals[..., ids] = _leaf_sum(a.index_select(-1, idx).reshape(*a.shape[:-1], len(items), k))
-    for level in levels:
-        node, left, right = (torch.tensor(c, device=a.device) for c in zip(*level, strict=True))
+    for k, idx, ids in leaf_idx:
+        vals[..., ids] = _leaf_sum(a.index_select(-1, idx).reshape(*a.shape[:-1], len(ids), k))
+    for node, left, right in level_idx:
         vals[..., node] = vals[..., left] + vals[..., right]
     return vals[..., root]
 
@@ -148,7 +157,7 @@ def _grid_scales(wt: torch.Tensor, bits: int, chunk_elements: int, candidates: i
     L = (1 << bits) - 1
     sq = wt * wt
     s = pairwise_sum(sq) if m == 1 else _row_sums_seq(sq)
-    rms = torch.sqrt(s / torch.tensor(float(n), dtype=_F64, device=dev)) + 1e-30
+    rms = torch.sqrt(s / const(float(n), s)) + 1e-30
     mults = torch.from_numpy(np.geomspace(0.05, 2.0, candidates) * (2.0 / (L + 1))).to(dev)
     Lt = torch.tensor(float(L), dtype=_F64, device=dev)
     two = torch.tensor(2.0, dtype=_F64, device=dev)
@@ -215,8 +224,7 @@ def quantize_quip(
         w_host = weight.detach().cpu().numpy() if isinstance(weight, torch.Tensor) else weight
         return cpu.quantize_quip(w_host, bits=bits, hessian=hessian, seed=seed, damp=damp, bias=bias,
                                  codebook=codebook)
-    w32 = weight.to(device=device, dtype=torch.float32) if isinstance(weight, torch.Tensor) else \
-        torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)).to(device)
+    w32 = as_tensor(weight, device)
     if w32.ndim != 2 or min(w32.shape) < 1:
         raise ValueError(f"weight must be 2-D and non-empty, got shape {tuple(w32.shape)}")
     if not bool(torch.isfinite(w32).all()):
@@ -255,6 +263,6 @@ def quantize_quip(
         sections["factor_m"] = fm
     if bias is not None:
         sections["bias"] = np.asarray(bias, dtype=np.float32).reshape(m)
-    deq = decode_grid(codes, bits, scale, su, sv, km, kn, fm, fn).cpu().numpy()
+    deq = to_host(decode_grid(codes, bits, scale, su, sv, km, kn, fm, fn))
     return Encoded((m, n), params, sections, np.ascontiguousarray(deq), codec="quip", codec_version=1,
                    info={"seed": seed, "ldlq": False, "codebook": codebook})

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from ..rtn import Encoded
-from .packing import pack_rows, to_u32
+from .device import as_tensor, const, host_empty
+from .packing import as_i32, pack_rows, to_u32
 
 CHUNK_ELEMENTS = 1 << 24
 _F32 = torch.float32
@@ -148,11 +149,6 @@ def _fit_groups(st: _State, budget: int, rounds: int = 4) -> None:
         st.rescan(torch.unique_consecutive(chosen // 2))
 
 
-def _const(v: float, like: torch.Tensor) -> torch.Tensor:
-    """A 0-d tensor on ``like``'s device: dividing by it is a true IEEE division on CUDA too."""
-    return torch.tensor(v, dtype=like.dtype, device=like.device)
-
-
 def _clamp_code(t: torch.Tensor, fq: torch.Tensor) -> torch.Tensor:
     """``rtn._clamp_code``: NaN and -inf -> 0, +inf -> qmax."""
     t = torch.where(t > 0, t, torch.zeros_like(fq))
@@ -167,24 +163,18 @@ def quantize_stat(x: torch.Tensor, bits: int, group: int) -> tuple[dict[str, np.
     xp = torch.cat([x, x[:, -1:].expand(-1, pad)], 1) if pad else x
     xg = xp.reshape(Gn, K, group)
     lo, hi = xg.amin(2), xg.amax(2)
-    one = _const(1.0, x)
-    scale2 = (hi - lo) / _const(float((1 << bits) - 1), x)
+    one = const(1.0, x)
+    scale2 = (hi - lo) / const(float((1 << bits) - 1), x)
     scale2 = torch.where(scale2 > 0, scale2, one)
     s16 = scale2.to(torch.float16)
     s16 = torch.where(torch.isfinite(s16) & (s16 != 0), s16, one.to(torch.float16))
     z16 = torch.clamp(-lo / s16.to(_F32), -65504, 65504).to(torch.float16)
     s_ = s16.to(_F32).repeat_interleave(group, 1)[:, :m]
     z_ = z16.to(_F32).repeat_interleave(group, 1)[:, :m]
-    t = _clamp_code(torch.round(x / s_ + z_), _const(float((1 << bits) - 1), x))
+    t = _clamp_code(torch.round(x / s_ + z_), const(float((1 << bits) - 1), x))
     recon = ((t - z_) * s_).to(torch.float16).to(_F32)
     return {"codes": to_u32(pack_rows(t.to(torch.int64), bits)), "scale": s16.cpu().numpy(),
             "zero": z16.cpu().numpy()}, recon
-
-
-def _as_tensor(weight: Any, device: str | torch.device) -> torch.Tensor:
-    if isinstance(weight, torch.Tensor):
-        return weight.to(device=device, dtype=_F32)
-    return torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)).to(device)
 
 
 def quantize_spqr(
@@ -204,7 +194,7 @@ def quantize_spqr(
 
     ``weight`` may already be a tensor on the device (no host copy then).
     """
-    w = _as_tensor(weight, device)
+    w = as_tensor(weight, device)
     if w.ndim != 2 or min(w.shape) < 1:
         raise ValueError(f"weight must be 2-D and non-empty, got shape {tuple(w.shape)}")
     if not bool(torch.isfinite(w).all()):
@@ -233,13 +223,13 @@ def quantize_spqr(
     st = _State(w, mask, group_size, chunk)
     if not given:
         _fit_groups(st, int(round(outlier_fraction * m * n)))
-    zero_t = _const(0.0, w)
+    zero_t = const(0.0, w)
     lo = torch.where(torch.isfinite(st.lo), st.lo, zero_t)
     lo = torch.where(lo < 0, lo, zero_t)  # np.minimum(x, 0.0): x if x < 0 else 0.0
     hi = torch.where(torch.isfinite(st.hi), st.hi, zero_t)
     hi = torch.where(hi > 0, hi, zero_t)
     del st
-    scale = (hi - lo) / _const(float(qmax), w)
+    scale = (hi - lo) / const(float(qmax), w)
     zero = torch.where(scale > 0, -lo / scale, zero_t)
 
     params: dict[str, Any] = {"bits": bits, "group_size": group_size, "scale_bits": scale_bits, "zero_bits": zero_bits}
@@ -259,12 +249,12 @@ def quantize_spqr(
             sections[f"{which}_scale"] = sec["scale"]
             sections[f"{which}_zero"] = sec["zero"]
 
-    # Codes against the reconstructed statistics (spqr.md §5 step 2), then step 3's outlier replacement.
+    # Codes against the reconstructed statistics (spqr.md .cpu().numpy()5 step 2), then step 3's outlier replacement.
     S = recon["scale"].T.contiguous()  # [m, G]
     Z = recon["zero"].T.contiguous()
-    fq = _const(float(qmax), w)
-    words = np.empty((m, (n * bits + 31) // 32), dtype=np.uint32)
-    deq = np.empty((m, n), dtype=np.float32)
+    fq = const(float(qmax), w)
+    words_t = host_empty((m, (n * bits + 31) // 32), torch.int32, w.device)
+    deq_t = host_empty((m, n), torch.float32, w.device)
     pad = G * group_size - n
     for r0 in range(0, m, chunk):
         r1 = min(m, r0 + chunk)
@@ -278,14 +268,15 @@ def quantize_spqr(
         d = ((q - z_) * s_).view(r1 - r0, -1)[:, :n]
         mk = mask[r0:r1]
         d = torch.where(mk, w[r0:r1].to(torch.float16).to(_F32), d)
-        words[r0:r1] = to_u32(pack_rows(q.view(r1 - r0, -1)[:, :n], bits))
-        deq[r0:r1] = d.cpu().numpy()
+        words_t[r0:r1].copy_(as_i32(pack_rows(q.view(r1 - r0, -1)[:, :n], bits)))
+        deq_t[r0:r1].copy_(d)
 
     counts = mask.sum(1)
     nz = torch.nonzero(mask)  # row-major: CSR order, columns increasing within a row
     row_ptr = torch.zeros(m + 1, dtype=torch.int64, device=w.device)
     torch.cumsum(counts, 0, out=row_ptr[1:])
-    sections["codes"] = words
+    sections["codes"] = words_t.numpy().view(np.uint32)
+    deq = deq_t.numpy()
     sections["outlier_row_ptr"] = row_ptr.cpu().numpy().astype(np.uint32)
     col_t = torch.int16 if n <= 65536 else torch.int32
     cols = nz[:, 1]
