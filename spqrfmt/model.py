@@ -46,9 +46,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import codecs
-from .convert import parse_config, transposed_names
+from . import constants as K
+from .convert import parse_config
 from .reader import SpqrFile, Tensor
 from .split import open_model as _open
+from .transposed import StoredTransposed
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -69,7 +71,7 @@ class LoadReport:
 
 def config_of(f: SpqrFile) -> dict[str, Any]:
     """The checkpoint's config.json stored in the file (metadata ``hf.config``)."""
-    text = f.metadata.get("hf.config")
+    text = f.metadata.get(K.HF_CONFIG)
     if text is None:
         raise ValueError(f"{f.path}: no 'hf.config' metadata; the file was not converted from a transformers folder")
     if not isinstance(text, (str, bytes)):
@@ -304,12 +306,11 @@ def populate(model: nn.Module, f: SpqrFile, dtype: torch.dtype, dev: torch.devic
 
     path = f.path
     report = LoadReport()
-    conv1d_out_in = f.metadata.get("spqrfmt.conv1d") == "out_in"
     try:
-        transposed = transposed_names(f.metadata)
+        transposed = StoredTransposed.of(f.metadata)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-    fused = fused_splits(f.metadata.get("spqrfmt.fused"), path)
+    fused = fused_splits(f.metadata.get(K.FUSED), path)
     experts: dict[str, dict[int, dict[str, Any]]] = {}
     for name, t in f.tensors.items():
         if name in fused:
@@ -333,8 +334,7 @@ def populate(model: nn.Module, f: SpqrFile, dtype: torch.dtype, dev: torch.devic
             continue
         is_linear = isinstance(mod, torch.nn.Linear) and attr == "weight"
         # A Conv1D weight stored [out, in], to be transposed back to the module's [in, out]:
-        out_in = _is_conv1d(mod) and attr == "weight" and (
-            name in transposed if transposed is not None else conv1d_out_in)
+        out_in = _is_conv1d(mod) and attr == "weight" and transposed.applies(name, quantized_conv1d_weight=True)
         if use_kernels and codecs.get(t.record).gpu is not None and (is_linear or out_in):
             _swap_for_kernel(model, target, t, dev)
             report.kernel_layers.append(name)

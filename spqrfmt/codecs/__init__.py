@@ -14,9 +14,10 @@ first time a codec is looked up. A codec provides:
 * ``check_content(rec, arrays)``: index-bearing sections (CSR, permutations)
   checked before any Numba loop or GPU kernel reads them;
 * ``decode(rec, arrays)``: the reference decode, the f32 array of the spec;
-* ``Options`` (its encoder settings, a dataclass; None for a codec that is never
-  written by the converter), ``methods`` (``"rtn"`` = data-free, then any
-  calibrated ones) and ``encode(weight, options, hessian=None) -> Encoded``;
+* ``Options`` (its encoder settings, a dataclass, see ``codecs.options``; None for
+  a codec the converter never writes), ``methods`` (``"rtn"`` = data-free, then
+  any calibrated ones, the default first) and ``encode(weight, options, hessian=None)``;
+* ``summary``: one line for ``spqr convert --help``;
 * ``gpu``: a :class:`GpuBinding` over its Triton kernels (imported lazily), or None.
 """
 

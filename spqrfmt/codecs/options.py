@@ -36,6 +36,7 @@ class OptionsBase:
     """Mixin of the codecs' ``Options`` dataclasses."""
 
     FLAGS: ClassVar[tuple[Flag, ...]] = ()
+    EXAMPLE: ClassVar[str] = ""  # flags for the example line of ``spqr convert --help``
     REFUSES: ClassVar[Mapping[str, str]] = {}  # flag dest -> why this codec has no such setting
     F16_STATISTICS: ClassVar[bool] = False  # statistics/LUT/outliers stored as f16: weights beyond 65504 refused
 

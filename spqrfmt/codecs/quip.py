@@ -104,6 +104,7 @@ class Options(OptionsBase):
     quip_codebook: str = "grid"
 
     REFUSES: ClassVar[Mapping[str, str]] = {"outlier_fraction": "incoherence processing replaces outliers"}
+    EXAMPLE: ClassVar[str] = "--quip-codebook e8p12"
     FLAGS: ClassVar[tuple[Flag, ...]] = (
         Flag("bits", dict(type=int, choices=range(1, 9), metavar="{1..8}"), "grid bits"),
         Flag("seed", dict(type=int_in(0, 2**63 - 1)),
@@ -152,6 +153,8 @@ class QuipCodec:
     id = "quip"
     versions = (1, 2)
     quantized = True
+    summary = ("random-sign Hadamard incoherence + uniform grid (--bits = grid bits), or --quip-codebook e8p12: "
+               "QuIP#'s E8P12 lattice codebook at 2 bits per weight (codec_version 2)")
     methods = ("rtn",)
     Options = Options
 

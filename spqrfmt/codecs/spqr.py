@@ -115,6 +115,7 @@ class Options(OptionsBase):
     act_order: bool = True
 
     F16_STATISTICS: ClassVar[bool] = True
+    EXAMPLE: ClassVar[str] = "--bits 3 --group-size 16"
     FLAGS: ClassVar[tuple[Flag, ...]] = (
         Flag("bits", dict(type=int, choices=range(1, 9), metavar="{1..8}"), "bits per weight code (default 4)"),
         Flag("group_size", dict(type=int_in(1, 65536)),
@@ -213,7 +214,8 @@ class SpqrCodec:
     id = "spqr"
     versions = (1, 2)
     quantized = True
-    methods = ("rtn", "gptq", "spqr")
+    summary = "bilevel groups + CSR outliers; data-free or calibrated (GPTQ / SpQR)"
+    methods = ("rtn", "spqr", "gptq")  # data-free first, then the calibrated ones, the default first
     Options = Options
 
     def check_record(self, rec: TensorRecord) -> dict[str, Any]:

@@ -54,6 +54,7 @@ class Options(OptionsBase):
     kmeans_iters: int = 100
 
     F16_STATISTICS: ClassVar[bool] = True
+    EXAMPLE: ClassVar[str] = "--bits 3"
     FLAGS: ClassVar[tuple[Flag, ...]] = (
         Flag("bits", dict(type=int, choices=range(1, 9), metavar="{1..8}"), "LUT index bits (2^bits entries per row)"),
         Flag("outlier_fraction", dict(type=float_in(0.0, 1.0, hi_open=True)), "sparse residuals (default 0.005)"),
@@ -87,6 +88,7 @@ class SqueezeLLMCodec:
     id = "squeezellm"
     versions = (1,)
     quantized = True
+    summary = "per-row non-uniform LUT (--bits = LUT index bits) + sparse residuals"
     methods = ("rtn",)
     Options = Options
 
