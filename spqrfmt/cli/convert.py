@@ -405,6 +405,3 @@ def _convert_split(args: argparse.Namespace, src: Path, out: Path, split_size: i
     print(f"quantized {len(report.layers)} tensors at {report.bits_per_param:.3f} bits/param; "
           f"wrote {_safe(str(index))}: {n} parts")
     return 0
-
-
-# ---- eval ------------------------------------------------------------------------------

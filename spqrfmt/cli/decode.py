@@ -127,3 +127,4 @@ def _decode_hf(args: argparse.Namespace, src: Path) -> int:
         if bar is not None:
             bar.close()
     print(f"wrote {_safe(args.output)}: {', '.join(_safe(n) for n in names)}")
+    return 0
