@@ -33,7 +33,11 @@ torch.manual_seed(0)
 cfg = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=True)
 LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
-result = {"encodable": codecs.encodable()}
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    result = {"encodable": codecs.encodable()}  # the first look-up scans the entry points, once
+result["warnings"] = [str(w.message) for w in caught]
 qc = QuantConfig(codec="toy", min_features=16, levels=100)
 report = convert(folder, out, qc, progress=False)
 result["layers"] = len(report.layers)
@@ -72,7 +76,7 @@ def _install(site: Path) -> None:
     dist = site / "spqrfmt_toy_codec-0.1.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: spqrfmt-toy-codec\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[spqrfmt.codecs]\ntoy = toy_codec:CODEC\n")
+    (dist / "entry_points.txt").write_text("[spqrfmt.codecs]\ntoy = toy_codec:CODEC\nbroken = no_such_module:CODEC\n")
 
 
 def test_toy_codec_from_an_entry_point_converts_reads_verifies_and_loads(tmp_path: Path) -> None:
@@ -87,6 +91,8 @@ def test_toy_codec_from_an_entry_point_converts_reads_verifies_and_loads(tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "toy" in r["encodable"]
+    # a plugin that cannot be imported is named in a warning and left out; the others still work
+    assert len(r["warnings"]) == 1 and "'broken'" in r["warnings"][0] and "no_such_module" in r["warnings"][0]
     assert r["codecs"] == ["raw", "toy"] and r["layers"] == 7 and r["bad"] == []
     assert r["params"] == {"levels": 100} and r["readback"] == []
     assert r["cli_convert"][0] == 0, r["cli_convert"][1]

@@ -79,6 +79,7 @@ class GpuBinding:
 _REGISTRY: dict[str, Codec] = {}
 _PLUGINS_LOADED = False
 _PLUGIN_LOCK = threading.Lock()
+_LOADING: int | None = None  # the thread scanning the entry points
 
 
 def register(codec: Codec) -> Codec:
@@ -96,23 +97,26 @@ def register(codec: Codec) -> Codec:
 
 def _load_plugins() -> None:
     """Register the codecs of the entry-point group once; a plugin that fails to load (or reuses an id)
-    is reported with a warning and left out, so files of the other codecs still read."""
-    global _PLUGINS_LOADED
-    if _PLUGINS_LOADED:
+    is reported with a warning and left out, so files of the other codecs still read. Other threads wait
+    for the scan; a plugin module that looks a codec up while it is being imported sees the registry so far."""
+    global _PLUGINS_LOADED, _LOADING
+    if _PLUGINS_LOADED or _LOADING == threading.get_ident():
         return
     with _PLUGIN_LOCK:
         if _PLUGINS_LOADED:
             return
-        from importlib.metadata import entry_points
+        _LOADING = threading.get_ident()
+        try:
+            from importlib.metadata import entry_points
 
-        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            try:
-                codec = ep.load()
-                register(codec)
-            except Exception as e:  # noqa: BLE001 - a broken plugin must not stop files of other codecs
-                warnings.warn(f"codec entry point {ep.name!r} ({ep.value}) not registered: "
-                              f"{type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
-        _PLUGINS_LOADED = True
+            for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+                try:
+                    register(ep.load())
+                except Exception as e:  # noqa: BLE001 - a broken plugin must not stop files of other codecs
+                    warnings.warn(f"codec entry point {ep.name!r} ({ep.value}) not registered: "
+                                  f"{type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
+        finally:
+            _PLUGINS_LOADED, _LOADING = True, None
 
 
 def available() -> dict[str, tuple[int, ...]]:
