@@ -343,7 +343,7 @@ def _metadata(folder: Path, cfg: QuantConfig) -> dict[str, Any]:
     meta: dict[str, Any] = {constants.SOURCE_MODEL: display_name(folder), constants.CONVERT: json.dumps(cfg.to_dict())}
     config = folder / "config.json"
     if config.is_file():
-        meta["hf.config"] = config.read_text(encoding="utf-8")
+        meta[constants.HF_CONFIG] = config.read_text(encoding="utf-8")
     meta.update(hf_files(folder))
     return meta
 

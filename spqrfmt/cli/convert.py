@@ -15,7 +15,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from .. import codecs
+from .. import codecs, constants
 from ..argtypes import flag
 from ..errors import SpqrFormatError
 from ..paths import UsageError, display_name, input_dir, input_file, output_file
@@ -252,7 +252,7 @@ def _calibrate(args: argparse.Namespace, src: Path, out: Path, cfg: Any, config:
             shutil.rmtree(work, ignore_errors=True)  # nothing worth resuming
         hint = f" (delete {work} or pass another --work-dir)" if "other settings" in str(e) else ""
         raise UsageError(f"calibration failed: {e}{hint}") from e
-    meta = {"spqrfmt.calibration": json.dumps({
+    meta = {constants.CALIBRATION: json.dumps({
         "text": text.name, "text_sha256": hashlib.sha256(text.read_bytes()).hexdigest(), "nsamples": nsamples,
         "seqlen": seqlen, "method": cfg.method})}
     return store, (None if keep else work), meta
