@@ -125,7 +125,8 @@ class Tensor:
         ``dtype`` ('f32', 'f16' or 'bf16'; bf16 comes back as uint16 bit patterns)
         casts the decoded f32 array with round-to-nearest-even.
         """
-        out = codecs.get(self.record).decode(self.record, self.arrays())
+        arrays = self.arrays()  # checks the record once, keeping its params
+        out = codecs.get(self.record).decode(self.record, arrays, self.codec_params)
         if dtype is None:
             return out
         if self.dtype == "bf16" and out.dtype == np.uint16:  # an unquantized bf16 tensor: bit patterns

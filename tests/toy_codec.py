@@ -100,7 +100,7 @@ class ToyCodec:
         if np.abs(arrays["codes"].astype(np.int16)).max(initial=0) > levels:
             raise fail(ErrorCode.BAD_VALUE, f"a code lies outside ±{levels}", rec.name)
 
-    def decode(self, rec: Any, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    def decode(self, rec: Any, arrays: Mapping[str, np.ndarray], params: Any = None) -> np.ndarray:
         return _decode(arrays["codes"], arrays["scale"])
 
     def encode(self, weight: np.ndarray, options: Options, hessian: np.ndarray | None = None) -> ToyEncoded:

@@ -13,7 +13,8 @@ first time a codec is looked up. A codec provides:
   alone; returns the checked, version-aware params (what decoders and kernels read);
 * ``check_content(rec, arrays)``: index-bearing sections (CSR, permutations)
   checked before any Numba loop or GPU kernel reads them;
-* ``decode(rec, arrays)``: the reference decode, the f32 array of the spec;
+* ``decode(rec, arrays, params)``: the reference decode, the f32 array of the spec
+  (``params``: what ``check_record`` returned; None = check them again);
 * ``Options`` (its encoder settings, a dataclass, see ``codecs.options``; None for
   a codec the converter never writes), ``methods`` (``"rtn"`` = data-free, then
   any calibrated ones, the default first) and ``encode(weight, options, hessian=None)``;
@@ -51,7 +52,8 @@ class Codec(Protocol):
 
     def check_content(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> None: ...
 
-    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> np.ndarray: ...
+    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray],
+               params: Mapping[str, Any] | None = None) -> np.ndarray: ...
 
     def encode(self, weight: np.ndarray, options: Any, hessian: np.ndarray | None = None) -> Any: ...
 

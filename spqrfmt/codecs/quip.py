@@ -183,10 +183,11 @@ class QuipCodec:
             if s.size and not np.all((s == 1) | (s == -1)):
                 raise fail(ErrorCode.BAD_VALUE, f"sign vector {role!r} has entries other than +1/-1", rec.name)
 
-    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray],
+               params: Mapping[str, Any] | None = None) -> np.ndarray:
         from ..decoder import quip as numba_quip
 
-        return numba_quip.decode(checked_params(rec), arrays, rec.shape)
+        return numba_quip.decode(checked_params(rec) if params is None else params, arrays, rec.shape)
 
 
 CODEC = QuipCodec()

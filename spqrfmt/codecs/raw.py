@@ -32,7 +32,8 @@ class RawCodec:
         if rec.dtype == "bool" and np.any(arrays["data"] > 1):
             raise fail(ErrorCode.BAD_VALUE, "bool tensor holds bytes other than 0/1", rec.name)
 
-    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray],
+               params: Mapping[str, Any] | None = None) -> np.ndarray:
         data = np.array(arrays["data"])  # a private copy, never a view into the map
         return data.view(np.bool_) if rec.dtype == "bool" else data
 

@@ -246,10 +246,11 @@ class SpqrCodec:
         if "perm" in arrays:
             check_permutation(rec, arrays["perm"], n)
 
-    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray],
+               params: Mapping[str, Any] | None = None) -> np.ndarray:
         from ..decoder import spqr as numba_spqr
 
-        return numba_spqr.decode(checked_params(rec), arrays, rec.shape)
+        return numba_spqr.decode(checked_params(rec) if params is None else params, arrays, rec.shape)
 
 
 CODEC = SpqrCodec()

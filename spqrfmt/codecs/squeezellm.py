@@ -113,10 +113,11 @@ class SqueezeLLMCodec:
     def check_content(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> None:
         check_csr(rec, arrays["outlier_row_ptr"], arrays["outlier_col"], rec.shape[1])
 
-    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray],
+               params: Mapping[str, Any] | None = None) -> np.ndarray:
         from ..decoder import squeezellm as numba_squeezellm
 
-        return numba_squeezellm.decode(checked_params(rec), arrays, rec.shape)
+        return numba_squeezellm.decode(checked_params(rec) if params is None else params, arrays, rec.shape)
 
 
 CODEC = SqueezeLLMCodec()
