@@ -466,6 +466,15 @@ def data_free_encoder(name: str, weight: np.ndarray, cfg: QuantConfig) -> Any:
     return cfg.codec_impl.encode(weight, cfg.options)
 
 
+def device_encoder(device: str) -> Encoder:
+    """:func:`data_free_encoder` computed by the codec's torch encoder on ``device`` (e.g. ``cuda``): the same
+    bytes, much faster on a GPU (``bench/gpu_check_encoders.py``)."""
+    def encode(name: str, weight: np.ndarray, cfg: QuantConfig) -> Any:
+        return cfg.codec_impl.encode(weight, cfg.options, device=device)
+
+    return encode
+
+
 rtn_encoder = data_free_encoder  # the name earlier callers use
 
 

@@ -164,8 +164,18 @@ class QuipCodec:
         expect_sections(rec, req, opt)
         return p
 
-    def encode(self, weight: np.ndarray, options: Options, hessian: np.ndarray | None = None) -> Any:
-        """Round to nearest in the incoherent basis; with ``hessian`` (X^T X) the encoder's LDLQ."""
+    def encode(self, weight: np.ndarray, options: Options, hessian: np.ndarray | None = None,
+               device: str | None = None) -> Any:
+        """Round to nearest in the incoherent basis; with ``hessian`` (X^T X) the encoder's LDLQ.
+
+        ``device``: data-free grid encoding by the torch encoder on that device (the same bytes)."""
+        if device is not None and hessian is None:
+            if options.quip_codebook != "grid":
+                raise ValueError(f"--device: no torch encoder for the {options.quip_codebook} codebook yet; "
+                                 "drop --device to encode it on the CPU")
+            from ..encoder.torch.quip import quantize_quip as quantize_on
+
+            return quantize_on(weight, bits=options.bits, seed=options.seed, device=device)
         from ..encoder.quip import quantize_quip
 
         return quantize_quip(weight, bits=options.bits, hessian=hessian, seed=options.seed,
