@@ -223,7 +223,7 @@ def _describe(cfg: Any) -> str:
 
 def _calibration_inputs(args: argparse.Namespace) -> tuple[Path, list[str], str]:
     """(text file, its documents, device), checked before anything starts."""
-    from .evaluate import read_documents
+    from .hf.evaluate import read_documents
 
     text = input_file(args.calibrate, "calibration text")
     docs = read_documents(text)  # ValueError (exit 1) when it has no text
@@ -303,7 +303,8 @@ def _rank() -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import CheckpointError, check_written, convert, demo_checkpoint, plan
+    from .convert import check_written, convert, plan
+    from .hf.checkpoint import CheckpointError, demo_checkpoint
     from .safetensors_io import SafetensorsError
 
     problem = _usage_problem(args)
@@ -319,7 +320,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         return _error(e, 2)
     split_size = None
     if args.split_size is not None:
-        from .hf_folder import parse_size
+        from .hf.export import parse_size
 
         try:
             split_size = parse_size(args.split_size)
@@ -404,7 +405,8 @@ def _convert_split(args: argparse.Namespace, src: Path, out: Path, split_size: i
     into OUT's stem as a set (SPEC §12) and the whole file removed (the disk holds both for a moment)."""
     import shutil
 
-    from .convert import CheckpointError, check_written, convert
+    from .convert import check_written, convert
+    from .hf.checkpoint import CheckpointError
     from .safetensors_io import SafetensorsError
     whole = out.with_name(f".{out.name}.unsplit")
     prefix = out.with_name(out.name[:-5] if out.name.endswith(".spqr") else out.name)
@@ -451,7 +453,7 @@ def _quant_bits(path: Path) -> float | None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import read_documents
+    from .hf.evaluate import read_documents
 
     text = input_file(args.text, "text file")  # every path and the text before torch is even imported
     docs = read_documents(text)
@@ -467,14 +469,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     except ImportError as e:
         return _error(f"spqr eval needs torch and transformers ({e.name} is missing): {HF_EXTRA}", 2)
     from .encoder.calibrate import max_positions
-    from .evaluate import load_model, load_spqr_model, perplexity, tokenize_texts
+    from .hf.evaluate import load_hf_model, load_spqr_model, perplexity, tokenize_texts
 
     device = resolve_device(args.device)
     results: list[tuple[str, float, Any]] = []
     for src in args.models:
         path = Path(src)
         if path.is_dir():
-            model = load_model(path, dtype=args.dtype, device=device)
+            model = load_hf_model(path, dtype=args.dtype, device=device)
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(tok_dir or path)
@@ -693,7 +695,7 @@ def _write_set(f: Any, split_size: int, prefix: Path, inputs: list[Path]) -> tup
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
-    from .hf_folder import parse_size
+    from .hf.export import parse_size
     from .split import open_model, part_paths
 
     src = input_file(args.file)
@@ -793,7 +795,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
 
 def _decode_hf(args: argparse.Namespace, src: Path) -> int:
-    from .hf_folder import DEFAULT_SHARD_BYTES, parse_size, write_hf_folder
+    from .hf.export import DEFAULT_SHARD_BYTES, parse_size, write_hf_folder
     from .reader import open_file
 
     if not args.output:
@@ -819,7 +821,7 @@ def _decode_hf(args: argparse.Namespace, src: Path) -> int:
 
 
 def _cmd_export_hf(args: argparse.Namespace) -> int:
-    from .hf_folder import write_export_folder
+    from .hf.export import write_export_folder
     from .reader import open_file
 
     src = input_file(args.file)
@@ -844,7 +846,7 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .generate import cli_generate
+    from .hf.generate import cli_generate
 
     return int(cli_generate(args))
 
@@ -1131,8 +1133,8 @@ Examples:
     k.add_argument("rest", nargs=argparse.REMAINDER)
     k.set_defaults(func=_cmd_conformance)
 
-    from . import generate as _gen
     from . import importers as _imp
+    from .hf import generate as _gen
 
     g = sub.add_parser("generate", help="run the compressed model: generate text from a prompt (needs torch)",
                        description="Load the model from the .spqr file (config and tokenizer from its metadata) and "

@@ -15,7 +15,7 @@ import spqrfmt  # noqa: E402
 from spqrfmt.cli import main  # noqa: E402
 from spqrfmt.convert import QuantConfig, convert  # noqa: E402
 from spqrfmt.encoder.rtn import quantize_spqr  # noqa: E402
-from spqrfmt.hf_folder import dense_tensors, parse_size  # noqa: E402
+from spqrfmt.hf.export import dense_tensors, parse_size  # noqa: E402
 from spqrfmt.model import load_model  # noqa: E402
 
 VOCAB = 96

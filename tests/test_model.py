@@ -23,7 +23,7 @@ if not torch.cuda.is_available():
 
 import spqrfmt  # noqa: E402
 from spqrfmt.convert import QuantConfig, convert  # noqa: E402
-from spqrfmt.generate import add_arguments, cli_generate, generate, greedy_tokens, load_tokenizer  # noqa: E402
+from spqrfmt.hf.generate import add_arguments, cli_generate, generate, greedy_tokens, load_tokenizer  # noqa: E402
 from spqrfmt.model import load_model  # noqa: E402
 
 VOCAB = 128

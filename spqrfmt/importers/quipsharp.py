@@ -70,7 +70,7 @@ from typing import Any
 
 import numpy as np
 
-from ..convert import base_model_metadata, read_config
+from ..hf.checkpoint import base_model_metadata, read_config
 from ..paths import display_name
 from ..writer import Writer
 from .squeezellm import NotRepresentable, load_state

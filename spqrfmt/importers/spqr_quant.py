@@ -65,8 +65,8 @@ from typing import Any
 
 import numpy as np
 
-from ..convert import base_model_metadata, checkpoint_entries, read_config
 from ..encoder.packing import pack_rows
+from ..hf.checkpoint import base_model_metadata, checkpoint_entries, read_config
 from ..paths import display_name
 from ..writer import Writer
 

@@ -167,7 +167,7 @@ def export_spqr_quant(f: SpqrFile, output: str | os.PathLike[str], *, check: boo
     equal ``decode("f16")`` in every bit, else RuntimeError.
     """
     from ..convert import transposed_names
-    from ..hf_folder import _build_folder, _new_folder, side_files
+    from ..hf.export import _build_folder, _new_folder, side_files
     from ..safetensors_io import write_safetensors
 
     out = Path(output)

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from ..convert import base_model_metadata
+from ..hf.checkpoint import base_model_metadata
 from ..paths import display_name
 from ..writer import Writer
 
@@ -76,8 +76,8 @@ def load_state(src: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     of shards (its index honoured); bf16 widened to f32."""
     p = Path(src)
     if p.is_dir() or p.suffix == ".safetensors":
-        from ..convert import checkpoint_entries
         from ..dtypes import bf16_to_f32
+        from ..hf.checkpoint import checkpoint_entries
         from ..safetensors_io import SafetensorsFile
 
         if p.is_dir():

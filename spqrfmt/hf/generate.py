@@ -18,16 +18,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .reader import open_file as _open
+from ..reader import open_file as _open
+from .checkpoint import FILES_PREFIX
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-TOKENIZER_PREFIX = "hf.files/"
-
 
 def _stored_files(metadata: Any) -> dict[str, Any]:
-    return {k[len(TOKENIZER_PREFIX):]: v for k, v in metadata.items() if k.startswith(TOKENIZER_PREFIX)}
+    return {k[len(FILES_PREFIX):]: v for k, v in metadata.items() if k.startswith(FILES_PREFIX)}
 
 
 def _has_tokenizer(files: Any) -> bool:
@@ -116,7 +115,7 @@ _DTYPES = {"f16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``spqr generate FILE --prompt ...``."""
-    from .cli import _float_in, _int_in
+    from ..cli import _float_in, _int_in
 
     parser.add_argument("file", help=".spqr file converted from a transformers causal LM")
     parser.add_argument("--prompt", required=True, help="text to continue (not empty)")
@@ -137,8 +136,8 @@ def cli_generate(args: argparse.Namespace) -> int:
     Everything the run needs (torch, a causal LM, a tokenizer, a prompt, the
     device) is checked before the model is built.
     """
-    from .cli import HF_EXTRA, _error, resolve_device
-    from .paths import UsageError, input_dir, input_file
+    from ..cli import HF_EXTRA, _error, resolve_device
+    from ..paths import UsageError, input_dir, input_file
 
     path = input_file(args.file)
     if not args.prompt.strip():
@@ -155,8 +154,8 @@ def cli_generate(args: argparse.Namespace) -> int:
         import transformers  # noqa: F401
     except ImportError as e:
         return _error(f"spqr generate needs torch and transformers ({e.name} is missing): {HF_EXTRA}", 2)
+    from ..model import load_model
     from .evaluate import check_causal_lm
-    from .model import load_model
 
     device = resolve_device(args.device)
     dtype_name = _DTYPES[args.dtype] if args.dtype else ("float16" if device.startswith("cuda") else "float32")
