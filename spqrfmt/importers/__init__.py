@@ -76,7 +76,7 @@ def cli_import(args: argparse.Namespace) -> int:
     """
     from ..cli import _error
     from ..paths import output_file
-    from .squeezellm import NotRepresentable
+    from .common import NotRepresentable
 
     output_file(args.output, _inputs(args))
     mod = importlib.import_module(IMPORTERS[args.format])

@@ -6,7 +6,7 @@ one ``model.safetensors``, the tokenizer/generation files of the metadata) is wh
 stock transformers' SpQR integration loads, and what ``spqr import spqr_quant`` reads.
 
 Only what the source format holds exactly is exported; everything else is refused
-with :class:`~spqrfmt.importers.squeezellm.NotRepresentable` naming the field:
+with :class:`~spqrfmt.importers.common.NotRepresentable` naming the field:
 
 * every quantized tensor is codec ``spqr`` version 2 with ``arith = "f16"``, bits,
   scale/zero bits 3 and group/stat group size 16 (the library's only layout), dtype
@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..reader import SpqrFile, Tensor
+from .common import NotRepresentable
 from .spqr_quant import (
     BITS,
     ROLES,
@@ -46,7 +47,6 @@ from .spqr_quant import (
     to_dense_weights,
     unpack_layer,
 )
-from .squeezellm import NotRepresentable
 
 WEIGHTS = "model.safetensors"
 WANT = {"bits": BITS, "group_size": TILE, "scale_bits": BITS, "zero_bits": BITS, "stat_group_size": TILE,
