@@ -41,9 +41,9 @@ import numpy as np
 
 from .blocks import StreamingModel, WholeModel, decoder_layers, load_for_calibration, max_positions, resolve
 from .distributed import World
+from .encoded import Encoded
 from .gptq import GPTQConfig, factor_hessian, quantize_gptq
 from .hessian import fixed_gram, from_fixed, grid_exponent, input_bound
-from .rtn import Encoded
 
 __all__ = ["CalibConfig", "EncodingStore", "calibration_batches", "load_for_calibration", "max_positions",
            "quantize_model_calibrated"]

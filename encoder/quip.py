@@ -37,8 +37,8 @@ import numpy as np
 
 from ..codecs.quip import MAX_FACTOR
 from . import e8p
+from .encoded import Encoded
 from .packing import pack_rows
-from .rtn import Encoded
 
 
 def split_pow2(d: int) -> tuple[int, int]:
