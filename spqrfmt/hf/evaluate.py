@@ -148,7 +148,7 @@ def load_spqr_model(path: str | os.PathLike[str], model_dir: str | os.PathLike[s
 
     if model_dir is None:
         from ..model import load_model as load_file_model
-        from .generate import load_tokenizer
+        from .tokenizer import load_tokenizer
 
         with spqr_open(path) as f:
             if "hf.config" in f.metadata:

@@ -1,9 +1,7 @@
 """Text generation from a ``.spqr`` file: tokenizer from the file's metadata, greedy or sampled decoding.
 
-The converter stores the checkpoint's tokenizer files verbatim as metadata
-``hf.files/<name>``; :func:`load_tokenizer` writes them (and config.json) to a
-temporary folder and hands that to ``AutoTokenizer``, so a ``.spqr`` file is
-self-contained. ``--tokenizer DIR`` overrides it.
+The tokenizer comes from the file itself (:func:`spqrfmt.hf.tokenizer.load_tokenizer`, re-exported
+here), so a ``.spqr`` file is self-contained; ``--tokenizer DIR`` overrides it.
 
 CLI entry points (wired by ``spqrfmt.cli``): :func:`add_arguments`, :func:`cli_generate`.
 """
@@ -11,50 +9,15 @@ CLI entry points (wired by ``spqrfmt.cli``): :func:`add_arguments`, :func:`cli_g
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..reader import open_file as _open
-from .checkpoint import FILES_PREFIX
+from .tokenizer import has_stored_tokenizer, load_tokenizer
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-
-def _stored_files(metadata: Any) -> dict[str, Any]:
-    return {k[len(FILES_PREFIX):]: v for k, v in metadata.items() if k.startswith(FILES_PREFIX)}
-
-
-def _has_tokenizer(files: Any) -> bool:
-    return any(n.startswith(("tokenizer", "vocab", "merges")) for n in files)
-
-
-def load_tokenizer(path: str | os.PathLike[str], tokenizer_dir: str | os.PathLike[str] | None = None) -> Any:
-    """A transformers tokenizer: from ``tokenizer_dir`` if given, else from the file's ``hf.files/*`` metadata."""
-    if tokenizer_dir is not None:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
-    with _open(path) as f:
-        files = _stored_files(f.metadata)
-        config = f.metadata.get("hf.config")
-    if not _has_tokenizer(files):
-        raise ValueError(f"{path}: no tokenizer files in the metadata; pass a tokenizer folder (--tokenizer DIR)")
-    from transformers import AutoTokenizer
-
-    with tempfile.TemporaryDirectory(prefix="spqr-tok-") as d:
-        for name, data in files.items():
-            if "/" in name or "\\" in name or name.startswith("."):  # metadata names are never paths
-                continue
-            Path(d, name).write_bytes(data if isinstance(data, bytes) else str(data).encode("utf-8"))
-        if config is not None:
-            Path(d, "config.json").write_text(config if isinstance(config, str) else config.decode("utf-8"),
-                                              encoding="utf-8")
-        return AutoTokenizer.from_pretrained(d, trust_remote_code=False)
 
 
 def generate(
@@ -147,7 +110,7 @@ def cli_generate(args: argparse.Namespace) -> int:
         config = f.metadata.get("hf.config")
         if config is None:
             return _error(f"{path} has no 'hf.config' metadata (converted without config.json): no model to run", 1)
-        if tok_dir is None and not _has_tokenizer(_stored_files(f.metadata)):
+        if tok_dir is None and not has_stored_tokenizer(f.metadata):
             raise UsageError(f"{path}: no tokenizer files in the metadata; pass a tokenizer folder (--tokenizer DIR)")
     try:
         import torch
