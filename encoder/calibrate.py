@@ -19,6 +19,10 @@ with their decoded weights to rebuild the next block's inputs.
 
 torch/transformers are imported inside the functions: the core package does
 not depend on them.
+
+Why this module is long: it is the one driver loop (capture inputs, solve a block, write it, replay it
+forward) with its resume bookkeeping; the pieces it drives already live apart (``blocks``, ``hessian``,
+``distributed``, the solvers).
 """
 
 from __future__ import annotations
