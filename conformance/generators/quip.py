@@ -49,6 +49,16 @@ from .common import (
 QUIP_MD = Path(__file__).resolve().parents[2] / "spec" / "codecs" / "quip.md"
 
 
+def _factor_bias_sections(fn: np.ndarray | None, fm: np.ndarray | None, bias: np.ndarray | None, bias_dtype: str,
+                          m: int) -> list[mw.Sec]:
+    """The sections every quip version shares after the diagonals: factor_n, factor_m (f32), bias."""
+    secs = [mw.Sec(role, "f32", list(F.shape), np.asarray(F, dtype="<f4").tobytes())
+            for role, F in (("factor_n", fn), ("factor_m", fm)) if F is not None]
+    if bias is not None:
+        secs.append(mw.Sec("bias", bias_dtype, [m], float_bytes(bias, bias_dtype)))
+    return secs
+
+
 def quip_c_oracle(k: int) -> float:
     """c_k = 2^(-k/2) rounded to binary32, computed with a correctly rounded sqrt (not from the bit formula)."""
     return r32(1.0 / math.sqrt(float(1 << k)))
@@ -129,12 +139,7 @@ class QuipLogical:
                 mw.Sec("scale", "f32", [self.m], np.asarray(self.scale, dtype="<f4").tobytes()),
                 mw.Sec("su", "i8", [self.n], np.array(self.su, dtype="i1").tobytes()),
                 mw.Sec("sv", "i8", [self.m], np.array(self.sv, dtype="i1").tobytes())]
-        for role, F in (("factor_n", self.fn), ("factor_m", self.fm)):
-            if F is not None:
-                secs.append(mw.Sec(role, "f32", list(F.shape), np.asarray(F, dtype="<f4").tobytes()))
-        if self.bias is not None:
-            secs.append(mw.Sec("bias", self.bias_dtype, [self.m], float_bytes(self.bias, self.bias_dtype)))
-        return secs
+        return secs + _factor_bias_sections(self.fn, self.fm, self.bias, self.bias_dtype, self.m)
 
     def params(self) -> dict[str, Any]:
         return {"bits": self.bits, "log2_hn": self.kn, "log2_hm": self.km, **self.extra_params}
@@ -358,12 +363,7 @@ class QuipV2Logical:
         secs = [codes, mw.Sec("scale", "f32", [self.m], np.asarray(self.scale, dtype="<f4").tobytes()),
                 mw.Sec("su", self.su_dtype, [self.n], np.asarray(self.su).astype(DIAG_NP[self.su_dtype]).tobytes()),
                 mw.Sec("sv", self.sv_dtype, [self.m], np.asarray(self.sv).astype(DIAG_NP[self.sv_dtype]).tobytes())]
-        for role, F in (("factor_n", self.fn), ("factor_m", self.fm)):
-            if F is not None:
-                secs.append(mw.Sec(role, "f32", list(F.shape), np.asarray(F, dtype="<f4").tobytes()))
-        if self.bias is not None:
-            secs.append(mw.Sec("bias", self.bias_dtype, [self.m], float_bytes(self.bias, self.bias_dtype)))
-        return secs
+        return secs + _factor_bias_sections(self.fn, self.fm, self.bias, self.bias_dtype, self.m)
 
     def params(self) -> dict[str, Any]:
         p: dict[str, Any] = {"codebook": self.codebook}

@@ -36,6 +36,8 @@ from .common import (
     float_bytes,
     invalid_adder,
     is_tie16,
+    make_bias,
+    make_outliers,
     mw,
     pack_rows,
     r16,
@@ -193,23 +195,8 @@ def make_spqr(seed: str, m: int, n: int, bits: int, beta1: int, *, sb: int = 16,
     q = rng.ints(0, 1 << bits, m * n).reshape(m, n).tolist()
     scale = make_stat(rng, sb, G, m, beta2, "scale")
     zero = make_stat(rng, zb, G, m, beta2, "zero")
-    rows: list[list[tuple[int, float]]] = []
-    for r in range(m):
-        if outliers == "none":
-            k = 0
-        elif outliers == "full_rows":
-            k = n if r % 3 == 1 else (0 if r % 3 == 0 else 2 % (n + 1))
-        else:
-            k = int(rng.ints(0, min(n, 4) + 1, 1)[0]) if r % 4 else 0  # every 4th row empty
-        cols = rng.sample(n, min(k, n))
-        vals = rng.f16(-4.0, 4.0, len(cols))
-        rows.append([(c, float(v)) for c, v in zip(cols, vals, strict=True)])
-    bias_arr = None
-    if bias is not None:
-        b = rng.f16(-1.0, 1.0, m).astype(np.float32)
-        if bias == "bf16":
-            b = ((b.view(np.uint32) >> 16) << 16).view(np.float32)
-        bias_arr = b
+    rows = make_outliers(rng, m, n, outliers, -4.0, 4.0)
+    bias_arr = make_bias(rng, m, bias)
     return SpqrLogical(m, n, bits, beta1, beta2, q, scale, zero, rows, rng.perm(n) if perm else None, col_dtype,
                        bias_arr, bias or "f32", dtype, pad_bits, extra_params or {})
 
