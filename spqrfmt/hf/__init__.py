@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import sys
+import warnings
 from typing import Any
 
 _HOOKED = "transformers.quantizers"  # registration needs its public hooks (register_quantizer, ...)
@@ -44,7 +45,11 @@ class _Loader(importlib.abc.Loader):
     def exec_module(self, module: Any) -> None:
         self._inner.exec_module(module)
         module.__loader__ = module.__spec__.loader = self._inner  # nothing later sees this wrapper
-        _register()
+        try:
+            _register()
+        except Exception as e:  # an incompatible transformers must not fail its own import
+            warnings.warn(f"spqrfmt: quantization method 'spqrfmt' not registered with transformers ({e})",
+                          stacklevel=2)
 
     def __getattr__(self, name: str) -> Any:  # get_source, get_resource_reader, ...: the real loader's
         return getattr(self._inner, name)
