@@ -187,7 +187,7 @@ def invalid_file() -> list[Invalid]:
     add = invalid_adder(out)
     hdr = header_adder(add)
     rec = edit_adder(add)
-    ts, L = base_file()
+    ts, _ = base_file()
     good = mw.build(ts)
     _, hl = good[:16], int.from_bytes(good[16:24], "little")
     # preamble / size
