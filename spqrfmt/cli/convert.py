@@ -208,7 +208,7 @@ def _quant_config(args: argparse.Namespace, method: str) -> Any:
 
 def _calibration_inputs(args: argparse.Namespace) -> tuple[Path, list[str], str]:
     """(text file, its documents, device), checked before anything starts."""
-    from ..evaluate import read_documents
+    from ..hf.evaluate import read_documents
 
     text = input_file(args.calibrate, "calibration text")
     docs = read_documents(text)  # ValueError (exit 1) when it has no text
@@ -285,7 +285,8 @@ def _rank() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..convert import CheckpointError, check_written, convert, demo_checkpoint, plan
+    from ..convert import check_written, convert, plan
+    from ..hf.checkpoint import CheckpointError, demo_checkpoint
     from ..safetensors_io import SafetensorsError
 
     problem = _usage_problem(args)
@@ -303,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
     args.encoder = _encoder(args)  # --device checked against this machine before anything starts
     split_size = None
     if args.split_size is not None:
-        from ..hf_folder import parse_size
+        from ..hf.export import parse_size
 
         try:
             split_size = parse_size(args.split_size)
@@ -388,7 +389,8 @@ def _convert_split(args: argparse.Namespace, src: Path, out: Path, split_size: i
     into OUT's stem as a set (SPEC §12) and the whole file removed (the disk holds both for a moment)."""
     import shutil
 
-    from ..convert import CheckpointError, check_written, convert
+    from ..convert import check_written, convert
+    from ..hf.checkpoint import CheckpointError
     from ..safetensors_io import SafetensorsError
     whole = out.with_name(f".{out.name}.unsplit")
     prefix = out.with_name(out.name[:-5] if out.name.endswith(".spqr") else out.name)

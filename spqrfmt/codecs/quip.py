@@ -17,20 +17,19 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..argtypes import int_in
+from ..constants import QUIP_MAX_FACTOR
 from ..errors import ErrorCode, fail
+from ..format import ceil_div
 from ..records import TensorRecord
 from . import GpuBinding, SectionSpec, expect_sections, int_param
 from .options import Flag, OptionsBase, given
 
 MAX_LOG2_HADAMARD = 30
-MAX_FACTOR = 256  # quip.md §2: a_n, a_m <= MAX_FACTOR, so decoding costs at most ~2 * 256 f32 ops per weight
+MAX_FACTOR = QUIP_MAX_FACTOR  # quip.md §2: a_n, a_m <= 256, so decoding costs at most ~2 * 256 f32 ops per weight
 CODEBOOKS = ("grid", "e8p12")
 E8P_DIM = 8  # weights per E8P12 code
 DIAG_DTYPES = ("i8", "f16", "f32")  # v2 su/sv: i8 signs, or real-valued diagonals
 
-
-def ceil_div(a: int, b: int) -> int:
-    return (a + b - 1) // b
 
 
 def checked_params(rec: TensorRecord) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..argtypes import flag, float_in, int_in, stat_bits
 from ..errors import ErrorCode, fail
+from ..format import ceil_div
 from ..records import TensorRecord
 from . import (
     GpuBinding,
@@ -31,11 +32,6 @@ from . import (
     outlier_sections,
 )
 from .options import Flag, OptionsBase, given
-
-
-def ceil_div(a: int, b: int) -> int:
-    return (a + b - 1) // b
-
 
 ARITH = ("f32", "f16")
 OUTLIER_OPS = ("replace", "add")

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..argtypes import float_in, int_in
+from ..format import ceil_div
 from ..records import TensorRecord
 from . import (
     GpuBinding,
@@ -22,10 +23,6 @@ from . import (
     outlier_sections,
 )
 from .options import Flag, OptionsBase, given
-
-
-def ceil_div(a: int, b: int) -> int:
-    return (a + b - 1) // b
 
 
 def checked_params(rec: TensorRecord) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""transformers integration: ``import spqrfmt.hf`` and ``from_pretrained`` loads a folder holding a ``.spqr`` file.
+"""transformers integration: after ``import spqrfmt.hf``, ``from_pretrained`` loads a folder holding a ``.spqr`` file.
 
-Why: users live in transformers. Importing this module registers the
+Why: users live in transformers. This module (run by ``spqrfmt.hf``) registers the
 quantization method ``spqrfmt`` with transformers' public hooks
 (``register_quantization_config`` / ``register_quantizer``), so a folder
 written by ``spqr export-hf`` — ``config.json`` whose ``quantization_config``
@@ -27,8 +27,7 @@ from typing import Any
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-QUANT_METHOD = "spqrfmt"
-WEIGHTS_FILE = "model.spqr"
+from .export import QUANT_METHOD, WEIGHTS_FILE
 
 
 def _plain_name(name: Any) -> str:
@@ -73,7 +72,7 @@ class SpqrfmtHfQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model: Any, checkpoint_files: list[str] | None = None,
                                              **kwargs: Any) -> Any:
-        from .paths import input_file
+        from ..paths import input_file
 
         if not checkpoint_files:
             raise ValueError("spqrfmt: transformers named no checkpoint file; the folder needs its model.safetensors "
@@ -91,8 +90,8 @@ class SpqrfmtHfQuantizer(HfQuantizer):
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
         import torch
 
-        from .model import populate
-        from .reader import open_file
+        from ..model import populate
+        from ..reader import open_file
 
         assert self.path is not None
         param = next(model.parameters())
