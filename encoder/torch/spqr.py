@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..rtn import Encoded
+from ..rtn import Encoded, check_settings, checked_perm
 from .device import as_tensor, const, host_empty
 from .packing import as_i32, pack_rows, to_u32
 
@@ -195,20 +195,11 @@ def quantize_spqr(
     ``weight`` may already be a tensor on the device (no host copy then).
     """
     w = as_tensor(weight, device)
-    if w.ndim != 2 or min(w.shape) < 1:
-        raise ValueError(f"weight must be 2-D and non-empty, got shape {tuple(w.shape)}")
-    if not bool(torch.isfinite(w).all()):
-        raise ValueError("weight contains NaN or infinity; refusing to quantize")
-    if not 1 <= bits <= 8 or not 1 <= group_size <= 65536:
-        raise ValueError("bits must be 1..8 and group_size 1..65536")
-    for b in (scale_bits, zero_bits):
-        if not (1 <= b <= 8 or b == 16):
-            raise ValueError("scale_bits/zero_bits must be 1..8 or 16")
+    check_settings(tuple(w.shape), w.numel() > 0 and bool(torch.isfinite(w).all()), bits, group_size, scale_bits,
+                   zero_bits)
     m, n = w.shape
+    perm = checked_perm(perm, n)
     if perm is not None:
-        perm = np.asarray(perm, dtype=np.int64)
-        if sorted(perm.tolist()) != list(range(n)):
-            raise ValueError("perm must be a permutation of range(in_features)")
         w = w[:, torch.from_numpy(perm).to(w.device)]
     w = w.contiguous()
     G = _ceil_div(n, group_size)
