@@ -66,10 +66,16 @@ def _top_mask(score: torch.Tensor, count: int, allowed: torch.Tensor) -> torch.T
 
 
 def _seq_cumsum(x: torch.Tensor) -> torch.Tensor:
-    """[R, C] -> [R, C + 1]: 0 then the running sums along each row, added one element at a time."""
-    out = torch.zeros((x.shape[1] + 1, x.shape[0]), dtype=x.dtype, device=x.device)
-    torch.cumsum(x.T.contiguous(), 0, out=out[1:])
-    return out.T
+    """[R, C] -> [R, C + 1]: 0 then the running sums along each row, added one element at a time.
+
+    The scan runs along dim 0 of the transpose (one CUDA thread per column, sequential); a single row gets a
+    zero companion, since a 1-D CUDA scan is a parallel one.
+    """
+    R = x.shape[0]
+    xt = x.T if R > 1 else torch.cat([x, torch.zeros_like(x)]).T
+    out = torch.zeros((x.shape[1] + 1, xt.shape[1]), dtype=x.dtype, device=x.device)
+    torch.cumsum(xt.contiguous(), 0, out=out[1:])
+    return out.T[:R]
 
 
 def _pick(a: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
