@@ -1,11 +1,14 @@
 """Numba reference decoder for codec ``quip`` v1 and v2 (spec/codecs/quip.md §5, §10.5).
 
 Every step is written as the literal f32 operations of the spec: grid values
-(one multiplication), the fast Walsh-Hadamard butterflies stage by stage
-(half = 1, 2, 4, ...), one multiplication by the exact constant c_k, the
-orthogonal factor as sequential f32 accumulation (no FMA: Numba does not
-contract without fastmath), then the sign flip. No BLAS, so the result does
-not depend on the machine. Inputs must already be validated.
+(one multiplication), the fast Walsh-Hadamard butterflies (each element gets
+the spec's stage-by-stage sums, half = 1, 2, 4, ...; three stages are done at a
+time in registers, which changes the order of independent operations only),
+one multiplication by the exact constant c_k, the orthogonal factor as
+sequential f32 accumulation (no FMA: Numba does not contract without
+fastmath), then the sign flip. The transform along m works on row segments of
+column slabs, so no transpose is made. No BLAS, so the result does not depend
+on the machine. Inputs must already be validated.
 
 v2 changes only the ends of the pipeline: codebook "e8p12" replaces the
 grid step by the E8P lattice point of each 16-bit code times the row scale,
@@ -23,7 +26,6 @@ import numpy as np
 
 from ..threads import shape_size, sized
 from .e8p import abs_table, code_point, odd_rows
-from .spqr import unpack_rows
 
 
 def hadamard_constant(k: int) -> np.float32:
@@ -33,17 +35,6 @@ def hadamard_constant(k: int) -> np.float32:
     else:
         bits = 0x3F3504F3 - (((k - 1) // 2) << 23)
     return np.array([bits], dtype=np.uint32).view(np.float32)[0]
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _grid(codes: np.ndarray, bits: int, scale: np.ndarray, out: np.ndarray) -> None:
-    """out[r, j] = f32(2 q - (2^b - 1)) * scale[r] (quip.md §5.1), q = unpacked codes."""
-    m, n = codes.shape
-    off = (1 << bits) - 1
-    for r in numba.prange(m):
-        s_ = scale[r]
-        for j in range(n):
-            out[r, j] = np.float32(2 * np.int64(codes[r, j]) - off) * s_
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -60,9 +51,56 @@ def _e8p_grid(codes: np.ndarray, alpha: np.ndarray, odd: np.ndarray, scale: np.n
                 out[r, 8 * g + i] = e * s_
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _radix8(v: np.ndarray, i: int, d: int) -> None:
+    """Butterfly stages half = d, 2d, 4d on v[i + k d] (k = 0..7), kept in registers between the stages."""
+    a0, a1, a2, a3 = v[i], v[i + d], v[i + 2 * d], v[i + 3 * d]
+    a4, a5, a6, a7 = v[i + 4 * d], v[i + 5 * d], v[i + 6 * d], v[i + 7 * d]
+    b0, b1, b2, b3 = a0 + a1, a0 - a1, a2 + a3, a2 - a3  # half = d
+    b4, b5, b6, b7 = a4 + a5, a4 - a5, a6 + a7, a6 - a7
+    c0, c2, c1, c3 = b0 + b2, b0 - b2, b1 + b3, b1 - b3  # half = 2d
+    c4, c6, c5, c7 = b4 + b6, b4 - b6, b5 + b7, b5 - b7
+    v[i], v[i + 4 * d] = c0 + c4, c0 - c4  # half = 4d
+    v[i + d], v[i + 5 * d] = c1 + c5, c1 - c5
+    v[i + 2 * d], v[i + 6 * d] = c2 + c6, c2 - c6
+    v[i + 3 * d], v[i + 7 * d] = c3 + c7, c3 - c7
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _fwht_block(v: np.ndarray, base: int, h: int) -> None:
+    """In place, the Sylvester butterflies of v[base:base + h] (h a power of two), the same per-element operations
+    as the stage-by-stage loop of the spec (half = 1, 2, 4, ...).
+
+    Each element's value after stage s depends only on its pair's values after stage s - 1, so doing stages
+    half = 1, 2, 4 on each run of 8 elements in registers and then the wider stages (inner loops over
+    contiguous elements: vectorised) gives the very same roundings.
+    """
+    if h >= 8:
+        for i0 in range(base, base + h, 8):
+            _radix8(v, i0, 1)
+        half = 8
+        while 8 * half <= h:  # then three stages at a time, vectorised over the 8 runs' positions
+            for i0 in range(base, base + h, 8 * half):
+                for i in range(i0, i0 + half):
+                    _radix8(v, i, half)
+            half *= 8
+    else:
+        half = 1
+    while half < h:
+        for i0 in range(base, base + h, 2 * half):
+            for i in range(i0, i0 + half):
+                u = v[i]
+                w = v[i + half]
+                v[i] = u + w
+                v[i + half] = u - w
+        half *= 2
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def transform_rows(x: np.ndarray, log2_h: int, c: np.ndarray, factor: np.ndarray) -> None:
-    """In place, each row x[r] <- (F kron H_norm) x[r] with the exact f32 steps of quip.md §5.2."""
+    """In place, each row x[r] <- (F kron H_norm) x[r] with the exact f32 steps of quip.md §5.2: the butterflies
+    (:func:`_fwht_block`), one multiplication by c_k = c[0], then for each output the factor's products added
+    one after the other (acc = F[al, 0] v_0, acc = acc + F[al, al2] v_al2), for all beta at once."""
     rows, length = x.shape
     h = 1 << log2_h
     a = length // h
@@ -71,45 +109,112 @@ def transform_rows(x: np.ndarray, log2_h: int, c: np.ndarray, factor: np.ndarray
         v = x[r]
         if log2_h > 0:
             for blk in range(a):
-                base = blk * h
-                half = 1
-                while half < h:  # stage s = log2(half): butterflies on pairs (i, i + half)
-                    for i0 in range(base, base + h, 2 * half):
-                        for i in range(i0, i0 + half):
-                            u = v[i]
-                            w = v[i + half]
-                            v[i] = u + w
-                            v[i + half] = u - w
-                    half *= 2
-                for i in range(base, base + h):
-                    v[i] = v[i] * ck
+                _fwht_block(v, blk * h, h)
+            for i in range(length):
+                v[i] = v[i] * ck
         if a > 1:
-            tmp = np.empty(a, dtype=np.float32)
-            for beta in range(h):
-                for al in range(a):
-                    acc = factor[al, 0] * v[beta]
-                    for al2 in range(1, a):
-                        acc = acc + factor[al, al2] * v[al2 * h + beta]
-                    tmp[al] = acc
-                for al in range(a):
-                    v[al * h + beta] = tmp[al]
+            tmp = np.empty((a, h), dtype=np.float32)
+            for al in range(a):
+                f0 = factor[al, 0]
+                for beta in range(h):
+                    tmp[al, beta] = f0 * v[beta]
+                for al2 in range(1, a):
+                    f = factor[al, al2]
+                    for beta in range(h):
+                        tmp[al, beta] = tmp[al, beta] + f * v[al2 * h + beta]
+            for al in range(a):
+                for beta in range(h):
+                    v[al * h + beta] = tmp[al, beta]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _radix8_rows(x: np.ndarray, i: int, d: int, c0: int, c1: int) -> None:
+    """Butterfly stages half = d, 2d, 4d on rows i + k d (k = 0..7) of x, columns c0..c1: the same three
+    radix-2 stages (each element's pair partner per stage unchanged), kept in registers between stages."""
+    for j in range(c0, c1):
+        a0, a1, a2, a3 = x[i, j], x[i + d, j], x[i + 2 * d, j], x[i + 3 * d, j]
+        a4, a5, a6, a7 = x[i + 4 * d, j], x[i + 5 * d, j], x[i + 6 * d, j], x[i + 7 * d, j]
+        b0, b1, b2, b3 = a0 + a1, a0 - a1, a2 + a3, a2 - a3  # half = d
+        b4, b5, b6, b7 = a4 + a5, a4 - a5, a6 + a7, a6 - a7
+        c_0, c_2, c_1, c_3 = b0 + b2, b0 - b2, b1 + b3, b1 - b3  # half = 2d
+        c_4, c_6, c_5, c_7 = b4 + b6, b4 - b6, b5 + b7, b5 - b7
+        x[i, j], x[i + 4 * d, j] = c_0 + c_4, c_0 - c_4  # half = 4d
+        x[i + d, j], x[i + 5 * d, j] = c_1 + c_5, c_1 - c_5
+        x[i + 2 * d, j], x[i + 6 * d, j] = c_2 + c_6, c_2 - c_6
+        x[i + 3 * d, j], x[i + 7 * d, j] = c_3 + c_7, c_3 - c_7
+
+
+_COLS = 64  # columns per task of the column transform: a [m, 64] slab stays in cache through its stages
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def transpose(x: np.ndarray) -> np.ndarray:
-    """A C-contiguous copy of x.T, in cache-sized tiles, rows of tiles in parallel (data movement only)."""
+def _transform_cols(x: np.ndarray, log2_h: int, c: np.ndarray, factor: np.ndarray) -> None:
+    """In place, each column x[:, j] <- (F kron H_norm) x[:, j]: :func:`transform_rows` of the transpose, the same
+    f32 operations per element, done on whole row segments (contiguous, vectorised) without a transpose."""
     m, n = x.shape
-    out = np.empty((n, m), dtype=x.dtype)
-    tile = 64
-    for bi in numba.prange((m + tile - 1) // tile):
-        i0 = bi * tile
-        i1 = min(m, i0 + tile)
-        for j0 in range(0, n, tile):
-            j1 = min(n, j0 + tile)
-            for i in range(i0, i1):
-                for j in range(j0, j1):
-                    out[j, i] = x[i, j]
-    return out
+    h = 1 << log2_h
+    a = m // h
+    ck = c[0]
+    for cb in numba.prange((n + _COLS - 1) // _COLS):
+        c0 = cb * _COLS
+        c1 = min(n, c0 + _COLS)
+        if log2_h > 0:
+            for blk in range(a):
+                base = blk * h
+                half = 1
+                while 8 * half <= h:  # three stages at a time on 8 rows (fewer passes over the slab)
+                    for i0 in range(base, base + h, 8 * half):
+                        for i in range(i0, i0 + half):
+                            _radix8_rows(x, i, half, c0, c1)
+                    half *= 8
+                while half < h:
+                    for i0 in range(base, base + h, 2 * half):
+                        for i in range(i0, i0 + half):
+                            for j in range(c0, c1):
+                                u = x[i, j]
+                                w = x[i + half, j]
+                                x[i, j] = u + w
+                                x[i + half, j] = u - w
+                    half *= 2
+            for i in range(m):
+                for j in range(c0, c1):
+                    x[i, j] = x[i, j] * ck
+        if a > 1:
+            tmp = np.empty((a, c1 - c0), dtype=np.float32)
+            for beta in range(h):
+                for al in range(a):
+                    f0 = factor[al, 0]
+                    for j in range(c0, c1):
+                        tmp[al, j - c0] = f0 * x[beta, j]
+                    for al2 in range(1, a):
+                        f = factor[al, al2]
+                        for j in range(c0, c1):
+                            tmp[al, j - c0] = tmp[al, j - c0] + f * x[al2 * h + beta, j]
+                for al in range(a):
+                    for j in range(c0, c1):
+                        x[al * h + beta, j] = tmp[al, j - c0]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _grid_words(words: np.ndarray, bits: int, scale: np.ndarray, out: np.ndarray) -> None:
+    """out[r, j] = f32(2 q - (2^b - 1)) * scale[r] (quip.md §5.1), q read from the packed rows (spqr.md §4)."""
+    m, n = out.shape
+    off = (1 << bits) - 1
+    mask = np.uint64(off)
+    ub = np.uint64(bits)
+    for r in numba.prange(m):
+        s_ = scale[r]
+        acc = np.uint64(0)
+        nacc = 0
+        wi = 0
+        for j in range(n):
+            if nacc < bits:
+                acc |= np.uint64(words[r, wi]) << np.uint64(nacc)
+                wi += 1
+                nacc += 32
+            out[r, j] = np.float32(2 * np.int64(acc & mask) - off) * s_
+            acc >>= ub
+            nacc -= bits
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -153,13 +258,10 @@ def decode(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], shape:
         x = e8p_values(sections["codes"], sections["scale"], n)
     else:
         x = np.empty((m, n), dtype=np.float32)
-        bits = int(params["bits"])
-        codes = unpack_rows(np.ascontiguousarray(sections["codes"]), n, bits)  # spqr.md §4
-        _grid(codes, bits, np.ascontiguousarray(sections["scale"], dtype=np.float32), x)
+        _grid_words(np.ascontiguousarray(sections["codes"]), int(params["bits"]),  # spqr.md §4 bit streams
+                    np.ascontiguousarray(sections["scale"], dtype=np.float32), x)
     transform_rows(x, kn, np.array([hadamard_constant(kn)]), fn)  # step 2: along n, each row
-    xt = transpose(x)  # data movement only
-    transform_rows(xt, km, np.array([hadamard_constant(km)]), fm)  # step 3: along m, each column
-    x = transpose(xt)
+    _transform_cols(x, km, np.array([hadamard_constant(km)]), fm)  # step 3: along m, each column
     if "codebook" in params:  # v2: i8 signs or f16/f32 diagonals, widened exactly to f32
         _diagonals(x, np.asarray(sections["sv"]).astype(np.float32), np.asarray(sections["su"]).astype(np.float32))
     else:

@@ -84,20 +84,23 @@ def rne16(x: np.ndarray) -> np.ndarray:
 @numba.njit(cache=True, nogil=True, inline="always")
 def _stat_block(words: np.ndarray, bits: int, group: int, zero2: np.ndarray, scale2: np.ndarray, full: np.ndarray,
                 f16: bool, r0: int, r1: int, out: np.ndarray) -> None:
-    """Rows r0..r1 of a first-level statistic as out [r1 - r0, G] (spqr.md §5 step 1, §8).
+    """Rows r0..r1 of a first-level statistic as out [G, r1 - r0] (spqr.md §5 step 1, §8).
 
     ``bits == 16``: ``full`` [G, m] holds the f16 values as f32; else the
     second-level dequantization (f32(code) - zero2) * scale2, the difference
-    rounded to f16 first when ``f16`` (v2 ``arith = "f16"``), then one rne16.
+    rounded to f16 first when ``f16`` (v2 ``arith = "f16"``), then one rne16; when a second-level group
+    covers more rows than there are codes, its 2^bits possible values are decoded once and looked up.
     """
-    G = out.shape[1]
+    G = out.shape[0]
     if bits == 16:
         for g in range(G):
             for r in range(r0, r1):
-                out[r - r0, g] = full[g, r]
+                out[g, r - r0] = full[g, r]
         return
     mask = np.uint64((1 << bits) - 1)
     ub = np.uint64(bits)
+    use_table = (1 << bits) < min(group, r1 - r0)  # a second-level group decodes more rows than it has values
+    table = np.empty(1 << bits, dtype=np.float32)
     p = r0 * bits
     for g in range(G):
         wi = p >> 5  # the block's codes as one bit stream (spqr.md §4), from bit r0 * bits of row g
@@ -107,17 +110,71 @@ def _stat_block(words: np.ndarray, bits: int, group: int, zero2: np.ndarray, sca
         for k in range(r0 // group, (r1 - 1) // group + 1):
             z_ = zero2[g, k]
             s_ = scale2[g, k]
-            for r in range(max(r0, k * group), min(r1, (k + 1) * group)):
+            ra = max(r0, k * group)
+            rb = min(r1, (k + 1) * group)
+            if use_table:  # each of the 2^bits values once: the same rne16 of the same operands, fewer times
+                for c in range(1 << bits):
+                    t = np.float32(c) - z_
+                    if f16:
+                        t = _rne16(t)
+                    table[c] = _rne16(t * s_)
+            for r in range(ra, rb):
                 if nacc < bits:
                     acc |= np.uint64(words[g, wi]) << np.uint64(nacc)
                     wi += 1
                     nacc += 32
-                t = np.float32(acc & mask) - z_
+                if use_table:
+                    out[g, r - r0] = table[acc & mask]
+                else:
+                    t = np.float32(acc & mask) - z_
+                    if f16:
+                        t = _rne16(t)
+                    out[g, r - r0] = _rne16(t * s_)
                 acc >>= ub
                 nacc -= bits
-                if f16:
-                    t = _rne16(t)
-                out[r - r0, g] = _rne16(t * s_)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _words(codes: np.ndarray, r: int, row: np.ndarray, q0: int, q1: int, per: int, bits: int, z_: np.float32,
+           s_: np.float32) -> None:
+    """Words q0..q1 of packed row ``r``, ``per`` codes of ``bits`` each (32 = per * bits), as (f32(code) - z) * s.
+
+    Inlined with literal ``per``/``bits``, so the inner loop has a constant trip count and shifts, which LLVM
+    turns into vector shifts, converts, subtracts and multiplies (the same IEEE operations, element by element).
+    """
+    mask = np.uint32((1 << bits) - 1)
+    for q in range(q0, q1):
+        wd = codes[r, q]
+        base = q * per
+        for t in range(per):
+            row[base + t] = (np.float32((wd >> np.uint32(t * bits)) & mask) - z_) * s_
+
+
+@numba.njit(cache=True, nogil=True)
+def _whole_words_row(codes: np.ndarray, r: int, row: np.ndarray, S: np.ndarray, Z: np.ndarray, bits: int,
+                     group_size: int, n: int) -> None:
+    """Step 2 of row ``r`` for 1, 2, 4 or 8 bits and groups of whole words: each word decodes on its own.
+
+    One branch per bit width around the group loop, so :func:`_words` inlines with literal sizes.
+    """
+    per = 32 // bits
+    mask = np.uint32((1 << bits) - 1)
+    for g in range(S.size):
+        s_ = S[g]
+        z_ = Z[g]
+        j1 = min(n, (g + 1) * group_size)
+        q0 = (g * group_size) // per
+        q1 = j1 // per
+        if bits == 4:
+            _words(codes, r, row, q0, q1, 8, 4, z_, s_)
+        elif bits == 2:
+            _words(codes, r, row, q0, q1, 16, 2, z_, s_)
+        elif bits == 8:
+            _words(codes, r, row, q0, q1, 4, 8, z_, s_)
+        else:
+            _words(codes, r, row, q0, q1, 32, 1, z_, s_)
+        for j in range(q1 * per, j1):  # a last partial word
+            row[j] = (np.float32((codes[r, j // per] >> np.uint32((j % per) * bits)) & mask) - z_) * s_
 
 
 _ROWS = 32  # rows per block: the block's statistics stay in L1/L2 while its rows decode
@@ -142,11 +199,14 @@ def _decode_rows(codes: np.ndarray, bits: int, n: int, group_size: int,
     mask = np.uint64((1 << bits) - 1)
     ub = np.uint64(bits)
     has_perm = perm.size > 0
+    per = 32 // bits
+    # 1, 2, 4 or 8 bits with groups of whole words: each word decodes on its own (vectorisable, see _words)
+    whole = not f16 and 32 % bits == 0 and group_size % per == 0
     for b in numba.prange(nblk):
         r0 = b * _ROWS
         r1 = min(m, r0 + _ROWS)
-        S = np.empty((r1 - r0, G), dtype=np.float32)
-        Z = np.empty((r1 - r0, G), dtype=np.float32)
+        S = np.empty((G, r1 - r0), dtype=np.float32)  # [group, row]: the second level writes it contiguously
+        Z = np.empty((G, r1 - r0), dtype=np.float32)
         _stat_block(s_words, s_bits, s_group, s_zero2, s_scale2, s_full, f16, r0, r1, S)
         _stat_block(z_words, z_bits, z_group, z_zero2, z_scale2, z_full, f16, r0, r1, Z)
         buf = np.empty(n, dtype=np.float32)
@@ -155,9 +215,11 @@ def _decode_rows(codes: np.ndarray, bits: int, n: int, group_size: int,
             acc = np.uint64(0)
             nacc = 0
             wi = 0
-            for g in range(G):
-                s_ = S[r - r0, g]
-                z_ = Z[r - r0, g]
+            if whole:
+                _whole_words_row(codes, r, row, S[:, r - r0], Z[:, r - r0], bits, group_size, n)
+            for g in range(0 if not whole else G, G):
+                s_ = S[g, r - r0]
+                z_ = Z[g, r - r0]
                 j1 = min(n, (g + 1) * group_size)
                 if f16:
                     for j in range(g * group_size, j1):

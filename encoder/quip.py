@@ -214,6 +214,23 @@ def _ldlq(w: np.ndarray, hess: np.ndarray, scale: np.ndarray, bits: int, block: 
     return codes
 
 
+def incoherence(m: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, int, int, np.ndarray | None,
+                                                     np.ndarray | None]:
+    """(su, sv, log2_hm, log2_hn, factor_m, factor_n) of an [m, n] weight, drawn from ``default_rng(seed)``
+    in this order (the f32 factors absent for power-of-two dimensions); ValueError for too large odd parts."""
+    rng = np.random.default_rng(seed)
+    su = rng.choice(np.array([-1, 1], dtype=np.int8), size=n)
+    sv = rng.choice(np.array([-1, 1], dtype=np.int8), size=m)
+    km, am = split_pow2(m)
+    kn, an = split_pow2(n)
+    if max(am, an) > MAX_FACTOR:
+        raise ValueError(f"quip needs each dimension to be a * 2^k with an odd a <= {MAX_FACTOR} (quip.md §2); "
+                         f"[{m}, {n}] has odd parts {am}, {an}: keep this tensor unquantized or use another codec")
+    fm = random_orthogonal(am, rng).astype(np.float32) if am > 1 else None
+    fn = random_orthogonal(an, rng).astype(np.float32) if an > 1 else None
+    return su, sv, km, kn, fm, fn
+
+
 def quantize_quip(
     weight: np.ndarray,
     bits: int = 2,
@@ -243,16 +260,7 @@ def quantize_quip(
     m, n = w.shape
     if codebook == "e8p12" and (bits != 2 or n % 8):
         raise ValueError(f"codebook 'e8p12' is 2 bits per weight over 8 columns: bits=2 and n % 8 == 0 (n = {n})")
-    rng = np.random.default_rng(seed)
-    su = rng.choice(np.array([-1, 1], dtype=np.int8), size=n)
-    sv = rng.choice(np.array([-1, 1], dtype=np.int8), size=m)
-    km, am = split_pow2(m)
-    kn, an = split_pow2(n)
-    if max(am, an) > MAX_FACTOR:
-        raise ValueError(f"quip needs each dimension to be a * 2^k with an odd a <= {MAX_FACTOR} (quip.md §2); "
-                         f"[{m}, {n}] has odd parts {am}, {an}: keep this tensor unquantized or use another codec")
-    fm = random_orthogonal(am, rng).astype(np.float32) if am > 1 else None
-    fn = random_orthogonal(an, rng).astype(np.float32) if an > 1 else None
+    su, sv, km, kn, fm, fn = incoherence(m, n, seed)
 
     # W~ = D_m^T diag(sv) W diag(su) D_n, with the f32 factors actually stored.
     y = apply_dt_rows(w * su[None, :], kn, fn)

@@ -299,9 +299,13 @@ def quantize_stat(x: np.ndarray, bits: int, group: int) -> tuple[dict[str, np.nd
 _quantize_stat = quantize_stat  # former private name, kept for existing callers
 
 
-@sized(weight_size)
-def check_settings(bits: int, group_size: int, scale_bits: int, zero_bits: int) -> None:
-    """The spqr encoders' setting ranges (ValueError); shared by the Numba and the torch encoder."""
+def check_settings(shape: tuple[int, ...], finite: bool, bits: int, group_size: int, scale_bits: int,
+                   zero_bits: int) -> None:
+    """ValueError unless the weight (its shape, whether all finite) and the settings can be encoded."""
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"weight must be 2-D and non-empty, got shape {tuple(shape)}")
+    if not finite:
+        raise ValueError("weight contains NaN or infinity; refusing to quantize")
     if not 1 <= bits <= 8 or not 1 <= group_size <= 65536:
         raise ValueError("bits must be 1..8 and group_size 1..65536")
     for b in (scale_bits, zero_bits):
@@ -310,7 +314,7 @@ def check_settings(bits: int, group_size: int, scale_bits: int, zero_bits: int) 
 
 
 def checked_perm(perm: np.ndarray | None, n: int) -> np.ndarray | None:
-    """``perm`` as int64 after checking it is a permutation of range(n) (ValueError), or None."""
+    """``perm`` as int64, or ValueError unless it is a permutation of range(n)."""
     if perm is None:
         return None
     perm = np.asarray(perm, dtype=np.int64)
@@ -319,6 +323,7 @@ def checked_perm(perm: np.ndarray | None, n: int) -> np.ndarray | None:
     return perm
 
 
+@sized(weight_size)
 def quantize_spqr(
     weight: np.ndarray,
     bits: int = 3,
@@ -337,11 +342,7 @@ def quantize_spqr(
     data-free outlier choice, e.g. for tests or a calibration-aware caller.
     """
     w = np.asarray(weight, dtype=np.float32)
-    if w.ndim != 2 or min(w.shape) < 1:
-        raise ValueError(f"weight must be 2-D and non-empty, got shape {w.shape}")
-    if not np.isfinite(w).all():
-        raise ValueError("weight contains NaN or infinity; refusing to quantize")
-    check_settings(bits, group_size, scale_bits, zero_bits)
+    check_settings(w.shape, bool(np.isfinite(w).all()), bits, group_size, scale_bits, zero_bits)
     m, n = w.shape
     perm = checked_perm(perm, n)
     if perm is not None:

@@ -23,6 +23,7 @@ the written file.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numba
@@ -163,6 +164,27 @@ def _top_mask(score: np.ndarray, count: int, allowed: np.ndarray) -> np.ndarray:
     return mask
 
 
+def checked_inputs(shape: tuple[int, ...], in_range: Callable[[], bool], bits: int,
+                   sensitivity: np.ndarray | None) -> np.ndarray | None:
+    """ValueError unless the weight (``in_range()``: finite and within f16, asked once the shape is good) and
+    ``bits`` can be encoded; the sensitivities as a C-contiguous f64 [m, n] (None stays None)."""
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"weight must be 2-D and non-empty, got shape {tuple(shape)}")
+    if not in_range():
+        raise ValueError("weight must be finite and within the f16 range")
+    if not 1 <= bits <= 8:
+        raise ValueError("bits must be 1..8")
+    if sensitivity is None:
+        return None
+    m, n = shape
+    sens = np.asarray(sensitivity, dtype=np.float64)
+    if sens.shape == (n,):
+        sens = np.broadcast_to(sens, (m, n))
+    if sens.shape != (m, n) or not np.isfinite(sens).all() or (sens < 0).any():
+        raise ValueError("sensitivity must be finite, >= 0 and of shape [m, n] or [n]")
+    return np.ascontiguousarray(sens)
+
+
 @sized(weight_size)
 def quantize_squeezellm(
     weight: np.ndarray,
@@ -182,21 +204,10 @@ def quantize_squeezellm(
     sparse residual positions (tests, calibration-aware callers).
     """
     w = np.asarray(weight, dtype=np.float32)
-    if w.ndim != 2 or min(w.shape) < 1:
-        raise ValueError(f"weight must be 2-D and non-empty, got shape {w.shape}")
-    if not np.isfinite(w).all() or np.abs(w).max() > F16_MAX:
-        raise ValueError("weight must be finite and within the f16 range")
-    if not 1 <= bits <= 8:
-        raise ValueError("bits must be 1..8")
+    sens = checked_inputs(w.shape, lambda: bool(np.isfinite(w).all() and np.abs(w).max() <= F16_MAX), bits,
+                          sensitivity)
     m, n = w.shape
     k = 1 << bits
-    if sensitivity is not None:
-        sens = np.asarray(sensitivity, dtype=np.float64)
-        if sens.shape == (n,):
-            sens = np.broadcast_to(sens, (m, n))
-        if sens.shape != (m, n) or not np.isfinite(sens).all() or (sens < 0).any():
-            raise ValueError("sensitivity must be finite, >= 0 and of shape [m, n] or [n]")
-        sens = np.ascontiguousarray(sens)
 
     if outlier_mask is None:
         mask = _top_mask(np.abs(w), int(round(outlier_fraction * m * n)), np.ones((m, n), dtype=bool))

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...constants import QUIP_MAX_FACTOR as MAX_FACTOR
 from ...decoder.quip import hadamard_constant
 from .. import quip as cpu
 from ..encoded import Encoded
@@ -232,16 +231,7 @@ def quantize_quip(
     if not 1 <= bits <= 8:
         raise ValueError("bits must be 1..8")
     m, n = w32.shape
-    rng = np.random.default_rng(seed)
-    su = rng.choice(np.array([-1, 1], dtype=np.int8), size=n)
-    sv = rng.choice(np.array([-1, 1], dtype=np.int8), size=m)
-    km, am = cpu.split_pow2(m)
-    kn, an = cpu.split_pow2(n)
-    if max(am, an) > MAX_FACTOR:
-        raise ValueError(f"quip needs each dimension to be a * 2^k with an odd a <= {MAX_FACTOR} (quip.md §2); "
-                         f"[{m}, {n}] has odd parts {am}, {an}: keep this tensor unquantized or use another codec")
-    fm = cpu.random_orthogonal(am, rng).astype(np.float32) if am > 1 else None
-    fn = cpu.random_orthogonal(an, rng).astype(np.float32) if an > 1 else None
+    su, sv, km, kn, fm, fn = cpu.incoherence(m, n, seed)
     dev = w32.device
     su_t = torch.from_numpy(su.astype(np.float64)).to(dev)
     sv_t = torch.from_numpy(sv.astype(np.float64)).to(dev)

@@ -194,11 +194,8 @@ def quantize_spqr(
     ``weight`` may already be a tensor on the device (no host copy then).
     """
     w = as_tensor(weight, device)
-    if w.ndim != 2 or min(w.shape) < 1:
-        raise ValueError(f"weight must be 2-D and non-empty, got shape {tuple(w.shape)}")
-    if not bool(torch.isfinite(w).all()):
-        raise ValueError("weight contains NaN or infinity; refusing to quantize")
-    check_settings(bits, group_size, scale_bits, zero_bits)
+    check_settings(tuple(w.shape), w.numel() > 0 and bool(torch.isfinite(w).all()), bits, group_size, scale_bits,
+                   zero_bits)
     m, n = w.shape
     perm = checked_perm(perm, n)
     if perm is not None:

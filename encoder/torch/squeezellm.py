@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..encoded import Encoded
+from ..squeezellm import checked_inputs
 from .device import as_tensor, host_empty
 from .packing import as_i32, pack_rows
 
@@ -65,10 +66,16 @@ def _top_mask(score: torch.Tensor, count: int, allowed: torch.Tensor) -> torch.T
 
 
 def _seq_cumsum(x: torch.Tensor) -> torch.Tensor:
-    """[R, C] -> [R, C + 1]: 0 then the running sums along each row, added one element at a time."""
-    out = torch.zeros((x.shape[1] + 1, x.shape[0]), dtype=x.dtype, device=x.device)
-    torch.cumsum(x.T.contiguous(), 0, out=out[1:])
-    return out.T
+    """[R, C] -> [R, C + 1]: 0 then the running sums along each row, added one element at a time.
+
+    The scan runs along dim 0 of the transpose (one CUDA thread per column, sequential); a single row gets a
+    zero companion, since a 1-D CUDA scan is a parallel one.
+    """
+    R = x.shape[0]
+    xt = x.T if R > 1 else torch.cat([x, torch.zeros_like(x)]).T
+    out = torch.zeros((x.shape[1] + 1, xt.shape[1]), dtype=x.dtype, device=x.device)
+    torch.cumsum(xt.contiguous(), 0, out=out[1:])
+    return out.T[:R]
 
 
 def _pick(a: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
@@ -177,22 +184,11 @@ def quantize_squeezellm(
 ) -> Encoded:
     """``encoder.squeezellm.quantize_squeezellm`` computed on ``device``: the same sections, byte for byte."""
     w = as_tensor(weight, device).contiguous()
-    if w.ndim != 2 or min(w.shape) < 1:
-        raise ValueError(f"weight must be 2-D and non-empty, got shape {tuple(w.shape)}")
-    if not bool(torch.isfinite(w).all()) or float(w.abs().max()) > F16_MAX:
-        raise ValueError("weight must be finite and within the f16 range")
-    if not 1 <= bits <= 8:
-        raise ValueError("bits must be 1..8")
+    s = checked_inputs(tuple(w.shape), lambda: bool(torch.isfinite(w).all()) and float(w.abs().max()) <= F16_MAX,
+                       bits, sensitivity)
     m, n = w.shape
     k = 1 << bits
-    sens = None
-    if sensitivity is not None:
-        s = np.asarray(sensitivity, dtype=np.float64)
-        if s.shape == (n,):
-            s = np.broadcast_to(s, (m, n))
-        if s.shape != (m, n) or not np.isfinite(s).all() or (s < 0).any():
-            raise ValueError("sensitivity must be finite, >= 0 and of shape [m, n] or [n]")
-        sens = torch.from_numpy(np.array(s, dtype=np.float64)).to(w.device)
+    sens = None if s is None else torch.from_numpy(s).to(w.device)
 
     if outlier_mask is None:
         mask = _top_mask(w.abs(), int(round(outlier_fraction * m * n)), torch.ones_like(w, dtype=torch.bool))
