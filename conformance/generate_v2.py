@@ -561,6 +561,7 @@ def quip_valid() -> list[tuple[str, str, list[tuple[mw.Tens, Any, np.ndarray | N
     add("quip_v2_special_values", "NaN/inf/-0 scales, NaN/inf/-0/subnormal/65504 f16 su, -0 and 3e38 f32 sv "
         "(overflow to inf), zero and subnormal grid values (NaN compared as any NaN)",
         [L.entry(nm) for nm, L in quip_special_v2()])
+    out += _rvq().valid()  # the residual codebooks, quip.md §10.11
     pairs = []
     for tag, args in (("factors", (6, 40, 3, 1)), ("hadamard", (8, 16, 4, 3))):
         v1 = gen.make_quip(f"q2eq{tag}", *args[:2], 3, *args[2:])
@@ -599,6 +600,15 @@ def quip_valid() -> list[tuple[str, str, list[tuple[mw.Tens, Any, np.ndarray | N
         "(a reader claiming only version 1 reports the v2 tensors as UNSUPPORTED_CODEC_VERSION)", mixed,
         layout=mw.Layout(order="interleave", gap=64, lead=128))
     return out
+
+
+def _rvq() -> Any:
+    """The residual-codebook vector module (imported late: it imports this one)."""
+    if __package__ in (None, ""):
+        import generate_quip_rvq  # type: ignore[no-redef]
+    else:
+        from . import generate_quip_rvq
+    return generate_quip_rvq
 
 
 def _quip_base(codebook: str = "e8p12") -> tuple[list[mw.Tens], QuipV2Logical]:
@@ -675,4 +685,4 @@ def quip_invalid() -> list[tuple[str, str, bytes, str]]:
         s.data = bytes([0x01, 0xFF] * 7 + [0x00, 0x01])
 
     qv("value_su_i8_zero", "su as i8 with one byte 0x00", su_i8_zero, "BAD_VALUE", "grid")
-    return out
+    return out + _rvq().invalid()  # the residual codebooks, quip.md §10.11
