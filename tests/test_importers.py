@@ -10,6 +10,7 @@ bit, and how the decoded tensor relates to the source's own dequantization.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 
 import numpy as np
@@ -860,13 +861,15 @@ def _pack_e81b_bytes(codes2: np.ndarray) -> np.ndarray:
     return out.view(np.int64)
 
 
+@functools.lru_cache(maxsize=1)
 def _e81b_source_grid() -> np.ndarray:
     """QuIP#'s 3-bit residual grid re-enacted from its description: points of Z^8 then (Z + 1/2)^8 with coordinates
     in [-4, 4), even sum and squared norm <= 2 (enumeration order, last coordinate fastest), then 2 e_i for i < 8
-    and -2 e_i for i < 7."""
+    and -2 e_i for i < 7. Only coordinates in {-1, 0, 1} / {-1/2, 1/2} can have squared norm <= 2, so those
+    values (in the same order) are enumerated: the same points, without a 2 x 8^8-point grid."""
     pts = []
-    for shift in (0.0, 0.5):
-        grid = np.stack(np.meshgrid(*[np.arange(-4, 4) + shift] * 8, indexing="ij"), axis=-1).reshape(-1, 8)
+    for values in (np.arange(-1, 2, dtype=np.float64), np.array([-0.5, 0.5])):
+        grid = np.stack(np.meshgrid(*[values] * 8, indexing="ij"), axis=-1).reshape(-1, 8)
         keep = (grid.sum(axis=1) % 2 == 0) & ((grid ** 2).sum(axis=1) <= 2)
         pts.append(grid[keep])
     pts.append(2 * np.eye(8))
