@@ -306,9 +306,11 @@ def sweep(dev: str, l2: int, budget: Budget, gen: torch.Generator, m: int, n: in
 
     xs = {b: torch.randn(b, n, device=dev, generator=gen).to(torch.float16 if dev == "cuda" else torch.float32)
           for b in (1, 16)}
-    # alternatives to the defaults (squeezellm b1 64x32, b16 32x32; quip b1 128x32 / 128x16, b16 64x32 / 64x16)
-    plans = [("sq", 3, ksq.GemvConfig, [dict(BM=128, NU=32), dict(BM=64, NU=64), dict(BM=32, NU=32, num_warps=2),
-                                        dict(BM=64, NU=32, split=1)]),
+    # alternatives to the defaults (squeezellm b1 64x32, b16 32x32, tables as register select trees, tree=False:
+    # the L1 gather; quip b1 128x32 / 128x16, b16 64x32 / 64x16)
+    plans = [("sq", 3, ksq.GemvConfig, [dict(BM=64, NU=32, tree=False), dict(BM=128, NU=32),
+                                        dict(BM=32, NU=32, num_warps=2), dict(BM=64, NU=32, split=1),
+                                        dict(BM=64, NU=16)]),
              ("e8p", 2, kq.GemvConfig, [dict(BM=64, NG=32), dict(BM=256, NG=16, num_warps=8), dict(BM=32, NG=16)]),
              ("grid", 2, kq.GemvConfig, [dict(BM=64, NU=64), dict(BM=256, NU=32, num_warps=8), dict(BM=64, NU=32)])]
     out = []

@@ -103,8 +103,11 @@ def cases() -> list[tuple[str, Any, dict[str, Any], dict[str, Any], float]]:
 
     C = Const
     out = []
-    for dot, f32, split, even, bias in ((False, False, True, True, False), (False, True, False, False, True),
-                                        (True, False, True, True, False), (True, True, False, False, True)):
+    for dot, f32, split, even, bias, tree in ((False, False, True, True, False, True),
+                                              (False, False, True, True, False, False),
+                                              (False, True, False, False, True, True),
+                                              (True, False, True, True, False, True),
+                                              (True, True, False, False, True, True)):
         bm, nu = (32 if dot else 64, 32)  # squeezellm.default_config
         a = dict(x_ptr="*fp32" if f32 else "*fp16", y_ptr="*fp32" if f32 else "*fp16", bias_ptr="*fp16",
                  ws_ptr="*fp32", wsi_ptr="*i32", cnt_ptr="*i32", w_ptr="*i32", lut_ptr="*fp32", orp_ptr="*i32",
@@ -112,13 +115,13 @@ def cases() -> list[tuple[str, Any, dict[str, Any], dict[str, Any], float]]:
                  x_sb=4096, n_tiles=16, tiles_per_split=4, K=C(8), WST=C(4), F=C(8), NU=C(nu), BM=C(bm),
                  BB=C(16 if dot else 1), EPR=C(8 if dot else 16), DOT=C(dot),
                  DOT_DT=C(tl.float32 if f32 else tl.float16), IEEE=C(f32), EVEN=C(even), SPLIT=C(split),
-                 HAS_BIAS=C(bias), COL16=C(True))
-        out.append((f"squeezellm gemv dot={dot} f32={f32} split={split}", ks._lut_gemv_kernel, a, {},
+                 HAS_BIAS=C(bias), COL16=C(True), TREE=C(tree))
+        out.append((f"squeezellm gemv dot={dot} f32={f32} split={split} tree={tree}", ks._lut_gemv_kernel, a, {},
                     0 if dot else bm * nu * 8 / 128))
     for bf16 in (False, True):
         a = dict(w_ptr="*i32", lut_ptr="*fp32", orp_ptr="*i32", ocol_ptr="*i16", oval_ptr="*fp16",
                  out_ptr="*i16" if bf16 else "*fp16", m=4096, n=4096, nw=512, K=C(16), WST=C(4), BM=C(16), BC=C(256),
-                 EPR=C(16), COL16=C(True), OUT_BF16=C(bf16))
+                 EPR=C(16), COL16=C(True), OUT_BF16=C(bf16), TREE=C(True))
         out.append((f"squeezellm dequant_fields bf16={bf16}", ks._dequant_fields_kernel, a, {"fp_fusion": False}, 0))
     out.append(("squeezellm residual_add", ks._residual_add_kernel,
                 dict(out_ptr="*fp32", orp_ptr="*i32", ocol_ptr="*i32", oval_ptr="*fp16", m=4096, n=4096, BM=C(16),

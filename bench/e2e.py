@@ -67,7 +67,9 @@ _bootstrap()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from spqrfmt.encoder.quip import quantize_quip  # noqa: E402
 from spqrfmt.encoder.rtn import quantize_spqr  # noqa: E402
+from spqrfmt.encoder.squeezellm import quantize_squeezellm  # noqa: E402
 from spqrfmt.model import load_model  # noqa: E402
 from spqrfmt.writer import Writer  # noqa: E402
 
@@ -93,15 +95,26 @@ def linear_shapes(c: dict) -> dict[str, tuple[int, int]]:
             "self_attn.o_proj": (h, h), "mlp.gate_proj": (i, h), "mlp.up_proj": (i, h), "mlp.down_proj": (h, i)}
 
 
-def encode_shapes(c: dict, bits: int, outlier_fraction: float, seed: int) -> dict[tuple[int, int], object]:
+def _encode(codec: str, w: np.ndarray, bits: int, outlier_fraction: float) -> object:
+    """The data-free reference encoder of ``codec`` (the weights' values do not change kernel speed)."""
+    if codec == "spqr":
+        return quantize_spqr(w, bits=bits, group_size=16, scale_bits=3, zero_bits=3, stat_group_size=16,
+                             outlier_fraction=outlier_fraction)
+    if codec == "squeezellm":  # few k-means iterations: the LUT's quality does not matter for speed
+        return quantize_squeezellm(w, bits=bits, max_iter=8)
+    if codec == "quip":  # QuIP#'s E8P12 lattice codebook (2 bits) or the v1 grid
+        return quantize_quip(w, bits=bits, codebook="e8p12" if bits == 2 else "grid")
+    raise ValueError(f"unknown codec {codec!r}")
+
+
+def encode_shapes(c: dict, codec: str, bits: int, outlier_fraction: float, seed: int) -> dict[tuple[int, int], object]:
     """One real encoding per distinct linear shape (random N(0, 0.02) weights), on CPU threads."""
     shapes = sorted(set(linear_shapes(c).values()))
 
     def one(shape: tuple[int, int]) -> object:
         rng = np.random.default_rng(seed + shape[0] * 7 + shape[1])
         w = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
-        return quantize_spqr(w, bits=bits, group_size=16, scale_bits=3, zero_bits=3, stat_group_size=16,
-                             outlier_fraction=outlier_fraction)
+        return _encode(codec, w, bits, outlier_fraction)
 
     with ThreadPoolExecutor(max_workers=min(len(shapes), os.cpu_count() or 1)) as ex:
         return dict(zip(shapes, ex.map(one, shapes), strict=True))
@@ -172,9 +185,12 @@ def _static_cache(model, max_len: int):
                            dtype=p.dtype)
 
 
-def decode(model, prompt: torch.Tensor, new: int, graph: bool) -> tuple[float, list[int], str]:
+def decode(model, prompt: torch.Tensor, new: int, graph: bool, compiled: bool = False) -> tuple[float, list[int], str]:
     """Greedy batch-1 decode of ``new`` tokens after ``prompt`` with a static KV cache.
 
+    ``compiled``: the decode step goes through ``torch.compile`` (inductor, default mode:
+    it fuses the norms/rotary/residuals between the linears; the compressed linears are
+    one custom op each) before it is captured in the CUDA graph.
     Returns (tokens/s over the decode steps, tokens, mode actually used).
     """
     dev = prompt.device
@@ -190,6 +206,9 @@ def decode(model, prompt: torch.Tensor, new: int, graph: bool) -> tuple[float, l
         def step():
             return model(input_ids=tok_buf, past_key_values=cache, cache_position=pos_buf, use_cache=True).logits
 
+        if compiled:
+            torch._dynamo.reset()
+            step = torch.compile(step, dynamic=False)
         mode = "eager"
         g = None
         if graph and dev.type == "cuda":
@@ -197,8 +216,11 @@ def decode(model, prompt: torch.Tensor, new: int, graph: bool) -> tuple[float, l
                 s = torch.cuda.Stream()
                 s.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(s):
-                    for _ in range(3):  # warm-up on a side stream (writes position P, rewritten below)
+                    t0 = time.perf_counter()
+                    for _ in range(3):  # warm-up (and compile) on a side stream (writes position P, rewritten below)
                         step()
+                    if compiled:
+                        log(f"compiled the decode step in {time.perf_counter() - t0:.1f} s")
                 torch.cuda.current_stream().wait_stream(s)
                 g = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(g):
@@ -230,7 +252,7 @@ def _prompt(c: dict, dev: torch.device) -> torch.Tensor:
     return torch.randint(3, c["vocab_size"], (1, 16), generator=torch.Generator().manual_seed(1)).to(dev)
 
 
-def measure(name: str, model, c: dict, dev: torch.device, args) -> dict:
+def measure(name: str, model, c: dict, dev: torch.device, args, compiled: bool) -> dict:
     r: dict = {"model": name}
     torch.manual_seed(0)
     for P in args.prefill:
@@ -249,16 +271,85 @@ def measure(name: str, model, c: dict, dev: torch.device, args) -> dict:
         r["decode_graph_tok_s"] = tps if mode == "cuda-graph" else None
         r["decode_mode"] = mode
         log(f"{name}: {mode} decode {tps:.1f} tok/s")
+        if compiled:
+            try:
+                tps, _, mode = decode(model, prompt, args.new_tokens, graph=True, compiled=True)
+                r["decode_compiled_tok_s"] = tps if mode == "cuda-graph" else None
+                log(f"{name}: compiled + {mode} decode {tps:.1f} tok/s")
+            except Exception as e:  # noqa: BLE001 - keep the other figures; say what failed
+                log(f"{name}: compiled decode failed: {type(e).__name__}: {str(e)[:300]}")
+                r["compile_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            torch._dynamo.reset()
     r["tokens"] = toks
     if dev.type == "cuda":
         r["peak_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
     return r
 
 
+class Int4Linear(torch.nn.Module):
+    """torch's int4 weight-only tinygemm (``_weight_int4pack_mm``, group 128, bf16), as gpt-fast/torchao use it:
+    the peer a PyTorch user has for free. Asymmetric round-to-nearest per 128-column group of the layer's weight."""
+
+    GS = 128
+
+    def __init__(self, lin: torch.nn.Linear) -> None:
+        super().__init__()
+        w = lin.weight.detach().to(torch.float32)
+        m, n = w.shape
+        g = w.reshape(m, n // self.GS, self.GS)
+        lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+        scale = ((hi - lo) / 15).clamp_min(1e-6)
+        q = ((g - lo) / scale).round().clamp(0, 15).to(torch.int32).reshape(m, n)
+        self.w = torch._convert_weight_to_int4pack((q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8), 8)
+        zero = lo + 8 * scale  # tinygemm: w = (q - 8) * scale + zero
+        self.sz = torch.stack([scale, zero], -1).reshape(m, n // self.GS, 2).transpose(0, 1).contiguous().to(
+            torch.bfloat16)
+        self.bias = None if lin.bias is None else lin.bias.detach().to(torch.bfloat16)
+        self.out_features, self.in_features = m, n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch._weight_int4pack_mm(x.reshape(-1, self.in_features), self.w, self.GS, self.sz)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def to_int4(model) -> None:
+    """Swap every decoder-layer Linear for :class:`Int4Linear` (the model must be bf16 on CUDA)."""
+    for i, layer in enumerate(model.model.layers):
+        for lin in LINEARS:
+            parent_path, _, child = lin.rpartition(".")
+            parent = layer.get_submodule(parent_path)
+            dense = getattr(parent, child)
+            q = Int4Linear(dense)
+            if i == 0:  # the int4 layer computes its dense layer up to 4-bit rounding (a guard on the timed peer)
+                x = torch.randn(4, q.in_features, dtype=torch.bfloat16, device=dense.weight.device)
+                with torch.inference_mode():
+                    ref = dense(x).double()
+                    rel = float((q(x).double() - ref).norm() / ref.norm())
+                log(f"int4 {lin}: relative error vs its bf16 layer {rel:.3f}")
+            setattr(parent, child, q)
+    torch.cuda.empty_cache()
+
+
+def parse_run(text: str) -> tuple[str, int]:
+    """``fp16`` | ``int4`` | ``CODEC:BITS`` (spqr:3, squeezellm:4, quip:2 = QuIP# E8P12)."""
+    if text in ("fp16", "int4"):
+        return text, 16 if text == "fp16" else 4
+    codec, _, bits = text.partition(":")
+    if codec not in ("spqr", "squeezellm", "quip") or not bits.isdigit():
+        raise argparse.ArgumentTypeError(f"run {text!r}: expected fp16, int4 or CODEC:BITS (e.g. spqr:3)")
+    return codec, int(bits)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny model; runs on CPU (GPU timings skipped)")
-    ap.add_argument("--bits", type=int, nargs="+", default=[4, 3])
+    ap.add_argument("--runs", type=parse_run, nargs="+", default=None,
+                    help="models to time: fp16 (dense decode of the first codec file), int4 (the same dense weights "
+                         "through torch's int4 tinygemm), CODEC:BITS (default: fp16 spqr:4 spqr:3 int4)")
+    ap.add_argument("--compile", nargs="*", default=None, metavar="RUN",
+                    help="also time these runs' decode step through torch.compile (no RUN: every run)")
     ap.add_argument("--model", choices=["tinyllama-1.1b", "llama-8b"], default="tinyllama-1.1b",
                     help="the Llama shape to build (random weights)")
     ap.add_argument("--outlier-fraction", type=float, default=0.01)
@@ -271,6 +362,9 @@ def main() -> int:
     args = ap.parse_args()
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     c = QUICK if args.quick else (LLAMA_8B if args.model == "llama-8b" else FULL)
+    runs = args.runs or [("fp16", 16), ("spqr", 4), ("spqr", 3), ("int4", 4)]
+    names = {f"{k}:{b}" if k not in ("fp16", "int4") else k for k, b in runs}
+    compile_runs = set() if args.compile is None else (set(args.compile) or names)
     if args.prefill is None:
         args.prefill = [32] if args.quick else [128, 1024]
     if args.quick:
@@ -282,65 +376,76 @@ def main() -> int:
     t_all = time.perf_counter()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="spqr-e2e-"))
     work.mkdir(parents=True, exist_ok=True)
+    coded = [(k, b) for k, b in runs if k not in ("fp16", "int4")] or [("spqr", 4)]
     files = {}
-    for bits in args.bits:
+    for codec, bits in coded:
         t0 = time.perf_counter()
-        enc = encode_shapes(c, bits, args.outlier_fraction, seed=bits)
+        enc = encode_shapes(c, codec, bits, args.outlier_fraction, seed=bits)
         t1 = time.perf_counter()
-        path = work / f"llama-w{bits}.spqr"
+        path = work / f"llama-{codec}-w{bits}.spqr"
         info = write_model(path, c, enc, seed=0)
         info["encode_s"], info["write_s"] = t1 - t0, time.perf_counter() - t1
-        files[bits] = (path, info)
+        files[codec, bits] = (path, info)
         del enc
-        log(f"w{bits}: encoded {info['encode_s']:.1f} s, wrote {info['file_mib']:.0f} MiB in {info['write_s']:.1f} s "
-            f"({info['bits_per_param']:.3f} bits/param)")
+        log(f"{codec} w{bits}: encoded {info['encode_s']:.1f} s, wrote {info['file_mib']:.0f} MiB in "
+            f"{info['write_s']:.1f} s ({info['bits_per_param']:.3f} bits/param)")
 
     rows = []
     nparams = None
-    dense_tokens: dict[int, list[int]] = {}
-    # The dense run of the first bit width is fully timed (the fp16 baseline); for the other widths a
-    # dense model is loaded only to get the reference greedy tokens of the same weights.
-    runs = [("fp16 (same weights, dense)", args.bits[0], False)] + [(f"spqr w{b}", b, True) for b in args.bits]
-    runs += [(None, b, False) for b in args.bits[1:]]
-    for name, bits, kernels in runs:
-        path, info = files[bits]
-        if name is None:
-            model = load_model(path, device=str(dev), dtype=torch.float16 if dev.type == "cuda" else torch.float32,
-                               use_kernels=False)
-            prompt = _prompt(c, dev)
-            dense_tokens[bits] = decode(model, prompt, min(32, args.new_tokens), graph=False)[1]
-            del model
-            continue
+    dense_tokens: dict[tuple[str, int], list[int]] = {}
+    base = coded[0]  # fp16 and int4 are the dense weights of the first codec file
+    for kind, bits in runs:
+        label = kind if kind in ("fp16", "int4") else f"{kind}:{bits}"
+        key = base if kind in ("fp16", "int4") else (kind, bits)
+        path, info = files[key]
         if dev.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
         t0 = time.perf_counter()
         dtype = torch.float16 if dev.type == "cuda" else torch.float32
-        model = load_model(path, device=str(dev), dtype=dtype, use_kernels=kernels and dev.type == "cuda")
+        kernels = kind not in ("fp16", "int4") and dev.type == "cuda"
+        if kind == "int4":
+            if dev.type != "cuda":
+                log("int4: tinygemm needs CUDA; skipped")
+                continue
+            model = load_model(path, device=str(dev), dtype=torch.bfloat16, use_kernels=False)
+            to_int4(model)
+        else:
+            model = load_model(path, device=str(dev), dtype=dtype, use_kernels=kernels)
         _sync(dev)
         load_s = time.perf_counter() - t0
-        nparams = sum(p.numel() for p in model.parameters()) if not kernels else nparams
-        r = {"load_s": load_s, "bits_per_param": info["bits_per_param"] if kernels else 16.0,
-             "file_mib": info["file_mib"] if kernels else None}
+        if kind == "fp16":
+            nparams = sum(p.numel() for p in model.parameters())
+        name = {"fp16": f"fp16 (dense {base[0]} w{base[1]} weights)",
+                "int4": f"int4 tinygemm g128 (dense {base[0]} w{base[1]} weights)"}.get(kind, f"{kind} w{bits}")
+        r = {"load_s": load_s, "bits_per_param": {"fp16": 16.0, "int4": 4.0 + 32 / Int4Linear.GS}.get(
+            kind, info["bits_per_param"]), "file_mib": info["file_mib"] if kernels else None}
         if dev.type == "cuda":
             r["weights_mib"] = torch.cuda.memory_allocated(dev) / 2**20
         log(f"{name}: loaded in {load_s:.1f} s")
         try:
-            r.update(measure(name, model, c, dev, args))
+            r.update(measure(name, model, c, dev, args, compiled=label in compile_runs))
         except Exception as e:  # noqa: BLE001 - keep the rows measured so far; say what failed
             log(f"{name}: measurement failed: {type(e).__name__}: {e}")
             r.update({"model": name, "error": f"{type(e).__name__}: {str(e)[:300]}", "decode_eager_tok_s": None,
                       "tokens_eager": [], **{f"prefill_{p}_ms": None for p in args.prefill}})
-        r["bits"] = bits
-        if not kernels:
-            dense_tokens[bits] = r["tokens_eager"]
+        r.update({"kernel": {"fp16": "fp16", "int4": "int4-tinygemm"}.get(kind, kind), "bits": bits, "run": label})
+        if kind == "fp16":
+            dense_tokens[base] = r["tokens_eager"]
         rows.append(r)
         del model
+    for codec, bits in coded:  # the dense model of every other file, only for its reference greedy tokens
+        if (codec, bits) in dense_tokens or not any(r["run"] == f"{codec}:{bits}" for r in rows):
+            continue
+        model = load_model(files[codec, bits][0], device=str(dev), dtype=torch.float16 if dev.type == "cuda"
+                           else torch.float32, use_kernels=False)
+        dense_tokens[codec, bits] = decode(model, _prompt(c, dev), min(32, args.new_tokens), graph=False)[1]
+        del model
     for r in rows:
-        base = dense_tokens.get(r["bits"]) or []
-        ok = r["tokens_eager"] and len(base) == len(r["tokens_eager"])
-        same = sum(a == b for a, b in zip(r["tokens_eager"], base, strict=True)) if ok else 0
-        r["greedy_match"] = same / len(base) if ok else None
+        ref = dense_tokens.get(base if r["kernel"] in ("fp16", "int4-tinygemm") else (r["kernel"], r["bits"])) or []
+        ok = r["tokens_eager"] and len(ref) == len(r["tokens_eager"])
+        same = sum(a == b for a, b in zip(r["tokens_eager"], ref, strict=True)) if ok else 0
+        r["greedy_match"] = same / len(ref) if ok else None
 
     table = render(rows, c, nparams, dev, args)
     print(table)
@@ -348,10 +453,29 @@ def main() -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "e2e.md").write_text(table + "\n", encoding="utf-8")
-        (out / "e2e.json").write_text(json.dumps({"rows": rows, "config": c, "device": device_name(dev)}, indent=1,
-                                                 default=str), encoding="utf-8")
+        shape = "llama-8b" if c is LLAMA_8B else ("quick" if c is QUICK else "tinyllama-1.1b")
+        (out / "e2e.json").write_text(json.dumps({"rows": issue_rows(rows, shape), "raw": rows, "config": c,
+                                                  "device": device_name(dev), "command": " ".join(sys.argv)},
+                                                 indent=1, default=str), encoding="utf-8")
     log(f"total {time.perf_counter() - t_all:.0f} s")
     return 0
+
+
+def issue_rows(rows: list[dict], shape: str) -> list[dict]:
+    """One row per (model, mode): ``graph`` = eager step in a CUDA graph, ``compiled`` = torch.compile'd step in one;
+    ``decode_graph_tok_s`` is that mode's decode rate; prefill is eager in both."""
+    out = []
+    for r in rows:
+        for mode, key in (("graph", "decode_graph_tok_s"), ("compiled", "decode_compiled_tok_s")):
+            if r.get(key) is None:
+                continue
+            out.append({"model_shape": shape, "kernel": r["kernel"], "bits": r["bits"], "mode": mode,
+                        "decode_graph_tok_s": r[key], "decode_eager_tok_s": r.get("decode_eager_tok_s"),
+                        "prefill_128_ms": r.get("prefill_128_ms"), "prefill_1024_ms": r.get("prefill_1024_ms"),
+                        "weights_mib": r.get("weights_mib"), "peak_mib": r.get("peak_mib"),
+                        "bits_per_param": r["bits_per_param"], "load_s": r["load_s"],
+                        "greedy_match": r.get("greedy_match")})
+    return out
 
 
 def device_name(dev: torch.device) -> str:
@@ -373,7 +497,8 @@ def render(rows: list[dict], c: dict, nparams: int | None, dev: torch.device, ar
         lines.insert(1, "")
     pre = [f"prefill {p} ms" for p in args.prefill]
     hdr = ["model", "bits/param (linear)", "file MiB", "weights MiB", "peak MiB", "load s", *pre,
-           "decode tok/s (eager)", "decode tok/s (CUDA graph)", "greedy tokens = dense model of the same file"]
+           "decode tok/s (eager)", "decode tok/s (CUDA graph)",
+           "decode tok/s (compiled + graph)", "greedy tokens = dense model of the same file"]
     lines.append("| " + " | ".join(hdr) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(hdr) - 1)) + "|")
     for r in rows:
@@ -381,6 +506,7 @@ def render(rows: list[dict], c: dict, nparams: int | None, dev: torch.device, ar
                  f(r.get("peak_mib"), ".0f"), f(r["load_s"], ".1f"),
                  *[f(r[f"prefill_{p}_ms"], ".2f") for p in args.prefill],
                  f(r["decode_eager_tok_s"], ".1f"), f(r.get("decode_graph_tok_s"), ".1f"),
+                 f(r.get("decode_compiled_tok_s"), ".1f"),
                  f(r["greedy_match"] and 100 * r["greedy_match"], ".0f") + (" %" if r["greedy_match"] is not None
                                                                               else "")]
         lines.append("| " + " | ".join(cells) + " |")

@@ -93,9 +93,35 @@ def _residual_add_kernel(out_ptr, orp_ptr, ocol_ptr, oval_ptr, m, n, BM: tl.cons
 
 
 @triton.jit
+def _lut_tree(code, l0, l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11, l12, l13, l14, l15, K: tl.constexpr):
+    """``lut[code]`` for K = 2..16 entries held in registers (``l0 .. l{K-1}``, one per row, broadcast over the
+    columns): a binary tree of selects on the code's bits. Exact (a select copies a value), and no memory
+    access per weight: the table gather it replaces serialises in L1 when a warp's lanes span rows."""
+    b0 = (code & 1) != 0
+    v = tl.where(b0, l1, l0)
+    if K >= 4:
+        b1 = (code & 2) != 0
+        v = tl.where(b1, tl.where(b0, l3, l2), v)
+        if K >= 8:
+            b2 = (code & 4) != 0
+            v = tl.where(b2, tl.where(b1, tl.where(b0, l7, l6), tl.where(b0, l5, l4)), v)
+            if K >= 16:
+                hi = tl.where(b1, tl.where(b0, l11, l10), tl.where(b0, l9, l8))
+                hi = tl.where((code & 4) != 0, tl.where(b1, tl.where(b0, l15, l14), tl.where(b0, l13, l12)), hi)
+                v = tl.where((code & 8) != 0, hi, v)
+    return v
+
+
+@triton.jit
+def _lut_entry(lrow, k: tl.constexpr, K: tl.constexpr):
+    """Entry k of each row's table (entry K-1 past the table: never selected)."""
+    return tl.load(lrow + min(k, K - 1))
+
+
+@triton.jit
 def _dequant_fields_kernel(w_ptr, lut_ptr, orp_ptr, ocol_ptr, oval_ptr, out_ptr, m, n, nw,
                            K: tl.constexpr, WST: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr,
-                           EPR: tl.constexpr, COL16: tl.constexpr, OUT_BF16: tl.constexpr):
+                           EPR: tl.constexpr, COL16: tl.constexpr, OUT_BF16: tl.constexpr, TREE: tl.constexpr):
     """Dense W from the load-time layout, in the output dtype, bit-identical to §5.
 
     Each column j reads field j // nw of word j % nw. Residual positions are then
@@ -110,7 +136,15 @@ def _dequant_fields_kernel(w_ptr, lut_ptr, orp_ptr, ocol_ptr, oval_ptr, out_ptr,
     rows64 = rows.to(tl.int64)
     wd = tl.load(w_ptr + rows64[:, None] * nw + (cols % nw)[None, :], mask=mask, other=0)
     code = (wd >> ((cols // nw) * WST)[None, :]) & (K - 1)
-    v = tl.load(lut_ptr + rows64[:, None] * K + code, mask=mask, other=0.0)
+    if TREE:  # each row's table in registers (rows past m read row m - 1: never stored)
+        lrow = lut_ptr + tl.minimum(rows64, m - 1)[:, None] * K
+        v = _lut_tree(code, _lut_entry(lrow, 0, K), _lut_entry(lrow, 1, K), _lut_entry(lrow, 2, K),
+                      _lut_entry(lrow, 3, K), _lut_entry(lrow, 4, K), _lut_entry(lrow, 5, K), _lut_entry(lrow, 6, K),
+                      _lut_entry(lrow, 7, K), _lut_entry(lrow, 8, K), _lut_entry(lrow, 9, K),
+                      _lut_entry(lrow, 10, K), _lut_entry(lrow, 11, K), _lut_entry(lrow, 12, K),
+                      _lut_entry(lrow, 13, K), _lut_entry(lrow, 14, K), _lut_entry(lrow, 15, K), K)
+    else:
+        v = tl.load(lut_ptr + rows64[:, None] * K + code, mask=mask, other=0.0)
     tl.store(out_ptr + rows64[:, None] * n + cols[None, :], round_out(v, out_ptr, OUT_BF16), mask=mask)
     tl.debug_barrier()  # the dense stores above are visible before residual positions are rewritten
     # residuals falling in this column tile (scanning each row's CSR; entries are few)
@@ -168,7 +202,7 @@ def _lut_gemv_kernel(x_ptr, y_ptr, bias_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, lu
                      K: tl.constexpr, WST: tl.constexpr, F: tl.constexpr, NU: tl.constexpr, BM: tl.constexpr,
                      BB: tl.constexpr, EPR: tl.constexpr, DOT: tl.constexpr, DOT_DT: tl.constexpr,
                      IEEE: tl.constexpr, EVEN: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     COL16: tl.constexpr):
+                     COL16: tl.constexpr, TREE: tl.constexpr):
     """y[b, r] = sum_j lut[r, code(r, j)] x[b, j] + sum_e val[e] x[b, col[e]] (+ bias[r]).
 
     Grid (row blocks of BM, column splits). A tile is NU words of BM rows; field c of
@@ -183,13 +217,25 @@ def _lut_gemv_kernel(x_ptr, y_ptr, bias_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, lu
         acc = tl.zeros((BM, BB), dtype=tl.float32)
     else:
         acc = tl.zeros((BM, NU), dtype=tl.float32)
+    if TREE:  # the row tables in registers (K <= 16), loaded once
+        l0, l1, l2, l3 = (_lut_entry(lrow, 0, K), _lut_entry(lrow, 1, K), _lut_entry(lrow, 2, K),
+                          _lut_entry(lrow, 3, K))
+        l4, l5, l6, l7 = (_lut_entry(lrow, 4, K), _lut_entry(lrow, 5, K), _lut_entry(lrow, 6, K),
+                          _lut_entry(lrow, 7, K))
+        l8, l9, l10, l11 = (_lut_entry(lrow, 8, K), _lut_entry(lrow, 9, K), _lut_entry(lrow, 10, K),
+                            _lut_entry(lrow, 11, K))
+        l12, l13, l14, l15 = (_lut_entry(lrow, 12, K), _lut_entry(lrow, 13, K), _lut_entry(lrow, 14, K),
+                              _lut_entry(lrow, 15, K))
     t_lo, t_hi = gemv_tiles(n_tiles, tiles_per_split)
     for t in range(t_lo, t_hi):
         wi = t * NU + uu
         wd = tl.load(wrow + wi[None, :])
         for c in tl.static_range(F):
             code = (wd >> (c * WST)) & (K - 1)
-            v = tl.load(lrow + code)
+            if TREE:
+                v = _lut_tree(code, l0, l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11, l12, l13, l14, l15, K)
+            else:
+                v = tl.load(lrow + code)
             cols = c * nw + wi
             if DOT:
                 if EVEN:
@@ -267,6 +313,7 @@ class GemvConfig:
     NU: int = 32
     num_warps: int = 4
     split: int | None = None
+    tree: bool = True  # tables of <= 16 entries as register select trees (else a per-weight L1 gather)
 
 
 def default_config(batch: int) -> GemvConfig:
@@ -360,7 +407,7 @@ def _matvec(prepared: PreparedSqueezeLLM, x2: torch.Tensor, bias: torch.Tensor |
         m, n, nw, B, x2.stride(0), n_tiles, tps,
         K=1 << bits, WST=wst, F=F, NU=nu, BM=cfg.BM, BB=16 if dot else 1, EPR=8 if dot else 16, DOT=dot,
         DOT_DT=dt, IEEE=ieee, EVEN=F * nw == n, SPLIT=split > 1, HAS_BIAS=bias is not None,
-        COL16=prepared.o_col.dtype == torch.int16, num_warps=cfg.num_warps)
+        COL16=prepared.o_col.dtype == torch.int16, TREE=cfg.tree and bits <= 4, num_warps=cfg.num_warps)
     return y
 
 
@@ -378,5 +425,5 @@ def dequantize_prepared(prepared: PreparedSqueezeLLM, out_dtype: torch.dtype = t
         prepared.words, prepared.lut32, prepared.o_row_ptr, prepared.o_col, prepared.o_val,
         out.view(torch.int16) if bf16 else out, m, n, prepared.words.shape[1],
         K=1 << bits, WST=prepared.wst, BM=BM, BC=BC, EPR=16, COL16=prepared.o_col.dtype == torch.int16,
-        OUT_BF16=bf16, **_OPTS)
+        OUT_BF16=bf16, TREE=bits <= 4, **_OPTS)
     return out

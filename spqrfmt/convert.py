@@ -14,14 +14,16 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import codecs, constants
 from .dtypes import FLOAT_DTYPES, f32_to_bf16, to_float32
 from .safetensors_io import SafetensorsFile
+from .transposed import CONV1D_MODEL_TYPES, CONV1D_WEIGHT, conv1d_weights, transposed_names  # noqa: F401 - re-exported
 from .writer import Writer
 
 # Linear weights that stay unquantized by default: embeddings and the output head are
@@ -38,114 +40,105 @@ F16_MAX = 65504.0
 MAX_CONFIG_DEPTH = 32
 
 
-CODECS = ("spqr", "squeezellm", "quip")
-QUIP_CODEBOOKS = ("grid", "e8p12")  # quip v1 uniform grid; quip v2 E8P12 lattice (2 bits, 8 weights a code)
-METHODS = ("rtn", "gptq", "spqr")
 RAW_DTYPES = (None, "f16", "bf16", "f32")
-
-# GPT-2-style checkpoints store these projections as transformers ``Conv1D`` weights, [in, out]
-# (the transpose of nn.Linear's [out, in]). Model types from transformers' Conv1D users; models
-# that merely reuse the names with nn.Linear (gpt_bigcode, gpt_neo, starcoder2) are not listed.
-CONV1D_MODEL_TYPES = frozenset({"gpt2", "openai-gpt", "imagegpt", "decision_transformer", "clvp", "clvp_decoder"})
-CONV1D_WEIGHT = re.compile(r"(^|\.)(c_attn|q_attn|c_proj|c_fc)\.weight$")
-# Metadata: the tensors stored as the transpose of the source checkpoint's matrix ([out, in] for
-# an [in, out] Conv1D weight), so that loaders and ``spqr decode`` can restore the source layout.
-TRANSPOSED_KEY = "spqrfmt.transposed"
-REL_ERROR_KEY = "spqrfmt.rel_error"  # SPEC §7: {tensor: relative Frobenius error against the source}
-CONV1D_KEY = "spqrfmt.conv1d"
+TRANSPOSED_KEY = constants.TRANSPOSED
+REL_ERROR_KEY = constants.REL_ERROR
+CONV1D_KEY = constants.CONV1D
+_SELECTION = ("min_features", "skip", "include", "raw_dtype")
 
 
-@dataclass
 class QuantConfig:
-    """One set of knobs for every path: which tensors, which codec, which method, and how.
+    """What to quantize and how: the tensor selection, the codec, the method and the codec's ``options``.
 
-    ``codec`` spqr (bits, group_size = β1, scale/zero bits, stat_group_size = β2,
-    outlier_fraction), squeezellm (bits = LUT index bits, outlier_fraction,
-    kmeans_iters) or quip (seed; quip_codebook "grid" = codec_version 1 with
-    bits = grid bits, "e8p12" = codec_version 2's E8P12 lattice codebook, bits = 2
-    and in_features a multiple of 8). ``method`` rtn is data-free;
-    gptq and spqr are calibrated (codec spqr only) and take their solver
-    settings from :meth:`gptq_config`: GPTQ is the same solver with one level of
-    f16 statistics and no outliers. Defaults: SpQR's near-lossless 4-bit / β1=16 /
-    3-bit stats / 1 % outliers.
+    ``codec``: a registered codec id (``spqrfmt.codecs.encodable()``); ``method``
+    one of its ``methods`` ("rtn" = data-free, others calibrated: the GPTQ/SpQR
+    solver); ``options``: its ``Options`` (default: the codec's defaults).
+    Keyword ``settings`` are the options' fields, for short calls:
+    ``QuantConfig(bits=3)`` is ``QuantConfig(options=spqr.Options(bits=3))``.
+    Validated once, by :meth:`check` (ValueError naming the setting); reading an
+    option as an attribute (``cfg.bits``) reads ``cfg.options``.
     """
 
-    bits: int = 4
-    group_size: int = 16
-    scale_bits: int = 3
-    zero_bits: int = 3
-    stat_group_size: int = 16
-    outlier_fraction: float = 0.01
-    min_features: int = 64
-    skip: tuple[str, ...] = DEFAULT_SKIP
-    include: tuple[str, ...] = ()
-    codec: str = "spqr"
-    method: str = "rtn"
-    outlier_threshold: float = 0.2
-    percdamp: float = 0.01
-    act_order: bool = True
-    kmeans_iters: int = 100
-    seed: int = 0
-    quip_codebook: str = "grid"
-    raw_dtype: str | None = None  # cast unquantized floating tensors to f16/bf16/f32 (None: keep their dtype)
+    def __init__(self, codec: str = codecs.DEFAULT, method: str = "rtn", options: Any = None, *,
+                 min_features: int = 64, skip: tuple[str, ...] = DEFAULT_SKIP, include: tuple[str, ...] = (),
+                 raw_dtype: str | None = None, **settings: Any) -> None:
+        self.codec = codec
+        self.method = method
+        self.min_features = min_features
+        self.skip = tuple(skip)
+        self.include = tuple(include)
+        self.raw_dtype = raw_dtype
+        impl = codecs.by_id(codec)
+        if options is None and impl is not None and impl.Options is not None:
+            options = impl.Options(**settings)
+        elif settings:
+            raise TypeError(f"settings {sorted(settings)} go into options=, not beside it")
+        self.options = options
 
     @classmethod
     def gptq(cls, bits: int = 4, group_size: int = 128, **kw: Any) -> QuantConfig:
-        """Plain GPTQ: f16 first-level statistics, no outliers."""
-        return cls(bits=bits, group_size=group_size, scale_bits=16, zero_bits=16, outlier_fraction=0.0,
-                   method="gptq", **kw)
+        """Plain GPTQ (codec spqr): f16 first-level statistics, no outliers."""
+        return cls(method="gptq", bits=bits, group_size=group_size, scale_bits=16, zero_bits=16,
+                   outlier_fraction=0.0, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        options = self.__dict__.get("options")
+        if options is None or name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(options, name)
+
+    def __repr__(self) -> str:
+        return (f"QuantConfig(codec={self.codec!r}, method={self.method!r}, options={self.options!r}, "
+                + ", ".join(f"{k}={getattr(self, k)!r}" for k in _SELECTION) + ")")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, QuantConfig) and self.to_dict() == other.to_dict()
+
+    @property
+    def codec_impl(self) -> Any:
+        return codecs.by_id(self.codec)
 
     def check(self) -> None:
         """Reject combinations that have no meaning (ValueError naming the setting)."""
-        if self.codec not in CODECS:
-            raise ValueError(f"unknown codec {self.codec!r}; choose one of {', '.join(CODECS)}")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.method != "rtn" and self.codec != "spqr":
-            raise ValueError(f"method {self.method} (calibrated) writes codec spqr only, not {self.codec}")
-        if self.method == "gptq" and (self.scale_bits != 16 or self.zero_bits != 16 or self.outlier_fraction):
-            raise ValueError("GPTQ has one level of f16 statistics and no outliers; "
-                             "use method spqr for quantized statistics or outliers")
-        if not 1 <= self.bits <= 8:
-            raise ValueError("bits must be 1..8")
-        if self.quip_codebook not in QUIP_CODEBOOKS:
-            raise ValueError(f"unknown quip codebook {self.quip_codebook!r}; choose one of {', '.join(QUIP_CODEBOOKS)}")
-        if self.quip_codebook != "grid" and self.codec != "quip":
-            raise ValueError(f"quip_codebook {self.quip_codebook} applies to codec quip only, not {self.codec}")
-        if self.quip_codebook == "e8p12" and self.bits != 2:
-            raise ValueError(f"the e8p12 codebook stores 2 bits per weight; bits = {self.bits} is not possible")
+        impl = self.codec_impl
+        if impl is None or impl.Options is None:
+            raise ValueError(f"unknown codec {self.codec!r}; choose one of {', '.join(codecs.encodable())}")
+        methods = sorted({m for c in codecs.encodable() for m in codecs.by_id(c).methods})
+        if self.method not in methods:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(methods)}")
+        if self.method not in impl.methods:
+            able = [c for c in codecs.encodable() if self.method in codecs.by_id(c).methods]
+            raise ValueError(f"method {self.method} (calibrated) writes codec {', '.join(able)} only, "
+                             f"not {self.codec}")
+        if not isinstance(self.options, impl.Options):
+            raise ValueError(f"options {type(self.options).__name__} are not codec {self.codec}'s Options")
+        self.options.check(self.method)
         if self.raw_dtype not in RAW_DTYPES:
             raise ValueError(f"raw_dtype must be one of f16, bf16, f32 or None, not {self.raw_dtype!r}")
-        if not 0.0 <= self.outlier_fraction < 1.0:
-            raise ValueError("outlier_fraction must be in [0, 1)")
-        if not (1 <= self.group_size <= 65536 and 1 <= self.stat_group_size <= 65536):
-            raise ValueError("group_size and stat_group_size must be 1..65536")
-        if not all(1 <= b <= 8 or b == 16 for b in (self.scale_bits, self.zero_bits)):
-            raise ValueError("scale_bits and zero_bits must be 1..8 or 16")
-        if self.kmeans_iters < 1 or self.min_features < 0:
-            raise ValueError("kmeans_iters must be >= 1 and min_features >= 0")
-        if not (math.isfinite(self.outlier_threshold) and self.outlier_threshold >= 0
-                and math.isfinite(self.percdamp) and self.percdamp >= 0):
-            raise ValueError("outlier_threshold and percdamp must be finite and >= 0")
+        if self.min_features < 0:
+            raise ValueError("min_features must be >= 0")
 
     @property
     def calibrated(self) -> bool:
         return self.method != "rtn"
 
-    def gptq_config(self) -> Any:
-        """The calibrated solver's settings (``spqrfmt.encoder.gptq.GPTQConfig``) derived from this config."""
-        from .encoder.gptq import GPTQConfig
+    def describe(self) -> str:
+        return self.options.describe(self.method)
 
-        outliers = self.outlier_fraction > 0
-        return GPTQConfig(bits=self.bits, group_size=self.group_size, scale_bits=self.scale_bits,
-                          zero_bits=self.zero_bits, stat_group_size=self.stat_group_size,
-                          outlier_relative_threshold=self.outlier_threshold if outliers else math.inf,
-                          max_outlier_fraction=self.outlier_fraction if outliers else 0.0,
-                          percdamp=self.percdamp, act_order=self.act_order)
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as flat JSON-able fields (metadata ``spqrfmt.convert``)."""
+        opts = self.options.to_dict() if self.options is not None else {}
+        return {**opts, "min_features": self.min_features, "skip": list(self.skip), "include": list(self.include),
+                "codec": self.codec, "method": self.method, "raw_dtype": self.raw_dtype}
+
+    def gptq_config(self) -> Any:
+        """The calibrated solver's settings (``spqrfmt.encoder.gptq.GPTQConfig``), from the codec's options."""
+        return self.options.gptq_config()
 
     def calib_config(self, nsamples: int = 128, seqlen: int = 512, batch_size: int = 8, device: str = "cpu",
                      act_dtype: str = "float16") -> Any:
-        """``spqrfmt.encoder.calibrate.CalibConfig`` with this config's solver settings and layer selection."""
+        """``spqrfmt.encoder.calibrate.CalibConfig``: these solver settings and layer selection, plus how much
+        calibration data and where (layered on this config, not checked again)."""
         from .encoder.calibrate import CalibConfig
 
         return CalibConfig(gptq=self.gptq_config(), nsamples=nsamples, seqlen=seqlen, batch_size=batch_size,
@@ -161,24 +154,6 @@ class QuantConfig:
         if min(shape) < self.min_features:
             return False
         return not any(re.search(p, name) for p in self.skip)
-
-
-def conv1d_weights(config: Mapping[str, Any] | None, names: Iterable[str]) -> set[str]:
-    """The names among ``names`` that are Conv1D weights ([in, out]) for a checkpoint with this config.json."""
-    model_type = (config or {}).get("model_type")
-    if not isinstance(model_type, str) or model_type not in CONV1D_MODEL_TYPES:
-        return set()
-    return {n for n in names if CONV1D_WEIGHT.search(n)}
-
-
-def transposed_names(metadata: Mapping[str, Any]) -> set[str] | None:
-    """Metadata ``spqrfmt.transposed`` as a set of names (None when absent); ValueError unless a list of str."""
-    listed = metadata.get(TRANSPOSED_KEY)
-    if listed is None:
-        return None
-    if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
-        raise ValueError(f"metadata {TRANSPOSED_KEY!r} is not a list of tensor names")
-    return set(listed)
 
 
 class CheckpointError(ValueError):
@@ -365,10 +340,10 @@ def base_model_metadata(folder: Path, config: dict[str, Any] | None = None) -> d
 def _metadata(folder: Path, cfg: QuantConfig) -> dict[str, Any]:
     from .paths import display_name
 
-    meta: dict[str, Any] = {"source.model": display_name(folder), "spqrfmt.convert": json.dumps(asdict(cfg))}
+    meta: dict[str, Any] = {constants.SOURCE_MODEL: display_name(folder), constants.CONVERT: json.dumps(cfg.to_dict())}
     config = folder / "config.json"
     if config.is_file():
-        meta["hf.config"] = config.read_text(encoding="utf-8")
+        meta[constants.HF_CONFIG] = config.read_text(encoding="utf-8")
     meta.update(hf_files(folder))
     return meta
 
@@ -447,13 +422,14 @@ def plan(input_dir: str | Path, cfg: QuantConfig, encoded: Iterable[str] = ()) -
     transposed = conv1d_weights(config, wanted)
     done = set(encoded)
     todo = [(sf, n) for sf, n in entries if n in set(wanted) and n not in done]
-    if cfg.codec == "quip" and cfg.quip_codebook == "e8p12":
-        odd = [n for sf, n in todo if sf.shape(n)[0 if n in transposed else 1] % 8]
+    multiple, needs = cfg.options.in_features_multiple
+    if multiple > 1:
+        odd = [n for sf, n in todo if sf.shape(n)[0 if n in transposed else 1] % multiple]
         if odd:  # before any byte is written, not halfway through
             shape = next(sf.shape(n) for sf, n in todo if n == odd[0])
-            raise ValueError(f"the e8p12 codebook needs in_features to be a multiple of 8; {len(odd)} matrices are "
+            raise ValueError(f"{needs} needs in_features to be a multiple of {multiple}; {len(odd)} matrices are "
                              f"not, e.g. {odd[0]} {list(shape)}: keep them unquantized with a skip pattern")
-    f16_stats = cfg.codec in ("spqr", "squeezellm")  # f16 statistics / LUT / outliers
+    f16_stats = cfg.options.F16_STATISTICS  # f16 statistics / LUT / outliers
     for sf, n in todo:
         dt = sf.dtype(n)
         big = _largest_bits(sf[n][1], dt)
@@ -463,7 +439,8 @@ def plan(input_dir: str | Path, cfg: QuantConfig, encoded: Iterable[str] = ()) -
         if f16_stats and big > _F16_RANGE_MAX[dt]:
             raise CheckpointError(
                 f"tensor {n!r} holds values beyond the f16 range (|w| > {F16_MAX:g}), which codec {cfg.codec} "
-                f"(f16 statistics) cannot store: keep it unquantized with --skip '{re.escape(n)}' or use --codec quip")
+                f"(f16 statistics) cannot store: keep it unquantized with --skip '{re.escape(n)}' or use --codec "
+                f"{' / '.join(c for c in codecs.encodable() if not codecs.by_id(c).Options.F16_STATISTICS)}")
     if cfg.raw_dtype is not None:
         for sf, n in entries:
             if n not in set(wanted):
@@ -485,21 +462,8 @@ Encoder = Callable[[str, np.ndarray, QuantConfig], Any]
 
 
 def data_free_encoder(name: str, weight: np.ndarray, cfg: QuantConfig) -> Any:
-    """Encode one [out, in] matrix without calibration data, with ``cfg.codec``."""
-    if cfg.codec == "squeezellm":
-        from .encoder.squeezellm import quantize_squeezellm
-
-        return quantize_squeezellm(weight, bits=cfg.bits, outlier_fraction=cfg.outlier_fraction,
-                                   max_iter=cfg.kmeans_iters)
-    if cfg.codec == "quip":
-        from .encoder.quip import quantize_quip
-
-        return quantize_quip(weight, bits=cfg.bits, seed=cfg.seed, codebook=cfg.quip_codebook)
-    from .encoder.rtn import quantize_spqr
-
-    return quantize_spqr(weight, bits=cfg.bits, group_size=cfg.group_size, scale_bits=cfg.scale_bits,
-                         zero_bits=cfg.zero_bits, stat_group_size=cfg.stat_group_size,
-                         outlier_fraction=cfg.outlier_fraction)
+    """Encode one [out, in] matrix without calibration data: ``cfg``'s codec with its options."""
+    return cfg.codec_impl.encode(weight, cfg.options)
 
 
 rtn_encoder = data_free_encoder  # the name earlier callers use

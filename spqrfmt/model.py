@@ -5,11 +5,11 @@ stored in the file (metadata ``hf.config``) with its parameters on the meta
 device (no fp16 copy of the model is ever materialised), then fills it tensor
 by tensor:
 
-* quantized ``nn.Linear`` weights on CUDA stay compressed on the GPU:
-  codec ``spqr`` in :class:`spqrfmt.kernels.linear.SpQRLinear`, ``squeezellm``
-  and ``quip`` in a small ``CodecLinear`` over their kernel modules (fused
-  matvec for <= 16 rows, bit-exact dequantize + cuBLAS above);
-* every other quantized weight (CPU, or a codec without a kernel module) is
+* quantized ``nn.Linear`` weights on CUDA stay compressed on the GPU, in a
+  :class:`spqrfmt.kernels.linear.CodecLinear` over the codec's ``gpu`` binding
+  (fused matvec for <= 16 rows, bit-exact dequantize + cuBLAS above; codec spqr's
+  subclass ``SpQRLinear``);
+* every other quantized weight (CPU, or a codec without ``gpu``) is
   decoded once with ``Tensor.decode()`` -- codec-agnostic and bit-exact per
   spec -- and cast to the model dtype with round-to-nearest-even;
 * raw tensors (embeddings, norms, biases) are loaded as stored, floating
@@ -46,18 +46,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import codecs
-from .convert import parse_config, transposed_names
+from . import constants as K
+from .convert import parse_config
 from .reader import SpqrFile, Tensor
 from .split import open_model as _open
+from .transposed import StoredTransposed
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-# Codecs whose weights can stay compressed on the device: spqr through SpQRLinear, the others
-# through CodecLinear over their kernel module's prepare/matvec/dequantize.
-GPU_MODULE_CODECS = ("spqr", "squeezellm", "quip")
-FUSED_MAX_ROWS = 16
 
 
 @dataclass
@@ -73,7 +71,7 @@ class LoadReport:
 
 def config_of(f: SpqrFile) -> dict[str, Any]:
     """The checkpoint's config.json stored in the file (metadata ``hf.config``)."""
-    text = f.metadata.get("hf.config")
+    text = f.metadata.get(K.HF_CONFIG)
     if text is None:
         raise ValueError(f"{f.path}: no 'hf.config' metadata; the file was not converted from a transformers folder")
     if not isinstance(text, (str, bytes)):
@@ -271,8 +269,8 @@ def load_model(
 
     ``device``: "cpu" or "cuda[:i]". ``dtype``: torch.float16, bfloat16 or float32 (default:
     float16 on CUDA, float32 on CPU, where f16 matmuls are slow or missing).
-    ``use_kernels``: keep quantized Linear weights compressed in kernel modules (``SpQRLinear``
-    for spqr, ``CodecLinear`` for squeezellm/quip; default: on CUDA only; on CPU only under
+    ``use_kernels``: keep quantized Linear weights compressed in ``CodecLinear`` modules over each
+    codec's ``gpu`` binding (default: on CUDA only; on CPU only under
     ``TRITON_INTERPRET=1``). Otherwise quantized weights are decoded once (bit-exact f32, one
     RNE cast) into plain dense weights. A file that lacks model parameters, or whose config asks
     for far more than the file holds, raises ValueError before anything is moved to ``device``.
@@ -308,12 +306,11 @@ def populate(model: nn.Module, f: SpqrFile, dtype: torch.dtype, dev: torch.devic
 
     path = f.path
     report = LoadReport()
-    conv1d_out_in = f.metadata.get("spqrfmt.conv1d") == "out_in"
     try:
-        transposed = transposed_names(f.metadata)
+        transposed = StoredTransposed.of(f.metadata)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-    fused = fused_splits(f.metadata.get("spqrfmt.fused"), path)
+    fused = fused_splits(f.metadata.get(K.FUSED), path)
     experts: dict[str, dict[int, dict[str, Any]]] = {}
     for name, t in f.tensors.items():
         if name in fused:
@@ -328,7 +325,7 @@ def populate(model: nn.Module, f: SpqrFile, dtype: torch.dtype, dev: torch.devic
             report.skipped.append(name)
             continue
         mod, attr = _owner(model, target)
-        if t.codec == "raw":
+        if not t.quantized:
             value = _numpy_to_torch(t.decode(), t.dtype)
             if value.is_floating_point():
                 value = value.to(dtype)
@@ -337,9 +334,8 @@ def populate(model: nn.Module, f: SpqrFile, dtype: torch.dtype, dev: torch.devic
             continue
         is_linear = isinstance(mod, torch.nn.Linear) and attr == "weight"
         # A Conv1D weight stored [out, in], to be transposed back to the module's [in, out]:
-        out_in = _is_conv1d(mod) and attr == "weight" and (
-            name in transposed if transposed is not None else conv1d_out_in)
-        if use_kernels and t.codec in GPU_MODULE_CODECS and (is_linear or out_in):
+        out_in = _is_conv1d(mod) and attr == "weight" and transposed.applies(name, quantized_conv1d_weight=True)
+        if use_kernels and codecs.get(t.record).gpu is not None and (is_linear or out_in):
             _swap_for_kernel(model, target, t, dev)
             report.kernel_layers.append(name)
         elif out_in:
@@ -457,84 +453,14 @@ def _set_bias(model: nn.Module, weight_name: str, bias: torch.Tensor) -> None:
     mod.bias = nn.Parameter(bias, requires_grad=False)
 
 
-def kernel_params(t: Tensor) -> dict[str, Any]:
-    """The checked, version-aware params of ``t`` (its codec module's ``checked_params``): what kernels read.
-
-    Never the raw header dict: a record may carry keys that only a later codec
-    version defines (spqr v2's ``arith``/``outlier_op``, quip v2's ``codebook``),
-    which its own version ignores (SPEC §4.2); the checked dict leaves them out, so
-    a kernel cannot take a v1 tensor down a v2 path.
-    """
-    import importlib
-
-    codec = codecs.get(t.record)  # UNKNOWN_CODEC / UNSUPPORTED_CODEC_VERSION as the reader reports them
-    module = importlib.import_module(type(codec).__module__)
-    checked = getattr(module, "checked_params", None)
-    if checked is None:
-        raise TypeError(f"codec {t.codec!r} module {module.__name__} has no checked_params(rec)")
-    return dict(checked(t.record))
-
-
-def codec_linear(codec: str, params: dict[str, Any], sections: dict[str, np.ndarray], shape: tuple[int, int],
-                 device: torch.device) -> nn.Module:
-    """A Linear-like module keeping one codec tensor compressed on ``device``.
-
-    ``params`` are the tensor's checked params (:func:`kernel_params`), not the raw header dict.
-    """
-    import importlib
-
-    import torch
-    from torch import nn
-
-    from .dtypes import bf16_to_f32
-
-    if codec == "spqr":
-        from .kernels.linear import SpQRLinear
-
-        return SpQRLinear.from_sections(params, sections, shape, device=device)
-    kmod = importlib.import_module(f"spqrfmt.kernels.{codec}")
-    secs = dict(sections)
-    bias = secs.pop("bias", None)
-
-    class CodecLinear(nn.Module):
-        """y = x W^T + b: the codec's fused matvec for <= 16 rows, exact dequantize (from the load-time
-        layout) + cuBLAS above."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.codec = codec
-            self.prepared = kmod.prepare(params, secs, shape, device)
-            self.out_features, self.in_features = shape
-            if bias is not None:
-                b = torch.from_numpy(np.array(bias, dtype=np.float32) if bias.dtype != np.uint16 else
-                                     bf16_to_f32(np.array(bias)))
-                self.bias = nn.Parameter(b.to(device), requires_grad=False)
-            else:
-                self.register_parameter("bias", None)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            lead = x.shape[:-1]
-            x2 = x.reshape(-1, self.in_features)
-            b = None if self.bias is None else self.bias.to(x.dtype)
-            if x2.shape[0] <= FUSED_MAX_ROWS:
-                y = kmod.matvec(self.prepared, x2, b)
-            else:
-                w = kmod.dequantize_prepared(self.prepared, x.dtype)
-                y = torch.nn.functional.linear(x2, w, b)
-            return y.reshape(*lead, self.out_features)
-
-        def extra_repr(self) -> str:
-            return f"codec={codec}, in_features={self.in_features}, out_features={self.out_features}"
-
-    return CodecLinear()
-
-
 def _swap_for_kernel(model: nn.Module, target: str, t: Tensor, dev: torch.device) -> None:
     """Replace the Linear owning ``target`` by a module holding the compressed sections on ``dev``."""
     mod_path, _, _ = target.rpartition(".")
     old, _ = _owner(model, target)
     sections = {k: np.array(v) for k, v in t.arrays().items()}  # writable copies: torch.from_numpy needs them
-    new = codec_linear(t.codec, kernel_params(t), sections, tuple(t.shape), dev)
+    from .kernels.linear import CodecLinear
+
+    new = CodecLinear.from_codec(codecs.get(t.record), t.codec_params, sections, tuple(t.shape), dev)
     old_bias = getattr(old, "bias", None)
     if old_bias is not None and new.bias is None and old_bias.device.type != "meta":
         new.bias = old_bias  # pragma: no cover - raw bias loaded before its weight
@@ -571,4 +497,4 @@ def _tie(model: nn.Module, report: LoadReport) -> None:
 
 
 __all__ = ["LoadReport", "build_empty_model", "config_of", "empty_parameters", "fused_splits", "hf_config",
-           "kernel_params", "load_model", "populate"]
+           "load_model", "populate"]

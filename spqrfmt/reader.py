@@ -42,6 +42,7 @@ class Tensor:
         self._file = file
         self.record = record
         self._checked = False
+        self._codec_params: dict[str, Any] | None = None
 
     name = property(lambda self: self.record.name)
     shape = property(lambda self: self.record.shape)
@@ -49,6 +50,22 @@ class Tensor:
     codec = property(lambda self: self.record.codec)
     codec_version = property(lambda self: self.record.codec_version)
     params = property(lambda self: self.record.params)
+
+    @property
+    def quantized(self) -> bool:
+        """False for a tensor stored as it is (its codec says so); UNKNOWN_CODEC when the codec is unknown."""
+        return bool(codecs.get(self.record).quantized)
+
+    @property
+    def codec_params(self) -> dict[str, Any]:
+        """The params as the codec checked them (version-aware; what decoders and kernels read), checked once.
+
+        Never the raw header dict (:attr:`params`): a record may carry keys that only a
+        later codec version defines, which its own version ignores (SPEC §4.2).
+        """
+        if self._codec_params is None:
+            self._codec_params = dict(codecs.get(self.record).check_record(self.record))
+        return dict(self._codec_params)
 
     @property
     def numel(self) -> int:
@@ -83,7 +100,7 @@ class Tensor:
 
     def _check(self, arrays: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
         codec = codecs.get(self.record)
-        codec.check_record(self.record)
+        self._codec_params = dict(codec.check_record(self.record))
         if arrays is None:
             arrays = self._sections()
         if self._file.verify_checksums:
@@ -103,15 +120,16 @@ class Tensor:
         return arrays if self._checked else self._check(arrays)
 
     def decode(self, dtype: str | None = None) -> np.ndarray:
-        """The decoded tensor (spec §6.4): f32 for quantized codecs, own dtype for ``raw``.
+        """The decoded tensor (spec §6.4): f32 for quantized codecs, own dtype for ``raw`` (unquantized).
 
         ``dtype`` ('f32', 'f16' or 'bf16'; bf16 comes back as uint16 bit patterns)
         casts the decoded f32 array with round-to-nearest-even.
         """
-        out = codecs.get(self.record).decode(self.record, self.arrays())
+        arrays = self.arrays()  # checks the record once, keeping its params
+        out = codecs.get(self.record).decode(self.record, arrays, self.codec_params)
         if dtype is None:
             return out
-        if self.codec == "raw" and self.dtype == "bf16":
+        if self.dtype == "bf16" and out.dtype == np.uint16:  # an unquantized bf16 tensor: bit patterns
             from .dtypes import bf16_to_f32
 
             out = bf16_to_f32(out)
@@ -150,10 +168,10 @@ class Tensor:
         Only the rows of the first dimension that the index selects are read. The section CRC
         covers the whole section, so it is not checked on a partial read (``check()`` does).
         """
-        if self.codec != "raw":
+        if self.quantized:
             raise ValueError(f"tensor {self.name!r} is {self.codec}-coded: get_slice reads raw tensors only; "
                              "use decode() (quantized codecs decode whole matrices)")
-        codecs.get(self.record).check_record(self.record)
+        self._codec_params = dict(codecs.get(self.record).check_record(self.record))
         return TensorSlice(self)
 
     def __repr__(self) -> str:

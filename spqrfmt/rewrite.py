@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .constants import RESERVED_PREFIX
 from .errors import SpqrFormatError
 from .reader import open_file
 from .writer import checked_header, write_atomic
 
-RESERVED_PREFIX = "spqrfmt."  # SPEC §7: keys of the reference tools
 CHUNK = 16 << 20
 
 

@@ -1,60 +1,146 @@
-"""Codec registry: a codec is a small unit that checks, decodes (and encodes) one tensor kind.
+"""Codec registry: a codec is one object that checks, decodes, encodes and runs one tensor kind.
 
-The container (reader, writer, validation) never names a codec. Every module
+The container (reader, writer, validation), the converter, the model loader
+and the command line never name a codec: they ask this registry. Every module
 in this package that defines a module-level ``CODEC`` is registered at import
-time, so adding a codec is adding a file here (third parties call
-:func:`register`). A codec provides:
+time; third-party codecs register through the entry-point group
+``spqrfmt.codecs`` (each entry point names a codec object), loaded once, the
+first time a codec is looked up. A codec provides:
 
 * ``id`` and ``versions``: what it is, which ``codec_version`` values it implements;
-* ``check_record(rec)``: params and section set/layout, from the header alone;
+* ``quantized``: False only for tensors stored as they are (``raw``);
+* ``check_record(rec) -> params``: params and section set/layout, from the header
+  alone; returns the checked, version-aware params (what decoders and kernels read);
 * ``check_content(rec, arrays)``: index-bearing sections (CSR, permutations)
   checked before any Numba loop or GPU kernel reads them;
-* ``decode(rec, arrays)``: the reference decode, the f32 array of the spec;
-* ``encode``: optional, codec-specific signature, lives in ``spqrfmt.encoder``;
-* ``kernel_module``: dotted path of its Triton binding (imported lazily), or None.
+* ``decode(rec, arrays, params)``: the reference decode, the f32 array of the spec
+  (``params``: what ``check_record`` returned; None = check them again);
+* ``Options`` (its encoder settings, a dataclass, see ``codecs.options``; None for
+  a codec the converter never writes), ``methods`` (``"rtn"`` = data-free, then
+  any calibrated ones, the default first) and ``encode(weight, options, hessian=None)``;
+* ``summary``: one line for ``spqr convert --help``;
+* ``gpu``: a :class:`GpuBinding` over its Triton kernels (imported lazily), or None.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Mapping
-from typing import Protocol
+import threading
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import ErrorCode, fail
 from ..records import TensorRecord
 
+ENTRY_POINT_GROUP = "spqrfmt.codecs"
+DEFAULT = "spqr"  # what ``spqr convert`` writes without --codec
+
 
 class Codec(Protocol):
     id: str
     versions: tuple[int, ...]
-    kernel_module: str | None
+    quantized: bool
+    methods: tuple[str, ...]
+    Options: Any
 
-    def check_record(self, rec: TensorRecord) -> None: ...
+    def check_record(self, rec: TensorRecord) -> dict[str, Any]: ...
 
     def check_content(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> None: ...
 
-    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> np.ndarray: ...
+    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray],
+               params: Mapping[str, Any] | None = None) -> np.ndarray: ...
+
+    def encode(self, weight: np.ndarray, options: Any, hessian: np.ndarray | None = None) -> Any: ...
+
+    @property
+    def gpu(self) -> GpuBinding | None: ...
+
+
+@dataclass(frozen=True)
+class GpuBinding:
+    """A codec's device path, as ``load_model``'s :class:`~spqrfmt.kernels.linear.CodecLinear` calls it.
+
+    ``prepare(params, sections, shape, device)`` moves checked params and validated
+    sections (bias excluded) into the kernel's layout; ``matvec(prepared, x, bias)``
+    is the fused product for a few rows; ``dequantize(prepared, dtype)`` the
+    bit-exact dense W for larger batches. ``linear`` optionally names a
+    :class:`CodecLinear` subclass with a faster large-batch path.
+    """
+
+    prepare: Callable[..., Any]
+    matvec: Callable[..., Any]
+    dequantize: Callable[..., Any]
+    linear: Any = None
 
 
 _REGISTRY: dict[str, Codec] = {}
+_PLUGINS_LOADED = False
+_PLUGIN_LOCK = threading.Lock()
+_LOADING: int | None = None  # the thread scanning the entry points
 
 
 def register(codec: Codec) -> Codec:
-    """Add a codec; a later registration of the same id replaces the earlier one."""
-    _REGISTRY[codec.id] = codec
+    """Add a codec; ValueError when its id is taken (a codec cannot be replaced behind the reader's back)."""
+    cid = getattr(codec, "id", None)
+    if not isinstance(cid, str) or not cid:
+        raise ValueError(f"a codec needs a non-empty string id, not {cid!r}")
+    have = _REGISTRY.get(cid)
+    if have is not None and have is not codec:
+        raise ValueError(f"codec id {cid!r} is already registered (by {type(have).__module__}); "
+                         "a codec id names one implementation")
+    _REGISTRY[cid] = codec
     return codec
 
 
+def _load_plugins() -> None:
+    """Register the codecs of the entry-point group once; a plugin that fails to load (or reuses an id)
+    is reported with a warning and left out, so files of the other codecs still read. Other threads wait
+    for the scan; a plugin module that looks a codec up while it is being imported sees the registry so far."""
+    global _PLUGINS_LOADED, _LOADING
+    if _PLUGINS_LOADED or _LOADING == threading.get_ident():
+        return
+    with _PLUGIN_LOCK:
+        if _PLUGINS_LOADED:
+            return
+        _LOADING = threading.get_ident()
+        try:
+            from importlib.metadata import entry_points
+
+            for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+                try:
+                    register(ep.load())
+                except Exception as e:  # noqa: BLE001 - a broken plugin must not stop files of other codecs
+                    warnings.warn(f"codec entry point {ep.name!r} ({ep.value}) not registered: "
+                                  f"{type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
+        finally:
+            _PLUGINS_LOADED, _LOADING = True, None
+
+
 def available() -> dict[str, tuple[int, ...]]:
+    _load_plugins()
     return {cid: c.versions for cid, c in sorted(_REGISTRY.items())}
+
+
+def encodable() -> list[str]:
+    """Ids of the codecs the converter can write (those with ``Options``), the default first."""
+    _load_plugins()
+    ids = sorted(cid for cid, c in _REGISTRY.items() if getattr(c, "Options", None) is not None)
+    return sorted(ids, key=lambda cid: cid != DEFAULT)
+
+
+def by_id(codec_id: str) -> Codec | None:
+    _load_plugins()
+    return _REGISTRY.get(codec_id)
 
 
 def get(rec: TensorRecord) -> Codec:
     """The codec for a record, or the spec's per-tensor error (§9)."""
-    codec = _REGISTRY.get(rec.codec)
+    codec = by_id(rec.codec)
     if codec is None:
         raise fail(
             ErrorCode.UNKNOWN_CODEC,
@@ -177,7 +263,7 @@ def check_permutation(rec: TensorRecord, perm: np.ndarray, n: int) -> None:
 
 
 def _load_builtin() -> None:
-    for info in pkgutil.iter_modules(__path__):
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
         mod = importlib.import_module(f"{__name__}.{info.name}")
         codec = getattr(mod, "CODEC", None)
         if codec is not None:

@@ -10,14 +10,18 @@ diagonals (QuIP#'s fine-tuned SU/SV). Validation dispatches on
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
+from ..argtypes import int_in
 from ..errors import ErrorCode, fail
 from ..records import TensorRecord
-from . import SectionSpec, expect_sections, int_param
+from . import GpuBinding, SectionSpec, expect_sections, int_param
+from .options import Flag, OptionsBase, given
 
 MAX_LOG2_HADAMARD = 30
 MAX_FACTOR = 256  # quip.md §2: a_n, a_m <= MAX_FACTOR, so decoding costs at most ~2 * 256 f32 ops per weight
@@ -112,15 +116,86 @@ def section_layout(p: Mapping[str, Any], m: int, n: int) -> tuple[dict[str, Sect
     return req, opt
 
 
+@dataclass
+class Options(OptionsBase):
+    """Encoder settings of codec quip: ``quip_codebook`` "grid" = codec_version 1 with ``bits`` grid bits,
+    "e8p12" = codec_version 2's E8P12 lattice codebook (2 bits per weight, in_features a multiple of 8)."""
+
+    bits: int = 4
+    seed: int = 0
+    quip_codebook: str = "grid"
+
+    REFUSES: ClassVar[Mapping[str, str]] = {"outlier_fraction": "incoherence processing replaces outliers"}
+    EXAMPLE: ClassVar[str] = "--quip-codebook e8p12"
+    FLAGS: ClassVar[tuple[Flag, ...]] = (
+        Flag("bits", dict(type=int, choices=range(1, 9), metavar="{1..8}"), "grid bits"),
+        Flag("seed", dict(type=int_in(0, 2**63 - 1)),
+             "seed of the random signs / orthogonal factors, which are stored in the file (default 0)"),
+        Flag("quip_codebook", dict(choices=list(CODEBOOKS)),
+             "grid = --bits-bit uniform grid (codec_version 1, default); e8p12 = QuIP#'s E8P12 lattice codebook, "
+             "2 bits per weight, in_features a multiple of 8 (codec_version 2)"),
+    )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, method: str) -> Options:
+        g = given(args, [f.dest for f in cls.FLAGS])
+        if g.get("quip_codebook") == "e8p12":
+            if g.get("bits", 2) != 2:
+                raise ValueError(f"--quip-codebook e8p12 stores 2 bits per weight; drop --bits {g['bits']} "
+                                 "(or use --quip-codebook grid)")
+            g["bits"] = 2
+        return cls(**g)
+
+    def check(self, method: str = "rtn") -> None:
+        if not 1 <= self.bits <= 8:
+            raise ValueError("bits must be 1..8 (--bits)")
+        if self.quip_codebook not in CODEBOOKS:
+            raise ValueError(f"unknown quip codebook {self.quip_codebook!r}; choose one of {', '.join(CODEBOOKS)} "
+                             "(--quip-codebook)")
+        if self.quip_codebook == "e8p12" and self.bits != 2:
+            raise ValueError(f"the e8p12 codebook stores 2 bits per weight; bits = {self.bits} is not possible")
+
+    @property
+    def in_features_multiple(self) -> tuple[int, str]:
+        return (E8P_DIM, "the e8p12 codebook") if self.quip_codebook == "e8p12" else (1, "")
+
+    def describe(self, method: str = "rtn") -> str:
+        book = ("E8P12 lattice codebook (2 bits per weight, one 16-bit code per 8 weights; codec_version 2)"
+                if self.quip_codebook == "e8p12" else f"{self.bits}-bit uniform grid")
+        return f"quip: {book} after random-sign Hadamard incoherence, seed {self.seed} (data-free: round to nearest)"
+
+
+def _gpu() -> GpuBinding:
+    from ..kernels import quip as K
+
+    return GpuBinding(K.prepare, K.matvec, K.dequantize_prepared)
+
+
 class QuipCodec:
     id = "quip"
     versions = (1, 2)
-    kernel_module = "spqrfmt.kernels.quip"
+    quantized = True
+    summary = ("random-sign Hadamard incoherence + uniform grid (--bits = grid bits), or --quip-codebook e8p12: "
+               "QuIP#'s E8P12 lattice codebook at 2 bits per weight (codec_version 2)")
+    methods = ("rtn",)
+    Options = Options
 
-    def check_record(self, rec: TensorRecord) -> None:
+    def check_record(self, rec: TensorRecord) -> dict[str, Any]:
         p = checked_params(rec)
         req, opt = section_layout(p, *rec.shape)
         expect_sections(rec, req, opt)
+        return p
+
+    def encode(self, weight: np.ndarray, options: Options, hessian: np.ndarray | None = None) -> Any:
+        """Round to nearest in the incoherent basis; with ``hessian`` (X^T X) the encoder's LDLQ."""
+        from ..encoder.quip import quantize_quip
+
+        return quantize_quip(weight, bits=options.bits, hessian=hessian, seed=options.seed,
+                             codebook=options.quip_codebook)
+
+    @property
+    def gpu(self) -> GpuBinding:
+        return _gpu()
 
     def check_content(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> None:
         for role in ("su", "sv"):
@@ -130,10 +205,11 @@ class QuipCodec:
             if s.size and not np.all((s == 1) | (s == -1)):
                 raise fail(ErrorCode.BAD_VALUE, f"sign vector {role!r} has entries other than +1/-1", rec.name)
 
-    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray],
+               params: Mapping[str, Any] | None = None) -> np.ndarray:
         from ..decoder import quip as numba_quip
 
-        return numba_quip.decode(checked_params(rec), arrays, rec.shape)
+        return numba_quip.decode(checked_params(rec) if params is None else params, arrays, rec.shape)
 
 
 CODEC = QuipCodec()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -13,18 +14,26 @@ from ..records import TensorRecord
 class RawCodec:
     id = "raw"
     versions = (1,)
-    kernel_module = None
+    quantized = False  # stored as it is: decode() returns the tensor's own dtype (bf16 as u16 bit patterns)
+    methods = ()
+    Options = None  # the converter writes unquantized tensors itself (Writer.add_raw)
+    gpu = None
 
-    def check_record(self, rec: TensorRecord) -> None:
+    def check_record(self, rec: TensorRecord) -> dict[str, Any]:
         from . import expect_sections
 
         expect_sections(rec, {"data": ((rec.dtype,), rec.shape)})
+        return {}
+
+    def encode(self, weight: np.ndarray, options: Any, hessian: np.ndarray | None = None) -> Any:
+        raise TypeError("codec raw has no encoder: unquantized tensors are written with Writer.add_raw")
 
     def check_content(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> None:
         if rec.dtype == "bool" and np.any(arrays["data"] > 1):
             raise fail(ErrorCode.BAD_VALUE, "bool tensor holds bytes other than 0/1", rec.name)
 
-    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray],
+               params: Mapping[str, Any] | None = None) -> np.ndarray:
         data = np.array(arrays["data"])  # a private copy, never a view into the map
         return data.view(np.bool_) if rec.dtype == "bool" else data
 

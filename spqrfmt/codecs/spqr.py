@@ -8,14 +8,19 @@ tensor carrying stray keys of those names still decodes as v1.
 
 from __future__ import annotations
 
+import argparse
+import math
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
+from ..argtypes import flag, float_in, int_in, stat_bits
 from ..errors import ErrorCode, fail
 from ..records import TensorRecord
 from . import (
+    GpuBinding,
     SectionSpec,
     bias_section,
     check_csr,
@@ -25,6 +30,7 @@ from . import (
     matrix_shape,
     outlier_sections,
 )
+from .options import Flag, OptionsBase, given
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -85,14 +91,154 @@ def section_layout(rec: TensorRecord, p: Mapping[str, Any]) -> tuple[dict[str, S
     return req, opt
 
 
+_GROUP_WHY = "codec {codec} has no group statistics"
+_STATS = ("stat_bits", "scale_bits", "zero_bits", "stat_group_size", "outlier_fraction", "outlier_threshold")
+
+
+@dataclass
+class Options(OptionsBase):
+    """Encoder settings of codec spqr; defaults: SpQR's near-lossless 4-bit / β1=16 / 3-bit stats / 1 % outliers.
+
+    Method ``rtn`` is data-free; ``gptq`` and ``spqr`` are the calibrated solver
+    (:meth:`gptq_config`): GPTQ is the same solver with one level of f16
+    statistics and no outliers.
+    """
+
+    bits: int = 4
+    group_size: int = 16
+    scale_bits: int = 3
+    zero_bits: int = 3
+    stat_group_size: int = 16
+    outlier_fraction: float = 0.01
+    outlier_threshold: float = 0.2
+    percdamp: float = 0.01
+    act_order: bool = True
+
+    F16_STATISTICS: ClassVar[bool] = True
+    EXAMPLE: ClassVar[str] = "--bits 3 --group-size 16"
+    FLAGS: ClassVar[tuple[Flag, ...]] = (
+        Flag("bits", dict(type=int, choices=range(1, 9), metavar="{1..8}"), "bits per weight code (default 4)"),
+        Flag("group_size", dict(type=int_in(1, 65536)),
+             "β1: input columns sharing one scale/zero (default 16; 128 with --method gptq)", _GROUP_WHY),
+        Flag("stat_bits", dict(type=stat_bits), "bits of the quantized first-level scales and zeros, 16 = plain "
+             "fp16 (default 3; gptq: always 16)", _GROUP_WHY),
+        Flag("scale_bits", dict(type=stat_bits), "override --stat-bits for scales", _GROUP_WHY),
+        Flag("zero_bits", dict(type=stat_bits), "override --stat-bits for zeros", _GROUP_WHY),
+        Flag("stat_group_size", dict(type=int_in(1, 65536)), "β2: rows sharing second-level stats (default 16)",
+             _GROUP_WHY),
+        Flag("outlier_fraction", dict(type=float_in(0.0, 1.0, hi_open=True)),
+             "fraction of weights kept as fp16 outliers: exact for rtn, a cap for calibrated spqr "
+             "(default 0.01 = 1%%; gptq: none)"),
+        Flag("outlier_threshold", dict(type=float_in(0.0)),
+             "with --calibrate: SpQR's relative outlier threshold T: a weight becomes an fp16 outlier when its "
+             "Hessian-weighted error ((w - ŵ) / U_jj)² exceeds T · mean_j(Var W[:, j] / U_jj²), U the "
+             "Cholesky factor of H^-1 (default 0.2; lower = more outliers, up to --outlier-fraction)",
+             calibrated=True),
+        Flag("damp", dict(type=float_in(0.0)), "with --calibrate: Hessian dampening, a fraction of mean(diag H) "
+             "(default 0.01)", calibrated=True),
+        Flag("act_order", dict(action=argparse.BooleanOptionalAction, default=None),
+             "with --calibrate: process columns by decreasing diag(H), recorded in the perm section (default on)",
+             calibrated=True),
+    )
+
+    @classmethod
+    def gptq(cls, bits: int = 4, group_size: int = 128, **kw: Any) -> Options:
+        """Plain GPTQ: f16 first-level statistics, no outliers."""
+        return cls(bits=bits, group_size=group_size, scale_bits=16, zero_bits=16, outlier_fraction=0.0, **kw)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, method: str) -> Options:
+        g = given(args, [f.dest for f in cls.FLAGS])
+        if method == "gptq":
+            for k in _STATS:
+                if k in g:
+                    raise ValueError(f"GPTQ keeps one level of f16 statistics and no outliers, so {flag(k)} does not "
+                                     "apply; use --method spqr for quantized statistics and outliers")
+        solver = dict(outlier_threshold=g.get("outlier_threshold", 0.2), percdamp=g.get("damp", 0.01),
+                      act_order=g.get("act_order", True))
+        if method == "gptq":
+            return cls.gptq(bits=g.get("bits", 4), group_size=g.get("group_size", 128), **solver)
+        stat = g.get("stat_bits", 3)
+        return cls(bits=g.get("bits", 4), group_size=g.get("group_size", 16), scale_bits=g.get("scale_bits", stat),
+                   zero_bits=g.get("zero_bits", stat), stat_group_size=g.get("stat_group_size", 16),
+                   outlier_fraction=g.get("outlier_fraction", 0.01), **solver)
+
+    def check(self, method: str = "rtn") -> None:
+        if method == "gptq" and (self.scale_bits != 16 or self.zero_bits != 16 or self.outlier_fraction):
+            raise ValueError("GPTQ has one level of f16 statistics and no outliers; "
+                             "use method spqr for quantized statistics or outliers")
+        if not 1 <= self.bits <= 8:
+            raise ValueError("bits must be 1..8 (--bits)")
+        if not 0.0 <= self.outlier_fraction < 1.0:
+            raise ValueError("outlier_fraction must be in [0, 1) (--outlier-fraction)")
+        if not (1 <= self.group_size <= 65536 and 1 <= self.stat_group_size <= 65536):
+            raise ValueError("group_size and stat_group_size must be 1..65536 (--group-size, --stat-group-size)")
+        if not all(1 <= b <= 8 or b == 16 for b in (self.scale_bits, self.zero_bits)):
+            raise ValueError("scale_bits and zero_bits must be 1..8 or 16 (--scale-bits, --zero-bits)")
+        if not (math.isfinite(self.outlier_threshold) and self.outlier_threshold >= 0
+                and math.isfinite(self.percdamp) and self.percdamp >= 0):
+            raise ValueError("outlier_threshold and percdamp must be finite and >= 0 (--outlier-threshold, --damp)")
+
+    def describe(self, method: str = "rtn") -> str:
+        name = {"rtn": "data-free SpQR (round-to-nearest)", "gptq": "calibrated GPTQ",
+                "spqr": "calibrated SpQR"}[method]
+        stats = "f16 statistics" if self.scale_bits == 16 and self.zero_bits == 16 else \
+            f"stats {self.scale_bits}/{self.zero_bits}-bit β2={self.stat_group_size}"
+        out = f"outliers {self.outlier_fraction:.2%}" if method == "rtn" else (
+            f"outliers ≤{self.outlier_fraction:.2%} (threshold {self.outlier_threshold:g})" if self.outlier_fraction
+            else "no outliers")
+        solver = f", damp {self.percdamp:g}, {'act-order' if self.act_order else 'natural order'}" \
+            if method != "rtn" else ""
+        return f"spqr, {name}: w{self.bits} β1={self.group_size} {stats} {out}{solver}"
+
+    def gptq_config(self) -> Any:
+        """The calibrated solver's settings (``spqrfmt.encoder.gptq.GPTQConfig``), derived from these options."""
+        from ..encoder.gptq import GPTQConfig
+
+        outliers = self.outlier_fraction > 0
+        return GPTQConfig(bits=self.bits, group_size=self.group_size, scale_bits=self.scale_bits,
+                          zero_bits=self.zero_bits, stat_group_size=self.stat_group_size,
+                          outlier_relative_threshold=self.outlier_threshold if outliers else math.inf,
+                          max_outlier_fraction=self.outlier_fraction if outliers else 0.0,
+                          percdamp=self.percdamp, act_order=self.act_order)
+
+
+def _gpu() -> GpuBinding:
+    from ..kernels import spqr as K
+    from ..kernels.linear import SpQRLinear
+
+    return GpuBinding(K.prepare, K.matvec, K.dequantize_prepared, linear=SpQRLinear)
+
+
 class SpqrCodec:
     id = "spqr"
     versions = (1, 2)
-    kernel_module = "spqrfmt.kernels.spqr"
+    quantized = True
+    summary = "bilevel groups + CSR outliers; data-free or calibrated (GPTQ / SpQR)"
+    methods = ("rtn", "spqr", "gptq")  # data-free first, then the calibrated ones, the default first
+    Options = Options
 
-    def check_record(self, rec: TensorRecord) -> None:
-        req, opt = section_layout(rec, checked_params(rec))
+    def check_record(self, rec: TensorRecord) -> dict[str, Any]:
+        p = checked_params(rec)
+        req, opt = section_layout(rec, p)
         expect_sections(rec, req, opt)
+        return p
+
+    def encode(self, weight: np.ndarray, options: Options, hessian: np.ndarray | None = None) -> Any:
+        """Data-free round-to-nearest, or (``hessian`` = the layer's X^T X) the GPTQ/SpQR solver."""
+        if hessian is not None:
+            from ..encoder.gptq import quantize_gptq
+
+            return quantize_gptq(weight, hessian, options.gptq_config())
+        from ..encoder.rtn import quantize_spqr
+
+        return quantize_spqr(weight, bits=options.bits, group_size=options.group_size,
+                             scale_bits=options.scale_bits, zero_bits=options.zero_bits,
+                             stat_group_size=options.stat_group_size, outlier_fraction=options.outlier_fraction)
+
+    @property
+    def gpu(self) -> GpuBinding:
+        return _gpu()
 
     def check_content(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> None:
         m, n = rec.shape
@@ -100,10 +246,11 @@ class SpqrCodec:
         if "perm" in arrays:
             check_permutation(rec, arrays["perm"], n)
 
-    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray],
+               params: Mapping[str, Any] | None = None) -> np.ndarray:
         from ..decoder import spqr as numba_spqr
 
-        return numba_spqr.decode(checked_params(rec), arrays, rec.shape)
+        return numba_spqr.decode(checked_params(rec) if params is None else params, arrays, rec.shape)
 
 
 CODEC = SpqrCodec()

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
+from ..argtypes import float_in, int_in
 from ..records import TensorRecord
-from . import SectionSpec, bias_section, check_csr, expect_sections, int_param, matrix_shape, outlier_sections
+from . import (
+    GpuBinding,
+    SectionSpec,
+    bias_section,
+    check_csr,
+    expect_sections,
+    int_param,
+    matrix_shape,
+    outlier_sections,
+)
+from .options import Flag, OptionsBase, given
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -32,23 +45,79 @@ def section_layout(rec: TensorRecord, bits: int) -> tuple[dict[str, SectionSpec]
     return req, bias_section(m)
 
 
+@dataclass
+class Options(OptionsBase):
+    """Encoder settings of codec squeezellm (data-free: per-row weighted k-means)."""
+
+    bits: int = 4
+    outlier_fraction: float = 0.005
+    kmeans_iters: int = 100
+
+    F16_STATISTICS: ClassVar[bool] = True
+    EXAMPLE: ClassVar[str] = "--bits 3"
+    FLAGS: ClassVar[tuple[Flag, ...]] = (
+        Flag("bits", dict(type=int, choices=range(1, 9), metavar="{1..8}"), "LUT index bits (2^bits entries per row)"),
+        Flag("outlier_fraction", dict(type=float_in(0.0, 1.0, hi_open=True)), "sparse residuals (default 0.005)"),
+        Flag("kmeans_iters", dict(type=int_in(1)), "Lloyd iterations per row (default 100)"),
+    )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, method: str) -> Options:
+        return cls(**given(args, [f.dest for f in cls.FLAGS]))
+
+    def check(self, method: str = "rtn") -> None:
+        if not 1 <= self.bits <= 8:
+            raise ValueError("bits must be 1..8 (--bits)")
+        if not 0.0 <= self.outlier_fraction < 1.0:
+            raise ValueError("outlier_fraction must be in [0, 1) (--outlier-fraction)")
+        if self.kmeans_iters < 1:
+            raise ValueError("kmeans_iters must be >= 1 (--kmeans-iters)")
+
+    def describe(self, method: str = "rtn") -> str:
+        return (f"squeezellm: {self.bits}-bit codes into a per-row f16 LUT of {1 << self.bits} entries, "
+                f"{self.outlier_fraction:.2%} largest weights as sparse f16 residuals (data-free)")
+
+
+def _gpu() -> GpuBinding:
+    from ..kernels import squeezellm as K
+
+    return GpuBinding(K.prepare, K.matvec, K.dequantize_prepared)
+
+
 class SqueezeLLMCodec:
     id = "squeezellm"
     versions = (1,)
-    kernel_module = "spqrfmt.kernels.squeezellm"
+    quantized = True
+    summary = "per-row non-uniform LUT (--bits = LUT index bits) + sparse residuals"
+    methods = ("rtn",)
+    Options = Options
 
-    def check_record(self, rec: TensorRecord) -> None:
+    def check_record(self, rec: TensorRecord) -> dict[str, Any]:
         p = checked_params(rec)
         req, opt = section_layout(rec, p["bits"])
         expect_sections(rec, req, opt)
+        return p
+
+    def encode(self, weight: np.ndarray, options: Options, hessian: np.ndarray | None = None) -> Any:
+        if hessian is not None:
+            raise ValueError("codec squeezellm is data-free here: it takes no Hessian")
+        from ..encoder.squeezellm import quantize_squeezellm
+
+        return quantize_squeezellm(weight, bits=options.bits, outlier_fraction=options.outlier_fraction,
+                                   max_iter=options.kmeans_iters)
+
+    @property
+    def gpu(self) -> GpuBinding:
+        return _gpu()
 
     def check_content(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> None:
         check_csr(rec, arrays["outlier_row_ptr"], arrays["outlier_col"], rec.shape[1])
 
-    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray],
+               params: Mapping[str, Any] | None = None) -> np.ndarray:
         from ..decoder import squeezellm as numba_squeezellm
 
-        return numba_squeezellm.decode(checked_params(rec), arrays, rec.shape)
+        return numba_squeezellm.decode(checked_params(rec) if params is None else params, arrays, rec.shape)
 
 
 CODEC = SqueezeLLMCodec()

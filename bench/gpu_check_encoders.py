@@ -1,0 +1,125 @@
+"""GPU check of the torch data-free encoders (encoder/torch/, issue 15 item 1): identical bytes and speed on CUDA.
+
+For each codec config (``spqr convert``'s defaults: spqr 4-bit β1=16 3-bit stats β2=16 1 % outliers, spqr
+without outliers, squeezellm, quip) and shape, on one random f32 weight:
+
+* identical: every section's bytes, the params and the dequantized matrix of
+  ``encoder_for(codec, "cuda")`` against ``spqrfmt.convert.data_free_encoder``
+  (the CPU encoder ``spqr convert`` runs);
+* Gparam/s of the CUDA encoder: best of ``--reps`` warm runs (one warm-up
+  first), timed between ``torch.cuda.synchronize()`` calls, the weight
+  already on the GPU (its host->device copy excluded), the copy back of all
+  sections and of the dequantized matrix included; the peak GPU memory.
+
+Every case runs in its own try/except, so one failure is reported and the rest still run.
+
+    python bench/gpu_check_encoders.py --out gpu_check_encoders.json
+    python bench/gpu_check_encoders.py --quick            # one small shape
+    python bench/gpu_check_encoders.py --shapes 4096x4096,11008x4096 --codecs spqr
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spqrfmt.convert import QuantConfig, data_free_encoder
+from spqrfmt.encoder.torch import SIGNED_ZERO_SECTIONS, differences, encoder_for
+
+CONFIGS: dict[str, QuantConfig] = {
+    "spqr": QuantConfig(),
+    "spqr-no-outliers": QuantConfig(outlier_fraction=0.0),
+    "squeezellm": QuantConfig(codec="squeezellm"),
+    "quip": QuantConfig(codec="quip"),
+}
+SHAPES = [(4096, 4096), (4096, 14336)]
+QUICK_SHAPES = [(1024, 2048)]
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def case(name: str, shape: tuple[int, int], reps: int, device: str) -> dict[str, Any]:
+    cfg = CONFIGS[name]
+    w = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    row: dict[str, Any] = {"codec": name, "shape": list(shape)}
+    t0 = time.perf_counter()
+    ref = data_free_encoder("layer.weight", w, cfg)
+    row["cpu_seconds"] = round(time.perf_counter() - t0, 3)
+    enc = encoder_for(cfg.codec, device)
+    wd = torch.from_numpy(w).to(device)
+    got = enc("layer.weight", wd, cfg)  # warm-up
+    diff = differences(ref, got, SIGNED_ZERO_SECTIONS if cfg.codec == "spqr" else ())
+    row["identical"] = not diff
+    row["only_signed_zeros"] = bool(diff) and all(d.endswith(": signed zero") for d in diff)
+    row["differences"] = diff
+    times = []
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        enc("layer.weight", wd, cfg)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    best = min(times)
+    row.update(seconds=round(best, 5), gparam_per_s=round(w.size / best / 1e9, 3),
+               peak_gpu_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None)
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="gpu_check_encoders.json")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help=f"only {QUICK_SHAPES[0][0]}x{QUICK_SHAPES[0][1]}, 1 rep")
+    ap.add_argument("--shapes", help="comma-separated MxN list instead of " + ",".join(f"{a}x{b}" for a, b in SHAPES))
+    ap.add_argument("--codecs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    ap.add_argument("--device", default="cuda", help="cuda (the check); cpu runs the same on the CPU (smoke test)")
+    args = ap.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: no CUDA device", file=sys.stderr)
+        return 2
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    reps = 1 if args.quick else args.reps
+    rows = []
+    for shape in shapes:
+        for name in args.codecs.split(","):
+            try:
+                row = case(name, shape, reps, args.device)
+            except Exception as e:  # report and go on with the next case
+                row = {"codec": name, "shape": list(shape), "error": f"{type(e).__name__}: {e}",
+                       "traceback": traceback.format_exc(limit=4)}
+            rows.append(row)
+            if "error" in row:
+                print(f"{name:17s} {shape[0]}x{shape[1]:<6d} ERROR {row['error']}", flush=True)
+            else:
+                same = "yes" if row["identical"] else ("signed zeros only" if row["only_signed_zeros"] else "NO")
+                print(f"{name:17s} {shape[0]}x{shape[1]:<6d} identical: {same:4s}  {row['gparam_per_s']:8.3f} Gparam/s "
+                      f"({row['seconds'] * 1e3:.1f} ms; CPU encoder {row['cpu_seconds']} s; peak GPU "
+                      f"{row['peak_gpu_gb']} GB){'  ' + ', '.join(row['differences']) if row['differences'] else ''}",
+                      flush=True)
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    info = {"device": gpu, "torch": torch.__version__, "python": platform.python_version(),
+            "command": " ".join(["python", "bench/gpu_check_encoders.py", *sys.argv[1:]]), "reps": reps}
+    Path(args.out).write_text(json.dumps({**info, "rows": rows}, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0 if all(r.get("identical") for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Data-free QuIP encoder in torch: ``encoder.quip.quantize_quip`` (grid codebook) on any device, byte for byte.
+
+The signs and odd-part factors come from the same numpy RNG on the host (tiny);
+everything of size [m, n] runs on the device with the CPU encoder's order of
+f64 operations:
+
+* Hadamard butterflies stage by stage (half = 1, 2, 4, ...: elementwise, exact),
+  then a true division by sqrt(h) (a tensor divisor: CUDA turns ``x / scalar``
+  into a reciprocal multiply);
+* the odd-part factor as numpy's ``einsum`` adds it: a zero output plus one
+  product per source block, in order (checked: no FMA, sequential);
+* the row RMS as numpy's ``mean`` over the rows of the transposed (F-ordered)
+  matrix: a sequential sum along each row (a pairwise one for a single row);
+* the grid-search errors with numpy's pairwise summation tree (leaves of <= 128
+  with 8 accumulators, halves split at a multiple of 8): the leaves of one size
+  are summed together, then the tree's nodes one height at a time;
+* the returned ``dequantized`` is the spec's f32 decode (quip.md §5) in torch,
+  elementwise operations in the Numba decoder's order.
+
+The grid search runs over row chunks of ``chunk_elements`` f64 errors
+(default 2^26: 512 MB per temporary, ~2.5 GB in all); the transforms hold ~4 f64 copies of the
+matrix (32 B/param). ``codebook="e8p12"`` and a ``hessian`` (LDLQ, not
+data-free) run the CPU encoder.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...codecs.quip import MAX_FACTOR
+from ...decoder.quip import hadamard_constant
+from .. import quip as cpu
+from ..rtn import Encoded
+from .device import as_tensor, const, to_host
+from .packing import pack_rows, to_u32
+
+_F64 = torch.float64
+CHUNK_ELEMENTS = 1 << 26
+
+
+def _fwht_(y: torch.Tensor, h: int) -> torch.Tensor:
+    """Sylvester butterflies along the last axis (length h), stage by stage, out of place."""
+    shape = y.shape
+    half = 1
+    while half < h:
+        v = y.reshape(-1, h // (2 * half), 2, half)
+        u, w = v[:, :, 0], v[:, :, 1]
+        y = torch.stack([u + w, u - w], 2)
+        half *= 2
+    return y.reshape(shape)
+
+
+def _apply_dt_rows(x: torch.Tensor, log2_h: int, factor: np.ndarray | None) -> torch.Tensor:
+    """``quip.apply_dt_rows`` (f64): each row x[r] -> D^T x[r]."""
+    rows, d = x.shape
+    h = 1 << log2_h
+    y = _fwht_(x.reshape(rows, d // h, h), h)
+    y = y / const(float(np.sqrt(h)), y)
+    if factor is not None:
+        f = torch.from_numpy(np.asarray(factor, dtype=np.float64)).to(x.device)  # [b, a]
+        out = torch.zeros_like(y)
+        for b in range(f.shape[0]):
+            out = out + f[b][None, :, None] * y[:, b:b + 1, :]
+        y = out
+    return y.reshape(rows, d)
+
+
+@functools.lru_cache(maxsize=64)
+def _tree(n: int) -> tuple[dict[int, list[tuple[int, int]]], list[list[tuple[int, int, int]]], int]:
+    """numpy's pairwise-sum tree of n elements: leaves by size {size: [(start, node)]}, internal nodes by
+    height [[(node, left, right)]], and the root node."""
+    leaves: dict[int, list[tuple[int, int]]] = {}
+    levels: list[list[tuple[int, int, int]]] = []
+    count = [0]
+
+    def build(lo: int, k: int) -> tuple[int, int]:  # (node, height)
+        node = count[0]
+        count[0] += 1
+        if k <= 128:
+            leaves.setdefault(k, []).append((lo, node))
+            return node, 0
+        k2 = k // 2
+        k2 -= k2 % 8
+        left, hl = build(lo, k2)
+        right, hr = build(lo + k2, k - k2)
+        height = max(hl, hr) + 1
+        while len(levels) < height:
+            levels.append([])
+        levels[height - 1].append((node, left, right))
+        return node, height
+
+    root, _ = build(0, n)
+    return leaves, levels, root
+
+
+def _leaf_sum(a: torch.Tensor) -> torch.Tensor:
+    """``quip._block_sum`` of every leaf a [..., k] at once (k <= 128)."""
+    k = a.shape[-1]
+    if k < 8:
+        res = torch.zeros(a.shape[:-1], dtype=a.dtype, device=a.device)
+        for i in range(k):
+            res = res + a[..., i]
+        return res
+    r = a[..., 0:8]
+    for i in range(8, k - k % 8, 8):
+        r = r + a[..., i:i + 8]
+    res = ((r[..., 0] + r[..., 1]) + (r[..., 2] + r[..., 3])) + ((r[..., 4] + r[..., 5]) + (r[..., 6] + r[..., 7]))
+    for i in range(k - k % 8, k):
+        res = res + a[..., i]
+    return res
+
+
+@functools.lru_cache(maxsize=64)
+def _tree_tensors(n: int, device: torch.device) -> tuple[list[tuple[int, torch.Tensor, torch.Tensor]],
+                                                        list[tuple[torch.Tensor, ...]], int, int]:
+    """:func:`_tree` as index tensors on ``device`` (built once per length)."""
+    leaves, levels, root = _tree(n)
+    leaf_idx = [(k, torch.tensor([lo + t for lo, _ in items for t in range(k)], device=device),
+                 torch.tensor([node for _, node in items], device=device)) for k, items in leaves.items()]
+    level_idx = [tuple(torch.tensor(c, device=device) for c in zip(*level, strict=True)) for level in levels]
+    nodes = sum(len(v) for v in leaves.values()) + sum(len(v) for v in levels)
+    return leaf_idx, level_idx, root, nodes
+
+
+def pairwise_sum(a: torch.Tensor) -> torch.Tensor:
+    """numpy's pairwise f64 sum along the last axis (``quip._pairwise_sum``), for every leading index."""
+    leaf_idx, level_idx, root, nodes = _tree_tensors(a.shape[-1], a.device)
+    vals = torch.empty((*a.shape[:-1], nodes), dtype=a.dtype, device=a.device)
+    for k, idx, ids in leaf_idx:
+        vals[..., ids] = _leaf_sum(a.index_select(-1, idx).reshape(*a.shape[:-1], len(ids), k))
+    for node, left, right in level_idx:
+        vals[..., node] = vals[..., left] + vals[..., right]
+    return vals[..., root]
+
+
+def _row_sums_seq(x: torch.Tensor) -> torch.Tensor:
+    """Sum along each row of x [m, n], one element at a time in column order.
+
+    ``torch.cumsum`` along dim 0 of x.T runs one thread per column sequentially
+    on CUDA (and sequentially on the CPU); a second, zero column keeps the scan
+    two-dimensional (a 1-D scan would be a parallel one).
+    """
+    xt = x.T
+    if xt.shape[1] == 1:
+        xt = torch.cat([xt, torch.zeros_like(xt)], 1)
+    return torch.cumsum(xt, 0)[-1, : x.shape[0]]
+
+
+def _grid_scales(wt: torch.Tensor, bits: int, chunk_elements: int, candidates: int = 48) -> torch.Tensor:
+    """``quip._grid_scales`` of wt [m, n] (f64): per-row f32 scales."""
+    m, n = wt.shape
+    dev = wt.device
+    L = (1 << bits) - 1
+    sq = wt * wt
+    s = pairwise_sum(sq) if m == 1 else _row_sums_seq(sq)
+    rms = torch.sqrt(s / const(float(n), s)) + 1e-30
+    mults = torch.from_numpy(np.geomspace(0.05, 2.0, candidates) * (2.0 / (L + 1))).to(dev)
+    Lt = torch.tensor(float(L), dtype=_F64, device=dev)
+    two = torch.tensor(2.0, dtype=_F64, device=dev)
+    zero = torch.zeros((), dtype=_F64, device=dev)
+    rows = max(1, chunk_elements // (candidates * n))
+    errs = torch.empty((m, candidates), dtype=_F64, device=dev)
+    for r0 in range(0, m, rows):
+        r1 = min(m, r0 + rows)
+        w = wt[r0:r1, None, :]
+        sc = (rms[r0:r1, None] * mults[None, :])[:, :, None]
+        q = torch.round((w / sc + Lt) / two)
+        q = torch.where(zero > q, zero, q)  # Python's min(max(q, 0.0), L)
+        q = torch.where(Lt < q, Lt, q)
+        d = (two * q - Lt) * sc - w
+        errs[r0:r1] = pairwise_sum(d * d)
+    best = errs.argmin(1)  # the first candidate of least error, as the strict < loop
+    return (rms * mults[best]).to(torch.float32)
+
+
+def _transform_rows_f32(x: torch.Tensor, log2_h: int, factor: torch.Tensor | None) -> torch.Tensor:
+    """``decoder.quip.transform_rows``: butterflies, times c_k, then the factor as sequential f32 sums."""
+    rows, length = x.shape
+    h = 1 << log2_h
+    a = length // h
+    v = x.reshape(rows, a, h)
+    if log2_h > 0:
+        v = _fwht_(v, h) * torch.tensor(float(hadamard_constant(log2_h)), dtype=torch.float32, device=x.device)
+    if a > 1 and factor is not None:
+        acc = factor[:, 0][None, :, None] * v[:, 0:1, :]
+        for al2 in range(1, a):
+            acc = acc + factor[:, al2][None, :, None] * v[:, al2:al2 + 1, :]
+        v = acc
+    return v.reshape(rows, length)
+
+
+def decode_grid(codes: torch.Tensor, bits: int, scale: torch.Tensor, su: np.ndarray, sv: np.ndarray, km: int,
+                kn: int, fm: np.ndarray | None, fn: np.ndarray | None) -> torch.Tensor:
+    """The spec's f32 decode of a v1 (grid) quip tensor (``decoder.quip.decode``'s operations) on codes' device."""
+    dev = codes.device
+    x = (2 * codes - ((1 << bits) - 1)).to(torch.float32) * scale[:, None]
+    f = [None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float32)).to(dev) for a in (fn, fm)]
+    x = _transform_rows_f32(x, kn, f[0])
+    x = _transform_rows_f32(x.T.contiguous(), km, f[1]).T
+    sign = torch.from_numpy(sv.astype(np.int32)).to(dev)[:, None] * torch.from_numpy(su.astype(np.int32)).to(dev)
+    return x * sign.to(torch.float32)
+
+
+def quantize_quip(
+    weight: np.ndarray | torch.Tensor,
+    bits: int = 2,
+    hessian: np.ndarray | None = None,
+    seed: int = 0,
+    damp: float = 0.01,
+    bias: np.ndarray | None = None,
+    codebook: str = "grid",
+    device: str | torch.device = "cuda",
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> Encoded:
+    """``encoder.quip.quantize_quip`` computed on ``device``: the same sections, byte for byte.
+
+    Only the data-free grid path (``hessian=None``, ``codebook="grid"``) runs on the device.
+    """
+    if hessian is not None or codebook != "grid":
+        w_host = weight.detach().cpu().numpy() if isinstance(weight, torch.Tensor) else weight
+        return cpu.quantize_quip(w_host, bits=bits, hessian=hessian, seed=seed, damp=damp, bias=bias,
+                                 codebook=codebook)
+    w32 = as_tensor(weight, device)
+    if w32.ndim != 2 or min(w32.shape) < 1:
+        raise ValueError(f"weight must be 2-D and non-empty, got shape {tuple(w32.shape)}")
+    if not bool(torch.isfinite(w32).all()):
+        raise ValueError("weight contains NaN or infinity; refusing to quantize")
+    if not 1 <= bits <= 8:
+        raise ValueError("bits must be 1..8")
+    m, n = w32.shape
+    rng = np.random.default_rng(seed)
+    su = rng.choice(np.array([-1, 1], dtype=np.int8), size=n)
+    sv = rng.choice(np.array([-1, 1], dtype=np.int8), size=m)
+    km, am = cpu.split_pow2(m)
+    kn, an = cpu.split_pow2(n)
+    if max(am, an) > MAX_FACTOR:
+        raise ValueError(f"quip needs each dimension to be a * 2^k with an odd a <= {MAX_FACTOR} (quip.md §2); "
+                         f"[{m}, {n}] has odd parts {am}, {an}: keep this tensor unquantized or use another codec")
+    fm = cpu.random_orthogonal(am, rng).astype(np.float32) if am > 1 else None
+    fn = cpu.random_orthogonal(an, rng).astype(np.float32) if an > 1 else None
+    dev = w32.device
+    su_t = torch.from_numpy(su.astype(np.float64)).to(dev)
+    sv_t = torch.from_numpy(sv.astype(np.float64)).to(dev)
+
+    y = _apply_dt_rows(w32.to(_F64) * su_t[None, :], kn, fn)
+    wt = _apply_dt_rows((y * sv_t[:, None]).T.contiguous(), km, fm).T  # W~ [m, n], as the CPU's F-ordered one
+    del y
+    scale = _grid_scales(wt, bits, chunk_elements)
+    L = torch.tensor(float((1 << bits) - 1), dtype=_F64, device=dev)
+    codes = torch.round((wt / scale[:, None].to(_F64) + L) / torch.tensor(2.0, dtype=_F64, device=dev))
+    codes = torch.clamp(codes, 0, (1 << bits) - 1).to(torch.int64)
+    del wt
+    params: dict[str, Any] = {"bits": bits, "log2_hm": km, "log2_hn": kn}
+    sections: dict[str, Any] = {"codes": to_u32(pack_rows(codes, bits)), "scale": scale.cpu().numpy(),
+                                "su": su, "sv": sv}
+    if fn is not None:
+        sections["factor_n"] = fn
+    if fm is not None:
+        sections["factor_m"] = fm
+    if bias is not None:
+        sections["bias"] = np.asarray(bias, dtype=np.float32).reshape(m)
+    deq = to_host(decode_grid(codes, bits, scale, su, sv, km, kn, fm, fn))
+    return Encoded((m, n), params, sections, np.ascontiguousarray(deq), codec="quip", codec_version=1,
+                   info={"seed": seed, "ldlq": False, "codebook": codebook})

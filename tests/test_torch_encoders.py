@@ -1,0 +1,121 @@
+"""The torch data-free encoders (encoder/torch/) on device="cpu" give the CPU encoders' bytes exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("torch")
+
+from spqrfmt.encoder import quip, rtn, squeezellm  # noqa: E402
+from spqrfmt.encoder import torch as tenc  # noqa: E402
+from spqrfmt.encoder.torch import SIGNED_ZERO_SECTIONS, differences, encoder_for  # noqa: E402
+from spqrfmt.encoder.torch import quip as tquip  # noqa: E402
+from spqrfmt.encoder.torch import spqr as tspqr  # noqa: E402
+from spqrfmt.encoder.torch import squeezellm as tsq  # noqa: E402
+
+SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def weights(m: int, n: int, seed: int, kind: int) -> np.ndarray:
+    """Normal weights; kind 1: few distinct values (ties everywhere), 2: with exact zeros, 3: wide dynamic range."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((m, n)).astype(np.float32)
+    if kind == 1:
+        w = np.round(w * 2) / 2
+    elif kind == 2:
+        w[rng.random((m, n)) < 0.3] = 0.0
+    elif kind == 3:
+        w *= np.exp2(rng.integers(-20, 6, (m, n))).astype(np.float32)
+    return w.astype(np.float32)
+
+
+@SETTINGS
+@given(m=st.integers(1, 40), n=st.integers(1, 70), bits=st.integers(1, 8), group=st.integers(1, 20),
+       stat_bits=st.sampled_from([1, 2, 3, 4, 8, 16]), zero_bits=st.sampled_from([2, 3, 16]),
+       stat_group=st.integers(1, 20), frac=st.sampled_from([0.0, 0.001, 0.01, 0.1, 0.3]),
+       seed=st.integers(0, 2**31), kind=st.integers(0, 3))
+def test_spqr_matches_cpu(m: int, n: int, bits: int, group: int, stat_bits: int, zero_bits: int, stat_group: int,
+                          frac: float, seed: int, kind: int) -> None:
+    w = weights(m, n, seed, kind)
+    kw = dict(bits=bits, group_size=group, scale_bits=stat_bits, zero_bits=zero_bits, stat_group_size=stat_group,
+              outlier_fraction=frac)
+    diff = differences(rtn.quantize_spqr(w, **kw), tspqr.quantize_spqr(w, device="cpu", **kw), SIGNED_ZERO_SECTIONS)
+    assert all(d.endswith(": signed zero") for d in diff), diff  # see SIGNED_ZERO_SECTIONS
+
+
+def test_spqr_perm_and_mask_match_cpu() -> None:
+    w = weights(30, 50, 7, 0)
+    rng = np.random.default_rng(1)
+    kw = dict(bits=3, group_size=7, perm=rng.permutation(50), outlier_mask=rng.random((30, 50)) < 0.05)
+    assert differences(rtn.quantize_spqr(w, **kw), tspqr.quantize_spqr(w, device="cpu", **kw)) == []
+
+
+@SETTINGS
+@given(m=st.integers(1, 30), n=st.integers(1, 60), bits=st.integers(1, 5), frac=st.sampled_from([0.0, 0.0045, 0.05]),
+       sens=st.sampled_from([None, "mn", "n", "zeros"]), bias=st.booleans(), seed=st.integers(0, 2**31),
+       kind=st.sampled_from([0, 1, 3]))
+def test_squeezellm_matches_cpu(m: int, n: int, bits: int, frac: float, sens: str | None, bias: bool, seed: int,
+                                kind: int) -> None:
+    w = weights(m, n, seed, kind)
+    rng = np.random.default_rng(seed + 1)
+    s = {None: None, "mn": rng.random((m, n)) ** 3, "n": rng.random(n), "zeros": np.zeros((m, n))}[sens]
+    kw = dict(bits=bits, sensitivity=s, outlier_fraction=frac, max_iter=30,
+              bias=rng.standard_normal(m).astype(np.float32) if bias else None)
+    assert differences(squeezellm.quantize_squeezellm(w, **kw), tsq.quantize_squeezellm(w, device="cpu", **kw)) == []
+
+
+@SETTINGS
+@given(am=st.sampled_from([1, 3, 5]), km=st.integers(0, 5), an=st.sampled_from([1, 3, 7]), kn=st.integers(0, 6),
+       bits=st.integers(1, 8), seed=st.integers(0, 100), bias=st.booleans(), kind=st.sampled_from([0, 3]))
+def test_quip_matches_cpu(am: int, km: int, an: int, kn: int, bits: int, seed: int, bias: bool, kind: int) -> None:
+    m, n = am << km, an << kn
+    w = weights(m, n, seed, kind)
+    kw = dict(bits=bits, seed=seed, bias=np.arange(m, dtype=np.float32) if bias else None)
+    assert differences(quip.quantize_quip(w, **kw), tquip.quantize_quip(w, device="cpu", **kw)) == []
+
+
+def test_pairwise_sum_is_numpys() -> None:
+    import torch
+
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 8, 9, 100, 128, 129, 200, 1000, 4096, 14336 // 7 * 3):
+        a = rng.standard_normal((3, n)) * np.exp2(rng.integers(-30, 30, (3, n)))
+        assert tquip.pairwise_sum(torch.from_numpy(a)).numpy().tobytes() == a.sum(axis=1).tobytes(), n
+
+
+def test_f64_to_f16_rounds_once() -> None:
+    import torch
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(200_000) * np.exp2(rng.integers(-26, 17, 200_000))
+    x = np.concatenate([x, [1 + 2**-11 + 2**-40, 1 + 2**-11, -(1 + 3 * 2**-11 - 2**-45), 2**-25 + 2**-60, 65519.99]])
+    got = tsq.f64_to_f16(torch.from_numpy(x)).numpy()
+    assert got.view(np.uint16).tobytes() == x.astype(np.float16).view(np.uint16).tobytes()
+
+
+@pytest.mark.parametrize("codec,shape", [("spqr", (4096, 512)), ("squeezellm", (1024, 520)), ("quip", (256, 448))])
+def test_default_config_fixed_case(codec: str, shape: tuple[int, int]) -> None:
+    """``encoder_for`` at ``spqr convert``'s defaults equals ``data_free_encoder`` on a larger matrix."""
+    from spqrfmt.convert import QuantConfig, data_free_encoder
+
+    cfg = QuantConfig(codec=codec)
+    w = weights(*shape, 3, 0)
+    assert differences(data_free_encoder("w", w, cfg), encoder_for(codec, "cpu")("w", w, cfg)) == []
+
+
+def test_small_chunks_change_nothing() -> None:
+    w = weights(37, 45, 5, 0)
+    ref = rtn.quantize_spqr(w, bits=4, group_size=16)
+    assert differences(ref, tspqr.quantize_spqr(w, bits=4, group_size=16, device="cpu", chunk_elements=100)) == []
+    ref = squeezellm.quantize_squeezellm(w, max_iter=20)
+    assert differences(ref, tsq.quantize_squeezellm(w, max_iter=20, device="cpu", chunk_elements=100)) == []
+    ref = quip.quantize_quip(w[:32, :40])
+    assert differences(ref, tquip.quantize_quip(w[:32, :40], device="cpu", chunk_elements=1000)) == []
+
+
+def test_encoder_for_rejects_unknown_codec() -> None:
+    with pytest.raises(ValueError, match="no torch encoder"):
+        tenc.encoder_for("raw", "cpu")
