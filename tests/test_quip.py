@@ -845,3 +845,13 @@ def test_rvq_second_stage_is_the_residual() -> None:
     rho = np.float32(3.45)
     got = rvq_values("e8p12_rvq4", codes, codes, float(rho), scale, 24)
     assert _same_bits(got, (plain + (plain / rho).astype(np.float32)).astype(np.float32))
+
+
+def test_residual_codebooks_have_no_encoder() -> None:
+    """The files accept e8p12_rvq4/3 (imported from QuIP#); the converter's --quip-codebook does not offer them."""
+    from spqrfmt.codecs.quip import CODEBOOKS, Options
+
+    for cb in ("e8p12_rvq4", "e8p12_rvq3"):
+        assert cb in CODEBOOKS
+        with pytest.raises(ValueError, match="unknown quip codebook"):
+            Options(quip_codebook=cb, bits=2).check()

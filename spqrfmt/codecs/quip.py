@@ -26,6 +26,7 @@ from .options import Flag, OptionsBase, given
 MAX_LOG2_HADAMARD = 30
 MAX_FACTOR = 256  # quip.md §2: a_n, a_m <= MAX_FACTOR, so decoding costs at most ~2 * 256 f32 ops per weight
 CODEBOOKS = ("grid", "e8p12", "e8p12_rvq4", "e8p12_rvq3")
+ENCODER_CODEBOOKS = ("grid", "e8p12")  # the residual codebooks have no encoder: they are imported from QuIP#
 E8P_CODEBOOKS = ("e8p12", "e8p12_rvq4", "e8p12_rvq3")  # one E8P12 code per 8 weights in ``codes``
 RVQ_CODES2_DTYPE = {"e8p12_rvq4": "u16", "e8p12_rvq3": "u8"}  # second-stage code plane (§10.11)
 RESID_SCALE_RANGE = (2.0**-16, 2.0**16)  # keeps e1 / rho normal and finite (§10.11)
@@ -131,7 +132,7 @@ class Options(OptionsBase):
         Flag("bits", dict(type=int, choices=range(1, 9), metavar="{1..8}"), "grid bits"),
         Flag("seed", dict(type=int_in(0, 2**63 - 1)),
              "seed of the random signs / orthogonal factors, which are stored in the file (default 0)"),
-        Flag("quip_codebook", dict(choices=list(CODEBOOKS)),
+        Flag("quip_codebook", dict(choices=list(ENCODER_CODEBOOKS)),
              "grid = --bits-bit uniform grid (codec_version 1, default); e8p12 = QuIP#'s E8P12 lattice codebook, "
              "2 bits per weight, in_features a multiple of 8 (codec_version 2)"),
     )
@@ -149,8 +150,9 @@ class Options(OptionsBase):
     def check(self, method: str = "rtn") -> None:
         if not 1 <= self.bits <= 8:
             raise ValueError("bits must be 1..8 (--bits)")
-        if self.quip_codebook not in CODEBOOKS:
-            raise ValueError(f"unknown quip codebook {self.quip_codebook!r}; choose one of {', '.join(CODEBOOKS)} "
+        if self.quip_codebook not in ENCODER_CODEBOOKS:
+            raise ValueError(f"unknown quip codebook {self.quip_codebook!r}; choose one of "
+                             f"{', '.join(ENCODER_CODEBOOKS)} "
                              "(--quip-codebook)")
         if self.quip_codebook == "e8p12" and self.bits != 2:
             raise ValueError(f"the e8p12 codebook stores 2 bits per weight; bits = {self.bits} is not possible")
