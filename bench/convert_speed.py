@@ -38,7 +38,8 @@ from typing import Any
 import numba
 import numpy as np
 
-from spqrfmt.convert import QuantConfig, data_free_encoder, demo_checkpoint
+from spqrfmt.convert import QuantConfig, data_free_encoder
+from spqrfmt.hf.checkpoint import demo_checkpoint
 
 SHAPES = [(4096, 4096), (4096, 14336)]
 QUICK_SHAPES = [(256, 512)]

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 import spqrfmt
-from spqrfmt.convert import QuantConfig, convert, demo_checkpoint
+from spqrfmt.convert import QuantConfig, convert
 from spqrfmt.encoder.rtn import quantize_spqr
+from spqrfmt.hf.checkpoint import demo_checkpoint
 
 CONFIGS = [
     ("w2 β1=16 stats3 1%", QuantConfig(bits=2)),

@@ -205,7 +205,7 @@ def run_sibling_row(method: str, target: str, model_dir: Path, out: Path, calib:
                     args: argparse.Namespace, eval_tokens: Any) -> dict[str, Any]:
     """One SqueezeLLM / QuIP row: sequential calibration, write the .spqr, count its bits, evaluate it."""
     from spqrfmt.convert import QuantConfig, convert
-    from spqrfmt.evaluate import load_spqr_model, perplexity
+    from spqrfmt.hf.evaluate import load_spqr_model, perplexity
 
     s = SIBLINGS[method][target]
     tag = f"{method}-{target}"
@@ -247,7 +247,7 @@ def run_row(method: str, target: str, model_dir: Path, out: Path, calib: list[st
     from spqrfmt.convert import QuantConfig, convert
     from spqrfmt.encoder.calibrate import CalibConfig, quantize_model_calibrated
     from spqrfmt.encoder.gptq import GPTQConfig
-    from spqrfmt.evaluate import load_spqr_model, perplexity
+    from spqrfmt.hf.evaluate import load_spqr_model, perplexity
 
     tag = f"{method}-{target}"
     path = out / f"{tag}.spqr"
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from spqrfmt.evaluate import load_model, perplexity, tokenize_texts
+    from spqrfmt.hf.evaluate import load_hf_model, perplexity, tokenize_texts
 
     torch.manual_seed(0)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -397,11 +397,11 @@ def main(argv: list[str] | None = None) -> int:
         results = {"args": key_args, "rows": {}}
     if "ref" not in results:
         t0 = time.perf_counter()
-        results["ref"] = {"ppl": perplexity(load_model(model_dir), eval_tokens, seq_len=args.eval_seq_len,
+        results["ref"] = {"ppl": perplexity(load_hf_model(model_dir), eval_tokens, seq_len=args.eval_seq_len,
                                             batch_size=4), "eval_s": time.perf_counter() - t0}
         res_path.write_text(json.dumps(results, indent=1))
     if "ref16" not in results:  # the same model with every parameter rounded to f16 (the 16-bit baseline)
-        model = load_model(model_dir)
+        model = load_hf_model(model_dir)
         with torch.no_grad():
             for p in model.parameters():
                 p.copy_(p.to(torch.float16).to(torch.float32))

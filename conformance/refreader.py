@@ -11,6 +11,9 @@ Favour clarity over speed: this is the reader other implementers should be
 able to read side by side with the spec. Each codec is one validation
 function plus one decode function registered in ``CODECS``; adding a codec
 means adding those two functions.
+
+Why this module is long: it is one file on purpose — a foreign implementer reads it beside the
+spec, top to bottom, with nothing to chase across modules (and it must stay free of the library).
 """
 
 from __future__ import annotations

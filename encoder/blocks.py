@@ -105,7 +105,7 @@ class WholeModel:
     """Every weight in memory (``from_pretrained``, f32); blocks move to the device while they are calibrated."""
 
     def __init__(self, model_dir: Path, device: Any) -> None:
-        from spqrfmt.convert import checkpoint_entries
+        from spqrfmt.hf.checkpoint import checkpoint_entries
 
         self.model = load_for_calibration(model_dir)
         self.prefix, self.layers = decoder_layers(self.model)
@@ -156,7 +156,7 @@ class StreamingModel:
     def __init__(self, model_dir: Path, device: Any) -> None:
         import torch
 
-        from spqrfmt.convert import checkpoint_entries
+        from spqrfmt.hf.checkpoint import checkpoint_entries
 
         config = _config(model_dir)
         cls = _model_class(config)

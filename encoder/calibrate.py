@@ -19,6 +19,10 @@ with their decoded weights to rebuild the next block's inputs.
 
 torch/transformers are imported inside the functions: the core package does
 not depend on them.
+
+Why this module is long: it is the one driver loop (capture inputs, solve a block, write it, replay it
+forward) with its resume bookkeeping; the pieces it drives already live apart (``blocks``, ``hessian``,
+``distributed``, the solvers).
 """
 
 from __future__ import annotations
@@ -41,9 +45,9 @@ import numpy as np
 
 from .blocks import StreamingModel, WholeModel, decoder_layers, load_for_calibration, max_positions, resolve
 from .distributed import World
+from .encoded import Encoded
 from .gptq import GPTQConfig, factor_hessian, quantize_gptq
 from .hessian import fixed_gram, from_fixed, grid_exponent, input_bound
-from .rtn import Encoded
 
 __all__ = ["CalibConfig", "EncodingStore", "calibration_batches", "load_for_calibration", "max_positions",
            "quantize_model_calibrated"]

@@ -37,8 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from ..format import ceil_div
+from .encoded import Encoded
 from .packing import pack_rows
-from .rtn import Encoded, quantize_stat
+from .rtn import quantize_stat
 
 __all__ = ["GPTQConfig", "HessianFactor", "factor_hessian", "hessian_error", "quantize_gptq"]
 
@@ -179,7 +181,7 @@ def quantize_gptq(
     ``hessian`` is ``2/N Σ x xᵀ`` over N calibration inputs ([in, in]); pass a
     precomputed ``factor`` (from :func:`factor_hessian`) instead to share the
     factorization between layers that see the same input. Returns the lead's
-    :class:`~spqrfmt.encoder.rtn.Encoded` (params, sections, dequantized f32,
+    :class:`~spqrfmt.encoder.encoded.Encoded` (params, sections, dequantized f32,
     info with ``outliers``, ``seconds``).
     """
     import torch
@@ -228,7 +230,7 @@ def _quantize_gptq(weight: np.ndarray, hessian: np.ndarray | None, cfg: GPTQConf
     W = W[:, perm].contiguous()
 
     gs, qmax = cfg.group_size, (1 << cfg.bits) - 1
-    G = (n + gs - 1) // gs
+    G = ceil_div(n, gs)
     # Every group must start at a block start: then all pending (lazy) updates of earlier columns
     # have been applied to the whole group when its statistics are fitted.
     bsz = max(cfg.blocksize, 1)

@@ -35,10 +35,10 @@ from typing import Any
 import numba
 import numpy as np
 
-from ..codecs.quip import MAX_FACTOR
+from ..constants import QUIP_MAX_FACTOR as MAX_FACTOR
 from . import e8p
+from .encoded import Encoded
 from .packing import pack_rows
-from .rtn import Encoded
 
 
 def split_pow2(d: int) -> tuple[int, int]:

@@ -17,44 +17,16 @@ It follows SpQR's structure with the Hessian replaced by the identity:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numba
 import numpy as np
 
 from ..decoder.spqr import _rne16
+from ..format import ceil_div
 from ..threads import sized, weight_size
+from .encoded import Encoded
 from .packing import pack_row, words_per_row
-
-
-@dataclass
-class Encoded:
-    """A codec tensor ready for ``Writer.add_encoded``: params + spec sections + own dequantization."""
-
-    shape: tuple[int, ...]
-    params: dict[str, Any]
-    sections: dict[str, Any]
-    dequantized: np.ndarray
-    codec: str = "spqr"
-    codec_version: int = 1
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def nbytes(self) -> int:
-        total = 0
-        for v in self.sections.values():
-            arr = v[1] if isinstance(v, tuple) else v
-            total += np.asarray(arr).nbytes
-        return total
-
-    @property
-    def bits_per_param(self) -> float:
-        return 8.0 * self.nbytes / float(np.prod(self.shape))
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return (a + b - 1) // b
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -204,7 +176,7 @@ def _fit_groups(w: np.ndarray, group_size: int, budget: int, mask: np.ndarray | 
     against its range without the previous one.
     """
     m, n = w.shape
-    G = _ceil_div(n, group_size)
+    G = ceil_div(n, group_size)
     given = mask is not None
     mask = np.ascontiguousarray(mask, dtype=bool) if given else np.zeros((m, n), dtype=bool)
     gains = np.empty((m, G, 2), dtype=np.float32)
@@ -217,7 +189,7 @@ def _fit_groups(w: np.ndarray, group_size: int, budget: int, mask: np.ndarray | 
         remaining = budget - taken
         if remaining <= 0:
             break
-        chosen = _largest(gains.reshape(-1), min(remaining, max(1, _ceil_div(budget, rounds))))
+        chosen = _largest(gains.reshape(-1), min(remaining, max(1, ceil_div(budget, rounds))))
         if chosen.size == 0:
             break
         taken += _mark_and_rescan(w, mask, group_size, chosen, gains, cols, lo, hi)
@@ -306,7 +278,7 @@ def quantize_stat(x: np.ndarray, bits: int, group: int) -> tuple[dict[str, np.nd
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     Gn, m = x.shape
-    K = _ceil_div(m, group)
+    K = ceil_div(m, group)
     pad = K * group - m
     xp = np.concatenate([x, np.repeat(x[:, -1:], pad, axis=1)], axis=1) if pad else x
     xg = xp.reshape(Gn, K, group)
@@ -362,7 +334,7 @@ def quantize_spqr(
             raise ValueError("perm must be a permutation of range(in_features)")
         w = w[:, perm]
     w = np.ascontiguousarray(w)
-    G = _ceil_div(n, group_size)
+    G = ceil_div(n, group_size)
     qmax = (1 << bits) - 1
 
     if outlier_mask is not None and np.shape(outlier_mask) != (m, n):

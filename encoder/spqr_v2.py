@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .rtn import Encoded
+from .encoded import Encoded
 
 ARITH = ("f32", "f16")
 OUTLIER_OPS = ("replace", "add")

@@ -29,8 +29,8 @@ import numba
 import numpy as np
 
 from ..threads import sized, weight_size
+from .encoded import Encoded
 from .packing import pack_rows
-from .rtn import Encoded
 
 F16_MAX = 65504.0
 

@@ -1,4 +1,5 @@
-"""Pieces shared by the squeezellm and quip kernels: the strided field repack, launch checks, split-K finish.
+"""Pieces shared by the kernels of every codec: sections on the device, packed-row reading (host and
+``@triton.jit``), the strided field repack, launch checks, split-K finish.
 
 Strided field layout (built once at load time; the file keeps the spec's packed
 rows): a row's ``b``-bit codes are re-packed into ``nw`` 32-bit words of
@@ -14,21 +15,78 @@ constant, and a code never straddles a word. ``nw`` is padded to a multiple of
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
 
-from .spqr import to_device, unpack_rows
-
 NW_ALIGN = 64  # words per row are padded to this (the largest tile width NU)
 MAX_BATCH = 16  # rows of x one fused launch handles (tl.dot N = 16)
 _INT32_MAX = 2**31 - 1
+# Sections whose file dtype is unsigned: moved as same-width signed tensors (bit-identical views).
+_SIGNED_VIEW = {np.dtype(np.uint32): np.int32, np.dtype(np.uint16): np.int16, np.dtype(np.uint64): np.int64}
 
 
-def ceil_div(a: int, b: int) -> int:
-    return (a + b - 1) // b
+def to_device(sections: Mapping[str, Any], device: str | torch.device) -> dict[str, torch.Tensor]:
+    """Spec sections as torch tensors on ``device`` (u32/u16 become int32/int16 views of the same bits)."""
+    out: dict[str, torch.Tensor] = {}
+    for role, arr in sections.items():
+        if isinstance(arr, torch.Tensor):
+            t = arr
+            if t.dtype == torch.uint32:
+                t = t.view(torch.int32)
+            elif t.dtype == torch.uint16:
+                t = t.view(torch.int16)
+        else:
+            a = np.ascontiguousarray(arr)
+            if a.dtype in _SIGNED_VIEW:
+                a = a.view(_SIGNED_VIEW[a.dtype])
+            t = torch.from_numpy(a)
+        out[role] = t.to(device).contiguous()
+    return out
+
+
+def u32_values(t: torch.Tensor) -> torch.Tensor:
+    """int32/uint32 tensor -> int64 holding the unsigned 32-bit values."""
+    if t.dtype == torch.uint32:
+        t = t.view(torch.int32)
+    return t.to(torch.int64) & 0xFFFFFFFF
+
+
+def unsigned_values(t: torch.Tensor) -> torch.Tensor:
+    """Index section (u16/u32 stored as int16/int32 views) -> int64 values."""
+    if t.dtype in (torch.int16, torch.uint16):
+        return t.view(torch.int16).to(torch.int64) & 0xFFFF
+    return u32_values(t)
+
+
+def unpack_rows(words: torch.Tensor, cols: int, bits: int) -> torch.Tensor:
+    """Packed rows [R, W] (spqr.md §4) -> int64 codes [R, cols]."""
+    w = u32_values(words)
+    w = torch.cat([w, torch.zeros_like(w[:, :1])], dim=1)  # a zero word so q + 1 is always in range
+    p = torch.arange(cols, device=w.device, dtype=torch.int64) * bits
+    q = p >> 5
+    s = p & 31
+    v = (w[:, q] >> s) | ((w[:, q + 1] << (32 - s)) & 0xFFFFFFFF)
+    return v & ((1 << bits) - 1)
+
+
+@triton.jit
+def packed_code(codes_ptr, rows64, cols, words, mask, BITS: tl.constexpr):
+    """Code (rows64, cols) of packed rows (spqr.md §4: one little-endian bit stream of BITS-bit codes per row,
+    ``words`` int32 words a row), as uint32; rows64 / cols broadcast (e.g. rows64[:, None], cols[None, :])."""
+    bitpos = cols * BITS
+    q = bitpos >> 5
+    s = (bitpos & 31).to(tl.uint32)
+    base = codes_ptr + rows64 * words + q
+    w0 = tl.load(base, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    straddle = (s + BITS) > 32
+    w1 = tl.load(base + 1, mask=mask & straddle, other=0).to(tl.uint32, bitcast=True)
+    v = (w0 >> s) | tl.where(straddle, w1 << ((32 - s) & 31), 0)
+    return v & ((1 << BITS) - 1)
 
 
 def next_pow2(v: int) -> int:
@@ -43,7 +101,7 @@ def field_width(bits: int) -> int:
 
 
 def words_per_row(n: int, wst: int) -> int:
-    return ceil_div(ceil_div(n, 32 // wst), NW_ALIGN) * NW_ALIGN
+    return triton.cdiv(triton.cdiv(n, 32 // wst), NW_ALIGN) * NW_ALIGN
 
 
 def repack_fields(codes: torch.Tensor, n: int, bits: int) -> tuple[torch.Tensor, int]:
@@ -109,10 +167,10 @@ def split_for(device: torch.device, progs_m: int, n_tiles: int, forced: int | No
     elif device.type != "cuda":
         want = 1
     else:
-        want = ceil_div(per_sm * sm_count(device), max(progs_m, 1))
+        want = triton.cdiv(per_sm * sm_count(device), max(progs_m, 1))
     split = max(1, min(want, n_tiles))
-    tps = ceil_div(n_tiles, split)
-    return ceil_div(n_tiles, tps), tps
+    tps = triton.cdiv(n_tiles, split)
+    return triton.cdiv(n_tiles, tps), tps
 
 
 class SplitWorkspace:
@@ -121,7 +179,7 @@ class SplitWorkspace:
     def __init__(self, m: int, device: torch.device) -> None:
         self.ws = torch.zeros(MAX_BATCH * m, dtype=torch.float32, device=device)
         self.wsi = self.ws.view(torch.int32)  # the same memory, for the exchange (int32 atomics everywhere)
-        self.cnt = torch.zeros(ceil_div(m, 4) + 1, dtype=torch.int32, device=device)
+        self.cnt = torch.zeros(triton.cdiv(m, 4) + 1, dtype=torch.int32, device=device)
 
 
 @triton.jit
@@ -213,6 +271,6 @@ def dot_dtype(dt: torch.dtype) -> tuple[tl.dtype, bool]:
     return tl.float32, True
 
 
-__all__ = ["MAX_BATCH", "NW_ALIGN", "SplitWorkspace", "ceil_div", "check_launch", "dot_dtype", "field_width",
+__all__ = ["MAX_BATCH", "NW_ALIGN", "SplitWorkspace", "check_launch", "dot_dtype", "field_width",
            "finish", "fused_rows", "gemv_out", "gemv_rows", "gemv_tiles", "next_pow2", "repack_fields", "round_out",
            "sm_count", "split_for", "store_rows", "to_device", "unpack_rows", "words_per_row"]

@@ -1,6 +1,6 @@
 """Triton kernels over the *tiled* resident layout of codec ``spqr`` (built by ``spqr.prepare``).
 
-Why a second layout: the grouped repack (``_gemv.py``) keeps 3-bit codes in 4-bit fields and the
+Why a second layout: the grouped repack (``_spqr_grouped.py``) keeps 3-bit codes in 4-bit fields and the
 statistics as f16 pairs, so it streams ~6.4 bits per weight for a 3.95-bit tensor. This one holds
 exactly ``bits`` bits per code and the statistics as their codes, so the bytes streamed per call are
 about the spec's (spqr.md §7).
@@ -41,7 +41,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._gemv import _f16_at, _field, _outliers, _round_out, _split_finish, _store_y
+from ._spqr_grouped import _f16_at, _field, _outliers, _round_out, _split_finish, _store_y
 
 
 @triton.jit

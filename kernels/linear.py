@@ -105,9 +105,10 @@ class SpQRLinear(CodecLinear):
 
     def __init__(self, prepared: K.PreparedSpQR, bias: torch.Tensor | None = None,
                  fused_max_rows: int = K.MAX_FUSED_BATCH) -> None:
-        from spqrfmt.codecs.spqr import CODEC
+        from spqrfmt import codecs  # through the registry: codecs.spqr names this class as its linear
 
-        super().__init__(CODEC.gpu, prepared, prepared.shape, bias, fused_max_rows, codec=CODEC.id)
+        codec = codecs.by_id("spqr")
+        super().__init__(codec.gpu, prepared, prepared.shape, bias, fused_max_rows, codec=codec.id)
 
     @classmethod
     def from_sections(cls, params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple[int, int],

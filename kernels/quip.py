@@ -39,6 +39,10 @@ as the decoded tensor, not bit-identical to ``dequantize(...) @ x``):
 * ``_grid_gemv_kernel`` / ``_e8p_gemv_kernel``: the GEMV over the load-time
   code layout (:func:`prepare`), row scale fused; batch 1 by FMAs, 2..16 rows by
   ``tl.dot`` on exactly decoded slices; column-split for small matrices.
+
+Why this module is long: it holds the whole quip codec on the GPU (the spec-layout decode
+pipeline, the transform matvec and its load-time code layout, for both codec versions), one codec
+under one name; what other codecs share is in ``_common.py``.
 """
 
 from __future__ import annotations
@@ -58,7 +62,6 @@ from ._common import (
     MAX_BATCH,
     NW_ALIGN,
     SplitWorkspace,
-    ceil_div,
     check_launch,
     dot_dtype,
     finish,
@@ -67,6 +70,7 @@ from ._common import (
     gemv_rows,
     gemv_tiles,
     next_pow2,
+    packed_code,
     repack_fields,
     split_for,
     to_device,
@@ -86,15 +90,7 @@ def _grid_kernel(codes_ptr, scale_ptr, out_ptr, m, n, words,
     rmask = rows < m
     mask = rmask[:, None] & (cols < n)[None, :]
     rows64 = rows.to(tl.int64)
-    bitpos = cols * BITS
-    q = bitpos >> 5
-    s = (bitpos & 31).to(tl.uint32)
-    base = codes_ptr + rows64[:, None] * words + q[None, :]
-    w0 = tl.load(base, mask=mask, other=0).to(tl.uint32, bitcast=True)
-    straddle = (s + BITS) > 32
-    w1 = tl.load(base + 1, mask=mask & straddle[None, :], other=0).to(tl.uint32, bitcast=True)
-    v = (w0 >> s[None, :]) | tl.where(straddle[None, :], w1 << ((32 - s) & 31)[None, :], 0)
-    code = (v & ((1 << BITS) - 1)).to(tl.int32)
+    code = packed_code(codes_ptr, rows64[:, None], cols[None, :], words, mask, BITS).to(tl.int32)
     g = (2 * code - ((1 << BITS) - 1)).to(tl.float32)
     sc = tl.load(scale_ptr + rows, mask=rmask, other=0.0)
     tl.store(out_ptr + rows64[:, None] * n + cols[None, :], g * sc[:, None], mask=mask)
@@ -498,12 +494,12 @@ def transform_fast(x: torch.Tensor, along_rows: bool, log2_h: int, factor: torch
         return transform(x, along_rows, log2_h, factor)
     if along_rows and log2_h <= _FWHT_ROWS_MAX_LOG2 and cols // h < 65536:
         br = max(1, min(64, 4096 // h))
-        _fwht_rows_kernel[(ceil_div(rows, br), cols // h)](x, rows, cols, c, H=h, K=log2_h, BR=br,
+        _fwht_rows_kernel[(triton.cdiv(rows, br), cols // h)](x, rows, cols, c, H=h, K=log2_h, BR=br,
                                                            num_warps=8 if h >= 8192 else 4, **_OPTS)
-    elif not along_rows and ceil_div(cols, 128) < 65536:
+    elif not along_rows and triton.cdiv(cols, 128) < 65536:
         for s0 in range(0, log2_h, _FWHT_RADIX_LOG2):
             ns = min(_FWHT_RADIX_LOG2, log2_h - s0)
-            _fwht_cols_kernel[(rows >> ns, ceil_div(cols, 128))](
+            _fwht_cols_kernel[(rows >> ns, triton.cdiv(cols, 128))](
                 x, rows, cols, c, (1 << s0) - 1, S0=s0, NS=ns, LAST=s0 + ns == log2_h, BC=128, **_OPTS)
     else:
         return transform(x, along_rows, log2_h, factor)
@@ -521,7 +517,7 @@ def transform(x: torch.Tensor, along_rows: bool, log2_h: int, factor: torch.Tens
     BV, BP = 16, 64
     for s in range(log2_h):
         last = s == log2_h - 1
-        _butterfly_kernel[(ceil_div(nvec, BV), ceil_div(length // 2, BP))](
+        _butterfly_kernel[(triton.cdiv(nvec, BV), triton.cdiv(length // 2, BP))](
             x, nvec, length // 2, sv_, se_, 1 << s, float(hadamard_constant(log2_h)),
             LAST=last, BV=BV, BP=BP, **_OPTS)
     return _apply_factor(x, along_rows, log2_h, factor)
@@ -536,7 +532,7 @@ def _apply_factor(x: torch.Tensor, along_rows: bool, log2_h: int, factor: torch.
     BV, BP = 16, 64
     if factor is not None and length // h > 1:
         y = torch.empty_like(x)
-        _factor_kernel[(ceil_div(nvec, BV), ceil_div(h, BP))](
+        _factor_kernel[(triton.cdiv(nvec, BV), triton.cdiv(h, BP))](
             x, y, factor.contiguous(), nvec, length // h, h, sv_, se_, BV=BV, BH=BP, **_OPTS)
         x = y
     return x
@@ -607,7 +603,7 @@ def dequantize(params: Mapping[str, Any], sections_on_device: Mapping[str, torch
     codes = _codes(secs)
     x = torch.empty((m, n), dtype=torch.float32, device=codes.device)
     BR, BC = 16, 64
-    grid = (ceil_div(m, BR), ceil_div(n, BC))
+    grid = (triton.cdiv(m, BR), triton.cdiv(n, BC))
     if params.get("codebook") in RVQ_CODEBOOKS:
         alpha, odd = e8p_tables(codes.device)
         second_e8p = params["codebook"] == "e8p12_rvq4"
@@ -699,7 +695,7 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
     if _is_e8p(secs):
         check_launch("quip prepare", codes=(codes, m * (n // 8)))
         g = n // 8
-        gp = ceil_div(g, NW_ALIGN) * NW_ALIGN
+        gp = triton.cdiv(g, NW_ALIGN) * NW_ALIGN
         if gp != g:
             padded = torch.zeros((m, gp), dtype=torch.int16, device=codes.device)
             padded[:, :g] = codes.view(torch.int16)
@@ -707,7 +703,7 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
         prep.e8p, prep.words, prep.lp = True, codes.contiguous(), 8 * gp
     else:
         bits = int(params["bits"])
-        check_launch("quip prepare", codes=(codes, m * ceil_div(n * bits, 32)))
+        check_launch("quip prepare", codes=(codes, m * triton.cdiv(n * bits, 32)))
         prep.words, prep.wst = repack_fields(codes, n, bits)
         f = 32 // prep.wst
         nw = prep.words.shape[1]
@@ -773,7 +769,7 @@ def _rotate(x2: torch.Tensor, out: torch.Tensor, d: int, log2_h: int, factor: to
     if not last:
         AB = min(next_pow2(a), 64)
         BH = max(16, min(next_pow2(h), 4096 // AB))
-        _mix_kernel[(ceil_div(h, BH), B, ceil_div(a, AB))](
+        _mix_kernel[(triton.cdiv(h, BH), B, triton.cdiv(a, AB))](
             tgt, out, factor, post if post is not None else tgt, bias if bias is not None else tgt,
             a, h, tgt.stride(0), out.stride(0), e8_gp, AB=AB, BH=BH, HAS_POST=post is not None,
             HAS_BIAS=bias is not None, E8ORD=e8_gp > 0)
@@ -835,7 +831,7 @@ def _matvec(prepared: PreparedQuip, x2: torch.Tensor, bias: torch.Tensor | None,
     width = prepared.words.shape[1]
     tile = min(cfg.NG if prepared.e8p else cfg.NU, width)
     n_tiles = width // tile
-    progs_m = ceil_div(m, cfg.BM)
+    progs_m = triton.cdiv(m, cfg.BM)
     split, tps = split_for(dev, progs_m, n_tiles, cfg.split)
     ws = prepared.workspace() if split > 1 else None
     yq = torch.empty((B, m), dtype=torch.float32, device=dev)

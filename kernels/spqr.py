@@ -15,7 +15,7 @@ Repacked layout (all built on the device by :func:`prepare`):
 * codes, *grouped* (the fast path, whenever ``β1 · field width`` is a multiple
   of 32): each β1-group's codes in whole 32-bit words of power-of-two fields
   (2, 4 or 8 bits; 3-bit codes in 4-bit fields), word-slot major per row, so
-  every extraction shift is a compile-time constant (layout in ``_gemv.py``).
+  every extraction shift is a compile-time constant (layout in ``_spqr_grouped.py``).
   The spec ``codes`` section is then dropped from the device: dequantization
   reads the repack, so the codes are held once;
 * otherwise codes as 1..3 *bit planes* (b = 3 -> a 2-bit plane + a 1-bit plane,
@@ -29,6 +29,10 @@ Repacked layout (all built on the device by :func:`prepare`):
   pass needs no replacement test;
 * the permutation is applied by gathering x once per call (grouped: one
   ``xprep_kernel`` launch that also pre-scales x and sums it per group).
+
+Why this module is long: it is the host side of all three spqr layouts (planes, grouped, tiled:
+repack, checks, launch parameters) behind one ``prepare`` / ``matvec`` / ``dequantize``; their Triton
+code lives in ``_spqr_planes.py``, ``_spqr_grouped.py`` and ``_spqr_tiled.py``.
 """
 
 from __future__ import annotations
@@ -39,90 +43,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import triton
 import triton.language as tl
 
-from . import _triton as K
-
-# Sections whose file dtype is unsigned: moved as same-width signed tensors (bit-identical views).
-_SIGNED_VIEW = {np.dtype(np.uint32): np.int32, np.dtype(np.uint16): np.int16, np.dtype(np.uint64): np.int64}
+from . import _spqr_planes as KP
+from ._common import next_pow2, to_device, u32_values, unpack_rows
+from ._spqr_sections import outlier_coo, stat_f32
 
 MAX_FUSED_BATCH = 16
 _TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return (a + b - 1) // b
-
-
-def to_device(sections: Mapping[str, Any], device: str | torch.device) -> dict[str, torch.Tensor]:
-    """Spec sections as torch tensors on ``device`` (u32/u16 become int32/int16 views of the same bits)."""
-    out: dict[str, torch.Tensor] = {}
-    for role, arr in sections.items():
-        if isinstance(arr, torch.Tensor):
-            t = arr
-            if t.dtype == torch.uint32:
-                t = t.view(torch.int32)
-            elif t.dtype == torch.uint16:
-                t = t.view(torch.int16)
-        else:
-            a = np.ascontiguousarray(arr)
-            if a.dtype in _SIGNED_VIEW:
-                a = a.view(_SIGNED_VIEW[a.dtype])
-            t = torch.from_numpy(a)
-        out[role] = t.to(device).contiguous()
-    return out
-
-
-def _u32(t: torch.Tensor) -> torch.Tensor:
-    """int32/uint32 tensor -> int64 holding the unsigned 32-bit values."""
-    if t.dtype == torch.uint32:
-        t = t.view(torch.int32)
-    return t.to(torch.int64) & 0xFFFFFFFF
-
-
-def _unsigned(t: torch.Tensor) -> torch.Tensor:
-    """Index section (u16/u32 stored as int16/int32 views) -> int64 values."""
-    if t.dtype in (torch.int16, torch.uint16):
-        return t.view(torch.int16).to(torch.int64) & 0xFFFF
-    return _u32(t)
-
-
-def unpack_rows(words: torch.Tensor, cols: int, bits: int) -> torch.Tensor:
-    """Packed rows [R, W] (spqr.md §4) -> int64 codes [R, cols]."""
-    w = _u32(words)
-    w = torch.cat([w, torch.zeros_like(w[:, :1])], dim=1)  # a zero word so q + 1 is always in range
-    p = torch.arange(cols, device=w.device, dtype=torch.int64) * bits
-    q = p >> 5
-    s = p & 31
-    v = (w[:, q] >> s) | ((w[:, q + 1] << (32 - s)) & 0xFFFFFFFF)
-    return v & ((1 << bits) - 1)
-
-
-def stat_f32(params: Mapping[str, Any], secs: Mapping[str, torch.Tensor], which: str, m: int) -> torch.Tensor:
-    """First-level statistic S or Z as f32 [G, m], exactly spqr.md §5 step 1 (§8 step 1 for v2 ``arith``).
-
-    torch runs the subtraction and the multiplication as separate IEEE f32
-    kernels, so nothing is contracted; ``.half()`` is the RNE rounding.
-    """
-    bits = int(params[f"{which}_bits"])
-    if bits == 16:
-        return secs[which].to(torch.float32)
-    c = unpack_rows(secs[f"{which}_codes"], m, bits)
-    k = torch.arange(m, device=c.device) // int(params["stat_group_size"])
-    zz = secs[f"{which}_zero"].to(torch.float32)[:, k]
-    ss = secs[f"{which}_scale"].to(torch.float32)[:, k]
-    t = c.to(torch.float32) - zz
-    if params.get("arith", "f32") == "f16":
-        t = t.half().float()
-    return (t * ss).half().float()
-
-
-def _outlier_coo(secs: Mapping[str, torch.Tensor], m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rp = _u32(secs["outlier_row_ptr"])
-    cols = _unsigned(secs["outlier_col"])
-    # output_size known from the section shape: no device sync, so this is CUDA-graph capturable
-    rows = torch.repeat_interleave(torch.arange(m, device=rp.device), rp[1:] - rp[:-1], output_size=cols.numel())
-    return rows, cols
 
 
 def _launch_opts() -> dict[str, Any]:
@@ -160,16 +89,16 @@ def dequantize(params: Mapping[str, Any], sections_on_gpu: Mapping[str, torch.Te
     if perm is not None:
         perm = perm.view(torch.int32) if perm.dtype == torch.uint32 else perm
     BR, BC = 16, 128
-    grid = (_ceil_div(m, BR), _ceil_div(n, BC))
+    grid = (triton.cdiv(m, BR), triton.cdiv(n, BC))
     bf16 = out_dtype == torch.bfloat16
-    K.dequant_kernel[grid](codes, S, Z, perm if perm is not None else codes, out.view(torch.int16) if bf16 else out,
+    KP.dequant_kernel[grid](codes, S, Z, perm if perm is not None else codes, out.view(torch.int16) if bf16 else out,
                            m, n, codes.shape[1], int(params["group_size"]), BITS=int(params["bits"]),
                            HAS_PERM=perm is not None, OUT_BF16=bf16, BR=BR, BC=BC, **_launch_opts())
     vals = secs["outlier_val"]
     if vals.numel():
-        rows, cols = _outlier_coo(secs, m)
+        rows, cols = outlier_coo(secs, m)
         if perm is not None:
-            cols = _u32(perm)[cols]
+            cols = u32_values(perm)[cols]
         out.view(-1)[rows * n + cols] = vals.to(torch.float32).to(out_dtype)
     return out
 
@@ -210,7 +139,7 @@ def _plane_widths(bits: int) -> list[tuple[int, int]]:
 class PreparedSpQR:
     """A spqr tensor repacked once for the fused kernel.
 
-    ``layout`` is ``"grouped"`` (the fast path, see ``_gemv.py``: whole words per
+    ``layout`` is ``"grouped"`` (the fast path, see ``_spqr_grouped.py``: whole words per
     β1-group, used when ``β1 · field width`` is a multiple of 32) or ``"planes"``
     (the general fallback). In the grouped layout the spec ``codes`` section is
     dropped from ``sections`` after the repack, so the codes are held on the
@@ -298,21 +227,21 @@ class PreparedSpQR:
         if idx is None:
             m, n = self.shape
             if bk <= 0:
-                idx = (_u32(self.perm) if self.perm is not None else torch.arange(n, device=self.device))
+                idx = (u32_values(self.perm) if self.perm is not None else torch.arange(n, device=self.device))
                 if bk < 0:  # the inverse: feature -> stored column
                     idx = torch.empty_like(idx).scatter_(0, idx, torch.arange(n, device=self.device))
                 self._xidx[bk] = idx = idx.to(torch.int32).contiguous()
                 return idx
             U = self.unit
             nh = bk // U
-            L = _ceil_div(n, bk) * bk
+            L = triton.cdiv(n, bk) * bk
             pos = torch.arange(L, device=self.device)
             t, rem = pos // bk, pos % bk
             c, h = rem // nh, rem % nh
             j = t * bk + h * U + c  # stored column held at kernel position pos
             valid = j < n
             jc = torch.where(valid, j, torch.zeros_like(j))
-            src = _u32(self.perm)[jc] if self.perm is not None else jc
+            src = u32_values(self.perm)[jc] if self.perm is not None else jc
             idx = torch.where(valid, src, torch.zeros_like(src)).contiguous()
             self._xidx[bk] = idx
         return idx
@@ -338,11 +267,11 @@ def _to_i32(word: torch.Tensor) -> torch.Tensor:
 
 
 def _repack_grouped(codes: torch.Tensor, m: int, n: int, bits: int, gs: int) -> torch.Tensor:
-    """Spec packed rows -> gw[r, s, g] (see _gemv.py), built in row chunks to bound int64 temporaries."""
+    """Spec packed rows -> gw[r, s, g] (see _spqr_grouped.py), built in row chunks to bound int64 temporaries."""
     wst = _field_width(bits)
     F = 32 // wst
     wpg = gs * wst // 32
-    G = _ceil_div(n, gs)
+    G = triton.cdiv(n, gs)
     dev = codes.device
     out = torch.empty((m, wpg, G), dtype=torch.int32, device=dev)
     shifts = torch.arange(F, device=dev) * wst
@@ -363,7 +292,7 @@ def _tiled_ok(params: Mapping[str, Any]) -> bool:
 
 def _repack_tiled(codes: torch.Tensor, m: int, n: int, bits: int) -> torch.Tensor:
     """Spec packed rows -> tw[s, u, r] (``bits`` words per 32-column unit, layout in _spqr_tiled.py)."""
-    nut = _ceil_div(n, 32)
+    nut = triton.cdiv(n, 32)
     dev = codes.device
     out = torch.empty((bits, nut, m), dtype=torch.int32, device=dev)
     chunk = max(1, (1 << 23) // max(nut * 32, 1))
@@ -436,7 +365,7 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
     else:
         widths = _plane_widths(bits)
         U = 32 // max(w for w, _ in widths)
-        n_pad = _ceil_div(n, 32) * 32
+        n_pad = triton.cdiv(n, 32) * 32
         # Bit planes, built in row chunks to bound the int64 temporaries.
         planes = [(w, o, torch.empty((m, n_pad * w // 32), dtype=torch.int32, device=dev)) for w, o in widths]
         chunk = max(1, (1 << 24) // max(n_pad, 1))
@@ -468,14 +397,14 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
         z16 = Z.T.contiguous().half()
 
     # Outliers: add-deltas against the dense value the kernel computes at that position.
-    rows, cols = _outlier_coo(secs, m)
+    rows, cols = outlier_coo(secs, m)
     if cols.numel():
         qv = _codes_at(secs["codes"], rows, cols, bits)
         g = cols // gs
         dense = (qv.to(torch.float32) - Z[g, rows]) * S[g, rows]
         if v2:
             exact = dequantize(params, secs, (m, n), torch.float32)
-            pcols = _u32(secs["perm"])[cols] if "perm" in secs else cols
+            pcols = u32_values(secs["perm"])[cols] if "perm" in secs else cols
             delta = exact[rows, pcols] - dense
             del exact
         else:
@@ -522,13 +451,13 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
                         planes=planes, unit=U, grouped=grouped, wst=_field_width(bits),
                         packed_stats=grouped is not None and packed, sz32=sz32, st2_64=st2_64, stats_q=stats_q,
                         st_codes=st_codes, st2=st2, s16=s16, z16=z16,
-                        o_row_ptr=_u32(secs["outlier_row_ptr"]).to(torch.int32).contiguous(),
+                        o_row_ptr=u32_values(secs["outlier_row_ptr"]).to(torch.int32).contiguous(),
                         o_col=o_col.contiguous(), o_delta=delta.contiguous(), perm=perm, tiled=tiled)
 
 
 def _codes_at(codes: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, bits: int) -> torch.Tensor:
     """Codes at (rows[e], cols[e]) of packed rows, int64."""
-    w = _u32(codes)
+    w = u32_values(codes)
     W = w.shape[1]
     p = cols * bits
     q = p >> 5
@@ -557,28 +486,24 @@ def default_config(prepared: PreparedSpQR, batch: int) -> MatvecConfig:
 def _auto_split(prepared: PreparedSpQR, cfg: MatvecConfig) -> int:
     m, n = prepared.shape
     if prepared.layout == "tiled":
-        n_tiles = _ceil_div(_ceil_div(n, 32), cfg.NH)
+        n_tiles = triton.cdiv(triton.cdiv(n, 32), cfg.NH)
     elif prepared.layout == "grouped":
-        n_tiles = _ceil_div(_ceil_div(n, int(prepared.params["group_size"])), cfg.NH)
+        n_tiles = triton.cdiv(triton.cdiv(n, int(prepared.params["group_size"])), cfg.NH)
     else:
-        n_tiles = _ceil_div(n, cfg.NH * prepared.unit)
-    progs_m = _ceil_div(m, cfg.BM)
+        n_tiles = triton.cdiv(n, cfg.NH * prepared.unit)
+    progs_m = triton.cdiv(m, cfg.BM)
     if prepared.device.type != "cuda":
         return 1
     sms = torch.cuda.get_device_properties(prepared.device).multi_processor_count
     want = 32 * sms  # many small programs: the loop is latency-bound, not pipelined
-    return max(1, min(n_tiles, _ceil_div(want, progs_m)))
+    return max(1, min(n_tiles, triton.cdiv(want, progs_m)))
 
 
 def _split(prepared: PreparedSpQR, cfg: MatvecConfig, n_tiles: int) -> tuple[int, int]:
     """(programs per row block, column tiles per program), no program left without a tile."""
     split = max(1, min(cfg.split or _auto_split(prepared, cfg), n_tiles))
-    tps = _ceil_div(n_tiles, split)
-    return _ceil_div(n_tiles, tps), tps
-
-
-def _next_pow2(v: int) -> int:
-    return 1 << max(0, (int(v) - 1).bit_length())
+    tps = triton.cdiv(n_tiles, split)
+    return triton.cdiv(n_tiles, tps), tps
 
 
 def _check_grouped(prepared: PreparedSpQR) -> None:
@@ -586,8 +511,8 @@ def _check_grouped(prepared: PreparedSpQR) -> None:
     m, n = prepared.shape
     p = prepared.params
     gs = int(p["group_size"])
-    G = _ceil_div(n, gs)
-    K2 = _ceil_div(m, int(p.get("stat_group_size", 1) or 1))
+    G = triton.cdiv(n, gs)
+    K2 = triton.cdiv(m, int(p.get("stat_group_size", 1) or 1))
     need = {"grouped": (prepared.grouped, m * G * gs * prepared.wst // 32),
             "o_row_ptr": (prepared.o_row_ptr, m + 1)}
     if prepared.packed_stats:
@@ -608,9 +533,9 @@ def _check_tiled(prepared: PreparedSpQR) -> None:
     m, n = prepared.shape
     p = prepared.params
     bits = int(p["bits"])
-    G = _ceil_div(n, int(p["group_size"]))
-    K2 = _ceil_div(m, int(p.get("stat_group_size", 1) or 1))
-    nut = _ceil_div(n, 32)
+    G = triton.cdiv(n, int(p["group_size"]))
+    K2 = triton.cdiv(m, int(p.get("stat_group_size", 1) or 1))
+    nut = triton.cdiv(n, 32)
     need = {"tiled": (prepared.tiled, m * bits * nut), "o_row_ptr": (prepared.o_row_ptr, m + 1)}
     if prepared.stats_q:
         need.update(st_codes=(prepared.st_codes, m * G), st2_64=(prepared.st2_64, G * K2))
@@ -662,8 +587,8 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
     B = x2.shape[0]
     bits = int(p["bits"])
     gs = int(p["group_size"])
-    G = _ceil_div(n, gs)
-    nut = _ceil_div(n, 32)
+    G = triton.cdiv(n, gs)
+    nut = triton.cdiv(n, 32)
     dev = x2.device
     x2 = x2.contiguous()
     idx = prepared.x_index(0)
@@ -676,22 +601,22 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
         xq = torch.empty((B, 16, nut), dtype=torch.int32, device=dev)
         xe = torch.empty((B, nut), dtype=torch.float32, device=dev)
         xs = torch.empty((B, 2 * nut), dtype=torch.float32, device=dev)
-        KT.xprep_h2_kernel[(_ceil_div(nut, 32), B)](x2, idx, xq, xe, xs, xo, n, nut, x2.stride(0), BU=32)
+        KT.xprep_h2_kernel[(triton.cdiv(nut, 32), B)](x2, idx, xq, xe, xs, xo, n, nut, x2.stride(0), BU=32)
     elif mode == 0:
         xq = torch.empty((32, nut), dtype=torch.float32, device=dev)
         xs = torch.empty((2 * nut,), dtype=torch.float32, device=dev)
         bu = 32
-        KT.xprep_kernel[(_ceil_div(nut, bu), 1)](x2, idx, xq, xs, xo, n, nut, x2.stride(0),
+        KT.xprep_kernel[(triton.cdiv(nut, bu), 1)](x2, idx, xq, xs, xo, n, nut, x2.stride(0),
                                                  F=F, WST=32 // F, BU=bu)
     else:
         xq = torch.empty((B, 32 * nut), dtype=x2.dtype, device=dev)  # the dot's operand type: x's
         xs = xq
         bc = 1024
-        KT.xdot_kernel[(_ceil_div(32 * nut, bc), B)](x2, idx, xq, n, 32 * nut, x2.stride(0), BC=bc)
+        KT.xdot_kernel[(triton.cdiv(32 * nut, bc), B)](x2, idx, xq, n, 32 * nut, x2.stride(0), BC=bc)
         if prepared.o_col.numel():
-            KT.xdot_kernel[(_ceil_div(n, bc), B)](x2, idx, xo, n, n, x2.stride(0), BC=bc)
+            KT.xdot_kernel[(triton.cdiv(n, bc), B)](x2, idx, xo, n, n, x2.stride(0), BC=bc)
     NU, BM = cfg.NH, cfg.BM
-    n_tiles = _ceil_div(nut, NU)
+    n_tiles = triton.cdiv(nut, NU)
     split, tps = _split(prepared, cfg, n_tiles)
     atomic = split > 1
     plain_atomic = atomic and mode == 1  # the dot path: zeroed f32 y, bias and cast afterwards
@@ -702,12 +627,12 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
     has_bias = bias is not None and not plain_atomic
     dot_dt = _TL_DTYPE[xq.dtype] if mode == 1 else tl.float16
     consts = _tiled_consts(prepared, BM)
-    KT.gemv_kernel[(_ceil_div(m, BM), split)](
+    KT.gemv_kernel[(triton.cdiv(m, BM), split)](
         xq, xs, xe, xo, y, bias if has_bias else y, ws, cnt, prepared.tiled, prepared.st_codes, prepared.st2_64,
         prepared.sz32,
         prepared.o_row_ptr, prepared.o_col, prepared.o_delta,
-        m, n, nut, G, _ceil_div(m, b2), b2, gs // 16, B, n_tiles, tps,
-        NU=NU, BM=BM, BB={0: 1, 1: 16, 2: _next_pow2(B)}[mode], NBC=B, EPR=16 if mode == 0 else 8, MODE=mode,
+        m, n, nut, G, triton.cdiv(m, b2), b2, gs // 16, B, n_tiles, tps,
+        NU=NU, BM=BM, BB={0: 1, 1: 16, 2: next_pow2(B)}[mode], NBC=B, EPR=16 if mode == 0 else 8, MODE=mode,
         ATOMIC=atomic,
         HAS_BIAS=has_bias, COL16=prepared.o_col.dtype == torch.int16, DOT_DT=dot_dt, H2=h2,
         ASM=h2 and _inline_asm_ok(dev), EXACT_STATS=x2.dtype == torch.float32,
@@ -722,14 +647,14 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
 def _dequant_tiled(prepared: PreparedSpQR, out_dtype: torch.dtype, stored_order: bool,
                    out: torch.Tensor | None = None) -> torch.Tensor:
     """Exact dense W from the tiled layout (spqr.md §5), in output or stored column order; outliers replaced."""
-    from . import _gemv as KG
+    from . import _spqr_grouped as KG
     from . import _spqr_tiled as KT
 
     _check_tiled(prepared)
     m, n = prepared.shape
     p = prepared.params
     gs = int(p["group_size"])
-    nut = _ceil_div(n, 32)
+    nut = triton.cdiv(n, 32)
     if out is None:
         out = torch.empty((m, n), dtype=out_dtype, device=prepared.device)
     elif out.shape != (m, n) or out.dtype != out_dtype or not out.is_contiguous():
@@ -740,13 +665,13 @@ def _dequant_tiled(prepared: PreparedSpQR, out_dtype: torch.dtype, stored_order:
     bf16 = out_dtype == torch.bfloat16
     b2 = int(p.get("stat_group_size", 1) or 1)
     BM, NU = 16, 4
-    KT.dequant_kernel[(_ceil_div(m, BM), _ceil_div(nut, NU))](
+    KT.dequant_kernel[(triton.cdiv(m, BM), triton.cdiv(nut, NU))](
         prepared.tiled, prepared.st_codes, prepared.st2_64, prepared.sz32, perm if perm is not None else out,
-        out.view(torch.int16) if bf16 else out, m, n, nut, _ceil_div(n, gs), _ceil_div(m, b2), b2, gs // 16,
+        out.view(torch.int16) if bf16 else out, m, n, nut, triton.cdiv(n, gs), triton.cdiv(m, b2), b2, gs // 16,
         NU=NU, BM=BM, HAS_PERM=perm is not None, OUT_BF16=bf16, **_tiled_consts(prepared, BM), **_launch_opts())
     vals = prepared.sections["outlier_val"]
     if vals.numel():
-        KG.outlier_store_kernel[(_ceil_div(m, 16),)](
+        KG.outlier_store_kernel[(triton.cdiv(m, 16),)](
             prepared.o_row_ptr, prepared.o_col, vals, perm if perm is not None else prepared.o_row_ptr,
             out.view(torch.int16) if bf16 else out, m, n, BM=16, EPR=16,
             COL16=prepared.o_col.dtype == torch.int16, HAS_PERM=perm is not None, OUT_BF16=bf16)
@@ -764,7 +689,7 @@ def dequantize_stored(prepared: PreparedSpQR, out_dtype: torch.dtype = torch.flo
         return _dequant_tiled(prepared, out_dtype, True, out)
     w = dequantize_prepared(prepared, out_dtype)
     if prepared.perm is not None:
-        w = w[:, _u32(prepared.perm)]
+        w = w[:, u32_values(prepared.perm)]
     if out is not None:
         out.copy_(w)
         return out
@@ -773,17 +698,17 @@ def dequantize_stored(prepared: PreparedSpQR, out_dtype: torch.dtype = torch.flo
 
 def _matvec_grouped(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor | None,
                     cfg: MatvecConfig) -> torch.Tensor:
-    from . import _gemv as KG
+    from . import _spqr_grouped as KG
 
     _check_grouped(prepared)
     m, n = prepared.shape
     p = prepared.params
     B = x2.shape[0]
     gs = int(p["group_size"])
-    G = _ceil_div(n, gs)
+    G = triton.cdiv(n, gs)
     wst = prepared.wst
     F = 32 // wst
-    mode = 0 if B == 1 else (3 if cfg.tile_dot and gs == _next_pow2(gs) else 2)
+    mode = 0 if B == 1 else (3 if cfg.tile_dot and gs == next_pow2(gs) else 2)
     x2 = x2.contiguous()
     dev = x2.device
     idx = prepared.x_index(0)
@@ -795,12 +720,12 @@ def _matvec_grouped(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor
         xq = torch.empty((B, gs * G), dtype=torch.float32, device=dev)
         xsum = torch.empty((B, G), dtype=torch.float32, device=dev)
         xo = torch.empty((B, n), dtype=torch.float32, device=dev)
-        gsp = _next_pow2(gs)
-        bg = max(1, min(_next_pow2(G), 4096 // gsp))
-        KG.xprep_kernel[(_ceil_div(G, bg), B)](x2, idx, xq, xsum, xo, n, G, x2.stride(0),
+        gsp = next_pow2(gs)
+        bg = max(1, min(next_pow2(G), 4096 // gsp))
+        KG.xprep_kernel[(triton.cdiv(G, bg), B)](x2, idx, xq, xsum, xo, n, G, x2.stride(0),
                                                GS=gs, GSP=gsp, F=F, WST=wst, PRESCALE=mode != 2, BG=bg)
     NG = cfg.NH
-    n_gt = _ceil_div(G, NG)
+    n_gt = triton.cdiv(G, NG)
     split, tps = _split(prepared, cfg, n_gt)
     atomic = split > 1
     finish = atomic and cfg.fused_finish
@@ -811,11 +736,11 @@ def _matvec_grouped(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor
     ws, cnt = prepared.split_workspace() if finish else (y, y)
     b2 = int(p.get("stat_group_size", 1) or 1)
     has_bias = bias is not None and (finish or not atomic)
-    KG.gemv_kernel[(_ceil_div(m, cfg.BM), split)](
+    KG.gemv_kernel[(triton.cdiv(m, cfg.BM), split)](
         xq, xsum, xo, idx, y, bias if has_bias else y, ws, cnt, prepared.grouped,
         prepared.st_codes, prepared.st2_64, prepared.sz32,
         prepared.o_row_ptr, prepared.o_col, prepared.o_delta,
-        m, n, G, _ceil_div(m, b2), b2, B, n_gt, tps,
+        m, n, G, triton.cdiv(m, b2), b2, B, n_gt, tps,
         GS=gs, SB=int(p["scale_bits"]) if prepared.stats_q else 0, WST=wst, F=F, WPG=gs * wst // 32,
         NG=NG, BM=cfg.BM, BB=1 if mode == 0 else 16, EPR=16 if mode == 0 else 8,
         PACKED=prepared.packed_stats, MODE=mode, ATOMIC=atomic, FINISH=finish, HAS_BIAS=has_bias,
@@ -860,7 +785,7 @@ def matvec(prepared: PreparedSpQR, x: torch.Tensor, bias: torch.Tensor | None = 
     bk = cfg.NH * U
     idx = prepared.x_index(bk)
     xt = x2.index_select(1, idx).contiguous()  # [B, L]
-    n_tiles = _ceil_div(n, bk)
+    n_tiles = triton.cdiv(n, bk)
     split, tps = _split(prepared, cfg, n_tiles)
     use_dot = B > 1
     atomic = split > 1
@@ -870,18 +795,18 @@ def matvec(prepared: PreparedSpQR, x: torch.Tensor, bias: torch.Tensor | None = 
         y = torch.empty((B, m), dtype=x.dtype, device=x.device)
     planes = prepared.planes + [(0, 0, prepared.planes[0][2])] * (3 - len(prepared.planes))
     gs = int(p["group_size"])
-    G = _ceil_div(n, gs)
+    G = triton.cdiv(n, gs)
     b2 = int(p.get("stat_group_size", 1) or 1)
-    K2 = _ceil_div(m, b2)
+    K2 = triton.cdiv(m, b2)
     has_bias = bias is not None and not atomic
-    grid = (_ceil_div(m, cfg.BM), split)
-    K.fused_kernel[grid](
+    grid = (triton.cdiv(m, cfg.BM), split)
+    KP.fused_kernel[grid](
         xt, y, bias if has_bias else y,
         planes[0][2], planes[1][2], planes[2][2],
         planes[0][2].shape[1], planes[1][2].shape[1], planes[2][2].shape[1],
         prepared.st_codes, prepared.st2, prepared.s16, prepared.z16,
         prepared.o_row_ptr, prepared.o_col, prepared.o_delta,
-        m, n, G, K2, b2, B, xt.shape[1], _ceil_div(n, 32) * 32 // U, n_tiles, tps,
+        m, n, G, K2, b2, B, xt.shape[1], triton.cdiv(n, 32) * 32 // U, n_tiles, tps,
         GS=gs, SB=int(p["scale_bits"]) if prepared.stats_q else 0,
         W0=planes[0][0], O0=planes[0][1], W1=planes[1][0], O1=planes[1][1], W2=planes[2][0], O2=planes[2][1],
         U=U, NH=cfg.NH, BM=cfg.BM, BB=16 if use_dot else 1, E=64 if use_dot else 128,
@@ -906,13 +831,13 @@ def dequantize_prepared(prepared: PreparedSpQR, out_dtype: torch.dtype = torch.f
         return _dequant_tiled(prepared, out_dtype, False)
     if prepared.layout != "grouped" or "codes" in prepared.sections:  # planes layout, or v2 (kept sections)
         return dequantize(prepared.params, prepared.sections, prepared.shape, out_dtype)
-    from . import _gemv as KG
+    from . import _spqr_grouped as KG
 
     _check_grouped(prepared)
     m, n = prepared.shape
     p = prepared.params
     gs = int(p["group_size"])
-    G = _ceil_div(n, gs)
+    G = triton.cdiv(n, gs)
     secs = prepared.sections
     out = torch.empty((m, n), dtype=out_dtype, device=prepared.device)
     perm = prepared.perm
@@ -922,16 +847,16 @@ def dequantize_prepared(prepared: PreparedSpQR, out_dtype: torch.dtype = torch.f
     b2 = int(p.get("stat_group_size", 1) or 1)
     BM, BC = 16, 256
     iperm = prepared.x_index(-1) if perm is not None else None
-    KG.dequant_grouped_kernel[(_ceil_div(m, BM), _ceil_div(n, BC))](
+    KG.dequant_grouped_kernel[(triton.cdiv(m, BM), triton.cdiv(n, BC))](
         prepared.grouped, prepared.st_codes, prepared.st2_64, prepared.sz32,
         iperm if iperm is not None else prepared.grouped, out.view(torch.int16) if bf16 else out,
-        m, n, G, _ceil_div(m, b2), b2,
+        m, n, G, triton.cdiv(m, b2), b2,
         GS=gs, SB=int(p["scale_bits"]) if prepared.stats_q else 0, WST=prepared.wst, F=32 // prepared.wst,
         WPG=gs * prepared.wst // 32, BM=BM, BC=BC, PACKED=prepared.packed_stats,
         HAS_PERM=iperm is not None, OUT_BF16=bf16, **_launch_opts())
     vals = secs["outlier_val"]
     if vals.numel():
-        KG.outlier_store_kernel[(_ceil_div(m, 16),)](
+        KG.outlier_store_kernel[(triton.cdiv(m, 16),)](
             prepared.o_row_ptr, prepared.o_col, vals, perm if perm is not None else prepared.o_row_ptr,
             out.view(torch.int16) if bf16 else out, m, n, BM=16, EPR=16,
             COL16=prepared.o_col.dtype == torch.int16, HAS_PERM=perm is not None, OUT_BF16=bf16)

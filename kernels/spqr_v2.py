@@ -9,7 +9,7 @@ Two Triton kernels, launched with ``enable_fp_fusion=False`` and with every
 f16 rounding an explicit round-to-nearest-even cast (``fp_downcast_rounding="rtne"``),
 so the GPU and ``TRITON_INTERPRET=1`` give the same bits:
 
-* v1's ``_triton.dequant_kernel`` with ``ARITH_F16`` -- step 2 for every
+* v1's ``_spqr_planes.dequant_kernel`` with ``ARITH_F16`` -- step 2 for every
   element, scattered through ``perm`` (one dense kernel for both versions);
 * :func:`outlier_kernel` -- step 3: recomputes the dense value at each outlier
   position with the same arithmetic, applies replace or add, and overwrites
@@ -28,26 +28,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _triton as K
-from .spqr import _outlier_coo, stat_f32
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return (a + b - 1) // b
-
-
-@triton.jit
-def _code_at(codes_ptr, rows64, cols, words, mask, BITS: tl.constexpr):
-    """Code (rows64[i], cols[i]) of the packed rows (spqr.md §4), as uint32; rows64/cols broadcast."""
-    bitpos = cols * BITS
-    q = bitpos >> 5
-    s = (bitpos & 31).to(tl.uint32)
-    base = codes_ptr + rows64 * words + q
-    w0 = tl.load(base, mask=mask, other=0).to(tl.uint32, bitcast=True)
-    straddle = (s + BITS) > 32
-    w1 = tl.load(base + 1, mask=mask & straddle, other=0).to(tl.uint32, bitcast=True)
-    v = (w0 >> s) | tl.where(straddle, w1 << ((32 - s) & 31), 0)
-    return v & ((1 << BITS) - 1)
+from . import _spqr_planes as KP
+from ._common import packed_code
+from ._spqr_sections import outlier_coo, stat_f32
 
 
 @triton.jit
@@ -94,7 +77,7 @@ def outlier_kernel(codes_ptr, s_ptr, z_ptr, perm_ptr, orow_ptr, ocol_ptr, oval_p
     c = tl.load(ocol_ptr + e, mask=emask, other=0)
     v = tl.load(oval_ptr + e, mask=emask, other=0.0).to(tl.float32)
     if ADD:
-        code = _code_at(codes_ptr, r64, c, words, emask, BITS)
+        code = packed_code(codes_ptr, r64, c, words, emask, BITS)
         sidx = (c // gs) * m + r64
         sv = tl.load(s_ptr + sidx, mask=emask, other=0.0).to(tl.float32)
         zv = tl.load(z_ptr + sidx, mask=emask, other=0.0).to(tl.float32)
@@ -139,14 +122,14 @@ def dequantize(params: Mapping[str, Any], sections_on_gpu: Mapping[str, torch.Te
     common = {"BITS": int(params["bits"]), "HAS_PERM": perm is not None, "OUT_BF16": bf16, "ARITH_F16": f16,
               "enable_fp_fusion": False}
     BR, BC = 16, 128
-    K.dequant_kernel[(_ceil_div(m, BR), _ceil_div(n, BC))](
+    KP.dequant_kernel[(triton.cdiv(m, BR), triton.cdiv(n, BC))](
         codes, S, Z, perm if perm is not None else codes, out_k, m, n, codes.shape[1], int(params["group_size"]),
         BR=BR, BC=BC, **common)
     vals = secs["outlier_val"]
     if vals.numel():
-        rows, cols = _outlier_coo(secs, m)
+        rows, cols = outlier_coo(secs, m)
         BE = 256
-        outlier_kernel[(_ceil_div(vals.numel(), BE),)](
+        outlier_kernel[(triton.cdiv(vals.numel(), BE),)](
             codes, S, Z, perm if perm is not None else codes, rows.contiguous(), cols.contiguous(), vals, out_k,
             vals.numel(), m, n, codes.shape[1], int(params["group_size"]), OUT_F16=out_dtype == torch.float16,
             ADD=add, BE=BE, **common)

@@ -35,7 +35,6 @@ import triton.language as tl
 from ._common import (
     MAX_BATCH,
     SplitWorkspace,
-    ceil_div,
     check_launch,
     dot_dtype,
     finish,
@@ -43,6 +42,7 @@ from ._common import (
     gemv_out,
     gemv_rows,
     gemv_tiles,
+    packed_code,
     repack_fields,
     round_out,
     split_for,
@@ -63,15 +63,7 @@ def _dequant_kernel(codes_ptr, lut_ptr, out_ptr, m, n, words,
     cols = tl.program_id(1) * BC + tl.arange(0, BC)
     mask = (rows < m)[:, None] & (cols < n)[None, :]
     rows64 = rows.to(tl.int64)
-    bitpos = cols * BITS
-    q = bitpos >> 5
-    s = (bitpos & 31).to(tl.uint32)
-    base = codes_ptr + rows64[:, None] * words + q[None, :]
-    w0 = tl.load(base, mask=mask, other=0).to(tl.uint32, bitcast=True)
-    straddle = (s + BITS) > 32
-    w1 = tl.load(base + 1, mask=mask & straddle[None, :], other=0).to(tl.uint32, bitcast=True)
-    v = (w0 >> s[None, :]) | tl.where(straddle[None, :], w1 << ((32 - s) & 31)[None, :], 0)
-    code = (v & ((1 << BITS) - 1)).to(tl.int64)
+    code = packed_code(codes_ptr, rows64[:, None], cols[None, :], words, mask, BITS).to(tl.int64)
     val = tl.load(lut_ptr + rows64[:, None] * (1 << BITS) + code, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + rows64[:, None] * n + cols[None, :], val, mask=mask)
 
@@ -290,17 +282,17 @@ def dequantize(params: Mapping[str, Any], sections_on_device: Mapping[str, torch
     secs = dict(sections_on_device)
     codes = _codes(secs)
     bits = int(params["bits"])
-    check_launch("squeezellm dequantize", codes=(codes, m * ceil_div(n * bits, 32)), lut=(secs["lut"], m << bits))
+    check_launch("squeezellm dequantize", codes=(codes, m * triton.cdiv(n * bits, 32)), lut=(secs["lut"], m << bits))
     _residual_sizes(secs, m)
     if m * n >= 2**31:
         raise ValueError(f"squeezellm dequantize: {m}x{n} exceeds 32-bit element indices")
     out = torch.empty((m, n), dtype=torch.float32, device=codes.device)
     BR, BC = 16, 128
-    _dequant_kernel[(ceil_div(m, BR), ceil_div(n, BC))](
+    _dequant_kernel[(triton.cdiv(m, BR), triton.cdiv(n, BC))](
         codes, secs["lut"].contiguous(), out, m, n, codes.shape[1], BITS=bits, BR=BR, BC=BC, **_OPTS)
     if secs["outlier_val"].numel():
         col = _i32(secs["outlier_col"])
-        _residual_add_kernel[(ceil_div(m, 16),)](out, _i32(secs["outlier_row_ptr"]), col, secs["outlier_val"], m, n,
+        _residual_add_kernel[(triton.cdiv(m, 16),)](out, _i32(secs["outlier_row_ptr"]), col, secs["outlier_val"], m, n,
                                                  BM=16, EPR=16, COL16=col.dtype == torch.int16, **_OPTS)
     return out if out_dtype == torch.float32 else out.to(out_dtype)
 
@@ -354,7 +346,7 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
     bits = int(params["bits"])
     secs = to_device(sections, device)
     codes = _codes(secs)
-    check_launch("squeezellm prepare", codes=(codes, m * ceil_div(n * bits, 32)), lut=(secs["lut"], m << bits))
+    check_launch("squeezellm prepare", codes=(codes, m * triton.cdiv(n * bits, 32)), lut=(secs["lut"], m << bits))
     _residual_sizes(secs, m)
     words, wst = repack_fields(codes, n, bits)
     kept = {k: v for k, v in secs.items() if k != "codes"}
@@ -396,7 +388,7 @@ def _matvec(prepared: PreparedSqueezeLLM, x2: torch.Tensor, bias: torch.Tensor |
     dot = B > 1
     nu = min(cfg.NU, nw)
     n_tiles = nw // nu
-    progs_m = ceil_div(m, cfg.BM)
+    progs_m = triton.cdiv(m, cfg.BM)
     split, tps = split_for(prepared.device, progs_m, n_tiles, cfg.split)
     y = torch.empty((B, m), dtype=x2.dtype, device=x2.device)
     ws = prepared.workspace() if split > 1 else None
@@ -421,7 +413,7 @@ def dequantize_prepared(prepared: PreparedSqueezeLLM, out_dtype: torch.dtype = t
     out = torch.empty((m, n), dtype=out_dtype, device=prepared.device)
     bf16 = out_dtype == torch.bfloat16
     BM, BC = 16, 256
-    _dequant_fields_kernel[(ceil_div(m, BM), ceil_div(n, BC))](
+    _dequant_fields_kernel[(triton.cdiv(m, BM), triton.cdiv(n, BC))](
         prepared.words, prepared.lut32, prepared.o_row_ptr, prepared.o_col, prepared.o_val,
         out.view(torch.int16) if bf16 else out, m, n, prepared.words.shape[1],
         K=1 << bits, WST=prepared.wst, BM=BM, BC=BC, EPR=16, COL16=prepared.o_col.dtype == torch.int16,

@@ -22,9 +22,8 @@ from .format import MAJOR, MINOR
 from .reader import SpqrFile, Tensor, validate
 from .split import SplitFile
 from .split import open_model as open  # noqa: A001 - the natural name for a file format's entry point
+from .version import __version__
 from .writer import Writer
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:

@@ -31,3 +31,6 @@ OUTLIER_VAL = "outlier_val"
 
 # ---- param names shared by codecs -------------------------------------------------------
 BITS = "bits"
+
+# Codec limits of the spec that encoders check before writing (the codec modules enforce them on read).
+QUIP_MAX_FACTOR = 256  # spec/codecs/quip.md §2: the odd factors a_m, a_n of a quip tensor's dimensions

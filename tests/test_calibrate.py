@@ -20,7 +20,7 @@ from spqrfmt.encoder.calibrate import (  # noqa: E402
 )
 from spqrfmt.encoder.gptq import GPTQConfig  # noqa: E402
 from spqrfmt.encoder.hessian import hessian  # noqa: E402
-from spqrfmt.evaluate import load_model, load_model_with_weights, load_spqr_model, perplexity  # noqa: E402
+from spqrfmt.hf.evaluate import load_hf_model, load_model_with_weights, load_spqr_model, perplexity  # noqa: E402
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -98,13 +98,13 @@ def test_sequential_calibration_sees_quantized_upstream(tiny_model, tmp_path) ->
             model(input_ids=ids, use_cache=False)
     handle.remove()
     name = "model.layers.1.self_attn.q_proj.weight"
-    w = load_model(folder).state_dict()[name].numpy()
+    w = load_hf_model(folder).state_dict()[name].numpy()
     h = hessian(xs)
     fac = factor_hessian(h, cfg.gptq.percdamp, cfg.gptq.act_order)
     mine = quantize_gptq(w, config=cfg.gptq, factor=fac)
     assert np.array_equal(mine.dequantized, store[name].dequantized)
     # ... and not from the unquantized model's activations
-    fp = load_model(folder)
+    fp = load_hf_model(folder)
     h_fp = torch.zeros((64, 64), dtype=torch.float64)
 
     def hook_fp(_m, args, _o):
@@ -131,7 +131,7 @@ def test_convert_eval_roundtrip(tiny_model, tmp_path) -> None:
     for name in store:
         assert np.array_equal(qmodel.state_dict()[name].numpy(), store[name].dequantized)
     ev = torch.randint(0, 128, (150,), generator=torch.Generator().manual_seed(9))
-    p_ref = perplexity(load_model(folder), ev, seq_len=32)
+    p_ref = perplexity(load_hf_model(folder), ev, seq_len=32)
     p_q = perplexity(qmodel, ev, seq_len=32)
     assert math.isfinite(p_q) and p_q > 1 and abs(math.log(p_q / p_ref)) < 0.5
 

@@ -10,8 +10,9 @@ import pytest
 
 import spqrfmt
 from spqrfmt.cli import main
-from spqrfmt.convert import QuantConfig, convert, demo_checkpoint
+from spqrfmt.convert import QuantConfig, convert
 from spqrfmt.dtypes import f32_to_bf16
+from spqrfmt.hf.checkpoint import demo_checkpoint
 from spqrfmt.safetensors_io import SafetensorsFile, write_safetensors
 
 
@@ -185,7 +186,7 @@ def _ppl(text: str) -> dict[str, float]:
 
 def test_convert_calibrate_resume_and_eval(tiny_lm, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from spqrfmt.encoder.calibrate import EncodingStore, quantize_model_calibrated
-    from spqrfmt.evaluate import read_documents
+    from spqrfmt.hf.evaluate import read_documents
 
     folder, calib, heldout = tiny_lm
     out, work = tmp_path / "cal.spqr", tmp_path / "work"

@@ -187,11 +187,12 @@ def test_bad_values_are_usage_errors_before_anything_starts(tmp_path: Path, flag
 
 def test_tokenizer_files_too_large_for_the_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from spqrfmt import convert
+    from spqrfmt.hf import checkpoint
 
     folder = write_checkpoint(tmp_path / "m")
     (folder / "tokenizer.json").write_bytes(b"x" * 2048)
-    monkeypatch.setattr(convert, "MAX_HF_FILES", 1024)
-    with pytest.raises(convert.CheckpointError, match="tokenizer/generation files total"):
+    monkeypatch.setattr(checkpoint, "MAX_HF_FILES", 1024)
+    with pytest.raises(checkpoint.CheckpointError, match="tokenizer/generation files total"):
         convert.convert(folder, tmp_path / "x.spqr", progress=False)
     assert not (tmp_path / "x.spqr").exists()
 

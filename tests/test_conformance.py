@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from spqrfmt.conformance import generate, miniwriter, refreader, runner
 from spqrfmt.conformance import safetensors_mini as stm
+from spqrfmt.conformance.generators import common, quip
 
 CONF = Path(runner.__file__).resolve().parent
 VECTORS = CONF / "vectors"
@@ -94,7 +95,7 @@ def test_every_codec_has_valid_and_invalid_vectors() -> None:
 def test_quip_normalization_constants_match_their_definition() -> None:
     """quip.md §5.2(b): the bit formula equals 2^(-k/2) rounded to binary32 for every allowed k."""
     for k in range(31):
-        assert generate.f32_bits(float(refreader.quip_c(k))) == generate.f32_bits(generate.quip_c_oracle(k)), k
+        assert common.f32_bits(float(refreader.quip_c(k))) == common.f32_bits(quip.quip_c_oracle(k)), k
 
 
 def _spec_hex_rows(text: str) -> list[int]:
@@ -125,9 +126,9 @@ def test_quip_worked_example_matches_spec_text() -> None:
     assert _decoded_bits("quip_worked_example") == expect
     # the intermediate rows of the table are the §5.1 grid and the §5.2 transform of the same rows
     grid = section[section.index("5.1 grid"):section.index("5.2(a,b)")]
-    L = generate.quip_worked_example()
-    assert [generate.f32_bits(x) for row in L.grid() for x in row] == _spec_hex_rows(grid)
-    assert generate.f32_bits(float(refreader.quip_c(1))) == 0x3F3504F3
+    L = quip.quip_worked_example()
+    assert [common.f32_bits(x) for row in L.grid() for x in row] == _spec_hex_rows(grid)
+    assert common.f32_bits(float(refreader.quip_c(1))) == 0x3F3504F3
 
 
 def _tensor_entries(codec: str, version: int) -> list[tuple[str, str, dict]]:
@@ -199,9 +200,9 @@ def test_quip_rvq_coverage_and_worked_example() -> None:
     section = text[text.index("### 10.11"):text.index("## 11.")]
     example = section[section.index("**Worked example.**"):section.index("**Importing QuIP#**")]
     assert re.findall(r"X\[0, 0\] = ([0-9A-F]{8})", example) == ["BEC1DAE6", "BE7D7D7E"]
-    from spqrfmt.conformance import generate_quip_rvq
+    from spqrfmt.conformance.generators import quip_rvq
 
-    for (cb, L), want in zip(generate_quip_rvq.worked_examples(), (0xBEC1DAE6, 0xBE7D7D7E), strict=True):
+    for (cb, L), want in zip(quip_rvq.worked_examples(), (0xBEC1DAE6, 0xBE7D7D7E), strict=True):
         rf = refreader.open_file(VECTORS / "valid" / f"quip_v2_{cb.split('_')[1]}_worked_example.spqr")
         assert rf.tensors["w"].params["codebook"] == cb
         assert int(np.float32(L.values()[0, 0]).view(np.uint32)) == want   # the oracle's step 1 = the spec text
@@ -282,11 +283,9 @@ def test_quip_v2_worked_example_matches_spec_text() -> None:
 
 
 def test_e8p12_tables_agree_and_all_codes_vector_covers_every_code() -> None:
-    from spqrfmt.conformance import generate_v2
-
-    rows, odd = generate_v2.e8p12_spec_table()  # parsed from the spec text, digest checked
+    rows, odd = quip.e8p12_spec_table()  # parsed from the spec text, digest checked
     assert refreader.e8p12_table().tolist() == [list(r) for r in rows]
-    assert np.array_equal(refreader.e8p12_points(np.arange(1 << 16)), generate_v2.e8p12_all_points())
+    assert np.array_equal(refreader.e8p12_points(np.arange(1 << 16)), quip.e8p12_all_points())
     rf = refreader.open_file(VECTORS / "valid" / "quip_v2_e8p12_all_codes.spqr")
     codes = rf.arrays("w")["codes"]
     assert sorted(codes.ravel().tolist()) == list(range(1 << 16))
@@ -495,7 +494,7 @@ def test_refreader_imports_nothing_from_the_library() -> None:
 @given(k=st.integers(1, 32), rows=st.integers(1, 3), count=st.integers(1, 70), data=st.data())
 def test_unpack_matches_first_principles_packer(k: int, rows: int, count: int, data: st.DataObject) -> None:
     codes = [[data.draw(st.integers(0, (1 << k) - 1)) for _ in range(count)] for _ in range(rows)]
-    words = np.frombuffer(generate.pack_rows(codes, k, pad_bits=data.draw(st.booleans())), dtype="<u4")
+    words = np.frombuffer(common.pack_rows(codes, k, pad_bits=data.draw(st.booleans())), dtype="<u4")
     got = refreader.unpack_rows(words.reshape(rows, -1), count, k)
     assert got.tolist() == codes
 
@@ -555,7 +554,7 @@ def test_quip_max_factor_boundary_built_at_test_time(tmp_path: Path) -> None:
     import spqrfmt
 
     for n, ok in ((256, True), (257, False)):
-        t = generate.quip_tens("q", generate.make_quip(f"maxf{n}", 1, n, 2, 0, 0))
+        t = quip.quip_tens("q", quip.make_quip(f"maxf{n}", 1, n, 2, 0, 0))
         path = tmp_path / f"f{n}.spqr"
         path.write_bytes(miniwriter.build([t]))
         ref = refreader.open_file(path)

@@ -15,7 +15,7 @@ import spqrfmt  # noqa: E402
 from spqrfmt.cli import main  # noqa: E402
 from spqrfmt.convert import QuantConfig, convert  # noqa: E402
 from spqrfmt.encoder.rtn import quantize_spqr  # noqa: E402
-from spqrfmt.hf_folder import dense_tensors, parse_size  # noqa: E402
+from spqrfmt.hf.export import dense_tensors, parse_size  # noqa: E402
 from spqrfmt.model import load_model  # noqa: E402
 
 VOCAB = 96
@@ -184,6 +184,20 @@ def test_export_hf_refuses_a_missing_or_escaping_weights_file(tiny: Path, tmp_pa
     (out / "model.spqr").unlink()
     with pytest.raises(Exception, match="model.spqr not found"):
         AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_hf_edge_is_light_and_import_registers_either_way() -> None:
+    """The converter's use of spqrfmt.hf (checkpoint reading) imports no transformers; ``import spqrfmt.hf``
+    registers the method whether transformers' loader is imported after it or was imported before."""
+    import subprocess
+    import sys
+
+    probe = "from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING as M; assert 'spqrfmt' in M, sorted(M)"
+    light = ("import sys, spqrfmt.convert, spqrfmt.hf.checkpoint, spqrfmt.hf.export; "
+             "assert not {'torch', 'transformers'} & set(sys.modules), sorted(sys.modules); ")
+    for code in (light + "import spqrfmt.hf; " + probe,  # registered once transformers' loader is imported
+                 "import transformers.quantizers; import spqrfmt.hf; " + probe):  # at once
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
 def _export(tiny: Path, out: Path) -> Path:

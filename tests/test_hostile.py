@@ -328,11 +328,11 @@ def test_memory_error_while_parsing_is_a_format_error(tmp_path: Path, monkeypatc
 
 
 def _codec_tensors(m: int, n: int) -> list:
-    from spqrfmt.conformance import generate as g
+    from spqrfmt.conformance.generators import quip, spqr, squeezellm
 
-    return [g.spqr_tens("spqr", g.make_spqr("mem", m, n, 3, 16, sb=3, zb=3, beta2=16, perm=True)),
-            g.squeezellm_tens("squeezellm", g.make_squeezellm("mem", m, n, 4)),
-            g.quip_tens("quip", g.make_quip("mem", m, n, 2, 8, 2))]
+    return [spqr.spqr_tens("spqr", spqr.make_spqr("mem", m, n, 3, 16, sb=3, zb=3, beta2=16, perm=True)),
+            squeezellm.squeezellm_tens("squeezellm", squeezellm.make_squeezellm("mem", m, n, 4)),
+            quip.quip_tens("quip", quip.make_quip("mem", m, n, 2, 8, 2))]
 
 
 def test_decode_memory_is_bounded_by_decoded_size(tmp_path: Path) -> None:

@@ -1028,7 +1028,8 @@ def test_quipsharp_hadamard_k_import(tmp_path, codebook):
         hfile.write_text("\n".join("".join("+" if v > 0 else "-" for v in row) for row in h12) + "\n")
     else:  # +-1 integers
         hfile.write_text("\n".join(" ".join(str(int(v)) for v in row) for row in h12) + "\n")
-    from spqrfmt.importers import add_arguments, cli_import
+    from spqrfmt.cli.import_ import run as cli_import
+    from spqrfmt.importers import add_arguments
 
     ap = argparse.ArgumentParser()
     add_arguments(ap)
@@ -1077,7 +1078,8 @@ def test_quipsharp_hadamard_file_checked(tmp_path):
 def test_import_cli(tmp_path, capsys):
     import argparse
 
-    from spqrfmt.importers import add_arguments, cli_import
+    from spqrfmt.cli.import_ import run as cli_import
+    from spqrfmt.importers import add_arguments
 
     rng = np.random.default_rng(9)
     idx, lut, rows, cols, vals = _squeeze_layer(rng, 16, 64, 3, 0.05, f16_vals=False)

@@ -301,7 +301,7 @@ def test_tiled_layout_refuses_what_it_cannot_hold():
 
 def test_large_groups_compile_once_with_a_runtime_group_size():
     """β1 = n (per-channel, legal) at 8 bits: the planes kernel takes β1 at run time (no compile per β1)."""
-    from spqrfmt.kernels import _triton as kt
+    from spqrfmt.kernels import _spqr_planes as kt
 
     for gs in (256, 1024):
         enc = _encode(5, 8, gs, 8, gs, 16, 16, "some", False)

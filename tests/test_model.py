@@ -22,8 +22,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any triton.jit runs
 
 import spqrfmt  # noqa: E402
+from spqrfmt.cli.generate import add_arguments  # noqa: E402
+from spqrfmt.cli.generate import run as cli_generate  # noqa: E402
 from spqrfmt.convert import QuantConfig, convert  # noqa: E402
-from spqrfmt.generate import add_arguments, cli_generate, generate, greedy_tokens, load_tokenizer  # noqa: E402
+from spqrfmt.hf.generate import generate, greedy_tokens, load_tokenizer  # noqa: E402
 from spqrfmt.model import load_model  # noqa: E402
 
 VOCAB = 128

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...codecs.quip import MAX_FACTOR
+from ...constants import QUIP_MAX_FACTOR as MAX_FACTOR
 from ...decoder.quip import hadamard_constant
 from .. import quip as cpu
 from ..rtn import Encoded

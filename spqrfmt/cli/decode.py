@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _decode_hf(args: argparse.Namespace, src: Path) -> int:
-    from ..hf_folder import DEFAULT_SHARD_BYTES, parse_size, write_hf_folder
+    from ..hf.export import DEFAULT_SHARD_BYTES, parse_size, write_hf_folder
     from ..reader import open_file
 
     if not args.output:

@@ -54,7 +54,7 @@ def _quant_bits(path: Path) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import read_documents
+    from ..hf.evaluate import read_documents
 
     text = input_file(args.text, "text file")  # every path and the text before torch is even imported
     docs = read_documents(text)
@@ -70,14 +70,14 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         return _error(f"spqr eval needs torch and transformers ({e.name} is missing): {HF_EXTRA}", 2)
     from ..encoder.calibrate import max_positions
-    from ..evaluate import load_model, load_spqr_model, perplexity, tokenize_texts
+    from ..hf.evaluate import load_hf_model, load_spqr_model, perplexity, tokenize_texts
 
     device = resolve_device(args.device)
     results: list[tuple[str, float, Any]] = []
     for src in args.models:
         path = Path(src)
         if path.is_dir():
-            model = load_model(path, dtype=args.dtype, device=device)
+            model = load_hf_model(path, dtype=args.dtype, device=device)
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(tok_dir or path)

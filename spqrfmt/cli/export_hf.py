@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hf_folder import write_export_folder
+    from ..hf.export import write_export_folder
     from ..reader import open_file
 
     src = input_file(args.file)

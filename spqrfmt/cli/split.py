@@ -39,7 +39,7 @@ def _write_set(f: Any, split_size: int, prefix: Path, inputs: list[Path]) -> tup
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hf_folder import parse_size
+    from ..hf.export import parse_size
     from ..split import open_model, part_paths
 
     src = input_file(args.file)

@@ -18,13 +18,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..argtypes import int_in
+from ..constants import QUIP_MAX_FACTOR
 from ..errors import ErrorCode, fail
+from ..format import ceil_div
 from ..records import TensorRecord
 from . import GpuBinding, SectionSpec, expect_sections, int_param
 from .options import Flag, OptionsBase, given
 
 MAX_LOG2_HADAMARD = 30
-MAX_FACTOR = 256  # quip.md §2: a_n, a_m <= MAX_FACTOR, so decoding costs at most ~2 * 256 f32 ops per weight
+MAX_FACTOR = QUIP_MAX_FACTOR  # quip.md §2: a_n, a_m <= 256, so decoding costs at most ~2 * 256 f32 ops per weight
 CODEBOOKS = ("grid", "e8p12", "e8p12_rvq4", "e8p12_rvq3")
 ENCODER_CODEBOOKS = ("grid", "e8p12")  # the residual codebooks have no encoder: they are imported from QuIP#
 E8P_CODEBOOKS = ("e8p12", "e8p12_rvq4", "e8p12_rvq3")  # one E8P12 code per 8 weights in ``codes``
@@ -33,9 +35,6 @@ RESID_SCALE_RANGE = (2.0**-16, 2.0**16)  # keeps e1 / rho normal and finite (§1
 E8P_DIM = 8  # weights per E8P12 code
 DIAG_DTYPES = ("i8", "f16", "f32")  # v2 su/sv: i8 signs, or real-valued diagonals
 
-
-def ceil_div(a: int, b: int) -> int:
-    return (a + b - 1) // b
 
 
 def checked_params(rec: TensorRecord) -> dict[str, Any]:
@@ -188,8 +187,18 @@ class QuipCodec:
         expect_sections(rec, req, opt)
         return p
 
-    def encode(self, weight: np.ndarray, options: Options, hessian: np.ndarray | None = None) -> Any:
-        """Round to nearest in the incoherent basis; with ``hessian`` (X^T X) the encoder's LDLQ."""
+    def encode(self, weight: np.ndarray, options: Options, hessian: np.ndarray | None = None,
+               device: str | None = None) -> Any:
+        """Round to nearest in the incoherent basis; with ``hessian`` (X^T X) the encoder's LDLQ.
+
+        ``device``: data-free grid encoding by the torch encoder on that device (the same bytes)."""
+        if device is not None and hessian is None:
+            if options.quip_codebook != "grid":
+                raise ValueError(f"--device: no torch encoder for the {options.quip_codebook} codebook yet; "
+                                 "drop --device to encode it on the CPU")
+            from ..encoder.torch.quip import quantize_quip as quantize_on
+
+            return quantize_on(weight, bits=options.bits, seed=options.seed, device=device)
         from ..encoder.quip import quantize_quip
 
         return quantize_quip(weight, bits=options.bits, hessian=hessian, seed=options.seed,

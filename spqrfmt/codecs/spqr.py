@@ -18,6 +18,7 @@ import numpy as np
 
 from ..argtypes import flag, float_in, int_in, stat_bits
 from ..errors import ErrorCode, fail
+from ..format import ceil_div
 from ..records import TensorRecord
 from . import (
     GpuBinding,
@@ -31,11 +32,6 @@ from . import (
     outlier_sections,
 )
 from .options import Flag, OptionsBase, given
-
-
-def ceil_div(a: int, b: int) -> int:
-    return (a + b - 1) // b
-
 
 ARITH = ("f32", "f16")
 OUTLIER_OPS = ("replace", "add")
@@ -224,17 +220,25 @@ class SpqrCodec:
         expect_sections(rec, req, opt)
         return p
 
-    def encode(self, weight: np.ndarray, options: Options, hessian: np.ndarray | None = None) -> Any:
-        """Data-free round-to-nearest, or (``hessian`` = the layer's X^T X) the GPTQ/SpQR solver."""
+    def encode(self, weight: np.ndarray, options: Options, hessian: np.ndarray | None = None,
+               device: str | None = None) -> Any:
+        """Data-free round-to-nearest, or (``hessian`` = the layer's X^T X) the GPTQ/SpQR solver.
+
+        ``device``: data-free encoding by the torch encoder on that device (the same bytes; fast on a GPU)."""
         if hessian is not None:
             from ..encoder.gptq import quantize_gptq
 
             return quantize_gptq(weight, hessian, options.gptq_config())
+        kw = dict(bits=options.bits, group_size=options.group_size, scale_bits=options.scale_bits,
+                  zero_bits=options.zero_bits, stat_group_size=options.stat_group_size,
+                  outlier_fraction=options.outlier_fraction)
+        if device is not None:
+            from ..encoder.torch.spqr import quantize_spqr as quantize_on
+
+            return quantize_on(weight, device=device, **kw)
         from ..encoder.rtn import quantize_spqr
 
-        return quantize_spqr(weight, bits=options.bits, group_size=options.group_size,
-                             scale_bits=options.scale_bits, zero_bits=options.zero_bits,
-                             stat_group_size=options.stat_group_size, outlier_fraction=options.outlier_fraction)
+        return quantize_spqr(weight, **kw)
 
     @property
     def gpu(self) -> GpuBinding:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..argtypes import float_in, int_in
+from ..format import ceil_div
 from ..records import TensorRecord
 from . import (
     GpuBinding,
@@ -22,10 +23,6 @@ from . import (
     outlier_sections,
 )
 from .options import Flag, OptionsBase, given
-
-
-def ceil_div(a: int, b: int) -> int:
-    return (a + b - 1) // b
 
 
 def checked_params(rec: TensorRecord) -> dict[str, Any]:
@@ -98,13 +95,19 @@ class SqueezeLLMCodec:
         expect_sections(rec, req, opt)
         return p
 
-    def encode(self, weight: np.ndarray, options: Options, hessian: np.ndarray | None = None) -> Any:
+    def encode(self, weight: np.ndarray, options: Options, hessian: np.ndarray | None = None,
+               device: str | None = None) -> Any:
+        """Data-free k-means per row; ``device``: the torch encoder on that device (the same bytes)."""
         if hessian is not None:
             raise ValueError("codec squeezellm is data-free here: it takes no Hessian")
+        kw = dict(bits=options.bits, outlier_fraction=options.outlier_fraction, max_iter=options.kmeans_iters)
+        if device is not None:
+            from ..encoder.torch.squeezellm import quantize_squeezellm as quantize_on
+
+            return quantize_on(weight, device=device, **kw)
         from ..encoder.squeezellm import quantize_squeezellm
 
-        return quantize_squeezellm(weight, bits=options.bits, outlier_fraction=options.outlier_fraction,
-                                   max_iter=options.kmeans_iters)
+        return quantize_squeezellm(weight, **kw)
 
     @property
     def gpu(self) -> GpuBinding:

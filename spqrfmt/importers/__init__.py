@@ -19,7 +19,6 @@ Modules:
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 
 IMPORTERS = {
@@ -48,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="one line per imported layer")
 
 
-def _inputs(args: argparse.Namespace) -> list[Path]:
+def inputs(args: argparse.Namespace) -> list[Path]:
     """Every file the import reads (checked to be usable; none may be the output)."""
     from ..paths import input_dir, input_file
 
@@ -69,24 +68,4 @@ MALFORMED = (KeyError, IndexError, ZeroDivisionError, TypeError, AttributeError,
              RecursionError, EOFError)
 
 
-def cli_import(args: argparse.Namespace) -> int:
-    """``spqr import``: run the chosen importer; a field the codec cannot hold exits with status 1.
-
-    A malformed source raises ValueError (the CLI prints one ``error:`` line, exit 1).
-    """
-    from ..cli import _error
-    from ..paths import output_file
-    from .squeezellm import NotRepresentable
-
-    output_file(args.output, _inputs(args))
-    mod = importlib.import_module(IMPORTERS[args.format])
-    try:
-        return int(mod.cli_import(args))
-    except NotRepresentable as e:
-        return _error(f"not representable: {e}", 1)
-    except MALFORMED as e:
-        detail = f"missing entry {e.args[0]!r}" if isinstance(e, KeyError) and e.args else f"{type(e).__name__}: {e}"
-        raise ValueError(f"{args.src}: not a valid {args.format} checkpoint: {detail}") from None
-
-
-__all__ = ["IMPORTERS", "add_arguments", "cli_import"]
+__all__ = ["IMPORTERS", "MALFORMED", "add_arguments", "inputs"]

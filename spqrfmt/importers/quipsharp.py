@@ -76,10 +76,10 @@ from typing import Any
 
 import numpy as np
 
-from ..convert import base_model_metadata, read_config
+from ..hf.checkpoint import base_model_metadata, read_config
 from ..paths import display_name
 from ..writer import Writer
-from .squeezellm import NotRepresentable, load_state
+from .common import NotRepresentable, load_state
 
 D4, E8P12, HI4B1C, E8P12_RVQ4B, E8P12_RVQ3B = 0, 7, 10, 17, 18
 CODEBOOK_NAMES = {D4: "D4", E8P12: "E8P12", HI4B1C: "HI4B1C", E8P12_RVQ4B: "E8P12RVQ4B",

@@ -50,7 +50,7 @@ matrix in every bit. Two things are folded, exactly:
 When several entries at one position have no single f16 addend with the same
 result (rare: it takes an f32 sum that cancels most of the dense weight; the search,
 :func:`spqrfmt.encoder.spqr_v2.outlier_addend`, tries every f16 value) the
-importer raises :class:`~spqrfmt.importers.squeezellm.NotRepresentable`.
+importer raises :class:`~spqrfmt.importers.common.NotRepresentable`.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ from typing import Any
 
 import numpy as np
 
-from ..convert import base_model_metadata, checkpoint_entries, read_config
 from ..encoder.packing import pack_rows
+from ..hf.checkpoint import base_model_metadata, checkpoint_entries, read_config
 from ..paths import display_name
 from ..writer import Writer
 
@@ -227,7 +227,7 @@ def fold_outliers(layer: SpqrQuantLayer, name: str = "") -> tuple[np.ndarray, np
     result (padding that changes nothing is dropped).
     """
     from ..encoder.spqr_v2 import add_outlier, outlier_addend, same_bits
-    from .squeezellm import NotRepresentable
+    from .common import NotRepresentable
 
     n = layer.n
     if layer.rows.size == 0:

@@ -6,7 +6,7 @@ one ``model.safetensors``, the tokenizer/generation files of the metadata) is wh
 stock transformers' SpQR integration loads, and what ``spqr import spqr_quant`` reads.
 
 Only what the source format holds exactly is exported; everything else is refused
-with :class:`~spqrfmt.importers.squeezellm.NotRepresentable` naming the field:
+with :class:`~spqrfmt.importers.common.NotRepresentable` naming the field:
 
 * every quantized tensor is codec ``spqr`` version 2 with ``arith = "f16"``, bits,
   scale/zero bits 3 and group/stat group size 16 (the library's only layout), dtype
@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..reader import SpqrFile, Tensor
+from .common import NotRepresentable
 from .spqr_quant import (
     BITS,
     ROLES,
@@ -46,7 +47,6 @@ from .spqr_quant import (
     to_dense_weights,
     unpack_layer,
 )
-from .squeezellm import NotRepresentable
 
 WEIGHTS = "model.safetensors"
 WANT = {"bits": BITS, "group_size": TILE, "scale_bits": BITS, "zero_bits": BITS, "stat_group_size": TILE,
@@ -166,14 +166,14 @@ def export_spqr_quant(f: SpqrFile, output: str | os.PathLike[str], *, check: boo
     ``check`` every layer's spqr_quant dequantization (:func:`reference_dequantize`) must
     equal ``decode("f16")`` in every bit, else RuntimeError.
     """
-    from ..convert import transposed_names
-    from ..hf_folder import _build_folder, _new_folder, side_files
+    from ..hf.export import _build_folder, _new_folder, side_files
     from ..safetensors_io import write_safetensors
+    from ..transposed import stored_transposed
 
     out = Path(output)
     _new_folder(out)
     f.validate()
-    flipped = transposed_names(f.metadata) or set()
+    flipped = stored_transposed(f)
     quantized = [t for t in f.values() if t.codec != "raw"]
     if not quantized:
         raise NotRepresentable(f"{f.path}: no quantized tensor (codec 'spqr'); an unquantized model is exported "
@@ -235,22 +235,4 @@ def export_spqr_quant(f: SpqrFile, output: str | os.PathLike[str], *, check: boo
     return report
 
 
-def cli_export(args: Any) -> int:
-    """``spqr export spqr_quant FILE -o DIR``."""
-    from ..cli import _error, _safe
-    from ..paths import input_file
-    from ..reader import open_file
-
-    src = input_file(args.file)
-    with open_file(src) as f:
-        try:
-            rep = export_spqr_quant(f, args.output)
-        except NotRepresentable as e:
-            return _error(f"not representable: {e}", 1)
-    print(f"wrote {_safe(args.output)}: {', '.join(_safe(n) for n in rep.files)}; {len(rep.quantized)} spqr_quant "
-          f"layers, {len(rep.raw)} raw tensors; spqr_quant's dequantization equals decode('f16') in every bit "
-          f"({rep.checked} weights checked)")
-    return 0
-
-
-__all__ = ["ExportReport", "check_tensor", "cli_export", "export_spqr_quant", "source_tensors", "to_layer"]
+__all__ = ["ExportReport", "check_tensor", "export_spqr_quant", "source_tensors", "to_layer"]

@@ -1,6 +1,6 @@
-"""transformers integration: ``import spqrfmt.hf`` and ``from_pretrained`` loads a folder holding a ``.spqr`` file.
+"""transformers integration: after ``import spqrfmt.hf``, ``from_pretrained`` loads a folder holding a ``.spqr`` file.
 
-Why: users live in transformers. Importing this module registers the
+Why: users live in transformers. This module (run by ``spqrfmt.hf``) registers the
 quantization method ``spqrfmt`` with transformers' public hooks
 (``register_quantization_config`` / ``register_quantizer``), so a folder
 written by ``spqr export-hf`` — ``config.json`` whose ``quantization_config``
@@ -15,7 +15,7 @@ quantizer puts every parameter on the meta device and fills the model from the
 :func:`spqrfmt.model.populate`), so the logits are those of ``load_model``.
 On CUDA quantized linears stay compressed in the kernel modules; on CPU they
 are decoded once. ``save_pretrained`` of such a model writes the same folder
-form back without re-quantizing (:mod:`spqrfmt.hf_save`). ``file`` may name a
+form back without re-quantizing (:mod:`.save`). ``file`` may name a
 split set's first part (its index beside it).
 """
 
@@ -28,8 +28,7 @@ from typing import Any
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-QUANT_METHOD = "spqrfmt"
-WEIGHTS_FILE = "model.spqr"
+from .export import QUANT_METHOD, WEIGHTS_FILE
 
 
 def _plain_name(name: Any) -> str:
@@ -74,7 +73,7 @@ class SpqrfmtHfQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model: Any, checkpoint_files: list[str] | None = None,
                                              **kwargs: Any) -> Any:
-        from .paths import input_file
+        from ..paths import input_file
 
         if not checkpoint_files:
             raise ValueError("spqrfmt: transformers named no checkpoint file; the folder needs its model.safetensors "
@@ -92,9 +91,9 @@ class SpqrfmtHfQuantizer(HfQuantizer):
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
         import torch
 
-        from . import hf_save
-        from .model import populate
-        from .split import open_model
+        from ..model import populate
+        from ..split import open_model
+        from .save import attach
 
         assert self.path is not None
         param = next(model.parameters())
@@ -112,14 +111,14 @@ class SpqrfmtHfQuantizer(HfQuantizer):
         if self._tied is not None:
             model.all_tied_weights_keys = self._tied
         model.to(dev)
-        hf_save.attach(model, self.path)
+        attach(model, self.path)
         return model
 
     def is_serializable(self, *args: Any, **kwargs: Any) -> bool:
-        return True  # model.save_pretrained writes the source .spqr back, byte for byte (spqrfmt.hf_save)
+        return True  # model.save_pretrained writes the source .spqr back, byte for byte (.save)
 
     def get_state_dict_and_metadata(self, model: Any) -> tuple[dict[str, Any], dict[str, str]]:
-        from .hf_save import state_dict_and_metadata
+        from .save import state_dict_and_metadata
 
         return state_dict_and_metadata(model)
 

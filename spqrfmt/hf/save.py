@@ -32,15 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .hf_folder import EXPORT_WEIGHTS, side_files
-from .paths import new_file_mode
-from .safetensors_io import write_safetensors_streaming
-from .split import is_index, open_model, part_paths
+from ..paths import new_file_mode
+from ..split import is_index, open_model, part_paths
+from .export import metadata_files, write_stub
 
 CHUNK = 16 << 20
-STUB_NOTE = f"the weights are in {EXPORT_WEIGHTS}: import spqrfmt.hf before from_pretrained"
 _SOURCE = "_spqrfmt_source"  # model attribute: the Source it was loaded from
 _SAVING = "_spqrfmt_saving"  # model attribute: set while save_folder runs transformers' save_pretrained
 
@@ -57,7 +53,7 @@ class Source:
 
 def _head(path: Path) -> bytes:
     """An index's bytes, or a .spqr's preamble and header (every section's CRC is in it)."""
-    from .format import PREAMBLE_SIZE, read_preamble
+    from ..format import PREAMBLE_SIZE, read_preamble
 
     with open(path, "rb") as fh:
         if is_index(path):
@@ -87,11 +83,12 @@ def attach(model: Any, weights: Path) -> None:
 
 
 def state_dict_and_metadata(model: Any) -> tuple[dict[str, Any], dict[str, str]]:
-    """The quantizer's ``get_state_dict_and_metadata``: nothing for transformers to write but the stub."""
+    """The quantizer's ``get_state_dict_and_metadata``: nothing for transformers to write (save_folder wrote the
+    stub; transformers writes no file for an empty state dict)."""
     if not getattr(model, _SAVING, False):
         raise ValueError("spqrfmt: save this model with model.save_pretrained(dir), which writes its .spqr file; "
                          "transformers' own save would write a folder without it")
-    return {}, {"spqrfmt": STUB_NOTE}
+    return {}, {}
 
 
 def _check_unchanged(model: Any, src: Source) -> None:
@@ -162,9 +159,8 @@ def save_folder(model: Any, save_directory: str | os.PathLike[str], **kwargs: An
             out.rmdir()  # nothing was written into it
         raise
     try:
-        with open_model(stage / src.weights.name) as f:
-            files = side_files(f, lambda msg: None)
-        del files["config.json"]  # transformers writes the live config, quantization_config included
+        with open_model(stage / src.weights.name) as f:  # config.json: transformers writes the live one
+            files = metadata_files(f, lambda msg: None)
         for path in src.files:
             os.replace(stage / path.name, out / path.name)
     finally:
@@ -172,7 +168,7 @@ def save_folder(model: Any, save_directory: str | os.PathLike[str], **kwargs: An
     for name, data in files.items():
         _write_small(out / name, data)
     stub = f"model.{kwargs['variant']}.safetensors" if kwargs.get("variant") else "model.safetensors"
-    write_safetensors_streaming(out / stub, [], lambda name: np.empty(0), {"format": "pt", "spqrfmt": STUB_NOTE})
+    write_stub(out / stub)
     setattr(model, _SAVING, True)
     try:  # config.json (quantization_config included) and generation_config.json; no tensors (see above)
         PreTrainedModel.save_pretrained(model, out, **kwargs)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._common import packed_code
+
 
 @triton.jit
 def dequant_kernel(codes_ptr, s_ptr, z_ptr, perm_ptr, out_ptr, m, n, words, gs,
@@ -42,15 +44,7 @@ def dequant_kernel(codes_ptr, s_ptr, z_ptr, perm_ptr, out_ptr, m, n, words, gs,
     cmask = cols < n
     mask = rmask[:, None] & cmask[None, :]
     rows64 = rows.to(tl.int64)
-    bitpos = cols * BITS
-    q = bitpos >> 5
-    s = (bitpos & 31).to(tl.uint32)
-    base = codes_ptr + rows64[:, None] * words + q[None, :]
-    w0 = tl.load(base, mask=mask, other=0).to(tl.uint32, bitcast=True)
-    straddle = (s + BITS) > 32
-    w1 = tl.load(base + 1, mask=mask & straddle[None, :], other=0).to(tl.uint32, bitcast=True)
-    v = (w0 >> s[None, :]) | tl.where(straddle[None, :], w1 << ((32 - s) & 31)[None, :], 0)
-    code = v & ((1 << BITS) - 1)
+    code = packed_code(codes_ptr, rows64[:, None], cols[None, :], words, mask, BITS)
     g = cols // gs
     sidx = g[None, :].to(tl.int64) * m + rows64[:, None]
     sv = tl.load(s_ptr + sidx, mask=mask, other=0.0).to(tl.float32)

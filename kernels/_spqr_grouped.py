@@ -314,7 +314,7 @@ def dequant_grouped_kernel(w_ptr, st_ptr, st2_ptr, sz_ptr, iperm_ptr, out_ptr, m
 
 @triton.jit
 def _round_out(wv, out_ptr, OUT_BF16: tl.constexpr):
-    """f32 -> the output dtype by RNE; bf16 by integer ops (NaN kept NaN), see _triton.dequant_kernel."""
+    """f32 -> the output dtype by RNE; bf16 by integer ops (NaN kept NaN), see _spqr_planes.dequant_kernel."""
     if OUT_BF16:
         b = wv.to(tl.uint32, bitcast=True)
         rb = (b + 0x7FFF + ((b >> 16) & 1)) >> 16

@@ -25,15 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .convert import HF_FILE, INDEX_FILE, transposed_names
-from .dtypes import ITEMSIZE
-from .model import config_of, fused_splits
-from .paths import UsageError, new_dir_mode, new_file_mode
-from .reader import SpqrFile
-from .safetensors_io import METADATA_KEY, write_safetensors_streaming
+from ..dtypes import ITEMSIZE
+from ..model import config_of, fused_splits
+from ..paths import UsageError, new_dir_mode, new_file_mode
+from ..reader import SpqrFile
+from ..safetensors_io import METADATA_KEY, write_safetensors_streaming
+from ..transposed import stored_transposed
+from .checkpoint import FILES_PREFIX, HF_FILE, INDEX_FILE
 
 DEFAULT_SHARD_BYTES = 5 * 10**9  # transformers' save_pretrained default
-EXPORT_WEIGHTS = "model.spqr"  # spqrfmt.hf.WEIGHTS_FILE (that module imports transformers)
+QUANT_METHOD = "spqrfmt"  # the transformers quantization method of an export-hf folder (.quantizer registers it)
+WEIGHTS_FILE = "model.spqr"  # its quantization_config's default ``file``
 
 
 @dataclass
@@ -72,7 +74,7 @@ def dense_tensors(f: SpqrFile, dtype: str = "f32") -> list[DenseTensor]:
     ``dtype``: of quantized tensors ('f32', 'f16', 'bf16' or 'original'); raw tensors keep theirs.
     """
     try:
-        flip = transposed_names(f.metadata) or set()
+        flip = stored_transposed(f)
     except ValueError as e:
         raise ValueError(f"{f.path}: {e}") from None
     fused = fused_splits(f.metadata.get("spqrfmt.fused"), f.path)
@@ -123,7 +125,7 @@ def dense_tensors(f: SpqrFile, dtype: str = "f32") -> list[DenseTensor]:
 
 
 def _cast(arr: np.ndarray | None, dtype: str) -> np.ndarray:
-    from .dtypes import f32_to_bf16
+    from ..dtypes import f32_to_bf16
 
     assert arr is not None
     if dtype == "bf16":
@@ -145,23 +147,35 @@ def shard(tensors: list[DenseTensor], max_bytes: int) -> list[list[DenseTensor]]
 
 
 def side_files(f: SpqrFile, warn: Callable[[str], None]) -> dict[str, bytes]:
-    """``config.json`` (less any ``quantization_config``: the folder is dense) and the ``hf.files/*`` entries.
-
-    Only plain file names a checkpoint folder would hold (the converter's own pattern) are
-    written: a name with a path in it, or any other name, is reported through ``warn`` and skipped.
-    """
+    """``config.json`` (less any ``quantization_config``: the folder is dense) and the :func:`metadata_files`."""
     cfg = config_of(f)
     cfg.pop("quantization_config", None)
-    files = {"config.json": (json.dumps(cfg, indent=2) + "\n").encode("utf-8")}
+    return {"config.json": (json.dumps(cfg, indent=2) + "\n").encode("utf-8"), **metadata_files(f, warn)}
+
+
+def metadata_files(f: SpqrFile, warn: Callable[[str], None]) -> dict[str, bytes]:
+    """The tokenizer, generation and chat-template files kept as ``hf.files/*`` metadata.
+
+    Only plain file names a checkpoint folder would hold (the converter's own pattern) are
+    returned: a name with a path in it, or any other name, is reported through ``warn`` and skipped.
+    """
+    files = {}
     for key, value in f.metadata.items():
-        if not key.startswith("hf.files/"):
+        if not key.startswith(FILES_PREFIX):
             continue
-        name = key.removeprefix("hf.files/")
+        name = key.removeprefix(FILES_PREFIX)
         if not HF_FILE.fullmatch(name) or name in ("config.json", INDEX_FILE) or not isinstance(value, bytes):
             warn(f"skipped metadata {key[:120]!r}: not a tokenizer, generation or chat-template file's bytes")
             continue
         files[name] = value
     return files
+
+
+def write_stub(path: Path) -> None:
+    """The empty safetensors file of an spqrfmt folder: transformers' loader opens one before its quantizer runs."""
+    write_safetensors_streaming(path, [], lambda name: np.empty(0),
+                                {"format": "pt", "spqrfmt": f"the weights are in {WEIGHTS_FILE}: import spqrfmt.hf "
+                                 "before from_pretrained"})
 
 
 def _new_folder(out: Path) -> None:
@@ -247,21 +261,19 @@ def write_export_folder(f: SpqrFile, out: str | os.PathLike[str], warn: Callable
     f.validate()
     files = side_files(f, warn or _warn)
     cfg = json.loads(files["config.json"])
-    cfg["quantization_config"] = {"quant_method": "spqrfmt", "file": EXPORT_WEIGHTS, "use_kernels": None,
+    cfg["quantization_config"] = {"quant_method": QUANT_METHOD, "file": WEIGHTS_FILE, "use_kernels": None,
                                   "format_version": list(f.version)}
     files["config.json"] = (json.dumps(cfg, indent=2) + "\n").encode("utf-8")
 
     def fill(tmp: Path) -> list[str]:
         size = f.preamble.data_offset + f.preamble.data_length
-        with open(tmp / EXPORT_WEIGHTS, "wb") as dst:  # the bytes just verified, from the open file
+        with open(tmp / WEIGHTS_FILE, "wb") as dst:  # the bytes just verified, from the open file
             for pos in range(0, size, 16 << 20):
                 dst.write(f._read(pos, min(16 << 20, size - pos)))
-        write_safetensors_streaming(tmp / "model.safetensors", [], lambda name: np.empty(0),
-                                    {"format": "pt", "spqrfmt": f"the weights are in {EXPORT_WEIGHTS}: import "
-                                     "spqrfmt.hf before from_pretrained"})
+        write_stub(tmp / "model.safetensors")
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        return [EXPORT_WEIGHTS, "model.safetensors", *files]
+        return [WEIGHTS_FILE, "model.safetensors", *files]
 
     return _build_folder(out, fill)
 
@@ -270,5 +282,5 @@ def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
 
 
-__all__ = ["DEFAULT_SHARD_BYTES", "DenseTensor", "dense_tensors", "parse_size", "shard", "side_files",
-           "write_export_folder", "write_hf_folder"]
+__all__ = ["DEFAULT_SHARD_BYTES", "QUANT_METHOD", "WEIGHTS_FILE", "DenseTensor", "dense_tensors", "parse_size", "shard",
+           "metadata_files", "side_files", "write_export_folder", "write_hf_folder", "write_stub"]

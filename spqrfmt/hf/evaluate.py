@@ -6,7 +6,7 @@ that backs them, so the evaluation is part of the package, deterministic
 file defines them (``Tensor.decode``: the spec's bit-exact f32 arithmetic).
 
 torch and transformers are imported inside the functions; ``import
-spqrfmt.evaluate`` itself needs neither.
+spqrfmt.hf.evaluate`` itself needs neither.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_causal_lm", "load_model", "load_model_with_weights", "load_spqr_model", "perplexity",
+__all__ = ["check_causal_lm", "load_hf_model", "load_model_with_weights", "load_spqr_model", "perplexity",
            "read_documents", "tokenize_texts"]
 
 
@@ -50,7 +50,7 @@ def check_causal_lm(config: Mapping[str, Any] | str, what: str = "the model") ->
     """
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from .convert import parse_config
+    from .checkpoint import parse_config
 
     cfg = parse_config(config if isinstance(config, str) else json.dumps(dict(config)), what)
     model_type = cfg.get("model_type")
@@ -64,7 +64,7 @@ def check_causal_lm(config: Mapping[str, Any] | str, what: str = "the model") ->
                          "next-token predictions (convert, inspect and verify work on any checkpoint)")
 
 
-def load_model(model_dir: str | os.PathLike[str], dtype: str = "float32", device: str = "cpu") -> Any:
+def load_hf_model(model_dir: str | os.PathLike[str], dtype: str = "float32", device: str = "cpu") -> Any:
     """The checkpoint in ``model_dir`` as an eval-mode ``AutoModelForCausalLM``."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -144,11 +144,11 @@ def load_spqr_model(path: str | os.PathLike[str], model_dir: str | os.PathLike[s
     """
     import torch
 
-    from . import open as spqr_open
+    from .. import open as spqr_open
 
     if model_dir is None:
-        from .generate import load_tokenizer
-        from .model import load_model as load_file_model
+        from ..model import load_model as load_file_model
+        from .tokenizer import load_tokenizer
 
         with spqr_open(path) as f:
             if "hf.config" in f.metadata:
@@ -160,15 +160,15 @@ def load_spqr_model(path: str | os.PathLike[str], model_dir: str | os.PathLike[s
             tokenizer = None
         return model, tokenizer
 
-    from .convert import transposed_names
-    from .dtypes import to_float32
+    from ..dtypes import to_float32
+    from ..transposed import stored_transposed
 
     tensors: dict[str, np.ndarray] = {}
     with spqr_open(path) as f:
-        transposed = transposed_names(f.metadata) or set()
+        transposed = stored_transposed(f)
         for name in f:
             t = f[name]
-            if t.codec == "raw":
+            if not t.quantized:
                 arr = t.decode()
                 if t.dtype in ("f16", "bf16", "f32", "f64"):
                     arr = to_float32(np.asarray(arr), t.dtype)

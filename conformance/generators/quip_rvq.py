@@ -1,8 +1,8 @@
 """Golden vectors of quip v2's residual codebooks "e8p12_rvq4" / "e8p12_rvq3" (quip.md §10.11).
 
-Called by :mod:`generate_v2` (``quip_valid`` / ``quip_invalid`` append
-:func:`valid` / :func:`invalid`); kept in one module so that the residual
-codebooks' oracle, tensors and defects move together. The oracle follows
+``conformance/generate.py`` appends :func:`valid` / :func:`invalid` after
+every other vector; kept in one module so that the residual codebooks'
+oracle, tensors and defects move together. The oracle follows
 §10.11 in binary64 rounded to binary32 after every operation, like the
 other version-2 oracles; the E81B table is built from its lattice
 description (origin, roots, half-integer points, then ``±4 e_i``) rather
@@ -15,27 +15,33 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import generate as gen  # type: ignore[no-redef]
-    import generate_v2 as v2  # type: ignore[no-redef]
-    import miniwriter as mw  # type: ignore[no-redef]
-else:
-    from . import generate as gen
-    from . import generate_v2 as v2
-    from . import miniwriter as mw
+from . import quip as v2
+from .common import (
+    Det,
+    Invalid,
+    Valid,
+    drop_sec,
+    flip_bit,
+    invalid_adder,
+    mw,
+    r32,
+    raw_tens,
+    resize,
+    retype,
+    sec_of,
+    tens_of,
+    valid_adder,
+)
 
 CODEBOOKS = ("e8p12_rvq4", "e8p12_rvq3")
-RHO4 = gen.r32(3.45)   # QuIP#'s default residual scales, rounded to binary32 (quip.md §10.11)
-RHO3 = gen.r32(2.04)
+RHO4 = r32(3.45)   # QuIP#'s default residual scales, rounded to binary32 (quip.md §10.11)
+RHO3 = r32(2.04)
 
 
 @lru_cache(maxsize=1)
@@ -73,7 +79,7 @@ class QuipRvqLogical(v2.QuipV2Logical):
         """§10.11's step 1 as float64 holding binary32 values."""
         scale = np.asarray(self.scale, dtype=np.float32).astype(np.float64)[:, None]
         rho = float(getattr(self.resid_scale, "value", self.resid_scale))
-        assert gen.r32(rho) == rho
+        assert r32(rho) == rho
         with np.errstate(all="ignore"):
             t = v2.e8p12_all_points()[np.array(self.codes, dtype=np.int64)].reshape(self.m, self.n)
             c2 = np.array(self.codes2, dtype=np.int64)
@@ -103,7 +109,7 @@ def make_quip_rvq(seed: str, m: int, n: int, kn: int, km: int, codebook: str, rh
                   **kw: Any) -> QuipRvqLogical:
     """A residual-codebook tensor: make_quip_v2's e8p12 sections plus a random second-stage plane."""
     base = v2.make_quip_v2(seed, m, n, kn, km, codebook="e8p12", **kw)
-    rng = gen.Det(seed + ".codes2")
+    rng = Det(seed + ".codes2")
     codes2 = rng.ints(0, 1 << (16 if codebook == "e8p12_rvq4" else 8), m * (n // 8)).reshape(m, n // 8).tolist()
     rho = rho if rho is not None else (RHO4 if codebook == "e8p12_rvq4" else RHO3)
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
@@ -120,12 +126,10 @@ def worked_examples() -> list[tuple[str, QuipRvqLogical]]:
     return out
 
 
-def valid() -> list[tuple[str, str, list[tuple[mw.Tens, Any, np.ndarray | None]], dict[str, Any]]]:
+def valid() -> list[Valid]:
     """Valid vectors: §10.11 worked examples, factors and every diagonal dtype, all E81B codes, resid_scale edges."""
-    out: list[tuple[str, str, list[tuple[mw.Tens, Any, np.ndarray | None]], dict[str, Any]]] = []
-
-    def add(name: str, desc: str, items: list[tuple[mw.Tens, Any, np.ndarray | None]]) -> None:
-        out.append((name, desc, items, {}))
+    out: list[Valid] = []
+    add = valid_adder(out)
 
     for cb, L in worked_examples():
         tag = cb.split("_")[1]
@@ -157,24 +161,25 @@ def valid() -> list[tuple[str, str, list[tuple[mw.Tens, Any, np.ndarray | None]]
 
 
 def _base(codebook: str) -> list[mw.Tens]:
-    """generate_v2's invalid-vector base (norm + q: m = 4, n = 16, f16 su, i8 sv, f32 bias) with a residual codebook."""
+    """quip.py's invalid-vector base (norm + q: m = 4, n = 16, f16 su, i8 sv, f32 bias) with a residual codebook."""
     if codebook not in CODEBOOKS:
-        return v2._quip_base(codebook)[0]
+        return v2._base_v2(codebook)[0]
     L = make_quip_rvq(f"q2base{codebook[-1]}", 4, 16, 2, 1, codebook, su="f16", sv="i8", bias="f32")
-    return [gen.raw_tens("norm", "f32", [4])[0], L.tens("q")]
+    return [raw_tens("norm", "f32", [4])[0], L.tens("q")]
 
 
-def invalid() -> list[tuple[str, str, bytes, str]]:
+def invalid() -> list[Invalid]:
     """Invalid vectors: resid_scale, bits, codes2 set/layout/checksum defects, codes2 beside e8p12, n % 8."""
-    out: list[tuple[str, str, bytes, str]] = []
+    out: list[Invalid] = []
+    add = invalid_adder(out)
 
     def qv(name: str, desc: str, fn: Any, error: str, codebook: str) -> None:
         ts = _base(codebook)
         fn(ts)
-        out.append((f"quip_v2_{name}", f"quip v2 ({codebook}): {desc}", mw.build(ts), error))
+        add(f"quip_v2_{name}", f"quip v2 ({codebook}): {desc}", mw.build(ts), error)
 
     def params(ts: list[mw.Tens]) -> dict[str, Any]:
-        return gen._t(ts, "q").params
+        return tens_of(ts, "q").params
 
     for cb in CODEBOOKS:
         tag = cb.split("_")[1]
@@ -186,24 +191,24 @@ def invalid() -> list[tuple[str, str, bytes, str]]:
                lambda ts, val=val: params(ts).__setitem__("resid_scale", val), "BAD_PARAMS", cb)
         qv(f"{tag}_bits_present", f"a bits key (4) with codebook {cb}", lambda ts: params(ts).__setitem__("bits", 4),
            "BAD_PARAMS", cb)
-        qv(f"{tag}_codes2_missing", "no codes2 section", lambda ts: gen._drop_sec(ts, "q", "codes2"),
+        qv(f"{tag}_codes2_missing", "no codes2 section", lambda ts: drop_sec(ts, "q", "codes2"),
            "BAD_SECTION_SET", cb)
         other, npd = ("u8", "u1") if cb == "e8p12_rvq4" else ("u16", "<u2")
         qv(f"{tag}_codes2_{other}", f"codes2 stored as {other}",
-           lambda ts, other=other, npd=npd: gen._retype(gen._sec(ts, "q", "codes2"), other, npd),
+           lambda ts, other=other, npd=npd: retype(sec_of(ts, "q", "codes2"), other, npd),
            "BAD_SECTION_LAYOUT", cb)
         item = 2 if cb == "e8p12_rvq4" else 1
         qv(f"{tag}_codes2_shape", "codes2 [4, 1] instead of [4, 2]",
-           lambda ts, item=item: gen._resize(gen._sec(ts, "q", "codes2"), [4, 1], item), "BAD_SECTION_LAYOUT", cb)
+           lambda ts, item=item: resize(sec_of(ts, "q", "codes2"), [4, 1], item), "BAD_SECTION_LAYOUT", cb)
         qv(f"{tag}_section_checksum", "one bit of 'codes2' flipped, crc32 unchanged",
-           lambda ts: gen._flip(gen._sec(ts, "q", "codes2")), "SECTION_CHECKSUM", cb)
+           lambda ts: flip_bit(sec_of(ts, "q", "codes2")), "SECTION_CHECKSUM", cb)
 
     def e8p12_with_codes2(ts: list[mw.Tens]) -> None:
-        gen._t(ts, "q").sections.insert(1, mw.Sec("codes2", "u16", [4, 2], bytes(16)))
+        tens_of(ts, "q").sections.insert(1, mw.Sec("codes2", "u16", [4, 2], bytes(16)))
 
     def n12(ts: list[mw.Tens]) -> None:  # shape [4, 12]: log2_hn = 2 still divides 12 (a_n = 3), 12 % 8 != 0
-        gen._t(ts, "q").shape = [4, 12]
-        su = gen._sec(ts, "q", "su")
+        tens_of(ts, "q").shape = [4, 12]
+        su = sec_of(ts, "q", "su")
         su.shape, su.data = [12], su.data[:24]
 
     qv("e8p12_codes2_present", "codebook e8p12 with a codes2 section", e8p12_with_codes2, "BAD_SECTION_SET", "e8p12")
