@@ -300,6 +300,25 @@ _quantize_stat = quantize_stat  # former private name, kept for existing callers
 
 
 @sized(weight_size)
+def check_settings(bits: int, group_size: int, scale_bits: int, zero_bits: int) -> None:
+    """The spqr encoders' setting ranges (ValueError); shared by the Numba and the torch encoder."""
+    if not 1 <= bits <= 8 or not 1 <= group_size <= 65536:
+        raise ValueError("bits must be 1..8 and group_size 1..65536")
+    for b in (scale_bits, zero_bits):
+        if not (1 <= b <= 8 or b == 16):
+            raise ValueError("scale_bits/zero_bits must be 1..8 or 16")
+
+
+def checked_perm(perm: np.ndarray | None, n: int) -> np.ndarray | None:
+    """``perm`` as int64 after checking it is a permutation of range(n) (ValueError), or None."""
+    if perm is None:
+        return None
+    perm = np.asarray(perm, dtype=np.int64)
+    if sorted(perm.tolist()) != list(range(n)):
+        raise ValueError("perm must be a permutation of range(in_features)")
+    return perm
+
+
 def quantize_spqr(
     weight: np.ndarray,
     bits: int = 3,
@@ -322,16 +341,10 @@ def quantize_spqr(
         raise ValueError(f"weight must be 2-D and non-empty, got shape {w.shape}")
     if not np.isfinite(w).all():
         raise ValueError("weight contains NaN or infinity; refusing to quantize")
-    if not 1 <= bits <= 8 or not 1 <= group_size <= 65536:
-        raise ValueError("bits must be 1..8 and group_size 1..65536")
-    for b in (scale_bits, zero_bits):
-        if not (1 <= b <= 8 or b == 16):
-            raise ValueError("scale_bits/zero_bits must be 1..8 or 16")
+    check_settings(bits, group_size, scale_bits, zero_bits)
     m, n = w.shape
+    perm = checked_perm(perm, n)
     if perm is not None:
-        perm = np.asarray(perm, dtype=np.int64)
-        if sorted(perm.tolist()) != list(range(n)):
-            raise ValueError("perm must be a permutation of range(in_features)")
         w = w[:, perm]
     w = np.ascontiguousarray(w)
     G = ceil_div(n, group_size)

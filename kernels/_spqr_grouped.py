@@ -28,6 +28,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._common import store_rows
+
 
 @triton.jit
 def xprep_kernel(x_ptr, idx_ptr, xq_ptr, xsum_ptr, xo_ptr, n, G, x_sb,
@@ -230,12 +232,7 @@ def gemv_kernel(xq_ptr, xsum_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr, cnt_
     out = _outliers(out, rows, rmask, pid_k, orp_ptr, ocol_ptr, odelta_ptr, xo_ptr, idx_ptr, n, bb, bmask,
                     EPR, COL16, MODE != 0, XIN, HAS_PERM)
 
-    if MODE == 0:
-        yoff = rows
-        ymask = rmask
-    else:
-        yoff = bb[None, :] * m + rows[:, None]
-        ymask = rmask[:, None] & bmask[None, :]
+    yoff, ymask = _y_offsets(rows, rmask, bb, bmask, m, MODE == 0)
     if ATOMIC and not FINISH:
         tl.atomic_add(y_ptr + yoff, out, mask=ymask)  # y: zeroed f32; bias and cast by the caller
     elif ATOMIC:
@@ -244,7 +241,7 @@ def gemv_kernel(xq_ptr, xsum_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr, cnt_
         # counter, and writes y, so the split needs no memset or finishing launch.
         _split_finish(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, ws_ptr, cnt_ptr, pid_m, HAS_BIAS, MODE == 0)
     else:
-        _store_y(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, HAS_BIAS, MODE == 0)
+        store_rows(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, bias_ptr, HAS_BIAS, False, MODE == 0)
 
 
 @triton.jit
@@ -264,19 +261,19 @@ def _split_finish(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, ws_ptr, cnt_pt
         out = tl.load(ws_ptr + yoff, mask=ymask, other=0.0, cache_modifier=".cg")
         tl.store(ws_ptr + yoff, tl.zeros_like(out), mask=ymask)
         tl.atomic_xchg(cnt_ptr + pid_m, 0)
-        _store_y(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, HAS_BIAS, ONE_ROW)
+        store_rows(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, bias_ptr, HAS_BIAS, False, ONE_ROW)
 
 
 @triton.jit
-def _store_y(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, HAS_BIAS: tl.constexpr, ONE_ROW: tl.constexpr):
-    """y = out (+ bias per output row), cast to y's dtype."""
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
-        if ONE_ROW:
-            out = out + bias
-        else:
-            out = out + bias[:, None]
-    tl.store(y_ptr + yoff, out.to(y_ptr.dtype.element_ty), mask=ymask)
+def _y_offsets(rows, rmask, bb, bmask, m, ONE_ROW: tl.constexpr):
+    """Offsets and mask of this program's outputs in y [B, m]: [BM] (ONE_ROW) or [BM, BB]."""
+    if ONE_ROW:
+        yoff = rows
+        ymask = rmask
+    else:
+        yoff = bb[None, :] * m + rows[:, None]
+        ymask = rmask[:, None] & bmask[None, :]
+    return yoff, ymask
 
 
 @triton.jit

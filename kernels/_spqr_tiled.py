@@ -41,7 +41,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._spqr_grouped import _f16_at, _field, _outliers, _round_out, _split_finish, _store_y
+from ._common import store_rows
+from ._spqr_grouped import _f16_at, _field, _outliers, _round_out, _split_finish, _y_offsets
 
 
 @triton.jit
@@ -498,18 +499,13 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, y_ptr, bias_ptr, ws_ptr, cnt_ptr
         out = acc
     out = _outliers(out, rows, rmask, pid_k, orp_ptr, ocol_ptr, odelta_ptr, xo_ptr, xo_ptr, n, bb, bmask,
                     EPR, COL16, MODE != 0, False, False)
-    if MODE == 0:
-        yoff = rows
-        ymask = rmask
-    else:
-        yoff = bb[None, :] * m + rows[:, None]
-        ymask = rmask[:, None] & bmask[None, :]
+    yoff, ymask = _y_offsets(rows, rmask, bb, bmask, m, MODE == 0)
     if ATOMIC and MODE == 1:
         tl.atomic_add(y_ptr + yoff, out, mask=ymask)  # y: zeroed f32; bias and cast by the caller
     elif ATOMIC:  # in-kernel finish; MODE 1 (the dot path) read wrong sums with it on the H200
         _split_finish(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, ws_ptr, cnt_ptr, pid_m, HAS_BIAS, MODE == 0)
     else:
-        _store_y(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, HAS_BIAS, MODE == 0)
+        store_rows(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, bias_ptr, HAS_BIAS, False, MODE == 0)
 
 
 @triton.jit

@@ -34,7 +34,7 @@ import torch
 from ...constants import QUIP_MAX_FACTOR as MAX_FACTOR
 from ...decoder.quip import hadamard_constant
 from .. import quip as cpu
-from ..rtn import Encoded
+from ..encoded import Encoded
 from .device import as_tensor, const, to_host
 from .packing import pack_rows, to_u32
 

@@ -30,16 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..rtn import Encoded
+from ...format import ceil_div
+from ..encoded import Encoded
+from ..rtn import check_settings, checked_perm
 from .device import as_tensor, const, host_empty
 from .packing import as_i32, pack_rows, to_u32
 
 CHUNK_ELEMENTS = 1 << 24
 _F32 = torch.float32
 
-
-def _ceil_div(a: int, b: int) -> int:
-    return (a + b - 1) // b
 
 
 def _scan(v: torch.Tensor, msk: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -77,7 +76,7 @@ class _State:
     def __init__(self, w: torch.Tensor, mask: torch.Tensor, group_size: int, chunk: int) -> None:
         m, n = w.shape
         self.w, self.mask, self.b1 = w, mask, group_size
-        self.G = G = _ceil_div(n, group_size)
+        self.G = G = ceil_div(n, group_size)
         dev = w.device
         self.lo = torch.empty((m, G), dtype=_F32, device=dev)
         self.hi = torch.empty((m, G), dtype=_F32, device=dev)
@@ -136,7 +135,7 @@ def _fit_groups(st: _State, budget: int, rounds: int = 4) -> None:
         remaining = budget - taken
         if remaining <= 0:
             break
-        chosen = _largest(flat_gains, min(remaining, max(1, _ceil_div(budget, rounds))))
+        chosen = _largest(flat_gains, min(remaining, max(1, ceil_div(budget, rounds))))
         if chosen.numel() == 0:
             break
         c = flat_cols[chosen]
@@ -158,7 +157,7 @@ def _clamp_code(t: torch.Tensor, fq: torch.Tensor) -> torch.Tensor:
 def quantize_stat(x: torch.Tensor, bits: int, group: int) -> tuple[dict[str, np.ndarray], torch.Tensor]:
     """``rtn.quantize_stat`` on x [G, m] f32: (host sections, reconstructed f32 [G, m] on x's device)."""
     Gn, m = x.shape
-    K = _ceil_div(m, group)
+    K = ceil_div(m, group)
     pad = K * group - m
     xp = torch.cat([x, x[:, -1:].expand(-1, pad)], 1) if pad else x
     xg = xp.reshape(Gn, K, group)
@@ -199,19 +198,13 @@ def quantize_spqr(
         raise ValueError(f"weight must be 2-D and non-empty, got shape {tuple(w.shape)}")
     if not bool(torch.isfinite(w).all()):
         raise ValueError("weight contains NaN or infinity; refusing to quantize")
-    if not 1 <= bits <= 8 or not 1 <= group_size <= 65536:
-        raise ValueError("bits must be 1..8 and group_size 1..65536")
-    for b in (scale_bits, zero_bits):
-        if not (1 <= b <= 8 or b == 16):
-            raise ValueError("scale_bits/zero_bits must be 1..8 or 16")
+    check_settings(bits, group_size, scale_bits, zero_bits)
     m, n = w.shape
+    perm = checked_perm(perm, n)
     if perm is not None:
-        perm = np.asarray(perm, dtype=np.int64)
-        if sorted(perm.tolist()) != list(range(n)):
-            raise ValueError("perm must be a permutation of range(in_features)")
         w = w[:, torch.from_numpy(perm).to(w.device)]
     w = w.contiguous()
-    G = _ceil_div(n, group_size)
+    G = ceil_div(n, group_size)
     qmax = (1 << bits) - 1
     chunk = max(1, chunk_elements // (G * group_size))
 

@@ -31,7 +31,7 @@ import numba
 import numpy as np
 import torch
 
-from ..rtn import Encoded
+from ..encoded import Encoded
 from .device import as_tensor, host_empty
 from .packing import as_i32, pack_rows
 
