@@ -29,30 +29,31 @@ if __package__ in (None, ""):  # allow `python conformance/generate.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import miniwriter as mw  # type: ignore[no-redef]
     import refreader  # type: ignore[no-redef]
-    from generators import container, quip, spqr, squeezellm  # type: ignore[no-redef]
+    from generators import container, quip, quip_rvq, spqr, squeezellm  # type: ignore[no-redef]
     from generators.common import Invalid, Valid  # type: ignore[no-redef]
     from hashing import sha256_of  # type: ignore[no-redef]
 else:
     from . import miniwriter as mw
     from . import refreader
-    from .generators import container, quip, spqr, squeezellm
+    from .generators import container, quip, quip_rvq, spqr, squeezellm
     from .generators.common import Invalid, Valid
     from .hashing import sha256_of
 
 VECTORS_DIR = Path(__file__).resolve().parent / "vectors"
 
 # The manifest lists the vectors in the order they were added to the suite (version 1 of every codec,
-# then version 2, then the misreading-separating vectors of issue 11); keeping that order keeps
+# then version 2, then the misreading-separating vectors of issue 11, then quip's residual codebooks of
+# issue 16); keeping that order keeps
 # manifest.json, and so the committed vectors, byte-identical.
 VALID: tuple[Callable[[], list[Valid]], ...] = (
     container.valid_files, spqr.valid_v1, container.valid_layout, spqr.valid_v1_late, squeezellm.valid,
     quip.valid_v1, container.valid_mixed_codecs, spqr.valid_v2, quip.valid_v2, container.valid_versions,
-    spqr.valid_edges, quip.valid_edges, container.valid_edges,
+    spqr.valid_edges, quip.valid_edges, container.valid_edges, quip_rvq.valid,
 )
 INVALID: tuple[Callable[[], list[Invalid]], ...] = (
     container.invalid_file, spqr.invalid_v1, container.invalid_types, spqr.invalid_v1_late, squeezellm.invalid,
     quip.invalid_v1, spqr.invalid_v2, quip.invalid_v2, container.invalid_edges, spqr.invalid_edges,
-    quip.invalid_edges,
+    quip.invalid_edges, quip_rvq.invalid,
 )
 
 

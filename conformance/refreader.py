@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import mmap
 import os
 import struct
@@ -588,7 +589,9 @@ def _sq_decode(rec: TensorRec, a: Arrays) -> np.ndarray:
 
 # quip (codecs/quip.md)
 
-QUIP_CODEBOOKS = ("grid", "e8p12")
+QUIP_CODEBOOKS = ("grid", "e8p12", "e8p12_rvq4", "e8p12_rvq3")
+QUIP_E8P = ("e8p12", "e8p12_rvq4", "e8p12_rvq3")          # codes = one E8P12 code per 8 weights
+QUIP_CODES2 = {"e8p12_rvq4": "u16", "e8p12_rvq3": "u8"}   # §10.11 second-stage plane
 QUIP_MAX_FACTOR = 256  # MAX_FACTOR of quip.md §2: a_n, a_m <= 256
 
 
@@ -602,11 +605,18 @@ def _quip_geometry(rec: TensorRec) -> dict[str, Any]:
     p: dict[str, Any] = {"codebook": "grid", "v2": rec.codec_version == 2}
     if p["v2"]:
         p["codebook"] = _str_param(rec, "codebook", QUIP_CODEBOOKS)
-        if p["codebook"] == "e8p12":
+        if p["codebook"] in QUIP_E8P:
             if "bits" in rec.params:
-                raise RefError("BAD_PARAMS", "params has 'bits' although codebook is 'e8p12'", rec.name)
+                raise RefError("BAD_PARAMS", f"params has 'bits' although codebook is {p['codebook']!r}", rec.name)
             if n % 8:
-                raise RefError("BAD_SHAPE", f"codebook 'e8p12' needs n % 8 == 0, n = {n}", rec.name)
+                raise RefError("BAD_SHAPE", f"codebook {p['codebook']!r} needs n % 8 == 0, n = {n}", rec.name)
+        if p["codebook"] in QUIP_CODES2:
+            rho = rec.params.get("resid_scale")
+            ok = isinstance(rho, float) and not math.isnan(rho) and 2.0**-16 <= rho <= 2.0**16
+            if not ok or struct.unpack("<f", struct.pack("<f", rho))[0] != rho:
+                raise RefError("BAD_PARAMS", f"params['resid_scale'] = {rho!r} is not a float holding a binary32 "
+                               "value in [2^-16, 2^16]", rec.name)
+            p["rho"] = np.float32(rho)
     if p["codebook"] == "grid":
         p["b"] = _int_param(rec, "bits", lambda v: 1 <= v <= 8)
     p["kn"] = _int_param(rec, "log2_hn", lambda v: 0 <= v <= 30)
@@ -626,13 +636,17 @@ def _quip_check(rec: TensorRec) -> None:
     m, n = _matrix_tensor(rec)
     p = _quip_geometry(rec)
     required = {"codes", "scale", "su", "sv"}
+    if p["codebook"] in QUIP_CODES2:
+        required.add("codes2")
     if p["an"] > 1:
         required.add("factor_n")
     if p["am"] > 1:
         required.add("factor_m")
     _roles(rec, required, {"bias"})
-    if p["codebook"] == "e8p12":
+    if p["codebook"] in QUIP_E8P:
         _layout(rec, "codes", ("u16",), (m, n // 8))
+        if p["codebook"] in QUIP_CODES2:
+            _layout(rec, "codes2", (QUIP_CODES2[p["codebook"]],), (m, n // 8))
     else:
         _layout(rec, "codes", ("u32",), (m, ceil_div(n * p["b"], 32)))
     _layout(rec, "scale", ("f32",), (m,))
@@ -698,6 +712,32 @@ def e8p12_points(codes: np.ndarray) -> np.ndarray:
     return t
 
 
+# §10.11: the E81B table, rule-built (origin and roots of E8, then +-2 e_i) and digest-checked.
+E81B_SHA256 = "37ce1a66345c1bbc51427c9e13e355558727bc02828e09f751b4d46fd7f816ec"
+
+
+def e81b_table() -> np.ndarray:
+    """i8 [256, 8] of w = 2x: integer then half-integer E8 points with x.x <= 2 (lexicographic), then +-2 e_i.
+
+    §10.11 ranges x over {-4, ..., 3}^8 (8^8 candidates); a coordinate outside {-1, 0, 1} (integer x) or
+    {-1/2, 1/2} (half-integer x) already gives x.x > 2, so the products over those values, in the same
+    increasing order, list the same rows in the same order (3^8 + 2^8 candidates).
+    """
+    pts: list[tuple[int, ...]] = []
+    for values in ((-1.0, 0.0, 1.0), (-0.5, 0.5)):
+        for x in itertools.product(values, repeat=8):
+            if sum(x) % 2 == 0 and sum(c * c for c in x) <= 2:
+                pts.append(tuple(int(2 * c) for c in x))
+    eye = np.eye(8, dtype=np.int64) * 4
+    table = np.concatenate([np.array(pts, dtype=np.int64), eye, -eye[:7]]).astype(np.int8)
+    if table.shape != (256, 8) or hashlib.sha256(table.tobytes()).hexdigest() != E81B_SHA256:
+        raise AssertionError("E81B table does not match the digest of quip.md §10.11")
+    return table
+
+
+_E81B = e81b_table()
+
+
 def quip_c(k: int) -> np.float32:
     """§5.2(b): c_k = 2^(-k/2) rounded to binary32, built from its bit pattern."""
     bits = 0x3F800000 - (k // 2) * 0x00800000 if k % 2 == 0 else 0x3F3504F3 - ((k - 1) // 2) * 0x00800000
@@ -741,6 +781,15 @@ def _quip_decode(rec: TensorRec, a: Arrays) -> np.ndarray:
             t = e8p12_points(a["codes"]).reshape(m, n)                        # X[r, 8g + i] = t_i of codes[r, g]
             e = (t.astype(np.float32) * np.float32(0.25)).astype(np.float32)  # exact t / 4
             X = (e * scale).astype(np.float32)
+        elif p["codebook"] in QUIP_CODES2:                                     # §10.11: e0 + e1 / rho, times scale
+            e0 = (e8p12_points(a["codes"]).reshape(m, n).astype(np.float32) * np.float32(0.25)).astype(np.float32)
+            if p["codebook"] == "e8p12_rvq4":
+                u, q = e8p12_points(a["codes2"]).reshape(m, n), np.float32(0.25)
+            else:
+                u, q = _E81B.astype(np.int64)[a["codes2"].astype(np.int64)].reshape(m, n), np.float32(0.5)
+            e1 = (u.astype(np.float32) * q).astype(np.float32)
+            d = (e1 / p["rho"]).astype(np.float32)                             # IEEE f32 division
+            X = ((e0 + d).astype(np.float32) * scale).astype(np.float32)
         else:
             L = (1 << p["b"]) - 1
             q = unpack_rows(a["codes"], n, p["b"]).astype(np.int64)

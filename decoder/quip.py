@@ -11,7 +11,8 @@ column slabs, so no transpose is made. No BLAS, so the result does not depend
 on the machine. Inputs must already be validated.
 
 v2 changes only the ends of the pipeline: codebook "e8p12" replaces the
-grid step by the E8P lattice point of each 16-bit code times the row scale,
+grid step by the E8P lattice point of each 16-bit code times the row scale
+(the residual codebooks add a second-stage point divided by ``resid_scale``),
 and the last step multiplies by the two diagonals one after the other
 (``(x * sv[r]) * su[c]``), which for i8 +-1 signs gives the v1 bits.
 """
@@ -26,6 +27,7 @@ import numpy as np
 
 from ..threads import shape_size, sized
 from .e8p import abs_table, code_point, odd_rows
+from .e81b import e81b_table
 
 
 def hadamard_constant(k: int) -> np.float32:
@@ -94,6 +96,33 @@ def _fwht_block(v: np.ndarray, base: int, h: int) -> None:
                 v[i] = u + w
                 v[i + half] = u - w
         half *= 2
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _rvq_grid(codes: np.ndarray, codes2: np.ndarray, second_e8p: bool, alpha: np.ndarray, odd: np.ndarray,
+              e81b: np.ndarray, rho: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
+    """out[r, 8g + i] = ((t/4) + (u q) / rho) * scale[r] with the f32 steps of quip.md §10.11.
+
+    ``u`` is the E8P12 point of codes2 (q = 1/4, "e8p12_rvq4") or the E81B row (q = 1/2, "e8p12_rvq3").
+    """
+    m, groups = codes.shape
+    quarter = np.float32(0.25)
+    half = np.float32(0.5)
+    rh = rho[0]
+    for r in numba.prange(m):
+        s_ = scale[r]
+        for g in range(groups):
+            c = np.int64(codes[r, g])
+            c2 = np.int64(codes2[r, g])
+            for i in range(8):
+                e0 = np.float32(code_point(c, alpha, odd, i)) * quarter  # exact: t / 4
+                if second_e8p:
+                    e1 = np.float32(code_point(c2, alpha, odd, i)) * quarter  # exact: u / 4
+                else:
+                    e1 = np.float32(e81b[c2, i]) * half  # exact: w / 2
+                d = e1 / rh  # IEEE f32 division (Numba: no fastmath, no reciprocal)
+                v = e0 + d
+                out[r, 8 * g + i] = v * s_
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -243,6 +272,19 @@ def e8p_values(codes: np.ndarray, scale: np.ndarray, n: int) -> np.ndarray:
     return x
 
 
+def rvq_values(codebook: str, codes: np.ndarray, codes2: np.ndarray, resid_scale: float, scale: np.ndarray,
+               n: int) -> np.ndarray:
+    """Step 1 for the residual codebooks "e8p12_rvq4" / "e8p12_rvq3" (quip.md §10.11): f32 [m, n]."""
+    c = np.ascontiguousarray(codes, dtype=np.uint16)
+    second_e8p = codebook == "e8p12_rvq4"
+    c2 = np.ascontiguousarray(codes2, dtype=np.uint16 if second_e8p else np.uint8)
+    x = np.empty((c.shape[0], n), dtype=np.float32)
+    rho = np.array([resid_scale], dtype=np.float32)
+    _rvq_grid(c, c2, second_e8p, abs_table(), odd_rows(), e81b_table(), rho,
+              np.ascontiguousarray(scale, dtype=np.float32), x)
+    return x
+
+
 @sized(shape_size)
 def decode(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """Decoded f32 [m, n] weight of a validated quip tensor: diag(sv) D_m Qhat D_n^T diag(su).
@@ -256,6 +298,9 @@ def decode(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], shape:
     fm = np.ascontiguousarray(sections["factor_m"], dtype=np.float32) if "factor_m" in sections else empty
     if params.get("codebook") == "e8p12":
         x = e8p_values(sections["codes"], sections["scale"], n)
+    elif params.get("codebook") in ("e8p12_rvq4", "e8p12_rvq3"):
+        x = rvq_values(params["codebook"], sections["codes"], sections["codes2"], float(params["resid_scale"]),
+                       sections["scale"], n)
     else:
         x = np.empty((m, n), dtype=np.float32)
         _grid_words(np.ascontiguousarray(sections["codes"]), int(params["bits"]),  # spqr.md §4 bit streams

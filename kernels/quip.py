@@ -18,7 +18,12 @@ Version 2 (quip.md §10): codebook "e8p12" replaces step 1 by ``_e8p_kernel``
 the row scale), and f16/f32 diagonals replace step 3 by ``_diag_kernel``
 (``(x * sv[r]) * su[c]``). The kernels dispatch on the section dtypes, which
 validation ties to the version: e8p12 codes are the only 16-bit ``codes``, and
-i8 signs give the same bits on either step-3 kernel.
+i8 signs give the same bits on either step-3 kernel. The residual codebooks
+"e8p12_rvq4"/"e8p12_rvq3" (§10.11) replace step 1 by ``_rvq_kernel`` (both
+stages, the IEEE division by ``resid_scale``); they dispatch on the checked
+``codebook`` param, since their first plane is 16-bit like e8p12's.
+:func:`matvec` has no fused kernel for them: it falls back to the exact
+dequantize and a dense product.
 
 :func:`matvec` computes ``y = W x`` the QuIP way without forming W:
 ``y = sv * D_m (scale * (Q (D_n^T (su * x)))) + bias`` (f32; the same linear map
@@ -51,6 +56,7 @@ import triton
 import triton.language as tl
 
 from ..decoder.e8p import abs_table, odd_rows
+from ..decoder.e81b import e81b_table
 from ..decoder.quip import hadamard_constant
 from ._common import (
     MAX_BATCH,
@@ -121,6 +127,34 @@ def _e8p_kernel(codes_ptr, alpha_ptr, odd_ptr, scale_ptr, out_ptr, m, n, groups,
     e = t.to(tl.float32) * 0.25
     sc = tl.load(scale_ptr + rows, mask=rmask, other=0.0)
     tl.store(out_ptr + rows64[:, None] * n + cols[None, :], e * sc[:, None], mask=mask)
+
+
+@triton.jit
+def _rvq_kernel(codes_ptr, codes2_ptr, alpha_ptr, odd_ptr, e81b_ptr, scale_ptr, out_ptr, m, n, groups, rho,
+                SECOND_E8P: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+    """X[r, j] = ((f32(t) * 0.25) + div_rn(f32(u) * q, rho)) * scale[r] (quip.md §10.11).
+
+    u is the E8P12 point of codes2 (q = 0.25) or the E81B row of the byte codes2 (q = 0.5);
+    ``div_rn`` is the IEEE-rounded division (plain ``/`` may be approximate on a GPU).
+    """
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    rmask = rows < m
+    mask = rmask[:, None] & (cols < n)[None, :]
+    rows64 = rows.to(tl.int64)
+    off = rows64[:, None] * groups + (cols // 8)[None, :]
+    i = (cols % 8)[None, :]
+    c = tl.load(codes_ptr + off, mask=mask, other=0).to(tl.int32) & 0xFFFF
+    e0 = _e8p_point(c, i, alpha_ptr, odd_ptr, mask).to(tl.float32) * 0.25
+    if SECOND_E8P:
+        c2 = tl.load(codes2_ptr + off, mask=mask, other=0).to(tl.int32) & 0xFFFF
+        e1 = _e8p_point(c2, i, alpha_ptr, odd_ptr, mask).to(tl.float32) * 0.25
+    else:
+        c2 = tl.load(codes2_ptr + off, mask=mask, other=0).to(tl.int32) & 0xFF
+        e1 = tl.load(e81b_ptr + c2 * 8 + i, mask=mask, other=0).to(tl.float32) * 0.5
+    v = e0 + tl.math.div_rn(e1, tl.zeros_like(e1) + rho)
+    sc = tl.load(scale_ptr + rows, mask=rmask, other=0.0)
+    tl.store(out_ptr + rows64[:, None] * n + cols[None, :], v * sc[:, None], mask=mask)
 
 
 @triton.jit
@@ -512,11 +546,26 @@ def _codes(secs: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 
 def _is_e8p(secs: Mapping[str, torch.Tensor]) -> bool:
-    """Validated sections: only codebook "e8p12" (v2) has 16-bit codes."""
+    """Validated sections: only the E8P12 codebooks (v2: "e8p12" and the residual ones) have 16-bit codes."""
     return secs["codes"].dtype in (torch.int16, torch.uint16)
 
 
 _TABLES: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+_E81B: dict[str, torch.Tensor] = {}
+RVQ_CODEBOOKS = ("e8p12_rvq4", "e8p12_rvq3")
+
+
+def e81b_device_table(device: torch.device) -> torch.Tensor:
+    """E81B ``w`` int32 [256 * 8] row-major (quip.md §10.11) on ``device``, built once per device."""
+    key = str(device)
+    if key not in _E81B:
+        _E81B[key] = torch.from_numpy(e81b_table().astype("int32").reshape(-1).copy()).to(device)
+    return _E81B[key]
+
+
+def _codes2(secs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    c = secs["codes2"]
+    return c.view(torch.int16) if c.dtype == torch.uint16 else c
 
 
 def e8p_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -555,7 +604,13 @@ def dequantize(params: Mapping[str, Any], sections_on_device: Mapping[str, torch
     x = torch.empty((m, n), dtype=torch.float32, device=codes.device)
     BR, BC = 16, 64
     grid = (triton.cdiv(m, BR), triton.cdiv(n, BC))
-    if _is_e8p(secs):
+    if params.get("codebook") in RVQ_CODEBOOKS:
+        alpha, odd = e8p_tables(codes.device)
+        second_e8p = params["codebook"] == "e8p12_rvq4"
+        e81b = alpha if second_e8p else e81b_device_table(codes.device)
+        _rvq_kernel[grid](codes, _codes2(secs), alpha, odd, e81b, secs["scale"], x, m, n, codes.shape[1],
+                          float(params["resid_scale"]), SECOND_E8P=second_e8p, BR=BR, BC=BC, **_OPTS)
+    elif _is_e8p(secs):
         alpha, odd = e8p_tables(codes.device)
         _e8p_kernel[grid](codes, alpha, odd, secs["scale"], x, m, n, codes.shape[1], BR=BR, BC=BC, **_OPTS)
     else:
@@ -634,6 +689,9 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
     fn = secs.get("factor_n")
     prep = PreparedQuip(dict(params), (m, n), secs, fn.T.contiguous() if fn is not None else None)
     codes = _codes(secs)
+    if params.get("codebook") in RVQ_CODEBOOKS:  # matvec dequantizes (no GEMV layout); the kernel reads both planes
+        check_launch("quip prepare", codes=(codes, m * (n // 8)), codes2=(secs.get("codes2"), m * (n // 8)))
+        return prep
     if _is_e8p(secs):
         check_launch("quip prepare", codes=(codes, m * (n // 8)))
         g = n // 8
@@ -753,6 +811,11 @@ def _matvec(prepared: PreparedQuip, x2: torch.Tensor, bias: torch.Tensor | None,
     """The launch sequence for 1..16 contiguous rows x2 [B, n]."""
     m, n = prepared.shape
     p, secs = prepared.params, prepared.sections
+    if p.get("codebook") in RVQ_CODEBOOKS:  # no fused two-stage GEMV yet: exact dequantize, then a dense product
+        y = x2.to(torch.float32) @ dequantize(p, secs, (m, n)).T
+        if bias is not None:
+            y = y + bias.to(torch.float32)
+        return y.to(x2.dtype)
     B = x2.shape[0]
     _check_prepared(prepared)
     dev = x2.device

@@ -174,7 +174,39 @@ def test_codec_version_2_coverage() -> None:
         "quip_v2_value_sv_zero": "BAD_VALUE", "quip_v2_value_su_i8_zero": "BAD_VALUE",
         # two defects, quip.md §10.6 order; MAX_FACTOR (quip.md §2)
         "quip_v2_two_defects_bits_key_and_n_12": "BAD_PARAMS", "quip_v2_two_defects_n_12_and_log2_hn_31": "BAD_SHAPE",
-        "quip_v2_factor_n_over_max": "BAD_PARAMS"}
+        "quip_v2_factor_n_over_max": "BAD_PARAMS",
+        **{f"quip_v2_{tag}_{k}": err for tag, other in (("rvq4", "u8"), ("rvq3", "u16")) for k, err in (
+            *((f"resid_scale_{w}", "BAD_PARAMS") for w in ("missing", "int", "str", "nil", "nan", "inf", "zero",
+                                                             "negative", "not_f32", "below_range", "above_range",
+                                                             "bool")),
+            ("bits_present", "BAD_PARAMS"), ("codes2_missing", "BAD_SECTION_SET"),
+            (f"codes2_{other}", "BAD_SECTION_LAYOUT"), ("codes2_shape", "BAD_SECTION_LAYOUT"),
+            ("section_checksum", "SECTION_CHECKSUM"))},
+        "quip_v2_e8p12_codes2_present": "BAD_SECTION_SET", "quip_v2_rvq3_n_not_multiple_of_8": "BAD_SHAPE"}
+
+
+def test_quip_rvq_coverage_and_worked_example() -> None:
+    """quip.md §10.11: both residual codebooks with every diagonal dtype and factors; the example's X[0, 0] bits."""
+    kinds = set()
+    for f, name, t in _tensor_entries("quip", 2):
+        if "sha256" not in t:
+            continue
+        r = refreader.open_file(VECTORS / f).tensors[name]
+        cb = r.params["codebook"]
+        kinds |= {(cb, r.sections["su"].dtype), (cb, r.sections["sv"].dtype)}
+        kinds.add((cb, "factors" if {"factor_n", "factor_m"} <= set(r.sections) else "-"))
+    assert {(cb, d) for cb in ("e8p12_rvq4", "e8p12_rvq3") for d in ("i8", "f16", "f32", "factors")} <= kinds
+    text = (CONF.parent / "spec" / "codecs" / "quip.md").read_text()
+    section = text[text.index("### 10.11"):text.index("## 11.")]
+    example = section[section.index("**Worked example.**"):section.index("**Importing QuIP#**")]
+    assert re.findall(r"X\[0, 0\] = ([0-9A-F]{8})", example) == ["BEC1DAE6", "BE7D7D7E"]
+    from spqrfmt.conformance.generators import quip_rvq
+
+    for (cb, L), want in zip(quip_rvq.worked_examples(), (0xBEC1DAE6, 0xBE7D7D7E), strict=True):
+        rf = refreader.open_file(VECTORS / "valid" / f"quip_v2_{cb.split('_')[1]}_worked_example.spqr")
+        assert rf.tensors["w"].params["codebook"] == cb
+        assert int(np.float32(L.values()[0, 0]).view(np.uint32)) == want   # the oracle's step 1 = the spec text
+        assert np.array_equal(rf.decode("w"), L.oracle())                   # refreader = oracle, all 8 values
 
 
 def _hashes(vector: str) -> dict[str, str]:

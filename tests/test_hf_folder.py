@@ -162,8 +162,6 @@ def test_export_hf_from_pretrained_matches_load_model(tiny: Path, tmp_path: Path
     with torch.no_grad():
         assert torch.equal(model(ids).logits, ours(ids).logits)
     assert model.config.quantization_config.quant_method == "spqrfmt"
-    with pytest.raises(ValueError, match="not serializable"):  # spqr export-hf writes the folder from the file
-        model.save_pretrained(tmp_path / "again")
     assert AutoTokenizer.from_pretrained(out)("w7").input_ids[-1] == 7
     capsys.readouterr()
     busy = tmp_path / "busy"
@@ -200,3 +198,105 @@ def test_hf_edge_is_light_and_import_registers_either_way() -> None:
     for code in (light + "import spqrfmt.hf; " + probe,  # registered once transformers' loader is imported
                  "import transformers.quantizers; import spqrfmt.hf; " + probe):  # at once
         subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def _export(tiny: Path, out: Path) -> Path:
+    import spqrfmt.hf  # noqa: F401 - registers quant_method "spqrfmt" with transformers
+
+    assert main(["export-hf", str(tiny), "-o", str(out)]) == 0
+    return out
+
+
+def _logits(model: object) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([[1, 5, 9, 17, 33, 65, 90]])).logits  # type: ignore[operator]
+
+
+def test_save_pretrained_writes_the_folder_back_losslessly(tiny: Path, tmp_path: Path) -> None:
+    """from_pretrained -> save_pretrained -> from_pretrained: the export-hf folder form, the .spqr byte for byte
+    (so every tensor's `spqr hash` digest), identical logits; saving the reloaded model gives the same bytes again."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spqrfmt.hashing import file_digests
+
+    src = _export(tiny, tmp_path / "export")
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    model.save_pretrained(tmp_path / "again")
+    again = tmp_path / "again"
+    assert {p.name for p in again.iterdir()} == {p.name for p in src.iterdir()}  # no leftover staging folder
+    assert (again / "model.spqr").read_bytes() == tiny.read_bytes()
+    with spqrfmt.open(tiny) as a, spqrfmt.open(again / "model.spqr") as b:
+        assert file_digests(a) == file_digests(b) and len(file_digests(a)) > 0
+    for name in ("tokenizer.json", "chat_template.jinja"):
+        assert (again / name).read_bytes() == (src / name).read_bytes()
+    cfg = json.loads((again / "config.json").read_text())
+    assert cfg["quantization_config"] == json.loads((src / "config.json").read_text())["quantization_config"]
+    from safetensors import safe_open
+
+    with safe_open(str(again / "model.safetensors"), framework="pt") as st:
+        assert list(st.keys()) == [] and "model.spqr" in st.metadata()["spqrfmt"]  # the stub the loader opens
+    reloaded = AutoModelForCausalLM.from_pretrained(again, dtype=torch.float32)
+    assert torch.equal(_logits(reloaded), _logits(model))
+    assert AutoTokenizer.from_pretrained(again)("w7").input_ids[-1] == 7
+    reloaded.save_pretrained(tmp_path / "third")
+    assert (tmp_path / "third" / "model.spqr").read_bytes() == tiny.read_bytes()
+
+
+def test_save_pretrained_refuses_what_it_cannot_write_losslessly(tiny: Path, tmp_path: Path) -> None:
+    """Changed tensors (in place, through .data, a cast), the source folder itself, a source changed on disk,
+    a state_dict argument and transformers' own save are refused with a message; nothing is left behind."""
+    from transformers import AutoModelForCausalLM, PreTrainedModel
+
+    src = _export(tiny, tmp_path / "export")
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    norm = model.model.norm.weight
+    for edit, undo in ((lambda: norm.data.add_(1.0), lambda: norm.data.sub_(1.0)),
+                       (lambda: model.model.layers[0].mlp.down_proj.weight.data.mul_(2.0),
+                        lambda: model.model.layers[0].mlp.down_proj.weight.data.div_(2.0))):
+        edit()
+        with pytest.raises(ValueError, match=r"1 tensor\(s\) changed since .*re-quantizing"):
+            model.save_pretrained(tmp_path / "edited")
+        assert not (tmp_path / "edited").exists()
+        undo()
+    with pytest.raises(ValueError, match="would overwrite model.spqr"):
+        model.save_pretrained(src)
+    assert (src / "model.spqr").read_bytes() == tiny.read_bytes()
+    with pytest.raises(ValueError, match="state_dict"):
+        model.save_pretrained(tmp_path / "sd", state_dict=model.state_dict())
+    with pytest.raises(ValueError, match="save this model with model.save_pretrained"):
+        PreTrainedModel.save_pretrained(model, tmp_path / "plain")
+    model.save_pretrained(tmp_path / "ok")  # the edits undone: the model holds the file's values again
+    assert (tmp_path / "ok" / "model.spqr").read_bytes() == tiny.read_bytes()
+
+    data = bytearray((src / "model.spqr").read_bytes())
+    data[40] ^= 0xFF  # a header byte of the source, after loading
+    (src / "model.spqr").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="changed on disk since the model was loaded"):
+        model.save_pretrained(tmp_path / "late")
+    assert not (tmp_path / "late").exists()  # created for the save, removed with the staged copy
+    half = AutoModelForCausalLM.from_pretrained(tmp_path / "ok", dtype=torch.float32).to(torch.float16)
+    with pytest.raises(ValueError, match="changed since"):
+        half.save_pretrained(tmp_path / "half")
+
+
+def test_split_set_folder_loads_and_saves_back(tiny: Path, tmp_path: Path) -> None:
+    """A folder whose quantization_config names a split set's first part: same logits, the set saved byte for byte."""
+    from transformers import AutoModelForCausalLM
+
+    src = _export(tiny, tmp_path / "export")
+    single = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    (src / "model.spqr").unlink()
+    assert main(["split", str(tiny), "--split-size", "20KB", "-o", str(src / "model")]) == 0
+    names = sorted(p.name for p in src.glob("model*.spqr*"))
+    assert len(names) >= 3 and "model.spqr.index.json" in names
+    first = next(n for n in names if n.startswith("model-00001-of-"))
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["quantization_config"]["file"] = first
+    (src / "config.json").write_text(json.dumps(cfg))
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    assert torch.equal(_logits(model), _logits(single))
+    model.save_pretrained(tmp_path / "again")
+    for n in names:
+        assert (tmp_path / "again" / n).read_bytes() == (src / n).read_bytes()
+    assert torch.equal(_logits(AutoModelForCausalLM.from_pretrained(tmp_path / "again", dtype=torch.float32)),
+                       _logits(single))

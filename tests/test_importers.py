@@ -10,6 +10,7 @@ bit, and how the decoded tensor relates to the source's own dequantization.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 
 import numpy as np
@@ -807,7 +808,7 @@ def test_quipsharp_hi4b1c_fine_tuned_goes_to_v2_grid():
 def test_quipsharp_not_representable_cases(tmp_path):
     one16, one_n = np.ones(16, np.float16), np.ones(64, np.float16)
     q = _pack_e8p(np.zeros((16, 8), np.uint16))
-    for cid, name in ((17, "E8P12RVQ4B"), (18, "E8P12RVQ3B"), (0, "D4")):
+    for cid, name in ((0, "D4"), (5, "unknown")):
         with pytest.raises(qs.NotRepresentable, match=rf"l\.codebook_id = {cid} \({name}\)"):
             qs.to_quip_sections(q, one_n, one16, 1.0, cid, 64, name="l")
     with pytest.raises(qs.NotRepresentable, match=r"l\.Qidxs"):  # codebook version 0: int16, one code per entry
@@ -844,6 +845,120 @@ def test_quipsharp_not_representable_cases(tmp_path):
         assert not (tmp_path / "x.spqr").exists()
     d = folder({"scaleWH": ("f32", np.ones(64, np.float32))})  # all-ones scaleWH changes nothing: accepted
     assert qs.import_quipsharp(d, tmp_path / "ok.spqr").raw == []
+
+
+def _pack_e81b_bytes(codes2: np.ndarray) -> np.ndarray:
+    """QuIP#'s E8P12RVQ3B residual plane: int64 [m, n/64], byte i (from the least significant) of word j = the
+    code of 8-column group 8j + i."""
+    m, groups = codes2.shape
+    out = np.zeros((m, groups // 8), dtype=np.uint64)
+    for r in range(m):
+        for j in range(groups // 8):
+            word = 0
+            for i in range(8):
+                word |= int(codes2[r, 8 * j + i]) << (8 * i)
+            out[r, j] = word
+    return out.view(np.int64)
+
+
+@functools.lru_cache(maxsize=1)
+def _e81b_source_grid() -> np.ndarray:
+    """QuIP#'s 3-bit residual grid re-enacted from its description: points of Z^8 then (Z + 1/2)^8 with coordinates
+    in [-4, 4), even sum and squared norm <= 2 (enumeration order, last coordinate fastest), then 2 e_i for i < 8
+    and -2 e_i for i < 7. Only coordinates in {-1, 0, 1} / {-1/2, 1/2} can have squared norm <= 2, so those
+    values (in the same order) are enumerated: the same points, without a 2 x 8^8-point grid."""
+    pts = []
+    for values in (np.arange(-1, 2, dtype=np.float64), np.array([-0.5, 0.5])):
+        grid = np.stack(np.meshgrid(*[values] * 8, indexing="ij"), axis=-1).reshape(-1, 8)
+        keep = (grid.sum(axis=1) % 2 == 0) & ((grid ** 2).sum(axis=1) <= 2)
+        pts.append(grid[keep])
+    pts.append(2 * np.eye(8))
+    pts.append(-2 * np.eye(8)[:7])
+    return np.concatenate(pts)
+
+
+def _e81b_source_values(words: np.ndarray, m: int, n: int) -> np.ndarray:
+    """QuIP#'s E81B decompression re-enacted: 8 byte codes per int64 word, low byte first, each an 8-vector."""
+    grid = _e81b_source_grid()
+    w = np.ascontiguousarray(words).view(np.uint64)
+    out = np.zeros((m, n))
+    for r in range(m):
+        for j in range(w.shape[1]):
+            for i in range(8):
+                g = 8 * j + i
+                out[r, 8 * g:8 * g + 8] = grid[(int(w[r, j]) >> (8 * i)) & 255]
+    return out
+
+
+@pytest.mark.parametrize("cid", [17, 18])
+def test_quipsharp_rvq_import(tmp_path, cid):
+    """E8P12RVQ4B / E8P12RVQ3B -> quip v2 e8p12_rvq4 / e8p12_rvq3: codes bit for bit, decode = QuIP# in float64."""
+    rng = np.random.default_rng(20 + cid)
+    m, n = 32, 128
+    layers = {"model.layers.0.mlp.down_proj": _e8p_layer(rng, m, n, tuned=False),
+              "model.layers.0.mlp.up_proj": _e8p_layer(rng, m, n, tuned=True)}
+    second = {}
+    tensors = {"model.norm.weight": ("f16", np.ones(n, np.float16))}
+    for pre, (codes, su, sv) in layers.items():
+        if cid == 17:
+            c2 = rng.integers(0, 1 << 16, (m, n // 8)).astype(np.uint16)
+            q2 = _pack_e8p(c2)
+        else:
+            c2 = rng.integers(0, 256, (m, n // 8)).astype(np.uint8)
+            q2 = _pack_e81b_bytes(c2)
+        second[pre] = c2
+        tensors.update({f"{pre}.Qidxs": ("i64", np.concatenate([_pack_e8p(codes), q2], axis=1)),
+                        f"{pre}.SU": ("f16", su), f"{pre}.SV": ("f16", sv),
+                        f"{pre}.Wscale": ("f32", np.array(1.0, np.float32)),
+                        f"{pre}.codebook_id": ("i64", np.array(cid, np.int64))})
+    for override in (None, 2.5):
+        d = tmp_path / f"quip{override}"
+        d.mkdir()
+        _write_st(d / "model.safetensors", tensors)
+        qp = {"codebook": "E8P12RVQ4B" if cid == 17 else "E8P12RVQ3B", "codebook_version": 1 if cid == 17 else 0}
+        if override:
+            qp["resid_scale_override"] = override
+        (d / "config.json").write_text(json.dumps({"model_type": "llama", "quip_params": qp}))
+        out = tmp_path / f"q{override}.spqr"
+        qs.import_quipsharp(d, out)
+        spqrfmt.validate(out)
+        rho = override or (3.45 if cid == 17 else 2.04)
+        with spqrfmt.open(out) as f:
+            for pre, (codes, su, sv) in layers.items():
+                t = f[f"{pre}.weight"]
+                assert t.codec_version == 2 and t.params == {
+                    "codebook": "e8p12_rvq4" if cid == 17 else "e8p12_rvq3", "resid_scale": float(np.float32(rho)),
+                    "log2_hn": 7, "log2_hm": 5}
+                a = t.arrays()
+                np.testing.assert_array_equal(a["codes"], codes)
+                np.testing.assert_array_equal(a["codes2"], second[pre])
+                q = tensors[f"{pre}.Qidxs"][1]
+                G0 = _e8p_source_values(np.ascontiguousarray(q[:, : n // 32]), m, n).astype(np.float64)
+                rest = np.ascontiguousarray(q[:, n // 32:])
+                G1 = (_e8p_source_values(rest, m, n).astype(np.float64) if cid == 17 else
+                      _e81b_source_values(rest, m, n))
+                ref = _quip_effective(G0 + G1 / rho, su, sv, 1.0, None, None)
+                got = t.decode().astype(np.float64)
+                assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()
+
+
+def test_quipsharp_rvq_refusals(tmp_path):
+    one16, one_n = np.ones(16, np.float16), np.ones(64, np.float16)
+    with pytest.raises(qs.NotRepresentable, match=r"l\.Qidxs: .*E8P12RVQ4B"):  # E8P12-sized Qidxs for RVQ4B
+        qs.to_quip_sections(np.zeros((16, 2), np.int64), one_n, one16, 1.0, 17, 64, name="l")
+    with pytest.raises(qs.NotRepresentable, match=r"l\.Qidxs: .*E8P12RVQ3B"):
+        qs.to_quip_sections(np.zeros((16, 4), np.int64), one_n, one16, 1.0, 18, 64, name="l")
+    with pytest.raises(qs.NotRepresentable, match=r"residual scale"):
+        qs.to_quip_sections(np.zeros((16, 3), np.int64), one_n, one16, 1.0, 18, 64, name="l", resid_scale=1e6)
+    pre = "model.layers.0.mlp.down_proj"
+    d = tmp_path / "v"
+    d.mkdir()
+    _write_st(d / "model.safetensors", {f"{pre}.Qidxs": ("i64", np.zeros((16, 3), np.int64)),
+                                        f"{pre}.SU": ("f16", one_n), f"{pre}.SV": ("f16", one16),
+                                        f"{pre}.codebook_id": ("i64", np.array(18, np.int64))})
+    (d / "config.json").write_text(json.dumps({"quip_params": {"codebook_version": 1}}))
+    with pytest.raises(qs.NotRepresentable, match=r"codebook_version = 1: only E8P12RVQ3B codebook version 0"):
+        qs.import_quipsharp(d, tmp_path / "x.spqr")
 
 
 def _paley12() -> np.ndarray:

@@ -786,3 +786,72 @@ def test_v2_bad_sign_byte_and_free_real_values(tmp_path: Path, blob2: bytes) -> 
     with spqrfmt.open(path) as f:
         w = f["w"].decode()
     assert np.isnan(w[:, 0]).all() and np.all(w[:, 1] == 0)
+
+
+rvq_rho = st.sampled_from([float(np.float32(3.45)), float(np.float32(2.04)), 2.0**-16, 2.0**16, 0.75])
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.function_scoped_fixture])
+@given(m=small, n=st.sampled_from([8, 16, 24, 40, 64]), seed=st.integers(0, 999), su_dt=diag_dtypes,
+       sv_dt=diag_dtypes, rvq4=st.booleans(), rho=rvq_rho)
+def test_v2_rvq_triton_matches_numba_and_refreader(tmp_path: Path, kq: Any, m: int, n: int, seed: int, su_dt: str,
+                                                   sv_dt: str, rvq4: bool, rho: float) -> None:
+    """quip.md §10.11: Numba == Triton (interpreter) == the conformance refreader, bit for bit; matvec agrees."""
+    import torch
+
+    from spqrfmt.codecs.quip import checked_params
+    from spqrfmt.conformance import refreader
+
+    rng = np.random.default_rng(seed)
+    enc = quantize_quip(_weight(seed, m, n), codebook="e8p12", seed=seed)
+    shape = (m, n // 8)
+    enc.sections["codes"] = rng.integers(0, 1 << 16, shape).astype(np.uint16)
+    enc.sections["codes2"] = (rng.integers(0, 1 << 16, shape).astype(np.uint16) if rvq4 else
+                              rng.integers(0, 256, shape).astype(np.uint8))
+    enc.sections["su"] = _diag(rng, enc.sections["su"], su_dt)
+    enc.sections["sv"] = _diag(rng, enc.sections["sv"], sv_dt)
+    enc.params.update(codebook="e8p12_rvq4" if rvq4 else "e8p12_rvq3", resid_scale=rho)
+    path = tmp_path / f"rvq{seed}.spqr"
+    with spqrfmt.Writer(path) as wr:
+        wr.add_encoded("w", enc)
+    with spqrfmt.open(path) as f:
+        ref = f["w"].decode()
+        p = checked_params(f["w"].record)
+    assert p["resid_scale"] == np.float32(rho)
+    assert _same_bits(refreader.open_file(path).decode("w"), ref)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    got = kq.dequantize(p, kq.to_device(enc.sections, dev), (m, n)).cpu().numpy()
+    assert _same_bits(got, ref)
+    prep = kq.prepare(p, enc.sections, (m, n), dev)
+    x = torch.from_numpy(rng.standard_normal((2, n)).astype(np.float32)).to(dev)
+    y = kq.matvec(prep, x).cpu().numpy().astype(np.float64)
+    want = x.cpu().numpy().astype(np.float64) @ ref.T.astype(np.float64)
+    assert np.linalg.norm(y - want) <= 1e-5 * max(np.linalg.norm(want), 1e-6)
+
+
+def test_rvq_second_stage_is_the_residual() -> None:
+    """With codes2 = the zero point of each second-stage table the residual codebooks decode as plain e8p12,
+    and one step of the second stage moves a value by exactly (u q) / rho rounded (quip.md §10.11)."""
+    from spqrfmt.decoder.e81b import e81b_table
+    from spqrfmt.decoder.quip import e8p_values, rvq_values
+
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 1 << 16, (4, 3)).astype(np.uint16)
+    scale = np.ones(4, np.float32)
+    zero = int(np.flatnonzero((e81b_table() == 0).all(axis=1))[0])
+    plain = e8p_values(codes, scale, 24)
+    assert _same_bits(rvq_values("e8p12_rvq3", codes, np.full((4, 3), zero, np.uint8), 2.04, scale, 24), plain)
+    rho = np.float32(3.45)
+    got = rvq_values("e8p12_rvq4", codes, codes, float(rho), scale, 24)
+    assert _same_bits(got, (plain + (plain / rho).astype(np.float32)).astype(np.float32))
+
+
+def test_residual_codebooks_have_no_encoder() -> None:
+    """The files accept e8p12_rvq4/3 (imported from QuIP#); the converter's --quip-codebook does not offer them."""
+    from spqrfmt.codecs.quip import CODEBOOKS, Options
+
+    for cb in ("e8p12_rvq4", "e8p12_rvq3"):
+        assert cb in CODEBOOKS
+        with pytest.raises(ValueError, match="unknown quip codebook"):
+            Options(quip_codebook=cb, bits=2).check()

@@ -2,7 +2,8 @@
 
 v1: uniform-grid codes, i8 sign vectors. v2 (§10): a ``codebook`` param
 ("grid" = the v1 grid, "e8p12" = QuIP#'s E8P lattice codebook, one u16 code
-per 8 weights) and sign vectors that may also be real-valued f16/f32
+per 8 weights; "e8p12_rvq4"/"e8p12_rvq3" add a second-stage ``codes2`` plane
+divided by ``resid_scale``, §10.11) and sign vectors that may also be real-valued f16/f32
 diagonals (QuIP#'s fine-tuned SU/SV). Validation dispatches on
 ``codec_version``, so a v1 record never reads v2 keys.
 """
@@ -26,7 +27,11 @@ from .options import Flag, OptionsBase, given
 
 MAX_LOG2_HADAMARD = 30
 MAX_FACTOR = QUIP_MAX_FACTOR  # quip.md §2: a_n, a_m <= 256, so decoding costs at most ~2 * 256 f32 ops per weight
-CODEBOOKS = ("grid", "e8p12")
+CODEBOOKS = ("grid", "e8p12", "e8p12_rvq4", "e8p12_rvq3")
+ENCODER_CODEBOOKS = ("grid", "e8p12")  # the residual codebooks have no encoder: they are imported from QuIP#
+E8P_CODEBOOKS = ("e8p12", "e8p12_rvq4", "e8p12_rvq3")  # one E8P12 code per 8 weights in ``codes``
+RVQ_CODES2_DTYPE = {"e8p12_rvq4": "u16", "e8p12_rvq3": "u8"}  # second-stage code plane (§10.11)
+RESID_SCALE_RANGE = (2.0**-16, 2.0**16)  # keeps e1 / rho normal and finite (§10.11)
 E8P_DIM = 8  # weights per E8P12 code
 DIAG_DTYPES = ("i8", "f16", "f32")  # v2 su/sv: i8 signs, or real-valued diagonals
 
@@ -50,11 +55,13 @@ def checked_params(rec: TensorRecord) -> dict[str, Any]:
         if not isinstance(cb, str) or cb not in CODEBOOKS:
             raise fail(ErrorCode.BAD_PARAMS, f"param 'codebook' = {cb!r} must be one of {list(CODEBOOKS)}", rec.name)
         p["codebook"] = cb
-        if cb == "e8p12":
+        if cb in E8P_CODEBOOKS:
             if "bits" in rec.params:
-                raise fail(ErrorCode.BAD_PARAMS, "param 'bits' must be absent with codebook 'e8p12'", rec.name)
+                raise fail(ErrorCode.BAD_PARAMS, f"param 'bits' must be absent with codebook {cb!r}", rec.name)
             if n % E8P_DIM:
-                raise fail(ErrorCode.BAD_SHAPE, f"codebook 'e8p12' needs n = {n} to be a multiple of 8", rec.name)
+                raise fail(ErrorCode.BAD_SHAPE, f"codebook {cb!r} needs n = {n} to be a multiple of 8", rec.name)
+        if cb in RVQ_CODES2_DTYPE:
+            p["resid_scale"] = resid_scale_param(rec)
     if p.get("codebook", "grid") == "grid":
         p["bits"] = int_param(rec, "bits", 1, 8)
     p["log2_hm"] = int_param(rec, "log2_hm", 0, MAX_LOG2_HADAMARD)
@@ -71,11 +78,25 @@ def checked_params(rec: TensorRecord) -> dict[str, Any]:
     return p
 
 
+def resid_scale_param(rec: TensorRecord) -> np.float32:
+    """``resid_scale``: a float holding a binary32 value in [2^-16, 2^16] exactly (quip.md §10.11), else BAD_PARAMS.
+
+    Exactness matters because every decoder divides by this f32 value; a float64 that
+    binary32 cannot hold would leave its rounding to each implementation.
+    """
+    v = rec.params.get("resid_scale")
+    lo, hi = RESID_SCALE_RANGE
+    if not isinstance(v, float) or not (lo <= v <= hi) or float(np.float32(v)) != v:
+        raise fail(ErrorCode.BAD_PARAMS, f"param 'resid_scale' = {v!r} must be a float holding a binary32 value in "
+                   f"[2^-16, 2^16] exactly", rec.name)
+    return np.float32(v)
+
+
 def section_layout(p: Mapping[str, Any], m: int, n: int) -> tuple[dict[str, SectionSpec], dict[str, SectionSpec]]:
     """(required, optional) section specs (quip.md §3; §10.2 when ``p`` has a ``codebook``)."""
     v2 = "codebook" in p
     diag = DIAG_DTYPES if v2 else ("i8",)
-    if p.get("codebook") == "e8p12":
+    if p.get("codebook") in E8P_CODEBOOKS:
         codes: SectionSpec = (("u16",), (m, n // E8P_DIM))
     else:
         codes = (("u32",), (m, ceil_div(n * p["bits"], 32)))
@@ -85,6 +106,8 @@ def section_layout(p: Mapping[str, Any], m: int, n: int) -> tuple[dict[str, Sect
         "su": (diag, (n,)),
         "sv": (diag, (m,)),
     }
+    if p.get("codebook") in RVQ_CODES2_DTYPE:
+        req["codes2"] = ((RVQ_CODES2_DTYPE[p["codebook"]],), (m, n // E8P_DIM))
     if p["a_n"] > 1:
         req["factor_n"] = (("f32",), (p["a_n"], p["a_n"]))
     if p["a_m"] > 1:
@@ -108,7 +131,7 @@ class Options(OptionsBase):
         Flag("bits", dict(type=int, choices=range(1, 9), metavar="{1..8}"), "grid bits"),
         Flag("seed", dict(type=int_in(0, 2**63 - 1)),
              "seed of the random signs / orthogonal factors, which are stored in the file (default 0)"),
-        Flag("quip_codebook", dict(choices=list(CODEBOOKS)),
+        Flag("quip_codebook", dict(choices=list(ENCODER_CODEBOOKS)),
              "grid = --bits-bit uniform grid (codec_version 1, default); e8p12 = QuIP#'s E8P12 lattice codebook, "
              "2 bits per weight, in_features a multiple of 8 (codec_version 2)"),
     )
@@ -126,8 +149,9 @@ class Options(OptionsBase):
     def check(self, method: str = "rtn") -> None:
         if not 1 <= self.bits <= 8:
             raise ValueError("bits must be 1..8 (--bits)")
-        if self.quip_codebook not in CODEBOOKS:
-            raise ValueError(f"unknown quip codebook {self.quip_codebook!r}; choose one of {', '.join(CODEBOOKS)} "
+        if self.quip_codebook not in ENCODER_CODEBOOKS:
+            raise ValueError(f"unknown quip codebook {self.quip_codebook!r}; choose one of "
+                             f"{', '.join(ENCODER_CODEBOOKS)} "
                              "(--quip-codebook)")
         if self.quip_codebook == "e8p12" and self.bits != 2:
             raise ValueError(f"the e8p12 codebook stores 2 bits per weight; bits = {self.bits} is not possible")

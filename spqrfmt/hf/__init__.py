@@ -3,9 +3,10 @@
 Modules: :mod:`.checkpoint` (read a checkpoint folder: shards, index, config,
 tokenizer files), :mod:`.export` (write a dense or ``export-hf`` folder from a
 ``.spqr``), :mod:`.quantizer` (the transformers quantization method
-``spqrfmt``), :mod:`.tokenizer` (a file's stored tokenizer), :mod:`.evaluate`
-(perplexity), :mod:`.generate` (text generation). Only the last four import
-torch/transformers, inside their functions (the quantizer at its top).
+``spqrfmt``), :mod:`.save` (its lossless ``save_pretrained``), :mod:`.tokenizer`
+(a file's stored tokenizer), :mod:`.evaluate` (perplexity), :mod:`.generate`
+(text generation). Only the last five import torch/transformers, inside their
+functions (the quantizer at its top).
 
 ``import spqrfmt.hf`` registers the quantization method ``spqrfmt`` with
 transformers, so ``AutoModelForCausalLM.from_pretrained(folder)`` loads a folder

@@ -147,14 +147,19 @@ def shard(tensors: list[DenseTensor], max_bytes: int) -> list[list[DenseTensor]]
 
 
 def side_files(f: SpqrFile, warn: Callable[[str], None]) -> dict[str, bytes]:
-    """``config.json`` (less any ``quantization_config``: the folder is dense) and the ``hf.files/*`` entries.
-
-    Only plain file names a checkpoint folder would hold (the converter's own pattern) are
-    written: a name with a path in it, or any other name, is reported through ``warn`` and skipped.
-    """
+    """``config.json`` (less any ``quantization_config``: the folder is dense) and the :func:`metadata_files`."""
     cfg = config_of(f)
     cfg.pop("quantization_config", None)
-    files = {"config.json": (json.dumps(cfg, indent=2) + "\n").encode("utf-8")}
+    return {"config.json": (json.dumps(cfg, indent=2) + "\n").encode("utf-8"), **metadata_files(f, warn)}
+
+
+def metadata_files(f: SpqrFile, warn: Callable[[str], None]) -> dict[str, bytes]:
+    """The tokenizer, generation and chat-template files kept as ``hf.files/*`` metadata.
+
+    Only plain file names a checkpoint folder would hold (the converter's own pattern) are
+    returned: a name with a path in it, or any other name, is reported through ``warn`` and skipped.
+    """
+    files = {}
     for key, value in f.metadata.items():
         if not key.startswith(FILES_PREFIX):
             continue
@@ -164,6 +169,13 @@ def side_files(f: SpqrFile, warn: Callable[[str], None]) -> dict[str, bytes]:
             continue
         files[name] = value
     return files
+
+
+def write_stub(path: Path) -> None:
+    """The empty safetensors file of an spqrfmt folder: transformers' loader opens one before its quantizer runs."""
+    write_safetensors_streaming(path, [], lambda name: np.empty(0),
+                                {"format": "pt", "spqrfmt": f"the weights are in {WEIGHTS_FILE}: import spqrfmt.hf "
+                                 "before from_pretrained"})
 
 
 def _new_folder(out: Path) -> None:
@@ -258,9 +270,7 @@ def write_export_folder(f: SpqrFile, out: str | os.PathLike[str], warn: Callable
         with open(tmp / WEIGHTS_FILE, "wb") as dst:  # the bytes just verified, from the open file
             for pos in range(0, size, 16 << 20):
                 dst.write(f._read(pos, min(16 << 20, size - pos)))
-        write_safetensors_streaming(tmp / "model.safetensors", [], lambda name: np.empty(0),
-                                    {"format": "pt", "spqrfmt": f"the weights are in {WEIGHTS_FILE}: import "
-                                     "spqrfmt.hf before from_pretrained"})
+        write_stub(tmp / "model.safetensors")
         for name, data in files.items():
             (tmp / name).write_bytes(data)
         return [WEIGHTS_FILE, "model.safetensors", *files]
@@ -273,4 +283,4 @@ def _warn(msg: str) -> None:
 
 
 __all__ = ["DEFAULT_SHARD_BYTES", "QUANT_METHOD", "WEIGHTS_FILE", "DenseTensor", "dense_tensors", "parse_size", "shard",
-           "side_files", "write_export_folder", "write_hf_folder"]
+           "metadata_files", "side_files", "write_export_folder", "write_hf_folder", "write_stub"]

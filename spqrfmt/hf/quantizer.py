@@ -14,8 +14,9 @@ quantizer puts every parameter on the meta device and fills the model from the
 ``.spqr`` exactly as :func:`spqrfmt.model.load_model` does (shared code:
 :func:`spqrfmt.model.populate`), so the logits are those of ``load_model``.
 On CUDA quantized linears stay compressed in the kernel modules; on CPU they
-are decoded once. Saving such a model with ``save_pretrained`` is refused
-(``spqr export-hf`` writes the folder from the file, losslessly).
+are decoded once. ``save_pretrained`` of such a model writes the same folder
+form back without re-quantizing (:mod:`.save`). ``file`` may name a
+split set's first part (its index beside it).
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ class SpqrfmtHfQuantizer(HfQuantizer):
         import torch
 
         from ..model import populate
-        from ..reader import open_file
+        from ..split import open_model
+        from .save import attach
 
         assert self.path is not None
         param = next(model.parameters())
@@ -104,15 +106,21 @@ class SpqrfmtHfQuantizer(HfQuantizer):
                 if p is not None:
                     module._parameters[name] = torch.nn.Parameter(p.to("meta"), requires_grad=False)
         model._spqr_state_names = None
-        with open_file(self.path) as f:
+        with open_model(self.path) as f:
             model.spqr_load_report = populate(model, f, dtype, dev, use_kernels)
         if self._tied is not None:
             model.all_tied_weights_keys = self._tied
         model.to(dev)
+        attach(model, self.path)
         return model
 
     def is_serializable(self, *args: Any, **kwargs: Any) -> bool:
-        return False  # spqr export-hf writes the folder from the file itself, losslessly
+        return True  # model.save_pretrained writes the source .spqr back, byte for byte (.save)
+
+    def get_state_dict_and_metadata(self, model: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        from .save import state_dict_and_metadata
+
+        return state_dict_and_metadata(model)
 
     @property
     def is_trainable(self) -> bool:

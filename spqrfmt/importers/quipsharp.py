@@ -42,6 +42,12 @@ one quip tensor ``<fused>.weight`` (the output Hadamard mixes the parts) with
 * E8P12 -> ``quip`` v2, codebook "e8p12": ``codes`` = the 16-bit codes (bit for bit),
   ``scale[r] = Wscale`` (exact in f32), ``su = SU``, ``sv = SV`` (i8 when every entry is
   +-1, else the source's f16/f32 values unchanged).
+* E8P12RVQ4B / E8P12RVQ3B (codebook versions 1 / 0) -> ``quip`` v2, codebook "e8p12_rvq4" /
+  "e8p12_rvq3" (quip.md §10.11): ``Qidxs`` int64 ``[m, n/16]`` is two E8P12-tiled planes side by
+  side (first stage, then residual); ``[m, 3n/64]`` is an E8P12-tiled plane then ``n/64`` words
+  whose little-endian bytes are the E81B codes of the 8-column groups in order.
+  ``W = Wscale * (G0 + G1 / rho)``, ``rho`` = 3.45 / 2.04 (``opt_resid_scale``) unless the config's
+  ``quip_params.resid_scale_override`` is positive; stored as ``resid_scale`` rounded to binary32.
 * HI4B1C with +-1 ``SU`` and equal ``|SV|`` -> ``quip`` v1 as before: ``L = 15``,
   ``scale[r] = |SV| * Wscale / 2``, ``su = sign(SU)``, ``sv = sign(SV)``; otherwise (fine-tuned)
   -> ``quip`` v2 codebook "grid": ``scale[r] = Wscale / 2``, ``su = SU``, ``sv = SV``.
@@ -50,8 +56,8 @@ Equal to the source's effective weight in exact arithmetic; the decoded f32 tens
 the quip spec's rounding (QuIP# never materialises W: it transforms activations in f16/f32
 with cuBLAS, which defines no bit pattern to match).
 
-Not representable (the importer stops and names the field): codebook ids other than 7 and
-10; E8P12 of another codebook version; ``n`` or ``m`` = K * 2^k without a ``--hadamard``
+Not representable (the importer stops and names the field): codebook ids other than 7, 10,
+17 and 18; E8P12/RVQ of another codebook version; ``n`` or ``m`` = K * 2^k without a ``--hadamard``
 table of order K (the message names K and where QuIP#'s table is); a fused layer whose
 split the config does not give; ``scaleWH`` other than 1; a non-empty low-rank ``A``/``B``.
 """
@@ -79,6 +85,11 @@ D4, E8P12, HI4B1C, E8P12_RVQ4B, E8P12_RVQ3B = 0, 7, 10, 17, 18
 CODEBOOK_NAMES = {D4: "D4", E8P12: "E8P12", HI4B1C: "HI4B1C", E8P12_RVQ4B: "E8P12RVQ4B",
                   E8P12_RVQ3B: "E8P12RVQ3B"}
 E8P_CODEBOOK_VERSION = 1  # QuIP#'s ``codebook_version`` of the packed int64 Qidxs layout above
+# The ``codebook_version`` QuIP#'s code expects for each codebook id whose Qidxs layout is read here.
+CODEBOOK_VERSIONS = {E8P12: E8P_CODEBOOK_VERSION, E8P12_RVQ4B: 1, E8P12_RVQ3B: 0}
+# QuIP#'s default residual scales (``opt_resid_scale``) and the quip v2 codebook of each RVQ id (quip.md §10.11).
+RESID_SCALE_DEFAULT = {E8P12_RVQ4B: 3.45, E8P12_RVQ3B: 2.04}
+RVQ_CODEBOOK = {E8P12_RVQ4B: "e8p12_rvq4", E8P12_RVQ3B: "e8p12_rvq3"}
 ROLES = ("Qidxs", "SU", "SV", "Wscale", "codebook_id")
 # Nibble position (bit shift) of the j-th index of a packed group of 8.
 NIBBLE_SHIFT = (28, 12, 24, 8, 20, 4, 16, 0)
@@ -130,6 +141,27 @@ def untile_e8p(qidxs: np.ndarray, m: int, n: int, *, name: str = "") -> np.ndarr
             signs |= ((hi >> np.uint64(4 * j + k)) & np.uint64(1)) << np.uint64(j)
         out[:, :, k & 1, :, :, k >> 1] = ((row << np.uint64(8)) | signs).astype(np.uint16).transpose(0, 2, 1, 3)
     return out.reshape(m, n // 8)
+
+
+def split_rvq(qidxs: np.ndarray, codebook_id: int, m: int, n: int, *, name: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """QuIP#'s RVQ ``Qidxs`` -> (u16 first-stage codes [m, n/8], second-stage codes [m, n/8]) (quip.md §10.11).
+
+    E8P12RVQ4B: int64 [m, n/16] = two tiled E8P12 planes side by side (second one u16 after untiling);
+    E8P12RVQ3B: int64 [m, 3n/64] = a tiled E8P12 plane, then n/64 words of little-endian E81B bytes (u8).
+    """
+    q = np.asarray(qidxs)
+    words = n // 16 if codebook_id == E8P12_RVQ4B else 3 * n // 64
+    if q.dtype != np.int64 or q.shape != (m, words) or m % 16 or n % 64:
+        raise NotRepresentable(
+            f"{name}.Qidxs: {q.dtype}{list(q.shape)} is not {CODEBOOK_NAMES[codebook_id]}'s packed layout "
+            f"(int64 [m, {'n/16' if codebook_id == E8P12_RVQ4B else '3n/64'}] = [{m}, {words}], "
+            "m % 16 == 0, n % 64 == 0)")
+    q = np.ascontiguousarray(q)
+    first = untile_e8p(np.ascontiguousarray(q[:, : n // 32]), m, n, name=name)
+    rest = np.ascontiguousarray(q[:, n // 32:])
+    if codebook_id == E8P12_RVQ4B:
+        return first, untile_e8p(rest, m, n, name=name)
+    return first, rest.astype("<i8").view(np.uint8).reshape(m, n // 8).copy()
 
 
 def quip_hadamard_order(d: int) -> int:
@@ -276,15 +308,18 @@ def _f32_exact(v: np.ndarray | float, what: str) -> np.float32:
 
 def to_quip_sections(qidxs: np.ndarray, su: np.ndarray, sv: np.ndarray, wscale: np.ndarray | float,
                      codebook_id: int, n: int, *, name: str = "",
-                     hadamards: Mapping[int, np.ndarray] | None = None) -> QuipTensor:
-    """Codec ``quip`` tensor for one QuIP# layer (E8P12 or HI4B1C), or NotRepresentable naming the field.
+                     hadamards: Mapping[int, np.ndarray] | None = None,
+                     resid_scale: float | None = None) -> QuipTensor:
+    """Codec ``quip`` tensor for one QuIP# layer (E8P12, E8P12RVQ4B/3B or HI4B1C), or NotRepresentable naming the field.
 
     ``hadamards``: QuIP#'s +-1 tables by order K, needed when n or m is K * 2^k with K > 1.
+    ``resid_scale``: the RVQ codebooks' residual scale (QuIP#'s ``resid_scale_override`` when positive;
+    default its ``opt_resid_scale``), stored rounded to binary32.
     """
-    if codebook_id not in (E8P12, HI4B1C):
+    if codebook_id not in (E8P12, HI4B1C, E8P12_RVQ4B, E8P12_RVQ3B):
         raise NotRepresentable(
             f"{name}.codebook_id = {codebook_id} ({CODEBOOK_NAMES.get(codebook_id, 'unknown')}): codec quip holds "
-            "E8P12 (v2) and HI4B1C; D4 and the residual (RVQ) E8P variants have no quip codebook")
+            "E8P12, E8P12RVQ4B, E8P12RVQ3B (v2) and HI4B1C; D4 has no quip codebook")
     su, sv = np.asarray(su).reshape(-1), np.asarray(sv).reshape(-1)
     m = sv.size
     if su.size != n:
@@ -292,9 +327,26 @@ def to_quip_sections(qidxs: np.ndarray, su: np.ndarray, sv: np.ndarray, wscale: 
     kn, fn = _side(n, f"{name} in_features", hadamards or {})
     km, fm = _side(m, f"{name} out_features", hadamards or {})
     factors = {r: f for r, f in (("factor_n", fn), ("factor_m", fm)) if f is not None}
-    qt = _quip_sections(qidxs, su, sv, wscale, codebook_id, n, m, kn, km, name)
+    if codebook_id in RVQ_CODEBOOK:
+        qt = _rvq_sections(qidxs, su, sv, wscale, codebook_id, n, m, kn, km, name, resid_scale)
+    else:
+        qt = _quip_sections(qidxs, su, sv, wscale, codebook_id, n, m, kn, km, name)
     qt.sections.update(factors)
     return qt
+
+
+def _rvq_sections(qidxs: np.ndarray, su: np.ndarray, sv: np.ndarray, wscale: np.ndarray | float, codebook_id: int,
+                  n: int, m: int, kn: int, km: int, name: str, resid_scale: float | None) -> QuipTensor:
+    ws = _f32_exact(wscale, f"{name}.Wscale")
+    rho = float(RESID_SCALE_DEFAULT[codebook_id] if resid_scale is None else resid_scale)
+    rho32 = float(np.float32(rho))
+    if not (2.0**-16 <= rho32 <= 2.0**16):
+        raise NotRepresentable(f"{name}: residual scale {rho!r} is outside quip's [2^-16, 2^16] (quip.md §10.11)")
+    codes, codes2 = split_rvq(qidxs, codebook_id, m, n, name=name)
+    sections = {"codes": codes, "codes2": codes2, "scale": np.full(m, ws, dtype=np.float32),
+                "su": diagonal_section(su, f"{name}.SU"), "sv": diagonal_section(sv, f"{name}.SV")}
+    params = {"codebook": RVQ_CODEBOOK[codebook_id], "resid_scale": rho32, "log2_hn": kn, "log2_hm": km}
+    return QuipTensor(params, sections, (m, n), 2)
 
 
 def _quip_sections(qidxs: np.ndarray, su: np.ndarray, sv: np.ndarray, wscale: np.ndarray | float,
@@ -433,12 +485,17 @@ def import_quipsharp(src: str | os.PathLike[str], output: str | os.PathLike[str]
     cids = {pr: int(np.asarray(state.get(f"{pr}.codebook_id", np.array(HI4B1C))).reshape(-1)[0]) for pr in prefixes}
     for pr in prefixes:
         _refuse_extras(state, pr)
-    if E8P12 in cids.values() and isinstance(qp, dict):
+    resid_scale: float | None = None
+    if isinstance(qp, dict):
         ver = qp.get("codebook_version", 0)
-        if ver != E8P_CODEBOOK_VERSION:
-            raise NotRepresentable(
-                f"config quip_params.codebook_version = {ver!r}: only E8P12 codebook version "
-                f"{E8P_CODEBOOK_VERSION} (QuIP#'s packed int64 Qidxs) is read")
+        for cid in sorted(set(cids.values()) & set(CODEBOOK_VERSIONS)):
+            if ver != CODEBOOK_VERSIONS[cid]:
+                raise NotRepresentable(
+                    f"config quip_params.codebook_version = {ver!r}: only {CODEBOOK_NAMES[cid]} codebook version "
+                    f"{CODEBOOK_VERSIONS[cid]} (QuIP#'s packed int64 Qidxs) is read")
+        override = qp.get("resid_scale_override", -1)
+        if isinstance(override, (int, float)) and not isinstance(override, bool) and override > 0:
+            resid_scale = float(override)
     fused: dict[str, list[tuple[str, int]]] = {}
     for pr in prefixes:
         if f"{pr}.fuse_scales" in state:
@@ -466,7 +523,8 @@ def import_quipsharp(src: str | os.PathLike[str], output: str | os.PathLike[str]
                 sv = _fold_fuse_scales(sv, state[f"{pr}.fuse_scales"], fused[pr], pr)
             qt = to_quip_sections(state[f"{pr}.Qidxs"], su, sv,
                                   np.asarray(state.get(f"{pr}.Wscale", np.array(1.0, np.float32))), cids[pr],
-                                  int(np.asarray(su).size), name=pr, hadamards=hadamards)
+                                  int(np.asarray(su).size), name=pr, hadamards=hadamards,
+                                  resid_scale=resid_scale)
             w.add(f"{pr}.weight", shape=qt.shape, dtype="f16", codec="quip", params=qt.params,
                   sections=qt.sections, codec_version=qt.codec_version)
             report.quantized.append(f"{pr}.weight")
