@@ -16,6 +16,20 @@ import pytest
 from spqrfmt.format import MAGIC, PREAMBLE_SIZE, align64, crc32, pack_header
 
 
+def _cpu_only() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return True
+    return not torch.cuda.is_available()
+
+
+# Without a GPU the Triton kernels run in Triton's interpreter. It has to be chosen before any module
+# defines a @triton.jit kernel, whichever test file is collected first, so it is set here, once.
+if _cpu_only():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
 def assemble(header: dict[str, Any], data: bytes, *, major: int = 1, minor: int = 0,
              header_crc: int | None = None, header_length: int | None = None,
              data_length: int | None = None) -> bytes:
