@@ -45,7 +45,7 @@ import numpy as np
 
 import spqrfmt
 from spqrfmt.encoder.quip import quantize_quip
-from spqrfmt.encoder.rtn import quantize_spqr
+from spqrfmt.encoder.spqr import quantize_spqr
 from spqrfmt.encoder.squeezellm import quantize_squeezellm
 from spqrfmt.safetensors_io import SafetensorsFile
 

@@ -16,7 +16,7 @@ import numpy as np
 
 import spqrfmt
 from spqrfmt.convert import QuantConfig, convert
-from spqrfmt.encoder.rtn import quantize_spqr
+from spqrfmt.encoder.spqr import quantize_spqr
 from spqrfmt.hf.checkpoint import demo_checkpoint
 
 CONFIGS = [

@@ -68,7 +68,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from spqrfmt.encoder.quip import quantize_quip  # noqa: E402
-from spqrfmt.encoder.rtn import quantize_spqr  # noqa: E402
+from spqrfmt.encoder.spqr import quantize_spqr  # noqa: E402
 from spqrfmt.encoder.squeezellm import quantize_squeezellm  # noqa: E402
 from spqrfmt.model import load_model  # noqa: E402
 from spqrfmt.writer import Writer  # noqa: E402

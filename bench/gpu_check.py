@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from spqrfmt.decoder.spqr import decode
-from spqrfmt.encoder.rtn import quantize_spqr
+from spqrfmt.encoder.spqr import quantize_spqr
 from spqrfmt.kernels import spqr as ks
 from spqrfmt.kernels.linear import SpQRLinear
 

@@ -40,7 +40,7 @@ import numpy as np
 from ..format import ceil_div
 from .encoded import Encoded
 from .packing import pack_rows
-from .rtn import quantize_stat
+from .spqr import quantize_stat
 
 __all__ = ["GPTQConfig", "HessianFactor", "factor_hessian", "hessian_error", "quantize_gptq"]
 

@@ -364,7 +364,7 @@ def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_gpt2_conv1d_orientation(tiny_gpt2: Path, tiny_lm, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     """Conv1D weights are quantized as [out, in] (groups along the input), listed, and restored on the way out."""
-    from spqrfmt.encoder.rtn import quantize_spqr
+    from spqrfmt.encoder.spqr import quantize_spqr
 
     _, calib, heldout = tiny_lm
     source = SafetensorsFile(next(tiny_gpt2.glob("*.safetensors")))

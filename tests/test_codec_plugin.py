@@ -114,7 +114,7 @@ def test_registration_refuses_a_second_codec_with_a_taken_id() -> None:
 
 
 def test_check_record_returns_the_checked_params_the_tensor_keeps(tmp_path: Path) -> None:
-    from spqrfmt.encoder.rtn import quantize_spqr
+    from spqrfmt.encoder.spqr import quantize_spqr
     from spqrfmt.writer import Writer
 
     w = np.random.default_rng(0).standard_normal((8, 32)).astype(np.float32)

@@ -14,7 +14,7 @@ import spqrfmt
 from spqrfmt.decoder.spqr import unpack_rows
 from spqrfmt.dtypes import bf16_to_f32, f32_to_bf16
 from spqrfmt.encoder.packing import pack_rows
-from spqrfmt.encoder.rtn import quantize_spqr
+from spqrfmt.encoder.spqr import quantize_spqr
 from spqrfmt.format import ALIGNMENT, PREAMBLE_SIZE
 
 

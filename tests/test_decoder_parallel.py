@@ -16,7 +16,7 @@ import pytest
 
 import spqrfmt
 from spqrfmt.conformance import refreader
-from spqrfmt.encoder.rtn import quantize_spqr
+from spqrfmt.encoder.spqr import quantize_spqr
 from spqrfmt.encoder.spqr_v2 import to_v2
 from spqrfmt.encoder.squeezellm import quantize_squeezellm
 from spqrfmt.threads import PARALLEL_MIN_ELEMENTS

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from spqrfmt.encoder.quip import quantize_quip
-from spqrfmt.encoder.rtn import quantize_spqr
+from spqrfmt.encoder.spqr import quantize_spqr
 from spqrfmt.encoder.squeezellm import quantize_squeezellm
 
 # The "huge"/"mixed" inputs overflow f16 on purpose (the encoders clamp or keep inf, as before).

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from spqrfmt.decoder.spqr import decode  # noqa: E402
 from spqrfmt.encoder.gptq import GPTQConfig, factor_hessian, hessian_error, quantize_gptq  # noqa: E402
-from spqrfmt.encoder.rtn import quantize_spqr  # noqa: E402
+from spqrfmt.encoder.spqr import quantize_spqr  # noqa: E402
 
 
 def _problem(m: int, n: int, seed: int = 0, outliers: float = 0.005, corr: float = 0.9):

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 import spqrfmt  # noqa: E402
 from spqrfmt.cli import main  # noqa: E402
 from spqrfmt.convert import QuantConfig, convert  # noqa: E402
-from spqrfmt.encoder.rtn import quantize_spqr  # noqa: E402
+from spqrfmt.encoder.spqr import quantize_spqr  # noqa: E402
 from spqrfmt.hf.export import dense_tensors, parse_size  # noqa: E402
 from spqrfmt.model import load_model  # noqa: E402
 

@@ -13,7 +13,7 @@ import pytest
 
 import spqrfmt
 from spqrfmt import ErrorCode
-from spqrfmt.encoder.rtn import quantize_spqr
+from spqrfmt.encoder.spqr import quantize_spqr
 
 from conftest import assemble, restamp, split
 

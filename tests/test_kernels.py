@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from spqrfmt.decoder.spqr import decode  # noqa: E402
-from spqrfmt.encoder.rtn import quantize_spqr  # noqa: E402
+from spqrfmt.encoder.spqr import quantize_spqr  # noqa: E402
 from spqrfmt.kernels import spqr as ks  # noqa: E402
 from spqrfmt.kernels.linear import SpQRLinear  # noqa: E402
 

@@ -193,7 +193,7 @@ def test_gpt2_conv1d(tmp_path):
     """GPT-2 Conv1D weights ([in, out] in checkpoints) load correctly: converted as [out, in] + listed, or as stored."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from spqrfmt.encoder.rtn import quantize_spqr
+    from spqrfmt.encoder.spqr import quantize_spqr
 
     torch.manual_seed(1)
     cfg = GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64)

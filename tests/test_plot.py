@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install 'spqrfmt[plot]')")
 
 import spqrfmt  # noqa: E402
-from spqrfmt.encoder.rtn import quantize_spqr  # noqa: E402
+from spqrfmt.encoder.spqr import quantize_spqr  # noqa: E402
 from spqrfmt.plot import layer_rows, plot_quality  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -11,7 +11,7 @@ import pytest
 
 import spqrfmt
 from spqrfmt.dtypes import f32_to_bf16
-from spqrfmt.encoder.rtn import quantize_spqr
+from spqrfmt.encoder.spqr import quantize_spqr
 
 torch = pytest.importorskip("torch")
 

@@ -113,7 +113,7 @@ def test_ldlq_identity_hessian_is_rtn_and_hessian_helps() -> None:
 
 
 def test_incoherence_beats_plain_rtn_on_outliers() -> None:
-    from spqrfmt.encoder.rtn import quantize_spqr
+    from spqrfmt.encoder.spqr import quantize_spqr
 
     w = _weight(8, 64, 128)
     q = quantize_quip(w, bits=3)

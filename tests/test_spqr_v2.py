@@ -19,7 +19,7 @@ import spqrfmt
 from spqrfmt import ErrorCode
 from spqrfmt.decoder.spqr import decode
 from spqrfmt.encoder.packing import pack_rows
-from spqrfmt.encoder.rtn import quantize_spqr
+from spqrfmt.encoder.spqr import quantize_spqr
 from spqrfmt.encoder.spqr_v2 import outlier_addend, to_v2
 
 from conftest import assemble, split

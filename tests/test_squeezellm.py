@@ -122,7 +122,7 @@ def test_kmeans_beats_uniform_and_is_deterministic() -> None:
     b = quantize_squeezellm(w, bits=3, outlier_fraction=0.0)
     for k in a.sections:
         assert np.array_equal(a.sections[k], b.sections[k])
-    from spqrfmt.encoder.rtn import quantize_spqr
+    from spqrfmt.encoder.spqr import quantize_spqr
 
     rtn = quantize_spqr(w, bits=3, group_size=512, scale_bits=16, zero_bits=16, outlier_fraction=0.0)
     err = np.linalg.norm(a.dequantized - w)

@@ -13,7 +13,7 @@ import pytest
 
 import spqrfmt
 from spqrfmt.cli import main
-from spqrfmt.encoder.rtn import quantize_spqr
+from spqrfmt.encoder.spqr import quantize_spqr
 from spqrfmt.format import crc32
 
 from conftest import run_spqr, split, write_checkpoint

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 pytest.importorskip("torch")
 
-from spqrfmt.encoder import quip, rtn, squeezellm  # noqa: E402
+from spqrfmt.encoder import quip, squeezellm  # noqa: E402
+from spqrfmt.encoder import spqr as rtn  # noqa: E402 - the data-free (round-to-nearest) spqr encoder
 from spqrfmt.encoder import torch as tenc  # noqa: E402
 from spqrfmt.encoder.torch import SIGNED_ZERO_SECTIONS, differences, encoder_for  # noqa: E402
 from spqrfmt.encoder.torch import quip as tquip  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 
 import spqrfmt
 from spqrfmt.cli import main
-from spqrfmt.encoder.rtn import quantize_spqr
+from spqrfmt.encoder.spqr import quantize_spqr
 from spqrfmt.safetensors_io import SafetensorsFile
 from spqrfmt.transposed import StoredTransposed, stored_transposed
 

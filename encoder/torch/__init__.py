@@ -2,7 +2,7 @@
 
 Each module mirrors one CPU encoder (same signature and defaults, plus
 ``device=``) and returns an ``Encoded`` whose sections are byte-identical to
-the CPU encoder's: ``spqr.quantize_spqr`` (encoder/rtn.py),
+the CPU encoder's: ``spqr.quantize_spqr`` (encoder/spqr.py),
 ``squeezellm.quantize_squeezellm``, ``quip.quantize_quip``.
 """
 
@@ -15,28 +15,18 @@ from typing import Any
 def encoder_for(codec_id: str, device: str = "cuda") -> Callable[[str, Any, Any], Any]:
     """The data-free encoder of ``codec_id`` on ``device``: ``(name, weight [out, in], cfg) -> Encoded``.
 
-    A drop-in for ``spqrfmt.convert.data_free_encoder`` (the same ``cfg`` fields, the same bytes).
+    A drop-in for ``spqrfmt.convert.data_free_encoder`` (the same ``cfg``, the same bytes): the registry's
+    codec with ``device=`` (``spqrfmt.convert.device_encoder``), so the codec modules stay the only dispatch.
     """
-    if codec_id == "spqr":
-        from .spqr import quantize_spqr
+    from ... import codecs
 
-        def encode(name: str, weight: Any, cfg: Any) -> Any:
-            return quantize_spqr(weight, bits=cfg.bits, group_size=cfg.group_size, scale_bits=cfg.scale_bits,
-                                 zero_bits=cfg.zero_bits, stat_group_size=cfg.stat_group_size,
-                                 outlier_fraction=cfg.outlier_fraction, device=device)
-    elif codec_id == "squeezellm":
-        from .squeezellm import quantize_squeezellm
+    codec = codecs.by_id(codec_id)
+    if codec is None or codec.Options is None:
+        raise ValueError(f"no torch encoder for codec {codec_id!r}; choose one of {', '.join(codecs.encodable())}")
 
-        def encode(name: str, weight: Any, cfg: Any) -> Any:
-            return quantize_squeezellm(weight, bits=cfg.bits, outlier_fraction=cfg.outlier_fraction,
-                                       max_iter=cfg.kmeans_iters, device=device)
-    elif codec_id == "quip":
-        from .quip import quantize_quip
+    def encode(name: str, weight: Any, cfg: Any) -> Any:
+        return codec.encode(weight, cfg.options, device=device)
 
-        def encode(name: str, weight: Any, cfg: Any) -> Any:
-            return quantize_quip(weight, bits=cfg.bits, seed=cfg.seed, codebook=cfg.quip_codebook, device=device)
-    else:
-        raise ValueError(f"no torch encoder for codec {codec_id!r}; choose spqr, squeezellm or quip")
     return encode
 
 

@@ -1,4 +1,4 @@
-"""Data-free SpQR encoder in torch: ``encoder.rtn.quantize_spqr`` on any device, byte for byte.
+"""Data-free SpQR encoder in torch: ``encoder.spqr.quantize_spqr`` on any device, byte for byte.
 
 Every step is the CPU encoder's, as whole-tensor operations:
 
@@ -32,7 +32,7 @@ import torch
 
 from ...format import ceil_div
 from ..encoded import Encoded
-from ..rtn import check_settings, checked_perm
+from ..spqr import check_settings, checked_perm
 from .device import as_tensor, const, host_empty
 from .packing import as_i32, pack_rows, to_u32
 
@@ -44,7 +44,7 @@ _F32 = torch.float32
 def _scan(v: torch.Tensor, msk: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Groups v [N, β1] (f32, padded by repeating the last column) with outlier mask msk -> the scan state.
 
-    (lo, hi, gain of dropping the max, gain of dropping the min, argmax, argmin), as ``rtn._scan_group``.
+    (lo, hi, gain of dropping the max, gain of dropping the min, argmax, argmin), as ``encoder.spqr._scan_group``.
     """
     vh = v.masked_fill(msk, -math.inf)
     vl = v.masked_fill(msk, math.inf)
@@ -97,7 +97,7 @@ class _State:
             self.cols[r0:r1] = (torch.stack([ih, il], 1).view(-1, G, 2) + j0[None, :, None])
 
     def rescan(self, rg: torch.Tensor) -> None:
-        """Rescan the groups with flat ids rg = r * G + g (``rtn._mark_and_rescan``'s second loop)."""
+        """Rescan the groups with flat ids rg = r * G + g (``encoder.spqr._mark_and_rescan``'s second loop)."""
         n = self.w.shape[1]
         r, g = rg // self.G, rg % self.G
         t = torch.arange(self.b1, device=rg.device)
@@ -112,7 +112,7 @@ class _State:
 def _largest(gains: torch.Tensor, limit: int) -> torch.Tensor:
     """Flat indices (increasing) of the ``min(limit, #positive)`` largest positive gains, ties to the lower index.
 
-    ``rtn._largest``'s set: every gain above the k-th largest, then the first gains equal to it.
+    ``encoder.spqr._largest``'s set: every gain above the k-th largest, then the first gains equal to it.
     """
     pos = gains > 0
     k = min(limit, int(pos.sum()))
@@ -126,7 +126,7 @@ def _largest(gains: torch.Tensor, limit: int) -> torch.Tensor:
 
 
 def _fit_groups(st: _State, budget: int, rounds: int = 4) -> None:
-    """``rtn._fit_groups``'s outlier rounds on ``st`` (its mask and scan state updated in place)."""
+    """``encoder.spqr._fit_groups``'s outlier rounds on ``st`` (its mask and scan state updated in place)."""
     m, n = st.w.shape
     flat_gains = st.gains.view(-1)
     flat_cols = st.cols.view(-1)
@@ -149,13 +149,13 @@ def _fit_groups(st: _State, budget: int, rounds: int = 4) -> None:
 
 
 def _clamp_code(t: torch.Tensor, fq: torch.Tensor) -> torch.Tensor:
-    """``rtn._clamp_code``: NaN and -inf -> 0, +inf -> qmax."""
+    """``encoder.spqr._clamp_code``: NaN and -inf -> 0, +inf -> qmax."""
     t = torch.where(t > 0, t, torch.zeros_like(fq))
     return torch.where(t < fq, t, fq)
 
 
 def quantize_stat(x: torch.Tensor, bits: int, group: int) -> tuple[dict[str, np.ndarray], torch.Tensor]:
-    """``rtn.quantize_stat`` on x [G, m] f32: (host sections, reconstructed f32 [G, m] on x's device)."""
+    """``encoder.spqr.quantize_stat`` on x [G, m] f32: (host sections, reconstructed f32 [G, m] on x's device)."""
     Gn, m = x.shape
     K = ceil_div(m, group)
     pad = K * group - m
@@ -189,7 +189,7 @@ def quantize_spqr(
     device: str | torch.device = "cuda",
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> Encoded:
-    """``encoder.rtn.quantize_spqr`` computed on ``device``: the same sections, byte for byte.
+    """``encoder.spqr.quantize_spqr`` computed on ``device``: the same sections, byte for byte.
 
     ``weight`` may already be a tensor on the device (no host copy then).
     """

@@ -236,7 +236,7 @@ class SpqrCodec:
             from ..encoder.torch.spqr import quantize_spqr as quantize_on
 
             return quantize_on(weight, device=device, **kw)
-        from ..encoder.rtn import quantize_spqr
+        from ..encoder.spqr import quantize_spqr
 
         return quantize_spqr(weight, **kw)
 
