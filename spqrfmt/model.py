@@ -279,7 +279,7 @@ def load_model(
     RNE cast) into plain dense weights. A file that lacks model parameters, or whose config asks
     for far more than the file holds, raises ValueError before anything is moved to ``device``.
 
-    ``tp`` (tensor parallelism, SPEC annex B, docs/parallel.md): under ``torchrun`` with
+    ``tp`` (tensor parallelism, spec/sharding.md, docs/parallel.md): under ``torchrun`` with
     torch.distributed initialised, ``tp=N`` (default: the world size when ``rank`` is given)
     builds this rank's shard: q/k/v/gate/up cut along out, o/down along in with an all-reduce
     of their outputs, everything else replicated; each rank reads only its byte ranges of the

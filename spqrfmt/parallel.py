@@ -1,4 +1,4 @@
-"""Tensor-parallel layers of a Llama-style model built from shards of a ``.spqr`` file (SPEC annex B).
+"""Tensor-parallel layers of a Llama-style model built from shards of a ``.spqr`` file (spec/sharding.md).
 
 Megatron's split: the projections that fan out (``q/k/v_proj``, ``gate/up_proj``) are
 *column-parallel*, cut along out, so a rank computes its heads / its slice of the MLP width
@@ -9,7 +9,7 @@ its head count from the projection's width, so a model whose q/k/v hold ``heads 
 runs unchanged.
 
 A row-parallel shard of a tensor with an act-order permutation holds the stored columns
-``lo..hi`` (SPEC annex B.2), i.e. the input features ``perm[lo:hi]``, not the features this rank
+``lo..hi`` (spec/sharding.md §3.2), i.e. the input features ``perm[lo:hi]``, not the features this rank
 computed upstream: such a layer all-gathers its input and takes those features (one all-gather
 of the activations; none when the shard's features are the rank's own block).
 
@@ -175,7 +175,7 @@ def refuse_fused(meta: Mapping[str, Any], path: Any) -> None:
 
     if meta.get(FUSED):
         raise ValueError(f"{path}: fused tensors (metadata {FUSED!r}) cannot be loaded with tp > 1: their output "
-                         "transform mixes the fused parts (SPEC annex B.4)")
+                         "transform mixes the fused parts (spec/sharding.md §5)")
 
 
 __all__ = ["COLUMN_PARALLEL", "ROW_PARALLEL", "RowParallelLinear", "axis_of", "check_config", "refuse_fused",

@@ -1,8 +1,8 @@
-"""Read one shard of a tensor (spec/SPEC.md annex B): only the byte ranges the shard needs.
+"""Read one shard of a tensor (spec/sharding.md): only the byte ranges the shard needs.
 
 :func:`read_shard` hands the tensor's codec (through the registry) lazy sections that read
 on slicing, so a rank of a tensor-parallel load reads its rows or its column range of each
-section, never the whole tensor (the few sections a codec needs whole, listed in annex B,
+section, never the whole tensor (the few sections a codec needs whole, listed there,
 are read whole). The shard is a record of the same codec: it is checked like any tensor
 (``check_record``, then ``check_content`` on its CSR / permutation) before it is decoded.
 
@@ -114,7 +114,7 @@ def read_shard(tensor: Tensor, axis: int, index: int, count: int,
                counter: ReadCounter | None = None) -> TensorShard:
     """Part ``index`` of ``count`` of ``tensor`` along ``axis``, reading only its byte ranges (module docstring).
 
-    ShardError (a ValueError) when the codec's rule (SPEC annex B) cannot cut it so;
+    ShardError (a ValueError) when the codec's rule (spec/sharding.md) cannot cut it so;
     SpqrFormatError for bad content met on the way.
     """
     counter = counter or ReadCounter()

@@ -1,4 +1,4 @@
-"""Tensor-parallel load_model (SPEC annex B): two gloo ranks on CPU give the unsharded model's logits.
+"""Tensor-parallel load_model (spec/sharding.md): two gloo ranks on CPU give the unsharded model's logits.
 
 The file is written by the test from a tiny random Llama, with a codec mix that exercises every
 sharding rule a Llama layer meets: spqr with outliers and 3-bit statistics (q/k/v, cut along out at

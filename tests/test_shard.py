@@ -1,4 +1,4 @@
-"""Codec sharding (SPEC annex B): every shard of a tensor decodes to exactly its slice of the unsharded decode.
+"""Codec sharding (spec/sharding.md): every shard of a tensor decodes to exactly its slice of the unsharded decode.
 
 Records are built with random but valid content (codes, f16 statistics, CSR outliers, permutations,
 block-diagonal QuIP factors) for the codec's own section layout, so the rules are exercised on

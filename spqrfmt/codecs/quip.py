@@ -196,7 +196,7 @@ class QuipCodec:
     def shard(self, rec: TensorRecord, sections: Mapping[str, Any], axis: int, index: int, count: int) -> Shard:
         """Part ``index`` of ``count`` along out (axis 0) or in (axis 1), only where that side's transform
         ``F ⊗ H`` stays inside the part: whole Hadamard blocks, and a factor with no entry coupling the
-        part to the rest (a factor of one block must then be exactly [1]). SPEC annex B.4."""
+        part to the rest (a factor of one block must then be exactly [1]). spec/sharding.md §5."""
         p = checked_params(rec)
         m, n = rec.shape
         if axis not in (0, 1):
@@ -214,7 +214,7 @@ class QuipCodec:
             if np.any(F[b0:b1, :b0] != 0) or np.any(F[b0:b1, b1:] != 0) or (b1 - b0 == 1 and F[b0, b0] != 1.0):
                 raise ShardError(f"{rec.name}: quip {factor} couples factor blocks {b0}..{b1 - 1} with the rest "
                                  f"(or a one-block part's entry is not 1): side {side}'s transform does not stay "
-                                 "inside the shard, so this tensor cannot be cut there")
+                                 "inside the shard, so this tensor cannot be cut there (spec/sharding.md §5)")
             if b1 - b0 > 1:
                 out[factor] = np.array(F[b0:b1, b0:b1])
         if axis == 0:

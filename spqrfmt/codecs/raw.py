@@ -33,7 +33,7 @@ class RawCodec:
             raise fail(ErrorCode.BAD_VALUE, "bool tensor holds bytes other than 0/1", rec.name)
 
     def shard(self, rec: TensorRecord, sections: Mapping[str, Any], axis: int, index: int, count: int) -> Any:
-        """Part ``index`` of ``count`` equal parts along any dimension (SPEC annex B.1)."""
+        """Part ``index`` of ``count`` equal parts along any dimension (spec/sharding.md §2)."""
         from .sharding import Shard, shard_range
 
         lo, hi = shard_range(rec, axis, index, count, 1, "")

@@ -1,4 +1,4 @@
-"""Pieces shared by the codecs' ``shard`` methods (spec/SPEC.md annex B: tensor-parallel sharding).
+"""Pieces shared by the codecs' ``shard`` methods (spec/sharding.md: tensor-parallel sharding).
 
 A codec's ``shard(rec, sections, axis, index, count) -> Shard`` cuts its tensor into ``count`` equal
 parts along ``axis`` (0 = out, 1 = in) and returns part ``index`` as a valid record of the same codec
@@ -23,7 +23,7 @@ from . import check_csr
 
 
 class ShardError(ValueError):
-    """A tensor that its codec's sharding rule (SPEC annex B) cannot cut as asked; the message names the rule."""
+    """A tensor that its codec's sharding rule (spec/sharding.md) cannot cut as asked; the message names the rule."""
 
 
 class Shard(NamedTuple):
@@ -49,11 +49,12 @@ def shard_range(rec: TensorRecord, axis: int, index: int, count: int, multiple: 
     size = rec.shape[axis]
     what = AXES[axis] if len(rec.shape) == 2 else f"dimension {axis}"
     if size % count:
-        raise ShardError(f"{rec.name}: {rec.codec} cannot cut {what} = {size} into {count} equal parts")
+        raise ShardError(f"{rec.name}: {rec.codec} cannot cut {what} = {size} into {count} equal parts "
+                         "(spec/sharding.md §1)")
     chunk = size // count
     if count > 1 and chunk % multiple:
-        raise ShardError(f"{rec.name}: {rec.codec} shards along {what} must be multiples of {multiple} ({rule}); "
-                         f"{size} / {count} = {chunk} is not")
+        raise ShardError(f"{rec.name}: {rec.codec} shards along {what} must be multiples of {multiple} ({rule}; "
+                         f"spec/sharding.md); {size} / {count} = {chunk} is not")
     return index * chunk, (index + 1) * chunk
 
 

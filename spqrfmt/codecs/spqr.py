@@ -254,7 +254,7 @@ class SpqrCodec:
     def shard(self, rec: TensorRecord, sections: Mapping[str, Any], axis: int, index: int, count: int) -> Shard:
         """Part ``index`` of ``count`` along out (axis 0, boundaries at multiples of β2 when a statistic is
         quantized) or along stored input columns (axis 1, multiples of β1; with ``perm`` the part holds the
-        input features ``perm[lo:hi]``, its own perm re-ranked). SPEC annex B.2."""
+        input features ``perm[lo:hi]``, its own perm re-ranked). spec/sharding.md §3."""
         p = checked_params(rec)
         m, n = rec.shape
         stats = [w for w in ("scale", "zero") if p[f"{w}_bits"] < 16]

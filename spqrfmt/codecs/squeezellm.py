@@ -119,7 +119,7 @@ class SqueezeLLMCodec:
 
     def shard(self, rec: TensorRecord, sections: Mapping[str, Any], axis: int, index: int, count: int) -> Shard:
         """Part ``index`` of ``count`` along out (axis 0: its rows' LUTs) or in (axis 1: every row's LUT kept),
-        at any boundary: each row has its own table and no statistic spans columns (SPEC annex B.3)."""
+        at any boundary: each row has its own table and no statistic spans columns (spec/sharding.md §4)."""
         bits = checked_params(rec)["bits"]
         m, n = rec.shape
         if axis == 0:
