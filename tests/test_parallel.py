@@ -19,6 +19,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # the kernel-path test runs the Triton kernels interpreted
 
 import spqrfmt  # noqa: E402
 from spqrfmt import Writer, codecs  # noqa: E402
@@ -26,7 +28,11 @@ from spqrfmt.model import load_model  # noqa: E402
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
+from test_shard import _record, spqr_layout  # noqa: E402
 from tp_worker import PROMPT  # noqa: E402
+
+from spqrfmt.codecs import squeezellm  # noqa: E402
+from spqrfmt.shard import shard_arrays  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +95,39 @@ def test_two_gloo_ranks_give_the_unsharded_logits(tiny, tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
         assert np.argmax(got, -1).tolist() == np.argmax(want, -1).tolist()
     np.testing.assert_array_equal(np.load(tmp_path / "out.rank0.npy"), np.load(tmp_path / "out.rank1.npy"))
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("codec", ["spqr", "squeezellm"])
+def test_kernel_module_of_a_shard_dequantizes_to_its_decode(codec, axis):
+    """The use_kernels path: CodecLinear built from a shard (Triton interpreted on CPU; GPUs untested here)."""
+    pytest.importorskip("triton")
+    from spqrfmt.kernels.linear import CodecLinear
+
+    rng = np.random.default_rng(3)
+    if codec == "spqr":
+        params = dict(bits=3, group_size=16, scale_bits=3, zero_bits=3, stat_group_size=16)
+        rec, arrays = _record("spqr", 1, (64, 64), params, spqr_layout, rng,
+                              {"perm": rng.permutation(64).astype(np.uint32)})
+    else:
+        layout = (squeezellm.checked_params, lambda rec, p: squeezellm.section_layout(rec, p["bits"]))
+        rec, arrays = _record("squeezellm", 1, (32, 48), {"bits": 3}, layout, rng)
+    s = shard_arrays(rec, arrays, axis, 1, 2)
+    lin = CodecLinear.from_codec(codecs.get(s.record), s.params, {k: np.array(v) for k, v in s.arrays.items()},
+                                 s.record.shape, "cpu")
+    np.testing.assert_array_equal(lin.gpu.dequantize(lin.prepared, torch.float32).numpy(), s.decode())
+
+
+def test_tp_needs_torch_distributed(tiny):
+    with pytest.raises(ValueError, match="init_process_group"):
+        load_model(tiny, tp=2, rank=0)
+
+
+def test_tp_must_divide_the_heads():
+    from transformers import LlamaConfig
+
+    from spqrfmt.parallel import check_config
+
+    check_config(LlamaConfig(num_attention_heads=4, num_key_value_heads=2), 2)
+    with pytest.raises(ValueError, match="num_key_value_heads = 2"):
+        check_config(LlamaConfig(num_attention_heads=4, num_key_value_heads=2), 4)
