@@ -35,8 +35,9 @@ class ReadCounter:
 class LazySection:
     """A section of an open file that reads only what ``[...]`` selects (basic slices, step 1).
 
-    Memory-mapped files: a view of the map, so only the pages of the slice are touched. ``mmap=False``:
-    one ``pread`` of the rows of the first dimension the slice spans. ``np.asarray(s)`` reads it whole.
+    The counter adds the bytes requested from the file: the slice's own bytes, read as one range per
+    row for a column slice of a matrix. Memory-mapped files serve them from a view of the map (the
+    kernel pages in whole pages); ``mmap=False`` preads them. ``np.asarray(s)`` reads it whole.
     """
 
     def __init__(self, file: SpqrFile, section: SectionRecord, counter: ReadCounter) -> None:
@@ -44,35 +45,32 @@ class LazySection:
         self.shape = tuple(section.shape)
         self.dtype = STORAGE[section.dtype]
 
-    def _rows(self, lo: int, hi: int) -> np.ndarray:
-        inner = self.shape[1:]
-        row = int(np.prod(inner, dtype=np.int64)) * self.dtype.itemsize
-        buf = self._file._read(self._file._data_offset + self._s.offset + lo * row, (hi - lo) * row)
-        return np.frombuffer(buf, dtype=self.dtype, count=(hi - lo) * row // self.dtype.itemsize).reshape(
-            (hi - lo, *inner))
+    def _elements(self, start: int, count: int) -> np.ndarray:
+        """``count`` elements from element ``start`` of the section (one read)."""
+        size = self.dtype.itemsize
+        buf = self._file._read(self._file._data_offset + self._s.offset + start * size, count * size)
+        self._counter.nbytes += count * size
+        return np.frombuffer(buf, dtype=self.dtype, count=count)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
-        if not key or not all(isinstance(k, slice) and k.step in (None, 1) for k in key):
-            raise TypeError("a lazy section takes basic slices with step 1")
+        if not key or len(key) > max(1, len(self.shape)) or not all(
+                isinstance(k, slice) and k.step in (None, 1) for k in key):
+            raise TypeError("a lazy section takes basic slices with step 1, at most one per dimension")
         if not self.shape:
             return self.__array__()
-        lo, hi, _ = key[0].indices(self.shape[0])
-        hi = max(lo, hi)
-        if self._file._map is not None:
-            part = np.array(self._rows(0, self.shape[0])[(slice(lo, hi), *key[1:])])  # touches the slice's pages
-        else:
-            part = np.array(self._rows(lo, hi)[(slice(None), *key[1:])])
-        self._counter.nbytes += part.nbytes
-        return part
+        bounds = [k.indices(d)[:2] for k, d in zip(key, self.shape, strict=False)]
+        (lo, hi), inner = bounds[0], self.shape[1:]
+        hi, row = max(lo, hi), int(np.prod(inner, dtype=np.int64))
+        if len(self.shape) == 2 and len(key) == 2 and bounds[1] != (0, self.shape[1]):
+            c0, c1 = bounds[1][0], max(bounds[1])
+            rows = [self._elements(r * row + c0, c1 - c0) for r in range(lo, hi)]
+            return np.array(rows, dtype=self.dtype).reshape(hi - lo, c1 - c0)
+        part = self._elements(lo * row, (hi - lo) * row).reshape(hi - lo, *inner)
+        return np.array(part[(slice(None), *key[1:])])
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        if self.shape:
-            whole = self[:]
-        else:
-            whole = np.frombuffer(self._file._read(self._file._data_offset + self._s.offset, self._s.length),
-                                  dtype=self.dtype).reshape(()).copy()
-            self._counter.nbytes += whole.nbytes
+        whole = self[:] if self.shape else np.array(self._elements(0, 1).reshape(()))
         return whole if dtype is None else whole.astype(dtype)
 
 
