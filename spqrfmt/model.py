@@ -308,8 +308,8 @@ def load_model(
             if tp > 1:
                 parallel.check_config(config, tp)
                 parallel.refuse_fused(f.metadata, f.path)
-                sharded, nbytes = parallel.shard_layers(model, f, lambda name: _resolve(model, name), dtype, dev,
-                                                use_kernels, tp, rank, group)
+                sharded, nbytes = parallel.shard_layers(model, f, lambda name: _resolve(model, name), dtype,
+                                                        dev, use_kernels, tp, rank, group)
         report = populate(model, f, dtype, dev, use_kernels, exclude=sharded)
         report.sharded_layers, report.sharded_bytes_read = sharded, nbytes
     model.to(dev)  # buffers built at construction (rotary tables, position ids)
