@@ -2,8 +2,9 @@
 
 The file is written by the test from a tiny random Llama, with a codec mix that exercises every
 sharding rule a Llama layer meets: spqr with outliers and 3-bit statistics (q/k/v, cut along out at
-multiples of β2), spqr with an act-order permutation (o/down, cut along stored input columns at
-multiples of β1, so those layers all-gather their input), squeezellm (gate/up).
+multiples of β2), spqr with an act-order permutation (o_proj, block 0's down_proj: cut along stored input columns at
+multiples of β1, so those layers all-gather their input), spqr without one (block 1's down_proj: no
+gather), squeezellm (gate/up).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def tiny(tmp_path_factory) -> Path:
         a = p.detach().float().numpy()
         if name.endswith("proj.weight"):
             a = rng.normal(0, 0.3, a.shape).astype(np.float32)
-        if name.endswith(("o_proj.weight", "down_proj.weight")):
+        if name.endswith("o_proj.weight") or name == "model.layers.0.mlp.down_proj.weight":
             perm = rng.permutation(a.shape[1])
             enc = spqr.encode(np.ascontiguousarray(a[:, perm]), opts)  # stored column j = input feature perm[j]
             enc.sections["perm"] = ("u32", perm.astype(np.uint32))
@@ -79,7 +80,7 @@ def test_two_gloo_ranks_give_the_unsharded_logits(tiny, tmp_path):
     with spqrfmt.open(tiny) as f:
         perms = [n for n, t in f.items() if "perm" in t.record.sections]
         total = sum(f[n].nbytes for n in f if n.endswith("proj.weight"))
-    assert len(perms) == 4  # o/down of both blocks carry an act-order permutation
+    assert len(perms) == 3  # o_proj of both blocks and block 0's down_proj carry an act-order permutation
     one = load_model(tiny, use_kernels=False)
     with torch.no_grad():
         want = one(torch.tensor(PROMPT)).logits.numpy()
@@ -90,6 +91,7 @@ def test_two_gloo_ranks_give_the_unsharded_logits(tiny, tmp_path):
         info = json.loads((tmp_path / f"out.rank{rank}.json").read_text())
         assert info["q_rows"] == 32 and info["o_proj"] == "RowParallelLinear"  # 2 of 4 heads per rank
         assert len(info["sharded"]) == 14  # 7 projections x 2 blocks, each cut
+        assert info["gathers"] == 3  # the permuted row-parallel layers all-gather their input, the 4th does not
         assert 0.25 * total < info["bytes_read"] < 0.75 * total  # its half, plus CSR/perm read whole
         # f32 all-reduce: partial sums added in another order than one matmul, so equal to rounding only
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

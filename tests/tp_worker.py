@@ -28,8 +28,9 @@ def main() -> None:
     r = model.spqr_load_report
     q = model.model.layers[0].self_attn.q_proj
     row = type(model.model.layers[0].self_attn.o_proj).__name__
+    gathers = sum(getattr(m, "features", None) is not None for m in model.modules())
     json.dump({"sharded": r.sharded_layers, "bytes_read": r.sharded_bytes_read, "q_rows": q.out_features,
-               "o_proj": row}, open(f"{out}.rank{rank}.json", "w"))
+               "o_proj": row, "gathers": gathers}, open(f"{out}.rank{rank}.json", "w"))
     dist.destroy_process_group()
 
 
