@@ -133,3 +133,24 @@ def test_tp_must_divide_the_heads():
     check_config(LlamaConfig(num_attention_heads=4, num_key_value_heads=2), 2)
     with pytest.raises(ValueError, match="num_key_value_heads = 2"):
         check_config(LlamaConfig(num_attention_heads=4, num_key_value_heads=2), 4)
+
+
+def test_a_quip_model_is_refused_naming_the_rule(tmp_path):
+    """The reference quip encoder's transforms span the whole dimension: the loader refuses, naming the rule."""
+    from transformers import LlamaConfig
+
+    from spqrfmt.codecs.sharding import ShardError
+    from spqrfmt.model import _resolve, build_empty_model, hf_config
+    from spqrfmt.parallel import shard_layers
+
+    cfg = LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2)
+    quip = codecs.by_id("quip")
+    w = Writer(tmp_path / "q.spqr", metadata={"hf.config": json.dumps(cfg.to_dict())})
+    w.add_encoded("model.layers.0.self_attn.q_proj.weight",
+                  quip.encode(np.random.default_rng(0).normal(size=(32, 32)).astype(np.float32), quip.Options(bits=2)))
+    w.close()
+    with spqrfmt.open(tmp_path / "q.spqr") as f:
+        model = build_empty_model(hf_config(f), torch.float32)
+        with pytest.raises(ShardError, match="Hadamard of side m stays inside a shard"):
+            shard_layers(model, f, lambda n: _resolve(model, n), torch.float32, torch.device("cpu"), False, 2, 0, None)
