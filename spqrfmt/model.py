@@ -38,7 +38,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +67,8 @@ class LoadReport:
     raw_tensors: list[str] = field(default_factory=list)
     tied: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    sharded_layers: list[str] = field(default_factory=list)  # tensor-parallel: the tensors cut for this rank
+    sharded_bytes_read: int = 0  # ... and the bytes of their sections this rank read
 
 
 def config_of(f: SpqrFile) -> dict[str, Any]:
@@ -264,6 +266,8 @@ def load_model(
     *,
     use_kernels: bool | None = None,
     verify_checksums: bool = True,
+    tp: int | None = None,
+    rank: int | None = None,
 ) -> nn.Module:
     """Build the transformers model stored in a ``.spqr`` file, ready for inference (``eval()``).
 
@@ -274,6 +278,13 @@ def load_model(
     ``TRITON_INTERPRET=1``). Otherwise quantized weights are decoded once (bit-exact f32, one
     RNE cast) into plain dense weights. A file that lacks model parameters, or whose config asks
     for far more than the file holds, raises ValueError before anything is moved to ``device``.
+
+    ``tp`` (tensor parallelism, spec/sharding.md, docs/parallel.md): under ``torchrun`` with
+    torch.distributed initialised, ``tp=N`` (default: the world size when ``rank`` is given)
+    builds this rank's shard: q/k/v/gate/up cut along out, o/down along in with an all-reduce
+    of their outputs, everything else replicated; each rank reads only its byte ranges of the
+    cut tensors (section CRCs are then not checked: validate the file once). ``tp`` and ``rank``
+    must match the process group. ``tp=None`` or 1 is the ordinary single-process load.
     """
     import torch
 
@@ -288,15 +299,29 @@ def load_model(
         config = hf_config(f)
         check_config_sizes(config, f, dtype)
         model = build_empty_model(config, dtype)
-        report = populate(model, f, dtype, dev, use_kernels)
+        sharded: list[str] = []
+        nbytes = 0
+        if (tp or 1) > 1 or (tp is None and rank is not None):
+            from . import parallel
+
+            tp, rank, group = parallel.world(tp, rank)
+            if tp > 1:
+                parallel.check_config(config, tp)
+                parallel.refuse_fused(f.metadata, f.path)
+                sharded, nbytes = parallel.shard_layers(model, f, lambda name: _resolve(model, name), dtype,
+                                                        dev, use_kernels, tp, rank, group)
+        report = populate(model, f, dtype, dev, use_kernels, exclude=sharded)
+        report.sharded_layers, report.sharded_bytes_read = sharded, nbytes
     model.to(dev)  # buffers built at construction (rotary tables, position ids)
     model.eval()
     model.spqr_load_report = report  # type: ignore[attr-defined]
     return model
 
 
-def populate(model: nn.Module, f: SpqrFile, dtype: torch.dtype, dev: torch.device, use_kernels: bool) -> LoadReport:
-    """Give every parameter of ``model`` whose parameters are on the meta device its tensor from ``f``.
+def populate(model: nn.Module, f: SpqrFile, dtype: torch.dtype, dev: torch.device, use_kernels: bool,
+             exclude: Collection[str] = ()) -> LoadReport:
+    """Give every parameter of ``model`` whose parameters are on the meta device its tensor from ``f``
+    (except the file tensors named in ``exclude``, already loaded, e.g. tensor-parallel shards).
 
     Raw tensors are cast to ``dtype``; quantized ones are decoded once (bit-exact f32, one RNE
     cast) or, with ``use_kernels``, kept compressed in kernel modules. Output embeddings are tied
@@ -312,7 +337,10 @@ def populate(model: nn.Module, f: SpqrFile, dtype: torch.dtype, dev: torch.devic
         raise ValueError(f"{path}: {e}") from None
     fused = fused_splits(f.metadata.get(K.FUSED), path)
     experts: dict[str, dict[int, dict[str, Any]]] = {}
+    exclude = set(exclude)
     for name, t in f.tensors.items():
+        if name in exclude:
+            continue
         if name in fused:
             _load_fused(model, name, t, fused[name], dtype, dev, report)
             continue

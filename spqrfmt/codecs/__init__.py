@@ -19,7 +19,10 @@ first time a codec is looked up. A codec provides:
   a codec the converter never writes), ``methods`` (``"rtn"`` = data-free, then
   any calibrated ones, the default first) and ``encode(weight, options, hessian=None)``;
 * ``summary``: one line for ``spqr convert --help``;
-* ``gpu``: a :class:`GpuBinding` over its Triton kernels (imported lazily), or None.
+* ``gpu``: a :class:`GpuBinding` over its Triton kernels (imported lazily), or None;
+* optionally ``shard(rec, sections, axis, index, count) -> sharding.Shard``: part ``index`` of
+  ``count`` along ``axis`` as a record of the same codec (spec/sharding.md; tensor-parallel loading),
+  or ``sharding.ShardError`` naming the rule that forbids it.
 """
 
 from __future__ import annotations

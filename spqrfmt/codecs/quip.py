@@ -24,6 +24,7 @@ from ..format import ceil_div
 from ..records import TensorRecord
 from . import GpuBinding, SectionSpec, expect_sections, int_param
 from .options import Flag, OptionsBase, given
+from .sharding import Shard, ShardError, packed_columns, rows_of, shard_range, whole
 
 MAX_LOG2_HADAMARD = 30
 MAX_FACTOR = QUIP_MAX_FACTOR  # quip.md §2: a_n, a_m <= 256, so decoding costs at most ~2 * 256 f32 ops per weight
@@ -215,6 +216,42 @@ class QuipCodec:
                 continue  # v2 f16/f32 diagonals: every value decodes (NaN/inf propagate)
             if s.size and not np.all((s == 1) | (s == -1)):
                 raise fail(ErrorCode.BAD_VALUE, f"sign vector {role!r} has entries other than +1/-1", rec.name)
+
+    def shard(self, rec: TensorRecord, sections: Mapping[str, Any], axis: int, index: int, count: int) -> Shard:
+        """Part ``index`` of ``count`` along out (axis 0) or in (axis 1), only where that side's transform
+        ``F ⊗ H`` stays inside the part: whole Hadamard blocks, and a factor with no entry coupling the
+        part to the rest (a factor of one block must then be exactly [1]). spec/sharding.md §5."""
+        p = checked_params(rec)
+        m, n = rec.shape
+        if axis not in (0, 1):
+            raise ShardError(f"{rec.name}: quip tensors are cut along out (0) or in (1), not axis {axis}")
+        side = "m" if axis == 0 else "n"
+        h, a = 1 << p[f"log2_h{side}"], p[f"a_{side}"]
+        multiple = int(np.lcm(h, E8P_DIM)) if axis == 1 and p.get("codebook") == "e8p12" else h
+        lo, hi = shard_range(rec, axis, index, count, multiple,
+                             f"the {2 ** p[f'log2_h{side}']}-point Hadamard of side {side} stays inside a shard")
+        b0, b1 = lo // h, hi // h  # factor blocks of this part
+        factor = f"factor_{side}"
+        out: dict[str, np.ndarray] = {}
+        if a > 1:
+            F = np.asarray(sections[factor])
+            if np.any(F[b0:b1, :b0] != 0) or np.any(F[b0:b1, b1:] != 0) or (b1 - b0 == 1 and F[b0, b0] != 1.0):
+                raise ShardError(f"{rec.name}: quip {factor} couples factor blocks {b0}..{b1 - 1} with the rest "
+                                 f"(or a one-block part's entry is not 1): side {side}'s transform does not stay "
+                                 "inside the shard, so this tensor cannot be cut there (spec/sharding.md §5)")
+            if b1 - b0 > 1:
+                out[factor] = np.array(F[b0:b1, b0:b1])
+        if axis == 0:
+            out.update(rows_of(sections, lo, hi, "codes", "scale", "sv", "bias"))
+            out.update(whole(sections, "su", "factor_n"))
+            return Shard(dict(rec.params), out, (hi - lo, n), np.arange(lo, hi))
+        if p.get("codebook") == "e8p12":
+            out["codes"] = np.array(sections["codes"][:, lo // E8P_DIM:hi // E8P_DIM])
+        else:
+            out["codes"] = packed_columns(sections["codes"], p["bits"], lo, hi)
+        out.update(rows_of(sections, lo, hi, "su"))
+        out.update(whole(sections, "scale", "sv", "factor_m", "bias"))
+        return Shard(dict(rec.params), out, (m, hi - lo), np.arange(lo, hi))
 
     def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray],
                params: Mapping[str, Any] | None = None) -> np.ndarray:

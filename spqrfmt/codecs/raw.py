@@ -32,6 +32,16 @@ class RawCodec:
         if rec.dtype == "bool" and np.any(arrays["data"] > 1):
             raise fail(ErrorCode.BAD_VALUE, "bool tensor holds bytes other than 0/1", rec.name)
 
+    def shard(self, rec: TensorRecord, sections: Mapping[str, Any], axis: int, index: int, count: int) -> Any:
+        """Part ``index`` of ``count`` equal parts along any dimension (spec/sharding.md §2)."""
+        from .sharding import Shard, shard_range
+
+        lo, hi = shard_range(rec, axis, index, count, 1, "")
+        data = sections["data"]
+        key = (slice(None),) * axis + (slice(lo, hi),)
+        shape = rec.shape[:axis] + (hi - lo,) + rec.shape[axis + 1:]
+        return Shard(dict(rec.params), {"data": np.array(data[key])}, shape, np.arange(lo, hi))
+
     def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray],
                params: Mapping[str, Any] | None = None) -> np.ndarray:
         data = np.array(arrays["data"])  # a private copy, never a view into the map

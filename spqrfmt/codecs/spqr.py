@@ -32,6 +32,7 @@ from . import (
     outlier_sections,
 )
 from .options import Flag, OptionsBase, given
+from .sharding import Shard, ShardError, cols_of, csr_columns, csr_rows, packed_columns, rows_of, shard_range, whole
 
 ARITH = ("f32", "f16")
 OUTLIER_OPS = ("replace", "add")
@@ -249,6 +250,44 @@ class SpqrCodec:
         check_csr(rec, arrays["outlier_row_ptr"], arrays["outlier_col"], n)
         if "perm" in arrays:
             check_permutation(rec, arrays["perm"], n)
+
+    def shard(self, rec: TensorRecord, sections: Mapping[str, Any], axis: int, index: int, count: int) -> Shard:
+        """Part ``index`` of ``count`` along out (axis 0, boundaries at multiples of β2 when a statistic is
+        quantized) or along stored input columns (axis 1, multiples of β1; with ``perm`` the part holds the
+        input features ``perm[lo:hi]``, its own perm re-ranked). spec/sharding.md §3."""
+        p = checked_params(rec)
+        m, n = rec.shape
+        stats = [w for w in ("scale", "zero") if p[f"{w}_bits"] < 16]
+        out: dict[str, np.ndarray] = {}
+        if axis == 0:
+            b2 = p.get("stat_group_size", 1) if stats else 1
+            lo, hi = shard_range(rec, 0, index, count, b2, "β2: rows sharing second-level statistics")
+            out.update(rows_of(sections, lo, hi, "codes", "bias"))
+            out.update(csr_rows(rec, sections, lo, hi))
+            out.update(cols_of(sections, lo, hi, *(w for w in ("scale", "zero") if w not in stats)))
+            for w in stats:
+                out[f"{w}_codes"] = packed_columns(sections[f"{w}_codes"], p[f"{w}_bits"], lo, hi)
+                out.update(cols_of(sections, lo // b2, ceil_div(hi, b2), f"{w}_scale", f"{w}_zero"))
+            out.update(whole(sections, "perm"))
+            return Shard(dict(rec.params), out, (hi - lo, n), np.arange(lo, hi))
+        if axis != 1:
+            raise ShardError(f"{rec.name}: spqr tensors are cut along out (0) or in (1), not axis {axis}")
+        b1 = p["group_size"]
+        lo, hi = shard_range(rec, 1, index, count, b1, "β1: stored columns sharing first-level statistics")
+        out["codes"] = packed_columns(sections["codes"], p["bits"], lo, hi)
+        roles = [w for w in ("scale", "zero") if w not in stats] + [f"{w}_{k}" for w in stats
+                                                                     for k in ("codes", "scale", "zero")]
+        out.update(rows_of(sections, lo // b1, ceil_div(hi, b1), *roles))
+        out.update(csr_columns(rec, sections, lo, hi))
+        out.update(whole(sections, "bias"))
+        features = np.arange(lo, hi)
+        if "perm" in sections:
+            perm = np.asarray(sections["perm"])
+            check_permutation(rec, perm, n)
+            held = perm[lo:hi].astype(np.int64)
+            features = np.sort(held)
+            out["perm"] = np.searchsorted(features, held).astype(np.uint32)  # stored column j -> its rank in features
+        return Shard(dict(rec.params), out, (m, hi - lo), features)
 
     def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray],
                params: Mapping[str, Any] | None = None) -> np.ndarray:

@@ -23,6 +23,7 @@ from . import (
     outlier_sections,
 )
 from .options import Flag, OptionsBase, given
+from .sharding import Shard, ShardError, csr_columns, csr_rows, packed_columns, rows_of, shard_range, whole
 
 
 def checked_params(rec: TensorRecord) -> dict[str, Any]:
@@ -115,6 +116,22 @@ class SqueezeLLMCodec:
 
     def check_content(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray]) -> None:
         check_csr(rec, arrays["outlier_row_ptr"], arrays["outlier_col"], rec.shape[1])
+
+    def shard(self, rec: TensorRecord, sections: Mapping[str, Any], axis: int, index: int, count: int) -> Shard:
+        """Part ``index`` of ``count`` along out (axis 0: its rows' LUTs) or in (axis 1: every row's LUT kept),
+        at any boundary: each row has its own table and no statistic spans columns (spec/sharding.md §4)."""
+        bits = checked_params(rec)["bits"]
+        m, n = rec.shape
+        if axis == 0:
+            lo, hi = shard_range(rec, 0, index, count, 1, "")
+            out = {**rows_of(sections, lo, hi, "lut", "codes", "bias"), **csr_rows(rec, sections, lo, hi)}
+            return Shard(dict(rec.params), out, (hi - lo, n), np.arange(lo, hi))
+        if axis != 1:
+            raise ShardError(f"{rec.name}: squeezellm tensors are cut along out (0) or in (1), not axis {axis}")
+        lo, hi = shard_range(rec, 1, index, count, 1, "")
+        out = {"codes": packed_columns(sections["codes"], bits, lo, hi), **whole(sections, "lut", "bias"),
+               **csr_columns(rec, sections, lo, hi)}
+        return Shard(dict(rec.params), out, (m, hi - lo), np.arange(lo, hi))
 
     def decode(self, rec: TensorRecord, arrays: Mapping[str, np.ndarray],
                params: Mapping[str, Any] | None = None) -> np.ndarray:
