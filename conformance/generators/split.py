@@ -223,7 +223,7 @@ def invalid() -> list[SplitVector]:
     add("part_missing", "part 2 of 3 is absent", files=drop(part_file("model", 2, 3)))
     add("part_not_regular", "part 2 is a directory", files=lambda fs: fs.__setitem__(part_file("model", 2, 3),
                                                                                      DIRECTORY))
-    add("part_size_mismatch", "part 3 has one byte more than the index's \"bytes\" (SHA-256 as written)",
+    add("part_size_mismatch", "the index's \"bytes\" for part 3 is one more than its size (SHA-256 as written)",
         edit=lambda doc: doc["parts"][2].__setitem__("bytes", doc["parts"][2]["bytes"] + 1))
 
     def other_d() -> bytes:  # a valid part of the same size holding different values for d
