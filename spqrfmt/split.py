@@ -98,7 +98,7 @@ def read_index(path: Path) -> tuple[list[dict[str, Any]], dict[str, int]]:
         raise _bad(f"index is not UTF-8 JSON: {e}") from None
     if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
         raise _bad(f"index is not a map with \"format\": \"{INDEX_FORMAT}\"")
-    if doc.get("version") != INDEX_VERSION or isinstance(doc.get("version"), bool):
+    if type(doc.get("version")) is not int or doc["version"] != INDEX_VERSION:  # not true, not 1.0
         raise _bad(f"index version {doc.get('version')!r} is not supported (this reader knows {INDEX_VERSION})")
     parts, tensors = doc.get("parts"), doc.get("tensors")
     if not isinstance(parts, list) or not 1 <= len(parts) <= MAX_PARTS:

@@ -184,6 +184,8 @@ def invalid() -> list[SplitVector]:
     add("index_wrong_format", "\"format\" is \"spqrfmt-splits\"", edit=put("format", "spqrfmt-splits"))
     add("index_unknown_version", "\"version\" is 2", edit=put("version", 2))
     add("index_version_true", "\"version\" is the JSON literal true, not the number 1", edit=put("version", True))
+    add("index_version_float", "\"version\" is 1.0: the index's numbers are JSON integers (no fraction or "
+        "exponent)", edit=put("version", 1.0))
     add("parts_empty", "\"parts\" is an empty array (a set has 1 to 99999 parts)", edit=put("parts", []))
 
     # a part's file name
@@ -215,6 +217,8 @@ def invalid() -> list[SplitVector]:
         edit=lambda doc: doc["tensors"].__setitem__("d", 3))
     add("part_index_negative", "\"tensors\" places d in part index -1 (not the last part)",
         edit=lambda doc: doc["tensors"].__setitem__("d", -1))
+    add("part_index_float", "\"tensors\" places b in part 1.0 (b is in part index 1: not a JSON integer)",
+        edit=lambda doc: doc["tensors"].__setitem__("b", 1.0))
     add("part_index_true", "\"tensors\" places b in part true, not the number 1 (b is in part index 1: a reader taking "
         "true for 1 would accept the set)",
         edit=lambda doc: doc["tensors"].__setitem__("b", True))
