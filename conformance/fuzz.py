@@ -381,10 +381,17 @@ def fuzz_cli(cases: list[Case], *, jobs: int = 2, timeout: float = 60.0,
     return found
 
 
+def seed_files(manifest: dict[str, Any], vectors: Path) -> list[tuple[str, bytes]]:
+    """(path, bytes) of the valid single-file vectors the fuzzer mutates; a split set (SPEC §12) is several
+    files, whose one-file mutations the single-file vectors already cover."""
+    return [(e["file"], (vectors / e["file"]).read_bytes()) for e in manifest["vectors"]
+            if e["kind"] == "valid" and "split" not in e]
+
+
 def mutated_cases(count: int, *, seed: int = 0, vectors: Path = VECTORS_DIR) -> list[Case]:
     """``count`` deterministic mutations of the valid vectors (what the fuzzer feeds its workers)."""
     manifest = json.loads((vectors / "manifest.json").read_text())
-    sources = [(e["file"], (vectors / e["file"]).read_bytes()) for e in manifest["vectors"] if e["kind"] == "valid"]
+    sources = seed_files(manifest, vectors)
     rng = random.Random(seed)
     return [mutate(rng, *rng.choice(sources)) for _ in range(count)]
 
@@ -446,7 +453,7 @@ def fuzz(seconds: float = 60.0, *, jobs: int = 2, seed: int = 0, mem_mb: int = 2
     """Mutate valid vectors for ``seconds`` (or ``max_cases``), then run the CLI on ``cli_sample`` of them
     (a uniform reservoir sample); return counts and findings."""
     manifest = json.loads((vectors / "manifest.json").read_text())
-    sources = [(e["file"], (vectors / e["file"]).read_bytes()) for e in manifest["vectors"] if e["kind"] == "valid"]
+    sources = seed_files(manifest, vectors)
     rng = random.Random(seed)
     stats = Stats()
     # spawn, not fork: the parent may already run OpenMP/numba threads, and forking those is unsafe

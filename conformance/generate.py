@@ -29,13 +29,13 @@ if __package__ in (None, ""):  # allow `python conformance/generate.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import miniwriter as mw  # type: ignore[no-redef]
     import refreader  # type: ignore[no-redef]
-    from generators import container, quip, quip_rvq, spqr, squeezellm  # type: ignore[no-redef]
+    from generators import container, quip, quip_rvq, split, spqr, squeezellm  # type: ignore[no-redef]
     from generators.common import Invalid, Valid  # type: ignore[no-redef]
     from hashing import sha256_of  # type: ignore[no-redef]
 else:
     from . import miniwriter as mw
     from . import refreader
-    from .generators import container, quip, quip_rvq, spqr, squeezellm
+    from .generators import container, quip, quip_rvq, split, spqr, squeezellm
     from .generators.common import Invalid, Valid
     from .hashing import sha256_of
 
@@ -98,6 +98,40 @@ def build_valid(v: Valid) -> bytes:
     return mw.build(v.tensors, **kw)
 
 
+def _expected(out: Path, v: Valid, rf: Any, exp_rel: str) -> dict[str, Any]:
+    """The manifest's ``tensors`` of a valid vector, its expected decodes written to ``exp_rel``; every one
+    cross-checked: the independent reader's decode of the vector ``rf`` must agree with the oracle."""
+    npz: dict[str, np.ndarray] = {}
+    tensors: dict[str, Any] = {}
+    assert list(rf.tensors) == [t.name for t in v.tensors]
+    for i, t in enumerate(v.tensors):
+        exp = v.expected[t.name]
+        if isinstance(exp, str):
+            tensors[t.name] = {"codec": t.codec, "codec_version": rf.tensors[t.name].codec_version, "error": exp}
+            try:
+                rf.decode(t.name)
+                raise AssertionError(f"{v.name}/{t.name}: refreader decoded a tensor expected to fail")
+            except refreader.RefError as e:
+                assert e.code == exp, (v.name, t.name, e)
+            continue
+        quantized = t.codec != "raw"
+        got = rf.decode(t.name)
+        assert sha256_of(got, quantized) == sha256_of(exp, quantized), f"{v.name}/{t.name}: refreader != oracle"
+        key = f"t{i}"
+        npz[key] = exp.view("<u2") if (t.dtype == "bf16" and not quantized) else exp
+        entry = {"codec": t.codec, "codec_version": rf.tensors[t.name].codec_version,
+                 "decoded_dtype": "f32" if quantized else t.dtype,
+                 "shape": list(exp.shape), "npz_key": key, "sha256": sha256_of(exp, quantized)}
+        if t.name in v.bias:
+            b = v.bias[t.name].astype(np.float32)
+            assert sha256_of(rf.bias(t.name), True) == sha256_of(b, True)
+            npz[f"{key}.bias"] = b
+            entry["bias_sha256"] = sha256_of(b, True)
+        tensors[t.name] = entry
+    write_npz(out / exp_rel, npz)
+    return tensors
+
+
 def generate(out_dir: Path | str = VECTORS_DIR) -> dict[str, Any]:
     """Write every vector, its expected output and manifest.json; return the manifest."""
     out = Path(out_dir)
@@ -108,36 +142,8 @@ def generate(out_dir: Path | str = VECTORS_DIR) -> dict[str, Any]:
         blob = build_valid(v)
         rel = f"valid/{v.name}.spqr"
         (out / rel).write_bytes(blob)
-        npz: dict[str, np.ndarray] = {}
-        tensors: dict[str, Any] = {}
-        rf = refreader.RefFile(blob)  # cross-check: the independent reader must agree with the oracle
-        assert list(rf.tensors) == [t.name for t in v.tensors]
-        for i, t in enumerate(v.tensors):
-            exp = v.expected[t.name]
-            if isinstance(exp, str):
-                tensors[t.name] = {"codec": t.codec, "codec_version": rf.tensors[t.name].codec_version, "error": exp}
-                try:
-                    rf.decode(t.name)
-                    raise AssertionError(f"{v.name}/{t.name}: refreader decoded a tensor expected to fail")
-                except refreader.RefError as e:
-                    assert e.code == exp, (v.name, t.name, e)
-                continue
-            quantized = t.codec != "raw"
-            got = rf.decode(t.name)
-            assert sha256_of(got, quantized) == sha256_of(exp, quantized), f"{v.name}/{t.name}: refreader != oracle"
-            key = f"t{i}"
-            npz[key] = exp.view("<u2") if (t.dtype == "bf16" and not quantized) else exp
-            entry = {"codec": t.codec, "codec_version": rf.tensors[t.name].codec_version,
-                     "decoded_dtype": "f32" if quantized else t.dtype,
-                     "shape": list(exp.shape), "npz_key": key, "sha256": sha256_of(exp, quantized)}
-            if t.name in v.bias:
-                b = v.bias[t.name].astype(np.float32)
-                assert sha256_of(rf.bias(t.name), True) == sha256_of(b, True)
-                npz[f"{key}.bias"] = b
-                entry["bias_sha256"] = sha256_of(b, True)
-            tensors[t.name] = entry
         exp_rel = f"valid/{v.name}.expected.npz"
-        write_npz(out / exp_rel, npz)
+        tensors = _expected(out, v, refreader.RefFile(blob), exp_rel)
         entries.append({"file": rel, "kind": "valid", "description": v.description,
                         "codecs": sorted({t.codec for t in v.tensors}), "expected": exp_rel,
                         "tensors": tensors})
@@ -150,6 +156,7 @@ def generate(out_dir: Path | str = VECTORS_DIR) -> dict[str, Any]:
         entries.append({"file": rel, "kind": "invalid", "description": iv.description,
                         "codecs": sorted({c.split(":")[0] for c in codecs}), "codec_versions": codecs,
                         "error": iv.error, "accept": iv.accept})
+    entries += [_split_entry(out, sv) for sv in split.valid() + split.invalid()]
     manifest = {
         "format": "spqrfmt-conformance-vectors",
         "version": 1,
@@ -175,10 +182,38 @@ def _ref_codecs(blob: bytes) -> list[str]:
         return []
 
 
-def _ref_verdict(blob: bytes) -> str | None:
-    """Error code the reference reader reports for a file (open, then every tensor in order), or None."""
+def _split_entry(out: Path, sv: split.SplitVector) -> dict[str, Any]:
+    """Write one split set's folder (``split/valid/NAME/`` or ``split/invalid/NAME/``) and its manifest entry:
+    ``file`` is what a reader is given (the index or the first part), ``split`` lists the folder's files."""
+    rel = f"split/{'valid' if sv.error is None else 'invalid'}/{sv.name}"
+    for name, data in sv.files.items():
+        path = out / rel / name
+        if data is split.DIRECTORY:  # a directory where a file is expected; README keeps it in git
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "README").write_text("a directory standing where the index expects a regular file\n")
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    files = sorted(p.relative_to(out / rel).as_posix() for p in (out / rel).rglob("*") if p.is_file())
+    entry: dict[str, Any] = {"file": f"{rel}/{sv.open}", "kind": "valid" if sv.error is None else "invalid",
+                             "split": {"dir": rel, "files": files}, "description": sv.description}
+    if sv.valid is not None:
+        v = sv.valid
+        exp_rel = f"split/valid/{sv.name}.expected.npz"
+        entry.update({"codecs": sorted({t.codec for t in v.tensors}), "expected": exp_rel,
+                      "tensors": _expected(out, v, refreader.open_file(out / entry["file"]), exp_rel)})
+        return entry
+    got = _ref_verdict(lambda: refreader.open_file(out / entry["file"]))
+    assert got == sv.error, f"split {sv.name}: refreader says {got}, vector expects {sv.error}"
+    entry.update({"codecs": [], "codec_versions": [], "error": sv.error, "accept": sv.accept})
+    return entry
+
+
+def _ref_verdict(blob: bytes | Callable[[], Any]) -> str | None:
+    """Error code the reference reader reports for a file (open, then every tensor in order), or None;
+    ``blob`` may also be a function opening a file or a split set."""
     try:
-        rf = refreader.RefFile(blob)
+        rf = blob() if callable(blob) else refreader.RefFile(blob)
         for name in rf.tensors:
             rf.decode(name)
     except refreader.RefError as e:

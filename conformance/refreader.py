@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import math
 import mmap
 import os
+import re
 import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from stat import S_ISREG
 from typing import Any
 
 import numpy as np
@@ -58,7 +61,7 @@ ERROR_CODES = (
     "BAD_SHAPE", "SHAPE_OVERFLOW", "SECTION_LENGTH_MISMATCH", "SECTION_MISALIGNED",
     "SECTION_OUT_OF_BOUNDS", "SECTION_OVERLAP", "UNKNOWN_CODEC", "UNSUPPORTED_CODEC_VERSION",
     "BAD_PARAMS", "BAD_SECTION_SET", "BAD_SECTION_LAYOUT", "SECTION_CHECKSUM", "BAD_CSR",
-    "BAD_INDEX", "BAD_PERMUTATION", "BAD_VALUE", "BAD_METADATA",
+    "BAD_INDEX", "BAD_PERMUTATION", "BAD_VALUE", "BAD_METADATA", "BAD_SPLIT",
 )
 
 
@@ -888,14 +891,140 @@ class RefFile:
         return b.astype(np.float32)
 
 
-def open_file(path: str | os.PathLike[str], *, verify_checksums: bool = True) -> RefFile:
-    """Open a file from disk (memory-mapped when non-empty)."""
+def _open_single(path: str | os.PathLike[str], *, verify_checksums: bool = True) -> RefFile:
+    """One .spqr file from disk (memory-mapped when non-empty)."""
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size == 0:
             return RefFile(b"", verify_checksums=verify_checksums)
         mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     return RefFile(mm, verify_checksums=verify_checksums)
+
+
+# ---------------------------------------------------------------- split sets (SPEC §12)
+
+SPLIT_FORMAT = "spqrfmt-split"
+INDEX_SUFFIX = ".spqr.index.json"
+MAX_INDEX_BYTES = 64 * 1024 * 1024
+MAX_PARTS = 99999
+FIRST_PART = re.compile(r"(.+)-00001-of-([0-9]{5})\.spqr")
+
+
+def _no_constant(word: str) -> Any:
+    raise ValueError(f"{word} is not JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("an object repeats a key")
+    return out
+
+
+def read_split_index(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The index's part entries and tensor map, every §12 structure rule checked (BAD_SPLIT)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise RefError("BAD_SPLIT", "the index is missing") from None
+    if not S_ISREG(st.st_mode):
+        raise RefError("BAD_SPLIT", "the index is not a regular file")
+    if st.st_size > MAX_INDEX_BYTES:
+        raise RefError("BAD_SPLIT", f"the index has {st.st_size} bytes")
+    with open(path, "rb") as fh:
+        raw = fh.read(MAX_INDEX_BYTES + 1)
+    try:  # strict JSON: no NaN/Infinity, no repeated key (the parsers of other languages disagree on both)
+        doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise RefError("BAD_SPLIT", f"the index is not UTF-8 JSON ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != SPLIT_FORMAT:
+        raise RefError("BAD_SPLIT", "the index is not an object with format spqrfmt-split")
+    if not _is_int(doc.get("version")) or doc["version"] != 1:
+        raise RefError("BAD_SPLIT", f"index version {doc.get('version')!r}")
+    parts, tensors = doc.get("parts"), doc.get("tensors")
+    if not isinstance(parts, list) or not 1 <= len(parts) <= MAX_PARTS:
+        raise RefError("BAD_SPLIT", "parts is not an array of 1..99999 entries")
+    if not isinstance(tensors, dict):
+        raise RefError("BAD_SPLIT", "tensors is not an object")
+    files = set()
+    for e in parts:
+        if not isinstance(e, dict):
+            raise RefError("BAD_SPLIT", "a part entry is not an object")
+        f = e.get("file")
+        if not isinstance(f, str) or f in ("", ".", "..") or any(c in f for c in "/\\\0"):
+            raise RefError("BAD_SPLIT", f"part file {f!r} is not a plain file name")
+        if f in files:
+            raise RefError("BAD_SPLIT", f"part {f!r} is listed twice")
+        files.add(f)
+        if not isinstance(e.get("sha256"), str) or re.fullmatch("[0-9a-f]{64}", e["sha256"]) is None:
+            raise RefError("BAD_SPLIT", f"part {f!r}: sha256 is not 64 lowercase hex digits")
+        if not _is_int(e.get("bytes")) or e["bytes"] < 0:
+            raise RefError("BAD_SPLIT", f"part {f!r}: bytes is not a non-negative integer")
+    for name, k in tensors.items():
+        if not _is_int(k) or not 0 <= k < len(parts):
+            raise RefError("BAD_SPLIT", f"part index {k!r} out of range", name)
+    return parts, tensors
+
+
+class RefSet:
+    """An opened split set (SPEC §12): every check of its reject table, in the table's order, then the
+    parts' tensors served as one file's (``tensors``, ``decode``, ``bias`` as on :class:`RefFile`)."""
+
+    def __init__(self, index: str | os.PathLike[str], *, verify_checksums: bool = True) -> None:
+        entries, where = read_split_index(index)
+        paths = [os.path.join(os.path.dirname(os.fspath(index)), e["file"]) for e in entries]
+        for e, path in zip(entries, paths, strict=True):      # row 2: every part there, a regular file
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                raise RefError("BAD_SPLIT", f"part {e['file']!r} is missing") from None
+            if not S_ISREG(mode):
+                raise RefError("BAD_SPLIT", f"part {e['file']!r} is not a regular file")
+        for e, path in zip(entries, paths, strict=True):      # row 3: size and SHA-256, before any part is parsed
+            h, size = hashlib.sha256(), 0
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+                    size += len(chunk)
+            if size != e["bytes"] or h.hexdigest() != e["sha256"]:
+                raise RefError("BAD_SPLIT", f"part {e['file']!r}: size or SHA-256 differs from the index")
+        self.parts = [_open_single(p, verify_checksums=verify_checksums) for p in paths]  # row 4: §10 stages 1-4
+        self.owner: dict[str, int] = {}
+        for i, f in enumerate(self.parts):       # row 5: each tensor in one part
+            for name in f.tensors:
+                if name in self.owner:
+                    raise RefError("DUPLICATE_NAME", "tensor in two parts", name)
+                self.owner[name] = i
+        for name, i in self.owner.items():       # row 6: the parts hold exactly the index's tensors, where it says
+            if where.get(name) != i:
+                raise RefError("BAD_SPLIT", f"held by part {i}, the index says {where.get(name)!r}", name)
+        for name in where:
+            if name not in self.owner:
+                raise RefError("BAD_SPLIT", "listed by the index, held by no part", name)
+        self.tensors: dict[str, TensorRec] = {n: r for f in self.parts for n, r in f.tensors.items()}
+        self.metadata = self.parts[0].metadata
+
+    def check(self, name: str) -> None:
+        self.parts[self.owner[name]].check(name)
+
+    def decode(self, name: str) -> np.ndarray:
+        return self.parts[self.owner[name]].decode(name)
+
+    def bias(self, name: str) -> np.ndarray | None:
+        return self.parts[self.owner[name]].bias(name)
+
+
+def open_file(path: str | os.PathLike[str], *, verify_checksums: bool = True) -> RefFile | RefSet:
+    """Open a file from disk, or a split set given its index or its first part (``NAME-00001-of-N.spqr``,
+    N > 1, whose index ``NAME.spqr.index.json`` is beside it); any other part opens as the file it is."""
+    name = os.path.basename(os.fspath(path))
+    if name.endswith(INDEX_SUFFIX):
+        return RefSet(path, verify_checksums=verify_checksums)
+    m = FIRST_PART.fullmatch(name)
+    if m is not None and m[2] != "00001":
+        index = os.path.join(os.path.dirname(os.fspath(path)), m[1] + INDEX_SUFFIX)
+        return RefSet(index, verify_checksums=verify_checksums)
+    return _open_single(path, verify_checksums=verify_checksums)
 
 
 def decode_all(path: str | os.PathLike[str]) -> dict[str, np.ndarray | RefError]:

@@ -3,7 +3,9 @@
 Backends: ``library`` (in-process ``spqrfmt``), ``refreader`` (the
 independent reader in this package) and ``foreign`` (any program that
 follows the command-line contract of spec/conformance.md §4, given with
-``--decoder "CMD {input} {output}"``).
+``--decoder "CMD {input} {output}"``). A split-set vector (SPEC §12, manifest entries
+with a ``split`` key) is given to every backend as its ``file``: the set's index, or
+its first part; ``--no-split`` skips them for a reader without split-set support.
 
     python -m spqrfmt.conformance.runner [--decoder CMD] [--report FILE] [--backend library,refreader]
 
@@ -287,15 +289,17 @@ class Row:
 
 
 def run_all(vectors: Path, backends: dict[str, Backend], *, only: str | None = None, jobs: int = 1,
-            codecs: Claim | set[str] | None = None) -> list[Row]:
+            codecs: Claim | set[str] | None = None, split: bool = True) -> list[Row]:
     """Every vector of the manifest against every backend.
 
     ``jobs`` > 1 runs the ``foreign`` backend's subprocesses in parallel
     (in-process backends always run one vector at a time). ``codecs``
-    restricts the claim (see :func:`claim`); skipped vectors give no row.
+    restricts the claim (see :func:`claim`); skipped vectors give no row, as do the split-set vectors
+    when ``split`` is false.
     """
     manifest = json.loads((vectors / "manifest.json").read_text())
-    claimed = (claim(e, codecs) for e in manifest["vectors"] if not only or only in e["file"])
+    claimed = (claim(e, codecs) for e in manifest["vectors"]
+               if (not only or only in e["file"]) and (split or "split" not in e))
     entries = [e for e in claimed if e is not None]
 
     def one(bname: str, entry: dict[str, Any]) -> Row:
@@ -350,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per vector for the foreign decoder")
     ap.add_argument("--only", help="run only vectors whose path contains this string")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel foreign decoder runs")
+    ap.add_argument("--no-split", action="store_true", help="skip the split-set vectors (SPEC §12), for a "
+                    "reader that does not claim split-set support")
     ap.add_argument("--failures-only", action="store_true", help="print only failing rows")
     ap.add_argument("--codecs", help="comma list of the codecs the decoder claims, each optionally with one "
                     "codec_version, e.g. raw,spqr:1,quip (default: all); tensors of other codecs must then be "
@@ -370,11 +376,12 @@ def main(argv: list[str] | None = None) -> int:
             backends[n] = foreign_backend(args.decoder, args.timeout)
         else:
             ap.error(f"unknown backend {n!r}")
-    rows = run_all(args.vectors, backends, only=args.only, jobs=args.jobs, codecs=codecs)
+    rows = run_all(args.vectors, backends, only=args.only, jobs=args.jobs, codecs=codecs, split=not args.no_split)
     print_table(rows, list(backends), failures_only=args.failures_only)
     if args.report:
         report = {"vectors": str(args.vectors), "backends": list(backends), "decoder": args.decoder,
                   "codecs": sorted(x.strip() for x in args.codecs.split(",") if x.strip()) if codecs else "all",
+                  "split": not args.no_split,
                   "passed": all(r.passed for r in rows),
                   "summary": {b: {"passed": sum(r.passed for r in rows if r.backend == b),
                                   "total": sum(r.backend == b for r in rows)} for b in backends},

@@ -69,6 +69,18 @@ def _check_part_file(name: Any, i: int) -> str:
     return name
 
 
+def _not_json(word: str) -> Any:
+    raise ValueError(f"{word} is not a JSON value")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON leaves a repeated key's meaning open (first or last wins): SPEC §12 rejects it."""
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        raise ValueError("an object repeats a key")
+    return doc
+
+
 def read_index(path: Path) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The index's parts and tensor map, every field checked (BAD_SPLIT); paths are not opened yet."""
     try:
@@ -80,12 +92,13 @@ def read_index(path: Path) -> tuple[list[dict[str, Any]], dict[str, int]]:
     if st.st_size > MAX_INDEX_BYTES:
         raise _bad(f"index has {st.st_size} bytes, at most {MAX_INDEX_BYTES}")
     try:
-        doc = json.loads(path.read_bytes()[:MAX_INDEX_BYTES + 1].decode("utf-8"))
+        doc = json.loads(path.read_bytes()[:MAX_INDEX_BYTES + 1].decode("utf-8"), parse_constant=_not_json,
+                         object_pairs_hook=_unique_keys)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise _bad(f"index is not UTF-8 JSON: {e}") from None
     if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
         raise _bad(f"index is not a map with \"format\": \"{INDEX_FORMAT}\"")
-    if doc.get("version") != INDEX_VERSION or isinstance(doc.get("version"), bool):
+    if type(doc.get("version")) is not int or doc["version"] != INDEX_VERSION:  # not true, not 1.0
         raise _bad(f"index version {doc.get('version')!r} is not supported (this reader knows {INDEX_VERSION})")
     parts, tensors = doc.get("parts"), doc.get("tensors")
     if not isinstance(parts, list) or not 1 <= len(parts) <= MAX_PARTS:
@@ -114,9 +127,10 @@ def read_index(path: Path) -> tuple[list[dict[str, Any]], dict[str, int]]:
 def _sha256_regular(path: Path) -> tuple[str, int]:
     """SHA-256 and size of a regular file, streamed (a FIFO or device is refused, never read)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # checked before fdopen, which fails on a directory
+        os.close(fd)
+        raise _bad(f"part {path.name} is not a regular file")
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _bad(f"part {path.name} is not a regular file")
         h, n = hashlib.sha256(), 0
         while chunk := fh.read(CHUNK):
             h.update(chunk)
@@ -145,30 +159,43 @@ class SplitFile(Mapping[str, Tensor]):
         self.path = Path(index)
         self.verify_checksums = verify_checksums
         parts, index_tensors = read_index(self.path)
+        paths = [self.path.parent / p["file"] for p in parts]
         self.parts: list[SpqrFile] = []
         self.tensors: dict[str, Tensor] = {}
+        # SPEC §12's reject table in its order: every part there, every size and SHA-256, every part as a
+        # file, then each tensor in one part, then the parts against the index's tensor map.
+        for p, part in zip(parts, paths, strict=True):
+            try:
+                mode = os.stat(part).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                raise _bad(f"part {p['file']!r} is missing") from None
+            if not stat.S_ISREG(mode):
+                raise _bad(f"part {p['file']!r} is not a regular file")
+        for p, part in zip(parts, paths, strict=True):
+            digest, nbytes = _sha256_regular(part)
+            if nbytes != p["bytes"]:
+                raise _bad(f"part {p['file']!r} has {nbytes} bytes, the index says {p['bytes']}")
+            if digest != p["sha256"]:
+                raise _bad(f"part {p['file']!r} SHA-256 is {digest}, the index says {p['sha256']}")
         try:
-            for i, p in enumerate(parts):
-                part = self.path.parent / p["file"]
-                if not part.exists():
-                    raise _bad(f"part {p['file']!r} is missing")
-                digest, nbytes = _sha256_regular(part)
-                if nbytes != p["bytes"]:
-                    raise _bad(f"part {p['file']!r} has {nbytes} bytes, the index says {p['bytes']}")
-                if digest != p["sha256"]:
-                    raise _bad(f"part {p['file']!r} SHA-256 is {digest}, the index says {p['sha256']}")
-                f = SpqrFile(part, verify_checksums=verify_checksums, max_header_length=max_header_length, mmap=mmap)
-                self.parts.append(f)
-                for name, t in f.tensors.items():
-                    if name in self.tensors:
-                        raise fail(ErrorCode.DUPLICATE_NAME, f"tensor is in two parts (also {p['file']!r})", name)
-                    if index_tensors.get(name) != i:
-                        raise fail(ErrorCode.BAD_SPLIT, f"part {p['file']!r} holds the tensor, the index says "
-                                   f"part {index_tensors.get(name)!r}", name)
-                    self.tensors[name] = t
-            missing = [t for t in index_tensors if t not in self.tensors]
+            for part in paths:
+                self.parts.append(SpqrFile(part, verify_checksums=verify_checksums,
+                                           max_header_length=max_header_length, mmap=mmap))
+            owner: dict[str, int] = {}
+            for i, f in enumerate(self.parts):
+                for name in f.tensors:
+                    if name in owner:
+                        raise fail(ErrorCode.DUPLICATE_NAME, f"tensor is in two parts ({parts[owner[name]]['file']!r} "
+                                   f"and {parts[i]['file']!r})", name)
+                    owner[name] = i
+            for name, i in owner.items():
+                if index_tensors.get(name) != i:
+                    raise fail(ErrorCode.BAD_SPLIT, f"part {parts[i]['file']!r} holds the tensor, the index says "
+                               f"part {index_tensors.get(name)!r}", name)
+            missing = [t for t in index_tensors if t not in owner]
             if missing:
                 raise fail(ErrorCode.BAD_SPLIT, f"{len(missing)} tensor(s) of the index are in no part", missing[0])
+            self.tensors = {name: t for f in self.parts for name, t in f.tensors.items()}
         except BaseException:
             self.close()
             raise
