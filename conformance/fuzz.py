@@ -322,7 +322,7 @@ def run_case(data: bytes, with_ref: bool) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- the command line on mutated files
 
-CLI_EXIT_CODES = (0, 1, 2)  # spqrfmt/cli.py: success, a rule of the spec broken, usage error / missing input
+CLI_EXIT_CODES = (0, 1, 2)  # spqrfmt/cli/__init__.py: success, a rule of the spec broken, usage error / missing input
 
 
 def spqr_command() -> list[str]:
