@@ -28,7 +28,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import store_rows
+from ._common import round_out, store_rows
 
 
 @triton.jit
@@ -306,18 +306,7 @@ def dequant_grouped_kernel(w_ptr, st_ptr, st2_ptr, sz_ptr, iperm_ptr, out_ptr, m
     S, Z = _group_stats(rows, g, mask, st_ptr, st2_ptr, sz_ptr, G, K2, B2, SB, PACKED)
     t = q - Z
     wv = t * S
-    tl.store(out_ptr + rows64[:, None] * n + cols[None, :], _round_out(wv, out_ptr, OUT_BF16), mask=mask)
-
-
-@triton.jit
-def _round_out(wv, out_ptr, OUT_BF16: tl.constexpr):
-    """f32 -> the output dtype by RNE; bf16 by integer ops (NaN kept NaN), see _spqr_planes.dequant_kernel."""
-    if OUT_BF16:
-        b = wv.to(tl.uint32, bitcast=True)
-        rb = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
-        rb = tl.where(wv != wv, (b >> 16) | 0x40, rb)
-        return rb.to(tl.uint16).to(tl.int16, bitcast=True)
-    return wv.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + rows64[:, None] * n + cols[None, :], round_out(wv, out_ptr, OUT_BF16), mask=mask)
 
 
 @triton.jit
@@ -338,4 +327,4 @@ def outlier_store_kernel(orp_ptr, ocol_ptr, oval_ptr, perm_ptr, out_ptr, m, n, B
         if HAS_PERM:
             col = tl.load(perm_ptr + col, mask=em, other=0)
         v = tl.load(oval_ptr + ee, mask=em, other=0.0).to(tl.float32)
-        tl.store(out_ptr + rows.to(tl.int64)[:, None] * n + col, _round_out(v, out_ptr, OUT_BF16), mask=em)
+        tl.store(out_ptr + rows.to(tl.int64)[:, None] * n + col, round_out(v, out_ptr, OUT_BF16), mask=em)

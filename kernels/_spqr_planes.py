@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import packed_code
+from ._common import packed_code, round_out
 
 
 @triton.jit
@@ -59,14 +59,7 @@ def dequant_kernel(codes_ptr, s_ptr, z_ptr, perm_ptr, out_ptr, m, n, words, gs,
         dst = tl.load(perm_ptr + cols, mask=cmask, other=0).to(tl.int64)
     else:
         dst = cols.to(tl.int64)
-    if OUT_BF16:
-        b = wv.to(tl.uint32, bitcast=True)
-        rb = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
-        rb = tl.where(wv != wv, (b >> 16) | 0x40, rb)
-        res = rb.to(tl.uint16).to(tl.int16, bitcast=True)
-    else:
-        res = wv.to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + rows64[:, None] * n + dst[None, :], res, mask=mask)
+    tl.store(out_ptr + rows64[:, None] * n + dst[None, :], round_out(wv, out_ptr, OUT_BF16), mask=mask)
 
 
 @triton.jit

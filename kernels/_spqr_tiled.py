@@ -41,8 +41,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import store_rows
-from ._spqr_grouped import _f16_at, _field, _outliers, _round_out, _split_finish, _y_offsets
+from ._common import round_out, store_rows
+from ._spqr_grouped import _f16_at, _field, _outliers, _split_finish, _y_offsets
 
 
 @triton.jit
@@ -536,7 +536,7 @@ def dequant_kernel(w_ptr, st_ptr, st2_ptr, sz_ptr, perm_ptr, out_ptr, m, n, NUT,
     else:
         dst = cols
     mask = rmask[:, None] & cm[None, :]
-    tl.store(out_ptr + rows.to(tl.int64)[:, None] * n + dst[None, :], _round_out(wt, out_ptr, OUT_BF16), mask=mask)
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * n + dst[None, :], round_out(wt, out_ptr, OUT_BF16), mask=mask)
 
 
 __all__ = ["dequant_kernel", "gemv_kernel", "xdot_kernel", "xprep_kernel", "triton"]
