@@ -19,15 +19,12 @@ def encoder_for(codec_id: str, device: str = "cuda") -> Callable[[str, Any, Any]
     codec with ``device=`` (``spqrfmt.convert.device_encoder``), so the codec modules stay the only dispatch.
     """
     from ... import codecs
+    from ...convert import device_encoder
 
     codec = codecs.by_id(codec_id)
     if codec is None or codec.Options is None:
         raise ValueError(f"no torch encoder for codec {codec_id!r}; choose one of {', '.join(codecs.encodable())}")
-
-    def encode(name: str, weight: Any, cfg: Any) -> Any:
-        return codec.encode(weight, cfg.options, device=device)
-
-    return encode
+    return device_encoder(device)
 
 
 # numpy's SIMD min-reduction gives +0.0 or -0.0, depending on the CPU and the position, for a group holding
