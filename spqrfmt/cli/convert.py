@@ -301,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.check()
     except ValueError as e:
         return _error(e, 2)
-    args.encoder = _encoder(args)  # --device checked against this machine before anything starts
+    encoder = _encoder(args)  # --device checked against this machine before anything starts
     split_size = None
     if args.split_size is not None:
         from ..hf.export import parse_size
@@ -341,9 +341,9 @@ def run(args: argparse.Namespace) -> int:
             return 0
     meta.update(dict(args.metadata))
     if split_size is not None:
-        return _convert_split(args, src, out, split_size, cfg, encoded, meta, pl, cleanup)
+        return _convert_split(args, src, out, split_size, cfg, encoded, meta, pl, cleanup, encoder)
     try:
-        report = convert(src, out, cfg, encoded=encoded, progress=not args.quiet, encoder=args.encoder,
+        report = convert(src, out, cfg, encoded=encoded, progress=not args.quiet, encoder=encoder,
                          log=print if args.verbose else None, metadata=meta, checked=pl)
     except (CheckpointError, SafetensorsError, SpqrFormatError) as e:  # the writer removed its partial output
         return _error(e, 1)
@@ -384,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _convert_split(args: argparse.Namespace, src: Path, out: Path, split_size: int, cfg: Any, encoded: Any,
-                   meta: dict[str, Any], pl: Any, cleanup: Path | None) -> int:
+                   meta: dict[str, Any], pl: Any, cleanup: Path | None, encoder: Any) -> int:
     """``convert --split-size``: the whole file under a hidden name beside OUT (checked as usual), then split
     into OUT's stem as a set (SPEC §12) and the whole file removed (the disk holds both for a moment)."""
     import shutil
@@ -396,7 +396,7 @@ def _convert_split(args: argparse.Namespace, src: Path, out: Path, split_size: i
     prefix = out.with_name(out.name[:-5] if out.name.endswith(".spqr") else out.name)
     try:
         try:
-            report = convert(src, whole, cfg, encoded=encoded, progress=not args.quiet, encoder=args.encoder,
+            report = convert(src, whole, cfg, encoded=encoded, progress=not args.quiet, encoder=encoder,
                              log=print if args.verbose else None, metadata=meta, checked=pl)
         except (CheckpointError, SafetensorsError, SpqrFormatError) as e:
             return _error(e, 1)
