@@ -6,12 +6,19 @@ must equal the Numba reference decoder bit for bit (f32, and the f16/bf16 RNE
 casts); the fused matvec (batch 1..16, several tile shapes and splits) and
 SpQRLinear are checked by relative error against a float64 product.
 
-    python bench/gpu_check.py --cases 60 [--log out.txt]
+    python bench/gpu_check.py --cases 60 [--jobs 8] [--seconds 240] [--log out.txt]
+
+Case i draws from its own generator (seed, i), so a case is the same whatever ``--jobs``
+is. Cases run in ``--jobs`` worker processes: Triton compiles each (bits, group size,
+tile) specialisation, which is CPU work, and one process spent ~35 s a case on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
 import sys
 import time
 
@@ -95,25 +102,59 @@ def one_case(rng: np.random.Generator, dev: str) -> tuple[bool, str]:
     return True, desc + f" ok, max matvec relerr {max(errs):.2e}"
 
 
+def run_case(seed: int, i: int) -> tuple[int, bool, str]:
+    """Case ``i`` of ``seed`` in this process (a worker's entry point)."""
+    try:
+        ok, msg = one_case(np.random.default_rng([seed, i]), "cuda")
+    except Exception as e:  # a crash in one case is a failure of that case, reported with the others
+        ok, msg = False, f"error: {type(e).__name__}: {e}"
+    return i, ok, msg
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=60)
     ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1),
+                    help="worker processes (default: min(8, CPUs)); 1 runs the cases in this process")
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="stop starting new cases after this many seconds (the rest are reported as not run)")
     ap.add_argument("--log", default=None)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: run tests/test_kernels.py (interpreter) instead")
         return 2
-    rng = np.random.default_rng(args.seed)
-    lines, fails = [], 0
     t0 = time.time()
-    for i in range(args.cases):
-        ok, msg = one_case(rng, "cuda")
-        fails += not ok
-        lines.append(f"[{i:3d}] {'PASS' if ok else 'FAIL'} {msg}")
-        print(lines[-1], flush=True)
-    summary = f"gpu_check: {args.cases - fails}/{args.cases} cases passed in {time.time() - t0:.0f}s on " \
-              f"{torch.cuda.get_device_name()}"
+    results: dict[int, tuple[bool, str]] = {}
+
+    def record(i: int, ok: bool, msg: str) -> None:
+        results[i] = (ok, msg)
+        print(f"[{i:3d}] {'PASS' if ok else 'FAIL'} {msg}", flush=True)
+
+    def in_budget() -> bool:
+        return args.seconds is None or time.time() - t0 < args.seconds
+
+    if args.jobs <= 1:
+        for i in range(args.cases):
+            if not in_budget():
+                break
+            record(*run_case(args.seed, i))
+    else:
+        with cf.ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+            pending = {pool.submit(run_case, args.seed, i) for i in range(min(args.jobs, args.cases))}
+            nxt = len(pending)
+            while pending:
+                done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for f in done:
+                    record(*f.result())
+                    if nxt < args.cases and in_budget():
+                        pending.add(pool.submit(run_case, args.seed, nxt))
+                        nxt += 1
+    lines = [f"[{i:3d}] {'PASS' if ok else 'FAIL'} {msg}" for i, (ok, msg) in sorted(results.items())]
+    fails = sum(not ok for ok, _ in results.values())
+    skipped = args.cases - len(results)
+    summary = f"gpu_check: {len(results) - fails}/{len(results)} cases passed ({fails} failed, {skipped} not run) " \
+              f"in {time.time() - t0:.0f}s with {args.jobs} job(s) on {torch.cuda.get_device_name()}"
     print(summary)
     if args.log:
         with open(args.log, "w") as f:
