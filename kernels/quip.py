@@ -534,15 +534,14 @@ def _e8p_gemv2_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, c_ptr, abs_ptr, sg
         else:
             xsum = tl.zeros((NG,), dtype=tl.float32)
         for i in tl.static_range(8):
-            k: tl.constexpr = i >> 1
             if i % 2 == 0:
                 base = row
             else:
                 base = rh
-            f = ((base & (0xE << (4 * k))) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+            f = ((base & (0xE << (4 * (i >> 1)))) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
             cols = i * gp + g
             if DOT:
-                wv = f * (1.0 / (2 << (4 * k))) + sh
+                wv = f * (1.0 / (2 << (4 * (i >> 1)))) + sh
                 xt = tl.load(x_ptr + bb[None, :] * x_sb + cols[:, None], mask=bmask[None, :], other=0.0)
                 if IEEE:
                     acc = tl.dot(wv, xt, acc, input_precision="ieee")
@@ -551,7 +550,7 @@ def _e8p_gemv2_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, c_ptr, abs_ptr, sg
             else:
                 xv = tl.load(x_ptr + cols)
                 xsum += xv
-                acc += f * (xv * (1.0 / (2 << (4 * k))))[None, :]
+                acc += f * (xv * (1.0 / (2 << (4 * (i >> 1)))))[None, :]
         if not DOT:
             acc += pf * (-0.5 * xsum)[None, :]
             sx += xsum
