@@ -506,13 +506,15 @@ def _e8p_gemv2_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, c_ptr, abs_ptr, sg
     """y[b, r] = scale[r] * sum_j (t(r, j) / 4) x[b, j] from the 16-bit E8P12 codes, one table row per code.
 
     Per code one packed row (:func:`_e8p_packed`: two 1 KiB L1 tables, or one and the
-    arithmetic sign spread) holds 7 + w_i, w_i = +-alpha_i, for the 8 coordinates; t_i / 4 =
-    w_i / 2 + 1/4 - p/2 = (7 + w_i) / 2 - 13/4 - p/2. Batch 1, per weight: the field taken
-    in place, ``(row & (0xE << 4k)) | 0x4B000000`` = 2^23 + (7 + w_i) 16^k as f32 (k = i >> 1;
-    coordinates 4..7 from row >> 16), one FADD, one FMA with x_i / (2 * 16^k); per code the
-    p term (one LOP3, FADD, FMA with -x-sum / 2); -13/4 x-sum is shared by the rows. 2..16
-    rows: the exact t / 4 slices [BM, NG] per coordinate and ``tl.dot`` (K = NG). x is
-    coordinate-major (x[8g + i] at i * gp + g), zero past column n.
+    arithmetic sign spread) holds 7 + w_i, w_i = +-alpha_i, for the 8 coordinates, and p in
+    bit 0; subtracting p * 0x11111112 (p from nibbles 1..7, 2p from nibble 0, which holds p;
+    no borrows: every field is >= 2) leaves e_i = 7 + w_i - p, and t_i / 4 = w_i / 2 + 1/4 - p/2
+    = e_i / 2 - 13/4. Batch 1, per weight: the field taken in place, ``(row & (0xF << 4k)) |
+    0x4B000000`` = 2^23 + e_i 16^k as f32 (k = i >> 1; coordinates 4..7 from row >> 16), one
+    FADD, one FMA with x_i / (2 * 16^k) (scaled so by the input transform); -13/4 sum x is
+    shared by the rows. 2..16 rows: the exact t / 4 slices [BM, NG] per coordinate and ``tl.dot``
+    (K = NG). x is coordinate-major
+    (x[8g + i] at i * gp + g), zero past column n.
     """
     rows, rmask, rc64, bb, bmask = gemv_rows(m, nb, BM, BB)
     crow = c_ptr + rc64[:, None] * gp
@@ -527,39 +529,31 @@ def _e8p_gemv2_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, c_ptr, abs_ptr, sg
         g = t * NG + gg
         code = tl.load(crow + g[None, :]).to(tl.int32) & 0xFFFF
         row = _e8p_packed(code, abs_ptr, sgn_ptr, SIGN_TAB)
+        row = row - (row & 1) * 0x11111112
         rh = row >> 16
-        pf = ((row & 1) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-        if DOT:
-            sh = -3.25 - 0.5 * pf
-        else:
-            xsum = tl.zeros((NG,), dtype=tl.float32)
         for i in tl.static_range(8):
             if i % 2 == 0:
                 base = row
             else:
                 base = rh
-            f = ((base & (0xE << (4 * (i >> 1)))) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+            f = ((base & (0xF << (4 * (i >> 1)))) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
             cols = i * gp + g
             if DOT:
-                wv = f * (1.0 / (2 << (4 * (i >> 1)))) + sh
+                wv = f * (1.0 / (2 << (4 * (i >> 1)))) - 3.25
                 xt = tl.load(x_ptr + bb[None, :] * x_sb + cols[:, None], mask=bmask[None, :], other=0.0)
                 if IEEE:
                     acc = tl.dot(wv, xt, acc, input_precision="ieee")
                 else:
                     acc = tl.dot(wv.to(DOT_DT), xt.to(DOT_DT), acc)
             else:
-                xv = tl.load(x_ptr + cols)
-                xsum += xv
-                acc += f * (xv * (1.0 / (2 << (4 * (i >> 1)))))[None, :]
-        if not DOT:
-            acc += pf * (-0.5 * xsum)[None, :]
-            sx += xsum
+                xv = tl.load(x_ptr + cols)  # x_i / (2 * 16^k), scaled so by the input transform
+                sx += xv * (2 << (4 * (i >> 1)))
+                acc += f * xv[None, :]
     out, yoff, ymask = gemv_out(acc, rows, rmask, bb, bmask, m, DOT)
     if not DOT:
         out = out - 3.25 * tl.sum(sx, axis=0)
     finish(out, y_ptr, yoff, ymask, scale_ptr, rows, rmask, scale_ptr, ws_ptr, wsi_ptr, cnt_ptr, tl.program_id(0),
            SPLIT, False, True, not DOT)
-
 
 _FWHT_ROWS_MAX_LOG2 = 14  # in-register row blocks up to 2^14 f32 (64 KiB per program)
 _FWHT_RADIX_LOG2 = 4  # column stages per pass (16 rows in registers)
@@ -822,6 +816,8 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
             padded[:, :g] = codes.view(torch.int16)
             codes = padded
         prep.e8p, prep.words, prep.lp = True, codes.contiguous(), 8 * gp
+        k = (torch.arange(n, device=codes.device) % 8) >> 1  # batch-1 x prescale of _e8p_gemv2_kernel
+        prep.prescale = torch.exp2(-(4.0 * k + 1.0)).contiguous()
     else:
         bits = int(params["bits"])
         check_launch("quip prepare", codes=(codes, m * triton.cdiv(n * bits, 32)))
@@ -944,10 +940,12 @@ def _matvec(prepared: PreparedQuip, x2: torch.Tensor, bias: torch.Tensor | None,
     alloc = torch.empty if lp == n else torch.zeros  # columns past n must read as 0
     xs = alloc((B, lp), dtype=torch.float32, device=dev)
     dot = B > 1
-    post = None if (prepared.e8p or dot) else prepared.prescale
+    cfg = config or default_config(prepared.e8p, B)
+    post = None if dot or (prepared.e8p and cfg.e8p == "gather8") else prepared.prescale
+    if post is not None and post.numel() < n:
+        raise ValueError(f"quip matvec: prescale has {post.numel()} elements, expected >= {n}")
     _rotate(x2, xs, n, int(p["log2_hn"]), prepared.factor_nt, secs["su"], post, None,
             prepared.lp // 8 if prepared.e8p else 0)
-    cfg = config or default_config(prepared.e8p, B)
     dt, ieee = dot_dtype(x2.dtype)
     width = prepared.words.shape[1]
     tile = min(cfg.NG if prepared.e8p else cfg.NU, width)

@@ -622,8 +622,8 @@ def test_e8p_packed_rows_are_the_code_points(kq: Any) -> None:
     arith = (x * 14) ^ (-p & 15)
     assert np.array_equal(arith & 0xFFFFFFFF, sg[s] & 0xFFFFFFFF)
     row = ab[a] ^ sg[s]
-    pf = row & 1
-    t = np.stack([(((row >> (4 * ((i >> 1) | ((i & 1) << 2)))) & 0xE) - 7) * 2 + 1 - 2 * pf for i in range(8)], 1)
+    row = row - (row & 1) * 0x11111112
+    t = np.stack([(((row >> (4 * ((i >> 1) | ((i & 1) << 2)))) & 0xF) * 2 - 13) for i in range(8)], 1)
     assert np.array_equal(t, e8p.code_points(c).astype(np.int64))
 
 
