@@ -313,8 +313,8 @@ def sweep(dev: str, l2: int, budget: Budget, gen: torch.Generator, m: int, n: in
                                         dict(BM=32, NU=32, num_warps=2), dict(BM=64, NU=32, split=1),
                                         dict(BM=64, NU=16)]),
              ("e8p", 2, kq.GemvConfig, [dict(BM=128, NG=16, e8p="gather8"), dict(BM=128, NG=16, e8p="sign_arith"),
-                                        dict(BM=64, NG=16, e8p="gather8"), dict(BM=64, NG=32),
-                                        dict(BM=256, NG=16, num_warps=8), dict(BM=32, NG=16)]),
+                                        dict(BM=128, NG=16, num_warps=2), dict(BM=256, NG=16),
+                                        dict(BM=128, NG=32), dict(BM=64, NG=16)]),
              ("grid", 2, kq.GemvConfig, [dict(BM=64, NU=64), dict(BM=256, NU=32, num_warps=8), dict(BM=64, NU=32)])]
     out = []
     for key, bits, cfg_cls, cfgs in plans:
