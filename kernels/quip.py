@@ -36,9 +36,11 @@ as the decoded tensor, not bit-identical to ``dequantize(...) @ x``):
   (su) fused on the way in, sv / bias / the output cast on the way out;
   ``_mix_kernel``: the explicit factor F of a K * 2^k dimension (a second launch
   only when K > 1);
-* ``_grid_gemv_kernel`` / ``_e8p_gemv_kernel``: the GEMV over the load-time
+* ``_grid_gemv_kernel`` / ``_e8p_gemv2_kernel``: the GEMV over the load-time
   code layout (:func:`prepare`), row scale fused; batch 1 by FMAs, 2..16 rows by
-  ``tl.dot`` on exactly decoded slices; column-split for small matrices.
+  ``tl.dot`` on exactly decoded slices; column-split for small matrices. E8P12
+  decodes one packed table row per code (``_e8p_gemv_kernel``, one table gather
+  per weight, stays as ``GemvConfig(e8p="gather8")`` for comparison).
 
 Why this module is long: it holds the whole quip codec on the GPU (the spec-layout decode
 pipeline, the transform matvec and its load-time code layout, for both codec versions), one codec
