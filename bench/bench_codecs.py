@@ -299,7 +299,8 @@ def fp16_baseline(m: int, n: int, dev: str, l2: int, xs: dict[int, torch.Tensor]
     return out
 
 
-def sweep(dev: str, l2: int, budget: Budget, gen: torch.Generator, m: int, n: int) -> list[dict[str, Any]]:
+def sweep(dev: str, l2: int, budget: Budget, gen: torch.Generator, m: int, n: int,
+          keys: set[str] | None = None) -> list[dict[str, Any]]:
     """A few GemvConfigs per codec at one shape, batch 1 and 16 (what to make the default next)."""
     from spqrfmt.kernels import quip as kq
     from spqrfmt.kernels import squeezellm as ksq
@@ -311,10 +312,14 @@ def sweep(dev: str, l2: int, budget: Budget, gen: torch.Generator, m: int, n: in
     plans = [("sq", 3, ksq.GemvConfig, [dict(BM=64, NU=32, tree=False), dict(BM=128, NU=32),
                                         dict(BM=32, NU=32, num_warps=2), dict(BM=64, NU=32, split=1),
                                         dict(BM=64, NU=16)]),
-             ("e8p", 2, kq.GemvConfig, [dict(BM=64, NG=32), dict(BM=256, NG=16, num_warps=8), dict(BM=32, NG=16)]),
+             ("e8p", 2, kq.GemvConfig, [dict(BM=128, NG=16, e8p="gather8"), dict(BM=128, NG=16, e8p="sign_arith"),
+                                        dict(BM=128, NG=16, num_warps=2), dict(BM=256, NG=16),
+                                        dict(BM=128, NG=32), dict(BM=64, NG=16)]),
              ("grid", 2, kq.GemvConfig, [dict(BM=64, NU=64), dict(BM=256, NU=32, num_warps=8), dict(BM=64, NU=32)])]
     out = []
     for key, bits, cfg_cls, cfgs in plans:
+        if keys is not None and key not in keys:
+            continue
         try:
             c = Codec(key, m, n, bits, dev, gen)
             preps = [c.prep] + [c.clone(c.prep) for _ in range(copies_for(tensor_bytes(c.prep.__dict__), l2, dev) - 1)]
@@ -413,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shapes", type=parse_shapes, default=None, help="e.g. 4096x4096,8192x28672 (m x n)")
     ap.add_argument("--quick", action="store_true", help="first shape, squeezellm 3-bit and quip e8p12 only")
     ap.add_argument("--no-spqr", action="store_true", help="skip the spqr comparison rows")
+    ap.add_argument("--codecs", default="", help="comma list of row labels to run (e.g. quip-e8p12); also the sweep")
     ap.add_argument("--no-sweep", action="store_true", help="skip the tile sweep after the rows")
     ap.add_argument("--smoke", action="store_true", help="CPU + TRITON_INTERPRET=1, tiny shapes (checks the script)")
     args = ap.parse_args(argv)
@@ -443,6 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     configs = [c for c in CONFIGS if not (args.no_spqr or args.smoke) or c[1] != "spqr"]
     if args.quick:
         shapes, configs = shapes[:1], [CONFIGS[0], CONFIGS[2]]
+    keys = None
+    if args.codecs:
+        wanted = set(args.codecs.split(","))
+        configs = [c for c in configs if c[0] in wanted]
+        keys = {c[1] for c in configs}
     gen = torch.Generator(device=dev).manual_seed(1)
     rows: list[dict[str, Any]] = []
     for m, n in shapes:
@@ -485,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.no_sweep or args.quick) and not budget.spent():
         sm, sn = (14336, 4096) if not args.smoke else SMOKE_SHAPES[0]
         try:
-            meta["sweep"] = sweep(dev, l2, budget, gen, sm, sn)
+            meta["sweep"] = sweep(dev, l2, budget, gen, sm, sn, keys)
         except Exception as e:
             meta["sweep"] = [{"error": f"{type(e).__name__}: {e}"[:300]}]
     meta["wall_s"] = time.perf_counter() - budget.t0

@@ -141,8 +141,14 @@ def cases() -> list[tuple[str, Any, dict[str, Any], dict[str, Any], float]]:
         a = dict(fp, x_ptr="*fp32", y_ptr="*fp32", c_ptr="*i16", half_ptr="*fp32", odd_ptr="*i32", gp=3584,
                  nb=16 if dot else 1, NG=C(16), BM=C(bm), BB=C(16 if dot else 1), DOT=C(dot),
                  DOT_DT=C(tl.float32 if f32 else tl.float16), IEEE=C(f32), SPLIT=C(False))
-        out.append((f"quip e8p12 gemv dot={dot} f32={f32}", kq._e8p_gemv_kernel, a, {},
+        out.append((f"quip e8p12 gemv gather8 dot={dot} f32={f32}", kq._e8p_gemv_kernel, a, {},
                     0 if dot else bm * 16 * 8 / 128))
+        for tab in (True, False):
+            a = dict(a, abs_ptr="*i32", sgn_ptr="*i32", SIGN_TAB=C(tab))
+            del a["half_ptr"], a["odd_ptr"]
+            out.append((f"quip e8p12 gemv sign_{'table' if tab else 'arith'} dot={dot} f32={f32}",
+                        kq._e8p_gemv2_kernel, a, {}, 0 if dot else bm * 16 * 8 / 128))
+            a = dict(a, half_ptr="*fp32", odd_ptr="*i32")
     for k in (14, 13, 12, 11, 8, 7, 3, 0):
         R, Cc, CB, RC, use_dot = kq._blocks(k)
         for e8 in (False, True):

@@ -36,9 +36,11 @@ as the decoded tensor, not bit-identical to ``dequantize(...) @ x``):
   (su) fused on the way in, sv / bias / the output cast on the way out;
   ``_mix_kernel``: the explicit factor F of a K * 2^k dimension (a second launch
   only when K > 1);
-* ``_grid_gemv_kernel`` / ``_e8p_gemv_kernel``: the GEMV over the load-time
+* ``_grid_gemv_kernel`` / ``_e8p_gemv2_kernel``: the GEMV over the load-time
   code layout (:func:`prepare`), row scale fused; batch 1 by FMAs, 2..16 rows by
-  ``tl.dot`` on exactly decoded slices; column-split for small matrices.
+  ``tl.dot`` on exactly decoded slices; column-split for small matrices. E8P12
+  decodes one packed table row per code (``_e8p_gemv_kernel``, one table gather
+  per weight, stays as ``GemvConfig(e8p="gather8")`` for comparison).
 
 Why this module is long: it holds the whole quip codec on the GPU (the spec-layout decode
 pipeline, the transform matvec and its load-time code layout, for both codec versions), one codec
@@ -476,6 +478,85 @@ def _e8p_gemv_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, c_ptr, half_ptr, od
            SPLIT, False, True, not DOT)
 
 
+@triton.jit
+def _e8p_packed(code, abs_ptr, sgn_ptr, SIGN_TAB: tl.constexpr):
+    """Packed signed row of 16-bit codes (int32): nibble b = 7 + (+-alpha) of the coordinate with sign bit b.
+
+    Coordinate i (sign bit b = (i >> 1) | ((i & 1) << 2) of s ^ p, quip.md §10.4) sits at
+    bits 4b .. 4b+3; 7 - alpha = (7 + alpha) ^ 0xE, so a sign flip is an XOR. ``abs_ptr``
+    holds 7 + alpha per row (odd rows: coordinate 7 flipped already), ``sgn_ptr`` (or the
+    arithmetic spread, SIGN_TAB False) the 0xE nibbles of s' = s ^ p with p in bit 0.
+    """
+    a = code >> 8
+    s = code & 255
+    if SIGN_TAB:
+        sm = tl.load(sgn_ptr + s)
+    else:
+        x = (s | (s << 12)) & 0x000F000F
+        x = (x | (x << 6)) & 0x03030303
+        x = (x | (x << 3)) & 0x11111111  # bit b of s at bit 4b
+        p = ((x * 0x11111111) >> 28) & 1
+        sm = (x * 14) ^ ((0 - p) & 15)  # s' = s ^ p flips bit 0 (nibble 0); p in bit 0
+    return tl.load(abs_ptr + a) ^ sm
+
+
+@triton.jit(do_not_specialize=["m", "nb", "n_tiles", "tiles_per_split"])
+def _e8p_gemv2_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, c_ptr, abs_ptr, sgn_ptr, scale_ptr, m, gp, nb, x_sb,
+                      n_tiles, tiles_per_split,
+                      NG: tl.constexpr, BM: tl.constexpr, BB: tl.constexpr, DOT: tl.constexpr,
+                      DOT_DT: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr, SIGN_TAB: tl.constexpr):
+    """y[b, r] = scale[r] * sum_j (t(r, j) / 4) x[b, j] from the 16-bit E8P12 codes, one table row per code.
+
+    Per code one packed row (:func:`_e8p_packed`: two 1 KiB L1 tables, or one and the
+    arithmetic sign spread) holds 7 + w_i, w_i = +-alpha_i, for the 8 coordinates, and p in
+    bit 0; subtracting p * 0x11111112 (p from nibbles 1..7, 2p from nibble 0, which holds p;
+    no borrows: every field is >= 2) leaves e_i = 7 + w_i - p, and t_i / 4 = w_i / 2 + 1/4 - p/2
+    = e_i / 2 - 13/4. Batch 1, per weight: the field taken in place, ``(row & (0xF << 4k)) |
+    0x4B000000`` = 2^23 + e_i 16^k as f32 (k = i >> 1; coordinates 4..7 from row >> 16), one
+    FADD, one FMA with x_i / (2 * 16^k) (scaled so by the input transform); -13/4 sum x is
+    shared by the rows. 2..16 rows: the exact t / 4 slices [BM, NG] per coordinate and ``tl.dot``
+    (K = NG). x is coordinate-major
+    (x[8g + i] at i * gp + g), zero past column n.
+    """
+    rows, rmask, rc64, bb, bmask = gemv_rows(m, nb, BM, BB)
+    crow = c_ptr + rc64[:, None] * gp
+    gg = tl.arange(0, NG)
+    if DOT:
+        acc = tl.zeros((BM, BB), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BM, NG), dtype=tl.float32)
+        sx = tl.zeros((NG,), dtype=tl.float32)
+    t_lo, t_hi = gemv_tiles(n_tiles, tiles_per_split)
+    for t in range(t_lo, t_hi):
+        g = t * NG + gg
+        code = tl.load(crow + g[None, :]).to(tl.int32) & 0xFFFF
+        row = _e8p_packed(code, abs_ptr, sgn_ptr, SIGN_TAB)
+        row = row - (row & 1) * 0x11111112
+        rh = row >> 16
+        for i in tl.static_range(8):
+            if i % 2 == 0:
+                base = row
+            else:
+                base = rh
+            f = ((base & (0xF << (4 * (i >> 1)))) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+            cols = i * gp + g
+            if DOT:
+                wv = f * (1.0 / (2 << (4 * (i >> 1)))) - 3.25
+                xt = tl.load(x_ptr + bb[None, :] * x_sb + cols[:, None], mask=bmask[None, :], other=0.0)
+                if IEEE:
+                    acc = tl.dot(wv, xt, acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(wv.to(DOT_DT), xt.to(DOT_DT), acc)
+            else:
+                xv = tl.load(x_ptr + cols)  # x_i / (2 * 16^k), scaled so by the input transform
+                sx += xv * (2 << (4 * (i >> 1)))
+                acc += f * xv[None, :]
+    out, yoff, ymask = gemv_out(acc, rows, rmask, bb, bmask, m, DOT)
+    if not DOT:
+        out = out - 3.25 * tl.sum(sx, axis=0)
+    finish(out, y_ptr, yoff, ymask, scale_ptr, rows, rmask, scale_ptr, ws_ptr, wsi_ptr, cnt_ptr, tl.program_id(0),
+           SPLIT, False, True, not DOT)
+
 _FWHT_ROWS_MAX_LOG2 = 14  # in-register row blocks up to 2^14 f32 (64 KiB per program)
 _FWHT_RADIX_LOG2 = 4  # column stages per pass (16 rows in registers)
 
@@ -591,6 +672,41 @@ def e8p_gemv_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return _GEMV_TABLES[key]
 
 
+_PACKED_TABLES: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _b(i: int) -> int:
+    """The sign bit of coordinate i (quip.md §10.4), which is also its nibble in the packed row."""
+    return (i >> 1) | ((i & 1) << 2)
+
+
+def e8p_packed_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(abs int32 [256], sign int32 [256]) of :func:`_e8p_packed`, built once per device.
+
+    abs[a]: nibble b(i) = 7 + alpha[a][i] (7 - alpha for coordinate 7 of an odd row);
+    sign[s]: 0xE in nibble b for each set bit b of s' = s ^ p, p = parity(s) in bit 0.
+    """
+    key = str(device)
+    if key not in _PACKED_TABLES:
+        alpha = abs_table().astype("int64")
+        odd = odd_rows().astype("int64")
+        ab = torch.zeros(256, dtype=torch.int64)
+        for a in range(256):
+            for i in range(8):
+                v = 7 + int(alpha[a, i])
+                if i == 7 and odd[a]:
+                    v ^= 0xE
+                ab[a] |= v << (4 * _b(i))
+        sg = torch.zeros(256, dtype=torch.int64)
+        for s in range(256):
+            p = bin(s).count("1") & 1
+            s2 = s ^ p
+            sg[s] = p | sum(0xE << (4 * b) for b in range(8) if (s2 >> b) & 1)
+        as32 = [((t + 2**31) % 2**32 - 2**31).to(torch.int32).to(device) for t in (ab, sg)]
+        _PACKED_TABLES[key] = (as32[0], as32[1])
+    return _PACKED_TABLES[key]
+
+
 def _is_real_diag(secs: Mapping[str, torch.Tensor]) -> bool:
     return secs["su"].is_floating_point() or secs["sv"].is_floating_point()
 
@@ -639,6 +755,7 @@ class GemvConfig:
     NG: int = 16
     num_warps: int = 4
     split: int | None = None
+    e8p: str = "sign_table"  # E8P12 decode: "sign_table" / "sign_arith" (one row per code), "gather8" (per weight)
 
 
 def default_config(e8p: bool, batch: int) -> GemvConfig:
@@ -701,6 +818,8 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
             padded[:, :g] = codes.view(torch.int16)
             codes = padded
         prep.e8p, prep.words, prep.lp = True, codes.contiguous(), 8 * gp
+        k = (torch.arange(n, device=codes.device) % 8) >> 1  # batch-1 x prescale of _e8p_gemv2_kernel
+        prep.prescale = torch.exp2(-(4.0 * k + 1.0)).contiguous()
     else:
         bits = int(params["bits"])
         check_launch("quip prepare", codes=(codes, m * triton.cdiv(n * bits, 32)))
@@ -823,10 +942,12 @@ def _matvec(prepared: PreparedQuip, x2: torch.Tensor, bias: torch.Tensor | None,
     alloc = torch.empty if lp == n else torch.zeros  # columns past n must read as 0
     xs = alloc((B, lp), dtype=torch.float32, device=dev)
     dot = B > 1
-    post = None if (prepared.e8p or dot) else prepared.prescale
+    cfg = config or default_config(prepared.e8p, B)
+    post = None if dot or (prepared.e8p and cfg.e8p == "gather8") else prepared.prescale
+    if post is not None and post.numel() < n:
+        raise ValueError(f"quip matvec: prescale has {post.numel()} elements, expected >= {n}")
     _rotate(x2, xs, n, int(p["log2_hn"]), prepared.factor_nt, secs["su"], post, None,
             prepared.lp // 8 if prepared.e8p else 0)
-    cfg = config or default_config(prepared.e8p, B)
     dt, ieee = dot_dtype(x2.dtype)
     width = prepared.words.shape[1]
     tile = min(cfg.NG if prepared.e8p else cfg.NU, width)
@@ -838,10 +959,16 @@ def _matvec(prepared: PreparedQuip, x2: torch.Tensor, bias: torch.Tensor | None,
     wsargs = (ws.ws, ws.wsi, ws.cnt) if ws else (yq, yq, yq)
     common = dict(BM=cfg.BM, BB=16 if dot else 1, DOT=dot, DOT_DT=dt, IEEE=ieee, SPLIT=split > 1,
                   num_warps=cfg.num_warps)
-    if prepared.e8p:
+    if prepared.e8p and cfg.e8p == "gather8":
         half, odd = e8p_gemv_tables(dev)
         _e8p_gemv_kernel[(progs_m, split)](xs, yq, *wsargs, prepared.words, half, odd, secs["scale"], m, width, B,
                                            lp, n_tiles, tps, NG=tile, **common)
+    elif prepared.e8p:
+        if cfg.e8p not in ("sign_table", "sign_arith"):
+            raise ValueError(f"quip matvec: unknown E8P12 decode {cfg.e8p!r}")
+        ab, sg = e8p_packed_tables(dev)
+        _e8p_gemv2_kernel[(progs_m, split)](xs, yq, *wsargs, prepared.words, ab, sg, secs["scale"], m, width, B,
+                                            lp, n_tiles, tps, NG=tile, SIGN_TAB=cfg.e8p == "sign_table", **common)
     else:
         f = 32 // prepared.wst
         _grid_gemv_kernel[(progs_m, split)](xs, yq, *wsargs, prepared.words, secs["scale"], m, width, B, lp, n_tiles,

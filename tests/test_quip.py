@@ -559,7 +559,8 @@ def _relerr(y: Any, want: np.ndarray) -> float:
     return float(np.linalg.norm(y.double().cpu().numpy() - want) / max(np.linalg.norm(want), 1e-30))
 
 
-def _check_fused(kq: Any, enc: Any, m: int, n: int, batch: int, split: int | None, seed: int) -> None:
+def _check_fused(kq: Any, enc: Any, m: int, n: int, batch: int, split: int | None, seed: int,
+                 e8p: str = "sign_table") -> None:
     """Fused matvec (both transforms, GEMV; FMAs at batch 1, tl.dot at 2..16) vs float64 x @ W_decoded.T."""
     import torch
 
@@ -568,7 +569,7 @@ def _check_fused(kq: Any, enc: Any, m: int, n: int, batch: int, split: int | Non
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(rng.standard_normal((batch, n)).astype(np.float32))
     bias = torch.from_numpy(rng.standard_normal(m).astype(np.float32))
-    cfg = kq.GemvConfig(BM=16 if m <= 32 else 64, NU=16, NG=16, split=split)
+    cfg = kq.GemvConfig(BM=16 if m <= 32 else 64, NU=16, NG=16, split=split, e8p=e8p)
     want = x.double().numpy() @ ref.T + bias.double().numpy()
     assert _relerr(kq.matvec(prep, x, bias, cfg), want) <= 1e-5
     xh = x.half()
@@ -594,16 +595,36 @@ def test_fused_grid_matvec(kq: Any, m: int, n: int, bits: int, seed: int, batch:
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                 HealthCheck.function_scoped_fixture])
 @given(m=kdims, n=st.sampled_from([8, 24, 40, 56, 128]), seed=st.integers(0, 999), su_dt=diag_dtypes,
-       sv_dt=diag_dtypes, batch=st.sampled_from([1, 2, 16]), split=st.sampled_from([None, 3]))
+       sv_dt=diag_dtypes, batch=st.sampled_from([1, 2, 3, 16]), split=st.sampled_from([None, 3]),
+       decode=st.sampled_from(["sign_table", "sign_arith", "gather8"]))
 def test_fused_e8p_matvec(kq: Any, m: int, n: int, seed: int, su_dt: str, sv_dt: str, batch: int,
-                          split: int | None) -> None:
-    """v2 E8P12: every code value (random codes), real or sign diagonals, K * 2^k dimensions."""
+                          split: int | None, decode: str) -> None:
+    """v2 E8P12: every code value (random codes), real or sign diagonals, K * 2^k dimensions, each GEMV decode."""
     rng = np.random.default_rng(seed)
     enc = quantize_quip(_weight(seed, m, n), codebook="e8p12", seed=seed)
     enc.sections["codes"] = rng.integers(0, 1 << 16, enc.sections["codes"].shape).astype(np.uint16)
     enc.sections["su"] = _diag(rng, enc.sections["su"], su_dt)
     enc.sections["sv"] = _diag(rng, enc.sections["sv"], sv_dt)
-    _check_fused(kq, enc, m, n, batch, split, seed)
+    _check_fused(kq, enc, m, n, batch, split, seed, decode)
+
+
+def test_e8p_packed_rows_are_the_code_points(kq: Any) -> None:
+    """Every 16-bit code: the packed row of the GEMV (both sign paths, as the kernel reads it) gives t exactly."""
+    from spqrfmt.decoder import e8p
+
+    ab, sg = (t.numpy().astype(np.int64) for t in kq.e8p_packed_tables("cpu"))
+    c = np.arange(1 << 16, dtype=np.int64)
+    a, s = c >> 8, c & 255
+    x = (s | (s << 12)) & 0x000F000F  # the arithmetic spread of _e8p_packed, in int64
+    x = (x | (x << 6)) & 0x03030303
+    x = (x | (x << 3)) & 0x11111111
+    p = ((x * 0x11111111) >> 28) & 1
+    arith = (x * 14) ^ (-p & 15)
+    assert np.array_equal(arith & 0xFFFFFFFF, sg[s] & 0xFFFFFFFF)
+    row = ab[a] ^ sg[s]
+    row = row - (row & 1) * 0x11111112
+    t = np.stack([(((row >> (4 * ((i >> 1) | ((i & 1) << 2)))) & 0xF) * 2 - 13) for i in range(8)], 1)
+    assert np.array_equal(t, e8p.code_points(c).astype(np.int64))
 
 
 @pytest.mark.parametrize("m, n, e8p", [(16, 256, True), (256, 24, False), (48, 1536, True)])
