@@ -34,6 +34,10 @@ Statistics are stored group-major ``[G, m]`` like the spec's, for the same reaso
   (``S·(Σ q·x − Z·Σ x)``), 2..16 rows by one ``tl.dot`` per tile of decoded f16 weights.
 * ``dequant_kernel``: the dense matrix, bit-identical to spqr.md §5 (launch with
   ``enable_fp_fusion=False``), stored or output column order.
+
+Why this module is long: the kernels share one word/statistics decode (``_load_words``, ``_half_stats``)
+that a split into modules would have to export; the batch-1 f16x2 path carries both x forms (xprep's
+buffers, or built in the GEMV for the one-launch ``x_inline`` variant).
 """
 
 from __future__ import annotations
