@@ -34,6 +34,10 @@ Statistics are stored group-major ``[G, m]`` like the spec's, for the same reaso
   (``S·(Σ q·x − Z·Σ x)``), 2..16 rows by one ``tl.dot`` per tile of decoded f16 weights.
 * ``dequant_kernel``: the dense matrix, bit-identical to spqr.md §5 (launch with
   ``enable_fp_fusion=False``), stored or output column order.
+
+Why this module is long: the kernels share one word/statistics decode (``_load_words``, ``_half_stats``)
+that a split into modules would have to export; the batch-1 f16x2 path carries both x forms (xprep's
+buffers, or built in the GEMV for the one-launch ``x_inline`` variant).
 """
 
 from __future__ import annotations
@@ -307,15 +311,65 @@ def _pair_fma(vm, x, acc, ODD: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
-def _word_h2(w, xh_ptr, j0: tl.constexpr, u, umask, NUT, acc, ASM: tl.constexpr):
+def _xval(x_ptr, idx_ptr, col, cm, HAS_PERM: tl.constexpr):
+    """x at stored columns col [NU] (f32), read from the caller's x through the permutation."""
+    if HAS_PERM:
+        col = tl.load(idx_ptr + col, mask=cm, other=0)
+    return tl.load(x_ptr + col, mask=cm, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _x_unit(x_ptr, idx_ptr, u, umask, n, HAS_PERM: tl.constexpr):
+    """(2^-e_u, 2^e_u, half sums) of units u straight from x: xprep_h2_kernel's per-unit values, in the GEMV.
+
+    Elementwise over 32 [NU] vectors, so the values stay in the layout the products use (no shuffles).
+    """
+    mx = tl.zeros(u.shape, dtype=tl.float32)
+    s0 = tl.zeros(u.shape, dtype=tl.float32)
+    s1 = tl.zeros(u.shape, dtype=tl.float32)
+    for i in tl.static_range(32):
+        col = u * 32 + i
+        v = _xval(x_ptr, idx_ptr, col, umask & (col < n), HAS_PERM)
+        mx = tl.maximum(mx, tl.abs(v))
+        if i < 16:
+            s0 += v
+        else:
+            s1 += v
+    e = ((mx.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 126
+    e = tl.minimum(tl.maximum(e, -100), 100)
+    return ((127 - e) << 23).to(tl.float32, bitcast=True), ((e + 127) << 23).to(tl.float32, bitcast=True), s0, s1
+
+
+@triton.jit
+def _x_pair(xh_ptr, j: tl.constexpr, u, umask, NUT, x_ptr, idx_ptr, inv, n, XIN: tl.constexpr,
+            HAS_PERM: tl.constexpr):
+    """xh[j, u] [1, NU]: from xprep_h2_kernel's buffer, or (XIN) built from x with the unit scale inv."""
+    if XIN:
+        c_lo = u * 32 + (j // 4 * 8 + j % 4)
+        lo = _xval(x_ptr, idx_ptr, c_lo, umask & (c_lo < n), HAS_PERM)
+        hi = _xval(x_ptr, idx_ptr, c_lo + 4, umask & (c_lo + 4 < n), HAS_PERM)
+        hl = (lo * inv).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        hh = (hi * inv).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        v = hl | (hh << 16)
+    else:
+        v = tl.load(xh_ptr + j * NUT + u, mask=umask, other=0)
+    return v[None, :]
+
+
+@triton.jit
+def _word_h2(w, xh_ptr, j0: tl.constexpr, u, umask, NUT, acc, ASM: tl.constexpr, x_ptr, idx_ptr, inv, n,
+             XIN: tl.constexpr, HAS_PERM: tl.constexpr):
     """acc + Σ q·x over the 8 fields of bits-4 words w [BM, NU], as four f16x2 pairs."""
     wi = w.to(tl.int32, bitcast=True)
     w8 = (w >> 8).to(tl.int32, bitcast=True)
-    xb = xh_ptr + u
-    acc = _pair_fma(wi & 0x000F000F, tl.load(xb + j0 * NUT, mask=umask, other=0)[None, :], acc, False, ASM)
-    acc = _pair_fma(wi & 0x00F000F0, tl.load(xb + (j0 + 1) * NUT, mask=umask, other=0)[None, :], acc, True, ASM)
-    acc = _pair_fma(w8 & 0x000F000F, tl.load(xb + (j0 + 2) * NUT, mask=umask, other=0)[None, :], acc, False, ASM)
-    acc = _pair_fma(w8 & 0x00F000F0, tl.load(xb + (j0 + 3) * NUT, mask=umask, other=0)[None, :], acc, True, ASM)
+    acc = _pair_fma(wi & 0x000F000F, _x_pair(xh_ptr, j0, u, umask, NUT, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
+                    acc, False, ASM)
+    acc = _pair_fma(wi & 0x00F000F0, _x_pair(xh_ptr, j0 + 1, u, umask, NUT, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
+                    acc, True, ASM)
+    acc = _pair_fma(w8 & 0x000F000F, _x_pair(xh_ptr, j0 + 2, u, umask, NUT, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
+                    acc, False, ASM)
+    acc = _pair_fma(w8 & 0x00F000F0, _x_pair(xh_ptr, j0 + 3, u, umask, NUT, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
+                    acc, True, ASM)
     return acc
 
 
@@ -326,14 +380,30 @@ def _h2_sum(a):
 
 
 @triton.jit
-def _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xh_ptr, xe_ptr, xs_ptr, u, umask, NUT, ASM: tl.constexpr):
-    """_unit_dot with f16x2 products and per-half f16 sums (x scaled per unit by 2^-e_u)."""
+def _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xh_ptr, xe_ptr, xs_ptr, u, umask, NUT, ASM: tl.constexpr,
+                 x_ptr, idx_ptr, n, XIN: tl.constexpr, HAS_PERM: tl.constexpr):
+    """_unit_dot with f16x2 products and per-half f16 sums (x scaled per unit by 2^-e_u).
+
+    XIN: the per-unit x operands are built here from x (``x_ptr``, feature order, through ``idx_ptr``)
+    instead of read from xprep_h2_kernel's buffers, so batch 1 is a single launch.
+    """
     zero = tl.zeros(w0.shape, dtype=tl.int32)
-    a0 = _word_h2(w1, xh_ptr, 4, u, umask, NUT, _word_h2(w0, xh_ptr, 0, u, umask, NUT, zero, ASM), ASM)
-    a1 = _word_h2(w3, xh_ptr, 12, u, umask, NUT, _word_h2(w2, xh_ptr, 8, u, umask, NUT, zero, ASM), ASM)
-    xe = tl.load(xe_ptr + u, mask=umask, other=0.0)[None, :]
-    xs0 = tl.load(xs_ptr + 2 * u, mask=umask, other=0.0)[None, :]
-    xs1 = tl.load(xs_ptr + 2 * u + 1, mask=umask, other=0.0)[None, :]
+    if XIN:
+        inv, xe, xs0, xs1 = _x_unit(x_ptr, idx_ptr, u, umask, n, HAS_PERM)  # inv [NU]: _x_pair's scale
+        xe = xe[None, :]
+        xs0 = xs0[None, :]
+        xs1 = xs1[None, :]
+    else:
+        inv = 1.0
+        xe = tl.load(xe_ptr + u, mask=umask, other=0.0)[None, :]
+        xs0 = tl.load(xs_ptr + 2 * u, mask=umask, other=0.0)[None, :]
+        xs1 = tl.load(xs_ptr + 2 * u + 1, mask=umask, other=0.0)[None, :]
+    a0 = _word_h2(w1, xh_ptr, 4, u, umask, NUT,
+                  _word_h2(w0, xh_ptr, 0, u, umask, NUT, zero, ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
+                  ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM)
+    a1 = _word_h2(w3, xh_ptr, 12, u, umask, NUT,
+                  _word_h2(w2, xh_ptr, 8, u, umask, NUT, zero, ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
+                  ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM)
     return S0 * (_h2_sum(a0) * xe - Z0 * xs0) + S1 * (_h2_sum(a1) * xe - Z1 * xs1)
 
 
@@ -417,14 +487,15 @@ def _fv(y, yh, ys, yz, c: tl.constexpr, F: tl.constexpr, WST: tl.constexpr, EXAC
 
 
 @triton.jit
-def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, y_ptr, bias_ptr, ws_ptr, cnt_ptr, w_ptr, st_ptr, st2_ptr, sz_ptr,
-                orp_ptr, ocol_ptr, odelta_ptr,
+def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr, cnt_ptr, w_ptr, st_ptr, st2_ptr,
+                sz_ptr, orp_ptr, ocol_ptr, odelta_ptr,
                 m, n, NUT, G, K2, B2, hpg, nb, n_tiles, tiles_per_split,
                 BITS: tl.constexpr, SB: tl.constexpr, STQ: tl.constexpr, SAME: tl.constexpr,
                 R2: tl.constexpr, NU: tl.constexpr, BM: tl.constexpr,
                 BB: tl.constexpr, NBC: tl.constexpr, EPR: tl.constexpr,
                 MODE: tl.constexpr, ATOMIC: tl.constexpr, HAS_BIAS: tl.constexpr, COL16: tl.constexpr,
-                DOT_DT: tl.constexpr, H2: tl.constexpr, ASM: tl.constexpr, EXACT_STATS: tl.constexpr):
+                DOT_DT: tl.constexpr, H2: tl.constexpr, ASM: tl.constexpr, EXACT_STATS: tl.constexpr,
+                XIN: tl.constexpr, HAS_PERM: tl.constexpr):
     """y[b, r] = Σ_j W[r, j] x[b, j] over BM rows and this program's share of tiles (NU units each).
 
     MODE 2 (2..4 rows, H2 only): MODE 0's f16x2 path once per row with the weight decode shared
@@ -434,6 +505,9 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, y_ptr, bias_ptr, ws_ptr, cnt_ptr
     xq is x in stored order (DOT_DT, zero padded to NUT·32 columns, [BB rows]), one ``tl.dot`` per
     tile of decoded weights rounded to DOT_DT.
     Outliers are add-deltas (f32(val) − dense) gathered row-wise from xo (stored order, f32).
+    XIN (MODE 0, H2): one launch: x (feature order, the caller's tensor) is ``xo_ptr`` and the per-unit
+    operands are built per tile (:func:`_x_unit`) instead of by xprep_h2_kernel; ``idx_ptr`` maps stored
+    columns to features (HAS_PERM).
     EXACT_STATS (f32 activations): the statistics rounded through f16 as the spec does, so the
     product is the spec's matrix times x up to f32 summation order.
     """
@@ -469,19 +543,21 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, y_ptr, bias_ptr, ws_ptr, cnt_ptr
                                      SB, STQ, SAME, R2, EXACT_STATS, BM, NU)
         if MODE == 0:
             if H2:
-                acc += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xe_ptr, xs_ptr, u, umask, NUT, ASM)
+                acc += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xe_ptr, xs_ptr, u, umask, NUT, ASM,
+                                    xo_ptr, idx_ptr, n, XIN, HAS_PERM)
             else:
                 acc += _unit_dot(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xs_ptr, u, umask, NUT, BITS)
         elif MODE == 2:  # 2..4 rows, one decode per weight (the unbias is shared), f16x2 products per row
-            acc += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xe_ptr, xs_ptr, u, umask, NUT, ASM)
+            acc += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xe_ptr, xs_ptr, u, umask, NUT, ASM,
+                                xo_ptr, idx_ptr, n, False, False)
             acc1 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 16 * NUT, xe_ptr + NUT, xs_ptr + 2 * NUT,
-                                 u, umask, NUT, ASM)
+                                 u, umask, NUT, ASM, xo_ptr, idx_ptr, n, False, False)
             if NBC > 2:
                 acc2 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 32 * NUT, xe_ptr + 2 * NUT,
-                                     xs_ptr + 4 * NUT, u, umask, NUT, ASM)
+                                     xs_ptr + 4 * NUT, u, umask, NUT, ASM, xo_ptr, idx_ptr, n, False, False)
             if NBC > 3:
                 acc3 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 48 * NUT, xe_ptr + 3 * NUT,
-                                     xs_ptr + 6 * NUT, u, umask, NUT, ASM)
+                                     xs_ptr + 6 * NUT, u, umask, NUT, ASM, xo_ptr, idx_ptr, n, False, False)
         if MODE == 1:
             wt = _tile(w0, w1, w2, w3, S0, Z0, S1, Z1, BITS, False, BM, NU).to(DOT_DT)
             cols = t * (NU * 32) + kk
@@ -497,8 +573,8 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, y_ptr, bias_ptr, ws_ptr, cnt_ptr
         out = tl.where(bb[None, :] == 3, tl.sum(acc3, axis=1)[:, None], out)
     else:
         out = acc
-    out = _outliers(out, rows, rmask, pid_k, orp_ptr, ocol_ptr, odelta_ptr, xo_ptr, xo_ptr, n, bb, bmask,
-                    EPR, COL16, MODE != 0, False, False)
+    out = _outliers(out, rows, rmask, pid_k, orp_ptr, ocol_ptr, odelta_ptr, xo_ptr, idx_ptr, n, bb, bmask,
+                    EPR, COL16, MODE != 0, XIN, HAS_PERM)
     yoff, ymask = _y_offsets(rows, rmask, bb, bmask, m, MODE == 0)
     if ATOMIC and MODE == 1:
         tl.atomic_add(y_ptr + yoff, out, mask=ymask)  # y: zeroed f32; bias and cast by the caller

@@ -116,8 +116,9 @@ class MatvecConfig:
     split: int | None = None
     num_stages: int = 1
     tile_dot: bool = False  # grouped layout, 2..16 rows: one dot per [BM, NH·β1] gathered tile (MODE 3)
-    x_inline: bool = False  # grouped layout, 1 row: the kernel gathers x itself (no xprep launch; its strided
-    # x loads measured slower than the xprep launch on the H100 at 11008x4096 and 8192x28672)
+    x_inline: bool = False  # 1 row: the kernel builds x's operands itself (no xprep launch). Grouped layout: its
+    # strided x loads measured slower than the xprep launch on the H100 at 11008x4096 and 8192x28672.
+    # Tiled layout (f16x2 path): per tile, from x through the permutation (bench/bench_spqr_b1.py)
     half2: bool = True  # tiled layout, batch 1, 3/4-bit, f16/bf16 x: f16x2 products of per-unit-scaled x
     fused_finish: bool = False  # grouped layout, split > 1: the last program of a row block writes y from a
     # self-resetting workspace (no memset/cast launches); measured only together with x_inline
@@ -176,11 +177,20 @@ class PreparedSpQR:
         Shared by the calls on this tensor, so one matvec per prepared tensor may run at a time
         (the usual case: a layer runs on one stream; a CUDA graph replays in order).
         """
-        if not self._ws:
+        if "acc" not in self._ws:
             m = self.shape[0]
             self._ws["acc"] = torch.zeros(MAX_FUSED_BATCH * m, dtype=torch.float32, device=self.device)
             self._ws["cnt"] = torch.zeros(m + 1, dtype=torch.int32, device=self.device)
         return self._ws["acc"], self._ws["cnt"]
+
+    def scratch(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A buffer of this tensor's kernels kept between calls (no allocation per call; same sharing rule
+        as :meth:`split_workspace`)."""
+        key = f"{name}:{dtype}:{shape}"
+        t = self._ws.get(key)
+        if t is None:
+            self._ws[key] = t = torch.empty(shape, dtype=dtype, device=self.device)
+        return t
 
     @property
     def device(self) -> torch.device:
@@ -471,6 +481,14 @@ def _codes_at(codes: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, bits:
 def default_config(prepared: PreparedSpQR, batch: int) -> MatvecConfig:
     """Tile shape favoured by the H100 sweep of bench/bench_kernels.py (``NH`` is NG, groups per tile, when grouped)."""
     if prepared.layout == "tiled":  # NH = 32-column units per tile; within 6 % of the best of the H200 sweep
+        m, n = prepared.shape
+        if batch == 1:  # by shape, from bench/bench_spqr_b1.py on the H200 (docs/kernels.md, 3-bit)
+            if m <= 2048:  # 1024x4096: 10.0 us vs 10.7 (BM=64 x split 8 is 128 programs, under one wave)
+                return MatvecConfig(BM=32, NH=8, num_warps=4, split=16)
+            if m >= 8192 and n <= 4096:  # 14336x4096: 24.2 us vs 26.5
+                return MatvecConfig(BM=128, NH=8, num_warps=4, split=4)
+            if m <= 4096 and n >= 8192:  # 4096x14336: 24.1 us vs 25.1
+                return MatvecConfig(BM=32, NH=8, num_warps=2, split=16)
         if batch <= 4:  # the f16x2 FMA path (2..4 rows share each weight's decode)
             return MatvecConfig(BM=64, NH=8, num_warps=4, split=8)
         return MatvecConfig(BM=64, NH=4, num_warps=4, split=4)
@@ -593,22 +611,27 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
     x2 = x2.contiguous()
     idx = prepared.x_index(0)
     F = 16 if bits == 2 else 8
-    xo = torch.empty((B, n), dtype=torch.float32, device=dev)
     h2 = B <= 4 and bits in (3, 4) and cfg.half2 and x2.dtype != torch.float32  # f32 callers keep f32
     mode = (0 if B == 1 else 2) if h2 else (0 if B == 1 else 1)
-    xe = xo
-    if h2:
-        xq = torch.empty((B, 16, nut), dtype=torch.int32, device=dev)
-        xe = torch.empty((B, nut), dtype=torch.float32, device=dev)
-        xs = torch.empty((B, 2 * nut), dtype=torch.float32, device=dev)
+    xin = mode == 0 and h2 and cfg.x_inline  # one launch: the GEMV builds x's operands itself
+    scratch = prepared.scratch
+    if xin:
+        xq = xe = xs = xo = x2
+    elif h2:
+        xo = scratch("xo", (B, n), torch.float32)
+        xq = scratch("xh", (B, 16, nut), torch.int32)
+        xe = scratch("xe", (B, nut), torch.float32)
+        xs = scratch("xs", (B, 2 * nut), torch.float32)
         KT.xprep_h2_kernel[(triton.cdiv(nut, 32), B)](x2, idx, xq, xe, xs, xo, n, nut, x2.stride(0), BU=32)
     elif mode == 0:
-        xq = torch.empty((32, nut), dtype=torch.float32, device=dev)
-        xs = torch.empty((2 * nut,), dtype=torch.float32, device=dev)
+        xo = xe = scratch("xo", (B, n), torch.float32)
+        xq = scratch("xq", (32, nut), torch.float32)
+        xs = scratch("xs", (2 * nut,), torch.float32)
         bu = 32
         KT.xprep_kernel[(triton.cdiv(nut, bu), 1)](x2, idx, xq, xs, xo, n, nut, x2.stride(0),
                                                  F=F, WST=32 // F, BU=bu)
     else:
+        xo = xe = torch.empty((B, n), dtype=torch.float32, device=dev)
         xq = torch.empty((B, 32 * nut), dtype=x2.dtype, device=dev)  # the dot's operand type: x's
         xs = xq
         bc = 1024
@@ -628,15 +651,15 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
     dot_dt = _TL_DTYPE[xq.dtype] if mode == 1 else tl.float16
     consts = _tiled_consts(prepared, BM)
     KT.gemv_kernel[(triton.cdiv(m, BM), split)](
-        xq, xs, xe, xo, y, bias if has_bias else y, ws, cnt, prepared.tiled, prepared.st_codes, prepared.st2_64,
+        xq, xs, xe, xo, idx, y, bias if has_bias else y, ws, cnt, prepared.tiled, prepared.st_codes, prepared.st2_64,
         prepared.sz32,
         prepared.o_row_ptr, prepared.o_col, prepared.o_delta,
         m, n, nut, G, triton.cdiv(m, b2), b2, gs // 16, B, n_tiles, tps,
         NU=NU, BM=BM, BB={0: 1, 1: 16, 2: next_pow2(B)}[mode], NBC=B, EPR=16 if mode == 0 else 8, MODE=mode,
         ATOMIC=atomic,
         HAS_BIAS=has_bias, COL16=prepared.o_col.dtype == torch.int16, DOT_DT=dot_dt, H2=h2,
-        ASM=h2 and _inline_asm_ok(dev), EXACT_STATS=x2.dtype == torch.float32,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts)
+        ASM=h2 and _inline_asm_ok(dev), EXACT_STATS=x2.dtype == torch.float32, XIN=xin,
+        HAS_PERM=prepared.perm is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts)
     if plain_atomic:
         if bias is not None:
             y = y + bias.to(torch.float32)

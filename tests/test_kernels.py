@@ -317,3 +317,56 @@ def test_large_groups_compile_once_with_a_runtime_group_size():
     while hasattr(fn, "fn"):
         fn = fn.fn
     assert "constexpr" not in str(inspect.signature(fn).parameters["GS"].annotation)
+
+
+def _count_launches(monkeypatch, module) -> dict[str, int]:
+    """Patch every launched Triton kernel (``*_kernel``) of ``module`` to count its launches (``kernel[grid](...)``)."""
+    counts: dict[str, int] = {}
+
+    class Counting:
+        def __init__(self, name, fn):
+            self.name, self.fn = name, fn
+
+        def __getitem__(self, grid):
+            counts[self.name] = counts.get(self.name, 0) + 1
+            return self.fn[grid]
+
+    import triton
+
+    for name in dir(module):
+        fn = getattr(module, name)
+        if name.endswith("_kernel") and (isinstance(fn, triton.runtime.JITFunction)
+                                         or type(fn).__name__ == "InterpretedFunction"):
+            monkeypatch.setattr(module, name, Counting(name, fn))
+    return counts
+
+
+@pytest.mark.parametrize("bits,gs,perm,outliers,shape", [(3, 16, True, "some", (37, 150)),
+                                                         (4, 32, False, "rows", (40, 96)),
+                                                         (3, 48, True, "none", (5, 33)),
+                                                         (2, 16, True, "some", (19, 70))])
+def test_tiled_batch1_launches_and_one_launch_variant(monkeypatch, bits, gs, perm, outliers, shape):
+    """Batch 1 on the tiled layout: x-prep + GEMV (split-K finished in the GEMV), or the GEMV alone with
+    ``x_inline`` (3/4-bit f16x2 path); both within the matvec tolerance of float64; scratch reused across calls."""
+    from spqrfmt.kernels import _spqr_tiled as KT
+
+    m, n = shape
+    enc = _encode(7, m, n, bits, gs, 3, 16, outliers, perm)
+    ref = decode(enc.params, enc.sections, shape).astype(np.float64)
+    prep = ks.prepare(enc.params, enc.sections, shape, DEVICE, layout="tiled")
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((1, n)).astype(np.float16)).to(DEVICE)
+    yr = x.cpu().numpy().astype(np.float64) @ ref.T
+    counts = _count_launches(monkeypatch, KT)
+    for xin in (False, True):
+        counts.clear()
+        cfg = ks.MatvecConfig(BM=16, NH=2, split=3, x_inline=xin)
+        y = ks.matvec(prep, x, config=cfg).float().cpu().numpy().astype(np.float64)
+        assert np.linalg.norm(y - yr) <= MATVEC_TOL * max(np.linalg.norm(yr), 1e-30)
+        one = xin and bits in (3, 4)
+        assert counts == ({"gemv_kernel": 1} if one else
+                          {"gemv_kernel": 1, "xprep_h2_kernel" if bits in (3, 4) else "xprep_kernel": 1}), counts
+    before = {k: v.data_ptr() for k, v in prep._ws.items()}
+    ks.matvec(prep, x, config=ks.MatvecConfig(BM=16, NH=2, split=3))
+    assert {k: v.data_ptr() for k, v in prep._ws.items()} == before  # no per-call allocation of the operands
+    if "cnt" in prep._ws:  # a column split ran (one tile: a single program per row block, no workspace)
+        assert not prep._ws["cnt"].cpu().numpy().any() and not prep._ws["acc"].cpu().numpy().any()  # at rest
