@@ -299,7 +299,8 @@ def fp16_baseline(m: int, n: int, dev: str, l2: int, xs: dict[int, torch.Tensor]
     return out
 
 
-def sweep(dev: str, l2: int, budget: Budget, gen: torch.Generator, m: int, n: int) -> list[dict[str, Any]]:
+def sweep(dev: str, l2: int, budget: Budget, gen: torch.Generator, m: int, n: int,
+          keys: set[str] | None = None) -> list[dict[str, Any]]:
     """A few GemvConfigs per codec at one shape, batch 1 and 16 (what to make the default next)."""
     from spqrfmt.kernels import quip as kq
     from spqrfmt.kernels import squeezellm as ksq
@@ -308,13 +309,19 @@ def sweep(dev: str, l2: int, budget: Budget, gen: torch.Generator, m: int, n: in
           for b in (1, 16)}
     # alternatives to the defaults (squeezellm b1 64x32, b16 32x32, tables as register select trees, tree=False:
     # the L1 gather; quip b1 128x32 / 128x16, b16 64x32 / 64x16)
-    plans = [("sq", 3, ksq.GemvConfig, [dict(BM=64, NU=32, tree=False), dict(BM=128, NU=32),
-                                        dict(BM=32, NU=32, num_warps=2), dict(BM=64, NU=32, split=1),
-                                        dict(BM=64, NU=16)]),
+    # squeezellm: prmt=False is the select tree (BM 64 / 4 warps: the old b1 default, BM 32 / 4 warps: the old
+    # b16 one, which decodes each weight twice), dot1: batch 1 through tl.dot
+    sq = [dict(BM=64, NU=32, prmt=False), dict(BM=32, NU=32, num_warps=4, prmt=False),
+          dict(BM=32, NU=32, num_warps=2, prmt=False), dict(BM=64, NU=32, dot1=True), dict(BM=32, NU=32, num_warps=2,
+          dot1=True), dict(BM=64, NU=32, num_warps=4), dict(BM=128, NU=32, num_warps=8), dict(BM=64, NU=64),
+          dict(BM=32, NU=64, num_warps=2), dict(BM=16, NU=32, num_warps=1)]
+    plans = [("sq", 3, ksq.GemvConfig, sq), ("sq", 4, ksq.GemvConfig, sq[:2] + sq[3:6]),
              ("e8p", 2, kq.GemvConfig, [dict(BM=64, NG=32), dict(BM=256, NG=16, num_warps=8), dict(BM=32, NG=16)]),
              ("grid", 2, kq.GemvConfig, [dict(BM=64, NU=64), dict(BM=256, NU=32, num_warps=8), dict(BM=64, NU=32)])]
     out = []
     for key, bits, cfg_cls, cfgs in plans:
+        if keys is not None and key not in keys:
+            continue
         try:
             c = Codec(key, m, n, bits, dev, gen)
             preps = [c.prep] + [c.clone(c.prep) for _ in range(copies_for(tensor_bytes(c.prep.__dict__), l2, dev) - 1)]
@@ -332,7 +339,7 @@ def sweep(dev: str, l2: int, budget: Budget, gen: torch.Generator, m: int, n: in
                                            xs[b].double() @ c.dequant(c.prep, torch.float32).double().T)
                     rec["us"] = graph_time([lambda p=p, x=xs[b], cfg=cfg, c=c: c.matvec(p, x, cfg)
                                            for p in preps]) * 1e6
-                    say(f"sweep {key} {m}x{n} b{b} {kw}: {rec['us']:.1f}us relerr {rec['relerr']:.1e}")
+                    say(f"sweep {key} {bits}b {m}x{n} b{b} {kw}: {rec['us']:.1f}us relerr {rec['relerr']:.1e}")
                 except Exception as e:
                     rec["error"] = f"{type(e).__name__}: {e}"[:300]
                     say(f"sweep {key} b{b} {kw} FAILED: {rec['error']}")
@@ -381,7 +388,7 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     sw = [s for s in meta.get("sweep", []) if "us" in s]
     if sw:
         lines += ["", "Tile sweep (µs):", ""]
-        lines += [f"* {s['codec']} {s['m']}x{s['n']} b{s['batch']} {s['config']}: {s['us']:.1f}" for s in sw]
+        lines += [f"* {s['codec']} {s['bits']}b {s['m']}x{s['n']} b{s['batch']} {s['config']}: {s['us']:.1f}" for s in sw]
     return "\n".join(lines)
 
 
@@ -413,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shapes", type=parse_shapes, default=None, help="e.g. 4096x4096,8192x28672 (m x n)")
     ap.add_argument("--quick", action="store_true", help="first shape, squeezellm 3-bit and quip e8p12 only")
     ap.add_argument("--no-spqr", action="store_true", help="skip the spqr comparison rows")
+    ap.add_argument("--codecs", default=None, help="only these codec labels, e.g. squeezellm,quip-e8p12")
     ap.add_argument("--no-sweep", action="store_true", help="skip the tile sweep after the rows")
     ap.add_argument("--smoke", action="store_true", help="CPU + TRITON_INTERPRET=1, tiny shapes (checks the script)")
     args = ap.parse_args(argv)
@@ -443,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = [c for c in CONFIGS if not (args.no_spqr or args.smoke) or c[1] != "spqr"]
     if args.quick:
         shapes, configs = shapes[:1], [CONFIGS[0], CONFIGS[2]]
+    if args.codecs:
+        configs = [c for c in configs if c[0] in args.codecs.split(",")]
     gen = torch.Generator(device=dev).manual_seed(1)
     rows: list[dict[str, Any]] = []
     for m, n in shapes:
@@ -485,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.no_sweep or args.quick) and not budget.spent():
         sm, sn = (14336, 4096) if not args.smoke else SMOKE_SHAPES[0]
         try:
-            meta["sweep"] = sweep(dev, l2, budget, gen, sm, sn)
+            meta["sweep"] = sweep(dev, l2, budget, gen, sm, sn, {c[1] for c in configs} if args.codecs else None)
         except Exception as e:
             meta["sweep"] = [{"error": f"{type(e).__name__}: {e}"[:300]}]
     meta["wall_s"] = time.perf_counter() - budget.t0
