@@ -83,14 +83,18 @@ def sass(compiled: Any) -> str:
 
 
 def main_loop_instructions(text: str) -> int:
-    """Instructions of the longest backward-branch loop of a SASS listing."""
+    """Instructions of the backward-branch loop of a SASS listing with the most multiply-adds (FFMA, HMMA = 8:
+    the matvec's, not a longer residual or epilogue loop's), the longest on a tie."""
     lines = text.split("\n")
     labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^\.(L_x_\d+):", line.strip()))}
-    best = (0, -1)
+    best, key = (0, -1), (-1, -1)
     for i, line in enumerate(lines):
         m = re.search(r"BRA\s+`\(\.(L_x_\d+)\)", line)
-        if m and m.group(1) in labels and labels[m.group(1)] < i and i - labels[m.group(1)] > best[1] - best[0]:
-            best = (labels[m.group(1)], i)
+        if m and m.group(1) in labels and labels[m.group(1)] < i:
+            lo = labels[m.group(1)]
+            k = (sum(8 if "HMMA" in x else 1 for x in lines[lo:i + 1] if re.search(r"\b(FFMA|HMMA)\b", x)), i - lo)
+            if k > key:
+                best, key = (lo, i), k
     return sum(1 for line in lines[best[0]:best[1] + 1] if INSTR.search(line))
 
 

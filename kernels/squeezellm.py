@@ -119,35 +119,34 @@ mov.b32 {{{o0}, {o1}}}, p;
 mov.b32 {{{o2}, {o3}}}, q;
 """
 # 16 entries: bytes of entries 0-7 by the code's low 3 bits (bit 3 set: a sign-replicated byte, dropped), of 8-15
-# by the code ^ 8, then per byte the right one by a selector 0x3210 + 4 * bit 3 (lo and hi byte tables alike)
+# by the code ^ 8 (t), then per byte the right one by a selector 0x3210 + 4 * bit 3 (u), lo and hi byte tables alike
 _PRMT_HALF16 = """
-xor.b32 t, {s}, 0x8888;
-shr.u32 u, {s}, 1;
-and.b32 u, u, 0x4444;
-or.b32 u, u, 0x3210;
 prmt.b32 la, {a0}, {a1}, {s};
-prmt.b32 lb, {a2}, {a3}, t;
-prmt.b32 lo, la, lb, u;
+prmt.b32 lb, {a2}, {a3}, {t};
+prmt.b32 lo, la, lb, {u};
 prmt.b32 la, {a4}, {a5}, {s};
-prmt.b32 lb, {a6}, {a7}, t;
-prmt.b32 hi, la, lb, u;
+prmt.b32 lb, {a6}, {a7}, {t};
+prmt.b32 hi, la, lb, {u};
 prmt.b32 p, lo, hi, 0x5140;
 prmt.b32 q, lo, hi, 0x7362;
 mov.b32 {{{o0}, {o1}}}, p;
 mov.b32 {{{o2}, {o3}}}, q;
 """
 _ASM8 = tl.constexpr("{\n.reg .b32 s, lo, hi, p, q;\n"
-         + _PRMT_HALF.format(a0="$9", a1="$10", a2="$11", a3="$12", s="$8", o0="$0", o1="$1", o2="$2", o3="$3")
-         + "shr.u32 s, $8, 16;\n"
-         + _PRMT_HALF.format(a0="$9", a1="$10", a2="$11", a3="$12", s="s", o0="$4", o1="$5", o2="$6", o3="$7")
-         + "}")
-_ASM16 = tl.constexpr("{\n.reg .b32 s, t, u, la, lb, lo, hi, p, q;\n"
-          + _PRMT_HALF16.format(a0="$9", a1="$10", a2="$11", a3="$12", a4="$13", a5="$14", a6="$15", a7="$16",
-                                s="$8", o0="$0", o1="$1", o2="$2", o3="$3")
-          + "shr.u32 s, $8, 16;\n"
-          + _PRMT_HALF16.format(a0="$9", a1="$10", a2="$11", a3="$12", a4="$13", a5="$14", a6="$15", a7="$16",
-                                s="s", o0="$4", o1="$5", o2="$6", o3="$7")
-          + "}")
+                     + _PRMT_HALF.format(a0="$9", a1="$10", a2="$11", a3="$12", s="$8", o0="$0", o1="$1", o2="$2",
+                                         o3="$3")
+                     + "shr.u32 s, $8, 16;\n"
+                     + _PRMT_HALF.format(a0="$9", a1="$10", a2="$11", a3="$12", s="s", o0="$4", o1="$5", o2="$6",
+                                         o3="$7")
+                     + "}")
+_T16 = dict(a0="$9", a1="$10", a2="$11", a3="$12", a4="$13", a5="$14", a6="$15", a7="$16")
+_ASM16 = tl.constexpr("{\n.reg .b32 s, t, u, t2, u2, la, lb, lo, hi, p, q;\n"
+                      "xor.b32 t, $8, 0x88888888;\nshr.u32 u, $8, 1;\n"
+                      "and.b32 u, u, 0x44444444;\nor.b32 u, u, 0x32103210;\n"
+                      + _PRMT_HALF16.format(**_T16, s="$8", t="t", u="u", o0="$0", o1="$1", o2="$2", o3="$3")
+                      + "shr.u32 s, $8, 16;\nshr.u32 t2, t, 16;\nshr.u32 u2, u, 16;\n"
+                      + _PRMT_HALF16.format(**_T16, s="s", t="t2", u="u2", o0="$4", o1="$5", o2="$6", o3="$7")
+                      + "}")
 
 
 @triton.jit
@@ -526,7 +525,8 @@ def _matvec(prepared: PreparedSqueezeLLM, x2: torch.Tensor, bias: torch.Tensor |
     nu = min(cfg.NU, nw)
     n_tiles = nw // nu
     progs_m = triton.cdiv(m, cfg.BM)
-    split, tps = split_for(prepared.device, progs_m, n_tiles, cfg.split)
+    # about 32 warps per SM whatever the tile (2-warp tiles would otherwise leave the SMs a quarter occupied)
+    split, tps = split_for(prepared.device, progs_m, n_tiles, cfg.split, per_sm=max(4, 32 // cfg.num_warps))
     y = torch.empty((B, m), dtype=x2.dtype, device=x2.device)
     ws = prepared.workspace() if split > 1 else None
     dt, ieee = dot_dtype(x2.dtype)
