@@ -116,7 +116,8 @@ def cases() -> list[tuple[str, Any, dict[str, Any], dict[str, Any], float]]:
                                                       (False, False, True, True, False, False, True, 16),
                                                       (True, False, True, True, False, False, True, 8),
                                                       (True, False, True, True, False, False, True, 16),
-                                                      (True, True, False, False, True, False, True, 8)):
+                                                      (True, True, False, False, True, False, True, 8),
+                                                      (True, False, True, True, False, False, "pair", 8)):
         bm, nu, warps = (32, 32, 2) if dot else (64, 32, 4)  # squeezellm.default_config
         a = dict(x_ptr="*fp32" if f32 else "*fp16", y_ptr="*fp32" if f32 else "*fp16", bias_ptr="*fp16",
                  ws_ptr="*fp32", wsi_ptr="*i32", cnt_ptr="*i32", w_ptr="*i32", lut_ptr="*fp32", ptab_ptr="*i32",
@@ -125,8 +126,9 @@ def cases() -> list[tuple[str, Any, dict[str, Any], dict[str, Any], float]]:
                  x_sb=4096, n_tiles=16, tiles_per_split=4, K=C(k), WST=C(4), F=C(8), NU=C(nu), BM=C(bm),
                  BB=C(16 if dot else 1), EPR=C(8 if dot else 16), DOT=C(dot),
                  DOT_DT=C(tl.float32 if f32 else tl.float16), IEEE=C(f32), EVEN=C(even), SPLIT=C(split),
-                 HAS_BIAS=C(bias), COL16=C(True), TREE=C(tree), PRMT=C(prmt), ASM=C(prmt))
-        mode = "prmt" if prmt else f"tree={tree}"
+                 HAS_BIAS=C(bias), COL16=C(True), TREE=C(tree), PRMT=C(bool(prmt)), ASM=C(bool(prmt)),
+                 PAIR=C(prmt == "pair"))
+        mode = ("prmt pair" if prmt == "pair" else "prmt") if prmt else f"tree={tree}"
         out.append((f"squeezellm gemv dot={dot} f32={f32} split={split} {mode} K={k}", ks._lut_gemv_kernel, a,
                     {"num_warps": warps}, bm * nu * 8 / (32 * warps)))
     for bf16 in (False, True):

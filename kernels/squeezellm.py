@@ -139,6 +139,22 @@ _ASM8 = tl.constexpr("{\n.reg .b32 s, lo, hi, p, q;\n"
                      + _PRMT_HALF.format(a0="$9", a1="$10", a2="$11", a3="$12", s="s", o0="$4", o1="$5", o2="$6",
                                          o3="$7")
                      + "}")
+# Two adjacent words A, B (pack=2: the (k, k + 1) pair of a tl.dot operand register) -> for each field c one
+# register holding (A's weight, B's weight): selector words of interleaved nibbles (A.c, B.c, A.c+2, B.c+2, ...),
+# so each prmt pair yields a finished f16x2 (22 instructions per 16 weights, no repacking after the asm)
+_PAIR_HALF = """
+prmt.b32 lo, $10, $12, {s};
+prmt.b32 hi, $14, $16, {s};
+prmt.b32 {o0}, lo, hi, 0x5140;
+prmt.b32 {o1}, lo, hi, 0x7362;
+"""
+_ASM8P = tl.constexpr("{\n.reg .b32 s0, s1, sh, lo, hi;\n"
+                      "shl.b32 sh, $9, 4;\nlop3.b32 s0, $8, sh, 0x0F0F0F0F, 0xE4;\n"
+                      "shr.u32 sh, $8, 4;\nlop3.b32 s1, sh, $9, 0x0F0F0F0F, 0xE4;\n"
+                      + _PAIR_HALF.format(s="s0", o0="$0", o1="$2") + _PAIR_HALF.format(s="s1", o0="$1", o1="$3")
+                      + "shr.u32 s0, s0, 16;\nshr.u32 s1, s1, 16;\n"
+                      + _PAIR_HALF.format(s="s0", o0="$4", o1="$6") + _PAIR_HALF.format(s="s1", o0="$5", o1="$7")
+                      + "}")
 _T16 = dict(a0="$9", a1="$10", a2="$11", a3="$12", a4="$13", a5="$14", a6="$15", a7="$16")
 _ASM16 = tl.constexpr("{\n.reg .b32 s, t, u, t2, u2, la, lb, lo, hi, p, q;\n"
                       "xor.b32 t, $8, 0x88888888;\nshr.u32 u, $8, 1;\n"
@@ -183,12 +199,15 @@ def _half(p, SHIFT: tl.constexpr):
 
 
 @triton.jit
-def _prmt_decode(wd, a0, a1, a2, a3, a4, a5, a6, a7, K: tl.constexpr, ASM: tl.constexpr):
+def _prmt_decode(wd, a0, a1, a2, a3, a4, a5, a6, a7, K: tl.constexpr, ASM: tl.constexpr, PAIR: tl.constexpr):
     """The 8 f16 weights ``lut[code]`` of the 8 nibble fields of each word of wd (K = 8 or 16 entries), as a tuple
     (field 0 first). The row table is held as byte planes (``a*``: the entries' low bytes 4 per word, then their
     high bytes): one ``prmt`` looks up 4 bytes, so 8 weights cost 9 instructions at K = 8 and 23 at K = 16 (the
     select tree: ~7 and ~15 per weight). Exact: bytes are copied."""
     if ASM:
+        if K == 8 and PAIR:
+            return tl.inline_asm_elementwise(_ASM8P, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r,r,r",
+                                             [wd, a0, a1, a2, a3], dtype=(tl.float16,) * 8, is_pure=True, pack=2)
         if K == 8:
             return tl.inline_asm_elementwise(_ASM8, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r,r,r", [wd, a0, a1, a2, a3],
                                              dtype=(tl.float16,) * 8, is_pure=True, pack=1)
@@ -295,7 +314,8 @@ def _lut_gemv_kernel(x_ptr, y_ptr, bias_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, lu
                      K: tl.constexpr, WST: tl.constexpr, F: tl.constexpr, NU: tl.constexpr, BM: tl.constexpr,
                      BB: tl.constexpr, EPR: tl.constexpr, DOT: tl.constexpr, DOT_DT: tl.constexpr,
                      IEEE: tl.constexpr, EVEN: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     COL16: tl.constexpr, TREE: tl.constexpr, PRMT: tl.constexpr, ASM: tl.constexpr):
+                     COL16: tl.constexpr, TREE: tl.constexpr, PRMT: tl.constexpr, ASM: tl.constexpr,
+                     PAIR: tl.constexpr):
     """y[b, r] = sum_j lut[r, code(r, j)] x[b, j] + sum_e val[e] x[b, col[e]] (+ bias[r]).
 
     Grid (row blocks of BM, column splits). A tile is NU words of BM rows; field c of
@@ -331,7 +351,7 @@ def _lut_gemv_kernel(x_ptr, y_ptr, bias_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, lu
         wi = t * NU + uu
         wd = tl.load(wrow + wi[None, :])
         if PRMT:
-            hs = _prmt_decode(wd, a0, a1, a2, a3, a4, a5, a6, a7, K, ASM)
+            hs = _prmt_decode(wd, a0, a1, a2, a3, a4, a5, a6, a7, K, ASM, PAIR)
         for c in tl.static_range(F):
             if PRMT:
                 v = hs[c]
@@ -420,6 +440,7 @@ class GemvConfig:
     tree: bool = True  # tables of <= 16 entries as register select trees (else a per-weight L1 gather)
     prmt: bool = True  # 3/4-bit: byte-plane tables looked up 4 bytes per prmt instruction (over tree)
     dot1: bool = False  # batch 1 through tl.dot as well (x padded to 16 rows) instead of FMAs
+    pair: bool = False  # 3-bit prmt on word pairs, f16x2 results as a tl.dot operand holds them
 
 
 def default_config(batch: int) -> GemvConfig:
@@ -537,7 +558,7 @@ def _matvec(prepared: PreparedSqueezeLLM, x2: torch.Tensor, bias: torch.Tensor |
         K=1 << bits, WST=wst, F=F, NU=nu, BM=cfg.BM, BB=16 if dot else 1, EPR=8 if dot else 16, DOT=dot,
         DOT_DT=dt, IEEE=ieee, EVEN=F * nw == n, SPLIT=split > 1, HAS_BIAS=bias is not None,
         COL16=prepared.o_col.dtype == torch.int16, TREE=cfg.tree and bits <= 4, PRMT=prmt,
-        ASM=prmt and _inline_asm_ok(prepared.device), num_warps=cfg.num_warps)
+        ASM=prmt and _inline_asm_ok(prepared.device), PAIR=cfg.pair, num_warps=cfg.num_warps)
     return y
 
 

@@ -83,7 +83,7 @@ def test_prmt_matvec_matches_float64(ks: Any, bits: int, m: int, n: int, outlier
     prep = ks.prepare(enc.params, enc.sections, (m, n), "cpu")
     assert prep.ptab.shape == (m, (1 << bits) // 2)
     cfgs = [ks.GemvConfig(BM=16, NU=16), ks.GemvConfig(BM=16, NU=16, prmt=False),
-            ks.GemvConfig(BM=16, NU=16, dot1=True, split=2)]
+            ks.GemvConfig(BM=16, NU=16, dot1=True, split=2, pair=True)]
     for batch in (1, 3, 16):
         x = torch.from_numpy(rng.standard_normal((batch, n)).astype(np.float32))
         for cfg in cfgs:
