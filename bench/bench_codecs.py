@@ -312,11 +312,13 @@ def sweep(dev: str, l2: int, budget: Budget, gen: torch.Generator, m: int, n: in
     # squeezellm: prmt=False is the select tree (BM 64 / 4 warps: the old b1 default, BM 32 / 4 warps: the old
     # b16 one, which decodes each weight twice), dot1: batch 1 through tl.dot, pair: 3-bit prmt on word pairs
     sq = [dict(BM=64, NU=32, prmt=False), dict(BM=32, NU=32, num_warps=4, prmt=False),
-          dict(BM=32, NU=32, num_warps=2, dot1=True), dict(BM=32, NU=32, num_warps=2, pair=True, dot1=True),
+          dict(BM=32, NU=32, num_warps=2, dot1=True), dict(BM=32, NU=32, num_warps=2, dot1=True, epr=8),
+          dict(BM=32, NU=32, num_warps=2, pair=True, dot1=True),
           dict(BM=32, NU=64, num_warps=2, pair=True, dot1=True), dict(BM=32, NU=64, num_warps=2, dot1=True)]
     more = [dict(BM=32, NU=32, num_warps=2, prmt=False), dict(BM=16, NU=32, num_warps=1, dot1=True),
-            dict(BM=128, NU=32, num_warps=8), dict(BM=64, NU=64), dict(BM=32, NU=32, num_warps=2, split=1)]
-    plans = [("sq", 3, ksq.GemvConfig, sq), ("sq", 4, ksq.GemvConfig, sq[:3] + sq[5:]),
+            dict(BM=128, NU=32, num_warps=8), dict(BM=64, NU=64),
+            dict(BM=32, NU=32, num_warps=2, split=1)]
+    plans = [("sq", 3, ksq.GemvConfig, sq), ("sq", 4, ksq.GemvConfig, sq[:3] + sq[6:]),
              ("sq", 3, ksq.GemvConfig, more),
              ("e8p", 2, kq.GemvConfig, [dict(BM=64, NG=32), dict(BM=256, NG=16, num_warps=8), dict(BM=32, NG=16)]),
              ("grid", 2, kq.GemvConfig, [dict(BM=64, NU=64), dict(BM=256, NU=32, num_warps=8), dict(BM=64, NU=32)])]

@@ -441,6 +441,7 @@ class GemvConfig:
     prmt: bool = True  # 3/4-bit: byte-plane tables looked up 4 bytes per prmt instruction (over tree)
     dot1: bool = False  # batch 1 through tl.dot as well (x padded to 16 rows) instead of FMAs
     pair: bool = False  # 3-bit prmt on word pairs, f16x2 results as a tl.dot operand holds them
+    epr: int = 0  # residual entries per row per step (0: 16 at batch 1, 2 on the tl.dot path: 8 took 245 registers)
 
 
 def default_config(batch: int) -> GemvConfig:
@@ -555,7 +556,7 @@ def _matvec(prepared: PreparedSqueezeLLM, x2: torch.Tensor, bias: torch.Tensor |
         x2, y, bias if bias is not None else y, ws.ws if ws else y, ws.wsi if ws else y, ws.cnt if ws else y,
         prepared.words, prepared.lut32, prepared.ptab if prmt else prepared.lut32, prepared.o_row_ptr,
         prepared.o_col, prepared.o_val, m, n, nw, B, x2.stride(0), n_tiles, tps,
-        K=1 << bits, WST=wst, F=F, NU=nu, BM=cfg.BM, BB=16 if dot else 1, EPR=8 if dot else 16, DOT=dot,
+        K=1 << bits, WST=wst, F=F, NU=nu, BM=cfg.BM, BB=16 if dot else 1, EPR=cfg.epr or (2 if dot else 16), DOT=dot,
         DOT_DT=dt, IEEE=ieee, EVEN=F * nw == n, SPLIT=split > 1, HAS_BIAS=bias is not None,
         COL16=prepared.o_col.dtype == torch.int16, TREE=cfg.tree and bits <= 4, PRMT=prmt,
         ASM=prmt and _inline_asm_ok(prepared.device), PAIR=cfg.pair, num_warps=cfg.num_warps)
