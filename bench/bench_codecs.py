@@ -310,16 +310,17 @@ def sweep(dev: str, l2: int, budget: Budget, gen: torch.Generator, m: int, n: in
     # alternatives to the defaults (squeezellm b1 64x32, b16 32x32, tables as register select trees, tree=False:
     # the L1 gather; quip b1 128x32 / 128x16, b16 64x32 / 64x16)
     # squeezellm: prmt=False is the select tree (BM 64 / 4 warps: the old b1 default, BM 32 / 4 warps: the old
-    # b16 one, which decodes each weight twice), dot1: batch 1 through tl.dot, pair: 3-bit prmt on word pairs
-    sq = [dict(BM=64, NU=32, prmt=False), dict(BM=32, NU=32, num_warps=4, prmt=False),
-          dict(BM=32, NU=32, num_warps=2, dot1=True), dict(BM=32, NU=32, num_warps=2, dot1=True, epr=8),
-          dict(BM=32, NU=32, num_warps=2, pair=True, dot1=True),
-          dict(BM=32, NU=64, num_warps=2, pair=True, dot1=True), dict(BM=32, NU=64, num_warps=2, dot1=True)]
-    more = [dict(BM=32, NU=32, num_warps=2, prmt=False), dict(BM=16, NU=32, num_warps=1, dot1=True),
-            dict(BM=128, NU=32, num_warps=8), dict(BM=64, NU=64),
-            dict(BM=32, NU=32, num_warps=2, split=1)]
-    plans = [("sq", 3, ksq.GemvConfig, sq), ("sq", 4, ksq.GemvConfig, sq[:3] + sq[6:]),
-             ("sq", 3, ksq.GemvConfig, more),
+    # b16 one, which decodes each weight twice); dot1: batch 1 through tl.dot; pair: 3-bit prmt on word pairs;
+    # per_sm / split: how far the columns are split (the tl.dot path measured faster with fewer, longer programs)
+    w2 = dict(BM=32, NU=32, num_warps=2, dot1=True)
+    dot = [w2, dict(w2, split=1), dict(w2, per_sm=4), dict(w2, per_sm=2), dict(w2, per_sm=16),
+           dict(w2, pair=True, per_sm=4), dict(w2, NU=64, per_sm=4), dict(w2, BM=16, num_warps=1),
+           dict(w2, BM=16, num_warps=1, per_sm=16), dict(w2, BM=64, num_warps=4, per_sm=4),
+           dict(w2, num_stages=2, per_sm=4), dict(w2, num_stages=4, split=1)]
+    fma = [dict(BM=64, NU=32, per_sm=4), dict(BM=64, NU=32, per_sm=16), dict(BM=64, NU=32, split=1),
+           dict(BM=128, NU=32, num_warps=8, per_sm=4), dict(BM=64, NU=32, num_stages=2)]
+    old = [dict(BM=64, NU=32, prmt=False), dict(BM=32, NU=32, num_warps=4, prmt=False)]
+    plans = [("sq", 3, ksq.GemvConfig, dot + fma + old), ("sq", 4, ksq.GemvConfig, dot[:4] + fma[:2] + old),
              ("e8p", 2, kq.GemvConfig, [dict(BM=64, NG=32), dict(BM=256, NG=16, num_warps=8), dict(BM=32, NG=16)]),
              ("grid", 2, kq.GemvConfig, [dict(BM=64, NU=64), dict(BM=256, NU=32, num_warps=8), dict(BM=64, NU=32)])]
     out = []

@@ -124,7 +124,7 @@ def cases() -> list[tuple[str, Any, dict[str, Any], dict[str, Any], float]]:
                  orp_ptr="*i32",
                  ocol_ptr="*i16", oval_ptr="*fp16", m=14336, n=4096 if even else 4095, nw=512, nb=16 if dot else 1,
                  x_sb=4096, n_tiles=16, tiles_per_split=4, K=C(k), WST=C(4), F=C(8), NU=C(nu), BM=C(bm),
-                 BB=C(16 if dot else 1), EPR=C(2 if dot else 16), DOT=C(dot),
+                 BB=C(16 if dot else 1), EPR=C(8 if dot else 16), DOT=C(dot),
                  DOT_DT=C(tl.float32 if f32 else tl.float16), IEEE=C(f32), EVEN=C(even), SPLIT=C(split),
                  HAS_BIAS=C(bias), COL16=C(True), TREE=C(tree), PRMT=C(bool(prmt)), ASM=C(bool(prmt)),
                  PAIR=C(prmt == "pair"))

@@ -441,7 +441,9 @@ class GemvConfig:
     prmt: bool = True  # 3/4-bit: byte-plane tables looked up 4 bytes per prmt instruction (over tree)
     dot1: bool = False  # batch 1 through tl.dot as well (x padded to 16 rows) instead of FMAs
     pair: bool = False  # 3-bit prmt on word pairs, f16x2 results as a tl.dot operand holds them
-    epr: int = 0  # residual entries per row per step (0: 16 at batch 1, 2 on the tl.dot path: 8 took 245 registers)
+    epr: int = 0  # residual entries per row per step (0: 16 at batch 1, 8 on the tl.dot path; H200: 2 was 1.7x slower)
+    per_sm: int = 8  # column splits aim at this many programs per SM (split = None)
+    num_stages: int = 0  # software pipelining depth (0: Triton's default)
 
 
 def default_config(batch: int) -> GemvConfig:
@@ -547,8 +549,7 @@ def _matvec(prepared: PreparedSqueezeLLM, x2: torch.Tensor, bias: torch.Tensor |
     nu = min(cfg.NU, nw)
     n_tiles = nw // nu
     progs_m = triton.cdiv(m, cfg.BM)
-    # about 32 warps per SM whatever the tile (2-warp tiles would otherwise leave the SMs a quarter occupied)
-    split, tps = split_for(prepared.device, progs_m, n_tiles, cfg.split, per_sm=max(4, 32 // cfg.num_warps))
+    split, tps = split_for(prepared.device, progs_m, n_tiles, cfg.split, per_sm=cfg.per_sm)
     y = torch.empty((B, m), dtype=x2.dtype, device=x2.device)
     ws = prepared.workspace() if split > 1 else None
     dt, ieee = dot_dtype(x2.dtype)
@@ -556,10 +557,11 @@ def _matvec(prepared: PreparedSqueezeLLM, x2: torch.Tensor, bias: torch.Tensor |
         x2, y, bias if bias is not None else y, ws.ws if ws else y, ws.wsi if ws else y, ws.cnt if ws else y,
         prepared.words, prepared.lut32, prepared.ptab if prmt else prepared.lut32, prepared.o_row_ptr,
         prepared.o_col, prepared.o_val, m, n, nw, B, x2.stride(0), n_tiles, tps,
-        K=1 << bits, WST=wst, F=F, NU=nu, BM=cfg.BM, BB=16 if dot else 1, EPR=cfg.epr or (2 if dot else 16), DOT=dot,
+        K=1 << bits, WST=wst, F=F, NU=nu, BM=cfg.BM, BB=16 if dot else 1, EPR=cfg.epr or (8 if dot else 16), DOT=dot,
         DOT_DT=dt, IEEE=ieee, EVEN=F * nw == n, SPLIT=split > 1, HAS_BIAS=bias is not None,
         COL16=prepared.o_col.dtype == torch.int16, TREE=cfg.tree and bits <= 4, PRMT=prmt,
-        ASM=prmt and _inline_asm_ok(prepared.device), PAIR=cfg.pair, num_warps=cfg.num_warps)
+        ASM=prmt and _inline_asm_ok(prepared.device), PAIR=cfg.pair, num_warps=cfg.num_warps,
+        **({"num_stages": cfg.num_stages} if cfg.num_stages else {}))
     return y
 
 
