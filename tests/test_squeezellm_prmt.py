@@ -69,7 +69,7 @@ def test_byte_planes_give_every_entry(ks: Any, bits: int) -> None:
     assert np.array_equal(got, want)
 
 
-@pytest.mark.parametrize("bits,m,n,outliers", [(3, 19, 133, 0.02), (4, 33, 70, 0.05), (3, 1, 17, 0.0),
+@pytest.mark.parametrize("bits,m,n,outliers", [(3, 19, 133, 0.02), (4, 17, 70, 0.05), (3, 1, 17, 0.0),
                                                (4, 7, 257, 0.0)])
 def test_prmt_matvec_matches_float64(ks: Any, bits: int, m: int, n: int, outliers: float) -> None:
     """The prmt decode (default; batch 1, 3, 16, f32 and f16 activations), the select tree and batch-1 tl.dot on
