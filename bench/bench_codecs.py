@@ -307,11 +307,20 @@ def sweep(dev: str, l2: int, budget: Budget, gen: torch.Generator, m: int, n: in
 
     xs = {b: torch.randn(b, n, device=dev, generator=gen).to(torch.float16 if dev == "cuda" else torch.float32)
           for b in (1, 16)}
-    # alternatives to the defaults (squeezellm b1 64x32, b16 32x32, tables as register select trees, tree=False:
-    # the L1 gather; quip b1 128x32 / 128x16, b16 64x32 / 64x16)
-    plans = [("sq", 3, ksq.GemvConfig, [dict(BM=64, NU=32, tree=False), dict(BM=128, NU=32),
-                                        dict(BM=32, NU=32, num_warps=2), dict(BM=64, NU=32, split=1),
-                                        dict(BM=64, NU=16)]),
+    # alternatives to the defaults; quip e8p12: gather8 is the old per-weight table gather, sign_arith the
+    # arithmetic sign word
+    # squeezellm: prmt=False is the select tree (BM 64 / 4 warps: the old b1 default, BM 32 / 4 warps: the old
+    # b16 one, which decodes each weight twice); dot1: batch 1 through tl.dot; pair: 3-bit prmt on word pairs;
+    # per_sm / split: how far the columns are split (the tl.dot path measured faster with fewer, longer programs)
+    w2 = dict(BM=32, NU=32, num_warps=2, dot1=True)
+    dot = [w2, dict(w2, split=1), dict(w2, per_sm=4), dict(w2, per_sm=2), dict(w2, per_sm=16),
+           dict(w2, pair=True, per_sm=4), dict(w2, NU=64, per_sm=4), dict(w2, BM=16, num_warps=1),
+           dict(w2, BM=16, num_warps=1, per_sm=16), dict(w2, BM=64, num_warps=4, per_sm=4),
+           dict(w2, num_stages=2, per_sm=4), dict(w2, num_stages=4, split=1)]
+    fma = [dict(BM=64, NU=32, per_sm=4), dict(BM=64, NU=32, per_sm=16), dict(BM=64, NU=32, split=1),
+           dict(BM=128, NU=32, num_warps=8, per_sm=4), dict(BM=64, NU=32, num_stages=2)]
+    old = [dict(BM=64, NU=32, prmt=False), dict(BM=32, NU=32, num_warps=4, prmt=False)]
+    plans = [("sq", 3, ksq.GemvConfig, dot + fma + old), ("sq", 4, ksq.GemvConfig, dot[:4] + fma[:2] + old),
              ("e8p", 2, kq.GemvConfig, [dict(BM=128, NG=16, e8p="gather8"), dict(BM=128, NG=16, e8p="sign_arith"),
                                         dict(BM=128, NG=16, num_warps=2), dict(BM=256, NG=16),
                                         dict(BM=128, NG=32), dict(BM=64, NG=16)]),
@@ -337,7 +346,7 @@ def sweep(dev: str, l2: int, budget: Budget, gen: torch.Generator, m: int, n: in
                                            xs[b].double() @ c.dequant(c.prep, torch.float32).double().T)
                     rec["us"] = graph_time([lambda p=p, x=xs[b], cfg=cfg, c=c: c.matvec(p, x, cfg)
                                            for p in preps]) * 1e6
-                    say(f"sweep {key} {m}x{n} b{b} {kw}: {rec['us']:.1f}us relerr {rec['relerr']:.1e}")
+                    say(f"sweep {key} {bits}b {m}x{n} b{b} {kw}: {rec['us']:.1f}us relerr {rec['relerr']:.1e}")
                 except Exception as e:
                     rec["error"] = f"{type(e).__name__}: {e}"[:300]
                     say(f"sweep {key} b{b} {kw} FAILED: {rec['error']}")
@@ -386,7 +395,8 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     sw = [s for s in meta.get("sweep", []) if "us" in s]
     if sw:
         lines += ["", "Tile sweep (µs):", ""]
-        lines += [f"* {s['codec']} {s['m']}x{s['n']} b{s['batch']} {s['config']}: {s['us']:.1f}" for s in sw]
+        lines += [f"* {s['codec']} {s['bits']}b {s['m']}x{s['n']} b{s['batch']} {s['config']}: {s['us']:.1f}"
+                  for s in sw]
     return "\n".join(lines)
 
 

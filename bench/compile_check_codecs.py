@@ -83,14 +83,18 @@ def sass(compiled: Any) -> str:
 
 
 def main_loop_instructions(text: str) -> int:
-    """Instructions of the longest backward-branch loop of a SASS listing."""
+    """Instructions of the backward-branch loop of a SASS listing with the most multiply-adds (FFMA, HMMA = 8:
+    the matvec's, not a longer residual or epilogue loop's), the longest on a tie."""
     lines = text.split("\n")
     labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^\.(L_x_\d+):", line.strip()))}
-    best = (0, -1)
+    best, key = (0, -1), (-1, -1)
     for i, line in enumerate(lines):
         m = re.search(r"BRA\s+`\(\.(L_x_\d+)\)", line)
-        if m and m.group(1) in labels and labels[m.group(1)] < i and i - labels[m.group(1)] > best[1] - best[0]:
-            best = (labels[m.group(1)], i)
+        if m and m.group(1) in labels and labels[m.group(1)] < i:
+            lo = labels[m.group(1)]
+            k = (sum(8 if "HMMA" in x else 1 for x in lines[lo:i + 1] if re.search(r"\b(FFMA|HMMA)\b", x)), i - lo)
+            if k > key:
+                best, key = (lo, i), k
     return sum(1 for line in lines[best[0]:best[1] + 1] if INSTR.search(line))
 
 
@@ -103,21 +107,30 @@ def cases() -> list[tuple[str, Any, dict[str, Any], dict[str, Any], float]]:
 
     C = Const
     out = []
-    for dot, f32, split, even, bias, tree in ((False, False, True, True, False, True),
-                                              (False, False, True, True, False, False),
-                                              (False, True, False, False, True, True),
-                                              (True, False, True, True, False, True),
-                                              (True, True, False, False, True, True)):
-        bm, nu = (32 if dot else 64, 32)  # squeezellm.default_config
+    for dot, f32, split, even, bias, tree, prmt, k in ((False, False, True, True, False, True, False, 8),
+                                                      (False, False, True, True, False, False, False, 8),
+                                                      (False, True, False, False, True, True, False, 8),
+                                                      (True, False, True, True, False, True, False, 8),
+                                                      (True, True, False, False, True, True, False, 8),
+                                                      (False, False, True, True, False, False, True, 8),
+                                                      (False, False, True, True, False, False, True, 16),
+                                                      (True, False, True, True, False, False, True, 8),
+                                                      (True, False, True, True, False, False, True, 16),
+                                                      (True, True, False, False, True, False, True, 8),
+                                                      (True, False, True, True, False, False, "pair", 8)):
+        bm, nu, warps = (32, 32, 2) if dot else (64, 32, 4)  # squeezellm.default_config
         a = dict(x_ptr="*fp32" if f32 else "*fp16", y_ptr="*fp32" if f32 else "*fp16", bias_ptr="*fp16",
-                 ws_ptr="*fp32", wsi_ptr="*i32", cnt_ptr="*i32", w_ptr="*i32", lut_ptr="*fp32", orp_ptr="*i32",
+                 ws_ptr="*fp32", wsi_ptr="*i32", cnt_ptr="*i32", w_ptr="*i32", lut_ptr="*fp32", ptab_ptr="*i32",
+                 orp_ptr="*i32",
                  ocol_ptr="*i16", oval_ptr="*fp16", m=14336, n=4096 if even else 4095, nw=512, nb=16 if dot else 1,
-                 x_sb=4096, n_tiles=16, tiles_per_split=4, K=C(8), WST=C(4), F=C(8), NU=C(nu), BM=C(bm),
+                 x_sb=4096, n_tiles=16, tiles_per_split=4, K=C(k), WST=C(4), F=C(8), NU=C(nu), BM=C(bm),
                  BB=C(16 if dot else 1), EPR=C(8 if dot else 16), DOT=C(dot),
                  DOT_DT=C(tl.float32 if f32 else tl.float16), IEEE=C(f32), EVEN=C(even), SPLIT=C(split),
-                 HAS_BIAS=C(bias), COL16=C(True), TREE=C(tree))
-        out.append((f"squeezellm gemv dot={dot} f32={f32} split={split} tree={tree}", ks._lut_gemv_kernel, a, {},
-                    0 if dot else bm * nu * 8 / 128))
+                 HAS_BIAS=C(bias), COL16=C(True), TREE=C(tree), PRMT=C(bool(prmt)), ASM=C(bool(prmt)),
+                 PAIR=C(prmt == "pair"))
+        mode = ("prmt pair" if prmt == "pair" else "prmt") if prmt else f"tree={tree}"
+        out.append((f"squeezellm gemv dot={dot} f32={f32} split={split} {mode} K={k}", ks._lut_gemv_kernel, a,
+                    {"num_warps": warps}, bm * nu * 8 / (32 * warps)))
     for bf16 in (False, True):
         a = dict(w_ptr="*i32", lut_ptr="*fp32", orp_ptr="*i32", ocol_ptr="*i16", oval_ptr="*fp16",
                  out_ptr="*i16" if bf16 else "*fp16", m=4096, n=4096, nw=512, K=C(16), WST=C(4), BM=C(16), BC=C(256),

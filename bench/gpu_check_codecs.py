@@ -132,7 +132,7 @@ def squeezellm_case(rng: np.random.Generator, dev: str, small: bool, ctx: dict[s
 
     m = int(rng.integers(1, 24 if small else 700))
     n = int(rng.integers(1, 80 if small else 3000))
-    bits = int(rng.choice([1, 2, 3, 4, 5, 6, 8]))
+    bits = int(rng.choice(ctx.get("bits") or [1, 2, 3, 4, 5, 6, 8]))
     kind = str(rng.choice(["none", "top", "random", "rows"]))
     weighted = bool(rng.integers(0, 2))
     w = (rng.standard_normal((m, n)) * rng.uniform(0.01, 1.0)).astype(np.float32)
@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", "--budget-s", dest="budget_s", type=float, default=60.0,
                     help="start no new case after this many seconds (default 60)")
     ap.add_argument("--codec", choices=["both", "squeezellm", "quip"], default="both")
+    ap.add_argument("--sq-bits", type=lambda t: [int(v) for v in t.split(",")], default=None,
+                    help="squeezellm code widths to draw from, e.g. 3,4 (default 1,2,3,4,5,6,8)")
     ap.add_argument("--log", default=None, help="also write the case lines to this file")
     ap.add_argument("--out", default=None, help="write gpu_check_codecs.json here")
     ap.add_argument("--smoke", action="store_true", help="CPU + TRITON_INTERPRET=1, tiny shapes, 4 cases")
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         case_rng = np.random.default_rng(rng.integers(0, 2**63))  # each case reproducible on its own
         tc = time.perf_counter()
         rec: dict[str, Any] = {"case": i, "codec": codec}
-        ctx: dict[str, Any] = {"desc": codec}
+        ctx: dict[str, Any] = {"desc": codec, "bits": args.sq_bits}
         try:
             desc, err = (squeezellm_case if codec == "squeezellm" else quip_case)(case_rng, dev, small, ctx)
             rec.update(status="PASS", desc=desc, max_relerr=err)

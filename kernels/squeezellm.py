@@ -110,6 +110,125 @@ def _lut_entry(lrow, k: tl.constexpr, K: tl.constexpr):
     return tl.load(lrow + min(k, K - 1))
 
 
+_PRMT_HALF = """
+prmt.b32 lo, {a0}, {a1}, {s};
+prmt.b32 hi, {a2}, {a3}, {s};
+prmt.b32 p, lo, hi, 0x5140;
+prmt.b32 q, lo, hi, 0x7362;
+mov.b32 {{{o0}, {o1}}}, p;
+mov.b32 {{{o2}, {o3}}}, q;
+"""
+# 16 entries: bytes of entries 0-7 by the code's low 3 bits (bit 3 set: a sign-replicated byte, dropped), of 8-15
+# by the code ^ 8 (t), then per byte the right one by a selector 0x3210 + 4 * bit 3 (u), lo and hi byte tables alike
+_PRMT_HALF16 = """
+prmt.b32 la, {a0}, {a1}, {s};
+prmt.b32 lb, {a2}, {a3}, {t};
+prmt.b32 lo, la, lb, {u};
+prmt.b32 la, {a4}, {a5}, {s};
+prmt.b32 lb, {a6}, {a7}, {t};
+prmt.b32 hi, la, lb, {u};
+prmt.b32 p, lo, hi, 0x5140;
+prmt.b32 q, lo, hi, 0x7362;
+mov.b32 {{{o0}, {o1}}}, p;
+mov.b32 {{{o2}, {o3}}}, q;
+"""
+_ASM8 = tl.constexpr("{\n.reg .b32 s, lo, hi, p, q;\n"
+                     + _PRMT_HALF.format(a0="$9", a1="$10", a2="$11", a3="$12", s="$8", o0="$0", o1="$1", o2="$2",
+                                         o3="$3")
+                     + "shr.u32 s, $8, 16;\n"
+                     + _PRMT_HALF.format(a0="$9", a1="$10", a2="$11", a3="$12", s="s", o0="$4", o1="$5", o2="$6",
+                                         o3="$7")
+                     + "}")
+# Two adjacent words A, B (pack=2: the (k, k + 1) pair of a tl.dot operand register) -> for each field c one
+# register holding (A's weight, B's weight): selector words of interleaved nibbles (A.c, B.c, A.c+2, B.c+2, ...),
+# so each prmt pair yields a finished f16x2 (22 instructions per 16 weights, no repacking after the asm)
+_PAIR_HALF = """
+prmt.b32 lo, $10, $12, {s};
+prmt.b32 hi, $14, $16, {s};
+prmt.b32 {o0}, lo, hi, 0x5140;
+prmt.b32 {o1}, lo, hi, 0x7362;
+"""
+_ASM8P = tl.constexpr("{\n.reg .b32 s0, s1, sh, lo, hi;\n"
+                      "shl.b32 sh, $9, 4;\nlop3.b32 s0, $8, sh, 0x0F0F0F0F, 0xE4;\n"
+                      "shr.u32 sh, $8, 4;\nlop3.b32 s1, sh, $9, 0x0F0F0F0F, 0xE4;\n"
+                      + _PAIR_HALF.format(s="s0", o0="$0", o1="$2") + _PAIR_HALF.format(s="s1", o0="$1", o1="$3")
+                      + "shr.u32 s0, s0, 16;\nshr.u32 s1, s1, 16;\n"
+                      + _PAIR_HALF.format(s="s0", o0="$4", o1="$6") + _PAIR_HALF.format(s="s1", o0="$5", o1="$7")
+                      + "}")
+_T16 = dict(a0="$9", a1="$10", a2="$11", a3="$12", a4="$13", a5="$14", a6="$15", a7="$16")
+_ASM16 = tl.constexpr("{\n.reg .b32 s, t, u, t2, u2, la, lb, lo, hi, p, q;\n"
+                      "xor.b32 t, $8, 0x88888888;\nshr.u32 u, $8, 1;\n"
+                      "and.b32 u, u, 0x44444444;\nor.b32 u, u, 0x32103210;\n"
+                      + _PRMT_HALF16.format(**_T16, s="$8", t="t", u="u", o0="$0", o1="$1", o2="$2", o3="$3")
+                      + "shr.u32 s, $8, 16;\nshr.u32 t2, t, 16;\nshr.u32 u2, u, 16;\n"
+                      + _PRMT_HALF16.format(**_T16, s="s", t="t2", u="u2", o0="$4", o1="$5", o2="$6", o3="$7")
+                      + "}")
+
+
+@triton.jit
+def _prmt(a, b, sel):
+    """PTX ``prmt.b32`` (default mode) on uint32: byte i = byte ``sel[4i..4i+2]`` of the 8 bytes {b, a},
+    sign-replicated when bit 4i+3 is set. The interpreter's stand-in for the instruction, same bits."""
+    out = tl.zeros_like(a)
+    for i in tl.static_range(4):
+        nib = (sel >> (4 * i)) & 0xF
+        idx = nib & 7
+        byte = (tl.where(idx < 4, a, b) >> ((idx & 3) * 8)) & 0xFF
+        byte = tl.where((nib & 8) != 0, tl.where((byte & 0x80) != 0, 0xFF, 0), byte)
+        out = out | (byte << (8 * i))
+    return out
+
+
+@triton.jit
+def _prmt_quad(s, a0, a1, a2, a3, a4, a5, a6, a7, K: tl.constexpr):
+    """f16 pairs (codes 0, 1) and (2, 3) of the 4 codes in the low nibbles of s, as two uint32 (as _ASM8/_ASM16)."""
+    if K == 8:
+        lo = _prmt(a0, a1, s)
+        hi = _prmt(a2, a3, s)
+    else:
+        t = s ^ 0x8888
+        u = ((s >> 1) & 0x4444) | 0x3210
+        lo = _prmt(_prmt(a0, a1, s), _prmt(a2, a3, t), u)
+        hi = _prmt(_prmt(a4, a5, s), _prmt(a6, a7, t), u)
+    return _prmt(lo, hi, 0x5140), _prmt(lo, hi, 0x7362)
+
+
+@triton.jit
+def _half(p, SHIFT: tl.constexpr):
+    return ((p >> SHIFT) & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def _prmt_decode(wd, a0, a1, a2, a3, a4, a5, a6, a7, K: tl.constexpr, ASM: tl.constexpr, PAIR: tl.constexpr):
+    """The 8 f16 weights ``lut[code]`` of the 8 nibble fields of each word of wd (K = 8 or 16 entries), as a tuple
+    (field 0 first). The row table is held as byte planes (``a*``: the entries' low bytes 4 per word, then their
+    high bytes): one ``prmt`` looks up 4 bytes, so 8 weights cost 9 instructions at K = 8 and 23 at K = 16 (the
+    select tree: ~7 and ~15 per weight). Exact: bytes are copied."""
+    if ASM:
+        if K == 8 and PAIR:
+            return tl.inline_asm_elementwise(_ASM8P, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r,r,r",
+                                             [wd, a0, a1, a2, a3], dtype=(tl.float16,) * 8, is_pure=True, pack=2)
+        if K == 8:
+            return tl.inline_asm_elementwise(_ASM8, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r,r,r", [wd, a0, a1, a2, a3],
+                                             dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(_ASM16, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r,r,r,r,r,r,r",
+                                         [wd, a0, a1, a2, a3, a4, a5, a6, a7], dtype=(tl.float16,) * 8,
+                                         is_pure=True, pack=1)
+    w = wd.to(tl.uint32, bitcast=True)
+    b0 = a0.to(tl.uint32, bitcast=True)
+    b1 = a1.to(tl.uint32, bitcast=True)
+    b2 = a2.to(tl.uint32, bitcast=True)
+    b3 = a3.to(tl.uint32, bitcast=True)
+    b4 = a4.to(tl.uint32, bitcast=True)
+    b5 = a5.to(tl.uint32, bitcast=True)
+    b6 = a6.to(tl.uint32, bitcast=True)
+    b7 = a7.to(tl.uint32, bitcast=True)
+    p0, p1 = _prmt_quad(w, b0, b1, b2, b3, b4, b5, b6, b7, K)
+    p2, p3 = _prmt_quad(w >> 16, b0, b1, b2, b3, b4, b5, b6, b7, K)
+    return (_half(p0, 0), _half(p0, 16), _half(p1, 0), _half(p1, 16), _half(p2, 0), _half(p2, 16), _half(p3, 0),
+            _half(p3, 16))
+
+
 @triton.jit
 def _dequant_fields_kernel(w_ptr, lut_ptr, orp_ptr, ocol_ptr, oval_ptr, out_ptr, m, n, nw,
                            K: tl.constexpr, WST: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr,
@@ -189,17 +308,20 @@ def _residuals(out, rc, rmask, orp_ptr, ocol_ptr, oval_ptr, x_ptr, x_sb, bb, bma
 
 
 @triton.jit(do_not_specialize=["m", "n", "nb", "n_tiles", "tiles_per_split"])
-def _lut_gemv_kernel(x_ptr, y_ptr, bias_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, lut_ptr, orp_ptr, ocol_ptr, oval_ptr,
+def _lut_gemv_kernel(x_ptr, y_ptr, bias_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, lut_ptr, ptab_ptr, orp_ptr, ocol_ptr,
+                     oval_ptr,
                      m, n, nw, nb, x_sb, n_tiles, tiles_per_split,
                      K: tl.constexpr, WST: tl.constexpr, F: tl.constexpr, NU: tl.constexpr, BM: tl.constexpr,
                      BB: tl.constexpr, EPR: tl.constexpr, DOT: tl.constexpr, DOT_DT: tl.constexpr,
                      IEEE: tl.constexpr, EVEN: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     COL16: tl.constexpr, TREE: tl.constexpr):
+                     COL16: tl.constexpr, TREE: tl.constexpr, PRMT: tl.constexpr, ASM: tl.constexpr,
+                     PAIR: tl.constexpr):
     """y[b, r] = sum_j lut[r, code(r, j)] x[b, j] + sum_e val[e] x[b, col[e]] (+ bias[r]).
 
     Grid (row blocks of BM, column splits). A tile is NU words of BM rows; field c of
     the tile covers columns c*nw + (t*NU .. t*NU+NU-1), contiguous in x. Rows past m
-    are clamped for loads (codes and tables are always valid) and never stored.
+    are clamped for loads (codes and tables are always valid) and never stored. PRMT (K = 8 / 16, WST = 4):
+    the weights of a word come from ``_prmt_decode`` on the row's byte-plane table (``ptab``), in f16.
     """
     rows, rmask, rc64, bb, bmask = gemv_rows(m, nb, BM, BB)
     wrow = w_ptr + rc64[:, None] * nw
@@ -209,7 +331,13 @@ def _lut_gemv_kernel(x_ptr, y_ptr, bias_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, lu
         acc = tl.zeros((BM, BB), dtype=tl.float32)
     else:
         acc = tl.zeros((BM, NU), dtype=tl.float32)
-    if TREE:  # the row tables in registers (K <= 16), loaded once
+    if PRMT:  # the byte-plane tables in registers: K / 2 words per row, loaded once
+        prow = ptab_ptr + rc64[:, None] * (K // 2)
+        a0, a1, a2, a3 = (_lut_entry(prow, 0, K // 2), _lut_entry(prow, 1, K // 2), _lut_entry(prow, 2, K // 2),
+                          _lut_entry(prow, 3, K // 2))
+        a4, a5, a6, a7 = (_lut_entry(prow, 4, K // 2), _lut_entry(prow, 5, K // 2), _lut_entry(prow, 6, K // 2),
+                          _lut_entry(prow, 7, K // 2))
+    elif TREE:  # the row tables in registers (K <= 16), loaded once
         l0, l1, l2, l3 = (_lut_entry(lrow, 0, K), _lut_entry(lrow, 1, K), _lut_entry(lrow, 2, K),
                           _lut_entry(lrow, 3, K))
         l4, l5, l6, l7 = (_lut_entry(lrow, 4, K), _lut_entry(lrow, 5, K), _lut_entry(lrow, 6, K),
@@ -222,12 +350,16 @@ def _lut_gemv_kernel(x_ptr, y_ptr, bias_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, lu
     for t in range(t_lo, t_hi):
         wi = t * NU + uu
         wd = tl.load(wrow + wi[None, :])
+        if PRMT:
+            hs = _prmt_decode(wd, a0, a1, a2, a3, a4, a5, a6, a7, K, ASM, PAIR)
         for c in tl.static_range(F):
-            code = (wd >> (c * WST)) & (K - 1)
-            if TREE:
+            if PRMT:
+                v = hs[c]
+            elif TREE:
+                code = (wd >> (c * WST)) & (K - 1)
                 v = _lut_tree(code, l0, l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11, l12, l13, l14, l15, K)
             else:
-                v = tl.load(lrow + code)
+                v = tl.load(lrow + ((wd >> (c * WST)) & (K - 1)))
             cols = c * nw + wi
             if DOT:
                 if EVEN:
@@ -236,7 +368,7 @@ def _lut_gemv_kernel(x_ptr, y_ptr, bias_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, lu
                     xt = tl.load(x_ptr + bb[None, :] * x_sb + cols[:, None],
                                  mask=(cols < n)[:, None] & bmask[None, :], other=0.0)
                 if IEEE:
-                    acc = tl.dot(v, xt.to(tl.float32), acc, input_precision="ieee")
+                    acc = tl.dot(v.to(tl.float32), xt.to(tl.float32), acc, input_precision="ieee")
                 else:
                     acc = tl.dot(v.to(DOT_DT), xt.to(DOT_DT), acc)
             else:
@@ -244,7 +376,7 @@ def _lut_gemv_kernel(x_ptr, y_ptr, bias_ptr, ws_ptr, wsi_ptr, cnt_ptr, w_ptr, lu
                     xv = tl.load(x_ptr + cols).to(tl.float32)
                 else:
                     xv = tl.load(x_ptr + cols, mask=cols < n, other=0.0).to(tl.float32)
-                acc += v * xv[None, :]
+                acc += v.to(tl.float32) * xv[None, :]
     out, yoff, ymask = gemv_out(acc, rows, rmask, bb, bmask, m, DOT)
     out = _residuals(out, rc64, rmask, orp_ptr, ocol_ptr, oval_ptr, x_ptr, x_sb, bb, bmask, EPR, COL16, DOT)
     finish(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, bias_ptr, ws_ptr, wsi_ptr, cnt_ptr, tl.program_id(0),
@@ -306,17 +438,28 @@ class GemvConfig:
     num_warps: int = 4
     split: int | None = None
     tree: bool = True  # tables of <= 16 entries as register select trees (else a per-weight L1 gather)
+    prmt: bool = True  # 3/4-bit: byte-plane tables looked up 4 bytes per prmt instruction (over tree)
+    dot1: bool = False  # batch 1 through tl.dot as well (x padded to 16 rows) instead of FMAs
+    pair: bool = False  # 3-bit prmt on word pairs, f16x2 results as a tl.dot operand holds them
+    epr: int = 0  # residual entries per row per step (0: 16 at batch 1, 8 on the tl.dot path; H200: 2 was 1.7x slower)
+    per_sm: int = 8  # column splits aim at this many programs per SM (split = None)
+    num_stages: int = 0  # software pipelining depth (0: Triton's default)
 
 
 def default_config(batch: int) -> GemvConfig:
-    """Tiles chosen from the sm_90 build (bench/compile_check_codecs.py): the tl.dot path spills at BM = 64."""
-    return GemvConfig(BM=64 if batch == 1 else 32, NU=32, num_warps=4)
+    """Tiles chosen from the sm_90 build (bench/compile_check_codecs.py). The tl.dot path decodes each weight in
+    the MMA operand layout, once per warp column: with BM = 32 and 4 warps (2 x 2 warps) every weight was decoded
+    twice (19 SASS instructions per weight with the select tree); 2 warps of 16 rows decode it once (tree 9.6,
+    prmt 2.68); BM = 64 spills. H200: batch 1 prmt 21.4 us at 14336 x 4096, 3 bits (tree 42.7, fp16 30.2)."""
+    if batch == 1:
+        return GemvConfig(BM=64, NU=32, num_warps=4)
+    return GemvConfig(BM=32, NU=32, num_warps=2)
 
 
 @dataclass
 class PreparedSqueezeLLM:
-    """Load-time layout: strided field words, f32 tables, residual CSR; ``sections`` keeps bias-free spec
-    sections other than ``codes`` (the words replace them on the device)."""
+    """Load-time layout: strided field words, f32 tables, byte-plane tables (3/4 bits, else empty), residual
+    CSR; ``sections`` keeps bias-free spec sections other than ``codes`` (the words replace them on the device)."""
 
     params: dict[str, Any]
     shape: tuple[int, int]
@@ -324,6 +467,7 @@ class PreparedSqueezeLLM:
     words: torch.Tensor
     wst: int
     lut32: torch.Tensor
+    ptab: torch.Tensor
     o_row_ptr: torch.Tensor
     o_col: torch.Tensor
     o_val: torch.Tensor
@@ -350,9 +494,24 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
     _residual_sizes(secs, m)
     words, wst = repack_fields(codes, n, bits)
     kept = {k: v for k, v in secs.items() if k != "codes"}
-    return PreparedSqueezeLLM(dict(params), (m, n), kept, words, wst, secs["lut"].to(torch.float32).contiguous(),
+    ptab = byte_planes(secs["lut"]) if bits in (3, 4) else torch.zeros(0, dtype=torch.int32, device=codes.device)
+    return PreparedSqueezeLLM(dict(params), (m, n), kept, words, wst, secs["lut"].to(torch.float32).contiguous(), ptab,
                               _i32(secs["outlier_row_ptr"]).contiguous(), _i32(secs["outlier_col"]).contiguous(),
                               secs["outlier_val"].contiguous())
+
+
+def byte_planes(lut: torch.Tensor) -> torch.Tensor:
+    """f16 tables [m, K] (K = 8 or 16) -> int32 [m, K / 2]: the entries' low bytes, 4 per word (entry 4i + j in
+    byte j of word i), then their high bytes likewise: what one ``prmt`` indexes by 3-bit selectors."""
+    m, k = lut.shape
+    v = lut.contiguous().view(torch.int16).to(torch.int64) & 0xFFFF
+    planes = torch.cat([v & 0xFF, v >> 8], dim=1).view(m, k // 2, 4)
+    words = (planes << (8 * torch.arange(4, device=lut.device))).sum(dim=2)
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32).contiguous()
+
+
+def _use_prmt(p: PreparedSqueezeLLM, cfg: GemvConfig) -> bool:
+    return cfg.prmt and p.wst == 4 and int(p.params["bits"]) in (3, 4)
 
 
 def _check_prepared(p: PreparedSqueezeLLM) -> None:
@@ -362,7 +521,8 @@ def _check_prepared(p: PreparedSqueezeLLM) -> None:
     if nw <= 0 or nw % 64 or (32 // p.wst) * nw < n or p.wst < bits:
         raise ValueError(f"PreparedSqueezeLLM words {tuple(p.words.shape)} do not fit {m}x{n} at {bits} bits")
     check_launch("squeezellm matvec", words=(p.words, m * nw), lut32=(p.lut32, m << bits),
-                 o_row_ptr=(p.o_row_ptr, m + 1), o_col=(p.o_col, p.o_val.numel()))
+                 ptab=(p.ptab, (m << bits) // 2 if bits in (3, 4) else 0), o_row_ptr=(p.o_row_ptr, m + 1),
+                 o_col=(p.o_col, p.o_val.numel()))
     if MAX_BATCH * (max(m, (32 // p.wst) * nw) + 1) >= 2**31:
         raise ValueError(f"squeezellm matvec: {m}x{n} exceeds 32-bit indices")
 
@@ -385,22 +545,32 @@ def _matvec(prepared: PreparedSqueezeLLM, x2: torch.Tensor, bias: torch.Tensor |
     nw = prepared.words.shape[1]
     wst = prepared.wst
     F = 32 // wst
-    dot = B > 1
+    dot = B > 1 or cfg.dot1
+    prmt = _use_prmt(prepared, cfg)
     nu = min(cfg.NU, nw)
     n_tiles = nw // nu
     progs_m = triton.cdiv(m, cfg.BM)
-    split, tps = split_for(prepared.device, progs_m, n_tiles, cfg.split)
+    split, tps = split_for(prepared.device, progs_m, n_tiles, cfg.split, per_sm=cfg.per_sm)
     y = torch.empty((B, m), dtype=x2.dtype, device=x2.device)
     ws = prepared.workspace() if split > 1 else None
     dt, ieee = dot_dtype(x2.dtype)
     _lut_gemv_kernel[(progs_m, split)](
         x2, y, bias if bias is not None else y, ws.ws if ws else y, ws.wsi if ws else y, ws.cnt if ws else y,
-        prepared.words, prepared.lut32, prepared.o_row_ptr, prepared.o_col, prepared.o_val,
-        m, n, nw, B, x2.stride(0), n_tiles, tps,
-        K=1 << bits, WST=wst, F=F, NU=nu, BM=cfg.BM, BB=16 if dot else 1, EPR=8 if dot else 16, DOT=dot,
+        prepared.words, prepared.lut32, prepared.ptab if prmt else prepared.lut32, prepared.o_row_ptr,
+        prepared.o_col, prepared.o_val, m, n, nw, B, x2.stride(0), n_tiles, tps,
+        K=1 << bits, WST=wst, F=F, NU=nu, BM=cfg.BM, BB=16 if dot else 1, EPR=cfg.epr or (8 if dot else 16), DOT=dot,
         DOT_DT=dt, IEEE=ieee, EVEN=F * nw == n, SPLIT=split > 1, HAS_BIAS=bias is not None,
-        COL16=prepared.o_col.dtype == torch.int16, TREE=cfg.tree and bits <= 4, num_warps=cfg.num_warps)
+        COL16=prepared.o_col.dtype == torch.int16, TREE=cfg.tree and bits <= 4, PRMT=prmt,
+        ASM=prmt and _inline_asm_ok(prepared.device), PAIR=cfg.pair, num_warps=cfg.num_warps,
+        **({"num_stages": cfg.num_stages} if cfg.num_stages else {}))
     return y
+
+
+def _inline_asm_ok(dev: torch.device) -> bool:
+    """PTX inline assembly runs on CUDA devices, not in Triton's interpreter (TRITON_INTERPRET=1)."""
+    import os
+
+    return dev.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
 
 
 def dequantize_prepared(prepared: PreparedSqueezeLLM, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
