@@ -233,8 +233,8 @@ def sibling_solver(method: str, s: dict[str, Any]) -> Any:
     return lambda _name, w, h, i: quantize_quip(w, bits=s["bits"], hessian=h, seed=i)
 
 
-def calibrate_sequential(model_dir: Path, calib: list[str], solve: Any, args: argparse.Namespace
-                         ) -> tuple[dict[str, Any], dict[str, float]]:
+def calibrate_sequential(model_dir: Path, calib: list[str], solve: Any, args: argparse.Namespace,
+                         blocks: int | None = None) -> tuple[dict[str, Any], dict[str, float]]:
     """Encode every decoder-block linear with ``solve(name, w, H, index)``, block by block (GPTQ's scheme).
 
     The same calibration windows, Hessian (2/N Σ x xᵀ, f64) and forward replay as
@@ -274,7 +274,7 @@ def calibrate_sequential(model_dir: Path, calib: list[str], solve: Any, args: ar
             count[name] += x.shape[0]
         return f
 
-    for i, block in enumerate(layers):
+    for i, block in enumerate(layers[:blocks]):
         tb = time.perf_counter()
         linears = {f"{prefix}.{i}.{sub}.weight": mod for sub, mod in block.named_modules()
                    if isinstance(mod, torch.nn.Linear) and cfg.wants(f"{prefix}.{i}.{sub}.weight",
@@ -383,6 +383,67 @@ def peer_solver(method: str, s: dict[str, Any], peer_dir: Path, outlier_threshol
                       actorder=True, static_groups=False)
         return types.SimpleNamespace(dequantized=layer.weight.data.numpy().astype(np.float32), outliers=0)
     return solve_gptq
+
+
+def compare_layers(model_dir: Path, calib: list[str], args: argparse.Namespace, targets: list[str]) -> list[dict]:
+    """Ours vs the authors' solvers on the real layers of the first ``--compare-layers`` blocks (same H each).
+
+    H of every linear comes from the unquantized model (no sequential replay), so all solvers see identical
+    inputs. Per row: tr(D H Dᵀ)/tr(W H Wᵀ) summed over the layers, outliers, bits (ours: section bytes of
+    the Encoded; authors': the same layout at their outlier count) and solver seconds.
+    """
+    import types
+
+    from spqrfmt.encoder.gptq import GPTQConfig, hessian_error, quantize_gptq
+
+    layers: dict[str, tuple[Any, Any]] = {}
+
+    def keep(name: str, w: Any, h: Any, _i: int) -> Any:
+        layers[name] = (w, h)
+        return types.SimpleNamespace(dequantized=w)
+
+    calibrate_sequential(model_dir, calib, keep, args, blocks=args.compare_layers)
+    rows = []
+    for target in targets:
+        s = SPQR_SETTINGS[target]
+        g = GPTQ_SETTINGS[target]
+        spqr = dict(bits=s["bits"], group_size=s["group_size"], scale_bits=s["scale_bits"], zero_bits=s["zero_bits"],
+                    stat_group_size=s["stat_group_size"], outlier_relative_threshold=args.outlier_threshold)
+        def ours(cfg: Any) -> Any:
+            return lambda _name, wt, hs, _i: quantize_gptq(wt, hs, cfg)
+
+        solvers = {
+            "SpQR": ours(GPTQConfig(**spqr, max_outlier_fraction=s["outliers"])),
+            "SpQR (no cap)": ours(GPTQConfig(**spqr, max_outlier_fraction=1.0)),
+            "SpQR-authors": peer_solver("SpQR-authors", s, args.peer_dir, args.outlier_threshold),
+            "GPTQ": ours(GPTQConfig.plain_gptq(g["bits"], g["group_size"])),
+            "GPTQ-authors": peer_solver("GPTQ-authors", g, args.peer_dir, args.outlier_threshold),
+        }
+        ref_bits: dict[str, tuple[float, int]] = {}
+        for method, solve in solvers.items():
+            err = ref = secs = 0.0
+            nbits = params = outliers = 0
+            for name, (w, h) in layers.items():
+                t0 = time.perf_counter()
+                e = solve(name, w, h, 0)
+                secs += time.perf_counter() - t0
+                if method in PEERS:  # our layout at their outlier count (u16 column + f16 value each)
+                    n_out = e.outliers
+                    base_bits, base_out = ref_bits[(PEERS[method], name)]
+                    nbits += base_bits + 32 * (n_out - base_out)
+                else:
+                    n_out = int(e.info.get("outliers", 0))
+                    nbits += 8 * e.nbytes
+                    ref_bits[(method, name)] = (8 * e.nbytes, n_out)
+                err += hessian_error(w, e.dequantized, h)
+                ref += hessian_error(w, 0 * w, h)
+                params += w.size
+                outliers += n_out
+            rows.append({"method": method, "target": target, "layers": len(layers), "rel_out_err": err / ref,
+                         "bits": nbits / params, "outliers": outliers, "solver_s": secs})
+            print(f"~{target} {method}: rel. output error {err / ref:.6f}, {nbits / params:.3f} bits, "
+                  f"{outliers} outliers, {secs:.1f}s", file=sys.stderr, flush=True)
+    return rows
 
 
 def run_peer_row(method: str, target: str, model_dir: Path, results: dict[str, Any], calib: list[str],
@@ -544,6 +605,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer-dir", type=Path, default=None,
                     help="folder with the authors' checkouts spqr/ (Vahe1994/SpQR) and gptq/ (IST-DASLab/gptq); "
                          "enables --methods SpQR-authors,GPTQ-authors")
+    ap.add_argument("--compare-layers", type=int, default=0, metavar="N",
+                    help="with --peer-dir: only compare ours vs the authors' solvers on the layers of the first N "
+                         "blocks (same H), print a table and exit")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     ap.add_argument("--keep-files", action="store_true")
     ap.add_argument("--verbose", action="store_true")
@@ -571,6 +635,19 @@ def main(argv: list[str] | None = None) -> int:
     calib, held = load_wiki(args.out) if args.corpus == "wiki" else load_texts()
     from transformers import AutoTokenizer
 
+    if args.compare_layers:
+        if args.peer_dir is None:
+            raise SystemExit("--compare-layers needs --peer-dir")
+        rows = compare_layers(model_dir, calib, args, args.targets.split(","))
+        (args.out / "compare_layers.json").write_text(json.dumps({"args": vars(args) | {"out": str(args.out),
+                                                                  "peer_dir": str(args.peer_dir)}, "rows": rows},
+                                                                 indent=1, default=str))
+        print("| method | target | bits/param | outliers | tr(DHDᵀ)/tr(WHWᵀ) | solver s |")
+        print("|---|---|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['method']} | ~{r['target']} | {r['bits']:.3f} | {r['outliers']} | {r['rel_out_err']:.6f} | "
+                  f"{r['solver_s']:.1f} |")
+        return 0
     eval_tokens = tokenize_texts(AutoTokenizer.from_pretrained(model_dir), held)
     if args.eval_tokens:
         eval_tokens = eval_tokens[:args.eval_tokens]
