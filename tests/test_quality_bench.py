@@ -1,0 +1,21 @@
+"""bench/quality.py's Wikipedia split (pure function; no gensim, no download)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location("bench_quality", Path(__file__).parent.parent / "bench" / "quality.py")
+quality = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(quality)
+
+
+def test_split_wiki_drops_redirects_and_stubs_and_holds_out_the_tail() -> None:
+    arts = [(f"A{i}", f"article {i} " + "word " * 200) for i in range(10)]
+    arts.insert(3, ("R", "#REDIRECT Somewhere\n"))
+    arts.insert(5, ("S", "too short"))
+    calib, held = quality.split_wiki(arts, min_chars=500, held_fraction=0.2)
+    assert [t.split()[1] for t in calib] == [str(i) for i in range(8)]
+    assert [t.split()[1] for t in held] == ["8", "9"]
+    assert not set(calib) & set(held)
+    assert all("  " not in t and "\n" not in t for t in calib + held)
