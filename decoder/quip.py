@@ -28,6 +28,7 @@ import numpy as np
 from ..threads import shape_size, sized
 from .e8p import abs_table, code_point, odd_rows
 from .e81b import e81b_table
+from .output import empty_f32
 
 
 def hadamard_constant(k: int) -> np.float32:
@@ -267,7 +268,7 @@ def _diagonals(x: np.ndarray, sv: np.ndarray, su: np.ndarray) -> None:
 def e8p_values(codes: np.ndarray, scale: np.ndarray, n: int) -> np.ndarray:
     """Step 1 for codebook "e8p12": f32 [m, n] lattice values times the row scale."""
     c = np.ascontiguousarray(codes, dtype=np.uint16)
-    x = np.empty((c.shape[0], n), dtype=np.float32)
+    x = empty_f32((c.shape[0], n))
     _e8p_grid(c, abs_table(), odd_rows(), np.ascontiguousarray(scale, dtype=np.float32), x)
     return x
 
@@ -278,7 +279,7 @@ def rvq_values(codebook: str, codes: np.ndarray, codes2: np.ndarray, resid_scale
     c = np.ascontiguousarray(codes, dtype=np.uint16)
     second_e8p = codebook == "e8p12_rvq4"
     c2 = np.ascontiguousarray(codes2, dtype=np.uint16 if second_e8p else np.uint8)
-    x = np.empty((c.shape[0], n), dtype=np.float32)
+    x = empty_f32((c.shape[0], n))
     rho = np.array([resid_scale], dtype=np.float32)
     _rvq_grid(c, c2, second_e8p, abs_table(), odd_rows(), e81b_table(), rho,
               np.ascontiguousarray(scale, dtype=np.float32), x)
@@ -302,7 +303,7 @@ def decode(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], shape:
         x = rvq_values(params["codebook"], sections["codes"], sections["codes2"], float(params["resid_scale"]),
                        sections["scale"], n)
     else:
-        x = np.empty((m, n), dtype=np.float32)
+        x = empty_f32((m, n))
         _grid_words(np.ascontiguousarray(sections["codes"]), int(params["bits"]),  # spqr.md §4 bit streams
                     np.ascontiguousarray(sections["scale"], dtype=np.float32), x)
     transform_rows(x, kn, np.array([hadamard_constant(kn)]), fn)  # step 2: along n, each row

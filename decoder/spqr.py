@@ -25,6 +25,7 @@ import numba
 import numpy as np
 
 from ..threads import shape_size, sized
+from .output import empty_f32
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -266,7 +267,7 @@ def _stat_args(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], wh
 def decode(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """Decoded f32 [m, n] weight of a validated spqr tensor (v1, or v2 when params hold ``arith``)."""
     m, n = shape
-    out = np.empty((m, n), dtype=np.float32)
+    out = empty_f32((m, n))
     perm = sections.get("perm")
     _decode_rows(np.ascontiguousarray(sections["codes"]), int(params["bits"]), n, int(params["group_size"]),
                  *_stat_args(params, sections, "scale"), *_stat_args(params, sections, "zero"),
