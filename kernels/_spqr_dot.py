@@ -73,11 +73,13 @@ def dot_kernel(x_ptr, xo_ptr, y_ptr, w_ptr, st_ptr, st2_ptr, sz_ptr, orp_ptr, oc
                m, n, NUT, G, K2, B2, hpg, nb, x_sb, n_tiles, tiles_per_split,
                BITS: tl.constexpr, SB: tl.constexpr, STQ: tl.constexpr, R2: tl.constexpr,
                NU: tl.constexpr, BM: tl.constexpr, BB: tl.constexpr, EPR: tl.constexpr,
-               ATOMIC: tl.constexpr, COL16: tl.constexpr, HAS_OUT: tl.constexpr, DOT_DT: tl.constexpr):
+               ATOMIC: tl.constexpr, COL16: tl.constexpr, HAS_OUT: tl.constexpr, DOT_DT: tl.constexpr,
+               TRANS: tl.constexpr):
     """y[b, r] (f32; ATOMIC: added into a zeroed y) = Σ_j W[r, j] x[b, j] over BM rows, BB batch rows.
 
     x: the activations in stored column order, DOT_DT, [nb, x_sb] zero padded to NUT·32 columns;
-    xo: the same in f32 [nb, n] for the outlier deltas (HAS_OUT).
+    xo: the same in f32 [nb, n] for the outlier deltas (HAS_OUT). TRANS: the dot as ``x·Wᵀ`` ([BB, BM]
+    accumulator, the decoded tile as the B operand in shared memory) instead of ``W·xᵀ`` (tile as A).
     """
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -90,7 +92,10 @@ def dot_kernel(x_ptr, xo_ptr, y_ptr, w_ptr, st_ptr, st2_ptr, sz_ptr, orp_ptr, oc
     bb = tl.arange(0, BB)
     bmask = bb < nb
     kk = tl.arange(0, NU * 32)
-    acc = tl.zeros((BM, BB), dtype=tl.float32)
+    if TRANS:
+        acc = tl.zeros((BB, BM), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BM, BB), dtype=tl.float32)
     t_lo = pid_k * tiles_per_split
     t_hi = tl.minimum(t_lo + tiles_per_split, n_tiles)
     for t in range(t_lo, t_hi):
@@ -98,9 +103,16 @@ def dot_kernel(x_ptr, xo_ptr, y_ptr, w_ptr, st_ptr, st2_ptr, sz_ptr, orp_ptr, oc
                       BITS, SB, STQ, R2, False, BM, 2 * NU)
         wt = tl.reshape(wt, (BM, NU * 32)).to(DOT_DT)
         cols = t * (NU * 32) + kk
-        xt = tl.load(x_ptr + bb[None, :] * x_sb + cols[:, None], mask=(cols < NUT * 32)[:, None] & bmask[None, :],
-                     other=0.0)
-        acc = tl.dot(wt, xt, acc)
+        if TRANS:
+            xt = tl.load(x_ptr + bb[:, None] * x_sb + cols[None, :], mask=(cols < NUT * 32)[None, :] & bmask[:, None],
+                         other=0.0)
+            acc = tl.dot(xt, tl.trans(wt), acc)
+        else:
+            xt = tl.load(x_ptr + bb[None, :] * x_sb + cols[:, None],
+                         mask=(cols < NUT * 32)[:, None] & bmask[None, :], other=0.0)
+            acc = tl.dot(wt, xt, acc)
+    if TRANS:
+        acc = tl.trans(acc)
     if HAS_OUT:
         acc = _outliers(acc, rows, rmask, pid_k, orp_ptr, ocol_ptr, odelta_ptr, xo_ptr, xo_ptr, n, bb, bmask,
                         EPR, COL16, True, False, False)
@@ -149,14 +161,17 @@ class DotConfig:
     num_warps: int = 4
     split: int | None = None
     num_stages: int = 2
+    trans: bool = False  # x·Wᵀ (decoded tile as the dot's B operand) instead of W·xᵀ
 
 
 MAX_DOT_BATCH = 64
 
 
 def default_dot_config(m: int, n: int, batch: int) -> DotConfig:
-    """Chosen by the H200 runs of bench/bench_dot.py (docs/kernels.md)."""
-    return DotConfig()
+    """The best of the H200 sweep of bench/bench_dot.py on 4096², 14336x4096, 4096x14336 and 8192x28672 (3-bit):
+    BM = 64, NU = 4, 4 warps and the auto split (about 4 programs per SM) won at every shape and batch; one
+    stage at 16 rows, two at 64."""
+    return DotConfig(num_stages=1 if batch <= 16 else 2)
 
 
 def _consts(prepared: Any, bm: int) -> dict[str, Any]:
@@ -217,7 +232,7 @@ def matmul(prepared: Any, x2: torch.Tensor, bias: torch.Tensor | None = None,
         prepared.o_row_ptr, prepared.o_col, prepared.o_delta,
         m, n, nut, triton.cdiv(n, gs), triton.cdiv(m, b2), b2, gs // 16, B, 32 * nut, n_tiles, tps,
         NU=NU, BM=BM, BB=max(16, next_pow2(B)), EPR=8, ATOMIC=atomic, COL16=prepared.o_col.dtype == torch.int16,
-        HAS_OUT=has_out, DOT_DT=dot_dt, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        HAS_OUT=has_out, DOT_DT=dot_dt, TRANS=cfg.trans, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **_consts(prepared, BM))
     if bias is not None:
         y = y + bias.to(torch.float32)
@@ -225,8 +240,12 @@ def matmul(prepared: Any, x2: torch.Tensor, bias: torch.Tensor | None = None,
 
 
 def dequantize_tiled(prepared: Any, out_dtype: torch.dtype = torch.float16, stored_order: bool = True,
-                     out: torch.Tensor | None = None, bm: int = 16, nu: int = 8) -> torch.Tensor:
-    """Exact dense W (spqr.md §5) from the tiled layout, stored or output column order; outliers replaced."""
+                     out: torch.Tensor | None = None, bm: int = 32, nu: int = 4) -> torch.Tensor:
+    """Exact dense W (spqr.md §5) from the tiled layout, stored or output column order; outliers replaced.
+
+    The prefill path (dequantize into a reused buffer, then cuBLAS). Tile BM x NU units: 32 x 4 was the
+    fastest of {16x8, 32x4, 8x16} on the two largest H200 shapes (within 4 % everywhere).
+    """
     from . import _spqr_grouped as KG
     from .spqr import _check_tiled
 

@@ -50,12 +50,28 @@ def _check(seed, shape, bits, gs, sbits, b2, outliers, perm, batches, cfg):
 @given(shape=st.tuples(st.integers(1, 40), st.integers(1, 150)), bits=st.sampled_from([2, 3, 4]),
        gs=st.sampled_from([16, 32, 48]), sbits=st.sampled_from([3, 16]), b2=st.sampled_from([1, 5, 16, 32]),
        outliers=st.sampled_from(["none", "some", "rows"]), perm=st.booleans(), seed=st.integers(0, 2**31 - 1),
-       tile=st.sampled_from([(16, 1, 1), (32, 2, 3), (64, 1, None)]))
+       tile=st.sampled_from([(16, 1, 1, False), (32, 2, 3, False), (64, 1, None, False), (32, 2, 2, True)]))
 def test_dot_exact_dequant_and_matmul(shape, bits, gs, sbits, b2, outliers, perm, seed, tile):
-    bm, nu, split = tile
-    _check(seed, shape, bits, gs, sbits, b2, outliers, perm, (2, 5, 16), KD.DotConfig(BM=bm, NU=nu, split=split))
+    bm, nu, split, trans = tile
+    _check(seed, shape, bits, gs, sbits, b2, outliers, perm, (2, 5, 16),
+           KD.DotConfig(BM=bm, NU=nu, split=split, trans=trans))
 
 
 def test_dot_prefill_batch_64_and_over():
     """64 rows in one launch (BB = 64) and 70 rows as two launches, an odd shape, outliers and perm."""
     _check(3, (37, 97), 3, 16, 3, 16, "some", True, (64, 70), KD.DotConfig(BM=32, NU=2, split=2))
+    _check(4, (20, 64), 4, 32, 16, 5, "rows", False, (17,), KD.DotConfig(BM=16, NU=1, trans=True))
+
+
+def test_matvec_over_16_rows_and_dequantize_stored_dispatch_here():
+    """ks.matvec over 16 rows (tiled layout) and ks.dequantize_stored take the _spqr_dot kernels."""
+    m, n = 24, 80
+    enc = _encode(5, m, n, 3, 16, 3, 16, "some", True)
+    ref = decode(enc.params, enc.sections, (m, n)).astype(np.float64)
+    prep = ks.prepare(enc.params, enc.sections, (m, n), DEVICE)
+    x = torch.from_numpy(np.random.default_rng(5).standard_normal((40, n)).astype(np.float16)).to(DEVICE)
+    y = ks.matvec(prep, x).double().cpu().numpy()
+    yr = x.cpu().numpy().astype(np.float64) @ ref.T
+    assert np.linalg.norm(y - yr) <= MATVEC_TOL * np.linalg.norm(yr)
+    p = enc.sections["perm"].astype(np.int64)
+    assert _same_bits(ks.dequantize_stored(prep, torch.float32).cpu().numpy(), ref.astype(np.float32)[:, p])
