@@ -28,9 +28,11 @@ from spqrfmt.kernels import _spqr_dot as KD  # noqa: E402
 from spqrfmt.kernels import spqr as ks  # noqa: E402
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (8192, 28672)]
-# (BM, NU, num_warps, num_stages); split None = auto, else a factor on the auto split
-SWEEP = [(64, 4, 4, 2), (64, 8, 4, 2), (128, 4, 8, 2), (64, 4, 4, 1), (32, 8, 4, 2), (128, 8, 8, 3)]
-SPLIT_F = [1, 2]
+# (BM, NU, num_warps, num_stages, trans), each at split = SPLIT_F x 4 programs per SM (the auto split is 1);
+# the first H200 run (docs/results/bench_dot.json) swept BM 32-128, NU 4-8, stages 1-3 at factors 1 and 2
+SWEEP = [(64, 4, 4, 1, False), (64, 4, 4, 2, False), (64, 4, 4, 1, True), (64, 4, 4, 2, True), (64, 2, 4, 1, False),
+         (128, 2, 8, 1, False)]
+SPLIT_F = [0.5, 1]
 DQ_TILES = [(16, 8), (32, 4), (8, 16)]
 
 
@@ -93,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
                     row[f"cur_b{b}_us"] = graph_time([lambda p=p, x=x: ks.matvec(p, x) for p in preps]) * 1e6
                     row[f"cur_b{b}_rel_err"] = relerr(ks.matvec(prep, x), ref)
                 best = (float("inf"), None, float("nan"))
-                for bm, nu, nw, ns in SWEEP:
+                for bm, nu, nw, ns, tr in SWEEP:
                     progs_m, n_tiles = cdiv(m, bm), cdiv(cdiv(n, 32), nu)
                     for f in SPLIT_F:
-                        split = max(1, min(n_tiles, cdiv(4 * sms * f, progs_m)))
-                        cfg = KD.DotConfig(BM=bm, NU=nu, num_warps=nw, num_stages=ns, split=split)
+                        split = max(1, min(n_tiles, cdiv(int(4 * sms * f), progs_m)))
+                        cfg = KD.DotConfig(BM=bm, NU=nu, num_warps=nw, num_stages=ns, split=split, trans=tr)
                         try:
                             err = relerr(KD.matmul(prep, x, None, cfg), ref)
                             t = graph_time([lambda p=p, x=x, c=cfg: KD.matmul(p, x, None, c) for p in preps])
