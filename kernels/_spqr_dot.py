@@ -27,6 +27,7 @@ import triton.language as tl
 from ._common import next_pow2, round_out
 from ._spqr_grouped import _outliers
 from ._spqr_tiled import _stats
+from ._spqr_tiled_host import _check_tiled, _row_blocks
 
 
 @triton.jit
@@ -175,7 +176,6 @@ def default_dot_config(m: int, n: int, batch: int) -> DotConfig:
 
 
 def _consts(prepared: Any, bm: int) -> dict[str, Any]:
-    from .spqr import _row_blocks
 
     p = prepared.params
     b2 = int(p.get("stat_group_size", 1) or 1)
@@ -194,7 +194,6 @@ def matmul(prepared: Any, x2: torch.Tensor, bias: torch.Tensor | None = None,
            cfg: DotConfig | None = None) -> torch.Tensor:
     """``x2 @ W.T (+ bias)`` for x2 [B, n], B <= 64 per launch (larger B in slices), tiled layout only."""
     from . import _spqr_tiled as KT
-    from .spqr import _check_tiled
 
     _check_tiled(prepared)
     m, n = prepared.shape
@@ -247,7 +246,6 @@ def dequantize_tiled(prepared: Any, out_dtype: torch.dtype = torch.float16, stor
     fastest of {16x8, 32x4, 8x16} on the two largest H200 shapes (within 4 % everywhere).
     """
     from . import _spqr_grouped as KG
-    from .spqr import _check_tiled
 
     _check_tiled(prepared)
     m, n = prepared.shape

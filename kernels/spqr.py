@@ -49,8 +49,8 @@ import triton.language as tl
 from . import _spqr_planes as KP
 from ._common import next_pow2, to_device, u32_values, unpack_rows
 from ._spqr_sections import outlier_coo, stat_f32
+from ._spqr_tiled_host import MAX_FUSED_BATCH, _check_tiled, _row_blocks
 
-MAX_FUSED_BATCH = 16
 _TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
 
@@ -546,31 +546,6 @@ def _check_grouped(prepared: PreparedSpQR) -> None:
         raise ValueError("PreparedSpQR outlier columns and deltas differ in length")
 
 
-def _check_tiled(prepared: PreparedSpQR) -> None:
-    """Sizes the tiled kernels index without bounds checks (a PreparedSpQR is a plain, mutable dataclass)."""
-    m, n = prepared.shape
-    p = prepared.params
-    bits = int(p["bits"])
-    G = triton.cdiv(n, int(p["group_size"]))
-    K2 = triton.cdiv(m, int(p.get("stat_group_size", 1) or 1))
-    nut = triton.cdiv(n, 32)
-    need = {"tiled": (prepared.tiled, m * bits * nut), "o_row_ptr": (prepared.o_row_ptr, m + 1)}
-    if prepared.stats_q:
-        need.update(st_codes=(prepared.st_codes, m * G), st2_64=(prepared.st2_64, G * K2))
-    else:
-        need["sz32"] = (prepared.sz32, m * G)
-    if m * G >= 2**31 or m * nut * bits >= 2**31 or nut * 32 * MAX_FUSED_BATCH >= 2**31 \
-            or MAX_FUSED_BATCH * m >= 2**31:
-        raise ValueError(f"{m}x{n} is too large for the kernels' 32-bit (row, group) and column indices")
-    for name, (t, size) in need.items():
-        if t is None or t.numel() != size:
-            raise ValueError(f"PreparedSpQR.{name} has {None if t is None else t.numel()} elements, expected {size}")
-    if prepared.o_col.numel() != prepared.o_delta.numel():
-        raise ValueError("PreparedSpQR outlier columns and deltas differ in length")
-    if prepared.perm is not None and prepared.perm.numel() != n:
-        raise ValueError(f"PreparedSpQR.perm has {prepared.perm.numel()} elements, expected {n}")
-
-
 def _inline_asm_ok(dev: torch.device) -> bool:
     """PTX inline assembly runs on CUDA devices, not in Triton's interpreter (TRITON_INTERPRET=1)."""
     import os
@@ -584,15 +559,6 @@ def _tiled_consts(prepared: PreparedSpQR, bm: int) -> dict[str, Any]:
     b2 = int(p.get("stat_group_size", 1) or 1)
     return {"BITS": int(p["bits"]), "SB": int(p["scale_bits"]) if prepared.stats_q else 0,
             "STQ": prepared.stats_q, "SAME": hpg % 2 == 0, "R2": _row_blocks(b2, bm)}
-
-
-def _row_blocks(b2: int, bm: int) -> int:
-    """β2 row blocks per program of ``bm`` rows when they nest (1: inside one block), else 0 (gathered per row)."""
-    if b2 % bm == 0:
-        return 1
-    if bm % b2 == 0 and b2 & (b2 - 1) == 0:
-        return bm // b2
-    return 0
 
 
 def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor | None,
