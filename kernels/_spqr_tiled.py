@@ -272,35 +272,49 @@ def _f16_pack(lo, hi):
 
 
 @triton.jit
-def _unbias(vm, ODD: tl.constexpr, ASM: tl.constexpr):
-    """The f16 pair q of the two 4-bit fields of vm (bits 0-3 / 16-19, or 4-7 / 20-23 when ODD).
+def _unbias(vm, ODD: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
+    """The f16 pair q - C of the two 4-bit fields of vm (bits 0-3 / 16-19, or 4-7 / 20-23 when ODD).
 
-    ``vm | 0x64006400`` is the f16 pair 1024 + q (or 1024 + 16q); one exact FMA removes the bias.
+    ``vm | 0x64006400`` is the f16 pair 1024 + q (or 1024 + 16q); one exact FMA removes the bias and the
+    centre C (an integer, 2^(bits-1)): the sums of (q - C)·x are smaller than those of q·x, so less f16
+    rounding is left in S·(Σ(q - C)·x − (Z - C)·Σx) when Z is near the middle of the code range.
     ASM: PTX ``fma.rn.f16x2`` (GPU; pure, so the batch rows of one weight share it); otherwise the same
     f16 arithmetic in Triton ops (the interpreter has no inline assembly).
     """
     v = vm | 0x64006400
-    if ASM:
+    tl.static_assert((C == 4) | (C == 8), "the f16x2 path is for bits 3 and 4")
+    if ASM:  # (1024 + 16q) / 16 - (64 + C), 64 + C = f16 0x5400 + 16 C; (1024 + q) - (1024 + C), 0x6400 + C
         if ODD:
-            q = tl.inline_asm_elementwise(
-                "{.reg .b32 k, z; mov.b32 k, 0x2C002C00; mov.b32 z, 0xD400D400; fma.rn.f16x2 $0, $1, k, z;}",
-                "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
+            if C == 4:
+                q = tl.inline_asm_elementwise(
+                    "{.reg .b32 k, z; mov.b32 k, 0x2C002C00; mov.b32 z, 0xD440D440; fma.rn.f16x2 $0, $1, k, z;}",
+                    "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
+            else:
+                q = tl.inline_asm_elementwise(
+                    "{.reg .b32 k, z; mov.b32 k, 0x2C002C00; mov.b32 z, 0xD480D480; fma.rn.f16x2 $0, $1, k, z;}",
+                    "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
         else:
-            q = tl.inline_asm_elementwise(
-                "{.reg .b32 k, z; mov.b32 k, 0x3C003C00; mov.b32 z, 0xE400E400; fma.rn.f16x2 $0, $1, k, z;}",
-                "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
+            if C == 4:
+                q = tl.inline_asm_elementwise(
+                    "{.reg .b32 k, z; mov.b32 k, 0x3C003C00; mov.b32 z, 0xE404E404; fma.rn.f16x2 $0, $1, k, z;}",
+                    "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
+            else:
+                q = tl.inline_asm_elementwise(
+                    "{.reg .b32 k, z; mov.b32 k, 0x3C003C00; mov.b32 z, 0xE408E408; fma.rn.f16x2 $0, $1, k, z;}",
+                    "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
     else:
         if ODD:
-            q = _f16_pack((_f16_lo(v) * 0.0625 - 64.0).to(tl.float16), (_f16_hi(v) * 0.0625 - 64.0).to(tl.float16))
+            q = _f16_pack((_f16_lo(v) * 0.0625 - (64.0 + C)).to(tl.float16),
+                          (_f16_hi(v) * 0.0625 - (64.0 + C)).to(tl.float16))
         else:
-            q = _f16_pack((_f16_lo(v) - 1024.0).to(tl.float16), (_f16_hi(v) - 1024.0).to(tl.float16))
+            q = _f16_pack((_f16_lo(v) - (1024.0 + C)).to(tl.float16), (_f16_hi(v) - (1024.0 + C)).to(tl.float16))
     return q
 
 
 @triton.jit
-def _pair_fma(vm, x, acc, ODD: tl.constexpr, ASM: tl.constexpr):
-    """acc + q·x in f16x2 (q from :func:`_unbias`)."""
-    q = _unbias(vm, ODD, ASM)
+def _pair_fma(vm, x, acc, ODD: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
+    """acc + (q - C)·x in f16x2 (q - C from :func:`_unbias`)."""
+    q = _unbias(vm, ODD, C, ASM)
     if ASM:
         out = tl.inline_asm_elementwise("fma.rn.f16x2 $0, $1, $2, $3;", "=r,r,r,r", [q, x, acc],
                                         dtype=tl.int32, is_pure=True, pack=1)
@@ -357,19 +371,19 @@ def _x_pair(xh_ptr, j: tl.constexpr, u, umask, NUT, x_ptr, idx_ptr, inv, n, XIN:
 
 
 @triton.jit
-def _word_h2(w, xh_ptr, j0: tl.constexpr, u, umask, NUT, acc, ASM: tl.constexpr, x_ptr, idx_ptr, inv, n,
-             XIN: tl.constexpr, HAS_PERM: tl.constexpr):
-    """acc + Σ q·x over the 8 fields of bits-4 words w [BM, NU], as four f16x2 pairs."""
+def _word_h2(w, xh_ptr, j0: tl.constexpr, u, umask, NUT, acc, C: tl.constexpr, ASM: tl.constexpr, x_ptr, idx_ptr,
+             inv, n, XIN: tl.constexpr, HAS_PERM: tl.constexpr):
+    """acc + Σ (q - C)·x over the 8 fields of bits-4 words w [BM, NU], as four f16x2 pairs."""
     wi = w.to(tl.int32, bitcast=True)
     w8 = (w >> 8).to(tl.int32, bitcast=True)
     acc = _pair_fma(wi & 0x000F000F, _x_pair(xh_ptr, j0, u, umask, NUT, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
-                    acc, False, ASM)
+                    acc, False, C, ASM)
     acc = _pair_fma(wi & 0x00F000F0, _x_pair(xh_ptr, j0 + 1, u, umask, NUT, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
-                    acc, True, ASM)
+                    acc, True, C, ASM)
     acc = _pair_fma(w8 & 0x000F000F, _x_pair(xh_ptr, j0 + 2, u, umask, NUT, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
-                    acc, False, ASM)
+                    acc, False, C, ASM)
     acc = _pair_fma(w8 & 0x00F000F0, _x_pair(xh_ptr, j0 + 3, u, umask, NUT, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
-                    acc, True, ASM)
+                    acc, True, C, ASM)
     return acc
 
 
@@ -381,13 +395,16 @@ def _h2_sum(a):
 
 @triton.jit
 def _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xh_ptr, xe_ptr, xs_ptr, u, umask, NUT, ASM: tl.constexpr,
-                 x_ptr, idx_ptr, n, XIN: tl.constexpr, HAS_PERM: tl.constexpr):
+                 x_ptr, idx_ptr, n, XIN: tl.constexpr, HAS_PERM: tl.constexpr, BITS: tl.constexpr):
     """_unit_dot with f16x2 products and per-half f16 sums (x scaled per unit by 2^-e_u).
+
+    The codes are centred (q - C, C = 2^(BITS-1), see :func:`_unbias`) and the zeros with them.
 
     XIN: the per-unit x operands are built here from x (``x_ptr``, feature order, through ``idx_ptr``)
     instead of read from xprep_h2_kernel's buffers, so batch 1 is a single launch.
     """
     zero = tl.zeros(w0.shape, dtype=tl.int32)
+    C: tl.constexpr = 1 << (BITS - 1)
     if XIN:
         inv, xe, xs0, xs1 = _x_unit(x_ptr, idx_ptr, u, umask, n, HAS_PERM)  # inv [NU]: _x_pair's scale
         xe = xe[None, :]
@@ -399,12 +416,12 @@ def _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xh_ptr, xe_ptr, xs_ptr, u, umas
         xs0 = tl.load(xs_ptr + 2 * u, mask=umask, other=0.0)[None, :]
         xs1 = tl.load(xs_ptr + 2 * u + 1, mask=umask, other=0.0)[None, :]
     a0 = _word_h2(w1, xh_ptr, 4, u, umask, NUT,
-                  _word_h2(w0, xh_ptr, 0, u, umask, NUT, zero, ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
-                  ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM)
+                  _word_h2(w0, xh_ptr, 0, u, umask, NUT, zero, C, ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
+                  C, ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM)
     a1 = _word_h2(w3, xh_ptr, 12, u, umask, NUT,
-                  _word_h2(w2, xh_ptr, 8, u, umask, NUT, zero, ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
-                  ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM)
-    return S0 * (_h2_sum(a0) * xe - Z0 * xs0) + S1 * (_h2_sum(a1) * xe - Z1 * xs1)
+                  _word_h2(w2, xh_ptr, 8, u, umask, NUT, zero, C, ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
+                  C, ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM)
+    return S0 * (_h2_sum(a0) * xe - (Z0 - C) * xs0) + S1 * (_h2_sum(a1) * xe - (Z1 - C) * xs1)
 
 
 @triton.jit
@@ -544,20 +561,20 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr
         if MODE == 0:
             if H2:
                 acc += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xe_ptr, xs_ptr, u, umask, NUT, ASM,
-                                    xo_ptr, idx_ptr, n, XIN, HAS_PERM)
+                                    xo_ptr, idx_ptr, n, XIN, HAS_PERM, BITS)
             else:
                 acc += _unit_dot(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xs_ptr, u, umask, NUT, BITS)
         elif MODE == 2:  # 2..4 rows, one decode per weight (the unbias is shared), f16x2 products per row
             acc += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xe_ptr, xs_ptr, u, umask, NUT, ASM,
-                                xo_ptr, idx_ptr, n, False, False)
+                                xo_ptr, idx_ptr, n, False, False, BITS)
             acc1 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 16 * NUT, xe_ptr + NUT, xs_ptr + 2 * NUT,
-                                 u, umask, NUT, ASM, xo_ptr, idx_ptr, n, False, False)
+                                 u, umask, NUT, ASM, xo_ptr, idx_ptr, n, False, False, BITS)
             if NBC > 2:
                 acc2 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 32 * NUT, xe_ptr + 2 * NUT,
-                                     xs_ptr + 4 * NUT, u, umask, NUT, ASM, xo_ptr, idx_ptr, n, False, False)
+                                     xs_ptr + 4 * NUT, u, umask, NUT, ASM, xo_ptr, idx_ptr, n, False, False, BITS)
             if NBC > 3:
                 acc3 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 48 * NUT, xe_ptr + 3 * NUT,
-                                     xs_ptr + 6 * NUT, u, umask, NUT, ASM, xo_ptr, idx_ptr, n, False, False)
+                                     xs_ptr + 6 * NUT, u, umask, NUT, ASM, xo_ptr, idx_ptr, n, False, False, BITS)
         if MODE == 1:
             wt = _tile(w0, w1, w2, w3, S0, Z0, S1, Z1, BITS, False, BM, NU).to(DOT_DT)
             cols = t * (NU * 32) + kk

@@ -450,10 +450,12 @@ def default_config(batch: int) -> GemvConfig:
     """Tiles chosen from the sm_90 build (bench/compile_check_codecs.py). The tl.dot path decodes each weight in
     the MMA operand layout, once per warp column: with BM = 32 and 4 warps (2 x 2 warps) every weight was decoded
     twice (19 SASS instructions per weight with the select tree); 2 warps of 16 rows decode it once (tree 9.6,
-    prmt 2.68); BM = 64 spills. H200: batch 1 prmt 21.4 us at 14336 x 4096, 3 bits (tree 42.7, fp16 30.2)."""
+    prmt 2.68); BM = 64 spills. H200: batch 1 prmt 21.4 us at 14336 x 4096, 3 bits (tree 42.7, fp16 30.2).
+    Batch 2-16 splits the columns for ~2 programs per SM, not 8: the split-K epilogue costs more than the extra
+    programs give (H200 sweep, 14336 x 4096, 3-bit, batch 16: 38.2 us at per_sm 2 vs 52.6 at 8; docs/codecs.md)."""
     if batch == 1:
         return GemvConfig(BM=64, NU=32, num_warps=4)
-    return GemvConfig(BM=32, NU=32, num_warps=2)
+    return GemvConfig(BM=32, NU=32, num_warps=2, per_sm=2)
 
 
 @dataclass
