@@ -32,8 +32,8 @@ Statistics are stored group-major ``[G, m]`` like the spec's, for the same reaso
 * ``xprep_kernel``: x -> the batch-1 operands (slot-major ``xq[i, u]``, pre-scaled, half sums, stored order).
 * ``gemv_kernel``: ``y = W x``; one activation row by FMAs with the zero folded out of each half
   (``S·(Σ q·x − Z·Σ x)``), 2..16 rows by one ``tl.dot`` per tile of decoded f16 weights.
-* ``dequant_kernel``: the dense matrix, bit-identical to spqr.md §5 (launch with
-  ``enable_fp_fusion=False``), stored or output column order.
+* the dense matrix (bit-exact, stored or output column order) is ``_spqr_dot.dequant_kernel``'s: one
+  dequantization of the tiled layout, shared by the prefill and ``dequantize_prepared``.
 
 Why this module is long: the kernels share one word/statistics decode (``_load_words``, ``_half_stats``)
 that a split into modules would have to export; the batch-1 f16x2 path carries both x forms (xprep's
@@ -45,7 +45,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import round_out, store_rows
+from ._common import store_rows
 from ._spqr_grouped import _f16_at, _field, _outliers, _split_finish, _y_offsets
 
 
@@ -601,35 +601,4 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr
         store_rows(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, bias_ptr, HAS_BIAS, False, MODE == 0)
 
 
-@triton.jit
-def dequant_kernel(w_ptr, st_ptr, st2_ptr, sz_ptr, perm_ptr, out_ptr, m, n, NUT, G, K2, B2, hpg,
-                   BITS: tl.constexpr, SB: tl.constexpr, STQ: tl.constexpr, SAME: tl.constexpr,
-                   R2: tl.constexpr, NU: tl.constexpr, BM: tl.constexpr, HAS_PERM: tl.constexpr,
-                   OUT_BF16: tl.constexpr):
-    """out[r, perm[j]] (or out[r, j]) = (f32(q) − Z)·S for a [BM, NU·32] tile (spqr.md §5 step 2)."""
-    pid_m = tl.program_id(0)
-    pid_u = tl.program_id(1)
-    rows = pid_m * BM + tl.arange(0, BM)
-    rmask = rows < m
-    if R2 > 0:
-        k2 = (pid_m * BM) // B2
-    else:
-        k2 = rows // B2
-    u = pid_u * NU + tl.arange(0, NU)
-    umask = u < NUT
-    lmask = rmask[:, None] & umask[None, :]
-    w0, w1, w2, w3 = _load_words(w_ptr, u[None, :] * m + rows[:, None], NUT * m, lmask, BITS)
-    S0, Z0, S1, Z1 = _half_stats(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2, SB, STQ, SAME,
-                                 R2, True, BM, NU)
-    wt = _tile(w0, w1, w2, w3, S0, Z0, S1, Z1, BITS, True, BM, NU)
-    cols = pid_u * (NU * 32) + tl.arange(0, NU * 32)
-    cm = cols < n
-    if HAS_PERM:
-        dst = tl.load(perm_ptr + cols, mask=cm, other=0)
-    else:
-        dst = cols
-    mask = rmask[:, None] & cm[None, :]
-    tl.store(out_ptr + rows.to(tl.int64)[:, None] * n + dst[None, :], round_out(wt, out_ptr, OUT_BF16), mask=mask)
-
-
-__all__ = ["dequant_kernel", "gemv_kernel", "xdot_kernel", "xprep_kernel", "triton"]
+__all__ = ["gemv_kernel", "xdot_kernel", "xprep_kernel", "triton"]

@@ -633,40 +633,6 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
     return y
 
 
-def _dequant_tiled(prepared: PreparedSpQR, out_dtype: torch.dtype, stored_order: bool,
-                   out: torch.Tensor | None = None) -> torch.Tensor:
-    """Exact dense W from the tiled layout (spqr.md §5), in output or stored column order; outliers replaced."""
-    from . import _spqr_grouped as KG
-    from . import _spqr_tiled as KT
-
-    _check_tiled(prepared)
-    m, n = prepared.shape
-    p = prepared.params
-    gs = int(p["group_size"])
-    nut = triton.cdiv(n, 32)
-    if out is None:
-        out = torch.empty((m, n), dtype=out_dtype, device=prepared.device)
-    elif out.shape != (m, n) or out.dtype != out_dtype or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous {out_dtype} tensor of shape {(m, n)}")
-    perm = None if stored_order else prepared.perm
-    if perm is not None:
-        perm = perm.view(torch.int32) if perm.dtype == torch.uint32 else perm
-    bf16 = out_dtype == torch.bfloat16
-    b2 = int(p.get("stat_group_size", 1) or 1)
-    BM, NU = 16, 4
-    KT.dequant_kernel[(triton.cdiv(m, BM), triton.cdiv(nut, NU))](
-        prepared.tiled, prepared.st_codes, prepared.st2_64, prepared.sz32, perm if perm is not None else out,
-        out.view(torch.int16) if bf16 else out, m, n, nut, triton.cdiv(n, gs), triton.cdiv(m, b2), b2, gs // 16,
-        NU=NU, BM=BM, HAS_PERM=perm is not None, OUT_BF16=bf16, **_tiled_consts(prepared, BM), **_launch_opts())
-    vals = prepared.sections["outlier_val"]
-    if vals.numel():
-        KG.outlier_store_kernel[(triton.cdiv(m, 16),)](
-            prepared.o_row_ptr, prepared.o_col, vals, perm if perm is not None else prepared.o_row_ptr,
-            out.view(torch.int16) if bf16 else out, m, n, BM=16, EPR=16,
-            COL16=prepared.o_col.dtype == torch.int16, HAS_PERM=perm is not None, OUT_BF16=bf16)
-    return out
-
-
 def dequantize_stored(prepared: PreparedSpQR, out_dtype: torch.dtype = torch.float16,
                       out: torch.Tensor | None = None) -> torch.Tensor:
     """Dense ``Wp`` in *stored* column order (no permutation), bit-identical to spqr.md §5 steps 1-3.
@@ -675,7 +641,7 @@ def dequantize_stored(prepared: PreparedSpQR, out_dtype: torch.dtype = torch.flo
     (cheap) instead of scattering W's columns; ``out`` lets callers reuse one scratch buffer.
     """
     if prepared.layout == "tiled" and "codes" not in prepared.sections:
-        from . import _spqr_dot  # bit-exact, 5-10 % faster than _dequant_tiled on the H200 (bench/bench_dot.py)
+        from . import _spqr_dot
 
         return _spqr_dot.dequantize_tiled(prepared, out_dtype, True, out)
     w = dequantize_prepared(prepared, out_dtype)
@@ -824,7 +790,9 @@ def dequantize_prepared(prepared: PreparedSpQR, out_dtype: torch.dtype = torch.f
     kept on the device); outliers are then written over it (replace semantics).
     """
     if prepared.layout == "tiled" and "codes" not in prepared.sections:
-        return _dequant_tiled(prepared, out_dtype, False)
+        from . import _spqr_dot
+
+        return _spqr_dot.dequantize_tiled(prepared, out_dtype, False)
     if prepared.layout != "grouped" or "codes" in prepared.sections:  # planes layout, or v2 (kept sections)
         return dequantize(prepared.params, prepared.sections, prepared.shape, out_dtype)
     from . import _spqr_grouped as KG
