@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,18 +28,13 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, out: str | os.PathLike[str]) -> None:
     """PNG written beside ``out`` and renamed onto it: no half-written picture is ever left."""
-    out = Path(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent or ".")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        from .paths import new_file_mode
+    from .paths import new_file_mode
+    from .scratch import replaced_atomically
 
-        os.chmod(tmp, new_file_mode())  # mkstemp's 0600 would ignore the umask
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with replaced_atomically(Path(out), ".png") as (fd, tmp):
+        os.close(fd)
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        os.chmod(tmp, new_file_mode())  # scratch files are made 0600, which would ignore the umask
 
 
 def layer_rows(f: Any) -> list[dict[str, Any]]:

@@ -12,7 +12,6 @@ import mmap
 import os
 import stat
 import struct
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from .dtypes import ITEMSIZE
 from .paths import new_file_mode
+from .scratch import replaced_atomically
 
 # safetensors dtype -> spqrfmt dtype name
 ST_TO_SPQR = {
@@ -214,19 +214,12 @@ def write_safetensors_streaming(
     hbytes = json.dumps(header, separators=(",", ":")).encode()
     hbytes += b" " * (-len(hbytes) % 8)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
+    with replaced_atomically(path) as (fd, _tmp), os.fdopen(fd, "wb") as out:
         os.fchmod(fd, new_file_mode())
-        with os.fdopen(fd, "wb") as out:
-            out.write(struct.pack("<Q", len(hbytes)))
-            out.write(hbytes)
-            for name, dtype, shape in specs:
-                arr = np.asarray(fetch(name), dtype=_np_dtype(dtype), order="C")  # ascontiguousarray makes 0-d 1-d
-                if arr.shape != tuple(shape):
-                    raise ValueError(f"tensor {name!r} has shape {arr.shape}, declared {shape}")
-                out.write(memoryview(arr.reshape(-1).view(np.uint8)))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        out.write(struct.pack("<Q", len(hbytes)))
+        out.write(hbytes)
+        for name, dtype, shape in specs:
+            arr = np.asarray(fetch(name), dtype=_np_dtype(dtype), order="C")  # ascontiguousarray makes 0-d 1-d
+            if arr.shape != tuple(shape):
+                raise ValueError(f"tensor {name!r} has shape {arr.shape}, declared {shape}")
+            out.write(memoryview(arr.reshape(-1).view(np.uint8)))

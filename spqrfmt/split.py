@@ -17,7 +17,6 @@ import json
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from .errors import ErrorCode, SpqrFormatError, fail
 from .format import MAX_HEADER_LENGTH, align64
 from .paths import new_file_mode
 from .reader import SpqrFile, Tensor
+from .scratch import replaced_atomically
 from .writer import checked_header, write_atomic
 
 INDEX_FORMAT = "spqrfmt-split"
@@ -339,18 +339,11 @@ def split_file(f: SpqrFile | SplitFile, split_size: int, prefix: str | os.PathLi
             entries.append({"file": part.name, "sha256": digest, "bytes": nbytes})
             where.update({name: i for name in names})
         doc = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "parts": entries, "tensors": where}
-        fd, tmp = tempfile.mkstemp(prefix=f".{index.name}.", suffix=".tmp", dir=index.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(doc, out, indent=1, ensure_ascii=False)
-                out.write("\n")
-                os.fchmod(out.fileno(), new_file_mode())
-                os.fsync(out.fileno())
-            os.replace(tmp, index)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with replaced_atomically(index) as (fd, _tmp), os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(doc, out, indent=1, ensure_ascii=False)
+            out.write("\n")
+            os.fchmod(out.fileno(), new_file_mode())
+            os.fsync(out.fileno())
     except BaseException:
         for p in written:
             p.unlink(missing_ok=True)

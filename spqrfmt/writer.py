@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from .format import (
 )
 from .paths import new_file_mode
 from .records import SectionRecord, TensorRecord, check_name, check_shape, parse_records
+from .scratch import discard, replaced_atomically, scratch_file
 from .version import __version__
 
 SectionInput = np.ndarray | tuple[str, np.ndarray]
@@ -94,23 +94,16 @@ def write_atomic(path: Path, header: bytes, data_length: int, copy_data: Callabl
     ``mode``: the new file's permission bits (default: what the umask gives a new file).
     """
     pre = Preamble(MAJOR, MINOR, crc32(header), len(header), data_length)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(pack_preamble(pre))
-            out.write(header)
-            out.write(b"\0" * (pre.data_offset - PREAMBLE_SIZE - len(header)))
-            copy_data(out)
-            out.flush()
-            if out.tell() != pre.data_offset + data_length:
-                raise OSError(f"{path}: wrote {out.tell()} bytes, expected {pre.data_offset + data_length}")
-            os.fchmod(out.fileno(), new_file_mode() if mode is None else mode)  # mkstemp makes 0600
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with replaced_atomically(path) as (fd, _tmp), os.fdopen(fd, "wb") as out:
+        out.write(pack_preamble(pre))
+        out.write(header)
+        out.write(b"\0" * (pre.data_offset - PREAMBLE_SIZE - len(header)))
+        copy_data(out)
+        out.flush()
+        if out.tell() != pre.data_offset + data_length:
+            raise OSError(f"{path}: wrote {out.tell()} bytes, expected {pre.data_offset + data_length}")
+        os.fchmod(out.fileno(), new_file_mode() if mode is None else mode)  # scratch files are made 0600
+        os.fsync(out.fileno())
 
 
 class Writer:
@@ -131,12 +124,12 @@ class Writer:
         self._names: set[str] = set()
         # Ctrl-C / SIGTERM (which the CLI turns into exceptions) are held back while the scratch file is
         # created, so the exception can never land between its creation and the point where this
-        # constructor can still remove it: a signal that came meanwhile is raised on unblocking.
+        # constructor can still remove it: a signal that came meanwhile is raised on unblocking. (Where a
+        # worker thread takes the signal instead, the CLI's remove_scratch_files still finds the file.)
         held = _hold_signals()
         try:
-            self._data = tempfile.NamedTemporaryFile(
-                prefix=f".{self.path.name}.", suffix=".data", dir=self.path.parent or ".", delete=False
-            )
+            fd, self._data_path = scratch_file(self.path.parent, f".{self.path.name}.", ".data")
+            self._data = os.fdopen(fd, "w+b")
         except BaseException:
             _release_signals(held)
             raise
@@ -232,8 +225,7 @@ class Writer:
 
     def _discard_data(self) -> None:
         self._data.close()
-        if os.path.exists(self._data.name):
-            os.unlink(self._data.name)
+        discard(self._data_path)
 
     def __enter__(self) -> Writer:
         return self

@@ -515,6 +515,31 @@ def test_sigterm_during_convert_leaves_no_temp_files(tmp_path: Path) -> None:
     assert list(outdir.iterdir()) == []
 
 
+def test_interrupt_right_after_the_scratch_file_is_created_leaves_nothing(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal can land between a temporary file's creation and the code meant to remove it (and blocking
+    signals does not stop a worker thread from taking one): the CLI still removes every file it created."""
+    from spqrfmt import scratch
+    from spqrfmt.cli import main
+
+    folder = write_checkpoint(tmp_path / "m")
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    real_open = os.open
+
+    def open_then_interrupt(path: str, flags: int, mode: int = 0o777) -> int:
+        fd = real_open(path, flags, mode)
+        if str(path).endswith(".data"):
+            os.close(fd)
+            raise KeyboardInterrupt  # as if Ctrl-C arrived just after the file appeared
+        return fd
+
+    monkeypatch.setattr(scratch.os, "open", open_then_interrupt)
+    assert main(["convert", str(folder), "-o", str(outdir / "m.spqr"), "-q"]) == 130
+    assert list(outdir.iterdir()) == []
+    assert scratch.live_scratch_files() == frozenset()
+
+
 # ---- load_model ----------------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from .. import __version__
 from ..errors import SpqrFormatError
 from ..paths import UsageError
+from ..scratch import live_scratch_files, remove_scratch_files
 from . import (
     conformance,
     convert,
@@ -119,6 +120,7 @@ def _run(func: Callable[[], int]) -> int:
 def main(argv: list[str] | None = None) -> int:
     raw = sys.argv[1:] if argv is None else list(argv)
     previous = None
+    before = live_scratch_files()  # an embedding program's own open writers are not this command's
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread: leave signals alone
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(raw)
         return _run(lambda: _func(args.command)(args))
     finally:
+        remove_scratch_files(keep=before)  # whatever a signal interrupted: no temporary file outlives the command
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

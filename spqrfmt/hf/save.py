@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import new_file_mode
+from ..scratch import replaced_atomically
 from ..split import is_index, open_model, part_paths
 from .export import metadata_files, write_stub
 
@@ -177,16 +178,9 @@ def save_folder(model: Any, save_directory: str | os.PathLike[str], **kwargs: An
 
 
 def _write_small(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            os.fchmod(fh.fileno(), new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with replaced_atomically(path) as (fd, _tmp), os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        os.fchmod(fh.fileno(), new_file_mode())
 
 
 __all__ = ["Source", "attach", "save_folder", "state_dict_and_metadata", "tensor_digests"]
