@@ -83,3 +83,26 @@ def test_convert_records_each_tensors_error(tmp_path: Path) -> None:
     with spqrfmt.open(tmp_path / "o.spqr") as f:
         errs = f.metadata["spqrfmt.rel_error"]
     assert errs == {"model.layers.0.mlp.up_proj.weight": pytest.approx(report.layers[0].rel_error)}
+
+
+def test_speedup_chart_from_the_benchmark_json(tmp_path: Path) -> None:
+    """bench/chart_speedup.py: speed-up = fp16 µs / kernel µs per (kernel, shape, batch); rows without a timing
+    are left out, and the PNG is written."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("chart_speedup",
+                                                  Path(__file__).parent.parent / "bench" / "chart_speedup.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    kernels = {"device": "GPU", "rows": [{"m": 64, "n": 32, "bits": 3, "fp16_b1_us": 10.0, "fused_b1_us": 5.0,
+                                          "int4_b1_us": 4.0, "fp16_b4_us": 12.0, "fused_b4_us": None}]}
+    codecs = {"rows": [{"codec": "squeezellm", "m": 64, "n": 32, "bits": 4, "fp16_b16_us": 9.0,
+                        "fused_b16_us": 18.0}]}
+    data = mod.series(kernels, codecs)
+    assert data == {"spqr 3-bit": {"64x32": {1: 2.0}}, "torch int4 tinygemm g128": {"64x32": {1: 2.5}},
+                    "squeezellm 4-bit": {"64x32": {16: 0.5}}}
+    (tmp_path / "k.json").write_text(json.dumps(kernels))
+    (tmp_path / "c.json").write_text(json.dumps(codecs))
+    assert mod.main([str(tmp_path / "k.json"), str(tmp_path / "c.json"), "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").read_bytes()[:8] == PNG
