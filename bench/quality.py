@@ -584,6 +584,21 @@ def table(rows: list[dict[str, Any]], ref: dict[str, Any], ref16: dict[str, Any]
     return "\n".join(lines)
 
 
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results dict from runs of the same settings (``args`` must agree): rows ordered by target, then
+    by method in the table's order; reference perplexities from the first part (each part computed them)."""
+    if any(p["args"] != parts[0]["args"] for p in parts):
+        raise SystemExit("--merge: the results were made with different settings: " +
+                         "; ".join(json.dumps(p["args"], sort_keys=True) for p in parts))
+    rows = {k: r for p in parts for k, r in p["rows"].items()}
+    order = ["RTN", "GPTQ", "GPTQ-authors", "SpQR", "SpQR-authors", "SqueezeLLM", "QuIP"]
+    keyed = sorted(rows.items(), key=lambda kv: (float(kv[1]["target"]), order.index(kv[1]["method"])))
+    out = {k: v for k, v in parts[0].items() if k != "rows"}
+    out["ref16"] = parts[0].get("ref16")
+    out["rows"] = dict(keyed)
+    return out
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomic rewrite (a run killed mid-write keeps the previous rows)."""
     tmp = path.with_name(path.name + ".tmp")
@@ -641,11 +656,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--chart", type=Path, default=None, metavar="OUT.png",
                     help="also draw perplexity against bits/param, one line per method (needs matplotlib)")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RESULTS.json",
+                    help="combine results JSONs of one model (e.g. the parts of bench/quality_gpu.sh) into --results, "
+                         "print the table and exit")
     ap.add_argument("--chart-only", type=Path, default=None, metavar="RESULTS.json",
                     help="draw --chart from a results.json of an earlier run and exit (no model, no text)")
     args = ap.parse_args(argv)
     if args.chart_only:
         chart(json.loads(args.chart_only.read_text()), args.chart or args.chart_only.with_suffix(".png"))
+        return 0
+    if args.merge:
+        merged = merge_results([json.loads(p.read_text()) for p in args.merge])
+        if args.results:
+            _write_json(args.results, merged)
+        print(table(list(merged["rows"].values()), merged["ref"], merged.get("ref16"), MODELS[args.model][1]))
+        if args.chart:
+            chart(merged, args.chart)
         return 0
 
     import torch
