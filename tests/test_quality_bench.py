@@ -19,3 +19,19 @@ def test_split_wiki_drops_redirects_and_stubs_and_holds_out_the_tail() -> None:
     assert [t.split()[1] for t in held] == ["8", "9"]
     assert not set(calib) & set(held)
     assert all("  " not in t and "\n" not in t for t in calib + held)
+
+
+def test_merge_results_orders_rows_and_refuses_mixed_settings() -> None:
+    import pytest
+
+    args = {"model": "smollm2", "nsamples": 128}
+    a = {"args": args, "ref": {"ppl": 10.0}, "ref16": {"ppl": 10.01},
+         "rows": {"GPTQ-4": {"method": "GPTQ", "target": "4"}, "SpQR-3": {"method": "SpQR", "target": "3"}}}
+    b = {"args": args, "ref": {"ppl": 10.0}, "ref16": {"ppl": 10.01},
+         "rows": {"RTN-3": {"method": "RTN", "target": "3"}, "SpQR-authors-3": {"method": "SpQR-authors",
+                                                                                "target": "3"}}}
+    m = quality.merge_results([a, b])
+    assert list(m["rows"]) == ["RTN-3", "SpQR-3", "SpQR-authors-3", "GPTQ-4"]
+    assert m["ref"] == {"ppl": 10.0} and m["ref16"] == {"ppl": 10.01}
+    with pytest.raises(SystemExit):
+        quality.merge_results([a, {**b, "args": {**args, "nsamples": 16}}])
