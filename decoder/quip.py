@@ -281,7 +281,7 @@ def _rows_vec(x: np.ndarray, log2_h: int, ck: np.float32, factor: np.ndarray, wo
             if a > 1:
                 for beta in range(0, h, LANES):
                     for al in range(a):
-                        dot_lanes(xf, base + beta, h, a, factor, al * a, tmp, al * h + beta)
+                        dot_lanes(xf, base + beta, h, a, factor, al * a, 1, tmp, al * h + beta)
                 for p in range(0, n, LANES):
                     copy_lanes(tmp, p, xf, base + p)
 
@@ -322,7 +322,7 @@ def _cols_vec(x: np.ndarray, log2_h: int, ck: np.float32, factor: np.ndarray, sv
                 for g in range(groups):
                     for beta in range(h):
                         for al in range(a):
-                            dot_lanes(buf, beta * SLAB + g * LANES, h * SLAB, a, factor, al * a, tmp,
+                            dot_lanes(buf, beta * SLAB + g * LANES, h * SLAB, a, factor, al * a, 1, tmp,
                                       (al * h + beta) * SLAB + g * LANES)
                 res = tmp
             for i in range(m):
