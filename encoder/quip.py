@@ -38,7 +38,7 @@ import numpy as np
 from ..constants import QUIP_MAX_FACTOR as MAX_FACTOR
 from . import e8p
 from .encoded import Encoded
-from .grid_search import best_candidates, row_sums_of_squares
+from .grid_search import best_candidates, row_stats
 from .packing import pack_row, pack_rows, words_per_row
 from .quip_transform import incoherent, supported
 
@@ -110,13 +110,15 @@ def _grid_codes(wt: np.ndarray, scale: np.ndarray, bits: int, words: np.ndarray)
         pack_row(q, bits, words, r)
 
 
-def _grid_scales(w: np.ndarray, bits: int, rms: np.ndarray | None = None) -> np.ndarray:
+def _grid_scales(w: np.ndarray, bits: int, rms: np.ndarray | None = None, lo: np.ndarray | None = None,
+                 hi: np.ndarray | None = None) -> np.ndarray:
     """Per-row f32 scale minimizing the round-to-nearest error on the grid (2q - (2^b-1)) * s: the first of the
-    candidates of least error (``grid_search``). ``rms`` defaults to numpy's RMS of each row of ``w``."""
+    candidates of least error (``grid_search``). ``rms`` defaults to numpy's RMS of each row of ``w``; ``lo``,
+    ``hi`` (the rows' extremes) are found when not given."""
     if rms is None:
         rms = np.sqrt(np.mean(w * w, axis=1)) + 1e-30
     mults = _grid_mults(bits)
-    best = best_candidates(w, rms, mults, bits)
+    best = best_candidates(w, rms, mults, bits, lo, hi)
     return (rms * mults[best]).astype(np.float32)
 
 
@@ -196,8 +198,9 @@ def quantize_quip(
     su, sv, km, kn, fm, fn = incoherence(m, n, seed)
     if hessian is None and codebook == "grid" and supported(m, n, kn):  # data-free: the vectorised path
         wt = incoherent(w, su, sv, km, kn, fm, fn)  # the same f64 values as below, C-ordered
-        rms = np.sqrt(row_sums_of_squares(wt) / n) + 1e-30  # numpy's mean over the F-ordered rows' order
-        scale = _grid_scales(wt, bits, rms)
+        sums, lo, hi = row_stats(wt)
+        rms = np.sqrt(sums / n) + 1e-30  # numpy's mean, in the F-ordered rows' order
+        scale = _grid_scales(wt, bits, rms, lo, hi)
         words = np.zeros((m, words_per_row(n, bits)), dtype=np.uint32)
         _grid_codes(wt, scale, bits, words)
         del wt
