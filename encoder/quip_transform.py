@@ -16,6 +16,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ..decoder.output import empty
 from ..decoder.simd import LANES64, bfly2_f64, bfly4_f64, bfly8_f64, copy_lanes, dot_lanes_f64, in_vector3_f64
 
 SLAB64 = 2 * LANES64  # columns per task along m: a [4096, 16] f64 buffer is 512 KB (fits L2)
@@ -123,10 +124,10 @@ def incoherent(weight: np.ndarray, su: np.ndarray, sv: np.ndarray, km: int, kn: 
     w = np.ascontiguousarray(w if w.dtype in (np.float32, np.float64) else w.astype(np.float64))  # exact widening
     m, n = w.shape
     threads = numba.get_num_threads()
-    empty = np.zeros(1, dtype=np.float64)
-    out = np.empty((m, n), dtype=np.float64)
-    fnf = empty if fn is None else np.asarray(fn, dtype=np.float64).reshape(-1)
-    fmf = empty if fm is None else np.asarray(fm, dtype=np.float64).reshape(-1)
+    none = np.zeros(1, dtype=np.float64)
+    out = empty((m, n), np.float64)  # huge pages: a 4096 x 4096 W~ is 128 MB of first touches
+    fnf = none if fn is None else np.asarray(fn, dtype=np.float64).reshape(-1)
+    fmf = none if fm is None else np.asarray(fm, dtype=np.float64).reshape(-1)
     _rows(w, su.astype(np.float64), sv.astype(np.float64), kn, float(np.sqrt(1 << kn)), fnf, out, threads)
     if km > 0 or fm is not None:  # km = 0 without a factor: the numpy path divides by sqrt(1) = 1 (exact)
         _cols(out, km, float(np.sqrt(1 << km)), fmf, threads)
