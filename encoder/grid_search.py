@@ -6,7 +6,7 @@ least. Evaluating all 48 costs 48 passes over the matrix. Here each row is
 counting-sorted once into ``n`` bins; then for every candidate the grid's
 decision points ``(2q + 1 - L) s`` split the sorted values into cells, and the
 error follows from per-bin counts, sums and sums of squares (prefix sums over
-2n bins; the values of the bin holding a decision point counted in one cell,
+n bins; the values of the bin holding a decision point counted in one cell,
 with a slack of 4 s x bin width each): bounds ``low(c) <= E(c) <= high(c)``,
 widened by ``tol(c) = TOL (W2 + (L s)^2 n)`` for float rounding (W2 = sum of
 squares of the row; it covers the prefix sums' cancellation, the pairwise
@@ -25,7 +25,7 @@ import numba
 import numpy as np
 
 _EPS = float(np.finfo(np.float64).eps)
-BINS_PER_VALUE = 2  # 2n bins: about one value per bin near the middle of a Gaussian-like row
+BINS_PER_VALUE = 1  # n bins: a few values per bin near the middle of a Gaussian-like row
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -139,10 +139,12 @@ def _best(w: np.ndarray, lo: float, hi: float, rms: float, mults: np.ndarray, L:
             cnt[b] += 1
             p1[b] += x
             p2[b] += x * x
-        for b in range(bins):  # prefix sums: index b holds the values of bins < b
-            cnt[b + 1] += cnt[b]
-            p1[b + 1] += p1[b]
-            p2[b + 1] += p2[b]
+        c0, a1, a2 = 0, 0.0, 0.0
+        for b in range(1, bins + 1):  # prefix sums, running in registers: index b holds the values of bins < b
+            c0 += cnt[b]
+            a1 += p1[b]
+            a2 += p2[b]
+            cnt[b], p1[b], p2[b] = c0, a1, a2
         w2 = p2[bins]
         delta = width / bins * 1.0001 + 8.0 * _EPS * (abs(lo) + abs(hi))  # |x - t| within one bin, rounding incl.
         tolrel = 1e-9 + 8.0 * (n + 64) * _EPS
