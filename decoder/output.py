@@ -23,17 +23,22 @@ _HUGE = 2 << 20
 
 def empty_f32(shape: tuple[int, ...]) -> np.ndarray:
     """An uninitialised C-contiguous f32 array of ``shape`` (huge-page backed when large and possible)."""
+    return empty(shape, np.float32)
+
+
+def empty(shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+    """:func:`empty_f32` of any fixed-size ``dtype`` (the quip encoder's f64 incoherent matrix uses it too)."""
     count = math.prod(shape)
-    nbytes = count * 4
+    nbytes = count * np.dtype(dtype).itemsize
     advise = getattr(mmap, "MADV_HUGEPAGE", None)
     if nbytes < HUGE_MIN_BYTES or advise is None:
-        return np.empty(shape, dtype=np.float32)
+        return np.empty(shape, dtype=dtype)
     try:
         mm = mmap.mmap(-1, -(-nbytes // _HUGE) * _HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     except (OSError, ValueError, AttributeError):
-        return np.empty(shape, dtype=np.float32)
+        return np.empty(shape, dtype=dtype)
     try:
         mm.madvise(advise)
     except OSError:
         pass  # THP off: still a valid (4 KiB-page) mapping
-    return np.frombuffer(mm, dtype=np.float32, count=count).reshape(shape)
+    return np.frombuffer(mm, dtype=dtype, count=count).reshape(shape)

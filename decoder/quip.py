@@ -6,9 +6,18 @@ the spec's stage-by-stage sums, half = 1, 2, 4, ...; three stages are done at a
 time in registers, which changes the order of independent operations only),
 one multiplication by the exact constant c_k, the orthogonal factor as
 sequential f32 accumulation (no FMA: Numba does not contract without
-fastmath), then the sign flip. The transform along m works on row segments of
-column slabs, so no transpose is made. No BLAS, so the result does not depend
-on the machine. Inputs must already be validated.
+fastmath), then the sign flip. No BLAS, so the result does not depend on the
+machine. Inputs must already be validated.
+
+Speed (issue 15): the spec fixes every rounding, not the order of independent
+operations, so the work is vectorised across independent elements with the
+exact vector intrinsics of ``simd.py`` (LANES = 16 f32 per instruction):
+step 2 runs row by row, the grid values of the row decoded 16 codes per vector
+straight into it (in cache), the first four butterfly stages inside each
+16-element vector (shuffles) and the rest between vectors; steps 3 and 4 copy
+slabs of SLAB columns to a contiguous buffer, run the butterflies with 16
+columns per vector and store with the signs applied. Short rows (h_n < 16)
+and narrow matrices (n < SLAB) take the scalar loops.
 
 v2 changes only the ends of the pipeline: codebook "e8p12" replaces the
 grid step by the E8P lattice point of each 16-bit code times the row scale
@@ -29,6 +38,7 @@ from ..threads import shape_size, sized
 from .e8p import abs_table, code_point, odd_rows
 from .e81b import e81b_table
 from .output import empty_f32
+from .simd import LANES, bfly2, bfly4, bfly8, copy_lanes, dot_lanes, grid1, grid2, grid4, grid8, in_vector4, mul_lanes
 
 
 def hadamard_constant(k: int) -> np.float32:
@@ -225,34 +235,154 @@ def _transform_cols(x: np.ndarray, log2_h: int, c: np.ndarray, factor: np.ndarra
                         x[al * h + beta, j] = tmp[al, j - c0]
 
 
+@numba.njit(cache=True, nogil=True)
+def _fwht_vec(v: np.ndarray, base: int, d: int, stride: int, log2_h: int, ck: np.float32) -> None:
+    """The butterflies (and the c_k multiply) of quip.md §5.2 (a)-(b) on d vectors at base + i * stride
+    (i < d, blocks of h = 2^k along i), LANES lanes each, three stages at a time, in place."""
+    k = log2_h
+    half = 1
+    while k > 0:
+        r = 3 if k >= 3 else k
+        last = k == r
+        for i0 in range(0, d, half << r):
+            for i in range(i0, i0 + half):
+                p = base + i * stride
+                if r == 3:
+                    bfly8(v, v, p, half * stride, ck, last)
+                elif r == 2:
+                    bfly4(v, v, p, half * stride, ck, last)
+                else:
+                    bfly2(v, v, p, half * stride, ck, last)
+        half <<= r
+        k -= r
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _grid_words(words: np.ndarray, bits: int, scale: np.ndarray, out: np.ndarray) -> None:
-    """out[r, j] = f32(2 q - (2^b - 1)) * scale[r] (quip.md §5.1), q read from the packed rows (spqr.md §4)."""
-    m, n = out.shape
+def _rows_vec(x: np.ndarray, log2_h: int, ck: np.float32, factor: np.ndarray, words: np.ndarray, bits: int,
+              scale: np.ndarray, threads: int) -> None:
+    """Step 2 in place, each row on its own with LANES consecutive elements per vector (needs h >= LANES):
+    the first four stages within each vector (shuffles), the rest between vectors, then the factor. With
+    ``bits`` > 0 each row first gets its grid values (step 1) from ``words``, so it is transformed in cache."""
+    m, n = x.shape
+    h = 1 << log2_h
+    a = n // h
+    xf = x.reshape(m * n)
+    chunks = min(m, threads)
+    for ch in numba.prange(chunks):
+        tmp = np.empty(n, dtype=np.float32)
+        for r in range(ch * m // chunks, (ch + 1) * m // chunks):
+            base = r * n
+            if bits > 0:
+                _grid_row(words, r, bits, scale[r], xf, base, n)
+            last = log2_h == 4
+            for p in range(base, base + n, LANES):
+                in_vector4(xf, p, ck, last)
+            _fwht_vec(xf, base, n // LANES, LANES, log2_h - 4, ck)
+            if a > 1:
+                for beta in range(0, h, LANES):
+                    for al in range(a):
+                        dot_lanes(xf, base + beta, h, a, factor, al * a, 1, tmp, al * h + beta)
+                for p in range(0, n, LANES):
+                    copy_lanes(tmp, p, xf, base + p)
+
+
+SLAB = 4 * LANES  # columns per task of step 3: a contiguous [m, SLAB] copy, 1 MB at m = 4096 (fits L2)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _cols_vec(x: np.ndarray, log2_h: int, ck: np.float32, factor: np.ndarray, sv: np.ndarray, su: np.ndarray,
+              threads: int) -> None:
+    """Steps 3 and 4 in place: every column of x [m, n] through T(k_m, F_m), then x[r, c] = (x[r, c] * sv[r]) *
+    su[c] (f32 diagonals; +-1 signs flip exactly). Slabs of SLAB columns are copied to a contiguous buffer
+    (rows of a slab are n apart: in place they would fall into a few cache sets) and transformed LANES
+    columns per vector."""
+    m, n = x.shape
+    h = 1 << log2_h
+    a = m // h
+    xf = x.reshape(m * n)
+    tiles = (n + SLAB - 1) // SLAB
+    chunks = min(tiles, threads)
+    for ch in numba.prange(chunks):
+        buf = np.zeros(m * SLAB, dtype=np.float32)
+        tmp = np.empty(m * SLAB, dtype=np.float32)
+        for t in range(ch * tiles // chunks, (ch + 1) * tiles // chunks):
+            c0 = t * SLAB
+            width = min(SLAB, n - c0)
+            full = width // LANES  # whole vectors; a last partial one is copied element by element
+            for i in range(m):
+                for g in range(full):
+                    copy_lanes(xf, i * n + c0 + g * LANES, buf, i * SLAB + g * LANES)
+                for c in range(full * LANES, width):
+                    buf[i * SLAB + c] = x[i, c0 + c]
+            groups = (width + LANES - 1) // LANES
+            for g in range(groups):
+                _fwht_vec(buf, g * LANES, m, SLAB, log2_h, ck)
+            res = buf
+            if a > 1:
+                for g in range(groups):
+                    for beta in range(h):
+                        for al in range(a):
+                            dot_lanes(buf, beta * SLAB + g * LANES, h * SLAB, a, factor, al * a, 1, tmp,
+                                      (al * h + beta) * SLAB + g * LANES)
+                res = tmp
+            for i in range(m):
+                for g in range(full):
+                    mul_lanes(res, i * SLAB + g * LANES, sv[i], su, c0 + g * LANES, xf, i * n + c0 + g * LANES)
+                for c in range(full * LANES, width):
+                    x[i, c0 + c] = (res[i * SLAB + c] * sv[i]) * su[c0 + c]
+
+
+@numba.njit(cache=True, nogil=True)
+def _grid_vec(wf: np.ndarray, wbase: int, bits: int, s_: np.float32, out: np.ndarray, base: int, n: int) -> bool:
+    """:func:`_grid_row` LANES codes per vector for b in 1, 2, 4, 8 and n a multiple of LANES (the row's words
+    start at wf[wbase]); False (nothing written) for other widths."""
+    off = (1 << bits) - 1
+    if n % LANES or bits not in (1, 2, 4, 8):
+        return False
+    for v in range(n // LANES):
+        w0 = wbase + (v * LANES * bits) // 32
+        sh = (v * LANES * bits) % 32
+        if bits == 4:
+            grid4(wf, w0, sh, off, s_, out, base + v * LANES)
+        elif bits == 2:
+            grid2(wf, w0, sh, off, s_, out, base + v * LANES)
+        elif bits == 8:
+            grid8(wf, w0, sh, off, s_, out, base + v * LANES)
+        else:
+            grid1(wf, w0, sh, off, s_, out, base + v * LANES)
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _grid_row(words: np.ndarray, r: int, bits: int, s_: np.float32, out: np.ndarray, base: int, n: int) -> None:
+    """out[base + j] = f32(2 q_j - (2^b - 1)) * s_ for the n codes of row r (quip.md §5.1), read from the packed
+    rows (spqr.md §4): LANES codes per vector where :func:`_grid_vec` applies, else as a bit stream."""
+    wc = words.shape[1]
+    if _grid_vec(words.reshape(words.size), r * wc, bits, s_, out, base, n):
+        return
     off = (1 << bits) - 1
     mask = np.uint64(off)
     ub = np.uint64(bits)
-    for r in numba.prange(m):
-        s_ = scale[r]
-        acc = np.uint64(0)
-        nacc = 0
-        wi = 0
-        for j in range(n):
-            if nacc < bits:
-                acc |= np.uint64(words[r, wi]) << np.uint64(nacc)
-                wi += 1
-                nacc += 32
-            out[r, j] = np.float32(2 * np.int64(acc & mask) - off) * s_
-            acc >>= ub
-            nacc -= bits
+    acc = np.uint64(0)
+    nacc = 0
+    wi = 0
+    for j in range(n):
+        if nacc < bits:
+            acc |= np.uint64(words[r, wi]) << np.uint64(nacc)
+            wi += 1
+            nacc += 32
+        out[base + j] = np.float32(2 * np.int64(acc & mask) - off) * s_
+        acc >>= ub
+        nacc -= bits
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _signs(x: np.ndarray, sv: np.ndarray, su: np.ndarray) -> None:
-    m, n = x.shape
+def _grid_words(words: np.ndarray, bits: int, scale: np.ndarray, out: np.ndarray) -> None:
+    """out[r, j] = f32(2 q - (2^b - 1)) * scale[r] (quip.md §5.1) for every row."""
+    m, n = out.shape
+    of = out.reshape(m * n)
     for r in numba.prange(m):
-        for j in range(n):
-            x[r, j] = x[r, j] * np.float32(sv[r] * su[j])
+        _grid_row(words, r, bits, scale[r], of, r * n, n)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -297,6 +427,11 @@ def decode(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], shape:
     empty = np.zeros((1, 1), dtype=np.float32)
     fn = np.ascontiguousarray(sections["factor_n"], dtype=np.float32) if "factor_n" in sections else empty
     fm = np.ascontiguousarray(sections["factor_m"], dtype=np.float32) if "factor_m" in sections else empty
+    for f, d, k in ((fn, n, kn), (fm, m, km)):  # the vector kernels index without bounds checks
+        if d % (1 << k) or (d >> k > 1 and f.shape != (d >> k, d >> k)):
+            raise ValueError(f"quip decode: factor {f.shape} does not fit dimension {d} with log2_h = {k}")
+    words = np.zeros((1, 1), dtype=np.uint32)
+    bits = 0  # > 0: step 1 from the grid words, inside step 2's row loop
     if params.get("codebook") == "e8p12":
         x = e8p_values(sections["codes"], sections["scale"], n)
     elif params.get("codebook") in ("e8p12_rvq4", "e8p12_rvq3"):
@@ -304,12 +439,21 @@ def decode(params: Mapping[str, Any], sections: Mapping[str, np.ndarray], shape:
                        sections["scale"], n)
     else:
         x = empty_f32((m, n))
-        _grid_words(np.ascontiguousarray(sections["codes"]), int(params["bits"]),  # spqr.md §4 bit streams
-                    np.ascontiguousarray(sections["scale"], dtype=np.float32), x)
-    transform_rows(x, kn, np.array([hadamard_constant(kn)]), fn)  # step 2: along n, each row
-    _transform_cols(x, km, np.array([hadamard_constant(km)]), fm)  # step 3: along m, each column
-    if "codebook" in params:  # v2: i8 signs or f16/f32 diagonals, widened exactly to f32
-        _diagonals(x, np.asarray(sections["sv"]).astype(np.float32), np.asarray(sections["su"]).astype(np.float32))
-    else:
-        _signs(x, np.asarray(sections["sv"]).astype(np.int32), np.asarray(sections["su"]).astype(np.int32))
+        words = np.ascontiguousarray(sections["codes"])  # spqr.md §4 bit streams
+        bits = int(params["bits"])
+    scale = np.ascontiguousarray(sections["scale"], dtype=np.float32)
+    threads = numba.get_num_threads()
+    if kn >= 4:  # step 2: along n, each row (with step 1 first, for the grid)
+        _rows_vec(x, kn, hadamard_constant(kn), fn.reshape(-1), words, bits, scale, threads)
+    else:  # h_n < LANES: the scalar rows (short vectors)
+        if bits:
+            _grid_words(words, bits, scale, x)
+        transform_rows(x, kn, np.array([hadamard_constant(kn)]), fn)
+    sv = np.asarray(sections["sv"]).astype(np.float32)  # i8 signs or f16/f32 diagonals, widened exactly
+    su = np.asarray(sections["su"]).astype(np.float32)
+    if n >= SLAB:  # steps 3 and 4: along m, each column, then the diagonals
+        _cols_vec(x, km, hadamard_constant(km), fm.reshape(-1), sv, su, threads)
+    else:  # narrow: the scalar columns (a SLAB-wide buffer would outgrow the matrix)
+        _transform_cols(x, km, np.array([hadamard_constant(km)]), fm)
+        _diagonals(x, sv, su)
     return x

@@ -38,7 +38,9 @@ import numpy as np
 from ..constants import QUIP_MAX_FACTOR as MAX_FACTOR
 from . import e8p
 from .encoded import Encoded
-from .packing import pack_rows
+from .grid_search import best_candidates, row_stats
+from .packing import pack_row, pack_rows, words_per_row
+from .quip_transform import incoherent, supported
 
 
 def split_pow2(d: int) -> tuple[int, int]:
@@ -89,104 +91,35 @@ def apply_dt_rows(x: np.ndarray, log2_h: int, factor: np.ndarray | None) -> np.n
     return y.reshape(rows, d)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _block_sum(a: np.ndarray, lo: int, n: int) -> float:
-    """numpy's pairwise-sum leaf (n <= 128): sequential below 8, else 8 accumulators combined as a tree."""
-    if n < 8:
-        res = 0.0
-        for i in range(lo, lo + n):
-            res += a[i]
-        return res
-    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
-    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
-    i = 8
-    while i < n - (n % 8):
-        r0 += a[lo + i]
-        r1 += a[lo + i + 1]
-        r2 += a[lo + i + 2]
-        r3 += a[lo + i + 3]
-        r4 += a[lo + i + 4]
-        r5 += a[lo + i + 5]
-        r6 += a[lo + i + 6]
-        r7 += a[lo + i + 7]
-        i += 8
-    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    while i < n:
-        res += a[lo + i]
-        i += 1
-    return res
-
-
-@numba.njit(cache=True, nogil=True)
-def _pairwise_sum(a: np.ndarray, nodes: np.ndarray, vals: np.ndarray) -> float:
-    """numpy's pairwise float64 sum of a (leaves of <= 128, longer runs halved at a multiple of 8), iteratively.
-
-    Reproduces ``x.sum(axis=-1)`` of a contiguous row bit for bit, so the Numba
-    grid search picks the very scales the numpy one did. ``nodes`` [3, 128]
-    int64 and ``vals`` [128] f64 are scratch (a post-order walk of the split tree;
-    recursion is avoided because Numba cannot cache recursive functions safely).
-    """
-    nodes[0, 0] = 0
-    nodes[1, 0] = a.size
-    nodes[2, 0] = 0
-    sp = 1
-    vp = 0
-    while sp > 0:
-        t = sp - 1
-        lo = nodes[0, t]
-        n = nodes[1, t]
-        if n <= 128:
-            vals[vp] = _block_sum(a, lo, n)
-            vp += 1
-            sp -= 1
-        elif nodes[2, t] == 0:  # first visit: push the right half, then the left (which runs first)
-            nodes[2, t] = 1
-            n2 = n // 2
-            n2 -= n2 % 8
-            nodes[0, sp], nodes[1, sp], nodes[2, sp] = lo + n2, n - n2, 0
-            nodes[0, sp + 1], nodes[1, sp + 1], nodes[2, sp + 1] = lo, n2, 0
-            sp += 2
-        else:  # both halves done: left + right
-            vals[vp - 2] = vals[vp - 2] + vals[vp - 1]
-            vp -= 1
-            sp -= 1
-    return vals[0]
+def _grid_mults(bits: int, candidates: int = 48) -> np.ndarray:
+    """The candidate scales' multiples of the row RMS (the search's geometric grid)."""
+    L = (1 << bits) - 1
+    return np.geomspace(0.05, 2.0, candidates) * (2.0 / (L + 1))
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _grid_errors(w: np.ndarray, rms: np.ndarray, mults: np.ndarray, bits: int) -> np.ndarray:
-    """e[r, c]: squared round-to-nearest error of row r on the grid (2q - L) * s, s = rms[r] * mults[c] (f64)."""
-    m, n = w.shape
+def _grid_codes(wt: np.ndarray, scale: np.ndarray, bits: int, words: np.ndarray) -> None:
+    """words[r] = the packed codes clip(rint((wt[r] / scale[r] + L) / 2), 0, L) of each row (f64 arithmetic)."""
+    m, n = wt.shape
     L = np.float64((1 << bits) - 1)
-    e = np.empty((m, mults.size), dtype=np.float64)
     for r in numba.prange(m):
-        err = np.empty(n, dtype=np.float64)
-        nodes = np.empty((3, 128), dtype=np.int64)
-        vals = np.empty(128, dtype=np.float64)
-        for c in range(mults.size):
-            s = rms[r] * mults[c]
-            for j in range(n):
-                q = np.rint((w[r, j] / s + L) / 2.0)
-                q = min(max(q, 0.0), L)
-                d = (2.0 * q - L) * s - w[r, j]
-                err[j] = d * d
-            e[r, c] = _pairwise_sum(err, nodes, vals)
-    return e
+        q = np.empty(n, dtype=np.int64)
+        s = np.float64(scale[r])
+        for j in range(n):
+            q[j] = np.int64(min(max(np.rint((wt[r, j] / s + L) / 2.0), 0.0), L))
+        pack_row(q, bits, words, r)
 
 
-def _grid_scales(w: np.ndarray, bits: int, candidates: int = 48) -> np.ndarray:
-    """Per-row f32 scale minimizing the round-to-nearest error on the grid (2q - (2^b-1)) * s."""
-    L = (1 << bits) - 1
-    rms = np.sqrt(np.mean(w * w, axis=1)) + 1e-30
-    mults = np.geomspace(0.05, 2.0, candidates) * (2.0 / (L + 1))
-    errs = _grid_errors(np.ascontiguousarray(w, dtype=np.float64), rms, mults, bits)
-    best = np.full(w.shape[0], np.inf)
-    out = rms * mults[0]
-    for c, mult in enumerate(mults):  # the first candidate of least error wins
-        better = errs[:, c] < best
-        best = np.where(better, errs[:, c], best)
-        out = np.where(better, rms * mult, out)
-    return out.astype(np.float32)
+def _grid_scales(w: np.ndarray, bits: int, rms: np.ndarray | None = None, lo: np.ndarray | None = None,
+                 hi: np.ndarray | None = None) -> np.ndarray:
+    """Per-row f32 scale minimizing the round-to-nearest error on the grid (2q - (2^b-1)) * s: the first of the
+    candidates of least error (``grid_search``). ``rms`` defaults to numpy's RMS of each row of ``w``; ``lo``,
+    ``hi`` (the rows' extremes) are found when not given."""
+    if rms is None:
+        rms = np.sqrt(np.mean(w * w, axis=1)) + 1e-30
+    mults = _grid_mults(bits)
+    best = best_candidates(w, rms, mults, bits, lo, hi)
+    return (rms * mults[best]).astype(np.float32)
 
 
 def _ldlq(w: np.ndarray, hess: np.ndarray, scale: np.ndarray, bits: int, block: int = 128) -> np.ndarray:
@@ -248,7 +181,9 @@ def quantize_quip(
     ``hessian``: the layer's input second moment ``X^T X`` [n, n] for LDLQ;
     None = data-free (identity, i.e. round to nearest in the incoherent basis).
     """
-    w = np.asarray(weight, dtype=np.float64)
+    w = np.asarray(weight)
+    if w.dtype.kind != "f":
+        w = w.astype(np.float64)
     if w.ndim != 2 or min(w.shape) < 1:
         raise ValueError(f"weight must be 2-D and non-empty, got shape {w.shape}")
     if not np.isfinite(w).all():
@@ -261,8 +196,19 @@ def quantize_quip(
     if codebook == "e8p12" and (bits != 2 or n % 8):
         raise ValueError(f"codebook 'e8p12' is 2 bits per weight over 8 columns: bits=2 and n % 8 == 0 (n = {n})")
     su, sv, km, kn, fm, fn = incoherence(m, n, seed)
+    if hessian is None and codebook == "grid" and supported(m, n, kn):  # data-free: the vectorised path
+        wt = incoherent(w, su, sv, km, kn, fm, fn)  # the same f64 values as below, C-ordered
+        sums, lo, hi = row_stats(wt)
+        rms = np.sqrt(sums / n) + 1e-30  # numpy's mean, in the F-ordered rows' order
+        scale = _grid_scales(wt, bits, rms, lo, hi)
+        words = np.zeros((m, words_per_row(n, bits)), dtype=np.uint32)
+        _grid_codes(wt, scale, bits, words)
+        del wt
+        return _encoded(m, n, {"bits": bits, "log2_hm": km, "log2_hn": kn},
+                        {"codes": words, "scale": scale, "su": su, "sv": sv}, fm, fn, bias, seed, hessian, codebook)
 
     # W~ = D_m^T diag(sv) W diag(su) D_n, with the f32 factors actually stored.
+    w = np.asarray(w, dtype=np.float64)
     y = apply_dt_rows(w * su[None, :], kn, fn)
     wt = apply_dt_rows(np.ascontiguousarray((y * sv[:, None]).T), km, fm).T
     ht = None
@@ -288,6 +234,13 @@ def quantize_quip(
             codes = _ldlq(wt, ht, scale, bits)
         params = {"bits": bits, "log2_hm": km, "log2_hn": kn}
         sections = {"codes": pack_rows(codes, bits), "scale": scale, "su": su, "sv": sv}
+    return _encoded(m, n, params, sections, fm, fn, bias, seed, hessian, codebook)
+
+
+def _encoded(m: int, n: int, params: dict[str, Any], sections: dict[str, Any], fm: np.ndarray | None,
+             fn: np.ndarray | None, bias: np.ndarray | None, seed: int, hessian: np.ndarray | None,
+             codebook: str) -> Encoded:
+    """The Encoded of the sections (factors and bias added) with the spec's decode as its dequantized matrix."""
     if fn is not None:
         sections["factor_n"] = fn
     if fm is not None:

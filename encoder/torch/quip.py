@@ -97,7 +97,7 @@ def _tree(n: int) -> tuple[dict[int, list[tuple[int, int]]], list[list[tuple[int
 
 
 def _leaf_sum(a: torch.Tensor) -> torch.Tensor:
-    """``quip._block_sum`` of every leaf a [..., k] at once (k <= 128)."""
+    """``grid_search._block_sum`` of every leaf a [..., k] at once (k <= 128)."""
     k = a.shape[-1]
     if k < 8:
         res = torch.zeros(a.shape[:-1], dtype=a.dtype, device=a.device)
@@ -126,7 +126,7 @@ def _tree_tensors(n: int, device: torch.device) -> tuple[list[tuple[int, torch.T
 
 
 def pairwise_sum(a: torch.Tensor) -> torch.Tensor:
-    """numpy's pairwise f64 sum along the last axis (``quip._pairwise_sum``), for every leading index."""
+    """numpy's pairwise f64 sum along the last axis (``grid_search.pairwise_sum``), for every leading index."""
     leaf_idx, level_idx, root, nodes = _tree_tensors(a.shape[-1], a.device)
     vals = torch.empty((*a.shape[:-1], nodes), dtype=a.dtype, device=a.device)
     for k, idx, ids in leaf_idx:
