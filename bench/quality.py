@@ -23,6 +23,10 @@ gets ``H = 2/N X^T X`` of its real inputs): SqueezeLLM's k-means is weighted by
 with LDLQ against H after the random-sign Hadamard incoherence transform. A
 method only has the targets listed in its settings table below; others are
 skipped.
+
+On a GPU: ``--device cuda`` (calibration, solvers, perplexity; QuIP's LDLQ stays on the CPU),
+``--gguf FILE`` and ``--wiki-split JSON`` so that neither the model packages nor gensim are needed there;
+``bench/quality_gpu.sh`` runs the whole grid in one self-limited call, ``--merge`` joins its parts.
 """
 
 from __future__ import annotations
