@@ -313,15 +313,16 @@ def _quantize_gptq(weight: np.ndarray, hessian: np.ndarray | None, cfg: GPTQConf
                 if room > 0:
                     e2 = torch.where(chosen, torch.full_like(w, -1.0), ((w - deq) / d).square())
                     extra = e2 > threshold
-                    if int(extra.sum()) > room:
+                    count = int(extra.sum())  # the column loop's one host sync (the budget is a host int)
+                    if count > room:
                         top = torch.topk(e2, room).indices
                         extra = torch.zeros_like(extra)
                         extra[top] = True
-                    col_used += int(extra.sum())
+                    col_used += min(count, room)
                     chosen |= extra
-                if bool(chosen.any()):
-                    is_out[:, j] = chosen
-                    final = torch.where(chosen, w.to(torch.float16).to(torch.float32), deq)
+                # no test for "any chosen" first: on a GPU each such test is a host sync per column
+                is_out[:, j] = chosen
+                final = torch.where(chosen, w.to(torch.float16).to(torch.float32), deq)
             Q[:, j] = q.to(torch.int16)
             e = (w - final) / d
             W[:, j] = final
