@@ -122,3 +122,20 @@ def test_small_chunks_change_nothing() -> None:
 def test_encoder_for_rejects_unknown_codec() -> None:
     with pytest.raises(ValueError, match="no torch encoder"):
         tenc.encoder_for("raw", "cpu")
+
+
+@pytest.mark.parametrize("sens,kind,bits", [(None, 0, 4), (None, 1, 3), ("mn", 3, 2), (None, 3, 5)])
+def test_squeezellm_triton_lloyd_matches_cpu(sens: str | None, kind: int, bits: int) -> None:
+    """The one-launch Triton Lloyd kernel (CUDA's default; here Triton's interpreter) gives the CPU bytes."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton")
+    w = weights(9, 70, 11 + kind, kind)
+    s = None if sens is None else np.random.default_rng(2).random(w.shape) ** 3
+    kw = dict(bits=bits, sensitivity=s, outlier_fraction=0.03, max_iter=40)
+    got = tsq.quantize_squeezellm(w, device="cpu", lloyd="triton", **kw)
+    assert differences(squeezellm.quantize_squeezellm(w, **kw), got) == []

@@ -32,10 +32,9 @@ def _count_le(row, n, t, LOGN: tl.constexpr):
     """Per lane, how many of the sorted row[0:n] are <= t (2**LOGN > n; +inf pads the row past its values)."""
     pos = tl.zeros(t.shape, dtype=tl.int64)
     for s in tl.static_range(LOGN):
-        step: tl.constexpr = 1 << (LOGN - 1 - s)
-        i = pos + (step - 1)
+        i = pos + ((1 << (LOGN - 1 - s)) - 1)
         v = tl.load(row + i, mask=i < n, other=float("inf"))
-        pos = tl.where(v <= t, pos + step, pos)
+        pos = tl.where(v <= t, i + 1, pos)
     return pos
 
 

@@ -195,8 +195,12 @@ def quantize_squeezellm(
     bias: np.ndarray | None = None,
     device: str | torch.device = "cuda",
     chunk_elements: int = CHUNK_ELEMENTS,
+    lloyd: str = "auto",
 ) -> Encoded:
-    """``encoder.squeezellm.quantize_squeezellm`` computed on ``device``: the same sections, byte for byte."""
+    """``encoder.squeezellm.quantize_squeezellm`` computed on ``device``: the same sections, byte for byte.
+
+    ``lloyd``: how the k-means iterations run: "triton" (one kernel), "torch" (batched ops), "auto" (Triton
+    on CUDA); all give the same bytes."""
     w = as_tensor(weight, device).contiguous()
     s = checked_inputs(tuple(w.shape), lambda: bool(torch.isfinite(w).all()) and float(w.abs().max()) <= F16_MAX,
                        bits, sensitivity)
@@ -214,7 +218,7 @@ def quantize_squeezellm(
         mask = torch.from_numpy(np.ascontiguousarray(outlier_mask, dtype=bool)).to(w.device)
 
     chunk = max(1, chunk_elements // n)
-    cent = _fit_luts(w, sens, mask, k, max_iter, chunk)
+    cent = _fit_luts(w, sens, mask, k, max_iter, chunk, lloyd)
     lut16 = f64_to_f16(torch.clamp(cent, -F16_MAX, F16_MAX))
     lut32 = lut16.to(torch.float32)
     words_t = host_empty((m, (n * bits + 31) // 32), torch.int32, w.device)
