@@ -35,6 +35,7 @@ from .encoded import Encoded
 from .packing import words_per_row
 
 F16_MAX = 65504.0
+F16_MAX_BITS = int(np.float32(F16_MAX).view(np.uint32))
 
 
 FIXED_BITS = 40  # uniform fit: values as integers of 2^-FIXED_BITS of the row's magnitude (exact sums)
@@ -57,27 +58,34 @@ def _key_bits(k: np.uint32) -> np.uint32:
     return k ^ np.uint32(0x80000000) if k >> np.uint32(31) else k ^ np.uint32(0xFFFFFFFF)
 
 
+RADIX = 11  # three passes cover a 32-bit key
+
+
 @numba.njit(cache=True, nogil=True)
-def _radix_sort(keys: np.ndarray, pos: np.ndarray, tmp: np.ndarray, tmp_pos: np.ndarray, cnt: int,
-                with_pos: bool) -> None:
-    """Stable LSD radix sort (4 passes of 8 bits) of keys[:cnt], carrying pos[:cnt] when ``with_pos``."""
-    hist = np.zeros((4, 256), dtype=np.int64)
+def _radix_sort(keys: np.ndarray, pos: np.ndarray, cnt: int, with_pos: bool) -> None:
+    """Stable LSD radix sort (3 passes of 11 bits) of keys[:cnt], carrying pos[:cnt] when ``with_pos``."""
+    nb = 1 << RADIX
+    digit = np.uint32(nb - 1)
+    hist = np.zeros((3, nb), dtype=np.int32)
     for i in range(cnt):
         k = keys[i]
-        for d in range(4):
-            hist[d, (k >> np.uint32(8 * d)) & np.uint32(255)] += 1
+        hist[0, k & digit] += 1
+        hist[1, (k >> np.uint32(RADIX)) & digit] += 1
+        hist[2, k >> np.uint32(2 * RADIX)] += 1
+    tmp = np.empty_like(keys)
+    tmp_pos = np.empty_like(pos) if with_pos else pos
     src, dst, psrc, pdst = keys, tmp, pos, tmp_pos
-    for d in range(4):
-        sh = np.uint32(8 * d)
-        if hist[d, (src[0] >> sh) & np.uint32(255)] == cnt:  # every key has this digit: the pass is a copy
+    off = np.empty(nb, dtype=np.int32)
+    for d in range(3):
+        sh = np.uint32(RADIX * d)
+        if hist[d, (src[0] >> sh) & digit] == cnt:  # every key has this digit: the pass would be a copy
             continue
-        off = np.empty(256, dtype=np.int64)
         acc = 0
-        for v in range(256):
+        for v in range(nb):
             off[v] = acc
             acc += hist[d, v]
         for i in range(cnt):
-            v = (src[i] >> sh) & np.uint32(255)
+            v = (src[i] >> sh) & digit
             dst[off[v]] = src[i]
             if with_pos:
                 pdst[off[v]] = psrc[i]
@@ -124,36 +132,51 @@ def _count_le(xs: np.ndarray, cnt: int, t: float, guess: int) -> int:
 
 @numba.njit(cache=True, nogil=True)
 def _lloyd(xs: np.ndarray, pw: np.ndarray, pwx: np.ndarray, scale: float, cnt: int, k: int, max_iter: int,
-           cent: np.ndarray) -> None:
+           uniform: bool, cent: np.ndarray) -> None:
     """Weighted 1-D Lloyd k-means of sorted xs[:cnt] into ``cent`` (k sorted f64 centroids).
 
-    ``pw``/``pwx``: prefix sums of the weights and of weight * value (the latter in units of ``scale``).
-    Init: the weighted quantiles (j + 1/2) / k. An iteration assigns each value to the nearer centroid
-    (x <= midpoint: the lower one) and moves every non-empty cluster's centroid to its mean, clamped into the
-    cluster's values; it stops after max_iter iterations or the first that moves nothing. Clusters are
-    contiguous and each centroid stays inside its own, so the centroids stay sorted without a sort.
+    ``pwx``: prefix sums of weight * value, in units of ``scale``; ``pw``: of the weights (``uniform``: all 1,
+    pw[i] = i, not read). Init: the weighted quantiles (j + 1/2) / k. An iteration assigns each value to the
+    nearer centroid (x <= midpoint: the lower one) and moves every cluster with weight > 0 to its mean,
+    clamped into the cluster's values; it stops after max_iter iterations or the first that moves nothing.
+    Clusters are contiguous and each centroid stays inside its own, so the centroids stay sorted. A midpoint
+    whose two centroids did not move, and a cluster whose two bounds did not move, are not recomputed: the
+    same inputs give the same bits.
     """
     cent[:] = 0.0
     if cnt == 0:
         return
-    total = pw[cnt]
+    total = np.float64(cnt) if uniform else pw[cnt]
     i = 0
     for j in range(k):
         target = (j + 0.5) / k * total
-        while i < cnt - 1 and pw[i + 1] < target:
+        while i < cnt - 1 and (np.float64(i + 1) if uniform else pw[i + 1]) < target:
             i += 1
         cent[j] = xs[i]
     bounds = np.empty(k + 1, dtype=np.int64)
     for j in range(k + 1):
         bounds[j] = (j * cnt) // k
+    moved = np.ones(k, dtype=np.bool_)
+    shifted = np.zeros(k + 1, dtype=np.bool_)
     for _ in range(max_iter):
         for j in range(k - 1):
-            bounds[j + 1] = _count_le(xs, cnt, 0.5 * (cent[j] + cent[j + 1]), bounds[j + 1])
+            shifted[j + 1] = False
+            if moved[j] or moved[j + 1]:
+                q = _count_le(xs, cnt, 0.5 * (cent[j] + cent[j + 1]), bounds[j + 1])
+                shifted[j + 1] = q != bounds[j + 1]
+                bounds[j + 1] = q
+        bounds[0] = 0
+        bounds[k] = cnt
+        if _ == 0:
+            shifted[:] = True
         changed = False
         for j in range(k):
+            moved[j] = False
+            if not (shifted[j] or shifted[j + 1]):
+                continue
             a = bounds[j]
             b = max(a, bounds[j + 1])
-            sw = pw[b] - pw[a]
+            sw = np.float64(b - a) if uniform else pw[b] - pw[a]
             if sw > 0.0:
                 c = np.float64(pwx[b] - pwx[a]) / sw * scale
                 if c < xs[a]:
@@ -162,6 +185,7 @@ def _lloyd(xs: np.ndarray, pw: np.ndarray, pwx: np.ndarray, scale: float, cnt: i
                     c = xs[b - 1]
                 if c != cent[j]:
                     changed = True
+                    moved[j] = True
                     cent[j] = c
         if not changed:
             break
@@ -181,43 +205,47 @@ def _fit_luts(wb: np.ndarray, sens: np.ndarray, excluded: np.ndarray, k: int, ma
     out = np.zeros((m, k), dtype=np.float64)
     for r in numba.prange(m):
         keys = np.empty(n, dtype=np.uint32)
-        pos = np.empty(n, dtype=np.int64)
+        pos = np.empty(n if not uniform else 1, dtype=np.int64)
         cnt = 0
         for j in range(n):
             if not excluded[r, j]:
                 keys[cnt] = _sort_key(wb[r, j])
-                pos[cnt] = j
+                if not uniform:
+                    pos[cnt] = j
                 cnt += 1
-        _radix_sort(keys, pos, np.empty(n, dtype=np.uint32), np.empty(n, dtype=np.int64), cnt, not uniform)
+        _radix_sort(keys, pos, cnt, not uniform)
         for i in range(cnt):
             keys[i] = _key_bits(keys[i])
-        xs = keys[:cnt].view(np.float32).astype(np.float64)
+        vals = keys[:cnt].view(np.float32)
+        xs = np.empty(cnt, dtype=np.float64)
+        pwx = np.empty(cnt + 1, dtype=np.float64)
         pw = np.empty(cnt + 1, dtype=np.float64)
-        pw[0] = 0.0
         if uniform:
-            mag = max(abs(xs[0]), abs(xs[cnt - 1])) if cnt else 0.0
+            mag = max(abs(np.float64(vals[0])), abs(np.float64(vals[cnt - 1]))) if cnt else 0.0
             sh = fbits - math.frexp(mag)[1]
             up = math.ldexp(1.0, sh)
             pwi = np.empty(cnt + 1, dtype=np.int64)
             pwi[0] = 0
             for i in range(cnt):
-                pw[i + 1] = i + 1
-                pwi[i + 1] = pwi[i] + np.int64(np.rint(xs[i] * up))
-            _lloyd(xs, pw, pwi, math.ldexp(1.0, -sh), cnt, k, max_iter, out[r])
+                x = np.float64(vals[i])
+                xs[i] = x
+                pwi[i + 1] = pwi[i] + np.int64(np.rint(x * up))
+            _lloyd(xs, pw, pwi, math.ldexp(1.0, -sh), cnt, k, max_iter, True, out[r])
         else:
             ws = np.empty(cnt, dtype=np.float64)
             tot = 0.0
             for i in range(cnt):
+                xs[i] = np.float64(vals[i])
                 ws[i] = sens[r, pos[i]]
                 tot += ws[i]
             if tot <= 0.0:  # all-zero sensitivities: plain k-means
                 ws[:] = 1.0
-            pwx = np.empty(cnt + 1, dtype=np.float64)
+            pw[0] = 0.0
             pwx[0] = 0.0
             for i in range(cnt):
                 pw[i + 1] = pw[i] + ws[i]
                 pwx[i + 1] = pwx[i] + ws[i] * xs[i]
-            _lloyd(xs, pw, pwx, 1.0, cnt, k, max_iter, out[r])
+            _lloyd(xs, pw, pwx, 1.0, cnt, k, max_iter, False, out[r])
     return out
 
 
@@ -327,6 +355,19 @@ def _mark_ties(wb: np.ndarray, t: np.uint32, quota: np.ndarray, mask: np.ndarray
             j += 1
 
 
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _max_abs_bits(wb: np.ndarray) -> int:
+    """The largest |w| as bits (a NaN's bits exceed every finite value's, +inf's included)."""
+    m = wb.shape[0]
+    top = np.zeros(m, dtype=np.uint32)
+    for r in numba.prange(m):
+        t = np.uint32(0)
+        for j in range(wb.shape[1]):
+            t = max(t, wb[r, j] & np.uint32(0x7FFFFFFF))
+        top[r] = t
+    return int(top.max()) if m else 0
+
+
 def _kth_from_top(counts: np.ndarray, count: int) -> tuple[int, int]:
     """(v, how many of value v are needed): the count-th largest of a histogram, v its bin."""
     above = np.cumsum(counts[::-1])
@@ -398,12 +439,11 @@ def quantize_squeezellm(
     sparse residual positions (tests, calibration-aware callers).
     """
     w = np.asarray(weight, dtype=np.float32)
-    sens = checked_inputs(w.shape, lambda: bool(np.isfinite(w).all() and np.abs(w).max() <= F16_MAX), bits,
-                          sensitivity)
+    w = np.ascontiguousarray(w)
+    sens = checked_inputs(w.shape, lambda: _max_abs_bits(w.view(np.uint32)) <= F16_MAX_BITS, bits, sensitivity)
     m, n = w.shape
     k = 1 << bits
 
-    w = np.ascontiguousarray(w)
     if outlier_mask is None:
         mask = largest_abs_mask(w, int(round(outlier_fraction * m * n)))
         if sensitivity is not None:

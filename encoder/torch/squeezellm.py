@@ -38,6 +38,7 @@ from .packing import as_i32, pack_rows
 F16_MAX = 65504.0
 _F64 = torch.float64
 CHUNK_ELEMENTS = 1 << 25
+ASSIGN_ELEMENTS = 1 << 26  # f32 distances per block of the assignment (256 MB)
 
 
 def f64_to_f16(x: torch.Tensor) -> torch.Tensor:
@@ -52,12 +53,14 @@ def f64_to_f16(x: torch.Tensor) -> torch.Tensor:
     return f.to(torch.float16)
 
 
-def _top_mask(score: torch.Tensor, count: int, allowed: torch.Tensor) -> torch.Tensor:
-    """``squeezellm._top_mask``: the ``count`` largest allowed scores, ties by position."""
-    count = min(count, int(allowed.sum()))
+def _top_mask(score: torch.Tensor, count: int, allowed: torch.Tensor | None) -> torch.Tensor:
+    """``squeezellm._top_mask``: the ``count`` largest allowed scores (None: all), ties by position."""
+    count = min(count, score.numel() if allowed is None else int(allowed.sum()))
     if count <= 0:
         return torch.zeros(score.shape, dtype=torch.bool, device=score.device)
-    flat = torch.where(allowed, score, torch.full_like(score, -float("inf"))).reshape(-1)
+    if allowed is not None:
+        score = torch.where(allowed, score, torch.full_like(score, -float("inf")))
+    flat = score.reshape(-1)
     t = torch.topk(flat, count, sorted=False).values.min()
     above = flat > t
     eq = flat == t
@@ -173,14 +176,15 @@ def _fit_luts(w: torch.Tensor, sens: torch.Tensor | None, mask: torch.Tensor, k:
 
 
 def _assign(w: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
-    """Nearest LUT entry per weight (f32 distance, strictly smaller wins: ties to the lowest index)."""
-    best = torch.zeros(w.shape, dtype=torch.int64, device=w.device)
-    bd = (w - lut[:, :1]).abs()
-    for c in range(1, lut.shape[1]):
-        d = (w - lut[:, c:c + 1]).abs()
-        better = d < bd
-        bd = torch.where(better, d, bd)
-        best = torch.where(better, torch.full_like(best, c), best)
+    """Nearest LUT entry per weight: the smallest f32 distance, ties to the lowest index (``argmin`` returns the
+    first minimum), over row blocks of ASSIGN_ELEMENTS distances."""
+    R, n = w.shape
+    k = lut.shape[1]
+    best = torch.empty(w.shape, dtype=torch.int64, device=w.device)
+    rows = max(1, ASSIGN_ELEMENTS // (n * k))
+    for r0 in range(0, R, rows):
+        r1 = min(R, r0 + rows)
+        best[r0:r1] = (w[r0:r1, :, None] - lut[r0:r1, None, :]).abs().argmin(2)
     return best
 
 
@@ -209,7 +213,7 @@ def quantize_squeezellm(
     sens = None if s is None else torch.from_numpy(s).to(w.device)
 
     if outlier_mask is None:
-        mask = _top_mask(w.abs(), int(round(outlier_fraction * m * n)), torch.ones_like(w, dtype=torch.bool))
+        mask = _top_mask(w.abs(), int(round(outlier_fraction * m * n)), None)
         if sens is not None:
             mask |= _top_mask(sens, int(round(sensitive_fraction * m * n)), ~mask)
     else:
