@@ -10,11 +10,17 @@ sensitive weights in 16 bit. Here:
    ``sensitive_fraction`` largest sensitivities among the rest (only when
    sensitivities are given); they are left out of the k-means fit;
 2. per row: weighted 1-D Lloyd k-means on the sorted non-outlier values
-   (prefix sums, so an iteration costs O(2^b log n)), initialised at the
-   weighted quantiles (k + 1/2) / 2^b: deterministic, no RNG, no sklearn;
+   (a radix sort; prefix sums, so an iteration costs O(2^b log n), less with
+   a galloping search from the last bounds), initialised at the weighted
+   quantiles (k + 1/2) / 2^b: deterministic, no RNG, no sklearn. Without
+   sensitivities the sums are exact: each value as an integer multiple of
+   2^(e - fixed_bits) (2^e bounds the row), so the torch encoder may add them
+   in any order and still match bit for bit;
 3. the LUT is rounded to f16 and every weight is assigned the nearest f16
    centroid (ties to the lower index); an outlier stores the f16 residual
    ``w - lut[idx]`` which the decoder *adds* (spec/codecs/squeezellm.md §5).
+   Codes, packing, the dequantized matrix and the residuals come from one
+   parallel pass over the rows.
 
 The encoder's ``dequantized`` matrix is computed with the spec's arithmetic
 (lookup, then one f32 add per outlier), so it is bit-identical to decoding
