@@ -318,20 +318,33 @@ def _top_mask(score: np.ndarray, count: int, allowed: np.ndarray) -> np.ndarray:
     return mask
 
 
+HIGH_SHIFT = 19  # |w|'s 31 bits: the top 12 index the first histogram (4096 bins: L1-resident)
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _digit_counts(wb: np.ndarray, blocks: int, hi: int) -> np.ndarray:
-    """Counts of |w|'s bits: of the high 16 bits (``hi`` < 0), else of the low 16 bits where the high ones == hi."""
+def _high_counts(wb: np.ndarray, blocks: int) -> np.ndarray:
+    """Per block of rows, the counts of |w|'s top 12 bits."""
     m, n = wb.shape
-    h = np.zeros((blocks, 1 << 16), dtype=np.int64)
+    h = np.zeros((blocks, 1 << (31 - HIGH_SHIFT)), dtype=np.int64)
     for blk in numba.prange(blocks):
         for r in range(blk * m // blocks, (blk + 1) * m // blocks):
             for j in range(n):
+                h[blk, (wb[r, j] & np.uint32(0x7FFFFFFF)) >> np.uint32(HIGH_SHIFT)] += 1
+    return h
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _gather_bin(wb: np.ndarray, blocks: int, hi: int, start: np.ndarray, out: np.ndarray) -> None:
+    """|w|'s bits whose top 12 bits are ``hi``, block b's from out[start[b]] on."""
+    m, n = wb.shape
+    for blk in numba.prange(blocks):
+        o = start[blk]
+        for r in range(blk * m // blocks, (blk + 1) * m // blocks):
+            for j in range(n):
                 a = wb[r, j] & np.uint32(0x7FFFFFFF)
-                if hi < 0:
-                    h[blk, a >> np.uint32(16)] += 1
-                elif (a >> np.uint32(16)) == hi:
-                    h[blk, a & np.uint32(0xFFFF)] += 1
-    return h.sum(0)
+                if (a >> np.uint32(HIGH_SHIFT)) == hi:
+                    out[o] = a
+                    o += 1
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -385,8 +398,9 @@ def _kth_from_top(counts: np.ndarray, count: int) -> tuple[int, int]:
 def largest_abs_mask(w: np.ndarray, count: int) -> np.ndarray:
     """``_top_mask(abs(w), count, everywhere)`` of a C-contiguous f32 matrix in O(N) parallel passes.
 
-    |w|'s bits order like its values, so the threshold (the count-th largest) is found digit by digit from
-    two 16-bit histograms; ties at it are taken in row-major order, as the stable sort would.
+    |w|'s bits order like its values, so the threshold (the count-th largest) lies in the bin of a histogram
+    of their top bits found by counting from the top, and is selected among that bin's values alone; ties
+    at it are taken in row-major order, as the stable sort would.
     """
     m, n = w.shape
     mask = np.zeros((m, n), dtype=bool)
@@ -395,9 +409,12 @@ def largest_abs_mask(w: np.ndarray, count: int) -> np.ndarray:
         return mask
     wb = w.view(np.uint32)
     blocks = min(m, 4 * numba.get_num_threads())
-    hi, need = _kth_from_top(_digit_counts(wb, blocks, -1), count)
-    lo, need = _kth_from_top(_digit_counts(wb, blocks, hi), need)
-    t = np.uint32((hi << 16) | lo)
+    per_block = _high_counts(wb, blocks)
+    hi, need = _kth_from_top(per_block.sum(0), count)
+    cand = np.empty(per_block[:, hi].sum(), dtype=np.uint32)
+    _gather_bin(wb, blocks, hi, np.concatenate([[0], np.cumsum(per_block[:, hi])[:-1]]), cand)
+    t = np.uint32(np.partition(cand, cand.size - need)[cand.size - need])  # the need-th largest of the bin
+    need -= int(np.count_nonzero(cand > t))  # how many equal to t are taken
     ties = np.zeros(m, dtype=np.int64)
     _mark(wb, t, mask, ties)
     taken = np.minimum(np.cumsum(ties), need)

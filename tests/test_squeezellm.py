@@ -399,12 +399,14 @@ def _ties_weight(rng: np.random.Generator, m: int, n: int, kind: int) -> np.ndar
         w[rng.random((m, n)) < 0.2] = -0.0
     elif kind == 2:  # wide dynamic range
         w = (w * np.exp2(rng.integers(-30, 10, (m, n)))).astype(np.float32)
+    elif kind == 3:  # few distinct values within one binade: distinct but close, and ties
+        w = (np.sign(w) * (1 + rng.integers(0, 4, (m, n)) * 2.0**-20)).astype(np.float32)
     return w
 
 
 @settings(max_examples=30, deadline=None)
 @given(m=st.integers(1, 30), n=st.integers(1, 60), frac=st.floats(0.0, 1.2), seed=st.integers(0, 2**31),
-       kind=st.integers(0, 2))
+       kind=st.integers(0, 3))
 def test_largest_abs_mask_is_the_stable_top_set(m: int, n: int, frac: float, seed: int, kind: int) -> None:
     from spqrfmt.encoder.squeezellm import _top_mask, largest_abs_mask
 
@@ -415,6 +417,14 @@ def test_largest_abs_mask_is_the_stable_top_set(m: int, n: int, frac: float, see
     got = largest_abs_mask(w, count)
     assert np.array_equal(got.reshape(-1), want)
     assert np.array_equal(got, _top_mask(np.abs(w), count, np.ones((m, n), dtype=bool)))
+
+
+def test_largest_abs_mask_ties_within_a_bin() -> None:
+    from spqrfmt.encoder.squeezellm import largest_abs_mask
+
+    w = np.float32([[3, -3, 2, 2, -2, 1, 3.0001]])  # 3.0001 and 3 share the histogram's bin
+    got = [np.flatnonzero(largest_abs_mask(w, c)).tolist() for c in range(8)]
+    assert got == [[], [6], [0, 6], [0, 1, 6], [0, 1, 2, 6], [0, 1, 2, 3, 6], [0, 1, 2, 3, 4, 6], list(range(7))]
 
 
 def test_radix_sort_is_stable_and_orders_signed_zeros() -> None:
@@ -477,7 +487,7 @@ def _plain_lloyd(xs: np.ndarray, ws: np.ndarray, k: int, max_iter: int) -> np.nd
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(0, 300), bits=st.integers(1, 5), seed=st.integers(0, 2**31), kind=st.integers(0, 2),
+@given(n=st.integers(0, 300), bits=st.integers(1, 5), seed=st.integers(0, 2**31), kind=st.integers(0, 3),
        weighted=st.booleans(), max_iter=st.sampled_from([1, 3, 100]))
 def test_lloyd_equals_the_plain_loop(n: int, bits: int, seed: int, kind: int, weighted: bool, max_iter: int) -> None:
     from spqrfmt.encoder.squeezellm import _fit_luts, fixed_bits
