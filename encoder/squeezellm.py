@@ -36,6 +36,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from ..decoder.output import empty_f32
 from ..threads import sized, weight_size
 from .encoded import Encoded
 from .packing import words_per_row
@@ -199,8 +200,9 @@ def _lloyd(xs: np.ndarray, pw: np.ndarray, pwx: np.ndarray, scale: float, cnt: i
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _fit_luts(wb: np.ndarray, sens: np.ndarray, excluded: np.ndarray, k: int, max_iter: int, uniform: bool,
-              fbits: int) -> np.ndarray:
-    """f64 centroids [m, k] of every row's non-excluded values (spec/codecs/squeezellm.md §9).
+              fbits: int) -> tuple[np.ndarray, np.ndarray]:
+    """f64 centroids [m, k] of every row's non-excluded values (spec/codecs/squeezellm.md §9), and the
+    number of excluded values per row.
 
     Values are sorted by :func:`_sort_key` (stably, so equal values keep their weights' column order).
     ``uniform`` (no sensitivities): the sums are exact integers, each value rounded to a multiple of
@@ -209,6 +211,7 @@ def _fit_luts(wb: np.ndarray, sens: np.ndarray, excluded: np.ndarray, k: int, ma
     """
     m, n = wb.shape
     out = np.zeros((m, k), dtype=np.float64)
+    excluded_count = np.empty(m, dtype=np.int64)
     for r in numba.prange(m):
         keys = np.empty(n, dtype=np.uint32)
         pos = np.empty(n if not uniform else 1, dtype=np.int64)
@@ -219,6 +222,7 @@ def _fit_luts(wb: np.ndarray, sens: np.ndarray, excluded: np.ndarray, k: int, ma
                 if not uniform:
                     pos[cnt] = j
                 cnt += 1
+        excluded_count[r] = n - cnt
         _radix_sort(keys, pos, cnt, not uniform)
         for i in range(cnt):
             keys[i] = _key_bits(keys[i])
@@ -252,7 +256,7 @@ def _fit_luts(wb: np.ndarray, sens: np.ndarray, excluded: np.ndarray, k: int, ma
                 pw[i + 1] = pw[i] + ws[i]
                 pwx[i + 1] = pwx[i] + ws[i] * xs[i]
             _lloyd(xs, pw, pwx, 1.0, cnt, k, max_iter, False, out[r])
-    return out
+    return out, excluded_count
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -403,10 +407,10 @@ def largest_abs_mask(w: np.ndarray, count: int) -> np.ndarray:
     at it are taken in row-major order, as the stable sort would.
     """
     m, n = w.shape
-    mask = np.zeros((m, n), dtype=bool)
     count = min(count, m * n)
     if count <= 0:
-        return mask
+        return np.zeros((m, n), dtype=bool)
+    mask = empty_f32((-(-m * n // 4),)).view(np.bool_)[: m * n].reshape(m, n)  # every byte written by _mark
     wb = w.view(np.uint32)
     blocks = min(m, 4 * numba.get_num_threads())
     per_block = _high_counts(wb, blocks)
@@ -478,15 +482,15 @@ def quantize_squeezellm(
     mask = np.ascontiguousarray(mask)
 
     uniform = sensitivity is None
-    cent = _fit_luts(w.view(np.uint32), np.zeros((1, 1)) if uniform else sens, mask, k, max_iter, uniform,
-                     fixed_bits(n))
+    cent, excluded = _fit_luts(w.view(np.uint32), np.zeros((1, 1)) if uniform else sens, mask, k, max_iter,
+                               uniform, fixed_bits(n))
     lut16 = np.clip(cent, -F16_MAX, F16_MAX).astype(np.float16)
     lut32 = lut16.astype(np.float32)
 
     row_ptr = np.zeros(m + 1, dtype=np.int64)
-    np.cumsum(mask.sum(1), out=row_ptr[1:])
+    np.cumsum(excluded, out=row_ptr[1:])
     words = np.empty((m, words_per_row(n, bits)), dtype=np.uint32)
-    deq = np.empty((m, n), dtype=np.float32)
+    deq = empty_f32((m, n))  # huge pages: a 235 MB matrix is otherwise ~57 000 page faults
     cols = np.empty(row_ptr[m], dtype=np.int64)
     res = np.empty(row_ptr[m], dtype=np.float32)
     _emit(w, mask, lut32, bits, row_ptr, words, deq, cols, res)

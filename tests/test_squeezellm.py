@@ -496,7 +496,7 @@ def test_lloyd_equals_the_plain_loop(n: int, bits: int, seed: int, kind: int, we
     w = _ties_weight(rng, 1, n, kind) if n else np.zeros((1, 0), dtype=np.float32)
     sens = rng.random((1, n)) ** 2 if weighted else np.zeros((1, 1))
     got = _fit_luts(w.view(np.uint32), sens, np.zeros(w.shape, dtype=bool), 1 << bits, max_iter, not weighted,
-                    fixed_bits(n))[0]
+                    fixed_bits(n))[0][0]
     order = np.argsort(np.array([(b ^ 0xFFFFFFFF) if b >> 31 else b | 0x80000000 for b in w[0].view(np.uint32)],
                                 dtype=np.uint32), kind="stable")
     want = _plain_lloyd(w[0][order].astype(np.float64), sens[0][order] if weighted else None, 1 << bits, max_iter)
