@@ -39,7 +39,7 @@ import numpy as np
 from ..decoder.output import empty_f32
 from ..threads import sized, weight_size
 from .encoded import Encoded
-from .packing import words_per_row
+from .packing import pack_row, words_per_row
 
 F16_MAX = 65504.0
 F16_MAX_BITS = int(np.float32(F16_MAX).view(np.uint32))
@@ -282,26 +282,14 @@ def _emit(w: np.ndarray, mask: np.ndarray, lut: np.ndarray, bits: int, row_ptr: 
                     bd[j] = d
                     best[j] = cc
         o = row_ptr[r]
-        acc = np.uint64(0)
-        nacc = 0
-        wi = 0
         for j in range(n):
-            c = best[j]
-            v = lut[r, c]
+            v = lut[r, best[j]]
             deq[r, j] = v
             if mask[r, j]:
                 cols[o] = j
                 res[o] = w[r, j] - v
                 o += 1
-            acc |= np.uint64(c) << np.uint64(nacc)
-            nacc += bits
-            if nacc >= 32:
-                words[r, wi] = np.uint32(acc & np.uint64(0xFFFFFFFF))
-                wi += 1
-                acc >>= np.uint64(32)
-                nacc -= 32
-        if nacc > 0:
-            words[r, wi] = np.uint32(acc)
+        pack_row(best, bits, words, r)
 
 
 def _top_mask(score: np.ndarray, count: int, allowed: np.ndarray) -> np.ndarray:
