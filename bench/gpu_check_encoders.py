@@ -12,8 +12,9 @@ without outliers, squeezellm, quip) and shape, on one random f32 weight:
   sections and of the dequantized matrix included; the peak GPU memory.
 
 ``VARIANTS`` are further cases: the same codec computed another way (squeezellm
-with the batched torch Lloyd loop instead of the Triton kernel), checked and
-timed alike. ``--profile`` adds a table of each case's CUDA kernels.
+with the batched torch Lloyd loop instead of the Triton kernel; with the
+Triton assignment kernel instead of torch's argmin), checked and timed alike.
+``--profile`` adds a table of each case's CUDA kernels.
 
 Every case runs in its own try/except, so one failure is reported and the rest still run; no case starts
 after ``--budget-s`` seconds (Numba compiles the CPU encoders on the first cases: tens of seconds when cold).
@@ -49,7 +50,8 @@ CONFIGS: dict[str, QuantConfig] = {
     "quip": QuantConfig(codec="quip"),
 }
 # Other ways of computing the same bytes, each checked and timed as its own case: name -> (config, keywords).
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"squeezellm/lloyd=torch": ("squeezellm", {"lloyd": "torch"})}
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"squeezellm/lloyd=torch": ("squeezellm", {"lloyd": "torch"}),
+                                                   "squeezellm/assign=triton": ("squeezellm", {"assign": "triton"})}
 SHAPES = [(4096, 4096), (4096, 14336)]
 QUICK_SHAPES = [(1024, 2048)]
 

@@ -12,7 +12,7 @@ The CPU encoder's steps as batched row operations:
   ``torch.cumsum`` along a non-innermost dimension adds one element at a time
   on the CPU and on CUDA (one thread per column), so the sums are transposed
   to scan dim 0;
-* Lloyd iterations: on CUDA one Triton kernel (``lloyd_triton``: a program
+* Lloyd iterations: on CUDA one Triton kernel (``squeezellm_triton``: a program
   per row runs all its iterations), elsewhere batched torch ops
   (``searchsorted`` for the midpoints, the same f64 quotient and clamps);
 * the f64 -> f16 LUT rounding goes through a round-to-odd f32 (exact: one
@@ -166,7 +166,7 @@ def _fit_luts(w: torch.Tensor, sens: torch.Tensor | None, mask: torch.Tensor, k:
         cent = _pick(xs, torch.minimum(i, (cnt - 1).clamp_min(0)[:, None]))
         cent = torch.where(cnt[:, None] > 0, cent, torch.zeros_like(cent))
         if use_triton:
-            from .lloyd_triton import lloyd
+            from .squeezellm_triton import lloyd
 
             cent = lloyd(xs, pw, pwx, scale, cnt, cent, max_iter, uniform=sens is None)
         else:
@@ -200,11 +200,13 @@ def quantize_squeezellm(
     device: str | torch.device = "cuda",
     chunk_elements: int = CHUNK_ELEMENTS,
     lloyd: str = "auto",
+    assign: str = "torch",
 ) -> Encoded:
     """``encoder.squeezellm.quantize_squeezellm`` computed on ``device``: the same sections, byte for byte.
 
     ``lloyd``: how the k-means iterations run: "triton" (one kernel), "torch" (batched ops), "auto" (Triton
-    on CUDA); all give the same bytes."""
+    on CUDA); ``assign``: the nearest-entry search, "torch" (a blocked argmin) or "triton" (one kernel; not
+    yet the default: checked on a GPU only after this change); all give the same bytes."""
     w = as_tensor(weight, device).contiguous()
     s = checked_inputs(tuple(w.shape), lambda: bool(torch.isfinite(w).all()) and float(w.abs().max()) <= F16_MAX,
                        bits, sensitivity)
@@ -231,7 +233,12 @@ def quantize_squeezellm(
     for r0 in range(0, m, chunk):
         r1 = min(m, r0 + chunk)
         v, mk = w[r0:r1], mask[r0:r1]
-        idx = _assign(v, lut32[r0:r1])
+        if assign == "triton":
+            from .squeezellm_triton import assign as assign_triton
+
+            idx = assign_triton(v, lut32[r0:r1])
+        else:
+            idx = _assign(v, lut32[r0:r1])
         d = lut32[r0:r1].gather(1, idx)  # spec step 1
         res = (v[mk] - d[mk]).to(torch.float16)
         d[mk] = d[mk] + res.to(torch.float32)  # spec step 2: one f32 add

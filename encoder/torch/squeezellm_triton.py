@@ -1,4 +1,5 @@
-"""The squeezellm encoder's Lloyd iterations as one Triton kernel: a program per row runs all of its iterations.
+"""Triton kernels of the torch squeezellm encoder: the Lloyd iterations (a program per row runs all of its
+iterations) and the nearest-entry assignment.
 
 The batched torch loop (``squeezellm._lloyd_torch``) costs ~15 launches per
 iteration and a host sync every few; here a row's k centroids live in
@@ -9,6 +10,13 @@ c_j+1)``, a branchless binary search for the count of values <= midpoint
 (+inf pads the row), the quotient ``f64(pwx[b] - pwx[a]) / sw * scale`` (f64
 division is IEEE ``div.rn`` in Triton; no multiply feeds an add, and FMA
 fusion is off anyway) and the same clamps.
+
+The assignment loads a row's table once per block of weights and keeps the
+running minimum of the f32 distances |w - lut[c]| (strictly smaller wins: ties
+to the lowest index), the ``_assign`` rule of the torch and Numba encoders. A
+flush-to-zero of f32 subnormals could not change the winner: a table entry is
+an f16 value, so a distance is subnormal only for a subnormal weight against a
+zero entry, which then wins either way.
 
 Runs on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
 """
@@ -89,4 +97,32 @@ def lloyd(xs: torch.Tensor, pw: torch.Tensor, pwx: torch.Tensor, scale: torch.Te
     _lloyd_kernel[(R,)](xs, pw, pwx, scale.reshape(R).contiguous(), cnt.to(torch.int64).contiguous(), out, n,
                         xs.stride(0), pw.stride(0), pwx.stride(0), max_iter, K=k, LOGN=max(1, n.bit_length()),
                         UNIFORM=uniform, num_warps=1 if k <= 32 else 4, enable_fp_fusion=False)
+    return out
+
+
+@triton.jit
+def _assign_kernel(w_ptr, lut_ptr, idx_ptr, n, K: tl.constexpr, BLOCK: tl.constexpr):
+    r = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < n
+    x = tl.load(w_ptr + r * n + cols, mask=inside, other=0.0)
+    bd = tl.abs(x - tl.load(lut_ptr + r * K))
+    best = tl.zeros((BLOCK,), dtype=tl.int64)
+    for c in tl.static_range(1, K):
+        d = tl.abs(x - tl.load(lut_ptr + r * K + c))
+        better = d < bd
+        bd = tl.where(better, d, bd)
+        best = tl.where(better, c, best)
+    tl.store(idx_ptr + r * n + cols, best, mask=inside)
+
+
+def assign(w: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """``squeezellm._assign``: w [R, n] f32, lut [R, k] f32 -> int64 [R, n] nearest-entry indices."""
+    R, n = w.shape
+    k = lut.shape[1]
+    out = torch.empty((R, n), dtype=torch.int64, device=w.device)
+    if R and n:
+        block = 1024
+        _assign_kernel[(R, triton.cdiv(n, block))](w.contiguous(), lut.contiguous(), out, n, K=k, BLOCK=block,
+                                                   num_warps=4)
     return out
