@@ -71,6 +71,8 @@ RADIX = 11  # three passes cover a 32-bit key
 @numba.njit(cache=True, nogil=True)
 def _radix_sort(keys: np.ndarray, pos: np.ndarray, cnt: int, with_pos: bool) -> None:
     """Stable LSD radix sort (3 passes of 11 bits) of keys[:cnt], carrying pos[:cnt] when ``with_pos``."""
+    if cnt == 0:
+        return
     nb = 1 << RADIX
     digit = np.uint32(nb - 1)
     hist = np.zeros((3, nb), dtype=np.int32)
@@ -165,7 +167,7 @@ def _lloyd(xs: np.ndarray, pw: np.ndarray, pwx: np.ndarray, scale: float, cnt: i
         bounds[j] = (j * cnt) // k
     moved = np.ones(k, dtype=np.bool_)
     shifted = np.zeros(k + 1, dtype=np.bool_)
-    for _ in range(max_iter):
+    for it in range(max_iter):
         for j in range(k - 1):
             shifted[j + 1] = False
             if moved[j] or moved[j + 1]:
@@ -174,7 +176,7 @@ def _lloyd(xs: np.ndarray, pw: np.ndarray, pwx: np.ndarray, scale: float, cnt: i
                 bounds[j + 1] = q
         bounds[0] = 0
         bounds[k] = cnt
-        if _ == 0:
+        if it == 0:  # the initial bounds were guesses: every cluster is computed
             shifted[:] = True
         changed = False
         for j in range(k):
