@@ -11,6 +11,11 @@ without outliers, squeezellm, quip) and shape, on one random f32 weight:
   already on the GPU (its host->device copy excluded), the copy back of all
   sections and of the dequantized matrix included; the peak GPU memory.
 
+``VARIANTS`` are further cases: the same codec computed another way (squeezellm
+with the batched torch Lloyd loop instead of the Triton kernel; with the
+Triton assignment kernel instead of torch's argmin), checked and timed alike.
+``--profile`` adds a table of each case's CUDA kernels.
+
 Every case runs in its own try/except, so one failure is reported and the rest still run; no case starts
 after ``--budget-s`` seconds (Numba compiles the CPU encoders on the first cases: tens of seconds when cold).
 Exit status 0 when every case ran and was identical, else 1.
@@ -18,6 +23,7 @@ Exit status 0 when every case ran and was identical, else 1.
     python bench/gpu_check_encoders.py --out gpu_check_encoders.json
     python bench/gpu_check_encoders.py --quick            # one small shape
     python bench/gpu_check_encoders.py --shapes 4096x4096,11008x4096 --codecs spqr
+    python bench/gpu_check_encoders.py --codecs squeezellm,squeezellm/lloyd=torch --profile
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ CONFIGS: dict[str, QuantConfig] = {
     "squeezellm": QuantConfig(codec="squeezellm"),
     "quip": QuantConfig(codec="quip"),
 }
+# Other ways of computing the same bytes, each checked and timed as its own case: name -> (config, keywords).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"squeezellm/lloyd=torch": ("squeezellm", {"lloyd": "torch"}),
+                                                   "squeezellm/assign=triton": ("squeezellm", {"assign": "triton"})}
 SHAPES = [(4096, 4096), (4096, 14336)]
 QUICK_SHAPES = [(1024, 2048)]
 
@@ -52,14 +61,37 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def case(name: str, shape: tuple[int, int], reps: int, device: str) -> dict[str, Any]:
-    cfg = CONFIGS[name]
+def variant_encoder(kw: dict[str, Any], device: str) -> Any:
+    """The squeezellm torch encoder with extra keywords, called as ``encoder_for``'s encoders are."""
+    from spqrfmt.encoder.torch.squeezellm import quantize_squeezellm
+
+    def enc(_name: str, w: Any, cfg: QuantConfig) -> Any:
+        o = cfg.options
+        return quantize_squeezellm(w, bits=o.bits, outlier_fraction=o.outlier_fraction, max_iter=o.kmeans_iters,
+                                   device=device, **kw)
+
+    return enc
+
+
+def profile_table(enc: Any, wd: torch.Tensor, cfg: QuantConfig) -> str:
+    """The kernels of one encode by total device time (torch.profiler), the top 25."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        enc("layer.weight", wd, cfg)
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+
+
+def case(name: str, shape: tuple[int, int], reps: int, device: str, profiled: bool = False) -> dict[str, Any]:
+    base, kw = VARIANTS.get(name, (name, None))
+    cfg = CONFIGS[base]
     w = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     row: dict[str, Any] = {"codec": name, "shape": list(shape)}
     t0 = time.perf_counter()
     ref = data_free_encoder("layer.weight", w, cfg)
     row["cpu_seconds"] = round(time.perf_counter() - t0, 3)
-    enc = encoder_for(cfg.codec, device)
+    enc = encoder_for(cfg.codec, device) if kw is None else variant_encoder(kw, device)
     wd = torch.from_numpy(w).to(device)
     got = enc("layer.weight", wd, cfg)  # warm-up
     diff = differences(ref, got, SIGNED_ZERO_SECTIONS if cfg.codec == "spqr" else ())
@@ -79,6 +111,9 @@ def case(name: str, shape: tuple[int, int], reps: int, device: str) -> dict[str,
     best = min(times)
     row.update(seconds=round(best, 5), gparam_per_s=round(w.size / best / 1e9, 3),
                peak_gpu_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None)
+    if profiled and cuda:
+        row["profile"] = profile_table(enc, wd, cfg)
+        print(row["profile"], flush=True)
     return row
 
 
@@ -88,7 +123,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help=f"only {QUICK_SHAPES[0][0]}x{QUICK_SHAPES[0][1]}, 1 rep")
     ap.add_argument("--shapes", help="comma-separated MxN list instead of " + ",".join(f"{a}x{b}" for a, b in SHAPES))
-    ap.add_argument("--codecs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    ap.add_argument("--codecs", default=",".join([*CONFIGS, *VARIANTS]),
+                    help="comma-separated subset of " + ",".join([*CONFIGS, *VARIANTS]))
+    ap.add_argument("--profile", action="store_true", help="print (and keep) each case's kernel table (CUDA)")
     ap.add_argument("--budget-s", type=float, default=150.0,
                     help="start no new case after this many seconds (the rest are recorded as skipped)")
     ap.add_argument("--device", default="cuda", help="cuda (the check); cpu runs the same on the CPU (smoke test)")
@@ -106,19 +143,19 @@ def main() -> int:
         for name in args.codecs.split(","):
             if time.perf_counter() - start > args.budget_s:
                 rows.append({"codec": name, "shape": list(shape), "skipped": "time budget spent"})
-                print(f"{name:17s} {shape[0]}x{shape[1]:<6d} skipped: time budget spent", flush=True)
+                print(f"{name:22s} {shape[0]}x{shape[1]:<6d} skipped: time budget spent", flush=True)
                 continue
             try:
-                row = case(name, shape, reps, args.device)
+                row = case(name, shape, reps, args.device, args.profile)
             except Exception as e:  # report and go on with the next case
                 row = {"codec": name, "shape": list(shape), "error": f"{type(e).__name__}: {e}",
                        "traceback": traceback.format_exc(limit=4)}
             rows.append(row)
             if "error" in row:
-                print(f"{name:17s} {shape[0]}x{shape[1]:<6d} ERROR {row['error']}", flush=True)
+                print(f"{name:22s} {shape[0]}x{shape[1]:<6d} ERROR {row['error']}", flush=True)
             else:
                 same = "yes" if row["identical"] else ("signed zeros only" if row["only_signed_zeros"] else "NO")
-                print(f"{name:17s} {shape[0]}x{shape[1]:<6d} identical: {same:4s}  {row['gparam_per_s']:8.3f} Gparam/s "
+                print(f"{name:22s} {shape[0]}x{shape[1]:<6d} identical: {same:4s}  {row['gparam_per_s']:8.3f} Gparam/s "
                       f"({row['seconds'] * 1e3:.1f} ms; CPU encoder {row['cpu_seconds']} s; peak GPU "
                       f"{row['peak_gpu_gb']} GB){'  ' + ', '.join(row['differences']) if row['differences'] else ''}",
                       flush=True)

@@ -387,3 +387,125 @@ def test_spec_worked_example() -> None:
     want = [0xBF800000, 0xBE800000, 0x3E800000, 0x3F8CCC00, 0x3F800000,
             0x3F000000, 0x00000000, 0xC0000000, 0xC0000000, 0x40400000]
     assert got.view(np.uint32).ravel().tolist() == want
+
+
+# ---- encoder internals: the fast paths equal their plain definitions --------------------------------------
+
+
+def _ties_weight(rng: np.random.Generator, m: int, n: int, kind: int) -> np.ndarray:
+    w = rng.standard_normal((m, n)).astype(np.float32)
+    if kind == 1:  # few distinct values: ties at every threshold, signed zeros
+        w = (np.round(w * 2) / 2).astype(np.float32)
+        w[rng.random((m, n)) < 0.2] = -0.0
+    elif kind == 2:  # wide dynamic range
+        w = (w * np.exp2(rng.integers(-30, 10, (m, n)))).astype(np.float32)
+    elif kind == 3:  # few distinct values within one binade: distinct but close, and ties
+        w = (np.sign(w) * (1 + rng.integers(0, 4, (m, n)) * 2.0**-20)).astype(np.float32)
+    return w
+
+
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(1, 30), n=st.integers(1, 60), frac=st.floats(0.0, 1.2), seed=st.integers(0, 2**31),
+       kind=st.integers(0, 3))
+def test_largest_abs_mask_is_the_stable_top_set(m: int, n: int, frac: float, seed: int, kind: int) -> None:
+    from spqrfmt.encoder.squeezellm import _top_mask, largest_abs_mask
+
+    w = _ties_weight(np.random.default_rng(seed), m, n, kind)
+    count = int(frac * m * n)
+    want = np.zeros(m * n, dtype=bool)
+    want[np.argsort(-np.abs(w).reshape(-1), kind="stable")[:count]] = True
+    got = largest_abs_mask(w, count)
+    assert np.array_equal(got.reshape(-1), want)
+    assert np.array_equal(got, _top_mask(np.abs(w), count, np.ones((m, n), dtype=bool)))
+
+
+def test_largest_abs_mask_ties_within_a_bin() -> None:
+    from spqrfmt.encoder.squeezellm import largest_abs_mask
+
+    w = np.float32([[3, -3, 2, 2, -2, 1, 3.0001]])  # 3.0001 and 3 share the histogram's bin
+    got = [np.flatnonzero(largest_abs_mask(w, c)).tolist() for c in range(8)]
+    assert got == [[], [6], [0, 6], [0, 1, 6], [0, 1, 2, 6], [0, 1, 2, 3, 6], [0, 1, 2, 3, 4, 6], list(range(7))]
+
+
+def test_radix_sort_is_stable_and_orders_signed_zeros() -> None:
+    from spqrfmt.encoder.squeezellm import _radix_sort, _sort_key
+
+    rng = np.random.default_rng(4)
+    w = _ties_weight(rng, 1, 3000, 1)[0]
+    w[:5] = [np.inf, -np.inf, 2.0**-149, -(2.0**-149), 65504.0]
+    keys = np.array([_sort_key(b) for b in w.view(np.uint32)], dtype=np.uint32)
+    pos = np.arange(w.size, dtype=np.int64)
+    k2 = keys.copy()
+    _radix_sort(k2, pos, w.size, True)
+    order = np.argsort(keys, kind="stable")
+    assert np.array_equal(pos, order) and np.array_equal(k2, keys[order])
+    vals = w[order]
+    assert np.all(vals[:-1] <= vals[1:])  # the value order ...
+    zeros = np.signbit(vals[vals == 0])
+    assert np.all(zeros[:-1] >= zeros[1:])  # ... with -0.0 before +0.0
+
+
+def _plain_lloyd(xs: np.ndarray, ws: np.ndarray, k: int, max_iter: int) -> np.ndarray:
+    """The textbook loop the encoder's must equal: every midpoint searched and every mean recomputed each time,
+    sums over the cluster taken from exact integers (Python's, uniform) or f64 prefix sums (weighted)."""
+    from spqrfmt.encoder.squeezellm import fixed_bits
+
+    cnt = xs.size
+    cent = np.zeros(k)
+    if cnt == 0:
+        return cent
+    uniform = ws is None
+    if uniform:
+        sh = fixed_bits(cnt) - np.frexp(max(abs(xs[0]), abs(xs[-1])))[1]
+        ints = [int(np.rint(x * 2.0**sh)) for x in xs]
+        pwx = [0]
+        for v in ints:
+            pwx.append(pwx[-1] + v)
+        pw = np.arange(cnt + 1, dtype=np.float64)
+        scale = 2.0**-sh
+    else:
+        pw, pwx = np.zeros(cnt + 1), np.zeros(cnt + 1)
+        for i in range(cnt):
+            pw[i + 1] = pw[i] + ws[i]
+            pwx[i + 1] = pwx[i] + ws[i] * xs[i]
+        scale = 1.0
+    for j in range(k):
+        cent[j] = xs[min(int(np.searchsorted(pw[1:], (j + 0.5) / k * pw[cnt], side="left")), cnt - 1)]
+    for _ in range(max_iter):
+        b = [0] + [int(np.searchsorted(xs, 0.5 * (cent[j] + cent[j + 1]), side="right")) for j in range(k - 1)] + [cnt]
+        changed = False
+        for j in range(k):
+            sw = pw[b[j + 1]] - pw[b[j]]
+            if sw > 0:
+                c = np.float64(pwx[b[j + 1]] - pwx[b[j]]) / sw * scale
+                c = xs[b[j]] if c < xs[b[j]] else xs[b[j + 1] - 1] if c > xs[b[j + 1] - 1] else c
+                if c != cent[j]:  # a centroid moves when its value changes (a signed zero alone does not)
+                    cent[j], changed = c, True
+        if not changed:
+            break
+    return cent
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 300), bits=st.integers(1, 5), seed=st.integers(0, 2**31), kind=st.integers(0, 3),
+       weighted=st.booleans(), max_iter=st.sampled_from([1, 3, 100]))
+def test_lloyd_equals_the_plain_loop(n: int, bits: int, seed: int, kind: int, weighted: bool, max_iter: int) -> None:
+    from spqrfmt.encoder.squeezellm import _fit_luts, fixed_bits
+
+    rng = np.random.default_rng(seed)
+    w = _ties_weight(rng, 1, n, kind) if n else np.zeros((1, 0), dtype=np.float32)
+    sens = rng.random((1, n)) ** 2 if weighted else np.zeros((1, 1))
+    got = _fit_luts(w.view(np.uint32), sens, np.zeros(w.shape, dtype=bool), 1 << bits, max_iter, not weighted,
+                    fixed_bits(n))[0][0]
+    order = np.argsort(np.array([(b ^ 0xFFFFFFFF) if b >> 31 else b | 0x80000000 for b in w[0].view(np.uint32)],
+                                dtype=np.uint32), kind="stable")
+    want = _plain_lloyd(w[0][order].astype(np.float64), sens[0][order] if weighted else None, 1 << bits, max_iter)
+    assert got.tobytes() == want.tobytes()
+    assert np.all(got[:-1] <= got[1:])  # sorted without a sort
+
+
+def test_fixed_point_sums_cannot_overflow() -> None:
+    from spqrfmt.encoder.squeezellm import fixed_bits
+
+    for n in (1, 2, 4095, 4096, 14336, 1 << 20, (1 << 31) - 1):
+        assert n * 2 ** fixed_bits(n) < 2**62  # each |value| <= 2^fixed_bits after scaling

@@ -122,3 +122,49 @@ def test_small_chunks_change_nothing() -> None:
 def test_encoder_for_rejects_unknown_codec() -> None:
     with pytest.raises(ValueError, match="no torch encoder"):
         tenc.encoder_for("raw", "cpu")
+
+
+@pytest.mark.parametrize("sens,kind,bits", [(None, 0, 4), (None, 1, 3), ("mn", 3, 2), (None, 3, 5)])
+def test_squeezellm_triton_lloyd_matches_cpu(sens: str | None, kind: int, bits: int) -> None:
+    """The one-launch Triton Lloyd kernel (CUDA's default; here Triton's interpreter) gives the CPU bytes."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton")
+    w = weights(9, 70, 11 + kind, kind)
+    s = None if sens is None else np.random.default_rng(2).random(w.shape) ** 3
+    kw = dict(bits=bits, sensitivity=s, outlier_fraction=0.03, max_iter=40)
+    got = tsq.quantize_squeezellm(w, device="cpu", lloyd="triton", **kw)
+    assert differences(squeezellm.quantize_squeezellm(w, **kw), got) == []
+
+
+def test_squeezellm_triton_assign_matches_torch() -> None:
+    """The Triton nearest-entry kernel (interpreter here) = ``_assign``: ties (duplicate and +-0 entries) to the
+    lowest index, subnormal weights, rows of any length (a partial last block)."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton")
+    from spqrfmt.encoder.torch.squeezellm_triton import assign
+
+    rng = np.random.default_rng(8)
+    for k, n in ((2, 5), (16, 1030), (8, 64)):
+        lut = np.sort(rng.standard_normal((6, k)).astype(np.float16).astype(np.float32), axis=1)
+        lut[0, : k // 2] = lut[0, 0]  # duplicate entries
+        lut[1, :2] = [-0.0, 0.0]
+        w = rng.standard_normal((6, n)).astype(np.float32)
+        w[2, :4] = [1e-42, -1e-42, 0.0, -0.0]
+        w[3] = np.resize(lut[3], n)  # weights exactly on entries
+        w[4, :k - 1] = (lut[4, :-1] + lut[4, 1:]) / 2  # midpoints
+        wt, lt = torch.from_numpy(w), torch.from_numpy(lut)
+        assert torch.equal(assign(wt, lt), tsq._assign(wt, lt))
+    w = weights(7, 90, 3, 1)
+    kw = dict(bits=3, outlier_fraction=0.05, max_iter=20)
+    assert differences(squeezellm.quantize_squeezellm(w, **kw), tsq.quantize_squeezellm(w, device="cpu",
+                                                                                         assign="triton", **kw)) == []

@@ -4,17 +4,17 @@ The CPU encoder's steps as batched row operations:
 
 * outliers: the same threshold set as ``_top_mask`` (everything above the
   count-th largest score, then the first positions equal to it);
-* per row, the sorted non-outlier values (a stable sort: equal values, signed
-  zeros included, keep their order, as numpy's stable argsort) with the
-  excluded ones pushed to the end as +inf;
-* the f64 prefix sums are SEQUENTIAL like the Numba loop: ``torch.cumsum``
-  along a non-innermost dimension adds one element at a time on the CPU and
-  on CUDA (one thread per column), so the sums are transposed to scan dim 0;
-* Lloyd iterations for all rows at once (``searchsorted`` for the midpoints,
-  the same f64 quotient and clamps), each row frozen after its first
-  iteration without a change, as the CPU loop breaks; the centroid sort is
-  torch's except for rows that mix +0.0 and -0.0 (rare), which Numba's
-  quicksort orders on the host, as the CPU encoder's does;
+* per row, the non-outlier values stably sorted by ``squeezellm._sort_key``
+  (as int32: -0.0 below +0.0; the excluded ones pushed to the end as +inf);
+* uniform fit (no sensitivities): the values as fixed-point integers of
+  2^(e - fixed_bits) and their int64 prefix sums, exact in any order; with
+  sensitivities the f64 prefix sums are SEQUENTIAL like the Numba loop:
+  ``torch.cumsum`` along a non-innermost dimension adds one element at a time
+  on the CPU and on CUDA (one thread per column), so the sums are transposed
+  to scan dim 0;
+* Lloyd iterations: on CUDA one Triton kernel (``squeezellm_triton``: a program
+  per row runs all its iterations), elsewhere batched torch ops
+  (``searchsorted`` for the midpoints, the same f64 quotient and clamps);
 * the f64 -> f16 LUT rounding goes through a round-to-odd f32 (exact: one
   rounding, as numpy's direct cast; torch's own cast rounds twice);
 * nearest-entry assignment with f32 distances, ties to the lower index.
@@ -27,18 +27,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 import torch
 
 from ..encoded import Encoded
-from ..squeezellm import checked_inputs
+from ..squeezellm import checked_inputs, fixed_bits
 from .device import as_tensor, host_empty
 from .packing import as_i32, pack_rows
 
 F16_MAX = 65504.0
 _F64 = torch.float64
 CHUNK_ELEMENTS = 1 << 25
+ASSIGN_ELEMENTS = 1 << 26  # f32 distances per block of the assignment (256 MB)
 
 
 def f64_to_f16(x: torch.Tensor) -> torch.Tensor:
@@ -53,12 +53,14 @@ def f64_to_f16(x: torch.Tensor) -> torch.Tensor:
     return f.to(torch.float16)
 
 
-def _top_mask(score: torch.Tensor, count: int, allowed: torch.Tensor) -> torch.Tensor:
-    """``squeezellm._top_mask``: the ``count`` largest allowed scores, ties by position."""
-    count = min(count, int(allowed.sum()))
+def _top_mask(score: torch.Tensor, count: int, allowed: torch.Tensor | None) -> torch.Tensor:
+    """``squeezellm._top_mask``: the ``count`` largest allowed scores (None: all), ties by position."""
+    count = min(count, score.numel() if allowed is None else int(allowed.sum()))
     if count <= 0:
         return torch.zeros(score.shape, dtype=torch.bool, device=score.device)
-    flat = torch.where(allowed, score, torch.full_like(score, -float("inf"))).reshape(-1)
+    if allowed is not None:
+        score = torch.where(allowed, score, torch.full_like(score, -float("inf")))
+    flat = score.reshape(-1)
     t = torch.topk(flat, count, sorted=False).values.min()
     above = flat > t
     eq = flat == t
@@ -82,91 +84,107 @@ def _pick(a: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     return a.gather(1, i.clamp(0, a.shape[1] - 1))
 
 
-@numba.njit(cache=True, nogil=True)
-def _numba_sort(a: np.ndarray) -> None:
-    for r in range(a.shape[0]):
-        a[r].sort()  # the very sort of ``squeezellm._kmeans_row``
+def pow2(e: torch.Tensor) -> torch.Tensor:
+    """2.0 ** e (integer e in the normal f64 range) as f64, exactly: built from the exponent bits."""
+    return ((e.to(torch.int64) + 1023) << 52).view(_F64)
 
 
-def _sort_rows(cent: torch.Tensor) -> torch.Tensor:
-    """Each row sorted as Numba's ``ndarray.sort`` leaves it: torch's sort, except rows mixing +0.0 and -0.0
-    (their order of equal zeros is the quicksort's), which are sorted by Numba itself on the host."""
-    out = cent.sort(1).values
-    zero = cent == 0
-    neg = torch.signbit(cent)
-    mixed = torch.nonzero((zero & neg).any(1) & (zero & ~neg).any(1))[:, 0]
-    if mixed.numel():
-        host = cent[mixed].cpu().numpy().copy()
-        _numba_sort(host)
-        out[mixed] = torch.from_numpy(host).to(cent.device)
-    return out
+def _lloyd_torch(xs: torch.Tensor, pw: torch.Tensor, pwx: torch.Tensor, scale: torch.Tensor, cnt: torch.Tensor,
+                 cent: torch.Tensor, max_iter: int, check_every: int = 8) -> torch.Tensor:
+    """``squeezellm._lloyd`` for every row at once (any device): the same midpoints, searches, quotients, clamps.
 
-
-def _kmeans_rows(xs: torch.Tensor, ws: torch.Tensor, cnt: torch.Tensor, k: int, max_iter: int) -> torch.Tensor:
-    """``squeezellm._kmeans_row`` for every row: xs [R, n] sorted (+inf after cnt), ws [R, n] (0 after cnt)."""
-    R, n = xs.shape
-    pw = _seq_cumsum(ws)
-    pwx = _seq_cumsum(ws * xs.nan_to_num(posinf=0.0))
-    total = pw[:, n:]
-    frac = torch.tensor([(j + 0.5) / k for j in range(k)], dtype=_F64, device=xs.device)
-    target = frac[None, :] * total
-    i = torch.searchsorted(pw[:, 1:].contiguous(), target.contiguous(), right=False)
-    i = torch.minimum(i, (cnt - 1).clamp_min(0)[:, None])
-    cent = _pick(xs, i)
+    A row past its first iteration without a change would change nothing again, so all rows run until none
+    changed (checked every ``check_every`` iterations: one host sync each) or max_iter.
+    """
     xs_c = xs.contiguous()
     half = torch.tensor(0.5, dtype=_F64, device=xs.device)
-    active = cnt > 0
-    for _ in range(max_iter):
+    zero = torch.zeros_like(cnt[:, None])
+    moved = torch.zeros((), dtype=torch.bool, device=xs.device)
+    for it in range(max_iter):
         mid = half * (cent[:, :-1] + cent[:, 1:])
         inner = torch.searchsorted(xs_c, mid.contiguous(), right=True)  # x <= midpoint: the lower centroid
-        bounds = torch.cat([torch.zeros_like(inner[:, :1]), inner, cnt[:, None]], 1)
+        bounds = torch.cat([zero, inner, cnt[:, None]], 1)
         a = bounds[:, :-1]
         b = torch.maximum(a, bounds[:, 1:])
         sw = pw.gather(1, b) - pw.gather(1, a)
-        c = (pwx.gather(1, b) - pwx.gather(1, a)) / sw
+        c = (pwx.gather(1, b) - pwx.gather(1, a)).to(_F64) / torch.where(sw > 0, sw, 1.0) * scale
         lo, hi = _pick(xs, a), _pick(xs, b - 1)
-        c = torch.where(lo > c, lo, c)  # Python's max(c, lo) / min(c, hi): the first unless the second wins
-        c = torch.where(hi < c, hi, c)
-        upd = sw > 0
-        changed = (upd & (c != cent)).any(1)
-        cent = torch.where(active[:, None], _sort_rows(torch.where(upd, c, cent)), cent)
-        active = active & changed  # the CPU loop stops here for this row (its sort might still swap signed zeros)
-        if not bool(active.any()):
-            break
-    return torch.where(cnt[:, None] > 0, cent, torch.zeros_like(cent))
+        c = torch.where(c < lo, lo, c)
+        c = torch.where(c > hi, hi, c)
+        upd = (sw > 0) & (c != cent)
+        cent = torch.where(upd, c, cent)
+        moved = moved | upd.any()
+        if (it + 1) % check_every == 0 or it + 1 == max_iter:
+            if not bool(moved):
+                break
+            moved = torch.zeros((), dtype=torch.bool, device=xs.device)
+    return cent
 
 
 def _fit_luts(w: torch.Tensor, sens: torch.Tensor | None, mask: torch.Tensor, k: int, max_iter: int,
-              chunk: int) -> torch.Tensor:
-    """f64 centroids [m, k] of every row's non-outlier values (``_fit_luts`` / ``_fit_luts_uniform``)."""
+              chunk: int, lloyd: str = "auto") -> torch.Tensor:
+    """f64 centroids [m, k] of every row's non-outlier values (``squeezellm._fit_luts``).
+
+    ``lloyd``: "triton" (one kernel for all iterations of all rows), "torch" (batched torch ops), or "auto"
+    (Triton on CUDA).
+    """
     m, n = w.shape
     out = torch.empty((m, k), dtype=_F64, device=w.device)
+    use_triton = lloyd == "triton" or (lloyd == "auto" and w.is_cuda)
+    fbits = fixed_bits(n)
+    cols = torch.arange(n, device=w.device)
+    frac = torch.tensor([(j + 0.5) / k for j in range(k)], dtype=_F64, device=w.device)
     for r0 in range(0, m, chunk):
         r1 = min(m, r0 + chunk)
         mk = mask[r0:r1]
-        x = torch.where(mk, torch.full_like(w[r0:r1], float("inf")), w[r0:r1]).to(_F64)
-        xs, order = torch.sort(x, dim=1, stable=True)
+        bits = w[r0:r1].view(torch.int32)
+        key = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # squeezellm._sort_key as signed int32
+        key = torch.where(mk, torch.full_like(key, 0x7FFFFFFF), key)  # excluded: after every finite value
+        order = torch.sort(key, dim=1, stable=True).indices
         cnt = (~mk).sum(1)
+        valid = cols[None, :] < cnt[:, None]
+        inf = torch.full(order.shape, float("inf"), dtype=_F64, device=w.device)
+        xs = torch.where(valid, w[r0:r1].gather(1, order).to(_F64), inf)
         if sens is None:
-            ws = (torch.arange(n, device=w.device)[None, :] < cnt[:, None]).to(_F64)
+            first = xs[:, :1].abs()
+            last = _pick(xs, (cnt - 1)[:, None]).abs()
+            mag = torch.where(cnt[:, None] > 0, torch.maximum(first, last), torch.zeros_like(first))
+            sh = fbits - torch.frexp(mag).exponent.to(torch.int64)
+            fixed = torch.where(valid, torch.round(xs * pow2(sh)), torch.zeros_like(xs)).to(torch.int64)
+            pwx = torch.nn.functional.pad(torch.cumsum(fixed, 1), (1, 0))
+            pw = torch.arange(n + 1, device=w.device, dtype=_F64).expand(r1 - r0, n + 1)
+            scale = pow2(-sh)
         else:
             s = torch.where(mk, torch.zeros_like(sens[r0:r1]), sens[r0:r1]).gather(1, order)
-            valid = torch.arange(n, device=w.device)[None, :] < cnt[:, None]
             allzero = (s == 0).all(1, keepdim=True)  # a sum of non-negatives is <= 0 only when all are 0
             ws = torch.where(allzero & valid, torch.ones_like(s), s)
-        out[r0:r1] = _kmeans_rows(xs, ws, cnt, k, max_iter)
+            pw = _seq_cumsum(ws)
+            pwx = _seq_cumsum(ws * torch.where(valid, xs, torch.zeros_like(xs)))
+            scale = torch.ones((r1 - r0, 1), dtype=_F64, device=w.device)
+        target = frac[None, :] * pw.gather(1, cnt[:, None])  # the weighted quantiles (j + 1/2) / k
+        i = torch.searchsorted(pw[:, 1:].contiguous(), target.contiguous(), right=False)
+        cent = _pick(xs, torch.minimum(i, (cnt - 1).clamp_min(0)[:, None]))
+        cent = torch.where(cnt[:, None] > 0, cent, torch.zeros_like(cent))
+        if use_triton:
+            from .squeezellm_triton import lloyd
+
+            cent = lloyd(xs, pw, pwx, scale, cnt, cent, max_iter, uniform=sens is None)
+        else:
+            cent = _lloyd_torch(xs, pw, pwx, scale, cnt, cent, max_iter)
+        out[r0:r1] = cent
     return out
 
 
 def _assign(w: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
-    """Nearest LUT entry per weight (f32 distance, strictly smaller wins: ties to the lowest index)."""
-    best = torch.zeros(w.shape, dtype=torch.int64, device=w.device)
-    bd = (w - lut[:, :1]).abs()
-    for c in range(1, lut.shape[1]):
-        d = (w - lut[:, c:c + 1]).abs()
-        better = d < bd
-        bd = torch.where(better, d, bd)
-        best = torch.where(better, torch.full_like(best, c), best)
+    """Nearest LUT entry per weight: the smallest f32 distance, ties to the lowest index (``argmin`` returns the
+    first minimum), over row blocks of ASSIGN_ELEMENTS distances."""
+    R, n = w.shape
+    k = lut.shape[1]
+    best = torch.empty(w.shape, dtype=torch.int64, device=w.device)
+    rows = max(1, ASSIGN_ELEMENTS // (n * k))
+    for r0 in range(0, R, rows):
+        r1 = min(R, r0 + rows)
+        best[r0:r1] = (w[r0:r1, :, None] - lut[r0:r1, None, :]).abs().argmin(2)
     return best
 
 
@@ -181,8 +199,14 @@ def quantize_squeezellm(
     bias: np.ndarray | None = None,
     device: str | torch.device = "cuda",
     chunk_elements: int = CHUNK_ELEMENTS,
+    lloyd: str = "auto",
+    assign: str = "torch",
 ) -> Encoded:
-    """``encoder.squeezellm.quantize_squeezellm`` computed on ``device``: the same sections, byte for byte."""
+    """``encoder.squeezellm.quantize_squeezellm`` computed on ``device``: the same sections, byte for byte.
+
+    ``lloyd``: how the k-means iterations run: "triton" (one kernel), "torch" (batched ops), "auto" (Triton
+    on CUDA); ``assign``: the nearest-entry search, "torch" (a blocked argmin) or "triton" (one kernel; not
+    yet the default: checked on a GPU only after this change); all give the same bytes."""
     w = as_tensor(weight, device).contiguous()
     s = checked_inputs(tuple(w.shape), lambda: bool(torch.isfinite(w).all()) and float(w.abs().max()) <= F16_MAX,
                        bits, sensitivity)
@@ -191,7 +215,7 @@ def quantize_squeezellm(
     sens = None if s is None else torch.from_numpy(s).to(w.device)
 
     if outlier_mask is None:
-        mask = _top_mask(w.abs(), int(round(outlier_fraction * m * n)), torch.ones_like(w, dtype=torch.bool))
+        mask = _top_mask(w.abs(), int(round(outlier_fraction * m * n)), None)
         if sens is not None:
             mask |= _top_mask(sens, int(round(sensitive_fraction * m * n)), ~mask)
     else:
@@ -200,7 +224,7 @@ def quantize_squeezellm(
         mask = torch.from_numpy(np.ascontiguousarray(outlier_mask, dtype=bool)).to(w.device)
 
     chunk = max(1, chunk_elements // n)
-    cent = _fit_luts(w, sens, mask, k, max_iter, chunk)
+    cent = _fit_luts(w, sens, mask, k, max_iter, chunk, lloyd)
     lut16 = f64_to_f16(torch.clamp(cent, -F16_MAX, F16_MAX))
     lut32 = lut16.to(torch.float32)
     words_t = host_empty((m, (n * bits + 31) // 32), torch.int32, w.device)
@@ -209,7 +233,12 @@ def quantize_squeezellm(
     for r0 in range(0, m, chunk):
         r1 = min(m, r0 + chunk)
         v, mk = w[r0:r1], mask[r0:r1]
-        idx = _assign(v, lut32[r0:r1])
+        if assign == "triton":
+            from .squeezellm_triton import assign as assign_triton
+
+            idx = assign_triton(v, lut32[r0:r1])
+        else:
+            idx = _assign(v, lut32[r0:r1])
         d = lut32[r0:r1].gather(1, idx)  # spec step 1
         res = (v[mk] - d[mk]).to(torch.float16)
         d[mk] = d[mk] + res.to(torch.float32)  # spec step 2: one f32 add
