@@ -26,6 +26,7 @@ import numpy as np
 
 from ..threads import shape_size, sized
 from .output import empty_f32
+from .vector import dequant_word
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -140,15 +141,11 @@ def _words(codes: np.ndarray, r: int, row: np.ndarray, q0: int, q1: int, per: in
            s_: np.float32) -> None:
     """Words q0..q1 of packed row ``r``, ``per`` codes of ``bits`` each (32 = per * bits), as (f32(code) - z) * s.
 
-    Inlined with literal ``per``/``bits``, so the inner loop has a constant trip count and shifts, which LLVM
-    turns into vector shifts, converts, subtracts and multiplies (the same IEEE operations, element by element).
+    Inlined with literal ``per``/``bits``, so each word is one explicit vector operation
+    (:func:`~spqrfmt.decoder.vector.dequant_word`: the same IEEE operations, element by element).
     """
-    mask = np.uint32((1 << bits) - 1)
     for q in range(q0, q1):
-        wd = codes[r, q]
-        base = q * per
-        for t in range(per):
-            row[base + t] = (np.float32((wd >> np.uint32(t * bits)) & mask) - z_) * s_
+        dequant_word(row, q * per, codes[r, q], bits, z_, s_)
 
 
 @numba.njit(cache=True, nogil=True)
