@@ -18,6 +18,11 @@ Exit status 0 when every case ran and was identical, else 1.
     python bench/gpu_check_encoders.py --out gpu_check_encoders.json
     python bench/gpu_check_encoders.py --quick            # one small shape
     python bench/gpu_check_encoders.py --shapes 4096x4096,11008x4096 --codecs spqr
+    python bench/gpu_check_encoders.py --codecs spqr --shapes 4096x4096 --profile prof.txt   # + torch.profiler
+
+``--profile FILE`` runs one more warm encode of each case under ``torch.profiler`` and appends its
+top operators by device time and by host time to FILE: where the time of a GPU encode goes (kernels,
+syncs, copies back), the data for choosing what to fuse or drop.
 """
 
 from __future__ import annotations
@@ -52,7 +57,23 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def case(name: str, shape: tuple[int, int], reps: int, device: str) -> dict[str, Any]:
+def profile(enc: Any, wd: torch.Tensor, cfg: QuantConfig, label: str, path: Path) -> None:
+    """One encode under torch.profiler: its operator tables (device time, host time) appended to ``path``."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if wd.is_cuda else [])
+    with torch_profile(activities=acts) as prof:
+        enc("layer.weight", wd, cfg)
+        sync(str(wd.device))
+    table = prof.key_averages()
+    dev_key = "self_cuda_time_total" if wd.is_cuda else "self_cpu_time_total"
+    with path.open("a") as f:
+        f.write(f"== {label}: by device time\n{table.table(sort_by=dev_key, row_limit=30)}\n")
+        f.write(f"== {label}: by host time\n{table.table(sort_by='cpu_time_total', row_limit=30)}\n")
+
+
+def case(name: str, shape: tuple[int, int], reps: int, device: str, prof: Path | None = None) -> dict[str, Any]:
     cfg = CONFIGS[name]
     w = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     row: dict[str, Any] = {"codec": name, "shape": list(shape)}
@@ -77,6 +98,8 @@ def case(name: str, shape: tuple[int, int], reps: int, device: str) -> dict[str,
         sync(device)
         times.append(time.perf_counter() - t0)
     best = min(times)
+    if prof is not None:
+        profile(enc, wd, cfg, f"{name} {shape[0]}x{shape[1]}", prof)
     row.update(seconds=round(best, 5), gparam_per_s=round(w.size / best / 1e9, 3),
                peak_gpu_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None)
     return row
@@ -91,6 +114,7 @@ def main() -> int:
     ap.add_argument("--codecs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
     ap.add_argument("--budget-s", type=float, default=150.0,
                     help="start no new case after this many seconds (the rest are recorded as skipped)")
+    ap.add_argument("--profile", type=Path, metavar="FILE", help="append a torch.profiler table per case to FILE")
     ap.add_argument("--device", default="cuda", help="cuda (the check); cpu runs the same on the CPU (smoke test)")
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -109,7 +133,7 @@ def main() -> int:
                 print(f"{name:17s} {shape[0]}x{shape[1]:<6d} skipped: time budget spent", flush=True)
                 continue
             try:
-                row = case(name, shape, reps, args.device)
+                row = case(name, shape, reps, args.device, args.profile)
             except Exception as e:  # report and go on with the next case
                 row = {"codec": name, "shape": list(shape), "error": f"{type(e).__name__}: {e}",
                        "traceback": traceback.format_exc(limit=4)}
