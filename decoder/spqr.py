@@ -26,7 +26,7 @@ import numpy as np
 
 from ..threads import shape_size, sized
 from .output import empty_f32
-from .vector import dequant_word
+from .vector import STAT_LANES, dequant_stats, dequant_word
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -86,12 +86,14 @@ def rne16(x: np.ndarray) -> np.ndarray:
 @numba.njit(cache=True, nogil=True, inline="always")
 def _stat_block(words: np.ndarray, bits: int, group: int, zero2: np.ndarray, scale2: np.ndarray, full: np.ndarray,
                 f16: bool, r0: int, r1: int, out: np.ndarray) -> None:
-    """Rows r0..r1 of a first-level statistic as out [G, r1 - r0] (spqr.md §5 step 1, §8).
+    """Rows r0..r1 of a first-level statistic as out[:, :r1 - r0] (spqr.md §5 step 1, §8); out is [G, >= r1 - r0 + 16].
 
     ``bits == 16``: ``full`` [G, m] holds the f16 values as f32; else the
-    second-level dequantization (f32(code) - zero2) * scale2, the difference
-    rounded to f16 first when ``f16`` (v2 ``arith = "f16"``), then one rne16; when a second-level group
-    covers more rows than there are codes, its 2^bits possible values are decoded once and looked up.
+    second-level dequantization rne16((f32(code) - zero2) * scale2), the difference
+    rounded to f16 first when ``f16`` (v2 ``arith = "f16"``), up to 16 rows of one
+    second-level group per vector (:func:`~spqrfmt.decoder.vector.dequant_stats`),
+    their codes cut from the row's bit stream (§4) as one u64. The vector's lanes past
+    the run are written too, then overwritten by the next run or left in the padding.
     """
     G = out.shape[0]
     if bits == 16:
@@ -99,41 +101,24 @@ def _stat_block(words: np.ndarray, bits: int, group: int, zero2: np.ndarray, sca
             for r in range(r0, r1):
                 out[g, r - r0] = full[g, r]
         return
-    mask = np.uint64((1 << bits) - 1)
-    ub = np.uint64(bits)
-    use_table = (1 << bits) < min(group, r1 - r0)  # a second-level group decodes more rows than it has values
-    table = np.empty(1 << bits, dtype=np.float32)
-    p = r0 * bits
+    W = words.shape[1]
+    step = min(STAT_LANES, 64 // bits)  # codes per u64 chunk
     for g in range(G):
-        wi = p >> 5  # the block's codes as one bit stream (spqr.md §4), from bit r0 * bits of row g
-        acc = np.uint64(words[g, wi]) >> np.uint64(p & 31)
-        nacc = 32 - (p & 31)
-        wi += 1
+        row = out[g]
         for k in range(r0 // group, (r1 - 1) // group + 1):
             z_ = zero2[g, k]
             s_ = scale2[g, k]
-            ra = max(r0, k * group)
-            rb = min(r1, (k + 1) * group)
-            if use_table:  # each of the 2^bits values once: the same rne16 of the same operands, fewer times
-                for c in range(1 << bits):
-                    t = np.float32(c) - z_
-                    if f16:
-                        t = _rne16(t)
-                    table[c] = _rne16(t * s_)
-            for r in range(ra, rb):
-                if nacc < bits:
-                    acc |= np.uint64(words[g, wi]) << np.uint64(nacc)
-                    wi += 1
-                    nacc += 32
-                if use_table:
-                    out[g, r - r0] = table[acc & mask]
-                else:
-                    t = np.float32(acc & mask) - z_
-                    if f16:
-                        t = _rne16(t)
-                    out[g, r - r0] = _rne16(t * s_)
-                acc >>= ub
-                nacc -= bits
+            for ra in range(max(r0, k * group), min(r1, (k + 1) * group), step):
+                p = ra * bits
+                wi = p >> 5
+                sh = np.uint64(p & 31)
+                lo = np.uint64(words[g, wi])
+                if wi + 1 < W:
+                    lo |= np.uint64(words[g, wi + 1]) << np.uint64(32)
+                chunk = lo >> sh
+                if wi + 2 < W and sh > 0:
+                    chunk |= np.uint64(words[g, wi + 2]) << (np.uint64(64) - sh)
+                dequant_stats(row, ra - r0, chunk, bits, z_, s_, f16)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -203,8 +188,9 @@ def _decode_rows(codes: np.ndarray, bits: int, n: int, group_size: int,
     for b in numba.prange(nblk):
         r0 = b * _ROWS
         r1 = min(m, r0 + _ROWS)
-        S = np.empty((G, r1 - r0), dtype=np.float32)  # [group, row]: the second level writes it contiguously
-        Z = np.empty((G, r1 - r0), dtype=np.float32)
+        # [group, row]: the second level writes it contiguously; + STAT_LANES: room for a vector's spare lanes
+        S = np.empty((G, r1 - r0 + STAT_LANES), dtype=np.float32)
+        Z = np.empty((G, r1 - r0 + STAT_LANES), dtype=np.float32)
         _stat_block(s_words, s_bits, s_group, s_zero2, s_scale2, s_full, f16, r0, r1, S)
         _stat_block(z_words, z_bits, z_group, z_zero2, z_scale2, z_full, f16, r0, r1, Z)
         buf = np.empty(n, dtype=np.float32)

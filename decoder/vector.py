@@ -6,7 +6,8 @@ multiply / store chains. These intrinsics emit the vector form directly: the
 same IEEE operations lane by lane (no fast-math flags, so no contraction and
 no flush to zero), hence the same bits as the scalar loop, several times faster.
 The decoder (decoder/spqr.py) unpacks with :func:`dequant_word`, the encoder
-(encoder/spqr.py) packs with :func:`pack_word`.
+(encoder/spqr.py) packs with :func:`pack_word`. Numba's on-disk cache tracks only a caller's own
+source file: after editing this one, clear the callers' caches (``__pycache__/*.nbi``, ``*.nbc``).
 """
 
 from __future__ import annotations
@@ -85,5 +86,69 @@ def pack_word(typingctx: Any, q: types.Array, base: types.Integer, bits: types.I
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, [vt]),
                                             f"llvm.vector.reduce.or.v{per}i32")
         return builder.call(fn, [parts])  # the pieces never overlap: OR is their sum
+
+    return sig, codegen
+
+
+STAT_LANES = 16  # lanes of :func:`dequant_stats`: the statistics of up to 16 rows per call
+
+
+def _rne16(builder: ir.IRBuilder, x: ir.Value, count: int) -> ir.Value:
+    """The spec's rne16 lane by lane, the same integer steps as ``decoder.spqr._rne16`` with selects for branches."""
+    vt = ir.VectorType(_I32, count)
+    ft = x.type
+
+    def k(v: int) -> ir.Constant:
+        return ir.Constant(vt, [v] * count)
+
+    u = builder.bitcast(x, vt)
+    sign = builder.and_(u, k(0x80000000))
+    a = builder.and_(u, k(0x7FFFFFFF))
+    odd = builder.and_(builder.lshr(a, k(13)), k(1))
+    nrm = builder.or_(sign, builder.and_(builder.add(builder.add(a, k(0xFFF)), odd), k(0xFFFFE000)))
+    rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ft, [ft]), f"llvm.rint.v{count}f32")
+    sub = builder.fmul(builder.call(rint, [builder.fmul(x, ir.Constant(ft, [16777216.0] * count))]),
+                       ir.Constant(ft, [2.0**-24] * count))  # below 2^-14: the f16 subnormal grid, exact scaling
+    y = builder.select(builder.icmp_unsigned("<", a, k(0x38800000)), sub, builder.bitcast(nrm, ft))
+    y = builder.select(builder.icmp_unsigned(">=", a, k(0x477FF000)), builder.bitcast(builder.or_(sign, k(0x7F800000)),
+                                                                                       ft), y)
+    return builder.select(builder.icmp_unsigned(">=", a, k(0x7F800000)), x, y)  # inf and NaN as they are
+
+
+@intrinsic
+def dequant_stats(typingctx: Any, row: types.Array, base: types.Integer, chunk: types.Integer, bits: types.Integer,
+                  z: types.Float, s: types.Float, f16: types.Boolean) -> Any:
+    """row[base + t] = rne16((f32(code t) - z) * s) for t < 16, code t = bits t*bits.. of ``chunk`` (spqr.md §5
+    step 1; with ``f16``, v2's rne16 of the difference first, §8): 16 second-level statistics as one vector.
+
+    ``chunk`` is a u64 holding consecutive codes from its bit 0; lanes past 64 // bits codes hold garbage and
+    are written too, so ``row`` needs base + 16 <= row.size (not checked) and the caller overwrites or ignores
+    them. ``bits`` is 1..8 at run time.
+    """
+    if not (isinstance(row, types.Array) and row.ndim == 1 and row.layout == "C" and row.dtype == types.float32
+            and isinstance(chunk, types.Integer) and chunk.bitwidth == 64 and isinstance(bits, types.Integer)
+            and z == types.float32 and s == types.float32 and isinstance(f16, types.Boolean)):
+        return None
+    n = STAT_LANES
+    sig = types.void(row, base, chunk, bits, z, s, f16)
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> None:
+        rowv, basev, chunkv, bitsv, zv, sv, f16v = args
+        data = context.make_array(signature.args[0])(context, builder, rowv).data
+        i64 = ir.IntType(64)
+        v64 = ir.VectorType(i64, n)
+        b64 = _splat(builder, context.cast(builder, bitsv, signature.args[3], types.int64), n)
+        shift = builder.mul(ir.Constant(v64, list(range(n))), b64)
+        umin = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v64, [v64, v64]), f"llvm.umin.v{n}i64")
+        shift = builder.call(umin, [shift, ir.Constant(v64, [63] * n)])  # a shift >= 64 would be poison
+        mask = builder.sub(builder.shl(ir.Constant(v64, [1] * n), b64), ir.Constant(v64, [1] * n))
+        codes = builder.trunc(builder.and_(builder.lshr(_splat(builder, chunkv, n), shift), mask),
+                              ir.VectorType(_I32, n))
+        ft = ir.VectorType(ir.FloatType(), n)
+        t = builder.fsub(builder.sitofp(codes, ft), _splat(builder, zv, n))
+        t = builder.select(context.cast(builder, f16v, signature.args[6], types.boolean), _rne16(builder, t, n), t)
+        y = _rne16(builder, builder.fmul(t, _splat(builder, sv, n)), n)
+        ptr = builder.gep(data, [context.cast(builder, basev, signature.args[1], types.intp)])
+        builder.store(y, builder.bitcast(ptr, ft.as_pointer()), align=4)
 
     return sig, codegen

@@ -42,3 +42,22 @@ def test_spqr_decode_matches_reference(tmp_path_factory: pytest.TempPathFactory,
     got, ref = _decode_both(tmp_path_factory.mktemp("spqr"), enc)
     assert np.array_equal(got.view(np.uint32), ref.view(np.uint32))
     assert np.array_equal(got.view(np.uint32), enc.dequantized.view(np.uint32))
+
+
+@pytest.mark.parametrize("f16", [False, True])
+def test_spqr_special_second_level_stats_match_reference(tmp_path: Path, f16: bool) -> None:
+    """NaN, ±inf, -0, f16 subnormals and overflowing products in the second-level statistics of whole 32-row
+    blocks (the vector path; the conformance vectors' special values have fewer rows)."""
+    rng = np.random.default_rng(3)
+    enc = quantize_spqr(rng.standard_normal((80, 48)).astype(np.float32), bits=4, scale_bits=3, zero_bits=3)
+    special = np.array([np.nan, np.inf, -np.inf, -0.0, 6e-8, 1e-5, 65504.0, -65504.0, 3e4], dtype=np.float16)
+    for key in ("scale_scale", "scale_zero", "zero_scale", "zero_zero"):
+        sec = enc.sections[key].copy()
+        pick = rng.random(sec.shape) < 0.3
+        sec[pick] = rng.choice(special, int(pick.sum()))
+        enc.sections[key] = sec
+    if f16:
+        enc = to_v2(enc, arith="f16", outlier_op="add")
+    got, ref = _decode_both(tmp_path, enc)
+    assert np.isnan(ref).any() and np.isinf(ref).any()
+    assert np.array_equal(got.view(np.uint32), ref.view(np.uint32))
