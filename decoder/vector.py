@@ -90,7 +90,7 @@ def pack_word(typingctx: Any, q: types.Array, base: types.Integer, bits: types.I
     return sig, codegen
 
 
-STAT_LANES = 16  # lanes of :func:`dequant_stats`: the statistics of up to 16 rows per call
+STAT_LANES = 16  # lanes of :func:`dequant_chunk`: up to 16 codes per call
 
 
 def _rne16(builder: ir.IRBuilder, x: ir.Value, count: int) -> ir.Value:
@@ -115,25 +115,35 @@ def _rne16(builder: ir.IRBuilder, x: ir.Value, count: int) -> ir.Value:
     return builder.select(builder.icmp_unsigned(">=", a, k(0x7F800000)), x, y)  # inf and NaN as they are
 
 
-@intrinsic
-def dequant_stats(typingctx: Any, row: types.Array, base: types.Integer, chunk: types.Integer, bits: types.Integer,
-                  z: types.Float, s: types.Float, f16: types.Boolean) -> Any:
-    """row[base + t] = rne16((f32(code t) - z) * s) for t < 16, code t = bits t*bits.. of ``chunk`` (spqr.md §5
-    step 1; with ``f16``, v2's rne16 of the difference first, §8): 16 second-level statistics as one vector.
+def _maybe(builder: ir.IRBuilder, context: Any, flag_type: Any, flag: ir.Value, fn: Any, x: ir.Value) -> ir.Value:
+    """fn(x) where the boolean ``flag`` holds: decided at compile time for a literal, by a select otherwise."""
+    if isinstance(flag_type, types.BooleanLiteral):
+        return fn(x) if flag_type.literal_value else x
+    return builder.select(context.cast(builder, flag, flag_type, types.boolean), fn(x), x)
 
+
+@intrinsic
+def dequant_chunk(typingctx: Any, row: types.Array, base: types.Integer, chunk: types.Integer, bits: types.Integer,
+                  z: types.Float, s: types.Float, f16: types.Boolean, round_out: types.Boolean) -> Any:
+    """row[base + t] = R((R16(f32(code t) - z)) * s) for t < 16, code t = bits t*bits.. of ``chunk``: 16 values
+    of spqr.md §5 as one vector.
+
+    R16 is rne16 when ``f16`` (v2 ``arith = "f16"``, §8), R rne16 when ``round_out``: second-level statistics
+    take (f16, True) (step 1), codes (f16, f16) (step 2); literal flags drop the unused rounding at compile time.
     ``chunk`` is a u64 holding consecutive codes from its bit 0; lanes past 64 // bits codes hold garbage and
     are written too, so ``row`` needs base + 16 <= row.size (not checked) and the caller overwrites or ignores
     them. ``bits`` is 1..8 at run time.
     """
     if not (isinstance(row, types.Array) and row.ndim == 1 and row.layout == "C" and row.dtype == types.float32
             and isinstance(chunk, types.Integer) and chunk.bitwidth == 64 and isinstance(bits, types.Integer)
-            and z == types.float32 and s == types.float32 and isinstance(f16, types.Boolean)):
+            and z == types.float32 and s == types.float32 and isinstance(f16, types.Boolean)
+            and isinstance(round_out, types.Boolean)):
         return None
     n = STAT_LANES
-    sig = types.void(row, base, chunk, bits, z, s, f16)
+    sig = types.void(row, base, chunk, bits, z, s, f16, round_out)
 
     def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> None:
-        rowv, basev, chunkv, bitsv, zv, sv, f16v = args
+        rowv, basev, chunkv, bitsv, zv, sv, f16v, roundv = args
         data = context.make_array(signature.args[0])(context, builder, rowv).data
         i64 = ir.IntType(64)
         v64 = ir.VectorType(i64, n)
@@ -145,9 +155,13 @@ def dequant_stats(typingctx: Any, row: types.Array, base: types.Integer, chunk: 
         codes = builder.trunc(builder.and_(builder.lshr(_splat(builder, chunkv, n), shift), mask),
                               ir.VectorType(_I32, n))
         ft = ir.VectorType(ir.FloatType(), n)
-        t = builder.fsub(builder.sitofp(codes, ft), _splat(builder, zv, n))
-        t = builder.select(context.cast(builder, f16v, signature.args[6], types.boolean), _rne16(builder, t, n), t)
-        y = _rne16(builder, builder.fmul(t, _splat(builder, sv, n)), n)
+
+        def rne(x: ir.Value) -> ir.Value:
+            return _rne16(builder, x, n)
+
+        t = _maybe(builder, context, signature.args[6], f16v,
+                   rne, builder.fsub(builder.sitofp(codes, ft), _splat(builder, zv, n)))
+        y = _maybe(builder, context, signature.args[7], roundv, rne, builder.fmul(t, _splat(builder, sv, n)))
         ptr = builder.gep(data, [context.cast(builder, basev, signature.args[1], types.intp)])
         builder.store(y, builder.bitcast(ptr, ft.as_pointer()), align=4)
 
