@@ -96,7 +96,8 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "numba_threads": numba.get_num_threads(),
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "cpus_allowed": len(os.sched_getaffinity(0)),
+            "numba_threads": numba.get_num_threads(),
             "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__}
 
 
@@ -203,6 +204,11 @@ def main() -> None:
     def add(row: dict[str, Any]) -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)  # the log keeps every row even if the run is cut short
+        if "shape" in row:
+            unit = "Gparam/s" if row["kind"] == "decode" else "Mparam/s"
+            val = "gparam_per_s" if row["kind"] == "decode" else "mparam_per_s"
+            print(f"  {row['kind']} {row['codec']} {'x'.join(map(str, row['shape']))} {row.get('api', '')}: "
+                  f"{row[val]} {unit} wall, {row[val + '_per_cpu_s']} {unit} per CPU-second", flush=True)
 
     info = {"machine": machine(), "loadavg_start": os.getloadavg(), "reps": reps,
             "command": " ".join(["python", "bench/convert_speed.py", *sys.argv[1:]])}

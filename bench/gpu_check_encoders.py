@@ -14,7 +14,7 @@ without outliers, squeezellm, quip) and shape, on one random f32 weight:
 ``VARIANTS`` are further cases: the same codec computed another way (squeezellm
 with the batched torch Lloyd loop instead of the Triton kernel; with the
 Triton assignment kernel instead of torch's argmin), checked and timed alike.
-``--profile`` adds a table of each case's CUDA kernels.
+``--profile FILE`` appends a table of each case's operators (see below).
 
 Every case runs in its own try/except, so one failure is reported and the rest still run; no case starts
 after ``--budget-s`` seconds (Numba compiles the CPU encoders on the first cases: tens of seconds when cold).
@@ -23,7 +23,12 @@ Exit status 0 when every case ran and was identical, else 1.
     python bench/gpu_check_encoders.py --out gpu_check_encoders.json
     python bench/gpu_check_encoders.py --quick            # one small shape
     python bench/gpu_check_encoders.py --shapes 4096x4096,11008x4096 --codecs spqr
-    python bench/gpu_check_encoders.py --codecs squeezellm,squeezellm/lloyd=torch --profile
+    python bench/gpu_check_encoders.py --codecs squeezellm,squeezellm/lloyd=torch   # a variant of the torch encoder
+    python bench/gpu_check_encoders.py --codecs spqr --shapes 4096x4096 --profile prof.txt   # + torch.profiler
+
+``--profile FILE`` runs one more warm encode of each case under ``torch.profiler`` and appends its
+top operators by device time and by host time to FILE: where the time of a GPU encode goes (kernels,
+syncs, copies back), the data for choosing what to fuse or drop.
 """
 
 from __future__ import annotations
@@ -73,17 +78,23 @@ def variant_encoder(kw: dict[str, Any], device: str) -> Any:
     return enc
 
 
-def profile_table(enc: Any, wd: torch.Tensor, cfg: QuantConfig) -> str:
-    """The kernels of one encode by total device time (torch.profiler), the top 25."""
-    from torch.profiler import ProfilerActivity, profile
+def profile(enc: Any, wd: torch.Tensor, cfg: QuantConfig, label: str, path: Path) -> None:
+    """One encode under torch.profiler: its operator tables (device time, host time) appended to ``path``."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if wd.is_cuda else [])
+    with torch_profile(activities=acts) as prof:
         enc("layer.weight", wd, cfg)
-        torch.cuda.synchronize()
-    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+        sync(str(wd.device))
+    table = prof.key_averages()
+    dev_key = "self_cuda_time_total" if wd.is_cuda else "self_cpu_time_total"
+    with path.open("a") as f:
+        f.write(f"== {label}: by device time\n{table.table(sort_by=dev_key, row_limit=30)}\n")
+        f.write(f"== {label}: by host time\n{table.table(sort_by='cpu_time_total', row_limit=30)}\n")
 
 
-def case(name: str, shape: tuple[int, int], reps: int, device: str, profiled: bool = False) -> dict[str, Any]:
+def case(name: str, shape: tuple[int, int], reps: int, device: str, prof: Path | None = None) -> dict[str, Any]:
     base, kw = VARIANTS.get(name, (name, None))
     cfg = CONFIGS[base]
     w = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
@@ -109,11 +120,10 @@ def case(name: str, shape: tuple[int, int], reps: int, device: str, profiled: bo
         sync(device)
         times.append(time.perf_counter() - t0)
     best = min(times)
+    if prof is not None:
+        profile(enc, wd, cfg, f"{name} {shape[0]}x{shape[1]}", prof)
     row.update(seconds=round(best, 5), gparam_per_s=round(w.size / best / 1e9, 3),
                peak_gpu_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None)
-    if profiled and cuda:
-        row["profile"] = profile_table(enc, wd, cfg)
-        print(row["profile"], flush=True)
     return row
 
 
@@ -125,9 +135,9 @@ def main() -> int:
     ap.add_argument("--shapes", help="comma-separated MxN list instead of " + ",".join(f"{a}x{b}" for a, b in SHAPES))
     ap.add_argument("--codecs", default=",".join([*CONFIGS, *VARIANTS]),
                     help="comma-separated subset of " + ",".join([*CONFIGS, *VARIANTS]))
-    ap.add_argument("--profile", action="store_true", help="print (and keep) each case's kernel table (CUDA)")
     ap.add_argument("--budget-s", type=float, default=150.0,
                     help="start no new case after this many seconds (the rest are recorded as skipped)")
+    ap.add_argument("--profile", type=Path, metavar="FILE", help="append a torch.profiler table per case to FILE")
     ap.add_argument("--device", default="cuda", help="cuda (the check); cpu runs the same on the CPU (smoke test)")
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():

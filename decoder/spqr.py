@@ -26,6 +26,7 @@ import numpy as np
 
 from ..threads import shape_size, sized
 from .output import empty_f32
+from .vector import STAT_LANES, dequant_chunk, dequant_word
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -83,14 +84,31 @@ def rne16(x: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _bits64(words: np.ndarray, r: int, p: int) -> np.uint64:
+    """64 bits of packed row ``r``'s bit stream (spqr.md §4) from bit ``p``: zeros past the row's last word."""
+    W = words.shape[1]
+    wi = p >> 5
+    sh = np.uint64(p & 31)
+    lo = np.uint64(words[r, wi])
+    if wi + 1 < W:
+        lo |= np.uint64(words[r, wi + 1]) << np.uint64(32)
+    c = lo >> sh
+    if wi + 2 < W and sh > 0:
+        c |= np.uint64(words[r, wi + 2]) << (np.uint64(64) - sh)
+    return c
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _stat_block(words: np.ndarray, bits: int, group: int, zero2: np.ndarray, scale2: np.ndarray, full: np.ndarray,
                 f16: bool, r0: int, r1: int, out: np.ndarray) -> None:
-    """Rows r0..r1 of a first-level statistic as out [G, r1 - r0] (spqr.md §5 step 1, §8).
+    """Rows r0..r1 of a first-level statistic as out[:, :r1 - r0] (spqr.md §5 step 1, §8); out is [G, >= r1 - r0 + 16].
 
     ``bits == 16``: ``full`` [G, m] holds the f16 values as f32; else the
-    second-level dequantization (f32(code) - zero2) * scale2, the difference
-    rounded to f16 first when ``f16`` (v2 ``arith = "f16"``), then one rne16; when a second-level group
-    covers more rows than there are codes, its 2^bits possible values are decoded once and looked up.
+    second-level dequantization rne16((f32(code) - zero2) * scale2), the difference
+    rounded to f16 first when ``f16`` (v2 ``arith = "f16"``), up to 16 rows of one
+    second-level group per vector (:func:`~spqrfmt.decoder.vector.dequant_chunk`),
+    their codes cut from the row's bit stream (§4) as one u64. The vector's lanes past
+    the run are written too, then overwritten by the next run or left in the padding.
     """
     G = out.shape[0]
     if bits == 16:
@@ -98,41 +116,14 @@ def _stat_block(words: np.ndarray, bits: int, group: int, zero2: np.ndarray, sca
             for r in range(r0, r1):
                 out[g, r - r0] = full[g, r]
         return
-    mask = np.uint64((1 << bits) - 1)
-    ub = np.uint64(bits)
-    use_table = (1 << bits) < min(group, r1 - r0)  # a second-level group decodes more rows than it has values
-    table = np.empty(1 << bits, dtype=np.float32)
-    p = r0 * bits
+    step = min(STAT_LANES, 64 // bits)  # codes per u64 chunk
     for g in range(G):
-        wi = p >> 5  # the block's codes as one bit stream (spqr.md §4), from bit r0 * bits of row g
-        acc = np.uint64(words[g, wi]) >> np.uint64(p & 31)
-        nacc = 32 - (p & 31)
-        wi += 1
+        row = out[g]
         for k in range(r0 // group, (r1 - 1) // group + 1):
             z_ = zero2[g, k]
             s_ = scale2[g, k]
-            ra = max(r0, k * group)
-            rb = min(r1, (k + 1) * group)
-            if use_table:  # each of the 2^bits values once: the same rne16 of the same operands, fewer times
-                for c in range(1 << bits):
-                    t = np.float32(c) - z_
-                    if f16:
-                        t = _rne16(t)
-                    table[c] = _rne16(t * s_)
-            for r in range(ra, rb):
-                if nacc < bits:
-                    acc |= np.uint64(words[g, wi]) << np.uint64(nacc)
-                    wi += 1
-                    nacc += 32
-                if use_table:
-                    out[g, r - r0] = table[acc & mask]
-                else:
-                    t = np.float32(acc & mask) - z_
-                    if f16:
-                        t = _rne16(t)
-                    out[g, r - r0] = _rne16(t * s_)
-                acc >>= ub
-                nacc -= bits
+            for ra in range(max(r0, k * group), min(r1, (k + 1) * group), step):
+                dequant_chunk(row, ra - r0, _bits64(words, g, ra * bits), bits, z_, s_, f16, True)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -140,15 +131,11 @@ def _words(codes: np.ndarray, r: int, row: np.ndarray, q0: int, q1: int, per: in
            s_: np.float32) -> None:
     """Words q0..q1 of packed row ``r``, ``per`` codes of ``bits`` each (32 = per * bits), as (f32(code) - z) * s.
 
-    Inlined with literal ``per``/``bits``, so the inner loop has a constant trip count and shifts, which LLVM
-    turns into vector shifts, converts, subtracts and multiplies (the same IEEE operations, element by element).
+    Inlined with literal ``per``/``bits``, so each word is one explicit vector operation
+    (:func:`~spqrfmt.decoder.vector.dequant_word`: the same IEEE operations, element by element).
     """
-    mask = np.uint32((1 << bits) - 1)
     for q in range(q0, q1):
-        wd = codes[r, q]
-        base = q * per
-        for t in range(per):
-            row[base + t] = (np.float32((wd >> np.uint32(t * bits)) & mask) - z_) * s_
+        dequant_word(row, q * per, codes[r, q], bits, z_, s_)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -178,6 +165,33 @@ def _whole_words_row(codes: np.ndarray, r: int, row: np.ndarray, S: np.ndarray, 
             row[j] = (np.float32((codes[r, j // per] >> np.uint32((j % per) * bits)) & mask) - z_) * s_
 
 
+@numba.njit(cache=True, nogil=True)
+def _chunked_row(codes: np.ndarray, r: int, row: np.ndarray, S: np.ndarray, Z: np.ndarray, bits: int,
+                 group_size: int, n: int, f16: bool) -> None:
+    """Step 2 of row ``r`` for any width (and v2 f16 arithmetic): up to 16 codes at a time, cut from the bit
+    stream as one u64, as one vector (:func:`~spqrfmt.decoder.vector.dequant_chunk`).
+
+    A vector's lanes past its group are rewritten by the next group; the last codes of the row, where 16 lanes
+    would pass its end, one at a time.
+    """
+    step = min(STAT_LANES, 64 // bits)
+    mask = np.uint32((1 << bits) - 1)
+    for g in range(S.size):
+        s_ = S[g]
+        z_ = Z[g]
+        j = g * group_size
+        j1 = min(n, j + group_size)
+        while j < j1 and j + STAT_LANES <= n:
+            if f16:
+                dequant_chunk(row, j, _bits64(codes, r, j * bits), bits, z_, s_, True, True)
+            else:
+                dequant_chunk(row, j, _bits64(codes, r, j * bits), bits, z_, s_, False, False)
+            j += step
+        for jj in range(j, j1):
+            t = np.float32(_code(codes, r, jj, bits, mask)) - z_
+            row[jj] = _rne16(_rne16(t) * s_) if f16 else t * s_
+
+
 _ROWS = 32  # rows per block: the block's statistics stay in L1/L2 while its rows decode
 
 
@@ -189,16 +203,15 @@ def _decode_rows(codes: np.ndarray, bits: int, n: int, group_size: int,
                  ovals: np.ndarray, add: bool, f16: bool, perm: np.ndarray, out: np.ndarray) -> None:
     """spqr.md §5 steps 1-4 for all rows, in blocks of rows in parallel, with the spec's operations in order.
 
-    Per block: its rows' statistics (step 1); per row: codes read as one
+    Per block: its rows' statistics (step 1); per row: codes read from the
     little-endian bit stream (§4), (f32(code) - z) * s (step 2; rne16 after each
-    operation when ``f16``), the row's outliers replaced or added (step 3), and
-    the row scattered through ``perm`` when it is non-empty (step 4).
+    operation when ``f16``), whole words or u64 chunks as vectors, the row's outliers
+    replaced or added (step 3), and the row scattered through ``perm`` when it is
+    non-empty (step 4).
     """
     m = codes.shape[0]
     G = (n + group_size - 1) // group_size
     nblk = (m + _ROWS - 1) // _ROWS
-    mask = np.uint64((1 << bits) - 1)
-    ub = np.uint64(bits)
     has_perm = perm.size > 0
     per = 32 // bits
     # 1, 2, 4 or 8 bits with groups of whole words: each word decodes on its own (vectorisable, see _words)
@@ -206,40 +219,18 @@ def _decode_rows(codes: np.ndarray, bits: int, n: int, group_size: int,
     for b in numba.prange(nblk):
         r0 = b * _ROWS
         r1 = min(m, r0 + _ROWS)
-        S = np.empty((G, r1 - r0), dtype=np.float32)  # [group, row]: the second level writes it contiguously
-        Z = np.empty((G, r1 - r0), dtype=np.float32)
+        # [group, row]: the second level writes it contiguously; + STAT_LANES: room for a vector's spare lanes
+        S = np.empty((G, r1 - r0 + STAT_LANES), dtype=np.float32)
+        Z = np.empty((G, r1 - r0 + STAT_LANES), dtype=np.float32)
         _stat_block(s_words, s_bits, s_group, s_zero2, s_scale2, s_full, f16, r0, r1, S)
         _stat_block(z_words, z_bits, z_group, z_zero2, z_scale2, z_full, f16, r0, r1, Z)
         buf = np.empty(n, dtype=np.float32)
         for r in range(r0, r1):
             row = buf if has_perm else out[r]
-            acc = np.uint64(0)
-            nacc = 0
-            wi = 0
             if whole:
                 _whole_words_row(codes, r, row, S[:, r - r0], Z[:, r - r0], bits, group_size, n)
-            for g in range(0 if not whole else G, G):
-                s_ = S[g, r - r0]
-                z_ = Z[g, r - r0]
-                j1 = min(n, (g + 1) * group_size)
-                if f16:
-                    for j in range(g * group_size, j1):
-                        if nacc < bits:
-                            acc |= np.uint64(codes[r, wi]) << np.uint64(nacc)
-                            wi += 1
-                            nacc += 32
-                        row[j] = _rne16(_rne16(np.float32(acc & mask) - z_) * s_)
-                        acc >>= ub
-                        nacc -= bits
-                else:
-                    for j in range(g * group_size, j1):
-                        if nacc < bits:
-                            acc |= np.uint64(codes[r, wi]) << np.uint64(nacc)
-                            wi += 1
-                            nacc += 32
-                        row[j] = (np.float32(acc & mask) - z_) * s_
-                        acc >>= ub
-                        nacc -= bits
+            else:
+                _chunked_row(codes, r, row, S[:, r - r0], Z[:, r - r0], bits, group_size, n, f16)
             for e in range(row_ptr[r], row_ptr[r + 1]):
                 if add:
                     a = row[ocols[e]] + ovals[e]

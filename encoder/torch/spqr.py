@@ -239,7 +239,7 @@ def quantize_spqr(
             sections[f"{which}_scale"] = sec["scale"]
             sections[f"{which}_zero"] = sec["zero"]
 
-    # Codes against the reconstructed statistics (spqr.md .cpu().numpy()5 step 2), then step 3's outlier replacement.
+    # Codes against the reconstructed statistics (spqr.md §5 step 2), then step 3's outlier replacement.
     S = recon["scale"].T.contiguous()  # [m, G]
     Z = recon["zero"].T.contiguous()
     fq = const(float(qmax), w)
@@ -272,7 +272,7 @@ def quantize_spqr(
     cols = nz[:, 1]
     sections["outlier_col"] = (torch.where(cols >= 1 << 15, cols - (1 << 16), cols) if n <= 65536 else cols).to(
         col_t).cpu().numpy().view(np.uint16 if n <= 65536 else np.uint32)
-    sections["outlier_val"] = w[mask].to(torch.float16).cpu().numpy()
+    sections["outlier_val"] = w[nz[:, 0], nz[:, 1]].to(torch.float16).cpu().numpy()  # = w[mask], no second nonzero
 
     if perm is not None:
         sections["perm"] = perm.astype(np.uint32)
