@@ -13,7 +13,7 @@ without outliers, squeezellm, quip) and shape, on one random f32 weight:
 
 ``VARIANTS`` are further cases: the same codec computed another way (squeezellm
 with the batched torch Lloyd loop instead of the Triton kernel; with the
-Triton assignment kernel instead of torch's argmin), checked and timed alike.
+torch's blocked argmin instead of the Triton assignment kernel), checked and timed alike.
 ``--profile FILE`` appends a table of each case's operators (see below).
 
 Every case runs in its own try/except, so one failure is reported and the rest still run; no case starts
@@ -56,7 +56,7 @@ CONFIGS: dict[str, QuantConfig] = {
 }
 # Other ways of computing the same bytes, each checked and timed as its own case: name -> (config, keywords).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"squeezellm/lloyd=torch": ("squeezellm", {"lloyd": "torch"}),
-                                                   "squeezellm/assign=triton": ("squeezellm", {"assign": "triton"})}
+                                                   "squeezellm/assign=torch": ("squeezellm", {"assign": "torch"})}
 SHAPES = [(4096, 4096), (4096, 14336)]
 QUICK_SHAPES = [(1024, 2048)]
 
