@@ -30,6 +30,16 @@ if _cpu_only():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def kernels_module(codec: str) -> Any:
+    """``spqrfmt.kernels.<codec>``, or skip the test when torch or triton is missing (without a GPU the kernels
+    run in Triton's interpreter, chosen above)."""
+    import importlib
+
+    pytest.importorskip("torch")
+    pytest.importorskip("triton")
+    return importlib.import_module(f"spqrfmt.kernels.{codec}")
+
+
 def assemble(header: dict[str, Any], data: bytes, *, major: int = 1, minor: int = 0,
              header_crc: int | None = None, header_length: int | None = None,
              data_length: int | None = None) -> bytes:

@@ -8,7 +8,6 @@ Triton interpreter pipeline must equal the Numba reference bit for bit.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from spqrfmt import ErrorCode
 from spqrfmt.decoder.quip import decode, hadamard_constant, transform_rows
 from spqrfmt.encoder.quip import apply_dt_rows, quantize_quip, random_orthogonal
 
-from conftest import assemble, restamp, split
+from conftest import assemble, kernels_module, restamp, split
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                            HealthCheck.function_scoped_fixture])
@@ -126,13 +125,7 @@ def test_incoherence_beats_plain_rtn_on_outliers() -> None:
 
 @pytest.fixture(scope="module")
 def kq() -> Any:
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    pytest.importorskip("triton")
-    from spqrfmt.kernels import quip
-
-    return quip
+    return kernels_module("quip")
 
 
 small = st.tuples(st.sampled_from([1, 3]), st.integers(0, 4)).map(lambda t: t[0] << t[1])

@@ -7,7 +7,6 @@ bit-identical to the Numba reference.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from spqrfmt import ErrorCode
 from spqrfmt.decoder.squeezellm import decode
 from spqrfmt.encoder.squeezellm import quantize_squeezellm
 
-from conftest import assemble, restamp, split
+from conftest import assemble, kernels_module, restamp, split
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                            HealthCheck.function_scoped_fixture])
@@ -138,13 +137,7 @@ def test_kmeans_beats_uniform_and_is_deterministic() -> None:
 
 @pytest.fixture(scope="module")
 def ks() -> Any:
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    pytest.importorskip("triton")
-    from spqrfmt.kernels import squeezellm
-
-    return squeezellm
+    return kernels_module("squeezellm")
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow,

@@ -6,7 +6,6 @@ The GPU runs the same steps as inline PTX (bench/gpu_check_codecs.py checks it t
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -15,16 +14,12 @@ import pytest
 from spqrfmt.decoder.squeezellm import decode
 from spqrfmt.encoder.squeezellm import quantize_squeezellm
 
+from conftest import kernels_module
+
 
 @pytest.fixture(scope="module")
 def ks() -> Any:
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    pytest.importorskip("triton")
-    from spqrfmt.kernels import squeezellm
-
-    return squeezellm
+    return kernels_module("squeezellm")
 
 
 def _prmt(a: np.ndarray, b: np.ndarray, sel: np.ndarray | int) -> np.ndarray:
