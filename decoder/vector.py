@@ -8,6 +8,7 @@ no flush to zero), hence the same bits as the scalar loop, several times faster.
 The decoder (decoder/spqr.py) unpacks with :func:`dequant_word`, the encoder
 (encoder/spqr.py) packs with :func:`pack_word`. Numba's on-disk cache tracks only a caller's own
 source file: after editing this one, clear the callers' caches (``__pycache__/*.nbi``, ``*.nbc``).
+The float-lane arithmetic (QuIP's butterflies) is in :mod:`decoder.simd`, with the shared IR helpers.
 """
 
 from __future__ import annotations
@@ -19,15 +20,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .simd import _splat  # the one splat of the decoders' vector IR
+
 _I32 = ir.IntType(32)
-
-
-def _splat(builder: ir.IRBuilder, value: ir.Value, count: int) -> ir.Value:
-    """``value`` in every lane of a ``count``-lane vector."""
-    vt = ir.VectorType(value.type, count)
-    one = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(_I32, count),
-                                                                                   [0] * count))
 
 
 @intrinsic
