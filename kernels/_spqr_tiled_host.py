@@ -1,4 +1,5 @@
-"""Host-side rules of the tiled spqr layout shared by its two kernel modules (``_spqr_tiled``, ``_spqr_dot``).
+"""Host-side rules of the tiled spqr layout shared by its two kernel modules (``_spqr_tiled``, ``_spqr_dot``);
+``_check_sizes`` also serves the grouped layout's checks in ``spqr.py``.
 
 Why a module of its own: ``kernels/spqr.py`` dispatches to both kernel modules, so the checks they run
 before a launch cannot live there without an import cycle.
@@ -6,7 +7,7 @@ before a launch cannot live there without an import cycle.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import triton
 
@@ -32,13 +33,19 @@ def _check_tiled(prepared: PreparedSpQR) -> None:
     if m * G >= 2**31 or m * nut * bits >= 2**31 or nut * 32 * MAX_FUSED_BATCH >= 2**31 \
             or MAX_FUSED_BATCH * m >= 2**31:
         raise ValueError(f"{m}x{n} is too large for the kernels' 32-bit (row, group) and column indices")
+    _check_sizes(prepared, need)
+    if prepared.perm is not None and prepared.perm.numel() != n:
+        raise ValueError(f"PreparedSpQR.perm has {prepared.perm.numel()} elements, expected {n}")
+
+
+def _check_sizes(prepared: PreparedSpQR, need: dict[str, tuple[Any, int]]) -> None:
+    """Each named device tensor holds exactly the elements its kernels index, and every outlier column has a delta
+    (shared by the tiled and the grouped layout's checks)."""
     for name, (t, size) in need.items():
         if t is None or t.numel() != size:
             raise ValueError(f"PreparedSpQR.{name} has {None if t is None else t.numel()} elements, expected {size}")
     if prepared.o_col.numel() != prepared.o_delta.numel():
         raise ValueError("PreparedSpQR outlier columns and deltas differ in length")
-    if prepared.perm is not None and prepared.perm.numel() != n:
-        raise ValueError(f"PreparedSpQR.perm has {prepared.perm.numel()} elements, expected {n}")
 
 
 def _row_blocks(b2: int, bm: int) -> int:

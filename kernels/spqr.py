@@ -49,7 +49,7 @@ import triton.language as tl
 from . import _spqr_planes as KP
 from ._common import next_pow2, to_device, u32_values, unpack_rows
 from ._spqr_sections import outlier_coo, stat_f32
-from ._spqr_tiled_host import MAX_FUSED_BATCH, _check_tiled, _row_blocks
+from ._spqr_tiled_host import MAX_FUSED_BATCH, _check_sizes, _check_tiled, _row_blocks
 
 _TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
@@ -539,11 +539,7 @@ def _check_grouped(prepared: PreparedSpQR) -> None:
         need.update(st_codes=(prepared.st_codes, m * G), st2_64=(prepared.st2_64, G * K2))
     if m * G >= 2**31 or n >= 2**31 or MAX_FUSED_BATCH * m >= 2**31:
         raise ValueError(f"{m}x{n} is too large for the kernels' 32-bit (row, group) and column indices")
-    for name, (t, size) in need.items():
-        if t is None or t.numel() != size:
-            raise ValueError(f"PreparedSpQR.{name} has {None if t is None else t.numel()} elements, expected {size}")
-    if prepared.o_col.numel() != prepared.o_delta.numel():
-        raise ValueError("PreparedSpQR outlier columns and deltas differ in length")
+    _check_sizes(prepared, need)
 
 
 def _inline_asm_ok(dev: torch.device) -> bool:
