@@ -26,7 +26,7 @@ import triton.language as tl
 
 from ._common import next_pow2, round_out
 from ._spqr_grouped import _outliers
-from ._spqr_tiled import _stats
+from ._spqr_tiled import _row_block, _stats
 from ._spqr_tiled_host import _check_tiled, _row_blocks
 
 
@@ -84,12 +84,7 @@ def dot_kernel(x_ptr, xo_ptr, y_ptr, w_ptr, st_ptr, st2_ptr, sz_ptr, orp_ptr, oc
     """
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
-    rows = pid_m * BM + tl.arange(0, BM)
-    rmask = rows < m
-    if R2 > 0:
-        k2 = (pid_m * BM) // B2
-    else:
-        k2 = rows // B2
+    rows, rmask, k2 = _row_block(pid_m, m, B2, R2, BM)
     bb = tl.arange(0, BB)
     bmask = bb < nb
     kk = tl.arange(0, NU * 32)
@@ -132,12 +127,7 @@ def dequant_kernel(w_ptr, st_ptr, st2_ptr, sz_ptr, perm_ptr, out_ptr, m, n, NUT,
     """out[r, perm[j]] (or out[r, j]) = (f32(q) − Z)·S for BM rows and NU units (spqr.md §5 step 2)."""
     pid_m = tl.program_id(0)
     pid_u = tl.program_id(1)
-    rows = pid_m * BM + tl.arange(0, BM)
-    rmask = rows < m
-    if R2 > 0:
-        k2 = (pid_m * BM) // B2
-    else:
-        k2 = rows // B2
+    rows, rmask, k2 = _row_block(pid_m, m, B2, R2, BM)
     hh0 = pid_u * (2 * NU)
     wt = _weights(w_ptr, st_ptr, st2_ptr, sz_ptr, rows, rmask, k2, hh0, m, NUT, G, K2, hpg,
                   BITS, SB, STQ, R2, True, BM, 2 * NU)

@@ -124,6 +124,19 @@ def xdot_kernel(x_ptr, idx_ptr, xn_ptr, n, NP, x_sb, BC: tl.constexpr):
 
 
 @triton.jit
+def _row_block(pid_m, m, B2, R2: tl.constexpr, BM: tl.constexpr):
+    """(rows, rmask, k2) of program ``pid_m``'s BM rows: k2 is the first of the R2 β2 row blocks they lie in
+    (R2 > 0: the rows and the blocks nest, one scalar), else each row's own block."""
+    rows = pid_m * BM + tl.arange(0, BM)
+    rmask = rows < m
+    if R2 > 0:
+        k2 = (pid_m * BM) // B2
+    else:
+        k2 = rows // B2
+    return rows, rmask, k2
+
+
+@triton.jit
 def _load_words(w_ptr, off, SS, lmask, BITS: tl.constexpr):
     """The words at off (+ SS per slot) as uint32, rebuilt into bits-4 words for BITS = 3 (BITS = 2: two)."""
     w0 = tl.load(w_ptr + off, mask=lmask, other=0).to(tl.uint32, bitcast=True)
@@ -530,12 +543,7 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr
     """
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
-    rows = pid_m * BM + tl.arange(0, BM)
-    rmask = rows < m
-    if R2 > 0:
-        k2 = (pid_m * BM) // B2  # the first of the R2 row blocks the program's rows lie in
-    else:
-        k2 = rows // B2
+    rows, rmask, k2 = _row_block(pid_m, m, B2, R2, BM)
     SS = NUT * m  # words per slot
     uu = tl.arange(0, NU)
     bb = tl.arange(0, BB)
