@@ -230,16 +230,14 @@ def quantize_squeezellm(
     lut32 = lut16.to(torch.float32)
     words_t = host_empty((m, (n * bits + 31) // 32), torch.int32, w.device)
     deq_t = host_empty((m, n), torch.float32, w.device)
+    nearest = _assign
+    if assign == "triton" or (assign == "auto" and w.is_cuda):
+        from .squeezellm_triton import assign as nearest
     vals = []
     for r0 in range(0, m, chunk):
         r1 = min(m, r0 + chunk)
         v, mk = w[r0:r1], mask[r0:r1]
-        if assign == "triton" or (assign == "auto" and w.is_cuda):
-            from .squeezellm_triton import assign as assign_triton
-
-            idx = assign_triton(v, lut32[r0:r1])
-        else:
-            idx = _assign(v, lut32[r0:r1])
+        idx = nearest(v, lut32[r0:r1])
         d = lut32[r0:r1].gather(1, idx)  # spec step 1
         res = (v[mk] - d[mk]).to(torch.float16)
         d[mk] = d[mk] + res.to(torch.float32)  # spec step 2: one f32 add
