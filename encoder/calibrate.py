@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from ..scratch import replaced_atomically
 from .blocks import StreamingModel, WholeModel, decoder_layers, load_for_calibration, max_positions, resolve
 from .distributed import World
 from .encoded import Encoded
@@ -159,15 +160,8 @@ def _unpack(data: bytes) -> dict[str, Encoded]:
 
 def _save_block(path: Path, items: Mapping[str, Encoded]) -> None:
     """One block's encodings, written atomically."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_pack(items))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with replaced_atomically(path) as (fd, _tmp), os.fdopen(fd, "wb") as f:
+        f.write(_pack(items))
 
 
 def _load_block_meta(path: Path) -> dict[str, Any]:
