@@ -17,8 +17,9 @@ def as_tensor(weight: Any, device: str | torch.device) -> torch.Tensor:
 
 def const(v: float, like: torch.Tensor) -> torch.Tensor:
     """A 0-d tensor on ``like``'s device: dividing by it is a true IEEE division on CUDA too
-    (CUDA turns ``x / python_scalar`` into ``x * (1 / scalar)``, which can differ in the last bit)."""
-    return torch.tensor(v, dtype=like.dtype, device=like.device)
+    (CUDA turns ``x / python_scalar`` into ``x * (1 / scalar)``, which can differ in the last bit).
+    Made by a fill kernel, not a host-to-device copy, so it can be recorded in a CUDA graph."""
+    return torch.full((), v, dtype=like.dtype, device=like.device)
 
 
 def host_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

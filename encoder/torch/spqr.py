@@ -154,8 +154,9 @@ def _clamp_code(t: torch.Tensor, fq: torch.Tensor) -> torch.Tensor:
     return torch.where(t < fq, t, fq)
 
 
-def quantize_stat(x: torch.Tensor, bits: int, group: int) -> tuple[dict[str, np.ndarray], torch.Tensor]:
-    """``encoder.spqr.quantize_stat`` on x [G, m] f32: (host sections, reconstructed f32 [G, m] on x's device)."""
+def stat_codes(x: torch.Tensor, bits: int, group: int) -> tuple[torch.Tensor, ...]:
+    """``encoder.spqr.quantize_stat``'s arithmetic on x [G, m] f32, all on x's device and free of host syncs
+    (the calibrated solver runs it inside a CUDA graph): (codes f32 [G, m], s16 [G, K], z16 [G, K], recon [G, m])."""
     Gn, m = x.shape
     K = ceil_div(m, group)
     pad = K * group - m
@@ -163,15 +164,21 @@ def quantize_stat(x: torch.Tensor, bits: int, group: int) -> tuple[dict[str, np.
     xg = xp.reshape(Gn, K, group)
     lo, hi = xg.amin(2), xg.amax(2)
     one = const(1.0, x)
-    scale2 = (hi - lo) / const(float((1 << bits) - 1), x)
+    fq = const(float((1 << bits) - 1), x)
+    scale2 = (hi - lo) / fq
     scale2 = torch.where(scale2 > 0, scale2, one)
     s16 = scale2.to(torch.float16)
     s16 = torch.where(torch.isfinite(s16) & (s16 != 0), s16, one.to(torch.float16))
     z16 = torch.clamp(-lo / s16.to(_F32), -65504, 65504).to(torch.float16)
-    s_ = s16.to(_F32).repeat_interleave(group, 1)[:, :m]
-    z_ = z16.to(_F32).repeat_interleave(group, 1)[:, :m]
-    t = _clamp_code(torch.round(x / s_ + z_), const(float((1 << bits) - 1), x))
-    recon = ((t - z_) * s_).to(torch.float16).to(_F32)
+    s_ = s16.to(_F32)[:, :, None].expand(Gn, K, group).reshape(Gn, K * group)[:, :m]
+    z_ = z16.to(_F32)[:, :, None].expand(Gn, K, group).reshape(Gn, K * group)[:, :m]
+    t = _clamp_code(torch.round(x / s_ + z_), fq)
+    return t, s16, z16, ((t - z_) * s_).to(torch.float16).to(_F32)
+
+
+def quantize_stat(x: torch.Tensor, bits: int, group: int) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+    """``encoder.spqr.quantize_stat`` on x [G, m] f32: (host sections, reconstructed f32 [G, m] on x's device)."""
+    t, s16, z16, recon = stat_codes(x, bits, group)
     return {"codes": to_u32(pack_rows(t.to(torch.int64), bits)), "scale": s16.cpu().numpy(),
             "zero": z16.cpu().numpy()}, recon
 
