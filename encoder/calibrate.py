@@ -47,7 +47,7 @@ from ..scratch import replaced_atomically
 from .blocks import StreamingModel, WholeModel, decoder_layers, load_for_calibration, max_positions, resolve
 from .distributed import World
 from .encoded import Encoded
-from .gptq import GPTQConfig, factor_hessian, quantize_gptq
+from .gptq import GPTQConfig, factor_hessian, quantize_gptq, release_buffers
 from .hessian import fixed_gram, from_fixed, grid_exponent, input_bound
 
 __all__ = ["CalibConfig", "EncodingStore", "calibration_batches", "load_for_calibration", "max_positions",
@@ -619,6 +619,7 @@ def quantize_model_calibrated(
             bars.block_done()
     finally:
         bars.close()
+        release_buffers()
     world.barrier()  # rank 0 has written every block before anyone reads the store
     say(f"calibration done in {time.perf_counter() - t0:.1f}s")
     return EncodingStore(work)
