@@ -493,8 +493,7 @@ def run_peer_row(method: str, target: str, model_dir: Path, results: dict[str, A
 def run_row(method: str, target: str, model_dir: Path, out: Path, calib: list[str], args: argparse.Namespace,
             eval_tokens: Any) -> dict[str, Any]:
     from spqrfmt.convert import QuantConfig, convert, data_free_encoder, device_encoder
-    from spqrfmt.encoder.calibrate import CalibConfig, quantize_model_calibrated
-    from spqrfmt.encoder.gptq import GPTQConfig
+    from spqrfmt.encoder.calibrate import quantize_model_calibrated
     from spqrfmt.hf.evaluate import load_spqr_model, perplexity
 
     tag = f"{method}-{target}"
@@ -503,25 +502,22 @@ def run_row(method: str, target: str, model_dir: Path, out: Path, calib: list[st
     t0 = time.perf_counter()
     if method == "GPTQ":
         s = GPTQ_SETTINGS[target]
-        gcfg = GPTQConfig.plain_gptq(s["bits"], s["group_size"])
-        qcfg = QuantConfig(bits=s["bits"], group_size=s["group_size"], scale_bits=16, zero_bits=16,
+        qcfg = QuantConfig(method="gptq", bits=s["bits"], group_size=s["group_size"], scale_bits=16, zero_bits=16,
                            outlier_fraction=0.0)
     else:
         s = SPQR_SETTINGS[target]
-        gcfg = GPTQConfig(bits=s["bits"], group_size=s["group_size"], scale_bits=s["scale_bits"],
-                          zero_bits=s["zero_bits"], stat_group_size=s["stat_group_size"],
-                          outlier_relative_threshold=args.outlier_threshold, max_outlier_fraction=s["outliers"])
-        qcfg = QuantConfig(bits=s["bits"], group_size=s["group_size"], scale_bits=s["scale_bits"],
-                           zero_bits=s["zero_bits"], stat_group_size=s["stat_group_size"],
-                           outlier_fraction=s["outliers"])
-    row["settings"] = {k: v for k, v in gcfg.to_dict().items() if k != "blocksize"} if method != "RTN" else \
+        qcfg = QuantConfig(method="spqr" if method == "SpQR" else "rtn", bits=s["bits"], group_size=s["group_size"],
+                           scale_bits=s["scale_bits"], zero_bits=s["zero_bits"], stat_group_size=s["stat_group_size"],
+                           outlier_fraction=s["outliers"], outlier_threshold=args.outlier_threshold)
+    row["settings"] = {k: v for k, v in qcfg.gptq_config().to_dict().items() if k != "blocksize"} \
+        if method != "RTN" else \
         {"bits": qcfg.bits, "group_size": qcfg.group_size, "scale_bits": qcfg.scale_bits,
          "zero_bits": qcfg.zero_bits, "stat_group_size": qcfg.stat_group_size,
          "outlier_fraction": qcfg.outlier_fraction}
     encoded = None
     if method != "RTN":
-        ccfg = CalibConfig(gptq=gcfg, nsamples=args.nsamples, seqlen=args.seqlen, batch_size=args.batch_size,
-                           device=args.device)
+        ccfg = qcfg.calib_config(nsamples=args.nsamples, seqlen=args.seqlen, batch_size=args.batch_size,
+                                 device=args.device)
         encoded = quantize_model_calibrated(model_dir, calib, ccfg, progress=args.verbose,
                                             work_dir=out / f"work-{tag}")
     t1 = time.perf_counter()

@@ -47,7 +47,7 @@ from ..scratch import replaced_atomically
 from .blocks import StreamingModel, WholeModel, decoder_layers, load_for_calibration, max_positions, resolve
 from .distributed import World
 from .encoded import Encoded
-from .gptq import GPTQConfig, factor_hessian, quantize_gptq, release_buffers
+from .gptq import release_buffers
 from .hessian import fixed_gram, from_fixed, grid_exponent, input_bound
 
 __all__ = ["CalibConfig", "EncodingStore", "calibration_batches", "load_for_calibration", "max_positions",
@@ -55,18 +55,23 @@ __all__ = ["CalibConfig", "EncodingStore", "calibration_batches", "load_for_cali
 
 _SKIP_DEFAULT = (r"lm_head", r"embed")
 ACT_DTYPES = ("float16", "float32")  # hidden states kept between blocks
-RUN_FORMAT = 2  # run.json: 2 = exact (int64) Hessian sums; work dirs of format 1 are not resumed
+RUN_FORMAT = 3  # run.json: 3 = codec + options (2: exact int64 Hessian sums); older work dirs are not resumed
 
 
 @dataclass
 class CalibConfig:
-    """Solver settings (``gptq``) plus how much calibration data to use, which layers, and where to run.
+    """Which codec solves the layers and with what settings, plus how much calibration data, which layers, where.
 
-    ``spqrfmt.convert.QuantConfig.calib_config`` builds one from the converter's
-    settings, so the command line has one set of knobs for both paths.
+    ``codec``/``method``: a registered codec and one of its calibrated methods (spqr: ``spqr`` or ``gptq``;
+    squeezellm: ``weighted-kmeans``; quip: ``ldlq``); ``options``: fields of that codec's ``Options``
+    (missing ones take its defaults). Each layer is encoded by the codec's ``encode(weight, options,
+    hessian, device)``: this driver never names a codec. ``spqrfmt.convert.QuantConfig.calib_config``
+    builds one from the converter's settings, so the command line has one set of knobs for both paths.
     """
 
-    gptq: GPTQConfig = field(default_factory=GPTQConfig)
+    codec: str = "spqr"
+    method: str = "spqr"
+    options: dict[str, Any] = field(default_factory=dict)
     nsamples: int = 128
     seqlen: int = 512
     batch_size: int = 8
@@ -78,22 +83,33 @@ class CalibConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CalibConfig:
-        """Accept a flat dict: GPTQConfig keys go to ``gptq``, the rest to the calibration settings."""
-        g_keys = set(GPTQConfig.__dataclass_fields__)
-        gptq = GPTQConfig(**{k: v for k, v in d.items() if k in g_keys})
-        rest = {k: (tuple(v) if k in ("skip", "include") else v) for k, v in d.items()
-                if k not in g_keys and k != "gptq"}
-        if isinstance(d.get("gptq"), Mapping):
-            gptq = GPTQConfig(**d["gptq"])
-        return cls(gptq=gptq, **rest)
+        """Accept a flat dict: the codec's option fields go to ``options``, the rest to the calibration settings."""
+        own = set(cls.__dataclass_fields__)
+        opts = dict(d.get("options") or {})
+        opts.update({k: v for k, v in d.items() if k not in own})
+        rest = {k: (tuple(v) if k in ("skip", "include") else v) for k, v in d.items() if k in own and k != "options"}
+        return cls(options=opts, **rest)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["skip"] = list(self.skip)
         out["include"] = list(self.include)
-        if not self.include:  # keeps run.json of work dirs made before ``include`` existed valid
-            del out["include"]
         return out
+
+    def solver(self) -> tuple[Any, Any]:
+        """(the codec, its checked ``Options``) that encode each layer; ValueError naming what is wrong."""
+        from ..codecs import by_id, encodable
+
+        impl = by_id(self.codec)
+        if impl is None or impl.Options is None:
+            raise ValueError(f"unknown codec {self.codec!r}; choose one of {', '.join(encodable())}")
+        calibrated = [m for m in impl.methods if m != "rtn"]
+        if self.method not in calibrated:
+            raise ValueError(f"codec {self.codec} has no calibrated method {self.method!r}"
+                             + (f"; choose one of {', '.join(calibrated)}" if calibrated else ""))
+        opts = impl.Options(**self.options)
+        opts.check(self.method)
+        return impl, opts
 
     def wants(self, name: str, shape: tuple[int, ...]) -> bool:
         """Same rule as the converter's: 2-D, both dims >= min_features, not skipped unless included."""
@@ -170,13 +186,16 @@ def _load_block_meta(path: Path) -> dict[str, Any]:
 
 
 def _encoded(z: Any, name: str, meta: Mapping[str, Any]) -> Encoded:
-    from spqrfmt.decoder.spqr import decode
+    """One stored encoding, checked by the reader's rules (a work dir is a file like any other) and decoded."""
+    from ..codecs import get
+    from ..writer import checked_record
 
     m = meta[name]
     sections = {role: np.array(z[f"t{m['index']}.{role}"]) for role in m["roles"]}
-    shape = tuple(m["shape"])
-    deq = decode(m["params"], sections, shape)
-    return Encoded(shape, m["params"], sections, deq, codec=m["codec"], codec_version=m["codec_version"],
+    rec, typed, params = checked_record(name, tuple(m["shape"]), "f32", m["codec"], m["codec_version"],
+                                        m["params"], sections)
+    deq = get(rec).decode(rec, {r: a for r, (_d, a) in typed.items()}, params)
+    return Encoded(rec.shape, m["params"], sections, deq, codec=m["codec"], codec_version=m["codec_version"],
                    info=dict(m["info"]))
 
 
@@ -468,18 +487,14 @@ def _solve_block(linears: Mapping[str, tuple[Any, bool]], hess: Mapping[str, Any
     """Solve layer j on rank j % N; every rank ends with every encoding (in ``linears``' order)."""
     import torch
 
+    impl, opts = cfg.solver()
     encs: dict[str, Encoded] = {}
-    factors: list[tuple[Any, Any]] = []  # (H, factor): layers fed the same input share one factorization
     for j, (name, (mod, transposed)) in enumerate(linears.items()):
         if world.owner(j) != world.rank:
             continue
-        H = hess[name]
-        fac = next((f for h2, f in factors if h2.shape == H.shape and torch.equal(h2, H)), None)
-        if fac is None:
-            fac = factor_hessian(H, cfg.gptq.percdamp, cfg.gptq.act_order, device=device)
-            factors.append((H, fac))
         w = mod.weight.detach().to(torch.float32).cpu().numpy()
-        encs[name] = quantize_gptq(np.ascontiguousarray(w.T) if transposed else w, config=cfg.gptq, factor=fac)
+        w = np.ascontiguousarray(w.T) if transposed else w
+        encs[name] = impl.encode(w, opts, hessian=hess[name], device=None if device.type == "cpu" else str(device))
         if not world.active:
             bars.tensor_done(name, mod.weight.numel())
     if world.active:
@@ -511,9 +526,8 @@ def quantize_model_calibrated(
     encoded transposed, as ``[out, in]``.
     ``calib_texts``: list of strings (tokenized with the folder's tokenizer into
     ``nsamples`` windows of ``seqlen`` tokens), or a LongTensor [N, seqlen] of
-    token ids. ``config``: :class:`CalibConfig` or a flat dict of its and
-    :class:`GPTQConfig`'s fields. ``work_dir``: checkpoint directory (resumable);
-    default a fresh temporary directory.
+    token ids. ``config``: :class:`CalibConfig` or a flat dict of its fields and the codec's options.
+    ``work_dir``: checkpoint directory (resumable); default a fresh temporary directory.
     ``streaming``: read one block's weights at a time from the shards (bounded
     memory; see ``spqrfmt.encoder.blocks``); False loads the whole model first
     (the reference path: same bits). Under torch.distributed (more than one
@@ -531,6 +545,7 @@ def quantize_model_calibrated(
     from transformers import AutoTokenizer
 
     cfg = config if isinstance(config, CalibConfig) else CalibConfig.from_dict(config or {})
+    cfg.solver()  # reject unknown codecs, methods and settings before any work
     if cfg.act_dtype not in ACT_DTYPES:
         raise ValueError(f"act_dtype must be one of {', '.join(ACT_DTYPES)}, not {cfg.act_dtype!r}")
     world = World()
@@ -610,7 +625,7 @@ def quantize_model_calibrated(
                     _set_weight(mod, encs[name].dequantized, transposed, device)
                 if world.main:
                     _save_block(path, encs)
-                n_out = sum(e.info["outliers"] for e in encs.values())
+                n_out = sum(e.info.get("outliers", 0) for e in encs.values())
                 say(f"block {i}: {len(encs)} layers, {n_out} outliers, {time.perf_counter() - tb:.1f}s")
             outs = _run_block(block, inputs, device, cfg.act_dtype)
             inputs = [(o, kw) for o, (_hs, kw) in zip(outs, inputs, strict=True)]

@@ -313,9 +313,29 @@ _BLOCKS: dict[tuple[Any, ...], _Block] = {}
 _GRAPH_MAX_WIDTH = 1024
 
 
+_FACTORS: list[tuple[Any, tuple[Any, ...], HessianFactor]] = []  # the last (H, settings, factor)
+
+
+def _shared_factor(hessian: Any, percdamp: float, act_order: bool, device: Any) -> HessianFactor:
+    """:func:`factor_hessian`, computed once for layers fed the same input (q/k/v, gate/up): their
+    Hessians are equal, so the last factorization is kept and an equal H reuses it."""
+    import torch
+
+    H = torch.as_tensor(hessian)
+    key = (percdamp, act_order, str(device))
+    for h2, k2, fac in _FACTORS:
+        if k2 == key and h2.shape == H.shape and h2.dtype == H.dtype and h2.device == H.device and torch.equal(h2, H):
+            return fac
+    fac = factor_hessian(H, percdamp, act_order, device=device)
+    _FACTORS.append((H, key, fac))
+    del _FACTORS[:-1]  # q/k/v and gate/up come one after another: the last one is enough
+    return fac
+
+
 def release_buffers() -> None:
-    """Drop the cached block buffers and CUDA graphs (their device memory), e.g. after calibrating a model."""
+    """Drop the cached block buffers, CUDA graphs and Hessian factors (their memory), e.g. after calibrating."""
     _BLOCKS.clear()
+    _FACTORS.clear()
 
 
 def _block(m: int, width: int, gs: int, cfg: GPTQConfig, use_outliers: bool, dev: Any) -> _Block:
@@ -389,7 +409,7 @@ def _quantize_gptq(weight: np.ndarray, hessian: np.ndarray | None, cfg: GPTQConf
     if factor is None:
         if hessian is None:
             raise ValueError("need a hessian or a factor")
-        factor = factor_hessian(hessian, cfg.percdamp, cfg.act_order, device=device)
+        factor = _shared_factor(hessian, cfg.percdamp, cfg.act_order, device)
     if factor.hinv_cho.shape != (n, n):
         raise ValueError(f"hessian is {tuple(factor.hinv_cho.shape)}, weight has {n} input features")
     dev = factor.hinv_cho.device

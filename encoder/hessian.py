@@ -22,7 +22,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["fixed_gram", "from_fixed", "grid_exponent", "hessian", "input_bound"]
+__all__ = ["as_numpy", "diagonal", "fixed_gram", "from_fixed", "grid_exponent", "hessian", "input_bound"]
 
 
 def input_bound(x: Any) -> float:
@@ -67,3 +67,21 @@ def hessian(batches: Sequence[Any]) -> Any:
     k = grid_exponent(max((input_bound(x) for x in batches), default=0.0), len(batches))
     total = sum(fixed_gram(x, k) for x in batches)
     return from_fixed(total, k, sum(x.reshape(-1, x.shape[-1]).shape[0] for x in batches))
+
+
+def as_numpy(h: Any) -> Any:
+    """A Hessian (numpy array, or torch tensor on any device) as a float64 numpy array."""
+    import numpy as np
+
+    if hasattr(h, "detach"):
+        h = h.detach().cpu().numpy()
+    return np.asarray(h, dtype=np.float64)
+
+
+def diagonal(h: Any) -> Any:
+    """diag(H) as a float64 numpy array, without copying a device Hessian to the host whole."""
+    import numpy as np
+
+    if hasattr(h, "diagonal") and hasattr(h, "detach"):
+        return h.detach().diagonal().cpu().numpy().astype(np.float64)
+    return np.ascontiguousarray(np.diagonal(np.asarray(h, dtype=np.float64)))

@@ -134,9 +134,9 @@ class QuantConfig:
         calibration data and where (layered on this config, not checked again)."""
         from .encoder.calibrate import CalibConfig
 
-        return CalibConfig(gptq=self.gptq_config(), nsamples=nsamples, seqlen=seqlen, batch_size=batch_size,
-                           min_features=self.min_features, skip=tuple(self.skip), device=device,
-                           include=tuple(self.include), act_dtype=act_dtype)
+        return CalibConfig(codec=self.codec, method=self.method, options=self.options.to_dict(), nsamples=nsamples,
+                           seqlen=seqlen, batch_size=batch_size, min_features=self.min_features,
+                           skip=tuple(self.skip), device=device, include=tuple(self.include), act_dtype=act_dtype)
 
     def wants(self, name: str, dtype: str, shape: tuple[int, ...]) -> bool:
         """Quantize 2-D floating ``*.weight`` matrices of linear layers, except skipped names."""

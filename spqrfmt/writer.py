@@ -106,6 +106,23 @@ def write_atomic(path: Path, header: bytes, data_length: int, copy_data: Callabl
         os.fsync(out.fileno())
 
 
+def checked_record(name: str, shape: tuple[int, ...], dtype: str, codec: str, codec_version: int,
+                   params: Mapping[str, Any], sections: Mapping[str, SectionInput]
+                   ) -> tuple[TensorRecord, dict[str, tuple[str, np.ndarray]], dict[str, Any]]:
+    """A tensor held in memory, checked by the reader's rules before any byte is written or decoded:
+    (its record with offsets 0, the typed sections role -> (dtype, array), the codec's checked params)."""
+    shape = check_shape(list(shape), "tensor", name)
+    typed = {role: _as_section(v) for role, v in sections.items()}
+    probe = TensorRecord(
+        name, shape, dtype, codec, codec_version, dict(params),
+        {r: SectionRecord(d, tuple(a.shape), 0, a.size * ITEMSIZE[d], 0) for r, (d, a) in typed.items()},
+    )
+    codec_impl = codecs.get(probe)
+    checked = codec_impl.check_record(probe)
+    codec_impl.check_content(probe, {r: a for r, (_d, a) in typed.items()})
+    return probe, typed, checked
+
+
 class Writer:
     """Write tensors one at a time, then ``close()`` (or use as a context manager).
 
@@ -171,18 +188,9 @@ class Writer:
         check_name(name, f"tensor {name[:80]!r}")
         if name in self._names:
             raise fail(ErrorCode.DUPLICATE_NAME, f"tensor {name!r} was already written", name)
-        shape = check_shape(list(shape), "tensor", name)
-        typed = {role: _as_section(v) for role, v in sections.items()}
-        # Check with the reader's rules against in-memory arrays before writing any byte.
-        probe = TensorRecord(
-            name, shape, dtype, codec, codec_version, dict(params),
-            {r: SectionRecord(d, tuple(a.shape), 0, a.size * ITEMSIZE[d], 0) for r, (d, a) in typed.items()},
-        )
-        codec_impl = codecs.get(probe)
-        codec_impl.check_record(probe)
-        codec_impl.check_content(probe, {r: a for r, (_d, a) in typed.items()})
+        probe, typed, _params = checked_record(name, shape, dtype, codec, codec_version, params, sections)
         recs = {role: self._append(a, d) for role, (d, a) in typed.items()}
-        self._records.append(TensorRecord(name, shape, dtype, codec, codec_version, dict(params), recs))
+        self._records.append(TensorRecord(name, probe.shape, dtype, codec, codec_version, dict(params), recs))
         self._names.add(name)
 
     def add_raw(self, name: str, array: np.ndarray, dtype: str | None = None) -> None:

@@ -41,7 +41,12 @@ def tiny_model(tmp_path_factory):
 
 
 def _cfg(act_dtype: str = "float16", **kw) -> CalibConfig:
-    return CalibConfig(gptq=GPTQConfig(bits=3, **kw), batch_size=3, min_features=16, act_dtype=act_dtype)
+    return CalibConfig(options=dict(bits=3, **kw), batch_size=3, min_features=16, act_dtype=act_dtype)
+
+
+def _gptq(cfg: CalibConfig) -> GPTQConfig:
+    """The solver settings codec spqr derives from the calibration's options."""
+    return cfg.solver()[1].gptq_config()
 
 
 def _tokens(seed: int = 1):
@@ -100,8 +105,8 @@ def test_sequential_calibration_sees_quantized_upstream(tiny_model, tmp_path) ->
     name = "model.layers.1.self_attn.q_proj.weight"
     w = load_hf_model(folder).state_dict()[name].numpy()
     h = hessian(xs)
-    fac = factor_hessian(h, cfg.gptq.percdamp, cfg.gptq.act_order)
-    mine = quantize_gptq(w, config=cfg.gptq, factor=fac)
+    fac = factor_hessian(h, _gptq(cfg).percdamp, _gptq(cfg).act_order)
+    mine = quantize_gptq(w, config=_gptq(cfg), factor=fac)
     assert np.array_equal(mine.dequantized, store[name].dequantized)
     # ... and not from the unquantized model's activations
     fp = load_hf_model(folder)
@@ -213,7 +218,7 @@ def test_encoder_model_calibrates_as_saved(tmp_path) -> None:
     handle.remove()
     name = "encoder.layer.1.attention.self.query.weight"
     w = BertModel.from_pretrained(tmp_path / "bert").state_dict()[name].numpy()
-    mine = quantize_gptq(w, config=cfg.gptq, factor=factor_hessian(hessian(xs), cfg.gptq.percdamp))
+    mine = quantize_gptq(w, config=_gptq(cfg), factor=factor_hessian(hessian(xs), _gptq(cfg).percdamp))
     assert np.array_equal(mine.dequantized, store[name].dequantized)
 
     # The pooler lies outside the blocks: the converter quantizes it data-free and says so.
@@ -232,7 +237,8 @@ def test_quant_config_is_the_one_set_of_knobs(tmp_path) -> None:
     assert g.max_outlier_fraction == 0 and math.isinf(g.outlier_relative_threshold)
     s = QuantConfig(bits=4, outlier_fraction=0.005, outlier_threshold=0.1, percdamp=0.02, method="spqr")
     c = s.calib_config(nsamples=4, seqlen=16, device="cpu")
-    assert (c.gptq.max_outlier_fraction, c.gptq.outlier_relative_threshold, c.gptq.percdamp) == (0.005, 0.1, 0.02)
+    cg = _gptq(c)
+    assert (cg.max_outlier_fraction, cg.outlier_relative_threshold, cg.percdamp) == (0.005, 0.1, 0.02)
     assert c.skip == s.skip and c.min_features == s.min_features
     for bad in (QuantConfig(method="gptq"), QuantConfig(codec="quip", method="spqr"), QuantConfig(codec="x")):
         with pytest.raises(ValueError):

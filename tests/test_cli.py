@@ -241,11 +241,34 @@ def test_convert_calibrate_gptq_no_act_order(tiny_lm, tmp_path: Path, capsys: py
             assert "perm" not in t.record.sections and t.record.sections["outlier_val"].length == 0
 
 
+@pytest.mark.parametrize(("codec", "method", "described"), [("squeezellm", "weighted-kmeans", "weighted by diag(H)"),
+                                                        ("quip", "ldlq", "LDLQ")])
+def test_convert_calibrate_sibling_codecs(tiny_lm, tmp_path: Path, capsys: pytest.CaptureFixture[str], codec: str,
+                                          method: str, described: str) -> None:
+    """--calibrate with --codec squeezellm / quip: the codec's calibrated encoder on each layer's Hessian, the
+    same driver (resumable work dir, a store decoded through the registry) and the same file checks."""
+    folder, calib, _ = tiny_lm
+    out, work = tmp_path / f"{codec}.spqr", tmp_path / "work"
+    argv = ["convert", str(folder), "-o", str(out), "--codec", codec, "--bits", "3", "--calibrate", str(calib),
+            *CALIB, "--work-dir", str(work), "-q"]
+    assert main(argv) == 0
+    assert described in capsys.readouterr().out  # the default method of the codec under --calibrate
+    with spqrfmt.open(out) as f:
+        quant = {n: t for n, t in f.items() if t.codec == codec}
+        assert len(quant) == 14 and json.loads(f.metadata["spqrfmt.convert"])["method"] == method
+        first = {n: t.decode() for n, t in quant.items()}
+    (work / "block_0001.npz").unlink()
+    assert main(argv[:-1] + ["-v"]) == 0
+    assert "block 0: resumed" in capsys.readouterr().out
+    with spqrfmt.open(out) as f:
+        assert all(np.array_equal(f[n].decode(), first[n]) for n in first)
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (["--method", "spqr"], "add --calibrate TEXTFILE"),
     (["--codec", "quip", "--group-size", "32"], "--codec spqr only"),
     (["--codec", "quip", "--outlier-fraction", "0.01"], "does not apply to --codec quip"),
-    (["--codec", "squeezellm", "--calibrate", "CALIB"], "data-free only"),
+    (["--codec", "quip", "--calibrate", "CALIB", "--method", "weighted-kmeans"], "methods: rtn, ldlq"),
     (["--nsamples", "8"], "only applies with --calibrate"),
     (["--calibrate", "CALIB", "--method", "gptq", "--stat-bits", "3"], "use --method spqr"),
     (["--calibrate", "CALIB", "--method", "rtn"], "--method rtn is data-free"),

@@ -174,3 +174,19 @@ def test_keep_largest_is_topk_with_ties_to_the_lower_index() -> None:
         for check in (True, False):
             got = _keep_largest(mask, score, torch.tensor(room), check)
             assert sorted(map(tuple, torch.nonzero(got).tolist())) == want, (room, check)
+
+
+def test_sibling_codecs_use_the_hessian() -> None:
+    """The calibrated methods of squeezellm (k-means weighted by diag H) and quip (LDLQ) lower the objective
+    they target against their data-free encodings of the same weight."""
+    from spqrfmt import codecs
+
+    w, h = _problem(64, 128, seed=11)
+    sq, qp = codecs.by_id("squeezellm"), codecs.by_id("quip")
+    so = sq.Options(bits=3)  # dense-and-sparse: the planted large weights become residuals, as SqueezeLLM does
+    plain, weighted = sq.encode(w, so), sq.encode(w, so, hessian=torch.from_numpy(h))
+    d = np.diag(h)
+    assert ((w - weighted.dequantized) ** 2 * d).sum() < ((w - plain.dequantized) ** 2 * d).sum()
+    qo = qp.Options(bits=3)
+    rtn, ldlq = qp.encode(w, qo), qp.encode(w, qo, hessian=h)
+    assert hessian_error(w, ldlq.dequantized, h) < hessian_error(w, rtn.dequantized, h)

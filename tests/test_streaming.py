@@ -14,10 +14,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from spqrfmt.codecs import spqr as spqr_codec  # noqa: E402
 from spqrfmt.convert import QuantConfig, convert  # noqa: E402
-from spqrfmt.encoder import blocks, calibrate  # noqa: E402
+from spqrfmt.encoder import blocks  # noqa: E402
 from spqrfmt.encoder.calibrate import CalibConfig, quantize_model_calibrated  # noqa: E402
-from spqrfmt.encoder.gptq import GPTQConfig  # noqa: E402
 from spqrfmt.encoder.hessian import fixed_gram, from_fixed, grid_exponent, hessian, input_bound  # noqa: E402
 from spqrfmt.safetensors_io import SafetensorsFile, write_safetensors  # noqa: E402
 
@@ -61,7 +61,7 @@ def sharded(tmp_path_factory) -> Path:
 
 
 def _cfg() -> CalibConfig:
-    return CalibConfig(gptq=GPTQConfig(bits=3), batch_size=2, min_features=16)
+    return CalibConfig(options={"bits": 3}, batch_size=2, min_features=16)
 
 
 def _tokens():
@@ -77,16 +77,17 @@ def test_blocks_are_read_only_when_processed_and_the_file_matches_the_whole_mode
                                                                                monkeypatch) -> None:
     events: list[tuple[str, str]] = []
     read = SafetensorsFile.__getitem__
-    solve = calibrate.quantize_gptq
+    codec = type(spqr_codec.CODEC)
+    solve = codec.encode
     load = blocks.StreamingModel.load
 
     def probe_read(self, name):
         events.append(("read", name))
         return read(self, name)
 
-    def probe_solve(weight, *a, **kw):
+    def probe_solve(self, weight, *a, **kw):
         events.append(("solve", ""))
-        return solve(weight, *a, **kw)
+        return solve(self, weight, *a, **kw)
 
     def probe_load(self, i):  # every other block is on meta (freed) when a block is materialised
         live = [j for j, b in enumerate(self.layers) for p in b.parameters() if p.device.type != "meta"]
@@ -95,7 +96,7 @@ def test_blocks_are_read_only_when_processed_and_the_file_matches_the_whole_mode
         return load(self, i)
 
     monkeypatch.setattr(SafetensorsFile, "__getitem__", probe_read)
-    monkeypatch.setattr(calibrate, "quantize_gptq", probe_solve)
+    monkeypatch.setattr(codec, "encode", probe_solve)
     monkeypatch.setattr(blocks.StreamingModel, "load", probe_load)
     stream = quantize_model_calibrated(sharded, _tokens(), _cfg(), work_dir=tmp_path / "s", progress=False)
     monkeypatch.undo()

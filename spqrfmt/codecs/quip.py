@@ -164,7 +164,8 @@ class Options(OptionsBase):
     def describe(self, method: str = "rtn") -> str:
         book = ("E8P12 lattice codebook (2 bits per weight, one 16-bit code per 8 weights; codec_version 2)"
                 if self.quip_codebook == "e8p12" else f"{self.bits}-bit uniform grid")
-        return f"quip: {book} after random-sign Hadamard incoherence, seed {self.seed} (data-free: round to nearest)"
+        how = "data-free: round to nearest" if method == "rtn" else "calibrated: LDLQ on the layer's input Hessian"
+        return f"quip: {book} after random-sign Hadamard incoherence, seed {self.seed} ({how})"
 
 
 def _gpu() -> GpuBinding:
@@ -179,7 +180,8 @@ class QuipCodec:
     quantized = True
     summary = ("random-sign Hadamard incoherence + uniform grid (--bits = grid bits), or --quip-codebook e8p12: "
                "QuIP#'s E8P12 lattice codebook at 2 bits per weight (codec_version 2)")
-    methods = ("rtn",)
+    methods = ("rtn", "ldlq")
+    calibration = "LDLQ: the grid rounding in the incoherent basis, each column's error fed into the rest"
     Options = Options
 
     def check_record(self, rec: TensorRecord) -> dict[str, Any]:
@@ -188,9 +190,9 @@ class QuipCodec:
         expect_sections(rec, req, opt)
         return p
 
-    def encode(self, weight: np.ndarray, options: Options, hessian: np.ndarray | None = None,
-               device: str | None = None) -> Any:
-        """Round to nearest in the incoherent basis; with ``hessian`` (X^T X) the encoder's LDLQ.
+    def encode(self, weight: np.ndarray, options: Options, hessian: Any = None, device: str | None = None) -> Any:
+        """Round to nearest in the incoherent basis; with ``hessian`` (the layer's input Hessian, numpy or
+        torch) the encoder's LDLQ (float64, on the CPU whatever ``device``).
 
         ``device``: data-free grid encoding by the torch encoder on that device (the same bytes)."""
         if device is not None and hessian is None:
@@ -200,10 +202,11 @@ class QuipCodec:
             from ..encoder.torch.quip import quantize_quip as quantize_on
 
             return quantize_on(weight, bits=options.bits, seed=options.seed, device=device)
+        from ..encoder.hessian import as_numpy
         from ..encoder.quip import quantize_quip
 
-        return quantize_quip(weight, bits=options.bits, hessian=hessian, seed=options.seed,
-                             codebook=options.quip_codebook)
+        return quantize_quip(weight, bits=options.bits, hessian=None if hessian is None else as_numpy(hessian),
+                             seed=options.seed, codebook=options.quip_codebook)
 
     @property
     def gpu(self) -> GpuBinding:

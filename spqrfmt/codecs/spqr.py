@@ -213,6 +213,9 @@ class SpqrCodec:
     quantized = True
     summary = "bilevel groups + CSR outliers; data-free or calibrated (GPTQ / SpQR)"
     methods = ("rtn", "spqr", "gptq")  # data-free first, then the calibrated ones, the default first
+    calibration = ("columns in act-order, each column's error fed into the rest (GPTQ), small-group statistics "
+                   "fitted on the updated weights, high-sensitivity weights kept as fp16 outliers (SpQR); "
+                   "--method gptq = one level of f16 statistics, no outliers")
     Options = Options
 
     def check_record(self, rec: TensorRecord) -> dict[str, Any]:
@@ -223,13 +226,13 @@ class SpqrCodec:
 
     def encode(self, weight: np.ndarray, options: Options, hessian: np.ndarray | None = None,
                device: str | None = None) -> Any:
-        """Data-free round-to-nearest, or (``hessian`` = the layer's X^T X) the GPTQ/SpQR solver.
+        """Data-free round-to-nearest, or (``hessian`` = the layer's X^T X, numpy or torch) the GPTQ/SpQR solver.
 
-        ``device``: data-free encoding by the torch encoder on that device (the same bytes; fast on a GPU)."""
+        ``device``: where either runs (data-free: the torch encoder, the same bytes; fast on a GPU)."""
         if hessian is not None:
             from ..encoder.gptq import quantize_gptq
 
-            return quantize_gptq(weight, hessian, options.gptq_config())
+            return quantize_gptq(weight, hessian, options.gptq_config(), device=device)
         kw = dict(bits=options.bits, group_size=options.group_size, scale_bits=options.scale_bits,
                   zero_bits=options.zero_bits, stat_group_size=options.stat_group_size,
                   outlier_fraction=options.outlier_fraction)

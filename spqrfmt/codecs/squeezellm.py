@@ -45,7 +45,8 @@ def section_layout(rec: TensorRecord, bits: int) -> tuple[dict[str, SectionSpec]
 
 @dataclass
 class Options(OptionsBase):
-    """Encoder settings of codec squeezellm (data-free: per-row weighted k-means)."""
+    """Encoder settings of codec squeezellm: per-row k-means, plain (rtn) or weighted by the layer's input
+    Hessian diagonal (method ``weighted-kmeans``, with ``--calibrate``: SqueezeLLM's sensitivity-based k-means)."""
 
     bits: int = 4
     outlier_fraction: float = 0.005
@@ -72,8 +73,9 @@ class Options(OptionsBase):
             raise ValueError("kmeans_iters must be >= 1 (--kmeans-iters)")
 
     def describe(self, method: str = "rtn") -> str:
+        how = "data-free" if method == "rtn" else "calibrated: k-means weighted by diag(H), +0.05% most sensitive"
         return (f"squeezellm: {self.bits}-bit codes into a per-row f16 LUT of {1 << self.bits} entries, "
-                f"{self.outlier_fraction:.2%} largest weights as sparse f16 residuals (data-free)")
+                f"{self.outlier_fraction:.2%} largest weights as sparse f16 residuals ({how})")
 
 
 def _gpu() -> GpuBinding:
@@ -86,8 +88,10 @@ class SqueezeLLMCodec:
     id = "squeezellm"
     versions = (1,)
     quantized = True
-    summary = "per-row non-uniform LUT (--bits = LUT index bits) + sparse residuals"
-    methods = ("rtn",)
+    summary = ("per-row non-uniform LUT (--bits = LUT index bits) + sparse residuals; data-free or calibrated "
+               "(k-means weighted by the inputs' diag(H))")
+    methods = ("rtn", "weighted-kmeans")
+    calibration = "each row's k-means weighted by diag(H), the output's sensitivity to each input column"
     Options = Options
 
     def check_record(self, rec: TensorRecord) -> dict[str, Any]:
@@ -96,12 +100,15 @@ class SqueezeLLMCodec:
         expect_sections(rec, req, opt)
         return p
 
-    def encode(self, weight: np.ndarray, options: Options, hessian: np.ndarray | None = None,
-               device: str | None = None) -> Any:
-        """Data-free k-means per row; ``device``: the torch encoder on that device (the same bytes)."""
-        if hessian is not None:
-            raise ValueError("codec squeezellm is data-free here: it takes no Hessian")
+    def encode(self, weight: np.ndarray, options: Options, hessian: Any = None, device: str | None = None) -> Any:
+        """Per-row k-means: plain, or (``hessian`` = the layer's input Hessian, numpy or torch) weighted by
+        its diagonal, the sensitivity of the layer's output to each input column. ``device``: the torch
+        encoder on that device (the same bytes)."""
         kw = dict(bits=options.bits, outlier_fraction=options.outlier_fraction, max_iter=options.kmeans_iters)
+        if hessian is not None:
+            from ..encoder.hessian import diagonal
+
+            kw["sensitivity"] = diagonal(hessian)
         if device is not None:
             from ..encoder.torch.squeezellm import quantize_squeezellm as quantize_on
 
