@@ -236,14 +236,15 @@ def _transform_cols(x: np.ndarray, log2_h: int, c: np.ndarray, factor: np.ndarra
 
 
 @numba.njit(cache=True, nogil=True)
-def _fwht_vec(v: np.ndarray, base: int, d: int, stride: int, log2_h: int, ck: np.float32) -> None:
-    """The butterflies (and the c_k multiply) of quip.md §5.2 (a)-(b) on d vectors at base + i * stride
-    (i < d, blocks of h = 2^k along i), LANES lanes each, three stages at a time, in place."""
+def _fwht_vec(v: np.ndarray, base: int, d: int, stride: int, log2_h: int, ck: np.float32, scale: bool = True) -> None:
+    """Stages half = 1 .. 2^(log2_h - 1) of quip.md §5.2 (a) on d vectors at base + i * stride (i < d, blocks of
+    h = 2^log2_h along i), LANES lanes each, three stages at a time, in place; with ``scale`` the last stage's
+    outputs are multiplied by ck (§5.2 (b)). Without it the caller runs the remaining stages later."""
     k = log2_h
     half = 1
     while k > 0:
         r = 3 if k >= 3 else k
-        last = k == r
+        last = scale and k == r
         for i0 in range(0, d, half << r):
             for i in range(i0, i0 + half):
                 p = base + i * stride
@@ -286,50 +287,68 @@ def _rows_vec(x: np.ndarray, log2_h: int, ck: np.float32, factor: np.ndarray, wo
                     copy_lanes(tmp, p, xf, base + p)
 
 
-SLAB = 4 * LANES  # columns per task of step 3: a contiguous [m, SLAB] copy, 1 MB at m = 4096 (fits L2)
+SLAB = 4 * LANES  # columns per task of step 3: 256 B of each row (fewer would read too little per strided row)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _cols_vec(x: np.ndarray, log2_h: int, ck: np.float32, factor: np.ndarray, sv: np.ndarray, su: np.ndarray,
               threads: int) -> None:
     """Steps 3 and 4 in place: every column of x [m, n] through T(k_m, F_m), then x[r, c] = (x[r, c] * sv[r]) *
-    su[c] (f32 diagonals; +-1 signs flip exactly). Slabs of SLAB columns are copied to a contiguous buffer
-    (rows of a slab are n apart: in place they would fall into a few cache sets) and transformed LANES
-    columns per vector."""
+    su[c] (f32 diagonals; +-1 signs flip exactly), on slabs of SLAB columns, LANES columns per vector.
+
+    Rows of a slab are n apart in x (a strided read), so each slab is copied to a contiguous buffer, and its
+    butterflies run in two cache-sized halves (h = 2^k1 * 2^k2): stages half < 2^k1 on each chunk of 2^k1
+    consecutive rows right after the chunk is copied in, then stages half >= 2^k1 on each set of rows
+    r + j 2^k1 (j < 2^k2): each half runs on data in L1 (a slab at m = 4096 is 1 MB, on the edge of L2). Every
+    element still goes through the stages in the spec's order. Chunks are one vector apart in the buffer, so
+    a set's rows (2^k1 rows apart) do not all fall into the same cache sets. Step 4 then stores in row order."""
     m, n = x.shape
     h = 1 << log2_h
     a = m // h
+    k1 = (log2_h + 1) // 2
+    k2 = log2_h - k1
+    c1 = 1 << k1
+    gap = c1 * SLAB + LANES  # buffer distance of rows c1 apart (one set's stride)
     xf = x.reshape(m * n)
     tiles = (n + SLAB - 1) // SLAB
     chunks = min(tiles, threads)
     for ch in numba.prange(chunks):
-        buf = np.zeros(m * SLAB, dtype=np.float32)
-        tmp = np.empty(m * SLAB, dtype=np.float32)
+        buf = np.zeros((m >> k1) * gap, dtype=np.float32)  # row i at (i >> k1) * gap + (i & (c1 - 1)) * SLAB
+        tmp = np.empty(m * SLAB if a > 1 else 0, dtype=np.float32)
         for t in range(ch * tiles // chunks, (ch + 1) * tiles // chunks):
             c0 = t * SLAB
             width = min(SLAB, n - c0)
             full = width // LANES  # whole vectors; a last partial one is copied element by element
-            for i in range(m):
-                for g in range(full):
-                    copy_lanes(xf, i * n + c0 + g * LANES, buf, i * SLAB + g * LANES)
-                for c in range(full * LANES, width):
-                    buf[i * SLAB + c] = x[i, c0 + c]
             groups = (width + LANES - 1) // LANES
-            for g in range(groups):
-                _fwht_vec(buf, g * LANES, m, SLAB, log2_h, ck)
+            for q in range(m >> k1):  # copy a chunk of c1 rows in, then its first k1 stages
+                for i in range(q * c1, (q + 1) * c1):
+                    o = q * gap + (i - q * c1) * SLAB
+                    for g in range(full):
+                        copy_lanes(xf, i * n + c0 + g * LANES, buf, o + g * LANES)
+                    for c in range(full * LANES, width):
+                        buf[o + c] = x[i, c0 + c]
+                for g in range(groups):
+                    _fwht_vec(buf, q * gap + g * LANES, c1, SLAB, k1, ck, k2 == 0)
+            for blk in range(a):  # the last k2 stages on each set of rows r + j c1 of the block
+                for r in range(c1):
+                    b0 = blk * (h >> k1) * gap + r * SLAB
+                    for g in range(groups):
+                        _fwht_vec(buf, b0 + g * LANES, 1 << k2, gap, k2, ck, True)
             res = buf
-            if a > 1:
+            if a > 1:  # the factor over the blocks' rows al * h + beta (buffer distance h / c1 * gap)
                 for g in range(groups):
                     for beta in range(h):
+                        ob = (beta >> k1) * gap + (beta & (c1 - 1)) * SLAB + g * LANES
                         for al in range(a):
-                            dot_lanes(buf, beta * SLAB + g * LANES, h * SLAB, a, factor, al * a, 1, tmp,
+                            dot_lanes(buf, ob, (h >> k1) * gap, a, factor, al * a, 1, tmp,
                                       (al * h + beta) * SLAB + g * LANES)
                 res = tmp
-            for i in range(m):
+            for i in range(m):  # step 4, in row order
+                o = i * SLAB if a > 1 else (i >> k1) * gap + (i & (c1 - 1)) * SLAB
                 for g in range(full):
-                    mul_lanes(res, i * SLAB + g * LANES, sv[i], su, c0 + g * LANES, xf, i * n + c0 + g * LANES)
+                    mul_lanes(res, o + g * LANES, sv[i], su, c0 + g * LANES, xf, i * n + c0 + g * LANES)
                 for c in range(full * LANES, width):
-                    x[i, c0 + c] = (res[i * SLAB + c] * sv[i]) * su[c0 + c]
+                    x[i, c0 + c] = (res[o + c] * sv[i]) * su[c0 + c]
 
 
 @numba.njit(cache=True, nogil=True)
