@@ -38,7 +38,27 @@ from ..threads import shape_size, sized
 from .e8p import abs_table, code_point, odd_rows
 from .e81b import e81b_table
 from .output import empty_f32
-from .simd import LANES, bfly2, bfly4, bfly8, copy_lanes, dot_lanes, grid1, grid2, grid4, grid8, in_vector4, mul_lanes
+from .simd import (
+    LANES,
+    bfly2,
+    bfly4,
+    bfly8,
+    block1,
+    block2,
+    block3,
+    block4,
+    copy_lanes,
+    dot_lanes,
+    grid1,
+    grid2,
+    grid4,
+    grid8,
+    in_vector4,
+    mix_lanes,
+    mul_lanes,
+    prefetch_read,
+    prefetch_write,
+)
 
 
 def hadamard_constant(k: int) -> np.float32:
@@ -236,12 +256,13 @@ def _transform_cols(x: np.ndarray, log2_h: int, c: np.ndarray, factor: np.ndarra
 
 
 @numba.njit(cache=True, nogil=True)
-def _fwht_vec(v: np.ndarray, base: int, d: int, stride: int, log2_h: int, ck: np.float32, scale: bool = True) -> None:
-    """Stages half = 1 .. 2^(log2_h - 1) of quip.md §5.2 (a) on d vectors at base + i * stride (i < d, blocks of
-    h = 2^log2_h along i), LANES lanes each, three stages at a time, in place; with ``scale`` the last stage's
-    outputs are multiplied by ck (§5.2 (b)). Without it the caller runs the remaining stages later."""
-    k = log2_h
-    half = 1
+def _fwht_vec(v: np.ndarray, base: int, d: int, stride: int, log2_h: int, ck: np.float32, scale: bool = True,
+              done: int = 0) -> None:
+    """Stages half = 2^done .. 2^(log2_h - 1) of quip.md §5.2 (a) on d vectors at base + i * stride (i < d, blocks
+    of h = 2^log2_h along i), LANES lanes each, three stages at a time, in place; with ``scale`` the last stage's
+    outputs are multiplied by ck (§5.2 (b)). The caller has run stages half < 2^done, or runs the rest later."""
+    k = log2_h - done
+    half = 1 << done
     while k > 0:
         r = 3 if k >= 3 else k
         last = scale and k == r
@@ -258,36 +279,65 @@ def _fwht_vec(v: np.ndarray, base: int, d: int, stride: int, log2_h: int, ck: np
         k -= r
 
 
+@numba.njit(cache=True, nogil=True)
+def _row_block(v: np.ndarray, base: int, h: int, log2_h: int, ck: np.float32) -> None:
+    """The butterflies and c_k of one block of h = 2^log2_h >= LANES elements at v[base] (quip.md §5.2 (a)-(b)):
+    the 4 stages inside each vector and up to 4 more between vectors in one pass (:data:`simd.block4`), then
+    the rest three at a time; the block (16 KB at h = 4096) stays in L1 throughout."""
+    t = min(log2_h - 4, 4)
+    last = log2_h == 4 + t
+    step = LANES << t
+    for p in range(base, base + h, step):
+        if t == 4:
+            block4(v, p, ck, last)
+        elif t == 3:
+            block3(v, p, ck, last)
+        elif t == 2:
+            block2(v, p, ck, last)
+        elif t == 1:
+            block1(v, p, ck, last)
+        else:
+            in_vector4(v, p, ck, last)
+    _fwht_vec(v, base, h // LANES, LANES, log2_h - 4, ck, True, t)
+
+
+@numba.njit(cache=True, nogil=True)
+def _mix(v: np.ndarray, base: int, h: int, a: int, factor: np.ndarray, tmp: np.ndarray) -> None:
+    """quip.md §5.2 (c) in place on v[base : base + a h]: for each LANES-wide beta, the a vectors h apart mixed
+    by the factor (in registers for a <= MIX_MAX, else through ``tmp`` of a * LANES)."""
+    for beta in range(0, h, LANES):
+        if not mix_lanes(v, base + beta, h, a, factor, 0):
+            for al in range(a):
+                dot_lanes(v, base + beta, h, a, factor, al * a, 1, tmp, al * LANES)
+            for al in range(a):
+                copy_lanes(tmp, al * LANES, v, base + al * h + beta)
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _rows_vec(x: np.ndarray, log2_h: int, ck: np.float32, factor: np.ndarray, words: np.ndarray, bits: int,
               scale: np.ndarray, threads: int) -> None:
     """Step 2 in place, each row on its own with LANES consecutive elements per vector (needs h >= LANES):
-    the first four stages within each vector (shuffles), the rest between vectors, then the factor. With
-    ``bits`` > 0 each row first gets its grid values (step 1) from ``words``, so it is transformed in cache."""
+    each block of h through :func:`_row_block`, then the factor (:func:`_mix`). With ``bits`` > 0 each row
+    first gets its grid values (step 1) from ``words``, so it is transformed in cache."""
     m, n = x.shape
     h = 1 << log2_h
     a = n // h
     xf = x.reshape(m * n)
     chunks = min(m, threads)
     for ch in numba.prange(chunks):
-        tmp = np.empty(n, dtype=np.float32)
+        tmp = np.empty(a * LANES, dtype=np.float32)
         for r in range(ch * m // chunks, (ch + 1) * m // chunks):
             base = r * n
             if bits > 0:
                 _grid_row(words, r, bits, scale[r], xf, base, n)
-            last = log2_h == 4
-            for p in range(base, base + n, LANES):
-                in_vector4(xf, p, ck, last)
-            _fwht_vec(xf, base, n // LANES, LANES, log2_h - 4, ck)
+            for blk in range(a):
+                _row_block(xf, base + blk * h, h, log2_h, ck)
             if a > 1:
-                for beta in range(0, h, LANES):
-                    for al in range(a):
-                        dot_lanes(xf, base + beta, h, a, factor, al * a, 1, tmp, al * h + beta)
-                for p in range(0, n, LANES):
-                    copy_lanes(tmp, p, xf, base + p)
+                _mix(xf, base, h, a, factor, tmp)
 
 
 SLAB = 4 * LANES  # columns per task of step 3: 256 B of each row (fewer would read too little per strided row)
+AHEAD = 64  # rows between a prefetch of step 3's strided rows and their use
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -322,6 +372,10 @@ def _cols_vec(x: np.ndarray, log2_h: int, ck: np.float32, factor: np.ndarray, sv
             groups = (width + LANES - 1) // LANES
             for q in range(m >> k1):  # copy a chunk of c1 rows in, then its first k1 stages
                 for i in range(q * c1, (q + 1) * c1):
+                    ip, cp = (i + AHEAD, c0) if i + AHEAD < m else (i + AHEAD - m, c0 + SLAB)  # then the next slab's
+                    if cp < n:
+                        for g in range(0, min(SLAB, n - cp), LANES):
+                            prefetch_read(xf, ip * n + cp + g)
                     o = q * gap + (i - q * c1) * SLAB
                     for g in range(full):
                         copy_lanes(xf, i * n + c0 + g * LANES, buf, o + g * LANES)
@@ -344,6 +398,9 @@ def _cols_vec(x: np.ndarray, log2_h: int, ck: np.float32, factor: np.ndarray, sv
                                       (al * h + beta) * SLAB + g * LANES)
                 res = tmp
             for i in range(m):  # step 4, in row order
+                if i + AHEAD < m:
+                    for g in range(0, width, LANES):
+                        prefetch_write(xf, (i + AHEAD) * n + c0 + g)
                 o = i * SLAB if a > 1 else (i >> k1) * gap + (i & (c1 - 1)) * SLAB
                 for g in range(full):
                     mul_lanes(res, o + g * LANES, sv[i], su, c0 + g * LANES, xf, i * n + c0 + g * LANES)
