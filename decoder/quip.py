@@ -53,7 +53,7 @@ from .simd import (
     grid2,
     grid4,
     grid8,
-    in_vector4,
+    in_vector,
     mix_lanes,
     mul_lanes,
     prefetch_read,
@@ -256,11 +256,12 @@ def _transform_cols(x: np.ndarray, log2_h: int, c: np.ndarray, factor: np.ndarra
 
 
 @numba.njit(cache=True, nogil=True)
-def _fwht_vec(v: np.ndarray, base: int, d: int, stride: int, log2_h: int, ck: np.float32, scale: bool = True,
-              done: int = 0) -> None:
+def fwht_lanes(v: np.ndarray, base: int, d: int, stride: int, log2_h: int, ck: float, scale: bool = True,
+               done: int = 0) -> None:
     """Stages half = 2^done .. 2^(log2_h - 1) of quip.md §5.2 (a) on d vectors at base + i * stride (i < d, blocks
-    of h = 2^log2_h along i), LANES lanes each, three stages at a time, in place; with ``scale`` the last stage's
-    outputs are multiplied by ck (§5.2 (b)). The caller has run stages half < 2^done, or runs the rest later."""
+    of h = 2^log2_h along i), the lanes of one register each, three stages at a time, in place; with ``scale``
+    the last stage's outputs are multiplied by ck (§5.2 (b); f64, for the encoder: divided by ck, its numpy
+    path's y / sqrt(h)). The caller has run stages half < 2^done, or runs the rest later."""
     k = log2_h - done
     half = 1 << done
     while k > 0:
@@ -297,8 +298,8 @@ def _row_block(v: np.ndarray, base: int, h: int, log2_h: int, ck: np.float32) ->
         elif t == 1:
             block1(v, p, ck, last)
         else:
-            in_vector4(v, p, ck, last)
-    _fwht_vec(v, base, h // LANES, LANES, log2_h - 4, ck, True, t)
+            in_vector(v, p, ck, last)
+    fwht_lanes(v, base, h // LANES, LANES, log2_h - 4, ck, True, t)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -382,12 +383,12 @@ def _cols_vec(x: np.ndarray, log2_h: int, ck: np.float32, factor: np.ndarray, sv
                     for c in range(full * LANES, width):
                         buf[o + c] = x[i, c0 + c]
                 for g in range(groups):
-                    _fwht_vec(buf, q * gap + g * LANES, c1, SLAB, k1, ck, k2 == 0)
+                    fwht_lanes(buf, q * gap + g * LANES, c1, SLAB, k1, ck, k2 == 0)
             for blk in range(a):  # the last k2 stages on each set of rows r + j c1 of the block
                 for r in range(c1):
                     b0 = blk * (h >> k1) * gap + r * SLAB
                     for g in range(groups):
-                        _fwht_vec(buf, b0 + g * LANES, 1 << k2, gap, k2, ck, True)
+                        fwht_lanes(buf, b0 + g * LANES, 1 << k2, gap, k2, ck, True)
             res = buf
             if a > 1:  # the factor over the blocks' rows al * h + beta (buffer distance h / c1 * gap)
                 for g in range(groups):

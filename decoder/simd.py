@@ -28,6 +28,13 @@ _I32 = ir.IntType(32)
 _KINDS = {"f32": (ir.FloatType(), LANES), "f64": (ir.DoubleType(), LANES64)}
 
 
+def _vector_of(array) -> tuple:  # noqa: ANN001
+    """(vector type, divide) for a Numba f32 or f64 array type: one register of its lanes; ``divide`` for f64,
+    whose butterflies end in the encoder's true division by sqrt(h) (f32: the decoder's multiply by c_k)."""
+    elem, lanes = _KINDS["f64" if array.dtype == types.float64 else "f32"]
+    return ir.VectorType(elem, lanes), array.dtype == types.float64
+
+
 def _data(context, builder, ty, val):  # noqa: ANN001, ANN202
     return context.make_array(ty)(context, builder, val).data
 
@@ -96,16 +103,16 @@ def _within(builder, x):  # noqa: ANN001, ANN202
     return x
 
 
-def _butterfly(radix: int, kind: str):  # noqa: ANN202
-    """Intrinsic bfly(src, dst, p, s, c, last): the log2(radix) Sylvester stages half = s, 2s, ... on the
-    vectors at p + k s (k < radix), each stage on the previous one's rounded values; with ``last`` the outputs
-    are then multiplied by c (f32, quip.md §5.2 (b)) or divided by c (f64, the encoder's true division)."""
-    elem, lanes = _KINDS[kind]
-    vt = ir.VectorType(elem, lanes)
+def _butterfly(radix: int):  # noqa: ANN202
+    """Intrinsic bfly(src, dst, p, s, c, last) on f32 or f64 arrays (the lanes of one register): the
+    log2(radix) Sylvester stages half = s, 2s, ... on the vectors at p + k s (k < radix), each stage on the
+    previous one's rounded values; with ``last`` the outputs are then multiplied by c (f32, quip.md §5.2 (b))
+    or divided by c (f64, the encoder's true division)."""
 
     @intrinsic
     def bfly(typingctx, src, dst, p, s, c, last):  # noqa: ANN001, ANN202, ARG001
         sig = types.void(src, dst, p, s, c, last)
+        vt, divide = _vector_of(src)
 
         def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
             a_src = _data(context, builder, signature.args[0], args[0])
@@ -113,7 +120,7 @@ def _butterfly(radix: int, kind: str):  # noqa: ANN202
             p, s, c, last = args[2:]
             offs = [builder.add(p, builder.mul(s, ir.Constant(s.type, k))) for k in range(radix)]
             v = _stages(builder, [_load(builder, a_src, o, vt) for o in offs])
-            _finish(builder, v, offs, a_dst, last, c, kind == "f64")
+            _finish(builder, v, offs, a_dst, last, c, divide)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -121,45 +128,23 @@ def _butterfly(radix: int, kind: str):  # noqa: ANN202
     return bfly
 
 
-def _in_vector(kind: str):  # noqa: ANN202
-    """Intrinsic f(v, p, c, last): the Sylvester stages half = 1, 2, .. within the one vector at p (all
-    log2(lanes) of them; element p + j pairs with p + (j ^ half)), then c as :func:`_butterfly`. Each lane
-    computes exactly its scalar result: u + v where bit ``half`` of j is clear, u - v where it is set (u the
-    lower partner)."""
-    elem, lanes = _KINDS[kind]
-    vt = ir.VectorType(elem, lanes)
-
-    @intrinsic
-    def stage(typingctx, v, p, c, last):  # noqa: ANN001, ANN202, ARG001
-        sig = types.void(v, p, c, last)
-
-        def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-            data = _data(context, builder, signature.args[0], args[0])
-            p, c, last = args[1:]
-            _finish(builder, [_within(builder, _load(builder, data, p, vt))], [p], data, last, c, kind == "f64")
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return stage
-
-
 def _block(t: int):  # noqa: ANN202
-    """Intrinsic f(v, p, c, last): 2^t consecutive f32 vectors at p (LANES << t elements): the four stages inside
-    each vector (:func:`_within`), then the t stages between them in registers, then c as :func:`_butterfly`;
-    the first 4 + t stages of a block of h >= LANES << t elements in one pass."""
-    vt = ir.VectorType(ir.FloatType(), LANES)
+    """Intrinsic f(v, p, c, last) on an f32 or f64 array: the 2^t consecutive vectors at p, each through the
+    log2(lanes) stages inside it (:func:`_within`: element p + j pairs with p + (j ^ half)), then the t stages
+    between them in registers, then c as :func:`_butterfly`: the first log2(lanes) + t stages of a block of
+    h >= lanes << t elements in one pass."""
 
     @intrinsic
     def block(typingctx, v, p, c, last):  # noqa: ANN001, ANN202, ARG001
         sig = types.void(v, p, c, last)
+        vt, divide = _vector_of(v)
 
         def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
             data = _data(context, builder, signature.args[0], args[0])
             p, c, last = args[1:]
-            offs = [builder.add(p, ir.Constant(p.type, k * LANES)) for k in range(1 << t)]
+            offs = [builder.add(p, ir.Constant(p.type, k * vt.count)) for k in range(1 << t)]
             v = _stages(builder, [_within(builder, _load(builder, data, o, vt)) for o in offs])
-            _finish(builder, v, offs, data, last, c, False)
+            _finish(builder, v, offs, data, last, c, divide)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -260,11 +245,9 @@ def _dot(kind: str, from_zero: bool):  # noqa: ANN202
     return dot
 
 
-bfly8, bfly4, bfly2 = _butterfly(8, "f32"), _butterfly(4, "f32"), _butterfly(2, "f32")
-bfly8_f64, bfly4_f64, bfly2_f64 = _butterfly(8, "f64"), _butterfly(4, "f64"), _butterfly(2, "f64")
-in_vector4 = _in_vector("f32")  # stages half = 1, 2, 4, 8
-block1, block2, block3, block4 = _block(1), _block(2), _block(3), _block(4)  # 5 .. 8 stages
-in_vector3_f64 = _in_vector("f64")  # stages half = 1, 2, 4
+bfly8, bfly4, bfly2 = _butterfly(8), _butterfly(4), _butterfly(2)
+in_vector = _block(0)  # stages half = 1, 2, 4, 8 (f32) or 1, 2, 4 (f64)
+block1, block2, block3, block4 = _block(1), _block(2), _block(3), _block(4)  # f32: 5 .. 8 stages
 dot_lanes = _dot("f32", False)
 dot_lanes_f64 = _dot("f64", True)
 
@@ -273,12 +256,12 @@ dot_lanes_f64 = _dot("f64", True)
 def copy_lanes(typingctx, src, p, dst, q):  # noqa: ANN001, ANN202, ARG001
     """dst[q : q + lanes] = src[p : p + lanes] (both f32 or both f64)."""
     sig = types.void(src, p, dst, q)
-    elem, lanes = _KINDS["f64" if src.dtype == types.float64 else "f32"]
+    vt = _vector_of(src)[0]
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
         a_src = _data(context, builder, signature.args[0], args[0])
         a_dst = _data(context, builder, signature.args[2], args[2])
-        _store(builder, _load(builder, a_src, args[1], ir.VectorType(elem, lanes)), a_dst, args[3])
+        _store(builder, _load(builder, a_src, args[1], vt), a_dst, args[3])
         return context.get_dummy_value()
 
     return sig, codegen
