@@ -13,11 +13,13 @@ Speed (issue 15): the spec fixes every rounding, not the order of independent
 operations, so the work is vectorised across independent elements with the
 exact vector intrinsics of ``simd.py`` (LANES = 16 f32 per instruction):
 step 2 runs row by row, the grid values of the row decoded 16 codes per vector
-straight into it (in cache), the first four butterfly stages inside each
-16-element vector (shuffles) and the rest between vectors; steps 3 and 4 copy
-slabs of SLAB columns to a contiguous buffer, run the butterflies with 16
-columns per vector and store with the signs applied. Short rows (h_n < 16)
-and narrow matrices (n < SLAB) take the scalar loops.
+straight into it (in cache), then each Hadamard block in L1: the first four
+stages inside each 16-element vector and four more between 16 vectors in one
+pass, the rest three at a time, the factor in registers; steps 3 and 4 copy
+slabs of SLAB columns to a contiguous buffer (prefetched, the rows are n
+apart), run the butterflies with 16 columns per vector in two L1-sized halves
+and store with the signs applied. Short rows (h_n < 16) and narrow matrices
+(n < SLAB) take the scalar loops.
 
 v2 changes only the ends of the pipeline: codebook "e8p12" replaces the
 grid step by the E8P lattice point of each 16-bit code times the row scale
