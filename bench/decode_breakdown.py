@@ -69,6 +69,23 @@ def _spqr_passes(params: dict, secs: dict, shape: tuple[int, int], touched: np.n
     return {"decode_rows": lambda: spqr._decode_rows(*rows_args)}
 
 
+def _quip_synthetic(shape: tuple[int, int]) -> tuple[dict, dict]:
+    """Valid 4-bit grid sections of ``shape`` as the data-free encoder lays them out (h = the largest power of two
+    dividing each side, an orthogonal odd factor), with random codes, scales and signs: the decoder's work and
+    speed do not depend on the values."""
+    rng = np.random.default_rng(0)
+    m, n = shape
+    km, kn = (m & -m).bit_length() - 1, (n & -n).bit_length() - 1
+    secs: dict[str, np.ndarray] = {
+        "codes": rng.integers(0, 1 << 32, (m, n * 4 // 32), dtype=np.uint64).astype(np.uint32),
+        "scale": rng.uniform(0.01, 0.1, m).astype(np.float32),
+        "su": rng.choice(np.array([-1, 1], np.int8), n), "sv": rng.choice(np.array([-1, 1], np.int8), m)}
+    for role, d, k in (("factor_n", n, kn), ("factor_m", m, km)):
+        if d >> k > 1:
+            secs[role] = np.linalg.qr(rng.standard_normal((d >> k, d >> k)))[0].astype(np.float32)
+    return {"bits": 4, "log2_hn": kn, "log2_hm": km}, secs
+
+
 def _quip_passes(params: dict, secs: dict, shape: tuple[int, int], touched: np.ndarray) -> dict[str, Callable]:
     """quip's row pass (steps 1-2) and column pass (steps 3-4) into an output already touched."""
     kn, km = int(params["log2_hn"]), int(params["log2_hm"])
@@ -101,6 +118,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--shapes", default="4096x4096,4096x14336")
     ap.add_argument("--codec", choices=("spqr", "quip"), default="spqr")
+    ap.add_argument("--synthetic", action="store_true",
+                    help="quip: random valid sections, no encoding (no encoder JIT: a short run on a fresh machine)")
     args = ap.parse_args()
     info = {"codec": args.codec, "thp_enabled": _read("/sys/kernel/mm/transparent_hugepage/enabled"),
             "thp_defrag": _read("/sys/kernel/mm/transparent_hugepage/defrag"),
@@ -111,9 +130,12 @@ def main() -> None:
     decoder = quip if args.codec == "quip" else spqr
     for spec in args.shapes.split(","):
         shape = tuple(int(v) for v in spec.split("x"))
-        w = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-        enc = data_free_encoder("layer.weight", w, QuantConfig(codec=args.codec))
-        params, secs = dict(enc.params), enc.sections
+        if args.synthetic and args.codec == "quip":
+            params, secs = _quip_synthetic(shape)
+        else:
+            w = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+            enc = data_free_encoder("layer.weight", w, QuantConfig(codec=args.codec))
+            params, secs = dict(enc.params), enc.sections
         touched = empty_f32(shape)
         _fill(touched)
         passes = (_quip_passes if args.codec == "quip" else _spqr_passes)(params, secs, shape, touched)
@@ -129,7 +151,7 @@ def main() -> None:
             row: dict[str, Any] = {"shape": list(shape), "threads": threads}
             for name, fn in parts.items():
                 row[name + "_ms"] = best(fn, args.reps)
-            row["decode_gparam_per_s"] = round(w.size / row["decode_ms"][0] / 1e6, 3)
+            row["decode_gparam_per_s"] = round(shape[0] * shape[1] / row["decode_ms"][0] / 1e6, 3)
             rows.append(row)
             print(json.dumps(row), flush=True)
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
