@@ -13,11 +13,13 @@ Speed (issue 15): the spec fixes every rounding, not the order of independent
 operations, so the work is vectorised across independent elements with the
 exact vector intrinsics of ``simd.py`` (LANES = 16 f32 per instruction):
 step 2 runs row by row, the grid values of the row decoded 16 codes per vector
-straight into it (in cache), the first four butterfly stages inside each
-16-element vector (shuffles) and the rest between vectors; steps 3 and 4 copy
-slabs of SLAB columns to a contiguous buffer, run the butterflies with 16
-columns per vector and store with the signs applied. Short rows (h_n < 16)
-and narrow matrices (n < SLAB) take the scalar loops.
+straight into it (in cache), then each Hadamard block in L1: the first four
+stages inside each 16-element vector and four more between 16 vectors in one
+pass, the rest three at a time, the factor in registers; steps 3 and 4 copy
+slabs of SLAB columns to a contiguous buffer (prefetched, the rows are n
+apart), run the butterflies with 16 columns per vector in two L1-sized halves
+and store with the signs applied. Short rows (h_n < 16) and narrow matrices
+(n < SLAB) take the scalar loops.
 
 v2 changes only the ends of the pipeline: codebook "e8p12" replaces the
 grid step by the E8P lattice point of each 16-bit code times the row scale
@@ -38,7 +40,27 @@ from ..threads import shape_size, sized
 from .e8p import abs_table, code_point, odd_rows
 from .e81b import e81b_table
 from .output import empty_f32
-from .simd import LANES, bfly2, bfly4, bfly8, copy_lanes, dot_lanes, grid1, grid2, grid4, grid8, in_vector4, mul_lanes
+from .simd import (
+    LANES,
+    bfly2,
+    bfly4,
+    bfly8,
+    block1,
+    block2,
+    block3,
+    block4,
+    copy_lanes,
+    dot_lanes,
+    grid1,
+    grid2,
+    grid4,
+    grid8,
+    in_vector,
+    mix_lanes,
+    mul_lanes,
+    prefetch_read,
+    prefetch_write,
+)
 
 
 def hadamard_constant(k: int) -> np.float32:
@@ -236,14 +258,17 @@ def _transform_cols(x: np.ndarray, log2_h: int, c: np.ndarray, factor: np.ndarra
 
 
 @numba.njit(cache=True, nogil=True)
-def _fwht_vec(v: np.ndarray, base: int, d: int, stride: int, log2_h: int, ck: np.float32) -> None:
-    """The butterflies (and the c_k multiply) of quip.md §5.2 (a)-(b) on d vectors at base + i * stride
-    (i < d, blocks of h = 2^k along i), LANES lanes each, three stages at a time, in place."""
-    k = log2_h
-    half = 1
+def fwht_lanes(v: np.ndarray, base: int, d: int, stride: int, log2_h: int, ck: float, scale: bool = True,
+               done: int = 0) -> None:
+    """Stages half = 2^done .. 2^(log2_h - 1) of quip.md §5.2 (a) on d vectors at base + i * stride (i < d, blocks
+    of h = 2^log2_h along i), the lanes of one register each, three stages at a time, in place; with ``scale``
+    the last stage's outputs are multiplied by ck (§5.2 (b); f64, for the encoder: divided by ck, its numpy
+    path's y / sqrt(h)). The caller has run stages half < 2^done, or runs the rest later."""
+    k = log2_h - done
+    half = 1 << done
     while k > 0:
         r = 3 if k >= 3 else k
-        last = k == r
+        last = scale and k == r
         for i0 in range(0, d, half << r):
             for i in range(i0, i0 + half):
                 p = base + i * stride
@@ -257,79 +282,133 @@ def _fwht_vec(v: np.ndarray, base: int, d: int, stride: int, log2_h: int, ck: np
         k -= r
 
 
+@numba.njit(cache=True, nogil=True)
+def _row_block(v: np.ndarray, base: int, h: int, log2_h: int, ck: np.float32) -> None:
+    """The butterflies and c_k of one block of h = 2^log2_h >= LANES elements at v[base] (quip.md §5.2 (a)-(b)):
+    the 4 stages inside each vector and up to 4 more between vectors in one pass (:data:`simd.block4`), then
+    the rest three at a time; the block (16 KB at h = 4096) stays in L1 throughout."""
+    t = min(log2_h - 4, 4)
+    last = log2_h == 4 + t
+    step = LANES << t
+    for p in range(base, base + h, step):
+        if t == 4:
+            block4(v, p, ck, last)
+        elif t == 3:
+            block3(v, p, ck, last)
+        elif t == 2:
+            block2(v, p, ck, last)
+        elif t == 1:
+            block1(v, p, ck, last)
+        else:
+            in_vector(v, p, ck, last)
+    fwht_lanes(v, base, h // LANES, LANES, log2_h - 4, ck, True, t)
+
+
+@numba.njit(cache=True, nogil=True)
+def _mix(v: np.ndarray, base: int, h: int, a: int, factor: np.ndarray, tmp: np.ndarray) -> None:
+    """quip.md §5.2 (c) in place on v[base : base + a h]: for each LANES-wide beta, the a vectors h apart mixed
+    by the factor (in registers for a <= MIX_MAX, else through ``tmp`` of a * LANES)."""
+    for beta in range(0, h, LANES):
+        if not mix_lanes(v, base + beta, h, a, factor, 0):
+            for al in range(a):
+                dot_lanes(v, base + beta, h, a, factor, al * a, 1, tmp, al * LANES)
+            for al in range(a):
+                copy_lanes(tmp, al * LANES, v, base + al * h + beta)
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _rows_vec(x: np.ndarray, log2_h: int, ck: np.float32, factor: np.ndarray, words: np.ndarray, bits: int,
               scale: np.ndarray, threads: int) -> None:
     """Step 2 in place, each row on its own with LANES consecutive elements per vector (needs h >= LANES):
-    the first four stages within each vector (shuffles), the rest between vectors, then the factor. With
-    ``bits`` > 0 each row first gets its grid values (step 1) from ``words``, so it is transformed in cache."""
+    each block of h through :func:`_row_block`, then the factor (:func:`_mix`). With ``bits`` > 0 each row
+    first gets its grid values (step 1) from ``words``, so it is transformed in cache."""
     m, n = x.shape
     h = 1 << log2_h
     a = n // h
     xf = x.reshape(m * n)
     chunks = min(m, threads)
     for ch in numba.prange(chunks):
-        tmp = np.empty(n, dtype=np.float32)
+        tmp = np.empty(a * LANES, dtype=np.float32)
         for r in range(ch * m // chunks, (ch + 1) * m // chunks):
             base = r * n
             if bits > 0:
                 _grid_row(words, r, bits, scale[r], xf, base, n)
-            last = log2_h == 4
-            for p in range(base, base + n, LANES):
-                in_vector4(xf, p, ck, last)
-            _fwht_vec(xf, base, n // LANES, LANES, log2_h - 4, ck)
+            for blk in range(a):
+                _row_block(xf, base + blk * h, h, log2_h, ck)
             if a > 1:
-                for beta in range(0, h, LANES):
-                    for al in range(a):
-                        dot_lanes(xf, base + beta, h, a, factor, al * a, 1, tmp, al * h + beta)
-                for p in range(0, n, LANES):
-                    copy_lanes(tmp, p, xf, base + p)
+                _mix(xf, base, h, a, factor, tmp)
 
 
-SLAB = 4 * LANES  # columns per task of step 3: a contiguous [m, SLAB] copy, 1 MB at m = 4096 (fits L2)
+SLAB = 4 * LANES  # columns per task of step 3: 256 B of each row (fewer would read too little per strided row)
+AHEAD = 64  # rows between a prefetch of step 3's strided rows and their use
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _cols_vec(x: np.ndarray, log2_h: int, ck: np.float32, factor: np.ndarray, sv: np.ndarray, su: np.ndarray,
               threads: int) -> None:
     """Steps 3 and 4 in place: every column of x [m, n] through T(k_m, F_m), then x[r, c] = (x[r, c] * sv[r]) *
-    su[c] (f32 diagonals; +-1 signs flip exactly). Slabs of SLAB columns are copied to a contiguous buffer
-    (rows of a slab are n apart: in place they would fall into a few cache sets) and transformed LANES
-    columns per vector."""
+    su[c] (f32 diagonals; +-1 signs flip exactly), on slabs of SLAB columns, LANES columns per vector.
+
+    Rows of a slab are n apart in x (a strided read), so each slab is copied to a contiguous buffer, and its
+    butterflies run in two cache-sized halves (h = 2^k1 * 2^k2): stages half < 2^k1 on each chunk of 2^k1
+    consecutive rows right after the chunk is copied in, then stages half >= 2^k1 on each set of rows
+    r + j 2^k1 (j < 2^k2): each half runs on data in L1 (a slab at m = 4096 is 1 MB, on the edge of L2). Every
+    element still goes through the stages in the spec's order. Chunks are one vector apart in the buffer, so
+    a set's rows (2^k1 rows apart) do not all fall into the same cache sets. Step 4 then stores in row order."""
     m, n = x.shape
     h = 1 << log2_h
     a = m // h
+    k1 = (log2_h + 1) // 2
+    k2 = log2_h - k1
+    c1 = 1 << k1
+    gap = c1 * SLAB + LANES  # buffer distance of rows c1 apart (one set's stride)
     xf = x.reshape(m * n)
     tiles = (n + SLAB - 1) // SLAB
     chunks = min(tiles, threads)
     for ch in numba.prange(chunks):
-        buf = np.zeros(m * SLAB, dtype=np.float32)
-        tmp = np.empty(m * SLAB, dtype=np.float32)
+        buf = np.zeros((m >> k1) * gap, dtype=np.float32)  # row i at (i >> k1) * gap + (i & (c1 - 1)) * SLAB
+        tmp = np.empty(m * SLAB if a > 1 else 0, dtype=np.float32)
         for t in range(ch * tiles // chunks, (ch + 1) * tiles // chunks):
             c0 = t * SLAB
             width = min(SLAB, n - c0)
             full = width // LANES  # whole vectors; a last partial one is copied element by element
-            for i in range(m):
-                for g in range(full):
-                    copy_lanes(xf, i * n + c0 + g * LANES, buf, i * SLAB + g * LANES)
-                for c in range(full * LANES, width):
-                    buf[i * SLAB + c] = x[i, c0 + c]
             groups = (width + LANES - 1) // LANES
-            for g in range(groups):
-                _fwht_vec(buf, g * LANES, m, SLAB, log2_h, ck)
+            for q in range(m >> k1):  # copy a chunk of c1 rows in, then its first k1 stages
+                for i in range(q * c1, (q + 1) * c1):
+                    ip, cp = (i + AHEAD, c0) if i + AHEAD < m else (i + AHEAD - m, c0 + SLAB)  # then the next slab's
+                    if cp < n:
+                        for g in range(0, min(SLAB, n - cp), LANES):
+                            prefetch_read(xf, ip * n + cp + g)
+                    o = q * gap + (i - q * c1) * SLAB
+                    for g in range(full):
+                        copy_lanes(xf, i * n + c0 + g * LANES, buf, o + g * LANES)
+                    for c in range(full * LANES, width):
+                        buf[o + c] = x[i, c0 + c]
+                for g in range(groups):
+                    fwht_lanes(buf, q * gap + g * LANES, c1, SLAB, k1, ck, k2 == 0)
+            for blk in range(a):  # the last k2 stages on each set of rows r + j c1 of the block
+                for r in range(c1):
+                    b0 = blk * (h >> k1) * gap + r * SLAB
+                    for g in range(groups):
+                        fwht_lanes(buf, b0 + g * LANES, 1 << k2, gap, k2, ck, True)
             res = buf
-            if a > 1:
+            if a > 1:  # the factor over the blocks' rows al * h + beta (buffer distance h / c1 * gap)
                 for g in range(groups):
                     for beta in range(h):
+                        ob = (beta >> k1) * gap + (beta & (c1 - 1)) * SLAB + g * LANES
                         for al in range(a):
-                            dot_lanes(buf, beta * SLAB + g * LANES, h * SLAB, a, factor, al * a, 1, tmp,
+                            dot_lanes(buf, ob, (h >> k1) * gap, a, factor, al * a, 1, tmp,
                                       (al * h + beta) * SLAB + g * LANES)
                 res = tmp
-            for i in range(m):
+            for i in range(m):  # step 4, in row order
+                if i + AHEAD < m:
+                    for g in range(0, width, LANES):
+                        prefetch_write(xf, (i + AHEAD) * n + c0 + g)
+                o = i * SLAB if a > 1 else (i >> k1) * gap + (i & (c1 - 1)) * SLAB
                 for g in range(full):
-                    mul_lanes(res, i * SLAB + g * LANES, sv[i], su, c0 + g * LANES, xf, i * n + c0 + g * LANES)
+                    mul_lanes(res, o + g * LANES, sv[i], su, c0 + g * LANES, xf, i * n + c0 + g * LANES)
                 for c in range(full * LANES, width):
-                    x[i, c0 + c] = (res[i * SLAB + c] * sv[i]) * su[c0 + c]
+                    x[i, c0 + c] = (res[o + c] * sv[i]) * su[c0 + c]
 
 
 @numba.njit(cache=True, nogil=True)

@@ -28,6 +28,13 @@ _I32 = ir.IntType(32)
 _KINDS = {"f32": (ir.FloatType(), LANES), "f64": (ir.DoubleType(), LANES64)}
 
 
+def _vector_of(array) -> tuple:  # noqa: ANN001
+    """(vector type, divide) for a Numba f32 or f64 array type: one register of its lanes; ``divide`` for f64,
+    whose butterflies end in the encoder's true division by sqrt(h) (f32: the decoder's multiply by c_k)."""
+    elem, lanes = _KINDS["f64" if array.dtype == types.float64 else "f32"]
+    return ir.VectorType(elem, lanes), array.dtype == types.float64
+
+
 def _data(context, builder, ty, val):  # noqa: ANN001, ANN202
     return context.make_array(ty)(context, builder, val).data
 
@@ -60,34 +67,60 @@ def _finish(builder, values, offs, data, last, c, divide: bool) -> None:  # noqa
                 _store(builder, x, data, o)
 
 
-def _butterfly(radix: int, kind: str):  # noqa: ANN202
-    """Intrinsic bfly(src, dst, p, s, c, last): the log2(radix) Sylvester stages half = s, 2s, ... on the
-    vectors at p + k s (k < radix), each stage on the previous one's rounded values; with ``last`` the outputs
-    are then multiplied by c (f32, quip.md §5.2 (b)) or divided by c (f64, the encoder's true division)."""
-    stages = radix.bit_length() - 1
-    elem, lanes = _KINDS[kind]
-    vt = ir.VectorType(elem, lanes)
+def _stages(builder, v: list):  # noqa: ANN001, ANN202
+    """The log2(len(v)) Sylvester stages half = 1, 2, .. between the vectors ``v`` (lane by lane, each stage on
+    the previous one's rounded values): v[i] + v[i + half], v[i] - v[i + half] where bit ``half`` of i is clear."""
+    half = 1
+    while half < len(v):
+        w = list(v)
+        for i in range(len(v)):
+            if not i & half:
+                w[i] = builder.fadd(v[i], v[i + half])
+                w[i + half] = builder.fsub(v[i], v[i + half])
+        v = w
+        half *= 2
+    return v
+
+
+def _within(builder, x):  # noqa: ANN001, ANN202
+    """The log2(lanes) Sylvester stages half = 1, 2, .. inside the one vector ``x`` (lane j pairs with j ^ half).
+
+    Lane j with bit ``half`` clear gets u + v (u = x[j], v = its partner), a lane with it set gets u - v (u =
+    the partner, v = x[j]) computed as (-v) + u: IEEE 754 defines x - y as x + (-y), sign flips are exact
+    and addition commutes, so the bits are those of the subtraction (NaN stays NaN). One shuffle, one sign
+    flip and one addition per stage instead of two shuffles, two operations and a blend."""
+    lanes = x.type.count
+    bits = 64 if isinstance(x.type.element, ir.DoubleType) else 32
+    it = ir.IntType(bits)
+    iv = ir.VectorType(it, lanes)
+    half = 1
+    while half < lanes:
+        swap = ir.Constant(ir.VectorType(_I32, lanes), [j ^ half for j in range(lanes)])
+        partner = builder.shuffle_vector(x, x, swap)
+        sign = ir.Constant(iv, [(1 << (bits - 1)) if j & half else 0 for j in range(lanes)])
+        x = builder.fadd(builder.bitcast(builder.xor(builder.bitcast(x, iv), sign), x.type), partner)
+        half *= 2
+    return x
+
+
+def _butterfly(radix: int):  # noqa: ANN202
+    """Intrinsic bfly(src, dst, p, s, c, last) on f32 or f64 arrays (the lanes of one register): the
+    log2(radix) Sylvester stages half = s, 2s, ... on the vectors at p + k s (k < radix), each stage on the
+    previous one's rounded values; with ``last`` the outputs are then multiplied by c (f32, quip.md §5.2 (b))
+    or divided by c (f64, the encoder's true division)."""
 
     @intrinsic
     def bfly(typingctx, src, dst, p, s, c, last):  # noqa: ANN001, ANN202, ARG001
         sig = types.void(src, dst, p, s, c, last)
+        vt, divide = _vector_of(src)
 
         def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
             a_src = _data(context, builder, signature.args[0], args[0])
             a_dst = _data(context, builder, signature.args[1], args[1])
             p, s, c, last = args[2:]
             offs = [builder.add(p, builder.mul(s, ir.Constant(s.type, k))) for k in range(radix)]
-            v = [_load(builder, a_src, o, vt) for o in offs]
-            half = 1
-            for _ in range(stages):
-                w = list(v)
-                for i in range(radix):
-                    if not i & half:
-                        w[i] = builder.fadd(v[i], v[i + half])
-                        w[i + half] = builder.fsub(v[i], v[i + half])
-                v = w
-                half *= 2
-            _finish(builder, v, offs, a_dst, last, c, kind == "f64")
+            v = _stages(builder, [_load(builder, a_src, o, vt) for o in offs])
+            _finish(builder, v, offs, a_dst, last, c, divide)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -95,36 +128,80 @@ def _butterfly(radix: int, kind: str):  # noqa: ANN202
     return bfly
 
 
-def _in_vector(kind: str):  # noqa: ANN202
-    """Intrinsic f(v, p, c, last): the Sylvester stages half = 1, 2, .. within the one vector at p (all
-    log2(lanes) of them; element p + j pairs with p + (j ^ half)), then c as :func:`_butterfly`. Each lane
-    computes exactly its scalar result: u + v where bit ``half`` of j is clear, u - v where it is set (u the
-    lower partner)."""
-    elem, lanes = _KINDS[kind]
-    vt = ir.VectorType(elem, lanes)
-    idx = ir.VectorType(_I32, lanes)
+def _block(t: int):  # noqa: ANN202
+    """Intrinsic f(v, p, c, last) on an f32 or f64 array: the 2^t consecutive vectors at p, each through the
+    log2(lanes) stages inside it (:func:`_within`: element p + j pairs with p + (j ^ half)), then the t stages
+    between them in registers, then c as :func:`_butterfly`: the first log2(lanes) + t stages of a block of
+    h >= lanes << t elements in one pass."""
 
     @intrinsic
-    def stage(typingctx, v, p, c, last):  # noqa: ANN001, ANN202, ARG001
+    def block(typingctx, v, p, c, last):  # noqa: ANN001, ANN202, ARG001
         sig = types.void(v, p, c, last)
+        vt, divide = _vector_of(v)
 
         def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
             data = _data(context, builder, signature.args[0], args[0])
             p, c, last = args[1:]
-            x = _load(builder, data, p, vt)
-            half = 1
-            while half < lanes:
-                lo = builder.shuffle_vector(x, x, ir.Constant(idx, [j & ~half for j in range(lanes)]))
-                hi = builder.shuffle_vector(x, x, ir.Constant(idx, [j | half for j in range(lanes)]))
-                mask = ir.Constant(ir.VectorType(ir.IntType(1), lanes), [int(bool(j & half)) for j in range(lanes)])
-                x = builder.select(mask, builder.fsub(lo, hi), builder.fadd(lo, hi))
-                half *= 2
-            _finish(builder, [x], [p], data, last, c, kind == "f64")
+            offs = [builder.add(p, ir.Constant(p.type, k * vt.count)) for k in range(1 << t)]
+            v = _stages(builder, [_within(builder, _load(builder, data, o, vt)) for o in offs])
+            _finish(builder, v, offs, data, last, c, divide)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    return stage
+    return block
+
+
+MIX_MAX = 16  # largest factor size mixed in registers by :func:`mix_lanes`
+
+
+@intrinsic
+def mix_lanes(typingctx, v, p, s, a, coef, c0):  # noqa: ANN001, ANN202, ARG001
+    """For 2 <= a <= MIX_MAX, in place: the a f32 vectors x_t at v[p + t s] become y_al = the sequential sum
+    over t of coef[c0 + al a + t] * x_t (quip.md §5.2 (c): from the first product, each product rounded and
+    then added, no FMA, t increasing), all loads before any store; returns False (nothing done) for other a.
+    The same operations as :data:`dot_lanes` per output, with the inputs read once and kept in registers."""
+    sig = types.boolean(v, p, s, a, coef, c0)
+    vt = ir.VectorType(ir.FloatType(), LANES)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        data = _data(context, builder, signature.args[0], args[0])
+        a_coef = _data(context, builder, signature.args[4], args[4])
+        _, p, s, a, _, c0 = args
+        fn = builder.function
+        done = fn.append_basic_block("mix.done")
+        other = fn.append_basic_block("mix.other")
+        switch = builder.switch(a, other)
+        results = []
+        for size in range(2, MIX_MAX + 1):
+            bb = fn.append_basic_block(f"mix.{size}")
+            switch.add_case(ir.Constant(a.type, size), bb)
+            builder.position_at_end(bb)
+            offs = [builder.add(p, builder.mul(s, ir.Constant(s.type, t))) for t in range(size)]
+            xs = [_load(builder, data, o, vt) for o in offs]
+            ys = []
+            for al in range(size):
+                acc = None
+                for t in range(size):
+                    f = builder.load(builder.gep(a_coef, [builder.add(c0, ir.Constant(c0.type, al * size + t))],
+                                                 inbounds=True))
+                    prod = builder.fmul(_splat(builder, f, LANES), xs[t])
+                    acc = prod if acc is None else builder.fadd(acc, prod)
+                ys.append(acc)
+            for o, y in zip(offs, ys, strict=True):
+                _store(builder, y, data, o)
+            builder.branch(done)
+            results.append((ir.Constant(ir.IntType(1), 1), builder.block))
+        builder.position_at_end(other)
+        builder.branch(done)
+        results.append((ir.Constant(ir.IntType(1), 0), other))
+        builder.position_at_end(done)
+        phi = builder.phi(ir.IntType(1))
+        for val, bb in results:
+            phi.add_incoming(val, bb)
+        return context.cast(builder, phi, types.boolean, types.boolean)
+
+    return sig, codegen
 
 
 def _dot(kind: str, from_zero: bool):  # noqa: ANN202
@@ -168,10 +245,9 @@ def _dot(kind: str, from_zero: bool):  # noqa: ANN202
     return dot
 
 
-bfly8, bfly4, bfly2 = _butterfly(8, "f32"), _butterfly(4, "f32"), _butterfly(2, "f32")
-bfly8_f64, bfly4_f64, bfly2_f64 = _butterfly(8, "f64"), _butterfly(4, "f64"), _butterfly(2, "f64")
-in_vector4 = _in_vector("f32")  # stages half = 1, 2, 4, 8
-in_vector3_f64 = _in_vector("f64")  # stages half = 1, 2, 4
+bfly8, bfly4, bfly2 = _butterfly(8), _butterfly(4), _butterfly(2)
+in_vector = _block(0)  # stages half = 1, 2, 4, 8 (f32) or 1, 2, 4 (f64)
+block1, block2, block3, block4 = _block(1), _block(2), _block(3), _block(4)  # f32: 5 .. 8 stages
 dot_lanes = _dot("f32", False)
 dot_lanes_f64 = _dot("f64", True)
 
@@ -180,12 +256,12 @@ dot_lanes_f64 = _dot("f64", True)
 def copy_lanes(typingctx, src, p, dst, q):  # noqa: ANN001, ANN202, ARG001
     """dst[q : q + lanes] = src[p : p + lanes] (both f32 or both f64)."""
     sig = types.void(src, p, dst, q)
-    elem, lanes = _KINDS["f64" if src.dtype == types.float64 else "f32"]
+    vt = _vector_of(src)[0]
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
         a_src = _data(context, builder, signature.args[0], args[0])
         a_dst = _data(context, builder, signature.args[2], args[2])
-        _store(builder, _load(builder, a_src, args[1], ir.VectorType(elem, lanes)), a_dst, args[3])
+        _store(builder, _load(builder, a_src, args[1], vt), a_dst, args[3])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -247,3 +323,28 @@ def _grid(bits: int):  # noqa: ANN202
 
 
 grid1, grid2, grid4, grid8 = _grid(1), _grid(2), _grid(4), _grid(8)
+
+
+def _prefetch(write: int):  # noqa: ANN202
+    """Intrinsic f(buf, p): a hint to bring the cache line of buf[p] into L2 (prefetcht1; ``write``: for a store).
+    No value changes and no fault, so p may be anything; used ahead of strided reads that the hardware
+    prefetchers do not follow (step 3 reads 256 B of each row, rows 57 KB apart at n = 14336)."""
+
+    @intrinsic
+    def prefetch(typingctx, buf, p):  # noqa: ANN001, ANN202, ARG001
+        sig = types.void(buf, p)
+
+        def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+            ptr = builder.bitcast(builder.gep(_data(context, builder, signature.args[0], args[0]), [args[1]]),
+                                  ir.IntType(8).as_pointer())
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ptr.type] + [_I32] * 3),
+                                                "llvm.prefetch.p0i8")
+            builder.call(fn, [ptr, _I32(write), _I32(2), _I32(1)])  # locality 2: L2; 1: data cache
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return prefetch
+
+
+prefetch_read, prefetch_write = _prefetch(0), _prefetch(1)

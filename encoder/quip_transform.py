@@ -17,31 +17,10 @@ import numba
 import numpy as np
 
 from ..decoder.output import empty
-from ..decoder.simd import LANES64, bfly2_f64, bfly4_f64, bfly8_f64, copy_lanes, dot_lanes_f64, in_vector3_f64
+from ..decoder.quip import fwht_lanes
+from ..decoder.simd import LANES64, copy_lanes, dot_lanes_f64, in_vector
 
 SLAB64 = 2 * LANES64  # columns per task along m: a [4096, 16] f64 buffer is 512 KB (fits L2)
-
-
-@numba.njit(cache=True, nogil=True)
-def _fwht_vec64(v: np.ndarray, base: int, d: int, stride: int, log2_h: int, norm: float) -> None:
-    """Butterflies of the d vectors at base + i * stride (blocks of 2^k along i), three stages at a time, the
-    last group dividing by ``norm`` as it stores (the numpy path's y / sqrt(h) after the last stage)."""
-    k = log2_h
-    half = 1
-    while k > 0:
-        r = 3 if k >= 3 else k
-        last = k == r
-        for i0 in range(0, d, half << r):
-            for i in range(i0, i0 + half):
-                p = base + i * stride
-                if r == 3:
-                    bfly8_f64(v, v, p, half * stride, norm, last)
-                elif r == 2:
-                    bfly4_f64(v, v, p, half * stride, norm, last)
-                else:
-                    bfly2_f64(v, v, p, half * stride, norm, last)
-        half <<= r
-        k -= r
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -60,8 +39,8 @@ def _rows(w: np.ndarray, su: np.ndarray, sv: np.ndarray, log2_h: int, norm: floa
             for j in range(n):
                 of[base + j] = np.float64(w[r, j]) * su[j]
             for p in range(base, base + n, LANES64):
-                in_vector3_f64(of, p, norm, log2_h == 3)
-            _fwht_vec64(of, base, n // LANES64, LANES64, log2_h - 3, norm)
+                in_vector(of, p, norm, log2_h == 3)
+            fwht_lanes(of, base, n // LANES64, LANES64, log2_h - 3, norm)
             if a > 1:  # out[al h + beta] = sum over b of F[b, al] y[b h + beta], as einsum("ba,rbh->rah")
                 for beta in range(0, h, LANES64):
                     for al in range(a):
@@ -96,7 +75,7 @@ def _cols(x: np.ndarray, log2_h: int, norm: float, factor: np.ndarray, threads: 
                     buf[i * SLAB64 + c] = x[i, c0 + c]
             groups = (width + LANES64 - 1) // LANES64
             for g in range(groups):
-                _fwht_vec64(buf, g * LANES64, m, SLAB64, log2_h, norm)
+                fwht_lanes(buf, g * LANES64, m, SLAB64, log2_h, norm)
             res = buf
             if a > 1:
                 for g in range(groups):

@@ -1,8 +1,9 @@
 """The vectorised quip decoder (decoder/quip.py + decoder/simd.py) against the numpy reference reader, bit for bit.
 
 The vector paths cover rows with h_n >= 16 (grid codes 16 per vector for 1, 2, 4, 8 bits, the bit stream
-otherwise), column slabs of SLAB with a partial last vector, odd factors on both sides, v2 codebooks with
-f16/f32 diagonals, NaN and signed zeros; the shapes straddle the LANES / SLAB thresholds, so the scalar
+otherwise; h_n = 2^8 takes the one-pass eight stages), column slabs of SLAB with a partial last vector and the
+two cache-sized halves of their butterflies, factors on both sides (in registers up to 16, else a loop), v2
+codebooks with f16/f32 diagonals, NaN and signed zeros; the shapes straddle the LANES / SLAB thresholds, so the scalar
 fallbacks are compared too. Multi-threaded runs split rows and slabs differently: the bits must not change.
 """
 
@@ -53,6 +54,8 @@ def _reference(params: dict, sec: dict, m: int, n: int, version: int) -> np.ndar
 @SETTINGS
 @example(seed=1, odd_m=3, odd_n=7, km=7, kn=8, bits=4, form="v1")  # 384 x 1792: factors 3 and 7, whole slabs
 @example(seed=2, odd_m=5, odd_n=3, km=4, kn=5, bits=3, form="v2 grid f16")  # 80 x 96: a partial slab
+@example(seed=3, odd_m=2, odd_n=17, km=5, kn=4, bits=4, form="v1")  # factor_n 17 > MIX_MAX: the dot_lanes loop
+@example(seed=4, odd_m=1, odd_n=16, km=9, kn=5, bits=2, form="v1")  # factor_n 16, the largest mixed in registers
 @given(seed=st.integers(0, 2**31), odd_m=st.sampled_from([1, 3, 5]), odd_n=st.sampled_from([1, 3, 7]),
        km=st.integers(0, 7), kn=st.integers(0, 8), bits=st.integers(1, 8),
        form=st.sampled_from(["v1", "v2 grid f16", "v2 e8p12 f32", "v2 e8p12 i8"]))
