@@ -13,6 +13,7 @@ from spqrfmt.encoder import quip, squeezellm  # noqa: E402
 from spqrfmt.encoder import spqr as rtn  # noqa: E402 - the data-free (round-to-nearest) spqr encoder
 from spqrfmt.encoder import torch as tenc  # noqa: E402
 from spqrfmt.encoder.torch import SIGNED_ZERO_SECTIONS, differences, encoder_for  # noqa: E402
+from spqrfmt.encoder.torch import grid_search as tgrid  # noqa: E402
 from spqrfmt.encoder.torch import quip as tquip  # noqa: E402
 from spqrfmt.encoder.torch import spqr as tspqr  # noqa: E402
 from spqrfmt.encoder.torch import squeezellm as tsq  # noqa: E402
@@ -84,7 +85,7 @@ def test_pairwise_sum_is_numpys() -> None:
     rng = np.random.default_rng(0)
     for n in (1, 7, 8, 9, 100, 128, 129, 200, 1000, 4096, 14336 // 7 * 3):
         a = rng.standard_normal((3, n)) * np.exp2(rng.integers(-30, 30, (3, n)))
-        assert tquip.pairwise_sum(torch.from_numpy(a)).numpy().tobytes() == a.sum(axis=1).tobytes(), n
+        assert tgrid.pairwise_sum(torch.from_numpy(a)).numpy().tobytes() == a.sum(axis=1).tobytes(), n
 
 
 def test_f64_to_f16_rounds_once() -> None:

@@ -25,7 +25,6 @@ data-free) run the CPU encoder.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,7 @@ from ...decoder.quip import hadamard_constant
 from .. import quip as cpu
 from ..encoded import Encoded
 from .device import as_tensor, const, to_host
+from .grid_search import best_candidates, pairwise_sum
 from .packing import pack_rows, to_u32
 
 _F64 = torch.float64
@@ -68,111 +68,25 @@ def _apply_dt_rows(x: torch.Tensor, log2_h: int, factor: np.ndarray | None) -> t
     return y.reshape(rows, d)
 
 
-@functools.lru_cache(maxsize=64)
-def _tree(n: int) -> tuple[dict[int, list[tuple[int, int]]], list[list[tuple[int, int, int]]], int]:
-    """numpy's pairwise-sum tree of n elements: leaves by size {size: [(start, node)]}, internal nodes by
-    height [[(node, left, right)]], and the root node."""
-    leaves: dict[int, list[tuple[int, int]]] = {}
-    levels: list[list[tuple[int, int, int]]] = []
-    count = [0]
+def _row_sums_sq(wtt: torch.Tensor) -> torch.Tensor:
+    """The sums of squares of W~'s rows, from W~^T [n, m] (contiguous), as numpy adds them in
+    ``encoder.quip``: one element at a time in column order (pairwise for a single row).
 
-    def build(lo: int, k: int) -> tuple[int, int]:  # (node, height)
-        node = count[0]
-        count[0] += 1
-        if k <= 128:
-            leaves.setdefault(k, []).append((lo, node))
-            return node, 0
-        k2 = k // 2
-        k2 -= k2 % 8
-        left, hl = build(lo, k2)
-        right, hr = build(lo + k2, k - k2)
-        height = max(hl, hr) + 1
-        while len(levels) < height:
-            levels.append([])
-        levels[height - 1].append((node, left, right))
-        return node, height
-
-    root, _ = build(0, n)
-    return leaves, levels, root
-
-
-def _leaf_sum(a: torch.Tensor) -> torch.Tensor:
-    """``grid_search._block_sum`` of every leaf a [..., k] at once (k <= 128)."""
-    k = a.shape[-1]
-    if k < 8:
-        res = torch.zeros(a.shape[:-1], dtype=a.dtype, device=a.device)
-        for i in range(k):
-            res = res + a[..., i]
-        return res
-    r = a[..., 0:8]
-    for i in range(8, k - k % 8, 8):
-        r = r + a[..., i:i + 8]
-    res = ((r[..., 0] + r[..., 1]) + (r[..., 2] + r[..., 3])) + ((r[..., 4] + r[..., 5]) + (r[..., 6] + r[..., 7]))
-    for i in range(k - k % 8, k):
-        res = res + a[..., i]
-    return res
-
-
-@functools.lru_cache(maxsize=64)
-def _tree_tensors(n: int, device: torch.device) -> tuple[list[tuple[int, torch.Tensor, torch.Tensor]],
-                                                        list[tuple[torch.Tensor, ...]], int, int]:
-    """:func:`_tree` as index tensors on ``device`` (built once per length)."""
-    leaves, levels, root = _tree(n)
-    leaf_idx = [(k, torch.tensor([lo + t for lo, _ in items for t in range(k)], device=device),
-                 torch.tensor([node for _, node in items], device=device)) for k, items in leaves.items()]
-    level_idx = [tuple(torch.tensor(c, device=device) for c in zip(*level, strict=True)) for level in levels]
-    nodes = sum(len(v) for v in leaves.values()) + sum(len(v) for v in levels)
-    return leaf_idx, level_idx, root, nodes
-
-
-def pairwise_sum(a: torch.Tensor) -> torch.Tensor:
-    """numpy's pairwise f64 sum along the last axis (``grid_search.pairwise_sum``), for every leading index."""
-    leaf_idx, level_idx, root, nodes = _tree_tensors(a.shape[-1], a.device)
-    vals = torch.empty((*a.shape[:-1], nodes), dtype=a.dtype, device=a.device)
-    for k, idx, ids in leaf_idx:
-        vals[..., ids] = _leaf_sum(a.index_select(-1, idx).reshape(*a.shape[:-1], len(ids), k))
-    for node, left, right in level_idx:
-        vals[..., node] = vals[..., left] + vals[..., right]
-    return vals[..., root]
-
-
-def _row_sums_seq(x: torch.Tensor) -> torch.Tensor:
-    """Sum along each row of x [m, n], one element at a time in column order.
-
-    ``torch.cumsum`` along dim 0 of x.T runs one thread per column sequentially
-    on CUDA (and sequentially on the CPU); a second, zero column keeps the scan
+    ``torch.cumsum`` along dim 0 runs one thread per column sequentially on CUDA
+    (and sequentially on the CPU); a second, zero column keeps the scan
     two-dimensional (a 1-D scan would be a parallel one).
     """
-    xt = x.T
-    if xt.shape[1] == 1:
-        xt = torch.cat([xt, torch.zeros_like(xt)], 1)
-    return torch.cumsum(xt, 0)[-1, : x.shape[0]]
+    sq = wtt * wtt
+    if sq.shape[1] == 1:
+        return pairwise_sum(sq.T)
+    return torch.cumsum(sq, 0)[-1]
 
 
-def _grid_scales(wt: torch.Tensor, bits: int, chunk_elements: int, candidates: int = 48) -> torch.Tensor:
-    """``quip._grid_scales`` of wt [m, n] (f64): per-row f32 scales."""
-    m, n = wt.shape
-    dev = wt.device
-    L = (1 << bits) - 1
-    sq = wt * wt
-    s = pairwise_sum(sq) if m == 1 else _row_sums_seq(sq)
-    rms = torch.sqrt(s / const(float(n), s)) + 1e-30
-    mults = torch.from_numpy(np.geomspace(0.05, 2.0, candidates) * (2.0 / (L + 1))).to(dev)
-    Lt = torch.tensor(float(L), dtype=_F64, device=dev)
-    two = torch.tensor(2.0, dtype=_F64, device=dev)
-    zero = torch.zeros((), dtype=_F64, device=dev)
-    rows = max(1, chunk_elements // (candidates * n))
-    errs = torch.empty((m, candidates), dtype=_F64, device=dev)
-    for r0 in range(0, m, rows):
-        r1 = min(m, r0 + rows)
-        w = wt[r0:r1, None, :]
-        sc = (rms[r0:r1, None] * mults[None, :])[:, :, None]
-        q = torch.round((w / sc + Lt) / two)
-        q = torch.where(zero > q, zero, q)  # Python's min(max(q, 0.0), L)
-        q = torch.where(Lt < q, Lt, q)
-        d = (two * q - Lt) * sc - w
-        errs[r0:r1] = pairwise_sum(d * d)
-    best = errs.argmin(1)  # the first candidate of least error, as the strict < loop
+def _grid_scales(wt: torch.Tensor, sums: torch.Tensor, bits: int, chunk_elements: int) -> torch.Tensor:
+    """``quip._grid_scales`` of the C-ordered f64 wt [m, n] with its rows' sums of squares: f32 scales."""
+    rms = torch.sqrt(sums / const(float(wt.shape[1]), sums)) + 1e-30
+    mults = torch.from_numpy(cpu.grid_mults(bits)).to(wt.device)
+    best = best_candidates(wt, rms, mults, bits, chunk_elements)
     return (rms * mults[best]).to(torch.float32)
 
 
@@ -237,9 +151,12 @@ def quantize_quip(
     sv_t = torch.from_numpy(sv.astype(np.float64)).to(dev)
 
     y = _apply_dt_rows(w32.to(_F64) * su_t[None, :], kn, fn)
-    wt = _apply_dt_rows((y * sv_t[:, None]).T.contiguous(), km, fm).T  # W~ [m, n], as the CPU's F-ordered one
+    wtt = _apply_dt_rows((y * sv_t[:, None]).T.contiguous(), km, fm)  # W~^T [n, m]: the CPU's F-ordered W~
     del y
-    scale = _grid_scales(wt, bits, chunk_elements)
+    sums = _row_sums_sq(wtt)
+    wt = wtt.T.contiguous()
+    del wtt
+    scale = _grid_scales(wt, sums, bits, chunk_elements)
     L = torch.tensor(float((1 << bits) - 1), dtype=_F64, device=dev)
     codes = torch.round((wt / scale[:, None].to(_F64) + L) / torch.tensor(2.0, dtype=_F64, device=dev))
     codes = torch.clamp(codes, 0, (1 << bits) - 1).to(torch.int64)
