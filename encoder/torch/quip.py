@@ -42,13 +42,21 @@ CHUNK_ELEMENTS = 1 << 26
 
 
 def _fwht_(y: torch.Tensor, h: int) -> torch.Tensor:
-    """Sylvester butterflies along the last axis (length h), stage by stage, out of place."""
+    """Sylvester butterflies along the last axis (length h), stage by stage, out of place: each stage two
+    kernels writing its sums and differences straight into the halves of the next buffer (48 B/param in f64)."""
     shape = y.shape
+    if h == 1:
+        return y
+    bufs = [torch.empty_like(y), torch.empty_like(y) if h > 2 else None]
     half = 1
     while half < h:
         v = y.reshape(-1, h // (2 * half), 2, half)
-        u, w = v[:, :, 0], v[:, :, 1]
-        y = torch.stack([u + w, u - w], 2)
+        out = bufs[0]
+        o = out.view(-1, h // (2 * half), 2, half)
+        torch.add(v[:, :, 0], v[:, :, 1], out=o[:, :, 0])
+        torch.sub(v[:, :, 0], v[:, :, 1], out=o[:, :, 1])
+        y = out
+        bufs = [bufs[1], out]
         half *= 2
     return y.reshape(shape)
 
