@@ -41,14 +41,15 @@ _F64 = torch.float64
 CHUNK_ELEMENTS = 1 << 26
 
 
-def _fwht_(y: torch.Tensor, h: int) -> torch.Tensor:
-    """Sylvester butterflies along the last axis (length h), stage by stage, out of place: each stage two
-    kernels writing its sums and differences straight into the halves of the next buffer (48 B/param in f64)."""
+def _fwht_(y: torch.Tensor, h: int, start: int = 1) -> torch.Tensor:
+    """Sylvester butterflies along the last axis (length h), stages half = start, 2 start, ..., out of place: each
+    stage two kernels writing its sums and differences straight into the halves of the next buffer (48 B/param
+    in f64)."""
     shape = y.shape
-    if h == 1:
+    if start >= h:
         return y
-    bufs = [torch.empty_like(y), torch.empty_like(y) if h > 2 else None]
-    half = 1
+    bufs = [torch.empty_like(y), torch.empty_like(y) if h > 2 * start else None]
+    half = start
     while half < h:
         v = y.reshape(-1, h // (2 * half), 2, half)
         out = bufs[0]
@@ -61,19 +62,54 @@ def _fwht_(y: torch.Tensor, h: int) -> torch.Tensor:
     return y.reshape(shape)
 
 
-def _apply_dt_rows(x: torch.Tensor, log2_h: int, factor: np.ndarray | None) -> torch.Tensor:
-    """``quip.apply_dt_rows`` (f64): each row x[r] -> D^T x[r]."""
+def _hadamard(x: torch.Tensor, log2_h: int, triton: bool, f64: bool = False, pre: torch.Tensor | None = None,
+              post: torch.Tensor | None = None, divide: torch.Tensor | None = None,
+              multiply: torch.Tensor | None = None) -> torch.Tensor:
+    """The butterflies over each block of h = 2^log2_h of the rows of x [rows, length], in this order: (as f64)
+    times the sign vector ``pre`` [length], the stages, / ``divide`` or * ``multiply`` (0-d), times the row
+    signs ``post`` [rows]: in one Triton kernel (``triton``, up to 2^12 stages in registers) or torch kernels."""
+    rows, length = x.shape
+    h = 1 << log2_h
+    if triton and log2_h > 0:
+        from .quip_triton import MAX_STAGES, butterflies
+
+        st = min(log2_h, MAX_STAGES)
+        if st == log2_h:
+            return butterflies(x.contiguous(), st, f64, pre, post, divide, multiply)
+        y = butterflies(x.contiguous(), st, f64, pre)
+        y = _fwht_(y.reshape(rows, length // h, h), h, 1 << st).reshape(rows, length)
+    else:
+        y = x.to(_F64) if f64 else x
+        if pre is not None:
+            y = y * pre[None, :]
+        y = _fwht_(y.reshape(rows, length // h, h), h).reshape(rows, length)
+    if divide is not None:
+        y = y / divide
+    if multiply is not None:
+        y = y * multiply
+    if post is not None:
+        y = y * post[:, None]
+    return y
+
+
+def _apply_dt_rows(x: torch.Tensor, log2_h: int, factor: np.ndarray | None, triton: bool,
+                   pre: torch.Tensor | None = None, post: torch.Tensor | None = None) -> torch.Tensor:
+    """``quip.apply_dt_rows`` (f64) of x [rows, d] times the column signs ``pre``, times the row signs ``post``
+    (exact, so applied before the odd factor when there is none): each row x[r] -> D^T x[r]."""
     rows, d = x.shape
     h = 1 << log2_h
-    y = _fwht_(x.reshape(rows, d // h, h), h)
-    y = y / const(float(np.sqrt(h)), y)
+    norm = torch.tensor(float(np.sqrt(h)), dtype=_F64, device=x.device)
+    y = _hadamard(x, log2_h, triton, True, pre, post if factor is None else None, norm)
     if factor is not None:
         f = torch.from_numpy(np.asarray(factor, dtype=np.float64)).to(x.device)  # [b, a]
+        y = y.reshape(rows, d // h, h)
         out = torch.zeros_like(y)
         for b in range(f.shape[0]):
             out = out + f[b][None, :, None] * y[:, b:b + 1, :]
-        y = out
-    return y.reshape(rows, d)
+        y = out.reshape(rows, d)
+        if post is not None:
+            y = y * post[:, None]
+    return y
 
 
 def _row_sums_sq(wtt: torch.Tensor) -> torch.Tensor:
@@ -98,14 +134,15 @@ def _grid_scales(wt: torch.Tensor, sums: torch.Tensor, bits: int, chunk_elements
     return (rms * mults[best]).to(torch.float32)
 
 
-def _transform_rows_f32(x: torch.Tensor, log2_h: int, factor: torch.Tensor | None) -> torch.Tensor:
+def _transform_rows_f32(x: torch.Tensor, log2_h: int, factor: torch.Tensor | None, triton: bool) -> torch.Tensor:
     """``decoder.quip.transform_rows``: butterflies, times c_k, then the factor as sequential f32 sums."""
     rows, length = x.shape
     h = 1 << log2_h
     a = length // h
-    v = x.reshape(rows, a, h)
     if log2_h > 0:
-        v = _fwht_(v, h) * torch.tensor(float(hadamard_constant(log2_h)), dtype=torch.float32, device=x.device)
+        c = torch.tensor(float(hadamard_constant(log2_h)), dtype=torch.float32, device=x.device)
+        x = _hadamard(x, log2_h, triton, multiply=c)
+    v = x.reshape(rows, a, h)
     if a > 1 and factor is not None:
         acc = factor[:, 0][None, :, None] * v[:, 0:1, :]
         for al2 in range(1, a):
@@ -115,13 +152,13 @@ def _transform_rows_f32(x: torch.Tensor, log2_h: int, factor: torch.Tensor | Non
 
 
 def decode_grid(codes: torch.Tensor, bits: int, scale: torch.Tensor, su: np.ndarray, sv: np.ndarray, km: int,
-                kn: int, fm: np.ndarray | None, fn: np.ndarray | None) -> torch.Tensor:
+                kn: int, fm: np.ndarray | None, fn: np.ndarray | None, triton: bool = False) -> torch.Tensor:
     """The spec's f32 decode of a v1 (grid) quip tensor (``decoder.quip.decode``'s operations) on codes' device."""
     dev = codes.device
     x = (2 * codes - ((1 << bits) - 1)).to(torch.float32) * scale[:, None]
     f = [None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float32)).to(dev) for a in (fn, fm)]
-    x = _transform_rows_f32(x, kn, f[0])
-    x = _transform_rows_f32(x.T.contiguous(), km, f[1]).T
+    x = _transform_rows_f32(x, kn, f[0], triton)
+    x = _transform_rows_f32(x.T.contiguous(), km, f[1], triton).T
     sign = torch.from_numpy(sv.astype(np.int32)).to(dev)[:, None] * torch.from_numpy(su.astype(np.int32)).to(dev)
     return x * sign.to(torch.float32)
 
@@ -136,11 +173,16 @@ def quantize_quip(
     codebook: str = "grid",
     device: str | torch.device = "cuda",
     chunk_elements: int = CHUNK_ELEMENTS,
+    fwht: str = "auto",
 ) -> Encoded:
     """``encoder.quip.quantize_quip`` computed on ``device``: the same sections, byte for byte.
 
-    Only the data-free grid path (``hessian=None``, ``codebook="grid"``) runs on the device.
+    Only the data-free grid path (``hessian=None``, ``codebook="grid"``) runs on the device. ``fwht``: the
+    Hadamard butterflies as one Triton kernel per side (``"triton"``; on CPU tensors under TRITON_INTERPRET=1)
+    or stage by stage in torch (``"torch"``); ``"auto"``: Triton on CUDA.
     """
+    if fwht not in ("auto", "triton", "torch"):
+        raise ValueError(f"fwht must be 'auto', 'triton' or 'torch', got {fwht!r}")
     if hessian is not None or codebook != "grid":
         w_host = weight.detach().cpu().numpy() if isinstance(weight, torch.Tensor) else weight
         return cpu.quantize_quip(w_host, bits=bits, hessian=hessian, seed=seed, damp=damp, bias=bias,
@@ -158,8 +200,9 @@ def quantize_quip(
     su_t = torch.from_numpy(su.astype(np.float64)).to(dev)
     sv_t = torch.from_numpy(sv.astype(np.float64)).to(dev)
 
-    y = _apply_dt_rows(w32.to(_F64) * su_t[None, :], kn, fn)
-    wtt = _apply_dt_rows((y * sv_t[:, None]).T.contiguous(), km, fm)  # W~^T [n, m]: the CPU's F-ordered W~
+    tri = fwht == "triton" or (fwht == "auto" and dev.type == "cuda")
+    y = _apply_dt_rows(w32, kn, fn, tri, pre=su_t, post=sv_t)
+    wtt = _apply_dt_rows(y.T.contiguous(), km, fm, tri)  # W~^T [n, m]: the CPU's F-ordered W~
     del y
     sums = _row_sums_sq(wtt)
     wt = wtt.T.contiguous()
@@ -178,6 +221,6 @@ def quantize_quip(
         sections["factor_m"] = fm
     if bias is not None:
         sections["bias"] = np.asarray(bias, dtype=np.float32).reshape(m)
-    deq = to_host(decode_grid(codes, bits, scale, su, sv, km, kn, fm, fn))
+    deq = to_host(decode_grid(codes, bits, scale, su, sv, km, kn, fm, fn, tri))
     return Encoded((m, n), params, sections, np.ascontiguousarray(deq), codec="quip", codec_version=1,
                    info={"seed": seed, "ldlq": False, "codebook": codebook})

@@ -1,0 +1,71 @@
+"""Triton kernel of the torch quip encoder: Sylvester butterflies of contiguous blocks, all stages in registers.
+
+``quip._fwht_`` runs each butterfly stage as two torch kernels over the whole
+matrix (48 B/param per f64 stage, 12 stages for h = 4096); here a program
+loads one block of 2^STAGES values, optionally widens it to f64 and
+multiplies it by +-1 signs (exact), runs stages half = 1, 2, ..., 2^(STAGES-1)
+with the same additions in the same order (the partners of a stage are split
+off a reshaped view, summed and differenced, and joined back: pure data
+movement around the same IEEE adds), then, when asked, divides by a norm
+(f64 ``div.rn``) or multiplies by a constant, and multiplies by a per-row sign:
+one read and one write of the matrix for a whole transform side.
+
+Runs on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_STAGES = 12  # 4096 values per program: 32 KB of f64 in registers over 8 warps
+
+
+@triton.jit
+def _fwht_kernel(x_ptr, y_ptr, pre_ptr, post_ptr, k_ptr, blocks_per_row, pre_len,
+                 STAGES: tl.constexpr, F64: tl.constexpr, PRE: tl.constexpr, POST: tl.constexpr,
+                 EPILOGUE: tl.constexpr):
+    B: tl.constexpr = 1 << STAGES
+    blk = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, B)
+    x = tl.load(x_ptr + blk * B + offs)
+    if F64:
+        x = x.to(tl.float64)
+    if PRE:  # +-1 signs along the row (exact)
+        x = x * tl.load(pre_ptr + (blk * B) % pre_len + offs)
+    for k in tl.static_range(STAGES):
+        v = tl.permute(tl.reshape(x, (B >> (k + 1), 2, 1 << k)), (0, 2, 1))
+        u, w = tl.split(v)
+        x = tl.reshape(tl.permute(tl.join(u + w, u - w), (0, 2, 1)), (B,))
+    if EPILOGUE == 1:
+        x = x / tl.load(k_ptr)  # a true division (div.rn.f64), as numpy's y / sqrt(h)
+    elif EPILOGUE == 2:
+        x = x * tl.load(k_ptr)
+    if POST:  # a sign per row (exact)
+        x = x * tl.load(post_ptr + blk // blocks_per_row)
+    tl.store(y_ptr + blk * B + offs, x)
+
+
+def butterflies(x: torch.Tensor, stages: int, f64: bool = False, pre: torch.Tensor | None = None,
+                post: torch.Tensor | None = None, divide: torch.Tensor | None = None,
+                multiply: torch.Tensor | None = None) -> torch.Tensor:
+    """Stages half = 1 .. 2^(stages-1) of the butterflies over each block of 2^stages values of the contiguous
+    x [rows, length] (length a multiple of 2^stages), in a new tensor; before them (x as f64 if ``f64``) * pre
+    (a [length] sign vector), after them / divide or * multiply (0-d, the output's dtype), then * post[row]."""
+    rows, length = x.shape
+    B = 1 << stages
+    if not 1 <= stages <= MAX_STAGES or length % B or not x.is_contiguous():
+        raise ValueError(f"butterflies: {tuple(x.shape)} in blocks of 2^{stages}")
+    out = torch.empty((rows, length), dtype=torch.float64 if f64 else x.dtype, device=x.device)
+    if out.numel() == 0:
+        return out
+    k = divide if divide is not None else multiply
+    dummy = out  # never read when its flag is off
+    _fwht_kernel[(rows * (length // B),)](
+        x, out, dummy if pre is None else pre.contiguous(), dummy if post is None else post.contiguous(),
+        dummy if k is None else k.reshape(1), length // B, length,
+        STAGES=stages, F64=f64, PRE=pre is not None, POST=post is not None,
+        EPILOGUE=1 if divide is not None else (2 if multiply is not None else 0),
+        num_warps=8 if stages >= 11 else 4, enable_fp_fusion=False)
+    return out
