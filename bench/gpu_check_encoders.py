@@ -13,7 +13,8 @@ without outliers, squeezellm, quip) and shape, on one random f32 weight:
 
 ``VARIANTS`` are further cases: the same codec computed another way (squeezellm
 with the batched torch Lloyd loop instead of the Triton kernel; with the
-torch's blocked argmin instead of the Triton assignment kernel), checked and timed alike.
+torch's blocked argmin instead of the Triton assignment kernel; quip with the
+Hadamard stages as torch kernels instead of one Triton kernel per side), checked and timed alike.
 ``--profile FILE`` appends a table of each case's operators (see below).
 
 Every case runs in its own try/except, so one failure is reported and the rest still run; no case starts
@@ -56,7 +57,8 @@ CONFIGS: dict[str, QuantConfig] = {
 }
 # Other ways of computing the same bytes, each checked and timed as its own case: name -> (config, keywords).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"squeezellm/lloyd=torch": ("squeezellm", {"lloyd": "torch"}),
-                                                   "squeezellm/assign=torch": ("squeezellm", {"assign": "torch"})}
+                                                   "squeezellm/assign=torch": ("squeezellm", {"assign": "torch"}),
+                                                   "quip/fwht=torch": ("quip", {"fwht": "torch"})}
 SHAPES = [(4096, 4096), (4096, 14336)]
 QUICK_SHAPES = [(1024, 2048)]
 
@@ -66,8 +68,15 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def variant_encoder(kw: dict[str, Any], device: str) -> Any:
-    """The squeezellm torch encoder with extra keywords, called as ``encoder_for``'s encoders are."""
+def variant_encoder(codec: str, kw: dict[str, Any], device: str) -> Any:
+    """The codec's torch encoder with extra keywords, called as ``encoder_for``'s encoders are."""
+    if codec == "quip":
+        from spqrfmt.encoder.torch.quip import quantize_quip
+
+        def enc(_name: str, w: Any, cfg: QuantConfig) -> Any:
+            return quantize_quip(w, bits=cfg.options.bits, seed=cfg.options.seed, device=device, **kw)
+
+        return enc
     from spqrfmt.encoder.torch.squeezellm import quantize_squeezellm
 
     def enc(_name: str, w: Any, cfg: QuantConfig) -> Any:
@@ -102,7 +111,7 @@ def case(name: str, shape: tuple[int, int], reps: int, device: str, prof: Path |
     t0 = time.perf_counter()
     ref = data_free_encoder("layer.weight", w, cfg)
     row["cpu_seconds"] = round(time.perf_counter() - t0, 3)
-    enc = encoder_for(cfg.codec, device) if kw is None else variant_encoder(kw, device)
+    enc = encoder_for(cfg.codec, device) if kw is None else variant_encoder(cfg.codec, kw, device)
     wd = torch.from_numpy(w).to(device)
     got = enc("layer.weight", wd, cfg)  # warm-up
     diff = differences(ref, got, SIGNED_ZERO_SECTIONS if cfg.codec == "spqr" else ())
