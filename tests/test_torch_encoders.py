@@ -79,6 +79,40 @@ def test_quip_matches_cpu(am: int, km: int, an: int, kn: int, bits: int, seed: i
     assert differences(quip.quantize_quip(w, **kw), tquip.quantize_quip(w, device="cpu", **kw)) == []
 
 
+@pytest.mark.parametrize("m,n,bits", [(1, 8192, 3), (12, 56, 2), (16, 32, 8), (5, 6, 1), (24, 1, 4)])
+def test_quip_triton_butterflies_match_cpu(m: int, n: int, bits: int) -> None:
+    """The Triton Hadamard kernel (CUDA's default; here under TRITON_INTERPRET=1): odd factors on both sides,
+    h = 1 (no kernel), 2^13 (12 stages in the kernel, the 13th in torch)."""
+    w = weights(m, n, m + n, 0)
+    kw = dict(bits=bits, seed=m)
+    assert differences(quip.quantize_quip(w, **kw), tquip.quantize_quip(w, device="cpu", fwht="triton", **kw)) == []
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_quip_bounded_search_matches_cpu(bits: int) -> None:
+    """The torch grid-scale search picks the CPU's candidate on rows that defeat the bounds: constant rows
+    (every candidate exact), two values, values on the grid's decision points, a huge dynamic range, one
+    outlier, tiny rows."""
+    import torch
+
+    from spqrfmt.encoder import grid_search
+
+    rng = np.random.default_rng(bits)
+    n = 96
+    g = rng.standard_normal((6, n))
+    rows = [np.zeros(n), np.full(n, 0.75), np.where(np.arange(n) % 2, 1.0, -3.0), np.round(g[0] * 4) / 4,
+            g[1] * np.exp2(rng.integers(-40, 40, n)), np.where(np.arange(n) == 5, 1e6, g[2]), g[3] * 1e-300,
+            np.round(g[4] * 2) / 2 * (1 << bits)]
+    wt = np.stack(rows)
+    mults = quip.grid_mults(bits)
+    for w in (wt, wt[:, :3], wt[:, :1]):
+        rms = np.sqrt(np.mean(w * w, axis=1)) + 1e-30
+        want = grid_search.best_candidates(w, rms, mults, bits)
+        got = tgrid.best_candidates(torch.from_numpy(np.ascontiguousarray(w)), torch.from_numpy(rms),
+                                    torch.from_numpy(mults), bits, chunk_elements=1000)
+        assert got.numpy().tolist() == want.tolist()
+
+
 def test_pairwise_sum_is_numpys() -> None:
     import torch
 
