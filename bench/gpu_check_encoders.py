@@ -58,7 +58,7 @@ CONFIGS: dict[str, QuantConfig] = {
 # Other ways of computing the same bytes, each checked and timed as its own case: name -> (config, keywords).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"squeezellm/lloyd=torch": ("squeezellm", {"lloyd": "torch"}),
                                                    "squeezellm/assign=torch": ("squeezellm", {"assign": "torch"}),
-                                                   "quip/fwht=torch": ("quip", {"fwht": "torch"})}
+                                                   "quip/kernels=torch": ("quip", {"kernels": "torch"})}
 SHAPES = [(4096, 4096), (4096, 14336)]
 QUICK_SHAPES = [(1024, 2048)]
 

@@ -176,10 +176,10 @@ def _bounds(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, inv: torch.Tens
 
 
 def best_candidates(wt: torch.Tensor, rms: torch.Tensor, mults: torch.Tensor, bits: int,
-                    chunk_elements: int) -> torch.Tensor:
+                    chunk_elements: int, triton: bool = False) -> torch.Tensor:
     """Per row of the C-ordered f64 wt [m, n], the index of the first of ``mults`` whose scale rms[r] * mults[c]
     has the least round-to-nearest error (``encoder.grid_search.best_candidates``), in row chunks of about
-    ``chunk_elements`` f64 temporaries."""
+    ``chunk_elements`` f64 temporaries; ``triton``: the exact errors' elements by one Triton kernel."""
     m, n = wt.shape
     dev = wt.device
     C = mults.numel()
@@ -201,5 +201,10 @@ def best_candidates(wt: torch.Tensor, rms: torch.Tensor, mults: torch.Tensor, bi
     step = max(1, chunk_elements // max(n, 1))
     for p0 in range(0, pairs.shape[0], step):
         r, c = pairs[p0:p0 + step].unbind(1)
-        errs[r, c] = row_errors(wt.index_select(0, r), scales[r, c], bits)
+        if triton:
+            from .quip_triton import squared_errors
+
+            errs[r, c] = pairwise_sum(squared_errors(wt, r, scales[r, c], bits))
+        else:
+            errs[r, c] = row_errors(wt.index_select(0, r), scales[r, c], bits)
     return errs.argmin(1)  # the first candidate of least error, as the strict < loop

@@ -112,25 +112,29 @@ def _apply_dt_rows(x: torch.Tensor, log2_h: int, factor: np.ndarray | None, trit
     return y
 
 
-def _row_sums_sq(wtt: torch.Tensor) -> torch.Tensor:
+def _row_sums_sq(wtt: torch.Tensor, triton: bool) -> torch.Tensor:
     """The sums of squares of W~'s rows, from W~^T [n, m] (contiguous), as numpy adds them in
     ``encoder.quip``: one element at a time in column order (pairwise for a single row).
 
     ``torch.cumsum`` along dim 0 runs one thread per column sequentially on CUDA
-    (and sequentially on the CPU); a second, zero column keeps the scan
-    two-dimensional (a 1-D scan would be a parallel one).
+    (and sequentially on the CPU; a single column is pairwise instead); the
+    Triton kernel keeps many loads per column in flight and stores only the sums.
     """
-    sq = wtt * wtt
-    if sq.shape[1] == 1:
-        return pairwise_sum(sq.T)
-    return torch.cumsum(sq, 0)[-1]
+    if wtt.shape[1] == 1:
+        return pairwise_sum((wtt * wtt).T)
+    if triton:
+        from .quip_triton import column_sums_sq
+
+        return column_sums_sq(wtt)
+    return torch.cumsum(wtt * wtt, 0)[-1]
 
 
-def _grid_scales(wt: torch.Tensor, sums: torch.Tensor, bits: int, chunk_elements: int) -> torch.Tensor:
+def _grid_scales(wt: torch.Tensor, sums: torch.Tensor, bits: int, chunk_elements: int,
+                 triton: bool) -> torch.Tensor:
     """``quip._grid_scales`` of the C-ordered f64 wt [m, n] with its rows' sums of squares: f32 scales."""
     rms = torch.sqrt(sums / const(float(wt.shape[1]), sums)) + 1e-30
     mults = torch.from_numpy(cpu.grid_mults(bits)).to(wt.device)
-    best = best_candidates(wt, rms, mults, bits, chunk_elements)
+    best = best_candidates(wt, rms, mults, bits, chunk_elements, triton)
     return (rms * mults[best]).to(torch.float32)
 
 
@@ -173,16 +177,17 @@ def quantize_quip(
     codebook: str = "grid",
     device: str | torch.device = "cuda",
     chunk_elements: int = CHUNK_ELEMENTS,
-    fwht: str = "auto",
+    kernels: str = "auto",
 ) -> Encoded:
     """``encoder.quip.quantize_quip`` computed on ``device``: the same sections, byte for byte.
 
-    Only the data-free grid path (``hessian=None``, ``codebook="grid"``) runs on the device. ``fwht``: the
-    Hadamard butterflies as one Triton kernel per side (``"triton"``; on CPU tensors under TRITON_INTERPRET=1)
-    or stage by stage in torch (``"torch"``); ``"auto"``: Triton on CUDA.
+    Only the data-free grid path (``hessian=None``, ``codebook="grid"``) runs on the device. ``kernels``:
+    ``"triton"`` (on CPU tensors under TRITON_INTERPRET=1): the Hadamard butterflies as one kernel per side,
+    the rows' sums of squares and the grid search's exact errors by Triton kernels (``quip_triton``);
+    ``"torch"``: torch operations only (the butterflies stage by stage); ``"auto"``: Triton on CUDA.
     """
-    if fwht not in ("auto", "triton", "torch"):
-        raise ValueError(f"fwht must be 'auto', 'triton' or 'torch', got {fwht!r}")
+    if kernels not in ("auto", "triton", "torch"):
+        raise ValueError(f"kernels must be 'auto', 'triton' or 'torch', got {kernels!r}")
     if hessian is not None or codebook != "grid":
         w_host = weight.detach().cpu().numpy() if isinstance(weight, torch.Tensor) else weight
         return cpu.quantize_quip(w_host, bits=bits, hessian=hessian, seed=seed, damp=damp, bias=bias,
@@ -200,14 +205,14 @@ def quantize_quip(
     su_t = torch.from_numpy(su.astype(np.float64)).to(dev)
     sv_t = torch.from_numpy(sv.astype(np.float64)).to(dev)
 
-    tri = fwht == "triton" or (fwht == "auto" and dev.type == "cuda")
+    tri = kernels == "triton" or (kernels == "auto" and dev.type == "cuda")
     y = _apply_dt_rows(w32, kn, fn, tri, pre=su_t, post=sv_t)
     wtt = _apply_dt_rows(y.T.contiguous(), km, fm, tri)  # W~^T [n, m]: the CPU's F-ordered W~
     del y
-    sums = _row_sums_sq(wtt)
+    sums = _row_sums_sq(wtt, tri)
     wt = wtt.T.contiguous()
     del wtt
-    scale = _grid_scales(wt, sums, bits, chunk_elements)
+    scale = _grid_scales(wt, sums, bits, chunk_elements, tri)
     L = torch.tensor(float((1 << bits) - 1), dtype=_F64, device=dev)
     codes = torch.round((wt / scale[:, None].to(_F64) + L) / torch.tensor(2.0, dtype=_F64, device=dev))
     codes = torch.clamp(codes, 0, (1 << bits) - 1).to(torch.int64)

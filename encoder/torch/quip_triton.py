@@ -69,3 +69,66 @@ def butterflies(x: torch.Tensor, stages: int, f64: bool = False, pre: torch.Tens
         EPILOGUE=1 if divide is not None else (2 if multiply is not None else 0),
         num_warps=8 if stages >= 11 else 4, enable_fp_fusion=False)
     return out
+
+
+@triton.jit
+def _col_sumsq_kernel(x_ptr, out_ptr, rows, cols, BLOCK: tl.constexpr, UNROLL: tl.constexpr):
+    """out[c] = x[0, c]^2 + x[1, c]^2 + ... added one row at a time (f64 products rounded, then added)."""
+    c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = c < cols
+    acc = tl.zeros((BLOCK,), dtype=tl.float64)
+    full = rows - rows % UNROLL
+    base = x_ptr + c  # moved down UNROLL rows at a time: no int32 row * cols product
+    for _ in range(0, full, UNROLL):
+        for u in tl.static_range(UNROLL):  # independent loads in flight, the adds in order
+            v = tl.load(base + u * cols, mask=mask, other=0.0)
+            acc = acc + v * v
+        base += UNROLL * cols
+    for _ in range(full, rows):
+        v = tl.load(base, mask=mask, other=0.0)
+        acc = acc + v * v
+        base += cols
+    tl.store(out_ptr + c, acc, mask=mask)
+
+
+def column_sums_sq(x: torch.Tensor) -> torch.Tensor:
+    """Per column of the contiguous f64 x [rows, cols], the sum of squares added sequentially down the column
+    (numpy's sum along the rows of the F-ordered W~, ``encoder.quip``)."""
+    rows, cols = x.shape
+    out = torch.empty(cols, dtype=torch.float64, device=x.device)
+    block = 32
+    _col_sumsq_kernel[(triton.cdiv(cols, block),)](x, out, rows, cols, BLOCK=block, UNROLL=16, num_warps=1,
+                                                   enable_fp_fusion=False)
+    return out
+
+
+@triton.jit
+def _sq_err_kernel(w_ptr, rows_ptr, s_ptr, out_ptr, n, NQ: tl.constexpr, BLOCK: tl.constexpr):
+    """out[p, j] = ((2q - L) s_p - x)^2, x = w[rows[p], j], q = clip(rint((x / s_p + L) / 2), 0, L) in f64."""
+    p = tl.program_id(0)
+    j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = j < n
+    r = tl.load(rows_ptr + p)
+    s = tl.load(s_ptr + p)
+    x = tl.load(w_ptr + r * n + j, mask=mask, other=0.0)
+    L = NQ * 1.0
+    t = (x / s + L) / 2.0
+    big = 4503599627370496.0  # 2^52: (t + 2^52) - 2^52 is rint(t), half to even, for 0 <= t < 2^52
+    q = tl.where(t >= big, t, (t + big) - big)
+    q = tl.where(0.0 > q, 0.0, q)  # Python's min(max(q, 0.0), L); t < 0 gives q <= 0, clipped to 0 either way
+    q = tl.where(L < q, L, q)
+    d = (2.0 * q - L) * s - x
+    tl.store(out_ptr + p.to(tl.int64) * n + j, d * d, mask=mask)
+
+
+def squared_errors(w: torch.Tensor, rows: torch.Tensor, s: torch.Tensor, bits: int) -> torch.Tensor:
+    """[P, n] f64: the squared round-to-nearest error of each w[rows[p]] on the grid (2q - L) s[p] (the
+    elements ``grid_search.row_error`` sums), for the contiguous f64 w [m, n]."""
+    n = w.shape[1]
+    out = torch.empty((rows.numel(), n), dtype=torch.float64, device=w.device)
+    if out.numel():
+        block = 1024
+        _sq_err_kernel[(rows.numel(), triton.cdiv(n, block))](w, rows.contiguous(), s.contiguous(), out, n,
+                                                              NQ=(1 << bits) - 1, BLOCK=block, num_warps=4,
+                                                              enable_fp_fusion=False)
+    return out
