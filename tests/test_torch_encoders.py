@@ -88,11 +88,11 @@ def test_quip_triton_kernels_match_cpu(m: int, n: int, bits: int) -> None:
     assert differences(quip.quantize_quip(w, **kw), tquip.quantize_quip(w, device="cpu", kernels="triton", **kw)) == []
 
 
-@pytest.mark.parametrize("bits", [1, 2, 4, 8])
-def test_quip_bounded_search_matches_cpu(bits: int) -> None:
+@pytest.mark.parametrize("bits,triton", [(1, False), (2, False), (4, False), (8, False), (2, True), (8, True)])
+def test_quip_bounded_search_matches_cpu(bits: int, triton: bool) -> None:
     """The torch grid-scale search picks the CPU's candidate on rows that defeat the bounds: constant rows
     (every candidate exact), two values, values on the grid's decision points, a huge dynamic range, one
-    outlier, tiny rows."""
+    outlier, tiny rows; with the Triton histogram and error kernels (TRITON_INTERPRET=1) too."""
     import torch
 
     from spqrfmt.encoder import grid_search
@@ -109,7 +109,7 @@ def test_quip_bounded_search_matches_cpu(bits: int) -> None:
         rms = np.sqrt(np.mean(w * w, axis=1)) + 1e-30
         want = grid_search.best_candidates(w, rms, mults, bits)
         got = tgrid.best_candidates(torch.from_numpy(np.ascontiguousarray(w)), torch.from_numpy(rms),
-                                    torch.from_numpy(mults), bits, chunk_elements=1000)
+                                    torch.from_numpy(mults), bits, chunk_elements=1000, triton=triton)
         assert got.numpy().tolist() == want.tolist()
 
 

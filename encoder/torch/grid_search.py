@@ -117,26 +117,33 @@ def _prefix(values: torch.Tensor) -> torch.Tensor:
 
 
 def _bounds(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, inv: torch.Tensor, s: torch.Tensor,
-            bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+            bits: int, triton: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(lower [R, C], upper [R]): every candidate's error E(c) >= lower[:, c], and the least E <= upper.
 
     w [R, n] f64 rows with minima lo, maxima hi (lo < hi, finite), inv = bins / (hi - lo); s [R, C] the
     candidate scales. bin(x) = min(bins - 1, trunc((x - lo) inv)) is monotone in x, so a bin strictly between
-    the bins of two consecutive decision points t_(q-1) < t_q holds only values of code q.
+    the bins of two consecutive decision points t_(q-1) < t_q holds only values of code q. ``triton``: the
+    histogram by one kernel (f64 atomics) instead of bincount and two index_add.
     """
     R, n = w.shape
     bins = n
     dev = w.device
     nq = (1 << bits) - 1
     L = float(nq)
-    b = ((w - lo[:, None]) * inv[:, None]).clamp_(max=bins - 1).to(torch.int64)
-    flat = (b + torch.arange(R, device=dev)[:, None] * bins).reshape(-1)
-    del b
-    cnt = _prefix(torch.bincount(flat, minlength=R * bins).reshape(R, bins).to(_F64))
-    p1 = _prefix(torch.zeros(R * bins, dtype=_F64, device=dev).index_add_(0, flat, w.reshape(-1)).reshape(R, bins))
-    p2 = _prefix(torch.zeros(R * bins, dtype=_F64, device=dev).index_add_(0, flat, (w * w).reshape(-1))
-                 .reshape(R, bins))
-    del flat
+    if triton:
+        from .quip_triton import histogram
+
+        hist = histogram(w, lo, inv)
+    else:
+        b = ((w - lo[:, None]) * inv[:, None]).clamp_(max=bins - 1).to(torch.int64)
+        flat = (b + torch.arange(R, device=dev)[:, None] * bins).reshape(-1)
+        del b
+        hist = (torch.bincount(flat, minlength=R * bins).to(_F64),
+                torch.zeros(R * bins, dtype=_F64, device=dev).index_add_(0, flat, w.reshape(-1)),
+                torch.zeros(R * bins, dtype=_F64, device=dev).index_add_(0, flat, (w * w).reshape(-1)))
+        del flat
+    cnt, p1, p2 = (_prefix(h.reshape(R, bins)) for h in hist)
+    del hist
     q = torch.arange(nq + 1, dtype=_F64, device=dev)
     t = (2.0 * q[:nq] + (1.0 - L)) * s[:, :, None]  # [R, C, nq]: the decision point between codes q and q + 1
     v = (2.0 * q - L) * s[:, :, None]  # [R, C, nq + 1]: the grid value of code q
@@ -179,7 +186,8 @@ def best_candidates(wt: torch.Tensor, rms: torch.Tensor, mults: torch.Tensor, bi
                     chunk_elements: int, triton: bool = False) -> torch.Tensor:
     """Per row of the C-ordered f64 wt [m, n], the index of the first of ``mults`` whose scale rms[r] * mults[c]
     has the least round-to-nearest error (``encoder.grid_search.best_candidates``), in row chunks of about
-    ``chunk_elements`` f64 temporaries; ``triton``: the exact errors' elements by one Triton kernel."""
+    ``chunk_elements`` f64 temporaries; ``triton``: the histograms and the exact errors' elements by Triton
+    kernels (``quip_triton``)."""
     m, n = wt.shape
     dev = wt.device
     C = mults.numel()
@@ -194,7 +202,7 @@ def best_candidates(wt: torch.Tensor, rms: torch.Tensor, mults: torch.Tensor, bi
     rows = max(1, chunk_elements // (4 * max(n, C * (nq + 1))))
     for r0 in range(0, m, rows):
         r1 = min(m, r0 + rows)
-        lower, upper = _bounds(wt[r0:r1], lo[r0:r1], hi[r0:r1], inv[r0:r1], scales[r0:r1], bits)
+        lower, upper = _bounds(wt[r0:r1], lo[r0:r1], hi[r0:r1], inv[r0:r1], scales[r0:r1], bits, triton)
         keep[r0:r1] = (lower <= upper[:, None]) | exhaustive[r0:r1, None]
     pairs = keep.nonzero()  # the candidates that can still win (one host sync)
     errs = torch.full((m, C), torch.inf, dtype=_F64, device=dev)

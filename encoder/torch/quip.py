@@ -183,7 +183,8 @@ def quantize_quip(
 
     Only the data-free grid path (``hessian=None``, ``codebook="grid"``) runs on the device. ``kernels``:
     ``"triton"`` (on CPU tensors under TRITON_INTERPRET=1): the Hadamard butterflies as one kernel per side,
-    the rows' sums of squares and the grid search's exact errors by Triton kernels (``quip_triton``);
+    the rows' sums of squares, the grid search's histograms and exact errors and the codes by Triton
+    kernels (``quip_triton``);
     ``"torch"``: torch operations only (the butterflies stage by stage); ``"auto"``: Triton on CUDA.
     """
     if kernels not in ("auto", "triton", "torch"):
@@ -213,9 +214,14 @@ def quantize_quip(
     wt = wtt.T.contiguous()
     del wtt
     scale = _grid_scales(wt, sums, bits, chunk_elements, tri)
-    L = torch.tensor(float((1 << bits) - 1), dtype=_F64, device=dev)
-    codes = torch.round((wt / scale[:, None].to(_F64) + L) / torch.tensor(2.0, dtype=_F64, device=dev))
-    codes = torch.clamp(codes, 0, (1 << bits) - 1).to(torch.int64)
+    if tri:
+        from .quip_triton import grid_codes
+
+        codes = grid_codes(wt, scale, bits)
+    else:
+        L = torch.tensor(float((1 << bits) - 1), dtype=_F64, device=dev)
+        codes = torch.round((wt / scale[:, None].to(_F64) + L) / torch.tensor(2.0, dtype=_F64, device=dev))
+        codes = torch.clamp(codes, 0, (1 << bits) - 1).to(torch.int64)
     del wt
     params: dict[str, Any] = {"bits": bits, "log2_hm": km, "log2_hn": kn}
     sections: dict[str, Any] = {"codes": to_u32(pack_rows(codes, bits)), "scale": scale.cpu().numpy(),

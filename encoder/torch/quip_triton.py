@@ -103,8 +103,18 @@ def column_sums_sq(x: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
+def _grid_code(x, s, L):
+    """clip(rint((x / s + L) / 2), 0, L) in f64, Python's min(max(q, 0.0), L): the CPU encoder's code of x."""
+    t = (x / s + L) / 2.0
+    big = 4503599627370496.0  # 2^52: (t + 2^52) - 2^52 is rint(t), half to even, for 0 <= t < 2^52
+    q = tl.where(t >= big, t, (t + big) - big)
+    q = tl.where(0.0 > q, 0.0, q)  # t < 0 gives q <= 0, clipped to 0 either way
+    return tl.where(L < q, L, q)
+
+
+@triton.jit
 def _sq_err_kernel(w_ptr, rows_ptr, s_ptr, out_ptr, n, NQ: tl.constexpr, BLOCK: tl.constexpr):
-    """out[p, j] = ((2q - L) s_p - x)^2, x = w[rows[p], j], q = clip(rint((x / s_p + L) / 2), 0, L) in f64."""
+    """out[p, j] = ((2q - L) s_p - x)^2 with x = w[rows[p], j] and q its code at scale s_p (f64)."""
     p = tl.program_id(0)
     j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = j < n
@@ -112,12 +122,7 @@ def _sq_err_kernel(w_ptr, rows_ptr, s_ptr, out_ptr, n, NQ: tl.constexpr, BLOCK: 
     s = tl.load(s_ptr + p)
     x = tl.load(w_ptr + r * n + j, mask=mask, other=0.0)
     L = NQ * 1.0
-    t = (x / s + L) / 2.0
-    big = 4503599627370496.0  # 2^52: (t + 2^52) - 2^52 is rint(t), half to even, for 0 <= t < 2^52
-    q = tl.where(t >= big, t, (t + big) - big)
-    q = tl.where(0.0 > q, 0.0, q)  # Python's min(max(q, 0.0), L); t < 0 gives q <= 0, clipped to 0 either way
-    q = tl.where(L < q, L, q)
-    d = (2.0 * q - L) * s - x
+    d = (2.0 * _grid_code(x, s, L) - L) * s - x
     tl.store(out_ptr + p.to(tl.int64) * n + j, d * d, mask=mask)
 
 
@@ -132,3 +137,50 @@ def squared_errors(w: torch.Tensor, rows: torch.Tensor, s: torch.Tensor, bits: i
                                                               NQ=(1 << bits) - 1, BLOCK=block, num_warps=4,
                                                               enable_fp_fusion=False)
     return out
+
+
+@triton.jit
+def _codes_kernel(w_ptr, scale_ptr, out_ptr, n, NQ: tl.constexpr, BLOCK: tl.constexpr):
+    """out[r, j] = the code of w[r, j] at the f32 scale[r] (as f64), int64."""
+    r = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = j < n
+    x = tl.load(w_ptr + r * n + j, mask=mask, other=0.0)
+    s = tl.load(scale_ptr + r).to(tl.float64)
+    tl.store(out_ptr + r * n + j, _grid_code(x, s, NQ * 1.0).to(tl.int64), mask=mask)
+
+
+def grid_codes(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """int64 [m, n]: clip(rint((w / scale[r] + L) / 2), 0, L) of the contiguous f64 w (f32 scales)."""
+    m, n = w.shape
+    out = torch.empty((m, n), dtype=torch.int64, device=w.device)
+    block = 1024
+    _codes_kernel[(m, triton.cdiv(n, block))](w, scale.contiguous(), out, n, NQ=(1 << bits) - 1, BLOCK=block,
+                                              num_warps=4, enable_fp_fusion=False)
+    return out
+
+
+@triton.jit
+def _hist_kernel(w_ptr, lo_ptr, inv_ptr, cnt_ptr, p1_ptr, p2_ptr, n, BLOCK: tl.constexpr):
+    """Each value x of row r into bin min(n - 1, trunc((x - lo[r]) inv[r])) of the row's n: count, x, x^2."""
+    r = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = j < n
+    x = tl.load(w_ptr + r * n + j, mask=mask, other=0.0)
+    y = (x - tl.load(lo_ptr + r)) * tl.load(inv_ptr + r)
+    b = tl.minimum(y.to(tl.int64), n - 1)  # = trunc(min(y, n - 1)) for 0 <= y <= ~n, as torch computes it
+    at = r * n + b
+    tl.atomic_add(cnt_ptr + at, tl.full(x.shape, 1.0, tl.float64), mask=mask, sem="relaxed")
+    tl.atomic_add(p1_ptr + at, x, mask=mask, sem="relaxed")
+    tl.atomic_add(p2_ptr + at, x * x, mask=mask, sem="relaxed")
+
+
+def histogram(w: torch.Tensor, lo: torch.Tensor, inv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(counts, sums, sums of squares) [R, n] f64 of the contiguous f64 rows w [R, n] in n bins each
+    (``grid_search._bounds``'s bin function; the sums in any order)."""
+    R, n = w.shape
+    out = torch.zeros((3, R, n), dtype=torch.float64, device=w.device)
+    block = 1024
+    _hist_kernel[(R, triton.cdiv(n, block))](w, lo.contiguous(), inv.contiguous(), out[0], out[1], out[2], n,
+                                             BLOCK=block, num_warps=4, enable_fp_fusion=False)
+    return out[0], out[1], out[2]
