@@ -138,33 +138,43 @@ def _grid_scales(wt: torch.Tensor, sums: torch.Tensor, bits: int, chunk_elements
     return (rms * mults[best]).to(torch.float32)
 
 
-def _transform_rows_f32(x: torch.Tensor, log2_h: int, factor: torch.Tensor | None, triton: bool) -> torch.Tensor:
-    """``decoder.quip.transform_rows``: butterflies, times c_k, then the factor as sequential f32 sums."""
+def _factor_f32(x: torch.Tensor, log2_h: int, factor: torch.Tensor | None) -> torch.Tensor:
+    """``decoder.quip.transform_rows``'s odd factor of x [rows, length] (after the butterflies): sequential f32
+    sums, one product per source block."""
     rows, length = x.shape
     h = 1 << log2_h
     a = length // h
-    if log2_h > 0:
-        c = torch.tensor(float(hadamard_constant(log2_h)), dtype=torch.float32, device=x.device)
-        x = _hadamard(x, log2_h, triton, multiply=c)
+    if a == 1 or factor is None:
+        return x
     v = x.reshape(rows, a, h)
-    if a > 1 and factor is not None:
-        acc = factor[:, 0][None, :, None] * v[:, 0:1, :]
-        for al2 in range(1, a):
-            acc = acc + factor[:, al2][None, :, None] * v[:, al2:al2 + 1, :]
-        v = acc
-    return v.reshape(rows, length)
+    acc = factor[:, 0][None, :, None] * v[:, 0:1, :]
+    for al2 in range(1, a):
+        acc = acc + factor[:, al2][None, :, None] * v[:, al2:al2 + 1, :]
+    return acc.reshape(rows, length)
 
 
 def decode_grid(codes: torch.Tensor, bits: int, scale: torch.Tensor, su: np.ndarray, sv: np.ndarray, km: int,
                 kn: int, fm: np.ndarray | None, fn: np.ndarray | None, triton: bool = False) -> torch.Tensor:
-    """The spec's f32 decode of a v1 (grid) quip tensor (``decoder.quip.decode``'s operations) on codes' device."""
+    """The spec's f32 decode of a v1 (grid) quip tensor (``decoder.quip.decode``'s operations) on codes' device:
+    (2q - L) * scale, the butterflies and c_k along n, the odd factor, the same along m, times sv[i] su[j].
+    ``triton``: the first step and (without factor_m) the signs inside the butterfly kernels."""
+    if triton:
+        from .quip_triton import MAX_STAGES, butterflies
     dev = codes.device
-    x = (2 * codes - ((1 << bits) - 1)).to(torch.float32) * scale[:, None]
     f = [None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float32)).to(dev) for a in (fn, fm)]
-    x = _transform_rows_f32(x, kn, f[0], triton)
-    x = _transform_rows_f32(x.T.contiguous(), km, f[1], triton).T
-    sign = torch.from_numpy(sv.astype(np.int32)).to(dev)[:, None] * torch.from_numpy(su.astype(np.int32)).to(dev)
-    return x * sign.to(torch.float32)
+    c = [torch.tensor(float(hadamard_constant(k)), dtype=torch.float32, device=dev) for k in (kn, km)]
+    if triton and 0 < kn <= MAX_STAGES:
+        x = butterflies(codes, kn, multiply=c[0], codes_of=(bits, scale))
+    else:
+        x = (2 * codes - ((1 << bits) - 1)).to(torch.float32) * scale[:, None]
+        x = _hadamard(x, kn, triton, multiply=c[0] if kn > 0 else None)
+    x = _factor_f32(x, kn, f[0]).T.contiguous()  # [n, m]: the m side along rows
+    su32 = torch.from_numpy(su.astype(np.float32)).to(dev)
+    sv32 = torch.from_numpy(sv.astype(np.float32)).to(dev)
+    if triton and 0 < km <= MAX_STAGES and fm is None:
+        return butterflies(x, km, multiply=c[1], post=su32, postv=sv32).T  # (x sv[i]) su[j]: +-1, exact
+    x = _factor_f32(_hadamard(x, km, triton, multiply=c[1] if km > 0 else None), km, f[1]).T
+    return x * (sv32[:, None] * su32[None, :])
 
 
 def quantize_quip(

@@ -1,4 +1,4 @@
-"""Triton kernel of the torch quip encoder: Sylvester butterflies of contiguous blocks, all stages in registers.
+"""Triton kernels of the torch quip encoder: Sylvester butterflies of contiguous blocks, all stages in registers.
 
 ``quip._fwht_`` runs each butterfly stage as two torch kernels over the whole
 matrix (48 B/param per f64 stage, 12 stages for h = 4096); here a program
@@ -7,8 +7,11 @@ multiplies it by +-1 signs (exact), runs stages half = 1, 2, ..., 2^(STAGES-1)
 with the same additions in the same order (the partners of a stage are split
 off a reshaped view, summed and differenced, and joined back: pure data
 movement around the same IEEE adds), then, when asked, divides by a norm
-(f64 ``div.rn``) or multiplies by a constant, and multiplies by a per-row sign:
-one read and one write of the matrix for a whole transform side.
+(f64 ``div.rn``) or multiplies by a constant, and multiplies by a per-row sign
+and a sign per position: one read and one write of the matrix for a whole
+transform side. For the decode the block can also start as grid codes
+(their f32 values (2q - L) * scale). Further kernels: the rows' sequential
+sums of squares, the grid search's histograms and exact errors, the codes.
 
 Runs on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
 """
@@ -23,13 +26,15 @@ MAX_STAGES = 12  # 4096 values per program: 32 KB of f64 in registers over 8 war
 
 
 @triton.jit
-def _fwht_kernel(x_ptr, y_ptr, pre_ptr, post_ptr, k_ptr, blocks_per_row, pre_len,
+def _fwht_kernel(x_ptr, y_ptr, pre_ptr, post_ptr, postv_ptr, k_ptr, scale_ptr, blocks_per_row, pre_len,
                  STAGES: tl.constexpr, F64: tl.constexpr, PRE: tl.constexpr, POST: tl.constexpr,
-                 EPILOGUE: tl.constexpr):
+                 POSTV: tl.constexpr, EPILOGUE: tl.constexpr, CODES: tl.constexpr):
     B: tl.constexpr = 1 << STAGES
     blk = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, B)
     x = tl.load(x_ptr + blk * B + offs)
+    if CODES > 0:  # grid codes of L = CODES: (2q - L) as f32 times the row's f32 scale (quip.md §5)
+        x = (2 * x - CODES).to(tl.float32) * tl.load(scale_ptr + blk // blocks_per_row)
     if F64:
         x = x.to(tl.float64)
     if PRE:  # +-1 signs along the row (exact)
@@ -44,30 +49,40 @@ def _fwht_kernel(x_ptr, y_ptr, pre_ptr, post_ptr, k_ptr, blocks_per_row, pre_len
         x = x * tl.load(k_ptr)
     if POST:  # a sign per row (exact)
         x = x * tl.load(post_ptr + blk // blocks_per_row)
+    if POSTV:  # +-1 signs along the row (exact)
+        x = x * tl.load(postv_ptr + (blk * B) % pre_len + offs)
     tl.store(y_ptr + blk * B + offs, x)
 
 
 def butterflies(x: torch.Tensor, stages: int, f64: bool = False, pre: torch.Tensor | None = None,
                 post: torch.Tensor | None = None, divide: torch.Tensor | None = None,
-                multiply: torch.Tensor | None = None) -> torch.Tensor:
+                multiply: torch.Tensor | None = None, postv: torch.Tensor | None = None,
+                codes_of: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
     """Stages half = 1 .. 2^(stages-1) of the butterflies over each block of 2^stages values of the contiguous
     x [rows, length] (length a multiple of 2^stages), in a new tensor; before them (x as f64 if ``f64``) * pre
-    (a [length] sign vector), after them / divide or * multiply (0-d, the output's dtype), then * post[row]."""
+    (a [length] sign vector), after them / divide or * multiply (0-d, the output's dtype), * post[row], then
+    * postv (a [length] sign vector). ``codes_of`` = (bits, scale [rows] f32): x holds int64 grid codes, the
+    f32 values (2q - L) * scale[row] go in."""
     rows, length = x.shape
     B = 1 << stages
     if not 1 <= stages <= MAX_STAGES or length % B or not x.is_contiguous():
         raise ValueError(f"butterflies: {tuple(x.shape)} in blocks of 2^{stages}")
-    out = torch.empty((rows, length), dtype=torch.float64 if f64 else x.dtype, device=x.device)
+    dtype = torch.float64 if f64 else (torch.float32 if codes_of is not None else x.dtype)
+    out = torch.empty((rows, length), dtype=dtype, device=x.device)
     if out.numel() == 0:
         return out
     k = divide if divide is not None else multiply
-    dummy = out  # never read when its flag is off
+
+    def arg(t: torch.Tensor | None) -> torch.Tensor:
+        return out if t is None else t.contiguous()  # ``out`` is never read when its flag is off
+
     _fwht_kernel[(rows * (length // B),)](
-        x, out, dummy if pre is None else pre.contiguous(), dummy if post is None else post.contiguous(),
-        dummy if k is None else k.reshape(1), length // B, length,
-        STAGES=stages, F64=f64, PRE=pre is not None, POST=post is not None,
+        x, out, arg(pre), arg(post), arg(postv), arg(None if k is None else k.reshape(1)),
+        arg(None if codes_of is None else codes_of[1]), length // B, length,
+        STAGES=stages, F64=f64, PRE=pre is not None, POST=post is not None, POSTV=postv is not None,
         EPILOGUE=1 if divide is not None else (2 if multiply is not None else 0),
-        num_warps=8 if stages >= 11 else 4, enable_fp_fusion=False)
+        CODES=0 if codes_of is None else (1 << codes_of[0]) - 1, num_warps=8 if stages >= 11 else 4,
+        enable_fp_fusion=False)
     return out
 
 
