@@ -79,10 +79,10 @@ def test_quip_matches_cpu(am: int, km: int, an: int, kn: int, bits: int, seed: i
     assert differences(quip.quantize_quip(w, **kw), tquip.quantize_quip(w, device="cpu", **kw)) == []
 
 
-@pytest.mark.parametrize("m,n,bits", [(1, 8192, 3), (12, 56, 2), (16, 32, 8), (5, 6, 1), (24, 1, 4)])
+@pytest.mark.parametrize("m,n,bits", [(1, 8192, 3), (12, 56, 2), (20, 40, 5), (16, 32, 8), (5, 6, 1), (24, 1, 4)])
 def test_quip_triton_kernels_match_cpu(m: int, n: int, bits: int) -> None:
     """The Triton kernels (CUDA's default; here under TRITON_INTERPRET=1): odd factors on both sides,
-    h = 1 (no kernel), 2^13 (12 stages in the kernel, the 13th in torch)."""
+    h = 1 (no kernel), 2^13 (12 stages in the kernel, the 13th in torch), codes straddling words, n % 32 != 0."""
     w = weights(m, n, m + n, 0)
     kw = dict(bits=bits, seed=m)
     assert differences(quip.quantize_quip(w, **kw), tquip.quantize_quip(w, device="cpu", kernels="triton", **kw)) == []

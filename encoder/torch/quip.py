@@ -166,7 +166,7 @@ def decode_grid(codes: torch.Tensor, bits: int, scale: torch.Tensor, su: np.ndar
     if triton and 0 < kn <= MAX_STAGES:
         x = butterflies(codes, kn, multiply=c[0], codes_of=(bits, scale))
     else:
-        x = (2 * codes - ((1 << bits) - 1)).to(torch.float32) * scale[:, None]
+        x = (2 * codes.to(torch.int64) - ((1 << bits) - 1)).to(torch.float32) * scale[:, None]
         x = _hadamard(x, kn, triton, multiply=c[0] if kn > 0 else None)
     x = _factor_f32(x, kn, f[0]).T.contiguous()  # [n, m]: the m side along rows
     su32 = torch.from_numpy(su.astype(np.float32)).to(dev)
@@ -227,15 +227,16 @@ def quantize_quip(
     if tri:
         from .quip_triton import grid_codes
 
-        codes = grid_codes(wt, scale, bits)
+        codes, words = grid_codes(wt, scale, bits)
+        packed = to_host(words).view(np.uint32)
     else:
         L = torch.tensor(float((1 << bits) - 1), dtype=_F64, device=dev)
         codes = torch.round((wt / scale[:, None].to(_F64) + L) / torch.tensor(2.0, dtype=_F64, device=dev))
         codes = torch.clamp(codes, 0, (1 << bits) - 1).to(torch.int64)
+        packed = to_u32(pack_rows(codes, bits))
     del wt
     params: dict[str, Any] = {"bits": bits, "log2_hm": km, "log2_hn": kn}
-    sections: dict[str, Any] = {"codes": to_u32(pack_rows(codes, bits)), "scale": scale.cpu().numpy(),
-                                "su": su, "sv": sv}
+    sections: dict[str, Any] = {"codes": packed, "scale": scale.cpu().numpy(), "su": su, "sv": sv}
     if fn is not None:
         sections["factor_n"] = fn
     if fm is not None:

@@ -34,7 +34,7 @@ def _fwht_kernel(x_ptr, y_ptr, pre_ptr, post_ptr, postv_ptr, k_ptr, scale_ptr, b
     offs = tl.arange(0, B)
     x = tl.load(x_ptr + blk * B + offs)
     if CODES > 0:  # grid codes of L = CODES: (2q - L) as f32 times the row's f32 scale (quip.md §5)
-        x = (2 * x - CODES).to(tl.float32) * tl.load(scale_ptr + blk // blocks_per_row)
+        x = (2 * x.to(tl.int32) - CODES).to(tl.float32) * tl.load(scale_ptr + blk // blocks_per_row)
     if F64:
         x = x.to(tl.float64)
     if PRE:  # +-1 signs along the row (exact)
@@ -61,7 +61,7 @@ def butterflies(x: torch.Tensor, stages: int, f64: bool = False, pre: torch.Tens
     """Stages half = 1 .. 2^(stages-1) of the butterflies over each block of 2^stages values of the contiguous
     x [rows, length] (length a multiple of 2^stages), in a new tensor; before them (x as f64 if ``f64``) * pre
     (a [length] sign vector), after them / divide or * multiply (0-d, the output's dtype), * post[row], then
-    * postv (a [length] sign vector). ``codes_of`` = (bits, scale [rows] f32): x holds int64 grid codes, the
+    * postv (a [length] sign vector). ``codes_of`` = (bits, scale [rows] f32): x holds integer grid codes, the
     f32 values (2q - L) * scale[row] go in."""
     rows, length = x.shape
     B = 1 << stages
@@ -155,24 +155,41 @@ def squared_errors(w: torch.Tensor, rows: torch.Tensor, s: torch.Tensor, bits: i
 
 
 @triton.jit
-def _codes_kernel(w_ptr, scale_ptr, out_ptr, n, NQ: tl.constexpr, BLOCK: tl.constexpr):
-    """out[r, j] = the code of w[r, j] at the f32 scale[r] (as f64), int64."""
+def _codes_kernel(w_ptr, scale_ptr, codes_ptr, words_ptr, n, wpr, BITS: tl.constexpr, UNITS: tl.constexpr):
+    """The codes of row r of w at the f32 scale[r] (as f64): as u8 and packed (spqr.md §4: a little-endian bit
+    stream, code t of a 32-code unit at bit t * BITS of the unit's BITS words, zero padding)."""
     r = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    u = tl.program_id(1) * UNITS + tl.arange(0, UNITS)
+    t = tl.arange(0, 32)
+    j = u[:, None] * 32 + t[None, :]
     mask = j < n
     x = tl.load(w_ptr + r * n + j, mask=mask, other=0.0)
     s = tl.load(scale_ptr + r).to(tl.float64)
-    tl.store(out_ptr + r * n + j, _grid_code(x, s, NQ * 1.0).to(tl.int64), mask=mask)
+    q = tl.where(mask, _grid_code(x, s, ((1 << BITS) - 1) * 1.0).to(tl.int64), 0)
+    tl.store(codes_ptr + r * n + j, q.to(tl.uint8), mask=mask)
+    pos = t * BITS
+    word = (pos >> 5)[None, :]
+    shift = (pos & 31).to(tl.int64)[None, :]
+    low = (q << shift) & 0xFFFFFFFF  # the code's bits in its word
+    high = q >> (32 - shift)  # its bits past the word's end (0 unless it straddles)
+    for k in tl.static_range(BITS):  # the pieces never overlap: their sum is their OR
+        wk = tl.sum(tl.where(word == k, low, 0), axis=1) + tl.sum(tl.where(word + 1 == k, high, 0), axis=1)
+        at = u * BITS + k
+        tl.store(words_ptr + r * wpr + at, wk.to(tl.int32), mask=at < wpr)
 
 
-def grid_codes(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
-    """int64 [m, n]: clip(rint((w / scale[r] + L) / 2), 0, L) of the contiguous f64 w (f32 scales)."""
+def grid_codes(w: torch.Tensor, scale: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u8 codes [m, n], their packed words [m, ceil(n bits / 32)] as int32 holding the u32 bits): the codes
+    clip(rint((w / scale[r] + L) / 2), 0, L) of the contiguous f64 w (f32 scales)."""
     m, n = w.shape
-    out = torch.empty((m, n), dtype=torch.int64, device=w.device)
-    block = 1024
-    _codes_kernel[(m, triton.cdiv(n, block))](w, scale.contiguous(), out, n, NQ=(1 << bits) - 1, BLOCK=block,
-                                              num_warps=4, enable_fp_fusion=False)
-    return out
+    wpr = (n * bits + 31) // 32
+    codes = torch.empty((m, n), dtype=torch.uint8, device=w.device)
+    words = torch.empty((m, wpr), dtype=torch.int32, device=w.device)
+    units = 16
+    _codes_kernel[(m, triton.cdiv(triton.cdiv(n, 32), units))](w, scale.contiguous(), codes, words, n, wpr,
+                                                               BITS=bits, UNITS=units, num_warps=4,
+                                                               enable_fp_fusion=False)
+    return codes, words
 
 
 @triton.jit
