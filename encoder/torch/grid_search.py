@@ -131,9 +131,9 @@ def _bounds(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, inv: torch.Tens
     nq = (1 << bits) - 1
     L = float(nq)
     if triton:
-        from .quip_triton import histogram
+        from .quip_triton import histogram_prefix
 
-        hist = histogram(w, lo, inv)
+        cnt, p1, p2 = histogram_prefix(w, lo, inv)
     else:
         b = ((w - lo[:, None]) * inv[:, None]).clamp_(max=bins - 1).to(torch.int64)
         flat = (b + torch.arange(R, device=dev)[:, None] * bins).reshape(-1)
@@ -142,8 +142,8 @@ def _bounds(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, inv: torch.Tens
                 torch.zeros(R * bins, dtype=_F64, device=dev).index_add_(0, flat, w.reshape(-1)),
                 torch.zeros(R * bins, dtype=_F64, device=dev).index_add_(0, flat, (w * w).reshape(-1)))
         del flat
-    cnt, p1, p2 = (_prefix(h.reshape(R, bins)) for h in hist)
-    del hist
+        cnt, p1, p2 = (_prefix(h.reshape(R, bins)) for h in hist)
+        del hist
     q = torch.arange(nq + 1, dtype=_F64, device=dev)
     t = (2.0 * q[:nq] + (1.0 - L)) * s[:, :, None]  # [R, C, nq]: the decision point between codes q and q + 1
     v = (2.0 * q - L) * s[:, :, None]  # [R, C, nq + 1]: the grid value of code q

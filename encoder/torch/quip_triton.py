@@ -194,25 +194,27 @@ def grid_codes(w: torch.Tensor, scale: torch.Tensor, bits: int) -> tuple[torch.T
 
 @triton.jit
 def _hist_kernel(w_ptr, lo_ptr, inv_ptr, cnt_ptr, p1_ptr, p2_ptr, n, BLOCK: tl.constexpr):
-    """Each value x of row r into bin min(n - 1, trunc((x - lo[r]) inv[r])) of the row's n: count, x, x^2."""
+    """Each value x of row r into bin b = min(n - 1, trunc((x - lo[r]) inv[r])) of the row's n: count, x and x^2
+    added at index b + 1 of the row's n + 1 (index 0 stays 0 for the prefix sums)."""
     r = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = j < n
     x = tl.load(w_ptr + r * n + j, mask=mask, other=0.0)
     y = (x - tl.load(lo_ptr + r)) * tl.load(inv_ptr + r)
     b = tl.minimum(y.to(tl.int64), n - 1)  # = trunc(min(y, n - 1)) for 0 <= y <= ~n, as torch computes it
-    at = r * n + b
+    at = r * (n + 1) + b + 1
     tl.atomic_add(cnt_ptr + at, tl.full(x.shape, 1.0, tl.float64), mask=mask, sem="relaxed")
     tl.atomic_add(p1_ptr + at, x, mask=mask, sem="relaxed")
     tl.atomic_add(p2_ptr + at, x * x, mask=mask, sem="relaxed")
 
 
-def histogram(w: torch.Tensor, lo: torch.Tensor, inv: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(counts, sums, sums of squares) [R, n] f64 of the contiguous f64 rows w [R, n] in n bins each
-    (``grid_search._bounds``'s bin function; the sums in any order)."""
+def histogram_prefix(w: torch.Tensor, lo: torch.Tensor, inv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The prefix sums [R, n + 1] f64 (index b: the bins below b) of the counts, sums and sums of squares of the
+    contiguous f64 rows w [R, n] in n bins each (``grid_search._bounds``'s bin function; sums in any order)."""
     R, n = w.shape
-    out = torch.zeros((3, R, n), dtype=torch.float64, device=w.device)
+    out = torch.zeros((3, R, n + 1), dtype=torch.float64, device=w.device)
     block = 1024
     _hist_kernel[(R, triton.cdiv(n, block))](w, lo.contiguous(), inv.contiguous(), out[0], out[1], out[2], n,
                                              BLOCK=block, num_warps=4, enable_fp_fusion=False)
+    out.cumsum_(2)
     return out[0], out[1], out[2]
