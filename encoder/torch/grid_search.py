@@ -183,17 +183,19 @@ def _bounds(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, inv: torch.Tens
 
 
 def best_candidates(wt: torch.Tensor, rms: torch.Tensor, mults: torch.Tensor, bits: int,
-                    chunk_elements: int, triton: bool = False) -> torch.Tensor:
+                    chunk_elements: int, triton: bool = False, lo: torch.Tensor | None = None,
+                    hi: torch.Tensor | None = None) -> torch.Tensor:
     """Per row of the C-ordered f64 wt [m, n], the index of the first of ``mults`` whose scale rms[r] * mults[c]
     has the least round-to-nearest error (``encoder.grid_search.best_candidates``), in row chunks of about
     ``chunk_elements`` f64 temporaries; ``triton``: the histograms and the exact errors' elements by Triton
-    kernels (``quip_triton``)."""
+    kernels (``quip_triton``). ``lo``/``hi``: each row's minimum and maximum when already known."""
     m, n = wt.shape
     dev = wt.device
     C = mults.numel()
     nq = (1 << bits) - 1
     scales = rms[:, None] * mults[None, :]  # [m, C], the CPU's s = rms * mults[c]
-    lo, hi = wt.amin(1), wt.amax(1)
+    if lo is None or hi is None:
+        lo, hi = torch.aminmax(wt, dim=1)
     width = hi - lo
     inv = const(float(n), width) / width
     exhaustive = ~((width > 0) & torch.isfinite(inv) & torch.isfinite(width))

@@ -129,12 +129,13 @@ def _row_sums_sq(wtt: torch.Tensor, triton: bool) -> torch.Tensor:
     return torch.cumsum(wtt * wtt, 0)[-1]
 
 
-def _grid_scales(wt: torch.Tensor, sums: torch.Tensor, bits: int, chunk_elements: int,
-                 triton: bool) -> torch.Tensor:
-    """``quip._grid_scales`` of the C-ordered f64 wt [m, n] with its rows' sums of squares: f32 scales."""
+def _grid_scales(wt: torch.Tensor, sums: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int,
+                 chunk_elements: int, triton: bool) -> torch.Tensor:
+    """``quip._grid_scales`` of the C-ordered f64 wt [m, n] with its rows' sums of squares, minima and maxima:
+    f32 scales."""
     rms = torch.sqrt(sums / const(float(wt.shape[1]), sums)) + 1e-30
     mults = torch.from_numpy(cpu.grid_mults(bits)).to(wt.device)
-    best = best_candidates(wt, rms, mults, bits, chunk_elements, triton)
+    best = best_candidates(wt, rms, mults, bits, chunk_elements, triton, lo, hi)
     return (rms * mults[best]).to(torch.float32)
 
 
@@ -206,8 +207,6 @@ def quantize_quip(
     w32 = as_tensor(weight, device)
     if w32.ndim != 2 or min(w32.shape) < 1:
         raise ValueError(f"weight must be 2-D and non-empty, got shape {tuple(w32.shape)}")
-    if not bool(torch.isfinite(w32).all()):
-        raise ValueError("weight contains NaN or infinity; refusing to quantize")
     if not 1 <= bits <= 8:
         raise ValueError("bits must be 1..8")
     m, n = w32.shape
@@ -223,7 +222,12 @@ def quantize_quip(
     sums = _row_sums_sq(wtt, tri)
     wt = wtt.T.contiguous()
     del wtt
-    scale = _grid_scales(wt, sums, bits, chunk_elements, tri)
+    lo, hi = torch.aminmax(wt, dim=1)
+    # Every entry of W~ adds every weight of its row and column blocks (+-1 butterflies, a nonzero factor
+    # column): a NaN or infinity in the weight leaves one in each of its rows' extremes, found at no extra pass.
+    if not bool((torch.isfinite(lo) & torch.isfinite(hi)).all()):
+        raise ValueError("weight contains NaN or infinity; refusing to quantize")
+    scale = _grid_scales(wt, sums, lo, hi, bits, chunk_elements, tri)
     if tri:
         from .quip_triton import grid_codes
 
