@@ -113,6 +113,17 @@ def test_quip_bounded_search_matches_cpu(bits: int, triton: bool) -> None:
         assert got.numpy().tolist() == want.tolist()
 
 
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_quip_rejects_non_finite(kernels: str) -> None:
+    """A NaN or infinity anywhere (odd factors included) is the CPU encoder's ValueError, before any search."""
+    for m, n in ((8, 16), (12, 40), (3, 1)):
+        for v in (np.nan, np.inf, -np.inf):
+            w = weights(m, n, 0, 0)
+            w[m - 1, n // 2] = v
+            with pytest.raises(ValueError, match="NaN or infinity"):
+                tquip.quantize_quip(w, device="cpu", kernels=kernels)
+
+
 def test_pairwise_sum_is_numpys() -> None:
     import torch
 
