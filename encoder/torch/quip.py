@@ -11,15 +11,20 @@ f64 operations:
   product per source block, in order (checked: no FMA, sequential);
 * the row RMS as numpy's ``mean`` over the rows of the transposed (F-ordered)
   matrix: a sequential sum along each row (a pairwise one for a single row);
-* the grid-search errors with numpy's pairwise summation tree (leaves of <= 128
-  with 8 accumulators, halves split at a multiple of 8): the leaves of one size
-  are summed together, then the tree's nodes one height at a time;
+* the grid scale by the bounded search of ``grid_search`` (histogram bounds for
+  every row and candidate at once, then numpy's pairwise f64 error of the few
+  candidates that can still win: the CPU's choice);
 * the returned ``dequantized`` is the spec's f32 decode (quip.md §5) in torch,
   elementwise operations in the Numba decoder's order.
 
-The grid search runs over row chunks of ``chunk_elements`` f64 errors
-(default 2^26: 512 MB per temporary, ~2.5 GB in all); the transforms hold ~4 f64 copies of the
-matrix (32 B/param). ``codebook="e8p12"`` and a ``hessian`` (LDLQ, not
+``kernels="auto"`` on CUDA (or ``"triton"``) runs the passes over the matrix as
+Triton kernels (``quip_triton``): each transform side's butterflies with its
+signs and normalisation in one kernel, the sequential sums of squares, the
+search's histograms and exact errors, the codes packed straight into the
+file's words, the decode starting from the codes; ``"torch"`` uses torch
+operations only. The grid search holds row chunks of about ``chunk_elements``
+f64 temporaries (default 2^26: 512 MB each); the transforms hold ~3 f64 copies
+of the matrix (24 B/param). ``codebook="e8p12"`` and a ``hessian`` (LDLQ, not
 data-free) run the CPU encoder.
 """
 
