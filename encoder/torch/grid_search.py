@@ -73,11 +73,13 @@ def _leaf_sum(a: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _tree_tensors(n: int, device: torch.device) -> tuple[list[tuple[int, torch.Tensor, torch.Tensor]],
+def _tree_tensors(n: int, device: torch.device) -> tuple[list[tuple[int, torch.Tensor | None, torch.Tensor]],
                                                         list[tuple[torch.Tensor, ...]], int, int]:
-    """:func:`_tree` as index tensors on ``device`` (built once per length)."""
+    """:func:`_tree` as index tensors on ``device`` (built once per length); no gather index when the leaves all
+    have one size (then they tile 0 .. n in order)."""
     leaves, levels, root = _tree(n)
-    leaf_idx = [(k, torch.tensor([lo + t for lo, _ in items for t in range(k)], device=device),
+    leaf_idx = [(k, None if len(leaves) == 1 else torch.tensor([lo + t for lo, _ in items for t in range(k)],
+                                                               device=device),
                  torch.tensor([node for _, node in items], device=device)) for k, items in leaves.items()]
     level_idx = [tuple(torch.tensor(c, device=device) for c in zip(*level, strict=True)) for level in levels]
     nodes = sum(len(v) for v in leaves.values()) + sum(len(v) for v in levels)
@@ -89,7 +91,8 @@ def pairwise_sum(a: torch.Tensor) -> torch.Tensor:
     leaf_idx, level_idx, root, nodes = _tree_tensors(a.shape[-1], a.device)
     vals = torch.empty((*a.shape[:-1], nodes), dtype=a.dtype, device=a.device)
     for k, idx, ids in leaf_idx:
-        vals[..., ids] = _leaf_sum(a.index_select(-1, idx).reshape(*a.shape[:-1], len(ids), k))
+        leaf = a if idx is None else a.index_select(-1, idx)
+        vals[..., ids] = _leaf_sum(leaf.reshape(*a.shape[:-1], len(ids), k))
     for node, left, right in level_idx:
         vals[..., node] = vals[..., left] + vals[..., right]
     return vals[..., root]
