@@ -201,7 +201,8 @@ def _hist_kernel(w_ptr, lo_ptr, inv_ptr, cnt_ptr, p1_ptr, p2_ptr, n, BLOCK: tl.c
     mask = j < n
     x = tl.load(w_ptr + r * n + j, mask=mask, other=0.0)
     y = (x - tl.load(lo_ptr + r)) * tl.load(inv_ptr + r)
-    b = tl.minimum(y.to(tl.int64), n - 1)  # = trunc(min(y, n - 1)) for 0 <= y <= ~n, as torch computes it
+    # = trunc(min(y, n - 1)) for 0 <= y <= ~n, as torch computes it; the floor at 0 only guards the atomics
+    b = tl.maximum(tl.minimum(y.to(tl.int64), n - 1), 0)
     at = r * (n + 1) + b + 1
     tl.atomic_add(cnt_ptr + at, tl.full(x.shape, 1.0, tl.float64), mask=mask, sem="relaxed")
     tl.atomic_add(p1_ptr + at, x, mask=mask, sem="relaxed")
