@@ -67,6 +67,9 @@ def butterflies(x: torch.Tensor, stages: int, f64: bool = False, pre: torch.Tens
     B = 1 << stages
     if not 1 <= stages <= MAX_STAGES or length % B or not x.is_contiguous():
         raise ValueError(f"butterflies: {tuple(x.shape)} in blocks of 2^{stages}")
+    sizes = [(pre, length), (postv, length), (post, rows), (None if codes_of is None else codes_of[1], rows)]
+    if any(t is not None and t.numel() != size for t, size in sizes):
+        raise ValueError("butterflies: a sign or scale vector of the wrong length")
     dtype = torch.float64 if f64 else (torch.float32 if codes_of is not None else x.dtype)
     out = torch.empty((rows, length), dtype=dtype, device=x.device)
     if out.numel() == 0:
