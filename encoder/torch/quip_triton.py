@@ -25,6 +25,12 @@ import triton.language as tl
 MAX_STAGES = 12  # 4096 values per program: 32 KB of f64 in registers over 8 warps
 
 
+def _check_f64(w: torch.Tensor) -> None:
+    """The kernels below index w as a contiguous 2-D f64 matrix."""
+    if w.ndim != 2 or w.dtype != torch.float64 or not w.is_contiguous():
+        raise ValueError(f"expected a contiguous 2-D f64 matrix, got {w.dtype} {tuple(w.shape)}")
+
+
 @triton.jit
 def _fwht_kernel(x_ptr, y_ptr, pre_ptr, post_ptr, postv_ptr, k_ptr, scale_ptr, blocks_per_row, pre_len,
                  STAGES: tl.constexpr, F64: tl.constexpr, PRE: tl.constexpr, POST: tl.constexpr,
@@ -112,6 +118,7 @@ def _col_sumsq_kernel(x_ptr, out_ptr, rows, cols, BLOCK: tl.constexpr, UNROLL: t
 def column_sums_sq(x: torch.Tensor) -> torch.Tensor:
     """Per column of the contiguous f64 x [rows, cols], the sum of squares added sequentially down the column
     (numpy's sum along the rows of the F-ordered W~, ``encoder.quip``)."""
+    _check_f64(x)
     rows, cols = x.shape
     out = torch.empty(cols, dtype=torch.float64, device=x.device)
     block = 32
@@ -147,6 +154,7 @@ def _sq_err_kernel(w_ptr, rows_ptr, s_ptr, out_ptr, n, NQ: tl.constexpr, BLOCK: 
 def squared_errors(w: torch.Tensor, rows: torch.Tensor, s: torch.Tensor, bits: int) -> torch.Tensor:
     """[P, n] f64: the squared round-to-nearest error of each w[rows[p]] on the grid (2q - L) s[p] (the
     elements ``grid_search.row_error`` sums), for the contiguous f64 w [m, n]."""
+    _check_f64(w)
     n = w.shape[1]
     out = torch.empty((rows.numel(), n), dtype=torch.float64, device=w.device)
     if out.numel():
@@ -184,6 +192,7 @@ def _codes_kernel(w_ptr, scale_ptr, codes_ptr, words_ptr, n, wpr, BITS: tl.const
 def grid_codes(w: torch.Tensor, scale: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(u8 codes [m, n], their packed words [m, ceil(n bits / 32)] as int32 holding the u32 bits): the codes
     clip(rint((w / scale[r] + L) / 2), 0, L) of the contiguous f64 w (f32 scales)."""
+    _check_f64(w)
     m, n = w.shape
     wpr = (n * bits + 31) // 32
     codes = torch.empty((m, n), dtype=torch.uint8, device=w.device)
@@ -215,6 +224,7 @@ def _hist_kernel(w_ptr, lo_ptr, inv_ptr, cnt_ptr, p1_ptr, p2_ptr, n, BLOCK: tl.c
 def histogram_prefix(w: torch.Tensor, lo: torch.Tensor, inv: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The prefix sums [R, n + 1] f64 (index b: the bins below b) of the counts, sums and sums of squares of the
     contiguous f64 rows w [R, n] in n bins each (``grid_search._bounds``'s bin function; sums in any order)."""
+    _check_f64(w)
     R, n = w.shape
     out = torch.zeros((3, R, n + 1), dtype=torch.float64, device=w.device)
     block = 1024
