@@ -156,7 +156,10 @@ def main() -> int:
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     reps = 1 if args.quick else args.reps
-    rows = []
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    info = {"device": gpu, "torch": torch.__version__, "python": platform.python_version(),
+            "command": " ".join(["python", "bench/gpu_check_encoders.py", *sys.argv[1:]]), "reps": reps}
+    rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     for shape in shapes:
         for name in args.codecs.split(","):
@@ -170,6 +173,7 @@ def main() -> int:
                 row = {"codec": name, "shape": list(shape), "error": f"{type(e).__name__}: {e}",
                        "traceback": traceback.format_exc(limit=4)}
             rows.append(row)
+            Path(args.out).write_text(json.dumps({**info, "rows": rows}, indent=1) + "\n")  # kept if killed later
             if "error" in row:
                 print(f"{name:22s} {shape[0]}x{shape[1]:<6d} ERROR {row['error']}", flush=True)
             else:
@@ -178,9 +182,6 @@ def main() -> int:
                       f"({row['seconds'] * 1e3:.1f} ms; CPU encoder {row['cpu_seconds']} s; peak GPU "
                       f"{row['peak_gpu_gb']} GB){'  ' + ', '.join(row['differences']) if row['differences'] else ''}",
                       flush=True)
-    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    info = {"device": gpu, "torch": torch.__version__, "python": platform.python_version(),
-            "command": " ".join(["python", "bench/gpu_check_encoders.py", *sys.argv[1:]]), "reps": reps}
     Path(args.out).write_text(json.dumps({**info, "rows": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0 if all(r.get("identical") for r in rows) else 1  # a skipped or failed case counts as not checked
