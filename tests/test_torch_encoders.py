@@ -79,6 +79,17 @@ def test_quip_matches_cpu(am: int, km: int, an: int, kn: int, bits: int, seed: i
     assert differences(quip.quantize_quip(w, **kw), tquip.quantize_quip(w, device="cpu", **kw)) == []
 
 
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(am=st.sampled_from([1, 3]), km=st.integers(0, 4), an=st.sampled_from([1, 5]), kn=st.integers(0, 5),
+       bits=st.integers(1, 8), seed=st.integers(0, 100), kind=st.sampled_from([0, 1, 3]))
+def test_quip_triton_kernels_match_cpu_random(am: int, km: int, an: int, kn: int, bits: int, seed: int,
+                                              kind: int) -> None:
+    m, n = am << km, an << kn
+    w = weights(m, n, seed, kind)
+    got = tquip.quantize_quip(w, bits=bits, seed=seed, device="cpu", kernels="triton")
+    assert differences(quip.quantize_quip(w, bits=bits, seed=seed), got) == []
+
+
 @pytest.mark.parametrize("m,n,bits", [(1, 8192, 3), (12, 56, 2), (20, 40, 5), (16, 32, 8), (5, 6, 1), (24, 1, 4)])
 def test_quip_triton_kernels_match_cpu(m: int, n: int, bits: int) -> None:
     """The Triton kernels (CUDA's default; here under TRITON_INTERPRET=1): odd factors on both sides,
