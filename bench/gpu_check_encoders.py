@@ -13,7 +13,8 @@ without outliers, squeezellm, quip) and shape, on one random f32 weight:
 
 ``VARIANTS`` are further cases: the same codec computed another way (squeezellm
 with the batched torch Lloyd loop instead of the Triton kernel; with the
-torch's blocked argmin instead of the Triton assignment kernel), checked and timed alike.
+torch's blocked argmin instead of the Triton assignment kernel; quip with the
+Hadamard stages as torch kernels instead of one Triton kernel per side), checked and timed alike.
 ``--profile FILE`` appends a table of each case's operators (see below).
 
 Every case runs in its own try/except, so one failure is reported and the rest still run; no case starts
@@ -56,7 +57,8 @@ CONFIGS: dict[str, QuantConfig] = {
 }
 # Other ways of computing the same bytes, each checked and timed as its own case: name -> (config, keywords).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"squeezellm/lloyd=torch": ("squeezellm", {"lloyd": "torch"}),
-                                                   "squeezellm/assign=torch": ("squeezellm", {"assign": "torch"})}
+                                                   "squeezellm/assign=torch": ("squeezellm", {"assign": "torch"}),
+                                                   "quip/kernels=torch": ("quip", {"kernels": "torch"})}
 SHAPES = [(4096, 4096), (4096, 14336)]
 QUICK_SHAPES = [(1024, 2048)]
 
@@ -66,8 +68,15 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def variant_encoder(kw: dict[str, Any], device: str) -> Any:
-    """The squeezellm torch encoder with extra keywords, called as ``encoder_for``'s encoders are."""
+def variant_encoder(codec: str, kw: dict[str, Any], device: str) -> Any:
+    """The codec's torch encoder with extra keywords, called as ``encoder_for``'s encoders are."""
+    if codec == "quip":
+        from spqrfmt.encoder.torch.quip import quantize_quip
+
+        def enc(_name: str, w: Any, cfg: QuantConfig) -> Any:
+            return quantize_quip(w, bits=cfg.options.bits, seed=cfg.options.seed, device=device, **kw)
+
+        return enc
     from spqrfmt.encoder.torch.squeezellm import quantize_squeezellm
 
     def enc(_name: str, w: Any, cfg: QuantConfig) -> Any:
@@ -102,7 +111,7 @@ def case(name: str, shape: tuple[int, int], reps: int, device: str, prof: Path |
     t0 = time.perf_counter()
     ref = data_free_encoder("layer.weight", w, cfg)
     row["cpu_seconds"] = round(time.perf_counter() - t0, 3)
-    enc = encoder_for(cfg.codec, device) if kw is None else variant_encoder(kw, device)
+    enc = encoder_for(cfg.codec, device) if kw is None else variant_encoder(cfg.codec, kw, device)
     wd = torch.from_numpy(w).to(device)
     got = enc("layer.weight", wd, cfg)  # warm-up
     diff = differences(ref, got, SIGNED_ZERO_SECTIONS if cfg.codec == "spqr" else ())
@@ -147,7 +156,10 @@ def main() -> int:
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     reps = 1 if args.quick else args.reps
-    rows = []
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    info = {"device": gpu, "torch": torch.__version__, "python": platform.python_version(),
+            "command": " ".join(["python", "bench/gpu_check_encoders.py", *sys.argv[1:]]), "reps": reps}
+    rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     for shape in shapes:
         for name in args.codecs.split(","):
@@ -161,6 +173,7 @@ def main() -> int:
                 row = {"codec": name, "shape": list(shape), "error": f"{type(e).__name__}: {e}",
                        "traceback": traceback.format_exc(limit=4)}
             rows.append(row)
+            Path(args.out).write_text(json.dumps({**info, "rows": rows}, indent=1) + "\n")  # kept if killed later
             if "error" in row:
                 print(f"{name:22s} {shape[0]}x{shape[1]:<6d} ERROR {row['error']}", flush=True)
             else:
@@ -169,9 +182,6 @@ def main() -> int:
                       f"({row['seconds'] * 1e3:.1f} ms; CPU encoder {row['cpu_seconds']} s; peak GPU "
                       f"{row['peak_gpu_gb']} GB){'  ' + ', '.join(row['differences']) if row['differences'] else ''}",
                       flush=True)
-    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    info = {"device": gpu, "torch": torch.__version__, "python": platform.python_version(),
-            "command": " ".join(["python", "bench/gpu_check_encoders.py", *sys.argv[1:]]), "reps": reps}
     Path(args.out).write_text(json.dumps({**info, "rows": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0 if all(r.get("identical") for r in rows) else 1  # a skipped or failed case counts as not checked

@@ -91,7 +91,7 @@ def apply_dt_rows(x: np.ndarray, log2_h: int, factor: np.ndarray | None) -> np.n
     return y.reshape(rows, d)
 
 
-def _grid_mults(bits: int, candidates: int = 48) -> np.ndarray:
+def grid_mults(bits: int, candidates: int = 48) -> np.ndarray:
     """The candidate scales' multiples of the row RMS (the search's geometric grid)."""
     L = (1 << bits) - 1
     return np.geomspace(0.05, 2.0, candidates) * (2.0 / (L + 1))
@@ -117,7 +117,7 @@ def _grid_scales(w: np.ndarray, bits: int, rms: np.ndarray | None = None, lo: np
     ``hi`` (the rows' extremes) are found when not given."""
     if rms is None:
         rms = np.sqrt(np.mean(w * w, axis=1)) + 1e-30
-    mults = _grid_mults(bits)
+    mults = grid_mults(bits)
     best = best_candidates(w, rms, mults, bits, lo, hi)
     return (rms * mults[best]).astype(np.float32)
 

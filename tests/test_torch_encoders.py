@@ -13,6 +13,7 @@ from spqrfmt.encoder import quip, squeezellm  # noqa: E402
 from spqrfmt.encoder import spqr as rtn  # noqa: E402 - the data-free (round-to-nearest) spqr encoder
 from spqrfmt.encoder import torch as tenc  # noqa: E402
 from spqrfmt.encoder.torch import SIGNED_ZERO_SECTIONS, differences, encoder_for  # noqa: E402
+from spqrfmt.encoder.torch import grid_search as tgrid  # noqa: E402
 from spqrfmt.encoder.torch import quip as tquip  # noqa: E402
 from spqrfmt.encoder.torch import spqr as tspqr  # noqa: E402
 from spqrfmt.encoder.torch import squeezellm as tsq  # noqa: E402
@@ -78,13 +79,69 @@ def test_quip_matches_cpu(am: int, km: int, an: int, kn: int, bits: int, seed: i
     assert differences(quip.quantize_quip(w, **kw), tquip.quantize_quip(w, device="cpu", **kw)) == []
 
 
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(am=st.sampled_from([1, 3]), km=st.integers(0, 4), an=st.sampled_from([1, 5]), kn=st.integers(0, 5),
+       bits=st.integers(1, 8), seed=st.integers(0, 100), kind=st.sampled_from([0, 1, 3]))
+def test_quip_triton_kernels_match_cpu_random(am: int, km: int, an: int, kn: int, bits: int, seed: int,
+                                              kind: int) -> None:
+    m, n = am << km, an << kn
+    w = weights(m, n, seed, kind)
+    got = tquip.quantize_quip(w, bits=bits, seed=seed, device="cpu", kernels="triton")
+    assert differences(quip.quantize_quip(w, bits=bits, seed=seed), got) == []
+
+
+@pytest.mark.parametrize("m,n,bits", [(1, 8192, 3), (12, 56, 2), (20, 40, 5), (16, 32, 8), (5, 6, 1), (24, 1, 4)])
+def test_quip_triton_kernels_match_cpu(m: int, n: int, bits: int) -> None:
+    """The Triton kernels (CUDA's default; here under TRITON_INTERPRET=1): odd factors on both sides,
+    h = 1 (no kernel), 2^13 (12 stages in the kernel, the 13th in torch), codes straddling words, n % 32 != 0."""
+    w = weights(m, n, m + n, 0)
+    kw = dict(bits=bits, seed=m)
+    assert differences(quip.quantize_quip(w, **kw), tquip.quantize_quip(w, device="cpu", kernels="triton", **kw)) == []
+
+
+@pytest.mark.parametrize("bits,triton", [(1, False), (2, False), (4, False), (8, False), (2, True), (8, True)])
+def test_quip_bounded_search_matches_cpu(bits: int, triton: bool) -> None:
+    """The torch grid-scale search picks the CPU's candidate on rows that defeat the bounds: constant rows
+    (every candidate exact), two values, values on the grid's decision points, a huge dynamic range, one
+    outlier, tiny rows; with the Triton histogram and error kernels (TRITON_INTERPRET=1) too."""
+    import torch
+
+    from spqrfmt.encoder import grid_search
+
+    rng = np.random.default_rng(bits)
+    n = 96
+    g = rng.standard_normal((6, n))
+    rows = [np.zeros(n), np.full(n, 0.75), np.where(np.arange(n) % 2, 1.0, -3.0), np.round(g[0] * 4) / 4,
+            g[1] * np.exp2(rng.integers(-40, 40, n)), np.where(np.arange(n) == 5, 1e6, g[2]), g[3] * 1e-300,
+            np.round(g[4] * 2) / 2 * (1 << bits)]
+    wt = np.stack(rows)
+    mults = quip.grid_mults(bits)
+    for w in (wt, wt[:, :3], wt[:, :1]):
+        rms = np.sqrt(np.mean(w * w, axis=1)) + 1e-30
+        want = grid_search.best_candidates(w, rms, mults, bits)
+        got = tgrid.best_candidates(torch.from_numpy(np.ascontiguousarray(w)), torch.from_numpy(rms),
+                                    torch.from_numpy(mults), bits, chunk_elements=1000, triton=triton)
+        assert got.numpy().tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_quip_rejects_non_finite(kernels: str) -> None:
+    """A NaN or infinity anywhere (odd factors included) is the CPU encoder's ValueError, before any search."""
+    for m, n in ((8, 16), (12, 40), (3, 1)):
+        for v in (np.nan, np.inf, -np.inf):
+            w = weights(m, n, 0, 0)
+            w[m - 1, n // 2] = v
+            with pytest.raises(ValueError, match="NaN or infinity"):
+                tquip.quantize_quip(w, device="cpu", kernels=kernels)
+
+
 def test_pairwise_sum_is_numpys() -> None:
     import torch
 
     rng = np.random.default_rng(0)
     for n in (1, 7, 8, 9, 100, 128, 129, 200, 1000, 4096, 14336 // 7 * 3):
         a = rng.standard_normal((3, n)) * np.exp2(rng.integers(-30, 30, (3, n)))
-        assert tquip.pairwise_sum(torch.from_numpy(a)).numpy().tobytes() == a.sum(axis=1).tobytes(), n
+        assert tgrid.pairwise_sum(torch.from_numpy(a)).numpy().tobytes() == a.sum(axis=1).tobytes(), n
 
 
 def test_f64_to_f16_rounds_once() -> None:

@@ -11,21 +11,25 @@ f64 operations:
   product per source block, in order (checked: no FMA, sequential);
 * the row RMS as numpy's ``mean`` over the rows of the transposed (F-ordered)
   matrix: a sequential sum along each row (a pairwise one for a single row);
-* the grid-search errors with numpy's pairwise summation tree (leaves of <= 128
-  with 8 accumulators, halves split at a multiple of 8): the leaves of one size
-  are summed together, then the tree's nodes one height at a time;
+* the grid scale by the bounded search of ``grid_search`` (histogram bounds for
+  every row and candidate at once, then numpy's pairwise f64 error of the few
+  candidates that can still win: the CPU's choice);
 * the returned ``dequantized`` is the spec's f32 decode (quip.md §5) in torch,
   elementwise operations in the Numba decoder's order.
 
-The grid search runs over row chunks of ``chunk_elements`` f64 errors
-(default 2^26: 512 MB per temporary, ~2.5 GB in all); the transforms hold ~4 f64 copies of the
-matrix (32 B/param). ``codebook="e8p12"`` and a ``hessian`` (LDLQ, not
+``kernels="auto"`` on CUDA (or ``"triton"``) runs the passes over the matrix as
+Triton kernels (``quip_triton``): each transform side's butterflies with its
+signs and normalisation in one kernel, the sequential sums of squares, the
+search's histograms and exact errors, the codes packed straight into the
+file's words, the decode starting from the codes; ``"torch"`` uses torch
+operations only. The grid search holds row chunks of about ``chunk_elements``
+f64 temporaries (default 2^26: 512 MB each); the transforms hold ~3 f64 copies
+of the matrix (24 B/param). ``codebook="e8p12"`` and a ``hessian`` (LDLQ, not
 data-free) run the CPU encoder.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
@@ -35,173 +39,148 @@ from ...decoder.quip import hadamard_constant
 from .. import quip as cpu
 from ..encoded import Encoded
 from .device import as_tensor, const, to_host
+from .grid_search import best_candidates, pairwise_sum
 from .packing import pack_rows, to_u32
 
 _F64 = torch.float64
 CHUNK_ELEMENTS = 1 << 26
 
 
-def _fwht_(y: torch.Tensor, h: int) -> torch.Tensor:
-    """Sylvester butterflies along the last axis (length h), stage by stage, out of place."""
+def _fwht_(y: torch.Tensor, h: int, start: int = 1) -> torch.Tensor:
+    """Sylvester butterflies along the last axis (length h), stages half = start, 2 start, ..., out of place: each
+    stage two kernels writing its sums and differences straight into the halves of the next buffer (48 B/param
+    in f64)."""
     shape = y.shape
-    half = 1
+    if start >= h:
+        return y
+    bufs = [torch.empty_like(y), torch.empty_like(y) if h > 2 * start else None]
+    half = start
     while half < h:
         v = y.reshape(-1, h // (2 * half), 2, half)
-        u, w = v[:, :, 0], v[:, :, 1]
-        y = torch.stack([u + w, u - w], 2)
+        out = bufs[0]
+        o = out.view(-1, h // (2 * half), 2, half)
+        torch.add(v[:, :, 0], v[:, :, 1], out=o[:, :, 0])
+        torch.sub(v[:, :, 0], v[:, :, 1], out=o[:, :, 1])
+        y = out
+        bufs = [bufs[1], out]
         half *= 2
     return y.reshape(shape)
 
 
-def _apply_dt_rows(x: torch.Tensor, log2_h: int, factor: np.ndarray | None) -> torch.Tensor:
-    """``quip.apply_dt_rows`` (f64): each row x[r] -> D^T x[r]."""
+def _hadamard(x: torch.Tensor, log2_h: int, triton: bool, f64: bool = False, pre: torch.Tensor | None = None,
+              post: torch.Tensor | None = None, divide: torch.Tensor | None = None,
+              multiply: torch.Tensor | None = None) -> torch.Tensor:
+    """The butterflies over each block of h = 2^log2_h of the rows of x [rows, length], in this order: (as f64)
+    times the sign vector ``pre`` [length], the stages, / ``divide`` or * ``multiply`` (0-d), times the row
+    signs ``post`` [rows]: in one Triton kernel (``triton``, up to 2^12 stages in registers) or torch kernels."""
+    rows, length = x.shape
+    h = 1 << log2_h
+    if triton and log2_h > 0:
+        from .quip_triton import MAX_STAGES, butterflies
+
+        st = min(log2_h, MAX_STAGES)
+        if st == log2_h:
+            return butterflies(x.contiguous(), st, f64, pre, post, divide, multiply)
+        y = butterflies(x.contiguous(), st, f64, pre)
+        y = _fwht_(y.reshape(rows, length // h, h), h, 1 << st).reshape(rows, length)
+    else:
+        y = x.to(_F64) if f64 else x
+        if pre is not None:
+            y = y * pre[None, :]
+        y = _fwht_(y.reshape(rows, length // h, h), h).reshape(rows, length)
+    if divide is not None:
+        y = y / divide
+    if multiply is not None:
+        y = y * multiply
+    if post is not None:
+        y = y * post[:, None]
+    return y
+
+
+def _apply_dt_rows(x: torch.Tensor, log2_h: int, factor: np.ndarray | None, triton: bool,
+                   pre: torch.Tensor | None = None, post: torch.Tensor | None = None) -> torch.Tensor:
+    """``quip.apply_dt_rows`` (f64) of x [rows, d] times the column signs ``pre``, times the row signs ``post``
+    (exact, so applied before the odd factor when there is none): each row x[r] -> D^T x[r]."""
     rows, d = x.shape
     h = 1 << log2_h
-    y = _fwht_(x.reshape(rows, d // h, h), h)
-    y = y / const(float(np.sqrt(h)), y)
+    norm = torch.tensor(float(np.sqrt(h)), dtype=_F64, device=x.device)
+    y = _hadamard(x, log2_h, triton, True, pre, post if factor is None else None, norm)
     if factor is not None:
         f = torch.from_numpy(np.asarray(factor, dtype=np.float64)).to(x.device)  # [b, a]
+        y = y.reshape(rows, d // h, h)
         out = torch.zeros_like(y)
         for b in range(f.shape[0]):
             out = out + f[b][None, :, None] * y[:, b:b + 1, :]
-        y = out
-    return y.reshape(rows, d)
+        y = out.reshape(rows, d)
+        if post is not None:
+            y = y * post[:, None]
+    return y
 
 
-@functools.lru_cache(maxsize=64)
-def _tree(n: int) -> tuple[dict[int, list[tuple[int, int]]], list[list[tuple[int, int, int]]], int]:
-    """numpy's pairwise-sum tree of n elements: leaves by size {size: [(start, node)]}, internal nodes by
-    height [[(node, left, right)]], and the root node."""
-    leaves: dict[int, list[tuple[int, int]]] = {}
-    levels: list[list[tuple[int, int, int]]] = []
-    count = [0]
+def _row_sums_sq(wtt: torch.Tensor, triton: bool) -> torch.Tensor:
+    """The sums of squares of W~'s rows, from W~^T [n, m] (contiguous), as numpy adds them in
+    ``encoder.quip``: one element at a time in column order (pairwise for a single row).
 
-    def build(lo: int, k: int) -> tuple[int, int]:  # (node, height)
-        node = count[0]
-        count[0] += 1
-        if k <= 128:
-            leaves.setdefault(k, []).append((lo, node))
-            return node, 0
-        k2 = k // 2
-        k2 -= k2 % 8
-        left, hl = build(lo, k2)
-        right, hr = build(lo + k2, k - k2)
-        height = max(hl, hr) + 1
-        while len(levels) < height:
-            levels.append([])
-        levels[height - 1].append((node, left, right))
-        return node, height
-
-    root, _ = build(0, n)
-    return leaves, levels, root
-
-
-def _leaf_sum(a: torch.Tensor) -> torch.Tensor:
-    """``grid_search._block_sum`` of every leaf a [..., k] at once (k <= 128)."""
-    k = a.shape[-1]
-    if k < 8:
-        res = torch.zeros(a.shape[:-1], dtype=a.dtype, device=a.device)
-        for i in range(k):
-            res = res + a[..., i]
-        return res
-    r = a[..., 0:8]
-    for i in range(8, k - k % 8, 8):
-        r = r + a[..., i:i + 8]
-    res = ((r[..., 0] + r[..., 1]) + (r[..., 2] + r[..., 3])) + ((r[..., 4] + r[..., 5]) + (r[..., 6] + r[..., 7]))
-    for i in range(k - k % 8, k):
-        res = res + a[..., i]
-    return res
-
-
-@functools.lru_cache(maxsize=64)
-def _tree_tensors(n: int, device: torch.device) -> tuple[list[tuple[int, torch.Tensor, torch.Tensor]],
-                                                        list[tuple[torch.Tensor, ...]], int, int]:
-    """:func:`_tree` as index tensors on ``device`` (built once per length)."""
-    leaves, levels, root = _tree(n)
-    leaf_idx = [(k, torch.tensor([lo + t for lo, _ in items for t in range(k)], device=device),
-                 torch.tensor([node for _, node in items], device=device)) for k, items in leaves.items()]
-    level_idx = [tuple(torch.tensor(c, device=device) for c in zip(*level, strict=True)) for level in levels]
-    nodes = sum(len(v) for v in leaves.values()) + sum(len(v) for v in levels)
-    return leaf_idx, level_idx, root, nodes
-
-
-def pairwise_sum(a: torch.Tensor) -> torch.Tensor:
-    """numpy's pairwise f64 sum along the last axis (``grid_search.pairwise_sum``), for every leading index."""
-    leaf_idx, level_idx, root, nodes = _tree_tensors(a.shape[-1], a.device)
-    vals = torch.empty((*a.shape[:-1], nodes), dtype=a.dtype, device=a.device)
-    for k, idx, ids in leaf_idx:
-        vals[..., ids] = _leaf_sum(a.index_select(-1, idx).reshape(*a.shape[:-1], len(ids), k))
-    for node, left, right in level_idx:
-        vals[..., node] = vals[..., left] + vals[..., right]
-    return vals[..., root]
-
-
-def _row_sums_seq(x: torch.Tensor) -> torch.Tensor:
-    """Sum along each row of x [m, n], one element at a time in column order.
-
-    ``torch.cumsum`` along dim 0 of x.T runs one thread per column sequentially
-    on CUDA (and sequentially on the CPU); a second, zero column keeps the scan
-    two-dimensional (a 1-D scan would be a parallel one).
+    ``torch.cumsum`` along dim 0 runs one thread per column sequentially on CUDA
+    (and sequentially on the CPU; a single column is pairwise instead); the
+    Triton kernel keeps many loads per column in flight and stores only the sums.
     """
-    xt = x.T
-    if xt.shape[1] == 1:
-        xt = torch.cat([xt, torch.zeros_like(xt)], 1)
-    return torch.cumsum(xt, 0)[-1, : x.shape[0]]
+    if wtt.shape[1] == 1:
+        return pairwise_sum((wtt * wtt).T)
+    if triton:
+        from .quip_triton import column_sums_sq
+
+        return column_sums_sq(wtt)
+    return torch.cumsum(wtt * wtt, 0)[-1]
 
 
-def _grid_scales(wt: torch.Tensor, bits: int, chunk_elements: int, candidates: int = 48) -> torch.Tensor:
-    """``quip._grid_scales`` of wt [m, n] (f64): per-row f32 scales."""
-    m, n = wt.shape
-    dev = wt.device
-    L = (1 << bits) - 1
-    sq = wt * wt
-    s = pairwise_sum(sq) if m == 1 else _row_sums_seq(sq)
-    rms = torch.sqrt(s / const(float(n), s)) + 1e-30
-    mults = torch.from_numpy(np.geomspace(0.05, 2.0, candidates) * (2.0 / (L + 1))).to(dev)
-    Lt = torch.tensor(float(L), dtype=_F64, device=dev)
-    two = torch.tensor(2.0, dtype=_F64, device=dev)
-    zero = torch.zeros((), dtype=_F64, device=dev)
-    rows = max(1, chunk_elements // (candidates * n))
-    errs = torch.empty((m, candidates), dtype=_F64, device=dev)
-    for r0 in range(0, m, rows):
-        r1 = min(m, r0 + rows)
-        w = wt[r0:r1, None, :]
-        sc = (rms[r0:r1, None] * mults[None, :])[:, :, None]
-        q = torch.round((w / sc + Lt) / two)
-        q = torch.where(zero > q, zero, q)  # Python's min(max(q, 0.0), L)
-        q = torch.where(Lt < q, Lt, q)
-        d = (two * q - Lt) * sc - w
-        errs[r0:r1] = pairwise_sum(d * d)
-    best = errs.argmin(1)  # the first candidate of least error, as the strict < loop
+def _grid_scales(wt: torch.Tensor, sums: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int,
+                 chunk_elements: int, triton: bool) -> torch.Tensor:
+    """``quip._grid_scales`` of the C-ordered f64 wt [m, n] with its rows' sums of squares, minima and maxima:
+    f32 scales."""
+    rms = torch.sqrt(sums / const(float(wt.shape[1]), sums)) + 1e-30
+    mults = torch.from_numpy(cpu.grid_mults(bits)).to(wt.device)
+    best = best_candidates(wt, rms, mults, bits, chunk_elements, triton, lo, hi)
     return (rms * mults[best]).to(torch.float32)
 
 
-def _transform_rows_f32(x: torch.Tensor, log2_h: int, factor: torch.Tensor | None) -> torch.Tensor:
-    """``decoder.quip.transform_rows``: butterflies, times c_k, then the factor as sequential f32 sums."""
+def _factor_f32(x: torch.Tensor, log2_h: int, factor: torch.Tensor | None) -> torch.Tensor:
+    """``decoder.quip.transform_rows``'s odd factor of x [rows, length] (after the butterflies): sequential f32
+    sums, one product per source block."""
     rows, length = x.shape
     h = 1 << log2_h
     a = length // h
+    if a == 1 or factor is None:
+        return x
     v = x.reshape(rows, a, h)
-    if log2_h > 0:
-        v = _fwht_(v, h) * torch.tensor(float(hadamard_constant(log2_h)), dtype=torch.float32, device=x.device)
-    if a > 1 and factor is not None:
-        acc = factor[:, 0][None, :, None] * v[:, 0:1, :]
-        for al2 in range(1, a):
-            acc = acc + factor[:, al2][None, :, None] * v[:, al2:al2 + 1, :]
-        v = acc
-    return v.reshape(rows, length)
+    acc = factor[:, 0][None, :, None] * v[:, 0:1, :]
+    for al2 in range(1, a):
+        acc = acc + factor[:, al2][None, :, None] * v[:, al2:al2 + 1, :]
+    return acc.reshape(rows, length)
 
 
 def decode_grid(codes: torch.Tensor, bits: int, scale: torch.Tensor, su: np.ndarray, sv: np.ndarray, km: int,
-                kn: int, fm: np.ndarray | None, fn: np.ndarray | None) -> torch.Tensor:
-    """The spec's f32 decode of a v1 (grid) quip tensor (``decoder.quip.decode``'s operations) on codes' device."""
+                kn: int, fm: np.ndarray | None, fn: np.ndarray | None, triton: bool = False) -> torch.Tensor:
+    """The spec's f32 decode of a v1 (grid) quip tensor (``decoder.quip.decode``'s operations) on codes' device:
+    (2q - L) * scale, the butterflies and c_k along n, the odd factor, the same along m, times sv[i] su[j].
+    ``triton``: the first step and (without factor_m) the signs inside the butterfly kernels."""
+    if triton:
+        from .quip_triton import MAX_STAGES, butterflies
     dev = codes.device
-    x = (2 * codes - ((1 << bits) - 1)).to(torch.float32) * scale[:, None]
     f = [None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float32)).to(dev) for a in (fn, fm)]
-    x = _transform_rows_f32(x, kn, f[0])
-    x = _transform_rows_f32(x.T.contiguous(), km, f[1]).T
-    sign = torch.from_numpy(sv.astype(np.int32)).to(dev)[:, None] * torch.from_numpy(su.astype(np.int32)).to(dev)
-    return x * sign.to(torch.float32)
+    c = [torch.tensor(float(hadamard_constant(k)), dtype=torch.float32, device=dev) for k in (kn, km)]
+    if triton and 0 < kn <= MAX_STAGES:
+        x = butterflies(codes, kn, multiply=c[0], codes_of=(bits, scale))
+    else:
+        x = (2 * codes.to(torch.int64) - ((1 << bits) - 1)).to(torch.float32) * scale[:, None]
+        x = _hadamard(x, kn, triton, multiply=c[0] if kn > 0 else None)
+    x = _factor_f32(x, kn, f[0]).T.contiguous()  # [n, m]: the m side along rows
+    su32 = torch.from_numpy(su.astype(np.float32)).to(dev)
+    sv32 = torch.from_numpy(sv.astype(np.float32)).to(dev)
+    if triton and 0 < km <= MAX_STAGES and fm is None:
+        return butterflies(x, km, multiply=c[1], post=su32, postv=sv32).T  # (x sv[i]) su[j]: +-1, exact
+    x = _factor_f32(_hadamard(x, km, triton, multiply=c[1] if km > 0 else None), km, f[1]).T
+    return x * (sv32[:, None] * su32[None, :])
 
 
 def quantize_quip(
@@ -214,11 +193,18 @@ def quantize_quip(
     codebook: str = "grid",
     device: str | torch.device = "cuda",
     chunk_elements: int = CHUNK_ELEMENTS,
+    kernels: str = "auto",
 ) -> Encoded:
     """``encoder.quip.quantize_quip`` computed on ``device``: the same sections, byte for byte.
 
-    Only the data-free grid path (``hessian=None``, ``codebook="grid"``) runs on the device.
+    Only the data-free grid path (``hessian=None``, ``codebook="grid"``) runs on the device. ``kernels``:
+    ``"triton"`` (on CPU tensors under TRITON_INTERPRET=1): the Hadamard butterflies as one kernel per side,
+    the rows' sums of squares, the grid search's histograms and exact errors and the codes by Triton
+    kernels (``quip_triton``);
+    ``"torch"``: torch operations only (the butterflies stage by stage); ``"auto"``: Triton on CUDA.
     """
+    if kernels not in ("auto", "triton", "torch"):
+        raise ValueError(f"kernels must be 'auto', 'triton' or 'torch', got {kernels!r}")
     if hessian is not None or codebook != "grid":
         w_host = weight.detach().cpu().numpy() if isinstance(weight, torch.Tensor) else weight
         return cpu.quantize_quip(w_host, bits=bits, hessian=hessian, seed=seed, damp=damp, bias=bias,
@@ -226,8 +212,6 @@ def quantize_quip(
     w32 = as_tensor(weight, device)
     if w32.ndim != 2 or min(w32.shape) < 1:
         raise ValueError(f"weight must be 2-D and non-empty, got shape {tuple(w32.shape)}")
-    if not bool(torch.isfinite(w32).all()):
-        raise ValueError("weight contains NaN or infinity; refusing to quantize")
     if not 1 <= bits <= 8:
         raise ValueError("bits must be 1..8")
     m, n = w32.shape
@@ -236,23 +220,38 @@ def quantize_quip(
     su_t = torch.from_numpy(su.astype(np.float64)).to(dev)
     sv_t = torch.from_numpy(sv.astype(np.float64)).to(dev)
 
-    y = _apply_dt_rows(w32.to(_F64) * su_t[None, :], kn, fn)
-    wt = _apply_dt_rows((y * sv_t[:, None]).T.contiguous(), km, fm).T  # W~ [m, n], as the CPU's F-ordered one
+    tri = kernels == "triton" or (kernels == "auto" and dev.type == "cuda")
+    y = _apply_dt_rows(w32, kn, fn, tri, pre=su_t, post=sv_t)
+    wtt = _apply_dt_rows(y.T.contiguous(), km, fm, tri)  # W~^T [n, m]: the CPU's F-ordered W~
     del y
-    scale = _grid_scales(wt, bits, chunk_elements)
-    L = torch.tensor(float((1 << bits) - 1), dtype=_F64, device=dev)
-    codes = torch.round((wt / scale[:, None].to(_F64) + L) / torch.tensor(2.0, dtype=_F64, device=dev))
-    codes = torch.clamp(codes, 0, (1 << bits) - 1).to(torch.int64)
+    sums = _row_sums_sq(wtt, tri)
+    wt = wtt.T.contiguous()
+    del wtt
+    lo, hi = torch.aminmax(wt, dim=1)
+    # Every entry of W~ adds every weight of its row and column blocks (+-1 butterflies, a nonzero factor
+    # column): a NaN or infinity in the weight leaves one in each of its rows' extremes, found at no extra pass.
+    if not bool((torch.isfinite(lo) & torch.isfinite(hi)).all()):
+        raise ValueError("weight contains NaN or infinity; refusing to quantize")
+    scale = _grid_scales(wt, sums, lo, hi, bits, chunk_elements, tri)
+    if tri:
+        from .quip_triton import grid_codes
+
+        codes, words = grid_codes(wt, scale, bits)
+        packed = to_host(words).view(np.uint32)
+    else:
+        L = torch.tensor(float((1 << bits) - 1), dtype=_F64, device=dev)
+        codes = torch.round((wt / scale[:, None].to(_F64) + L) / torch.tensor(2.0, dtype=_F64, device=dev))
+        codes = torch.clamp(codes, 0, (1 << bits) - 1).to(torch.int64)
+        packed = to_u32(pack_rows(codes, bits))
     del wt
     params: dict[str, Any] = {"bits": bits, "log2_hm": km, "log2_hn": kn}
-    sections: dict[str, Any] = {"codes": to_u32(pack_rows(codes, bits)), "scale": scale.cpu().numpy(),
-                                "su": su, "sv": sv}
+    sections: dict[str, Any] = {"codes": packed, "scale": scale.cpu().numpy(), "su": su, "sv": sv}
     if fn is not None:
         sections["factor_n"] = fn
     if fm is not None:
         sections["factor_m"] = fm
     if bias is not None:
         sections["bias"] = np.asarray(bias, dtype=np.float32).reshape(m)
-    deq = to_host(decode_grid(codes, bits, scale, su, sv, km, kn, fm, fn))
+    deq = to_host(decode_grid(codes, bits, scale, su, sv, km, kn, fm, fn, tri))
     return Encoded((m, n), params, sections, np.ascontiguousarray(deq), codec="quip", codec_version=1,
                    info={"seed": seed, "ldlq": False, "codebook": codebook})
