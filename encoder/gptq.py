@@ -232,14 +232,15 @@ class _Block:
         """Warm up once on a side stream (allocator and kernels), then record the solve as a CUDA graph."""
         import torch
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self._solve(check=False)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._solve(check=False)
+        with torch.cuda.device(self.W.device):  # the buffers' GPU, whichever is current
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._solve(check=False)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._solve(check=False)
         self.graph = graph
 
     def load(self, W: Any, U: Any, limit: Any, thr: float, fit_thr: float, fit_pool: int, state: _Counters) -> None:
@@ -255,7 +256,10 @@ class _Block:
 
     def solve(self) -> None:
         if self.graph is not None:
-            self.graph.replay()
+            import torch
+
+            with torch.cuda.device(self.W.device):
+                self.graph.replay()
         else:
             self._solve(check=self.W.device.type == "cpu")
 
