@@ -73,7 +73,7 @@ def as_numpy(h: Any) -> Any:
     """A Hessian (numpy array, or torch tensor on any device) as a float64 numpy array."""
     import numpy as np
 
-    if hasattr(h, "detach"):
+    if hasattr(h, "detach"):  # a torch tensor
         h = h.detach().cpu().numpy()
     return np.asarray(h, dtype=np.float64)
 
@@ -82,6 +82,6 @@ def diagonal(h: Any) -> Any:
     """diag(H) as a float64 numpy array, without copying a device Hessian to the host whole."""
     import numpy as np
 
-    if hasattr(h, "diagonal") and hasattr(h, "detach"):
+    if hasattr(h, "detach"):  # a torch tensor
         return h.detach().diagonal().cpu().numpy().astype(np.float64)
     return np.ascontiguousarray(np.diagonal(np.asarray(h, dtype=np.float64)))
