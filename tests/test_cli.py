@@ -269,6 +269,7 @@ def test_convert_calibrate_sibling_codecs(tiny_lm, tmp_path: Path, capsys: pytes
     (["--codec", "quip", "--group-size", "32"], "--codec spqr only"),
     (["--codec", "quip", "--outlier-fraction", "0.01"], "does not apply to --codec quip"),
     (["--codec", "quip", "--calibrate", "CALIB", "--method", "weighted-kmeans"], "methods: rtn, ldlq"),
+    (["--codec", "quip", "--calibrate", "CALIB", "--damp", "0.1"], "--damp applies to --codec spqr only"),
     (["--nsamples", "8"], "only applies with --calibrate"),
     (["--calibrate", "CALIB", "--method", "gptq", "--stat-bits", "3"], "use --method spqr"),
     (["--calibrate", "CALIB", "--method", "rtn"], "--method rtn is data-free"),

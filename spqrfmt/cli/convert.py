@@ -163,7 +163,7 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     owners = _flags()
     mine = {f.dest for f in codec.Options.FLAGS}
     for dest, declared in owners.items():
-        if dest in given and dest not in mine and not any(f.calibrated for _, f in declared):
+        if dest in given and dest not in mine:
             why = codec.Options.REFUSES.get(dest)
             if why:
                 return f"{flag(dest)} does not apply to --codec {args.codec} ({why})"
