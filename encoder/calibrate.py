@@ -48,14 +48,14 @@ from .blocks import StreamingModel, WholeModel, decoder_layers, load_for_calibra
 from .distributed import World
 from .encoded import Encoded
 from .gptq import release_buffers
-from .hessian import fixed_gram, from_fixed, grid_exponent, input_bound
+from .hessian import fixed_gram, from_fixed, grid_exponent, input_bound, relative_output_error
 
 __all__ = ["CalibConfig", "EncodingStore", "calibration_batches", "load_for_calibration", "max_positions",
            "quantize_model_calibrated"]
 
 _SKIP_DEFAULT = (r"lm_head", r"embed")
 ACT_DTYPES = ("float16", "float32")  # hidden states kept between blocks
-RUN_FORMAT = 3  # run.json: 3 = codec + options (2: exact int64 Hessian sums); older work dirs are not resumed
+RUN_FORMAT = 4  # run.json: 4 = integer f16 zero-points (3: codec + options; 2: int64 Hessian sums); older: not resumed
 
 
 @dataclass
@@ -494,7 +494,10 @@ def _solve_block(linears: Mapping[str, tuple[Any, bool]], hess: Mapping[str, Any
             continue
         w = mod.weight.detach().to(torch.float32).cpu().numpy()
         w = np.ascontiguousarray(w.T) if transposed else w
-        encs[name] = impl.encode(w, opts, hessian=hess[name], device=None if device.type == "cpu" else str(device))
+        enc = impl.encode(w, opts, hessian=hess[name], device=None if device.type == "cpu" else str(device))
+        # What the solver minimised, kept with the encoding: convert's "no better than zeros" check uses it.
+        enc.info["rel_output_error"] = relative_output_error(w, enc.dequantized, hess[name])
+        encs[name] = enc
         if not world.active:
             bars.tensor_done(name, mod.weight.numel())
     if world.active:

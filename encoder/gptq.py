@@ -57,10 +57,15 @@ class GPTQConfig:
     percdamp: float = 0.01
     act_order: bool = True
     blocksize: int = 128
+    # An f16 zero-point rounded to an integer, as GPTQ's quantizer does, so that 0 lies on the grid.
+    # Measured on SmolLM2-135M (3-bit, one group per row): perplexity 173 unrounded vs 157 rounded with
+    # the authors' GPTQ in the same pipeline. Quantized zeros (zero_bits < 16) are never rounded (SpQR).
+    round_zero: bool = False
 
     @classmethod
     def plain_gptq(cls, bits: int = 4, group_size: int = 128, **kw: Any) -> GPTQConfig:
-        """GPTQ = the same solver with f16 statistics and no outliers."""
+        """GPTQ = the same solver with f16 statistics, integer zero-points and no outliers."""
+        kw.setdefault("round_zero", True)
         return cls(bits=bits, group_size=group_size, scale_bits=16, zero_bits=16,
                    outlier_relative_threshold=math.inf, max_outlier_fraction=0.0, **kw)
 
@@ -108,7 +113,7 @@ def factor_hessian(hessian: Any, percdamp: float = 0.01, act_order: bool = True,
     raise ValueError("hessian is not positive definite even after dampening")
 
 
-def _fit_minmax(wg: Any, excluded: Any, qmax: int) -> tuple[Any, Any]:
+def _fit_minmax(wg: Any, excluded: Any, qmax: int, round_zero: bool = False) -> tuple[Any, Any]:
     """First-level min/max fit per row over non-excluded weights, range widened to include 0."""
     import torch
 
@@ -119,7 +124,7 @@ def _fit_minmax(wg: Any, excluded: Any, qmax: int) -> tuple[Any, Any]:
     hi = torch.where(torch.isfinite(hi), hi, torch.zeros_like(hi)).clamp(min=0)
     scale = (hi - lo) / qmax
     zero = torch.where(scale > 0, -lo / torch.where(scale > 0, scale, torch.ones_like(scale)), torch.zeros_like(lo))
-    return scale, zero
+    return scale, (torch.round(zero) if round_zero else zero)
 
 
 def _loo_reduction(wg: Any, d: Any, qmax: int) -> Any:
@@ -278,7 +283,7 @@ class _Block:
                 # to a range fitted without them would be worse than any in-range weight.
                 excluded = _keep_largest(red > self.fit_thr, red, room, check)
                 self.fit_used += excluded.sum()
-            scale, zero = _fit_minmax(wg, excluded, qmax)
+            scale, zero = _fit_minmax(wg, excluded, qmax, cfg.round_zero and cfg.zero_bits == 16)
             for which, x, b, rec in (("scale", scale, cfg.scale_bits, self.S), ("zero", zero, cfg.zero_bits, self.Z)):
                 parts, rec[gi] = _quantized_stat(x, b, cfg.stat_group_size)
                 if gi == 0:
@@ -344,7 +349,8 @@ def release_buffers() -> None:
 
 def _block(m: int, width: int, gs: int, cfg: GPTQConfig, use_outliers: bool, dev: Any) -> _Block:
     """The cached :class:`_Block` of this shape and settings (its CUDA graph is recorded once)."""
-    key = (str(dev), m, width, gs, cfg.bits, cfg.scale_bits, cfg.zero_bits, cfg.stat_group_size, use_outliers)
+    key = (str(dev), m, width, gs, cfg.bits, cfg.scale_bits, cfg.zero_bits, cfg.stat_group_size, cfg.round_zero,
+           use_outliers)
     blk = _BLOCKS.get(key)
     if blk is None:
         if len(_BLOCKS) >= 16:  # layers come in a few shapes; bound the buffers (and graphs) kept alive

@@ -22,7 +22,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["as_numpy", "diagonal", "fixed_gram", "from_fixed", "grid_exponent", "hessian", "input_bound"]
+__all__ = ["as_numpy", "diagonal", "fixed_gram", "from_fixed", "grid_exponent", "hessian", "input_bound",
+           "relative_output_error"]
 
 
 def input_bound(x: Any) -> float:
@@ -85,3 +86,30 @@ def diagonal(h: Any) -> Any:
     if hasattr(h, "detach"):  # a torch tensor
         return h.detach().diagonal().cpu().numpy().astype(np.float64)
     return np.ascontiguousarray(np.diagonal(np.asarray(h, dtype=np.float64)))
+
+
+def relative_output_error(weight: Any, approx: Any, h: Any) -> float:
+    """``tr(D H Dᵀ) / tr(W H Wᵀ)`` with ``D = W - Ŵ``: the layer-output error on the calibration data, relative.
+
+    Why: a calibrated solver (GPTQ, LDLQ) minimises this, not the weight error. Where a few input channels
+    carry massive activations, its error feedback can move weights of quiet channels far from their values
+    (weight-space error above 1) while the layer's outputs stay close; this is the figure that says whether
+    the encoding is no better than zeros. Computed in float64 on ``h``'s device (numpy or torch).
+    """
+    import numpy as np
+
+    if hasattr(h, "detach"):
+        import torch
+
+        hh = h.detach().to(torch.float64)
+        w = torch.as_tensor(np.asarray(weight), device=hh.device).to(torch.float64)
+        d = w - torch.as_tensor(np.asarray(approx), device=hh.device).to(torch.float64)
+        num, den = float(((d @ hh) * d).sum()), float(((w @ hh) * w).sum())
+    else:
+        hh = np.asarray(h, dtype=np.float64)
+        w = np.asarray(weight, dtype=np.float64)
+        d = w - np.asarray(approx, dtype=np.float64)
+        num, den = float(((d @ hh) * d).sum()), float(((w @ hh) * w).sum())
+    if den > 0:
+        return num / den
+    return 0.0 if num == 0 else math.inf

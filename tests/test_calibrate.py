@@ -246,3 +246,29 @@ def test_quant_config_is_the_one_set_of_knobs(tmp_path) -> None:
     with pytest.raises(ValueError, match="calibrate"):  # a calibrated method without calibrated encodings
         convert(tmp_path, tmp_path / "x.spqr", s)
     assert not (tmp_path / "x.spqr").exists()
+
+
+def test_calibrated_encodings_are_judged_by_their_output_error(tiny_model, tmp_path) -> None:
+    """convert's "no better than zeros" check uses the layer-output error a calibrated solver minimised."""
+    from spqrfmt.convert import QuantConfig, convert
+    from spqrfmt.encoder.gptq import hessian_error
+    from spqrfmt.encoder.hessian import relative_output_error
+    from spqrfmt.hf.checkpoint import CheckpointError
+
+    folder, _model = tiny_model
+    store = quantize_model_calibrated(folder, _tokens(), _cfg(), work_dir=tmp_path / "w", progress=False)
+    errs = [store.info(name)["rel_output_error"] for name in store]
+    assert all(0.0 < e < 1.0 for e in errs)
+    rng = np.random.default_rng(3)
+    w, x = rng.normal(size=(6, 5)), rng.normal(size=(40, 5))
+    h = 2.0 / 40 * x.T @ x
+    approx = w + 0.1 * rng.normal(size=w.shape)
+    want = hessian_error(w, approx, h) / hessian_error(w, 0 * w, h)
+    assert relative_output_error(w, approx, h) == pytest.approx(want, rel=1e-12)
+    assert relative_output_error(w, approx, torch.from_numpy(h)) == pytest.approx(want, rel=1e-12)
+    encs = {name: store[name] for name in store}
+    bad = next(iter(encs))
+    encs[bad].info["rel_output_error"] = 1.5
+    with pytest.raises(CheckpointError, match="relative output error 1.5 on the calibration data"):
+        convert(folder, tmp_path / "bad.spqr", QuantConfig(bits=3, min_features=16), encoded=encs, progress=False)
+    assert not (tmp_path / "bad.spqr").exists()

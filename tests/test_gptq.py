@@ -76,9 +76,24 @@ def test_gptq_beats_rtn_on_the_hessian_objective(bits: int, group: int) -> None:
 def test_identity_hessian_without_outliers_is_rtn() -> None:
     """With H = I there is nothing to compensate: the solver must reduce to round-to-nearest."""
     w, _ = _problem(24, 80, seed=5)
-    g = quantize_gptq(w, np.eye(80), GPTQConfig.plain_gptq(3, 16, act_order=False))
+    g = quantize_gptq(w, np.eye(80), GPTQConfig.plain_gptq(3, 16, act_order=False, round_zero=False))
     r = quantize_spqr(w, bits=3, group_size=16, scale_bits=16, zero_bits=16, outlier_fraction=0.0)
     assert np.array_equal(g.dequantized, r.dequantized)
+
+
+@pytest.mark.parametrize("bits,group", [(3, 16), (3, 65536), (4, 32)])
+def test_plain_gptq_zero_points_are_integers(bits: int, group: int) -> None:
+    """GPTQ's quantizer rounds the zero-point, so 0 is on every row's grid; quantized zeros (SpQR) are not."""
+    w, h = _problem(20, 96, seed=11)
+    g = quantize_gptq(w, h, GPTQConfig.plain_gptq(bits, group))
+    z = np.asarray(g.sections["zero"]).view(np.float16).astype(np.float64)
+    assert np.array_equal(z, np.round(z)) and z.min() >= 0 and z.max() <= (1 << bits) - 1
+    unrounded = quantize_gptq(w, h, GPTQConfig.plain_gptq(bits, group, round_zero=False))
+    assert not np.array_equal(unrounded.dequantized, g.dequantized)
+    # With H = I nothing is fed back, so a weight of 0 stays exactly 0 on an integer zero-point's grid.
+    sparse = np.where(np.arange(96) < 5, w, 0.0).astype(np.float32)
+    cfg = GPTQConfig.plain_gptq(bits, group, act_order=False)
+    assert np.count_nonzero(quantize_gptq(sparse, np.eye(96), cfg).dequantized[:, 5:]) == 0
 
 
 @pytest.mark.parametrize("frac", [0.0, 0.002, 0.01, 0.05])

@@ -197,7 +197,7 @@ class Options(OptionsBase):
                           zero_bits=self.zero_bits, stat_group_size=self.stat_group_size,
                           outlier_relative_threshold=self.outlier_threshold if outliers else math.inf,
                           max_outlier_fraction=self.outlier_fraction if outliers else 0.0,
-                          percdamp=self.percdamp, act_order=self.act_order)
+                          percdamp=self.percdamp, act_order=self.act_order, round_zero=self.zero_bits == 16)
 
 
 def _gpu() -> GpuBinding:
