@@ -4,6 +4,7 @@
 #
 #   bench/quality_gpu.sh SMOL.gguf QWEN.gguf WIKI_SPLIT.json PEER_DIR OUT [LIMIT_S=450]
 #   QUALITY_PHASE=qwen bench/quality_gpu.sh ...        # the Qwen rows (a second call)
+#   QUALITY_PHASE="smollm2-solvers qwen" ...           # words: smollm2 (= smollm2-solvers + siblings), qwen, qwen-authors
 #
 # Why five processes: the solvers' column loops are launch-bound (the GPU idles between tiny kernels) and
 # the file write/decode of each row is CPU work, so independent rows run side by side on one GPU and
@@ -13,11 +14,12 @@ set -u
 SMOL=$1 QWEN=$2 SPLIT=$3 PEERS=$4 OUT=$5 LIMIT=${6:-450}
 W=${QUALITY_WORK:-/tmp/q17run}
 PHASE=${QUALITY_PHASE:-smollm2}
+[[ " $PHASE " == *" smollm2 "* ]] && PHASE="$PHASE smollm2-solvers siblings"
 t0=$(date +%s)
 mkdir -p "$W/smollm2" "$W/qwen1.5b" "$OUT/smollm2" "$OUT/qwen1.5b" "$W/logs"
 [ -f "$W/smollm2/smollm2-135m-hf/model.safetensors" ] ||
   python bench/gguf_hf.py "$SMOL" "$W/smollm2/smollm2-135m-hf" --device cuda
-[ "$PHASE" = smollm2 ] || [ -f "$W/qwen1.5b/qwen2.5-coder-1.5b-hf/model.safetensors" ] ||
+[[ "$PHASE" != *qwen* ]] || [ -f "$W/qwen1.5b/qwen2.5-coder-1.5b-hf/model.safetensors" ] ||
   python bench/gguf_hf.py "$QWEN" "$W/qwen1.5b/qwen2.5-coder-1.5b-hf" --device cuda
 echo "[$(( $(date +%s) - t0 ))s] HF folders ready"
 COMMON=(--corpus wiki --wiki-split "$SPLIT" --peer-dir "$PEERS" --device cuda --nsamples 128 --seqlen 512
@@ -34,15 +36,16 @@ run() {  # run MODEL PART TARGETS METHODS [extra args]: one quality.py process, 
 }
 # Ours are fast since the CUDA-graph solver (~1 s per SmolLM2 block); the authors' SpQR (~12 s per block) is the
 # long pole, so each SpQR width gets its own process (ours first: the authors' row takes its bit count).
-if [ "$PHASE" = smollm2 ]; then
+if [[ "$PHASE" == *smollm2-solvers* ]]; then
   for t in 3 3.5 4 4.6; do run smollm2 "spqr-$t" "$t" SpQR,SpQR-authors & done
   run smollm2 gptq 3,3.5,4,4.6 GPTQ,GPTQ-authors,RTN &
-  run smollm2 siblings 3,4,2,3.5,4.6 SqueezeLLM,QuIP &
-else  # qwen: ours and the siblings first; an authors' SpQR row needs about one call of its own
+fi
+[[ "$PHASE" == *siblings* ]] && run smollm2 siblings 3,4,2,3.5,4.6 SqueezeLLM,QuIP &
+if [[ "$PHASE" == *qwen* ]]; then  # qwen: ours and the siblings first; an authors' SpQR row needs about one call of its own
   run qwen1.5b q4 4 "SpQR,GPTQ,GPTQ-authors,RTN,SqueezeLLM,QuIP" --eval-tokens 65536 &
   run qwen1.5b q3 3 "SpQR,GPTQ,GPTQ-authors,RTN,SqueezeLLM,QuIP" --eval-tokens 65536 &
   run qwen1.5b q35 3.5,4.6 "SpQR,GPTQ,RTN,SqueezeLLM" --eval-tokens 65536 &
-  run qwen1.5b qa4 4 "SpQR,SpQR-authors" --eval-tokens 65536 &
+  [[ "$PHASE" == *qwen-authors* ]] && run qwen1.5b qa4 4 "SpQR,SpQR-authors" --eval-tokens 65536 &
 fi
 wait
 for f in "$W"/logs/*.log; do
