@@ -98,18 +98,20 @@ def relative_output_error(weight: Any, approx: Any, h: Any) -> float:
     """
     import numpy as np
 
-    if hasattr(h, "detach"):
-        import torch
+    weight, approx = np.asarray(weight), np.asarray(approx)
+    num = den = 0.0
+    for r0 in range(0, weight.shape[0], 2048):  # row slabs: a few [2048, n] float64 temporaries at a time
+        w64, a64 = weight[r0:r0 + 2048].astype(np.float64), approx[r0:r0 + 2048].astype(np.float64)
+        if hasattr(h, "detach"):
+            import torch
 
-        hh = h.detach().to(torch.float64)
-        w = torch.as_tensor(np.asarray(weight), device=hh.device).to(torch.float64)
-        d = w - torch.as_tensor(np.asarray(approx), device=hh.device).to(torch.float64)
-        num, den = float(((d @ hh) * d).sum()), float(((w @ hh) * w).sum())
-    else:
-        hh = np.asarray(h, dtype=np.float64)
-        w = np.asarray(weight, dtype=np.float64)
-        d = w - np.asarray(approx, dtype=np.float64)
-        num, den = float(((d @ hh) * d).sum()), float(((w @ hh) * w).sum())
+            hh = h.detach().to(torch.float64)
+            w, d = torch.from_numpy(w64).to(hh.device), torch.from_numpy(w64 - a64).to(hh.device)
+        else:
+            hh = np.asarray(h, dtype=np.float64)
+            w, d = w64, w64 - a64
+        num += float(((d @ hh) * d).sum())
+        den += float(((w @ hh) * w).sum())
     if den > 0:
         return num / den
     return 0.0 if num == 0 else math.inf

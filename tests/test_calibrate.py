@@ -260,7 +260,7 @@ def test_calibrated_encodings_are_judged_by_their_output_error(tiny_model, tmp_p
     errs = [store.info(name)["rel_output_error"] for name in store]
     assert all(0.0 < e < 1.0 for e in errs)
     rng = np.random.default_rng(3)
-    w, x = rng.normal(size=(6, 5)), rng.normal(size=(40, 5))
+    w, x = rng.normal(size=(4100, 5)), rng.normal(size=(40, 5))  # more rows than one slab
     h = 2.0 / 40 * x.T @ x
     approx = w + 0.1 * rng.normal(size=w.shape)
     want = hessian_error(w, approx, h) / hessian_error(w, 0 * w, h)
