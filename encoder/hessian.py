@@ -99,17 +99,19 @@ def relative_output_error(weight: Any, approx: Any, h: Any) -> float:
     import numpy as np
 
     weight, approx = np.asarray(weight), np.asarray(approx)
+    on_device = hasattr(h, "detach")
+    if on_device:
+        import torch
+
+        hh = h.detach().to(torch.float64)
+    else:
+        hh = np.asarray(h, dtype=np.float64)
     num = den = 0.0
     for r0 in range(0, weight.shape[0], 2048):  # row slabs: a few [2048, n] float64 temporaries at a time
-        w64, a64 = weight[r0:r0 + 2048].astype(np.float64), approx[r0:r0 + 2048].astype(np.float64)
-        if hasattr(h, "detach"):
-            import torch
-
-            hh = h.detach().to(torch.float64)
-            w, d = torch.from_numpy(w64).to(hh.device), torch.from_numpy(w64 - a64).to(hh.device)
-        else:
-            hh = np.asarray(h, dtype=np.float64)
-            w, d = w64, w64 - a64
+        w = weight[r0:r0 + 2048].astype(np.float64)
+        d = w - approx[r0:r0 + 2048].astype(np.float64)
+        if on_device:
+            w, d = torch.from_numpy(w).to(hh.device), torch.from_numpy(d).to(hh.device)
         num += float(((d @ hh) * d).sum())
         den += float(((w @ hh) * w).sum())
     if den > 0:

@@ -421,7 +421,7 @@ def convert(
             # No better than all zeros: the codec could not hold these values. A calibrated encoding is
             # judged by what its solver minimised, the layer's output error on the calibration data
             # (its weight error may exceed 1 where a few inputs carry massive activations).
-            out_err = enc.info.get("rel_output_error") if method != "rtn" else None
+            out_err = enc.info.get("rel_output_error")  # set by calibration only
             if not (out_err if out_err is not None else err) < 1.0:
                 what = (f"relative output error {out_err:.3g} on the calibration data" if out_err is not None
                         else f"relative error {err:.3g}")
