@@ -111,7 +111,7 @@ def dot_kernel(x_ptr, xo_ptr, y_ptr, w_ptr, st_ptr, st2_ptr, sz_ptr, orp_ptr, oc
         acc = tl.trans(acc)
     if HAS_OUT:
         acc = _outliers(acc, rows, rmask, pid_k, orp_ptr, ocol_ptr, odelta_ptr, xo_ptr, xo_ptr, n, bb, bmask,
-                        EPR, COL16, True, False, False)
+                        EPR, COL16, True, False, False, False)
     yoff = bb[None, :] * m + rows[:, None]
     ymask = rmask[:, None] & bmask[None, :]
     if ATOMIC:

@@ -97,11 +97,14 @@ def _group_stats(rows, g, lmask, st_ptr, st2_ptr, sz_ptr, G, K2, B2, SB: tl.cons
 @triton.jit
 def _outliers(out, rows, rmask, pid_k, orp_ptr, ocol_ptr, odelta_ptr, xo_ptr, idx_ptr, n, bb, bmask,
               EPR: tl.constexpr, COL16: tl.constexpr, BATCHED: tl.constexpr, XIN: tl.constexpr,
-              HAS_PERM: tl.constexpr):
+              HAS_PERM: tl.constexpr, XT: tl.constexpr):
     """Add this program's share of each row's outlier add-deltas (f32(val) − dense) times x, row-wise.
 
     Each row's CSR range is split evenly over the column-split programs; entries are
     gathered EPR at a time per row, so the work is one FMA per entry and batch row.
+    XT (BATCHED): xo is x transposed, ``xo[col, b]`` with row stride BB (zero padded), so one outlier's
+    batch values are one vector load: ``[b, col]`` gathers needed a 64-bit address per (row, entry, b)
+    and pushed the tiled dot kernel to 255 registers and 2 programs per SM.
     """
     lo = tl.load(orp_ptr + rows, mask=rmask, other=0)
     hi = tl.load(orp_ptr + rows + 1, mask=rmask, other=0)
@@ -118,7 +121,10 @@ def _outliers(out, rows, rmask, pid_k, orp_ptr, ocol_ptr, odelta_ptr, xo_ptr, id
         if COL16:
             col = col & 0xFFFF
         d = tl.load(odelta_ptr + ee, mask=em, other=0.0)
-        if BATCHED:
+        if BATCHED and XT:
+            xv = tl.load(xo_ptr + col[:, :, None] * bb.shape[0] + bb[None, None, :], mask=em[:, :, None], other=0.0)
+            out += tl.sum(d[:, :, None] * xv, axis=1)
+        elif BATCHED:
             xv = tl.load(xo_ptr + col[:, :, None] + bb[None, None, :] * n,
                          mask=em[:, :, None] & bmask[None, None, :], other=0.0)
             out += tl.sum(d[:, :, None] * xv, axis=1)
@@ -230,7 +236,7 @@ def gemv_kernel(xq_ptr, xsum_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr, cnt_
         out = acc
 
     out = _outliers(out, rows, rmask, pid_k, orp_ptr, ocol_ptr, odelta_ptr, xo_ptr, idx_ptr, n, bb, bmask,
-                    EPR, COL16, MODE != 0, XIN, HAS_PERM)
+                    EPR, COL16, MODE != 0, XIN, HAS_PERM, False)
 
     yoff, ymask = _y_offsets(rows, rmask, bb, bmask, m, MODE == 0)
     if ATOMIC and not FINISH:

@@ -30,8 +30,10 @@ when they are not 3+3-bit codes, as an f16 S|Z pair per (row, group).
 Statistics are stored group-major ``[G, m]`` like the spec's, for the same reason.
 
 * ``xprep_kernel``: x -> the batch-1 operands (slot-major ``xq[i, u]``, pre-scaled, half sums, stored order).
-* ``gemv_kernel``: ``y = W x``; one activation row by FMAs with the zero folded out of each half
-  (``S·(Σ q·x − Z·Σ x)``), 2..16 rows by one ``tl.dot`` per tile of decoded f16 weights.
+* ``gemv_kernel``: ``y = W x``; one or two activation rows by FMAs with the zero folded out of each half
+  (``S·(Σ q·x − Z·Σ x)``), 3..16 rows (``MatvecConfig.dot_min_batch``) by one ``tl.dot`` per tile of f16
+  weights decoded by f16x2 FMAs in *pair order* (:func:`_tile_h2`; x in the same order from
+  ``xdot_kernel(PAIR=True)``, the outliers' x transposed by ``xot_kernel``).
 * the dense matrix (bit-exact, stored or output column order) is ``_spqr_dot.dequant_kernel``'s: one
   dequantization of the tiled layout, shared by the prefill and ``dequantize_prepared``.
 
@@ -113,14 +115,31 @@ def xprep_h2_kernel(x_ptr, idx_ptr, xh_ptr, xe_ptr, xs_ptr, xo_ptr, n, NUT, x_sb
 
 
 @triton.jit
-def xdot_kernel(x_ptr, idx_ptr, xn_ptr, n, NP, x_sb, BC: tl.constexpr):
-    """x (feature order, any float dtype) -> xn[b, j] = x[b, idx[j]] in stored order, zero padded to NP."""
+def xdot_kernel(x_ptr, idx_ptr, xn_ptr, n, NP, x_sb, BC: tl.constexpr, PAIR: tl.constexpr = False):
+    """x (feature order, any float dtype) -> xn[b, j] = x[b, idx[j]] in stored order, zero padded to NP.
+
+    PAIR: position j holds stored column ``pair_order_col(j)`` instead (the f16x2 dot's K order), so the
+    GEMV reads its x tile with contiguous vector loads.
+    """
     j = tl.program_id(0) * BC + tl.arange(0, BC)
     b = tl.program_id(1)
-    cm = j < n
-    src = tl.load(idx_ptr + j, mask=cm, other=0)
+    col = pair_order_col(j) if PAIR else j
+    cm = col < n
+    src = tl.load(idx_ptr + col, mask=cm, other=0)
     xv = tl.load(x_ptr + b * x_sb + src, mask=cm, other=0.0)
     tl.store(xn_ptr + b * NP + j, xv.to(xn_ptr.dtype.element_ty), mask=j < NP)
+
+
+@triton.jit
+def xot_kernel(x_ptr, idx_ptr, xt_ptr, n, nb, x_sb, BC: tl.constexpr, BB: tl.constexpr):
+    """x (feature order) -> xt[j, b] = f32 x[b, idx[j]], stored order, BB columns (zero past nb): the dot
+    path's outlier operand (one vector load per outlier for all batch rows)."""
+    j = tl.program_id(0) * BC + tl.arange(0, BC)
+    bb = tl.arange(0, BB)
+    cm = j < n
+    src = tl.load(idx_ptr + j, mask=cm, other=0)
+    xv = tl.load(x_ptr + bb[None, :] * x_sb + src[:, None], mask=cm[:, None] & (bb < nb)[None, :], other=0.0)
+    tl.store(xt_ptr + j[:, None] * BB + bb[None, :], xv.to(tl.float32), mask=cm[:, None])
 
 
 @triton.jit
@@ -139,14 +158,29 @@ def _row_block(pid_m, m, B2, R2: tl.constexpr, BM: tl.constexpr):
 @triton.jit
 def _load_words(w_ptr, off, SS, lmask, BITS: tl.constexpr):
     """The words at off (+ SS per slot) as uint32, rebuilt into bits-4 words for BITS = 3 (BITS = 2: two)."""
+    a0, a1, a2, a3 = _raw_words(w_ptr, off, SS, lmask, BITS)
+    return _words(a0, a1, a2, a3, BITS)
+
+
+@triton.jit
+def _raw_words(w_ptr, off, SS, lmask, BITS: tl.constexpr):
+    """The stored words of one tile (loads only: a prefetch carries them to the next step undecoded)."""
     w0 = tl.load(w_ptr + off, mask=lmask, other=0).to(tl.uint32, bitcast=True)
     w1 = tl.load(w_ptr + off + SS, mask=lmask, other=0).to(tl.uint32, bitcast=True)
     if BITS == 2:
         return w0, w1, w0, w1
     w2 = tl.load(w_ptr + off + 2 * SS, mask=lmask, other=0).to(tl.uint32, bitcast=True)
     if BITS == 3:
-        return _nibble_words(w0, w1, w2)
+        return w0, w1, w2, w2
     w3 = tl.load(w_ptr + off + 3 * SS, mask=lmask, other=0).to(tl.uint32, bitcast=True)
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _words(w0, w1, w2, w3, BITS: tl.constexpr):
+    """:func:`_raw_words`' words as bits-4 words (BITS = 3: rebuilt from the two planes)."""
+    if BITS == 3:
+        return _nibble_words(w0, w1, w2)
     return w0, w1, w2, w3
 
 
@@ -191,16 +225,35 @@ def _stats(rows, k2, g, gmask, lmask, st_ptr, st2_ptr, sz_ptr, m, K2, SB: tl.con
     layout (a shared-memory round trip per tensor and step).
     Otherwise (16-bit statistics) S|Z f16 bits in one int32 per (row, group), [G, m].
     """
+    c, v = _stats_raw(rows, k2, g, gmask, lmask, st_ptr, st2_ptr, sz_ptr, m, K2, STQ, R2)
+    return _stats_dec(c, v, SB, STQ, R2, EXACT, BM, NU)
+
+
+@triton.jit
+def _stats_raw(rows, k2, g, gmask, lmask, st_ptr, st2_ptr, sz_ptr, m, K2, STQ: tl.constexpr, R2: tl.constexpr):
+    """:func:`_stats`' loads only: (codes, second-level values), or (S|Z pairs, same) when not STQ."""
     idx = g[None, :] * m + rows[:, None]
     if STQ:
-        c = tl.load(st_ptr + idx, mask=lmask, other=0).to(tl.int32)
-        sc = (c & ((1 << SB) - 1)).to(tl.float32)
-        zc = ((c >> SB) & 0xFF).to(tl.float32)
+        c = tl.load(st_ptr + idx, mask=lmask, other=0)
         if R2 > 0:
             kb = k2 + tl.arange(0, R2)
             v = tl.load(st2_ptr + g[None, :] * K2 + kb[:, None], mask=(kb < K2)[:, None] & gmask[None, :], other=0)
         else:
             v = tl.load(st2_ptr + g[None, :] * K2 + k2[:, None], mask=lmask, other=0)
+    else:
+        c = tl.load(sz_ptr + idx, mask=lmask, other=0)
+        v = c
+    return c, v
+
+
+@triton.jit
+def _stats_dec(c, v, SB: tl.constexpr, STQ: tl.constexpr, R2: tl.constexpr, EXACT: tl.constexpr,
+               BM: tl.constexpr, NU: tl.constexpr):
+    """(S, Z) from :func:`_stats_raw`' values."""
+    if STQ:
+        c = c.to(tl.int32)
+        sc = (c & ((1 << SB) - 1)).to(tl.float32)
+        zc = ((c >> SB) & 0xFF).to(tl.float32)
         if EXACT:
             sz = _f16_at(v, 0)
             ss = _f16_at(v, 16)
@@ -226,9 +279,8 @@ def _stats(rows, k2, g, gmask, lmask, st_ptr, st2_ptr, sz_ptr, m, K2, SB: tl.con
             S = sc * ss - szs
             Z = zc * zs - zzs
     else:
-        v = tl.load(sz_ptr + idx, mask=lmask, other=0)
-        S = _f16_at(v, 0)
-        Z = _f16_at(v, 16)
+        S = _f16_at(c, 0)
+        Z = _f16_at(c, 16)
     return S, Z
 
 
@@ -237,18 +289,39 @@ def _half_stats(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K
                 SB: tl.constexpr, STQ: tl.constexpr, SAME: tl.constexpr, R2: tl.constexpr,
                 EXACT: tl.constexpr, BM: tl.constexpr, NU: tl.constexpr):
     """(S0, Z0, S1, Z1): the statistics of the two halves of each unit (SAME: one group covers both)."""
+    c0, v0, c1, v1 = _half_stats_raw(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2, STQ, SAME,
+                                     R2)
+    return _half_stats_dec(c0, v0, c1, v1, SB, STQ, SAME, R2, EXACT, BM, NU)
+
+
+@triton.jit
+def _half_stats_raw(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2,
+                    STQ: tl.constexpr, SAME: tl.constexpr, R2: tl.constexpr):
+    """:func:`_half_stats`' loads only (SAME: the second half's are the first's)."""
     g0 = (2 * u) // hpg
     gm0 = umask & (g0 < G)
-    S0, Z0 = _stats(rows, k2, g0, gm0, rmask[:, None] & gm0[None, :], st_ptr, st2_ptr, sz_ptr, m, K2, SB, STQ,
-                    R2, EXACT, BM, NU)
+    c0, v0 = _stats_raw(rows, k2, g0, gm0, rmask[:, None] & gm0[None, :], st_ptr, st2_ptr, sz_ptr, m, K2, STQ, R2)
+    if SAME:
+        c1 = c0
+        v1 = v0
+    else:
+        g1 = (2 * u + 1) // hpg
+        gm1 = umask & (g1 < G)
+        c1, v1 = _stats_raw(rows, k2, g1, gm1, rmask[:, None] & gm1[None, :], st_ptr, st2_ptr, sz_ptr, m, K2, STQ,
+                            R2)
+    return c0, v0, c1, v1
+
+
+@triton.jit
+def _half_stats_dec(c0, v0, c1, v1, SB: tl.constexpr, STQ: tl.constexpr, SAME: tl.constexpr, R2: tl.constexpr,
+                    EXACT: tl.constexpr, BM: tl.constexpr, NU: tl.constexpr):
+    """(S0, Z0, S1, Z1) from :func:`_half_stats_raw`' values."""
+    S0, Z0 = _stats_dec(c0, v0, SB, STQ, R2, EXACT, BM, NU)
     if SAME:
         S1 = S0
         Z1 = Z0
     else:
-        g1 = (2 * u + 1) // hpg
-        gm1 = umask & (g1 < G)
-        S1, Z1 = _stats(rows, k2, g1, gm1, rmask[:, None] & gm1[None, :], st_ptr, st2_ptr, sz_ptr, m, K2, SB,
-                        STQ, R2, EXACT, BM, NU)
+        S1, Z1 = _stats_dec(c1, v1, SB, STQ, R2, EXACT, BM, NU)
     return S0, Z0, S1, Z1
 
 
@@ -508,12 +581,127 @@ def _tile(w0, w1, w2, w3, S0, Z0, S1, Z1, BITS: tl.constexpr, EXACT: tl.constexp
 
 
 @triton.jit
+def _f16_halves(v, ASM: tl.constexpr):
+    """The two f16 halves of int32 v (lo, hi): register renames on the GPU (PTX ``mov.b32 {lo, hi}``)."""
+    if ASM:
+        lo, hi = tl.inline_asm_elementwise("mov.b32 {$0, $1}, $2;", "=h,=h,r", [v],
+                                           dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+    else:
+        lo = _f16_lo(v)
+        hi = _f16_hi(v)
+    return lo, hi
+
+
+@triton.jit
+def _h2_fma(a, b, c, ASM: tl.constexpr):
+    """a·b + c on f16 pairs held in int32 (PTX ``fma.rn.f16x2``; else the same f16 arithmetic)."""
+    if ASM:
+        out = tl.inline_asm_elementwise("fma.rn.f16x2 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
+                                        dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        out = _f16_pack((_f16_lo(a) * _f16_lo(b) + _f16_lo(c)).to(tl.float16),
+                        (_f16_hi(a) * _f16_hi(b) + _f16_hi(c)).to(tl.float16))
+    return out
+
+
+@triton.jit
+def _word_pairs_h2(w, S2, B2, C: tl.constexpr, ASM: tl.constexpr):
+    """[BM, NU, 2, 2] f16 pairs (int32) of bits-4 words w: [.., i, j] holds fields k and k + 4, k = 2i + j,
+    as ``(q − C)·S + (C − Z)·S``.
+
+    Each pair costs one LOP3 (field pair | 0x6400 bias), one exact FMA (:func:`_unbias`) and one FMA
+    with the statistics: ~1.6 instructions per weight instead of the f32 decode's ~4 plus a cast.
+    """
+    wi = w.to(tl.int32, bitcast=True)
+    w8 = (w >> 8).to(tl.int32, bitcast=True)
+    p0 = _h2_fma(_unbias(wi & 0x000F000F, False, C, ASM), S2, B2, ASM)
+    p1 = _h2_fma(_unbias(wi & 0x00F000F0, True, C, ASM), S2, B2, ASM)
+    p2 = _h2_fma(_unbias(w8 & 0x000F000F, False, C, ASM), S2, B2, ASM)
+    p3 = _h2_fma(_unbias(w8 & 0x00F000F0, True, C, ASM), S2, B2, ASM)
+    return _join4(p0, p1, p2, p3)
+
+
+@triton.jit
+def _stat_pairs(S, Z, C: tl.constexpr):
+    """(S, S) and ((C − Z)·S, same) as f16 pairs in int32: the f16x2 decode's multiplier and addend."""
+    s = S.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    b = ((C - Z) * S).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return s | (s << 16), b | (b << 16)
+
+
+@triton.jit
+def _tile_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, BITS: tl.constexpr, ASM: tl.constexpr, BM: tl.constexpr,
+             NU: tl.constexpr):
+    """Decoded f16 weights [BM, NU·32] in *pair order*: column ``32u + 8k + 2s + h`` holds stored column
+    ``32u + 8s + k + 4h`` (slot s, field k + 4h of its word; :func:`pair_order_col` maps it back).
+
+    Why not stored order: the f16x2 decode yields fields k and k + 4 of a word as one register, and the
+    dot's K order is free as long as x follows it (xdot_kernel's PAIR), so no join tree or shuffle puts
+    the weights back into column order; the two halves of a register are adjacent in K, so the tile
+    goes to shared memory without re-pairing (``tl.join`` appends its axis last: h is the fastest).
+    """
+    C: tl.constexpr = 1 << (BITS - 1)
+    sa, ba = _stat_pairs(S0, Z0, C)
+    sb, bb = _stat_pairs(S1, Z1, C)
+    t = _join4(_word_pairs_h2(w0, sa, ba, C, ASM), _word_pairs_h2(w1, sa, ba, C, ASM),
+               _word_pairs_h2(w2, sb, bb, C, ASM), _word_pairs_h2(w3, sb, bb, C, ASM))  # [BM, NU, ki, kj, si, sj]
+    lo, hi = _f16_halves(t, ASM)
+    return tl.reshape(tl.join(lo, hi), (BM, NU * 32))
+
+
+@triton.jit
+def pair_order_col(kk):
+    """Stored column of pair-order position kk (:func:`_tile_h2`; both within the same 32-column unit)."""
+    return (kk // 32) * 32 + 8 * ((kk // 2) % 4) + (kk // 8) % 4 + 4 * (kk % 2)
+
+
+@triton.jit
 def _fv(y, yh, ys, yz, c: tl.constexpr, F: tl.constexpr, WST: tl.constexpr, EXACT: tl.constexpr):
     """Field c's weights: (q − Z)·S exactly (EXACT), or q·S + yz with yz = −Z·S."""
     f = _field(y, yh, c, F, WST)
     if EXACT:
         return (f * _pscale(c, F, WST) - yz) * ys
     return f * (ys * _pscale(c, F, WST)) + yz
+
+
+@triton.jit
+def _dot_tiles_pf(acc, t_lo, t_hi, rows, rmask, k2, uu, kk, bb, bmask, SS, xq_ptr, w_ptr, st_ptr, st2_ptr, sz_ptr,
+                  m, NUT, G, K2, hpg, BITS: tl.constexpr, SB: tl.constexpr, STQ: tl.constexpr, SAME: tl.constexpr,
+                  R2: tl.constexpr, NU: tl.constexpr, BM: tl.constexpr, DOT_DT: tl.constexpr, H2: tl.constexpr,
+                  ASM: tl.constexpr, EXACT: tl.constexpr):
+    """MODE 1's tile loop, the next tile's words, statistics and x loaded before this one is decoded.
+
+    Why: launched with one stage (Triton's shared-memory pipelining measured slower on most shapes), each
+    step otherwise waits a full DRAM latency for its words before any decode or MMA can start; carried in
+    registers, the loads of step t + 1 are in flight while step t decodes (a few registers per thread).
+    """
+    u = t_lo * NU + uu
+    um = (u < NUT) & (u < t_hi * NU)  # (u < t_hi·NU: a tile at all)
+    a0, a1, a2, a3 = _raw_words(w_ptr, u[None, :] * m + rows[:, None], SS, rmask[:, None] & um[None, :], BITS)
+    c0, v0, c1, v1 = _half_stats_raw(rows, k2, u, rmask, um, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2, STQ, SAME, R2)
+    cols = t_lo * (NU * 32) + kk
+    xt = tl.load(xq_ptr + bb[None, :] * (NUT * 32) + cols[:, None],
+                 mask=((cols < NUT * 32) & (cols < t_hi * (NU * 32)))[:, None] & bmask[None, :], other=0.0)
+    for t in range(t_lo, t_hi):
+        un = (t + 1) * NU + uu
+        umn = (un < NUT) & (un < t_hi * NU)
+        n0, n1, n2, n3 = _raw_words(w_ptr, un[None, :] * m + rows[:, None], SS, rmask[:, None] & umn[None, :], BITS)
+        d0, e0, d1, e1 = _half_stats_raw(rows, k2, un, rmask, umn, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2, STQ,
+                                         SAME, R2)
+        cols = (t + 1) * (NU * 32) + kk
+        xn = tl.load(xq_ptr + bb[None, :] * (NUT * 32) + cols[:, None],
+                     mask=((cols < NUT * 32) & (cols < t_hi * (NU * 32)))[:, None] & bmask[None, :], other=0.0)
+        w0, w1, w2, w3 = _words(a0, a1, a2, a3, BITS)
+        S0, Z0, S1, Z1 = _half_stats_dec(c0, v0, c1, v1, SB, STQ, SAME, R2, EXACT, BM, NU)
+        if H2:
+            wt = _tile_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, BITS, ASM, BM, NU)
+        else:
+            wt = _tile(w0, w1, w2, w3, S0, Z0, S1, Z1, BITS, False, BM, NU).to(DOT_DT)
+        acc = tl.dot(wt, xt, acc)
+        xt = xn
+        a0, a1, a2, a3 = n0, n1, n2, n3
+        c0, v0, c1, v1 = d0, e0, d1, e1
+    return acc
 
 
 @triton.jit
@@ -525,7 +713,7 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr
                 BB: tl.constexpr, NBC: tl.constexpr, EPR: tl.constexpr,
                 MODE: tl.constexpr, ATOMIC: tl.constexpr, HAS_BIAS: tl.constexpr, COL16: tl.constexpr,
                 DOT_DT: tl.constexpr, H2: tl.constexpr, ASM: tl.constexpr, EXACT_STATS: tl.constexpr,
-                XIN: tl.constexpr, HAS_PERM: tl.constexpr):
+                XIN: tl.constexpr, HAS_PERM: tl.constexpr, PF: tl.constexpr):
     """y[b, r] = Σ_j W[r, j] x[b, j] over BM rows and this program's share of tiles (NU units each).
 
     MODE 2 (2..4 rows, H2 only): MODE 0's f16x2 path once per row with the weight decode shared
@@ -533,13 +721,15 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr
     ``S·(Σ q·x·2^-p·2^p − Z·Σ x)``; H2 (bits 3/4): xq/xe are xprep_h2_kernel's operands and
     the products f16x2 (ASM: PTX; else the same f16 arithmetic in Triton ops). MODE 1 (2..16 rows):
     xq is x in stored order (DOT_DT, zero padded to NUT·32 columns, [BB rows]), one ``tl.dot`` per
-    tile of decoded weights rounded to DOT_DT.
+    tile of decoded weights rounded to DOT_DT; H2 (f16 x, bits 3/4): the tile decoded by f16x2 FMAs
+    in pair order and xq in that order (:func:`_tile_h2`); xo is x transposed, [n, BB] f32.
     Outliers are add-deltas (f32(val) − dense) gathered row-wise from xo (stored order, f32).
     XIN (MODE 0, H2): one launch: x (feature order, the caller's tensor) is ``xo_ptr`` and the per-unit
     operands are built per tile (:func:`_x_unit`) instead of by xprep_h2_kernel; ``idx_ptr`` maps stored
     columns to features (HAS_PERM).
     EXACT_STATS (f32 activations): the statistics rounded through f16 as the spec does, so the
     product is the spec's matrix times x up to f32 summation order.
+    PF (MODE 1): :func:`_dot_tiles_pf`, the tile loop with a one-step register prefetch.
     """
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -559,6 +749,10 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr
             acc3 = tl.zeros((BM, NU), dtype=tl.float32)
     t_lo = pid_k * tiles_per_split
     t_hi = tl.minimum(t_lo + tiles_per_split, n_tiles)
+    if MODE == 1 and PF:  # the dot path with the next tile's words and statistics loaded a step ahead
+        acc = _dot_tiles_pf(acc, t_lo, t_hi, rows, rmask, k2, uu, kk, bb, bmask, SS, xq_ptr, w_ptr, st_ptr, st2_ptr,
+                            sz_ptr, m, NUT, G, K2, hpg, BITS, SB, STQ, SAME, R2, NU, BM, DOT_DT, H2, ASM, EXACT_STATS)
+        t_hi = t_lo  # the loop below runs no step
     for t in range(t_lo, t_hi):
         u = t * NU + uu
         umask = u < NUT
@@ -584,7 +778,10 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr
                 acc3 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 48 * NUT, xe_ptr + 3 * NUT,
                                      xs_ptr + 6 * NUT, u, umask, NUT, ASM, xo_ptr, idx_ptr, n, False, False, BITS)
         if MODE == 1:
-            wt = _tile(w0, w1, w2, w3, S0, Z0, S1, Z1, BITS, False, BM, NU).to(DOT_DT)
+            if H2:  # f16x2 decode, K in pair order (xdot_kernel's PAIR: x is in the same order)
+                wt = _tile_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, BITS, ASM, BM, NU)
+            else:
+                wt = _tile(w0, w1, w2, w3, S0, Z0, S1, Z1, BITS, False, BM, NU).to(DOT_DT)
             cols = t * (NU * 32) + kk
             xt = tl.load(xq_ptr + bb[None, :] * (NUT * 32) + cols[:, None],
                          mask=(cols < NUT * 32)[:, None] & bmask[None, :], other=0.0)
@@ -599,7 +796,7 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr
     else:
         out = acc
     out = _outliers(out, rows, rmask, pid_k, orp_ptr, ocol_ptr, odelta_ptr, xo_ptr, idx_ptr, n, bb, bmask,
-                    EPR, COL16, MODE != 0, XIN, HAS_PERM)
+                    EPR, COL16, MODE != 0, XIN, HAS_PERM, MODE == 1)
     yoff, ymask = _y_offsets(rows, rmask, bb, bmask, m, MODE == 0)
     if ATOMIC and MODE == 1:
         tl.atomic_add(y_ptr + yoff, out, mask=ymask)  # y: zeroed f32; bias and cast by the caller
@@ -609,4 +806,4 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr
         store_rows(out, y_ptr, yoff, ymask, bias_ptr, rows, rmask, bias_ptr, HAS_BIAS, False, MODE == 0)
 
 
-__all__ = ["gemv_kernel", "xdot_kernel", "xprep_kernel", "triton"]
+__all__ = ["gemv_kernel", "xdot_kernel", "xot_kernel", "xprep_kernel", "triton"]

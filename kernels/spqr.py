@@ -119,7 +119,13 @@ class MatvecConfig:
     x_inline: bool = False  # 1 row: the kernel builds x's operands itself (no xprep launch). Grouped layout: its
     # strided x loads measured slower than the xprep launch on the H100 at 11008x4096 and 8192x28672.
     # Tiled layout (f16x2 path): per tile, from x through the permutation (bench/bench_spqr_b1.py)
-    half2: bool = True  # tiled layout, batch 1, 3/4-bit, f16/bf16 x: f16x2 products of per-unit-scaled x
+    half2: bool = True  # tiled layout, batch 1, 3/4-bit, f16/bf16 x: f16x2 products of per-unit-scaled x;
+    # the dot path (batch >= dot_min_batch), f16 x: its tile decoded by f16x2 FMAs (K in pair order)
+    dot_min_batch: int = 3  # tiled layout: batches from this size take the tensor-core dot path (below: f16x2 FMAs)
+    prefetch: bool = True  # tiled layout, the dot path: the next tile's loads issued a step ahead (registers)
+    epr: int | None = None  # tiled layout: outlier entries gathered per row and step (None: 16 / 4 / 8 for batch
+    # 1 / the dot path / the FMA path at 2..4); the dot path's [BM, EPR, 16] gather sets its register count
+    # (sm_90, BM 64: EPR 8 168 registers, 4 96)
     fused_finish: bool = False  # grouped layout, split > 1: the last program of a row block writes y from a
     # self-resetting workspace (no memset/cast launches); measured only together with x_inline
 
@@ -489,9 +495,13 @@ def default_config(prepared: PreparedSpQR, batch: int) -> MatvecConfig:
                 return MatvecConfig(BM=128, NH=8, num_warps=4, split=4)
             if m <= 4096 and n >= 8192:  # 4096x14336: 24.1 us vs 25.1
                 return MatvecConfig(BM=32, NH=8, num_warps=2, split=16)
-        if batch <= 4:  # the f16x2 FMA path (2..4 rows share each weight's decode)
+        if batch < MatvecConfig.dot_min_batch:  # the f16x2 FMA path (2 rows share each weight's decode)
             return MatvecConfig(BM=64, NH=8, num_warps=4, split=8)
-        return MatvecConfig(BM=64, NH=4, num_warps=4, split=4)
+        # the dot path: about 512 programs, at least 4 per row block (H200 sweep of bench_kernels.py, 3-bit:
+        # split 4 best at m >= 8192, 8 at m = 4096, the auto split's 32 at m = 1024; docs/kernels.md). From
+        # batch 3: at batch 4 it beat the FMA path on all six shapes (8192x28672: 123 vs 151 us), at 2 it lost
+        # on all six (122 vs 92)
+        return MatvecConfig(BM=64, NH=4, num_warps=4, split=max(4, triton.cdiv(512, triton.cdiv(m, 64))))
     if prepared.layout == "grouped":
         if batch == 1:
             return MatvecConfig(BM=16, NH=32, num_warps=4)
@@ -573,13 +583,16 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
     x2 = x2.contiguous()
     idx = prepared.x_index(0)
     F = 16 if bits == 2 else 8
-    h2 = B <= 4 and bits in (3, 4) and cfg.half2 and x2.dtype != torch.float32  # f32 callers keep f32
+    # f16x2 FMAs (f32 callers keep f32): batch 1, and 2..4 below dot_min_batch
+    h2 = B <= 4 and B < max(2, cfg.dot_min_batch) and bits in (3, 4) and cfg.half2 and x2.dtype != torch.float32
     mode = (0 if B == 1 else 2) if h2 else (0 if B == 1 else 1)
+    if mode == 1:  # the dot path decodes f16 pairs with f16x2 FMAs when x is f16 (bf16/f32: the f32 decode)
+        h2 = bits in (3, 4) and cfg.half2 and x2.dtype == torch.float16
     xin = mode == 0 and h2 and cfg.x_inline  # one launch: the GEMV builds x's operands itself
     scratch = prepared.scratch
     if xin:
         xq = xe = xs = xo = x2
-    elif h2:
+    elif h2 and mode != 1:
         xo = scratch("xo", (B, n), torch.float32)
         xq = scratch("xh", (B, 16, nut), torch.int32)
         xe = scratch("xe", (B, nut), torch.float32)
@@ -593,13 +606,14 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
         KT.xprep_kernel[(triton.cdiv(nut, bu), 1)](x2, idx, xq, xs, xo, n, nut, x2.stride(0),
                                                  F=F, WST=32 // F, BU=bu)
     else:
-        xo = xe = torch.empty((B, n), dtype=torch.float32, device=dev)
         xq = torch.empty((B, 32 * nut), dtype=x2.dtype, device=dev)  # the dot's operand type: x's
         xs = xq
         bc = 1024
-        KT.xdot_kernel[(triton.cdiv(32 * nut, bc), B)](x2, idx, xq, n, 32 * nut, x2.stride(0), BC=bc)
-        if prepared.o_col.numel():
-            KT.xdot_kernel[(triton.cdiv(n, bc), B)](x2, idx, xo, n, n, x2.stride(0), BC=bc)
+        KT.xdot_kernel[(triton.cdiv(32 * nut, bc), B)](x2, idx, xq, n, 32 * nut, x2.stride(0), BC=bc, PAIR=h2)
+        xo = xe = xq
+        if prepared.o_col.numel():  # x transposed, [n, 16] f32: one vector load per outlier
+            xo = xe = torch.empty((n, 16), dtype=torch.float32, device=dev)
+            KT.xot_kernel[(triton.cdiv(n, 128),)](x2, idx, xo, n, B, x2.stride(0), BC=128, BB=16)
     NU, BM = cfg.NH, cfg.BM
     n_tiles = triton.cdiv(nut, NU)
     split, tps = _split(prepared, cfg, n_tiles)
@@ -617,11 +631,13 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
         prepared.sz32,
         prepared.o_row_ptr, prepared.o_col, prepared.o_delta,
         m, n, nut, G, triton.cdiv(m, b2), b2, gs // 16, B, n_tiles, tps,
-        NU=NU, BM=BM, BB={0: 1, 1: 16, 2: next_pow2(B)}[mode], NBC=B, EPR=16 if mode == 0 else 8, MODE=mode,
+        NU=NU, BM=BM, BB={0: 1, 1: 16, 2: next_pow2(B)}[mode], NBC=B, EPR=cfg.epr or {0: 16, 1: 4, 2: 8}[mode],
+        MODE=mode,
         ATOMIC=atomic,
         HAS_BIAS=has_bias, COL16=prepared.o_col.dtype == torch.int16, DOT_DT=dot_dt, H2=h2,
         ASM=h2 and _inline_asm_ok(dev), EXACT_STATS=x2.dtype == torch.float32, XIN=xin,
-        HAS_PERM=prepared.perm is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts)
+        HAS_PERM=prepared.perm is not None, PF=mode == 1 and cfg.prefetch,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts)
     if plain_atomic:
         if bias is not None:
             y = y + bias.to(torch.float32)
