@@ -41,6 +41,13 @@ BITS = [3, 4]
 B1_SWEEP = [(64, 8, 4, True), (128, 4, 4, True), (256, 4, 8, True), (16, 32, 4, True)]
 BN_SWEEP = [(64, 8, 4, True), (128, 4, 4, True), (64, 4, 4, True), (128, 2, 8, True)]
 SPLITS = {1: [None, 8], 4: [None, 8], 16: [None, 4]}
+# batch 16 (the f16x2-decode dot path; half2=False is the f32 decode):
+# (BM, NU, num_warps, half2, split, stages, epr, prefetch)
+B16_SWEEP = [(64, 4, 4, True, 4, 1, None, False), (64, 4, 4, True, 4, 1, None, True),
+             (64, 4, 4, True, 8, 1, None, True), (64, 4, 4, True, None, 1, None, True),
+             (64, 4, 4, True, 4, 2, None, True), (64, 4, 4, True, 4, 1, 8, True), (128, 4, 8, True, 4, 1, None, True),
+             (64, 8, 4, True, 4, 1, None, True), (64, 4, 4, False, 4, 1, None, True),
+             (64, 2, 4, True, 8, 1, None, True), (64, 2, 4, True, 16, 1, None, True)]
 
 
 def cdiv(a: int, b: int) -> int:
@@ -165,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="first shape and 3-bit only, default configs")
     ap.add_argument("--shapes", nargs="+", default=None, metavar="MxN", help="shapes instead of the default six")
     ap.add_argument("--bits", type=int, nargs="+", default=None, help="code widths (default 3 4)")
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16], choices=[1, 4, 16])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16], choices=[1, 2, 4, 8, 16])
     ap.add_argument("--budget-s", type=float, default=400.0, help="start no new shape after this many seconds")
     ap.add_argument("--layout", choices=["tiled", "grouped"], default="tiled",
                     help="resident layout of the spqr kernel (spqrfmt.kernels.spqr.prepare)")
@@ -196,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         if time.time() - t_start > args.budget_s:
             print(f"budget reached: {m}x{n} and later shapes skipped", flush=True)
             break
-        xs = {b: torch.randn(b, n, device="cuda", dtype=torch.float16) for b in (1, 4, 16)}
+        xs = {b: torch.randn(b, n, device="cuda", dtype=torch.float16) for b in sorted({1, 4, 16, *args.batches})}
         w16 = torch.randn(m, n, device="cuda", dtype=torch.float16)
         w16s = [w16] + [w16.clone() for _ in range(max(1, cdiv(2 * l2, w16.numel() * 2)))]
         t16 = {b: graph_time([lambda w=w, x=x: F.linear(x, w) for w in w16s]) for b, x in xs.items()}
@@ -223,7 +230,13 @@ def main(argv: list[str] | None = None) -> int:
             for batch in args.batches:
                 x = xs[batch]
                 cands = [ks.default_config(prep, batch)]
-                if not args.quick and prep.layout == "tiled":
+                if prep.layout == "tiled" and 2 <= batch <= 4:  # the dot path (16 padded rows) vs the f16x2 FMAs
+                    m_blocks = cdiv(m, 64)
+                    cands.append(ks.MatvecConfig(BM=64, NH=4, split=max(4, cdiv(512, m_blocks)), dot_min_batch=2))
+                if not args.quick and prep.layout == "tiled" and batch == 16:
+                    cands += [ks.MatvecConfig(BM=c[0], NH=c[1], num_warps=c[2], half2=c[3], split=c[4],
+                                              num_stages=c[5], epr=c[6], prefetch=c[7]) for c in B16_SWEEP]
+                elif not args.quick and prep.layout == "tiled":
                     sweep = B1_SWEEP if batch == 1 else BN_SWEEP
                     cands += [ks.MatvecConfig(BM=c[0], NH=c[1], num_warps=c[2], half2=c[3], split=sp)
                               for c in sweep for sp in SPLITS[batch]]
@@ -255,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                    "resident_bytes": prep.resident_nbytes, "streamed_bytes": prep.fused_nbytes,
                    "bits_per_weight": 8 * comp / (m * n), "resident_ratio": prep.resident_nbytes / comp,
                    "dequant_f16_us": tdq * 1e6}
-            for b in (1, 4, 16):
+            for b in sorted({1, 4, 16, *args.batches}):
                 row[f"fp16_b{b}_us"] = t16[b] * 1e6
                 row[f"int4_b{b}_us"] = t4[b] * 1e6
                 r = res.get(b, (float("nan"), None, float("nan")))

@@ -37,7 +37,8 @@ class Const:
         self.v = v
 
 
-def build(kernel: Any, args: dict[str, Any], arch: int, num_warps: int = 4, fp_fusion: bool = True) -> Any:
+def build(kernel: Any, args: dict[str, Any], arch: int, num_warps: int = 4, fp_fusion: bool = True,
+          num_stages: int = 3) -> Any:
     """triton.compile of a @triton.jit kernel: pointers are dtype strings ("*fp32"), ints/floats runtime values."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -69,7 +70,8 @@ def build(kernel: Any, args: dict[str, Any], arch: int, num_warps: int = 4, fp_f
             if free and v % 16 == 0:
                 attrs[(i,)] = backend.parse_attr("D")
     src = ASTSource(kernel, sig, consts, attrs)
-    return triton.compile(src, target=target, options={"num_warps": num_warps, "enable_fp_fusion": fp_fusion})
+    return triton.compile(src, target=target, options={"num_warps": num_warps, "enable_fp_fusion": fp_fusion,
+                                                        "num_stages": num_stages})
 
 
 def sass(compiled: Any) -> str:

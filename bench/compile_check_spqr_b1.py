@@ -36,7 +36,7 @@ def gemv_args(bm: int, nu: int, xin: bool, perm: bool) -> dict:
                 n_tiles=128 // nu, tiles_per_split=2, BITS=C(3), SB=C(3), STQ=C(True), SAME=C(False),
                 R2=C(bm // 16), NU=C(nu), BM=C(bm), BB=C(1), NBC=C(1), EPR=C(16), MODE=C(0), ATOMIC=C(True),
                 HAS_BIAS=C(False), COL16=C(True), DOT_DT=C(tl.float16), H2=C(True), ASM=C(True),
-                EXACT_STATS=C(False), XIN=C(xin), HAS_PERM=C(perm))
+                EXACT_STATS=C(False), XIN=C(xin), HAS_PERM=C(perm), PF=C(False))
 
 
 def main(argv: list[str] | None = None) -> int:

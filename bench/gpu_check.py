@@ -40,11 +40,13 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
                 and np.array_equal(np.where(na, 0, a).view(np.uint32), np.where(nb, 0, b).view(np.uint32)))
 
 
-def one_case(rng: np.random.Generator, dev: str) -> tuple[bool, str]:
+def one_case(rng: np.random.Generator, dev: str, tiled: bool = False) -> tuple[bool, str]:
+    """One random case; ``tiled``: only what the tiled layout holds (bits 2-4, β1 a multiple of 16), with its
+    batch paths (1-2 f16x2 FMAs, 3-16 the tensor-core dot) at more batch sizes."""
     m = int(rng.integers(1, 700))
     n = int(rng.integers(1, 3000))
-    bits = int(rng.choice([1, 2, 3, 4, 5, 6, 8]))
-    gs = int(rng.choice([3, 16, 16, 32, 128, 100, 24]))
+    bits = int(rng.choice([2, 3, 4] if tiled else [1, 2, 3, 4, 5, 6, 8]))
+    gs = int(rng.choice([16, 32, 48, 128] if tiled else [3, 16, 16, 32, 128, 100, 24]))
     sbits = int(rng.choice([3, 4, 16]))
     b2 = int(rng.choice([1, 7, 16, 64]))
     kind = str(rng.choice(["none", "some", "rows"]))
@@ -71,7 +73,7 @@ def one_case(rng: np.random.Generator, dev: str) -> tuple[bool, str]:
         want = ref_t.to(dt)
         if not bool(((out.view(torch.int16) == want.view(torch.int16)) | (out.isnan() & want.isnan())).all()):
             return False, desc + f" dequant {dt} mismatch"
-    prep = ks.prepare(enc.params, enc.sections, (m, n), dev)
+    prep = ks.prepare(enc.params, enc.sections, (m, n), dev, layout="tiled" if tiled else None)
     for dt in (torch.float32, torch.float16, torch.bfloat16):  # from the load-time repack
         out = ks.dequantize_prepared(prep, dt).cpu()
         want = ref_t.to(dt)
@@ -81,8 +83,13 @@ def one_case(rng: np.random.Generator, dev: str) -> tuple[bool, str]:
     desc += f" layout={prep.layout}"
     ref64 = ref.astype(np.float64)
     errs = []
-    for batch, cfg in ((1, None), (4, None), (16, None), (1, ks.MatvecConfig(BM=16, NH=32, num_warps=2, split=3)),
-                       (16, ks.MatvecConfig(BM=64, NH=16, num_warps=8, split=1))):
+    cases = [(1, None), (4, None), (16, None), (1, ks.MatvecConfig(BM=16, NH=32, num_warps=2, split=3)),
+             (16, ks.MatvecConfig(BM=64, NH=16, num_warps=8, split=1))]
+    if tiled:
+        cases = [(1, None), (2, None), (3, None), (8, None), (16, None),
+                 (16, ks.MatvecConfig(BM=64, NH=4, split=3, prefetch=False)),
+                 (16, ks.MatvecConfig(BM=128, NH=4, num_warps=8, split=1))]
+    for batch, cfg in cases:
         x = torch.from_numpy(rng.standard_normal((batch, n)).astype(np.float32)).half().to(dev)
         y = ks.matvec(prep, x, config=cfg).double().cpu().numpy()
         want = x.double().cpu().numpy() @ ref64.T
@@ -103,10 +110,10 @@ def one_case(rng: np.random.Generator, dev: str) -> tuple[bool, str]:
     return True, desc + f" ok, max matvec relerr {max(errs):.2e}"
 
 
-def run_case(seed: int, i: int) -> tuple[int, bool, str]:
+def run_case(seed: int, i: int, tiled: bool = False) -> tuple[int, bool, str]:
     """Case ``i`` of ``seed`` in this process (a worker's entry point)."""
     try:
-        ok, msg = one_case(np.random.default_rng([seed, i]), "cuda")
+        ok, msg = one_case(np.random.default_rng([seed, i]), "cuda", tiled)
     except Exception as e:  # a crash in one case is a failure of that case, reported with the others
         ok, msg = False, f"error: {type(e).__name__}: {e}"
     return i, ok, msg
@@ -121,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=None,
                     help="stop starting new cases after this many seconds (the rest are reported as not run)")
     ap.add_argument("--log", default=None)
+    ap.add_argument("--tiled", action="store_true",
+                    help="only cases the tiled layout holds, forced to it, at batches 1, 2, 3, 8 and 16")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: run tests/test_kernels.py (interpreter) instead")
@@ -139,17 +148,17 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.cases):
             if not in_budget():
                 break
-            record(*run_case(args.seed, i))
+            record(*run_case(args.seed, i, args.tiled))
     else:
         with cf.ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            pending = {pool.submit(run_case, args.seed, i) for i in range(min(args.jobs, args.cases))}
+            pending = {pool.submit(run_case, args.seed, i, args.tiled) for i in range(min(args.jobs, args.cases))}
             nxt = len(pending)
             while pending:
                 done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
                 for f in done:
                     record(*f.result())
                     if nxt < args.cases and in_budget():
-                        pending.add(pool.submit(run_case, args.seed, nxt))
+                        pending.add(pool.submit(run_case, args.seed, nxt, args.tiled))
                         nxt += 1
     lines = [f"[{i:3d}] {'PASS' if ok else 'FAIL'} {msg}" for i, (ok, msg) in sorted(results.items())]
     fails = sum(not ok for ok, _ in results.values())
