@@ -398,16 +398,21 @@ def _unbias(vm, ODD: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
-def _pair_fma(vm, x, acc, ODD: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
-    """acc + (q - C)·x in f16x2 (q - C from :func:`_unbias`)."""
-    q = _unbias(vm, ODD, C, ASM)
+def _h2_fma(a, b, c, ASM: tl.constexpr):
+    """a·b + c on f16 pairs held in int32 (PTX ``fma.rn.f16x2``; else the same f16 arithmetic)."""
     if ASM:
-        out = tl.inline_asm_elementwise("fma.rn.f16x2 $0, $1, $2, $3;", "=r,r,r,r", [q, x, acc],
+        out = tl.inline_asm_elementwise("fma.rn.f16x2 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
                                         dtype=tl.int32, is_pure=True, pack=1)
     else:
-        out = _f16_pack((_f16_lo(q) * _f16_lo(x) + _f16_lo(acc)).to(tl.float16),
-                        (_f16_hi(q) * _f16_hi(x) + _f16_hi(acc)).to(tl.float16))
+        out = _f16_pack((_f16_lo(a) * _f16_lo(b) + _f16_lo(c)).to(tl.float16),
+                        (_f16_hi(a) * _f16_hi(b) + _f16_hi(c)).to(tl.float16))
     return out
+
+
+@triton.jit
+def _pair_fma(vm, x, acc, ODD: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
+    """acc + (q - C)·x in f16x2 (q - C from :func:`_unbias`)."""
+    return _h2_fma(_unbias(vm, ODD, C, ASM), x, acc, ASM)
 
 
 @triton.jit
@@ -590,18 +595,6 @@ def _f16_halves(v, ASM: tl.constexpr):
         lo = _f16_lo(v)
         hi = _f16_hi(v)
     return lo, hi
-
-
-@triton.jit
-def _h2_fma(a, b, c, ASM: tl.constexpr):
-    """a·b + c on f16 pairs held in int32 (PTX ``fma.rn.f16x2``; else the same f16 arithmetic)."""
-    if ASM:
-        out = tl.inline_asm_elementwise("fma.rn.f16x2 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
-                                        dtype=tl.int32, is_pure=True, pack=1)
-    else:
-        out = _f16_pack((_f16_lo(a) * _f16_lo(b) + _f16_lo(c)).to(tl.float16),
-                        (_f16_hi(a) * _f16_hi(b) + _f16_hi(c)).to(tl.float16))
-    return out
 
 
 @triton.jit
