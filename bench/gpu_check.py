@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import multiprocessing as mp
+import os
 import sys
 import time
 
@@ -137,9 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     results: dict[int, tuple[bool, str]] = {}
 
+    live = open(args.log + ".partial", "w") if args.log else None  # survives an outer time limit
+
     def record(i: int, ok: bool, msg: str) -> None:
         results[i] = (ok, msg)
-        print(f"[{i:3d}] {'PASS' if ok else 'FAIL'} {msg}", flush=True)
+        line = f"[{i:3d}] {'PASS' if ok else 'FAIL'} {msg}"
+        print(line, flush=True)
+        if live:
+            live.write(f"{line} ({time.time() - t0:.0f}s)\n")
+            live.flush()
 
     def in_budget() -> bool:
         return args.seconds is None or time.time() - t0 < args.seconds
@@ -167,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
               f"in {time.time() - t0:.0f}s with {args.jobs} job(s) on {torch.cuda.get_device_name()}"
     print(summary)
     if args.log:
+        live.close()
         with open(args.log, "w") as f:
             f.write("\n".join(lines + [summary]) + "\n")
+        os.remove(args.log + ".partial")
     return 1 if fails else 0
 
 
