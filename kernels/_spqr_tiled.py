@@ -658,32 +658,45 @@ def _fv(y, yh, ys, yz, c: tl.constexpr, F: tl.constexpr, WST: tl.constexpr, EXAC
 
 
 @triton.jit
-def _dot_tiles_pf(acc, t_lo, t_hi, rows, rmask, k2, uu, kk, bb, bmask, SS, xq_ptr, w_ptr, st_ptr, st2_ptr, sz_ptr,
-                  m, NUT, G, K2, hpg, BITS: tl.constexpr, SB: tl.constexpr, STQ: tl.constexpr, SAME: tl.constexpr,
-                  R2: tl.constexpr, NU: tl.constexpr, BM: tl.constexpr, DOT_DT: tl.constexpr, H2: tl.constexpr,
-                  ASM: tl.constexpr, EXACT: tl.constexpr):
-    """MODE 1's tile loop, the next tile's words, statistics and x loaded before this one is decoded.
-
-    Why: launched with one stage (Triton's shared-memory pipelining measured slower on most shapes), each
-    step otherwise waits a full DRAM latency for its words before any decode or MMA can start; carried in
-    registers, the loads of step t + 1 are in flight while step t decodes (a few registers per thread).
-    """
-    u = t_lo * NU + uu
-    um = (u < NUT) & (u < t_hi * NU)  # (u < t_hi·NU: a tile at all)
+def _tile_raw(t, t_hi, rows, rmask, k2, uu, kk, bb, bmask, SS, xq_ptr, w_ptr, st_ptr, st2_ptr, sz_ptr, m, NUT, G,
+              K2, hpg, BITS: tl.constexpr, STQ: tl.constexpr, SAME: tl.constexpr, R2: tl.constexpr,
+              NU: tl.constexpr):
+    """Tile t's loads for the dot path, undecoded: its words, statistics and x tile (nothing past t_hi)."""
+    u = t * NU + uu
+    um = (u < NUT) & (u < t_hi * NU)
     a0, a1, a2, a3 = _raw_words(w_ptr, u[None, :] * m + rows[:, None], SS, rmask[:, None] & um[None, :], BITS)
     c0, v0, c1, v1 = _half_stats_raw(rows, k2, u, rmask, um, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2, STQ, SAME, R2)
-    cols = t_lo * (NU * 32) + kk
+    cols = t * (NU * 32) + kk
     xt = tl.load(xq_ptr + bb[None, :] * (NUT * 32) + cols[:, None],
                  mask=((cols < NUT * 32) & (cols < t_hi * (NU * 32)))[:, None] & bmask[None, :], other=0.0)
+    return a0, a1, a2, a3, c0, v0, c1, v1, xt
+
+
+@triton.jit
+def _dot_tiles(acc, t_lo, t_hi, rows, rmask, k2, uu, kk, bb, bmask, SS, xq_ptr, w_ptr, st_ptr, st2_ptr, sz_ptr,
+               m, NUT, G, K2, hpg, BITS: tl.constexpr, SB: tl.constexpr, STQ: tl.constexpr, SAME: tl.constexpr,
+               R2: tl.constexpr, NU: tl.constexpr, BM: tl.constexpr, DOT_DT: tl.constexpr, H2: tl.constexpr,
+               ASM: tl.constexpr, EXACT: tl.constexpr, PF: tl.constexpr):
+    """MODE 1's tile loop: one ``tl.dot`` per tile of decoded weights (H2: :func:`_tile_h2`, pair order).
+
+    PF: the next tile's words, statistics and x are loaded before this one is decoded. Why: launched with
+    one stage (Triton's shared-memory pipelining measured slower on most shapes), each step otherwise waits
+    a full DRAM latency for its words before any decode or MMA can start; carried in registers, the loads
+    of step t + 1 are in flight while step t decodes (a few registers per thread).
+    """
+    if PF:
+        a0, a1, a2, a3, c0, v0, c1, v1, xt = _tile_raw(t_lo, t_hi, rows, rmask, k2, uu, kk, bb, bmask, SS, xq_ptr,
+                                                       w_ptr, st_ptr, st2_ptr, sz_ptr, m, NUT, G, K2, hpg, BITS,
+                                                       STQ, SAME, R2, NU)
     for t in range(t_lo, t_hi):
-        un = (t + 1) * NU + uu
-        umn = (un < NUT) & (un < t_hi * NU)
-        n0, n1, n2, n3 = _raw_words(w_ptr, un[None, :] * m + rows[:, None], SS, rmask[:, None] & umn[None, :], BITS)
-        d0, e0, d1, e1 = _half_stats_raw(rows, k2, un, rmask, umn, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2, STQ,
-                                         SAME, R2)
-        cols = (t + 1) * (NU * 32) + kk
-        xn = tl.load(xq_ptr + bb[None, :] * (NUT * 32) + cols[:, None],
-                     mask=((cols < NUT * 32) & (cols < t_hi * (NU * 32)))[:, None] & bmask[None, :], other=0.0)
+        if PF:
+            n0, n1, n2, n3, d0, e0, d1, e1, xn = _tile_raw(t + 1, t_hi, rows, rmask, k2, uu, kk, bb, bmask, SS,
+                                                           xq_ptr, w_ptr, st_ptr, st2_ptr, sz_ptr, m, NUT, G, K2,
+                                                           hpg, BITS, STQ, SAME, R2, NU)
+        else:
+            a0, a1, a2, a3, c0, v0, c1, v1, xt = _tile_raw(t, t_hi, rows, rmask, k2, uu, kk, bb, bmask, SS,
+                                                           xq_ptr, w_ptr, st_ptr, st2_ptr, sz_ptr, m, NUT, G, K2,
+                                                           hpg, BITS, STQ, SAME, R2, NU)
         w0, w1, w2, w3 = _words(a0, a1, a2, a3, BITS)
         S0, Z0, S1, Z1 = _half_stats_dec(c0, v0, c1, v1, SB, STQ, SAME, R2, EXACT, BM, NU)
         if H2:
@@ -691,9 +704,10 @@ def _dot_tiles_pf(acc, t_lo, t_hi, rows, rmask, k2, uu, kk, bb, bmask, SS, xq_pt
         else:
             wt = _tile(w0, w1, w2, w3, S0, Z0, S1, Z1, BITS, False, BM, NU).to(DOT_DT)
         acc = tl.dot(wt, xt, acc)
-        xt = xn
-        a0, a1, a2, a3 = n0, n1, n2, n3
-        c0, v0, c1, v1 = d0, e0, d1, e1
+        if PF:
+            xt = xn
+            a0, a1, a2, a3 = n0, n1, n2, n3
+            c0, v0, c1, v1 = d0, e0, d1, e1
     return acc
 
 
@@ -722,7 +736,7 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr
     columns to features (HAS_PERM).
     EXACT_STATS (f32 activations): the statistics rounded through f16 as the spec does, so the
     product is the spec's matrix times x up to f32 summation order.
-    PF (MODE 1): :func:`_dot_tiles_pf`, the tile loop with a one-step register prefetch.
+    PF (MODE 1): :func:`_dot_tiles` with a one-step register prefetch.
     """
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -742,43 +756,34 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr
             acc3 = tl.zeros((BM, NU), dtype=tl.float32)
     t_lo = pid_k * tiles_per_split
     t_hi = tl.minimum(t_lo + tiles_per_split, n_tiles)
-    if MODE == 1 and PF:  # the dot path with the next tile's words and statistics loaded a step ahead
-        acc = _dot_tiles_pf(acc, t_lo, t_hi, rows, rmask, k2, uu, kk, bb, bmask, SS, xq_ptr, w_ptr, st_ptr, st2_ptr,
-                            sz_ptr, m, NUT, G, K2, hpg, BITS, SB, STQ, SAME, R2, NU, BM, DOT_DT, H2, ASM, EXACT_STATS)
-        t_hi = t_lo  # the loop below runs no step
-    for t in range(t_lo, t_hi):
-        u = t * NU + uu
-        umask = u < NUT
-        lmask = rmask[:, None] & umask[None, :]
-        w0, w1, w2, w3 = _load_words(w_ptr, u[None, :] * m + rows[:, None], SS, lmask, BITS)
-        S0, Z0, S1, Z1 = _half_stats(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2,
-                                     SB, STQ, SAME, R2, EXACT_STATS, BM, NU)
-        if MODE == 0:
-            if H2:
+    if MODE == 1:
+        acc = _dot_tiles(acc, t_lo, t_hi, rows, rmask, k2, uu, kk, bb, bmask, SS, xq_ptr, w_ptr, st_ptr, st2_ptr,
+                         sz_ptr, m, NUT, G, K2, hpg, BITS, SB, STQ, SAME, R2, NU, BM, DOT_DT, H2, ASM, EXACT_STATS, PF)
+    else:
+        for t in range(t_lo, t_hi):
+            u = t * NU + uu
+            umask = u < NUT
+            lmask = rmask[:, None] & umask[None, :]
+            w0, w1, w2, w3 = _load_words(w_ptr, u[None, :] * m + rows[:, None], SS, lmask, BITS)
+            S0, Z0, S1, Z1 = _half_stats(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2,
+                                         SB, STQ, SAME, R2, EXACT_STATS, BM, NU)
+            if MODE == 0:
+                if H2:
+                    acc += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xe_ptr, xs_ptr, u, umask, NUT, ASM,
+                                        xo_ptr, idx_ptr, n, XIN, HAS_PERM, BITS)
+                else:
+                    acc += _unit_dot(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xs_ptr, u, umask, NUT, BITS)
+            elif MODE == 2:  # 2..4 rows, one decode per weight (the unbias is shared), f16x2 products per row
                 acc += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xe_ptr, xs_ptr, u, umask, NUT, ASM,
-                                    xo_ptr, idx_ptr, n, XIN, HAS_PERM, BITS)
-            else:
-                acc += _unit_dot(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xs_ptr, u, umask, NUT, BITS)
-        elif MODE == 2:  # 2..4 rows, one decode per weight (the unbias is shared), f16x2 products per row
-            acc += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xe_ptr, xs_ptr, u, umask, NUT, ASM,
-                                xo_ptr, idx_ptr, n, False, False, BITS)
-            acc1 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 16 * NUT, xe_ptr + NUT, xs_ptr + 2 * NUT,
-                                 u, umask, NUT, ASM, xo_ptr, idx_ptr, n, False, False, BITS)
-            if NBC > 2:
-                acc2 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 32 * NUT, xe_ptr + 2 * NUT,
-                                     xs_ptr + 4 * NUT, u, umask, NUT, ASM, xo_ptr, idx_ptr, n, False, False, BITS)
-            if NBC > 3:
-                acc3 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 48 * NUT, xe_ptr + 3 * NUT,
-                                     xs_ptr + 6 * NUT, u, umask, NUT, ASM, xo_ptr, idx_ptr, n, False, False, BITS)
-        if MODE == 1:
-            if H2:  # f16x2 decode, K in pair order (xdot_kernel's PAIR: x is in the same order)
-                wt = _tile_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, BITS, ASM, BM, NU)
-            else:
-                wt = _tile(w0, w1, w2, w3, S0, Z0, S1, Z1, BITS, False, BM, NU).to(DOT_DT)
-            cols = t * (NU * 32) + kk
-            xt = tl.load(xq_ptr + bb[None, :] * (NUT * 32) + cols[:, None],
-                         mask=(cols < NUT * 32)[:, None] & bmask[None, :], other=0.0)
-            acc = tl.dot(wt, xt, acc)
+                                    xo_ptr, idx_ptr, n, False, False, BITS)
+                acc1 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 16 * NUT, xe_ptr + NUT, xs_ptr + 2 * NUT,
+                                     u, umask, NUT, ASM, xo_ptr, idx_ptr, n, False, False, BITS)
+                if NBC > 2:
+                    acc2 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 32 * NUT, xe_ptr + 2 * NUT,
+                                         xs_ptr + 4 * NUT, u, umask, NUT, ASM, xo_ptr, idx_ptr, n, False, False, BITS)
+                if NBC > 3:
+                    acc3 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 48 * NUT, xe_ptr + 3 * NUT,
+                                         xs_ptr + 6 * NUT, u, umask, NUT, ASM, xo_ptr, idx_ptr, n, False, False, BITS)
     if MODE == 0:
         out = tl.sum(acc, axis=1)
     elif MODE == 2:  # the rows' sums as a [BM, BB] tile (BB = the batch, 2..4)
