@@ -84,20 +84,27 @@ def sass(compiled: Any) -> str:
         return subprocess.run([tool, "-c", f.name], capture_output=True, text=True, check=True).stdout
 
 
-def main_loop_instructions(text: str) -> int:
-    """Instructions of the backward-branch loop of a SASS listing with the most multiply-adds (FFMA, HMMA = 8:
-    the matvec's, not a longer residual or epilogue loop's), the longest on a tie."""
+def loops(text: str) -> list[list[str]]:
+    """The lines of each backward-branch loop of a SASS listing (label through branch), in listing order."""
     lines = text.split("\n")
     labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^\.(L_x_\d+):", line.strip()))}
-    best, key = (0, -1), (-1, -1)
+    out = []
     for i, line in enumerate(lines):
         m = re.search(r"BRA\s+`\(\.(L_x_\d+)\)", line)
         if m and m.group(1) in labels and labels[m.group(1)] < i:
-            lo = labels[m.group(1)]
-            k = (sum(8 if "HMMA" in x else 1 for x in lines[lo:i + 1] if re.search(r"\b(FFMA|HMMA)\b", x)), i - lo)
-            if k > key:
-                best, key = (lo, i), k
-    return sum(1 for line in lines[best[0]:best[1] + 1] if INSTR.search(line))
+            out.append(lines[labels[m.group(1)]:i + 1])
+    return out
+
+
+def main_loop_instructions(text: str) -> int:
+    """Instructions of the backward-branch loop of a SASS listing with the most multiply-adds (FFMA, HMMA = 8:
+    the matvec's, not a longer residual or epilogue loop's), the longest on a tie."""
+    best, key = [], (-1, -1)
+    for body in loops(text):
+        k = (sum(8 if "HMMA" in x else 1 for x in body if re.search(r"\b(FFMA|HMMA)\b", x)), len(body))
+        if k > key:
+            best, key = body, k
+    return sum(1 for line in best if INSTR.search(line))
 
 
 def cases() -> list[tuple[str, Any, dict[str, Any], dict[str, Any], float]]:

@@ -21,7 +21,7 @@ import re  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 
-from compile_check_codecs import INSTR, Const, build, sass  # noqa: E402
+from compile_check_codecs import INSTR, Const, build, loops, sass  # noqa: E402
 from compile_check_spqr_b1 import gemv_args  # noqa: E402
 
 # (BM, NU, num_warps, num_stages, H2, EPR, PF)
@@ -30,14 +30,9 @@ CONFIGS = [(64, 4, 4, 1, False, 16, False), (64, 4, 4, 1, False, 4, False), (64,
 
 
 def hgmma_loop(text: str) -> list[str]:
-    """The SASS lines of the backward-branch loop that holds the HGMMAs."""
-    lines = text.split("\n")
-    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^\.(L_x_\d+):", line.strip()))}
-    for i, line in enumerate(lines):
-        m = re.search(r"BRA\s+`\(\.(L_x_\d+)\)", line)
-        if m and labels.get(m.group(1), i) < i and any("HGMMA" in x for x in lines[labels[m.group(1)]:i]):
-            return [x for x in lines[labels[m.group(1)]:i + 1] if INSTR.search(x)]
-    return []
+    """The instructions of the first loop that holds the HGMMAs."""
+    body = next((b for b in loops(text) if any("HGMMA" in x for x in b)), [])
+    return [x for x in body if INSTR.search(x)]
 
 
 def registers(compiled: object) -> str:
