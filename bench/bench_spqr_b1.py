@@ -41,11 +41,9 @@ def xprep_only(prep: ks.PreparedSpQR, x: torch.Tensor):
     n = prep.shape[1]
     nut = cdiv(n, 32)
     idx = prep.x_index(0)
-    xq = torch.empty((1, 16, nut), dtype=torch.int32, device="cuda")
-    xe = torch.empty((1, nut), dtype=torch.float32, device="cuda")
-    xs = torch.empty((1, 2 * nut), dtype=torch.float32, device="cuda")
+    xr = torch.empty((1, nut, KT.XR_WORDS), dtype=torch.int32, device="cuda")
     xo = torch.empty((1, n), dtype=torch.float32, device="cuda")
-    return lambda: KT.xprep_h2_kernel[(triton.cdiv(nut, 32), 1)](x, idx, xq, xe, xs, xo, n, nut, x.stride(0), BU=32)
+    return lambda: KT.xprep_h2_kernel[(triton.cdiv(nut, 32), 1)](x, idx, xr, xo, n, nut, x.stride(0), BU=32)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,21 +74,25 @@ def xprep_kernel(x_ptr, idx_ptr, xq_ptr, xs_ptr, xo_ptr, n, NUT, x_sb,
     tl.store(xq_ptr + b * (32 * NUT) + i[None, :] * NUT + u[:, None], xs, mask=u[:, None] < NUT)
 
 
-@triton.jit
-def xprep_h2_kernel(x_ptr, idx_ptr, xh_ptr, xe_ptr, xs_ptr, xo_ptr, n, NUT, x_sb, BU: tl.constexpr):
-    """Batch-1 operands of the f16x2 kernel (bits-4 words) for BU units.
+XR_WORDS = 20  # int32 words per unit in xprep_h2_kernel's record (19 used; 80 bytes, 16-byte aligned)
+XR = tl.constexpr(XR_WORDS)
 
-    xh[j, u] (int32) holds the f16 pair (x[32u + 8s + c], x[32u + 8s + c + 4])·2^-e_u for j = 4s + c
-    (the two fields one LOP3 puts into the halves of a word); e_u is the unit's exponent, so every
-    scaled x is below 1 in magnitude and a half's f16 sum of 16 code·x products stays far from the f16
-    range; xe[u] = 2^e_u. xs[2u + h]: unscaled half sums; xo: x in stored order (f32) for outliers.
+
+@triton.jit
+def xprep_h2_kernel(x_ptr, idx_ptr, xr_ptr, xo_ptr, n, NUT, x_sb, BU: tl.constexpr):
+    """Batch-1 operands of the f16x2 kernel for BU units: one record of XR int32 words per unit.
+
+    Why a record: the GEMV reads a unit's 19 values at constant offsets from one address (slot-major
+    buffers cost it an address computation per load). [j = 4s + c, j < 16]: the f16 pair
+    (x[32u + 8s + c], x[32u + 8s + c + 4])·2^-e_u (the two fields one mask of a bits-4 word puts into the
+    halves of a register; e_u the unit's exponent, so every scaled x is below 1 in magnitude and a
+    half's f16 sum of 16 code·x products stays far from the f16 range); [16]: 2^e_u (f32 bits);
+    [17], [18]: the unscaled half sums (f32 bits). xo: x in stored order (f32) for the outliers.
     """
     pid = tl.program_id(0)
     b = tl.program_id(1)
     x_ptr += b * x_sb
-    xh_ptr += b * (16 * NUT)
-    xe_ptr += b * NUT
-    xs_ptr += b * (2 * NUT)
+    xr_ptr += b * (XR * NUT)
     xo_ptr += b * n
     u = pid * BU + tl.arange(0, BU)
     j = tl.arange(0, 16)
@@ -102,16 +106,17 @@ def xprep_h2_kernel(x_ptr, idx_ptr, xh_ptr, xe_ptr, xs_ptr, xo_ptr, n, NUT, x_sb
     tl.store(xo_ptr + col_lo, lo, mask=m_lo)
     tl.store(xo_ptr + col_hi, hi, mask=m_hi)
     first = (j < 8)[None, :]
-    tl.store(xs_ptr + 2 * u, tl.sum(tl.where(first, lo + hi, 0.0), axis=1), mask=um)
-    tl.store(xs_ptr + 2 * u + 1, tl.sum(tl.where(first, 0.0, lo + hi), axis=1), mask=um)
+    rec = xr_ptr + u * XR
+    tl.store(rec + 17, tl.sum(tl.where(first, lo + hi, 0.0), axis=1).to(tl.int32, bitcast=True), mask=um)
+    tl.store(rec + 18, tl.sum(tl.where(first, 0.0, lo + hi), axis=1).to(tl.int32, bitcast=True), mask=um)
     mx = tl.maximum(tl.max(tl.abs(lo), axis=1), tl.max(tl.abs(hi), axis=1))
     e = ((mx.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 126  # 2^(e-1) <= mx < 2^e
     e = tl.minimum(tl.maximum(e, -100), 100)
-    tl.store(xe_ptr + u, ((e + 127) << 23).to(tl.float32, bitcast=True), mask=um)
+    tl.store(rec + 16, (e + 127) << 23, mask=um)
     inv = ((127 - e) << 23).to(tl.float32, bitcast=True)[:, None]
     hl = (lo * inv).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
     hh = (hi * inv).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-    tl.store(xh_ptr + j[None, :] * NUT + u[:, None], hl | (hh << 16), mask=um[:, None])
+    tl.store(rec[:, None] + j[None, :], hl | (hh << 16), mask=um[:, None])
 
 
 @triton.jit
@@ -358,16 +363,15 @@ def _f16_pack(lo, hi):
 
 
 @triton.jit
-def _unbias(vm, ODD: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
-    """The f16 pair q - C of the two 4-bit fields of vm (bits 0-3 / 16-19, or 4-7 / 20-23 when ODD).
+def _unbias(v, ODD: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
+    """The f16 pair q - C from v = :func:`_biased`'s f16 pair 1024 + q (or 1024 + 16q when ODD).
 
-    ``vm | 0x64006400`` is the f16 pair 1024 + q (or 1024 + 16q); one exact FMA removes the bias and the
+    One exact FMA removes the bias and the
     centre C (an integer, 2^(bits-1)): the sums of (q - C)·x are smaller than those of q·x, so less f16
     rounding is left in S·(Σ(q - C)·x − (Z - C)·Σx) when Z is near the middle of the code range.
     ASM: PTX ``fma.rn.f16x2`` (GPU; pure, so the batch rows of one weight share it); otherwise the same
     f16 arithmetic in Triton ops (the interpreter has no inline assembly).
     """
-    v = vm | 0x64006400
     tl.static_assert((C == 4) | (C == 8), "the f16x2 path is for bits 3 and 4")
     if ASM:  # (1024 + 16q) / 16 - (64 + C), 64 + C = f16 0x5400 + 16 C; (1024 + q) - (1024 + C), 0x6400 + C
         if ODD:
@@ -410,12 +414,6 @@ def _h2_fma(a, b, c, ASM: tl.constexpr):
 
 
 @triton.jit
-def _pair_fma(vm, x, acc, ODD: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
-    """acc + (q - C)·x in f16x2 (q - C from :func:`_unbias`)."""
-    return _h2_fma(_unbias(vm, ODD, C, ASM), x, acc, ASM)
-
-
-@triton.jit
 def _xval(x_ptr, idx_ptr, col, cm, HAS_PERM: tl.constexpr):
     """x at stored columns col [NU] (f32), read from the caller's x through the permutation."""
     if HAS_PERM:
@@ -446,35 +444,82 @@ def _x_unit(x_ptr, idx_ptr, u, umask, n, HAS_PERM: tl.constexpr):
 
 
 @triton.jit
-def _x_pair(xh_ptr, j: tl.constexpr, u, umask, NUT, x_ptr, idx_ptr, inv, n, XIN: tl.constexpr,
-            HAS_PERM: tl.constexpr):
-    """xh[j, u] [1, NU]: from xprep_h2_kernel's buffer, or (XIN) built from x with the unit scale inv."""
+def _x_pair(xr, j: tl.constexpr, u, umask, x_ptr, idx_ptr, inv, n, XIN: tl.constexpr, HAS_PERM: tl.constexpr):
+    """Record word j [1, NU] of units u (xr: their records): from xprep_h2_kernel, or (XIN) built from x
+    with the unit scale inv."""
     if XIN:
         c_lo = u * 32 + (j // 4 * 8 + j % 4)
-        lo = _xval(x_ptr, idx_ptr, c_lo, umask & (c_lo < n), HAS_PERM)
-        hi = _xval(x_ptr, idx_ptr, c_lo + 4, umask & (c_lo + 4 < n), HAS_PERM)
-        hl = (lo * inv).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        hh = (hi * inv).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        v = hl | (hh << 16)
+        lo = _xval(x_ptr, idx_ptr, c_lo, umask & (c_lo < n), HAS_PERM) * inv
+        hi = _xval(x_ptr, idx_ptr, c_lo + 4, umask & (c_lo + 4 < n), HAS_PERM) * inv
+        v = _f16_pack(lo.to(tl.float16), hi.to(tl.float16))
     else:
-        v = tl.load(xh_ptr + j * NUT + u, mask=umask, other=0)
+        v = tl.load(xr + j, mask=umask, other=0)
     return v[None, :]
 
 
 @triton.jit
-def _word_h2(w, xh_ptr, j0: tl.constexpr, u, umask, NUT, acc, C: tl.constexpr, ASM: tl.constexpr, x_ptr, idx_ptr,
-             inv, n, XIN: tl.constexpr, HAS_PERM: tl.constexpr):
-    """acc + Σ (q - C)·x over the 8 fields of bits-4 words w [BM, NU], as four f16x2 pairs."""
+def _nibble_sel(a0, a1, hi):
+    """:func:`_nibble_words` for the f16x2 GEMV, which masks 3 bits per field: bit 3 of each field is left
+    as junk, so each word is one bit-select LOP3 (plus its shift) instead of a mask, a shift-mask and an OR."""
+    m = 0xCCCCCCCC
+    s0 = a0 >> 2
+    s1 = a1 >> 2
+    n0 = a0 ^ ((a0 ^ (hi << 2)) & m)
+    n1 = s0 ^ ((s0 ^ (hi << 1)) & m)
+    n2 = a1 ^ ((a1 ^ hi) & m)
+    n3 = s1 ^ ((s1 ^ (hi >> 1)) & m)
+    return n0, n1, n2, n3
+
+
+@triton.jit
+def _biased(w, ODD: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
+    """``(w & mask) | 0x64006400``: the field pair of int32 w (bits 0.. / 16.., or 4.. / 20.. when ODD; BITS
+    of each field, so 3-bit words may carry junk in bit 3) as the f16 pair 1024 + q (1024 + 16q when ODD).
+
+    ASM: one LOP3 with the bias in a register (as two PTX ops ptxas emits two LOP3s, each taking one of
+    the two immediates)."""
+    if ASM:
+        if BITS == 3:
+            if ODD:
+                v = tl.inline_asm_elementwise(
+                    "{.reg .b32 c; mov.b32 c, 0x64006400; lop3.b32 $0, $1, 0x00700070, c, 0xEA;}",
+                    "=r,r", [w], dtype=tl.int32, is_pure=True, pack=1)
+            else:
+                v = tl.inline_asm_elementwise(
+                    "{.reg .b32 c; mov.b32 c, 0x64006400; lop3.b32 $0, $1, 0x00070007, c, 0xEA;}",
+                    "=r,r", [w], dtype=tl.int32, is_pure=True, pack=1)
+        else:
+            if ODD:
+                v = tl.inline_asm_elementwise(
+                    "{.reg .b32 c; mov.b32 c, 0x64006400; lop3.b32 $0, $1, 0x00F000F0, c, 0xEA;}",
+                    "=r,r", [w], dtype=tl.int32, is_pure=True, pack=1)
+            else:
+                v = tl.inline_asm_elementwise(
+                    "{.reg .b32 c; mov.b32 c, 0x64006400; lop3.b32 $0, $1, 0x000F000F, c, 0xEA;}",
+                    "=r,r", [w], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        if BITS == 3:
+            v = (w & (0x00700070 if ODD else 0x00070007)) | 0x64006400
+        else:
+            v = (w & (0x00F000F0 if ODD else 0x000F000F)) | 0x64006400
+    return v
+
+
+@triton.jit
+def _word_h2(w, xr, j0: tl.constexpr, u, umask, acc, C: tl.constexpr, ASM: tl.constexpr, x_ptr, idx_ptr,
+             inv, n, XIN: tl.constexpr, HAS_PERM: tl.constexpr, BITS: tl.constexpr):
+    """acc + Σ (q - C)·x over the 8 fields of bits-4 words w [BM, NU], as four f16x2 pairs: per pair one
+    LOP3 (:func:`_biased`), one exact FMA (:func:`_unbias`) and the product's FMA."""
     wi = w.to(tl.int32, bitcast=True)
     w8 = (w >> 8).to(tl.int32, bitcast=True)
-    acc = _pair_fma(wi & 0x000F000F, _x_pair(xh_ptr, j0, u, umask, NUT, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
-                    acc, False, C, ASM)
-    acc = _pair_fma(wi & 0x00F000F0, _x_pair(xh_ptr, j0 + 1, u, umask, NUT, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
-                    acc, True, C, ASM)
-    acc = _pair_fma(w8 & 0x000F000F, _x_pair(xh_ptr, j0 + 2, u, umask, NUT, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
-                    acc, False, C, ASM)
-    acc = _pair_fma(w8 & 0x00F000F0, _x_pair(xh_ptr, j0 + 3, u, umask, NUT, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
-                    acc, True, C, ASM)
+    acc = _h2_fma(_unbias(_biased(wi, False, BITS, ASM), False, C, ASM),
+                  _x_pair(xr, j0, u, umask, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM), acc, ASM)
+    acc = _h2_fma(_unbias(_biased(wi, True, BITS, ASM), True, C, ASM),
+                  _x_pair(xr, j0 + 1, u, umask, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM), acc, ASM)
+    acc = _h2_fma(_unbias(_biased(w8, False, BITS, ASM), False, C, ASM),
+                  _x_pair(xr, j0 + 2, u, umask, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM), acc, ASM)
+    acc = _h2_fma(_unbias(_biased(w8, True, BITS, ASM), True, C, ASM),
+                  _x_pair(xr, j0 + 3, u, umask, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM), acc, ASM)
     return acc
 
 
@@ -485,34 +530,35 @@ def _h2_sum(a):
 
 
 @triton.jit
-def _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xh_ptr, xe_ptr, xs_ptr, u, umask, NUT, ASM: tl.constexpr,
+def _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xr_ptr, u, umask, ASM: tl.constexpr,
                  x_ptr, idx_ptr, n, XIN: tl.constexpr, HAS_PERM: tl.constexpr, BITS: tl.constexpr):
     """_unit_dot with f16x2 products and per-half f16 sums (x scaled per unit by 2^-e_u).
 
-    The codes are centred (q - C, C = 2^(BITS-1), see :func:`_unbias`) and the zeros with them.
+    The codes are centred (q - C, C = 2^(BITS-1), see :func:`_unbias`) and the zeros with them: a
+    subnormal-code variant (one mask per pair, no unbias, the centring as the sums' start) doubled the
+    relative error (max 4.6e-3 vs 2.0e-3 over 60 random tensors), as the f16 sums then pass through C·Σx.
 
     XIN: the per-unit x operands are built here from x (``x_ptr``, feature order, through ``idx_ptr``)
-    instead of read from xprep_h2_kernel's buffers, so batch 1 is a single launch.
+    instead of read from xprep_h2_kernel's records, so batch 1 is a single launch.
     """
     zero = tl.zeros(w0.shape, dtype=tl.int32)
     C: tl.constexpr = 1 << (BITS - 1)
+    xr = xr_ptr + u * XR
     if XIN:
         inv, xe, xs0, xs1 = _x_unit(x_ptr, idx_ptr, u, umask, n, HAS_PERM)  # inv [NU]: _x_pair's scale
-        xe = xe[None, :]
-        xs0 = xs0[None, :]
-        xs1 = xs1[None, :]
     else:
         inv = 1.0
-        xe = tl.load(xe_ptr + u, mask=umask, other=0.0)[None, :]
-        xs0 = tl.load(xs_ptr + 2 * u, mask=umask, other=0.0)[None, :]
-        xs1 = tl.load(xs_ptr + 2 * u + 1, mask=umask, other=0.0)[None, :]
-    a0 = _word_h2(w1, xh_ptr, 4, u, umask, NUT,
-                  _word_h2(w0, xh_ptr, 0, u, umask, NUT, zero, C, ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
-                  C, ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM)
-    a1 = _word_h2(w3, xh_ptr, 12, u, umask, NUT,
-                  _word_h2(w2, xh_ptr, 8, u, umask, NUT, zero, C, ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM),
-                  C, ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM)
-    return S0 * (_h2_sum(a0) * xe - (Z0 - C) * xs0) + S1 * (_h2_sum(a1) * xe - (Z1 - C) * xs1)
+        xe = tl.load(xr + 16, mask=umask, other=0).to(tl.float32, bitcast=True)
+        xs0 = tl.load(xr + 17, mask=umask, other=0).to(tl.float32, bitcast=True)
+        xs1 = tl.load(xr + 18, mask=umask, other=0).to(tl.float32, bitcast=True)
+    a0 = _word_h2(w1, xr, 4, u, umask,
+                  _word_h2(w0, xr, 0, u, umask, zero, C, ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM, BITS),
+                  C, ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM, BITS)
+    a1 = _word_h2(w3, xr, 12, u, umask,
+                  _word_h2(w2, xr, 8, u, umask, zero, C, ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM, BITS),
+                  C, ASM, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM, BITS)
+    xe = xe[None, :]
+    return S0 * (_h2_sum(a0) * xe - (Z0 - C) * xs0[None, :]) + S1 * (_h2_sum(a1) * xe - (Z1 - C) * xs1[None, :])
 
 
 @triton.jit
@@ -607,10 +653,10 @@ def _word_pairs_h2(w, S2, B2, C: tl.constexpr, ASM: tl.constexpr):
     """
     wi = w.to(tl.int32, bitcast=True)
     w8 = (w >> 8).to(tl.int32, bitcast=True)
-    p0 = _h2_fma(_unbias(wi & 0x000F000F, False, C, ASM), S2, B2, ASM)
-    p1 = _h2_fma(_unbias(wi & 0x00F000F0, True, C, ASM), S2, B2, ASM)
-    p2 = _h2_fma(_unbias(w8 & 0x000F000F, False, C, ASM), S2, B2, ASM)
-    p3 = _h2_fma(_unbias(w8 & 0x00F000F0, True, C, ASM), S2, B2, ASM)
+    p0 = _h2_fma(_unbias(_biased(wi, False, 4, ASM), False, C, ASM), S2, B2, ASM)
+    p1 = _h2_fma(_unbias(_biased(wi, True, 4, ASM), True, C, ASM), S2, B2, ASM)
+    p2 = _h2_fma(_unbias(_biased(w8, False, 4, ASM), False, C, ASM), S2, B2, ASM)
+    p3 = _h2_fma(_unbias(_biased(w8, True, 4, ASM), True, C, ASM), S2, B2, ASM)
     return _join4(p0, p1, p2, p3)
 
 
@@ -725,7 +771,7 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr
 
     MODE 2 (2..4 rows, H2 only): MODE 0's f16x2 path once per row with the weight decode shared
     (BB = the number of rows). MODE 0 (one activation row): xq/xs are xprep_kernel's operands; per half
-    ``S·(Σ q·x·2^-p·2^p − Z·Σ x)``; H2 (bits 3/4): xq/xe are xprep_h2_kernel's operands and
+    ``S·(Σ q·x·2^-p·2^p − Z·Σ x)``; H2 (bits 3/4): xq is xprep_h2_kernel's records (xs, xe unused) and
     the products f16x2 (ASM: PTX; else the same f16 arithmetic in Triton ops). MODE 1 (2..16 rows):
     xq is x in stored order (DOT_DT, zero padded to NUT·32 columns, [BB rows]), one ``tl.dot`` per
     tile of decoded weights rounded to DOT_DT; H2 (f16 x, bits 3/4): the tile decoded by f16x2 FMAs
@@ -764,26 +810,30 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr
             u = t * NU + uu
             umask = u < NUT
             lmask = rmask[:, None] & umask[None, :]
-            w0, w1, w2, w3 = _load_words(w_ptr, u[None, :] * m + rows[:, None], SS, lmask, BITS)
+            if H2 and BITS == 3:  # _biased's 0x7 masks read 3 bits per field: the one-LOP3 rebuild
+                a0, a1, a2, a3 = _raw_words(w_ptr, u[None, :] * m + rows[:, None], SS, lmask, BITS)
+                w0, w1, w2, w3 = _nibble_sel(a0, a1, a2)
+            else:
+                w0, w1, w2, w3 = _load_words(w_ptr, u[None, :] * m + rows[:, None], SS, lmask, BITS)
             S0, Z0, S1, Z1 = _half_stats(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2,
                                          SB, STQ, SAME, R2, EXACT_STATS, BM, NU)
             if MODE == 0:
                 if H2:
-                    acc += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xe_ptr, xs_ptr, u, umask, NUT, ASM,
+                    acc += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, u, umask, ASM,
                                         xo_ptr, idx_ptr, n, XIN, HAS_PERM, BITS)
                 else:
                     acc += _unit_dot(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xs_ptr, u, umask, NUT, BITS)
-            elif MODE == 2:  # 2..4 rows, one decode per weight (the unbias is shared), f16x2 products per row
-                acc += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, xe_ptr, xs_ptr, u, umask, NUT, ASM,
+            elif MODE == 2:  # 2..4 rows, one decode per weight, f16x2 products per row (one record per row)
+                acc += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr, u, umask, ASM,
                                     xo_ptr, idx_ptr, n, False, False, BITS)
-                acc1 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 16 * NUT, xe_ptr + NUT, xs_ptr + 2 * NUT,
-                                     u, umask, NUT, ASM, xo_ptr, idx_ptr, n, False, False, BITS)
+                acc1 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + XR * NUT, u, umask, ASM,
+                                     xo_ptr, idx_ptr, n, False, False, BITS)
                 if NBC > 2:
-                    acc2 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 32 * NUT, xe_ptr + 2 * NUT,
-                                         xs_ptr + 4 * NUT, u, umask, NUT, ASM, xo_ptr, idx_ptr, n, False, False, BITS)
+                    acc2 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 2 * XR * NUT, u, umask, ASM,
+                                         xo_ptr, idx_ptr, n, False, False, BITS)
                 if NBC > 3:
-                    acc3 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 48 * NUT, xe_ptr + 3 * NUT,
-                                         xs_ptr + 6 * NUT, u, umask, NUT, ASM, xo_ptr, idx_ptr, n, False, False, BITS)
+                    acc3 += _unit_dot_h2(w0, w1, w2, w3, S0, Z0, S1, Z1, xq_ptr + 3 * XR * NUT, u, umask, ASM,
+                                         xo_ptr, idx_ptr, n, False, False, BITS)
     if MODE == 0:
         out = tl.sum(acc, axis=1)
     elif MODE == 2:  # the rows' sums as a [BM, BB] tile (BB = the batch, 2..4)

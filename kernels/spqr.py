@@ -594,10 +594,8 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
         xq = xe = xs = xo = x2
     elif h2 and mode != 1:
         xo = scratch("xo", (B, n), torch.float32)
-        xq = scratch("xh", (B, 16, nut), torch.int32)
-        xe = scratch("xe", (B, nut), torch.float32)
-        xs = scratch("xs", (B, 2 * nut), torch.float32)
-        KT.xprep_h2_kernel[(triton.cdiv(nut, 32), B)](x2, idx, xq, xe, xs, xo, n, nut, x2.stride(0), BU=32)
+        xq = xe = xs = scratch("xr", (B, nut, KT.XR_WORDS), torch.int32)  # one record per unit
+        KT.xprep_h2_kernel[(triton.cdiv(nut, 32), B)](x2, idx, xq, xo, n, nut, x2.stride(0), BU=32)
     elif mode == 0:
         xo = xe = scratch("xo", (B, n), torch.float32)
         xq = scratch("xq", (32, nut), torch.float32)
