@@ -161,10 +161,10 @@ def _row_block(pid_m, m, B2, R2: tl.constexpr, BM: tl.constexpr):
 
 
 @triton.jit
-def _load_words(w_ptr, off, SS, lmask, BITS: tl.constexpr):
+def _load_words(w_ptr, off, SS, lmask, BITS: tl.constexpr, SEL3: tl.constexpr = False):
     """The words at off (+ SS per slot) as uint32, rebuilt into bits-4 words for BITS = 3 (BITS = 2: two)."""
     a0, a1, a2, a3 = _raw_words(w_ptr, off, SS, lmask, BITS)
-    return _words(a0, a1, a2, a3, BITS)
+    return _words(a0, a1, a2, a3, BITS, SEL3)
 
 
 @triton.jit
@@ -182,9 +182,12 @@ def _raw_words(w_ptr, off, SS, lmask, BITS: tl.constexpr):
 
 
 @triton.jit
-def _words(w0, w1, w2, w3, BITS: tl.constexpr):
-    """:func:`_raw_words`' words as bits-4 words (BITS = 3: rebuilt from the two planes)."""
+def _words(w0, w1, w2, w3, BITS: tl.constexpr, SEL3: tl.constexpr = False):
+    """:func:`_raw_words`' words as bits-4 words (BITS = 3: rebuilt from the two planes; SEL3: with junk in
+    each field's bit 3, :func:`_nibble_sel`)."""
     if BITS == 3:
+        if SEL3:
+            return _nibble_sel(w0, w1, w2)
         return _nibble_words(w0, w1, w2)
     return w0, w1, w2, w3
 
@@ -198,6 +201,21 @@ def _nibble_words(a0, a1, hi):
     n1 = ((a0 >> 2) & lo_m) | ((hi << 1) & hi_m)
     n2 = (a1 & lo_m) | (hi & hi_m)
     n3 = ((a1 >> 2) & lo_m) | ((hi >> 1) & hi_m)
+    return n0, n1, n2, n3
+
+
+@triton.jit
+def _nibble_sel(a0, a1, hi):
+    """:func:`_nibble_words` for readers that mask 3 bits per field (the f16x2 GEMV's :func:`_biased`): bit 3
+    of each field is left as junk, so each word is one bit-select LOP3 (plus its shift) instead of a mask, a
+    shift-mask and an OR."""
+    m = 0xCCCCCCCC
+    s0 = a0 >> 2
+    s1 = a1 >> 2
+    n0 = a0 ^ ((a0 ^ (hi << 2)) & m)
+    n1 = s0 ^ ((s0 ^ (hi << 1)) & m)
+    n2 = a1 ^ ((a1 ^ hi) & m)
+    n3 = s1 ^ ((s1 ^ (hi >> 1)) & m)
     return n0, n1, n2, n3
 
 
@@ -458,50 +476,20 @@ def _x_pair(xr, j: tl.constexpr, u, umask, x_ptr, idx_ptr, inv, n, XIN: tl.const
 
 
 @triton.jit
-def _nibble_sel(a0, a1, hi):
-    """:func:`_nibble_words` for the f16x2 GEMV, which masks 3 bits per field: bit 3 of each field is left
-    as junk, so each word is one bit-select LOP3 (plus its shift) instead of a mask, a shift-mask and an OR."""
-    m = 0xCCCCCCCC
-    s0 = a0 >> 2
-    s1 = a1 >> 2
-    n0 = a0 ^ ((a0 ^ (hi << 2)) & m)
-    n1 = s0 ^ ((s0 ^ (hi << 1)) & m)
-    n2 = a1 ^ ((a1 ^ hi) & m)
-    n3 = s1 ^ ((s1 ^ (hi >> 1)) & m)
-    return n0, n1, n2, n3
-
-
-@triton.jit
 def _biased(w, ODD: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
     """``(w & mask) | 0x64006400``: the field pair of int32 w (bits 0.. / 16.., or 4.. / 20.. when ODD; BITS
     of each field, so 3-bit words may carry junk in bit 3) as the f16 pair 1024 + q (1024 + 16q when ODD).
 
-    ASM: one LOP3 with the bias in a register (as two PTX ops ptxas emits two LOP3s, each taking one of
-    the two immediates)."""
-    if ASM:
-        if BITS == 3:
-            if ODD:
-                v = tl.inline_asm_elementwise(
-                    "{.reg .b32 c; mov.b32 c, 0x64006400; lop3.b32 $0, $1, 0x00700070, c, 0xEA;}",
-                    "=r,r", [w], dtype=tl.int32, is_pure=True, pack=1)
-            else:
-                v = tl.inline_asm_elementwise(
-                    "{.reg .b32 c; mov.b32 c, 0x64006400; lop3.b32 $0, $1, 0x00070007, c, 0xEA;}",
-                    "=r,r", [w], dtype=tl.int32, is_pure=True, pack=1)
-        else:
-            if ODD:
-                v = tl.inline_asm_elementwise(
-                    "{.reg .b32 c; mov.b32 c, 0x64006400; lop3.b32 $0, $1, 0x00F000F0, c, 0xEA;}",
-                    "=r,r", [w], dtype=tl.int32, is_pure=True, pack=1)
-            else:
-                v = tl.inline_asm_elementwise(
-                    "{.reg .b32 c; mov.b32 c, 0x64006400; lop3.b32 $0, $1, 0x000F000F, c, 0xEA;}",
-                    "=r,r", [w], dtype=tl.int32, is_pure=True, pack=1)
+    ASM: one LOP3 (as two PTX ops ptxas emits two LOP3s, each taking one of the two immediates)."""
+    if BITS == 3:
+        msk = tl.full(w.shape, 0x00700070 if ODD else 0x00070007, tl.int32)
     else:
-        if BITS == 3:
-            v = (w & (0x00700070 if ODD else 0x00070007)) | 0x64006400
-        else:
-            v = (w & (0x00F000F0 if ODD else 0x000F000F)) | 0x64006400
+        msk = tl.full(w.shape, 0x00F000F0 if ODD else 0x000F000F, tl.int32)
+    if ASM:
+        v = tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, 0x64006400, 0xEA;", "=r,r,r", [w, msk],
+                                      dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        v = (w & msk) | 0x64006400
     return v
 
 
@@ -810,11 +798,8 @@ def gemv_kernel(xq_ptr, xs_ptr, xe_ptr, xo_ptr, idx_ptr, y_ptr, bias_ptr, ws_ptr
             u = t * NU + uu
             umask = u < NUT
             lmask = rmask[:, None] & umask[None, :]
-            if H2 and BITS == 3:  # _biased's 0x7 masks read 3 bits per field: the one-LOP3 rebuild
-                a0, a1, a2, a3 = _raw_words(w_ptr, u[None, :] * m + rows[:, None], SS, lmask, BITS)
-                w0, w1, w2, w3 = _nibble_sel(a0, a1, a2)
-            else:
-                w0, w1, w2, w3 = _load_words(w_ptr, u[None, :] * m + rows[:, None], SS, lmask, BITS)
+            # H2: _biased's masks read 3 bits per field, so the cheaper 3-bit rebuild
+            w0, w1, w2, w3 = _load_words(w_ptr, u[None, :] * m + rows[:, None], SS, lmask, BITS, H2)
             S0, Z0, S1, Z1 = _half_stats(rows, k2, u, rmask, umask, hpg, st_ptr, st2_ptr, sz_ptr, m, G, K2,
                                          SB, STQ, SAME, R2, EXACT_STATS, BM, NU)
             if MODE == 0:
