@@ -3,7 +3,7 @@
 One process, CUDA-graph medians over > 2x L2 of weight copies (bench_kernels.py's harness), on the
 Llama-3-8B shapes. Per shape: fp16 ``F.linear``, torch int4 tinygemm (g128), the current default
 config ("old"; since the 2026-12-01 sweep chosen by shape), a small sweep of (BM, NH, num_warps, split,
-x_inline: the one-launch GEMV) and the x-preparation launch alone (what folding it into the GEMV could
+x_inline: the one-launch GEMV; maxnreg) and the x-preparation launch alone (what folding it into the GEMV could
 save at most). Writes ``$OUT/bench_spqr_b1.json``; a config whose
 relative error exceeds 4e-3 is reported WRONG and not timed (exit status 1).
 
@@ -28,12 +28,18 @@ from bench_kernels import cdiv, check_matvec, clone_prepared, graph_time, int4_w
 from spqrfmt.kernels import _spqr_tiled as KT  # noqa: E402
 from spqrfmt.kernels import spqr as ks  # noqa: E402
 
-SHAPES = ["1024x4096", "4096x4096", "14336x4096", "4096x14336"]
-# (BM, NH, num_warps, split, x_inline); split None = the automatic split (32 programs per SM); x_inline: one launch
-SWEEP = [(64, 8, 4, 8, False), (32, 8, 4, 16, False), (64, 4, 4, 16, False), (128, 8, 4, 4, False),
-         (128, 8, 8, 8, False), (32, 8, 2, 16, False), (64, 16, 4, 4, False), (32, 8, 4, None, False),
-         (64, 8, 4, 8, True), (32, 8, 4, 16, True), (128, 8, 4, 4, True), (32, 8, 2, 16, True),
-         (64, 16, 4, 4, True)]
+SHAPES = ["1024x4096", "4096x4096", "14336x4096", "4096x14336", "8192x28672", "28672x8192"]
+# (BM, NH, num_warps, split, x_inline, maxnreg); split None = the automatic split (32 programs per SM);
+# x_inline: one launch. The splits and register caps: ncu on 8192x28672 (BM 64, split 8) showed 95 registers,
+# 5 programs per SM and 1,024 programs, i.e. 1.55 waves; fewer programs (one wave) or a cap (more per SM)
+SWEEP = [(64, 8, 4, 8, False, None), (64, 8, 4, 4, False, None), (64, 8, 4, 5, False, None),
+         (64, 8, 4, 10, False, None), (64, 8, 4, 8, False, 80), (64, 8, 4, 8, False, 64),
+         (64, 8, 4, 5, False, 80), (64, 16, 4, 4, False, None), (32, 8, 2, 16, False, None),
+         (32, 8, 2, 16, False, 64), (128, 8, 4, 4, False, None), (128, 8, 4, 2, False, None),
+         (128, 8, 4, 3, False, None), (128, 8, 4, 4, False, 96),
+         (64, 8, 4, 8, True, None), (64, 8, 4, 8, True, 80), (128, 8, 4, 4, True, None),
+         (128, 8, 4, 3, True, None), (128, 8, 4, 6, True, None), (128, 8, 4, 4, True, 128),
+         (32, 8, 4, 16, True, None)]
 
 
 def xprep_only(prep: ks.PreparedSpQR, x: torch.Tensor):
@@ -78,14 +84,15 @@ def main(argv: list[str] | None = None) -> int:
             r = dict(row, bits=bits, configs=[])
             r["xprep_us"] = graph_time([xprep_only(prep, x)]) * 1e6
             old = ks.default_config(prep, 1)
-            for bm, nh, nw, sp, xin in [(old.BM, old.NH, old.num_warps, old.split, old.x_inline)] + SWEEP:
+            first = (old.BM, old.NH, old.num_warps, old.split, old.x_inline, old.maxnreg)
+            for bm, nh, nw, sp, xin, reg in [first] + SWEEP:
                 if time.time() - t0 > a.budget_s:
-                    r["configs"].append({"cfg": [bm, nh, nw, sp, xin], "skipped": "time budget spent"})
+                    r["configs"].append({"cfg": [bm, nh, nw, sp, xin, reg], "skipped": "time budget spent"})
                     continue
-                cfg = ks.MatvecConfig(BM=bm, NH=nh, num_warps=nw, split=sp, x_inline=xin)
+                cfg = ks.MatvecConfig(BM=bm, NH=nh, num_warps=nw, split=sp, x_inline=xin, maxnreg=reg)
                 try:
                     err = check_matvec(prep, x, cfg)
-                    c = {"cfg": [bm, nh, nw, sp, xin], "relerr": err}
+                    c = {"cfg": [bm, nh, nw, sp, xin, reg], "relerr": err}
                     if not err < 4e-3:
                         wrong += 1
                         c["wrong"] = True
@@ -93,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                         c["us"] = graph_time([lambda p=p, c=cfg, x=x: ks.matvec(p, x, config=c) for p in preps]) * 1e6
                 except Exception as e:  # noqa: BLE001 - report and go on
                     wrong += 1
-                    c = {"cfg": [bm, nh, nw, sp, xin], "error": repr(e)[:300]}
+                    c = {"cfg": [bm, nh, nw, sp, xin, reg], "error": repr(e)[:300]}
                 r["configs"].append(c)
-                print(f"{m}x{n} {bits}b cfg BM={bm} NH={nh} w={nw} split={sp} x_inline={xin}: "
+                print(f"{m}x{n} {bits}b cfg BM={bm} NH={nh} w={nw} split={sp} x_inline={xin} maxnreg={reg}: "
                       + (f"{c['us']:.1f} us relerr {c['relerr']:.1e}" if "us" in c else json.dumps(c)), flush=True)
             timed = [c for c in r["configs"] if "us" in c]
             if timed:

@@ -38,7 +38,7 @@ class Const:
 
 
 def build(kernel: Any, args: dict[str, Any], arch: int, num_warps: int = 4, fp_fusion: bool = True,
-          num_stages: int = 3) -> Any:
+          num_stages: int = 3, maxnreg: int | None = None) -> Any:
     """triton.compile of a @triton.jit kernel: pointers are dtype strings ("*fp32"), ints/floats runtime values."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -70,7 +70,8 @@ def build(kernel: Any, args: dict[str, Any], arch: int, num_warps: int = 4, fp_f
             if free and v % 16 == 0:
                 attrs[(i,)] = backend.parse_attr("D")
     src = ASTSource(kernel, sig, consts, attrs)
-    return triton.compile(src, target=target, options={"num_warps": num_warps, "enable_fp_fusion": fp_fusion,
+    extra = {"maxnreg": maxnreg} if maxnreg else {}  # ptxas .maxnreg, as MatvecConfig.maxnreg passes it
+    return triton.compile(src, target=target, options={**extra, "num_warps": num_warps, "enable_fp_fusion": fp_fusion,
                                                         "num_stages": num_stages})
 
 

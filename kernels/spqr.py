@@ -123,6 +123,7 @@ class MatvecConfig:
     # the dot path (batch >= dot_min_batch), f16 x: its tile decoded by f16x2 FMAs (K in pair order)
     dot_min_batch: int = 3  # tiled layout: batches from this size take the tensor-core dot path (below: f16x2 FMAs)
     prefetch: bool = True  # tiled layout, the dot path: the next tile's loads issued a step ahead (registers)
+    maxnreg: int | None = None  # tiled layout: a register cap per thread (ptxas .maxnreg), so more programs fit an SM
     epr: int | None = None  # tiled layout: outlier entries gathered per row and step (None: 16 / 4 / 8 for batch
     # 1 / the dot path / the FMA path at 2..4); the dot path's [BM, EPR, 16] gather sets its register count
     # (sm_90, BM 64: EPR 8 168 registers, 4 96)
@@ -488,13 +489,21 @@ def default_config(prepared: PreparedSpQR, batch: int) -> MatvecConfig:
     """Tile shape favoured by the H100 sweep of bench/bench_kernels.py (``NH`` is NG, groups per tile, when grouped)."""
     if prepared.layout == "tiled":  # NH = 32-column units per tile; within 6 % of the best of the H200 sweep
         m, n = prepared.shape
-        if batch == 1:  # by shape, from bench/bench_spqr_b1.py on the H200 (docs/kernels.md, 3-bit)
-            if m <= 2048:  # 1024x4096: 10.0 us vs 10.7 (BM=64 x split 8 is 128 programs, under one wave)
-                return MatvecConfig(BM=32, NH=8, num_warps=4, split=16)
-            if m >= 8192 and n <= 4096:  # 14336x4096: 24.2 us vs 26.5
-                return MatvecConfig(BM=128, NH=8, num_warps=4, split=4)
-            if m <= 4096 and n >= 8192:  # 4096x14336: 24.1 us vs 25.1
+        if batch == 1:  # by shape, from bench/bench_spqr_b1.py on the H200 (docs/kernels.md, 3-bit, 2026-12-03)
+            # x_inline (one launch) only where it measured faster: n = 4096 at BM <= 64 (it builds x per tile).
+            # Splits and the register cap fill whole waves: BM 64 at split 8 on 8192x28672 ran 1,024 programs
+            # at 5 per SM (95 registers, ncu), 1.55 waves
+            if m <= 2048:  # 1024x4096: 7.8 us vs 9.7 two-launch
+                return MatvecConfig(BM=32, NH=8, num_warps=4, split=16, x_inline=True)
+            if m >= 8192 and n <= 4096:  # 14336x4096: 21.0 us vs 27.4 at split 4
+                return MatvecConfig(BM=128, NH=8, num_warps=4, split=3)
+            if m <= 4096 and n >= 8192:  # 4096x14336: 21.1 us (x_inline 25.6)
                 return MatvecConfig(BM=32, NH=8, num_warps=2, split=16)
+            if n <= 4096:  # 4096x4096: 11.4 us vs 12.5 two-launch
+                return MatvecConfig(BM=64, NH=8, num_warps=4, split=8, x_inline=True)
+            if m >= 16384:  # 28672x8192: 58.1 us vs 64.6 uncapped, 68.4 at BM 64 / split 8
+                return MatvecConfig(BM=128, NH=8, num_warps=4, split=4, maxnreg=96)
+            return MatvecConfig(BM=64, NH=8, num_warps=4, split=5)  # 8192x28672: 55.6 us vs 60.9 at split 8
         if batch < MatvecConfig.dot_min_batch:  # the f16x2 FMA path (2 rows share each weight's decode)
             return MatvecConfig(BM=64, NH=8, num_warps=4, split=8)
         # the dot path: about 512 programs, at least 4 per row block (H200 sweep of bench_kernels.py, 3-bit:
@@ -550,6 +559,11 @@ def _check_grouped(prepared: PreparedSpQR) -> None:
     if m * G >= 2**31 or n >= 2**31 or MAX_FUSED_BATCH * m >= 2**31:
         raise ValueError(f"{m}x{n} is too large for the kernels' 32-bit (row, group) and column indices")
     _check_sizes(prepared, need)
+
+
+def _reg_cap(cfg: MatvecConfig, dev: torch.device) -> dict[str, int]:
+    """The launch option of ``cfg.maxnreg`` (compiled kernels only: the interpreter has no registers)."""
+    return {"maxnreg": cfg.maxnreg} if cfg.maxnreg and _inline_asm_ok(dev) else {}
 
 
 def _inline_asm_ok(dev: torch.device) -> bool:
@@ -635,7 +649,7 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
         HAS_BIAS=has_bias, COL16=prepared.o_col.dtype == torch.int16, DOT_DT=dot_dt, H2=h2,
         ASM=h2 and _inline_asm_ok(dev), EXACT_STATS=x2.dtype == torch.float32, XIN=xin,
         HAS_PERM=prepared.perm is not None, PF=mode == 1 and cfg.prefetch,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts)
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts, **_reg_cap(cfg, dev))
     if plain_atomic:
         if bias is not None:
             y = y + bias.to(torch.float32)
