@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                 cands = [ks.default_config(prep, batch)]
                 if prep.layout == "tiled" and 2 <= batch <= 4:  # the dot path (16 padded rows) vs the f16x2 FMAs
                     cands.append(dataclasses.replace(ks.default_config(prep, 16), dot_min_batch=2))
-                    cands.append(dataclasses.replace(ks.default_config(prep, 2), dot_min_batch=batch + 1))
+                    if batch >= ks.MatvecConfig.dot_min_batch:  # below it the default already is the FMA path
+                        cands.append(dataclasses.replace(ks.default_config(prep, 2), dot_min_batch=batch + 1))
                 if not args.quick and prep.layout == "tiled" and batch == 16:
                     cands += [ks.MatvecConfig(BM=c[0], NH=c[1], num_warps=c[2], half2=c[3], split=c[4],
                                               num_stages=c[5], epr=c[6], prefetch=c[7]) for c in B16_SWEEP]
