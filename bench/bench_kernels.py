@@ -160,6 +160,8 @@ def clone_prepared(p: ks.PreparedSpQR) -> ks.PreparedSpQR:
             v = {k: t.clone() for k, t in v.items()}
         elif f.name == "_xidx":
             v = dict(v)
+        elif f.name == "_plans":
+            v = {}
         elif f.name == "_ws":
             v = {}  # its own split workspace, as every layer of a model has
         kw[f.name] = v

@@ -17,6 +17,7 @@ the tile reshapes to [BM, 32·NU] in stored order with no data movement.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ import triton
 import triton.language as tl
 
 from ._common import next_pow2, round_out
+from ._launch import Launch, cdiv
 from ._spqr_grouped import _outliers
 from ._spqr_tiled import _row_block, _stats
 from ._spqr_tiled_host import _check_tiled, _row_blocks
@@ -228,6 +230,44 @@ def matmul(prepared: Any, x2: torch.Tensor, bias: torch.Tensor | None = None,
     return y.to(x2.dtype)
 
 
+def _dequant_src(prepared: Any) -> tuple[Any, ...]:
+    """What a dequantization plan read (the dataclass is mutable: replaced fields rebuild the plan)."""
+    return (prepared.tiled, prepared.st_codes, prepared.st2_64, prepared.sz32, prepared.perm, prepared.o_row_ptr,
+            prepared.o_col, prepared.sections["outlier_val"], prepared.shape)
+
+
+def _dequant_launches(prepared: Any, out_dtype: torch.dtype, stored_order: bool, bm: int, nu: int) -> tuple:
+    """The checked, bound launches of :func:`dequantize_tiled`: the output (and the perm placeholder where
+    there is no perm) is their only per-call tensor."""
+    from . import _spqr_grouped as KG
+
+    _check_tiled(prepared)
+    m, n = prepared.shape
+    p = prepared.params
+    gs = int(p["group_size"])
+    nut = cdiv(n, 32)
+    perm = None if stored_order else prepared.perm
+    if perm is not None:
+        perm = perm.view(torch.int32) if perm.dtype == torch.uint32 else perm
+    bf16 = out_dtype == torch.bfloat16
+    b2 = int(p.get("stat_group_size", 1) or 1)
+    dyn = (5,) if perm is not None else (4, 5)
+    dense = Launch(dequant_kernel, (cdiv(m, bm), cdiv(nut, nu)),
+                   (prepared.tiled, prepared.st_codes, prepared.st2_64, prepared.sz32, perm, None,
+                    m, n, nut, cdiv(n, gs), cdiv(m, b2), b2, gs // 16),
+                   dict(NU=nu, BM=bm, HAS_PERM=perm is not None, OUT_BF16=bf16, enable_fp_fusion=False,
+                        **_consts(prepared, bm)), dyn)
+    vals = prepared.sections["outlier_val"]
+    outliers = None
+    if vals.numel():
+        outliers = Launch(KG.outlier_store_kernel, (cdiv(m, 16),),
+                          (prepared.o_row_ptr, prepared.o_col, vals, perm if perm is not None else prepared.o_row_ptr,
+                           None, m, n),
+                          dict(BM=16, EPR=16, COL16=prepared.o_col.dtype == torch.int16, HAS_PERM=perm is not None,
+                               OUT_BF16=bf16), (4,))
+    return dense, len(dyn), outliers
+
+
 def dequantize_tiled(prepared: Any, out_dtype: torch.dtype = torch.float16, stored_order: bool = True,
                      out: torch.Tensor | None = None, bm: int = 32, nu: int = 4) -> torch.Tensor:
     """Exact dense W (spqr.md §5) from the tiled layout, stored or output column order; outliers replaced.
@@ -235,33 +275,21 @@ def dequantize_tiled(prepared: Any, out_dtype: torch.dtype = torch.float16, stor
     The prefill path (dequantize into a reused buffer, then cuBLAS). Tile BM x NU units: 32 x 4 was the
     fastest of {16x8, 32x4, 8x16} on the two largest H200 shapes (within 4 % everywhere).
     """
-    from . import _spqr_grouped as KG
-
-    _check_tiled(prepared)
     m, n = prepared.shape
-    p = prepared.params
-    gs = int(p["group_size"])
-    nut = triton.cdiv(n, 32)
     if out is None:
         out = torch.empty((m, n), dtype=out_dtype, device=prepared.device)
     elif out.shape != (m, n) or out.dtype != out_dtype or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {out_dtype} tensor of shape {(m, n)}")
-    perm = None if stored_order else prepared.perm
-    if perm is not None:
-        perm = perm.view(torch.int32) if perm.dtype == torch.uint32 else perm
-    bf16 = out_dtype == torch.bfloat16
-    ov = out.view(torch.int16) if bf16 else out
-    b2 = int(p.get("stat_group_size", 1) or 1)
-    dequant_kernel[(triton.cdiv(m, bm), triton.cdiv(nut, nu))](
-        prepared.tiled, prepared.st_codes, prepared.st2_64, prepared.sz32, perm if perm is not None else out,
-        ov, m, n, nut, triton.cdiv(n, gs), triton.cdiv(m, b2), b2, gs // 16,
-        NU=nu, BM=bm, HAS_PERM=perm is not None, OUT_BF16=bf16, enable_fp_fusion=False, **_consts(prepared, bm))
-    vals = prepared.sections["outlier_val"]
-    if vals.numel():
-        KG.outlier_store_kernel[(triton.cdiv(m, 16),)](
-            prepared.o_row_ptr, prepared.o_col, vals, perm if perm is not None else prepared.o_row_ptr,
-            ov, m, n, BM=16, EPR=16, COL16=prepared.o_col.dtype == torch.int16, HAS_PERM=perm is not None,
-            OUT_BF16=bf16)
+    key = ("dequant", out_dtype, stored_order, bm, nu)
+    plan = prepared._plans.get(key)
+    if plan is None or not all(map(operator.is_, plan[0], _dequant_src(prepared))):
+        plan = prepared._plans[key] = (_dequant_src(prepared),
+                                       *_dequant_launches(prepared, out_dtype, stored_order, bm, nu))
+    _, dense, n_dense, outliers = plan
+    ov = out.view(torch.int16) if out_dtype == torch.bfloat16 else out
+    dense(*(ov,) * n_dense)  # the output, and again as the placeholder of an absent perm
+    if outliers is not None:
+        outliers(ov)
     return out
 
 

@@ -37,6 +37,7 @@ code lives in ``_spqr_planes.py``, ``_spqr_grouped.py`` and ``_spqr_tiled.py``.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ import triton.language as tl
 
 from . import _spqr_planes as KP
 from ._common import next_pow2, to_device, u32_values, unpack_rows
+from ._launch import Launch, cdiv
 from ._spqr_sections import outlier_coo, stat_f32
 from ._spqr_tiled_host import MAX_FUSED_BATCH, _check_sizes, _check_tiled, _row_blocks
 
@@ -177,6 +179,7 @@ class PreparedSpQR:
     tiled: torch.Tensor | None = None
     _xidx: dict[int, torch.Tensor] = field(default_factory=dict)
     _ws: dict[str, torch.Tensor] = field(default_factory=dict)
+    _plans: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     def split_workspace(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(f32 [16·m] partial sums, i32 [m] counters), zero at rest: the column-split matvec resets them.
@@ -582,79 +585,125 @@ def _tiled_consts(prepared: PreparedSpQR, bm: int) -> dict[str, Any]:
 
 
 def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor | None,
-                  cfg: MatvecConfig) -> torch.Tensor:
-    from . import _spqr_tiled as KT
+                  cfg: MatvecConfig | None) -> torch.Tensor:
+    """The tiled layout's launches for 1..16 rows; with the default config their plan is kept per
+    (batch, dtype, bias) on the tensor, so a repeated call costs two fast launches of host time."""
+    key = (x2.shape[0], x2.dtype, bias is not None)
+    plan = prepared._plans.get(key) if cfg is None else None
+    if plan is None or not plan.current(prepared):
+        plan = _TiledPlan(prepared, x2.shape[0], x2.dtype, bias is not None,
+                          cfg or default_config(prepared, x2.shape[0]), x2.device)
+        if cfg is None:
+            prepared._plans[key] = plan
+    return plan(x2.contiguous(), bias)
 
-    _check_tiled(prepared)
-    m, n = prepared.shape
-    p = prepared.params
-    B = x2.shape[0]
-    bits = int(p["bits"])
-    gs = int(p["group_size"])
-    G = triton.cdiv(n, gs)
-    nut = triton.cdiv(n, 32)
-    dev = x2.device
-    x2 = x2.contiguous()
-    idx = prepared.x_index(0)
-    F = 16 if bits == 2 else 8
-    # f16x2 FMAs (f32 callers keep f32): batch 1, and 2..4 below dot_min_batch
-    h2 = B <= 4 and B < max(2, cfg.dot_min_batch) and bits in (3, 4) and cfg.half2 and x2.dtype != torch.float32
-    mode = (0 if B == 1 else 2) if h2 else (0 if B == 1 else 1)
-    if mode == 1:  # the dot path decodes f16 pairs with f16x2 FMAs when x is f16 (bf16/f32: the f32 decode)
-        h2 = bits in (3, 4) and cfg.half2 and x2.dtype == torch.float16
-    xin = mode == 0 and h2 and cfg.x_inline  # one launch: the GEMV builds x's operands itself
-    scratch = prepared.scratch
-    if xin:
-        xq = xe = xs = xo = x2
-    elif h2 and mode != 1:
-        xo = scratch("xo", (B, n), torch.float32)
-        xq = xe = xs = scratch("xr", (B, nut, KT.XR_WORDS), torch.int32)  # one record per unit
-        KT.xprep_h2_kernel[(triton.cdiv(nut, 32), B)](x2, idx, xq, xo, n, nut, x2.stride(0), BU=32)
-    elif mode == 0:
-        xo = xe = scratch("xo", (B, n), torch.float32)
-        xq = scratch("xq", (32, nut), torch.float32)
-        xs = scratch("xs", (2 * nut,), torch.float32)
-        bu = 32
-        KT.xprep_kernel[(triton.cdiv(nut, bu), 1)](x2, idx, xq, xs, xo, n, nut, x2.stride(0),
-                                                 F=F, WST=32 // F, BU=bu)
-    else:
-        xq = torch.empty((B, 32 * nut), dtype=x2.dtype, device=dev)  # the dot's operand type: x's
-        xs = xq
-        bc = 1024
-        KT.xdot_kernel[(triton.cdiv(32 * nut, bc), B)](x2, idx, xq, n, 32 * nut, x2.stride(0), BC=bc, PAIR=h2)
-        xo = xe = xq
-        if prepared.o_col.numel():  # x transposed, [n, 16] f32: one vector load per outlier
-            xo = xe = torch.empty((n, 16), dtype=torch.float32, device=dev)
-            KT.xot_kernel[(triton.cdiv(n, 128),)](x2, idx, xo, n, B, x2.stride(0), BC=128, BB=16)
-    NU, BM = cfg.NH, cfg.BM
-    n_tiles = triton.cdiv(nut, NU)
-    split, tps = _split(prepared, cfg, n_tiles)
-    atomic = split > 1
-    plain_atomic = atomic and mode == 1  # the dot path: zeroed f32 y, bias and cast afterwards
-    y = torch.zeros((B, m), dtype=torch.float32, device=dev) if plain_atomic else torch.empty(
-        (B, m), dtype=x2.dtype, device=dev)
-    ws, cnt = prepared.split_workspace() if atomic and not plain_atomic else (y, y)
-    b2 = int(p.get("stat_group_size", 1) or 1)
-    has_bias = bias is not None and not plain_atomic
-    dot_dt = _TL_DTYPE[xq.dtype] if mode == 1 else tl.float16
-    consts = _tiled_consts(prepared, BM)
-    KT.gemv_kernel[(triton.cdiv(m, BM), split)](
-        xq, xs, xe, xo, idx, y, bias if has_bias else y, ws, cnt, prepared.tiled, prepared.st_codes, prepared.st2_64,
-        prepared.sz32,
-        prepared.o_row_ptr, prepared.o_col, prepared.o_delta,
-        m, n, nut, G, triton.cdiv(m, b2), b2, gs // 16, B, n_tiles, tps,
-        NU=NU, BM=BM, BB={0: 1, 1: 16, 2: next_pow2(B)}[mode], NBC=B, EPR=cfg.epr or {0: 16, 1: 4, 2: 8}[mode],
-        MODE=mode,
-        ATOMIC=atomic,
-        HAS_BIAS=has_bias, COL16=prepared.o_col.dtype == torch.int16, DOT_DT=dot_dt, H2=h2,
-        ASM=h2 and _inline_asm_ok(dev), EXACT_STATS=x2.dtype == torch.float32, XIN=xin,
-        HAS_PERM=prepared.perm is not None, PF=mode == 1 and cfg.prefetch,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts, **_reg_cap(cfg, dev))
-    if plain_atomic:
-        if bias is not None:
-            y = y + bias.to(torch.float32)
-        y = y.to(x2.dtype)
-    return y
+
+def _plan_src(prepared: PreparedSpQR) -> tuple[Any, ...]:
+    """What a launch plan read from ``prepared`` (a plain, mutable dataclass): replaced fields rebuild it."""
+    return (prepared.tiled, prepared.st_codes, prepared.st2_64, prepared.sz32, prepared.o_row_ptr, prepared.o_col,
+            prepared.o_delta, prepared.perm, prepared.shape)
+
+
+class _TiledPlan:
+    """The launches of one (batch, dtype, bias) call of the tiled matvec, checked and bound once.
+
+    Only the activations, the output and the bias change between calls (:class:`~._launch.Launch`);
+    everything else -- the sizes ``_check_tiled`` validated, the grids, the constexprs, the scratch
+    buffers -- is fixed by the tensor and the config.
+    """
+
+    def __init__(self, prepared: PreparedSpQR, B: int, dtype: torch.dtype, has_bias_arg: bool,
+                 cfg: MatvecConfig, dev: torch.device) -> None:
+        from . import _spqr_tiled as KT
+
+        _check_tiled(prepared)
+        self.src = _plan_src(prepared)
+        m, n = prepared.shape
+        p = prepared.params
+        bits = int(p["bits"])
+        gs = int(p["group_size"])
+        G = cdiv(n, gs)
+        nut = cdiv(n, 32)
+        idx = prepared.x_index(0)
+        F = 16 if bits == 2 else 8
+        # f16x2 FMAs (f32 callers keep f32): batch 1, and 2..4 below dot_min_batch
+        h2 = B <= 4 and B < max(2, cfg.dot_min_batch) and bits in (3, 4) and cfg.half2 and dtype != torch.float32
+        mode = (0 if B == 1 else 2) if h2 else (0 if B == 1 else 1)
+        if mode == 1:  # the dot path decodes f16 pairs with f16x2 FMAs when x is f16 (bf16/f32: the f32 decode)
+            h2 = bits in (3, 4) and cfg.half2 and dtype == torch.float16
+        self.xin = xin = mode == 0 and h2 and cfg.x_inline  # one launch: the GEMV builds x's operands itself
+        scratch = prepared.scratch
+        self.pre: list[Launch] = []  # the x preparation launches, x2 their only per-call tensor
+        if xin:
+            xq = xe = xs = xo = None
+        elif h2 and mode != 1:
+            xo = scratch("xo", (B, n), torch.float32)
+            xq = xe = xs = scratch("xr", (B, nut, KT.XR_WORDS), torch.int32)  # one record per unit
+            self.pre.append(Launch(KT.xprep_h2_kernel, (cdiv(nut, 32), B), (None, idx, xq, xo, n, nut, n),
+                                   {"BU": 32}, (0,)))
+        elif mode == 0:
+            xo = xe = scratch("xo", (B, n), torch.float32)
+            xq = scratch("xq", (32, nut), torch.float32)
+            xs = scratch("xs", (2 * nut,), torch.float32)
+            self.pre.append(Launch(KT.xprep_kernel, (cdiv(nut, 32), 1), (None, idx, xq, xs, xo, n, nut, n),
+                                   {"F": F, "WST": 32 // F, "BU": 32}, (0,)))
+        else:
+            xq = xs = scratch("xd", (B, 32 * nut), dtype)  # the dot's operand type: x's
+            self.pre.append(Launch(KT.xdot_kernel, (cdiv(32 * nut, 1024), B), (None, idx, xq, n, 32 * nut, n),
+                                   {"BC": 1024, "PAIR": h2}, (0,)))
+            xo = xe = xq
+            if prepared.o_col.numel():  # x transposed, [n, 16] f32: one vector load per outlier
+                xo = xe = scratch("xot", (n, 16), torch.float32)
+                self.pre.append(Launch(KT.xot_kernel, (cdiv(n, 128),), (None, idx, xo, n, B, n),
+                                       {"BC": 128, "BB": 16}, (0,)))
+        NU, BM = cfg.NH, cfg.BM
+        n_tiles = cdiv(nut, NU)
+        split, tps = _split(prepared, cfg, n_tiles)
+        atomic = split > 1
+        self.plain_atomic = plain_atomic = atomic and mode == 1  # the dot path: zeroed f32 y, bias and cast after
+        self.y_shape, self.dtype = (B, m), dtype
+        self.y_dtype = torch.float32 if plain_atomic else dtype
+        ws, cnt = prepared.split_workspace() if atomic and not plain_atomic else (None, None)
+        b2 = int(p.get("stat_group_size", 1) or 1)
+        self.bias_in_kernel = has_bias = has_bias_arg and not plain_atomic
+        dot_dt = _TL_DTYPE[dtype] if mode == 1 else tl.float16
+        args = (xq, xs, xe, xo, idx, None, None, ws, cnt, prepared.tiled, prepared.st_codes, prepared.st2_64,
+                prepared.sz32, prepared.o_row_ptr, prepared.o_col, prepared.o_delta,
+                m, n, nut, G, cdiv(m, b2), b2, gs // 16, B, n_tiles, tps)
+        kw = dict(NU=NU, BM=BM, BB={0: 1, 1: 16, 2: next_pow2(B)}[mode], NBC=B,
+                  EPR=cfg.epr or {0: 16, 1: 4, 2: 8}[mode], MODE=mode, ATOMIC=atomic,
+                  HAS_BIAS=has_bias, COL16=prepared.o_col.dtype == torch.int16, DOT_DT=dot_dt, H2=h2,
+                  ASM=h2 and _inline_asm_ok(dev), EXACT_STATS=dtype == torch.float32, XIN=xin,
+                  HAS_PERM=prepared.perm is not None, PF=mode == 1 and cfg.prefetch,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_tiled_consts(prepared, BM),
+                  **_reg_cap(cfg, dev))
+        # per call: x's four operands when inline, y, the bias (y where there is none), and the split
+        # workspace's place holders (y when there is no split)
+        self.gemv = Launch(KT.gemv_kernel, (cdiv(m, BM), split), args, kw,
+                           (0, 1, 2, 3, 5, 6, 7, 8) if xin else (5, 6, 7, 8))
+        self.ws = (ws, cnt) if ws is not None else None
+
+    def current(self, prepared: PreparedSpQR) -> bool:
+        return all(map(operator.is_, self.src, _plan_src(prepared)))
+
+    def __call__(self, x2: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        for launch in self.pre:
+            launch(x2)
+        if self.plain_atomic:
+            y = torch.zeros(self.y_shape, dtype=torch.float32, device=x2.device)
+        else:
+            y = torch.empty(self.y_shape, dtype=self.y_dtype, device=x2.device)
+        b = bias if self.bias_in_kernel else y
+        ws, cnt = self.ws if self.ws is not None else (y, y)
+        if self.xin:
+            self.gemv(x2, x2, x2, x2, y, b, ws, cnt)
+        else:
+            self.gemv(y, b, ws, cnt)
+        if self.plain_atomic:
+            if bias is not None:
+                y = y + bias.to(torch.float32)
+            y = y.to(self.dtype)
+        return y
 
 
 def dequantize_stored(prepared: PreparedSpQR, out_dtype: torch.dtype = torch.float16,
@@ -759,10 +808,10 @@ def matvec(prepared: PreparedSpQR, x: torch.Tensor, bias: torch.Tensor | None = 
     if B > MAX_FUSED_BATCH:
         ys = [matvec(prepared, x2[i:i + MAX_FUSED_BATCH], bias, config) for i in range(0, B, MAX_FUSED_BATCH)]
         return torch.cat(ys, dim=0)
-    cfg = config or default_config(prepared, B)
     if prepared.layout == "tiled":
-        y = _matvec_tiled(prepared, x2, bias, cfg)
+        y = _matvec_tiled(prepared, x2, bias, config)
         return y.reshape(m) if squeeze else y
+    cfg = config or default_config(prepared, B)
     if prepared.layout == "grouped":
         y = _matvec_grouped(prepared, x2, bias, cfg)
         return y.reshape(m) if squeeze else y

@@ -377,3 +377,35 @@ def test_tiled_batch1_launches_and_one_launch_variant(monkeypatch, bits, gs, per
     assert {k: v.data_ptr() for k, v in prep._ws.items()} == before  # no per-call allocation of the operands
     if "cnt" in prep._ws:  # a column split ran (one tile: a single program per row block, no workspace)
         assert not prep._ws["cnt"].cpu().numpy().any() and not prep._ws["acc"].cpu().numpy().any()  # at rest
+
+
+def test_tiled_default_plans_are_reused_and_rebuilt():
+    """With the default config a tensor keeps one launch plan per (batch, dtype, bias): repeated calls with new
+    activations give the same results as the first, other batches and dtypes get their own plan, and a replaced
+    layout field (the dataclass is mutable) builds the plan again instead of launching on stale tensors."""
+    shape = (40, 96)
+    enc = _encode(5, *shape, bits=3, gs=16, sbits=3, b2=16, outliers="some", perm=True)
+    ref = decode(enc.params, enc.sections, shape).astype(np.float64)
+    prep = ks.prepare(enc.params, enc.sections, shape, DEVICE, layout="tiled")
+    rng = np.random.default_rng(3)
+    bias = torch.from_numpy(rng.standard_normal(shape[0]).astype(np.float32)).to(DEVICE)
+    first = {}
+    for rep in range(2):
+        for B, dt, b in ((1, torch.float16, None), (3, torch.float16, bias), (1, torch.float32, bias),
+                         (16, torch.float16, None)):
+            x = torch.from_numpy(rng.standard_normal((B, shape[1])).astype(np.float32)).to(DEVICE).to(dt)
+            bb = None if b is None else b.to(dt)
+            y = ks.matvec(prep, x, bb)
+            want = x.double().cpu().numpy() @ ref.T + (0 if b is None else bb.double().cpu().numpy())
+            assert y.dtype == dt and _relerr(y.double().cpu().numpy(), want) < MATVEC_TOL
+            if rep == 0:
+                first[(B, dt)] = (x, bb, y)
+            else:  # the first call's inputs again: the cached plan gives the same bits
+                x0, b0, y0 = first[(B, dt)]
+                assert torch.equal(ks.matvec(prep, x0, b0), y0)
+    assert len(prep._plans) == 4
+    plan = prep._plans[(1, torch.float16, False)]
+    prep.o_delta = prep.o_delta.clone()
+    x0, b0, y0 = first[(1, torch.float16)]
+    assert torch.equal(ks.matvec(prep, x0, b0), y0)
+    assert prep._plans[(1, torch.float16, False)] is not plan
