@@ -591,10 +591,15 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
     key = (x2.shape[0], x2.dtype, bias is not None)
     plan = prepared._plans.get(key) if cfg is None else None
     if plan is None or not plan.current(prepared):
-        plan = _TiledPlan(prepared, x2.shape[0], x2.dtype, bias is not None,
-                          cfg or default_config(prepared, x2.shape[0]), x2.device)
-        if cfg is None:
+        if cfg is None:  # this GPU's autotuned config where the cache has one (kernels/tune.py), else the rules
+            from ._tune_cache import lookup
+
+            tuned = lookup(prepared, x2.shape[0], x2.dtype)
+            cfg = MatvecConfig(**tuned) if tuned else default_config(prepared, x2.shape[0])
+            plan = _TiledPlan(prepared, x2.shape[0], x2.dtype, bias is not None, cfg, x2.device)
             prepared._plans[key] = plan
+        else:
+            plan = _TiledPlan(prepared, x2.shape[0], x2.dtype, bias is not None, cfg, x2.device)
     return plan(x2.contiguous(), bias)
 
 

@@ -268,6 +268,7 @@ def load_model(
     verify_checksums: bool = True,
     tp: int | None = None,
     rank: int | None = None,
+    autotune: bool | None = None,
 ) -> nn.Module:
     """Build the transformers model stored in a ``.spqr`` file, ready for inference (``eval()``).
 
@@ -285,6 +286,10 @@ def load_model(
     of their outputs, everything else replicated; each rank reads only its byte ranges of the
     cut tensors (section CRCs are then not checked: validate the file once). ``tp`` and ``rank``
     must match the process group. ``tp=None`` or 1 is the ordinary single-process load.
+
+    ``autotune`` (default: ``SPQRFMT_AUTOTUNE=1`` in the environment): with kernels on CUDA, time the
+    batch-1 tile configs of each distinct spqr layer shape once on this GPU and cache the fastest on
+    disk (``spqrfmt.kernels.tune``); a later load finds them in the cache and times nothing.
     """
     import torch
 
@@ -315,6 +320,12 @@ def load_model(
     model.to(dev)  # buffers built at construction (rotary tables, position ids)
     model.eval()
     model.spqr_load_report = report  # type: ignore[attr-defined]
+    if autotune is None:
+        autotune = os.environ.get("SPQRFMT_AUTOTUNE", "0") == "1"
+    if autotune and use_kernels and dev.type == "cuda":
+        from .kernels import tune
+
+        tune.tune_model(model, dtype=dtype)
     return model
 
 
