@@ -230,6 +230,9 @@ def decode(model, prompt: torch.Tensor, new: int, graph: bool, compiled: bool = 
                 log(f"CUDA graph capture failed ({type(e).__name__}: {str(e)[:200]}); timing eager decode")
                 g = None
                 torch.cuda.synchronize()
+        if g is None:  # eager: the first calls compile Triton kernels (a cold cache) and build each layer's
+            for _ in range(2):  # launch plans; warm them up as the graph path does (writes position P, rewritten)
+                step()
         toks = [int(tok)]
         _sync(dev)
         t0 = time.perf_counter()

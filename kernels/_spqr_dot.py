@@ -123,10 +123,20 @@ def dot_kernel(x_ptr, xo_ptr, y_ptr, w_ptr, st_ptr, st2_ptr, sz_ptr, orp_ptr, oc
 
 
 @triton.jit
-def dequant_kernel(w_ptr, st_ptr, st2_ptr, sz_ptr, perm_ptr, out_ptr, m, n, NUT, G, K2, B2, hpg,
+def dequant_kernel(w_ptr, st_ptr, st2_ptr, sz_ptr, perm_ptr, out_ptr, orp_ptr, ocol_ptr, oval_ptr,
+                   m, n, NUT, G, K2, B2, hpg,
                    BITS: tl.constexpr, SB: tl.constexpr, STQ: tl.constexpr, R2: tl.constexpr,
-                   NU: tl.constexpr, BM: tl.constexpr, HAS_PERM: tl.constexpr, OUT_BF16: tl.constexpr):
-    """out[r, perm[j]] (or out[r, j]) = (f32(q) − Z)·S for BM rows and NU units (spqr.md §5 step 2)."""
+                   NU: tl.constexpr, BM: tl.constexpr, HAS_PERM: tl.constexpr, OUT_BF16: tl.constexpr,
+                   HAS_OUTL: tl.constexpr, EPR: tl.constexpr, COL16: tl.constexpr):
+    """out[r, perm[j]] (or out[r, j]) = (f32(q) − Z)·S for BM rows and NU units (spqr.md §5 step 2), then
+    (HAS_OUTL) = f32(val) at this tile's outliers (step 3, replace).
+
+    Why the outliers are stored here and not by a kernel of their own: scattered 2-byte stores into a
+    dense matrix that has already left L2 cost a read of each 32-byte sector from DRAM; here they go to
+    the lines this program has just written. Each row's CSR range is scanned EPR entries at a time and
+    masked to the tile's stored columns (columns are strictly increasing per row, spqr.md §6, so each
+    position is written at most once); the CTA barrier orders them after the tile's stores.
+    """
     pid_m = tl.program_id(0)
     pid_u = tl.program_id(1)
     rows, rmask, k2 = _row_block(pid_m, m, B2, R2, BM)
@@ -140,8 +150,27 @@ def dequant_kernel(w_ptr, st_ptr, st2_ptr, sz_ptr, perm_ptr, out_ptr, m, n, NUT,
     else:
         dst = cols
     mask = rmask[:, None, None] & cm[None, :, :]
-    tl.store(out_ptr + rows.to(tl.int64)[:, None, None] * n + dst[None, :, :], round_out(wt, out_ptr, OUT_BF16),
-             mask=mask)
+    rows64 = rows.to(tl.int64)
+    tl.store(out_ptr + rows64[:, None, None] * n + dst[None, :, :], round_out(wt, out_ptr, OUT_BF16), mask=mask)
+    if HAS_OUTL:
+        tl.debug_barrier()  # the tile's stores (every thread's) before the outliers that replace some of them
+        c0 = hh0 * 16
+        lo = tl.load(orp_ptr + rows, mask=rmask, other=0)
+        hi = tl.load(orp_ptr + rows + 1, mask=rmask, other=0)
+        ke = tl.arange(0, EPR)
+        for e0 in range(0, tl.max(hi - lo, axis=0), EPR):
+            ee = lo[:, None] + e0 + ke[None, :]
+            em = rmask[:, None] & (ee < hi[:, None])
+            col = tl.load(ocol_ptr + ee, mask=em, other=0).to(tl.int32)
+            if COL16:
+                col = col & 0xFFFF
+            em = em & (col >= c0) & (col < c0 + 32 * NU)
+            if HAS_PERM:
+                dc = tl.load(perm_ptr + col, mask=em, other=0)
+            else:
+                dc = col
+            v = tl.load(oval_ptr + ee, mask=em, other=0.0).to(tl.float32)
+            tl.store(out_ptr + rows64[:, None] * n + dc, round_out(v, out_ptr, OUT_BF16), mask=em)
 
 
 
@@ -236,9 +265,19 @@ def _dequant_src(prepared: Any) -> tuple[Any, ...]:
             prepared.o_col, prepared.sections["outlier_val"], prepared.shape)
 
 
-def _dequant_launches(prepared: Any, out_dtype: torch.dtype, stored_order: bool, bm: int, nu: int) -> tuple:
-    """The checked, bound launches of :func:`dequantize_tiled`: the output (and the perm placeholder where
-    there is no perm) is their only per-call tensor."""
+def fuse_outliers_default(m: int, n: int) -> bool:
+    """Store the outliers inside the dequantization (H200, ``bench/bench_dequant.py``, 3-bit, 1 % outliers):
+    14336x4096 62 µs against 81 for the dense kernel plus the outlier kernel, whose scattered stores land on
+    lines that have left L2; 4096² 19.6 against 18.3 (the output stays in L2); 4096x14336 97 against 85 (each
+    program scans its rows' whole CSR range, 3.5x longer rows). So: tall matrices with short rows only."""
+    return m >= 8192 and n <= 8192
+
+
+def _dequant_launches(prepared: Any, out_dtype: torch.dtype, stored_order: bool, bm: int, nu: int,
+                      num_warps: int, fuse: bool) -> tuple[Launch, int, Launch | None]:
+    """The checked, bound launches of :func:`dequantize_tiled`: the dense kernel (with the outliers when
+    ``fuse``), how many times it takes the output (twice where it also stands in for an absent perm), and the
+    outlier kernel (None when fused or when there are no outliers); the output is their only per-call tensor."""
     from . import _spqr_grouped as KG
 
     _check_tiled(prepared)
@@ -252,39 +291,45 @@ def _dequant_launches(prepared: Any, out_dtype: torch.dtype, stored_order: bool,
     bf16 = out_dtype == torch.bfloat16
     b2 = int(p.get("stat_group_size", 1) or 1)
     dyn = (5,) if perm is not None else (4, 5)
+    vals = prepared.sections["outlier_val"]
+    col16 = prepared.o_col.dtype == torch.int16
+    fused = fuse and vals.numel() > 0
     dense = Launch(dequant_kernel, (cdiv(m, bm), cdiv(nut, nu)),
                    (prepared.tiled, prepared.st_codes, prepared.st2_64, prepared.sz32, perm, None,
+                    prepared.o_row_ptr, prepared.o_col, vals if vals.numel() else prepared.o_row_ptr,
                     m, n, nut, cdiv(n, gs), cdiv(m, b2), b2, gs // 16),
-                   dict(NU=nu, BM=bm, HAS_PERM=perm is not None, OUT_BF16=bf16, enable_fp_fusion=False,
-                        **_consts(prepared, bm)), dyn)
-    vals = prepared.sections["outlier_val"]
+                   dict(NU=nu, BM=bm, HAS_PERM=perm is not None, OUT_BF16=bf16, HAS_OUTL=fused, EPR=16, COL16=col16,
+                        enable_fp_fusion=False, num_warps=num_warps, **_consts(prepared, bm)), dyn)
     outliers = None
-    if vals.numel():
+    if vals.numel() and not fused:
         outliers = Launch(KG.outlier_store_kernel, (cdiv(m, 16),),
                           (prepared.o_row_ptr, prepared.o_col, vals, perm if perm is not None else prepared.o_row_ptr,
                            None, m, n),
-                          dict(BM=16, EPR=16, COL16=prepared.o_col.dtype == torch.int16, HAS_PERM=perm is not None,
-                               OUT_BF16=bf16), (4,))
+                          dict(BM=16, EPR=16, COL16=col16, HAS_PERM=perm is not None, OUT_BF16=bf16), (4,))
     return dense, len(dyn), outliers
 
 
 def dequantize_tiled(prepared: Any, out_dtype: torch.dtype = torch.float16, stored_order: bool = True,
-                     out: torch.Tensor | None = None, bm: int = 32, nu: int = 4) -> torch.Tensor:
+                     out: torch.Tensor | None = None, bm: int = 32, nu: int | None = None, num_warps: int = 4,
+                     fuse_outliers: bool | None = None) -> torch.Tensor:
     """Exact dense W (spqr.md §5) from the tiled layout, stored or output column order; outliers replaced.
 
     The prefill path (dequantize into a reused buffer, then cuBLAS). Tile BM x NU units: 32 x 4 was the
-    fastest of {16x8, 32x4, 8x16} on the two largest H200 shapes (within 4 % everywhere).
+    fastest of {16x8, 32x4, 8x16} on the two largest H200 shapes (within 4 % everywhere); with the outliers
+    fused (``fuse_outliers``, default :func:`fuse_outliers_default`) 32 x 8, which halves each row's scans.
     """
     m, n = prepared.shape
     if out is None:
         out = torch.empty((m, n), dtype=out_dtype, device=prepared.device)
     elif out.shape != (m, n) or out.dtype != out_dtype or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {out_dtype} tensor of shape {(m, n)}")
-    key = ("dequant", out_dtype, stored_order, bm, nu)
+    fuse = fuse_outliers_default(m, n) if fuse_outliers is None else bool(fuse_outliers)
+    nu = nu or (8 if fuse else 4)
+    key = ("dequant", out_dtype, stored_order, bm, nu, num_warps, fuse)
     plan = prepared._plans.get(key)
     if plan is None or not all(map(operator.is_, plan[0], _dequant_src(prepared))):
         plan = prepared._plans[key] = (_dequant_src(prepared),
-                                       *_dequant_launches(prepared, out_dtype, stored_order, bm, nu))
+                                       *_dequant_launches(prepared, out_dtype, stored_order, bm, nu, num_warps, fuse))
     _, dense, n_dense, outliers = plan
     ov = out.view(torch.int16) if out_dtype == torch.bfloat16 else out
     dense(*(ov,) * n_dense)  # the output, and again as the placeholder of an absent perm

@@ -30,10 +30,13 @@ def _check(seed, shape, bits, gs, sbits, b2, outliers, perm, batches, cfg):
     enc = _encode(seed, m, n, bits, gs, sbits, b2, outliers, perm)
     ref = decode(enc.params, enc.sections, shape)
     prep = ks.prepare(enc.params, enc.sections, shape, DEVICE, layout="tiled")
-    assert _same_bits(KD.dequantize_tiled(prep, torch.float32, stored_order=False).cpu().numpy(), ref)
     p = enc.sections.get("perm")
     stored = ref[:, p.astype(np.int64)] if p is not None else ref
-    assert _same_bits(KD.dequantize_tiled(prep, torch.float32, bm=cfg.BM, nu=cfg.NU).cpu().numpy(), stored)
+    for fuse in (False, True):  # the outliers stored by their own kernel, or inside the dequantization's tiles
+        assert _same_bits(KD.dequantize_tiled(prep, torch.float32, stored_order=False, fuse_outliers=fuse)
+                          .cpu().numpy(), ref)
+        assert _same_bits(KD.dequantize_tiled(prep, torch.float32, bm=cfg.BM, nu=cfg.NU, fuse_outliers=fuse)
+                          .cpu().numpy(), stored)
     got16 = KD.dequantize_tiled(prep, torch.float16).cpu().numpy()
     np.testing.assert_array_equal(got16.view(np.uint16), stored.astype(np.float16).view(np.uint16))
     rng = np.random.default_rng(seed)
