@@ -27,7 +27,7 @@ import triton.language as tl
 
 from ._common import next_pow2, round_out
 from ._launch import Launch, cdiv
-from ._spqr_grouped import _outliers
+from ._spqr_grouped import _outliers, store_outliers
 from ._spqr_tiled import _row_block, _stats
 from ._spqr_tiled_host import _check_tiled, _row_blocks
 
@@ -150,27 +150,12 @@ def dequant_kernel(w_ptr, st_ptr, st2_ptr, sz_ptr, perm_ptr, out_ptr, orp_ptr, o
     else:
         dst = cols
     mask = rmask[:, None, None] & cm[None, :, :]
-    rows64 = rows.to(tl.int64)
-    tl.store(out_ptr + rows64[:, None, None] * n + dst[None, :, :], round_out(wt, out_ptr, OUT_BF16), mask=mask)
+    tl.store(out_ptr + rows.to(tl.int64)[:, None, None] * n + dst[None, :, :], round_out(wt, out_ptr, OUT_BF16),
+             mask=mask)
     if HAS_OUTL:
         tl.debug_barrier()  # the tile's stores (every thread's) before the outliers that replace some of them
-        c0 = hh0 * 16
-        lo = tl.load(orp_ptr + rows, mask=rmask, other=0)
-        hi = tl.load(orp_ptr + rows + 1, mask=rmask, other=0)
-        ke = tl.arange(0, EPR)
-        for e0 in range(0, tl.max(hi - lo, axis=0), EPR):
-            ee = lo[:, None] + e0 + ke[None, :]
-            em = rmask[:, None] & (ee < hi[:, None])
-            col = tl.load(ocol_ptr + ee, mask=em, other=0).to(tl.int32)
-            if COL16:
-                col = col & 0xFFFF
-            em = em & (col >= c0) & (col < c0 + 32 * NU)
-            if HAS_PERM:
-                dc = tl.load(perm_ptr + col, mask=em, other=0)
-            else:
-                dc = col
-            v = tl.load(oval_ptr + ee, mask=em, other=0.0).to(tl.float32)
-            tl.store(out_ptr + rows64[:, None] * n + dc, round_out(v, out_ptr, OUT_BF16), mask=em)
+        store_outliers(out_ptr, orp_ptr, ocol_ptr, oval_ptr, perm_ptr, rows, rmask, n, hh0 * 16, hh0 * 16 + 32 * NU,
+                       EPR, COL16, HAS_PERM, OUT_BF16)
 
 
 

@@ -320,7 +320,15 @@ def outlier_store_kernel(orp_ptr, ocol_ptr, oval_ptr, perm_ptr, out_ptr, m, n, B
                          EPR: tl.constexpr, COL16: tl.constexpr, HAS_PERM: tl.constexpr, OUT_BF16: tl.constexpr):
     """out[r, perm[col]] = f32(val) for every outlier of BM rows (replace semantics, spqr.md §5 step 3)."""
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    rmask = rows < m
+    store_outliers(out_ptr, orp_ptr, ocol_ptr, oval_ptr, perm_ptr, rows, rows < m, n, 0, n, EPR, COL16, HAS_PERM,
+                   OUT_BF16)
+
+
+@triton.jit
+def store_outliers(out_ptr, orp_ptr, ocol_ptr, oval_ptr, perm_ptr, rows, rmask, n, c0, c1, EPR: tl.constexpr,
+                   COL16: tl.constexpr, HAS_PERM: tl.constexpr, OUT_BF16: tl.constexpr):
+    """out[r, perm[col]] = f32(val) for the outliers of ``rows`` whose stored column is in [c0, c1); each row's
+    CSR range is scanned EPR entries at a time (also the tiled dequantization's fused outliers)."""
     lo = tl.load(orp_ptr + rows, mask=rmask, other=0)
     hi = tl.load(orp_ptr + rows + 1, mask=rmask, other=0)
     ke = tl.arange(0, EPR)
@@ -330,6 +338,7 @@ def outlier_store_kernel(orp_ptr, ocol_ptr, oval_ptr, perm_ptr, out_ptr, m, n, B
         col = tl.load(ocol_ptr + ee, mask=em, other=0).to(tl.int32)
         if COL16:
             col = col & 0xFFFF
+        em = em & (col >= c0) & (col < c1)
         if HAS_PERM:
             col = tl.load(perm_ptr + col, mask=em, other=0)
         v = tl.load(oval_ptr + ee, mask=em, other=0.0).to(tl.float32)
