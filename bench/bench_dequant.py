@@ -57,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
             got = out.clone()
             if ref is None:
                 ref = got
+                flip = not _spqr_dot.fuse_outliers_default(m, n)  # the outliers the other way: the same bits
+                other = _spqr_dot.dequantize_tiled(prep, torch.float16, fuse_outliers=flip)
+                if not torch.equal(other, ref):
+                    print(f"error: {s}: fused and separate outlier stores wrote other bits", file=sys.stderr)
+                    return 1
+                del other
             same = bool(torch.equal(got, ref))
             t = graph_time([fn], reps=10, iters=10)
             r = {"shape": s, "bits": args.bits, "BM": bm, "NU": nu, "num_warps": nw, "us": round(t * 1e6, 1),
