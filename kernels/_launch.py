@@ -34,7 +34,8 @@ class Launch:
 
     ``args`` are all of the kernel's arguments by position (constexprs may come as keywords in
     ``kwargs``, with the launch options ``num_warps`` etc.); call the instance with the dynamic
-    tensors in the order of ``dynamic``.
+    tensors in the order of ``dynamic``. One call at a time per instance (it fills one argument
+    list), the rule the layer's scratch buffers already set: a layer runs on one stream.
     """
 
     def __init__(self, fn: Any, grid: tuple[int, ...], args: Sequence[Any], kwargs: dict[str, Any],
