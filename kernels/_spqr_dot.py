@@ -17,7 +17,6 @@ the tile reshapes to [BM, 32·NU] in stored order with no data movement.
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,7 @@ from ._common import next_pow2, round_out
 from ._launch import Launch, cdiv
 from ._spqr_grouped import _outliers, store_outliers
 from ._spqr_tiled import _row_block, _stats
-from ._spqr_tiled_host import _check_tiled, _row_blocks
+from ._spqr_tiled_host import _check_tiled, _row_blocks, plan_current, plan_src
 
 
 @triton.jit
@@ -244,12 +243,6 @@ def matmul(prepared: Any, x2: torch.Tensor, bias: torch.Tensor | None = None,
     return y.to(x2.dtype)
 
 
-def _dequant_src(prepared: Any) -> tuple[Any, ...]:
-    """What a dequantization plan read (the dataclass is mutable: replaced fields rebuild the plan)."""
-    return (prepared.tiled, prepared.st_codes, prepared.st2_64, prepared.sz32, prepared.perm, prepared.o_row_ptr,
-            prepared.o_col, prepared.sections["outlier_val"], prepared.shape)
-
-
 def fuse_outliers_default(m: int, n: int) -> bool:
     """Store the outliers inside the dequantization (H200, ``bench/bench_dequant.py``, 3-bit, 1 % outliers):
     14336x4096 62 µs against 81 for the dense kernel plus the outlier kernel, whose scattered stores land on
@@ -312,8 +305,8 @@ def dequantize_tiled(prepared: Any, out_dtype: torch.dtype = torch.float16, stor
     nu = nu or (8 if fuse else 4)
     key = ("dequant", out_dtype, stored_order, bm, nu, num_warps, fuse)
     plan = prepared._plans.get(key)
-    if plan is None or not all(map(operator.is_, plan[0], _dequant_src(prepared))):
-        plan = prepared._plans[key] = (_dequant_src(prepared),
+    if plan is None or not plan_current(plan[0], prepared):
+        plan = prepared._plans[key] = (plan_src(prepared),
                                        *_dequant_launches(prepared, out_dtype, stored_order, bm, nu, num_warps, fuse))
     _, dense, n_dense, outliers = plan
     ov = out.view(torch.int16) if out_dtype == torch.bfloat16 else out

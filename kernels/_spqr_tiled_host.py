@@ -7,6 +7,7 @@ before a launch cannot live there without an import cycle.
 
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Any
 
 import triton
@@ -36,6 +37,18 @@ def _check_tiled(prepared: PreparedSpQR) -> None:
     _check_sizes(prepared, need)
     if prepared.perm is not None and prepared.perm.numel() != n:
         raise ValueError(f"PreparedSpQR.perm has {prepared.perm.numel()} elements, expected {n}")
+
+
+def plan_src(prepared: PreparedSpQR) -> tuple[Any, ...]:
+    """Every field a launch plan of the tiled layout reads (the matvec's and the dequantization's): a
+    PreparedSpQR is a plain, mutable dataclass, so a plan is rebuilt when any of them was replaced."""
+    return (prepared.tiled, prepared.st_codes, prepared.st2_64, prepared.sz32, prepared.o_row_ptr, prepared.o_col,
+            prepared.o_delta, prepared.sections["outlier_val"], prepared.perm, prepared.shape)
+
+
+def plan_current(src: tuple[Any, ...], prepared: PreparedSpQR) -> bool:
+    """Whether a plan built from ``src`` (:func:`plan_src` then) still reads what ``prepared`` holds now."""
+    return all(map(operator.is_, src, plan_src(prepared)))
 
 
 def _check_sizes(prepared: PreparedSpQR, need: dict[str, tuple[Any, int]]) -> None:

@@ -37,7 +37,6 @@ code lives in ``_spqr_planes.py``, ``_spqr_grouped.py`` and ``_spqr_tiled.py``.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +50,7 @@ from . import _spqr_planes as KP
 from ._common import next_pow2, to_device, u32_values, unpack_rows
 from ._launch import Launch, cdiv
 from ._spqr_sections import outlier_coo, stat_f32
-from ._spqr_tiled_host import MAX_FUSED_BATCH, _check_sizes, _check_tiled, _row_blocks
+from ._spqr_tiled_host import MAX_FUSED_BATCH, _check_sizes, _check_tiled, _row_blocks, plan_current, plan_src
 
 _TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
@@ -589,24 +588,18 @@ def _matvec_tiled(prepared: PreparedSpQR, x2: torch.Tensor, bias: torch.Tensor |
     """The tiled layout's launches for 1..16 rows; with the default config their plan is kept per
     (batch, dtype, bias) on the tensor, so a repeated call costs two fast launches of host time."""
     key = (x2.shape[0], x2.dtype, bias is not None)
-    plan = prepared._plans.get(key) if cfg is None else None
-    if plan is None or not plan.current(prepared):
-        if cfg is None:  # this GPU's autotuned config where the cache has one (kernels/tune.py), else the rules
+    cached = cfg is None
+    plan = prepared._plans.get(key) if cached else None
+    if plan is None or not plan_current(plan.src, prepared):
+        if cached:  # this GPU's autotuned config where the cache has one (kernels/tune.py), else the rules
             from ._tune_cache import lookup
 
             tuned = lookup(prepared, x2.shape[0], x2.dtype)
             cfg = MatvecConfig(**tuned) if tuned else default_config(prepared, x2.shape[0])
-            plan = _TiledPlan(prepared, x2.shape[0], x2.dtype, bias is not None, cfg, x2.device)
+        plan = _TiledPlan(prepared, x2.shape[0], x2.dtype, bias is not None, cfg, x2.device)
+        if cached:
             prepared._plans[key] = plan
-        else:
-            plan = _TiledPlan(prepared, x2.shape[0], x2.dtype, bias is not None, cfg, x2.device)
     return plan(x2.contiguous(), bias)
-
-
-def _plan_src(prepared: PreparedSpQR) -> tuple[Any, ...]:
-    """What a launch plan read from ``prepared`` (a plain, mutable dataclass): replaced fields rebuild it."""
-    return (prepared.tiled, prepared.st_codes, prepared.st2_64, prepared.sz32, prepared.o_row_ptr, prepared.o_col,
-            prepared.o_delta, prepared.perm, prepared.shape)
 
 
 class _TiledPlan:
@@ -622,7 +615,7 @@ class _TiledPlan:
         from . import _spqr_tiled as KT
 
         _check_tiled(prepared)
-        self.src = _plan_src(prepared)
+        self.src = plan_src(prepared)
         m, n = prepared.shape
         p = prepared.params
         bits = int(p["bits"])
@@ -687,9 +680,6 @@ class _TiledPlan:
         self.gemv = Launch(KT.gemv_kernel, (cdiv(m, BM), split), args, kw,
                            (0, 1, 2, 3, 5, 6, 7, 8) if xin else (5, 6, 7, 8))
         self.ws = (ws, cnt) if ws is not None else None
-
-    def current(self, prepared: PreparedSpQR) -> bool:
-        return all(map(operator.is_, self.src, _plan_src(prepared)))
 
     def __call__(self, x2: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         for launch in self.pre:
