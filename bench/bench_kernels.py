@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from spqrfmt.kernels import spqr as ks
+from spqrfmt.kernels.tune import graph_time  # also what the scripts beside this one import from here
 
 SHAPES = [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (8192, 28672), (28672, 8192)]
 BITS = [3, 4]
@@ -52,33 +52,6 @@ B16_SWEEP = [(64, 4, 4, True, 4, 1, None, False), (64, 4, 4, True, 4, 1, None, T
 
 def cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
-
-
-def graph_time(fns: list, reps: int = 20, iters: int = 15) -> float:
-    """Median seconds per call of a CUDA graph running fns round-robin `reps` times."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(reps):
-            fns[i % len(fns)]()
-    g.replay()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3 / reps)
-    del g
-    return statistics.median(ts)
 
 
 def ceilings() -> dict[str, float]:

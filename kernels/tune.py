@@ -55,17 +55,22 @@ def candidates(prepared: K.PreparedSpQR, batch: int) -> list[K.MatvecConfig]:
     return uniq
 
 
-def _time(fn, reps: int = 10, iters: int = 5) -> float:
-    """Median µs per call of ``fn`` replayed from a CUDA graph (launch cost excluded, as in a decode step)."""
+def graph_time(fns: list, reps: int = 20, iters: int = 15) -> float:
+    """Median seconds per call of a CUDA graph running ``fns`` round-robin ``reps`` times (launch cost excluded,
+    as in a decode step); the benchmarks in ``bench/`` time with it too."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        fn()
+        for f in fns:
+            f()
     torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        for _ in range(reps):
-            fn()
+        for i in range(reps):
+            fns[i % len(fns)]()
+    g.replay()
+    torch.cuda.synchronize()
     ts = []
     for _ in range(iters):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -73,7 +78,8 @@ def _time(fn, reps: int = 10, iters: int = 5) -> float:
         g.replay()
         b.record()
         b.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3 / reps)
+        ts.append(a.elapsed_time(b) / 1e3 / reps)
+    del g
     return statistics.median(ts)
 
 
@@ -94,7 +100,7 @@ def tune(prepared: K.PreparedSpQR, batch: int = 1, dtype: torch.dtype = torch.fl
         y = K.matvec(prepared, x, config=c).float()
         if float((y - ref).norm()) > 2e-3 * float(ref.norm()):
             continue
-        us = _time(lambda c=c: K.matvec(prepared, x, config=c))
+        us = graph_time([lambda c=c: K.matvec(prepared, x, config=c)], reps=10, iters=5) * 1e6
         if default_us is None:
             default_us = us
         if best is None or us < best[0]:
