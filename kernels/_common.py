@@ -274,3 +274,64 @@ def dot_dtype(dt: torch.dtype) -> tuple[tl.dtype, bool]:
 __all__ = ["MAX_BATCH", "NW_ALIGN", "SplitWorkspace", "check_launch", "dot_dtype", "field_width",
            "finish", "fused_rows", "gemv_out", "gemv_rows", "gemv_tiles", "next_pow2", "repack_fields", "round_out",
            "sm_count", "split_for", "store_rows", "to_device", "unpack_rows", "words_per_row"]
+
+
+# ---------------------------------------------------------------- f16x2 arithmetic (spqr and quip GEMVs)
+
+
+@triton.jit
+def f16_lo(v):
+    return (v & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def f16_hi(v):
+    return ((v >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def f16_pack(lo, hi):
+    return (lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (hi.to(tl.int16, bitcast=True).to(tl.int32) << 16)
+
+
+@triton.jit
+def h2_fma(a, b, c, ASM: tl.constexpr):
+    """a·b + c on f16 pairs held in int32 (PTX ``fma.rn.f16x2``; else the same f16 arithmetic)."""
+    if ASM:
+        out = tl.inline_asm_elementwise("fma.rn.f16x2 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
+                                        dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        out = f16_pack((f16_lo(a) * f16_lo(b) + f16_lo(c)).to(tl.float16),
+                        (f16_hi(a) * f16_hi(b) + f16_hi(c)).to(tl.float16))
+    return out
+
+
+@triton.jit
+def h2_sum(a):
+    """f32 sum of the two f16 halves of a."""
+    return f16_lo(a).to(tl.float32) + f16_hi(a).to(tl.float32)
+
+
+@triton.jit
+def h2_biased(w, ODD: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
+    """``(w & mask) | 0x64006400``: the field pair of int32 w (bits 0.. / 16.., or 4.. / 20.. when ODD; BITS
+    of each field, so 3-bit words may carry junk in bit 3) as the f16 pair 1024 + q (1024 + 16q when ODD).
+
+    ASM: one LOP3 (as two PTX ops ptxas emits two LOP3s, each taking one of the two immediates)."""
+    if BITS == 3:
+        msk = tl.full(w.shape, 0x00700070 if ODD else 0x00070007, tl.int32)
+    else:
+        msk = tl.full(w.shape, 0x00F000F0 if ODD else 0x000F000F, tl.int32)
+    if ASM:
+        v = tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, 0x64006400, 0xEA;", "=r,r,r", [w, msk],
+                                      dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        v = (w & msk) | 0x64006400
+    return v
+
+
+def inline_asm_ok(dev: torch.device) -> bool:
+    """PTX inline assembly runs on CUDA devices, not in Triton's interpreter (TRITON_INTERPRET=1)."""
+    import os
+
+    return dev.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")

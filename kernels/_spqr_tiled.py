@@ -47,6 +47,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._common import f16_hi as _f16_hi
+from ._common import f16_lo as _f16_lo
+from ._common import f16_pack as _f16_pack
+from ._common import h2_biased as _biased
+from ._common import h2_fma as _h2_fma
+from ._common import h2_sum as _h2_sum
 from ._common import store_rows
 from ._spqr_grouped import _f16_at, _field, _outliers, _split_finish, _y_offsets
 
@@ -366,21 +372,6 @@ def _word_dot(w, xq_ptr, slot0: tl.constexpr, u, umask, NUT, F: tl.constexpr, WS
 
 
 @triton.jit
-def _f16_lo(v):
-    return (v & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
-
-
-@triton.jit
-def _f16_hi(v):
-    return ((v >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
-
-
-@triton.jit
-def _f16_pack(lo, hi):
-    return (lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (hi.to(tl.int16, bitcast=True).to(tl.int32) << 16)
-
-
-@triton.jit
 def _unbias(v, ODD: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
     """The f16 pair q - C from v = :func:`_biased`'s f16 pair 1024 + q (or 1024 + 16q when ODD).
 
@@ -417,18 +408,6 @@ def _unbias(v, ODD: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
         else:
             q = _f16_pack((_f16_lo(v) - (1024.0 + C)).to(tl.float16), (_f16_hi(v) - (1024.0 + C)).to(tl.float16))
     return q
-
-
-@triton.jit
-def _h2_fma(a, b, c, ASM: tl.constexpr):
-    """a·b + c on f16 pairs held in int32 (PTX ``fma.rn.f16x2``; else the same f16 arithmetic)."""
-    if ASM:
-        out = tl.inline_asm_elementwise("fma.rn.f16x2 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
-                                        dtype=tl.int32, is_pure=True, pack=1)
-    else:
-        out = _f16_pack((_f16_lo(a) * _f16_lo(b) + _f16_lo(c)).to(tl.float16),
-                        (_f16_hi(a) * _f16_hi(b) + _f16_hi(c)).to(tl.float16))
-    return out
 
 
 @triton.jit
@@ -476,24 +455,6 @@ def _x_pair(xr, j: tl.constexpr, u, umask, x_ptr, idx_ptr, inv, n, XIN: tl.const
 
 
 @triton.jit
-def _biased(w, ODD: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
-    """``(w & mask) | 0x64006400``: the field pair of int32 w (bits 0.. / 16.., or 4.. / 20.. when ODD; BITS
-    of each field, so 3-bit words may carry junk in bit 3) as the f16 pair 1024 + q (1024 + 16q when ODD).
-
-    ASM: one LOP3 (as two PTX ops ptxas emits two LOP3s, each taking one of the two immediates)."""
-    if BITS == 3:
-        msk = tl.full(w.shape, 0x00700070 if ODD else 0x00070007, tl.int32)
-    else:
-        msk = tl.full(w.shape, 0x00F000F0 if ODD else 0x000F000F, tl.int32)
-    if ASM:
-        v = tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, 0x64006400, 0xEA;", "=r,r,r", [w, msk],
-                                      dtype=tl.int32, is_pure=True, pack=1)
-    else:
-        v = (w & msk) | 0x64006400
-    return v
-
-
-@triton.jit
 def _word_h2(w, xr, j0: tl.constexpr, u, umask, acc, C: tl.constexpr, ASM: tl.constexpr, x_ptr, idx_ptr,
              inv, n, XIN: tl.constexpr, HAS_PERM: tl.constexpr, BITS: tl.constexpr):
     """acc + Σ (q - C)·x over the 8 fields of bits-4 words w [BM, NU], as four f16x2 pairs: per pair one
@@ -509,12 +470,6 @@ def _word_h2(w, xr, j0: tl.constexpr, u, umask, acc, C: tl.constexpr, ASM: tl.co
     acc = _h2_fma(_unbias(_biased(w8, True, BITS, ASM), True, C, ASM),
                   _x_pair(xr, j0 + 3, u, umask, x_ptr, idx_ptr, inv, n, XIN, HAS_PERM), acc, ASM)
     return acc
-
-
-@triton.jit
-def _h2_sum(a):
-    """f32 sum of the two f16 halves of a."""
-    return _f16_lo(a).to(tl.float32) + _f16_hi(a).to(tl.float32)
 
 
 @triton.jit

@@ -47,6 +47,7 @@ import triton
 import triton.language as tl
 
 from . import _spqr_planes as KP
+from ._common import inline_asm_ok as _inline_asm_ok
 from ._common import next_pow2, to_device, u32_values, unpack_rows
 from ._launch import Launch, cdiv
 from ._spqr_sections import outlier_coo, stat_f32
@@ -566,13 +567,6 @@ def _check_grouped(prepared: PreparedSpQR) -> None:
 def _reg_cap(cfg: MatvecConfig, dev: torch.device) -> dict[str, int]:
     """The launch option of ``cfg.maxnreg`` (compiled kernels only: the interpreter has no registers)."""
     return {"maxnreg": cfg.maxnreg} if cfg.maxnreg and _inline_asm_ok(dev) else {}
-
-
-def _inline_asm_ok(dev: torch.device) -> bool:
-    """PTX inline assembly runs on CUDA devices, not in Triton's interpreter (TRITON_INTERPRET=1)."""
-    import os
-
-    return dev.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
 
 
 def _tiled_consts(prepared: PreparedSpQR, bm: int) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from ._common import (
     split_for,
     to_device,
 )
+from ._common import inline_asm_ok as _inline_asm_ok
 
 __all__ = ["GemvConfig", "PreparedSqueezeLLM", "dequantize", "dequantize_prepared", "matvec", "prepare",
            "to_device"]
@@ -566,13 +567,6 @@ def _matvec(prepared: PreparedSqueezeLLM, x2: torch.Tensor, bias: torch.Tensor |
         ASM=prmt and _inline_asm_ok(prepared.device), PAIR=cfg.pair, num_warps=cfg.num_warps,
         **({"num_stages": cfg.num_stages} if cfg.num_stages else {}))
     return y
-
-
-def _inline_asm_ok(dev: torch.device) -> bool:
-    """PTX inline assembly runs on CUDA devices, not in Triton's interpreter (TRITON_INTERPRET=1)."""
-    import os
-
-    return dev.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
 
 
 def dequantize_prepared(prepared: PreparedSqueezeLLM, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
