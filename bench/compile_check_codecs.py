@@ -172,6 +172,12 @@ def cases() -> list[tuple[str, Any, dict[str, Any], dict[str, Any], float]]:
             out.append((f"quip e8p12 gemv sign_{'table' if tab else 'arith'} dot={dot} f32={f32}",
                         kq._e8p_gemv2_kernel, a, {}, 0 if dot else bm * 16 * 8 / 128))
             a = dict(a, half_ptr="*fp32", odd_ptr="*i32")
+    for tab in (True, False):
+        a = dict(x_ptr="*i32", xsc_ptr="*fp32", y_ptr="*fp32", ws_ptr="*fp32", wsi_ptr="*i32", cnt_ptr="*i32",
+                 c_ptr="*i16", abs_ptr="*i32", sgn_ptr="*i32", scale_ptr="*fp32", m=8192, gp=3584, n_tiles=224,
+                 tiles_per_split=14, NG=C(16), BM=C(128), SPLIT=C(True), SIGN_TAB=C(tab), ASM=C(True))
+        out.append((f"quip e8p12 gemv f16x2 sign_{'table' if tab else 'arith'}", kq._e8p_gemv_h2_kernel, a, {},
+                    2 * 128 * 16 * 8 / 128))  # two tiles a loop step
     for k in (14, 13, 12, 11, 8, 7, 3, 0):
         R, Cc, CB, RC, use_dot = kq._blocks(k)
         for e8 in (False, True):
@@ -184,6 +190,15 @@ def cases() -> list[tuple[str, Any, dict[str, Any], dict[str, Any], float]]:
                  bias_ptr="*fp16", a=7, h=2048, z_sb=14336, o_sb=14336, gp=1792, AB=C(8), BH=C(512), HAS_POST=C(not e8),
                  HAS_BIAS=C(not e8), E8ORD=C(e8))
         out.append((f"quip factor mix e8order={e8}", kq._mix_kernel, a, {}, 0))
+    for k, na in ((14, 1), (13, 1), (12, 1), (12, 7), (11, 7), (10, 1), (4, 3), (0, 5)):
+        L1, L2, nc, warps = kq._wht_plan(k, na)
+        for e8 in (False, True):
+            a = dict(x_ptr="*fp16" if e8 else "*fp32", out_ptr="*fp32" if e8 else "*fp16", d_ptr="*fp16",
+                     f_ptr="*fp32", post_ptr="*fp32" if e8 else "*fp16", bias_ptr="*fp16", x_sb=28672, o_sb=28672,
+                     c_k=0.5, gp=3584, A=C(na), NC=C(nc), L1=C(L1), L2=C(L2), HAS_D=C(e8), HAS_F=C(na > 1),
+                     HAS_POST=C(True), HAS_BIAS=C(not e8), E8ORD=C(e8), xsc_ptr="*fp32")
+            out.append((f"quip one-launch transform {na}x2^{k} e8order={e8}", kq._wht_kernel, a,
+                        {"num_warps": warps}, 0))
     for k in (14, 12, 5, 1):
         h = 1 << k
         a = dict(x_ptr="*fp32", nrows=8192, n=28672, c_k=0.5, H=C(h), K=C(k), BR=C(max(1, min(64, 4096 // h))))

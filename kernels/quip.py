@@ -50,7 +50,7 @@ under one name; what other codecs share is in ``_common.py``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -66,11 +66,18 @@ from ._common import (
     SplitWorkspace,
     check_launch,
     dot_dtype,
+    f16_hi,
+    f16_lo,
+    f16_pack,
     finish,
     fused_rows,
     gemv_out,
     gemv_rows,
     gemv_tiles,
+    h2_biased,
+    h2_fma,
+    h2_sum,
+    inline_asm_ok,
     next_pow2,
     packed_code,
     repack_fields,
@@ -330,6 +337,81 @@ def _had_kernel(x_ptr, out_ptr, d_ptr, post_ptr, bias_ptr, x_sb, o_sb, c_k, gp,
     tl.store(out_ptr + b * o_sb + oidx, yv.to(out_ptr.dtype.element_ty))
 
 
+@triton.jit
+def _parity16_pm1(v):
+    """(-1)^popcount(v) as f32 for 0 <= v < 2^16."""
+    p = v ^ (v >> 8)
+    p = p ^ (p >> 4)
+    p = p ^ (p >> 2)
+    p = (p ^ (p >> 1)) & 1
+    return 1.0 - 2.0 * p.to(tl.float32)
+
+
+@triton.jit(do_not_specialize=["x_sb", "o_sb", "gp"])
+def _wht_kernel(x_ptr, out_ptr, d_ptr, f_ptr, post_ptr, bias_ptr, xsc_ptr, x_sb, o_sb, c_k, gp,
+                A: tl.constexpr, NC: tl.constexpr, L1: tl.constexpr, L2: tl.constexpr, HAS_D: tl.constexpr,
+                HAS_F: tl.constexpr, HAS_POST: tl.constexpr, HAS_BIAS: tl.constexpr, E8ORD: tl.constexpr,
+                H2ORD: tl.constexpr = False):
+    """The whole transform (F kron c_k H_h)(d * x) of one side in ONE launch, each program L = L1 * L2 outputs.
+
+    Why: the matvec's transforms act on 1..16 vectors, so their cost is latency, not work; a few
+    programs per 2^k block (``_had_kernel``) or per factor (``_mix_kernel``) leave the GPU idle.
+    Here output chunk (j, hi) of block j, elements j*h + hi*L + lo, h = NC * L, is
+    ``c_k H_L s`` with ``s = sum_{b, hp} F[j, b] (-1)^|hi & hp| (d x)[b*h + hp*L : +L]``
+    (Sylvester H_h = H_NC kron H_L, and F kron H = (I kron H)(F kron I)): every program reads
+    the whole vector once (f32 FMAs, no reduction until the end) and finishes with an L-point
+    transform as two broadcast sums (H_L1 S H_L2). Not the butterfly order of quip.md §5.2: only
+    the matvec uses it. E8ORD: element e is stored at (e % 8) * gp + e // 8. H2ORD (the f16x2 E8P12
+    GEMV): f16 pairs, element e at f16 slot 2 * ((e % 8) // 2 * gp + e // 8) + e % 2, scaled by
+    2^-s_b with 2^(s_b - 2) <= ||d x||_2 < 2^(s_b - 1) (the transform is orthogonal, so every scaled
+    value is below 1/2 in magnitude and no f16 sum of products can overflow); every program computes
+    the same s_b from the same reads and program 0 stores 2^s_b at ``xsc_ptr[b]``.
+    """
+    pid = tl.program_id(0)
+    bt = tl.program_id(1).to(tl.int64)
+    L: tl.constexpr = L1 * L2
+    H: tl.constexpr = NC * L
+    j = pid // NC
+    hi = pid % NC
+    hp = tl.arange(0, NC)
+    lo = tl.arange(0, L)
+    sg = _parity16_pm1(hi & hp)
+    idx = hp[:, None] * L + lo[None, :]
+    acc = tl.zeros((NC, L), dtype=tl.float32)
+    sq = tl.zeros((NC, L), dtype=tl.float32)
+    for b in tl.static_range(A):
+        col = b * H + idx
+        v = tl.load(x_ptr + bt * x_sb + col).to(tl.float32)
+        if HAS_D:
+            v = v * tl.load(d_ptr + col).to(tl.float32)
+        if H2ORD:
+            sq += v * v
+        if HAS_F:
+            acc += tl.load(f_ptr + j * A + b) * v
+        else:
+            acc += v
+    s = tl.reshape(tl.sum(acc * sg[:, None], axis=0), (L1, L2))
+    c2 = tl.arange(0, L2)
+    r1 = tl.arange(0, L1)
+    z = tl.sum(s[:, :, None] * _parity16_pm1(c2[:, None] & c2[None, :])[None, :, :], axis=1)
+    y = tl.sum(_parity16_pm1(r1[:, None] & r1[None, :])[:, :, None] * z[None, :, :], axis=1) * c_k
+    oidx = j * H + hi * L + (r1[:, None] * L2 + c2[None, :])
+    if HAS_POST:
+        y = y * tl.load(post_ptr + oidx).to(tl.float32)
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + oidx).to(tl.float32)
+    if H2ORD:
+        nrm = tl.sqrt(tl.sum(tl.sum(sq, axis=1), axis=0))
+        e = tl.minimum(tl.maximum(((nrm.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -100), 100) + 2
+        y = y * ((127 - e) << 23).to(tl.float32, bitcast=True)
+        oidx = 2 * ((oidx % 8) // 2 * gp + oidx // 8) + oidx % 2
+        if pid == 0:
+            tl.store(xsc_ptr + bt, ((127 + e) << 23).to(tl.float32, bitcast=True))
+    if E8ORD:
+        oidx = (oidx % 8) * gp + oidx // 8
+    tl.store(out_ptr + bt * o_sb + oidx, y.to(out_ptr.dtype.element_ty))
+
+
 @triton.jit(do_not_specialize=["a", "h", "z_sb", "o_sb"])
 def _mix_kernel(z_ptr, out_ptr, f_ptr, post_ptr, bias_ptr, a, h, z_sb, o_sb, gp,
                 AB: tl.constexpr, BH: tl.constexpr, HAS_POST: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -557,6 +639,68 @@ def _e8p_gemv2_kernel(x_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, c_ptr, abs_ptr, sg
     finish(out, y_ptr, yoff, ymask, scale_ptr, rows, rmask, scale_ptr, ws_ptr, wsi_ptr, cnt_ptr, tl.program_id(0),
            SPLIT, False, True, not DOT)
 
+@triton.jit
+def _e8p_quarter(v, ASM: tl.constexpr):
+    """t/4 = e/2 - 13/4 as an f16 pair from ``h2_biased(w, ODD=True)``'s 1024 + 16 e: (1024 + 16 e) / 32 - 35.25,
+    one exact FMA (35.25 = 1128 / 32 is an f16; the bias of a low-nibble field, 1030.5, is not)."""
+    if ASM:
+        q = tl.inline_asm_elementwise(
+            "{.reg .b32 k, z; mov.b32 k, 0x28002800; mov.b32 z, 0xD068D068; fma.rn.f16x2 $0, $1, k, z;}",
+            "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        q = f16_pack((f16_lo(v) * 0.03125 - 35.25).to(tl.float16), (f16_hi(v) * 0.03125 - 35.25).to(tl.float16))
+    return q
+
+
+@triton.jit
+def _e8p_code_h2(code, xp0, xp1, xp2, xp3, h, abs_ptr, sgn_ptr, SIGN_TAB: tl.constexpr, ASM: tl.constexpr):
+    """h + sum of the code's 8 products t_i/4 * x_i as f16 pairs: per pair of coordinates (2p, 2p + 1), whose
+    nibbles sit 4 bits apart in the two halves of the packed row, one shift, one LOP3, two exact FMAs."""
+    row = _e8p_packed(code, abs_ptr, sgn_ptr, SIGN_TAB)
+    row = row - (row & 1) * 0x11111112
+    h = h2_fma(_e8p_quarter(h2_biased(row << 4, True, 4, ASM), ASM), xp0, h, ASM)
+    h = h2_fma(_e8p_quarter(h2_biased(row, True, 4, ASM), ASM), xp1, h, ASM)
+    h = h2_fma(_e8p_quarter(h2_biased(row >> 4, True, 4, ASM), ASM), xp2, h, ASM)
+    return h2_fma(_e8p_quarter(h2_biased(row >> 8, True, 4, ASM), ASM), xp3, h, ASM)
+
+
+@triton.jit(do_not_specialize=["m", "n_tiles", "tiles_per_split"])
+def _e8p_gemv_h2_kernel(x_ptr, xsc_ptr, y_ptr, ws_ptr, wsi_ptr, cnt_ptr, c_ptr, abs_ptr, sgn_ptr, scale_ptr, m, gp,
+                        n_tiles, tiles_per_split, NG: tl.constexpr, BM: tl.constexpr, SPLIT: tl.constexpr,
+                        SIGN_TAB: tl.constexpr, ASM: tl.constexpr):
+    """Batch-1 E8P12 GEMV in f16x2: per code one packed row (as :func:`_e8p_gemv2_kernel`), then per PAIR of
+    weights one shift, one LOP3 (:func:`h2_biased`), one exact FMA (:func:`_e8p_quarter`, the weights t/4)
+    and the product's FMA; two codes' 16 products (two tiles a loop step) summed in f16, then added to
+    the f32 accumulator.
+
+    x: f16 pairs from :func:`_wht_kernel` (H2ORD): pair p of group g (coordinates 2p, 2p + 1, scaled by
+    1 / xsc, so below 1/2 in magnitude) at int32 word p * gp + g. y = scale * xsc * sum (t/4) x.
+    """
+    rows, rmask, rc64, bb, bmask = gemv_rows(m, 1, BM, 1)
+    crow = c_ptr + rc64[:, None] * gp
+    gg = tl.arange(0, NG)
+    acc = tl.zeros((BM, NG), dtype=tl.float32)
+    zero = tl.zeros((BM, NG), dtype=tl.int32)
+    t_lo, t_hi = gemv_tiles(n_tiles, tiles_per_split)
+    for t in range(t_lo, t_hi, 2):  # two tiles a step: each f16 sum takes two codes of a row
+        g = t * NG + gg
+        h = _e8p_code_h2(tl.load(crow + g[None, :]).to(tl.int32) & 0xFFFF,
+                         tl.load(x_ptr + g)[None, :], tl.load(x_ptr + gp + g)[None, :],
+                         tl.load(x_ptr + 2 * gp + g)[None, :], tl.load(x_ptr + 3 * gp + g)[None, :], zero,
+                         abs_ptr, sgn_ptr, SIGN_TAB, ASM)
+        g = g + NG
+        gm = gg < (t_hi - t - 1) * NG  # an odd last tile: x reads 0, so its products are 0
+        h = _e8p_code_h2(tl.load(crow + g[None, :], mask=gm[None, :], other=0).to(tl.int32) & 0xFFFF,
+                         tl.load(x_ptr + g, mask=gm, other=0)[None, :],
+                         tl.load(x_ptr + gp + g, mask=gm, other=0)[None, :],
+                         tl.load(x_ptr + 2 * gp + g, mask=gm, other=0)[None, :],
+                         tl.load(x_ptr + 3 * gp + g, mask=gm, other=0)[None, :], h, abs_ptr, sgn_ptr, SIGN_TAB, ASM)
+        acc += h2_sum(h)
+    out = tl.sum(acc, axis=1) * tl.load(xsc_ptr)
+    finish(out, y_ptr, rows, rmask, scale_ptr, rows, rmask, scale_ptr, ws_ptr, wsi_ptr, cnt_ptr, tl.program_id(0),
+           SPLIT, False, True, True)
+
+
 _FWHT_ROWS_MAX_LOG2 = 14  # in-register row blocks up to 2^14 f32 (64 KiB per program)
 _FWHT_RADIX_LOG2 = 4  # column stages per pass (16 rows in registers)
 
@@ -755,13 +899,18 @@ class GemvConfig:
     NG: int = 16
     num_warps: int = 4
     split: int | None = None
-    e8p: str = "sign_table"  # E8P12 decode: "sign_table" / "sign_arith" (one row per code), "gather8" (per weight)
+    # E8P12 decode: "sign_table" / "sign_arith" (one row per code, f32 FMAs), "h2" / "h2_arith" (the same row,
+    # f16x2 products; batch 1 with f16/bf16 x, else the f32 kernel), "auto" (h2_arith above 2^26 weights, else
+    # sign_table: H200, bench/profile_quip.py), "gather8" (one table gather per weight)
+    e8p: str = "sign_table"
+    # activation transforms: "wht" (one launch a side), "had" (block kernel + factor mix), "auto" (by rows and length)
+    transform: str = "auto"
 
 
 def default_config(e8p: bool, batch: int) -> GemvConfig:
     """Tiles chosen from the SASS of the sm_90 build (fewest instructions per weight at batch 1)."""
     if batch == 1:
-        return GemvConfig(BM=128, NU=32, NG=16, num_warps=4)
+        return GemvConfig(BM=128, NU=32, NG=16, num_warps=4, e8p="auto")
     return GemvConfig(BM=64, NU=32, NG=16, num_warps=4)
 
 
@@ -833,6 +982,19 @@ def prepare(params: Mapping[str, Any], sections: Mapping[str, Any], shape: tuple
     return prep
 
 
+_WHT_MAX_A = 16  # _wht_kernel unrolls its loop over the a blocks of a K * 2^k dimension
+_WHT_PROGRAMS = 64  # programs per vector it aims for (latency: the work is tiny)
+
+
+def _wht_plan(log2_h: int, a: int) -> tuple[int, int, int, int]:
+    """(L1, L2, NC, num_warps) of :func:`_wht_kernel`: L = L1 * L2 outputs per program, NC = h / L chunks."""
+    h = 1 << log2_h
+    L = max(16, min(256, next_pow2(max(1, h * a // _WHT_PROGRAMS))))
+    L = min(L, h)
+    L2 = min(L, 16)
+    return L // L2, L2, h // L, max(4, min(16, h // 512))
+
+
 def _blocks(log2_h: int) -> tuple[int, int, int, int, bool]:
     """(R, C, CB, RC, use_dot) of the in-register block Hadamard of size 2^log2_h = R * C."""
     r = 1 << (log2_h // 2)
@@ -843,10 +1005,14 @@ def _blocks(log2_h: int) -> tuple[int, int, int, int, bool]:
 
 
 def _rotate(x2: torch.Tensor, out: torch.Tensor, d: int, log2_h: int, factor: torch.Tensor | None,
-            pre: torch.Tensor | None, post: torch.Tensor | None, bias: torch.Tensor | None, e8_gp: int = 0) -> None:
+            pre: torch.Tensor | None, post: torch.Tensor | None, bias: torch.Tensor | None, e8_gp: int = 0,
+            kernel: str = "wht", xsc: torch.Tensor | None = None) -> None:
     """out[:, :d] = post * ((F kron H_norm)(pre * x2[:, :d])) + bias, row by row, f32 arithmetic.
 
-    One launch for the block Hadamards (plus one for the explicit factor when a = d / h > 1).
+    ``kernel`` "wht": one launch, factor included (:func:`_wht_kernel`, a <= ``_WHT_MAX_A``);
+    "had": one launch for the block Hadamards plus one for the explicit factor when a = d / h > 1.
+    ``xsc`` (f32 [B]; "wht" only): the f16x2 E8P12 GEMV's operand: ``out`` is f16 in pair order, scaled
+    per row by 1 / xsc (see :func:`_wht_kernel`'s H2ORD).
     ``out`` may have a longer row stride than d (the GEMV's padded activations); with
     ``e8_gp`` > 0 element j goes to (j % 8) * e8_gp + j // 8 (the E8P12 GEMV's order).
     """
@@ -863,6 +1029,9 @@ def _rotate(x2: torch.Tensor, out: torch.Tensor, d: int, log2_h: int, factor: to
     if e8_gp and (d % 8 or 8 * e8_gp < d):
         raise ValueError(f"quip transform: E8P12 order needs 8 | {d} <= 8 * {e8_gp}")
     last = a == 1
+    if xsc is not None and not (kernel in ("wht", "auto") and a <= _WHT_MAX_A and log2_h <= _HAD_MAX_LOG2 and e8_gp
+                                and out.dtype == torch.float16 and xsc.numel() >= B):
+        raise ValueError("quip transform: the f16x2 operand needs the one-launch kernel, f16 output and E8P12 order")
     if log2_h > _HAD_MAX_LOG2:  # staged exact kernels on a [B, d] f32 copy (rare: blocks > 16384)
         z = x2[:, :d].to(torch.float32, copy=True)  # transform() works in place: never on the caller's x
         if pre is not None:
@@ -877,6 +1046,19 @@ def _rotate(x2: torch.Tensor, out: torch.Tensor, d: int, log2_h: int, factor: to
             d = 8 * e8_gp
         out[:, :d] = z.to(out.dtype)
         return
+    if kernel == "auto":  # H200 (bench/profile_quip.py): the one-launch kernel's reads grow with rows x length
+        kernel = "wht" if B <= 2 or (B <= 4 and d <= 16384) else "had"
+    if kernel == "wht" and a <= _WHT_MAX_A:
+        L1, L2, nc, warps = _wht_plan(log2_h, a)
+        _wht_kernel[(a * nc, B)](
+            x2, out, pre if pre is not None else x2, factor if a > 1 else x2, post if post is not None else x2,
+            bias if bias is not None else x2, xsc if xsc is not None else x2, x2.stride(0), out.stride(0),
+            float(hadamard_constant(log2_h)), e8_gp, A=a, NC=nc, L1=L1, L2=L2, HAS_D=pre is not None, HAS_F=a > 1,
+            HAS_POST=post is not None, HAS_BIAS=bias is not None, E8ORD=e8_gp > 0 and xsc is None,
+            H2ORD=xsc is not None, num_warps=warps)
+        return
+    if kernel not in ("wht", "had"):  # (a wht beyond its limits takes the block kernel)
+        raise ValueError(f"quip transform: unknown kernel {kernel!r}")
     R, C, CB, RC, use_dot = _blocks(log2_h)
     tgt = out if last else torch.empty((B, d), dtype=torch.float32, device=x2.device)
     _had_kernel[(a, B, C // CB)](
@@ -940,14 +1122,20 @@ def _matvec(prepared: PreparedQuip, x2: torch.Tensor, bias: torch.Tensor | None,
     dev = x2.device
     lp = prepared.lp
     alloc = torch.empty if lp == n else torch.zeros  # columns past n must read as 0
-    xs = alloc((B, lp), dtype=torch.float32, device=dev)
     dot = B > 1
     cfg = config or default_config(prepared.e8p, B)
+    if prepared.e8p and cfg.e8p == "auto":
+        cfg = replace(cfg, e8p="h2_arith" if m * n > 1 << 26 else "sign_table")
+    if prepared.e8p and cfg.e8p in ("h2", "h2_arith"):
+        if not dot and x2.dtype != torch.float32 and cfg.transform in ("wht", "auto") and _h2_ok(p, n):
+            return _matvec_h2(prepared, x2, bias, cfg, alloc)
+        cfg = replace(cfg, e8p="sign_table" if cfg.e8p == "h2" else "sign_arith")
+    xs = alloc((B, lp), dtype=torch.float32, device=dev)
     post = None if dot or (prepared.e8p and cfg.e8p == "gather8") else prepared.prescale
     if post is not None and post.numel() < n:
         raise ValueError(f"quip matvec: prescale has {post.numel()} elements, expected >= {n}")
     _rotate(x2, xs, n, int(p["log2_hn"]), prepared.factor_nt, secs["su"], post, None,
-            prepared.lp // 8 if prepared.e8p else 0)
+            prepared.lp // 8 if prepared.e8p else 0, cfg.transform)
     dt, ieee = dot_dtype(x2.dtype)
     width = prepared.words.shape[1]
     tile = min(cfg.NG if prepared.e8p else cfg.NU, width)
@@ -975,7 +1163,41 @@ def _matvec(prepared: PreparedQuip, x2: torch.Tensor, bias: torch.Tensor | None,
                                             tps, float((1 << int(p["bits"])) - 1), WST=prepared.wst, F=f, NU=tile,
                                             **common)
     y = torch.empty((B, m), dtype=x2.dtype, device=dev)
-    _rotate(yq, y, m, int(p["log2_hm"]), secs.get("factor_m"), None, secs["sv"], bias)
+    _rotate(yq, y, m, int(p["log2_hm"]), secs.get("factor_m"), None, secs["sv"], bias, 0, cfg.transform)
+    return y
+
+
+def _h2_ok(p: Mapping[str, Any], n: int) -> bool:
+    """The f16x2 E8P12 GEMV's operand comes from the one-launch transform: its limits."""
+    k = int(p["log2_hn"])
+    return k <= _HAD_MAX_LOG2 and n >> k <= _WHT_MAX_A
+
+
+def _matvec_h2(prepared: PreparedQuip, x2: torch.Tensor, bias: torch.Tensor | None, cfg: GemvConfig,
+               alloc: Any) -> torch.Tensor:
+    """Batch 1, E8P12: the input transform writes f16 pairs (and their scale), the f16x2 GEMV reads them."""
+    m, n = prepared.shape
+    p, secs = prepared.params, prepared.sections
+    dev = x2.device
+    lp = prepared.lp
+    xs = alloc((1, lp), dtype=torch.float16, device=dev)
+    xsc = torch.empty((1,), dtype=torch.float32, device=dev)
+    _rotate(x2, xs, n, int(p["log2_hn"]), prepared.factor_nt, secs["su"], None, None, lp // 8, "wht", xsc)  # 1 row
+    width = prepared.words.shape[1]
+    tile = min(cfg.NG, width)
+    n_tiles = width // tile
+    progs_m = triton.cdiv(m, cfg.BM)
+    split, tps = split_for(dev, progs_m, n_tiles, cfg.split)
+    ws = prepared.workspace() if split > 1 else None
+    yq = torch.empty((1, m), dtype=torch.float32, device=dev)
+    wsargs = (ws.ws, ws.wsi, ws.cnt) if ws else (yq, yq, yq)
+    ab, sg = e8p_packed_tables(dev)
+    _e8p_gemv_h2_kernel[(progs_m, split)](xs.view(torch.int32), xsc, yq, *wsargs, prepared.words, ab, sg,
+                                          secs["scale"], m, width, n_tiles, tps, NG=tile, BM=cfg.BM,
+                                          SPLIT=split > 1, SIGN_TAB=cfg.e8p == "h2", ASM=inline_asm_ok(dev),
+                                          num_warps=cfg.num_warps)
+    y = torch.empty((1, m), dtype=x2.dtype, device=dev)
+    _rotate(yq, y, m, int(p["log2_hm"]), secs.get("factor_m"), None, secs["sv"], bias, 0, cfg.transform)
     return y
 
 

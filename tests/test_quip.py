@@ -589,10 +589,11 @@ def test_fused_grid_matvec(kq: Any, m: int, n: int, bits: int, seed: int, batch:
                                                                 HealthCheck.function_scoped_fixture])
 @given(m=kdims, n=st.sampled_from([8, 24, 40, 56, 128]), seed=st.integers(0, 999), su_dt=diag_dtypes,
        sv_dt=diag_dtypes, batch=st.sampled_from([1, 2, 3, 16]), split=st.sampled_from([None, 3]),
-       decode=st.sampled_from(["sign_table", "sign_arith", "gather8"]))
+       decode=st.sampled_from(["sign_table", "sign_arith", "gather8", "h2", "h2_arith", "auto"]))
 def test_fused_e8p_matvec(kq: Any, m: int, n: int, seed: int, su_dt: str, sv_dt: str, batch: int,
                           split: int | None, decode: str) -> None:
-    """v2 E8P12: every code value (random codes), real or sign diagonals, K * 2^k dimensions, each GEMV decode."""
+    """v2 E8P12: every code value (random codes), real or sign diagonals, K * 2^k dimensions, each GEMV decode
+    (h2*: the f16x2 kernel for f16 x at batch 1, the f32 kernel otherwise)."""
     rng = np.random.default_rng(seed)
     enc = quantize_quip(_weight(seed, m, n), codebook="e8p12", seed=seed)
     enc.sections["codes"] = rng.integers(0, 1 << 16, enc.sections["codes"].shape).astype(np.uint16)
@@ -628,32 +629,63 @@ def test_fused_matvec_tensor_core_hadamard(kq: Any, m: int, n: int, e8p: bool) -
     _check_fused(kq, enc, m, n, 2, None, 1)
 
 
+@pytest.mark.parametrize("decode", ["h2", "h2_arith"])
+@pytest.mark.parametrize("m,n,split", [(24, 8, None), (16, 40, 3), (48, 1536, None), (8, 24, 5)])
+def test_fused_e8p_f16x2_matvec_at_batch_one(kq: Any, decode: str, m: int, n: int, split: int | None) -> None:
+    """The f16x2 E8P12 GEMV (f16 x, one row; odd tile counts per split; K * 2^k inputs) vs float64."""
+    rng = np.random.default_rng(m + n)
+    enc = quantize_quip(_weight(m, m, n), codebook="e8p12", seed=1)
+    enc.sections["codes"] = rng.integers(0, 1 << 16, enc.sections["codes"].shape).astype(np.uint16)
+    _check_fused(kq, enc, m, n, 1, split, 4, decode)
+
+
 def test_fused_transform_matches_exact_transform_and_large_block_fallback(kq: Any, monkeypatch: Any) -> None:
     """_rotate (in-register blocks + factor) equals the exact staged transform to f32 rounding; blocks above
     the register limit go through the staged kernels."""
     import torch
 
     rng = np.random.default_rng(3)
-    for a, k in ((1, 6), (3, 4), (5, 0), (1, 9), (3, 3)):
+    for a, k in ((1, 6), (3, 4), (5, 0), (1, 9), (3, 3), (7, 5), (17, 2)):
         d = a << k
         x = torch.from_numpy(rng.standard_normal((3, d)).astype(np.float32))
         f = torch.from_numpy(random_orthogonal(a, rng).astype(np.float32)) if a > 1 else None
         x0 = x.clone()
         want = kq.transform(x.clone(), True, k, f).double()
         tol = 1e-5 * float(want.abs().max())
-        for limit in (14, 2):
+        for limit, kernel in ((14, "wht"), (14, "had"), (2, "wht")):
             monkeypatch.setattr(kq, "_HAD_MAX_LOG2", limit)
             out = torch.empty((3, d + 5), dtype=torch.float32)
-            kq._rotate(x, out, d, k, f, None, None, None)
-            assert float((out[:, :d].double() - want).abs().max()) <= tol
+            kq._rotate(x, out, d, k, f, None, None, None, 0, kernel)
+            assert float((out[:, :d].double() - want).abs().max()) <= tol, (a, k, kernel)
             if d % 8 == 0:  # the E8P12 GEMV's coordinate-major order: x[8g + i] at i * gp + g
                 gp = d // 8 + 2
                 out = torch.zeros((3, 8 * gp), dtype=torch.float32)
-                kq._rotate(x, out, d, k, f, None, None, None, gp)
+                kq._rotate(x, out, d, k, f, None, None, None, gp, kernel)
                 got = out.view(3, 8, gp)[:, :, :d // 8].transpose(1, 2).reshape(3, d)
                 assert float((got.double() - want).abs().max()) <= tol
                 assert not out.view(3, 8, gp)[:, :, d // 8:].any()
             assert torch.equal(x, x0)  # the input is never transformed in place
+
+
+def test_one_launch_transform_fuses_the_diagonal_scales_bias_and_cast(kq: Any) -> None:
+    """_wht_kernel with pre (su), post (sv / prescale), bias and an f16 output == the staged transform, then the
+    same steps in float64 (one f16 rounding)."""
+    import torch
+
+    rng = np.random.default_rng(8)
+    for a, k in ((1, 8), (3, 6), (1, 4)):
+        d = a << k
+        x = torch.from_numpy(rng.standard_normal((2, d)).astype(np.float32)).half()
+        f = torch.from_numpy(random_orthogonal(a, rng).astype(np.float32)) if a > 1 else None
+        pre = torch.from_numpy(rng.uniform(0.5, 1.5, d).astype(np.float32)).half()
+        post = torch.from_numpy(rng.uniform(0.5, 1.5, d).astype(np.float32))
+        bias = torch.from_numpy(rng.standard_normal(d).astype(np.float32)).half()
+        z = kq.transform(x.float() * pre.float(), True, k, f).double()
+        want = z * post.double() + bias.double()
+        out = torch.empty((2, d), dtype=torch.float16)
+        kq._rotate(x, out, d, k, f, pre, post, bias, 0, "wht")
+        err = float((out.double() - want).abs().max())
+        assert err <= 2e-3 * float(want.abs().max()), (a, k, err)
 
 
 def test_fast_exact_transform_is_bit_identical_to_the_staged_one(kq: Any) -> None:
