@@ -29,6 +29,8 @@ dequantize and a dense product.
 ``y = sv * D_m (scale * (Q (D_n^T (su * x)))) + bias`` (f32; the same linear map
 as the decoded tensor, not bit-identical to ``dequantize(...) @ x``):
 
+* ``_wht_kernel`` (the default at 1-4 rows, ``GemvConfig.transform``): the whole transform of one
+  side, factor included, in one launch of ~64 programs per vector, each reading the whole vector;
 * ``_had_kernel``: the block Hadamards of one side in one launch, each block of
   2^k <= 2^14 elements held in registers as V [R, C] and transformed as
   H_R V H_C (Sylvester H_h = H_R kron H_C) by two tensor-core dots with +-1
@@ -40,7 +42,9 @@ as the decoded tensor, not bit-identical to ``dequantize(...) @ x``):
   code layout (:func:`prepare`), row scale fused; batch 1 by FMAs, 2..16 rows by
   ``tl.dot`` on exactly decoded slices; column-split for small matrices. E8P12
   decodes one packed table row per code (``_e8p_gemv_kernel``, one table gather
-  per weight, stays as ``GemvConfig(e8p="gather8")`` for comparison).
+  per weight, stays as ``GemvConfig(e8p="gather8")`` for comparison);
+  ``_e8p_gemv_h2_kernel``: batch 1 with f16/bf16 x, the same row decode with f16x2 products on
+  power-of-two-scaled f16 x pairs from the input transform.
 
 Why this module is long: it holds the whole quip codec on the GPU (the spec-layout decode
 pipeline, the transform matvec and its load-time code layout, for both codec versions), one codec
