@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from spqrfmt.format import MAGIC, PREAMBLE_SIZE, align64, crc32, pack_header
+# The repository root holds the folder kernels/ (installed as spqrfmt.kernels). With the root on sys.path
+# (python -m pytest puts the working directory there) it shadows the PyPI package ``kernels`` that
+# transformers >= 5.25 imports, so every transformers import from the root fails. The tests import the
+# installed spqrfmt only.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT]
+
+from spqrfmt.format import MAGIC, PREAMBLE_SIZE, align64, crc32, pack_header  # noqa: E402
 
 
 def _cpu_only() -> bool:

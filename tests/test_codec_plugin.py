@@ -84,8 +84,9 @@ def test_toy_codec_from_an_entry_point_converts_reads_verifies_and_loads(tmp_pat
     pytest.importorskip("transformers")
     site = tmp_path / "site"
     _install(site)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(TESTS), os.environ.get("PYTHONPATH", "")]),
-               TRITON_INTERPRET="1")
+    path = [str(site), str(TESTS), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path),  # no empty entry: the root's kernels/ (see conftest)
+               TRITON_INTERPRET="1", PYTHONSAFEPATH="1")
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "hf"), str(tmp_path / "toy.spqr")],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -153,7 +153,7 @@ def _cli_args(folder: Path, text: Path, out: Path) -> list[str]:
 def _torchrun(ranks: int, args: list[str]) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc-per-node N -m spqrfmt.cli ARGS`` (gloo: --device cpu)."""
     launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks), "-m", "spqrfmt.cli"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1"}  # no root on sys.path: see conftest
     return subprocess.run([sys.executable, *launch, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
