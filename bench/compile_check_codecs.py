@@ -196,7 +196,7 @@ def cases() -> list[tuple[str, Any, dict[str, Any], dict[str, Any], float]]:
             a = dict(x_ptr="*fp16" if e8 else "*fp32", out_ptr="*fp32" if e8 else "*fp16", d_ptr="*fp16",
                      f_ptr="*fp32", post_ptr="*fp32" if e8 else "*fp16", bias_ptr="*fp16", x_sb=28672, o_sb=28672,
                      c_k=0.5, gp=3584, A=C(na), NC=C(nc), L1=C(L1), L2=C(L2), HAS_D=C(e8), HAS_F=C(na > 1),
-                     HAS_POST=C(True), HAS_BIAS=C(not e8), E8ORD=C(e8), xsc_ptr="*fp32")
+                     HAS_POST=C(True), HAS_BIAS=C(not e8), E8ORD=C(e8), xsc_ptr="*fp32", H2ORD=C(False))
             out.append((f"quip one-launch transform {na}x2^{k} e8order={e8}", kq._wht_kernel, a,
                         {"num_warps": warps}, 0))
     for k in (14, 12, 5, 1):

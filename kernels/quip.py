@@ -285,8 +285,9 @@ def _diag_kernel(x_ptr, sv_ptr, su_ptr, m, n, BR: tl.constexpr, BC: tl.constexpr
 
 @triton.jit
 def _parity_pm1(v):
-    """(-1)^popcount(v) as f32 for 0 <= v < 256."""
-    p = v ^ (v >> 4)
+    """(-1)^popcount(v) as f32 for 0 <= v < 2^16."""
+    p = v ^ (v >> 8)
+    p = p ^ (p >> 4)
     p = p ^ (p >> 2)
     p = (p ^ (p >> 1)) & 1
     return 1.0 - 2.0 * p.to(tl.float32)
@@ -341,16 +342,6 @@ def _had_kernel(x_ptr, out_ptr, d_ptr, post_ptr, bias_ptr, x_sb, o_sb, c_k, gp,
     tl.store(out_ptr + b * o_sb + oidx, yv.to(out_ptr.dtype.element_ty))
 
 
-@triton.jit
-def _parity16_pm1(v):
-    """(-1)^popcount(v) as f32 for 0 <= v < 2^16."""
-    p = v ^ (v >> 8)
-    p = p ^ (p >> 4)
-    p = p ^ (p >> 2)
-    p = (p ^ (p >> 1)) & 1
-    return 1.0 - 2.0 * p.to(tl.float32)
-
-
 @triton.jit(do_not_specialize=["x_sb", "o_sb", "gp"])
 def _wht_kernel(x_ptr, out_ptr, d_ptr, f_ptr, post_ptr, bias_ptr, xsc_ptr, x_sb, o_sb, c_k, gp,
                 A: tl.constexpr, NC: tl.constexpr, L1: tl.constexpr, L2: tl.constexpr, HAS_D: tl.constexpr,
@@ -379,7 +370,7 @@ def _wht_kernel(x_ptr, out_ptr, d_ptr, f_ptr, post_ptr, bias_ptr, xsc_ptr, x_sb,
     hi = pid % NC
     hp = tl.arange(0, NC)
     lo = tl.arange(0, L)
-    sg = _parity16_pm1(hi & hp)
+    sg = _parity_pm1(hi & hp)
     idx = hp[:, None] * L + lo[None, :]
     acc = tl.zeros((NC, L), dtype=tl.float32)
     sq = tl.zeros((NC, L), dtype=tl.float32)
@@ -397,8 +388,8 @@ def _wht_kernel(x_ptr, out_ptr, d_ptr, f_ptr, post_ptr, bias_ptr, xsc_ptr, x_sb,
     s = tl.reshape(tl.sum(acc * sg[:, None], axis=0), (L1, L2))
     c2 = tl.arange(0, L2)
     r1 = tl.arange(0, L1)
-    z = tl.sum(s[:, :, None] * _parity16_pm1(c2[:, None] & c2[None, :])[None, :, :], axis=1)
-    y = tl.sum(_parity16_pm1(r1[:, None] & r1[None, :])[:, :, None] * z[None, :, :], axis=1) * c_k
+    z = tl.sum(s[:, :, None] * _parity_pm1(c2[:, None] & c2[None, :])[None, :, :], axis=1)
+    y = tl.sum(_parity_pm1(r1[:, None] & r1[None, :])[:, :, None] * z[None, :, :], axis=1) * c_k
     oidx = j * H + hi * L + (r1[:, None] * L2 + c2[None, :])
     if HAS_POST:
         y = y * tl.load(post_ptr + oidx).to(tl.float32)
