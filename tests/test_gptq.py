@@ -38,13 +38,14 @@ CONFIGS = [
     GPTQConfig(bits=2, group_size=16, max_outlier_fraction=0.02),
     GPTQConfig(bits=4, group_size=32, stat_group_size=24, max_outlier_fraction=0.003),
     GPTQConfig(bits=3, group_size=12, scale_bits=16, zero_bits=4, act_order=False),
+    GPTQConfig(bits=2, group_size=16, max_outlier_fraction=0.02, outlier_rule="error"),
     GPTQConfig.plain_gptq(3, 64),
     GPTQConfig.plain_gptq(4, 65536, blocksize=32),
 ]
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"b{c.bits}g{c.group_size}s{c.scale_bits}z{c.zero_bits}"
-                         f"o{c.max_outlier_fraction}a{int(c.act_order)}")
+                         f"o{c.max_outlier_fraction}a{int(c.act_order)}{c.outlier_rule}")
 def test_decodes_bit_exactly_to_own_dequantization(cfg: GPTQConfig) -> None:
     w, h = _problem(40, 150)  # 150 is no multiple of any group size, 40 no multiple of β2
     enc = quantize_gptq(w, h, cfg)
@@ -96,11 +97,13 @@ def test_plain_gptq_zero_points_are_integers(bits: int, group: int) -> None:
     assert np.count_nonzero(quantize_gptq(sparse, np.eye(96), cfg).dequantized[:, 5:]) == 0
 
 
+@pytest.mark.parametrize("rule", ["loo", "error"])
 @pytest.mark.parametrize("frac", [0.0, 0.002, 0.01, 0.05])
-def test_outliers_are_valid_and_respect_the_cap(frac: float) -> None:
+def test_outliers_are_valid_and_respect_the_cap(frac: float, rule: str) -> None:
     m, n = 36, 120
     w, h = _problem(m, n, seed=7, outliers=0.03)
-    enc = quantize_gptq(w, h, GPTQConfig(bits=3, max_outlier_fraction=frac, outlier_relative_threshold=0.05))
+    enc = quantize_gptq(w, h, GPTQConfig(bits=3, max_outlier_fraction=frac, outlier_relative_threshold=0.05,
+                                         outlier_rule=rule))
     s = enc.sections
     row_ptr, cols, vals = (np.asarray(s[k]) for k in ("outlier_row_ptr", "outlier_col", "outlier_val"))
     nnz = len(cols)
@@ -117,12 +120,32 @@ def test_outliers_are_valid_and_respect_the_cap(frac: float) -> None:
         assert nnz > 0  # planted 15x weights at this threshold must produce outliers
 
 
-def test_outliers_help_on_planted_outliers() -> None:
+@pytest.mark.parametrize("rule", ["loo", "error"])
+def test_outliers_help_on_planted_outliers(rule: str) -> None:
     w, h = _problem(48, 128, seed=11, outliers=0.01)
     base = quantize_gptq(w, h, GPTQConfig(bits=3, outlier_relative_threshold=math.inf))
-    spqr = quantize_gptq(w, h, GPTQConfig(bits=3, max_outlier_fraction=0.02))
+    spqr = quantize_gptq(w, h, GPTQConfig(bits=3, max_outlier_fraction=0.02, outlier_rule=rule))
     assert spqr.info["outliers"] > 0
     assert hessian_error(w, spqr.dequantized, h) < hessian_error(w, base.dequantized, h)
+
+
+def _outlier_set(enc) -> set[tuple[int, int]]:
+    s = enc.sections
+    rp, cols = np.asarray(s["outlier_row_ptr"]).astype(np.int64), np.asarray(s["outlier_col"]).astype(np.int64)
+    return {(r, int(c)) for r in range(enc.shape[0]) for c in cols[rp[r]:rp[r + 1]]}
+
+
+@pytest.mark.parametrize("thr", [0.1, 0.5])
+def test_error_rule_keeps_only_the_weights_that_fail_the_error_test(thr: float) -> None:
+    """With H = I there is no error feedback, so both rules fit the same statistics and test the same errors:
+    the "loo" outliers are the error rule's plus the weights left out of the fit whose error then passes."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((32, 64)).astype(np.float32)
+    w[rng.random(w.shape) < 0.03] *= 3
+    sets = {rule: _outlier_set(quantize_gptq(w, np.eye(64), GPTQConfig(
+        bits=2, group_size=16, act_order=False, max_outlier_fraction=0.999, outlier_relative_threshold=thr,
+        outlier_rule=rule))) for rule in ("loo", "error")}
+    assert sets["error"] and sets["error"] < sets["loo"]
 
 
 def test_perm_is_act_order_permutation() -> None:
@@ -160,6 +183,8 @@ def test_rejects_bad_input() -> None:
         quantize_gptq(w, h, GPTQConfig(scale_bits=12))
     with pytest.raises(ValueError):
         quantize_gptq(w)
+    with pytest.raises(ValueError, match="outlier_rule"):
+        quantize_gptq(w, h, GPTQConfig(outlier_rule="largest"))
 
 
 def test_graph_form_of_the_block_solve_gives_the_same_file(monkeypatch) -> None:

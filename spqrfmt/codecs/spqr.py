@@ -89,7 +89,8 @@ def section_layout(rec: TensorRecord, p: Mapping[str, Any]) -> tuple[dict[str, S
 
 
 _GROUP_WHY = "codec {codec} has no group statistics"
-_STATS = ("stat_bits", "scale_bits", "zero_bits", "stat_group_size", "outlier_fraction", "outlier_threshold")
+_STATS = ("stat_bits", "scale_bits", "zero_bits", "stat_group_size", "outlier_fraction", "outlier_threshold",
+          "outlier_rule")
 
 
 @dataclass
@@ -108,6 +109,7 @@ class Options(OptionsBase):
     stat_group_size: int = 16
     outlier_fraction: float = 0.01
     outlier_threshold: float = 0.2
+    outlier_rule: str = "loo"
     percdamp: float = 0.01
     act_order: bool = True
 
@@ -131,6 +133,12 @@ class Options(OptionsBase):
              "Hessian-weighted error ((w - ŵ) / U_jj)² exceeds T · mean_j(Var W[:, j] / U_jj²), U the "
              "Cholesky factor of H^-1 (default 0.2; lower = more outliers, up to --outlier-fraction)",
              calibrated=True),
+        Flag("outlier_rule", dict(choices=("loo", "error")),
+             "with --calibrate: which weights become outliers. loo (default): the ones a leave-one-out test "
+             "leaves out of their group's scale/zero fit, plus those failing the error test of "
+             "--outlier-threshold; best when --outlier-fraction caps the count. error: the SpQR authors' rule, "
+             "only weights failing the error test (leave-one-out just shapes the fit); best with a higher "
+             "threshold and no binding cap (docs/quality.md compares both at equal bits)", calibrated=True),
         Flag("damp", dict(type=float_in(0.0)), "with --calibrate: Hessian dampening, a fraction of mean(diag H) "
              "(default 0.01)", calibrated=True),
         Flag("act_order", dict(action=argparse.BooleanOptionalAction, default=None),
@@ -152,7 +160,7 @@ class Options(OptionsBase):
                     raise ValueError(f"GPTQ keeps one level of f16 statistics and no outliers, so {flag(k)} does not "
                                      "apply; use --method spqr for quantized statistics and outliers")
         solver = dict(outlier_threshold=g.get("outlier_threshold", 0.2), percdamp=g.get("damp", 0.01),
-                      act_order=g.get("act_order", True))
+                      act_order=g.get("act_order", True), outlier_rule=g.get("outlier_rule", "loo"))
         if method == "gptq":
             return cls.gptq(bits=g.get("bits", 4), group_size=g.get("group_size", 128), **solver)
         stat = g.get("stat_bits", 3)
@@ -172,6 +180,8 @@ class Options(OptionsBase):
             raise ValueError("group_size and stat_group_size must be 1..65536 (--group-size, --stat-group-size)")
         if not all(1 <= b <= 8 or b == 16 for b in (self.scale_bits, self.zero_bits)):
             raise ValueError("scale_bits and zero_bits must be 1..8 or 16 (--scale-bits, --zero-bits)")
+        if self.outlier_rule not in ("loo", "error"):
+            raise ValueError("outlier_rule must be loo or error (--outlier-rule)")
         if not (math.isfinite(self.outlier_threshold) and self.outlier_threshold >= 0
                 and math.isfinite(self.percdamp) and self.percdamp >= 0):
             raise ValueError("outlier_threshold and percdamp must be finite and >= 0 (--outlier-threshold, --damp)")
@@ -182,7 +192,8 @@ class Options(OptionsBase):
         stats = "f16 statistics" if self.scale_bits == 16 and self.zero_bits == 16 else \
             f"stats {self.scale_bits}/{self.zero_bits}-bit β2={self.stat_group_size}"
         out = f"outliers {self.outlier_fraction:.2%}" if method == "rtn" else (
-            f"outliers ≤{self.outlier_fraction:.2%} (threshold {self.outlier_threshold:g})" if self.outlier_fraction
+            f"outliers ≤{self.outlier_fraction:.2%} (threshold {self.outlier_threshold:g}"
+            f"{', error rule' if self.outlier_rule == 'error' else ''})" if self.outlier_fraction
             else "no outliers")
         solver = f", damp {self.percdamp:g}, {'act-order' if self.act_order else 'natural order'}" \
             if method != "rtn" else ""
@@ -197,7 +208,8 @@ class Options(OptionsBase):
                           zero_bits=self.zero_bits, stat_group_size=self.stat_group_size,
                           outlier_relative_threshold=self.outlier_threshold if outliers else math.inf,
                           max_outlier_fraction=self.outlier_fraction if outliers else 0.0,
-                          percdamp=self.percdamp, act_order=self.act_order, round_zero=self.zero_bits == 16)
+                          percdamp=self.percdamp, act_order=self.act_order, round_zero=self.zero_bits == 16,
+                          outlier_rule=self.outlier_rule)
 
 
 def _gpu() -> GpuBinding:
