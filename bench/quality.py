@@ -566,7 +566,9 @@ def describe(method: str, s: dict[str, Any]) -> str:
     if s.get("scale_bits", 16) < 16:
         desc += f" stats {s['scale_bits']}/{s['zero_bits']}-bit β2={s['stat_group_size']}"
     frac = s.get("max_outlier_fraction", s.get("outlier_fraction", 0))
-    if frac:
+    if s.get("outlier_rule") == "error":  # the authors' rule, usually uncapped: the threshold sets the count
+        desc += f" T={s['outlier_relative_threshold']:g} " + ("no cap" if frac >= 0.999 else f"≤{100 * frac:g}% outl.")
+    elif frac:
         desc += f" ≤{100 * frac:g}% outl."
     return desc
 
@@ -598,7 +600,7 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
         raise SystemExit("--merge: the results were made with different settings: " +
                          "; ".join(json.dumps(p["args"], sort_keys=True) for p in parts))
     rows = {k: r for p in parts for k, r in p["rows"].items()}
-    order = ["RTN", "GPTQ", "GPTQ-authors", "SpQR", "SpQR-authors", "SqueezeLLM", "QuIP"]
+    order = ["RTN", "GPTQ", "GPTQ-authors", "SpQR", "SpQR (error rule)", "SpQR-authors", "SqueezeLLM", "QuIP"]
     keyed = sorted(rows.items(), key=lambda kv: (float(kv[1]["target"]), order.index(kv[1]["method"])))
     out = {k: v for k, v in parts[0].items() if k != "rows"}
     out["ref16"] = parts[0].get("ref16")
