@@ -1132,14 +1132,8 @@ def _matvec(prepared: PreparedQuip, x2: torch.Tensor, bias: torch.Tensor | None,
     _rotate(x2, xs, n, int(p["log2_hn"]), prepared.factor_nt, secs["su"], post, None,
             prepared.lp // 8 if prepared.e8p else 0, cfg.transform)
     dt, ieee = dot_dtype(x2.dtype)
-    width = prepared.words.shape[1]
-    tile = min(cfg.NG if prepared.e8p else cfg.NU, width)
-    n_tiles = width // tile
-    progs_m = triton.cdiv(m, cfg.BM)
-    split, tps = split_for(dev, progs_m, n_tiles, cfg.split)
-    ws = prepared.workspace() if split > 1 else None
-    yq = torch.empty((B, m), dtype=torch.float32, device=dev)
-    wsargs = (ws.ws, ws.wsi, ws.cnt) if ws else (yq, yq, yq)
+    width, tile, n_tiles, progs_m, split, tps, yq, wsargs = _gemv_grid(
+        prepared, B, cfg.NG if prepared.e8p else cfg.NU, cfg, dev)
     common = dict(BM=cfg.BM, BB=16 if dot else 1, DOT=dot, DOT_DT=dt, IEEE=ieee, SPLIT=split > 1,
                   num_warps=cfg.num_warps)
     if prepared.e8p and cfg.e8p == "gather8":
@@ -1157,8 +1151,31 @@ def _matvec(prepared: PreparedQuip, x2: torch.Tensor, bias: torch.Tensor | None,
         _grid_gemv_kernel[(progs_m, split)](xs, yq, *wsargs, prepared.words, secs["scale"], m, width, B, lp, n_tiles,
                                             tps, float((1 << int(p["bits"])) - 1), WST=prepared.wst, F=f, NU=tile,
                                             **common)
-    y = torch.empty((B, m), dtype=x2.dtype, device=dev)
-    _rotate(yq, y, m, int(p["log2_hm"]), secs.get("factor_m"), None, secs["sv"], bias, 0, cfg.transform)
+    return _output(prepared, yq, x2.dtype, bias, cfg.transform)
+
+
+def _gemv_grid(prepared: PreparedQuip, B: int, tile: int, cfg: GemvConfig, dev: torch.device) -> tuple[Any, ...]:
+    """The GEMV launch geometry shared by every kernel: (width, tile, n_tiles, progs_m, split, tiles per split,
+    the f32 output yq [B, m], the split-K workspace arguments: yq three times as placeholders without a split)."""
+    m = prepared.shape[0]
+    width = prepared.words.shape[1]
+    tile = min(tile, width)
+    n_tiles = width // tile
+    progs_m = triton.cdiv(m, cfg.BM)
+    split, tps = split_for(dev, progs_m, n_tiles, cfg.split)
+    ws = prepared.workspace() if split > 1 else None
+    yq = torch.empty((B, m), dtype=torch.float32, device=dev)
+    wsargs = (ws.ws, ws.wsi, ws.cnt) if ws else (yq, yq, yq)
+    return width, tile, n_tiles, progs_m, split, tps, yq, wsargs
+
+
+def _output(prepared: PreparedQuip, yq: torch.Tensor, dtype: torch.dtype, bias: torch.Tensor | None,
+            transform: str) -> torch.Tensor:
+    """y = sv ∘ D_m(yq) (+ bias) in ``dtype``: the output transform every GEMV ends with."""
+    m = prepared.shape[0]
+    y = torch.empty((yq.shape[0], m), dtype=dtype, device=yq.device)
+    _rotate(yq, y, m, int(prepared.params["log2_hm"]), prepared.sections.get("factor_m"), None,
+            prepared.sections["sv"], bias, 0, transform)
     return y
 
 
@@ -1178,22 +1195,13 @@ def _matvec_h2(prepared: PreparedQuip, x2: torch.Tensor, bias: torch.Tensor | No
     xs = alloc((1, lp), dtype=torch.float16, device=dev)
     xsc = torch.empty((1,), dtype=torch.float32, device=dev)
     _rotate(x2, xs, n, int(p["log2_hn"]), prepared.factor_nt, secs["su"], None, None, lp // 8, "wht", xsc)  # 1 row
-    width = prepared.words.shape[1]
-    tile = min(cfg.NG, width)
-    n_tiles = width // tile
-    progs_m = triton.cdiv(m, cfg.BM)
-    split, tps = split_for(dev, progs_m, n_tiles, cfg.split)
-    ws = prepared.workspace() if split > 1 else None
-    yq = torch.empty((1, m), dtype=torch.float32, device=dev)
-    wsargs = (ws.ws, ws.wsi, ws.cnt) if ws else (yq, yq, yq)
+    width, tile, n_tiles, progs_m, split, tps, yq, wsargs = _gemv_grid(prepared, 1, cfg.NG, cfg, dev)
     ab, sg = e8p_packed_tables(dev)
     _e8p_gemv_h2_kernel[(progs_m, split)](xs.view(torch.int32), xsc, yq, *wsargs, prepared.words, ab, sg,
                                           secs["scale"], m, width, n_tiles, tps, NG=tile, BM=cfg.BM,
                                           SPLIT=split > 1, SIGN_TAB=cfg.e8p == "h2", ASM=inline_asm_ok(dev),
                                           num_warps=cfg.num_warps)
-    y = torch.empty((1, m), dtype=x2.dtype, device=dev)
-    _rotate(yq, y, m, int(p["log2_hm"]), secs.get("factor_m"), None, secs["sv"], bias, 0, cfg.transform)
-    return y
+    return _output(prepared, yq, x2.dtype, bias, cfg.transform)
 
 
 def dequantize_prepared(prepared: PreparedQuip, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
