@@ -348,6 +348,25 @@ def run_sibling_row(method: str, target: str, model_dir: Path, out: Path, calib:
     return row
 
 
+def threshold_for(spec: str | float, target: str) -> float:
+    """SpQR's relative outlier threshold of ``target`` from ``--outlier-threshold``: one value for every target
+    (``0.2``), or per target (``3=1.1,3.5=0.8,4=0.5,4.6=0.2``: the equal-bits pairs against the uncapped
+    authors' code need a different T per width; a target not listed takes the bare value, else 0.2)."""
+    if isinstance(spec, (int, float)):
+        return float(spec)
+    default, per = 0.2, {}
+    for part in str(spec).split(","):
+        key, eq, val = part.strip().rpartition("=")
+        try:
+            if eq:
+                per[key.strip().lstrip("~")] = float(val)
+            else:
+                default = float(val)
+        except ValueError:
+            raise SystemExit(f"--outlier-threshold: {part!r} is not T or TARGET=T") from None
+    return per.get(target, default)
+
+
 def peer_solver(method: str, s: dict[str, Any], peer_dir: Path, outlier_threshold: float,
                 device: str = "cpu") -> Any:
     """(name, weight, H, index) -> namespace(dequantized, outliers) from the authors' SpQR or GPTQ solver.
@@ -419,7 +438,8 @@ def compare_layers(model_dir: Path, calib: list[str], args: argparse.Namespace, 
         s = SPQR_SETTINGS[target]
         g = GPTQ_SETTINGS[target]
         spqr = dict(bits=s["bits"], group_size=s["group_size"], scale_bits=s["scale_bits"], zero_bits=s["zero_bits"],
-                    stat_group_size=s["stat_group_size"], outlier_relative_threshold=args.outlier_threshold)
+                    stat_group_size=s["stat_group_size"],
+                    outlier_relative_threshold=threshold_for(args.outlier_threshold, target))
         def ours(cfg: Any) -> Any:
             return lambda _name, wt, hs, _i: quantize_gptq(wt, hs, cfg, device=args.device)
 
@@ -429,9 +449,10 @@ def compare_layers(model_dir: Path, calib: list[str], args: argparse.Namespace, 
             # the authors' outlier rule (leave-one-out only shapes the fit; the column test decides)
             "SpQR (error rule)": ours(GPTQConfig(**spqr, max_outlier_fraction=s["outliers"], outlier_rule="error")),
             "SpQR (error rule, no cap)": ours(GPTQConfig(**spqr, max_outlier_fraction=1.0, outlier_rule="error")),
-            "SpQR-authors": peer_solver("SpQR-authors", s, args.peer_dir, args.outlier_threshold, args.device),
+            "SpQR-authors": peer_solver("SpQR-authors", s, args.peer_dir,
+                                        threshold_for(args.outlier_threshold, target), args.device),
             "GPTQ": ours(GPTQConfig.plain_gptq(g["bits"], g["group_size"])),
-            "GPTQ-authors": peer_solver("GPTQ-authors", g, args.peer_dir, args.outlier_threshold, args.device),
+            "GPTQ-authors": peer_solver("GPTQ-authors", g, args.peer_dir, math.inf, args.device),
         }
         ref_bits: dict[str, tuple[float, int]] = {}
         for method, solve in solvers.items():
@@ -473,7 +494,8 @@ def run_peer_row(method: str, target: str, model_dir: Path, results: dict[str, A
     s = SETTINGS[method][target]
     row: dict[str, Any] = {"method": method, "target": target, "settings": dict(ours["settings"])}
     t0 = time.perf_counter()
-    thr = args.outlier_threshold if args.peer_outlier_threshold is None else args.peer_outlier_threshold
+    thr = threshold_for(args.outlier_threshold if args.peer_outlier_threshold is None else args.peer_outlier_threshold,
+                        target)
     if method == "SpQR-authors":
         row["settings"]["outlier_relative_threshold"] = thr
     solve = peer_solver(method, s, args.peer_dir, thr, args.device)
@@ -504,7 +526,8 @@ def run_row(method: str, target: str, model_dir: Path, out: Path, calib: list[st
 
     tag = f"{method}-{target}"
     path = out / f"{tag}.spqr"
-    row: dict[str, Any] = {"method": method, "target": target}
+    label = "SpQR (error rule)" if method == "SpQR" and args.outlier_rule == "error" else method  # its own line
+    row: dict[str, Any] = {"method": label, "target": target}
     t0 = time.perf_counter()
     if method == "GPTQ":
         s = GPTQ_SETTINGS[target]
@@ -515,7 +538,8 @@ def run_row(method: str, target: str, model_dir: Path, out: Path, calib: list[st
         qcfg = QuantConfig(method="spqr" if method == "SpQR" else "rtn", bits=s["bits"], group_size=s["group_size"],
                            scale_bits=s["scale_bits"], zero_bits=s["zero_bits"], stat_group_size=s["stat_group_size"],
                            outlier_fraction=s["outliers"] if args.outlier_cap else 0.999,
-                           outlier_threshold=args.outlier_threshold, outlier_rule=args.outlier_rule)
+                           outlier_threshold=threshold_for(args.outlier_threshold, target),
+                           outlier_rule=args.outlier_rule)
     row["settings"] = {k: v for k, v in qcfg.gptq_config().to_dict().items() if k != "blocksize"} \
         if method != "RTN" else \
         {"bits": qcfg.bits, "group_size": qcfg.group_size, "scale_bits": qcfg.scale_bits,
@@ -637,13 +661,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nsamples", type=int, default=16, help="calibration windows")
     ap.add_argument("--seqlen", type=int, default=256, help="calibration window length (tokens)")
     ap.add_argument("--eval-seq-len", type=int, default=512)
-    ap.add_argument("--outlier-threshold", type=float, default=0.2, help="SpQR outlier_relative_threshold")
+    ap.add_argument("--outlier-threshold", default=0.2,
+                    help="SpQR outlier_relative_threshold T, or per target: 3=1.1,3.5=0.8,4=0.5,4.6=0.2 (the "
+                         "equal-bits pairs with --outlier-rule error --no-outlier-cap)")
     ap.add_argument("--outlier-rule", choices=("loo", "error"), default="loo",
                     help="our SpQR rows' outlier rule (spqr convert --outlier-rule); error = the authors' rule")
     ap.add_argument("--no-outlier-cap", dest="outlier_cap", action="store_false",
                     help="our SpQR rows without the per-target outlier cap (as the authors' code): the threshold "
                          "alone sets the count, so pick --outlier-threshold for the bits wanted")
-    ap.add_argument("--peer-outlier-threshold", type=float, default=None,
+    ap.add_argument("--peer-outlier-threshold", default=None,
                     help="the authors' SpQR threshold (default --outlier-threshold): their code has no outlier cap, "
                          "so a higher threshold matches our bits/param")
     ap.add_argument("--model", choices=sorted(MODELS), default="smollm2",
@@ -679,6 +705,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chart-only", type=Path, default=None, metavar="RESULTS.json",
                     help="draw --chart from a results.json of an earlier run and exit (no model, no text)")
     args = ap.parse_args(argv)
+    for k in ("outlier_threshold", "peer_outlier_threshold"):  # one number stays a float (the results' key)
+        try:
+            setattr(args, k, float(getattr(args, k)))
+        except (TypeError, ValueError):
+            pass
     if args.chart_only:
         chart(json.loads(args.chart_only.read_text()), args.chart or args.chart_only.with_suffix(".png"))
         return 0

@@ -35,3 +35,15 @@ def test_merge_results_orders_rows_and_refuses_mixed_settings() -> None:
     assert m["ref"] == {"ppl": 10.0} and m["ref16"] == {"ppl": 10.01}
     with pytest.raises(SystemExit):
         quality.merge_results([a, {**b, "args": {**args, "nsamples": 16}}])
+
+
+def test_outlier_threshold_per_target() -> None:
+    """--outlier-threshold: one T for every width, or TARGET=T pairs (the equal-bits runs need one T per width)."""
+    import pytest
+
+    assert quality.threshold_for(0.2, "3") == 0.2
+    spec = "3=1.1,3.5=0.8,4=0.5,4.6=0.2"
+    assert [quality.threshold_for(spec, t) for t in ("3", "3.5", "4", "4.6", "2")] == [1.1, 0.8, 0.5, 0.2, 0.2]
+    assert quality.threshold_for("0.3,~3=1.1", "3") == 1.1 and quality.threshold_for("0.3,~3=1.1", "4") == 0.3
+    with pytest.raises(SystemExit):
+        quality.threshold_for("3=x", "3")
