@@ -359,12 +359,12 @@ def threshold_for(spec: str | float, target: str) -> float:
         key, eq, val = part.strip().rpartition("=")
         try:
             if eq:
-                per[key.strip().lstrip("~")] = float(val)
+                per[float(key.strip().lstrip("~"))] = float(val)
             else:
                 default = float(val)
         except ValueError:
             raise SystemExit(f"--outlier-threshold: {part!r} is not T or TARGET=T") from None
-    return per.get(target, default)
+    return per.get(float(target), default)
 
 
 def peer_solver(method: str, s: dict[str, Any], peer_dir: Path, outlier_threshold: float,
@@ -524,9 +524,13 @@ def run_row(method: str, target: str, model_dir: Path, out: Path, calib: list[st
     from spqrfmt.encoder.calibrate import quantize_model_calibrated
     from spqrfmt.hf.evaluate import load_spqr_model, perplexity
 
-    tag = f"{method}-{target}"
+    spqr_solver = method == "SpQR"
+    # Non-default solver settings get their own files and work dir: rows of other runs may share --out.
+    suffix = (f"-{args.outlier_rule}" if spqr_solver and args.outlier_rule != "loo" else "") + \
+        ("-nocap" if spqr_solver and not args.outlier_cap else "")
+    tag = f"{method}-{target}{suffix}"
     path = out / f"{tag}.spqr"
-    label = "SpQR (error rule)" if method == "SpQR" and args.outlier_rule == "error" else method  # its own line
+    label = "SpQR (error rule)" if spqr_solver and args.outlier_rule == "error" else method  # its own line
     row: dict[str, Any] = {"method": label, "target": target}
     t0 = time.perf_counter()
     if method == "GPTQ":
@@ -537,9 +541,9 @@ def run_row(method: str, target: str, model_dir: Path, out: Path, calib: list[st
         s = SPQR_SETTINGS[target]
         qcfg = QuantConfig(method="spqr" if method == "SpQR" else "rtn", bits=s["bits"], group_size=s["group_size"],
                            scale_bits=s["scale_bits"], zero_bits=s["zero_bits"], stat_group_size=s["stat_group_size"],
-                           outlier_fraction=s["outliers"] if args.outlier_cap else 0.999,
+                           outlier_fraction=s["outliers"] if args.outlier_cap or not spqr_solver else 0.999,
                            outlier_threshold=threshold_for(args.outlier_threshold, target),
-                           outlier_rule=args.outlier_rule)
+                           outlier_rule=args.outlier_rule if spqr_solver else "loo")  # RTN: a fixed fraction
     row["settings"] = {k: v for k, v in qcfg.gptq_config().to_dict().items() if k != "blocksize"} \
         if method != "RTN" else \
         {"bits": qcfg.bits, "group_size": qcfg.group_size, "scale_bits": qcfg.scale_bits,
@@ -709,7 +713,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             setattr(args, k, float(getattr(args, k)))
         except (TypeError, ValueError):
-            pass
+            if getattr(args, k) is not None:
+                threshold_for(getattr(args, k), "3")  # a bad spec stops here, before any model is loaded
     if args.chart_only:
         chart(json.loads(args.chart_only.read_text()), args.chart or args.chart_only.with_suffix(".png"))
         return 0

@@ -138,7 +138,7 @@ def _outlier_set(enc) -> set[tuple[int, int]]:
 @pytest.mark.parametrize("thr", [0.1, 0.5])
 def test_error_rule_keeps_only_the_weights_that_fail_the_error_test(thr: float) -> None:
     """With H = I there is no error feedback, so both rules fit the same statistics and test the same errors:
-    the "loo" outliers are the error rule's plus the weights left out of the fit whose error then passes."""
+    the "loo" outliers are the error rule's plus every weight left out of the fit, whatever its error."""
     rng = np.random.default_rng(3)
     w = rng.standard_normal((32, 64)).astype(np.float32)
     w[rng.random(w.shape) < 0.03] *= 3

@@ -45,5 +45,6 @@ def test_outlier_threshold_per_target() -> None:
     spec = "3=1.1,3.5=0.8,4=0.5,4.6=0.2"
     assert [quality.threshold_for(spec, t) for t in ("3", "3.5", "4", "4.6", "2")] == [1.1, 0.8, 0.5, 0.2, 0.2]
     assert quality.threshold_for("0.3,~3=1.1", "3") == 1.1 and quality.threshold_for("0.3,~3=1.1", "4") == 0.3
+    assert quality.threshold_for("3.0=1.1", "3") == 1.1  # targets compare as numbers
     with pytest.raises(SystemExit):
         quality.threshold_for("3=x", "3")
