@@ -496,8 +496,8 @@ def run_peer_row(method: str, target: str, model_dir: Path, results: dict[str, A
     t0 = time.perf_counter()
     thr = threshold_for(args.outlier_threshold if args.peer_outlier_threshold is None else args.peer_outlier_threshold,
                         target)
-    if method == "SpQR-authors":
-        row["settings"]["outlier_relative_threshold"] = thr
+    if method == "SpQR-authors":  # their code: their outlier rule, no cap, this threshold
+        row["settings"].update(outlier_relative_threshold=thr, outlier_rule="error", max_outlier_fraction=0.999)
     solve = peer_solver(method, s, args.peer_dir, thr, args.device)
     encoded, seconds = calibrate_sequential(model_dir, calib, solve, args)
     t1 = time.perf_counter()
