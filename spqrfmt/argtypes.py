@@ -32,8 +32,9 @@ def float_in(lo: float, hi: float | None = None, *, hi_open: bool = False) -> Ca
     def parse(text: str) -> float:
         v = float(text)
         if not math.isfinite(v) or v < lo or (hi is not None and (v >= hi if hi_open else v > hi)):
-            raise argparse.ArgumentTypeError(f"{text} is outside [{lo:g}, {'' if hi is None else f'{hi:g}'}"
-                                             f"{')' if hi_open else ']'}")
+            if hi is None:
+                raise argparse.ArgumentTypeError(f"{text} must be a finite number >= {lo:g}")
+            raise argparse.ArgumentTypeError(f"{text} is outside [{lo:g}, {hi:g}{')' if hi_open else ']'}")
         return v
 
     parse.__name__ = "number"
