@@ -315,12 +315,15 @@ class _Block:
                 d = U[j, j]
                 final = deq
                 if self.use_outliers:
-                    chosen = excluded[:, j - o0] if cfg.outlier_rule == "loo" else torch.zeros_like(excluded[:, 0])
-                    e2 = torch.where(chosen, torch.full_like(w, -1.0), ((w - deq) / d).square())
+                    e2 = ((w - deq) / d).square()
+                    if cfg.outlier_rule == "loo":  # the left-out weights are outliers already: not tested again
+                        pre = excluded[:, j - o0]
+                        e2 = torch.where(pre, torch.full_like(w, -1.0), e2)
                     room = (self.limit[j] - self.col_used).clamp(min=0)
-                    extra = _keep_largest(e2 > self.thr, e2, room, check)
-                    self.col_used += extra.sum()
-                    chosen = chosen | extra
+                    chosen = _keep_largest(e2 > self.thr, e2, room, check)
+                    self.col_used += chosen.sum()
+                    if cfg.outlier_rule == "loo":
+                        chosen = chosen | pre
                     self.O[:, j] = chosen
                     final = torch.where(chosen, w.to(torch.float16).to(torch.float32), deq)
                 self.Q[:, j] = q.to(torch.int16)
