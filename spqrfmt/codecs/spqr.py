@@ -89,6 +89,8 @@ def section_layout(rec: TensorRecord, p: Mapping[str, Any]) -> tuple[dict[str, S
 
 
 _GROUP_WHY = "codec {codec} has no group statistics"
+# The calibrated solver's outlier rules (encoder/gptq.py's OUTLIER_RULES; the encoder is imported lazily).
+OUTLIER_RULES = ("loo", "error")
 _STATS = ("stat_bits", "scale_bits", "zero_bits", "stat_group_size", "outlier_fraction", "outlier_threshold",
           "outlier_rule")
 
@@ -133,7 +135,7 @@ class Options(OptionsBase):
              "Hessian-weighted error ((w - ŵ) / U_jj)² exceeds T · mean_j(Var W[:, j] / U_jj²), U the "
              "Cholesky factor of H^-1 (default 0.2; lower = more outliers, up to --outlier-fraction)",
              calibrated=True),
-        Flag("outlier_rule", dict(choices=("loo", "error")),
+        Flag("outlier_rule", dict(choices=OUTLIER_RULES),
              "with --calibrate: which weights become outliers. loo (default): the ones a leave-one-out test "
              "leaves out of their group's scale/zero fit, plus those failing the error test of "
              "--outlier-threshold; best when --outlier-fraction caps the count. error: the SpQR authors' rule, "
@@ -180,7 +182,7 @@ class Options(OptionsBase):
             raise ValueError("group_size and stat_group_size must be 1..65536 (--group-size, --stat-group-size)")
         if not all(1 <= b <= 8 or b == 16 for b in (self.scale_bits, self.zero_bits)):
             raise ValueError("scale_bits and zero_bits must be 1..8 or 16 (--scale-bits, --zero-bits)")
-        if self.outlier_rule not in ("loo", "error"):
+        if self.outlier_rule not in OUTLIER_RULES:
             raise ValueError("outlier_rule must be loo or error (--outlier-rule)")
         if not (math.isfinite(self.outlier_threshold) and self.outlier_threshold >= 0
                 and math.isfinite(self.percdamp) and self.percdamp >= 0):
